@@ -1,0 +1,3 @@
+from ferryd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Routes of the Docker-Engine-shaped API (paths, parameters and JSON as dockerd's)."""
+
+from __future__ import annotations
+
+import platform as host
+import re
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ferryd import __version__
+from ferryd.api.shapes import image_inspect, image_summary
+from ferryd.api.streaming import ProgressStream
+from ferryd.digest import parse_digest
+from ferryd.distribution.progress import ProgressOutput
+from ferryd.distribution.service import ImageService
+from ferryd.errors import (
+    FerrydError,
+    ImageNotFoundError,
+    InvalidDigestError,
+    InvalidReferenceError,
+)
+from ferryd.platforms import InvalidPlatformError, host_platform, parse_platform
+from ferryd.reference import Reference, parse_reference
+from ferryd.registry.auth import ANONYMOUS, Credentials, decode_registry_auth
+
+API_VERSION = "1.47"
+MIN_API_VERSION = "1.24"
+_VERSION_PREFIX = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
+
+
+def _service(request: Request) -> ImageService:
+    service: ImageService = request.app.state.service
+    return service
+
+
+def _engine_headers() -> dict[str, str]:
+    return {
+        "API-Version": API_VERSION,
+        "OSType": "linux",
+        "Docker-Experimental": "false",
+        "Server": f"ferryd/{__version__}",
+        "Cache-Control": "no-cache, no-store, must-revalidate",
+        "Pragma": "no-cache",
+    }
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"message": message}, status_code=status)
+
+
+async def ping(request: Request) -> Response:
+    return PlainTextResponse("" if request.method == "HEAD" else "OK", headers=_engine_headers())
+
+
+async def version(request: Request) -> Response:
+    details = {
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "Os": "linux",
+        "Arch": host_platform().architecture,
+        "KernelVersion": host.release(),
+    }
+    return JSONResponse(
+        {
+            "Platform": {"Name": "ferryd"},
+            "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
+            "Version": __version__,
+            "GitCommit": "",
+            "GoVersion": f"python{host.python_version()}",
+            "BuildTime": "",
+            **details,
+        }
+    )
+
+
+async def create_image(request: Request) -> Response:
+    """`POST /images/create?fromImage=&tag=&platform=`: pull, streaming progress."""
+    query = request.query_params
+    if query.get("fromSrc"):
+        return _error(501, "importing images (fromSrc) is not supported by ferryd")
+    from_image = query.get("fromImage", "")
+    if not from_image:
+        return _error(400, "fromImage is required")
+    try:
+        reference = _pull_reference(from_image, query.get("tag", ""))
+        wanted = parse_platform(query["platform"]) if query.get("platform") else None
+        credentials = _credentials(request)
+    except (InvalidReferenceError, InvalidPlatformError, InvalidDigestError) as exc:
+        return _error(400, str(exc))
+    except FerrydError as exc:
+        return _error(400, str(exc))
+    meta = {k: v for k, v in request.headers.items() if k.lower().startswith("x-meta-")}
+    service = _service(request)
+
+    async def job(progress: ProgressOutput) -> None:
+        await service.pull(
+            reference, progress, platform=wanted, credentials=credentials, meta_headers=meta
+        )
+
+    return _Asgi(ProgressStream(job))
+
+
+async def list_images(request: Request) -> Response:
+    service = _service(request)
+
+    def collect() -> list[dict[str, Any]]:
+        rows = [image_summary(service.store, image_id) for image_id in service.store.images.ids()]
+        return sorted(rows, key=lambda row: row["Created"], reverse=True)
+
+    return JSONResponse(await anyio.to_thread.run_sync(collect))
+
+
+async def inspect_image(request: Request) -> Response:
+    service = _service(request)
+    name = request.path_params["name"]
+
+    def describe() -> dict[str, Any]:
+        return image_inspect(service.store, service.store.resolve(name))
+
+    try:
+        return JSONResponse(await anyio.to_thread.run_sync(describe))
+    except ImageNotFoundError as exc:
+        return _error(404, str(exc))
+
+
+def _pull_reference(from_image: str, tag: str) -> Reference:
+    """Docker's rules: `tag` may be a tag or a digest, and fromImage may carry either."""
+    if tag:
+        if ":" in tag and tag.split(":", 1)[0] in ("sha256", "sha384", "sha512"):
+            parse_digest(tag)
+            return parse_reference(f"{from_image}@{tag}")
+        base = parse_reference(from_image, default_tag=False)
+        if base.tag is None and base.digest is None:
+            return base.with_tag(tag)
+        return base
+    return parse_reference(from_image)
+
+
+def _credentials(request: Request) -> Credentials:
+    header = request.headers.get("x-registry-auth")
+    return decode_registry_auth(header) if header else ANONYMOUS
+
+
+class _Asgi(Response):
+    """Lets a route return a plain ASGI callable (the progress stream)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+
+class StripVersion:
+    """`/v1.47/images/json` → `/images/json`; refuse versions newer than ours as dockerd."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            match = _VERSION_PREFIX.match(scope["path"])
+            if match is not None:
+                asked = (int(match.group(1)), int(match.group(2)))
+                if asked > tuple(int(x) for x in API_VERSION.split(".")):
+                    response = _error(
+                        400,
+                        f"client version {asked[0]}.{asked[1]} is too new. "
+                        f"Maximum supported API version is {API_VERSION}",
+                    )
+                    await response(scope, receive, send)
+                    return
+                scope = {**scope, "path": match.group(3), "raw_path": match.group(3).encode()}
+        await self._app(scope, receive, send)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return _error(405, f"method {request.method} not allowed on {request.url.path}")
+    return _error(exc.status_code, "page not found")
+
+
+def build_app(service: ImageService) -> ASGIApp:
+    routes = [
+        Route("/_ping", ping, methods=["GET", "HEAD"]),
+        Route("/version", version, methods=["GET"]),
+        Route("/images/create", create_image, methods=["POST"]),
+        Route("/images/json", list_images, methods=["GET"]),
+        Route("/images/{name:path}/json", inspect_image, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _not_found})
+    app.state.service = service
+    return StripVersion(app)

@@ -1,0 +1,72 @@
+"""Serve the API with uvicorn on a Unix socket, inside the daemon's task group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+from pathlib import Path
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from ferryd.errors import ConfigError
+
+
+def bind_unix_socket(path: Path, mode: int) -> socket.socket:
+    """Listen on `path` with `mode`; a stale socket file from a dead daemon is replaced,
+    a live one is not (two daemons on one socket would be a silent mess)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise ConfigError(f"socket path {path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+        else:
+            raise ConfigError(f"another daemon is already listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class ApiServer:
+    """uvicorn without its signal handling or logging set-up: the daemon owns both."""
+
+    def __init__(self, app: ASGIApp, sock: socket.socket) -> None:
+        config = uvicorn.Config(
+            app,
+            loop="none",
+            http="httptools",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            date_header=True,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(config)
+        self._sock = sock
+
+    async def serve(self) -> None:
+        # capture_signals would take SIGTERM/SIGINT from the daemon; turn it off.
+        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+        await self._server.serve(sockets=[self._sock])
+
+    def stop(self) -> None:
+        self._server.should_exit = True

@@ -1,0 +1,67 @@
+"""A response that streams docker's JSON progress messages while a job runs.
+
+The job runs in the response's own task group: when the client disconnects, the job
+is cancelled (and with it this client's hold on any shared transfer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+
+import anyio
+import msgspec
+import structlog
+from starlette.types import Receive, Scope, Send
+
+from ferryd.distribution.progress import Message, ProgressOutput, StreamOutput
+from ferryd.errors import FerrydError
+
+log = structlog.get_logger("ferryd.api")
+
+Job = Callable[[ProgressOutput], Awaitable[None]]
+
+
+class ProgressStream:
+    """An ASGI response: 200, then one JSON message per line until the job ends."""
+
+    def __init__(self, job: Job) -> None:
+        self._job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        sender, messages = anyio.create_memory_object_stream[Message](math.inf)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            tg.start_soon(self._run, sender)
+            async with messages:
+                async for message in messages:
+                    body = msgspec.json.encode(message.to_json()) + b"\r\n"
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            tg.cancel_scope.cancel()
+
+    async def _run(self, sender: anyio.abc.ObjectSendStream[Message]) -> None:
+        async with sender:
+            output = StreamOutput(sender)  # type: ignore[arg-type]
+            try:
+                await self._job(output)
+            except FerrydError as exc:
+                output.write(Message(error=str(exc)))
+            except Exception as exc:  # a bug: tell the client, keep the daemon
+                log.exception("api.job_crashed")
+                output.write(Message(error=f"internal error: {exc!r}"))
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return

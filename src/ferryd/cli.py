@@ -1,0 +1,198 @@
+"""`ferryd serve` runs the daemon; every other command is a client of its socket."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ferryd import __version__
+from ferryd.client import Client, DaemonError
+from ferryd.display import StreamError, show
+from ferryd.units import human_size
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        result: int = args.handler(args)
+        return result
+    except (DaemonError, StreamError) as exc:
+        print(f"Error: {exc}" if isinstance(exc, StreamError) else str(exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferryd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ferryd {__version__}")
+    parser.add_argument(
+        "-H", "--host", help="daemon socket (unix://PATH); default $FERRYD_HOST or the system one"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", type=Path, help="TOML config file")
+    serve.add_argument("--root", help="store directory (default /var/lib/ferryd)")
+    serve.add_argument(
+        "--socket", help="Unix socket to listen on (default /run/ferryd/ferryd.sock)"
+    )
+    serve.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a registry to reach without TLS verification or over plain HTTP (repeatable)",
+    )
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["json", "console"])
+    serve.set_defaults(handler=_serve)
+
+    pull = commands.add_parser("pull", help="pull an image from a registry")
+    pull.add_argument("reference")
+    pull.add_argument("--platform", help="os/arch[/variant] (default: this host's)")
+    pull.add_argument("-q", "--quiet", action="store_true", help="print only the image reference")
+    pull.set_defaults(handler=_pull)
+
+    images = commands.add_parser("images", help="list images")
+    images.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
+    images.add_argument("--no-trunc", action="store_true", help="full image IDs")
+    images.set_defaults(handler=_images)
+
+    inspect = commands.add_parser("inspect", help="show an image's details as JSON")
+    inspect.add_argument("reference", nargs="+")
+    inspect.set_defaults(handler=_inspect)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ferryd.config import load_settings
+    from ferryd.errors import ConfigError
+
+    overrides: dict[str, object] = {
+        "root": args.root,
+        "socket": args.socket,
+        "insecure_registries": args.insecure_registry or None,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+    }
+    try:
+        settings = load_settings(args.config, overrides)
+        import anyio
+
+        from ferryd import daemon
+
+        anyio.run(daemon.run, settings, backend_options={"use_uvloop": True})
+    except ConfigError as exc:
+        print(f"ferryd: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from ferryd.errors import InvalidReferenceError
+    from ferryd.reference import parse_reference
+
+    try:
+        reference = parse_reference(args.reference)
+    except InvalidReferenceError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    params = {"fromImage": str(reference)}
+    if args.platform:
+        params["platform"] = args.platform
+    headers = {"X-Registry-Auth": _registry_auth(reference.domain)}
+    messages = Client(args.host).stream("POST", "/images/create", params, headers)
+    if args.quiet:
+        for message in messages:
+            if "error" in message:
+                raise StreamError(message["error"])
+        print(reference.familiar)
+    else:
+        show(messages)
+    return 0
+
+
+def _images(args: argparse.Namespace) -> int:
+    rows = Client(args.host).get_json("/images/json")
+    if args.quiet:
+        for row in rows:
+            print(_image_id(row["Id"], args.no_trunc))
+        return 0
+    table = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
+    for row in rows:
+        tags = row["RepoTags"] or ["<none>:<none>"]
+        for tag in tags:
+            repository, _, name = tag.rpartition(":")
+            table.append(
+                (
+                    repository,
+                    name,
+                    _image_id(row["Id"], args.no_trunc),
+                    _ago(row["Created"]),
+                    human_size(row["Size"], 3),
+                )
+            )
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        print("   ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    client = Client(args.host)
+    found: list[Any] = []
+    failed = False
+    for name in args.reference:
+        try:
+            found.append(client.get_json(f"/images/{name}/json"))
+        except DaemonError as exc:
+            print(str(exc), file=sys.stderr)
+            failed = True
+    print(json.dumps(found, indent=4))
+    return 1 if failed else 0
+
+
+def _registry_auth(domain: str) -> str:
+    """The caller's own docker login for `domain`, sent as the docker CLI sends it."""
+    config_dir = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker"))
+    try:
+        auths = json.loads((config_dir / "config.json").read_text()).get("auths", {})
+    except (OSError, ValueError, AttributeError):
+        auths = {}
+    keys = [domain, f"https://{domain}", f"http://{domain}"]
+    if domain == "docker.io":
+        keys = ["https://index.docker.io/v1/", "index.docker.io", "docker.io"]
+    entry: dict[str, Any] = next((auths[k] for k in keys if isinstance(auths.get(k), dict)), {})
+    payload = {k: entry[k] for k in ("auth", "identitytoken", "registrytoken") if entry.get(k)}
+    payload["serveraddress"] = domain
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+
+
+def _image_id(image_id: str, full: bool) -> str:
+    return image_id if full else image_id.removeprefix("sha256:")[:12]
+
+
+def _ago(created: int) -> str:
+    seconds = max(0, time.time() - created)
+    for unit, size in (
+        ("years", 31536000),
+        ("months", 2592000),
+        ("weeks", 604800),
+        ("days", 86400),
+        ("hours", 3600),
+        ("minutes", 60),
+    ):
+        if seconds >= 2 * size:
+            return f"{int(seconds // size)} {unit} ago"
+    return "Less than a second ago" if seconds < 1 else f"{int(seconds)} seconds ago"

@@ -1,0 +1,208 @@
+"""The byte pipeline: hash, decompress and write a layer blob in one pass.
+
+Each `LayerSink.write` call takes a batch of about 1 MiB and is meant to run in a worker
+thread: sha256 (OpenSSL), inflate (isal) and zstd all release the GIL, so two layers
+keep both cores busy while the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Protocol, cast
+
+from backports import zstd
+from isal import isal_zlib
+
+from ferryd.digest import Digest, new_hasher
+from ferryd.errors import ContentError
+
+BATCH_SIZE = 1 << 20
+# Decompressed output is hashed in pieces of at most this size, so a small blob that
+# inflates hugely never becomes one huge buffer.
+_MAX_OUTPUT = 4 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# isal's stubs declare `error` as an instance; it is the exception class.
+_GZIP_ERROR = cast(type[Exception], isal_zlib.error)
+
+
+class Compression(enum.Enum):
+    GZIP = "gzip"
+    ZSTD = "zstd"
+    NONE = "none"
+
+
+def detect_compression(head: bytes) -> Compression:
+    """Tell the compression from the first bytes, as docker does (media types can lie)."""
+    if head.startswith(_GZIP_MAGIC):
+        return Compression.GZIP
+    if head.startswith(_ZSTD_MAGIC):
+        return Compression.ZSTD
+    return Compression.NONE
+
+
+class Inflater(Protocol):
+    def feed(self, data: bytes) -> Iterator[bytes]: ...
+    def finish(self) -> None: ...
+
+
+class _Plain:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        yield data
+
+    def finish(self) -> None:
+        return None
+
+
+class _Gzip:
+    """Multi-member gzip, as `gzip -c a b` writes and Go's reader accepts."""
+
+    def __init__(self) -> None:
+        self._d = isal_zlib.decompressobj(wbits=31)
+        self._started = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while data:
+            try:
+                out = self._d.decompress(data, _MAX_OUTPUT)
+            except _GZIP_ERROR as exc:
+                raise ContentError(f"layer is not valid gzip: {exc}") from None
+            self._started = True
+            if out:
+                yield out
+            if self._d.eof:
+                data = self._d.unused_data
+                if data:
+                    self._d = isal_zlib.decompressobj(wbits=31)
+            else:
+                data = self._d.unconsumed_tail
+
+    def finish(self) -> None:
+        if self._started and not self._d.eof:
+            raise ContentError("layer is truncated: the gzip stream does not end")
+
+
+class _Zstd:
+    """Multi-frame zstd."""
+
+    def __init__(self) -> None:
+        self._d = zstd.ZstdDecompressor()
+        self._started = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            try:
+                out = self._d.decompress(data, _MAX_OUTPUT)
+            except zstd.ZstdError as exc:
+                raise ContentError(f"layer is not valid zstd: {exc}") from None
+            self._started = True
+            if out:
+                yield out
+            if self._d.eof:
+                data = self._d.unused_data
+                if not data:
+                    return
+                self._d = zstd.ZstdDecompressor()
+            elif self._d.needs_input:
+                return
+            else:
+                data = b""
+
+    def finish(self) -> None:
+        if self._started and not self._d.eof:
+            raise ContentError("layer is truncated: the zstd stream does not end")
+
+
+def inflater(compression: Compression) -> Inflater:
+    if compression is Compression.GZIP:
+        return _Gzip()
+    if compression is Compression.ZSTD:
+        return _Zstd()
+    return _Plain()
+
+
+class LayerSink:
+    """Writes a blob to `path`, hashing it and (optionally) its uncompressed content.
+
+    The file and the hash state always describe the same prefix of the blob, so a cut
+    download resumes from `offset`, and a restart resumes by reading the file back.
+    """
+
+    def __init__(self, path: Path, expected: Digest, *, diff_id: bool = True) -> None:
+        self.path = path
+        self.expected = expected
+        self._want_diff_id = diff_id
+        self._file: BinaryIO | None = None
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.offset = 0
+        self.uncompressed_size = 0
+        self._hasher = new_hasher(self.expected)
+        self._diff_hasher = hashlib.sha256()
+        self._inflater: Inflater | None = None
+        self._pending = b""  # the first bytes, until there are enough to tell the format
+
+    def open(self) -> int:
+        """Open the partial file, reading back what it holds; returns the resume offset."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+b")  # noqa: SIM115 - lives across many calls
+        self._file.seek(0)
+        while batch := self._file.read(BATCH_SIZE):
+            self._consume(batch)
+        return self.offset
+
+    def restart(self) -> None:
+        """Forget everything written: the registry will send the blob from its start."""
+        assert self._file is not None
+        self._file.seek(0)
+        self._file.truncate()
+        self._reset_state()
+
+    def write(self, batch: bytes) -> None:
+        assert self._file is not None
+        self._file.write(batch)
+        self._consume(batch)
+
+    def _consume(self, batch: bytes) -> None:
+        self._hasher.update(batch)
+        self.offset += len(batch)
+        if not self._want_diff_id:
+            return
+        if self._inflater is None:
+            self._pending += batch
+            if len(self._pending) < len(_ZSTD_MAGIC):
+                return
+            batch, self._pending = self._pending, b""
+            self._inflater = inflater(detect_compression(batch))
+        self._inflate(batch)
+
+    def _inflate(self, batch: bytes) -> None:
+        assert self._inflater is not None
+        for piece in self._inflater.feed(batch):
+            self._diff_hasher.update(piece)
+            self.uncompressed_size += len(piece)
+
+    def finish(self) -> tuple[Digest, Digest | None]:
+        """Flush and fsync; return the blob digest and (if computed) the DiffID."""
+        assert self._file is not None
+        diff_id = None
+        if self._want_diff_id:
+            if self._inflater is None:
+                self._inflater = inflater(detect_compression(self._pending))
+                self._inflate(self._pending)
+            self._inflater.finish()
+            diff_id = Digest("sha256:" + self._diff_hasher.hexdigest())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        algorithm = self.expected.partition(":")[0]
+        return Digest(f"{algorithm}:{self._hasher.hexdigest()}"), diff_id
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

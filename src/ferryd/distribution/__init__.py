@@ -1,0 +1,1 @@
+"""The seed's contract: pull and push configs, the download manager, progress."""

@@ -1,0 +1,358 @@
+"""The download manager (the seed's RootFSDownloadManager).
+
+Layers download concurrently (at most `max_concurrent` at once) and register in chain
+order. A blob wanted by several pulls at once is one `Transfer` that all of them watch;
+it is cancelled only when the last of them goes away, and its partial file stays for the
+next attempt to resume from.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from ferryd.codec import BATCH_SIZE, LayerSink
+from ferryd.concurrency import single_errors
+from ferryd.digest import Digest, chain_ids, short_id
+from ferryd.distribution.config import BlobFetcher, DownloadDescriptor, DownloadStats
+from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
+from ferryd.errors import (
+    ContentError,
+    DiffIDMismatchError,
+    DigestMismatchError,
+    FerrydError,
+    TransientRegistryError,
+)
+from ferryd.store.blobs import BlobStore
+from ferryd.store.images import RootFS
+from ferryd.store.layers import Layer, LayerStore
+from ferryd.store.metadata import V2Metadata, V2MetadataStore
+
+log = structlog.get_logger("ferryd.downloads")
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """A verified blob in the store and what it holds."""
+
+    digest: Digest
+    diff_id: Digest
+    size: int
+    uncompressed_size: int
+    fetched: bool
+
+
+@dataclass(eq=False)
+class Transfer:
+    """One blob being fetched, watched by one or more pulls."""
+
+    key: tuple[Digest, Digest]
+    progress: Broadcast = field(default_factory=Broadcast)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    watchers: int = 0
+    result: BlobInfo | None = None
+    error: BaseException | None = None
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+
+class DownloadManager:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        layers: LayerStore,
+        metadata: V2MetadataStore,
+        task_group: TaskGroup,
+        *,
+        max_concurrent: int = 3,
+        max_attempts: int = 5,
+        retry_delay: float = 5.0,
+    ) -> None:
+        self._blobs = blobs
+        self._layers = layers
+        self._metadata = metadata
+        self._task_group = task_group
+        self._slots = anyio.Semaphore(max_concurrent)
+        self._max_attempts = max_attempts
+        self._retry_delay = retry_delay
+        self._transfers: dict[tuple[Digest, Digest], Transfer] = {}
+
+    @property
+    def active(self) -> int:
+        return len(self._transfers)
+
+    async def download(
+        self,
+        fetcher: BlobFetcher,
+        initial: RootFS,
+        os: str,
+        layers: list[DownloadDescriptor],
+        progress: ProgressOutput,
+        stats: DownloadStats | None = None,
+    ) -> tuple[RootFS, Callable[[], None]]:
+        """Bring every layer into the store on top of `initial`; return the rootfs and a
+        function that releases the holds on its layers (call it once the image is stored).
+        """
+        stats = stats if stats is not None else DownloadStats()
+        diff_ids = list(initial.diff_ids)
+        chains = chain_ids(diff_ids + [d.diff_id for d in layers])[len(diff_ids) :]
+        held: list[Digest] = []
+
+        def release() -> None:
+            for chain in held:
+                self._layers.release(chain)
+            held.clear()
+
+        try:
+            wanted: dict[int, DownloadDescriptor] = {}
+            for index, (layer, chain) in enumerate(zip(layers, chains, strict=True)):
+                if self._layers.get(chain) is not None:
+                    self._layers.hold(chain)
+                    held.append(chain)
+                    progress.write(Message("Already exists", short_id(layer.descriptor.digest)))
+                    stats.reused += 1
+                else:
+                    wanted[index] = layer
+                    progress.write(Message("Pulling fs layer", short_id(layer.descriptor.digest)))
+            results: dict[int, BlobInfo] = {}
+            ready = {index: anyio.Event() for index in wanted}
+            with single_errors():
+                async with anyio.create_task_group() as tg:
+                    for index, layer in wanted.items():
+                        tg.start_soon(
+                            self._fetch_one, fetcher, layer, progress, results, index, ready[index]
+                        )
+                    # Register in chain order as the blobs arrive: a layer needs its parent.
+                    for index in sorted(wanted):
+                        await ready[index].wait()
+                        info, layer = results[index], wanted[index]
+                        parent = chains[index - 1] if index > 0 else _top(diff_ids)
+                        registered = await anyio.to_thread.run_sync(
+                            self._register, parent, layer, info
+                        )
+                        held.append(registered.chain_id)
+                        stats.fetched += info.fetched
+                        stats.reused += not info.fetched
+                        stats.bytes += info.size if info.fetched else 0
+                        progress.write(Message("Pull complete", short_id(layer.descriptor.digest)))
+        except BaseException:
+            release()
+            raise
+        return RootFS(diff_ids + [d.diff_id for d in layers]), release
+
+    def _register(self, parent: Digest | None, layer: DownloadDescriptor, info: BlobInfo) -> Layer:
+        registered = self._layers.register(
+            parent,
+            info.diff_id,
+            info.digest,
+            layer.descriptor.mediaType,
+            info.size,
+            info.uncompressed_size,
+        )
+        self._metadata.add(info.diff_id, V2Metadata(info.digest, layer.registry, layer.repository))
+        return registered
+
+    async def _fetch_one(
+        self,
+        fetcher: BlobFetcher,
+        layer: DownloadDescriptor,
+        progress: ProgressOutput,
+        results: dict[int, BlobInfo],
+        index: int,
+        ready: anyio.Event,
+    ) -> None:
+        results[index] = await self.blob(fetcher, layer, progress)
+        ready.set()
+
+    async def blob(
+        self, fetcher: BlobFetcher, layer: DownloadDescriptor, progress: ProgressOutput
+    ) -> BlobInfo:
+        """The verified blob for `layer`, from the store or from a (shared) transfer."""
+        digest = Digest(layer.descriptor.digest)
+        known = self._layers.by_blob(digest)
+        if known is not None and self._blobs.has(digest):
+            if known.diff_id != layer.diff_id:
+                raise DiffIDMismatchError(
+                    f"layer {digest} has DiffID {known.diff_id}, "
+                    f"but the image config says {layer.diff_id}"
+                )
+            return BlobInfo(digest, known.diff_id, known.compressed_size, known.size, fetched=False)
+        key = (digest, layer.diff_id)
+        transfer = self._transfers.get(key)
+        if transfer is None:
+            transfer = Transfer(key)
+            self._transfers[key] = transfer
+            self._task_group.start_soon(self._run, transfer, fetcher, layer)
+        transfer.watchers += 1
+        transfer.progress.attach(progress)
+        try:
+            await transfer.done.wait()
+        finally:
+            transfer.progress.detach(progress)
+            transfer.watchers -= 1
+            if transfer.watchers == 0 and not transfer.done.is_set():
+                transfer.scope.cancel()
+        if transfer.error is not None:
+            raise transfer.error
+        assert transfer.result is not None
+        return transfer.result
+
+    async def _run(
+        self, transfer: Transfer, fetcher: BlobFetcher, layer: DownloadDescriptor
+    ) -> None:
+        """The transfer's own task, in the daemon's task group: never lets an error out."""
+        started = time.monotonic()
+        digest = transfer.key[0]
+        layer_id = short_id(digest)
+        try:
+            with transfer.scope:
+                if self._slots.value == 0:
+                    transfer.progress.write(Message("Waiting", layer_id))
+                async with self._slots:
+                    transfer.result = await self._fetch_with_retries(
+                        fetcher, layer, transfer.progress
+                    )
+                elapsed = time.monotonic() - started
+                log.info(
+                    "transfer.done",
+                    digest=digest,
+                    bytes=transfer.result.size,
+                    seconds=round(elapsed, 3),
+                    rate_mb_s=round(
+                        transfer.result.size / 1e6 / max(time.monotonic() - started, 1e-6), 1
+                    ),
+                )
+            if transfer.result is None:
+                transfer.error = TransientRegistryError(f"download of {digest} was cancelled")
+        except FerrydError as exc:
+            transfer.error = exc
+            log.warning("transfer.failed", digest=digest, error=str(exc))
+        except Exception as exc:  # a bug must fail this pull, not the daemon
+            transfer.error = FerrydError(f"download of {digest} failed: {exc!r}")
+            log.exception("transfer.crashed", digest=digest)
+        finally:
+            del self._transfers[transfer.key]
+            transfer.done.set()
+
+    async def _fetch_with_retries(
+        self, fetcher: BlobFetcher, layer: DownloadDescriptor, progress: Broadcast
+    ) -> BlobInfo:
+        digest = Digest(layer.descriptor.digest)
+        layer_id = short_id(digest)
+        sink = LayerSink(self._blobs.partial_path(digest), digest)
+        try:
+            await anyio.to_thread.run_sync(sink.open)
+            for attempt in range(1, self._max_attempts + 1):
+                try:
+                    return await self._fetch(fetcher, layer, sink, progress)
+                except ContentError:
+                    # Retrying the same bytes cannot help, and they must never be resumed.
+                    await anyio.to_thread.run_sync(sink.restart)
+                    self._blobs.discard_partial(digest)
+                    raise
+                except FerrydError as exc:
+                    if not exc.retryable or attempt == self._max_attempts:
+                        raise
+                    delay = self._retry_delay * attempt
+                    log.warning(
+                        "transfer.retry",
+                        digest=digest,
+                        attempt=attempt,
+                        error=str(exc),
+                        delay=delay,
+                    )
+                    await _count_down(delay, layer_id, progress)
+            raise AssertionError("unreachable")
+        finally:
+            sink.close()
+
+    async def _fetch(
+        self, fetcher: BlobFetcher, layer: DownloadDescriptor, sink: LayerSink, progress: Broadcast
+    ) -> BlobInfo:
+        digest = Digest(layer.descriptor.digest)
+        size = layer.descriptor.size
+        layer_id = short_id(digest)
+        if sink.offset > size:
+            await anyio.to_thread.run_sync(sink.restart)
+        if sink.offset < size or size == 0:
+            async with fetcher.open_blob(digest, sink.offset) as blob:
+                if blob.start == 0 and sink.offset:
+                    await anyio.to_thread.run_sync(sink.restart)  # the registry ignored Range
+                await _pump(blob.chunks(), sink, size, layer_id, progress)
+        if sink.offset < size:
+            raise TransientRegistryError(
+                f"blob {digest}: the registry sent {sink.offset} of {size} bytes"
+            )
+        progress.write(Message("Verifying Checksum", layer_id))
+        actual, diff_id = await anyio.to_thread.run_sync(sink.finish)
+        if actual != digest:
+            raise DigestMismatchError(
+                f"filesystem layer verification failed for digest {digest}: "
+                f"the registry sent content with digest {actual}"
+            )
+        if diff_id != layer.diff_id:
+            raise DiffIDMismatchError(
+                f"layer {digest} uncompresses to DiffID {diff_id}, "
+                f"but the image config says {layer.diff_id}"
+            )
+        await anyio.to_thread.run_sync(self._blobs.commit_partial, digest)
+        progress.write(Message("Download complete", layer_id))
+        assert diff_id is not None
+        return BlobInfo(digest, diff_id, size, sink.uncompressed_size, fetched=True)
+
+
+async def _pump(
+    chunks: AsyncIterator[bytes], sink: LayerSink, size: int, layer_id: str, progress: Broadcast
+) -> None:
+    """Move the response into the sink: the loop gathers ~1 MiB batches, a worker thread
+    hashes, inflates and writes each one while the loop reads the next.
+    """
+    send, receive = anyio.create_memory_object_stream[bytes](2)
+
+    async def write_batches() -> None:
+        async with receive:
+            async for batch in receive:
+                await anyio.to_thread.run_sync(sink.write, batch)
+                progress.update(Message("Downloading", layer_id, sink.offset, size))
+
+    with single_errors():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write_batches)
+            async with send:
+                pending: list[bytes] = []
+                pending_size = 0
+                received = sink.offset
+                async for chunk in chunks:
+                    received += len(chunk)
+                    if received > size:
+                        raise DigestMismatchError(
+                            f"the registry sent more than the {size} bytes the manifest gives"
+                        )
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= BATCH_SIZE:
+                        await send.send(b"".join(pending))
+                        pending, pending_size = [], 0
+                if pending:
+                    await send.send(b"".join(pending))
+
+
+async def _count_down(delay: float, layer_id: str, progress: Broadcast) -> None:
+    """Wait `delay` seconds, saying "Retrying in N seconds" each time N changes."""
+    remaining = delay
+    while remaining > 0:
+        shown = math.ceil(remaining)
+        progress.write(Message(f"Retrying in {shown} second{'s' if shown != 1 else ''}", layer_id))
+        step = remaining - (shown - 1)
+        await anyio.sleep(step)
+        remaining -= step
+
+
+def _top(diff_ids: list[Digest]) -> Digest | None:
+    chains = chain_ids(diff_ids)
+    return chains[-1] if chains else None

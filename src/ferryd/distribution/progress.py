@@ -1,0 +1,116 @@
+"""Progress in docker's JSON message shape, and the outputs that carry it.
+
+A message is what docker's `jsonmessage.JSONMessage` holds: `status`, `id`,
+`progressDetail` {current, total}, `progress` (the bar), `aux`, or `error` +
+`errorDetail`. Outputs never block: a slow client must not slow a transfer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ferryd.units import human_size
+
+_BAR_WIDTH = 50
+_UPDATE_INTERVAL = 0.1  # seconds between two "Downloading" updates of one layer
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    status: str = ""
+    id: str | None = None
+    current: int | None = None
+    total: int | None = None
+    aux: dict[str, Any] | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"errorDetail": {"message": self.error}, "error": self.error}
+        if self.aux is not None:
+            return {"aux": self.aux}
+        out: dict[str, Any] = {"status": self.status}
+        if self.current is not None:
+            detail: dict[str, int] = {"current": self.current}
+            if self.total:
+                detail["total"] = self.total
+            out["progressDetail"] = detail
+            out["progress"] = progress_bar(self.current, self.total)
+        elif self.id is not None:
+            out["progressDetail"] = {}
+        if self.id is not None:
+            out["id"] = self.id
+        return out
+
+
+class ProgressOutput(Protocol):
+    def write(self, message: Message) -> None: ...
+
+
+class DiscardOutput:
+    def write(self, message: Message) -> None:
+        return None
+
+
+@dataclass
+class StreamOutput:
+    """Feeds an API response: messages go into an unbounded memory stream."""
+
+    send: MemoryObjectSendStream[Message]
+
+    def write(self, message: Message) -> None:
+        # A client that went away must not stop the transfer for the others.
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.send.send_nowait(message)
+
+
+@dataclass
+class Broadcast:
+    """One transfer's progress, fanned out to every client waiting on it.
+
+    A client that joins late first sees the transfer's latest message.
+    """
+
+    outputs: list[ProgressOutput] = field(default_factory=list)
+    last: Message | None = None
+    _last_update: float = 0.0
+
+    def attach(self, output: ProgressOutput) -> None:
+        self.outputs.append(output)
+        if self.last is not None:
+            output.write(self.last)
+
+    def detach(self, output: ProgressOutput) -> None:
+        self.outputs.remove(output)
+
+    def write(self, message: Message) -> None:
+        self.last = message
+        for output in list(self.outputs):
+            output.write(message)
+
+    def update(self, message: Message) -> None:
+        """A progress update: sent at most every 100 ms, unless it is the last one."""
+        now = time.monotonic()
+        done = message.total is not None and message.current == message.total
+        if done or now - self._last_update >= _UPDATE_INTERVAL:
+            self._last_update = now
+            self.write(message)
+        else:
+            self.last = message
+
+
+def progress_bar(current: int, total: int | None) -> str:
+    """`[=====>      ]  1.049MB/3.624MB`, as docker draws it."""
+    if not total:
+        return f"{human_size(current)}"
+    filled = min(_BAR_WIDTH, math.floor(_BAR_WIDTH * current / total))
+    arrow = ">" if filled < _BAR_WIDTH else ""
+    bar = "=" * filled + arrow + " " * max(0, _BAR_WIDTH - filled - len(arrow))
+    return f"[{bar}] {human_size(current):>8}/{human_size(total)}"

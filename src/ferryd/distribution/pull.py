@@ -1,0 +1,173 @@
+"""Pull one image: manifest → config → layers → image, references, V2 metadata."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import anyio
+
+from ferryd.digest import Digest, chain_ids
+from ferryd.distribution.config import DownloadDescriptor, DownloadStats, PullConfig
+from ferryd.distribution.progress import Message
+from ferryd.errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    ImageConfigError,
+    ManifestError,
+    NotFoundError,
+)
+from ferryd.platforms import Platform, host_platform
+from ferryd.reference import Reference
+from ferryd.registry.client import RegistryClient
+from ferryd.registry.manifests import (
+    INDEX_TYPES,
+    Descriptor,
+    FetchedManifest,
+    check_supported,
+    decode_index,
+    decode_manifest,
+    select_platform,
+)
+from ferryd.store import Store
+from ferryd.store.images import MAX_CONFIG_SIZE, RootFS
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    image_id: Digest
+    digest: Digest  # what the reference resolved to: the index's digest for an index
+    updated: bool  # a tag moved or layers were fetched
+
+
+async def pull(reference: Reference, config: PullConfig, store: Store) -> PullResult:
+    """Pull `reference` into the store, reporting progress to `config.progress`."""
+    started = time.monotonic()
+    progress = config.progress
+    tag_or_digest = reference.digest or reference.tag or "latest"
+    progress.write(Message(f"Pulling from {reference.path}", tag_or_digest))
+    client = await config.connector.open(
+        reference.domain,
+        reference.path,
+        config.credentials,
+        meta_headers=config.meta_headers,
+    )
+    try:
+        top = await client.get_manifest(tag_or_digest)
+    except NotFoundError as exc:
+        raise NotFoundError(f"manifest for {reference.familiar} not found: {exc}") from None
+    except (AuthenticationError, AccessDeniedError) as exc:
+        raise type(exc)(
+            f"pull access denied for {reference.familiar_name}, repository does not exist "
+            f"or may require authorization: {exc}"
+        ) from None
+    manifest = await _resolve_platform(client, top, config.platform or host_platform())
+    image = decode_manifest(manifest.raw)
+
+    config_descriptor = image.config
+    if config_descriptor.mediaType not in config.schema2_types:
+        raise ImageConfigError(
+            f"the image's config has media type {config_descriptor.mediaType!r}, which is "
+            "not a container image (allowed: "
+            + ", ".join(repr(t) for t in config.schema2_types if t)
+            + ")"
+        )
+    image_id = Digest(config_descriptor.digest)
+    stats = DownloadStats()
+    if store.images.record(image_id) is None:
+        await _pull_image(
+            client, reference, config, store, manifest, image.config, image.layers, stats
+        )
+    else:
+        stats.reused = len(image.layers)
+    previous = await anyio.to_thread.run_sync(_tag, store, config, reference, top.digest, image_id)
+    updated = stats.fetched > 0 or previous != image_id
+    progress.write(Message(f"Digest: {top.digest}"))
+    if updated:
+        progress.write(Message(f"Status: Downloaded newer image for {reference.familiar}"))
+    else:
+        progress.write(Message(f"Status: Image is up to date for {reference.familiar}"))
+    config.event_logger(
+        image_id,
+        str(reference),
+        "pull",
+        digest=top.digest,
+        layers_fetched=stats.fetched,
+        layers_reused=stats.reused,
+        bytes=stats.bytes,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return PullResult(image_id, top.digest, updated)
+
+
+async def _resolve_platform(
+    client: RegistryClient, top: FetchedManifest, platform: Platform
+) -> FetchedManifest:
+    check_supported(top.media_type)
+    if top.media_type not in INDEX_TYPES:
+        return top
+    entry = select_platform(decode_index(top.raw), platform)
+    manifest = await client.get_manifest(entry.digest)
+    check_supported(manifest.media_type)
+    if manifest.media_type in INDEX_TYPES:
+        raise ManifestError(f"index entry {entry.digest} for {platform} is itself an index")
+    return manifest
+
+
+async def _pull_image(
+    client: RegistryClient,
+    reference: Reference,
+    config: PullConfig,
+    store: Store,
+    manifest: FetchedManifest,
+    config_descriptor: Descriptor,
+    layers: list[Descriptor],
+    stats: DownloadStats,
+) -> None:
+    """Config, then layers, then the image in one transaction: all of it or nothing."""
+    image_id = Digest(config_descriptor.digest)
+    limit = min(config_descriptor.size or MAX_CONFIG_SIZE, MAX_CONFIG_SIZE)
+    raw_config = await client.get_blob(image_id, limit, f"image config {image_id}")
+    rootfs, os = config.image_store.rootfs_and_os(raw_config)
+    if len(rootfs.diff_ids) != len(layers):
+        raise ImageConfigError(
+            f"the manifest has {len(layers)} layers but the image config has "
+            f"{len(rootfs.diff_ids)} DiffIDs"
+        )
+    descriptors = [
+        DownloadDescriptor(layer, diff_id, reference.domain, reference.path)
+        for layer, diff_id in zip(layers, rootfs.diff_ids, strict=True)
+    ]
+    assert config.download_manager is not None
+    final, release = await config.download_manager.download(
+        client, RootFS([]), os, descriptors, config.progress, stats
+    )
+    try:
+        if final.diff_ids != rootfs.diff_ids:
+            raise ImageConfigError("the downloaded layers do not match the image config's rootfs")
+
+        def commit() -> None:
+            size = sum(store.layers.size_of(chain) for chain in chain_ids(final.diff_ids))
+            with store.db.transaction():
+                config.image_store.put(
+                    raw_config, media_type=config_descriptor.mediaType, size=size
+                )
+                store.add_manifest(manifest.digest, image_id, manifest.media_type, manifest.raw)
+
+        await anyio.to_thread.run_sync(commit)
+    finally:
+        release()
+
+
+def _tag(
+    store: Store, config: PullConfig, reference: Reference, digest: Digest, image_id: Digest
+) -> Digest | None:
+    """Record the references a pull makes: the tag (if any) and repo@digest."""
+    references = config.reference_store
+    if references is None:
+        return image_id
+    with store.db.transaction():
+        references.add(reference.repository().with_digest(digest), image_id)
+        if reference.tag is not None and reference.digest is None:
+            return references.add(reference, image_id)
+        return image_id

@@ -1,0 +1,56 @@
+"""What the API drives: one object holding the store, registries and transfer managers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ferryd.distribution.config import ImageEventLogger, PullConfig
+from ferryd.distribution.downloads import DownloadManager
+from ferryd.distribution.progress import ProgressOutput
+from ferryd.distribution.pull import PullResult, pull
+from ferryd.platforms import Platform
+from ferryd.reference import Reference
+from ferryd.registry.auth import Credentials
+from ferryd.registry.connector import Connector
+from ferryd.store import Store
+
+
+@dataclass
+class ImageService:
+    store: Store
+    connector: Connector
+    downloads: DownloadManager
+    event_logger: ImageEventLogger
+    default_platform: Platform | None = None
+    # Logins from the credentials file, by registry domain.
+    saved_credentials: Mapping[str, Credentials] = field(default_factory=dict)
+
+    def credentials_for(self, domain: str, given: Credentials) -> Credentials:
+        """What the client sent wins; else the credentials file's entry; else anonymous."""
+        if not given.anonymous:
+            return given
+        return self.saved_credentials.get(domain, given)
+
+    async def pull(
+        self,
+        reference: Reference,
+        progress: ProgressOutput,
+        *,
+        platform: Platform | None = None,
+        credentials: Credentials,
+        meta_headers: Mapping[str, str] | None = None,
+    ) -> PullResult:
+        config = PullConfig(
+            connector=self.connector,
+            image_store=self.store.images,
+            metadata_store=self.store.metadata,
+            reference_store=self.store.references,
+            progress=progress,
+            event_logger=self.event_logger,
+            credentials=self.credentials_for(reference.domain, credentials),
+            meta_headers=dict(meta_headers or {}),
+            download_manager=self.downloads,
+            platform=platform or self.default_platform,
+        )
+        return await pull(reference, config, self.store)

@@ -1,0 +1,1 @@
+"""Talking to registries: endpoints, auth, manifests and blobs (OCI distribution spec)."""

@@ -1,0 +1,253 @@
+"""Registry credentials and the answer to a registry's `WWW-Authenticate` challenge.
+
+Anonymous, Basic, and Bearer (the token flow of the distribution spec: ask the realm
+for a token for a scope, cache it until it expires, fetch a new one on a 401).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from ferryd.errors import AuthenticationError, ConfigError, RegistryProtocolError
+from ferryd.reference import DEFAULT_DOMAIN
+
+_TOKEN_MIN_LIFETIME = 60.0  # seconds, as the token spec says when expires_in is absent
+_EXPIRY_MARGIN = 5.0
+_CHALLENGE_PARAM = re.compile(r'\s*([A-Za-z][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a client gave us to log in with. `repr` never shows secrets."""
+
+    username: str = ""
+    password: str = field(default="", repr=False)
+    identity_token: str = field(default="", repr=False)
+    registry_token: str = field(default="", repr=False)
+
+    @property
+    def anonymous(self) -> bool:
+        return not (self.username or self.identity_token or self.registry_token)
+
+
+ANONYMOUS = Credentials()
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    scheme: str  # "basic" or "bearer", lower case
+    params: dict[str, str]
+
+
+def parse_challenge(header: str | None) -> Challenge | None:
+    """Parse a `WWW-Authenticate` value; None when absent or of a scheme we cannot answer."""
+    if not header:
+        return None
+    scheme, _, rest = header.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme not in ("basic", "bearer"):
+        return None
+    params: dict[str, str] = {}
+    for match in _CHALLENGE_PARAM.finditer(rest):
+        quoted, bare = match.group(2), match.group(3)
+        value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare or ""
+        params[match.group(1).lower()] = value
+    return Challenge(scheme, params)
+
+
+def decode_registry_auth(header: str) -> Credentials:
+    """Decode the `X-Registry-Auth` header the docker CLI sends (base64url JSON)."""
+    header = header.strip()
+    if not header:
+        return ANONYMOUS
+    try:
+        raw = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
+        data = json.loads(raw) if raw.strip() else {}
+    except (binascii.Error, ValueError) as exc:
+        raise AuthenticationError(f"invalid X-Registry-Auth header: {exc}") from None
+    if not isinstance(data, dict):
+        raise AuthenticationError("invalid X-Registry-Auth header: expected a JSON object")
+    return _credentials_from_entry(data, "X-Registry-Auth header")
+
+
+def load_docker_config(path: Path) -> dict[str, Credentials]:
+    """The `auths` entries of a docker `config.json`, keyed by registry domain."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read credentials file {path}: {exc}") from None
+    auths = data.get("auths", {}) if isinstance(data, dict) else None
+    if not isinstance(auths, dict):
+        raise ConfigError(f"credentials file {path}: 'auths' must be an object")
+    result: dict[str, Credentials] = {}
+    for server, entry in auths.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"credentials file {path}: auths[{server!r}] must be an object")
+        try:
+            result[registry_domain(server)] = _credentials_from_entry(entry, f"{path}")
+        except AuthenticationError as exc:
+            raise ConfigError(str(exc)) from None
+    return result
+
+
+def registry_domain(server: str) -> str:
+    """`https://index.docker.io/v1/` → `docker.io`; `https://host:5000/` → `host:5000`."""
+    host = server.strip()
+    if "://" in host:
+        host = host.split("://", 1)[1]
+    host = host.split("/", 1)[0].lower()
+    if host in ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"):
+        return DEFAULT_DOMAIN
+    return host
+
+
+def _credentials_from_entry(entry: dict[str, Any], where: str) -> Credentials:
+    username = str(entry.get("username") or "")
+    password = str(entry.get("password") or "")
+    encoded = entry.get("auth")
+    if encoded and not username:
+        try:
+            username, sep, password = base64.b64decode(str(encoded)).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            sep = ""
+        if not sep:
+            raise AuthenticationError(f"{where}: 'auth' is not base64 of user:password")
+    return Credentials(
+        username=username,
+        password=password,
+        identity_token=str(entry.get("identitytoken") or ""),
+        registry_token=str(entry.get("registrytoken") or ""),
+    )
+
+
+@dataclass
+class _Token:
+    value: str
+    expires_at: float
+
+
+class Authenticator:
+    """Answers one registry's challenges with one set of credentials.
+
+    Shared by every request to that registry with those credentials, so that a bearer
+    token fetched for a scope serves all of them until it expires.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, registry: str, credentials: Credentials) -> None:
+        self._http = http
+        self._registry = registry
+        self._credentials = credentials
+        self._challenge: Challenge | None = None
+        self._tokens: dict[str, _Token] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+
+    @property
+    def challenge(self) -> Challenge | None:
+        return self._challenge
+
+    def set_challenge(self, challenge: Challenge | None) -> None:
+        self._challenge = challenge
+
+    async def headers(self, scope: str) -> dict[str, str]:
+        """The Authorization header for a request in `scope`, fetching a token if needed."""
+        challenge = self._challenge
+        if challenge is None:
+            return {}
+        if challenge.scheme == "basic":
+            return {"Authorization": "Basic " + self._basic()}
+        if self._credentials.registry_token:
+            return {"Authorization": "Bearer " + self._credentials.registry_token}
+        token = await self._token(scope)
+        return {"Authorization": "Bearer " + token}
+
+    def reject(self, scope: str, challenge: Challenge | None) -> bool:
+        """A request in `scope` got a 401: forget its token; can a retry help?"""
+        had_token = self._tokens.pop(scope, None) is not None
+        if challenge is None:
+            return False
+        changed = challenge != self._challenge
+        self._challenge = challenge
+        return changed or had_token
+
+    def _basic(self) -> str:
+        creds = self._credentials
+        if not creds.username:
+            raise AuthenticationError(
+                f"{self._registry} requires authentication: give a username and password"
+            )
+        return base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+
+    async def _token(self, scope: str) -> str:
+        lock = self._locks.setdefault(scope, anyio.Lock())
+        async with lock:
+            cached = self._tokens.get(scope)
+            if cached is not None and cached.expires_at > time.monotonic():
+                return cached.value
+            token = await self._fetch_token(scope)
+            self._tokens[scope] = token
+            return token.value
+
+    async def _fetch_token(self, scope: str) -> _Token:
+        assert self._challenge is not None
+        params = self._challenge.params
+        realm = params.get("realm")
+        if not realm:
+            raise RegistryProtocolError(
+                f"{self._registry} asked for a bearer token without a realm"
+            )
+        service = params.get("service", "")
+        creds = self._credentials
+        try:
+            if creds.identity_token:
+                response = await self._http.post(
+                    realm,
+                    data={
+                        "grant_type": "refresh_token",
+                        "refresh_token": creds.identity_token,
+                        "service": service,
+                        "scope": scope,
+                        "client_id": "ferryd",
+                    },
+                )
+            else:
+                query = {"service": service, "scope": scope} if service else {"scope": scope}
+                if creds.username:
+                    query["account"] = creds.username
+                auth = (creds.username, creds.password) if creds.username else None
+                response = await self._http.get(realm, params=query, auth=auth)
+        except httpx.HTTPError as exc:
+            raise AuthenticationError(
+                f"cannot reach the token service of {self._registry} at {realm}: {exc}"
+            ) from None
+        if response.status_code in (401, 403):
+            raise AuthenticationError(
+                f"{self._registry}: the token service refused the credentials"
+                + ("" if creds.anonymous else f" of {creds.username or 'the identity token'}")
+                + f" (HTTP {response.status_code})"
+            )
+        if response.status_code != 200:
+            raise AuthenticationError(
+                f"{self._registry}: the token service answered HTTP {response.status_code}"
+            )
+        try:
+            body = response.json()
+            value = body.get("token") or body.get("access_token")
+            lifetime = float(body.get("expires_in") or _TOKEN_MIN_LIFETIME)
+        except (ValueError, AttributeError, TypeError):
+            value, lifetime = None, 0.0
+        if not isinstance(value, str) or not value:
+            raise AuthenticationError(f"{self._registry}: the token service sent no token")
+        lifetime = max(lifetime, _TOKEN_MIN_LIFETIME) - _EXPIRY_MARGIN
+        return _Token(value, time.monotonic() + lifetime)

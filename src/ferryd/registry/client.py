@@ -1,0 +1,259 @@
+"""One repository on one registry: manifests and blobs over the distribution API."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from ferryd.digest import Digest, new_hasher, parse_digest, sha256_digest
+from ferryd.errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    DigestMismatchError,
+    FerrydError,
+    NotFoundError,
+    RegistryError,
+    RegistryProtocolError,
+    RegistryUnreachableError,
+    TooLargeError,
+    TooManyRequestsError,
+    TransientRegistryError,
+)
+from ferryd.registry.auth import Authenticator, parse_challenge
+from ferryd.registry.endpoints import Endpoint
+from ferryd.registry.manifests import ACCEPT, MAX_MANIFEST_SIZE, FetchedManifest, media_type_of
+
+MAX_REDIRECTS = 10
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class BlobResponse:
+    """An open blob download: `start` is where its bytes begin (0 when Range was ignored)."""
+
+    response: httpx.Response
+    start: int
+    total: int | None
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        # Raw: the bytes are the blob; a Content-Encoding would only mislead us.
+        return self.response.aiter_raw()
+
+
+class RegistryClient:
+    """Requests against one repository, with auth, redirects and error mapping."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        endpoint: Endpoint,
+        auth: Authenticator,
+        repository: str,
+        *,
+        actions: str = "pull",
+        meta_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.repository = repository
+        self._http = http
+        self._auth = auth
+        self._scope = f"repository:{repository}:{actions}"
+        self._meta_headers = dict(meta_headers or {})
+
+    def _url(self, path: str) -> str:
+        return f"{self.endpoint.base_url}/v2/{self.repository}/{path}"
+
+    async def get_manifest(self, reference: str) -> FetchedManifest:
+        """Fetch a manifest or index by tag or digest; its digest is checked before return.
+
+        By digest: the content must hash to it. By tag: the registry's
+        `Docker-Content-Digest`, when sent, must match the content.
+        """
+        what = f"manifest for {self.endpoint.domain}/{self.repository}:{reference}".replace(
+            ":sha256:", "@sha256:"
+        )
+        async with self._stream(
+            "GET", self._url(f"manifests/{reference}"), what, {"Accept": ", ".join(ACCEPT)}
+        ) as response:
+            raw = await _read_limited(response, MAX_MANIFEST_SIZE, what)
+            content_type = response.headers.get("content-type")
+            header_digest = response.headers.get("docker-content-digest")
+        media_type = media_type_of(content_type, raw)
+        expected = reference if reference.startswith("sha256:") else header_digest
+        digest = _digest_of(raw, expected, what)
+        return FetchedManifest(media_type, digest, raw)
+
+    async def get_blob(self, digest: Digest, limit: int, what: str) -> bytes:
+        """A small blob (an image config) read whole and verified."""
+        async with self._stream("GET", self._url(f"blobs/{digest}"), what) as response:
+            raw = await _read_limited(response, limit, what)
+        _digest_of(raw, digest, what)
+        return raw
+
+    @asynccontextmanager
+    async def open_blob(self, digest: Digest, offset: int = 0) -> AsyncIterator[BlobResponse]:
+        """Stream a blob from `offset`; a registry that ignores Range restarts at 0."""
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        what = f"blob {digest}"
+        async with self._stream("GET", self._url(f"blobs/{digest}"), what, headers) as response:
+            start, total = 0, _content_length(response)
+            if response.status_code == 206:
+                start, total = _parse_content_range(response, offset, what)
+            yield BlobResponse(response, start, total)
+
+    @asynccontextmanager
+    async def _stream(
+        self, method: str, url: str, what: str, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        response = await self._send(method, url, what, dict(headers or {}))
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                raise error_for(response, what, self.endpoint.domain)
+            yield response
+        except httpx.TransportError as exc:
+            raise transport_error(exc, self.endpoint) from None
+        finally:
+            await response.aclose()
+
+    async def _send(
+        self, method: str, url: str, what: str, headers: dict[str, str]
+    ) -> httpx.Response:
+        """Send with auth, answer one 401 by re-authenticating, follow redirects by hand.
+
+        By hand, so that the Authorization header goes only to the registry's own host:
+        blob redirects usually point at a storage service that must never see it.
+        """
+        for attempt in range(2):
+            response = await self._follow(
+                method, url, headers, await self._auth.headers(self._scope)
+            )
+            if response.status_code != 401 or attempt == 1:
+                return response
+            challenge = parse_challenge(response.headers.get("www-authenticate"))
+            if not self._auth.reject(self._scope, challenge):
+                return response
+            await response.aclose()
+        raise AssertionError("unreachable")
+
+    async def _follow(
+        self, method: str, url: str, headers: dict[str, str], auth: dict[str, str]
+    ) -> httpx.Response:
+        registry_host = self.endpoint.host
+        for _ in range(MAX_REDIRECTS + 1):
+            same_host = urlsplit(url).netloc == registry_host
+            request = self._http.build_request(
+                method,
+                url,
+                headers={**self._meta_headers, **headers, **(auth if same_host else {})},
+            )
+            try:
+                response = await self._http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                raise transport_error(exc, self.endpoint) from None
+            location = response.headers.get("location")
+            if response.status_code not in (301, 302, 303, 307, 308) or not location:
+                return response
+            await response.aclose()
+            url = urljoin(url, location)
+            if response.status_code == 303:
+                method = "GET"
+        raise RegistryProtocolError(f"{self.endpoint.domain}: more than {MAX_REDIRECTS} redirects")
+
+
+async def ping(http: httpx.AsyncClient, endpoint: Endpoint) -> httpx.Response:
+    """GET /v2/: the answer says whether and how we must authenticate."""
+    try:
+        response = await http.get(f"{endpoint.base_url}/v2/")
+    except httpx.TransportError as exc:
+        raise transport_error(exc, endpoint) from None
+    if response.status_code not in (200, 401):
+        raise error_for(response, "registry ping", endpoint.domain)
+    return response
+
+
+def error_for(response: httpx.Response, what: str, registry: str) -> RegistryError:
+    """The error for a failed response, with the registry's own words when it sent any."""
+    status = response.status_code
+    detail = _registry_message(response)
+    suffix = f": {detail}" if detail else ""
+    if status == 401:
+        return AuthenticationError(f"{registry}: authentication required for {what}{suffix}")
+    if status == 403:
+        return AccessDeniedError(f"{registry}: access to {what} denied{suffix}")
+    if status == 404:
+        return NotFoundError(f"{what} not found{suffix}")
+    if status == 429:
+        return TooManyRequestsError(f"{registry}: too many requests{suffix}")
+    if status >= 500 or status == 408:
+        return TransientRegistryError(f"{registry}: HTTP {status} for {what}{suffix}")
+    return RegistryProtocolError(f"{registry}: unexpected HTTP {status} for {what}{suffix}")
+
+
+def transport_error(exc: httpx.TransportError, endpoint: Endpoint) -> FerrydError:
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.UnsupportedProtocol):
+        return RegistryUnreachableError(f"cannot reach {endpoint.base_url}: {reason}")
+    if isinstance(exc, httpx.TimeoutException):
+        return TransientRegistryError(f"{endpoint.domain}: timed out ({type(exc).__name__})")
+    return TransientRegistryError(f"{endpoint.domain}: connection failed: {reason}")
+
+
+def _registry_message(response: httpx.Response) -> str:
+    try:
+        errors = response.json().get("errors") or []
+        parts = [
+            f"{e.get('code', '').lower().replace('_', ' ')}: {e.get('message', '')}" for e in errors
+        ]
+        return "; ".join(p.strip(": ") for p in parts)
+    except (ValueError, AttributeError, TypeError):
+        return ""
+
+
+async def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
+    length = _content_length(response)
+    if length is not None and length > limit:
+        raise TooLargeError(f"{what} is {length} bytes, over the limit of {limit}")
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > limit:
+            raise TooLargeError(f"{what} is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _digest_of(raw: bytes, expected: str | None, what: str) -> Digest:
+    """The sha256 digest of `raw`, checked against `expected` (in its own algorithm)."""
+    if expected:
+        wanted = parse_digest(expected)
+        hasher = new_hasher(wanted)
+        hasher.update(raw)
+        actual = f"{wanted.partition(':')[0]}:{hasher.hexdigest()}"
+        if actual != wanted:
+            raise DigestMismatchError(f"{what}: content has digest {actual}, expected {wanted}")
+        if wanted.startswith("sha256:"):
+            return wanted
+    return sha256_digest(raw)
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length")
+    return int(value) if value and value.isdigit() else None
+
+
+def _parse_content_range(
+    response: httpx.Response, offset: int, what: str
+) -> tuple[int, int | None]:
+    match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+    if match is None:
+        raise RegistryProtocolError(f"{what}: 206 without a valid Content-Range")
+    start = int(match.group(1))
+    if start != offset:
+        raise RegistryProtocolError(f"{what}: asked for bytes from {offset}, got from {start}")
+    total = match.group(3)
+    return start, int(total) if total != "*" else None

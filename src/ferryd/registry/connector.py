@@ -1,0 +1,109 @@
+"""Opens a RegistryClient for a repository: endpoint choice, ping, auth, connection reuse."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import httpx
+
+from ferryd import __version__
+from ferryd.errors import RegistryUnreachableError
+from ferryd.registry.auth import Authenticator, Credentials, parse_challenge
+from ferryd.registry.client import RegistryClient, ping
+from ferryd.registry.endpoints import Endpoint, RegistryService
+
+USER_AGENT = f"ferryd/{__version__}"
+
+
+class Connector:
+    """Keeps one HTTP connection pool per endpoint and one authenticator per login.
+
+    Reusing them is what lets concurrent pulls share connections and bearer tokens.
+    """
+
+    def __init__(
+        self,
+        service: RegistryService,
+        *,
+        connect_timeout: float = 30.0,
+        read_timeout: float = 60.0,
+        proxy: str | None = None,
+    ) -> None:
+        self.service = service
+        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self._proxy = proxy
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._authenticators: dict[tuple[str, Credentials], Authenticator] = {}
+        self._working: dict[str, Endpoint] = {}
+
+    async def open(
+        self,
+        domain: str,
+        repository: str,
+        credentials: Credentials,
+        *,
+        actions: str = "pull",
+        meta_headers: Mapping[str, str] | None = None,
+    ) -> RegistryClient:
+        """A client for `domain/repository`, on the first endpoint that answers."""
+        endpoint, auth = await self._login(domain, credentials)
+        return RegistryClient(
+            self._client(endpoint),
+            endpoint,
+            auth,
+            repository,
+            actions=actions,
+            meta_headers=meta_headers,
+        )
+
+    async def _login(self, domain: str, credentials: Credentials) -> tuple[Endpoint, Authenticator]:
+        known = self._working.get(domain)
+        if known is not None and (known.base_url, credentials) in self._authenticators:
+            return known, self._authenticators[(known.base_url, credentials)]
+        endpoints = [known] if known is not None else await self.service.endpoints(domain)
+        failures: list[str] = []
+        for endpoint in endpoints:
+            http = self._client(endpoint)
+            try:
+                response = await ping(http, endpoint)
+            except RegistryUnreachableError as exc:
+                failures.append(str(exc))
+                continue
+            auth = Authenticator(http, domain, credentials)
+            auth.set_challenge(
+                parse_challenge(response.headers.get("www-authenticate"))
+                if response.status_code == 401
+                else None
+            )
+            self._working[domain] = endpoint
+            self._authenticators[(endpoint.base_url, credentials)] = auth
+            return endpoint, auth
+        if known is not None:
+            # The endpoint that worked before is gone: try them all again next time.
+            del self._working[domain]
+        raise RegistryUnreachableError("; ".join(failures) or f"no endpoint for {domain}")
+
+    def _client(self, endpoint: Endpoint) -> httpx.AsyncClient:
+        client = self._clients.get(endpoint.base_url)
+        if client is None:
+            client = httpx.AsyncClient(
+                verify=endpoint.verify,
+                timeout=self._timeout,
+                follow_redirects=False,
+                headers={"User-Agent": USER_AGENT},
+                proxy=self._proxy,
+                trust_env=False,
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            )
+            self._clients[endpoint.base_url] = client
+        return client
+
+    def forget(self) -> None:
+        """Drop cached endpoints and tokens (after a settings reload)."""
+        self._working.clear()
+        self._authenticators.clear()
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()

@@ -1,0 +1,146 @@
+"""Which URL and TLS settings reach a registry (the seed's registry service).
+
+`docker.io` is served by `registry-1.docker.io`. A registry is insecure when its
+`host[:port]` or its address is in the insecure list (loopback by default, as in
+dockerd): it is tried over HTTPS without verification first, then over plain HTTP.
+Certificates come from `certs.d/HOST[:PORT]/` as docker lays them out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from ferryd.errors import ConfigError
+from ferryd.reference import DEFAULT_DOMAIN
+
+DOCKER_HUB_HOST = "registry-1.docker.io"
+DEFAULT_INSECURE = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One way to reach a registry: a base URL and how to check its certificate."""
+
+    domain: str  # the registry as references name it: docker.io, host:5000
+    base_url: str  # https://registry-1.docker.io
+    verify: ssl.SSLContext | bool = True
+    insecure: bool = False
+
+    @property
+    def host(self) -> str:
+        """`host[:port]` of the base URL: credentials never leave it."""
+        return self.base_url.split("://", 1)[1]
+
+
+@dataclass
+class RegistryService:
+    """Turns a registry domain into the endpoints to try, in order."""
+
+    insecure_registries: list[str] = field(default_factory=lambda: list(DEFAULT_INSECURE))
+    certs_dir: Path | None = None
+    _networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(init=False)
+    _hosts: set[str] = field(init=False)
+    # Building a context reads the system CA bundle (tens of ms): once per host is enough.
+    _contexts: dict[tuple[str, bool], ssl.SSLContext] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._networks = []
+        self._hosts = set()
+        for entry in self.insecure_registries:
+            entry = entry.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
+            if not entry:
+                raise ConfigError("insecure registry entry is empty")
+            try:
+                self._networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self._hosts.add(entry.lower())
+
+    async def endpoints(self, domain: str) -> list[Endpoint]:
+        host = DOCKER_HUB_HOST if domain == DEFAULT_DOMAIN else domain
+        if await self.is_insecure(host):
+            return [
+                Endpoint(
+                    domain, f"https://{host}", verify=self._tls(host, verify=False), insecure=True
+                ),
+                Endpoint(domain, f"http://{host}", verify=False, insecure=True),
+            ]
+        return [Endpoint(domain, f"https://{host}", verify=self._tls(host, verify=True))]
+
+    async def is_insecure(self, host: str) -> bool:
+        host = host.lower()
+        if host in self._hosts:
+            return True
+        name = _hostname(host)
+        if name in self._hosts:
+            return True
+        addresses = await _addresses(name)
+        return any(address in network for address in addresses for network in self._networks)
+
+    def _tls(self, host: str, *, verify: bool) -> ssl.SSLContext:
+        key = (host, verify)
+        if key not in self._contexts:
+            self._contexts[key] = self._new_tls(host, verify=verify)
+        return self._contexts[key]
+
+    def _new_tls(self, host: str, *, verify: bool) -> ssl.SSLContext:
+        context = ssl.create_default_context() if verify else _unverified_context()
+        directory = self._certs_for(host)
+        if directory is None:
+            return context
+        for path in sorted(directory.iterdir()):
+            if path.suffix == ".crt" and verify:
+                try:
+                    context.load_verify_locations(cafile=str(path))
+                except (OSError, ssl.SSLError) as exc:
+                    raise ConfigError(f"cannot load CA certificate {path}: {exc}") from None
+            elif path.suffix == ".cert":
+                key = path.with_suffix(".key")
+                if not key.exists():
+                    raise ConfigError(f"client certificate {path} has no matching key {key.name}")
+                try:
+                    context.load_cert_chain(str(path), str(key))
+                except (OSError, ssl.SSLError) as exc:
+                    raise ConfigError(f"cannot load client certificate {path}: {exc}") from None
+        return context
+
+    def _certs_for(self, host: str) -> Path | None:
+        if self.certs_dir is None:
+            return None
+        directory = self.certs_dir / host
+        return directory if directory.is_dir() else None
+
+
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _hostname(host: str) -> str:
+    """`host` without its port; IPv6 brackets removed."""
+    if host.startswith("["):
+        return host[1 : host.index("]")]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+async def _addresses(name: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        return [ipaddress.ip_address(name)]
+    except ValueError:
+        pass
+    if name == "localhost":
+        return [ipaddress.ip_address("127.0.0.1")]
+    # Like dockerd, look the name up so that a name for a loopback address counts too;
+    # a name that does not resolve is simply not insecure.
+    try:
+        infos = await anyio.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    return [ipaddress.ip_address(info[4][0]) for info in infos]

@@ -1,0 +1,178 @@
+"""Manifest and index media types, decoding, and platform resolution."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeVar
+
+import msgspec
+
+from ferryd.digest import Digest, parse_digest
+from ferryd.errors import (
+    InvalidDigestError,
+    ManifestError,
+    PlatformNotFoundError,
+    UnsupportedManifestError,
+)
+from ferryd.platforms import Platform
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+SCHEMA1_TYPES = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
+
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+IMAGE_MANIFEST_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
+INDEX_TYPES = (DOCKER_MANIFEST_LIST, OCI_INDEX)
+# What we send as Accept: everything we can use, and schema1 so that we can name it.
+ACCEPT = (*IMAGE_MANIFEST_TYPES, *INDEX_TYPES, *SCHEMA1_TYPES)
+
+# The seed's Schema2Types: config media types a pull accepts. Some registries served
+# configs as octet-stream, json or even html, and docker kept accepting them.
+DEFAULT_CONFIG_TYPES = (
+    DOCKER_CONFIG,
+    OCI_CONFIG,
+    "application/octet-stream",
+    "application/json",
+    "text/html",
+    "",
+)
+
+MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+
+_T = TypeVar("_T")
+
+
+class ManifestPlatform(msgspec.Struct, frozen=True):
+    os: str = ""
+    architecture: str = ""
+    variant: str | None = None
+
+
+class Descriptor(msgspec.Struct, frozen=True, omit_defaults=True):
+    mediaType: str
+    digest: str
+    size: int
+    urls: list[str] | None = None
+    annotations: dict[str, str] | None = None
+    platform: ManifestPlatform | None = None
+
+
+class _Versioned(msgspec.Struct):
+    schemaVersion: int = 0
+    mediaType: str = ""
+
+
+class ImageManifest(msgspec.Struct, frozen=True):
+    config: Descriptor
+    layers: list[Descriptor]
+    schemaVersion: int = 2
+    mediaType: str = ""
+
+
+class ImageIndex(msgspec.Struct, frozen=True):
+    manifests: list[Descriptor]
+    schemaVersion: int = 2
+    mediaType: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedManifest:
+    """A manifest or index as the registry served it, with its verified digest."""
+
+    media_type: str
+    digest: Digest
+    raw: bytes
+
+
+def media_type_of(content_type: str | None, raw: bytes) -> str:
+    """The manifest's media type: the body's `mediaType`, else the Content-Type header.
+
+    Registries disagree on Content-Type; the body is what the digest covers.
+    """
+    try:
+        head = msgspec.json.decode(raw, type=_Versioned)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+    header = (content_type or "").split(";")[0].strip()
+    if head.mediaType:
+        return head.mediaType
+    if header in ACCEPT:
+        return header
+    if head.schemaVersion == 1:
+        return SCHEMA1_TYPES[0]
+    # An OCI manifest may omit mediaType: tell it from an index by its fields.
+    return OCI_INDEX if b'"manifests"' in raw else OCI_MANIFEST
+
+
+def check_supported(media_type: str) -> None:
+    if media_type in SCHEMA1_TYPES:
+        raise UnsupportedManifestError(
+            "the image uses a Docker Image Format v1 (schema1) manifest, which ferryd does "
+            "not support; push it again with a current client to convert it to schema2 or OCI"
+        )
+    if media_type not in IMAGE_MANIFEST_TYPES and media_type not in INDEX_TYPES:
+        raise UnsupportedManifestError(f"unsupported manifest media type {media_type!r}")
+
+
+def decode_manifest(raw: bytes) -> ImageManifest:
+    manifest = _decode(raw, ImageManifest, "image manifest")
+    for descriptor in (manifest.config, *manifest.layers):
+        _check_descriptor(descriptor)
+    return manifest
+
+
+def decode_index(raw: bytes) -> ImageIndex:
+    index = _decode(raw, ImageIndex, "image index")
+    for descriptor in index.manifests:
+        _check_descriptor(descriptor)
+    return index
+
+
+def select_platform(index: ImageIndex, wanted: Platform) -> Descriptor:
+    """The index entry for `wanted`: the first match, as docker and containerd take it."""
+    for entry in index.manifests:
+        if entry.platform is None or entry.mediaType in INDEX_TYPES:
+            continue
+        p = entry.platform
+        if wanted.matches(p.os, p.architecture, p.variant):
+            return entry
+    offered = sorted(
+        {
+            str(Platform(d.platform.os, d.platform.architecture, d.platform.variant))
+            for d in index.manifests
+            if d.platform is not None and d.platform.os != "unknown"
+        }
+    )
+    raise PlatformNotFoundError(
+        f"no matching manifest for {wanted} in the manifest list entries"
+        + (f" (available: {', '.join(offered)})" if offered else "")
+    )
+
+
+def _decode(raw: bytes, kind: type[_T], what: str) -> _T:
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ManifestError(f"malformed {what}: {exc}") from None
+
+
+def _check_descriptor(descriptor: Descriptor) -> None:
+    try:
+        parse_digest(descriptor.digest)
+    except InvalidDigestError as exc:
+        raise ManifestError(f"malformed manifest: {exc}") from None
+    if descriptor.size < 0:
+        raise ManifestError(f"malformed manifest: descriptor {descriptor.digest} has negative size")

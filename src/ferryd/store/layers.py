@@ -1,0 +1,103 @@
+"""Layers by ChainID, each backed by one stored blob, reference-counted while in use."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from ferryd.digest import Digest, chain_id
+from ferryd.errors import StoreError
+from ferryd.store.db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    chain_id: Digest
+    parent: Digest | None
+    diff_id: Digest
+    blob_digest: Digest  # the compressed blob as the registry served it
+    media_type: str
+    compressed_size: int
+    size: int  # uncompressed
+
+
+class LayerStore:
+    """The layer table plus in-memory holds: a held layer is never garbage-collected."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._holds: Counter[Digest] = Counter()
+        self._lock = threading.Lock()
+
+    def get(self, chain: Digest) -> Layer | None:
+        row = self._db.one("SELECT * FROM layers WHERE chain_id = ?", (chain,))
+        return _layer(row) if row is not None else None
+
+    def size_of(self, chain: Digest) -> int:
+        """The uncompressed size of one layer (not of its parents)."""
+        row = self._db.one("SELECT size FROM layers WHERE chain_id = ?", (chain,))
+        if row is None:
+            raise StoreError(f"layer {chain} is not in the store")
+        return int(row["size"])
+
+    def by_blob(self, blob_digest: Digest) -> Layer | None:
+        """Any layer backed by this blob: tells a stored blob's DiffID without reading it."""
+        row = self._db.one("SELECT * FROM layers WHERE blob_digest = ? LIMIT 1", (blob_digest,))
+        return _layer(row) if row is not None else None
+
+    def register(
+        self,
+        parent: Digest | None,
+        diff_id: Digest,
+        blob_digest: Digest,
+        media_type: str,
+        compressed_size: int,
+        size: int,
+    ) -> Layer:
+        """Record a layer on top of `parent` (which must exist) and hold it."""
+        chain = chain_id(parent, diff_id)
+        if parent is not None and self.get(parent) is None:
+            raise StoreError(f"cannot register layer {chain}: parent {parent} is unknown")
+        self._db.execute(
+            "INSERT OR IGNORE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (chain, parent, diff_id, blob_digest, media_type, compressed_size, size, time.time()),
+        )
+        layer = self.get(chain)
+        assert layer is not None
+        self.hold(chain)
+        return layer
+
+    def hold(self, chain: Digest) -> None:
+        with self._lock:
+            self._holds[chain] += 1
+
+    def release(self, chain: Digest) -> None:
+        with self._lock:
+            self._holds[chain] -= 1
+            if self._holds[chain] <= 0:
+                del self._holds[chain]
+
+    def held(self, chain: Digest) -> bool:
+        with self._lock:
+            return self._holds[chain] > 0
+
+    def all(self) -> list[Layer]:
+        return [_layer(row) for row in self._db.all("SELECT * FROM layers")]
+
+    def delete(self, chain: Digest) -> None:
+        self._db.execute("DELETE FROM layers WHERE chain_id = ?", (chain,))
+
+
+def _layer(row: object) -> Layer:
+    r = dict(row)  # type: ignore[call-overload]
+    return Layer(
+        Digest(r["chain_id"]),
+        Digest(r["parent"]) if r["parent"] else None,
+        Digest(r["diff_id"]),
+        Digest(r["blob_digest"]),
+        r["media_type"],
+        r["compressed_size"],
+        r["size"],
+    )

@@ -1,0 +1,71 @@
+"""The store as one object: blobs, database, and the stores built on them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ferryd.digest import Digest
+from ferryd.errors import ImageNotFoundError, InvalidReferenceError
+from ferryd.reference import parse_reference
+from ferryd.store.blobs import BlobStore
+from ferryd.store.db import Database
+from ferryd.store.images import ImageConfigStore
+from ferryd.store.layers import LayerStore
+from ferryd.store.metadata import V2MetadataStore
+from ferryd.store.references import ReferenceStore
+
+_ID_PREFIX = re.compile(r"^(?:sha256:)?([a-f0-9]{1,64})$")
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.blobs = BlobStore(root)
+        self.db = Database(root / "ferryd.db")
+        self.layers = LayerStore(self.db)
+        self.images = ImageConfigStore(self.db, self.blobs)
+        self.references = ReferenceStore(self.db)
+        self.metadata = V2MetadataStore(self.db)
+
+    def add_manifest(self, digest: Digest, image_id: Digest, media_type: str, raw: bytes) -> None:
+        """Keep the manifest an image came with (push re-uses it to keep digests)."""
+        self.blobs.put(raw, digest if digest.startswith("sha256:") else None)
+        self.db.execute(
+            "INSERT OR IGNORE INTO manifests VALUES (?, ?, ?, ?)",
+            (digest, image_id, media_type, len(raw)),
+        )
+
+    def resolve(self, name: str) -> Digest:
+        """An image by reference (`alpine`, `host/x:tag`, `x@sha256:…`), ID or ID prefix.
+
+        As docker: a full or unique short ID wins over a name that looks like one.
+        """
+        match = _ID_PREFIX.match(name)
+        if match is not None:
+            found = self._by_id_prefix(match.group(1), full=name.startswith("sha256:"))
+            if found is not None:
+                return found
+        try:
+            reference = parse_reference(name)
+        except InvalidReferenceError:
+            raise ImageNotFoundError(f"No such image: {name}") from None
+        image_id = self.references.get(reference)
+        if image_id is None:
+            raise ImageNotFoundError(f"No such image: {name}")
+        return image_id
+
+    def _by_id_prefix(self, prefix: str, *, full: bool) -> Digest | None:
+        if full and len(prefix) != 64:
+            return None
+        rows = self.db.all(
+            "SELECT id FROM images WHERE id >= ? AND id < ? LIMIT 2",
+            (f"sha256:{prefix}", f"sha256:{prefix}g"),
+        )
+        if len(rows) > 1:
+            raise ImageNotFoundError(f"image ID prefix {prefix!r} is ambiguous")
+        return Digest(rows[0]["id"]) if rows else None
+
+    def close(self) -> None:
+        self.db.close()

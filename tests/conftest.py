@@ -1,0 +1,72 @@
+"""Fixtures: real registries (plain and TLS + htpasswd), image layouts, the real daemon."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from support.daemon import Daemon
+from support.registry import Registry, have_registry_tools, start_registry
+
+USER, PASSWORD = "ferry", "s3cret-pass"
+
+needs_registry = pytest.mark.skipif(
+    not have_registry_tools(), reason="Debian's docker-registry and skopeo are not installed"
+)
+needs_docker = pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed")
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A plain-HTTP registry on loopback, shared by the session (tests use own repos)."""
+    if not have_registry_tools():
+        pytest.skip("Debian's docker-registry and skopeo are not installed")
+    with start_registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
+
+
+@pytest.fixture(scope="session")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[Registry]:
+    """A TLS registry with htpasswd (Basic) auth."""
+    if not have_registry_tools():
+        pytest.skip("Debian's docker-registry and skopeo are not installed")
+    with start_registry(
+        tmp_path_factory.mktemp("tls-registry"), tls=ca, htpasswd=(USER, PASSWORD)
+    ) as reg:
+        yield reg
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Path:
+    return tmp_path / "layout"
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start(**settings: Any) -> Daemon:
+        daemon = Daemon(tmp_path / f"daemon{len(started)}", settings)
+        daemon.workdir.mkdir()
+        daemon.start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
+    return start_daemon()

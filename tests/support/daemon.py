@@ -1,0 +1,143 @@
+"""Run the real daemon (`python -m ferryd serve`) on a temp root and socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ferryd.client import Client, DaemonError
+
+
+@dataclass
+class Daemon:
+    workdir: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.workdir / "root"
+
+    @property
+    def socket(self) -> Path:
+        return self.workdir / "ferryd.sock"
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "ferryd.log"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "ferryd.toml"
+
+    def start(self) -> None:
+        settings = {
+            "root": str(self.root),
+            "socket": str(self.socket),
+            "download_retry_delay": 0.05,
+            "certs_dir": str(self.workdir / "certs.d"),
+            **self.settings,
+        }
+        self.config_path.write_text(_toml(settings))
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ferryd", "serve", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ferryd exited {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                Client(self.host, timeout=5).request("GET", "/_ping").read()
+                return
+            except DaemonError:
+                time.sleep(0.05)
+        raise RuntimeError(f"ferryd did not answer on {self.socket}:\n{self.log_tail()}")
+
+    def stop(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def client(self) -> Client:
+        return Client(self.host, timeout=120)
+
+    def pull(
+        self, reference: str, *, platform: str | None = None, auth: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The whole progress stream of a pull (an error ends it as a message)."""
+        params = {"fromImage": reference}
+        if platform:
+            params["platform"] = platform
+        headers = {"X-Registry-Auth": auth} if auth else {}
+        return list(self.client().stream("POST", "/images/create", params, headers))
+
+    def images(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.client().get_json("/images/json")
+        return result
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.client().get_json(f"/images/{name}/json")
+        return result
+
+    def log_events(self, event: str | None = None) -> list[dict[str, Any]]:
+        events = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if event is None or entry.get("event") == event:
+                events.append(entry)
+        return events
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def blob_files(self) -> list[Path]:
+        return sorted(p for p in (self.root / "blobs").rglob("*") if p.is_file())
+
+
+def _toml(settings: dict[str, Any]) -> str:
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+
+
+def errors(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["error"] for m in messages if "error" in m]
+
+
+def statuses(messages: list[dict[str, Any]], status: str) -> list[str]:
+    """The layer ids that reported `status`."""
+    return [m.get("id", "") for m in messages if m.get("status") == status]

@@ -18,7 +18,7 @@ from backports import zstd
 from isal import isal_zlib
 
 from ferryd.digest import Digest, new_hasher
-from ferryd.errors import ContentError
+from ferryd.errors import ContentError, DigestMismatchError
 
 BATCH_SIZE = 1 << 20
 # Decompressed output is hashed in pieces of at most this size, so a small blob that
@@ -146,6 +146,9 @@ class LayerSink:
         self._diff_hasher = hashlib.sha256()
         self._inflater: Inflater | None = None
         self._pending = b""  # the first bytes, until there are enough to tell the format
+        # A corrupt stream is reported only once the blob digest has been checked: a
+        # wrong digest is the truer explanation of bad bytes.
+        self._broken: ContentError | None = None
 
     def open(self) -> int:
         """Open the partial file, reading back what it holds; returns the resume offset."""
@@ -171,7 +174,7 @@ class LayerSink:
     def _consume(self, batch: bytes) -> None:
         self._hasher.update(batch)
         self.offset += len(batch)
-        if not self._want_diff_id:
+        if not self._want_diff_id or self._broken is not None:
             return
         if self._inflater is None:
             self._pending += batch
@@ -183,24 +186,39 @@ class LayerSink:
 
     def _inflate(self, batch: bytes) -> None:
         assert self._inflater is not None
-        for piece in self._inflater.feed(batch):
-            self._diff_hasher.update(piece)
-            self.uncompressed_size += len(piece)
+        try:
+            for piece in self._inflater.feed(batch):
+                self._diff_hasher.update(piece)
+                self.uncompressed_size += len(piece)
+        except ContentError as exc:
+            self._broken = exc
 
-    def finish(self) -> tuple[Digest, Digest | None]:
-        """Flush and fsync; return the blob digest and (if computed) the DiffID."""
+    def finish(self) -> Digest | None:
+        """Flush and fsync, check the blob digest, then the stream; return the DiffID.
+
+        Raises DigestMismatchError when the blob is not `expected`, ContentError when
+        it is but does not decompress.
+        """
         assert self._file is not None
-        diff_id = None
-        if self._want_diff_id:
-            if self._inflater is None:
-                self._inflater = inflater(detect_compression(self._pending))
-                self._inflate(self._pending)
-            self._inflater.finish()
-            diff_id = Digest("sha256:" + self._diff_hasher.hexdigest())
         self._file.flush()
         os.fsync(self._file.fileno())
         algorithm = self.expected.partition(":")[0]
-        return Digest(f"{algorithm}:{self._hasher.hexdigest()}"), diff_id
+        actual = f"{algorithm}:{self._hasher.hexdigest()}"
+        if actual != self.expected:
+            raise DigestMismatchError(
+                f"filesystem layer verification failed for digest {self.expected}: "
+                f"the content has digest {actual}"
+            )
+        if not self._want_diff_id:
+            return None
+        if self._inflater is None and self._broken is None:
+            self._inflater = inflater(detect_compression(self._pending))
+            self._inflate(self._pending)
+        if self._broken is not None:
+            raise self._broken
+        assert self._inflater is not None
+        self._inflater.finish()
+        return Digest("sha256:" + self._diff_hasher.hexdigest())
 
     def close(self) -> None:
         if self._file is not None:

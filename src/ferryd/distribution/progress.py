@@ -30,6 +30,9 @@ class Message:
     total: int | None = None
     aux: dict[str, Any] | None = None
     error: str | None = None
+    # docker's progress.Update (layer states) carries an empty progressDetail;
+    # progress.Message ("Pulling from …") does not.
+    update: bool = True
 
     def to_json(self) -> dict[str, Any]:
         if self.error is not None:
@@ -43,7 +46,7 @@ class Message:
                 detail["total"] = self.total
             out["progressDetail"] = detail
             out["progress"] = progress_bar(self.current, self.total)
-        elif self.id is not None:
+        elif self.id is not None and self.update:
             out["progressDetail"] = {}
         if self.id is not None:
             out["id"] = self.id

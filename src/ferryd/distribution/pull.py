@@ -45,7 +45,7 @@ async def pull(reference: Reference, config: PullConfig, store: Store) -> PullRe
     started = time.monotonic()
     progress = config.progress
     tag_or_digest = reference.digest or reference.tag or "latest"
-    progress.write(Message(f"Pulling from {reference.path}", tag_or_digest))
+    progress.write(Message(f"Pulling from {reference.path}", tag_or_digest, update=False))
     client = await config.connector.open(
         reference.domain,
         reference.path,

@@ -15,7 +15,6 @@ from ferryd.errors import (
     AuthenticationError,
     ImageConfigError,
     ManifestError,
-    NotFoundError,
 )
 from ferryd.platforms import Platform, host_platform
 from ferryd.reference import Reference
@@ -54,8 +53,6 @@ async def pull(reference: Reference, config: PullConfig, store: Store) -> PullRe
     )
     try:
         top = await client.get_manifest(tag_or_digest)
-    except NotFoundError as exc:
-        raise NotFoundError(f"manifest for {reference.familiar} not found: {exc}") from None
     except (AuthenticationError, AccessDeniedError) as exc:
         raise type(exc)(
             f"pull access denied for {reference.familiar_name}, repository does not exist "

@@ -1,0 +1,91 @@
+"""Our own CLI, a client of the socket."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.daemon import Daemon
+from support.images import LayerSpec, build_image, seed
+from support.registry import Registry
+
+
+def ferryd(*args: str, host: str | None = None) -> subprocess.CompletedProcess[str]:
+    env_host = ["--host", host] if host else []
+    return subprocess.run(
+        [sys.executable, "-m", "ferryd", *env_host, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.registry
+def test_cli_pull_images_and_inspect(registry: Registry, daemon: Daemon, layout: Path) -> None:
+    built = build_image(layout, layers=[LayerSpec(size=2000, seed=100)])
+    seed(registry, layout, "latest", "ourcli/app:v1")
+    ref = f"{registry.host}/ourcli/app:v1"
+
+    pulled = ferryd("pull", ref, host=daemon.host)
+    listed = ferryd("images", host=daemon.host)
+    inspected = ferryd("inspect", ref, host=daemon.host)
+
+    assert pulled.returncode == 0, pulled.stderr
+    assert f"Status: Downloaded newer image for {ref}" in pulled.stdout
+    assert f"{built.layers[0].digest[7:19]}: Pull complete" in pulled.stdout
+    assert listed.returncode == 0
+    assert f"{registry.host}/ourcli/app" in listed.stdout
+    assert built.config_digest[7:19] in listed.stdout
+    assert json.loads(inspected.stdout)[0]["Id"] == built.config_digest
+
+
+@pytest.mark.registry
+def test_cli_pull_failure_exits_non_zero_with_the_reason(
+    registry: Registry, daemon: Daemon
+) -> None:
+    result = ferryd("pull", f"{registry.host}/ourcli/missing:v1", host=daemon.host)
+
+    assert result.returncode == 1
+    assert "not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_takes_the_socket_from_ferryd_host(daemon: Daemon) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ferryd", "images", "-q"],
+        capture_output=True,
+        text=True,
+        env={"FERRYD_HOST": daemon.host, "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_says_clearly_when_the_daemon_is_not_running(tmp_path: Path) -> None:
+    result = ferryd("images", host=f"unix://{tmp_path}/nothing.sock")
+
+    assert result.returncode == 1
+    assert "cannot connect to the ferryd daemon" in result.stderr
+
+
+def test_cli_refuses_an_invalid_reference(tmp_path: Path) -> None:
+    result = ferryd("pull", "Bad:Ref:x", host=f"unix://{tmp_path}/nothing.sock")
+
+    assert result.returncode == 1
+    assert "invalid reference format" in result.stderr
+
+
+def test_serve_with_a_broken_config_exits_non_zero_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("max_concurrent_downloads = 0\n")
+
+    result = ferryd("serve", "--config", str(config))
+
+    assert result.returncode == 2
+    assert "max_concurrent_downloads" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -66,7 +66,11 @@ class _Gzip:
         self._started = False
 
     def feed(self, data: bytes) -> Iterator[bytes]:
-        while data:
+        if not data:
+            return
+        while True:
+            if self._d.eof and data:  # a member ended: what follows starts the next one
+                self._d = isal_zlib.decompressobj(wbits=31)
             try:
                 out = self._d.decompress(data, _MAX_OUTPUT)
             except _GZIP_ERROR as exc:
@@ -76,10 +80,13 @@ class _Gzip:
                 yield out
             if self._d.eof:
                 data = self._d.unused_data
-                if data:
-                    self._d = isal_zlib.decompressobj(wbits=31)
+                if not data:
+                    return
             else:
                 data = self._d.unconsumed_tail
+                # A full piece may leave output inside the decompressor: ask again.
+                if not data and len(out) < _MAX_OUTPUT:
+                    return
 
     def finish(self) -> None:
         if self._started and not self._d.eof:
@@ -94,7 +101,13 @@ class _Zstd:
         self._started = False
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        if not data:  # nothing new; an ended decompressor would raise EOFError
+            return
         while True:
+            # A frame ended (possibly at the end of the previous batch): what follows
+            # starts the next one. The ended decompressor would raise EOFError.
+            if self._d.eof and data:
+                self._d = zstd.ZstdDecompressor()
             try:
                 out = self._d.decompress(data, _MAX_OUTPUT)
             except zstd.ZstdError as exc:
@@ -106,7 +119,6 @@ class _Zstd:
                 data = self._d.unused_data
                 if not data:
                     return
-                self._d = zstd.ZstdDecompressor()
             elif self._d.needs_input:
                 return
             else:
@@ -151,12 +163,21 @@ class LayerSink:
         self._broken: ContentError | None = None
 
     def open(self) -> int:
-        """Open the partial file, reading back what it holds; returns the resume offset."""
+        """Open the partial file, reading back what it holds; returns the resume offset.
+
+        Opening again (after `close`) starts from the file, not from the state in memory.
+        A partial file that cannot be the start of a layer (bytes that are not valid gzip
+        or zstd) is emptied: the download starts again from 0.
+        """
+        self.close()
+        self._reset_state()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a+b")  # noqa: SIM115 - lives across many calls
         self._file.seek(0)
         while batch := self._file.read(BATCH_SIZE):
             self._consume(batch)
+        if self._broken is not None:
+            self.restart()
         return self.offset
 
     def restart(self) -> None:

@@ -7,7 +7,11 @@ naming the key.
 
 from __future__ import annotations
 
+import difflib
+import json
+import re
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,14 +24,19 @@ from ferryd.registry.endpoints import DEFAULT_INSECURE
 DEFAULT_ROOT = Path("/var/lib/ferryd")
 DEFAULT_SOCKET = Path("/run/ferryd/ferryd.sock")
 
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Positive = Annotated[int, msgspec.Meta(ge=1, le=64)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=3600)]
+# A timeout of 0 would fail every request at once.
+Timeout = Annotated[float, msgspec.Meta(gt=0, le=3600)]
+
+_SOCKET_MODE = re.compile(r"0?[0-7]{3}")
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    root: str = str(DEFAULT_ROOT)
-    socket: str = str(DEFAULT_SOCKET)
-    socket_mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
+    root: NonEmpty = str(DEFAULT_ROOT)
+    socket: NonEmpty = str(DEFAULT_SOCKET)
+    socket_mode: str = "0660"  # octal, checked by `load_settings`
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     max_concurrent_downloads: Positive = 3
@@ -38,8 +47,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     credentials_file: str = ""
     default_platform: str = ""
     proxy: str = ""
-    connect_timeout: Seconds = 30.0
-    read_timeout: Seconds = 60.0
+    connect_timeout: Timeout = 30.0
+    read_timeout: Timeout = 60.0
 
     @property
     def root_path(self) -> Path:
@@ -50,28 +59,52 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return Path(self.socket)
 
 
+# The type of every key, to list the choices of a Literal in an error.
+_FIELD_TYPES: dict[str, object] = dict(typing.get_type_hints(Settings))
+
+
 def load_settings(path: Path | None, overrides: dict[str, object] | None = None) -> Settings:
-    """Read `path` (if given), apply command-line `overrides`, validate everything."""
+    """Read `path` (if given), apply command-line `overrides`, validate everything.
+
+    Flags set to None are not given. `insecure_registries` from the command line adds to
+    the file's list; every other flag replaces the file's value. Raises `ConfigError`
+    naming the file (or the command line) and the key.
+    """
     data: dict[str, object] = {}
     if path is not None:
         try:
-            data = tomllib.loads(path.read_text())
+            text = path.read_bytes().decode("utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not valid TOML: it is not UTF-8") from None
+        try:
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
+    settings = _validate(data, f"config file {path}" if path else "settings")
+    flags = {key: value for key, value in (overrides or {}).items() if value is not None}
+    if not flags:
+        return settings
+    merged: dict[str, object] = msgspec.structs.asdict(settings)
+    for key, value in flags.items():
         if key == "insecure_registries":
-            data[key] = [*_as_list(data.get(key, list(DEFAULT_INSECURE))), *_as_list(value)]
+            merged[key] = [*settings.insecure_registries, *_as_list(value)]
         else:
-            data[key] = value
-    where = f"config file {path}" if path else "settings"
+            merged[key] = value
+    return _validate(merged, "command line")
+
+
+def _validate(data: dict[str, object], where: str) -> Settings:
     try:
         settings = msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{where}: {_explain(exc)}") from None
+        raise ConfigError(f"{where}: {_explain(exc, data)}") from None
+    if not _SOCKET_MODE.fullmatch(settings.socket_mode):
+        raise ConfigError(
+            f'{where}: socket_mode: expected an octal file mode such as "0660", '
+            f"got {_show(settings.socket_mode)}"
+        )
     if settings.default_platform:
         try:
             parse_platform(settings.default_platform)
@@ -84,10 +117,61 @@ def _as_list(value: object) -> list[object]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _explain(exc: msgspec.ValidationError) -> str:
-    # msgspec says "Object contains unknown field `x`" or "Expected `int`, got `str` - at `$.k`".
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>[^`]*)`")
+_AT = re.compile(r"(?P<text>.*) - at `\$(?P<path>[^`]*)`")
+_STEP = re.compile(r"\.(?P<key>[A-Za-z0-9_-]+)|\[(?P<index>\d+)\]")
+
+
+def _explain(exc: msgspec.ValidationError, data: dict[str, object]) -> str:
+    """msgspec's message, reworded for a person editing a TOML file.
+
+    "Object contains unknown field `x`" → "unknown key `x`";
+    "Expected `int` >= 1 - at `$.k`" → "k: Expected `int` >= 1, got 0".
+    """
     message = str(exc)
-    if " - at `$." in message:
-        text, _, where = message.partition(" - at `$.")
-        return f"{where.rstrip('`')}: {text}"
-    return message
+    unknown = _UNKNOWN.fullmatch(message)
+    if unknown is not None:
+        key = unknown["key"]
+        close = difflib.get_close_matches(key, Settings.__struct_fields__, n=1)
+        hint = f" (did you mean `{close[0]}`?)" if close else ""
+        return f"unknown key `{key}`{hint}"
+    at = _AT.fullmatch(message)
+    if at is None:
+        return message
+    text, path = at["text"], at["path"]
+    where = path.lstrip(".")
+    found, value = _lookup(data, path)
+    if text.startswith("Invalid enum value"):
+        choices = typing.get_args(_FIELD_TYPES.get(where))
+        if choices:
+            text = "expected one of " + ", ".join(_show(choice) for choice in choices)
+    # msgspec speaks JSON; the file is TOML.
+    text = text.replace("`object`", "`table`")
+    if found and ", got " not in text:
+        text += f", got {_show(value)}"
+    return f"{where}: {text}"
+
+
+def _lookup(data: object, path: str) -> tuple[bool, object]:
+    """The value at a msgspec path (`.key[0]`) in `data`, if it is there."""
+    value = data
+    for step in _STEP.finditer(path):
+        if step["key"] is not None and isinstance(value, dict) and step["key"] in value:
+            value = value[step["key"]]
+        elif step["index"] is not None and isinstance(value, list):
+            index = int(step["index"])
+            if index >= len(value):
+                return False, None
+            value = value[index]
+        else:
+            return False, None
+    return True, value
+
+
+def _show(value: object) -> str:
+    """A value as it is written in TOML: `"0660"`, `0`, `true`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)

@@ -12,13 +12,19 @@ Digest = NewType("Digest", str)
 """A validated digest string, `algorithm:hex`."""
 
 _ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
-_DIGEST = re.compile(r"^([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-f0-9]+)$")
+# The OCI grammar, with the encoded part lowercase hex as every registered algorithm
+# requires. Used with `fullmatch`: `$` would accept a trailing newline.
+_DIGEST = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-f0-9]+)")
 
 
 def parse_digest(value: str) -> Digest:
     """Validate `value` as a digest of a known algorithm and return it."""
-    match = _DIGEST.match(value)
+    match = _DIGEST.fullmatch(value)
     if match is None:
+        if _DIGEST.fullmatch(value.lower()):
+            raise InvalidDigestError(
+                f"invalid digest {value!r}: the algorithm and hex digits must be lowercase"
+            )
         raise InvalidDigestError(f"invalid digest {value!r}: expected algorithm:hex")
     algorithm, hex_part = match.groups()
     length = _ALGORITHMS.get(algorithm)

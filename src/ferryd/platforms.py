@@ -3,23 +3,80 @@
 from __future__ import annotations
 
 import platform as _host
+import re
 from dataclasses import dataclass
 
 from ferryd.errors import FerrydError
 
+_OS_ALIASES = {"macos": "darwin"}
 _ARCH_ALIASES = {
     "x86_64": "amd64",
     "x86-64": "amd64",
     "aarch64": "arm64",
-    "armhf": "arm",
-    "armel": "arm",
     "i386": "386",
     "i686": "386",
 }
-# Variants that say nothing beyond the architecture: containerd drops arm64's v8 and
-# gives arm v7 when none is written.
-_IMPLIED_VARIANT = {"arm64": "v8"}
+# Names that fix the variant as well as the architecture (containerd's NormalizeArch).
+_ARCH_WITH_VARIANT = {"armhf": ("arm", "v7"), "armel": ("arm", "v6")}
+# Variants that say nothing beyond the architecture, so they are dropped: arm64 is v8
+# unless told otherwise, amd64 is v1.
+_IMPLIED_VARIANT = {"arm64": ("v8", "v8.0"), "amd64": ("v1",)}
+# Spellings of a variant containerd rewrites.
+_VARIANT_ALIASES = {"arm64": {"v9.0": "v9", "9.0": "v9"}}
+# 32-bit arm means v7 when no variant is written.
 _DEFAULT_VARIANT = {"arm": "v7"}
+# What containerd takes for an OS or an architecture when the platform is one word.
+_KNOWN_OS = frozenset(
+    [
+        "aix",
+        "android",
+        "darwin",
+        "dragonfly",
+        "freebsd",
+        "hurd",
+        "illumos",
+        "ios",
+        "js",
+        "linux",
+        "nacl",
+        "netbsd",
+        "openbsd",
+        "plan9",
+        "solaris",
+        "windows",
+        "zos",
+    ]
+)
+_KNOWN_ARCH = frozenset(
+    [
+        "386",
+        "amd64",
+        "amd64p32",
+        "arm",
+        "armbe",
+        "arm64",
+        "arm64be",
+        "ppc64",
+        "ppc64le",
+        "loong64",
+        "mips",
+        "mipsle",
+        "mips64",
+        "mips64le",
+        "mips64p32",
+        "mips64p32le",
+        "ppc",
+        "riscv",
+        "riscv64",
+        "s390",
+        "s390x",
+        "sparc",
+        "sparc64",
+        "wasm",
+    ]
+)
+_PART = re.compile(r"[A-Za-z0-9_.-]+")
+_ARM_MACHINE = re.compile(r"armv(\d+)")
 
 
 class InvalidPlatformError(FerrydError):
@@ -50,30 +107,54 @@ class Platform:
 
 
 def normalize(os: str, architecture: str, variant: str | None = None) -> Platform:
-    arch = _ARCH_ALIASES.get(architecture.lower(), architecture.lower())
-    var = (variant or "").lower() or _DEFAULT_VARIANT.get(arch)
-    if var is not None and not var.startswith("v") and arch in ("arm", "arm64"):
+    """containerd's Normalize: `x86_64` → amd64, `aarch64/v8` → arm64, `arm` → arm/v7."""
+    os = os.lower()
+    os = _OS_ALIASES.get(os, os)
+    arch = architecture.lower()
+    var: str | None = (variant or "").lower() or None
+    if arch in _ARCH_WITH_VARIANT:
+        arch, var = _ARCH_WITH_VARIANT[arch]
+    arch = _ARCH_ALIASES.get(arch, arch)
+    if var is not None and arch in ("arm", "arm64") and var[0].isdigit():
         var = "v" + var
-    if var == _IMPLIED_VARIANT.get(arch):
+    if var is not None:
+        var = _VARIANT_ALIASES.get(arch, {}).get(var, var)
+    if var is None:
+        var = _DEFAULT_VARIANT.get(arch)
+    if var in _IMPLIED_VARIANT.get(arch, ()):
         var = None
-    return Platform(os.lower(), arch, var)
+    return Platform(os, arch, var)
 
 
 def parse_platform(text: str) -> Platform:
-    """Parse `linux`, `linux/arm64`, `linux/arm/v7`; the OS alone means this host's arch."""
+    """Parse `linux`, `linux/arm64`, `linux/arm/v7`; the OS alone means this host's arch.
+
+    One word that is an architecture (`arm64`) means that architecture on linux.
+    """
     parts = text.strip().split("/")
-    if not 1 <= len(parts) <= 3 or not all(parts):
+    if not 1 <= len(parts) <= 3 or not all(_PART.fullmatch(part) for part in parts):
         raise InvalidPlatformError(
             f"invalid platform {text!r}: expected os[/architecture[/variant]], e.g. linux/arm64"
         )
     if len(parts) == 1:
-        host = host_platform()
-        return Platform(parts[0].lower(), host.architecture, host.variant)
+        word = parts[0].lower()
+        if _OS_ALIASES.get(word, word) in _KNOWN_OS:
+            host = host_platform()
+            return Platform(_OS_ALIASES.get(word, word), host.architecture, host.variant)
+        arch_only = normalize("linux", word)
+        if arch_only.architecture in _KNOWN_ARCH:
+            return arch_only
+        raise InvalidPlatformError(
+            f"invalid platform {text!r}: unknown operating system or architecture"
+        )
     return normalize(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
 
 def host_platform() -> Platform:
     """The platform this daemon runs on: linux and the machine's architecture."""
     machine = _host.machine().lower()
-    arch = _ARCH_ALIASES.get(machine, machine)
-    return Platform("linux", arch, None)
+    arm = _ARM_MACHINE.match(machine)
+    if arm is not None:
+        # armv7l, armv6l: 32-bit arm. A 32-bit userland on a v8 CPU (armv8l) runs v7.
+        return normalize("linux", "arm", "v" + str(min(int(arm.group(1)), 7)))
+    return normalize("linux", machine)

@@ -16,19 +16,26 @@ DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"
 OFFICIAL_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
+# The longest repository path (`library/alpine`, without the domain) a registry accepts,
+# as distribution/reference's RepositoryNameTotalLengthMax.
 _MAX_NAME_LENGTH = 255
 
+# distribution/reference's grammar. Go's `\w` is ASCII, so it is spelt out here: Python's
+# would take any Unicode letter. Every pattern is used with `fullmatch`: `$` would let a
+# trailing newline through.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _DOMAIN_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _DOMAIN = rf"(?:{_DOMAIN_LABEL}(?:\.{_DOMAIN_LABEL})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
-_TAG = r"[\w][\w.-]{0,127}"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _REFERENCE = re.compile(
-    rf"^(?P<name>(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)"
-    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
+    rf"(?P<name>(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*)"
+    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?"
 )
-_PATH = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_HEX64 = re.compile(r"^[a-f0-9]{64}$")
+_DOMAIN_RE = re.compile(_DOMAIN)
+_PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(_TAG)
+_HEX64 = re.compile(r"[a-f0-9]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +81,7 @@ class Reference:
         return text
 
     def with_tag(self, tag: str) -> Reference:
-        if not re.fullmatch(_TAG, tag):
+        if not _TAG_RE.fullmatch(tag):
             raise InvalidReferenceError(f"invalid tag {tag!r}")
         return Reference(self.domain, self.path, tag, None)
 
@@ -92,26 +99,28 @@ def parse_reference(text: str, *, default_tag: bool = True) -> Reference:
     """
     if not text:
         raise InvalidReferenceError("invalid reference format: the reference is empty")
-    if _HEX64.match(text):
+    if _HEX64.fullmatch(text):
         raise InvalidReferenceError(
             f"invalid repository name ({text}), cannot specify 64-byte hexadecimal strings"
         )
-    match = _REFERENCE.match(text)
+    match = _REFERENCE.fullmatch(text)
     if match is None:
-        if _REFERENCE.match(text.lower()):
+        lowered = _REFERENCE.fullmatch(text.lower())
+        if lowered is not None:
+            name = text[: lowered.end("name")]
             raise InvalidReferenceError(
-                f"invalid reference format: repository name ({text}) must be lowercase"
+                f"invalid reference format: repository name ({name}) must be lowercase"
             )
         raise InvalidReferenceError(f"invalid reference format: {text!r}")
     name, tag, digest_text = match.group("name", "tag", "digest")
-    if len(name) > _MAX_NAME_LENGTH:
+    domain, path = _split_domain(name)
+    if not _DOMAIN_RE.fullmatch(domain) or not _PATH.fullmatch(path):
+        raise InvalidReferenceError(f"invalid reference format: {text!r}")
+    if len(path) > _MAX_NAME_LENGTH:
         raise InvalidReferenceError(
-            "invalid reference format: repository name is longer than "
+            "invalid reference format: repository name must not be more than "
             f"{_MAX_NAME_LENGTH} characters"
         )
-    domain, path = _split_domain(name)
-    if not _PATH.match(path):
-        raise InvalidReferenceError(f"invalid reference format: {text!r}")
     digest: Digest | None = None
     if digest_text is not None:
         try:

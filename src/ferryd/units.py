@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+_DECIMAL_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
+
 
 def human_size(size: float, precision: int = 4) -> str:
-    """Decimal units, `precision` significant digits: `3.624MB`, as docker's units.HumanSize."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(size) < 1000 or unit == "TB":
-            return f"{size:.{precision}g}{unit}"
+    """Decimal units, `precision` significant digits: `3.624MB`, as docker's units.HumanSize
+    (HumanSizeWithPrecision): 1000 → `1kB`, 1024 → `1.024kB`, 1e28 → `1e+04YB`.
+    """
+    unit = 0
+    while size >= 1000 and unit < len(_DECIMAL_UNITS) - 1:
         size /= 1000
-    raise AssertionError("unreachable")
+        unit += 1
+    return f"{size:.{precision}g}{_DECIMAL_UNITS[unit]}"

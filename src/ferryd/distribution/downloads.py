@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
@@ -81,6 +82,9 @@ class DownloadManager:
         self._max_attempts = max_attempts
         self._retry_delay = retry_delay
         self._transfers: dict[tuple[Digest, Digest], Transfer] = {}
+        # Transfers are per (digest, DiffID), partial files per digest: two transfers of
+        # one blob (two configs that disagree on its DiffID) must take turns on the file.
+        self._partial_locks: dict[Digest, anyio.Lock] = {}
 
     @property
     def active(self) -> int:
@@ -184,6 +188,14 @@ class DownloadManager:
             return BlobInfo(digest, known.diff_id, known.compressed_size, known.size, fetched=False)
         key = (digest, layer.diff_id)
         transfer = self._transfers.get(key)
+        while transfer is not None and transfer.scope.cancel_called:
+            # Its last waiter went away and it is winding down (a worker thread may still
+            # be writing the partial file): joining it would fail with "cancelled", and a
+            # second transfer must not write the same file. Wait, then start afresh.
+            await transfer.done.wait()
+            if transfer.result is not None:
+                return transfer.result
+            transfer = self._transfers.get(key)
         if transfer is None:
             transfer = Transfer(key)
             self._transfers[key] = transfer
@@ -213,7 +225,7 @@ class DownloadManager:
             with transfer.scope:
                 if self._slots.value == 0:
                     transfer.progress.write(Message("Waiting", layer_id))
-                async with self._slots:
+                async with self._partial_file(digest), self._slots:
                     transfer.result = await self._fetch_with_retries(
                         fetcher, layer, transfer.progress
                     )
@@ -238,6 +250,17 @@ class DownloadManager:
         finally:
             del self._transfers[transfer.key]
             transfer.done.set()
+
+    @asynccontextmanager
+    async def _partial_file(self, digest: Digest) -> AsyncIterator[None]:
+        """Hold the partial file of `digest`: one transfer at a time writes it."""
+        lock = self._partial_locks.setdefault(digest, anyio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._partial_locks.pop(digest, None)
 
     async def _fetch_with_retries(
         self, fetcher: BlobFetcher, layer: DownloadDescriptor, progress: Broadcast
@@ -270,6 +293,7 @@ class DownloadManager:
             raise AssertionError("unreachable")
         finally:
             sink.close()
+            await anyio.to_thread.run_sync(self._blobs.discard_partial_if_empty, digest)
 
     async def _fetch(
         self, fetcher: BlobFetcher, layer: DownloadDescriptor, sink: LayerSink, progress: Broadcast
@@ -315,6 +339,7 @@ async def _pump(
                 await anyio.to_thread.run_sync(sink.write, batch)
                 progress.update(Message("Downloading", layer_id, sink.offset, size))
 
+    cut: FerrydError | None = None
     with single_errors():
         async with anyio.create_task_group() as tg:
             tg.start_soon(write_batches)
@@ -322,19 +347,28 @@ async def _pump(
                 pending: list[bytes] = []
                 pending_size = 0
                 received = sink.offset
-                async for chunk in chunks:
-                    received += len(chunk)
-                    if received > size:
-                        raise DigestMismatchError(
-                            f"the registry sent more than the {size} bytes the manifest gives"
-                        )
-                    pending.append(chunk)
-                    pending_size += len(chunk)
-                    if pending_size >= BATCH_SIZE:
-                        await send.send(b"".join(pending))
-                        pending, pending_size = [], 0
+                try:
+                    async for chunk in chunks:
+                        received += len(chunk)
+                        if received > size:
+                            raise DigestMismatchError(
+                                f"the registry sent more than the {size} bytes the manifest gives"
+                            )
+                        pending.append(chunk)
+                        pending_size += len(chunk)
+                        if pending_size >= BATCH_SIZE:
+                            await send.send(b"".join(pending))
+                            pending, pending_size = [], 0
+                except FerrydError as exc:
+                    if not exc.retryable:
+                        raise
+                    # A cut or stalled connection: write what did arrive, so that the
+                    # next attempt resumes after it instead of fetching it again.
+                    cut = exc
                 if pending:
                     await send.send(b"".join(pending))
+    if cut is not None:
+        raise cut
 
 
 async def _count_down(delay: float, layer_id: str, progress: Broadcast) -> None:

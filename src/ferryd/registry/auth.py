@@ -18,12 +18,23 @@ from typing import Any
 import anyio
 import httpx
 
-from ferryd.errors import AuthenticationError, ConfigError, RegistryProtocolError
+from ferryd.errors import (
+    AuthenticationError,
+    ConfigError,
+    RegistryProtocolError,
+    RegistryUnreachableError,
+    TooManyRequestsError,
+    TransientRegistryError,
+)
 from ferryd.reference import DEFAULT_DOMAIN
 
 _TOKEN_MIN_LIFETIME = 60.0  # seconds, as the token spec says when expires_in is absent
 _EXPIRY_MARGIN = 5.0
-_CHALLENGE_PARAM = re.compile(r'\s*([A-Za-z][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
+# A challenge is `scheme param=value, ...`; several may share one header (httpx joins
+# repeated WWW-Authenticate headers with ", "). A word followed by "=" is a parameter,
+# any other word starts the next challenge.
+_CHALLENGE_WORD = re.compile(r'[\s,]*([^\s,="]+)\s*')
+_CHALLENGE_VALUE = re.compile(r'=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,19 +61,36 @@ class Challenge:
 
 
 def parse_challenge(header: str | None) -> Challenge | None:
-    """Parse a `WWW-Authenticate` value; None when absent or of a scheme we cannot answer."""
-    if not header:
-        return None
-    scheme, _, rest = header.strip().partition(" ")
-    scheme = scheme.lower()
-    if scheme not in ("basic", "bearer"):
-        return None
-    params: dict[str, str] = {}
-    for match in _CHALLENGE_PARAM.finditer(rest):
-        quoted, bare = match.group(2), match.group(3)
-        value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare or ""
-        params[match.group(1).lower()] = value
-    return Challenge(scheme, params)
+    """The challenge to answer in a `WWW-Authenticate` value: Bearer before Basic, as
+    docker prefers it; None when absent or of no scheme we can answer.
+    """
+    challenges = parse_challenges(header or "")
+    for scheme in ("bearer", "basic"):
+        for challenge in challenges:
+            if challenge.scheme == scheme:
+                return challenge
+    return None
+
+
+def parse_challenges(header: str) -> list[Challenge]:
+    """Every challenge in a `WWW-Authenticate` value, in order, schemes in lower case."""
+    challenges: list[Challenge] = []
+    params: dict[str, str] | None = None
+    position = 0
+    while word := _CHALLENGE_WORD.match(header, position):
+        position = word.end()
+        value = _CHALLENGE_VALUE.match(header, position)
+        if value is None:
+            params = {}
+            challenges.append(Challenge(word.group(1).lower(), params))
+            continue
+        position = value.end()
+        quoted, bare = value.group(1), value.group(2)
+        if params is not None:
+            params[word.group(1).lower()] = (
+                re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
+            )
+    return challenges
 
 
 def decode_registry_auth(header: str) -> Credentials:
@@ -74,7 +102,9 @@ def decode_registry_auth(header: str) -> Credentials:
         raw = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
         data = json.loads(raw) if raw.strip() else {}
     except (binascii.Error, ValueError) as exc:
-        raise AuthenticationError(f"invalid X-Registry-Auth header: {exc}") from None
+        raise AuthenticationError(
+            f"invalid X-Registry-Auth header: expected base64url-encoded JSON ({exc})"
+        ) from None
     if not isinstance(data, dict):
         raise AuthenticationError("invalid X-Registry-Auth header: expected a JSON object")
     return _credentials_from_entry(data, "X-Registry-Auth header")
@@ -172,14 +202,25 @@ class Authenticator:
         token = await self._token(scope)
         return {"Authorization": "Bearer " + token}
 
-    def reject(self, scope: str, challenge: Challenge | None) -> bool:
-        """A request in `scope` got a 401: forget its token; can a retry help?"""
-        had_token = self._tokens.pop(scope, None) is not None
+    def reject(self, scope: str, challenge: Challenge | None, sent: str | None) -> bool:
+        """A request in `scope` that sent the Authorization `sent` (None: none) got a
+        401 with `challenge`: forget the token it used; can a retry help?
+
+        Requests refused together (a token the registry stopped accepting) all retry:
+        the first drops the token, the others find theirs already gone or replaced, and
+        all of them wait for the one new token.
+        """
+        cached = self._tokens.get(scope)
+        if cached is not None and sent == f"Bearer {cached.value}":
+            del self._tokens[scope]
+        static = self._credentials.registry_token
+        fetched = sent is not None and sent.startswith("Bearer ") and sent != f"Bearer {static}"
         if challenge is None:
             return False
         changed = challenge != self._challenge
         self._challenge = challenge
-        return changed or had_token
+        # Sent nothing: we have just learnt that (and how) we must authenticate.
+        return changed or fetched or sent is None
 
     def _basic(self) -> str:
         creds = self._credentials
@@ -226,18 +267,37 @@ class Authenticator:
                 if creds.username:
                     query["account"] = creds.username
                 auth = (creds.username, creds.password) if creds.username else None
-                response = await self._http.get(realm, params=query, auth=auth)
-        except httpx.HTTPError as exc:
-            raise AuthenticationError(
-                f"cannot reach the token service of {self._registry} at {realm}: {exc}"
+                # Merged, not `params=`: that would drop a query the realm already has.
+                url = httpx.URL(realm).copy_merge_params(query)
+                response = await self._http.get(url, auth=auth)
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise RegistryProtocolError(
+                f"{self._registry}: cannot use the token realm {realm!r}: {exc}"
             ) from None
-        if response.status_code in (401, 403):
+        except httpx.HTTPError as exc:
+            # Worth retrying, as any other failure to reach the registry is.
+            raise RegistryUnreachableError(
+                f"cannot reach the token service of {self._registry} at {realm}: "
+                f"{str(exc) or type(exc).__name__}"
+            ) from None
+        status = response.status_code
+        if status in (401, 403):
             raise AuthenticationError(
-                f"{self._registry}: the token service refused the credentials"
-                + ("" if creds.anonymous else f" of {creds.username or 'the identity token'}")
-                + f" (HTTP {response.status_code})"
+                f"{self._registry}: the token service refused "
+                + (
+                    "anonymous access"
+                    if creds.anonymous
+                    else f"the credentials of {creds.username or 'the identity token'}"
+                )
+                + f" (HTTP {status})"
             )
-        if response.status_code != 200:
+        if status == 429:
+            raise TooManyRequestsError(f"{self._registry}: the token service answered HTTP 429")
+        if status >= 500:
+            raise TransientRegistryError(
+                f"{self._registry}: the token service answered HTTP {status}"
+            )
+        if status != 200:
             raise AuthenticationError(
                 f"{self._registry}: the token service answered HTTP {response.status_code}"
             )

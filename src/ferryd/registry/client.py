@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from ferryd.errors import (
     AuthenticationError,
     DigestMismatchError,
     FerrydError,
+    InvalidDigestError,
     NotFoundError,
     RegistryError,
     RegistryProtocolError,
@@ -29,20 +31,35 @@ from ferryd.registry.endpoints import Endpoint
 from ferryd.registry.manifests import ACCEPT, MAX_MANIFEST_SIZE, FetchedManifest, media_type_of
 
 MAX_REDIRECTS = 10
+# Ask for the bytes as stored: a digest covers them, not a proxy's re-encoding of them.
+_IDENTITY = {"Accept-Encoding": "identity"}
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 @dataclass(frozen=True, slots=True)
 class BlobResponse:
-    """An open blob download: `start` is where its bytes begin (0 when Range was ignored)."""
+    """An open blob download: `start` is where its bytes begin (0 when Range was ignored).
+
+    `total` is the whole blob's size when the registry said it, else None.
+    """
 
     response: httpx.Response
     start: int
     total: int | None
+    endpoint: Endpoint | None = None
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        # Raw: the bytes are the blob; a Content-Encoding would only mislead us.
-        return self.response.aiter_raw()
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives. A cut or stalled connection raises a retryable
+        RegistryError here, while the caller still holds what came before it.
+        """
+        try:
+            # Raw: the bytes are the blob; a Content-Encoding would only mislead us.
+            async for chunk in self.response.aiter_raw():
+                yield chunk
+        except httpx.TransportError as exc:
+            if self.endpoint is None:
+                raise TransientRegistryError(f"connection failed: {exc}") from None
+            raise transport_error(exc, self.endpoint) from None
 
 
 class RegistryClient:
@@ -84,7 +101,18 @@ class RegistryClient:
             content_type = response.headers.get("content-type")
             header_digest = response.headers.get("docker-content-digest")
         media_type = media_type_of(content_type, raw)
-        expected = reference if reference.startswith("sha256:") else header_digest
+        # A tag never holds ":", a digest always does (of whatever algorithm).
+        if ":" in reference:
+            expected = reference
+        else:
+            expected = header_digest
+            if expected is not None:
+                try:
+                    parse_digest(expected)
+                except InvalidDigestError as exc:
+                    raise RegistryProtocolError(
+                        f"{what}: the registry sent a malformed Docker-Content-Digest: {exc}"
+                    ) from None
         digest = _digest_of(raw, expected, what)
         return FetchedManifest(media_type, digest, raw)
 
@@ -104,7 +132,7 @@ class RegistryClient:
             start, total = 0, _content_length(response)
             if response.status_code == 206:
                 start, total = _parse_content_range(response, offset, what)
-            yield BlobResponse(response, start, total)
+            yield BlobResponse(response, start, total, self.endpoint)
 
     @asynccontextmanager
     async def _stream(
@@ -130,13 +158,12 @@ class RegistryClient:
         blob redirects usually point at a storage service that must never see it.
         """
         for attempt in range(2):
-            response = await self._follow(
-                method, url, headers, await self._auth.headers(self._scope)
-            )
+            auth = await self._auth.headers(self._scope)
+            response = await self._follow(method, url, headers, auth)
             if response.status_code != 401 or attempt == 1:
                 return response
             challenge = parse_challenge(response.headers.get("www-authenticate"))
-            if not self._auth.reject(self._scope, challenge):
+            if not self._auth.reject(self._scope, challenge, auth.get("Authorization")):
                 return response
             await response.aclose()
         raise AssertionError("unreachable")
@@ -144,13 +171,20 @@ class RegistryClient:
     async def _follow(
         self, method: str, url: str, headers: dict[str, str], auth: dict[str, str]
     ) -> httpx.Response:
-        registry_host = self.endpoint.host
+        registry = urlsplit(self.endpoint.base_url)
         for _ in range(MAX_REDIRECTS + 1):
-            same_host = urlsplit(url).netloc == registry_host
+            target = urlsplit(url)
+            # Same scheme too: a redirect to plain HTTP must not carry the credentials.
+            same_host = (target.scheme, target.netloc) == (registry.scheme, registry.netloc)
             request = self._http.build_request(
                 method,
                 url,
-                headers={**self._meta_headers, **headers, **(auth if same_host else {})},
+                headers={
+                    **self._meta_headers,
+                    **_IDENTITY,
+                    **headers,
+                    **(auth if same_host else {}),
+                },
             )
             try:
                 response = await self._http.send(request, stream=True)
@@ -197,11 +231,31 @@ def error_for(response: httpx.Response, what: str, registry: str) -> RegistryErr
 
 def transport_error(exc: httpx.TransportError, endpoint: Endpoint) -> FerrydError:
     reason = str(exc) or type(exc).__name__
+    unverified = _certificate_error(exc)
+    if unverified is not None:
+        return RegistryUnreachableError(
+            f"cannot reach {endpoint.base_url}: TLS certificate verification failed "
+            f"({unverified.verify_message or unverified.reason}); put the registry's CA "
+            f"certificate in certs.d/{endpoint.host}/ca.crt, or list {endpoint.host} as an "
+            "insecure registry"
+        )
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.UnsupportedProtocol):
         return RegistryUnreachableError(f"cannot reach {endpoint.base_url}: {reason}")
     if isinstance(exc, httpx.TimeoutException):
         return TransientRegistryError(f"{endpoint.domain}: timed out ({type(exc).__name__})")
     return TransientRegistryError(f"{endpoint.domain}: connection failed: {reason}")
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a transport error, if that is what it is."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _registry_message(response: httpx.Response) -> str:
@@ -220,7 +274,8 @@ async def _read_limited(response: httpx.Response, limit: int, what: str) -> byte
     if length is not None and length > limit:
         raise TooLargeError(f"{what} is {length} bytes, over the limit of {limit}")
     body = bytearray()
-    async for chunk in response.aiter_raw():
+    # Decoded: a manifest or config is small, and its digest covers the identity bytes.
+    async for chunk in response.aiter_bytes():
         body += chunk
         if len(body) > limit:
             raise TooLargeError(f"{what} is over the limit of {limit} bytes")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import anyio
 import httpx
 
 from ferryd import __version__
@@ -35,6 +36,8 @@ class Connector:
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._authenticators: dict[tuple[str, Credentials], Authenticator] = {}
         self._working: dict[str, Endpoint] = {}
+        # Pulls starting together from one registry ping it once and share one login.
+        self._login_locks: dict[str, anyio.Lock] = {}
 
     async def open(
         self,
@@ -57,6 +60,12 @@ class Connector:
         )
 
     async def _login(self, domain: str, credentials: Credentials) -> tuple[Endpoint, Authenticator]:
+        async with self._login_locks.setdefault(domain, anyio.Lock()):
+            return await self._login_once(domain, credentials)
+
+    async def _login_once(
+        self, domain: str, credentials: Credentials
+    ) -> tuple[Endpoint, Authenticator]:
         known = self._working.get(domain)
         if known is not None and (known.base_url, credentials) in self._authenticators:
             return known, self._authenticators[(known.base_url, credentials)]

@@ -14,7 +14,7 @@ from ferryd.errors import (
     PlatformNotFoundError,
     UnsupportedManifestError,
 )
-from ferryd.platforms import Platform
+from ferryd.platforms import Platform, normalize
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -52,6 +52,11 @@ DEFAULT_CONFIG_TYPES = (
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 
+# BuildKit lists provenance and SBOM attestations in the index as `unknown/unknown`
+# entries with this annotation.
+_REFERENCE_TYPE = "vnd.docker.reference.type"
+_ATTESTATION = "attestation-manifest"
+
 _T = TypeVar("_T")
 
 
@@ -71,8 +76,12 @@ class Descriptor(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class _Versioned(msgspec.Struct):
+    """What tells a manifest's kind; the fields' contents are left undecoded."""
+
     schemaVersion: int = 0
     mediaType: str = ""
+    manifests: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    layers: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
 class ImageManifest(msgspec.Struct, frozen=True):
@@ -100,21 +109,26 @@ class FetchedManifest:
 def media_type_of(content_type: str | None, raw: bytes) -> str:
     """The manifest's media type: the body's `mediaType`, else the Content-Type header.
 
-    Registries disagree on Content-Type; the body is what the digest covers.
+    Registries disagree on Content-Type; the body is what the digest covers, so a body
+    that says `schemaVersion: 1` is schema1 whatever the header claims.
     """
     try:
         head = msgspec.json.decode(raw, type=_Versioned)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except msgspec.ValidationError as exc:  # JSON, but not the shape of a manifest
+        raise ManifestError(f"malformed manifest: {exc}") from None
+    except msgspec.DecodeError as exc:
         raise ManifestError(f"manifest is not valid JSON: {exc}") from None
-    header = (content_type or "").split(";")[0].strip()
     if head.mediaType:
         return head.mediaType
-    if header in ACCEPT:
-        return header
     if head.schemaVersion == 1:
         return SCHEMA1_TYPES[0]
-    # An OCI manifest may omit mediaType: tell it from an index by its fields.
-    return OCI_INDEX if b'"manifests"' in raw else OCI_MANIFEST
+    header = (content_type or "").split(";")[0].strip().lower()
+    if header in ACCEPT:
+        return header
+    # An OCI manifest or index may omit mediaType: tell them apart by their fields.
+    if len(head.manifests) and not len(head.layers):
+        return OCI_INDEX
+    return OCI_MANIFEST
 
 
 def check_supported(media_type: str) -> None:
@@ -128,38 +142,68 @@ def check_supported(media_type: str) -> None:
 
 
 def decode_manifest(raw: bytes) -> ImageManifest:
+    """Decode and check an image manifest; anything malformed is a `ManifestError`."""
     manifest = _decode(raw, ImageManifest, "image manifest")
+    _check_schema_version(manifest.schemaVersion, "image manifest")
     for descriptor in (manifest.config, *manifest.layers):
         _check_descriptor(descriptor)
     return manifest
 
 
 def decode_index(raw: bytes) -> ImageIndex:
+    """Decode and check an image index (manifest list)."""
     index = _decode(raw, ImageIndex, "image index")
+    _check_schema_version(index.schemaVersion, "image index")
     for descriptor in index.manifests:
         _check_descriptor(descriptor)
     return index
 
 
 def select_platform(index: ImageIndex, wanted: Platform) -> Descriptor:
-    """The index entry for `wanted`: the first match, as docker and containerd take it."""
-    for entry in index.manifests:
-        if entry.platform is None or entry.mediaType in INDEX_TYPES:
-            continue
-        p = entry.platform
-        if wanted.matches(p.os, p.architecture, p.variant):
+    """The index entry for `wanted`, as docker and containerd take it.
+
+    An entry whose variant is exactly the one asked for wins (asking for `linux/amd64`
+    takes the plain amd64 image before an amd64/v3 one listed first); otherwise the first
+    entry that matches. Attestations (`unknown/unknown`) and nested indexes are skipped.
+    """
+    candidates = [entry for entry in index.manifests if _is_image_entry(entry)]
+    matching = [
+        entry
+        for entry in candidates
+        if entry.platform is not None
+        and wanted.matches(entry.platform.os, entry.platform.architecture, entry.platform.variant)
+    ]
+    for entry in matching:
+        assert entry.platform is not None
+        p = normalize(entry.platform.os, entry.platform.architecture, entry.platform.variant)
+        if p.variant == wanted.variant:
             return entry
+    if matching:
+        return matching[0]
     offered = sorted(
         {
-            str(Platform(d.platform.os, d.platform.architecture, d.platform.variant))
-            for d in index.manifests
-            if d.platform is not None and d.platform.os != "unknown"
+            str(normalize(d.platform.os, d.platform.architecture, d.platform.variant))
+            for d in candidates
+            if d.platform is not None
         }
     )
     raise PlatformNotFoundError(
         f"no matching manifest for {wanted} in the manifest list entries"
         + (f" (available: {', '.join(offered)})" if offered else "")
     )
+
+
+def _is_image_entry(entry: Descriptor) -> bool:
+    if entry.platform is None or entry.mediaType in INDEX_TYPES:
+        return False
+    if (entry.annotations or {}).get(_REFERENCE_TYPE) == _ATTESTATION:
+        return False
+    return (entry.platform.os, entry.platform.architecture) != ("unknown", "unknown")
+
+
+def _check_schema_version(version: int, what: str) -> None:
+    if version != 2:
+        raise ManifestError(f"malformed {what}: schemaVersion is {version}, expected 2")
 
 
 def _decode(raw: bytes, kind: type[_T], what: str) -> _T:

@@ -45,6 +45,15 @@ class BlobStore:
     def discard_partial(self, digest: Digest) -> None:
         self.partial_path(digest).unlink(missing_ok=True)
 
+    def discard_partial_if_empty(self, digest: Digest) -> None:
+        """A download that failed before its first byte leaves no file behind."""
+        path = self.partial_path(digest)
+        try:
+            if path.stat().st_size == 0:
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
     def put(self, data: bytes, expected: Digest | None = None) -> Digest:
         """Store a small blob held in memory (configs, manifests)."""
         digest = sha256_digest(data)

@@ -1,0 +1,562 @@
+"""Registry credentials and challenges: parsing, and the auth flows against fake registries."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import anyio
+import pytest
+
+from ferryd.errors import (
+    AuthenticationError,
+    ConfigError,
+    RegistryUnreachableError,
+    TransientRegistryError,
+)
+from ferryd.registry.auth import (
+    ANONYMOUS,
+    Challenge,
+    Credentials,
+    decode_registry_auth,
+    load_docker_config,
+    parse_challenge,
+    parse_challenges,
+    registry_domain,
+)
+from ferryd.registry.connector import Connector
+from ferryd.registry.endpoints import RegistryService
+from ferryd.registry.manifests import OCI_MANIFEST
+from support.fakes import FakeRegistry, Reply, Request, serve_registry
+
+REPO = "team/app"
+MANIFEST_PATH = f"/v2/{REPO}/manifests/.+"
+USER, PASSWORD = "ferry", "s3cret"
+LOGIN = Credentials(USER, PASSWORD)
+
+
+@pytest.fixture
+async def connector() -> AsyncIterator[Connector]:
+    connector = Connector(RegistryService(), connect_timeout=5, read_timeout=5)
+    yield connector
+    await connector.aclose()
+
+
+def manifest() -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "x", "digest": "sha256:" + "0" * 64, "size": 2},
+            "layers": [],
+        }
+    ).encode()
+
+
+def with_manifest(registry: FakeRegistry) -> FakeRegistry:
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    return registry
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+# -- parse_challenge ------------------------------------------------------------------
+
+
+def test_challenge_bearer_with_quoted_commas() -> None:
+    header = (
+        'Bearer realm="https://auth.example/token?a=1,b=2",service="registry.example",'
+        'scope="repository:team/app:pull,push"'
+    )
+    assert parse_challenge(header) == Challenge(
+        "bearer",
+        {
+            "realm": "https://auth.example/token?a=1,b=2",
+            "service": "registry.example",
+            "scope": "repository:team/app:pull,push",
+        },
+    )
+
+
+def test_challenge_escaped_quotes_and_bare_values() -> None:
+    header = r'BASIC Realm="say \"hi\", then go" , charset=UTF-8'
+    assert parse_challenge(header) == Challenge(
+        "basic", {"realm": 'say "hi", then go', "charset": "UTF-8"}
+    )
+
+
+def test_challenge_spaces_and_empty_elements() -> None:
+    header = 'Bearer  realm = "https://a/t" ,, service=reg,error="invalid_token"'
+    assert parse_challenge(header) == Challenge(
+        "bearer", {"realm": "https://a/t", "service": "reg", "error": "invalid_token"}
+    )
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "", "   ", "Negotiate abc==", 'Digest realm="r", nonce="n"', 'Mutual realm="x"'],
+)
+def test_challenge_absent_or_unknown_scheme_is_none(header: str | None) -> None:
+    assert parse_challenge(header) is None
+
+
+def test_challenge_without_parameters() -> None:
+    assert parse_challenge("Bearer") == Challenge("bearer", {})
+
+
+def test_several_challenges_in_one_value_keep_their_own_parameters() -> None:
+    # httpx joins two WWW-Authenticate headers with ", ": the second challenge's realm
+    # must not overwrite the first's.
+    header = 'Bearer realm="https://auth/token",service="reg", Basic realm="registry"'
+    assert parse_challenges(header) == [
+        Challenge("bearer", {"realm": "https://auth/token", "service": "reg"}),
+        Challenge("basic", {"realm": "registry"}),
+    ]
+    assert parse_challenge(header) == Challenge(
+        "bearer", {"realm": "https://auth/token", "service": "reg"}
+    )
+
+
+def test_bearer_is_preferred_over_basic_as_docker_does() -> None:
+    header = 'Basic realm="registry", Bearer realm="https://auth/token",service="reg"'
+    assert parse_challenge(header) == Challenge(
+        "bearer", {"realm": "https://auth/token", "service": "reg"}
+    )
+    assert parse_challenge('Negotiate, Basic realm="r"') == Challenge("basic", {"realm": "r"})
+
+
+# -- decode_registry_auth -------------------------------------------------------------
+
+
+def encode(obj: object, *, padding: bool = True) -> str:
+    encoded = base64.urlsafe_b64encode(json.dumps(obj).encode()).decode()
+    return encoded if padding else encoded.rstrip("=")
+
+
+def test_registry_auth_as_the_docker_cli_sends_it() -> None:
+    # "?>" in the password makes base64url differ from standard base64 ("_" for "/").
+    creds = {"username": "ann", "password": "pa??>>ss", "serveraddress": "reg:5000"}
+    header = encode(creds)
+    assert "_" in header or "-" in header
+    assert decode_registry_auth(header) == Credentials("ann", "pa??>>ss")
+
+
+def test_registry_auth_without_padding() -> None:
+    header = encode({"username": "ann", "password": "pw"}, padding=False)
+    assert len(header) % 4 != 0
+    assert decode_registry_auth(header) == Credentials("ann", "pw")
+
+
+def test_registry_auth_with_an_auth_field() -> None:
+    auth = base64.b64encode(b"bob:pass:with:colons").decode()
+    assert decode_registry_auth(encode({"auth": auth})) == Credentials("bob", "pass:with:colons")
+
+
+def test_registry_auth_tokens() -> None:
+    header = encode({"identitytoken": "refresh-me", "registrytoken": "bearer-me"})
+    creds = decode_registry_auth(header)
+    assert creds.identity_token == "refresh-me"
+    assert creds.registry_token == "bearer-me"
+    assert not creds.anonymous
+
+
+@pytest.mark.parametrize("header", ["", "  ", encode({}), encode({}, padding=False)])
+def test_registry_auth_empty_is_anonymous(header: str) -> None:
+    assert decode_registry_auth(header) == ANONYMOUS
+    assert decode_registry_auth(header).anonymous
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "!!!not base64 at all",
+        base64.urlsafe_b64encode(b"{not json").decode(),
+        base64.urlsafe_b64encode(b"\xff\xfe\xfa").decode(),
+        encode(["a", "list"]),
+        encode("a string"),
+        encode({"auth": base64.b64encode(b"no-colon").decode()}),
+    ],
+)
+def test_registry_auth_garbage_is_a_clear_error(header: str) -> None:
+    with pytest.raises(AuthenticationError, match="X-Registry-Auth"):
+        decode_registry_auth(header)
+
+
+def test_credentials_repr_never_shows_secrets() -> None:
+    creds = Credentials("ann", "hunter2-secret", "identity-secret", "registry-secret")
+    for text in (repr(creds), str(creds), repr([creds]), repr({"c": creds})):
+        assert "ann" in text
+        assert "secret" not in text
+
+
+# -- load_docker_config ---------------------------------------------------------------
+
+
+def write_config(path: Path, auths: dict[str, object]) -> Path:
+    path.write_text(json.dumps({"auths": auths, "credsStore": "desktop"}))
+    return path
+
+
+def test_docker_config_keys_become_domains(tmp_path: Path) -> None:
+    def auth(user: str) -> dict[str, str]:
+        return {"auth": base64.b64encode(f"{user}:pw-{user}".encode()).decode()}
+
+    path = write_config(
+        tmp_path / "config.json",
+        {
+            "https://index.docker.io/v1/": auth("hub"),
+            "reg.example:5000": auth("plain"),
+            "https://Other.Example:5443/": auth("url"),
+            "http://10.0.0.1:5000/v2/": {"username": "ip", "password": "pw-ip"},
+            "quay.io": {"identitytoken": "tok"},
+        },
+    )
+    assert load_docker_config(path) == {
+        "docker.io": Credentials("hub", "pw-hub"),
+        "reg.example:5000": Credentials("plain", "pw-plain"),
+        "other.example:5443": Credentials("url", "pw-url"),
+        "10.0.0.1:5000": Credentials("ip", "pw-ip"),
+        "quay.io": Credentials(identity_token="tok"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("server", "domain"),
+    [
+        ("https://index.docker.io/v1/", "docker.io"),
+        ("index.docker.io", "docker.io"),
+        ("https://registry-1.docker.io/v2/", "docker.io"),
+        ("docker.io", "docker.io"),
+        ("host:5000", "host:5000"),
+        ("https://host:5000/", "host:5000"),
+        ("  HOST.example  ", "host.example"),
+    ],
+)
+def test_registry_domain(server: str, domain: str) -> None:
+    assert registry_domain(server) == domain
+
+
+def test_docker_config_missing_file_is_empty(tmp_path: Path) -> None:
+    assert load_docker_config(tmp_path / "nope.json") == {}
+
+
+def test_docker_config_without_auths_is_empty(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"credsStore": "pass"}')
+    assert load_docker_config(path) == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "",
+        "[]",
+        '{"auths": []}',
+        '{"auths": {"reg:5000": "user:pw"}}',
+        '{"auths": {"reg:5000": {"auth": "bm8tY29sb24="}}}',  # "no-colon"
+    ],
+)
+def test_docker_config_malformed_is_a_config_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=str(path)):
+        load_docker_config(path)
+
+
+def test_docker_config_that_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load_docker_config(tmp_path)
+
+
+# -- auth flows against a fake registry ---------------------------------------------
+
+
+async def test_anonymous_registry_gets_no_authorization(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="none"))
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, LOGIN)
+        await client.get_manifest("v1")
+    assert [r.path for r in registry.requests] == ["/v2/", f"/v2/{REPO}/manifests/v1"]
+    assert all("authorization" not in r.headers for r in registry.requests)
+
+
+async def test_basic_challenge_is_answered(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="basic", username=USER, password=PASSWORD))
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, LOGIN)
+        await client.get_manifest("v1")
+        await client.get_manifest("v1")
+    ping, *gets = registry.requests
+    assert "authorization" not in ping.headers
+    assert [r.headers["authorization"] for r in gets] == [basic(USER, PASSWORD)] * 2
+    assert registry.token_requests == []
+
+
+async def test_basic_wrong_password(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="basic", username=USER, password=PASSWORD))
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, Credentials(USER, "wrong"))
+        with pytest.raises(AuthenticationError, match=server.host) as caught:
+            await client.get_manifest("v1")
+    assert "wrong" not in str(caught.value)
+    # Same challenge again: retrying with the same password cannot help.
+    assert len(registry.seen("GET", MANIFEST_PATH)) == 1
+
+
+async def test_basic_without_credentials(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="basic"))
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        with pytest.raises(AuthenticationError, match="requires authentication"):
+            await client.get_manifest("v1")
+
+
+async def test_bearer_token_from_the_realm(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="bearer", username=USER, password=PASSWORD))
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, LOGIN)
+        await client.get_manifest("v1")
+    (token_request,) = registry.token_requests
+    assert token_request.query == {
+        "service": "fake.registry",
+        "scope": f"repository:{REPO}:pull",
+        "account": USER,
+    }
+    assert token_request.headers["authorization"] == basic(USER, PASSWORD)
+    (get,) = registry.seen("GET", MANIFEST_PATH)
+    assert get.headers["authorization"] == "Bearer token-1"
+
+
+async def test_bearer_anonymous_token(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="bearer"))
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        await client.get_manifest("v1")
+    (token_request,) = registry.token_requests
+    assert "authorization" not in token_request.headers
+    assert "account" not in token_request.query
+
+
+async def test_bearer_token_is_cached_per_scope(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="bearer"))
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        await client.get_manifest("v1")
+        await client.get_manifest("v1")
+        assert len(registry.token_requests) == 1
+        # Another client for the same repository shares the authenticator and its token.
+        again = await connector.open(server.host, REPO, ANONYMOUS)
+        await again.get_manifest("v1")
+        assert len(registry.token_requests) == 1
+        # Another repository is another scope (the fake serves any repository's tags).
+        other = await connector.open(server.host, "team/other", ANONYMOUS)
+        await other.get_manifest("v1")
+    scopes = [r.query["scope"] for r in registry.token_requests]
+    assert scopes == [f"repository:{REPO}:pull", "repository:team/other:pull"]
+    assert len(registry.seen("GET", "/v2/")) == 1
+
+
+async def test_rejected_cached_token_is_fetched_again_once(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="bearer"))
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        await client.get_manifest("v1")
+        registry.revoke_tokens()
+        await client.get_manifest("v1")
+    gets = registry.seen("GET", MANIFEST_PATH)
+    assert [r.headers["authorization"] for r in gets] == [
+        "Bearer token-1",
+        "Bearer token-1",
+        "Bearer token-2",
+    ]
+    assert len(registry.token_requests) == 2
+
+
+async def test_token_that_keeps_being_rejected_fails_after_one_retry(
+    connector: Connector,
+) -> None:
+    registry = with_manifest(FakeRegistry(auth="bearer"))
+
+    def reject(request: Request) -> Reply:
+        registry.revoke_tokens()
+        return registry.answer(request)
+
+    registry.on("GET", MANIFEST_PATH, reject)
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        with pytest.raises(AuthenticationError, match=server.host):
+            await client.get_manifest("v1")
+    assert len(registry.seen("GET", MANIFEST_PATH)) == 2
+    assert len(registry.token_requests) == 2
+
+
+async def test_token_service_refusing_names_the_registry(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="bearer", username=USER, password=PASSWORD))
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, Credentials(USER, "wrong"))
+        with pytest.raises(AuthenticationError) as caught:
+            await client.get_manifest("v1")
+    message = str(caught.value)
+    assert server.host in message
+    assert "token service refused the credentials of ferry (HTTP 401)" in message
+    assert "wrong" not in message
+    assert registry.seen("GET", MANIFEST_PATH) == []
+
+
+async def test_token_service_refusing_anonymous_access(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="bearer"))
+    registry.refuse_tokens = True
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        with pytest.raises(AuthenticationError, match="refused anonymous access"):
+            await client.get_manifest("v1")
+
+
+async def test_token_service_failing_is_worth_retrying(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="bearer"))
+    registry.on("GET", "/token", Reply(503, body=b"down for a moment"), times=1)
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        with pytest.raises(TransientRegistryError, match="token service answered HTTP 503"):
+            await client.get_manifest("v1")
+        await client.get_manifest("v1")  # and the next attempt works
+
+
+async def test_unreachable_token_service_is_worth_retrying(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="bearer"))
+
+    def elsewhere(request: Request) -> Reply | None:
+        reply = registry.answer(request)
+        challenge = reply.headers.get("WWW-Authenticate")
+        if challenge:
+            # Port 1 on loopback: nothing listens there.
+            reply.headers["WWW-Authenticate"] = challenge.replace(
+                registry.base_url, "http://127.0.0.1:1"
+            )
+        return reply
+
+    registry.on("GET", "/v2/.*", elsewhere)
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        with pytest.raises(RegistryUnreachableError, match="token service") as caught:
+            await client.get_manifest("v1")
+    assert caught.value.retryable
+
+
+async def test_realm_with_a_query_keeps_it(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="bearer"))
+
+    def realm_with_query(request: Request) -> Reply:
+        reply = registry.answer(request)
+        challenge = reply.headers.get("WWW-Authenticate")
+        if challenge:
+            reply.headers["WWW-Authenticate"] = challenge.replace("/token", "/token?tenant=blue")
+        return reply
+
+    registry.on("GET", "/v2/.*", realm_with_query)
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        await client.get_manifest("v1")
+    (token_request,) = registry.token_requests
+    assert token_request.query == {
+        "tenant": "blue",
+        "service": "fake.registry",
+        "scope": f"repository:{REPO}:pull",
+    }
+
+
+async def test_identity_token_is_exchanged_with_oauth(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="bearer"))
+    registry.on(
+        "POST",
+        "/token",
+        lambda request: Reply(
+            200,
+            {"Content-Type": "application/json"},
+            json.dumps({"access_token": "oauth-token", "expires_in": 300}).encode(),
+        ),
+    )
+    registry.tokens["oauth-token"] = "all"
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, Credentials(identity_token="refresh"))
+        await client.get_manifest("v1")
+    (post,) = registry.seen("POST", "/token")
+    assert dict(_form(post.body)) == {
+        "grant_type": "refresh_token",
+        "refresh_token": "refresh",
+        "service": "fake.registry",
+        "scope": f"repository:{REPO}:pull",
+        "client_id": "ferryd",
+    }
+    (get,) = registry.seen("GET", MANIFEST_PATH)
+    assert get.headers["authorization"] == "Bearer oauth-token"
+
+
+async def test_registry_token_is_sent_as_is(connector: Connector) -> None:
+    registry = with_manifest(FakeRegistry(auth="bearer"))
+    registry.tokens["given-token"] = "all"
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, Credentials(registry_token="given-token"))
+        await client.get_manifest("v1")
+    assert registry.token_requests == []
+    (get,) = registry.seen("GET", MANIFEST_PATH)
+    assert get.headers["authorization"] == "Bearer given-token"
+
+
+async def test_open_registry_that_challenges_later(connector: Connector) -> None:
+    # /v2/ answers 200, the repository wants a token: the first 401 teaches the scheme.
+    registry = with_manifest(FakeRegistry(auth="bearer"))
+    registry.on("GET", "/v2/", Reply(200, body=b"{}"))
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        await client.get_manifest("v1")
+    gets = registry.seen("GET", MANIFEST_PATH)
+    assert ["authorization" in r.headers for r in gets] == [False, True]
+    assert len(registry.token_requests) == 1
+
+
+async def test_token_refused_under_concurrent_requests(connector: Connector) -> None:
+    # Three requests in flight when the registry stops accepting the token: all of them
+    # retry, and they share one new token.
+    registry = with_manifest(FakeRegistry(auth="bearer"))
+
+    async def slow_token(request: Request) -> Reply:
+        await anyio.sleep(0.05)
+        return registry.answer(request)
+
+    registry.on("GET", "/token", slow_token)
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        await client.get_manifest("v1")
+        registry.revoke_tokens()
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(client.get_manifest, "v1")
+    assert len(registry.token_requests) == 2
+    gets = registry.seen("GET", MANIFEST_PATH)
+    assert sorted(r.headers["authorization"] for r in gets[1:]) == (
+        ["Bearer token-1"] * 3 + ["Bearer token-2"] * 3
+    )
+
+
+async def test_challenge_learnt_under_concurrent_requests(connector: Connector) -> None:
+    # /v2/ is open, the repository is not: three first requests all learn the challenge.
+    registry = with_manifest(FakeRegistry(auth="bearer"))
+    registry.on("GET", "/v2/", Reply(200, body=b"{}"))
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(client.get_manifest, "v1")
+    assert len(registry.token_requests) == 1
+    assert len(registry.seen("GET", MANIFEST_PATH)) == 6
+
+
+def _form(body: bytes) -> list[tuple[str, str]]:
+    return parse_qsl(body.decode())

@@ -1,0 +1,550 @@
+"""The byte pipeline: LayerSink writes, hashes and un-compresses a layer blob in one pass."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import random
+import tarfile
+import tempfile
+import tracemalloc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from backports import zstd
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from isal import isal_zlib
+
+from ferryd.codec import (
+    BATCH_SIZE,
+    Compression,
+    LayerSink,
+    detect_compression,
+    inflater,
+)
+from ferryd.digest import Digest
+from ferryd.errors import ContentError, DigestMismatchError
+
+MiB = 1 << 20
+deterministic = settings(derandomize=True, max_examples=100, deadline=None)
+
+
+def _sha256(data: bytes) -> Digest:
+    return Digest("sha256:" + hashlib.sha256(data).hexdigest())
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    """A real, reproducible tar archive: what a layer holds once uncompressed."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mtime = 1_700_000_000
+            archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+def _zstd(data: bytes) -> bytes:
+    return zstd.compress(data)
+
+
+def _plain(data: bytes) -> bytes:
+    return data
+
+
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": _gzip,
+    "zstd": _zstd,
+    "plain": _plain,
+}
+
+
+def _mixed(size: int, seed: int = 0) -> bytes:
+    """`size` bytes that compress about 16:1: random 4 KiB runs between zero runs."""
+    rng = random.Random(seed)
+    block = 64 * 1024
+    pieces = [rng.randbytes(4096) + bytes(block - 4096) for _ in range(size // block + 1)]
+    return b"".join(pieces)[:size]
+
+
+def _chunks(data: bytes, size: int) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def _pour(
+    path: Path,
+    blob: bytes,
+    chunk_size: int | None = None,
+    *,
+    expected: Digest | None = None,
+    diff_id: bool = True,
+) -> tuple[Digest | None, LayerSink]:
+    """Write `blob` through a fresh sink in chunks of `chunk_size` and finish it."""
+    sink = LayerSink(path, expected or _sha256(blob), diff_id=diff_id)
+    try:
+        assert sink.open() == 0
+        for chunk in _chunks(blob, chunk_size or max(len(blob), 1)):
+            sink.write(chunk)
+        return sink.finish(), sink
+    finally:
+        sink.close()
+
+
+@pytest.fixture
+def blob_path(tmp_path: Path) -> Path:
+    return tmp_path / "partial" / "sha256" / "blob"
+
+
+LAYER = _tar({"etc/os-release": b"NAME=ferry\n", "bin/tool": _mixed(300_000)})
+
+
+# Formats
+
+
+@pytest.mark.parametrize("kind", COMPRESSORS)
+def test_finish_returns_the_diff_id_of_the_uncompressed_tar(blob_path: Path, kind: str) -> None:
+    blob = COMPRESSORS[kind](LAYER)
+
+    diff_id, sink = _pour(blob_path, blob)
+
+    assert diff_id == _sha256(LAYER)
+    assert sink.offset == len(blob)
+    assert sink.uncompressed_size == len(LAYER)
+    assert blob_path.read_bytes() == blob
+
+
+def test_a_plain_tar_has_its_digest_as_diff_id(blob_path: Path) -> None:
+    diff_id, _ = _pour(blob_path, LAYER)
+    assert diff_id == _sha256(LAYER)
+
+
+@pytest.mark.parametrize(
+    ("head", "compression"),
+    [
+        (b"\x1f\x8b\x08\x00", Compression.GZIP),
+        (b"\x1f\x8b", Compression.GZIP),
+        (b"\x28\xb5\x2f\xfd\x00", Compression.ZSTD),
+        (b"\x28\xb5\x2f", Compression.NONE),
+        (b"\x1f", Compression.NONE),
+        (b"", Compression.NONE),
+        (b"ustar", Compression.NONE),
+        (LAYER[:512], Compression.NONE),
+    ],
+)
+def test_detect_compression_by_magic_bytes(head: bytes, compression: Compression) -> None:
+    assert detect_compression(head) is compression
+
+
+def test_the_media_type_does_not_matter_the_bytes_do(blob_path: Path) -> None:
+    # A zstd blob is recognised as zstd whatever the manifest says: the sink never sees it.
+    diff_id, _ = _pour(blob_path, _zstd(LAYER))
+    assert diff_id == _sha256(LAYER)
+
+
+def test_an_empty_blob_has_the_empty_diff_id(blob_path: Path) -> None:
+    diff_id, sink = _pour(blob_path, b"")
+    assert diff_id == _sha256(b"")
+    assert (sink.offset, sink.uncompressed_size) == (0, 0)
+    assert blob_path.read_bytes() == b""
+
+
+@pytest.mark.parametrize("blob", [b"a", b"ab", b"abc", b"\x28\xb5\x2f"])
+def test_a_blob_shorter_than_any_magic_is_plain(blob_path: Path, blob: bytes) -> None:
+    diff_id, _ = _pour(blob_path, blob, 1)
+    assert diff_id == _sha256(blob)
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_a_compressed_empty_tar_stream(blob_path: Path, kind: str) -> None:
+    diff_id, _ = _pour(blob_path, COMPRESSORS[kind](b""))
+    assert diff_id == _sha256(b"")
+
+
+def test_multi_member_gzip_is_read_to_the_end(blob_path: Path) -> None:
+    first, second = LAYER[:1000], LAYER[1000:]
+    blob = _gzip(first) + _gzip(b"") + _gzip(second)
+
+    diff_id, sink = _pour(blob_path, blob)
+
+    assert diff_id == _sha256(LAYER)
+    assert sink.uncompressed_size == len(LAYER)
+
+
+def test_multi_frame_zstd_is_read_to_the_end(blob_path: Path) -> None:
+    blob = _zstd(LAYER[:1000]) + _zstd(b"") + _zstd(LAYER[1000:])
+    diff_id, _ = _pour(blob_path, blob)
+    assert diff_id == _sha256(LAYER)
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_a_member_or_frame_that_ends_exactly_at_a_write_boundary(tmp_path: Path, kind: str) -> None:
+    # The next write must start a new member/frame, not feed an ended decompressor.
+    compress = COMPRESSORS[kind]
+    parts = [b"first part " * 50, b"second part " * 70, b"third"]
+    members = [compress(part) for part in parts]
+    for number, _ in enumerate(members):
+        sink = LayerSink(tmp_path / f"{kind}{number}", _sha256(b"".join(members)))
+        sink.open()
+        for member in members:
+            sink.write(member)
+        assert sink.finish() == _sha256(b"".join(parts))
+        sink.close()
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_every_cut_of_a_multi_part_stream_gives_the_same_diff_id(tmp_path: Path, kind: str) -> None:
+    compress = COMPRESSORS[kind]
+    parts = [b"a" * 300, b"", b"b" * 200]
+    blob = b"".join(compress(part) for part in parts)
+    for cut in range(len(blob) + 1):
+        sink = LayerSink(tmp_path / "blob", _sha256(blob))
+        sink.open()
+        sink.restart()
+        for piece in (blob[:cut], blob[cut:]):
+            if piece:
+                sink.write(piece)
+        assert sink.finish() == _sha256(b"".join(parts)), cut
+        sink.close()
+
+
+@pytest.mark.parametrize("kind", COMPRESSORS)
+def test_empty_writes_are_harmless_even_after_the_stream_ends(blob_path: Path, kind: str) -> None:
+    blob = COMPRESSORS[kind](LAYER)
+    sink = LayerSink(blob_path, _sha256(blob))
+    try:
+        sink.open()
+        sink.write(b"")
+        sink.write(blob)
+        sink.write(b"")  # an ended zstd decompressor raises EOFError if fed again
+        assert sink.finish() == _sha256(LAYER)
+    finally:
+        sink.close()
+
+
+def test_a_sha512_blob_digest(blob_path: Path) -> None:
+    blob = _gzip(LAYER)
+    expected = Digest("sha512:" + hashlib.sha512(blob).hexdigest())
+    assert _pour(blob_path, blob, expected=expected)[0] == _sha256(LAYER)
+
+
+def test_without_diff_id_only_the_blob_is_checked(blob_path: Path) -> None:
+    blob = b"\x1f\x8b not gzip at all"
+    diff_id, sink = _pour(blob_path, blob, diff_id=False)
+    assert diff_id is None
+    assert sink.uncompressed_size == 0
+    assert blob_path.read_bytes() == blob
+
+
+# Chunking: any batch sizes give the same result.
+
+LARGE = _mixed(9 * MiB)  # more than two inflate pieces
+
+
+@pytest.mark.parametrize("kind", COMPRESSORS)
+@pytest.mark.parametrize("chunk_size", [4096, 65536, BATCH_SIZE, 3 * MiB, None])
+def test_any_chunking_gives_the_same_digests(
+    blob_path: Path, kind: str, chunk_size: int | None
+) -> None:
+    blob = COMPRESSORS[kind](LARGE)
+    diff_id, sink = _pour(blob_path, blob, chunk_size)
+    assert diff_id == _sha256(LARGE)
+    assert sink.uncompressed_size == len(LARGE)
+    assert blob_path.read_bytes() == blob
+
+
+@pytest.mark.parametrize("kind", COMPRESSORS)
+def test_one_byte_at_a_time(blob_path: Path, kind: str) -> None:
+    data = _mixed(150_000, seed=3)
+    diff_id, _ = _pour(blob_path, COMPRESSORS[kind](data), 1)
+    assert diff_id == _sha256(data)
+
+
+_PAYLOADS = st.builds(
+    lambda head, zeros, tail: head + bytes(zeros) + tail,
+    st.binary(max_size=300),
+    st.integers(0, 200_000),
+    st.binary(max_size=300),
+)
+
+
+@st.composite
+def _cuts(draw: st.DrawFn, blob: bytes) -> list[bytes]:
+    points = sorted(draw(st.lists(st.integers(0, len(blob)), max_size=8)))
+    pieces, start = [], 0
+    for point in [*points, len(blob)]:
+        pieces.append(blob[start:point])
+        start = point
+    return [piece for piece in pieces if piece]
+
+
+@deterministic
+@given(st.sampled_from(sorted(COMPRESSORS)), _PAYLOADS, st.integers(1, 3), st.data())
+def test_random_chunkings_of_random_layers(
+    kind: str, payload: bytes, parts: int, data: st.DataObject
+) -> None:
+    # An uncompressed layer is a tar: it never starts with a compression magic number.
+    assume(kind != "plain" or detect_compression(payload) is Compression.NONE)
+    compress = COMPRESSORS[kind]
+    step = len(payload) // parts + 1
+    blob = b"".join(compress(payload[i : i + step]) for i in range(0, len(payload), step))
+    with tempfile.TemporaryDirectory() as directory:
+        sink = LayerSink(Path(directory) / "blob", _sha256(blob))
+        try:
+            sink.open()
+            for piece in data.draw(_cuts(blob)):
+                sink.write(piece)
+            assert sink.finish() == _sha256(payload)
+            assert sink.uncompressed_size == len(payload)
+        finally:
+            sink.close()
+
+
+@deterministic
+@given(st.sampled_from(["gzip", "zstd"]), _PAYLOADS, st.data())
+def test_inflaters_give_back_the_payload_whatever_the_feeding(
+    kind: str, payload: bytes, data: st.DataObject
+) -> None:
+    blob = COMPRESSORS[kind](payload)
+    decoder = inflater(detect_compression(blob))
+    out = b"".join(piece for chunk in data.draw(_cuts(blob)) for piece in decoder.feed(chunk))
+    decoder.finish()
+    assert out == payload
+
+
+# Resuming a download cut in the middle
+
+
+@pytest.mark.parametrize("kind", COMPRESSORS)
+@pytest.mark.parametrize("where", [1 / 1e9, 3 / 1e9, 10 / 1e9, 0.1, 0.5, 0.99, 1])
+def test_reopening_resumes_at_the_bytes_written(blob_path: Path, kind: str, where: float) -> None:
+    blob = COMPRESSORS[kind](LAYER)
+    cut = max(1, round(len(blob) * where)) if where < 1 else len(blob)
+    first = LayerSink(blob_path, _sha256(blob))
+    first.open()
+    first.write(blob[:cut])
+    first.close()
+
+    # A new sink, as after a daemon restart, reads the partial file back.
+    second = LayerSink(blob_path, _sha256(blob))
+    assert second.open() == cut
+    second.write(blob[cut:])
+    assert second.finish() == _sha256(LAYER)
+    assert second.uncompressed_size == len(LAYER)
+    second.close()
+    assert blob_path.read_bytes() == blob
+
+
+@pytest.mark.parametrize("kind", COMPRESSORS)
+def test_reopening_the_same_sink_starts_from_the_file(blob_path: Path, kind: str) -> None:
+    blob = COMPRESSORS[kind](LAYER)
+    sink = LayerSink(blob_path, _sha256(blob))
+    sink.open()
+    sink.write(blob[:5000])
+    sink.close()
+
+    assert sink.open() == 5000
+    sink.write(blob[5000:])
+    assert sink.finish() == _sha256(LAYER)
+    assert sink.uncompressed_size == len(LAYER)
+    sink.close()
+
+
+def test_opening_twice_does_not_count_the_file_twice(blob_path: Path) -> None:
+    blob = _gzip(LAYER)
+    sink = LayerSink(blob_path, _sha256(blob))
+    sink.open()
+    sink.write(blob[:100])
+    assert sink.open() == 100
+    sink.write(blob[100:])
+    assert sink.finish() == _sha256(LAYER)
+    sink.close()
+
+
+def test_resuming_across_many_cuts(blob_path: Path) -> None:
+    blob = _zstd(LARGE)
+    for start, end in [
+        (0, 7),
+        (7, 5000),
+        (5000, 5001),
+        (5001, len(blob) // 2),
+        (len(blob) // 2, len(blob)),
+    ]:
+        sink = LayerSink(blob_path, _sha256(blob))
+        assert sink.open() == start
+        sink.write(blob[start:end])
+        if end == len(blob):
+            assert sink.finish() == _sha256(LARGE)
+        sink.close()
+
+
+def test_open_creates_the_directories(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "c" / "blob"
+    sink = LayerSink(path, _sha256(b""))
+    assert sink.open() == 0
+    sink.close()
+    assert path.exists()
+
+
+def test_a_partial_file_that_is_not_a_layer_is_emptied_on_open(blob_path: Path) -> None:
+    blob_path.parent.mkdir(parents=True)
+    blob_path.write_bytes(b"\x1f\x8bgarbage that is not deflate" * 10)
+    good = _gzip(LAYER)
+
+    sink = LayerSink(blob_path, _sha256(good))
+    assert sink.open() == 0
+    assert blob_path.read_bytes() == b""
+    sink.write(good)
+    assert sink.finish() == _sha256(LAYER)
+    sink.close()
+
+
+def test_restart_truncates_the_file_and_forgets_the_hashes(blob_path: Path) -> None:
+    blob = _gzip(LAYER)
+    sink = LayerSink(blob_path, _sha256(blob))
+    sink.open()
+    sink.write(blob[:3000])
+    sink.write(b"bytes from another blob")
+
+    sink.restart()
+
+    assert (sink.offset, sink.uncompressed_size) == (0, 0)
+    assert blob_path.stat().st_size == 0
+    sink.write(blob)
+    assert sink.finish() == _sha256(LAYER)
+    sink.close()
+    assert blob_path.read_bytes() == blob
+
+
+def test_restart_forgets_a_broken_stream(blob_path: Path) -> None:
+    blob = _zstd(LAYER)
+    sink = LayerSink(blob_path, _sha256(blob))
+    sink.open()
+    sink.write(b"\x28\xb5\x2f\xfd\xff\xff\xff\xff\xff\xff")
+    sink.restart()
+    sink.write(blob)
+    assert sink.finish() == _sha256(LAYER)
+    sink.close()
+
+
+# Broken content
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+@pytest.mark.parametrize("keep", [4, 5, 10, 0.5, -8, -4, -1])
+def test_a_truncated_stream_is_a_content_error(blob_path: Path, kind: str, keep: float) -> None:
+    blob = COMPRESSORS[kind](LAYER)
+    cut = int(len(blob) * keep) if isinstance(keep, float) else keep
+    truncated = blob[:cut]
+
+    # Its digest is right (the registry served exactly this): the stream is what is wrong.
+    with pytest.raises(ContentError, match=r"truncated|not valid") as caught:
+        _pour(blob_path, truncated)
+    assert not isinstance(caught.value, DigestMismatchError)
+
+
+def test_a_gzip_magic_alone_is_a_truncated_stream(blob_path: Path) -> None:
+    with pytest.raises(ContentError, match="truncated"):
+        _pour(blob_path, b"\x1f\x8b")
+
+
+def test_a_blob_cut_inside_the_zstd_magic_is_taken_as_plain(blob_path: Path) -> None:
+    # Three bytes cannot be told from an uncompressed blob; docker decides the same way.
+    assert _pour(blob_path, b"\x28\xb5\x2f")[0] == _sha256(b"\x28\xb5\x2f")
+
+
+def test_garbage_after_the_gzip_magic_is_a_content_error(blob_path: Path) -> None:
+    blob = b"\x1f\x8b" + b"this is not deflate data" * 100
+    with pytest.raises(ContentError, match="not valid gzip"):
+        _pour(blob_path, blob)
+
+
+def test_garbage_after_the_zstd_magic_is_a_content_error(blob_path: Path) -> None:
+    blob = b"\x28\xb5\x2f\xfd" + b"\xff" * 100
+    with pytest.raises(ContentError, match="not valid zstd"):
+        _pour(blob_path, blob)
+
+
+@pytest.mark.parametrize("trailer", [b"\x00" * 8, b"junk", b"\x1f\x8b"])
+def test_garbage_after_a_complete_gzip_member_is_a_content_error(
+    blob_path: Path, trailer: bytes
+) -> None:
+    with pytest.raises(ContentError):
+        _pour(blob_path, _gzip(LAYER) + trailer)
+
+
+def test_a_corrupted_crc_is_a_content_error(blob_path: Path) -> None:
+    blob = bytearray(_gzip(LAYER))
+    blob[-6] ^= 0xFF  # inside the CRC32 of the trailer
+    with pytest.raises(ContentError, match="not valid gzip"):
+        _pour(blob_path, bytes(blob))
+
+
+def test_a_broken_stream_is_reported_at_finish_not_at_write(blob_path: Path) -> None:
+    blob = b"\x1f\x8b" + b"garbage" * 10
+    sink = LayerSink(blob_path, _sha256(blob))
+    sink.open()
+    sink.write(blob)  # the bytes are on disk, hashed: the blob digest decides first
+    with pytest.raises(ContentError):
+        sink.finish()
+    sink.close()
+
+
+def test_a_wrong_blob_digest_is_a_digest_mismatch(blob_path: Path) -> None:
+    blob = _gzip(LAYER)
+    expected = _sha256(b"something else")
+    with pytest.raises(DigestMismatchError, match=str(expected)):
+        _pour(blob_path, blob, expected=expected)
+
+
+def test_a_wrong_digest_wins_over_a_broken_stream(blob_path: Path) -> None:
+    with pytest.raises(DigestMismatchError):
+        _pour(blob_path, b"\x1f\x8bnot gzip", expected=_sha256(b"other"))
+
+
+# Bounded memory: a small blob that inflates hugely is hashed in pieces.
+
+BOMB_SIZE = 200 * MiB
+
+
+def _compress_zeros(kind: str, size: int) -> bytes:
+    zeros = bytes(MiB)
+    if kind == "gzip":
+        deflate = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
+        return b"".join(deflate.compress(zeros) for _ in range(size // MiB)) + deflate.flush()
+    compressor = zstd.ZstdCompressor()
+    return b"".join(compressor.compress(zeros) for _ in range(size // MiB)) + compressor.flush()
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_a_decompression_bomb_is_hashed_in_bounded_memory(blob_path: Path, kind: str) -> None:
+    blob = _compress_zeros(kind, BOMB_SIZE)
+    assert len(blob) < BOMB_SIZE // 500
+    expected = hashlib.sha256()
+    zeros = bytes(MiB)
+    for _ in range(BOMB_SIZE // MiB):
+        expected.update(zeros)
+
+    sink = LayerSink(blob_path, _sha256(blob))
+    sink.open()
+    tracemalloc.start()
+    try:
+        for batch in _chunks(blob, BATCH_SIZE):
+            sink.write(batch)
+        diff_id = sink.finish()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        sink.close()
+
+    assert diff_id == "sha256:" + expected.hexdigest()
+    assert sink.uncompressed_size == BOMB_SIZE
+    assert peak < 32 * MiB, f"peak {peak / MiB:.1f} MiB while inflating {BOMB_SIZE // MiB} MiB"

@@ -1,0 +1,348 @@
+"""Settings: a TOML file, then command-line flags; every mistake is a ConfigError naming the key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from ferryd.config import Settings, load_settings
+from ferryd.errors import ConfigError
+from ferryd.platforms import parse_platform
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> ConfigFile:
+    return ConfigFile(tmp_path / "ferryd.toml")
+
+
+class ConfigFile:
+    """Writes a TOML file and loads it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self, text: str, overrides: dict[str, object] | None = None) -> Settings:
+        self.path.write_text(text, encoding="utf-8")
+        return load_settings(self.path, overrides)
+
+    def error(self, text: str, overrides: dict[str, object] | None = None) -> str:
+        with pytest.raises(ConfigError) as caught:
+            self.load(text, overrides)
+        return str(caught.value)
+
+
+# Defaults
+
+
+def test_without_a_file_every_setting_has_its_default() -> None:
+    settings = load_settings(None)
+
+    assert settings == Settings()
+    assert settings.root_path == Path("/var/lib/ferryd")
+    assert settings.socket_path == Path("/run/ferryd/ferryd.sock")
+    assert settings.socket_mode == "0660"
+    assert (settings.log_level, settings.log_format) == ("info", "json")
+    assert settings.max_concurrent_downloads == 3
+    assert settings.max_download_attempts == 5
+    assert settings.download_retry_delay == 5.0
+    assert settings.insecure_registries == ["127.0.0.0/8", "::1/128"]
+    assert (settings.connect_timeout, settings.read_timeout) == (30.0, 60.0)
+    assert settings.default_platform == settings.proxy == settings.credentials_file == ""
+
+
+def test_an_empty_file_gives_the_defaults(config: ConfigFile) -> None:
+    assert config.load("") == Settings()
+    assert config.load("# only a comment\n") == Settings()
+
+
+def test_defaults_are_not_shared_between_settings() -> None:
+    first = load_settings(None)
+    first.insecure_registries.append("example.com")
+    assert load_settings(None).insecure_registries == ["127.0.0.0/8", "::1/128"]
+
+
+def test_values_from_the_file_are_used(config: ConfigFile) -> None:
+    settings = config.load(
+        """
+        root = "/srv/ferryd"
+        socket = "/run/f.sock"
+        socket_mode = "660"
+        log_level = "debug"
+        log_format = "console"
+        max_concurrent_downloads = 8
+        max_download_attempts = 1
+        download_retry_delay = 0
+        insecure_registries = ["registry.local:5000", "10.0.0.0/8"]
+        default_platform = "linux/arm64/v8"
+        connect_timeout = 2.5
+        read_timeout = 3600
+        """
+    )
+    assert settings.root_path == Path("/srv/ferryd")
+    assert settings.socket_mode == "660"
+    assert (settings.log_level, settings.log_format) == ("debug", "console")
+    assert settings.max_concurrent_downloads == 8
+    assert settings.download_retry_delay == 0.0
+    assert settings.insecure_registries == ["registry.local:5000", "10.0.0.0/8"]
+    assert parse_platform(settings.default_platform) == parse_platform("linux/arm64")
+    assert settings.connect_timeout == 2.5
+    assert settings.read_timeout == 3600.0
+
+
+def test_an_empty_insecure_list_verifies_loopback_too(config: ConfigFile) -> None:
+    assert config.load("insecure_registries = []").insecure_registries == []
+
+
+# Mistakes in the file
+
+
+def test_an_unknown_key_is_refused_naming_it(config: ConfigFile) -> None:
+    message = config.error('colour = "blue"')
+    assert message == f"config file {config.path}: unknown key `colour`"
+
+
+def test_a_misspelt_key_gets_a_suggestion(config: ConfigFile) -> None:
+    message = config.error("max_concurrent_download = 2")
+    assert message == (
+        f"config file {config.path}: unknown key `max_concurrent_download` "
+        "(did you mean `max_concurrent_downloads`?)"
+    )
+
+
+def test_a_table_is_an_unknown_key(config: ConfigFile) -> None:
+    assert "unknown key `registry`" in config.error('[registry]\nmirror = "x"')
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('max_concurrent_downloads = "3"', "max_concurrent_downloads: Expected `int`, got `str`"),
+        ("max_concurrent_downloads = 2.5", "max_concurrent_downloads: Expected `int`, got `float`"),
+        ("max_concurrent_downloads = true", "max_concurrent_downloads: Expected `int`, got `bool`"),
+        ("root = 5", "root: Expected `str`, got `int`"),
+        ("socket_mode = 660", "socket_mode: Expected `str`, got `int`"),
+        ('connect_timeout = "30s"', "connect_timeout: Expected `float`, got `str`"),
+        ('insecure_registries = "example.com"', "insecure_registries: Expected `array`, got `str`"),
+        ("insecure_registries = [1]", "insecure_registries[0]: Expected `str`, got `int`"),
+        ('insecure_registries = ["a", 2]', "insecure_registries[1]: Expected `str`, got `int`"),
+        ("[root]\npath = 1", "root: Expected `str`, got `table`"),
+        ("log_level = 1", "log_level: Expected `str`, got `int`"),
+    ],
+)
+def test_a_wrong_type_is_refused_naming_key_and_expected_type(
+    config: ConfigFile, text: str, message: str
+) -> None:
+    assert config.error(text) == f"config file {config.path}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_concurrent_downloads = 0", "max_concurrent_downloads: Expected `int` >= 1, got 0"),
+        ("max_concurrent_downloads = -3", "max_concurrent_downloads: Expected `int` >= 1, got -3"),
+        ("max_concurrent_downloads = 65", "max_concurrent_downloads: Expected `int` <= 64, got 65"),
+        ("max_download_attempts = 0", "max_download_attempts: Expected `int` >= 1, got 0"),
+        ("download_retry_delay = -1", "download_retry_delay: Expected `float` >= 0.0, got -1"),
+        ("download_retry_delay = nan", "download_retry_delay: Expected `float` >= 0.0, got nan"),
+        ("read_timeout = inf", "read_timeout: Expected `float` <= 3600.0, got inf"),
+        ("connect_timeout = 0", "connect_timeout: Expected `float` > 0.0, got 0"),
+        ("read_timeout = 0.0", "read_timeout: Expected `float` > 0.0, got 0.0"),
+        ('root = ""', 'root: Expected `str` of length >= 1, got ""'),
+        ('socket = ""', 'socket: Expected `str` of length >= 1, got ""'),
+        (
+            'socket_mode = "999"',
+            'socket_mode: expected an octal file mode such as "0660", got "999"',
+        ),
+        (
+            'socket_mode = "0o660"',
+            'socket_mode: expected an octal file mode such as "0660", got "0o660"',
+        ),
+        (
+            'socket_mode = "rw-rw----"',
+            'socket_mode: expected an octal file mode such as "0660", got "rw-rw----"',
+        ),
+        (
+            'socket_mode = "0660\\n"',
+            'socket_mode: expected an octal file mode such as "0660", got "0660\\n"',
+        ),
+        (
+            'socket_mode = "06600"',
+            'socket_mode: expected an octal file mode such as "0660", got "06600"',
+        ),
+        (
+            'log_level = "verbose"',
+            'log_level: expected one of "debug", "info", "warning", "error", got "verbose"',
+        ),
+        (
+            'log_level = "INFO"',
+            'log_level: expected one of "debug", "info", "warning", "error", got "INFO"',
+        ),
+        ('log_format = "xml"', 'log_format: expected one of "json", "console", got "xml"'),
+    ],
+)
+def test_an_impossible_value_is_refused_naming_key_and_value(
+    config: ConfigFile, text: str, message: str
+) -> None:
+    assert config.error(text) == f"config file {config.path}: {message}"
+
+
+@pytest.mark.parametrize("mode", ["0660", "660", "0600", "0777", "000"])
+def test_socket_mode_takes_three_octal_digits(config: ConfigFile, mode: str) -> None:
+    settings = config.load(f'socket_mode = "{mode}"')
+    assert int(settings.socket_mode, 8) <= 0o777
+
+
+@pytest.mark.parametrize("platform", ["linux/amd64/v8/x", "linux//arm64", "linux/arm 64", "/"])
+def test_a_bad_default_platform_is_refused(config: ConfigFile, platform: str) -> None:
+    message = config.error(f'default_platform = "{platform}"')
+    assert message.startswith(f"config file {config.path}: default_platform: invalid platform")
+
+
+@pytest.mark.parametrize("platform", ["linux/arm64", "linux/arm/v7", "linux/x86_64", "arm64"])
+def test_a_good_default_platform_is_accepted(config: ConfigFile, platform: str) -> None:
+    assert config.load(f'default_platform = "{platform}"').default_platform == platform
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "root = ",
+        "root = /var/lib",
+        "[unclosed",
+        'root = "a"\nroot = "b"',
+        "max_concurrent_downloads = 0660",
+    ],
+)
+def test_invalid_toml_is_refused_with_its_position(config: ConfigFile, text: str) -> None:
+    message = config.error(text)
+    assert message.startswith(f"config file {config.path} is not valid TOML: ")
+    assert "line" in message or "end of document" in message
+
+
+def test_a_file_that_is_not_utf8_is_refused(config: ConfigFile) -> None:
+    config.path.write_bytes(b'root = "/var/lib/\xff"\n')
+    with pytest.raises(ConfigError, match="is not valid TOML: it is not UTF-8"):
+        load_settings(config.path)
+
+
+def test_a_missing_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(caught.value) == f"cannot read config file {path}: No such file or directory"
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"cannot read config file {tmp_path}: Is a directory"):
+        load_settings(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_file_is_refused(config: ConfigFile) -> None:
+    config.path.write_text("")
+    config.path.chmod(0)
+    with pytest.raises(ConfigError, match="Permission denied"):
+        load_settings(config.path)
+
+
+# Command-line flags
+
+
+def test_flags_override_the_file(config: ConfigFile) -> None:
+    settings = config.load(
+        'root = "/from/file"\nlog_level = "error"\nlog_format = "console"',
+        {"root": "/from/flag", "log_level": "debug"},
+    )
+    assert settings.root == "/from/flag"
+    assert settings.log_level == "debug"
+    assert settings.log_format == "console"
+
+
+def test_flags_set_to_none_are_not_given(config: ConfigFile) -> None:
+    settings = config.load(
+        'root = "/from/file"',
+        {"root": None, "socket": None, "insecure_registries": None, "log_level": None},
+    )
+    assert settings == msgspec.structs.replace(Settings(), root="/from/file")
+
+
+def test_flags_without_a_file() -> None:
+    settings = load_settings(None, {"socket": "/tmp/f.sock", "log_format": "console"})
+    assert settings.socket_path == Path("/tmp/f.sock")
+    assert settings.log_format == "console"
+
+
+def test_insecure_registry_flags_add_to_the_files_list(config: ConfigFile) -> None:
+    settings = config.load(
+        'insecure_registries = ["a.local:5000"]',
+        {"insecure_registries": ["b.local", "c.local:443"]},
+    )
+    assert settings.insecure_registries == ["a.local:5000", "b.local", "c.local:443"]
+
+
+def test_insecure_registry_flags_add_to_the_defaults() -> None:
+    settings = load_settings(None, {"insecure_registries": ["b.local"]})
+    assert settings.insecure_registries == ["127.0.0.0/8", "::1/128", "b.local"]
+
+
+def test_one_insecure_registry_flag_as_a_string() -> None:
+    assert load_settings(None, {"insecure_registries": "b.local"}).insecure_registries[-1] == (
+        "b.local"
+    )
+
+
+def test_insecure_registry_flags_do_not_hide_a_wrong_type_in_the_file(config: ConfigFile) -> None:
+    message = config.error('insecure_registries = "a.local"', {"insecure_registries": ["b"]})
+    assert message == (
+        f"config file {config.path}: insecure_registries: Expected `array`, got `str`"
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"log_level": "loud"},
+            "command line: log_level: "
+            'expected one of "debug", "info", "warning", "error", got "loud"',
+        ),
+        (
+            {"max_concurrent_downloads": 0},
+            "command line: max_concurrent_downloads: Expected `int` >= 1, got 0",
+        ),
+        ({"root": ""}, 'command line: root: Expected `str` of length >= 1, got ""'),
+        (
+            {"insecure_registries": [5]},
+            "command line: insecure_registries[2]: Expected `str`, got `int`",
+        ),
+        ({"colour": "blue"}, "command line: unknown key `colour`"),
+        (
+            {"default_platform": "a/b/c/d"},
+            "command line: default_platform: invalid platform 'a/b/c/d'",
+        ),
+    ],
+)
+def test_a_bad_flag_is_refused_naming_the_command_line(
+    config: ConfigFile, overrides: dict[str, object], message: str
+) -> None:
+    assert config.error("", overrides).startswith(message)
+
+
+def test_a_bad_flag_is_reported_even_without_a_file() -> None:
+    with pytest.raises(ConfigError, match=r"^command line: log_format: "):
+        load_settings(None, {"log_format": "yaml"})
+
+
+def test_the_file_is_checked_before_the_flags(config: ConfigFile) -> None:
+    # A flag cannot paper over a mistake in the file: the user must hear about it.
+    message = config.error("max_concurrent_downloads = 0", {"max_concurrent_downloads": 2})
+    assert message.startswith(f"config file {config.path}: max_concurrent_downloads")
+
+
+def test_every_error_is_a_config_error_never_a_traceback(config: ConfigFile) -> None:
+    for text in ["= 1", "a.b.c = 1", "root = [1, 2]", 'root = "x"\n[[root]]', "\x00"]:
+        with pytest.raises(ConfigError):
+            config.load(text)

@@ -1,0 +1,570 @@
+"""The download manager against registries that misbehave: cuts, stalls, lies, refusals.
+
+Each test builds a store in tmp_path, a DownloadManager in its own task group, and a
+RegistryClient (through a Connector) to a fake registry on loopback that serves real
+gzip'd tar layers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import TaskGroup
+
+from ferryd.digest import Digest
+from ferryd.distribution.config import BlobFetcher, DownloadDescriptor
+from ferryd.distribution.downloads import DownloadManager
+from ferryd.errors import (
+    ContentError,
+    DiffIDMismatchError,
+    DigestMismatchError,
+    NotFoundError,
+    TransientRegistryError,
+)
+from ferryd.registry.auth import ANONYMOUS
+from ferryd.registry.client import BlobResponse, RegistryClient
+from ferryd.registry.connector import Connector
+from ferryd.registry.endpoints import RegistryService
+from ferryd.store import Store
+from ferryd.store.images import RootFS
+from support.fakes import (
+    FakeLayer,
+    FakeRegistry,
+    FakeServer,
+    Recorder,
+    Reply,
+    Request,
+    background,
+    make_layer,
+    serve_registry,
+)
+
+REPO = "team/app"
+BLOB_PATH = f"/v2/{REPO}/blobs/.+"
+MiB = 1 << 20
+
+
+@dataclass
+class Env:
+    store: Store
+    registry: FakeRegistry
+    server: FakeServer
+    manager: DownloadManager
+    client: RegistryClient
+    task_group: TaskGroup
+    connectors: list[Connector] = field(default_factory=list)
+
+    async def open_client(self, **timeouts: float) -> RegistryClient:
+        """A client through a Connector of its own (say, with a short read timeout)."""
+        connector = Connector(RegistryService(), **timeouts)
+        self.connectors.append(connector)
+        return await connector.open(self.server.host, REPO, ANONYMOUS)
+
+    def descriptor(self, layer: FakeLayer, **kwargs: int) -> DownloadDescriptor:
+        return layer.descriptor(self.server.host, REPO, **kwargs)
+
+    async def download(
+        self,
+        *layers: FakeLayer | DownloadDescriptor,
+        progress: Recorder | None = None,
+        fetcher: BlobFetcher | None = None,
+    ) -> RootFS:
+        descriptors = [
+            item if isinstance(item, DownloadDescriptor) else self.descriptor(item)
+            for item in layers
+        ]
+        rootfs, release = await self.manager.download(
+            fetcher or self.client, RootFS([]), "linux", descriptors, progress or Recorder()
+        )
+        release()
+        return rootfs
+
+    def blob_gets(self) -> list[Request]:
+        return self.registry.seen("GET", BLOB_PATH)
+
+    def stored(self) -> list[str]:
+        return sorted(p.name for p in (self.store.root / "blobs" / "sha256").iterdir())
+
+    def partials(self) -> dict[str, int]:
+        directory = self.store.root / "partial"
+        return {p.name: p.stat().st_size for p in directory.iterdir()}
+
+    def partial_size(self, layer: FakeLayer) -> int:
+        path = self.store.blobs.partial_path(layer.digest)
+        return path.stat().st_size if path.exists() else 0
+
+    def assert_stored(self, layer: FakeLayer) -> None:
+        assert self.store.blobs.get(layer.digest) == layer.blob
+        registered = self.store.layers.get(layer.diff_id)  # a first layer: ChainID = DiffID
+        assert registered is not None
+        assert registered.blob_digest == layer.digest
+        assert registered.compressed_size == layer.size
+        assert self.partials() == {}
+
+    def assert_nothing_stored(self) -> None:
+        assert self.stored() == []
+        assert self.store.layers.all() == []
+        assert self.partials() == {}
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    store = Store(tmp_path / "root")
+    registry = FakeRegistry()
+    connector = Connector(RegistryService(), connect_timeout=5, read_timeout=5)
+    connectors = [connector]
+    try:
+        async with serve_registry(registry) as server, background() as tg:
+            manager = DownloadManager(
+                store.blobs, store.layers, store.metadata, tg, retry_delay=0.01
+            )
+            client = await connector.open(server.host, REPO, ANONYMOUS)
+            environment = Env(store, registry, server, manager, client, tg, connectors)
+            with anyio.fail_after(10):
+                yield environment
+    finally:
+        for each in connectors:
+            await each.aclose()
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def big() -> FakeLayer:
+    """Over 2 MiB: several ~1 MiB batches, so a cut leaves something to resume from."""
+    return make_layer(3 * MiB, seed=1)
+
+
+@pytest.fixture(scope="module")
+def small() -> FakeLayer:
+    return make_layer(100_000, seed=2)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll: what the condition watches (files, server state) has no event to wait on."""
+    with anyio.fail_after(timeout):
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+
+
+def range_start(request: Request) -> int | None:
+    value = request.headers.get("range")
+    if value is None:
+        return None
+    assert value.startswith("bytes="), value
+    assert value.endswith("-"), value
+    return int(value.removeprefix("bytes=").removesuffix("-"))
+
+
+def cut_once(env: Env, layer: FakeLayer, after: int) -> None:
+    """The first GET of the layer sends `after` bytes of it, then closes the connection."""
+
+    def cut(request: Request) -> Reply:
+        reply = env.registry.blob_reply(request, layer.digest)
+        reply.cut_after = after
+        return reply
+
+    env.registry.on("GET", BLOB_PATH, cut, times=1)
+
+
+def retries(progress: Recorder) -> list[str]:
+    return [s for s in progress.statuses() if s.startswith("Retrying in")]
+
+
+# -- cut connections ------------------------------------------------------------------
+
+
+async def test_cut_mid_layer_resumes_with_range(env: Env, big: FakeLayer) -> None:
+    env.registry.add_blob(big.blob)
+    cut_once(env, big, big.size // 2)
+    progress = Recorder()
+
+    rootfs = await env.download(big, progress=progress)
+
+    assert rootfs.diff_ids == [big.diff_id]
+    first, second = env.blob_gets()
+    assert range_start(first) is None
+    resumed_from = range_start(second)
+    assert resumed_from is not None
+    assert 0 < resumed_from <= big.size // 2
+    env.assert_stored(big)
+    assert retries(progress) == ["Retrying in 1 second"]
+    assert progress.statuses()[-1] == "Pull complete"
+    assert "Download complete" in progress.statuses()
+
+
+async def test_cut_with_a_registry_that_ignores_range(env: Env, big: FakeLayer) -> None:
+    env.registry.add_blob(big.blob)
+    env.registry.ignore_range = True
+    cut_once(env, big, big.size // 2)
+
+    await env.download(big)
+
+    _first, second = env.blob_gets()
+    assert range_start(second) is not None  # asked, but was sent everything again
+    env.assert_stored(big)
+
+
+async def test_cut_in_the_first_batch_still_resumes(env: Env) -> None:
+    layer = make_layer(600_000, seed=3)
+    env.registry.add_blob(layer.blob)
+    cut_once(env, layer, 300_000)
+
+    await env.download(layer)
+
+    _first, second = env.blob_gets()
+    assert range_start(second) == 300_000
+    env.assert_stored(layer)
+
+
+async def test_cut_every_time_gives_up_after_max_attempts(env: Env, small: FakeLayer) -> None:
+    env.registry.add_blob(small.blob)
+    cut_once(env, small, 1000)
+    env.registry.on(
+        "GET", BLOB_PATH, lambda r: Reply(200, {}, small.blob, cut_after=1000, cut_delay=0)
+    )
+    progress = Recorder()
+    with pytest.raises(TransientRegistryError) as caught:
+        await env.download(small, progress=progress)
+    assert caught.value.retryable
+    assert len(env.blob_gets()) == 5
+    assert len(retries(progress)) == 4
+    assert env.stored() == []
+
+
+async def test_short_close_delimited_body_is_retried(env: Env, small: FakeLayer) -> None:
+    # No length and a clean close: only the byte count tells the body is short.
+    env.registry.add_blob(small.blob)
+    env.registry.on("GET", BLOB_PATH, Reply(200, {}, small.blob[:5000], framing="close"), times=1)
+    progress = Recorder()
+    await env.download(small, progress=progress)
+    assert len(env.blob_gets()) == 2
+    assert retries(progress) == ["Retrying in 1 second"]
+    env.assert_stored(small)
+
+
+# -- wrong content --------------------------------------------------------------------
+
+
+def corrupt(blob: bytes, position: int) -> bytes:
+    wrong = bytearray(blob)
+    wrong[position] ^= 0xFF
+    return bytes(wrong)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        pytest.param(lambda blob: corrupt(blob, 4), id="gzip-mtime"),  # still valid gzip
+        pytest.param(lambda blob: random.Random(9).randbytes(len(blob)), id="random"),
+        pytest.param(lambda blob: corrupt(blob, len(blob) // 2), id="deflate-data"),
+        pytest.param(lambda blob: corrupt(blob, len(blob) - 3), id="gzip-trailer"),
+    ],
+)
+async def test_wrong_bytes_are_a_digest_mismatch(
+    env: Env, big: FakeLayer, tamper: Callable[[bytes], bytes]
+) -> None:
+    wrong = tamper(big.blob)
+    assert len(wrong) == big.size
+    assert wrong != big.blob
+    env.registry.blobs[big.digest] = wrong
+    progress = Recorder()
+
+    with pytest.raises(DigestMismatchError, match=big.digest):
+        await env.download(big, progress=progress)
+
+    assert len(env.blob_gets()) == 1  # not retried
+    assert retries(progress) == []
+    env.assert_nothing_stored()
+
+
+async def test_diff_id_mismatch(env: Env, small: FakeLayer, big: FakeLayer) -> None:
+    env.registry.add_blob(small.blob)
+    lying = DownloadDescriptor(env.descriptor(small).descriptor, big.diff_id, "r", REPO)
+
+    with pytest.raises(DiffIDMismatchError, match=big.diff_id):
+        await env.download(lying)
+
+    assert len(env.blob_gets()) == 1
+    env.assert_nothing_stored()
+
+
+async def test_more_bytes_than_the_descriptor_says(env: Env, small: FakeLayer) -> None:
+    env.registry.on("GET", BLOB_PATH, Reply(200, {}, small.blob + b"trailing junk"))
+    with pytest.raises(ContentError, match="more than"):
+        await env.download(small)
+    assert len(env.blob_gets()) == 1
+    env.assert_nothing_stored()
+
+
+async def test_descriptor_smaller_than_the_blob(env: Env, big: FakeLayer) -> None:
+    env.registry.add_blob(big.blob)
+    with pytest.raises(ContentError, match="more than"):
+        await env.download(env.descriptor(big, size=big.size - 10))
+    assert len(env.blob_gets()) == 1
+    env.assert_nothing_stored()
+
+
+# -- refusals and failures ------------------------------------------------------------
+
+
+async def test_not_found_is_not_retried(env: Env, small: FakeLayer) -> None:
+    progress = Recorder()
+    with pytest.raises(NotFoundError, match="blob unknown"):
+        await env.download(small, progress=progress)
+    assert len(env.blob_gets()) == 1
+    assert retries(progress) == []
+    assert env.stored() == []
+
+
+async def test_server_errors_are_retried(env: Env, small: FakeLayer) -> None:
+    env.registry.add_blob(small.blob)
+    env.registry.on("GET", BLOB_PATH, Reply(500, body=b"oops"), times=2)
+    progress = Recorder()
+
+    await env.download(small, progress=progress)
+
+    assert len(env.blob_gets()) == 3
+    assert retries(progress) == ["Retrying in 1 second", "Retrying in 1 second"]
+    env.assert_stored(small)
+
+
+async def test_stalled_body_times_out_and_is_retried(env: Env, big: FakeLayer) -> None:
+    env.registry.add_blob(big.blob)
+
+    def stall(request: Request) -> Reply:
+        reply = env.registry.blob_reply(request, big.digest)
+        reply.stall_after = 2 * MiB
+        return reply
+
+    env.registry.on("GET", BLOB_PATH, stall, times=1)
+    client = await env.open_client(read_timeout=0.3)
+    progress = Recorder()
+
+    with anyio.fail_after(5):
+        await env.download(big, progress=progress, fetcher=client)
+
+    _first, second = env.blob_gets()
+    resumed_from = range_start(second)
+    assert resumed_from is not None
+    assert resumed_from > 0
+    assert retries(progress) == ["Retrying in 1 second"]
+    env.assert_stored(big)
+
+
+async def test_stalled_every_time_is_a_transient_error(env: Env, small: FakeLayer) -> None:
+    env.registry.add_blob(small.blob)
+    env.registry.on("GET", BLOB_PATH, Reply(200, {}, small.blob, stall_after=10))
+    client = await env.open_client(read_timeout=0.1)
+    manager = DownloadManager(
+        env.store.blobs,
+        env.store.layers,
+        env.store.metadata,
+        env.task_group,
+        max_attempts=2,
+        retry_delay=0.01,
+    )
+    descriptor = env.descriptor(small)
+    with pytest.raises(TransientRegistryError, match="timed out"):
+        await manager.download(client, RootFS([]), "linux", [descriptor], Recorder())
+    assert len(env.blob_gets()) == 2
+
+
+# -- sharing and cancellation -----------------------------------------------------------
+
+
+@asynccontextmanager
+async def gated(env: Env, layer: FakeLayer) -> AsyncIterator[anyio.Event]:
+    """Blob GETs wait for the event before the registry answers them."""
+    gate = anyio.Event()
+
+    async def wait_then_answer(request: Request) -> Reply:
+        await gate.wait()
+        return env.registry.blob_reply(request, layer.digest)
+
+    env.registry.blobs[layer.digest] = layer.blob
+    env.registry.on("GET", BLOB_PATH, wait_then_answer)
+    try:
+        yield gate
+    finally:
+        gate.set()
+
+
+async def test_concurrent_downloads_share_one_transfer(env: Env, big: FakeLayer) -> None:
+    first, second = Recorder(), Recorder()
+    results: list[RootFS] = []
+
+    async def pull(progress: Recorder) -> None:
+        results.append(await env.download(big, progress=progress))
+
+    async with gated(env, big) as gate, anyio.create_task_group() as tg:
+        tg.start_soon(pull, first)
+        tg.start_soon(pull, second)
+        await wait_until(lambda: len(env.blob_gets()) == 1)
+        await wait_until(lambda: "Pulling fs layer" in second.statuses())
+        assert env.manager.active == 1
+        gate.set()
+
+    assert len(env.blob_gets()) == 1
+    assert results == [RootFS([big.diff_id])] * 2
+    for progress in (first, second):
+        statuses = progress.statuses()
+        assert "Downloading" in statuses
+        assert "Download complete" in statuses
+        assert statuses[-1] == "Pull complete"
+    env.assert_stored(big)
+
+
+async def test_late_waiter_sees_the_transfer_so_far(env: Env, big: FakeLayer) -> None:
+    release = anyio.Event()
+
+    def slow(request: Request) -> Reply:
+        reply = env.registry.blob_reply(request, big.digest)
+        reply.stall_after, reply.release = 2 * MiB, release
+        return reply
+
+    env.registry.add_blob(big.blob)
+    env.registry.on("GET", BLOB_PATH, slow, times=1)
+    first, late = Recorder(), Recorder()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: env.download(big, progress=first))
+        await wait_until(lambda: env.partial_size(big) >= MiB)
+        await wait_until(lambda: "Downloading" in first.statuses())
+        tg.start_soon(lambda: env.download(big, progress=late))
+        await wait_until(lambda: "Downloading" in late.statuses())
+        release.set()
+    assert late.messages[1].status == "Downloading"  # after its own "Pulling fs layer"
+    assert late.statuses()[-1] == "Pull complete"
+    env.assert_stored(big)
+
+
+async def test_cancelling_one_waiter_keeps_the_transfer(env: Env, big: FakeLayer) -> None:
+    staying = Recorder()
+    async with gated(env, big) as gate, anyio.create_task_group() as tg:
+        leaving = anyio.CancelScope()
+
+        async def pull_then_leave() -> None:
+            with leaving:
+                await env.download(big)
+
+        tg.start_soon(pull_then_leave)
+        tg.start_soon(lambda: env.download(big, progress=staying))
+        await wait_until(lambda: len(env.blob_gets()) == 1)
+        await wait_until(lambda: "Pulling fs layer" in staying.statuses())
+        leaving.cancel()
+        await anyio.sleep(0.05)
+        assert env.manager.active == 1
+        gate.set()
+
+    assert leaving.cancelled_caught
+    assert len(env.blob_gets()) == 1
+    assert staying.statuses()[-1] == "Pull complete"
+    env.assert_stored(big)
+
+
+async def test_cancelling_the_only_waiter_cancels_and_keeps_the_partial(
+    env: Env, big: FakeLayer
+) -> None:
+    env.registry.add_blob(big.blob)
+
+    def stall(request: Request) -> Reply:
+        reply = env.registry.blob_reply(request, big.digest)
+        reply.stall_after = 2 * MiB
+        return reply
+
+    env.registry.on("GET", BLOB_PATH, stall, times=1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: env.download(big))
+        await wait_until(lambda: env.partial_size(big) >= MiB)
+        tg.cancel_scope.cancel()
+    await wait_until(lambda: env.manager.active == 0)
+
+    kept = env.partial_size(big)
+    assert 0 < kept < big.size
+    assert env.stored() == []
+
+    await env.download(big)  # later: resumes from the partial file
+
+    _first, second = env.blob_gets()
+    assert range_start(second) == kept
+    env.assert_stored(big)
+
+
+class SlowToStop:
+    """A fetcher whose transfer takes a while to wind down when cancelled, as it does
+    when a worker thread is in the middle of writing a batch (that cannot be cancelled).
+    """
+
+    def __init__(self, inner: RegistryClient, stopping: float) -> None:
+        self._inner = inner
+        self._stopping = stopping
+
+    @asynccontextmanager
+    async def open_blob(self, digest: Digest, offset: int = 0) -> AsyncIterator[BlobResponse]:
+        try:
+            async with self._inner.open_blob(digest, offset) as blob:
+                yield blob
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(self._stopping)
+
+
+async def test_new_waiter_does_not_join_a_cancelled_transfer(env: Env, big: FakeLayer) -> None:
+    env.registry.add_blob(big.blob)
+
+    def stall(request: Request) -> Reply:
+        reply = env.registry.blob_reply(request, big.digest)
+        reply.stall_after = 2 * MiB
+        return reply
+
+    env.registry.on("GET", BLOB_PATH, stall, times=1)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: env.download(big, fetcher=SlowToStop(env.client, 0.3)))
+        await wait_until(lambda: env.partial_size(big) >= MiB)
+        tg.cancel_scope.cancel()
+    assert env.manager.active == 1  # still winding down
+
+    await env.download(big)  # a new pull of the same layer, right after
+
+    env.assert_stored(big)
+
+
+@pytest.mark.parametrize(
+    "first_answer_delay", [0.0, 0.1], ids=["first-ends-first", "second-ends-first"]
+)
+async def test_same_blob_with_two_diff_ids_at_once(
+    env: Env, big: FakeLayer, first_answer_delay: float
+) -> None:
+    # One image config says the right DiffID, another (wrongly) a different one: the
+    # wrong pull must fail on its own without harming the right one or the store.
+    wrong = DownloadDescriptor(env.descriptor(big).descriptor, make_layer(10).diff_id, "r", REPO)
+    outcomes: dict[str, BaseException | RootFS] = {}
+    answered = 0
+
+    async def answer(request: Request) -> Reply:
+        nonlocal answered
+        answered += 1
+        if answered == 1:
+            await anyio.sleep(first_answer_delay)
+        return env.registry.blob_reply(request, big.digest, big.blob)
+
+    env.registry.on("GET", BLOB_PATH, answer)
+
+    async def pull(name: str, layer: FakeLayer | DownloadDescriptor) -> None:
+        try:
+            outcomes[name] = await env.download(layer)
+        except Exception as exc:
+            outcomes[name] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pull, "right", big)
+        tg.start_soon(pull, "wrong", wrong)
+
+    assert outcomes["right"] == RootFS([big.diff_id])
+    assert isinstance(outcomes["wrong"], DiffIDMismatchError)
+    env.assert_stored(big)

@@ -1,0 +1,711 @@
+"""RegistryClient, Connector and RegistryService against fake registries on loopback."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+import trustme
+
+from ferryd.digest import Digest
+from ferryd.errors import (
+    AccessDeniedError,
+    ConfigError,
+    DigestMismatchError,
+    NotFoundError,
+    RegistryError,
+    RegistryProtocolError,
+    RegistryUnreachableError,
+    TooLargeError,
+    TooManyRequestsError,
+    TransientRegistryError,
+    UnsupportedManifestError,
+)
+from ferryd.registry import endpoints as endpoints_module
+from ferryd.registry.auth import ANONYMOUS, Credentials
+from ferryd.registry.client import MAX_REDIRECTS, BlobResponse, RegistryClient
+from ferryd.registry.connector import Connector
+from ferryd.registry.endpoints import DOCKER_HUB_HOST, RegistryService
+from ferryd.registry.manifests import (
+    ACCEPT,
+    MAX_MANIFEST_SIZE,
+    OCI_MANIFEST,
+    SCHEMA1_TYPES,
+    check_supported,
+)
+from support.fakes import (
+    FakeRegistry,
+    FakeServer,
+    Reply,
+    Request,
+    registry_error,
+    serve,
+    serve_registry,
+    sha256,
+)
+
+REPO = "team/app"
+MANIFEST_PATH = f"/v2/{REPO}/manifests/.+"
+BLOB_PATH = f"/v2/{REPO}/blobs/.+"
+
+
+@pytest.fixture
+async def connector() -> AsyncIterator[Connector]:
+    connector = Connector(RegistryService(), connect_timeout=5, read_timeout=5)
+    yield connector
+    await connector.aclose()
+
+
+def manifest(tag: str = "v1") -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "x", "digest": "sha256:" + "0" * 64, "size": 2},
+            "layers": [],
+            "annotations": {"tag": tag},
+        }
+    ).encode()
+
+
+async def open_client(
+    connector: Connector, server: FakeServer, credentials: Credentials = ANONYMOUS
+) -> RegistryClient:
+    return await connector.open(server.host, REPO, credentials)
+
+
+# -- error mapping --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "retryable"),
+    [
+        (
+            registry_error(403, "DENIED", "requested access to the resource is denied"),
+            AccessDeniedError,
+            False,
+        ),
+        (
+            registry_error(404, "MANIFEST_UNKNOWN", "manifest unknown to the fake"),
+            NotFoundError,
+            False,
+        ),
+        (registry_error(429, "TOOMANYREQUESTS", "slow down"), TooManyRequestsError, True),
+        (Reply(500, body=b"oops"), TransientRegistryError, True),
+        (Reply(502, body=b"<html>bad gateway</html>"), TransientRegistryError, True),
+        (registry_error(503, "UNAVAILABLE", "try later"), TransientRegistryError, True),
+        (Reply(418, body=b"teapot"), RegistryProtocolError, False),
+    ],
+)
+async def test_status_maps_to_error(
+    connector: Connector, reply: Reply, error: type[RegistryError], retryable: bool
+) -> None:
+    registry = FakeRegistry()
+    registry.on("GET", MANIFEST_PATH, reply)
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        with pytest.raises(error) as caught:
+            await client.get_manifest("v1")
+    assert caught.value.retryable is retryable
+
+
+async def test_not_found_carries_the_registry_message(connector: Connector) -> None:
+    registry = FakeRegistry()
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        with pytest.raises(NotFoundError) as caught:
+            await client.get_manifest("missing")
+    message = str(caught.value)
+    assert "manifest unknown: manifest unknown: missing" in message
+    assert f"{server.host}/{REPO}:missing" in message
+
+
+async def test_error_messages_of_the_registry_are_joined(connector: Connector) -> None:
+    registry = FakeRegistry()
+    body = {
+        "errors": [
+            {"code": "DENIED", "message": "no pull for you"},
+            {"code": "NAME_UNKNOWN", "message": "repository name not known to registry"},
+        ]
+    }
+    registry.on("GET", MANIFEST_PATH, Reply(403, body=json.dumps(body).encode()))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        with pytest.raises(AccessDeniedError) as caught:
+            await client.get_manifest("v1")
+    assert str(caught.value).endswith(
+        "denied: no pull for you; name unknown: repository name not known to registry"
+    )
+
+
+async def test_ping_failure(connector: Connector) -> None:
+    registry = FakeRegistry()
+    registry.on("GET", "/v2/", Reply(503, body=b"maintenance"))
+    async with serve_registry(registry) as server:
+        with pytest.raises(TransientRegistryError, match="registry ping"):
+            await open_client(connector, server)
+
+
+async def test_meta_headers_and_accept_are_sent(connector: Connector) -> None:
+    registry = FakeRegistry()
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    async with serve_registry(registry) as server:
+        client = await connector.open(
+            server.host, REPO, ANONYMOUS, meta_headers={"X-Meta-Source": "ci"}
+        )
+        await client.get_manifest("v1")
+    (get,) = registry.seen("GET", MANIFEST_PATH)
+    assert get.headers["x-meta-source"] == "ci"
+    assert get.headers["accept"].split(", ") == list(ACCEPT)
+    assert get.headers["user-agent"].startswith("ferryd/")
+    assert get.headers["accept-encoding"] == "identity"
+
+
+# -- manifests ------------------------------------------------------------------------
+
+
+async def test_manifest_by_tag_and_by_digest(connector: Connector) -> None:
+    registry = FakeRegistry()
+    raw = manifest()
+    digest = registry.add_manifest(raw, OCI_MANIFEST, "v1")
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        by_tag = await client.get_manifest("v1")
+        by_digest = await client.get_manifest(digest)
+    assert by_tag.digest == by_digest.digest == digest
+    assert by_tag.raw == by_digest.raw == raw
+    assert by_tag.media_type == OCI_MANIFEST
+
+
+async def test_manifest_by_digest_with_other_bytes(connector: Connector) -> None:
+    registry = FakeRegistry()
+    wanted = sha256(manifest("wanted"))
+    other = manifest("other")
+    registry.on("GET", MANIFEST_PATH, Reply(200, {"Content-Type": OCI_MANIFEST}, other))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        with pytest.raises(DigestMismatchError, match=wanted):
+            await client.get_manifest(wanted)
+
+
+async def test_manifest_by_digest_ignores_a_header_that_agrees_with_the_lie(
+    connector: Connector,
+) -> None:
+    registry = FakeRegistry()
+    wanted = sha256(manifest("wanted"))
+    other = manifest("other")
+    headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": sha256(other)}
+    registry.on("GET", MANIFEST_PATH, Reply(200, headers, other))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        with pytest.raises(DigestMismatchError):
+            await client.get_manifest(wanted)
+
+
+async def test_manifest_by_sha512_digest_is_checked_too(connector: Connector) -> None:
+    registry = FakeRegistry()
+    wanted = "sha512:" + hashlib.sha512(manifest("wanted")).hexdigest()
+    other = manifest("other")
+    headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": sha256(other)}
+    registry.on("GET", MANIFEST_PATH, Reply(200, headers, other))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        with pytest.raises(DigestMismatchError, match="sha512"):
+            await client.get_manifest(wanted)
+
+
+async def test_manifest_by_tag_with_a_lying_digest_header(connector: Connector) -> None:
+    registry = FakeRegistry()
+    raw = manifest()
+    lie = sha256(b"something else")
+    headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": lie}
+    registry.on("GET", MANIFEST_PATH, Reply(200, headers, raw))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        with pytest.raises(DigestMismatchError, match=lie):
+            await client.get_manifest("v1")
+
+
+async def test_manifest_by_tag_with_a_malformed_digest_header(connector: Connector) -> None:
+    registry = FakeRegistry()
+    headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": "sha256:nothex"}
+    registry.on("GET", MANIFEST_PATH, Reply(200, headers, manifest()))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        with pytest.raises(RegistryProtocolError, match="Docker-Content-Digest"):
+            await client.get_manifest("v1")
+
+
+async def test_manifest_by_tag_without_a_digest_header(connector: Connector) -> None:
+    registry = FakeRegistry()
+    raw = manifest()
+    registry.on("GET", MANIFEST_PATH, Reply(200, {"Content-Type": OCI_MANIFEST}, raw))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        fetched = await client.get_manifest("v1")
+    assert fetched.digest == sha256(raw)
+
+
+async def test_manifest_over_the_limit_by_content_length(connector: Connector) -> None:
+    registry = FakeRegistry()
+    # Announces 4 MiB + 1 and sends nothing: the length alone must be enough to refuse.
+    big = Reply(
+        200,
+        {"Content-Type": OCI_MANIFEST},
+        b"",
+        content_length=MAX_MANIFEST_SIZE + 1,
+        stall_after=0,
+    )
+    registry.on("GET", MANIFEST_PATH, big)
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        with pytest.raises(TooLargeError, match=str(MAX_MANIFEST_SIZE + 1)):
+            await client.get_manifest("v1")
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+async def test_manifest_over_the_limit_without_a_length(connector: Connector, framing: str) -> None:
+    registry = FakeRegistry()
+    body = b"{" + b" " * MAX_MANIFEST_SIZE + b"}"
+    registry.on(
+        "GET",
+        MANIFEST_PATH,
+        Reply(200, {"Content-Type": OCI_MANIFEST}, body, framing=framing),  # type: ignore[arg-type]
+    )
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        with pytest.raises(TooLargeError, match="over the limit"):
+            await client.get_manifest("v1")
+
+
+async def test_manifest_of_exactly_the_limit_is_fine(connector: Connector) -> None:
+    registry = FakeRegistry()
+    raw = manifest()
+    raw = raw[:-1] + b" " * (MAX_MANIFEST_SIZE - len(raw)) + b"}"
+    registry.on(
+        "GET", MANIFEST_PATH, Reply(200, {"Content-Type": OCI_MANIFEST}, raw, framing="chunked")
+    )
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        fetched = await client.get_manifest("v1")
+    assert len(fetched.raw) == MAX_MANIFEST_SIZE
+
+
+@pytest.mark.parametrize("content_type", SCHEMA1_TYPES)
+async def test_schema1_manifest_is_named_as_such(connector: Connector, content_type: str) -> None:
+    registry = FakeRegistry()
+    raw = json.dumps(
+        {"schemaVersion": 1, "name": REPO, "tag": "old", "fsLayers": [], "history": []}
+    ).encode()
+    registry.on("GET", MANIFEST_PATH, Reply(200, {"Content-Type": content_type}, raw))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        fetched = await client.get_manifest("old")
+    assert fetched.media_type in SCHEMA1_TYPES
+    with pytest.raises(UnsupportedManifestError, match="schema1"):
+        check_supported(fetched.media_type)
+
+
+async def test_schema1_manifest_without_its_content_type(connector: Connector) -> None:
+    registry = FakeRegistry()
+    raw = json.dumps({"schemaVersion": 1, "name": REPO, "fsLayers": []}).encode()
+    registry.on("GET", MANIFEST_PATH, Reply(200, {"Content-Type": "application/json"}, raw))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        fetched = await client.get_manifest("old")
+    assert fetched.media_type in SCHEMA1_TYPES
+
+
+async def test_manifest_compressed_by_a_proxy_is_decoded(connector: Connector) -> None:
+    # Some proxies compress JSON whatever the client asked for; the digest covers the
+    # identity bytes.
+    registry = FakeRegistry()
+    raw = manifest()
+    headers = {
+        "Content-Type": OCI_MANIFEST,
+        "Content-Encoding": "gzip",
+        "Docker-Content-Digest": sha256(raw),
+    }
+    registry.on("GET", MANIFEST_PATH, Reply(200, headers, gzip.compress(raw)))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        fetched = await client.get_manifest("v1")
+    assert fetched.raw == raw
+
+
+async def test_config_blob_is_verified(connector: Connector) -> None:
+    registry = FakeRegistry()
+    config = b'{"os": "linux"}'
+    digest = registry.add_blob(config)
+    wrong = sha256(b"another config")
+    registry.blobs[wrong] = config
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        assert await client.get_blob(digest, 1000, "image config") == config
+        with pytest.raises(DigestMismatchError):
+            await client.get_blob(wrong, 1000, "image config")
+        with pytest.raises(TooLargeError):
+            await client.get_blob(digest, 5, "image config")
+
+
+# -- redirects ------------------------------------------------------------------------
+
+
+async def test_blob_redirect_keeps_credentials_home(connector: Connector) -> None:
+    registry = FakeRegistry(auth="basic")
+    data = b"layer bytes " * 1000
+    digest = registry.add_blob(data)
+    storage_requests: list[Request] = []
+
+    async def storage(request: Request) -> Reply:
+        storage_requests.append(request)
+        return registry.blob_reply(request, digest)
+
+    async with serve(storage) as cdn, serve_registry(registry) as server:
+        registry.on(
+            "GET", BLOB_PATH, Reply(307, {"Location": f"{cdn.url}/bucket/{digest}?sig=abc"})
+        )
+        client = await open_client(connector, server, Credentials("ferry", "s3cret"))
+        async with client.open_blob(digest, 100) as blob:
+            received = b"".join([chunk async for chunk in blob.chunks()])
+            assert blob.start == 100
+    assert received == data[100:]
+    (registry_get,) = registry.seen("GET", BLOB_PATH)
+    assert registry_get.headers["authorization"].startswith("Basic ")
+    (storage_get,) = storage_requests
+    assert "authorization" not in storage_get.headers
+    assert storage_get.target == f"/bucket/{digest}?sig=abc"
+    assert storage_get.headers["range"] == "bytes=100-"
+
+
+async def test_relative_redirect_on_the_registry_keeps_credentials(connector: Connector) -> None:
+    registry = FakeRegistry(auth="basic")
+    digest = registry.add_blob(b"abc")
+    registry.on(
+        "GET",
+        f"/v2/{REPO}/blobs/{digest}",
+        Reply(302, {"Location": f"/v2/{REPO}/blobs/x/{digest}"}),
+    )
+    registry.on("GET", f"/v2/{REPO}/blobs/x/.*", lambda r: registry.blob_reply(r, digest))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server, Credentials("ferry", "s3cret"))
+        async with client.open_blob(digest) as blob:
+            assert b"".join([c async for c in blob.chunks()]) == b"abc"
+    assert all("authorization" in r.headers for r in registry.seen("GET", BLOB_PATH + "|.*/x/.*"))
+
+
+@pytest.mark.parametrize(("hops", "ok"), [(MAX_REDIRECTS, True), (MAX_REDIRECTS + 1, False)])
+async def test_redirect_limit(connector: Connector, hops: int, ok: bool) -> None:
+    registry = FakeRegistry()
+    digest = registry.add_blob(b"abc")
+
+    def hop(request: Request) -> Reply:
+        number = int(request.query.get("hop", "0"))
+        if number < hops:
+            return Reply(307, {"Location": f"{request.path}?hop={number + 1}"})
+        return registry.blob_reply(request, digest)
+
+    registry.on("GET", BLOB_PATH, hop)
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        if ok:
+            async with client.open_blob(digest) as blob:
+                assert b"".join([c async for c in blob.chunks()]) == b"abc"
+        else:
+            with pytest.raises(RegistryProtocolError, match="redirects"):
+                async with client.open_blob(digest):
+                    pass
+    assert len(registry.seen("GET", BLOB_PATH)) == min(hops, MAX_REDIRECTS) + 1
+
+
+# -- open_blob and Range --------------------------------------------------------------
+
+
+async def test_open_blob_with_offset_resumes(connector: Connector) -> None:
+    registry = FakeRegistry()
+    data = bytes(range(256)) * 64
+    digest = registry.add_blob(data)
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        async with client.open_blob(digest, 1000) as blob:
+            assert blob.start == 1000
+            assert blob.total == len(data)
+            assert b"".join([c async for c in blob.chunks()]) == data[1000:]
+    (get,) = registry.seen("GET", BLOB_PATH)
+    assert get.headers["range"] == "bytes=1000-"
+
+
+async def test_open_blob_from_zero_sends_no_range(connector: Connector) -> None:
+    registry = FakeRegistry()
+    digest = registry.add_blob(b"abc")
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        async with client.open_blob(digest) as blob:
+            assert blob.start == 0
+            assert b"".join([c async for c in blob.chunks()]) == b"abc"
+    (get,) = registry.seen("GET", BLOB_PATH)
+    assert "range" not in get.headers
+
+
+async def test_open_blob_range_ignored(connector: Connector) -> None:
+    registry = FakeRegistry()
+    registry.ignore_range = True
+    data = b"0123456789" * 100
+    digest = registry.add_blob(data)
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        async with client.open_blob(digest, 500) as blob:
+            assert blob.start == 0
+            assert b"".join([c async for c in blob.chunks()]) == data
+
+
+@pytest.mark.parametrize(
+    "content_range", ["bytes 400-999/1000", "bytes 0-999/1000", None, "bytes=500-999/1000"]
+)
+async def test_open_blob_206_with_a_wrong_range(
+    connector: Connector, content_range: str | None
+) -> None:
+    registry = FakeRegistry()
+    data = b"0123456789" * 100
+    digest = registry.add_blob(data)
+    headers = {} if content_range is None else {"Content-Range": content_range}
+    registry.on("GET", BLOB_PATH, Reply(206, headers, data[500:]))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        with pytest.raises(RegistryProtocolError, match=r"Content-Range|bytes from 500"):
+            async with client.open_blob(digest, 500):
+                pass
+
+
+async def test_open_blob_with_an_unknown_total(connector: Connector) -> None:
+    registry = FakeRegistry()
+    data = b"0123456789" * 100
+    digest = registry.add_blob(data)
+    registry.on("GET", BLOB_PATH, Reply(206, {"Content-Range": "bytes 500-999/*"}, data[500:]))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        async with client.open_blob(digest, 500) as blob:
+            assert (blob.start, blob.total) == (500, None)
+
+
+async def test_open_blob_not_found(connector: Connector) -> None:
+    registry = FakeRegistry()
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        with pytest.raises(NotFoundError, match="blob unknown"):
+            async with client.open_blob(Digest(sha256(b"nothing"))):
+                pass
+
+
+async def test_cut_blob_body_is_transient(connector: Connector) -> None:
+    registry = FakeRegistry()
+    data = b"x" * 200_000
+    digest = registry.add_blob(data)
+    registry.on("GET", BLOB_PATH, lambda r: _cut(registry.blob_reply(r, digest), 50_000))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        received: list[bytes] = []
+
+        async def read_all(blob: BlobResponse) -> None:
+            async for chunk in blob.chunks():
+                received.append(chunk)  # noqa: PERF401 - keep what came before the cut
+
+        async with client.open_blob(digest) as blob:
+            # A ferryd error from the chunks themselves: the caller still holds what came.
+            with pytest.raises(TransientRegistryError, match="connection failed") as caught:
+                await read_all(blob)
+    assert caught.value.retryable
+    assert sum(map(len, received)) == 50_000
+
+
+async def test_stalled_blob_body_times_out(tmp_path: Path) -> None:
+    connector = Connector(RegistryService(), read_timeout=0.2)
+    registry = FakeRegistry()
+    digest = registry.add_blob(b"x" * 100_000)
+    registry.on("GET", BLOB_PATH, lambda r: _stall(registry.blob_reply(r, digest), 10_000))
+    try:
+        async with serve_registry(registry) as server:
+            client = await open_client(connector, server)
+            async with client.open_blob(digest) as blob:
+                with pytest.raises(TransientRegistryError, match="timed out"):
+                    async for _chunk in blob.chunks():
+                        pass
+    finally:
+        await connector.aclose()
+
+
+def _cut(reply: Reply, after: int) -> Reply:
+    reply.cut_after = after
+    return reply
+
+
+def _stall(reply: Reply, after: int) -> Reply:
+    reply.stall_after = after
+    return reply
+
+
+# -- endpoints ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.0.0.1:5000",
+        "127.8.9.10:443",
+        "[::1]:5000",
+        "::1",
+        "localhost",
+        "localhost:5000",
+        "LOCALHOST:5000",
+    ],
+)
+async def test_loopback_is_insecure_by_default(host: str) -> None:
+    assert await RegistryService().is_insecure(host)
+
+
+@pytest.mark.parametrize("host", ["10.1.2.3:5000", "[fd00::1]:5000", "8.8.8.8"])
+async def test_other_addresses_are_secure_by_default(host: str) -> None:
+    assert not await RegistryService().is_insecure(host)
+
+
+async def test_insecure_host_port_entry() -> None:
+    service = RegistryService(["10.1.2.3:5000", "http://10.9.9.9:5000/", "[fd00::2]:443"])
+    assert await service.is_insecure("10.1.2.3:5000")
+    assert await service.is_insecure("10.9.9.9:5000")
+    assert await service.is_insecure("[fd00::2]:443")
+    assert not await service.is_insecure("10.1.2.3:5001")
+    assert not await service.is_insecure("127.0.0.1:5000")  # the list replaces the default
+
+
+async def test_insecure_cidr_entries() -> None:
+    service = RegistryService(["10.0.0.0/8", "fd00::/8", "192.168.1.7"])
+    assert await service.is_insecure("10.20.30.40:5000")
+    assert await service.is_insecure("[fd12::1]:5000")
+    assert await service.is_insecure("192.168.1.7:443")
+    assert not await service.is_insecure("11.0.0.1")
+    assert not await service.is_insecure("192.168.1.8")
+
+
+def test_empty_insecure_entry_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        RegistryService(["10.0.0.0/8", " "])
+
+
+async def test_insecure_endpoints_try_https_then_http() -> None:
+    endpoints = await RegistryService().endpoints("localhost:5000")
+    assert [e.base_url for e in endpoints] == ["https://localhost:5000", "http://localhost:5000"]
+    assert all(e.insecure and e.domain == "localhost:5000" for e in endpoints)
+    https = endpoints[0].verify
+    assert isinstance(https, ssl.SSLContext)
+    assert https.verify_mode == ssl.CERT_NONE
+
+
+async def test_secure_endpoint_is_https_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_dns(name: str) -> list[object]:
+        return []
+
+    monkeypatch.setattr(endpoints_module, "_addresses", no_dns)
+    (endpoint,) = await RegistryService().endpoints("docker.io")
+    assert endpoint.base_url == f"https://{DOCKER_HUB_HOST}"
+    assert endpoint.domain == "docker.io"
+    assert not endpoint.insecure
+    assert isinstance(endpoint.verify, ssl.SSLContext)
+    assert endpoint.verify.verify_mode == ssl.CERT_REQUIRED
+    assert endpoint.verify.check_hostname
+
+
+async def test_connector_falls_back_to_http_and_remembers(connector: Connector) -> None:
+    registry = FakeRegistry()
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        assert client.endpoint.base_url == f"http://{server.host}"
+        assert server.rejected == 1  # the TLS hello of the https attempt
+        await client.get_manifest("v1")
+        again = await connector.open(server.host, "team/other", ANONYMOUS)
+        await again.get_manifest("v1")
+    assert again.endpoint == client.endpoint
+    assert server.rejected == 1
+    assert len(registry.seen("GET", "/v2/")) == 1
+
+
+async def test_concurrent_opens_ping_once(connector: Connector) -> None:
+    registry = FakeRegistry(auth="bearer")
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    clients: list[RegistryClient] = []
+
+    async def open_and_get() -> None:
+        client = await open_client(connector, server)
+        await client.get_manifest("v1")
+        clients.append(client)
+
+    async with serve_registry(registry) as server, anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(open_and_get)
+    assert len(clients) == 3
+    assert len(registry.seen("GET", "/v2/")) == 1
+    assert server.rejected == 1
+    assert len(registry.token_requests) == 1
+
+
+@pytest.fixture(scope="module")
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+async def test_insecure_tls_registry_is_used_without_verification(
+    connector: Connector, server_tls: ssl.SSLContext
+) -> None:
+    registry = FakeRegistry()
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    async with serve_registry(registry, ssl_context=server_tls) as server:
+        client = await open_client(connector, server)
+        await client.get_manifest("v1")
+    assert client.endpoint.base_url == f"https://{server.host}"
+
+
+async def test_secure_registry_with_an_unknown_ca(server_tls: ssl.SSLContext) -> None:
+    connector = Connector(RegistryService(insecure_registries=["10.0.0.0/8"]))
+    try:
+        async with serve_registry(FakeRegistry(), ssl_context=server_tls) as server:
+            with pytest.raises(RegistryUnreachableError) as caught:
+                await open_client(connector, server)
+    finally:
+        await connector.aclose()
+    message = str(caught.value)
+    assert "certificate verification failed" in message
+    assert f"certs.d/{server.host}/ca.crt" in message
+    assert server.requests == []
+
+
+async def test_secure_registry_with_its_ca_in_certs_d(
+    tmp_path: Path, ca: trustme.CA, server_tls: ssl.SSLContext
+) -> None:
+    registry = FakeRegistry()
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    async with serve_registry(registry, ssl_context=server_tls) as server:
+        certs = tmp_path / "certs.d" / server.host
+        certs.mkdir(parents=True)
+        ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+        connector = Connector(RegistryService(["10.0.0.0/8"], certs_dir=tmp_path / "certs.d"))
+        try:
+            client = await open_client(connector, server)
+            await client.get_manifest("v1")
+        finally:
+            await connector.aclose()
+    assert client.endpoint.base_url == f"https://{server.host}"
+    assert not client.endpoint.insecure
+
+
+async def test_unreachable_registry(connector: Connector) -> None:
+    with pytest.raises(RegistryUnreachableError, match=r"127\.0\.0\.1:1"):
+        await connector.open("127.0.0.1:1", REPO, ANONYMOUS)

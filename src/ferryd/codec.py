@@ -10,7 +10,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
@@ -23,7 +25,8 @@ from ferryd.errors import ContentError, DigestMismatchError
 BATCH_SIZE = 1 << 20
 # Decompressed output is hashed in pieces of at most this size, so a small blob that
 # inflates hugely never becomes one huge buffer.
-_MAX_OUTPUT = 4 << 20
+_MAX_OUTPUT = 1 << 20
+_HASH_AHEAD = 4
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # isal's stubs declare `error` as an instance; it is the exception class.
@@ -137,6 +140,41 @@ def inflater(compression: Compression) -> Inflater:
     return _Plain()
 
 
+class _OrderedHasher:
+    """sha256 fed from one thread and computed in another, in order.
+
+    Inflating a batch and hashing its output are the two heaviest steps of a pull and
+    both release the GIL: hashing the previous piece while the next one inflates keeps
+    a second core busy. At most `_HASH_AHEAD` pieces wait, so memory stays bounded.
+    """
+
+    def __init__(self) -> None:
+        self._hasher = hashlib.sha256()
+        self._executor: ThreadPoolExecutor | None = None
+        self._waiting: deque[Future[None]] = deque()
+
+    def update(self, piece: bytes) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ferryd-hash")
+        self._waiting.append(self._executor.submit(self._hasher.update, piece))
+        while len(self._waiting) > _HASH_AHEAD:
+            self._waiting.popleft().result()
+
+    def hexdigest(self) -> str:
+        self._drain()
+        return self._hasher.hexdigest()
+
+    def _drain(self) -> None:
+        while self._waiting:
+            self._waiting.popleft().result()
+
+    def close(self) -> None:
+        self._drain()
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+
+
 class LayerSink:
     """Writes a blob to `path`, hashing it and (optionally) its uncompressed content.
 
@@ -149,13 +187,15 @@ class LayerSink:
         self.expected = expected
         self._want_diff_id = diff_id
         self._file: BinaryIO | None = None
+        self._diff_hasher = _OrderedHasher()
         self._reset_state()
 
     def _reset_state(self) -> None:
         self.offset = 0
         self.uncompressed_size = 0
         self._hasher = new_hasher(self.expected)
-        self._diff_hasher = hashlib.sha256()
+        self._diff_hasher.close()
+        self._diff_hasher = _OrderedHasher()
         self._inflater: Inflater | None = None
         self._pending = b""  # the first bytes, until there are enough to tell the format
         # A corrupt stream is reported only once the blob digest has been checked: a
@@ -175,7 +215,9 @@ class LayerSink:
         self._file = open(self.path, "a+b")  # noqa: SIM115 - lives across many calls
         self._file.seek(0)
         while batch := self._file.read(BATCH_SIZE):
-            self._consume(batch)
+            self._hasher.update(batch)
+            self.offset += len(batch)
+            self.inflate(batch)
         if self._broken is not None:
             self.restart()
         return self.offset
@@ -188,13 +230,24 @@ class LayerSink:
         self._reset_state()
 
     def write(self, batch: bytes) -> None:
+        """Both stages at once: `store`, then `inflate`."""
+        self.store(batch)
+        self.inflate(batch)
+
+    def store(self, batch: bytes) -> None:
+        """Stage one: append to the file and hash the blob."""
         assert self._file is not None
         self._file.write(batch)
-        self._consume(batch)
-
-    def _consume(self, batch: bytes) -> None:
         self._hasher.update(batch)
         self.offset += len(batch)
+
+    def inflate(self, batch: bytes) -> None:
+        """Stage two: decompress and hash for the DiffID.
+
+        It may run in another thread than `store`, one batch behind it, as long as each
+        stage sees the batches in order: a single gzip stream cannot be inflated in
+        parallel, so splitting the stages is how one layer uses more than one core.
+        """
         if not self._want_diff_id or self._broken is not None:
             return
         if self._inflater is None:
@@ -242,6 +295,7 @@ class LayerSink:
         return Digest("sha256:" + self._diff_hasher.hexdigest())
 
     def close(self) -> None:
+        self._diff_hasher.close()
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -328,22 +328,33 @@ class DownloadManager:
 async def _pump(
     chunks: AsyncIterator[bytes], sink: LayerSink, size: int, layer_id: str, progress: Broadcast
 ) -> None:
-    """Move the response into the sink: the loop gathers ~1 MiB batches, a worker thread
-    hashes, inflates and writes each one while the loop reads the next.
-    """
-    send, receive = anyio.create_memory_object_stream[bytes](2)
+    """Move the response into the sink through two worker-thread stages.
 
-    async def write_batches() -> None:
-        async with receive:
-            async for batch in receive:
-                await anyio.to_thread.run_sync(sink.write, batch)
+    The loop gathers ~1 MiB batches; one worker writes and hashes each batch while
+    another inflates and hashes the one before it, so a single layer keeps two cores
+    busy while the loop reads on.
+    """
+    to_store, stored = anyio.create_memory_object_stream[bytes](2)
+    to_inflate, inflating = anyio.create_memory_object_stream[bytes](2)
+
+    async def store_batches() -> None:
+        async with stored, to_inflate:
+            async for batch in stored:
+                await anyio.to_thread.run_sync(sink.store, batch)
+                await to_inflate.send(batch)
                 progress.update(Message("Downloading", layer_id, sink.offset, size))
+
+    async def inflate_batches() -> None:
+        async with inflating:
+            async for batch in inflating:
+                await anyio.to_thread.run_sync(sink.inflate, batch)
 
     cut: FerrydError | None = None
     with single_errors():
         async with anyio.create_task_group() as tg:
-            tg.start_soon(write_batches)
-            async with send:
+            tg.start_soon(store_batches)
+            tg.start_soon(inflate_batches)
+            async with to_store:
                 pending: list[bytes] = []
                 pending_size = 0
                 received = sink.offset
@@ -357,7 +368,7 @@ async def _pump(
                         pending.append(chunk)
                         pending_size += len(chunk)
                         if pending_size >= BATCH_SIZE:
-                            await send.send(b"".join(pending))
+                            await to_store.send(b"".join(pending))
                             pending, pending_size = [], 0
                 except FerrydError as exc:
                     if not exc.retryable:
@@ -366,7 +377,7 @@ async def _pump(
                     # next attempt resumes after it instead of fetching it again.
                     cut = exc
                 if pending:
-                    await send.send(b"".join(pending))
+                    await to_store.send(b"".join(pending))
     if cut is not None:
         raise cut
 

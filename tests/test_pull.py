@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -396,3 +397,81 @@ def _tls_daemon(
     certs.mkdir(parents=True)
     ca.cert_pem.write_to_path(str(certs / "ca.crt"))
     return daemon
+
+
+def test_client_that_goes_away_cancels_its_download_and_the_next_pull_resumes(
+    tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    registry = start_registry(tmp_path / "slow-registry")
+    try:
+        layout = tmp_path / "layout"
+        built = build_image(
+            layout, layers=[LayerSpec(size=150_000_000, seed=71, compression="none")]
+        )
+        seed(registry, layout, "latest", "gone/app:v1")
+        daemon = start_daemon()
+        digest = built.layers[0].digest
+        partial = daemon.root / "partial" / ("sha256-" + digest[7:])
+        response = daemon.client().request(
+            "POST", "/images/create", {"fromImage": f"{registry.host}/gone/app:v1"}
+        )
+        deadline = time.monotonic() + 30
+        while not (partial.exists() and partial.stat().st_size > 1_000_000):
+            assert time.monotonic() < deadline, "download never started"
+            time.sleep(0.002)
+        response.close()  # the client hangs up mid-layer
+
+        deadline = time.monotonic() + 30
+        while not daemon.log_events("transfer.cancelled"):
+            assert time.monotonic() < deadline, "the transfer was not cancelled"
+            time.sleep(0.05)
+        kept = partial.stat().st_size
+        assert 0 < kept < built.layers[0].size
+
+        assert errors(daemon.pull(f"{registry.host}/gone/app:v1")) == []
+        assert daemon.inspect(f"{registry.host}/gone/app:v1")["Id"] == built.config_digest
+        ranged = [e for e in registry.access_log() if e.status == 206 and digest in e.path]
+        assert ranged, "the second pull did not resume from the partial file"
+    finally:
+        registry.stop()
+
+
+def test_pull_interrupted_by_a_daemon_crash_resumes_after_restart(
+    tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    registry = start_registry(tmp_path / "crash-registry")
+    try:
+        layout = tmp_path / "layout"
+        built = build_image(
+            layout, layers=[LayerSpec(size=150_000_000, seed=72, compression="none")]
+        )
+        seed(registry, layout, "latest", "crash/app:v1")
+        daemon = start_daemon()
+        digest = built.layers[0].digest
+        partial = daemon.root / "partial" / ("sha256-" + digest[7:])
+        puller = threading.Thread(
+            target=_pull_ignoring_errors, args=(daemon, f"{registry.host}/crash/app:v1")
+        )
+        puller.start()
+        deadline = time.monotonic() + 30
+        while not (partial.exists() and partial.stat().st_size > 1_000_000):
+            assert time.monotonic() < deadline, "download never started"
+            time.sleep(0.002)
+        assert daemon.process is not None
+        daemon.process.kill()
+        puller.join(30)
+        daemon.stop()
+        daemon.start()
+
+        assert errors(daemon.pull(f"{registry.host}/crash/app:v1")) == []
+        assert daemon.inspect(f"{registry.host}/crash/app:v1")["Id"] == built.config_digest
+        ranged = [e for e in registry.access_log() if e.status == 206 and digest in e.path]
+        assert ranged, "the pull after the restart did not resume from the partial file"
+    finally:
+        registry.stop()
+
+
+def _pull_ignoring_errors(daemon: Daemon, ref: str) -> None:
+    """A pull whose daemon is about to die: how the stream ends does not matter."""
+    with contextlib.suppress(Exception):
+        daemon.pull(ref)

@@ -235,12 +235,12 @@ class DownloadManager:
                     digest=digest,
                     bytes=transfer.result.size,
                     seconds=round(elapsed, 3),
-                    rate_mb_s=round(
-                        transfer.result.size / 1e6 / max(time.monotonic() - started, 1e-6), 1
-                    ),
+                    rate_mb_s=round(transfer.result.size / 1e6 / max(elapsed, 1e-6), 1),
                 )
             if transfer.result is None:
+                # Every client waiting on it went away; its partial file stays for later.
                 transfer.error = TransientRegistryError(f"download of {digest} was cancelled")
+                log.info("transfer.cancelled", digest=digest)
         except FerrydError as exc:
             transfer.error = exc
             log.warning("transfer.failed", digest=digest, error=str(exc))

@@ -8,14 +8,11 @@ next attempt to resume from.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio
-import structlog
 from anyio.abc import TaskGroup
 
 from ferryd.codec import BATCH_SIZE, LayerSink
@@ -23,6 +20,7 @@ from ferryd.concurrency import single_errors
 from ferryd.digest import Digest, chain_ids, short_id
 from ferryd.distribution.config import BlobFetcher, DownloadDescriptor, DownloadStats
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
+from ferryd.distribution.transfers import TransferPool, with_retries
 from ferryd.errors import (
     ContentError,
     DiffIDMismatchError,
@@ -35,8 +33,6 @@ from ferryd.store.images import RootFS
 from ferryd.store.layers import Layer, LayerStore
 from ferryd.store.metadata import V2Metadata, V2MetadataStore
 
-log = structlog.get_logger("ferryd.downloads")
-
 
 @dataclass(frozen=True, slots=True)
 class BlobInfo:
@@ -47,19 +43,6 @@ class BlobInfo:
     size: int
     uncompressed_size: int
     fetched: bool
-
-
-@dataclass(eq=False)
-class Transfer:
-    """One blob being fetched, watched by one or more pulls."""
-
-    key: tuple[Digest, Digest]
-    progress: Broadcast = field(default_factory=Broadcast)
-    done: anyio.Event = field(default_factory=anyio.Event)
-    watchers: int = 0
-    result: BlobInfo | None = None
-    error: BaseException | None = None
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
 
 class DownloadManager:
@@ -77,18 +60,18 @@ class DownloadManager:
         self._blobs = blobs
         self._layers = layers
         self._metadata = metadata
-        self._task_group = task_group
-        self._slots = anyio.Semaphore(max_concurrent)
         self._max_attempts = max_attempts
         self._retry_delay = retry_delay
-        self._transfers: dict[tuple[Digest, Digest], Transfer] = {}
+        self._transfers: TransferPool[tuple[Digest, Digest], BlobInfo] = TransferPool(
+            task_group, max_concurrent, "download"
+        )
         # Transfers are per (digest, DiffID), partial files per digest: two transfers of
         # one blob (two configs that disagree on its DiffID) must take turns on the file.
         self._partial_locks: dict[Digest, anyio.Lock] = {}
 
     @property
     def active(self) -> int:
-        return len(self._transfers)
+        return self._transfers.active
 
     async def download(
         self,
@@ -157,6 +140,7 @@ class DownloadManager:
             layer.descriptor.mediaType,
             info.size,
             info.uncompressed_size,
+            layer.descriptor.urls or (),
         )
         self._metadata.add(info.diff_id, V2Metadata(info.digest, layer.registry, layer.repository))
         return registered
@@ -186,70 +170,14 @@ class DownloadManager:
                     f"but the image config says {layer.diff_id}"
                 )
             return BlobInfo(digest, known.diff_id, known.compressed_size, known.size, fetched=False)
-        key = (digest, layer.diff_id)
-        transfer = self._transfers.get(key)
-        while transfer is not None and transfer.scope.cancel_called:
-            # Its last waiter went away and it is winding down (a worker thread may still
-            # be writing the partial file): joining it would fail with "cancelled", and a
-            # second transfer must not write the same file. Wait, then start afresh.
-            await transfer.done.wait()
-            if transfer.result is not None:
-                return transfer.result
-            transfer = self._transfers.get(key)
-        if transfer is None:
-            transfer = Transfer(key)
-            self._transfers[key] = transfer
-            self._task_group.start_soon(self._run, transfer, fetcher, layer)
-        transfer.watchers += 1
-        transfer.progress.attach(progress)
-        try:
-            await transfer.done.wait()
-        finally:
-            transfer.progress.detach(progress)
-            transfer.watchers -= 1
-            if transfer.watchers == 0 and not transfer.done.is_set():
-                transfer.scope.cancel()
-        if transfer.error is not None:
-            raise transfer.error
-        assert transfer.result is not None
-        return transfer.result
 
-    async def _run(
-        self, transfer: Transfer, fetcher: BlobFetcher, layer: DownloadDescriptor
-    ) -> None:
-        """The transfer's own task, in the daemon's task group: never lets an error out."""
-        started = time.monotonic()
-        digest = transfer.key[0]
-        layer_id = short_id(digest)
-        try:
-            with transfer.scope:
-                if self._slots.value == 0:
-                    transfer.progress.write(Message("Waiting", layer_id))
-                async with self._partial_file(digest), self._slots:
-                    transfer.result = await self._fetch_with_retries(
-                        fetcher, layer, transfer.progress
-                    )
-                elapsed = time.monotonic() - started
-                log.info(
-                    "transfer.done",
-                    digest=digest,
-                    bytes=transfer.result.size,
-                    seconds=round(elapsed, 3),
-                    rate_mb_s=round(transfer.result.size / 1e6 / max(elapsed, 1e-6), 1),
-                )
-            if transfer.result is None:
-                # Every client waiting on it went away; its partial file stays for later.
-                transfer.error = TransientRegistryError(f"download of {digest} was cancelled")
-                log.info("transfer.cancelled", digest=digest)
-        except FerrydError as exc:
-            transfer.error = exc
-            log.warning("transfer.failed", digest=digest, error=str(exc))
-        except Exception as exc:  # a bug must fail this pull, not the daemon
-            transfer.error = FerrydError(f"download of {digest} failed: {exc!r}")
-            log.exception("transfer.crashed", digest=digest)
-        finally:
-            del self._transfers[transfer.key]
-            transfer.done.set()
+        async def fetch(progress: Broadcast) -> BlobInfo:
+            async with self._partial_file(digest):
+                return await self._fetch_with_retries(fetcher, layer, progress)
+
+        return await self._transfers.join(
+            (digest, layer.diff_id), progress, fetch, name=digest, progress_id=short_id(digest)
+        )
 
     @asynccontextmanager
     async def _partial_file(self, digest: Digest) -> AsyncIterator[None]:
@@ -270,27 +198,19 @@ class DownloadManager:
         sink = LayerSink(self._blobs.partial_path(digest), digest)
         try:
             await anyio.to_thread.run_sync(sink.open)
-            for attempt in range(1, self._max_attempts + 1):
-                try:
-                    return await self._fetch(fetcher, layer, sink, progress)
-                except ContentError:
-                    # Retrying the same bytes cannot help, and they must never be resumed.
-                    await anyio.to_thread.run_sync(sink.restart)
-                    self._blobs.discard_partial(digest)
-                    raise
-                except FerrydError as exc:
-                    if not exc.retryable or attempt == self._max_attempts:
-                        raise
-                    delay = self._retry_delay * attempt
-                    log.warning(
-                        "transfer.retry",
-                        digest=digest,
-                        attempt=attempt,
-                        error=str(exc),
-                        delay=delay,
-                    )
-                    await _count_down(delay, layer_id, progress)
-            raise AssertionError("unreachable")
+            return await with_retries(
+                lambda: self._fetch(fetcher, layer, sink, progress),
+                attempts=self._max_attempts,
+                delay=self._retry_delay,
+                progress=progress,
+                progress_id=layer_id,
+                name=digest,
+            )
+        except ContentError:
+            # Retrying the same bytes cannot help, and they must never be resumed.
+            await anyio.to_thread.run_sync(sink.restart)
+            self._blobs.discard_partial(digest)
+            raise
         finally:
             sink.close()
             await anyio.to_thread.run_sync(self._blobs.discard_partial_if_empty, digest)
@@ -380,17 +300,6 @@ async def _pump(
                     await to_store.send(b"".join(pending))
     if cut is not None:
         raise cut
-
-
-async def _count_down(delay: float, layer_id: str, progress: Broadcast) -> None:
-    """Wait `delay` seconds, saying "Retrying in N seconds" each time N changes."""
-    remaining = delay
-    while remaining > 0:
-        shown = math.ceil(remaining)
-        progress.write(Message(f"Retrying in {shown} second{'s' if shown != 1 else ''}", layer_id))
-        step = remaining - (shown - 1)
-        await anyio.sleep(step)
-        remaining -= step
 
 
 def _top(diff_ids: list[Digest]) -> Digest | None:

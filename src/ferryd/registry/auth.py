@@ -258,12 +258,16 @@ class Authenticator:
                         "grant_type": "refresh_token",
                         "refresh_token": creds.identity_token,
                         "service": service,
-                        "scope": scope,
+                        "scope": scope,  # space-separated, as OAuth2 writes several
                         "client_id": "ferryd",
                     },
                 )
             else:
-                query = {"service": service, "scope": scope} if service else {"scope": scope}
+                # Several scopes (a push that mounts from another repository) are
+                # several `scope` parameters, as the token spec has it.
+                query: dict[str, str | list[str]] = {"scope": scope.split()}
+                if service:
+                    query["service"] = service
                 if creds.username:
                     query["account"] = creds.username
                 auth = (creds.username, creds.password) if creds.username else None

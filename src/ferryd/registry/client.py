@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -34,6 +34,9 @@ MAX_REDIRECTS = 10
 # Ask for the bytes as stored: a digest covers them, not a proxy's re-encoding of them.
 _IDENTITY = {"Accept-Encoding": "identity"}
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+Body = bytes | Callable[[], AsyncIterator[bytes]]
+"""A request body: bytes, or a function that opens a fresh stream of them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +137,75 @@ class RegistryClient:
                 start, total = _parse_content_range(response, offset, what)
             yield BlobResponse(response, start, total, self.endpoint)
 
+    async def blob_size(self, digest: Digest) -> int | None:
+        """HEAD a blob: its size when the repository has it, None when not."""
+        what = f"blob {digest}"
+        response = await self._send("HEAD", self._url(f"blobs/{digest}"), what, {})
+        await response.aclose()
+        if response.status_code == 404:
+            return None
+        if response.status_code >= 400:
+            raise error_for(response, what, self.endpoint.domain)
+        return _content_length(response) or 0
+
+    async def mount_blob(self, digest: Digest, source: str) -> str | None:
+        """Ask the registry to link `digest` from repository `source` into this one.
+
+        None when mounted; else the upload URL the registry opened instead (a refused
+        mount is an ordinary upload session).
+        """
+        url = self._url(f"blobs/uploads/?mount={digest}&from={source}")
+        scope = f"{self._scope} repository:{source}:pull"
+        async with self._stream("POST", url, f"mount of {digest}", scope=scope) as response:
+            if response.status_code == 201:
+                return None
+            return self._upload_location(response, f"mount of {digest}")
+
+    async def upload_blob(
+        self, digest: Digest, size: int, body: Body, location: str | None = None
+    ) -> None:
+        """Upload a blob: POST (unless `location` is an open session), PATCH, PUT ?digest=."""
+        what = f"upload of {digest}"
+        if location is None:
+            async with self._stream("POST", self._url("blobs/uploads/"), what) as response:
+                location = self._upload_location(response, what)
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        async with self._stream("PATCH", location, what, headers, content=body) as response:
+            location = self._upload_location(response, what)
+        # Merged, not replaced: the upload URL carries the registry's own state.
+        done = str(httpx.URL(location).copy_merge_params({"digest": digest}))
+        async with self._stream("PUT", done, what, {"Content-Length": "0"}) as response:
+            _check_digest_header(response, digest, what)
+
+    async def put_manifest(self, reference: str, media_type: str, raw: bytes) -> Digest:
+        """PUT a manifest; the registry's `Docker-Content-Digest` must be its digest."""
+        digest = sha256_digest(raw)
+        what = f"manifest {self.endpoint.domain}/{self.repository}:{reference}"
+        headers = {"Content-Type": media_type}
+        async with self._stream(
+            "PUT", self._url(f"manifests/{reference}"), what, headers, content=raw
+        ) as response:
+            _check_digest_header(response, digest, what)
+        return digest
+
+    def _upload_location(self, response: httpx.Response, what: str) -> str:
+        location = response.headers.get("location")
+        if not location:
+            raise RegistryProtocolError(f"{what}: the registry sent no upload Location")
+        return str(urljoin(str(response.url), location))
+
     @asynccontextmanager
     async def _stream(
-        self, method: str, url: str, what: str, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        what: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        content: Body | None = None,
+        scope: str | None = None,
     ) -> AsyncIterator[httpx.Response]:
-        response = await self._send(method, url, what, dict(headers or {}))
+        response = await self._send(method, url, what, dict(headers or {}), content, scope)
         try:
             if response.status_code >= 400:
                 await response.aread()
@@ -150,26 +217,38 @@ class RegistryClient:
             await response.aclose()
 
     async def _send(
-        self, method: str, url: str, what: str, headers: dict[str, str]
+        self,
+        method: str,
+        url: str,
+        what: str,
+        headers: dict[str, str],
+        content: Body | None = None,
+        scope: str | None = None,
     ) -> httpx.Response:
         """Send with auth, answer one 401 by re-authenticating, follow redirects by hand.
 
         By hand, so that the Authorization header goes only to the registry's own host:
         blob redirects usually point at a storage service that must never see it.
         """
+        scope = scope or self._scope
         for attempt in range(2):
-            auth = await self._auth.headers(self._scope)
-            response = await self._follow(method, url, headers, auth)
+            auth = await self._auth.headers(scope)
+            response = await self._follow(method, url, headers, auth, content)
             if response.status_code != 401 or attempt == 1:
                 return response
             challenge = parse_challenge(response.headers.get("www-authenticate"))
-            if not self._auth.reject(self._scope, challenge, auth.get("Authorization")):
+            if not self._auth.reject(scope, challenge, auth.get("Authorization")):
                 return response
             await response.aclose()
         raise AssertionError("unreachable")
 
     async def _follow(
-        self, method: str, url: str, headers: dict[str, str], auth: dict[str, str]
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        auth: dict[str, str],
+        content: Body | None = None,
     ) -> httpx.Response:
         registry = urlsplit(self.endpoint.base_url)
         for _ in range(MAX_REDIRECTS + 1):
@@ -185,6 +264,8 @@ class RegistryClient:
                     **headers,
                     **(auth if same_host else {}),
                 },
+                # A body is made anew for every send: a stream cannot be replayed.
+                content=content() if callable(content) else content,
             )
             try:
                 response = await self._http.send(request, stream=True)
@@ -294,6 +375,12 @@ def _digest_of(raw: bytes, expected: str | None, what: str) -> Digest:
         if wanted.startswith("sha256:"):
             return wanted
     return sha256_digest(raw)
+
+
+def _check_digest_header(response: httpx.Response, digest: Digest, what: str) -> None:
+    sent = response.headers.get("docker-content-digest")
+    if sent and sent != digest:
+        raise DigestMismatchError(f"{what}: the registry stored {sent}, not {digest}")
 
 
 def _content_length(response: httpx.Response) -> int | None:

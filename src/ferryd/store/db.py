@@ -25,6 +25,7 @@ CREATE TABLE layers (
     media_type      TEXT NOT NULL,
     compressed_size INTEGER NOT NULL,
     size            INTEGER NOT NULL,
+    urls            TEXT,  -- JSON list: a foreign layer, described in manifests, never uploaded
     created         REAL NOT NULL
 );
 CREATE INDEX layers_by_blob ON layers(blob_digest);

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ferryd.digest import Digest, chain_id
@@ -21,6 +23,7 @@ class Layer:
     media_type: str
     compressed_size: int
     size: int  # uncompressed
+    urls: tuple[str, ...] = ()  # where a foreign layer lives; such a layer is never uploaded
 
 
 class LayerStore:
@@ -55,14 +58,25 @@ class LayerStore:
         media_type: str,
         compressed_size: int,
         size: int,
+        urls: Sequence[str] = (),
     ) -> Layer:
         """Record a layer on top of `parent` (which must exist) and hold it."""
         chain = chain_id(parent, diff_id)
         if parent is not None and self.get(parent) is None:
             raise StoreError(f"cannot register layer {chain}: parent {parent} is unknown")
         self._db.execute(
-            "INSERT OR IGNORE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (chain, parent, diff_id, blob_digest, media_type, compressed_size, size, time.time()),
+            "INSERT OR IGNORE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                chain,
+                parent,
+                diff_id,
+                blob_digest,
+                media_type,
+                compressed_size,
+                size,
+                json.dumps(list(urls)) if urls else None,
+                time.time(),
+            ),
         )
         layer = self.get(chain)
         assert layer is not None
@@ -100,4 +114,5 @@ def _layer(row: object) -> Layer:
         r["media_type"],
         r["compressed_size"],
         r["size"],
+        tuple(json.loads(r["urls"])) if r["urls"] else (),
     )

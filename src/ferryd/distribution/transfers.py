@@ -1,0 +1,168 @@
+"""Shared transfers and retries, for downloads and uploads alike.
+
+A transfer (one blob fetched, one layer uploaded) runs as its own task in the daemon's
+task group, watched by every request that wants it. Each watcher sees its progress;
+it is cancelled only when the last watcher goes away. At most `slots` run at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
+from ferryd.errors import FerrydError, TransientRegistryError
+
+log = structlog.get_logger("ferryd.transfers")
+
+
+class Moved(Protocol):
+    @property
+    def size(self) -> int: ...
+
+
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R", bound=Moved)
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Transfer(Generic[R]):
+    progress: Broadcast = field(default_factory=Broadcast)
+    done: anyio.Event = field(default_factory=anyio.Event)
+    watchers: int = 0
+    result: R | None = None
+    error: BaseException | None = None
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+
+class TransferPool(Generic[K, R]):
+    def __init__(self, task_group: TaskGroup, slots: int, action: str) -> None:
+        self._task_group = task_group
+        self._slots = anyio.Semaphore(slots)
+        self._action = action  # "download" or "upload", for logs and messages
+        self._transfers: dict[K, Transfer[R]] = {}
+
+    @property
+    def active(self) -> int:
+        return len(self._transfers)
+
+    async def join(
+        self,
+        key: K,
+        progress: ProgressOutput,
+        work: Callable[[Broadcast], Awaitable[R]],
+        *,
+        name: str,
+        progress_id: str,
+    ) -> R:
+        """Watch the transfer for `key`, starting it with `work` if none runs."""
+        transfer = self._transfers.get(key)
+        while transfer is not None and transfer.scope.cancel_called:
+            # Its last watcher went away and it is winding down (a worker thread may
+            # still be writing): joining it would fail with "cancelled". Wait, then
+            # start afresh.
+            await transfer.done.wait()
+            if transfer.result is not None:
+                return transfer.result
+            transfer = self._transfers.get(key)
+        if transfer is None:
+            transfer = Transfer()
+            self._transfers[key] = transfer
+            self._task_group.start_soon(self._run, key, transfer, work, name, progress_id)
+        transfer.watchers += 1
+        transfer.progress.attach(progress)
+        try:
+            await transfer.done.wait()
+        finally:
+            transfer.progress.detach(progress)
+            transfer.watchers -= 1
+            if transfer.watchers == 0 and not transfer.done.is_set():
+                transfer.scope.cancel()
+        if transfer.error is not None:
+            raise transfer.error
+        assert transfer.result is not None
+        return transfer.result
+
+    async def _run(
+        self,
+        key: K,
+        transfer: Transfer[R],
+        work: Callable[[Broadcast], Awaitable[R]],
+        name: str,
+        progress_id: str,
+    ) -> None:
+        """The transfer's own task, in the daemon's task group: never lets an error out."""
+        started = time.monotonic()
+        fields = {"action": self._action, "name": name}
+        try:
+            with transfer.scope:
+                if self._slots.value == 0:
+                    transfer.progress.write(Message("Waiting", progress_id))
+                async with self._slots:
+                    log.info("transfer.start", **fields)
+                    transfer.result = await work(transfer.progress)
+                elapsed = time.monotonic() - started
+                size = transfer.result.size
+                log.info(
+                    "transfer.done",
+                    **fields,
+                    bytes=size,
+                    seconds=round(elapsed, 3),
+                    rate_mb_s=round(size / 1e6 / max(elapsed, 1e-6), 1),
+                )
+            if transfer.result is None:
+                # Every watcher went away; a download's partial file stays for later.
+                transfer.error = TransientRegistryError(f"{self._action} of {name} was cancelled")
+                log.info("transfer.cancelled", **fields)
+        except FerrydError as exc:
+            transfer.error = exc
+            log.warning("transfer.failed", **fields, error=str(exc))
+        except Exception as exc:  # a bug must fail this request, not the daemon
+            transfer.error = FerrydError(f"{self._action} of {name} failed: {exc!r}")
+            log.exception("transfer.crashed", **fields)
+        finally:
+            del self._transfers[key]
+            transfer.done.set()
+
+
+async def with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    attempts: int,
+    delay: float,
+    progress: ProgressOutput,
+    progress_id: str,
+    name: str,
+) -> T:
+    """Call `attempt` until it succeeds, at most `attempts` times; only errors marked
+    retryable are retried, after `delay` times the attempt number seconds."""
+    for number in range(1, attempts + 1):
+        try:
+            return await attempt()
+        except FerrydError as exc:
+            if not exc.retryable or number == attempts:
+                raise
+            wait = delay * number
+            log.warning("transfer.retry", name=name, attempt=number, error=str(exc), delay=wait)
+            await _count_down(wait, progress_id, progress)
+    raise AssertionError("unreachable")
+
+
+async def _count_down(delay: float, progress_id: str, progress: ProgressOutput) -> None:
+    """Wait `delay` seconds, saying "Retrying in N seconds" each time N changes."""
+    remaining = delay
+    while remaining > 0:
+        shown = math.ceil(remaining)
+        unit = "second" if shown == 1 else "seconds"
+        progress.write(Message(f"Retrying in {shown} {unit}", progress_id))
+        step = remaining - (shown - 1)
+        await anyio.sleep(step)
+        remaining -= step

@@ -47,7 +47,7 @@ def test_without_a_file_every_setting_has_its_default() -> None:
     assert (settings.log_level, settings.log_format) == ("info", "json")
     assert settings.max_concurrent_downloads == 3
     assert settings.max_download_attempts == 5
-    assert settings.download_retry_delay == 5.0
+    assert settings.retry_delay == 5.0
     assert settings.insecure_registries == ["127.0.0.0/8", "::1/128"]
     assert (settings.connect_timeout, settings.read_timeout) == (30.0, 60.0)
     assert settings.default_platform == settings.proxy == settings.credentials_file == ""
@@ -74,7 +74,7 @@ def test_values_from_the_file_are_used(config: ConfigFile) -> None:
         log_format = "console"
         max_concurrent_downloads = 8
         max_download_attempts = 1
-        download_retry_delay = 0
+        retry_delay = 0
         insecure_registries = ["registry.local:5000", "10.0.0.0/8"]
         default_platform = "linux/arm64/v8"
         connect_timeout = 2.5
@@ -85,7 +85,7 @@ def test_values_from_the_file_are_used(config: ConfigFile) -> None:
     assert settings.socket_mode == "660"
     assert (settings.log_level, settings.log_format) == ("debug", "console")
     assert settings.max_concurrent_downloads == 8
-    assert settings.download_retry_delay == 0.0
+    assert settings.retry_delay == 0.0
     assert settings.insecure_registries == ["registry.local:5000", "10.0.0.0/8"]
     assert parse_platform(settings.default_platform) == parse_platform("linux/arm64")
     assert settings.connect_timeout == 2.5
@@ -145,8 +145,8 @@ def test_a_wrong_type_is_refused_naming_key_and_expected_type(
         ("max_concurrent_downloads = -3", "max_concurrent_downloads: Expected `int` >= 1, got -3"),
         ("max_concurrent_downloads = 65", "max_concurrent_downloads: Expected `int` <= 64, got 65"),
         ("max_download_attempts = 0", "max_download_attempts: Expected `int` >= 1, got 0"),
-        ("download_retry_delay = -1", "download_retry_delay: Expected `float` >= 0.0, got -1"),
-        ("download_retry_delay = nan", "download_retry_delay: Expected `float` >= 0.0, got nan"),
+        ("retry_delay = -1", "retry_delay: Expected `float` >= 0.0, got -1"),
+        ("retry_delay = nan", "retry_delay: Expected `float` >= 0.0, got nan"),
         ("read_timeout = inf", "read_timeout: Expected `float` <= 3600.0, got inf"),
         ("connect_timeout = 0", "connect_timeout: Expected `float` > 0.0, got 0"),
         ("read_timeout = 0.0", "read_timeout: Expected `float` > 0.0, got 0.0"),

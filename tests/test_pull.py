@@ -339,7 +339,7 @@ def test_connection_cut_mid_layer_resumes_with_range(
             layout, layers=[LayerSpec(size=120_000_000, seed=70, compression="none")]
         )
         seed(registry, layout, "latest", "cut/app:v1")
-        daemon = start_daemon(download_retry_delay=0.5)
+        daemon = start_daemon(retry_delay=0.5)
         partial = daemon.root / "partial" / ("sha256-" + built.layers[0].digest[7:])
         result: list[list[dict[str, object]]] = []
         puller = threading.Thread(

@@ -41,7 +41,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     log_format: Literal["json", "console"] = "json"
     max_concurrent_downloads: Positive = 3
     max_download_attempts: Positive = 5
-    download_retry_delay: Seconds = 5.0
+    max_concurrent_uploads: Positive = 5
+    max_upload_attempts: Positive = 5
+    retry_delay: Seconds = 5.0
     insecure_registries: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_INSECURE))
     certs_dir: str = "/etc/ferryd/certs.d"
     credentials_file: str = ""

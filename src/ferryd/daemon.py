@@ -14,6 +14,7 @@ from ferryd.api.serve import ApiServer, bind_unix_socket
 from ferryd.config import Settings
 from ferryd.distribution.downloads import DownloadManager
 from ferryd.distribution.service import ImageService
+from ferryd.distribution.uploads import UploadManager
 from ferryd.platforms import parse_platform
 from ferryd.registry.auth import load_docker_config
 from ferryd.registry.connector import Connector
@@ -46,12 +47,20 @@ async def run(settings: Settings) -> None:
                 tg,
                 max_concurrent=settings.max_concurrent_downloads,
                 max_attempts=settings.max_download_attempts,
-                retry_delay=settings.download_retry_delay,
+                retry_delay=settings.retry_delay,
+            )
+            uploads = UploadManager(
+                store.metadata,
+                tg,
+                max_concurrent=settings.max_concurrent_uploads,
+                max_attempts=settings.max_upload_attempts,
+                retry_delay=settings.retry_delay,
             )
             service = ImageService(
                 store=store,
                 connector=connector,
                 downloads=downloads,
+                uploads=uploads,
                 event_logger=logs.log_image_event,
                 default_platform=(
                     parse_platform(settings.default_platform) if settings.default_platform else None

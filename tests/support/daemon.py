@@ -45,7 +45,7 @@ class Daemon:
         settings = {
             "root": str(self.root),
             "socket": str(self.socket),
-            "download_retry_delay": 0.05,
+            "retry_delay": 0.05,
             "certs_dir": str(self.workdir / "certs.d"),
             **self.settings,
         }

@@ -18,6 +18,7 @@ from ferryd import __version__
 from ferryd.api.shapes import image_inspect, image_summary
 from ferryd.api.streaming import ProgressStream
 from ferryd.digest import parse_digest
+from ferryd.distribution.images import ConflictError
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.service import ImageService
 from ferryd.errors import (
@@ -27,7 +28,7 @@ from ferryd.errors import (
     InvalidReferenceError,
 )
 from ferryd.platforms import InvalidPlatformError, host_platform, parse_platform
-from ferryd.reference import Reference, parse_reference
+from ferryd.reference import Reference, parse_reference, parse_repository
 from ferryd.registry.auth import ANONYMOUS, Credentials, decode_registry_auth
 
 API_VERSION = "1.47"
@@ -105,6 +106,53 @@ async def create_image(request: Request) -> Response:
         )
 
     return _Asgi(ProgressStream(job))
+
+
+async def push_image(request: Request) -> Response:
+    """`POST /images/{name}/push?tag=`: push, streaming progress."""
+    name = request.path_params["name"]
+    tag = request.query_params.get("tag", "")
+    try:
+        repository = parse_repository(name)
+        reference = repository.with_tag(tag) if tag else repository
+        credentials = _credentials(request)
+    except FerrydError as exc:
+        return _error(400, str(exc))
+    meta = {k: v for k, v in request.headers.items() if k.lower().startswith("x-meta-")}
+    service = _service(request)
+
+    async def job(progress: ProgressOutput) -> None:
+        await service.push(reference, progress, credentials=credentials, meta_headers=meta)
+
+    return _Asgi(ProgressStream(job))
+
+
+async def tag_image(request: Request) -> Response:
+    """`POST /images/{name}/tag?repo=&tag=`: 201, as dockerd."""
+    query = request.query_params
+    try:
+        repository = parse_repository(query.get("repo", ""))
+        target = repository.with_tag(query.get("tag") or "latest")
+        await _service(request).tag(request.path_params["name"], target)
+    except ImageNotFoundError as exc:
+        return _error(404, str(exc))
+    except FerrydError as exc:
+        return _error(400, str(exc))
+    return Response(status_code=201)
+
+
+async def delete_image(request: Request) -> Response:
+    """`DELETE /images/{name}?force=`: untag, and delete what nothing names any more."""
+    force = request.query_params.get("force", "").lower() in ("1", "true")
+    try:
+        records = await _service(request).remove(request.path_params["name"], force=force)
+    except ImageNotFoundError as exc:
+        return _error(404, str(exc))
+    except ConflictError as exc:
+        return _error(409, str(exc))
+    except FerrydError as exc:
+        return _error(400, str(exc))
+    return JSONResponse(records)
 
 
 async def list_images(request: Request) -> Response:
@@ -195,6 +243,9 @@ def build_app(service: ImageService) -> ASGIApp:
         Route("/images/create", create_image, methods=["POST"]),
         Route("/images/json", list_images, methods=["GET"]),
         Route("/images/{name:path}/json", inspect_image, methods=["GET"]),
+        Route("/images/{name:path}/push", push_image, methods=["POST"]),
+        Route("/images/{name:path}/tag", tag_image, methods=["POST"]),
+        Route("/images/{name:path}", delete_image, methods=["DELETE"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _not_found})
     app.state.service = service

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ferryd.digest import Digest
+from ferryd.distribution.layers import StoreLayerProvider
 from ferryd.distribution.progress import ProgressOutput
+from ferryd.distribution.uploads import UploadManager
 from ferryd.platforms import Platform
 from ferryd.registry.auth import ANONYMOUS, Credentials
 from ferryd.registry.client import BlobResponse
@@ -89,3 +91,11 @@ class PullConfig(Config):
     download_manager: RootFSDownloadManager | None = None
     schema2_types: tuple[str, ...] = DEFAULT_CONFIG_TYPES
     platform: Platform | None = None
+
+
+@dataclass
+class PushConfig(Config):
+    # The manifest's format: "" keeps the image's own (the media type it was pulled with).
+    config_media_type: str = ""
+    layer_provider: StoreLayerProvider | None = None
+    upload_manager: UploadManager | None = None

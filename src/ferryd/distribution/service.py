@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from ferryd.distribution.config import ImageEventLogger, PullConfig
+import anyio
+
+from ferryd.distribution.config import ImageEventLogger, PullConfig, PushConfig
 from ferryd.distribution.downloads import DownloadManager
+from ferryd.distribution.images import remove, tag_image
+from ferryd.distribution.layers import StoreLayerProvider
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.pull import PullResult, pull
+from ferryd.distribution.push import PushResult, push
+from ferryd.distribution.uploads import UploadManager
 from ferryd.platforms import Platform
 from ferryd.reference import Reference
 from ferryd.registry.auth import Credentials
@@ -21,6 +28,7 @@ class ImageService:
     store: Store
     connector: Connector
     downloads: DownloadManager
+    uploads: UploadManager
     event_logger: ImageEventLogger
     default_platform: Platform | None = None
     # Logins from the credentials file, by registry domain.
@@ -54,3 +62,34 @@ class ImageService:
             platform=platform or self.default_platform,
         )
         return await pull(reference, config, self.store)
+
+    async def push(
+        self,
+        reference: Reference,
+        progress: ProgressOutput,
+        *,
+        credentials: Credentials,
+        meta_headers: Mapping[str, str] | None = None,
+    ) -> list[PushResult]:
+        config = PushConfig(
+            connector=self.connector,
+            image_store=self.store.images,
+            metadata_store=self.store.metadata,
+            reference_store=self.store.references,
+            progress=progress,
+            event_logger=self.event_logger,
+            credentials=self.credentials_for(reference.domain, credentials),
+            meta_headers=dict(meta_headers or {}),
+            layer_provider=StoreLayerProvider(self.store.layers, self.store.blobs),
+            upload_manager=self.uploads,
+        )
+        return await push(reference, config, self.store)
+
+    async def tag(self, source: str, target: Reference) -> None:
+        await anyio.to_thread.run_sync(tag_image, self.store, source, target, self.event_logger)
+
+    async def remove(self, name: str, *, force: bool) -> list[dict[str, Any]]:
+        def run() -> list[dict[str, Any]]:
+            return remove(self.store, name, force=force, log=self.event_logger)
+
+        return await anyio.to_thread.run_sync(run)

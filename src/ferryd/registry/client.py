@@ -162,20 +162,32 @@ class RegistryClient:
             return self._upload_location(response, f"mount of {digest}")
 
     async def upload_blob(
-        self, digest: Digest, size: int, body: Body, location: str | None = None
+        self,
+        digest: Digest | Callable[[], Digest],
+        size: int | None,
+        body: Body,
+        location: str | None = None,
     ) -> None:
-        """Upload a blob: POST (unless `location` is an open session), PATCH, PUT ?digest=."""
-        what = f"upload of {digest}"
+        """Upload a blob: POST (unless `location` is an open session), PATCH, PUT ?digest=.
+
+        A blob compressed on the way has no size beforehand (the PATCH is chunked) and
+        its digest is known only once it is sent: then `digest` is a function.
+        """
+        what = "blob upload"
         if location is None:
             async with self._stream("POST", self._url("blobs/uploads/"), what) as response:
                 location = self._upload_location(response, what)
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        headers = {"Content-Type": "application/octet-stream"}
+        if size is not None:
+            headers["Content-Length"] = str(size)
         async with self._stream("PATCH", location, what, headers, content=body) as response:
             location = self._upload_location(response, what)
+        final = digest() if callable(digest) else digest
         # Merged, not replaced: the upload URL carries the registry's own state.
-        done = str(httpx.URL(location).copy_merge_params({"digest": digest}))
+        done = str(httpx.URL(location).copy_merge_params({"digest": final}))
+        what = f"upload of {final}"
         async with self._stream("PUT", done, what, {"Content-Length": "0"}) as response:
-            _check_digest_header(response, digest, what)
+            _check_digest_header(response, final, what)
 
     async def put_manifest(self, reference: str, media_type: str, raw: bytes) -> Digest:
         """PUT a manifest; the registry's `Docker-Content-Digest` must be its digest."""

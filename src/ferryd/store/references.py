@@ -38,6 +38,15 @@ class ReferenceStore:
         rows = self._db.all("SELECT name FROM refs WHERE image_id = ? ORDER BY name", (image_id,))
         return [parse_reference(row["name"], default_tag=False) for row in rows]
 
+    def tags_of(self, repository: Reference) -> list[tuple[Reference, Digest]]:
+        """Every tag of one repository, with the image it names."""
+        rows = self._db.all(
+            "SELECT name, image_id FROM refs WHERE repository = ? AND tag IS NOT NULL "
+            "ORDER BY name",
+            (repository.name,),
+        )
+        return [(parse_reference(r["name"]), Digest(r["image_id"])) for r in rows]
+
     def delete(self, reference: Reference) -> bool:
         row = self._db.one("SELECT 1 FROM refs WHERE name = ?", (str(reference),))
         self._db.execute("DELETE FROM refs WHERE name = ?", (str(reference),))

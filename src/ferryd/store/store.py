@@ -37,16 +37,24 @@ class Store:
             (digest, image_id, media_type, len(raw)),
         )
 
+    def manifests_for(self, image_id: Digest) -> list[tuple[Digest, str, bytes]]:
+        """The manifests an image came with: (digest, media type, raw bytes)."""
+        rows = self.db.all(
+            "SELECT digest, media_type FROM manifests WHERE image_id = ?", (image_id,)
+        )
+        return [
+            (Digest(row["digest"]), row["media_type"], self.blobs.get(Digest(row["digest"])))
+            for row in rows
+        ]
+
     def resolve(self, name: str) -> Digest:
         """An image by reference (`alpine`, `host/x:tag`, `x@sha256:…`), ID or ID prefix.
 
         As docker: a full or unique short ID wins over a name that looks like one.
         """
-        match = _ID_PREFIX.match(name)
-        if match is not None:
-            found = self._by_id_prefix(match.group(1), full=name.startswith("sha256:"))
-            if found is not None:
-                return found
+        image_id = self.resolve_id(name)
+        if image_id is not None:
+            return image_id
         try:
             reference = parse_reference(name)
         except InvalidReferenceError:
@@ -55,6 +63,13 @@ class Store:
         if image_id is None:
             raise ImageNotFoundError(f"No such image: {name}")
         return image_id
+
+    def resolve_id(self, name: str) -> Digest | None:
+        """The image whose ID is `name` or starts with it (`sha256:` optional)."""
+        match = _ID_PREFIX.match(name)
+        if match is None:
+            return None
+        return self._by_id_prefix(match.group(1), full=name.startswith("sha256:"))
 
     def _by_id_prefix(self, prefix: str, *, full: bool) -> Digest | None:
         if full and len(prefix) != 64:

@@ -1,0 +1,205 @@
+"""Push one repository's tag(s): layers → config → manifest → V2 metadata, reference."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import anyio
+import msgspec
+
+from ferryd.concurrency import single_errors
+from ferryd.digest import Digest, chain_ids, sha256_digest, short_id
+from ferryd.distribution.config import PushConfig
+from ferryd.distribution.layers import DescribableLayer, EmptyLayer, StoreLayer
+from ferryd.distribution.progress import Message
+from ferryd.distribution.uploads import Family, Uploaded
+from ferryd.errors import ImageNotFoundError
+from ferryd.reference import Reference
+from ferryd.registry.client import RegistryClient
+from ferryd.registry.manifests import (
+    DOCKER_CONFIG,
+    DOCKER_MANIFEST,
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    Descriptor,
+    ImageManifest,
+    decode_manifest,
+)
+from ferryd.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    tag: str
+    digest: Digest
+    size: int
+
+
+@dataclass
+class _Stats:
+    uploaded: int = 0
+    mounted: int = 0
+    skipped: int = 0
+    bytes: int = 0
+
+    def count(self, result: Uploaded) -> None:
+        if result.outcome == "pushed":
+            self.uploaded += 1
+            self.bytes += result.size
+        elif result.outcome == "mounted":
+            self.mounted += 1
+        else:
+            self.skipped += 1
+
+
+async def push(reference: Reference, config: PushConfig, store: Store) -> list[PushResult]:
+    """Push `reference`'s tag, or every tag of its repository when it has none."""
+    progress = config.progress
+    progress.write(Message(f"The push refers to repository [{reference.name}]"))
+    tags = _tags_to_push(reference, store)
+    client = await config.connector.open(
+        reference.domain,
+        reference.path,
+        config.credentials,
+        actions="pull,push",
+        meta_headers=config.meta_headers,
+    )
+    return [await _push_tag(client, tag, image_id, config, store) for tag, image_id in tags]
+
+
+def _tags_to_push(reference: Reference, store: Store) -> list[tuple[Reference, Digest]]:
+    if reference.tag is not None:
+        image_id = store.references.get(reference)
+        if image_id is None:
+            raise ImageNotFoundError(
+                f"An image does not exist locally with the tag: {reference.familiar_name}"
+                f":{reference.tag}"
+            )
+        return [(reference, image_id)]
+    tags = store.references.tags_of(reference.repository())
+    if not tags:
+        raise ImageNotFoundError(
+            f"An image does not exist locally with the tag: {reference.familiar_name}"
+        )
+    return tags
+
+
+async def _push_tag(
+    client: RegistryClient, tag: Reference, image_id: Digest, config: PushConfig, store: Store
+) -> PushResult:
+    started = time.monotonic()
+    assert config.layer_provider is not None
+    raw_config = config.image_store.get(image_id)
+    rootfs, _ = config.image_store.rootfs_and_os(raw_config)
+    record = store.images.record(image_id)
+    assert record is not None
+    family = _family(config.config_media_type or record.config_media_type)
+    layers = [_stored(config.layer_provider.get(chain)) for chain in chain_ids(rootfs.diff_ids)]
+    stats = _Stats()
+    try:
+        for layer in reversed(layers):  # docker lists the top layer first
+            progress_id = short_id(layer.diff_id)
+            if isinstance(layer, DescribableLayer):
+                config.progress.write(Message("Skipped foreign layer", progress_id))
+            else:
+                config.progress.write(Message("Preparing", progress_id))
+        descriptors = await _upload_layers(client, layers, family, config, stats)
+    finally:
+        for layer in layers:
+            layer.release()
+    config_descriptor = await _push_config(client, raw_config, family)
+    media_type, raw = _manifest(store, image_id, family, config_descriptor, descriptors)
+    assert tag.tag is not None
+    digest = await client.put_manifest(tag.tag, media_type, raw)
+    config.progress.write(Message(f"{tag.tag}: digest: {digest} size: {len(raw)}"))
+    config.progress.write(Message(aux={"Tag": tag.tag, "Digest": digest, "Size": len(raw)}))
+
+    def record_push() -> None:
+        with store.db.transaction():
+            store.add_manifest(digest, image_id, media_type, raw)
+            if config.reference_store is not None:
+                config.reference_store.add(tag.repository().with_digest(digest), image_id)
+
+    await anyio.to_thread.run_sync(record_push)
+    config.event_logger(
+        image_id,
+        str(tag),
+        "push",
+        digest=digest,
+        layers_uploaded=stats.uploaded,
+        layers_mounted=stats.mounted,
+        layers_skipped=stats.skipped,
+        bytes=stats.bytes,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return PushResult(tag.tag, digest, len(raw))
+
+
+async def _upload_layers(
+    client: RegistryClient,
+    layers: list[StoreLayer],
+    family: Family,
+    config: PushConfig,
+    stats: _Stats,
+) -> list[Descriptor]:
+    """Every layer's descriptor, in order; uploads run concurrently."""
+    manager = config.upload_manager
+    assert manager is not None
+    descriptors: list[Descriptor | None] = [None] * len(layers)
+
+    async def one(index: int, layer: StoreLayer) -> None:
+        if isinstance(layer, DescribableLayer):
+            descriptors[index] = layer.descriptor()
+            return
+        result = await manager.upload(client, layer, family, config.progress)
+        stats.count(result)
+        descriptors[index] = Descriptor(result.media_type, result.digest, result.blob_size)
+
+    with single_errors():
+        async with anyio.create_task_group() as tg:
+            for index, layer in enumerate(layers):
+                tg.start_soon(one, index, layer)
+    return [d for d in descriptors if d is not None]
+
+
+async def _push_config(client: RegistryClient, raw: bytes, family: Family) -> Descriptor:
+    digest = sha256_digest(raw)
+    if await client.blob_size(digest) is None:
+        await client.upload_blob(digest, len(raw), raw)
+    media_type = DOCKER_CONFIG if family == "docker" else OCI_CONFIG
+    return Descriptor(media_type, digest, len(raw))
+
+
+def _manifest(
+    store: Store,
+    image_id: Digest,
+    family: Family,
+    config_descriptor: Descriptor,
+    layers: list[Descriptor],
+) -> tuple[str, bytes]:
+    """The manifest to PUT: the one the image came with when it describes exactly these
+    blobs (so its digest is kept), else a new one of the same format."""
+    media_type = DOCKER_MANIFEST if family == "docker" else OCI_MANIFEST
+    for _, stored_type, raw in store.manifests_for(image_id):
+        if stored_type != media_type:
+            continue
+        stored = decode_manifest(raw)
+        if stored.config.digest == config_descriptor.digest and [
+            (d.digest, d.size) for d in stored.layers
+        ] == [(d.digest, d.size) for d in layers]:
+            return media_type, raw
+    manifest = ImageManifest(
+        config=config_descriptor, layers=layers, schemaVersion=2, mediaType=media_type
+    )
+    return media_type, msgspec.json.encode(manifest)
+
+
+def _stored(layer: StoreLayer | EmptyLayer) -> StoreLayer:
+    # Only the ChainID "" gives the empty layer, and no image's rootfs has it.
+    assert isinstance(layer, StoreLayer)
+    return layer
+
+
+def _family(config_media_type: str) -> Family:
+    return "oci" if config_media_type in (OCI_CONFIG, OCI_MANIFEST) else "docker"

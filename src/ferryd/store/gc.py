@@ -1,0 +1,58 @@
+"""Removing an image and whatever only it used: layers, then blobs.
+
+Rows go first, in one transaction; blob files after it commits, so a crash between the
+two leaves only unreferenced files, never a row that points at a missing blob.
+"""
+
+from __future__ import annotations
+
+from ferryd.digest import Digest
+from ferryd.store.layers import Layer
+from ferryd.store.store import Store
+
+
+def remove_image(store: Store, image_id: Digest) -> list[Digest]:
+    """Delete the image, its references and manifests, and every layer no other image
+    uses (unless a transfer holds it); returns the deleted layers' ChainIDs."""
+    with store.db.transaction():
+        candidates = {image_id, *(d for d, _, _ in store.manifests_for(image_id))}
+        store.db.execute("DELETE FROM refs WHERE image_id = ?", (image_id,))
+        store.db.execute("DELETE FROM manifests WHERE image_id = ?", (image_id,))
+        store.db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+        unused = _unused_layers(store)
+        for layer in unused:
+            store.layers.delete(layer.chain_id)
+            candidates.add(layer.blob_digest)
+        kept = {layer.blob_digest for layer in store.layers.all()}
+        kept |= set(store.images.ids())
+        kept |= {Digest(r["digest"]) for r in store.db.all("SELECT digest FROM manifests")}
+    for blob in candidates - kept:
+        store.blobs.delete(blob)
+    return [layer.chain_id for layer in unused]
+
+
+def _unused_layers(store: Store) -> list[Layer]:
+    """Layers that no image's stack reaches and no transfer holds, children first."""
+    layers = {layer.chain_id: layer for layer in store.layers.all()}
+    tops = [
+        Digest(r["top_layer"])
+        for r in store.db.all("SELECT top_layer FROM images")
+        if r["top_layer"]
+    ]
+    used: set[Digest] = set()
+    for start in [*tops, *(chain for chain in layers if store.layers.held(chain))]:
+        chain: Digest | None = start
+        while chain is not None and chain not in used and chain in layers:
+            used.add(chain)
+            chain = layers[chain].parent
+    unused = [layer for chain, layer in layers.items() if chain not in used]
+    # The parent column points at the layer below: delete from the top down.
+    return sorted(unused, key=lambda layer: -_depth(layers, layer))
+
+
+def _depth(layers: dict[Digest, Layer], layer: Layer) -> int:
+    depth = 0
+    while layer.parent is not None and layer.parent in layers:
+        depth += 1
+        layer = layers[layer.parent]
+    return depth

@@ -89,3 +89,38 @@ def test_serve_with_a_broken_config_exits_non_zero_naming_the_key(tmp_path: Path
     assert result.returncode == 2
     assert "max_concurrent_downloads" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.registry
+def test_cli_tag_push_and_rmi(registry: Registry, daemon: Daemon, layout: Path) -> None:
+    built = build_image(layout, layers=[LayerSpec(size=2000, seed=101)])
+    seed(registry, layout, "latest", "ourcli/src:v1")
+    source, target = f"{registry.host}/ourcli/src:v1", f"{registry.host}/ourcli/dst:v2"
+    assert ferryd("pull", source, host=daemon.host).returncode == 0
+
+    tagged = ferryd("tag", source, target, host=daemon.host)
+    pushed = ferryd("push", target, host=daemon.host)
+    removed = ferryd("rmi", target, source, host=daemon.host)
+
+    assert tagged.returncode == 0, tagged.stderr
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"v2: digest: {built.manifest_digest} size: {built.manifest_size}" in pushed.stdout
+    assert "Mounted from ourcli/src" in pushed.stdout
+    assert removed.returncode == 0, removed.stderr
+    assert f"Untagged: {target}" in removed.stdout
+    assert f"Deleted: {built.config_digest}" in removed.stdout
+    assert not list((daemon.root / "blobs" / "sha256").iterdir())
+
+
+def test_cli_rmi_of_an_unknown_image_fails_with_the_reason(daemon: Daemon) -> None:
+    result = ferryd("rmi", "nothing:here", host=daemon.host)
+
+    assert result.returncode == 1
+    assert "No such image" in result.stderr
+
+
+def test_cli_push_refuses_a_digest(daemon: Daemon) -> None:
+    result = ferryd("push", f"x/y@sha256:{'a' * 64}", host=daemon.host)
+
+    assert result.returncode == 1
+    assert "not a digest" in result.stderr

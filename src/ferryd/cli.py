@@ -64,6 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("-q", "--quiet", action="store_true", help="print only the image reference")
     pull.set_defaults(handler=_pull)
 
+    push = commands.add_parser("push", help="push an image (or every tag of a repository)")
+    push.add_argument("reference")
+    push.add_argument("-q", "--quiet", action="store_true", help="print only the digest(s)")
+    push.set_defaults(handler=_push)
+
+    tag = commands.add_parser("tag", help="give an image another name")
+    tag.add_argument("source")
+    tag.add_argument("target")
+    tag.set_defaults(handler=_tag)
+
+    rmi = commands.add_parser("rmi", help="untag images, removing what nothing names")
+    rmi.add_argument("reference", nargs="+")
+    rmi.add_argument("-f", "--force", action="store_true", help="remove by ID even if tagged")
+    rmi.set_defaults(handler=_rmi)
+
     images = commands.add_parser("images", help="list images")
     images.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     images.add_argument("--no-trunc", action="store_true", help="full image IDs")
@@ -121,6 +136,67 @@ def _pull(args: argparse.Namespace) -> int:
     else:
         show(messages)
     return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from ferryd.errors import InvalidReferenceError
+    from ferryd.reference import parse_reference
+
+    try:
+        reference = parse_reference(args.reference, default_tag=False)
+    except InvalidReferenceError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    if reference.digest is not None:
+        print("Error: push takes a tag, not a digest", file=sys.stderr)
+        return 1
+    params = {"tag": reference.tag} if reference.tag else {}
+    headers = {"X-Registry-Auth": _registry_auth(reference.domain)}
+    path = f"/images/{reference.name}/push"
+    messages = Client(args.host).stream("POST", path, params, headers)
+    if args.quiet:
+        for message in messages:
+            if "error" in message:
+                raise StreamError(message["error"])
+            if "aux" in message:
+                print(message["aux"]["Digest"])
+    else:
+        show(messages)
+    return 0
+
+
+def _tag(args: argparse.Namespace) -> int:
+    from ferryd.errors import InvalidReferenceError
+    from ferryd.reference import parse_reference
+
+    try:
+        target = parse_reference(args.target)
+    except InvalidReferenceError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    if target.digest is not None or target.tag is None:
+        print("Error: the target must be a tag, not a digest", file=sys.stderr)
+        return 1
+    params = {"repo": target.name, "tag": target.tag}
+    Client(args.host).request("POST", f"/images/{args.source}/tag", params).read()
+    return 0
+
+
+def _rmi(args: argparse.Namespace) -> int:
+    client = Client(args.host)
+    failed = False
+    for name in args.reference:
+        params = {"force": "1"} if args.force else {}
+        try:
+            records = json.loads(client.request("DELETE", f"/images/{name}", params).read())
+        except DaemonError as exc:
+            print(str(exc), file=sys.stderr)
+            failed = True
+            continue
+        for record in records:
+            for key, value in record.items():
+                print(f"{key}: {value}")
+    return 1 if failed else 0
 
 
 def _images(args: argparse.Namespace) -> int:

@@ -131,54 +131,50 @@ class UploadManager:
     async def _push_layer(
         self, client: RegistryClient, layer: StoreLayer, family: Family, progress: Broadcast
     ) -> Uploaded:
+        """Cheapest first: the repository has it, a mount from a sibling, an upload."""
         compression = await anyio.to_thread.run_sync(lambda: layer.compression)
-        if compression is Compression.NONE:
-            return await self._push_compressed_tar(client, layer, family, progress)
-        digest = layer.blob_digest
-        media_type = layer_media_type(family, compression)
-        blob_size = layer.record.compressed_size
-        if await client.blob_size(digest) is not None:
-            return Uploaded(digest, 0, blob_size, media_type, "exists")
+        plain = compression is Compression.NONE
+        media_type = layer_media_type(family, Compression.GZIP if plain else compression)
+        # The digests this layer may have in the registry: the stored blob's, or for a
+        # plain tar, those of earlier gzipped uploads that V2 metadata remembers.
+        known = [
+            meta
+            for meta in self._metadata.get(layer.diff_id)
+            if meta.registry == client.endpoint.domain
+            and (meta.digest != layer.blob_digest if plain else meta.digest == layer.blob_digest)
+        ]
+        candidates = (
+            list(dict.fromkeys(meta.digest for meta in known)) if plain else [layer.blob_digest]
+        )
+        for digest in candidates:
+            size = await client.blob_size(digest)
+            if size is not None:
+                return Uploaded(
+                    digest, 0, size or self._size_of(layer, digest), media_type, "exists"
+                )
         location = None
-        for source in self._mount_sources(client, layer.diff_id, digest):
-            location = await client.mount_blob(digest, source)
+        for meta in known:
+            if meta.repository == client.repository:
+                continue
+            location = await client.mount_blob(meta.digest, meta.repository)
             if location is None:
-                return Uploaded(digest, 0, blob_size, media_type, "mounted", source)
+                size = self._size_of(layer, meta.digest) or await client.blob_size(meta.digest)
+                return Uploaded(meta.digest, 0, size or 0, media_type, "mounted", meta.repository)
             break  # a refused mount opened an upload session: use it
         layer_id = short_id(layer.diff_id)
-        await client.upload_blob(
-            digest,
-            blob_size,
-            lambda: _read_file(layer, progress, layer_id, blob_size),
-            location,
-        )
-        return Uploaded(digest, blob_size, blob_size, media_type, "pushed")
+        if plain:
+            gzip = _GzipStream(layer, progress, layer_id)
+            await client.upload_blob(lambda: gzip.digest, None, gzip.chunks, location)
+            return Uploaded(gzip.digest, gzip.size, gzip.size, media_type, "pushed")
+        size = layer.record.compressed_size
+        body = lambda: _read_file(layer, progress, layer_id, size)  # noqa: E731
+        await client.upload_blob(layer.blob_digest, size, body, location)
+        return Uploaded(layer.blob_digest, size, size, media_type, "pushed")
 
-    def _mount_sources(self, client: RegistryClient, diff_id: Digest, digest: Digest) -> list[str]:
-        """Other repositories of the same registry that V2 metadata says hold `digest`."""
-        return [
-            meta.repository
-            for meta in self._metadata.get(diff_id)
-            if meta.registry == client.endpoint.domain
-            and meta.repository != client.repository
-            and meta.digest == digest
-        ]
-
-    async def _push_compressed_tar(
-        self, client: RegistryClient, layer: StoreLayer, family: Family, progress: Broadcast
-    ) -> Uploaded:
-        """A plain tar is gzipped on the way: first look for an earlier upload of it."""
-        media_type = layer_media_type(family, Compression.GZIP)
-        registry = client.endpoint.domain
-        for meta in self._metadata.get(layer.diff_id):
-            if meta.registry != registry or meta.digest == layer.blob_digest:
-                continue
-            size = await client.blob_size(meta.digest)
-            if meta.repository == client.repository and size is not None:
-                return Uploaded(meta.digest, 0, size, media_type, "exists")
-        gzip = _GzipStream(layer, progress, short_id(layer.diff_id))
-        await client.upload_blob(lambda: gzip.digest, None, gzip.chunks)
-        return Uploaded(gzip.digest, gzip.size, gzip.size, media_type, "pushed")
+    @staticmethod
+    def _size_of(layer: StoreLayer, digest: Digest) -> int:
+        """The size of the stored blob, when `digest` is it (0 when unknown here)."""
+        return layer.record.compressed_size if digest == layer.blob_digest else 0
 
 
 async def _read_file(

@@ -141,7 +141,10 @@ class RegistryClient:
         """HEAD a blob: its size when the repository has it, None when not."""
         what = f"blob {digest}"
         response = await self._send("HEAD", self._url(f"blobs/{digest}"), what, {})
-        await response.aclose()
+        try:
+            await response.aread()  # error_for reads the (empty) body
+        finally:
+            await response.aclose()
         if response.status_code == 404:
             return None
         if response.status_code >= 400:

@@ -68,5 +68,14 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
 
 @pytest.fixture
+def docker_config(tmp_path: Path) -> Path:
+    """An empty docker CLI config directory (no logins unless a test writes them)."""
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    (config / "config.json").write_text("{}")
+    return config
+
+
+@pytest.fixture
 def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
     return start_daemon()

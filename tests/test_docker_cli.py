@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import trustme
 
 from conftest import PASSWORD, USER
 from support.daemon import Daemon
+from support.docker_cli import docker
 from support.images import LayerSpec, PlatformSpec, build_image, build_index, seed
 from support.registry import Registry
 
@@ -22,33 +22,6 @@ pytestmark = [
     pytest.mark.docker_cli,
     pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed"),
 ]
-
-
-def docker(
-    daemon: Daemon, *args: str, config: Path, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["docker", "-H", daemon.host, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "DOCKER_CONFIG": str(config),
-            "HOME": str(config),
-        },
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-@pytest.fixture
-def docker_config(tmp_path: Path) -> Path:
-    config = tmp_path / "docker-config"
-    config.mkdir()
-    (config / "config.json").write_text("{}")
-    return config
 
 
 def test_docker_pull_images_and_inspect(

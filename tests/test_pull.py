@@ -346,10 +346,7 @@ def test_connection_cut_mid_layer_resumes_with_range(
             target=lambda: result.append(daemon.pull(f"{registry.host}/cut/app:v1"))
         )
         puller.start()
-        deadline = time.monotonic() + 30
-        while not (partial.exists() and partial.stat().st_size > 1_000_000):
-            assert time.monotonic() < deadline, "download never started"
-            time.sleep(0.002)
+        wait_until_partial_has(partial, 1_000_000)
         assert registry.pid is not None
         os.kill(registry.pid, signal.SIGKILL)
         registry.stop()
@@ -415,10 +412,7 @@ def test_client_that_goes_away_cancels_its_download_and_the_next_pull_resumes(
         response = daemon.client().request(
             "POST", "/images/create", {"fromImage": f"{registry.host}/gone/app:v1"}
         )
-        deadline = time.monotonic() + 30
-        while not (partial.exists() and partial.stat().st_size > 1_000_000):
-            assert time.monotonic() < deadline, "download never started"
-            time.sleep(0.002)
+        wait_until_partial_has(partial, 1_000_000)
         response.close()  # the client hangs up mid-layer
 
         deadline = time.monotonic() + 30
@@ -453,10 +447,7 @@ def test_pull_interrupted_by_a_daemon_crash_resumes_after_restart(
             target=_pull_ignoring_errors, args=(daemon, f"{registry.host}/crash/app:v1")
         )
         puller.start()
-        deadline = time.monotonic() + 30
-        while not (partial.exists() and partial.stat().st_size > 1_000_000):
-            assert time.monotonic() < deadline, "download never started"
-            time.sleep(0.002)
+        wait_until_partial_has(partial, 1_000_000)
         assert daemon.process is not None
         daemon.process.kill()
         puller.join(30)
@@ -469,6 +460,14 @@ def test_pull_interrupted_by_a_daemon_crash_resumes_after_restart(
         assert ranged, "the pull after the restart did not resume from the partial file"
     finally:
         registry.stop()
+
+
+def wait_until_partial_has(partial: Path, size: int) -> None:
+    """Poll (finely: a loopback download is fast) until a partial download grows."""
+    deadline = time.monotonic() + 30
+    while not (partial.exists() and partial.stat().st_size > size):
+        assert time.monotonic() < deadline, "download never started"
+        time.sleep(0.002)
 
 
 def _pull_ignoring_errors(daemon: Daemon, ref: str) -> None:

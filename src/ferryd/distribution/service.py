@@ -40,6 +40,25 @@ class ImageService:
             return given
         return self.saved_credentials.get(domain, given)
 
+    def _common(
+        self,
+        reference: Reference,
+        progress: ProgressOutput,
+        credentials: Credentials,
+        meta_headers: Mapping[str, str] | None,
+    ) -> dict[str, Any]:
+        """The seed's Config fields, shared by pull and push."""
+        return {
+            "connector": self.connector,
+            "image_store": self.store.images,
+            "metadata_store": self.store.metadata,
+            "reference_store": self.store.references,
+            "progress": progress,
+            "event_logger": self.event_logger,
+            "credentials": self.credentials_for(reference.domain, credentials),
+            "meta_headers": dict(meta_headers or {}),
+        }
+
     async def pull(
         self,
         reference: Reference,
@@ -50,14 +69,7 @@ class ImageService:
         meta_headers: Mapping[str, str] | None = None,
     ) -> PullResult:
         config = PullConfig(
-            connector=self.connector,
-            image_store=self.store.images,
-            metadata_store=self.store.metadata,
-            reference_store=self.store.references,
-            progress=progress,
-            event_logger=self.event_logger,
-            credentials=self.credentials_for(reference.domain, credentials),
-            meta_headers=dict(meta_headers or {}),
+            **self._common(reference, progress, credentials, meta_headers),
             download_manager=self.downloads,
             platform=platform or self.default_platform,
         )
@@ -72,14 +84,7 @@ class ImageService:
         meta_headers: Mapping[str, str] | None = None,
     ) -> list[PushResult]:
         config = PushConfig(
-            connector=self.connector,
-            image_store=self.store.images,
-            metadata_store=self.store.metadata,
-            reference_store=self.store.references,
-            progress=progress,
-            event_logger=self.event_logger,
-            credentials=self.credentials_for(reference.domain, credentials),
-            meta_headers=dict(meta_headers or {}),
+            **self._common(reference, progress, credentials, meta_headers),
             layer_provider=StoreLayerProvider(self.store.layers, self.store.blobs),
             upload_manager=self.uploads,
         )

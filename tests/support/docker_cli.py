@@ -1,0 +1,27 @@
+"""Run the docker CLI against the daemon's socket, with its own config directory."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from .daemon import Daemon
+
+
+def docker(
+    daemon: Daemon, *args: str, config: Path, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        ["docker", "-H", daemon.host, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "DOCKER_CONFIG": str(config),
+            "HOME": str(config),
+        },
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result

@@ -1,0 +1,380 @@
+"""What the pull and push benchmarks share: the images, /proc sampling, runs, reporting.
+
+Not run by itself: `bench/pull.py` (what `make bench` runs) and `bench/push.py` import it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
+
+from support.images import LayerSpec, blob_path, build_image, layout_descriptor  # noqa: E402
+from support.registry import SKOPEO_BIN, Registry, skopeo_env, skopeo_workdir  # noqa: E402
+
+MiB = 1 << 20
+CACHE_VERSION = 1  # bump when the way images are built changes
+SAMPLE_INTERVAL = 0.020  # seconds between two VmRSS samples
+TICKS = os.sysconf("SC_CLK_TCK")
+DAEMON_SETTINGS: dict[str, Any] = {"log_level": "warning"}
+
+
+class BenchFailed(Exception):
+    """A pull or push failed, or did not do what the benchmark must measure."""
+
+
+# -- the images ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    name: str  # the repository in the registry, and the cache directory
+    layers: list[LayerSpec]
+    about: str
+
+
+def image_specs(quick: bool) -> tuple[ImageSpec, ImageSpec]:
+    """(the multi-layer image, the one-big-layer image).
+
+    Hex text compresses to ~57% with gzip -6 and ~52% with zstd -3: the compressors
+    have real work to do, unlike random bytes (one layer of those stands in for
+    already-compressed content: wheels, jars, images).
+    """
+    if quick:
+        multi = ImageSpec(
+            "bench/quick-multi",
+            [
+                LayerSpec(size=48 * MiB, compressible=True, seed=1),
+                LayerSpec(size=16 * MiB, compressible=True, compression="zstd", seed=2),
+                LayerSpec(size=8 * MiB, seed=3),
+            ],
+            "3 layers (2 gzip, 1 zstd)",
+        )
+        big = ImageSpec(
+            "bench/quick-big",
+            [LayerSpec(size=192 * MiB, compressible=True, seed=10)],
+            "1 gzip layer",
+        )
+        return multi, big
+    multi = ImageSpec(
+        "bench/multi",
+        [
+            LayerSpec(size=290 * MiB, compressible=True, seed=1),  # ~165 MiB gzip
+            LayerSpec(size=120 * MiB, compressible=True, seed=2),  # ~68 MiB gzip
+            LayerSpec(size=48 * MiB, seed=3),  # random: ~48 MiB gzip
+            LayerSpec(size=100 * MiB, compressible=True, compression="zstd", seed=4),  # ~52
+            LayerSpec(size=80 * MiB, compressible=True, seed=5),  # ~46 MiB gzip
+        ],
+        "5 layers (4 gzip, 1 zstd)",
+    )
+    big = ImageSpec(
+        "bench/big",
+        [LayerSpec(size=1800 * MiB, compressible=True, seed=10)],  # ~1.0 GiB gzip
+        "1 gzip layer",
+    )
+    return multi, big
+
+
+@dataclass
+class Built:
+    name: str
+    about: str
+    layout: Path
+    blobs: list[str]  # digests of config and layers
+    layer_bytes: int  # compressed, as transferred
+    uncompressed_bytes: int
+    layer_sizes: list[int]
+
+    @property
+    def transfer_bytes(self) -> int:
+        return self.layer_bytes
+
+    @property
+    def manifest_digest(self) -> str:
+        """The digest of the image's manifest, as built (tag "latest" of the layout)."""
+        return str(layout_descriptor(self.layout, "latest")["digest"])
+
+    def blob_size(self, digest: str) -> int:
+        return blob_path(self.layout, digest).stat().st_size
+
+
+def _cache_key(spec: ImageSpec) -> str:
+    return json.dumps(
+        {"version": CACHE_VERSION, "layers": [asdict(layer) for layer in spec.layers]},
+        sort_keys=True,
+    )
+
+
+def build_cached(spec: ImageSpec, images_dir: Path) -> Built:
+    """The image's OCI layout, built unless the cache already holds this very spec."""
+    directory = images_dir / spec.name.replace("/", "-")
+    stamp = directory / "built.json"
+    key = _cache_key(spec)
+    if stamp.exists():
+        info = json.loads(stamp.read_text())
+        layout = directory / "layout"
+        if info.get("key") == key and all(blob_path(layout, d).exists() for d in info["blobs"]):
+            return Built(spec.name, spec.about, layout, **info["built"])
+    shutil.rmtree(directory, ignore_errors=True)
+    layout = directory / "layout"
+    started = time.perf_counter()
+    log(f"building {spec.name} ({spec.about}) in {layout} ...")
+    image = build_image(layout, layers=spec.layers)
+    built: dict[str, Any] = {
+        "blobs": [image.config_digest, *(layer.digest for layer in image.layers)],
+        "layer_bytes": sum(layer.size for layer in image.layers),
+        "uncompressed_bytes": sum(layer.uncompressed_size for layer in image.layers),
+        "layer_sizes": [layer.size for layer in image.layers],
+    }
+    stamp.write_text(json.dumps({"key": key, "blobs": built["blobs"], "built": built}, indent=1))
+    log(f"built {spec.name}: {mib(built['layer_bytes'])} in {time.perf_counter() - started:.0f}s")
+    return Built(spec.name, spec.about, layout, **built)
+
+
+def build_all(specs: tuple[ImageSpec, ...], images_dir: Path) -> list[Built]:
+    """Build what is missing, one process per image, so both cores compress."""
+    if all(_is_cached(spec, images_dir) for spec in specs):
+        return [build_cached(spec, images_dir) for spec in specs]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(len(specs), os.cpu_count() or 1)) as pool:
+        return list(pool.map(build_cached, specs, [images_dir] * len(specs)))
+
+
+def _is_cached(spec: ImageSpec, images_dir: Path) -> bool:
+    stamp = images_dir / spec.name.replace("/", "-") / "built.json"
+    return stamp.exists() and json.loads(stamp.read_text()).get("key") == _cache_key(spec)
+
+
+# -- /proc ---------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + sys CPU seconds of every thread of `pid` so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # After the command: state is field 3, utime 14 and stime 15 (1-based, man proc).
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "Threads"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+class RssSampler:
+    """Samples VmRSS of `pid` every 20 ms in a thread until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kib = 0
+        self.samples = 0
+        self.max_threads = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                values = memory_kib(self.pid)
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            self.peak_kib = max(self.peak_kib, values.get("VmRSS", 0))
+            self.max_threads = max(self.max_threads, values.get("Threads", 0))
+            self.samples += 1
+            if self._stop.wait(SAMPLE_INTERVAL):
+                return
+
+
+# -- one run -------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    tool: str
+    image: str
+    seconds: float
+    bytes: int
+    cpu_seconds: float  # of the puller/pusher (daemon or skopeo) during the run
+    peak_rss_kib: int  # sampled (ferryd) or ru_maxrss (skopeo)
+    hwm_kib: int = 0  # VmHWM at the end (ferryd)
+    idle_rss_kib: int = 0  # VmRSS before the pull (ferryd)
+    registry_cpu_seconds: float = 0.0
+    threads: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mb_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds
+
+    @property
+    def cores(self) -> float:
+        return self.cpu_seconds / self.seconds
+
+    @property
+    def registry_cores(self) -> float:
+        return self.registry_cpu_seconds / self.seconds
+
+
+def run_json(runs: list[Run]) -> list[dict[str, Any]]:
+    return [asdict(r) | {"mb_s": r.mb_s, "cores": r.cores} for r in runs]
+
+
+# -- skopeo --------------------------------------------------------------------------
+
+
+@dataclass
+class Timed:
+    seconds: float
+    cpu_seconds: float  # user + sys, from wait4
+    max_rss_kib: int
+    registry_cpu_seconds: float
+
+
+def run_skopeo_timed(registry: Registry, args: list[str], what: str) -> Timed:
+    """Run `skopeo ARGS` hermetically (per-registry policy, config and temp dir) and time
+    it; its CPU time and peak RSS come from wait4, the registry's CPU from /proc."""
+    workdir = skopeo_workdir(registry)
+    env = skopeo_env(workdir)
+    command = [
+        SKOPEO_BIN,
+        f"--policy={workdir / 'policy.json'}",
+        f"--registries.d={workdir / 'registries.d'}",
+        f"--tmpdir={env['TMPDIR']}",
+        *args,
+    ]
+    registry_cpu = cpu_seconds(registry.pid or 0)
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    registry_cpu = cpu_seconds(registry.pid or 0) - registry_cpu
+    process.returncode = os.waitstatus_to_exitcode(status)
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    if process.returncode != 0:
+        raise BenchFailed(f"{what} failed ({process.returncode}): {stderr}")
+    return Timed(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, registry_cpu)
+
+
+# -- py-spy --------------------------------------------------------------------------
+
+
+def py_spy_bin() -> str | None:
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+def start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    binary = py_spy_bin()
+    assert binary is not None
+    log(f"py-spy record --pid {pid} -> {output}")
+    command = [binary, "record", "--pid", str(pid), "--threads", "--rate", "200"]
+    command += ["--format", "raw", "--output", str(output), "--nonblocking"]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # let it attach before the pull starts
+    return spy
+
+
+def stop_py_spy(spy: subprocess.Popen[bytes]) -> None:
+    spy.send_signal(signal.SIGINT)
+    spy.wait(30)
+
+
+def summarize_profile(path: Path, top: int = 15) -> str:
+    """Self time by function and time by thread, from py-spy's collapsed stacks."""
+    own: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        threads[frames[0]] += count
+        own[frames[-1]] += count
+    if not total:
+        return "(no samples)"
+    lines = [f"{total} samples; by thread:"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in threads.most_common(8)]
+    lines.append("self time by function:")
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
+    return "\n".join(lines)
+
+
+# -- reporting -----------------------------------------------------------------------
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def log_run(label: str, run: Run) -> None:
+    log(
+        f"{label} {run.tool:6}: {run.seconds:6.2f}s {run.mb_s:5.0f} MB/s  "
+        f"cpu {run.cores:.2f}  rss {run.peak_rss_kib // 1024} MiB"
+    )
+
+
+def mib(n: float) -> str:
+    return f"{n / MiB:.0f} MiB"
+
+
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+
+
+def ab_rows(a: list[Run], b: list[Run]) -> list[str]:
+    """The table rows both benchmarks share: wall time, MB/s, CPU, registry CPU, RSS."""
+    return [
+        f"| wall s, min / median / max | {spread([r.seconds for r in a])} "
+        f"| {spread([r.seconds for r in b])} |",
+        f"| MB/s, min / median / max | {spread([r.mb_s for r in a], '{:.0f}')} "
+        f"| {spread([r.mb_s for r in b], '{:.0f}')} |",
+        f"| CPU per wall s (median) | {statistics.median(r.cores for r in a):.2f} "
+        f"| {statistics.median(r.cores for r in b):.2f} |",
+        f"| registry CPU per wall s (median) "
+        f"| {statistics.median(r.registry_cores for r in a):.2f} "
+        f"| {statistics.median(r.registry_cores for r in b):.2f} |",
+        f"| peak RSS (max over runs) | {max(r.peak_rss_kib for r in a) / 1024:.0f} MiB "
+        f"| {max(r.peak_rss_kib for r in b) / 1024:.0f} MiB |",
+    ]
+
+
+def ratio_line(a: list[Run], b: list[Run]) -> str:
+    med_a = statistics.median(r.seconds for r in a)
+    med_b = statistics.median(r.seconds for r in b)
+    return (
+        f"Ratio of medians, ferryd / skopeo wall time: **{med_a / med_b:.2f}** "
+        f"(ferryd {'faster' if med_a < med_b else 'slower'})."
+    )

@@ -124,3 +124,14 @@ def test_cli_push_refuses_a_digest(daemon: Daemon) -> None:
 
     assert result.returncode == 1
     assert "not a digest" in result.stderr
+
+
+def test_serve_with_an_unusable_root_says_why_without_a_traceback(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+
+    result = ferryd("serve", "--root", str(blocker / "root"), "--socket", str(tmp_path / "s"))
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert str(blocker) in result.stderr

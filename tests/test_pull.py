@@ -474,3 +474,26 @@ def _pull_ignoring_errors(daemon: Daemon, ref: str) -> None:
     """A pull whose daemon is about to die: how the stream ends does not matter."""
     with contextlib.suppress(Exception):
         daemon.pull(ref)
+
+
+def test_pull_by_digest_into_a_new_repository_name_reports_a_newer_image(
+    registry: Registry, daemon: Daemon, layout: Path
+) -> None:
+    built = build_image(layout, layers=[LayerSpec(size=1000, seed=73)])
+    seed(registry, layout, "latest", "renamed/one:v1")
+    seed(registry, layout, "latest", "renamed/two:v1")
+    assert errors(daemon.pull(f"{registry.host}/renamed/one:v1")) == []
+    ref = f"{registry.host}/renamed/two@{built.manifest_digest}"
+
+    messages = daemon.pull(ref)
+
+    assert messages[-1] == {"status": f"Status: Downloaded newer image for {ref}"}
+    assert daemon.pull(ref)[-1] == {"status": f"Status: Image is up to date for {ref}"}
+
+
+def test_a_failed_pull_is_one_structured_log_event(registry: Registry, daemon: Daemon) -> None:
+    [error] = errors(daemon.pull(f"{registry.host}/nothing/here:v1"))
+
+    [event] = daemon.log_events("image.pull_failed")
+    assert event["reference"] == f"{registry.host}/nothing/here:v1"
+    assert event["error"] == error

@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from ferryd.config import load_settings
-    from ferryd.errors import ConfigError
+    from ferryd.errors import ConfigError, FerrydError
 
     overrides: dict[str, object] = {
         "root": args.root,
@@ -111,6 +111,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ferryd: {exc}", file=sys.stderr)
         return 2
+    except FerrydError as exc:
+        print(f"ferryd: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"ferryd: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

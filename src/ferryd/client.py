@@ -66,6 +66,9 @@ class Client:
             raise DaemonError(
                 f"cannot connect to the ferryd daemon at unix://{self.path} ({reason})"
             ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise DaemonError(f"the connection to the daemon failed: {exc}") from None
         if response.status >= 400:
             with response:
                 body = response.read()
@@ -88,6 +91,9 @@ class Client:
     ) -> Iterator[dict[str, Any]]:
         """The JSON messages of a progress stream, one at a time."""
         response = self.request(method, path, params, headers)
-        for line in response:
-            if line.strip():
-                yield json.loads(line)
+        try:
+            for line in response:
+                if line.strip():
+                    yield json.loads(line)
+        except (OSError, ValueError, http.client.HTTPException):
+            raise DaemonError("the connection to the daemon was lost") from None

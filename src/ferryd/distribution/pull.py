@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 import anyio
+import structlog
 
 from ferryd.digest import Digest, chain_ids
 from ferryd.distribution.config import DownloadDescriptor, DownloadStats, PullConfig
@@ -13,6 +14,7 @@ from ferryd.distribution.progress import Message
 from ferryd.errors import (
     AccessDeniedError,
     AuthenticationError,
+    FerrydError,
     ImageConfigError,
     ManifestError,
 )
@@ -31,6 +33,8 @@ from ferryd.registry.manifests import (
 from ferryd.store import Store
 from ferryd.store.images import MAX_CONFIG_SIZE, RootFS
 
+log = structlog.get_logger("ferryd.pull")
+
 
 @dataclass(frozen=True, slots=True)
 class PullResult:
@@ -40,7 +44,25 @@ class PullResult:
 
 
 async def pull(reference: Reference, config: PullConfig, store: Store) -> PullResult:
-    """Pull `reference` into the store, reporting progress to `config.progress`."""
+    """Pull `reference` into the store, reporting progress to `config.progress`.
+
+    A failure is logged as one `image.pull_failed` event, then raised.
+    """
+    started = time.monotonic()
+    try:
+        return await _pull(reference, config, store)
+    except FerrydError as exc:
+        log.warning(
+            "image.pull_failed",
+            action="pull",
+            reference=str(reference),
+            error=str(exc),
+            seconds=round(time.monotonic() - started, 3),
+        )
+        raise
+
+
+async def _pull(reference: Reference, config: PullConfig, store: Store) -> PullResult:
     started = time.monotonic()
     progress = config.progress
     tag_or_digest = reference.digest or reference.tag or "latest"
@@ -70,6 +92,8 @@ async def pull(reference: Reference, config: PullConfig, store: Store) -> PullRe
             + ")"
         )
     image_id = Digest(config_descriptor.digest)
+    if not image_id.startswith("sha256:"):
+        raise ManifestError(f"image config digest {image_id} is not sha256 (it is the image ID)")
     stats = DownloadStats()
     if store.images.record(image_id) is None:
         await _pull_image(
@@ -77,8 +101,8 @@ async def pull(reference: Reference, config: PullConfig, store: Store) -> PullRe
         )
     else:
         stats.reused = len(image.layers)
-    previous = await anyio.to_thread.run_sync(_tag, store, config, reference, top.digest, image_id)
-    updated = stats.fetched > 0 or previous != image_id
+    changed = await anyio.to_thread.run_sync(_tag, store, config, reference, top.digest, image_id)
+    updated = stats.fetched > 0 or changed
     progress.write(Message(f"Digest: {top.digest}"))
     if updated:
         progress.write(Message(f"Status: Downloaded newer image for {reference.familiar}"))
@@ -158,13 +182,14 @@ async def _pull_image(
 
 def _tag(
     store: Store, config: PullConfig, reference: Reference, digest: Digest, image_id: Digest
-) -> Digest | None:
-    """Record the references a pull makes: the tag (if any) and repo@digest."""
+) -> bool:
+    """Record the references a pull makes (the tag, if any, and repo@digest); did any
+    of them change? (docker's "Downloaded newer image" vs "Image is up to date")."""
     references = config.reference_store
     if references is None:
-        return image_id
+        return False
     with store.db.transaction():
-        references.add(reference.repository().with_digest(digest), image_id)
+        changed = references.add(reference.repository().with_digest(digest), image_id) != image_id
         if reference.tag is not None and reference.digest is None:
-            return references.add(reference, image_id)
-        return image_id
+            changed |= references.add(reference, image_id) != image_id
+        return changed

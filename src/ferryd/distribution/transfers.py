@@ -129,6 +129,9 @@ class TransferPool(Generic[K, R]):
             transfer.error = FerrydError(f"{self._action} of {name} failed: {exc!r}")
             log.exception("transfer.crashed", **fields)
         finally:
+            if transfer.result is None and transfer.error is None:
+                # Cancelled from outside (the daemon is stopping): say so to the watchers.
+                transfer.error = TransientRegistryError(f"{self._action} of {name} was cancelled")
             del self._transfers[key]
             transfer.done.set()
 

@@ -290,7 +290,13 @@ class RegistryClient:
             if response.status_code not in (301, 302, 303, 307, 308) or not location:
                 return response
             await response.aclose()
-            url = urljoin(url, location)
+            try:
+                url = urljoin(url, location)
+                urlsplit(url)
+            except ValueError:
+                raise RegistryProtocolError(
+                    f"{self.endpoint.domain}: redirect to an invalid Location {location!r}"
+                ) from None
             if response.status_code == 303:
                 method = "GET"
         raise RegistryProtocolError(f"{self.endpoint.domain}: more than {MAX_REDIRECTS} redirects")

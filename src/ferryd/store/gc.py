@@ -15,7 +15,8 @@ def remove_image(store: Store, image_id: Digest) -> list[Digest]:
     """Delete the image, its references and manifests, and every layer no other image
     uses (unless a transfer holds it); returns the deleted layers' ChainIDs."""
     with store.db.transaction():
-        candidates = {image_id, *(d for d, _, _ in store.manifests_for(image_id))}
+        rows = store.db.all("SELECT digest FROM manifests WHERE image_id = ?", (image_id,))
+        candidates = {image_id, *(Digest(r["digest"]) for r in rows)}
         store.db.execute("DELETE FROM refs WHERE image_id = ?", (image_id,))
         store.db.execute("DELETE FROM manifests WHERE image_id = ?", (image_id,))
         store.db.execute("DELETE FROM images WHERE id = ?", (image_id,))

@@ -95,17 +95,23 @@ class DownloadManager:
                 self._layers.release(chain)
             held.clear()
 
+        pinned: list[Digest] = []  # blobs chosen, kept from removal until registered
         try:
             wanted: dict[int, DownloadDescriptor] = {}
             for index, (layer, chain) in enumerate(zip(layers, chains, strict=True)):
+                # Hold first, then look: a removal between the two cannot take it.
+                self._layers.hold(chain)
                 if self._layers.get(chain) is not None:
-                    self._layers.hold(chain)
                     held.append(chain)
                     progress.write(Message("Already exists", short_id(layer.descriptor.digest)))
                     stats.reused += 1
                 else:
+                    self._layers.release(chain)
                     wanted[index] = layer
                     progress.write(Message("Pulling fs layer", short_id(layer.descriptor.digest)))
+            for layer in wanted.values():
+                pinned.append(Digest(layer.descriptor.digest))
+                self._blobs.pin(pinned[-1])
             results: dict[int, BlobInfo] = {}
             ready = {index: anyio.Event() for index in wanted}
             with single_errors():
@@ -130,6 +136,9 @@ class DownloadManager:
         except BaseException:
             release()
             raise
+        finally:
+            for digest in pinned:
+                self._blobs.unpin(digest)
         return RootFS(diff_ids + [d.diff_id for d in layers]), release
 
     def _register(self, parent: Digest | None, layer: DownloadDescriptor, info: BlobInfo) -> Layer:

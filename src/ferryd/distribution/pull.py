@@ -169,6 +169,10 @@ async def _pull_image(
 
         def commit() -> None:
             size = sum(store.layers.size_of(chain) for chain in chain_ids(final.diff_ids))
+            # Blobs first, fsync'd outside the transaction: the database lock is never
+            # held across a disk flush. Inside it, `put` finds them stored.
+            store.blobs.put(raw_config, image_id)
+            store.blobs.put(manifest.raw)
             with store.db.transaction():
                 config.image_store.put(
                     raw_config, media_type=config_descriptor.mediaType, size=size

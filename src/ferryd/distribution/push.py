@@ -116,6 +116,7 @@ async def _push_tag(
     config.progress.write(Message(aux={"Tag": tag.tag, "Digest": digest, "Size": len(raw)}))
 
     def record_push() -> None:
+        store.blobs.put(raw)  # outside the transaction: no fsync under the database lock
         with store.db.transaction():
             store.add_manifest(digest, image_id, media_type, raw)
             if config.reference_store is not None:

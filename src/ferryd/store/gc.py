@@ -28,7 +28,8 @@ def remove_image(store: Store, image_id: Digest) -> list[Digest]:
         kept |= set(store.images.ids())
         kept |= {Digest(r["digest"]) for r in store.db.all("SELECT digest FROM manifests")}
     for blob in candidates - kept:
-        store.blobs.delete(blob)
+        if not store.blobs.pinned(blob):  # a pull is about to register a layer on it
+            store.blobs.delete(blob)
     return [layer.chain_id for layer in unused]
 
 

@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
@@ -525,3 +525,191 @@ class Recorder:
 
     def statuses(self) -> list[str]:
         return [m.status for m in self.messages]
+
+
+# -- uploads --------------------------------------------------------------------------
+#
+# The server above reads request bodies by Content-Length only; an upload compressed on
+# the way is sent chunked. `serve_uploads` runs the same server with a reader that also
+# takes chunked bodies, and `UploadRegistry` adds the push half of the distribution API.
+
+_UPLOADS = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/")
+_UPLOAD = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<session>[^/]+)")
+
+
+class _ChunkedReader(_Reader):
+    """A reader that also takes `Transfer-Encoding: chunked` request bodies."""
+
+    async def _line(self) -> bytes | None:
+        while b"\r\n" not in self._buffer:
+            if not await self._fill():
+                return None
+        line, _, self._buffer = self._buffer.partition(b"\r\n")
+        return line
+
+    async def request(self) -> Request | None:
+        request = await super().request()
+        if request is None or request.headers.get("transfer-encoding", "").lower() != "chunked":
+            return request
+        body = bytearray()
+        while True:
+            line = await self._line()
+            if line is None:
+                return None
+            size = int(line.split(b";")[0], 16)
+            if size == 0:
+                while line:  # trailers, up to the empty line
+                    line = await self._line()
+                    if line is None:
+                        return None
+                break
+            while len(self._buffer) < size + 2:
+                if not await self._fill():
+                    return None
+            body += self._buffer[:size]
+            self._buffer = self._buffer[size + 2 :]
+        request.body = bytes(body)
+        return request
+
+
+class ChunkedServer(FakeServer):
+    """A FakeServer whose requests may have chunked bodies (plain HTTP only)."""
+
+    async def connection(self, stream: ByteStream) -> None:
+        self.connections += 1
+        try:
+            reader = _ChunkedReader(stream)
+            while True:
+                try:
+                    request = await reader.request()
+                except _NotHTTP:
+                    self.rejected += 1
+                    return
+                if request is None:
+                    return
+                self.requests.append(request)
+                reply = await self.handler(request)
+                if not await _send_reply(stream, request, reply):
+                    return
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
+            return
+        finally:
+            await anyio.aclose_forcefully(stream)
+
+
+@dataclass
+class UploadSession:
+    repository: str
+    state: int = 0  # bumped by every PATCH, as a registry's `_state` token changes
+    data: bytearray = field(default_factory=bytearray)
+
+    @property
+    def token(self) -> str:
+        return f"st{self.state}+/=="  # characters a query must encode
+
+
+class UploadRegistry(FakeRegistry):
+    """A FakeRegistry that takes pushes: blobs per repository, upload sessions
+    (POST, PATCH, PUT ?digest=, with a `_state` token that must come back), cross-
+    repository mounts (refused with a new session when `allow_mounts` is False) and
+    manifest PUTs. Locations are absolute URLs, as distribution sends them.
+    """
+
+    def __init__(self, *, auth: Literal["none", "basic", "bearer"] = "none") -> None:
+        super().__init__(auth=auth)
+        self.repositories: dict[str, dict[str, bytes]] = {}
+        self.sessions: dict[str, UploadSession] = {}
+        self.allow_mounts = True
+        self._sessions_opened = 0
+
+    def add_repo_blob(self, repository: str, data: bytes) -> Digest:
+        digest = self.add_blob(data)
+        self.repositories.setdefault(repository, {})[digest] = data
+        return digest
+
+    def repo_blobs(self, repository: str) -> dict[str, bytes]:
+        return self.repositories.get(repository, {})
+
+    def answer(self, request: Request) -> Reply:
+        if not request.path.startswith("/v2/") or request.path == "/v2/":
+            return super().answer(request)
+        denied = self._check_auth(request)
+        if denied is not None:
+            return denied
+        if request.method == "POST" and (match := _UPLOADS.fullmatch(request.path)):
+            return self._start_upload(request, match["name"])
+        if request.method in ("PATCH", "PUT") and (match := _UPLOAD.fullmatch(request.path)):
+            return self._continue_upload(request, match["name"], match["session"])
+        if request.method == "PUT" and (match := _MANIFEST.fullmatch(request.path)):
+            return self._put_manifest(request, match["name"], match["reference"])
+        if request.method in ("GET", "HEAD") and (match := _BLOB.fullmatch(request.path)):
+            data = self.repo_blobs(match["name"]).get(match["digest"])
+            if data is None:
+                return registry_error(404, "BLOB_UNKNOWN", "blob unknown to registry")
+            return self.blob_reply(request, match["digest"], data)
+        return super().answer(request)
+
+    def _session_reply(self, status: int, name: str, session_id: str) -> Reply:
+        session = self.sessions[session_id]
+        query = urlencode({"_state": session.token})
+        location = f"{self.base_url}/v2/{name}/blobs/uploads/{session_id}?{query}"
+        end = max(len(session.data) - 1, 0)
+        headers = {"Location": location, "Docker-Upload-UUID": session_id, "Range": f"0-{end}"}
+        return Reply(status, headers)
+
+    def _start_upload(self, request: Request, name: str) -> Reply:
+        digest, source = request.query.get("mount"), request.query.get("from")
+        if digest and source and self.allow_mounts and digest in self.repo_blobs(source):
+            data = self.repo_blobs(source)[digest]
+            self.repositories.setdefault(name, {})[digest] = data
+            headers = {
+                "Location": f"{self.base_url}/v2/{name}/blobs/{digest}",
+                "Docker-Content-Digest": digest,
+            }
+            return Reply(201, headers)
+        self._sessions_opened += 1
+        session_id = f"session-{self._sessions_opened}"
+        self.sessions[session_id] = UploadSession(name)
+        return self._session_reply(202, name, session_id)
+
+    def _continue_upload(self, request: Request, name: str, session_id: str) -> Reply:
+        session = self.sessions.get(session_id)
+        if session is None or session.repository != name:
+            return registry_error(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown")
+        if request.query.get("_state") != session.token:
+            return registry_error(400, "BLOB_UPLOAD_INVALID", "invalid secret")
+        session.data += request.body
+        if request.method == "PATCH":
+            session.state += 1
+            return self._session_reply(202, name, session_id)
+        digest = request.query.get("digest", "")
+        if sha256(bytes(session.data)) != digest:
+            return registry_error(400, "DIGEST_INVALID", "provided digest did not match")
+        del self.sessions[session_id]
+        self.add_repo_blob(name, bytes(session.data))
+        headers = {
+            "Location": f"{self.base_url}/v2/{name}/blobs/{digest}",
+            "Docker-Content-Digest": digest,
+        }
+        return Reply(201, headers)
+
+    def _put_manifest(self, request: Request, name: str, reference: str) -> Reply:
+        media_type = request.headers.get("content-type", "")
+        digest = self.add_manifest(request.body, media_type, reference)
+        headers = {
+            "Location": f"{self.base_url}/v2/{name}/manifests/{digest}",
+            "Docker-Content-Digest": digest,
+        }
+        return Reply(201, headers)
+
+
+@asynccontextmanager
+async def serve_uploads(registry: FakeRegistry) -> AsyncIterator[FakeServer]:
+    """`serve_registry` on a server that also reads chunked request bodies."""
+    server = ChunkedServer(registry, None)
+    listener = await anyio.create_tcp_listener(local_host=LOOPBACK, local_port=0)
+    async with listener, background() as tg:
+        server.port = listener.extra(SocketAttribute.local_port)
+        registry.base_url = server.url
+        tg.start_soon(listener.serve, server.connection)
+        yield server

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import anyio
@@ -43,6 +43,14 @@ _MEDIA_TYPES: dict[tuple[Family, Compression], str] = {
     ("oci", Compression.GZIP): OCI_LAYER_GZIP,
     ("oci", Compression.ZSTD): OCI_LAYER_ZSTD,
     ("oci", Compression.NONE): OCI_LAYER,
+}
+# A transfer is shared by pushes of either family: it runs as "oci" (which has a media
+# type for every compression) and each caller gets the media type of its own family.
+_TRANSFER_FAMILY: Family = "oci"
+_COMPRESSION_OF = {
+    media_type: compression
+    for (family, compression), media_type in _MEDIA_TYPES.items()
+    if family == _TRANSFER_FAMILY
 }
 _GZIP_LEVEL = 1  # isal level 1: ~240 MB/s at nearly zlib's default ratio
 
@@ -101,10 +109,15 @@ class UploadManager:
         """Make sure the client's repository has `layer`; say how it got there."""
         registry, repository = client.endpoint.domain, client.repository
         layer_id = short_id(layer.diff_id)
+        compression = await anyio.to_thread.run_sync(lambda: layer.compression)
+        # Before joining: a layer this family cannot describe fails this push only.
+        layer_media_type(
+            family, Compression.GZIP if compression is Compression.NONE else compression
+        )
 
         async def work(progress: Broadcast) -> Uploaded:
             result = await with_retries(
-                lambda: self._push_layer(client, layer, family, progress),
+                lambda: self._push_layer(client, layer, _TRANSFER_FAMILY, progress),
                 attempts=self._max_attempts,
                 delay=self._retry_delay,
                 progress=progress,
@@ -120,13 +133,15 @@ class UploadManager:
                 progress.write(Message("Pushed", layer_id))
             return result
 
-        return await self._transfers.join(
+        result = await self._transfers.join(
             (registry, repository, layer.diff_id),
             progress,
             work,
             name=f"{registry}/{repository}@{layer.diff_id}",
             progress_id=layer_id,
         )
+        media_type = layer_media_type(family, _COMPRESSION_OF[result.media_type])
+        return replace(result, media_type=media_type)
 
     async def _push_layer(
         self, client: RegistryClient, layer: StoreLayer, family: Family, progress: Broadcast

@@ -149,7 +149,11 @@ class RegistryClient:
             return None
         if response.status_code >= 400:
             raise error_for(response, what, self.endpoint.domain)
-        return _content_length(response) or 0
+        length = _content_length(response)
+        if length is None:
+            # The manifest must give every layer's size: an unknown one is no answer.
+            raise RegistryProtocolError(f"{what}: HEAD answered without a Content-Length")
+        return length
 
     async def mount_blob(self, digest: Digest, source: str) -> str | None:
         """Ask the registry to link `digest` from repository `source` into this one.

@@ -1,8 +1,9 @@
-"""The byte pipeline: hash, decompress and write a layer blob in one pass.
+"""The byte pipeline: write and hash a layer blob, decompress it and hash the result.
 
-Each `LayerSink.write` call takes a batch of about 1 MiB and is meant to run in a worker
-thread: sha256 (OpenSSL), inflate (isal) and zstd all release the GIL, so two layers
-keep both cores busy while the event loop only moves bytes.
+A `LayerSink` takes batches of about 1 MiB in two stages meant for two worker threads
+(`store`: write + blob hash; `inflate`: decompress + DiffID hash, the hash itself in a
+third thread). sha256 (OpenSSL), inflate (isal) and zstd all release the GIL, so one
+layer keeps more than one core busy while the event loop only moves bytes.
 """
 
 from __future__ import annotations

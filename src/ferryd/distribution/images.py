@@ -9,7 +9,7 @@ from ferryd.distribution.config import ImageEventLogger
 from ferryd.errors import FerrydError, ImageNotFoundError
 from ferryd.reference import Reference, parse_reference
 from ferryd.store import Store
-from ferryd.store.gc import remove_image
+from ferryd.store.gc import delete_blobs, remove_image
 
 
 class ConflictError(FerrydError):
@@ -50,8 +50,8 @@ def remove(store: Store, name: str, *, force: bool, log: ImageEventLogger) -> li
                 )
             for reference in references:
                 records += _untag(store, reference, image_id, log)
-    # Its own transaction, committed before any blob file goes.
-    deleted = remove_image(store, image_id)
+        deleted, blobs = remove_image(store, image_id)
+    delete_blobs(store, blobs)  # only once the rows are gone for good
     log(image_id, name, "delete")
     records.append({"Deleted": image_id})
     records += [{"Deleted": chain} for chain in deleted]

@@ -11,26 +11,33 @@ from ferryd.store.layers import Layer
 from ferryd.store.store import Store
 
 
-def remove_image(store: Store, image_id: Digest) -> list[Digest]:
-    """Delete the image, its references and manifests, and every layer no other image
-    uses (unless a transfer holds it); returns the deleted layers' ChainIDs."""
-    with store.db.transaction():
-        rows = store.db.all("SELECT digest FROM manifests WHERE image_id = ?", (image_id,))
-        candidates = {image_id, *(Digest(r["digest"]) for r in rows)}
-        store.db.execute("DELETE FROM refs WHERE image_id = ?", (image_id,))
-        store.db.execute("DELETE FROM manifests WHERE image_id = ?", (image_id,))
-        store.db.execute("DELETE FROM images WHERE id = ?", (image_id,))
-        unused = _unused_layers(store)
-        for layer in unused:
-            store.layers.delete(layer.chain_id)
-            candidates.add(layer.blob_digest)
-        kept = {layer.blob_digest for layer in store.layers.all()}
-        kept |= set(store.images.ids())
-        kept |= {Digest(r["digest"]) for r in store.db.all("SELECT digest FROM manifests")}
-    for blob in candidates - kept:
+def remove_image(store: Store, image_id: Digest) -> tuple[list[Digest], set[Digest]]:
+    """Delete the image's rows (references, manifests, the image) and every layer no
+    other image uses and no transfer holds; call inside a transaction.
+
+    Returns the deleted layers' ChainIDs and the blobs nothing references any more:
+    pass those to `delete_blobs` once the transaction has committed.
+    """
+    rows = store.db.all("SELECT digest FROM manifests WHERE image_id = ?", (image_id,))
+    candidates = {image_id, *(Digest(r["digest"]) for r in rows)}
+    store.db.execute("DELETE FROM refs WHERE image_id = ?", (image_id,))
+    store.db.execute("DELETE FROM manifests WHERE image_id = ?", (image_id,))
+    store.db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+    unused = _unused_layers(store)
+    for layer in unused:
+        store.layers.delete(layer.chain_id)
+        candidates.add(layer.blob_digest)
+    kept = {layer.blob_digest for layer in store.layers.all()}
+    kept |= set(store.images.ids())
+    kept |= {Digest(r["digest"]) for r in store.db.all("SELECT digest FROM manifests")}
+    return [layer.chain_id for layer in unused], candidates - kept
+
+
+def delete_blobs(store: Store, blobs: set[Digest]) -> None:
+    """Remove blob files whose rows are gone (after the commit)."""
+    for blob in blobs:
         if not store.blobs.pinned(blob):  # a pull is about to register a layer on it
             store.blobs.delete(blob)
-    return [layer.chain_id for layer in unused]
 
 
 def _unused_layers(store: Store) -> list[Layer]:

@@ -9,12 +9,29 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ferryd import __version__
 from ferryd.client import Client, DaemonError
-from ferryd.display import StreamError, show
+from ferryd.display import StreamError, drain, show
 from ferryd.units import human_size
+
+if TYPE_CHECKING:
+    from ferryd.reference import Reference
+
+
+class UsageError(Exception):
+    """The command line names something that cannot be: said before any request."""
+
+
+def _reference(text: str, *, default_tag: bool = True) -> Reference:
+    from ferryd.errors import InvalidReferenceError
+    from ferryd.reference import parse_reference
+
+    try:
+        return parse_reference(text, default_tag=default_tag)
+    except InvalidReferenceError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.handler(args)
         return result
-    except (DaemonError, StreamError) as exc:
-        print(f"Error: {exc}" if isinstance(exc, StreamError) else str(exc), file=sys.stderr)
+    except (DaemonError, StreamError, UsageError) as exc:
+        print(str(exc) if isinstance(exc, DaemonError) else f"Error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -121,23 +138,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from ferryd.errors import InvalidReferenceError
-    from ferryd.reference import parse_reference
-
-    try:
-        reference = parse_reference(args.reference)
-    except InvalidReferenceError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
+    reference = _reference(args.reference)
     params = {"fromImage": str(reference)}
     if args.platform:
         params["platform"] = args.platform
     headers = {"X-Registry-Auth": _registry_auth(reference.domain)}
     messages = Client(args.host).stream("POST", "/images/create", params, headers)
     if args.quiet:
-        for message in messages:
-            if "error" in message:
-                raise StreamError(message["error"])
+        drain(messages)
         print(reference.familiar)
     else:
         show(messages)
@@ -145,44 +153,25 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from ferryd.errors import InvalidReferenceError
-    from ferryd.reference import parse_reference
-
-    try:
-        reference = parse_reference(args.reference, default_tag=False)
-    except InvalidReferenceError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
+    reference = _reference(args.reference, default_tag=False)
     if reference.digest is not None:
-        print("Error: push takes a tag, not a digest", file=sys.stderr)
-        return 1
+        raise UsageError("push takes a tag, not a digest")
     params = {"tag": reference.tag} if reference.tag else {}
     headers = {"X-Registry-Auth": _registry_auth(reference.domain)}
     path = f"/images/{reference.name}/push"
     messages = Client(args.host).stream("POST", path, params, headers)
     if args.quiet:
-        for message in messages:
-            if "error" in message:
-                raise StreamError(message["error"])
-            if "aux" in message:
-                print(message["aux"]["Digest"])
+        for aux in drain(messages):
+            print(aux["Digest"])
     else:
         show(messages)
     return 0
 
 
 def _tag(args: argparse.Namespace) -> int:
-    from ferryd.errors import InvalidReferenceError
-    from ferryd.reference import parse_reference
-
-    try:
-        target = parse_reference(args.target)
-    except InvalidReferenceError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
+    target = _reference(args.target)
     if target.digest is not None or target.tag is None:
-        print("Error: the target must be a tag, not a digest", file=sys.stderr)
-        return 1
+        raise UsageError("the target must be a tag, not a digest")
     params = {"repo": target.name, "tag": target.tag}
     Client(args.host).request("POST", f"/images/{args.source}/tag", params).read()
     return 0

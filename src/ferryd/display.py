@@ -19,6 +19,17 @@ def show(messages: Iterable[dict[str, Any]], out: TextIO | None = None) -> dict[
     return _plain(messages, out)
 
 
+def drain(messages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Read a stream without showing it: its `aux` payloads; raise StreamError on an error."""
+    payloads = []
+    for message in messages:
+        if "error" in message:
+            raise StreamError(message["error"])
+        if "aux" in message:
+            payloads.append(message["aux"])
+    return payloads
+
+
 def _line(message: dict[str, Any]) -> str:
     text = str(message.get("status", ""))
     if message.get("progress"):

@@ -132,7 +132,7 @@ class FakeServer:
                 except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream):
                     self.rejected += 1
                     return
-            reader = _Reader(stream)
+            reader = self._reader(stream)
             while True:
                 try:
                     request = await reader.request()
@@ -155,6 +155,10 @@ class FakeServer:
             return  # the client went away: its business
         finally:
             await anyio.aclose_forcefully(stream)
+
+    def _reader(self, stream: ByteStream) -> _Reader:
+        """How requests are read off a connection (subclasses read more kinds)."""
+        return _Reader(stream)
 
 
 class _Reader:
@@ -573,28 +577,10 @@ class _ChunkedReader(_Reader):
 
 
 class ChunkedServer(FakeServer):
-    """A FakeServer whose requests may have chunked bodies (plain HTTP only)."""
+    """A FakeServer whose requests may have chunked bodies."""
 
-    async def connection(self, stream: ByteStream) -> None:
-        self.connections += 1
-        try:
-            reader = _ChunkedReader(stream)
-            while True:
-                try:
-                    request = await reader.request()
-                except _NotHTTP:
-                    self.rejected += 1
-                    return
-                if request is None:
-                    return
-                self.requests.append(request)
-                reply = await self.handler(request)
-                if not await _send_reply(stream, request, reply):
-                    return
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
-            return
-        finally:
-            await anyio.aclose_forcefully(stream)
+    def _reader(self, stream: ByteStream) -> _Reader:
+        return _ChunkedReader(stream)
 
 
 @dataclass

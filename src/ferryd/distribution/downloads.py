@@ -218,11 +218,17 @@ class DownloadManager:
         except ContentError:
             # Retrying the same bytes cannot help, and they must never be resumed.
             await anyio.to_thread.run_sync(sink.restart)
-            self._blobs.discard_partial(digest)
+            await anyio.to_thread.run_sync(self._blobs.discard_partial, digest)
             raise
         finally:
-            sink.close()
-            await anyio.to_thread.run_sync(self._blobs.discard_partial_if_empty, digest)
+            # Off the loop (closing waits for the DiffID hash thread), and shielded: a
+            # cancelled transfer must still close its file.
+            def close() -> None:
+                sink.close()
+                self._blobs.discard_partial_if_empty(digest)
+
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(close)
 
     async def _fetch(
         self, fetcher: BlobFetcher, layer: DownloadDescriptor, sink: LayerSink, progress: Broadcast

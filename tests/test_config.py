@@ -346,3 +346,48 @@ def test_every_error_is_a_config_error_never_a_traceback(config: ConfigFile) -> 
     for text in ["= 1", "a.b.c = 1", "root = [1, 2]", 'root = "x"\n[[root]]', "\x00"]:
         with pytest.raises(ConfigError):
             config.load(text)
+
+
+# Mirrors, socket group, shutdown
+
+
+def test_mirrors_are_read_per_registry(config: ConfigFile) -> None:
+    settings = config.load(
+        '[registry_mirrors]\n"docker.io" = ["https://a.example", "http://b.example:5000/v"]\n'
+        '"reg.example:5000" = ["https://c.example"]\n'
+    )
+
+    assert settings.registry_mirrors == {
+        "docker.io": ["https://a.example", "http://b.example:5000/v"],
+        "reg.example:5000": ["https://c.example"],
+    }
+
+
+@pytest.mark.parametrize(
+    "url", ["mirror.example", "ftp://mirror.example", "https://", "https://u:p@m.example"]
+)
+def test_a_mirror_that_is_not_an_http_url_is_refused(config: ConfigFile, url: str) -> None:
+    message = config.error(f'[registry_mirrors]\n"docker.io" = ["{url}"]\n')
+
+    assert 'registry_mirrors."docker.io"' in message
+    assert url in message
+
+
+def test_mirrors_must_be_a_list_of_urls(config: ConfigFile) -> None:
+    message = config.error('[registry_mirrors]\n"docker.io" = "https://m.example"\n')
+
+    assert "registry_mirrors" in message
+    assert "array" in message
+
+
+def test_socket_group_and_shutdown_timeout_are_read(config: ConfigFile) -> None:
+    settings = config.load('socket_group = "ferryd"\nshutdown_timeout = 2.5\n')
+
+    assert (settings.socket_group, settings.shutdown_timeout) == ("ferryd", 2.5)
+
+
+def test_a_negative_shutdown_timeout_is_refused(config: ConfigFile) -> None:
+    message = config.error("shutdown_timeout = -1\n")
+
+    assert "shutdown_timeout" in message
+    assert "-1" in message

@@ -12,6 +12,7 @@ import json
 import re
 import tomllib
 import typing
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -37,6 +38,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     root: NonEmpty = str(DEFAULT_ROOT)
     socket: NonEmpty = str(DEFAULT_SOCKET)
     socket_mode: str = "0660"  # octal, checked by `load_settings`
+    socket_group: str = ""  # a group name or number; "" = the daemon's own group
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     max_concurrent_downloads: Positive = 3
@@ -45,12 +47,18 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_upload_attempts: Positive = 5
     retry_delay: Seconds = 5.0
     insecure_registries: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_INSECURE))
+    # Registry domain ("docker.io", "host:5000") → mirror base URLs, tried in order
+    # before the registry itself by pulls.
+    registry_mirrors: dict[str, list[str]] = msgspec.field(default_factory=dict)
     certs_dir: str = "/etc/ferryd/certs.d"
     credentials_file: str = ""
     default_platform: str = ""
     proxy: str = ""
     connect_timeout: Timeout = 30.0
     read_timeout: Timeout = 60.0
+    # SIGTERM/SIGINT: seconds running pulls and pushes get to finish before they are
+    # cancelled (their partial downloads are kept for the next pull).
+    shutdown_timeout: Seconds = 30.0
 
     @property
     def root_path(self) -> Path:
@@ -107,12 +115,27 @@ def _validate(data: dict[str, object], where: str) -> Settings:
             f'{where}: socket_mode: expected an octal file mode such as "0660", '
             f"got {_show(settings.socket_mode)}"
         )
+    for domain, mirrors in settings.registry_mirrors.items():
+        for url in mirrors:
+            problem = _mirror_problem(url)
+            if problem:
+                raise ConfigError(f"{where}: registry_mirrors.{_show(domain)}: {problem}")
     if settings.default_platform:
         try:
             parse_platform(settings.default_platform)
         except InvalidPlatformError as exc:
             raise ConfigError(f"{where}: default_platform: {exc}") from None
     return settings
+
+
+def _mirror_problem(url: str) -> str:
+    """Why `url` cannot be a mirror's base URL ("" when it can)."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        return f'expected a URL such as "https://mirror.example.com", got {_show(url)}'
+    if parsed.query or parsed.fragment or parsed.username or parsed.password:
+        return f"a mirror URL has no query, fragment or credentials, got {_show(url)}"
+    return ""
 
 
 def _as_list(value: object) -> list[object]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime
 import json
 import os
+import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +107,23 @@ def _parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="show an image's details as JSON")
     inspect.add_argument("reference", nargs="+")
     inspect.set_defaults(handler=_inspect)
+
+    ps = commands.add_parser("ps", help="list running downloads and uploads")
+    ps.set_defaults(handler=_ps)
+
+    events = commands.add_parser("events", help="show image events as they happen")
+    events.add_argument("--since", help="replay events since: Unix time, RFC 3339 or 10m/2h")
+    events.add_argument("--until", help="stop at: Unix time, RFC 3339 or 10m/2h ago")
+    events.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="event=pull, image=NAME, type=image (repeatable)",
+    )
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.set_defaults(handler=_events)
     return parser
 
 
@@ -214,10 +234,91 @@ def _images(args: argparse.Namespace) -> int:
                     human_size(row["Size"], 3),
                 )
             )
+    _print_table(table)
+    return 0
+
+
+def _print_table(table: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for r in table:
         print("   ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip())
+
+
+def _ps(args: argparse.Namespace) -> int:
+    rows = Client(args.host).get_json("/transfers")
+    header = ("ACTION", "ID", "STATUS", "PROGRESS", "CLIENTS", "STARTED", "NAME")
+    table = [header] + [
+        (
+            row["Action"],
+            row["ID"],
+            row["Status"],
+            _progress(row["Current"], row["Total"]),
+            str(row["Watchers"]),
+            _ago(row["Started"]),
+            row["Name"],
+        )
+        for row in rows
+    ]
+    _print_table(table)
     return 0
+
+
+def _progress(current: int | None, total: int | None) -> str:
+    if current is None:
+        return "-"
+    if not total:
+        return human_size(current)
+    return f"{human_size(current)}/{human_size(total)} ({100 * current // total}%)"
+
+
+def _events(args: argparse.Namespace) -> int:
+    params: dict[str, str] = {}
+    for name in ("since", "until"):
+        value = getattr(args, name)
+        if value:
+            params[name] = _timestamp(value, name)
+    filters: dict[str, list[str]] = {}
+    for text in args.filter:
+        key, equals, value = text.partition("=")
+        if not equals or not key or not value:
+            raise UsageError(f"bad filter {text!r}: expected KEY=VALUE, e.g. event=pull")
+        filters.setdefault(key, []).append(value)
+    if filters:
+        params["filters"] = json.dumps(filters)
+    for event in Client(args.host).stream("GET", "/events", params):
+        if args.json:
+            print(json.dumps(event), flush=True)
+            continue
+        when = datetime.datetime.fromtimestamp(event["timeNano"] / 1e9, datetime.UTC).isoformat(
+            timespec="microseconds"
+        )
+        attributes = ", ".join(f"{k}={v}" for k, v in sorted(event["Actor"]["Attributes"].items()))
+        print(f"{when} {event['Type']} {event['Action']} {event['Actor']['ID']} ({attributes})")
+        sys.stdout.flush()
+    return 0
+
+
+_DURATION = re.compile(r"(?P<amount>\d+(?:\.\d+)?)(?P<unit>s|m|h)")
+
+
+def _timestamp(text: str, name: str) -> str:
+    """Unix seconds, an RFC 3339 time, or a duration ago (`10m`), as Unix seconds."""
+    text = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return text
+    duration = _DURATION.fullmatch(text)
+    if duration is not None:
+        seconds = float(duration["amount"]) * {"s": 1, "m": 60, "h": 3600}[duration["unit"]]
+        return f"{time.time() - seconds:.9f}"
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--{name} {text!r}: expected Unix seconds, an RFC 3339 time or a duration (10m)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return f"{moment.timestamp():.9f}"
 
 
 def _inspect(args: argparse.Namespace) -> int:

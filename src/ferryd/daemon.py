@@ -11,6 +11,7 @@ import structlog
 from ferryd import __version__, logs
 from ferryd.api.app import build_app
 from ferryd.api.serve import ApiServer, bind_unix_socket
+from ferryd.api.system import EngineState
 from ferryd.config import Settings
 from ferryd.distribution.downloads import DownloadManager
 from ferryd.distribution.service import ImageService
@@ -37,6 +38,8 @@ async def run(settings: Settings) -> None:
     credentials = (
         load_docker_config(Path(settings.credentials_file)) if settings.credentials_file else {}
     )
+    engine = EngineState(settings)
+    engine.events.bind()
     sock = bind_unix_socket(settings.socket_path, int(settings.socket_mode, 8))
     try:
         async with anyio.create_task_group() as tg:
@@ -61,14 +64,16 @@ async def run(settings: Settings) -> None:
                 connector=connector,
                 downloads=downloads,
                 uploads=uploads,
-                event_logger=logs.log_image_event,
+                event_logger=engine.events,
                 default_platform=(
                     parse_platform(settings.default_platform) if settings.default_platform else None
                 ),
                 saved_credentials=credentials,
             )
-            server = ApiServer(build_app(service), sock)
-            tg.start_soon(_stop_on_signal, server)
+            server = ApiServer(
+                build_app(service, engine), sock, grace=settings.shutdown_timeout + 5
+            )
+            tg.start_soon(_stop_on_signal, server, engine)
             log.info(
                 "daemon.ready", version=__version__, root=settings.root, socket=settings.socket
             )
@@ -82,9 +87,25 @@ async def run(settings: Settings) -> None:
         log.info("daemon.stopped")
 
 
-async def _stop_on_signal(server: ApiServer) -> None:
+async def _stop_on_signal(server: ApiServer, engine: EngineState) -> None:
+    """The first signal stops new requests and gives running ones the grace period;
+    a second one (or the end of the grace period) stops them at once."""
+    grace = engine.settings.shutdown_timeout
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("daemon.stopping", signal=signal.Signals(signum).name)
-            server.stop()
-            return
+        async with anyio.create_task_group() as tg:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if server.stopping:
+                    log.warning("daemon.stopping_now", signal=name)
+                    engine.stop_jobs.set()
+                    break
+                log.info("daemon.stopping", signal=name, grace_seconds=grace)
+                server.stop()
+                engine.events.close()  # event streams never end by themselves
+                tg.start_soon(_end_grace, engine, grace)
+
+
+async def _end_grace(engine: EngineState, grace: float) -> None:
+    await anyio.sleep(grace)
+    log.warning("daemon.grace_period_over")
+    engine.stop_jobs.set()

@@ -15,6 +15,11 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 
+_TRACEBACKS: dict[str, structlog.typing.Processor] = {
+    "json": structlog.processors.dict_tracebacks,
+    "console": structlog.processors.format_exc_info,
+}
+
 
 def configure(level: str = "info", fmt: Literal["json", "console"] = "json") -> None:
     renderer: structlog.typing.Processor = (
@@ -22,20 +27,20 @@ def configure(level: str = "info", fmt: Literal["json", "console"] = "json") -> 
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
     )
+    tracebacks = _TRACEBACKS[fmt]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks
-            if fmt == "json"
-            else structlog.processors.format_exc_info,
+            tracebacks,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
     )
+    _capture_stdlib_logging(level, tracebacks, renderer)
 
 
 _events = structlog.get_logger("ferryd.events")
@@ -44,3 +49,29 @@ _events = structlog.get_logger("ferryd.events")
 def log_image_event(image_id: str, name: str, action: str, **fields: object) -> None:
     """The seed's ImageEventLogger: one structured event per image action."""
     _events.info(f"image.{action}", action=action, image_id=image_id, reference=name, **fields)
+
+
+def _capture_stdlib_logging(
+    level: str, tracebacks: structlog.typing.Processor, renderer: structlog.typing.Processor
+) -> None:
+    """Libraries (uvicorn, httpx) log through `logging`: render them as ours, so every
+    line on stdout is one JSON object in JSON mode."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                tracebacks,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    # Library chatter (httpx logs every request at info) only at warning and above.
+    root.setLevel(max(_LEVELS[level], logging.WARNING))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform as host
 import re
 from typing import Any
 
@@ -10,13 +9,15 @@ import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ferryd import __version__
+from ferryd.api import system
+from ferryd.api.access_log import RequestLog
 from ferryd.api.shapes import image_inspect, image_summary
 from ferryd.api.streaming import ProgressStream
+from ferryd.api.system import API_VERSION, EngineState
 from ferryd.digest import parse_digest
 from ferryd.distribution.images import ConflictError
 from ferryd.distribution.progress import ProgressOutput
@@ -27,12 +28,10 @@ from ferryd.errors import (
     InvalidDigestError,
     InvalidReferenceError,
 )
-from ferryd.platforms import InvalidPlatformError, host_platform, parse_platform
+from ferryd.platforms import InvalidPlatformError, parse_platform
 from ferryd.reference import Reference, parse_reference, parse_repository
 from ferryd.registry.auth import ANONYMOUS, Credentials, decode_registry_auth
 
-API_VERSION = "1.47"
-MIN_API_VERSION = "1.24"
 _VERSION_PREFIX = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
 
 
@@ -41,44 +40,8 @@ def _service(request: Request) -> ImageService:
     return service
 
 
-def _engine_headers() -> dict[str, str]:
-    return {
-        "API-Version": API_VERSION,
-        "OSType": "linux",
-        "Docker-Experimental": "false",
-        "Server": f"ferryd/{__version__}",
-        "Cache-Control": "no-cache, no-store, must-revalidate",
-        "Pragma": "no-cache",
-    }
-
-
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"message": message}, status_code=status)
-
-
-async def ping(request: Request) -> Response:
-    return PlainTextResponse("" if request.method == "HEAD" else "OK", headers=_engine_headers())
-
-
-async def version(request: Request) -> Response:
-    details = {
-        "ApiVersion": API_VERSION,
-        "MinAPIVersion": MIN_API_VERSION,
-        "Os": "linux",
-        "Arch": host_platform().architecture,
-        "KernelVersion": host.release(),
-    }
-    return JSONResponse(
-        {
-            "Platform": {"Name": "ferryd"},
-            "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
-            "Version": __version__,
-            "GitCommit": "",
-            "GoVersion": f"python{host.python_version()}",
-            "BuildTime": "",
-            **details,
-        }
-    )
 
 
 async def create_image(request: Request) -> Response:
@@ -105,7 +68,7 @@ async def create_image(request: Request) -> Response:
             reference, progress, platform=wanted, credentials=credentials, meta_headers=meta
         )
 
-    return _Asgi(ProgressStream(job))
+    return _Asgi(ProgressStream(job, request.app.state.engine.stop_jobs))
 
 
 async def push_image(request: Request) -> Response:
@@ -124,7 +87,7 @@ async def push_image(request: Request) -> Response:
     async def job(progress: ProgressOutput) -> None:
         await service.push(reference, progress, credentials=credentials, meta_headers=meta)
 
-    return _Asgi(ProgressStream(job))
+    return _Asgi(ProgressStream(job, request.app.state.engine.stop_jobs))
 
 
 async def tag_image(request: Request) -> Response:
@@ -236,10 +199,13 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, "page not found")
 
 
-def build_app(service: ImageService) -> ASGIApp:
+def build_app(service: ImageService, engine: EngineState) -> ASGIApp:
     routes = [
-        Route("/_ping", ping, methods=["GET", "HEAD"]),
-        Route("/version", version, methods=["GET"]),
+        Route("/_ping", system.ping, methods=["GET", "HEAD"]),
+        Route("/version", system.version, methods=["GET"]),
+        Route("/info", system.info, methods=["GET"]),
+        Route("/events", system.events, methods=["GET"]),
+        Route("/transfers", system.transfers, methods=["GET"]),
         Route("/images/create", create_image, methods=["POST"]),
         Route("/images/json", list_images, methods=["GET"]),
         Route("/images/{name:path}/json", inspect_image, methods=["GET"]),
@@ -249,4 +215,5 @@ def build_app(service: ImageService) -> ASGIApp:
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _not_found})
     app.state.service = service
-    return StripVersion(app)
+    app.state.engine = engine
+    return RequestLog(StripVersion(app))

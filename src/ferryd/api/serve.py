@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import stat
@@ -11,6 +12,7 @@ from pathlib import Path
 import uvicorn
 from starlette.types import ASGIApp
 
+from ferryd.api.peers import PeerCredentialsProtocol
 from ferryd.errors import ConfigError
 
 
@@ -48,17 +50,19 @@ def bind_unix_socket(path: Path, mode: int) -> socket.socket:
 class ApiServer:
     """uvicorn without its signal handling or logging set-up: the daemon owns both."""
 
-    def __init__(self, app: ASGIApp, sock: socket.socket) -> None:
+    def __init__(self, app: ASGIApp, sock: socket.socket, *, grace: float = 35.0) -> None:
         config = uvicorn.Config(
             app,
             loop="none",
-            http="httptools",
+            http=PeerCredentialsProtocol,
             lifespan="off",
             log_config=None,
             access_log=False,
             server_header=False,
             date_header=True,
-            timeout_graceful_shutdown=5,
+            # A backstop only: the daemon ends running pulls and pushes itself when
+            # its grace period is over, telling their clients why.
+            timeout_graceful_shutdown=math.ceil(grace),
         )
         self._server = uvicorn.Server(config)
         self._sock = sock
@@ -68,5 +72,10 @@ class ApiServer:
         self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         await self._server.serve(sockets=[self._sock])
 
+    @property
+    def stopping(self) -> bool:
+        return self._server.should_exit
+
     def stop(self) -> None:
+        """Stop accepting; uvicorn waits for open requests, up to `grace` seconds."""
         self._server.should_exit = True

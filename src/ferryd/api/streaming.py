@@ -1,7 +1,8 @@
 """A response that streams docker's JSON progress messages while a job runs.
 
 The job runs in the response's own task group: when the client disconnects, the job
-is cancelled (and with it this client's hold on any shared transfer).
+is cancelled (and with it this client's hold on any shared transfer). When the daemon's
+shutdown grace period runs out, the job is cancelled too, and the client is told why.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ Job = Callable[[ProgressOutput], Awaitable[None]]
 class ProgressStream:
     """An ASGI response: 200, then one JSON message per line until the job ends."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, deadline: anyio.Event) -> None:
         self._job = job
+        self._deadline = deadline  # set when running jobs must stop (shutdown)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
@@ -51,12 +53,24 @@ class ProgressStream:
         async with sender:
             output = StreamOutput(sender)  # type: ignore[arg-type]
             try:
-                await self._job(output)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_cancel_when_set, self._deadline, tg.cancel_scope)
+                    await self._job(output)
+                    tg.cancel_scope.cancel()
+                if self._deadline.is_set():
+                    output.write(
+                        Message(error="ferryd is shutting down; run the command again to resume")
+                    )
             except FerrydError as exc:
                 output.write(Message(error=str(exc)))
             except Exception as exc:  # a bug: tell the client, keep the daemon
                 log.exception("api.job_crashed")
                 output.write(Message(error=f"internal error: {exc!r}"))
+
+
+async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

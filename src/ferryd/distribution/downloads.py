@@ -20,7 +20,7 @@ from ferryd.concurrency import single_errors
 from ferryd.digest import Digest, chain_ids, short_id
 from ferryd.distribution.config import BlobFetcher, DownloadDescriptor, DownloadStats
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
-from ferryd.distribution.transfers import TransferPool, with_retries
+from ferryd.distribution.transfers import TransferPool, TransferState, with_retries
 from ferryd.errors import (
     ContentError,
     DiffIDMismatchError,
@@ -72,6 +72,9 @@ class DownloadManager:
     @property
     def active(self) -> int:
         return self._transfers.active
+
+    def states(self) -> list[TransferState]:
+        return self._transfers.states()
 
     async def download(
         self,
@@ -185,7 +188,11 @@ class DownloadManager:
                 return await self._fetch_with_retries(fetcher, layer, progress)
 
         return await self._transfers.join(
-            (digest, layer.diff_id), progress, fetch, name=digest, progress_id=short_id(digest)
+            (digest, layer.diff_id),
+            progress,
+            fetch,
+            name=f"{layer.registry}/{layer.repository}@{digest}",
+            progress_id=short_id(digest),
         )
 
     @asynccontextmanager

@@ -33,8 +33,25 @@ R = TypeVar("R", bound=Moved)
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class TransferState:
+    """What `ferryd ps` shows of one running transfer."""
+
+    action: str  # download, upload
+    name: str
+    id: str  # the short ID progress messages use
+    status: str  # the latest progress message: Waiting, Downloading, Retrying in 2 seconds…
+    current: int | None
+    total: int | None
+    watchers: int
+    started: float  # Unix time
+
+
 @dataclass(eq=False)
 class Transfer(Generic[R]):
+    name: str
+    progress_id: str
+    started: float = field(default_factory=time.time)
     progress: Broadcast = field(default_factory=Broadcast)
     done: anyio.Event = field(default_factory=anyio.Event)
     watchers: int = 0
@@ -53,6 +70,24 @@ class TransferPool(Generic[K, R]):
     @property
     def active(self) -> int:
         return len(self._transfers)
+
+    def states(self) -> list[TransferState]:
+        states = []
+        for transfer in self._transfers.values():
+            last = transfer.progress.last
+            states.append(
+                TransferState(
+                    action=self._action,
+                    name=transfer.name,
+                    id=transfer.progress_id,
+                    status=last.status if last is not None else "Starting",
+                    current=last.current if last is not None else None,
+                    total=last.total if last is not None else None,
+                    watchers=transfer.watchers,
+                    started=transfer.started,
+                )
+            )
+        return states
 
     async def join(
         self,
@@ -74,9 +109,9 @@ class TransferPool(Generic[K, R]):
                 return transfer.result
             transfer = self._transfers.get(key)
         if transfer is None:
-            transfer = Transfer()
+            transfer = Transfer(name, progress_id)
             self._transfers[key] = transfer
-            self._task_group.start_soon(self._run, key, transfer, work, name, progress_id)
+            self._task_group.start_soon(self._run, key, transfer, work)
         transfer.watchers += 1
         transfer.progress.attach(progress)
         try:
@@ -96,16 +131,22 @@ class TransferPool(Generic[K, R]):
         key: K,
         transfer: Transfer[R],
         work: Callable[[Broadcast], Awaitable[R]],
-        name: str,
-        progress_id: str,
     ) -> None:
         """The transfer's own task, in the daemon's task group: never lets an error out."""
         started = time.monotonic()
+        name = transfer.name
         fields = {"action": self._action, "name": name}
+
+        def so_far() -> dict[str, object]:
+            """How far a transfer that did not finish got, for its log line."""
+            last = transfer.progress.last
+            moved = last.current if last is not None and last.current is not None else 0
+            return {"bytes": moved, "seconds": round(time.monotonic() - started, 3)}
+
         try:
             with transfer.scope:
                 if self._slots.value == 0:
-                    transfer.progress.write(Message("Waiting", progress_id))
+                    transfer.progress.write(Message("Waiting", transfer.progress_id))
                 async with self._slots:
                     log.info("transfer.start", **fields)
                     transfer.result = await work(transfer.progress)
@@ -121,10 +162,10 @@ class TransferPool(Generic[K, R]):
             if transfer.result is None:
                 # Every watcher went away; a download's partial file stays for later.
                 transfer.error = TransientRegistryError(f"{self._action} of {name} was cancelled")
-                log.info("transfer.cancelled", **fields)
+                log.info("transfer.cancelled", **fields, **so_far())
         except FerrydError as exc:
             transfer.error = exc
-            log.warning("transfer.failed", **fields, error=str(exc))
+            log.warning("transfer.failed", **fields, error=str(exc), **so_far())
         except Exception as exc:  # a bug must fail this request, not the daemon
             transfer.error = FerrydError(f"{self._action} of {name} failed: {exc!r}")
             log.exception("transfer.crashed", **fields)

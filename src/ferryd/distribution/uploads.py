@@ -22,7 +22,7 @@ from ferryd.codec import BATCH_SIZE, Compression
 from ferryd.digest import Digest, short_id
 from ferryd.distribution.layers import StoreLayer
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
-from ferryd.distribution.transfers import TransferPool, with_retries
+from ferryd.distribution.transfers import TransferPool, TransferState, with_retries
 from ferryd.errors import FerrydError
 from ferryd.registry.client import RegistryClient
 from ferryd.registry.manifests import (
@@ -98,6 +98,9 @@ class UploadManager:
     @property
     def active(self) -> int:
         return self._transfers.active
+
+    def states(self) -> list[TransferState]:
+        return self._transfers.states()
 
     async def upload(
         self,

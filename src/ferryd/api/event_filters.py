@@ -1,0 +1,92 @@
+"""`GET /events` parameters as dockerd reads them: `filters` JSON and Unix timestamps."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from ferryd.errors import FerrydError
+from ferryd.events import Event
+
+# Every filter dockerd knows. ferryd only has image events, so filters on other kinds
+# of object (container=, network=, …) match nothing, as they would on dockerd.
+_IMAGE_KEYS = {"type", "event", "image", "scope", "label"}
+_OTHER_KEYS = {
+    "config",
+    "container",
+    "daemon",
+    "network",
+    "node",
+    "plugin",
+    "secret",
+    "service",
+    "volume",
+}
+_TIMESTAMP = re.compile(r"(?P<seconds>-?\d+)(?:\.(?P<nanos>\d{1,9}))?")
+
+
+class EventFilterError(FerrydError):
+    """A `filters`, `since` or `until` parameter dockerd would refuse too (400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    filters: dict[str, set[str]]
+
+    @classmethod
+    def parse(cls, text: str) -> EventFilter:
+        """`{"type":["image"],"event":["pull"]}`, or the older `{"type":{"image":true}}`."""
+        if not text:
+            return cls({})
+        try:
+            raw = json.loads(text)
+        except ValueError:
+            raise EventFilterError(f"invalid filter: {text!r} is not JSON") from None
+        if not isinstance(raw, dict):
+            raise EventFilterError("invalid filter: expected a JSON object of filter lists")
+        filters: dict[str, set[str]] = {}
+        for key, values in raw.items():
+            if key not in _IMAGE_KEYS | _OTHER_KEYS:
+                raise EventFilterError(f"invalid filter '{key}'")
+            if isinstance(values, dict):
+                values = [value for value, on in values.items() if on]
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise EventFilterError(f"invalid filter '{key}': expected a list of strings")
+            if values:
+                filters[key] = set(values)
+        return cls(filters)
+
+    def matches(self, event: Event) -> bool:
+        if any(key in _OTHER_KEYS for key in self.filters):
+            return False
+        if "label" in self.filters:  # image labels are not part of ferryd's events
+            return False
+        checks = {
+            "type": {"image"},
+            "scope": {"local"},
+            "event": {event.action},
+            "image": _image_names(event),
+        }
+        return all(values & checks[key] for key, values in self.filters.items())
+
+
+def _image_names(event: Event) -> set[str]:
+    """What an `image=` filter may name: the ID, the reference, the repository."""
+    names = {event.actor_id, event.name}
+    for name in (event.actor_id, event.name):
+        repository, colon, tag = name.rpartition(":")
+        if colon and "/" not in tag:
+            names.add(repository)
+    return names
+
+
+def parse_time(text: str, name: str) -> int:
+    """`1700000000` or `1700000000.5` (what the docker CLI sends) → nanoseconds."""
+    match = _TIMESTAMP.fullmatch(text.strip())
+    if match is None:
+        raise EventFilterError(
+            f"invalid {name} value {text!r}: expected Unix seconds such as 1700000000.000000000"
+        )
+    nanos = (match["nanos"] or "").ljust(9, "0")
+    return int(match["seconds"]) * 1_000_000_000 + int(nanos)

@@ -1,0 +1,244 @@
+"""The engine's own routes: /_ping, /version, /info, /events (as dockerd's), /transfers.
+
+`/transfers` is ferryd's: the running downloads and uploads, for `ferryd ps`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform as host
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from ferryd import __version__
+from ferryd.api.event_filters import EventFilter, EventFilterError, parse_time
+from ferryd.config import Settings
+from ferryd.distribution.service import ImageService
+from ferryd.events import EventHub
+from ferryd.platforms import host_platform
+
+API_VERSION = "1.47"
+MIN_API_VERSION = "1.24"
+
+
+@dataclass
+class EngineState:
+    """What the system routes report; the daemon swaps `settings` on reload."""
+
+    settings: Settings
+    events: EventHub = field(default_factory=EventHub)
+    started: float = field(default_factory=time.time)
+    # Set when the shutdown grace period is over: running pulls and pushes stop.
+    stop_jobs: anyio.Event = field(default_factory=anyio.Event)
+
+
+def engine_headers() -> dict[str, str]:
+    return {
+        "API-Version": API_VERSION,
+        "OSType": "linux",
+        "Docker-Experimental": "false",
+        "Server": f"ferryd/{__version__}",
+        "Cache-Control": "no-cache, no-store, must-revalidate",
+        "Pragma": "no-cache",
+    }
+
+
+def _state(request: Request) -> EngineState:
+    state: EngineState = request.app.state.engine
+    return state
+
+
+def _service(request: Request) -> ImageService:
+    service: ImageService = request.app.state.service
+    return service
+
+
+async def ping(request: Request) -> Response:
+    return PlainTextResponse("" if request.method == "HEAD" else "OK", headers=engine_headers())
+
+
+async def version(request: Request) -> Response:
+    details = {
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "Os": "linux",
+        "Arch": host_platform().architecture,
+        "KernelVersion": host.release(),
+    }
+    return JSONResponse(
+        {
+            "Platform": {"Name": "ferryd"},
+            "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
+            "Version": __version__,
+            "GitCommit": "",
+            "GoVersion": f"python{host.python_version()}",
+            "BuildTime": "",
+            **details,
+        }
+    )
+
+
+async def info(request: Request) -> Response:
+    """`docker info`'s shape: no containers, ferryd's store, registries and limits."""
+    state = _state(request)
+    settings = state.settings
+    service = _service(request)
+    images = await anyio.to_thread.run_sync(lambda: len(service.store.images.ids()))
+    docker_io_mirrors = settings.registry_mirrors.get("docker.io", [])
+    return JSONResponse(
+        {
+            "ID": _machine_id(),
+            "Containers": 0,
+            "ContainersRunning": 0,
+            "ContainersPaused": 0,
+            "ContainersStopped": 0,
+            "Images": images,
+            "Driver": "ferryd",
+            "DriverStatus": [
+                ["Root Dir", settings.root],
+                ["Active downloads", str(service.downloads.active)],
+                ["Active uploads", str(service.uploads.active)],
+            ],
+            "Plugins": {"Volume": [], "Network": [], "Authorization": None, "Log": []},
+            "MemoryLimit": False,
+            "SwapLimit": False,
+            "CpuCfsPeriod": False,
+            "CpuCfsQuota": False,
+            "CPUShares": False,
+            "CPUSet": False,
+            "PidsLimit": False,
+            "IPv4Forwarding": False,
+            "Debug": settings.log_level == "debug",
+            "NFd": _open_files(),
+            "NGoroutines": 0,
+            "SystemTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "LoggingDriver": "",
+            "CgroupDriver": "none",
+            "NEventsListener": state.events.watchers,
+            "KernelVersion": host.release(),
+            "OperatingSystem": _os_name(),
+            "OSVersion": "",
+            "OSType": "linux",
+            "Architecture": host.machine(),
+            "IndexServerAddress": "https://index.docker.io/v1/",
+            "RegistryConfig": {
+                "InsecureRegistryCIDRs": settings.insecure_registries,
+                "IndexConfigs": {
+                    "docker.io": {
+                        "Name": "docker.io",
+                        "Mirrors": docker_io_mirrors,
+                        "Secure": True,
+                        "Official": True,
+                    }
+                },
+                "Mirrors": docker_io_mirrors,
+            },
+            "NCPU": os.cpu_count() or 1,
+            "MemTotal": _memory_total(),
+            "DockerRootDir": settings.root,
+            "HttpProxy": settings.proxy,
+            "HttpsProxy": settings.proxy,
+            "NoProxy": "",
+            "Name": socket.gethostname(),
+            "Labels": [],
+            "ExperimentalBuild": False,
+            "ServerVersion": __version__,
+            "Runtimes": {},
+            "DefaultRuntime": "",
+            "Swarm": {"LocalNodeState": "inactive", "ControlAvailable": False},
+            "LiveRestoreEnabled": False,
+            "Isolation": "",
+            "InitBinary": "",
+            "SecurityOptions": [],
+            "Warnings": [],
+        }
+    )
+
+
+async def events(request: Request) -> Response:
+    """`GET /events?since=&until=&filters=`: kept events first, then live ones.
+
+    With `until` in the past the answer ends after the replay; with `until` ahead it
+    ends then; without it, it goes on until the client leaves or the daemon stops.
+    """
+    query = request.query_params
+    now = time.time_ns()
+    try:
+        wanted = EventFilter.parse(query.get("filters", ""))
+        since = parse_time(query["since"], "since") if query.get("since") else None
+        until = parse_time(query["until"], "until") if query.get("until") else None
+    except EventFilterError as exc:
+        return JSONResponse({"message": str(exc)}, status_code=400)
+    hub = _state(request).events
+
+    async def lines() -> AsyncIterator[bytes]:
+        with hub.watch() as (kept, live):
+            if since is not None:
+                for event in kept:
+                    in_range = since <= event.time_nano and (
+                        until is None or event.time_nano <= until
+                    )
+                    if in_range and wanted.matches(event):
+                        yield msgspec.json.encode(event.to_docker()) + b"\n"
+            if until is not None and until <= now:
+                return
+            deadline = (until - now) / 1e9 if until is not None else None
+            with anyio.move_on_after(deadline):
+                async for event in live:
+                    if wanted.matches(event):
+                        yield msgspec.json.encode(event.to_docker()) + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/json", headers=engine_headers())
+
+
+async def transfers(request: Request) -> Response:
+    service = _service(request)
+    states = [*service.downloads.states(), *service.uploads.states()]
+    return JSONResponse(
+        [
+            {
+                "Action": state.action,
+                "Name": state.name,
+                "ID": state.id,
+                "Status": state.status,
+                "Current": state.current,
+                "Total": state.total,
+                "Watchers": state.watchers,
+                "Started": round(state.started, 3),
+            }
+            for state in sorted(states, key=lambda state: state.started)
+        ]
+    )
+
+
+def _machine_id() -> str:
+    with contextlib.suppress(OSError):
+        return Path("/etc/machine-id").read_text().strip()
+    return ""
+
+
+def _os_name() -> str:
+    with contextlib.suppress(OSError):
+        return host.freedesktop_os_release().get("PRETTY_NAME", "Linux")
+    return "Linux"
+
+
+def _memory_total() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return 0
+
+
+def _open_files() -> int:
+    with contextlib.suppress(OSError):
+        return len(os.listdir("/proc/self/fd"))
+    return 0

@@ -1,0 +1,125 @@
+"""Image events: logged, kept for replay, and fanned out to `GET /events` watchers.
+
+The hub is the daemon's ImageEventLogger. Every event becomes one structured log line
+(`image.<action>`) and one docker-shaped event. The last `keep` events stay in memory so
+that `docker events --since` can replay them, as dockerd's in-memory event log does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ferryd import logs
+from ferryd.errors import InvalidReferenceError
+from ferryd.reference import parse_reference
+
+# A watcher that falls this far behind is dropped rather than slowing the others.
+_WATCHER_BUFFER = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    action: str  # pull, push, tag, untag, delete
+    actor_id: str  # the image ID, or for pull/push the reference (as dockerd)
+    name: str  # the reference the action was about, familiar form
+    time_nano: int
+
+    def to_docker(self) -> dict[str, Any]:
+        """The JSON dockerd sends for an image event, legacy fields included."""
+        return {
+            "status": self.action,
+            "id": self.actor_id,
+            "Type": "image",
+            "Action": self.action,
+            "Actor": {"ID": self.actor_id, "Attributes": {"name": self.name}},
+            "scope": "local",
+            "time": self.time_nano // 1_000_000_000,
+            "timeNano": self.time_nano,
+        }
+
+
+@dataclass
+class EventHub:
+    keep: int = 1024
+    _recent: collections.deque[Event] = field(init=False)
+    _watchers: set[MemoryObjectSendStream[Event]] = field(init=False, default_factory=set)
+    _loop: asyncio.AbstractEventLoop | None = field(init=False, default=None)
+    _loop_thread: int | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._recent = collections.deque(maxlen=self.keep)
+
+    def bind(self) -> None:
+        """Remember the event loop: actions that run in worker threads (tag, rmi)
+        report from there, and watchers live on the loop."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+
+    def __call__(self, image_id: str, name: str, action: str, **fields: object) -> None:
+        logs.log_image_event(image_id, name, action, **fields)
+        # dockerd's choices: pull/push name the reference (ID) and its repository
+        # (name); tag/untag/delete name the image ID and the reference.
+        if action in ("pull", "push"):
+            event = Event(action, _familiar(name), _familiar(name, repository=True), time.time_ns())
+        else:
+            event = Event(action, image_id, _familiar(name), time.time_ns())
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            self._publish(event)
+        else:
+            self._loop.call_soon_threadsafe(self._publish, event)
+
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
+
+    def _publish(self, event: Event) -> None:
+        self._recent.append(event)
+        for watcher in list(self._watchers):
+            try:
+                watcher.send_nowait(event)
+            except anyio.WouldBlock:
+                watcher.close()
+                self._watchers.discard(watcher)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._watchers.discard(watcher)
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[tuple[list[Event], MemoryObjectReceiveStream[Event]]]:
+        """The events kept so far, and a stream of those that follow (no gap, no overlap:
+        both are taken in one step on the loop). The stream ends when the hub closes."""
+        sender, receiver = anyio.create_memory_object_stream[Event](_WATCHER_BUFFER)
+        self._watchers.add(sender)
+        try:
+            yield list(self._recent), receiver
+        finally:
+            self._watchers.discard(sender)
+            sender.close()
+            receiver.close()
+
+    def close(self) -> None:
+        """End every watcher's stream (the daemon is stopping)."""
+        for watcher in self._watchers:
+            watcher.close()
+        self._watchers.clear()
+
+
+def _familiar(name: str, *, repository: bool = False) -> str:
+    """`docker.io/library/busybox:latest` → `busybox:latest` (or `busybox`, the
+    repository); an image ID stays as it is."""
+    if name.startswith("sha256:"):
+        return name
+    try:
+        reference = parse_reference(name, default_tag=False)
+    except InvalidReferenceError:
+        return name
+    return reference.familiar_name if repository else reference.familiar

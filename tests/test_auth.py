@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from urllib.parse import parse_qsl
 
 import anyio
@@ -13,7 +12,6 @@ import pytest
 
 from ferryd.errors import (
     AuthenticationError,
-    ConfigError,
     RegistryUnreachableError,
     TransientRegistryError,
 )
@@ -22,10 +20,8 @@ from ferryd.registry.auth import (
     Challenge,
     Credentials,
     decode_registry_auth,
-    load_docker_config,
     parse_challenge,
     parse_challenges,
-    registry_domain,
 )
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import RegistryService
@@ -192,86 +188,6 @@ def test_credentials_repr_never_shows_secrets() -> None:
     for text in (repr(creds), str(creds), repr([creds]), repr({"c": creds})):
         assert "ann" in text
         assert "secret" not in text
-
-
-# -- load_docker_config ---------------------------------------------------------------
-
-
-def write_config(path: Path, auths: dict[str, object]) -> Path:
-    path.write_text(json.dumps({"auths": auths, "credsStore": "desktop"}))
-    return path
-
-
-def test_docker_config_keys_become_domains(tmp_path: Path) -> None:
-    def auth(user: str) -> dict[str, str]:
-        return {"auth": base64.b64encode(f"{user}:pw-{user}".encode()).decode()}
-
-    path = write_config(
-        tmp_path / "config.json",
-        {
-            "https://index.docker.io/v1/": auth("hub"),
-            "reg.example:5000": auth("plain"),
-            "https://Other.Example:5443/": auth("url"),
-            "http://10.0.0.1:5000/v2/": {"username": "ip", "password": "pw-ip"},
-            "quay.io": {"identitytoken": "tok"},
-        },
-    )
-    assert load_docker_config(path) == {
-        "docker.io": Credentials("hub", "pw-hub"),
-        "reg.example:5000": Credentials("plain", "pw-plain"),
-        "other.example:5443": Credentials("url", "pw-url"),
-        "10.0.0.1:5000": Credentials("ip", "pw-ip"),
-        "quay.io": Credentials(identity_token="tok"),
-    }
-
-
-@pytest.mark.parametrize(
-    ("server", "domain"),
-    [
-        ("https://index.docker.io/v1/", "docker.io"),
-        ("index.docker.io", "docker.io"),
-        ("https://registry-1.docker.io/v2/", "docker.io"),
-        ("docker.io", "docker.io"),
-        ("host:5000", "host:5000"),
-        ("https://host:5000/", "host:5000"),
-        ("  HOST.example  ", "host.example"),
-    ],
-)
-def test_registry_domain(server: str, domain: str) -> None:
-    assert registry_domain(server) == domain
-
-
-def test_docker_config_missing_file_is_empty(tmp_path: Path) -> None:
-    assert load_docker_config(tmp_path / "nope.json") == {}
-
-
-def test_docker_config_without_auths_is_empty(tmp_path: Path) -> None:
-    path = tmp_path / "config.json"
-    path.write_text('{"credsStore": "pass"}')
-    assert load_docker_config(path) == {}
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "{not json",
-        "",
-        "[]",
-        '{"auths": []}',
-        '{"auths": {"reg:5000": "user:pw"}}',
-        '{"auths": {"reg:5000": {"auth": "bm8tY29sb24="}}}',  # "no-colon"
-    ],
-)
-def test_docker_config_malformed_is_a_config_error(tmp_path: Path, text: str) -> None:
-    path = tmp_path / "config.json"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=str(path)):
-        load_docker_config(path)
-
-
-def test_docker_config_that_is_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError):
-        load_docker_config(tmp_path)
 
 
 # -- auth flows against a fake registry ---------------------------------------------

@@ -132,7 +132,9 @@ def test_a_second_signal_stops_at_once(
         assert daemon.process.wait(15) == 0
         thread.join(30)
     assert daemon.log_events("daemon.stopping_now")
-    assert not [line for line in daemon.log_path.read_text().splitlines() if not line.startswith("{")]
+    assert not [
+        line for line in daemon.log_path.read_text().splitlines() if not line.startswith("{")
+    ]
     assert daemon.log_events("daemon.stopped")
 
 

@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ferryd.config import load_settings
+    from ferryd.config import Settings, load_settings
     from ferryd.errors import ConfigError, FerrydError
 
     overrides: dict[str, object] = {
@@ -144,7 +144,10 @@ def _serve(args: argparse.Namespace) -> int:
 
         from ferryd import daemon
 
-        anyio.run(daemon.run, settings, backend_options={"use_uvloop": True})
+        def reload() -> Settings:
+            return load_settings(args.config, overrides)
+
+        anyio.run(daemon.run, settings, reload, backend_options={"use_uvloop": True})
     except ConfigError as exc:
         print(f"ferryd: {exc}", file=sys.stderr)
         return 2

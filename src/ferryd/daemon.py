@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import signal
-from pathlib import Path
+import socket
+from collections.abc import Callable
 
 import anyio
 import structlog
@@ -17,31 +18,37 @@ from ferryd.distribution.downloads import DownloadManager
 from ferryd.distribution.service import ImageService
 from ferryd.distribution.uploads import UploadManager
 from ferryd.platforms import parse_platform
-from ferryd.registry.auth import load_docker_config
 from ferryd.registry.connector import Connector
-from ferryd.registry.endpoints import RegistryService
+from ferryd.reload import Reloader, credential_store, registry_service
 from ferryd.store import Store
+from ferryd.systemd import Notifier, listen_socket
 
 log = structlog.get_logger("ferryd.daemon")
 
+_STATUS_INTERVAL = 1.0  # seconds between two looks at the transfer counts
 
-async def run(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT; running transfers are cancelled, partial data kept."""
+
+async def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop within the grace period; partial
+    downloads are kept. `reload` reads the settings again on SIGHUP."""
     logs.configure(settings.log_level, settings.log_format)
+    notifier = Notifier()
+    activated = listen_socket()
     store = await anyio.to_thread.run_sync(Store, settings.root_path)
     connector = Connector(
-        RegistryService(settings.insecure_registries, Path(settings.certs_dir)),
+        registry_service(settings),
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         proxy=settings.proxy or None,
     )
-    credentials = (
-        load_docker_config(Path(settings.credentials_file)) if settings.credentials_file else {}
-    )
     engine = EngineState(settings)
     engine.events.bind()
-    sock = bind_unix_socket(settings.socket_path, int(settings.socket_mode, 8))
+    sock: socket.socket | None = None
     try:
+        credentials = credential_store(settings)
+        sock = activated or bind_unix_socket(
+            settings.socket_path, int(settings.socket_mode, 8), settings.socket_group
+        )
         async with anyio.create_task_group() as tg:
             downloads = DownloadManager(
                 store.blobs,
@@ -70,24 +77,33 @@ async def run(settings: Settings) -> None:
                 ),
                 saved_credentials=credentials,
             )
-            server = ApiServer(
-                build_app(service, engine), sock, grace=settings.shutdown_timeout + 5
-            )
-            tg.start_soon(_stop_on_signal, server, engine)
+            app = build_app(service, engine)
+            server = ApiServer(app, sock, grace=settings.shutdown_timeout + 5)
+            tg.start_soon(_stop_on_signal, server, engine, notifier)
+            if reload is not None:
+                tg.start_soon(Reloader(reload, engine, connector, service, notifier).run)
+            tg.start_soon(_tell_systemd, server, service, notifier)
             log.info(
-                "daemon.ready", version=__version__, root=settings.root, socket=settings.socket
+                "daemon.ready",
+                version=__version__,
+                root=settings.root,
+                socket=settings.socket,
+                socket_activated=activated is not None,
             )
             await server.serve()
             tg.cancel_scope.cancel()
     finally:
-        sock.close()
-        settings.socket_path.unlink(missing_ok=True)
+        if sock is not None:
+            sock.close()
+        if activated is None:
+            # A socket systemd made is systemd's to keep; our own goes with us.
+            settings.socket_path.unlink(missing_ok=True)
         await connector.aclose()
         store.close()
         log.info("daemon.stopped")
 
 
-async def _stop_on_signal(server: ApiServer, engine: EngineState) -> None:
+async def _stop_on_signal(server: ApiServer, engine: EngineState, notifier: Notifier) -> None:
     """The first signal stops new requests and gives running ones the grace period;
     a second one (or the end of the grace period) stops them at once."""
     grace = engine.settings.shutdown_timeout
@@ -100,6 +116,7 @@ async def _stop_on_signal(server: ApiServer, engine: EngineState) -> None:
                     engine.stop_jobs.set()
                     break
                 log.info("daemon.stopping", signal=name, grace_seconds=grace)
+                notifier.stopping()
                 server.stop()
                 engine.events.close()  # event streams never end by themselves
                 tg.start_soon(_end_grace, engine, grace)
@@ -109,3 +126,33 @@ async def _end_grace(engine: EngineState, grace: float) -> None:
     await anyio.sleep(grace)
     log.warning("daemon.grace_period_over")
     engine.stop_jobs.set()
+
+
+async def _tell_systemd(server: ApiServer, service: ImageService, notifier: Notifier) -> None:
+    """READY=1 once the socket listens, then STATUS= as transfers come and go, and
+    watchdog pings when the unit asks for them."""
+    if not notifier.enabled:
+        return
+    await server.wait_started()
+    status = _status(service)
+    notifier.ready(status)
+    interval = notifier.watchdog_interval
+    next_ping = 0.0
+    while True:
+        now = anyio.current_time()
+        if interval is not None and now >= next_ping:
+            notifier.watchdog()
+            next_ping = now + interval
+        current = _status(service)
+        if current != status:
+            status = current
+            notifier.status(status)
+        wait = _STATUS_INTERVAL if interval is None else min(_STATUS_INTERVAL, interval)
+        await anyio.sleep(wait)
+
+
+def _status(service: ImageService) -> str:
+    downloads, uploads = service.downloads.active, service.uploads.active
+    if not downloads and not uploads:
+        return "idle"
+    return f"{downloads} downloads, {uploads} uploads active"

@@ -12,6 +12,7 @@
     ├── RegistryError                  talking to a registry
     │   ├── RegistryUnreachableError   connection refused, TLS failure, timeout
     │   ├── AuthenticationError        401 / wrong credentials / token service refused
+    │   │   └── CredentialHelperError  a docker-credential-* helper failed
     │   ├── AccessDeniedError          403
     │   ├── NotFoundError              404: repository, tag, manifest or blob unknown
     │   ├── TooManyRequestsError       429
@@ -75,6 +76,10 @@ class RegistryUnreachableError(RegistryError):
 
 class AuthenticationError(RegistryError):
     """The registry or its token service did not accept our credentials."""
+
+
+class CredentialHelperError(AuthenticationError):
+    """A docker credential helper is missing, failed, or answered nonsense."""
 
 
 class AccessDeniedError(RegistryError):

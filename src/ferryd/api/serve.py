@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import grp
 import math
 import os
 import socket
 import stat
 from pathlib import Path
 
+import anyio
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -16,9 +18,11 @@ from ferryd.api.peers import PeerCredentialsProtocol
 from ferryd.errors import ConfigError
 
 
-def bind_unix_socket(path: Path, mode: int) -> socket.socket:
-    """Listen on `path` with `mode`; a stale socket file from a dead daemon is replaced,
-    a live one is not (two daemons on one socket would be a silent mess)."""
+def bind_unix_socket(path: Path, mode: int, group: str = "") -> socket.socket:
+    """Listen on `path` with `mode` and `group` ("" = ours); a stale socket file from a
+    dead daemon is replaced, a live one is not (two daemons on one socket would be a
+    silent mess)."""
+    gid = _group_id(group) if group else -1
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
@@ -42,9 +46,42 @@ def bind_unix_socket(path: Path, mode: int) -> socket.socket:
     finally:
         os.umask(old_umask)
     os.chmod(path, mode)
+    if gid != -1:
+        try:
+            os.chown(path, -1, gid)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"socket_group: cannot give {path} to group {group!r}: {exc.strerror}"
+            ) from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+def _group_id(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(
+            f"socket_group: there is no group named {group!r} (create it, e.g. with "
+            "systemd-sysusers or groupadd, or give a group number)"
+        ) from None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, saying when it has started listening."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = anyio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.listening.set()
 
 
 class ApiServer:
@@ -64,8 +101,12 @@ class ApiServer:
             # its grace period is over, telling their clients why.
             timeout_graceful_shutdown=math.ceil(grace),
         )
-        self._server = uvicorn.Server(config)
+        self._server = _Server(config)
         self._sock = sock
+
+    async def wait_started(self) -> None:
+        """Until the socket accepts requests."""
+        await self._server.listening.wait()
 
     async def serve(self) -> None:
         # capture_signals would take SIGTERM/SIGINT from the daemon; turn it off.

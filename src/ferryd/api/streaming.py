@@ -15,6 +15,7 @@ import msgspec
 import structlog
 from starlette.types import Receive, Scope, Send
 
+from ferryd.concurrency import single_errors
 from ferryd.distribution.progress import Message, ProgressOutput, StreamOutput
 from ferryd.errors import FerrydError
 
@@ -53,10 +54,11 @@ class ProgressStream:
         async with sender:
             output = StreamOutput(sender)  # type: ignore[arg-type]
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_cancel_when_set, self._deadline, tg.cancel_scope)
-                    await self._job(output)
-                    tg.cancel_scope.cancel()
+                with single_errors():
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_cancel_when_set, self._deadline, tg.cancel_scope)
+                        await self._job(output)
+                        tg.cancel_scope.cancel()
                 if self._deadline.is_set():
                     output.write(
                         Message(error="ferryd is shutting down; run the command again to resume")

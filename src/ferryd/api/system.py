@@ -10,6 +10,7 @@ import os
 import platform as host
 import socket
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,8 +146,8 @@ async def info(request: Request) -> Response:
             "NCPU": os.cpu_count() or 1,
             "MemTotal": _memory_total(),
             "DockerRootDir": settings.root,
-            "HttpProxy": settings.proxy,
-            "HttpsProxy": settings.proxy,
+            "HttpProxy": _without_password(settings.proxy),
+            "HttpsProxy": _without_password(settings.proxy),
             "NoProxy": "",
             "Name": socket.gethostname(),
             "Labels": [],
@@ -218,6 +219,17 @@ async def transfers(request: Request) -> Response:
             for state in sorted(states, key=lambda state: state.started)
         ]
     )
+
+
+def _without_password(url: str) -> str:
+    """`http://user:secret@proxy:3128` → `http://user:xxxxx@proxy:3128`, as dockerd."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:xxxxx@{parts.hostname}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _machine_id() -> str:

@@ -14,9 +14,11 @@ from ferryd.distribution.progress import Message
 from ferryd.errors import (
     AccessDeniedError,
     AuthenticationError,
+    ContentError,
     FerrydError,
     ImageConfigError,
     ManifestError,
+    RegistryError,
 )
 from ferryd.platforms import Platform, host_platform
 from ferryd.reference import Reference
@@ -67,20 +69,7 @@ async def _pull(reference: Reference, config: PullConfig, store: Store) -> PullR
     progress = config.progress
     tag_or_digest = reference.digest or reference.tag or "latest"
     progress.write(Message(f"Pulling from {reference.path}", tag_or_digest, update=False))
-    client = await config.connector.open(
-        reference.domain,
-        reference.path,
-        config.credentials,
-        meta_headers=config.meta_headers,
-    )
-    try:
-        top = await client.get_manifest(tag_or_digest)
-    except (AuthenticationError, AccessDeniedError) as exc:
-        raise type(exc)(
-            f"pull access denied for {reference.familiar_name}, repository does not exist "
-            f"or may require authorization: {exc}"
-        ) from None
-    manifest = await _resolve_platform(client, top, config.platform or host_platform())
+    client, top, manifest = await _find_manifest(reference, tag_or_digest, config)
     image = decode_manifest(manifest.raw)
 
     config_descriptor = image.config
@@ -119,6 +108,47 @@ async def _pull(reference: Reference, config: PullConfig, store: Store) -> PullR
         seconds=round(time.monotonic() - started, 3),
     )
     return PullResult(image_id, top.digest, updated)
+
+
+async def _find_manifest(
+    reference: Reference, tag_or_digest: str, config: PullConfig
+) -> tuple[RegistryClient, FetchedManifest, FetchedManifest]:
+    """The client to pull from, the manifest the reference names, and the one for the
+    platform: from the registry's mirrors in order, else from the registry itself.
+
+    A mirror that cannot be reached, refuses us, lacks the manifest or serves one that
+    fails its checks is skipped. The endpoint that served the manifest serves the
+    layers too; their digests are checked as always.
+    """
+    platform = config.platform or host_platform()
+    for mirror in await config.connector.service.mirror_endpoints(reference.domain):
+        try:
+            client = await config.connector.open_mirror(
+                mirror, reference.path, meta_headers=config.meta_headers
+            )
+            top = await client.get_manifest(tag_or_digest)
+            return client, top, await _resolve_platform(client, top, platform)
+        except (RegistryError, ContentError) as exc:
+            log.warning(
+                "registry.mirror_failed",
+                mirror=mirror.base_url,
+                reference=str(reference),
+                error=str(exc),
+            )
+    client = await config.connector.open(
+        reference.domain,
+        reference.path,
+        config.credentials,
+        meta_headers=config.meta_headers,
+    )
+    try:
+        top = await client.get_manifest(tag_or_digest)
+    except (AuthenticationError, AccessDeniedError) as exc:
+        raise type(exc)(
+            f"pull access denied for {reference.familiar_name}, repository does not exist "
+            f"or may require authorization: {exc}"
+        ) from None
+    return client, top, await _resolve_platform(client, top, platform)
 
 
 async def _resolve_platform(

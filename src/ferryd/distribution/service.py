@@ -20,6 +20,7 @@ from ferryd.platforms import Platform
 from ferryd.reference import Reference
 from ferryd.registry.auth import Credentials
 from ferryd.registry.connector import Connector
+from ferryd.registry.credentials import CredentialStore
 from ferryd.store import Store
 
 
@@ -31,16 +32,16 @@ class ImageService:
     uploads: UploadManager
     event_logger: ImageEventLogger
     default_platform: Platform | None = None
-    # Logins from the credentials file, by registry domain.
-    saved_credentials: Mapping[str, Credentials] = field(default_factory=dict)
+    # The daemon's own logins (credentials file and helpers); replaced on reload.
+    saved_credentials: CredentialStore = field(default_factory=CredentialStore)
 
-    def credentials_for(self, domain: str, given: Credentials) -> Credentials:
-        """What the client sent wins; else the credentials file's entry; else anonymous."""
+    async def credentials_for(self, domain: str, given: Credentials) -> Credentials:
+        """What the client sent wins; else the daemon's own login; else anonymous."""
         if not given.anonymous:
             return given
-        return self.saved_credentials.get(domain, given)
+        return await self.saved_credentials.lookup(domain)
 
-    def _common(
+    async def _common(
         self,
         reference: Reference,
         progress: ProgressOutput,
@@ -55,7 +56,7 @@ class ImageService:
             "reference_store": self.store.references,
             "progress": progress,
             "event_logger": self.event_logger,
-            "credentials": self.credentials_for(reference.domain, credentials),
+            "credentials": await self.credentials_for(reference.domain, credentials),
             "meta_headers": dict(meta_headers or {}),
         }
 
@@ -69,7 +70,7 @@ class ImageService:
         meta_headers: Mapping[str, str] | None = None,
     ) -> PullResult:
         config = PullConfig(
-            **self._common(reference, progress, credentials, meta_headers),
+            **await self._common(reference, progress, credentials, meta_headers),
             download_manager=self.downloads,
             platform=platform or self.default_platform,
         )
@@ -84,7 +85,7 @@ class ImageService:
         meta_headers: Mapping[str, str] | None = None,
     ) -> list[PushResult]:
         config = PushConfig(
-            **self._common(reference, progress, credentials, meta_headers),
+            **await self._common(reference, progress, credentials, meta_headers),
             layer_provider=StoreLayerProvider(self.store.layers, self.store.blobs),
             upload_manager=self.uploads,
         )

@@ -12,7 +12,6 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -20,7 +19,6 @@ import httpx
 
 from ferryd.errors import (
     AuthenticationError,
-    ConfigError,
     RegistryProtocolError,
     RegistryUnreachableError,
     TooManyRequestsError,
@@ -107,29 +105,7 @@ def decode_registry_auth(header: str) -> Credentials:
         ) from None
     if not isinstance(data, dict):
         raise AuthenticationError("invalid X-Registry-Auth header: expected a JSON object")
-    return _credentials_from_entry(data, "X-Registry-Auth header")
-
-
-def load_docker_config(path: Path) -> dict[str, Credentials]:
-    """The `auths` entries of a docker `config.json`, keyed by registry domain."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read credentials file {path}: {exc}") from None
-    auths = data.get("auths", {}) if isinstance(data, dict) else None
-    if not isinstance(auths, dict):
-        raise ConfigError(f"credentials file {path}: 'auths' must be an object")
-    result: dict[str, Credentials] = {}
-    for server, entry in auths.items():
-        if not isinstance(entry, dict):
-            raise ConfigError(f"credentials file {path}: auths[{server!r}] must be an object")
-        try:
-            result[registry_domain(server)] = _credentials_from_entry(entry, f"{path}")
-        except AuthenticationError as exc:
-            raise ConfigError(str(exc)) from None
-    return result
+    return credentials_from_entry(data, "X-Registry-Auth header")
 
 
 def registry_domain(server: str) -> str:
@@ -143,7 +119,7 @@ def registry_domain(server: str) -> str:
     return host
 
 
-def _credentials_from_entry(entry: dict[str, Any], where: str) -> Credentials:
+def credentials_from_entry(entry: dict[str, Any], where: str) -> Credentials:
     username = str(entry.get("username") or "")
     password = str(entry.get("password") or "")
     encoded = entry.get("auth")

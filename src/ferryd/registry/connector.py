@@ -10,7 +10,7 @@ import httpx
 
 from ferryd import __version__
 from ferryd.errors import RegistryUnreachableError
-from ferryd.registry.auth import Authenticator, Credentials, parse_challenge
+from ferryd.registry.auth import ANONYMOUS, Authenticator, Credentials, parse_challenge
 from ferryd.registry.client import RegistryClient, ping
 from ferryd.registry.endpoints import Endpoint, RegistryService
 
@@ -44,6 +44,8 @@ class Connector:
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._proxy = proxy
         self._clients: dict[str, httpx.AsyncClient] = {}
+        # Clients from before a reload: running transfers still use them.
+        self._retired: list[httpx.AsyncClient] = []
         self._authenticators: dict[tuple[str, Credentials], Authenticator] = {}
         self._working: dict[str, Endpoint] = {}
         # Pulls starting together from one registry ping it once and share one login.
@@ -68,6 +70,29 @@ class Connector:
             actions=actions,
             meta_headers=meta_headers,
         )
+
+    async def open_mirror(
+        self,
+        mirror: Endpoint,
+        repository: str,
+        *,
+        meta_headers: Mapping[str, str] | None = None,
+    ) -> RegistryClient:
+        """A pull client on one mirror. The client's registry login is not sent to a
+        mirror (another host); mirrors are used anonymously."""
+        http = self._client(mirror)
+        async with self._login_locks.setdefault(mirror.base_url, anyio.Lock()):
+            auth = self._authenticators.get((mirror.base_url, ANONYMOUS))
+            if auth is None:
+                response = await ping(http, mirror)
+                auth = Authenticator(http, mirror.domain, ANONYMOUS)
+                auth.set_challenge(
+                    parse_challenge(response.headers.get("www-authenticate"))
+                    if response.status_code == 401
+                    else None
+                )
+                self._authenticators[(mirror.base_url, ANONYMOUS)] = auth
+        return RegistryClient(http, mirror, auth, repository, meta_headers=meta_headers)
 
     async def _login(self, domain: str, credentials: Credentials) -> tuple[Endpoint, Authenticator]:
         async with self._login_locks.setdefault(domain, anyio.Lock()):
@@ -117,12 +142,17 @@ class Connector:
             self._clients[endpoint.base_url] = client
         return client
 
-    def forget(self) -> None:
-        """Drop cached endpoints and tokens (after a settings reload)."""
+    def reconfigure(self, service: RegistryService) -> None:
+        """Use new registry settings (a reload): new requests get new endpoints, TLS
+        contexts and logins; running transfers keep the clients they have."""
+        self.service = service
         self._working.clear()
         self._authenticators.clear()
+        self._retired.extend(self._clients.values())
+        self._clients = {}
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
+        for client in [*self._clients.values(), *self._retired]:
             await client.aclose()
         self._clients.clear()
+        self._retired.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,14 +29,15 @@ class Endpoint:
     """One way to reach a registry: a base URL and how to check its certificate."""
 
     domain: str  # the registry as references name it: docker.io, host:5000
-    base_url: str  # https://registry-1.docker.io
+    base_url: str  # https://registry-1.docker.io (a mirror's may have a path prefix)
     verify: ssl.SSLContext | bool = True
     insecure: bool = False
+    mirror: bool = False
 
     @property
     def host(self) -> str:
         """`host[:port]` of the base URL: credentials never leave it."""
-        return self.base_url.split("://", 1)[1]
+        return self.base_url.split("://", 1)[1].split("/", 1)[0]
 
 
 @dataclass
@@ -44,6 +46,8 @@ class RegistryService:
 
     insecure_registries: list[str] = field(default_factory=lambda: list(DEFAULT_INSECURE))
     certs_dir: Path | None = None
+    # Registry domain → mirror base URLs, tried in order before the registry by pulls.
+    mirrors: Mapping[str, list[str]] = field(default_factory=dict)
     _networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(init=False)
     _hosts: set[str] = field(init=False)
     # Building a context reads the system CA bundle (tens of ms): once per host is enough.
@@ -71,6 +75,22 @@ class RegistryService:
                 Endpoint(domain, f"http://{host}", verify=False, insecure=True),
             ]
         return [Endpoint(domain, f"https://{host}", verify=self._tls(host, verify=True))]
+
+    async def mirror_endpoints(self, domain: str) -> list[Endpoint]:
+        """The mirrors of `domain`, in the configured order. An https mirror is
+        verified unless its host is insecure; an http one is the operator's choice."""
+        endpoints = []
+        for url in self.mirrors.get(domain, []):
+            base_url = url.rstrip("/")
+            scheme, _, rest = base_url.partition("://")
+            host = rest.split("/", 1)[0]
+            if scheme == "http":
+                endpoints.append(Endpoint(domain, base_url, False, insecure=True, mirror=True))
+                continue
+            insecure = await self.is_insecure(host)
+            context = self._tls(host, verify=not insecure)
+            endpoints.append(Endpoint(domain, base_url, context, insecure=insecure, mirror=True))
+        return endpoints
 
     async def is_insecure(self, host: str) -> bool:
         host = host.lower()

@@ -1,0 +1,92 @@
+"""SIGHUP: read the settings again and apply the registry ones without a restart.
+
+Mirrors, insecure registries, certificates, the credentials file and the log level
+change live; running transfers keep the connections they have. Any other changed key
+needs a restart, and the reload says which. A file that no longer loads changes
+nothing: the error is logged and the daemon goes on with what it had.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import msgspec
+import structlog
+
+from ferryd import logs
+from ferryd.api.system import EngineState
+from ferryd.config import Settings
+from ferryd.distribution.service import ImageService
+from ferryd.errors import ConfigError
+from ferryd.registry.connector import Connector
+from ferryd.registry.credentials import CredentialStore
+from ferryd.registry.endpoints import RegistryService
+from ferryd.systemd import Notifier
+
+log = structlog.get_logger("ferryd.daemon")
+
+LIVE_KEYS = (
+    "insecure_registries",
+    "registry_mirrors",
+    "certs_dir",
+    "credentials_file",
+    "log_level",
+)
+
+
+def registry_service(settings: Settings) -> RegistryService:
+    return RegistryService(
+        settings.insecure_registries,
+        Path(settings.certs_dir),
+        mirrors=settings.registry_mirrors,
+    )
+
+
+def credential_store(settings: Settings) -> CredentialStore:
+    return CredentialStore.from_file(
+        Path(settings.credentials_file) if settings.credentials_file else None
+    )
+
+
+@dataclass
+class Reloader:
+    load: Callable[[], Settings]  # the config file and flags the daemon started with
+    engine: EngineState
+    connector: Connector
+    service: ImageService
+    notifier: Notifier
+
+    async def run(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+            async for _ in signals:
+                self.notifier.reloading()
+                await self.reload()
+                self.notifier.ready()
+
+    async def reload(self) -> None:
+        old = self.engine.settings
+        try:
+            new = await anyio.to_thread.run_sync(self.load)
+            registries = registry_service(new)
+            credentials = await anyio.to_thread.run_sync(credential_store, new)
+        except ConfigError as exc:
+            log.error("daemon.reload_failed", error=str(exc))
+            return
+        changed = [k for k in LIVE_KEYS if getattr(old, k) != getattr(new, k)]
+        needs_restart = [
+            k
+            for k in Settings.__struct_fields__
+            if k not in LIVE_KEYS and getattr(old, k) != getattr(new, k)
+        ]
+        self.connector.reconfigure(registries)
+        self.service.saved_credentials = credentials
+        if new.log_level != old.log_level:
+            logs.configure(new.log_level, old.log_format)
+        self.engine.settings = msgspec.structs.replace(
+            old, **{key: getattr(new, key) for key in LIVE_KEYS}
+        )
+        log.info("daemon.reloaded", changed=changed, needs_restart=needs_restart)

@@ -68,7 +68,6 @@ class Notifier:
         self._watchdog = _watchdog_interval(
             os.environ.pop("WATCHDOG_USEC", None), os.environ.pop("WATCHDOG_PID", None)
         )
-        self._sock: socket.socket | None = None
         self._warned = False
 
     @property
@@ -101,10 +100,10 @@ class Notifier:
             return
         message = "\n".join(field for field in fields if field).encode()
         try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._sock.setblocking(False)
-            self._sock.sendto(message, self._address)
+            # A socket per message: they are rare (a few per minute at most).
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.setblocking(False)
+                sock.sendto(message, self._address)
         except OSError as exc:
             if not self._warned:
                 self._warned = True

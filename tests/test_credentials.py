@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import stat
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trustme
 
-from ferryd.errors import ConfigError
-from ferryd.registry.auth import Credentials, registry_domain
+from conftest import PASSWORD, USER
+from ferryd.errors import ConfigError, CredentialHelperError
+from ferryd.registry.auth import ANONYMOUS, Credentials, registry_domain
 from ferryd.registry.credentials import CredentialStore
+from support.daemon import Daemon, errors
+from support.images import LayerSpec, build_image, seed
+from support.registry import Registry
 
 # -- the file ---------------------------------------------------------------
 
@@ -90,3 +99,243 @@ def test_docker_config_malformed_is_a_config_error(tmp_path: Path, text: str) ->
 def test_docker_config_that_is_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         CredentialStore.from_file(tmp_path)
+
+
+# -- credential helpers -------------------------------------------------------------
+
+
+@pytest.fixture
+def helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, str], Path]:
+    """Writes `docker-credential-NAME` scripts (Python, with `body` as their code) into a
+    directory put first on PATH; each records the server URL it was asked about."""
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ['PATH']}")
+
+    def write(name: str, body: str) -> Path:
+        script = directory / f"docker-credential-{name}"
+        script.write_text(
+            f"#!{sys.executable}\n"
+            "import json, sys, time\n"
+            "assert sys.argv[1:] == ['get'], sys.argv\n"
+            "server = sys.stdin.read().strip()\n"
+            f"open({str(directory / (name + '.asked'))!r}, 'a').write(server + '\\n')\n" + body
+        )
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+        return directory / f"{name}.asked"
+
+    return write
+
+
+def _answer(user: str, secret: str) -> str:
+    return (
+        f"print(json.dumps({{'ServerURL': server, 'Username': {user!r}, 'Secret': {secret!r}}}))\n"
+    )
+
+
+def _config(tmp_path: Path, data: dict[str, object]) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+async def test_creds_store_answers_for_every_registry(
+    tmp_path: Path, helpers: Callable[[str, str], Path]
+) -> None:
+    asked = helpers("vault", _answer("robot", "from-vault"))
+    store = CredentialStore.from_file(_config(tmp_path, {"credsStore": "vault"}))
+
+    assert await store.lookup("reg.example:5000") == Credentials("robot", "from-vault")
+    assert asked.read_text() == "reg.example:5000\n"
+
+
+async def test_docker_io_is_asked_for_under_the_index_url(
+    tmp_path: Path, helpers: Callable[[str, str], Path]
+) -> None:
+    asked = helpers("vault", _answer("hub", "pw"))
+    store = CredentialStore.from_file(_config(tmp_path, {"credsStore": "vault"}))
+
+    await store.lookup("docker.io")
+
+    assert asked.read_text() == "https://index.docker.io/v1/\n"
+
+
+async def test_cred_helpers_win_over_creds_store_and_auths(
+    tmp_path: Path, helpers: Callable[[str, str], Path]
+) -> None:
+    helpers("vault", _answer("store", "from-store"))
+    helpers("ecr", _answer("AWS", "from-ecr"))
+    token = base64.b64encode(b"file:from-file").decode()
+    store = CredentialStore.from_file(
+        _config(
+            tmp_path,
+            {
+                "auths": {"ecr.example": {"auth": token}, "plain.example": {"auth": token}},
+                "credHelpers": {"ecr.example": "ecr"},
+                "credsStore": "vault",
+            },
+        )
+    )
+
+    assert await store.lookup("ecr.example") == Credentials("AWS", "from-ecr")
+    assert await store.lookup("plain.example") == Credentials("store", "from-store")
+
+
+async def test_auths_are_used_without_helpers(tmp_path: Path) -> None:
+    token = base64.b64encode(b"file:from-file").decode()
+    store = CredentialStore.from_file(_config(tmp_path, {"auths": {"a.example": {"auth": token}}}))
+
+    assert await store.lookup("a.example") == Credentials("file", "from-file")
+    assert await store.lookup("b.example") == ANONYMOUS
+
+
+async def test_a_token_username_means_an_identity_token(
+    tmp_path: Path, helpers: Callable[[str, str], Path]
+) -> None:
+    helpers("vault", _answer("<token>", "refresh-me"))
+    store = CredentialStore.from_file(_config(tmp_path, {"credsStore": "vault"}))
+
+    assert await store.lookup("reg.example") == Credentials(identity_token="refresh-me")
+
+
+async def test_not_found_in_the_helper_is_anonymous_or_the_auths_entry(
+    tmp_path: Path, helpers: Callable[[str, str], Path]
+) -> None:
+    helpers("vault", "print('credentials not found in native keychain'); sys.exit(1)\n")
+    token = base64.b64encode(b"file:from-file").decode()
+    store = CredentialStore.from_file(
+        _config(tmp_path, {"credsStore": "vault", "auths": {"a.example": {"auth": token}}})
+    )
+
+    assert await store.lookup("b.example") == ANONYMOUS
+    assert await store.lookup("a.example") == Credentials("file", "from-file")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "print('vault is sealed'); sys.exit(3)\n",
+            "failed for reg.example (exit status 3): vault is sealed",
+        ),
+        ("print('{not json')\n", "answered reg.example with something other than"),
+        (
+            "print(json.dumps({'Username': 'u'}))\n",
+            "answered reg.example with something other than",
+        ),
+        ("time.sleep(30)\n", "gave no answer for reg.example within 0.5 s"),
+    ],
+)
+async def test_a_failing_helper_is_a_clear_error(
+    tmp_path: Path, helpers: Callable[[str, str], Path], body: str, message: str
+) -> None:
+    helpers("vault", body)
+    path = _config(tmp_path, {"credsStore": "vault"})
+    store = CredentialStore(
+        helpers=CredentialStore.from_file(path).helpers, default_helper="vault", timeout=0.5
+    )
+
+    with pytest.raises(CredentialHelperError) as caught:
+        await store.lookup("reg.example")
+
+    assert "docker-credential-vault" in str(caught.value)
+    assert message in str(caught.value)
+
+
+async def test_a_missing_helper_is_a_clear_error(tmp_path: Path) -> None:
+    store = CredentialStore.from_file(_config(tmp_path, {"credsStore": "no-such-helper-x"}))
+
+    with pytest.raises(
+        CredentialHelperError, match=r"docker-credential-no-such-helper-x .* not on PATH"
+    ):
+        await store.lookup("reg.example")
+
+
+async def test_the_secret_never_appears_in_an_error(
+    tmp_path: Path, helpers: Callable[[str, str], Path]
+) -> None:
+    helpers("vault", "print(json.dumps({'Username': 5, 'Secret': 'hunter2-secret'}))\n")
+    store = CredentialStore.from_file(_config(tmp_path, {"credsStore": "vault"}))
+
+    with pytest.raises(CredentialHelperError) as caught:
+        await store.lookup("reg.example")
+
+    assert "hunter2-secret" not in str(caught.value)
+    assert "hunter2-secret" not in repr(Credentials("u", "hunter2-secret"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"credHelpers": []}', '{"credHelpers": {"a.example": 5}}', '{"credsStore": 5}'],
+)
+def test_malformed_helper_settings_are_a_config_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(text)
+
+    with pytest.raises(ConfigError, match=str(path)):
+        CredentialStore.from_file(path)
+
+
+def test_the_daemon_pulls_with_credentials_from_a_creds_store_helper(
+    tls_registry: Registry,
+    start_daemon: Callable[..., Daemon],
+    layout: Path,
+    ca: trustme.CA,
+    tmp_path: Path,
+    helpers: Callable[[str, str], Path],
+) -> None:
+    asked = helpers("vault", _answer(USER, PASSWORD))
+    config = _config(tmp_path, {"credsStore": "vault"})
+    daemon = start_daemon(insecure_registries=[], credentials_file=str(config))
+    certs = daemon.workdir / "certs.d" / tls_registry.host
+    certs.mkdir(parents=True)
+    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    built = build_image(layout, layers=[LayerSpec(size=5000, seed=501)])
+    seed(tls_registry, layout, "latest", "private/helped:v1")
+
+    assert errors(daemon.pull(f"{tls_registry.host}/private/helped:v1")) == []
+
+    assert daemon.inspect(f"{tls_registry.host}/private/helped:v1")["Id"] == built.config_digest
+    assert asked.read_text() == f"{tls_registry.host}\n"
+    assert PASSWORD not in daemon.log_path.read_text()
+
+
+def test_a_failing_helper_fails_the_pull_with_its_reason(
+    registry: Registry,
+    start_daemon: Callable[..., Daemon],
+    tmp_path: Path,
+    helpers: Callable[[str, str], Path],
+) -> None:
+    helpers("vault", "print('vault is sealed'); sys.exit(2)\n")
+    daemon = start_daemon(credentials_file=str(_config(tmp_path, {"credsStore": "vault"})))
+
+    [error] = errors(daemon.pull(f"{registry.host}/any/thing:v1"))
+
+    assert "docker-credential-vault failed" in error
+    assert "vault is sealed" in error
+    assert daemon.alive
+
+
+def test_a_new_credentials_file_is_read_on_reload(
+    tls_registry: Registry,
+    start_daemon: Callable[..., Daemon],
+    layout: Path,
+    ca: trustme.CA,
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "later.json"  # not there yet
+    daemon = start_daemon(insecure_registries=[], credentials_file=str(config))
+    certs = daemon.workdir / "certs.d" / tls_registry.host
+    certs.mkdir(parents=True)
+    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    build_image(layout, layers=[LayerSpec(size=5000, seed=502)])
+    seed(tls_registry, layout, "latest", "private/reloaded:v1")
+    reference = f"{tls_registry.host}/private/reloaded:v1"
+    assert errors(daemon.pull(reference)) != []
+
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    config.write_text(json.dumps({"auths": {tls_registry.host: {"auth": token}}}))
+    event = daemon.reload()
+
+    assert event["event"] == "daemon.reloaded"
+    assert errors(daemon.pull(reference)) == []

@@ -41,15 +41,17 @@ class Daemon:
     def config_path(self) -> Path:
         return self.workdir / "ferryd.toml"
 
-    def start(self) -> None:
-        settings = {
+    def _all_settings(self) -> dict[str, Any]:
+        return {
             "root": str(self.root),
             "socket": str(self.socket),
             "retry_delay": 0.05,
             "certs_dir": str(self.workdir / "certs.d"),
             **self.settings,
         }
-        self.config_path.write_text(_toml(settings))
+
+    def start(self) -> None:
+        self.config_path.write_text(_toml(self._all_settings()))
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ferryd", "serve", "--config", str(self.config_path)],
@@ -79,6 +81,28 @@ class Daemon:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+    def reload(self, **changes: Any) -> dict[str, Any]:
+        """Rewrite the config file with `changes`, send SIGHUP, and return the daemon's
+        `daemon.reloaded` or `daemon.reload_failed` log event."""
+        assert self.process is not None
+        self.settings = {**self.settings, **changes}
+        self.config_path.write_text(_toml(self._all_settings()))
+        before = len(self._reload_events())
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while len(events := self._reload_events()) == before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ferryd did not reload:\n{self.log_tail()}")
+            time.sleep(0.02)
+        return events[-1]
+
+    def _reload_events(self) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.log_events()
+            if e.get("event") in ("daemon.reloaded", "daemon.reload_failed")
+        ]
 
     def restart(self) -> None:
         self.stop()
@@ -131,7 +155,15 @@ class Daemon:
 
 
 def _toml(settings: dict[str, Any]) -> str:
-    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in settings.items())
+
+
+def _toml_value(value: Any) -> str:
+    """JSON is TOML for strings, numbers, booleans and arrays; tables need `=`."""
+    if isinstance(value, dict):
+        pairs = ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + pairs + "}"
+    return json.dumps(value)
 
 
 def errors(messages: list[dict[str, Any]]) -> list[str]:

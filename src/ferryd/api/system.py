@@ -75,14 +75,21 @@ async def version(request: Request) -> Response:
         "Arch": host_platform().architecture,
         "KernelVersion": host.release(),
     }
+    build = {
+        "GitCommit": "",
+        # docker prints this as "Go version"; ferryd's runtime is Python.
+        "GoVersion": f"python{host.python_version()}",
+        "BuildTime": "",
+        "Experimental": "false",
+    }
     return JSONResponse(
         {
             "Platform": {"Name": "ferryd"},
-            "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
+            "Components": [
+                {"Name": "Engine", "Version": __version__, "Details": {**details, **build}}
+            ],
             "Version": __version__,
-            "GitCommit": "",
-            "GoVersion": f"python{host.python_version()}",
-            "BuildTime": "",
+            **{key: value for key, value in build.items() if key != "Experimental"},
             **details,
         }
     )

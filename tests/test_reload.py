@@ -87,3 +87,28 @@ def test_a_reload_does_not_disturb_a_running_pull(
     assert errors(messages) == []
     assert not daemon.log_events("transfer.retry")
     assert daemon.inspect(reference)["Id"] == built.config_digest
+
+
+def test_a_reload_applies_a_new_log_level(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon()
+    daemon.client().get_json("/images/json")
+    before = len(daemon.log_events("api.request"))
+
+    event = daemon.reload(log_level="warning")
+    daemon.client().get_json("/images/json")
+    daemon.client().get_json("/info")
+
+    assert event["changed"] == ["log_level"]
+    assert len(daemon.log_events("api.request")) == before
+
+
+def test_a_reload_that_makes_logs_verbose_again_is_logged(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = start_daemon(log_level="error")
+
+    event = daemon.reload(log_level="info")
+    daemon.client().get_json("/images/json")
+
+    assert event["changed"] == ["log_level"]
+    assert daemon.log_events("api.request")

@@ -38,7 +38,8 @@ def configure(level: str = "info", fmt: Literal["json", "console"] = "json") -> 
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.WriteLoggerFactory(sys.stdout),
-        cache_logger_on_first_use=True,
+        # Not cached: a reload may change the level, and loggers are module globals.
+        cache_logger_on_first_use=False,
     )
     _capture_stdlib_logging(level, tracebacks, renderer)
 

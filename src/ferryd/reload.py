@@ -84,9 +84,17 @@ class Reloader:
         ]
         self.connector.reconfigure(registries)
         self.service.saved_credentials = credentials
-        if new.log_level != old.log_level:
-            logs.configure(new.log_level, old.log_format)
         self.engine.settings = msgspec.structs.replace(
             old, **{key: getattr(new, key) for key in LIVE_KEYS}
         )
+        if new.log_level != old.log_level:
+            # Whichever level is more verbose writes this reload's own line.
+            logs.configure(_more_verbose(old.log_level, new.log_level), old.log_format)
         log.info("daemon.reloaded", changed=changed, needs_restart=needs_restart)
+        if new.log_level != old.log_level:
+            logs.configure(new.log_level, old.log_format)
+
+
+def _more_verbose(a: str, b: str) -> str:
+    order = ["debug", "info", "warning", "error"]
+    return min(a, b, key=order.index)

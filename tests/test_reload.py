@@ -32,7 +32,7 @@ def test_a_registry_made_insecure_by_a_reload_can_be_pulled_from(
     assert event["needs_restart"] == []
     assert errors(daemon.pull(reference)) == []
     info = daemon.client().get_json("/info")
-    assert info["RegistryConfig"]["InsecureRegistryCIDRs"] == [registry.host]
+    assert info["RegistryConfig"]["IndexConfigs"][registry.host]["Secure"] is False
 
 
 def test_a_broken_file_on_reload_keeps_the_old_settings(

@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`ferryd events | head`): stop as a Unix tool stopped by
+        # SIGPIPE would, without a traceback, nor another error when stdout is flushed.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def _parser() -> argparse.ArgumentParser:

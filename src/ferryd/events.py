@@ -55,6 +55,7 @@ class EventHub:
     _watchers: set[MemoryObjectSendStream[Event]] = field(init=False, default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = field(init=False, default=None)
     _loop_thread: int | None = field(init=False, default=None)
+    _closed: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self._recent = collections.deque(maxlen=self.keep)
@@ -68,9 +69,12 @@ class EventHub:
     def __call__(self, image_id: str, name: str, action: str, **fields: object) -> None:
         logs.log_image_event(image_id, name, action, **fields)
         # dockerd's choices: pull/push name the reference (ID) and its repository
-        # (name); tag/untag/delete name the image ID and the reference.
+        # (name); tag/untag name the image ID and the reference; delete names the ID
+        # twice, whatever name (a short ID, a tag) the removal was asked by.
         if action in ("pull", "push"):
             event = Event(action, _familiar(name), _familiar(name, repository=True), time.time_ns())
+        elif action == "delete":
+            event = Event(action, image_id, image_id, time.time_ns())
         else:
             event = Event(action, image_id, _familiar(name), time.time_ns())
         if self._loop is None or threading.get_ident() == self._loop_thread:
@@ -96,9 +100,14 @@ class EventHub:
     @contextlib.contextmanager
     def watch(self) -> Iterator[tuple[list[Event], MemoryObjectReceiveStream[Event]]]:
         """The events kept so far, and a stream of those that follow (no gap, no overlap:
-        both are taken in one step on the loop). The stream ends when the hub closes."""
+        both are taken in one step on the loop). The stream ends when the hub closes, at
+        once for a watcher that comes after (a request that slipped in as the daemon
+        began to stop must not hold the stop up)."""
         sender, receiver = anyio.create_memory_object_stream[Event](_WATCHER_BUFFER)
-        self._watchers.add(sender)
+        if self._closed:
+            sender.close()
+        else:
+            self._watchers.add(sender)
         try:
             yield list(self._recent), receiver
         finally:
@@ -107,7 +116,8 @@ class EventHub:
             receiver.close()
 
     def close(self) -> None:
-        """End every watcher's stream (the daemon is stopping)."""
+        """End every watcher's stream, and those of later ones (the daemon is stopping)."""
+        self._closed = True
         for watcher in self._watchers:
             watcher.close()
         self._watchers.clear()

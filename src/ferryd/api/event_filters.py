@@ -75,6 +75,10 @@ def _image_names(event: Event) -> set[str]:
     """What an `image=` filter may name: the ID, the reference, the repository."""
     names = {event.actor_id, event.name}
     for name in (event.actor_id, event.name):
+        repository, at, _digest = name.partition("@")
+        if at:  # busybox@sha256:… → busybox
+            names.add(repository)
+            continue
         repository, colon, tag = name.rpartition(":")
         if colon and "/" not in tag:
             names.add(repository)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import platform as host
 import socket
@@ -14,6 +15,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -101,7 +103,6 @@ async def info(request: Request) -> Response:
     settings = state.settings
     service = _service(request)
     images = await anyio.to_thread.run_sync(lambda: len(service.store.images.ids()))
-    docker_io_mirrors = settings.registry_mirrors.get("docker.io", [])
     return JSONResponse(
         {
             "ID": _machine_id(),
@@ -138,18 +139,7 @@ async def info(request: Request) -> Response:
             "OSType": "linux",
             "Architecture": host.machine(),
             "IndexServerAddress": "https://index.docker.io/v1/",
-            "RegistryConfig": {
-                "InsecureRegistryCIDRs": settings.insecure_registries,
-                "IndexConfigs": {
-                    "docker.io": {
-                        "Name": "docker.io",
-                        "Mirrors": docker_io_mirrors,
-                        "Secure": True,
-                        "Official": True,
-                    }
-                },
-                "Mirrors": docker_io_mirrors,
-            },
+            "RegistryConfig": _registry_config(settings),
             "NCPU": os.cpu_count() or 1,
             "MemTotal": _memory_total(),
             "DockerRootDir": settings.root,
@@ -186,13 +176,18 @@ async def events(request: Request) -> Response:
         until = parse_time(query["until"], "until") if query.get("until") else None
     except EventFilterError as exc:
         return JSONResponse({"message": str(exc)}, status_code=400)
+    if since is not None and until is not None and since > until:
+        message = f"`since` time ({query['since']}) cannot be after `until` time ({query['until']})"
+        return JSONResponse({"message": message}, status_code=400)
     hub = _state(request).events
 
     async def lines() -> AsyncIterator[bytes]:
         with hub.watch() as (kept, live):
-            if since is not None:
+            # As dockerd: either bound asks for the kept events (`until` alone: all of
+            # them up to it).
+            if since is not None or until is not None:
                 for event in kept:
-                    in_range = since <= event.time_nano and (
+                    in_range = (since or 0) <= event.time_nano and (
                         until is None or event.time_nano <= until
                     )
                     if in_range and wanted.matches(event):
@@ -226,6 +221,34 @@ async def transfers(request: Request) -> Response:
             for state in sorted(states, key=lambda state: state.started)
         ]
     )
+
+
+def _registry_config(settings: Settings) -> dict[str, Any]:
+    """dockerd's split: insecure networks as CIDRs (the docker CLI parses every one as
+    a CIDR and fails on anything else), insecure hosts as index configs not secure."""
+    docker_io_mirrors = settings.registry_mirrors.get("docker.io", [])
+    networks: list[str] = []
+    indexes: dict[str, dict[str, Any]] = {
+        "docker.io": {
+            "Name": "docker.io",
+            "Mirrors": docker_io_mirrors,
+            "Secure": True,
+            "Official": True,
+        }
+    }
+    for entry in settings.insecure_registries:
+        # Read as the registry endpoints read it.
+        entry = entry.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
+        try:
+            networks.append(str(ipaddress.ip_network(entry, strict=False)))
+        except ValueError:
+            host = entry.lower()
+            indexes[host] = {"Name": host, "Mirrors": [], "Secure": False, "Official": False}
+    return {
+        "InsecureRegistryCIDRs": networks,
+        "IndexConfigs": indexes,
+        "Mirrors": docker_io_mirrors,
+    }
 
 
 def _without_password(url: str) -> str:

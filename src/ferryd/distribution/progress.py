@@ -83,6 +83,9 @@ class Broadcast:
 
     outputs: list[ProgressOutput] = field(default_factory=list)
     last: Message | None = None
+    # The furthest progress (bytes) reported: a retry countdown or "Verifying Checksum"
+    # that comes last does not undo it.
+    moved: int = 0
     _last_update: float = 0.0
 
     def attach(self, output: ProgressOutput) -> None:
@@ -94,9 +97,14 @@ class Broadcast:
         self.outputs.remove(output)
 
     def write(self, message: Message) -> None:
-        self.last = message
+        self._remember(message)
         for output in list(self.outputs):
             output.write(message)
+
+    def _remember(self, message: Message) -> None:
+        self.last = message
+        if message.current is not None:
+            self.moved = max(self.moved, message.current)
 
     def update(self, message: Message) -> None:
         """A progress update: sent at most every 100 ms, unless it is the last one."""
@@ -106,7 +114,7 @@ class Broadcast:
             self._last_update = now
             self.write(message)
         else:
-            self.last = message
+            self._remember(message)
 
 
 def progress_bar(current: int, total: int | None) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import anyio
@@ -23,10 +25,12 @@ from ferryd.errors import (
 from ferryd.platforms import Platform, host_platform
 from ferryd.reference import Reference
 from ferryd.registry.client import RegistryClient
+from ferryd.registry.endpoints import Endpoint
 from ferryd.registry.manifests import (
     INDEX_TYPES,
     Descriptor,
     FetchedManifest,
+    ImageManifest,
     check_supported,
     decode_index,
     decode_manifest,
@@ -69,8 +73,8 @@ async def _pull(reference: Reference, config: PullConfig, store: Store) -> PullR
     progress = config.progress
     tag_or_digest = reference.digest or reference.tag or "latest"
     progress.write(Message(f"Pulling from {reference.path}", tag_or_digest, update=False))
-    client, top, manifest = await _find_manifest(reference, tag_or_digest, config)
-    image = decode_manifest(manifest.raw)
+    source = await _find_source(reference, tag_or_digest, config)
+    client, top, manifest, image = source.client, source.top, source.manifest, source.image
 
     config_descriptor = image.config
     if config_descriptor.mediaType not in config.schema2_types:
@@ -85,11 +89,14 @@ async def _pull(reference: Reference, config: PullConfig, store: Store) -> PullR
         raise ManifestError(f"image config digest {image_id} is not sha256 (it is the image ID)")
     stats = DownloadStats()
     if store.images.record(image_id) is None:
-        await _pull_image(
-            client, reference, config, store, manifest, image.config, image.layers, stats
-        )
+        with _blamed_on(client.endpoint):
+            await _pull_image(
+                client, reference, config, store, manifest, image.config, image.layers, stats
+            )
     else:
         stats.reused = len(image.layers)
+    # Which mirror served the pull, when one did: the operator's first question.
+    served_by = {"mirror": client.endpoint.base_url} if client.endpoint.mirror else {}
     changed = await anyio.to_thread.run_sync(_tag, store, config, reference, top.digest, image_id)
     updated = stats.fetched > 0 or changed
     progress.write(Message(f"Digest: {top.digest}"))
@@ -106,19 +113,35 @@ async def _pull(reference: Reference, config: PullConfig, store: Store) -> PullR
         layers_reused=stats.reused,
         bytes=stats.bytes,
         seconds=round(time.monotonic() - started, 3),
+        **served_by,
     )
     return PullResult(image_id, top.digest, updated)
 
 
-async def _find_manifest(
-    reference: Reference, tag_or_digest: str, config: PullConfig
-) -> tuple[RegistryClient, FetchedManifest, FetchedManifest]:
-    """The client to pull from, the manifest the reference names, and the one for the
-    platform: from the registry's mirrors in order, else from the registry itself.
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Where a pull's content comes from: the endpoint that served its manifest."""
 
-    A mirror that cannot be reached, refuses us, lacks the manifest or serves one that
-    fails its checks is skipped. The endpoint that served the manifest serves the
-    layers too; their digests are checked as always.
+    client: RegistryClient
+    top: FetchedManifest  # what the reference names: an index, or the manifest itself
+    manifest: FetchedManifest  # the image manifest for the platform
+    image: ImageManifest  # `manifest`, decoded and checked
+
+
+async def _find_source(reference: Reference, tag_or_digest: str, config: PullConfig) -> _Source:
+    """The registry's mirrors in order, then the registry itself: the first that serves
+    a usable manifest for the platform serves the whole pull.
+
+    A mirror is skipped (one `registry.mirror_failed` warning each) when it cannot be
+    reached, refuses us (401, 403, 429, 5xx), lacks the manifest, or serves one that
+    fails its checks: the digest asked for or announced, the media type, the platform,
+    the manifest's shape. The same checks on the registry's answer fail the pull.
+
+    Once chosen, the endpoint serves the config and every layer, digests checked as
+    always. A failure there fails the pull, naming the mirror, instead of starting over
+    at the next endpoint as dockerd does: the download manager has already retried it,
+    and the layers already stored stay for the next pull. Mirrors are used anonymously:
+    the client's login is for the registry and never goes to another host.
     """
     platform = config.platform or host_platform()
     for mirror in await config.connector.service.mirror_endpoints(reference.domain):
@@ -126,8 +149,7 @@ async def _find_manifest(
             client = await config.connector.open_mirror(
                 mirror, reference.path, meta_headers=config.meta_headers
             )
-            top = await client.get_manifest(tag_or_digest)
-            return client, top, await _resolve_platform(client, top, platform)
+            return await _manifest_from(client, tag_or_digest, platform)
         except (RegistryError, ContentError) as exc:
             log.warning(
                 "registry.mirror_failed",
@@ -142,13 +164,18 @@ async def _find_manifest(
         meta_headers=config.meta_headers,
     )
     try:
-        top = await client.get_manifest(tag_or_digest)
+        return await _manifest_from(client, tag_or_digest, platform)
     except (AuthenticationError, AccessDeniedError) as exc:
         raise type(exc)(
             f"pull access denied for {reference.familiar_name}, repository does not exist "
             f"or may require authorization: {exc}"
         ) from None
-    return client, top, await _resolve_platform(client, top, platform)
+
+
+async def _manifest_from(client: RegistryClient, tag_or_digest: str, platform: Platform) -> _Source:
+    top = await client.get_manifest(tag_or_digest)
+    manifest = await _resolve_platform(client, top, platform)
+    return _Source(client, top, manifest, decode_manifest(manifest.raw))
 
 
 async def _resolve_platform(
@@ -163,6 +190,18 @@ async def _resolve_platform(
     if manifest.media_type in INDEX_TYPES:
         raise ManifestError(f"index entry {entry.digest} for {platform} is itself an index")
     return manifest
+
+
+@contextmanager
+def _blamed_on(endpoint: Endpoint) -> Iterator[None]:
+    """Name the mirror in the error of a pull it serves: removing it is the user's fix."""
+    if not endpoint.mirror:
+        yield
+        return
+    try:
+        yield
+    except (RegistryError, ContentError) as exc:
+        raise type(exc)(f"{exc} (served by mirror {endpoint.base_url})") from None
 
 
 async def _pull_image(

@@ -139,8 +139,7 @@ class TransferPool(Generic[K, R]):
 
         def so_far() -> dict[str, object]:
             """How far a transfer that did not finish got, for its log line."""
-            last = transfer.progress.last
-            moved = last.current if last is not None and last.current is not None else 0
+            moved = transfer.progress.moved
             return {"bytes": moved, "seconds": round(time.monotonic() - started, 3)}
 
         try:

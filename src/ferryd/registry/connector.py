@@ -79,13 +79,18 @@ class Connector:
         meta_headers: Mapping[str, str] | None = None,
     ) -> RegistryClient:
         """A pull client on one mirror. The client's registry login is not sent to a
-        mirror (another host); mirrors are used anonymously."""
+        mirror (another host); mirrors are used anonymously.
+
+        Nothing here touches the registry's own endpoint (`open` and pushes never see a
+        mirror); the mirror's ping and tokens are kept per base URL until `reconfigure`.
+        """
         http = self._client(mirror)
         async with self._login_locks.setdefault(mirror.base_url, anyio.Lock()):
             auth = self._authenticators.get((mirror.base_url, ANONYMOUS))
             if auth is None:
                 response = await ping(http, mirror)
-                auth = Authenticator(http, mirror.domain, ANONYMOUS)
+                # Named by its URL: its refusals are the mirror's, not the registry's.
+                auth = Authenticator(http, f"mirror {mirror.base_url}", ANONYMOUS)
                 auth.set_challenge(
                     parse_challenge(response.headers.get("www-authenticate"))
                     if response.status_code == 401

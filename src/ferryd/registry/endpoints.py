@@ -4,6 +4,11 @@
 `host[:port]` or its address is in the insecure list (loopback by default, as in
 dockerd): it is tried over HTTPS without verification first, then over plain HTTP.
 Certificates come from `certs.d/HOST[:PORT]/` as docker lays them out.
+
+Any registry may have mirrors (base URLs, perhaps with a path prefix), which pulls try
+first, in order; pushes never use them. An https mirror is checked like a registry, by
+its own host: system CAs plus `certs.d/MIRRORHOST[:PORT]/`, unverified when that host is
+insecure. An http mirror is used as written: the operator chose plain HTTP.
 """
 
 from __future__ import annotations
@@ -77,19 +82,22 @@ class RegistryService:
         return [Endpoint(domain, f"https://{host}", verify=self._tls(host, verify=True))]
 
     async def mirror_endpoints(self, domain: str) -> list[Endpoint]:
-        """The mirrors of `domain`, in the configured order. An https mirror is
-        verified unless its host is insecure; an http one is the operator's choice."""
+        """The mirrors of `domain` (as references name it), in the configured order."""
         endpoints = []
         for url in self.mirrors.get(domain, []):
             base_url = url.rstrip("/")
             scheme, _, rest = base_url.partition("://")
             host = rest.split("/", 1)[0]
             if scheme == "http":
-                endpoints.append(Endpoint(domain, base_url, False, insecure=True, mirror=True))
+                endpoints.append(
+                    Endpoint(domain, base_url, verify=False, insecure=True, mirror=True)
+                )
                 continue
             insecure = await self.is_insecure(host)
             context = self._tls(host, verify=not insecure)
-            endpoints.append(Endpoint(domain, base_url, context, insecure=insecure, mirror=True))
+            endpoints.append(
+                Endpoint(domain, base_url, verify=context, insecure=insecure, mirror=True)
+            )
         return endpoints
 
     async def is_insecure(self, host: str) -> bool:

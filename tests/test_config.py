@@ -364,7 +364,16 @@ def test_mirrors_are_read_per_registry(config: ConfigFile) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["mirror.example", "ftp://mirror.example", "https://", "https://u:p@m.example"]
+    "url",
+    [
+        "mirror.example",
+        "ftp://mirror.example",
+        "https://",
+        "https://u:p@m.example",
+        "http://[::1",
+        "http://m.example:abc",
+        "http://m.example:99999",
+    ],
 )
 def test_a_mirror_that_is_not_an_http_url_is_refused(config: ConfigFile, url: str) -> None:
     message = config.error(f'[registry_mirrors]\n"docker.io" = ["{url}"]\n')
@@ -391,3 +400,27 @@ def test_a_negative_shutdown_timeout_is_refused(config: ConfigFile) -> None:
 
     assert "shutdown_timeout" in message
     assert "-1" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [("Docker.IO", "docker.io"), ("https://index.docker.io/v1/", "docker.io")],
+)
+def test_a_mirror_key_must_be_a_registry_name(config: ConfigFile, key: str, expected: str) -> None:
+    message = config.error(f'[registry_mirrors]\n"{key}" = ["https://m.example"]\n')
+
+    assert f'key "{key}" is not a registry name' in message
+    assert f'write "{expected}"' in message
+
+
+@pytest.mark.parametrize(
+    "proxy", ["proxy.example:3128", "ftp://proxy.example", "http://h:99999", "http://[::1"]
+)
+def test_a_proxy_that_is_not_a_url_is_refused(config: ConfigFile, proxy: str) -> None:
+    assert "proxy: expected a URL such as" in config.error(f'proxy = "{proxy}"\n')
+
+
+def test_a_refused_proxy_is_shown_without_its_password(config: ConfigFile) -> None:
+    message = config.error('proxy = "ftp://alice:hunter2@proxy.example"\n')
+
+    assert "hunter2" not in message

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -105,6 +107,8 @@ def test_a_pull_still_running_after_the_grace_period_is_cancelled_and_resumed_la
         assert MB < kept < 20 * MB
         assert not daemon.socket.exists()
         assert daemon.log_events("transfer.cancelled")
+        [failed] = daemon.log_events("image.pull_failed")
+        assert failed["error"] == "cancelled"
 
         proxy.rate = 1000 * MB
         daemon.start()
@@ -144,3 +148,38 @@ def test_an_idle_daemon_stops_at_once(daemon: Daemon) -> None:
     assert daemon.stop() == 0
     assert time.monotonic() - started < 5
     assert daemon.log_events("daemon.stopped")
+
+
+def test_a_second_daemon_on_the_same_socket_leaves_the_first_ones_socket_alone(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    config = tmp_path / "second.toml"
+    config.write_text(f'root = "{tmp_path / "other-root"}"\nsocket = "{daemon.socket}"\n')
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ferryd", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 2
+    assert f"another daemon is already listening on {daemon.socket}" in done.stderr
+    assert daemon.client().get_json("/images/json") == []
+
+
+def test_a_second_daemon_on_the_same_store_is_refused(daemon: Daemon, tmp_path: Path) -> None:
+    config = tmp_path / "second.toml"
+    config.write_text(f'root = "{daemon.root}"\nsocket = "{tmp_path / "other.sock"}"\n')
+
+    done = subprocess.run(
+        [sys.executable, "-m", "ferryd", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 1
+    assert f"another ferryd is already using the store in {daemon.root}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "other.sock").exists()

@@ -112,3 +112,16 @@ def test_a_reload_that_makes_logs_verbose_again_is_logged(
 
     assert event["changed"] == ["log_level"]
     assert daemon.log_events("api.request")
+
+
+def test_a_mirror_url_that_cannot_be_parsed_fails_the_reload_not_the_daemon(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = start_daemon()
+
+    event = daemon.reload(registry_mirrors={"docker.io": ["http://[::1"]})
+
+    assert event["event"] == "daemon.reload_failed"
+    assert "registry_mirrors" in event["error"]
+    assert daemon.alive
+    assert daemon.client().get_json("/images/json") == []

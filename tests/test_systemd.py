@@ -50,10 +50,12 @@ def test_notifier_sends_ready_with_a_status(
     notifier.ready("idle")
     notifier.status("2 downloads, 0 uploads active")
     notifier.stopping()
+    notifier.stopping(grace=2.5)
 
     assert sock.recv(4096) == b"READY=1\nSTATUS=idle"
     assert sock.recv(4096) == b"STATUS=2 downloads, 0 uploads active"
     assert sock.recv(4096) == b"STOPPING=1"
+    assert sock.recv(4096) == b"STOPPING=1\nEXTEND_TIMEOUT_USEC=17500000"
     assert "NOTIFY_SOCKET" not in os.environ  # not passed on to credential helpers
 
 
@@ -233,7 +235,7 @@ def test_under_socket_activation_the_daemon_notifies_ready_pings_and_stops(
         process.send_signal(signal.SIGTERM)
         while (message := notify.recv(4096)) == b"WATCHDOG=1":
             pass
-        assert message == b"STOPPING=1"
+        assert message == b"STOPPING=1\nEXTEND_TIMEOUT_USEC=45000000"  # grace 30 s + 15
         assert process.wait(20) == 0
     finally:
         if process.poll() is None:

@@ -20,6 +20,7 @@ import msgspec
 
 from ferryd.errors import ConfigError
 from ferryd.platforms import InvalidPlatformError, parse_platform
+from ferryd.registry.auth import registry_domain
 from ferryd.registry.endpoints import DEFAULT_INSECURE
 
 DEFAULT_ROOT = Path("/var/lib/ferryd")
@@ -59,6 +60,11 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # SIGTERM/SIGINT: seconds running pulls and pushes get to finish before they are
     # cancelled (their partial downloads are kept for the next pull).
     shutdown_timeout: Seconds = 30.0
+
+    def __repr__(self) -> str:
+        # A proxy URL may carry a password; a repr ends up in tracebacks and logs.
+        fields = {**msgspec.structs.asdict(self), "proxy": hide_password(self.proxy)}
+        return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in fields.items()) + ")"
 
     @property
     def root_path(self) -> Path:
@@ -116,10 +122,21 @@ def _validate(data: dict[str, object], where: str) -> Settings:
             f"got {_show(settings.socket_mode)}"
         )
     for domain, mirrors in settings.registry_mirrors.items():
+        if domain != registry_domain(domain):
+            raise ConfigError(
+                f"{where}: registry_mirrors: key {_show(domain)} is not a registry name "
+                f"as references use it; write {_show(registry_domain(domain))}"
+            )
         for url in mirrors:
             problem = _mirror_problem(url)
             if problem:
                 raise ConfigError(f"{where}: registry_mirrors.{_show(domain)}: {problem}")
+    if settings.proxy:
+        problem = _url_problem(
+            settings.proxy, ("http", "https", "socks5", "socks5h"), "http://proxy:3128"
+        )
+        if problem:
+            raise ConfigError(f"{where}: proxy: {problem}")
     if settings.default_platform:
         try:
             parse_platform(settings.default_platform)
@@ -128,11 +145,38 @@ def _validate(data: dict[str, object], where: str) -> Settings:
     return settings
 
 
+def hide_password(url: str) -> str:
+    """`http://user:secret@proxy:3128` → `http://user:xxxxx@proxy:3128`, as dockerd."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return url.split("@", 1)[1] if "@" in url else url
+    credentials, _, host = parts.netloc.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:xxxxx@{host}"))
+
+
+def _url_problem(url: str, schemes: tuple[str, ...], example: str) -> str:
+    """Why `url` cannot be used (a wrong scheme, no host, a bad port), or ""."""
+    expected = f"expected a URL such as {_show(example)}, got {_show(hide_password(url))}"
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        _ = parsed.port  # raises ValueError on a port that is not a number below 65536
+    except ValueError:
+        return expected
+    if parsed.scheme not in schemes or not parsed.hostname:
+        return expected
+    return ""
+
+
 def _mirror_problem(url: str) -> str:
     """Why `url` cannot be a mirror's base URL ("" when it can)."""
+    problem = _url_problem(url, ("http", "https"), "https://mirror.example.com")
+    if problem:
+        return problem
     parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        return f'expected a URL such as "https://mirror.example.com", got {_show(url)}'
     if parsed.query or parsed.fragment or parsed.username or parsed.password:
         return f"a mirror URL has no query, fragment or credentials, got {_show(url)}"
     return ""

@@ -43,12 +43,15 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
     )
     engine = EngineState(settings)
     engine.events.bind()
-    sock: socket.socket | None = None
+    bound: socket.socket | None = None
     try:
         credentials = credential_store(settings)
-        sock = activated or bind_unix_socket(
-            settings.socket_path, int(settings.socket_mode, 8), settings.socket_group
-        )
+        if activated is None:
+            bound = bind_unix_socket(
+                settings.socket_path, int(settings.socket_mode, 8), settings.socket_group
+            )
+        sock = activated or bound
+        assert sock is not None
         async with anyio.create_task_group() as tg:
             downloads = DownloadManager(
                 store.blobs,
@@ -87,16 +90,16 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
                 "daemon.ready",
                 version=__version__,
                 root=settings.root,
-                socket=settings.socket,
+                socket=sock.getsockname() or settings.socket,
                 socket_activated=activated is not None,
             )
             await server.serve()
             tg.cancel_scope.cancel()
     finally:
-        if sock is not None:
-            sock.close()
-        if activated is None:
-            # A socket systemd made is systemd's to keep; our own goes with us.
+        if activated is not None:
+            activated.close()  # the socket file is systemd's to keep
+        if bound is not None:
+            bound.close()
             settings.socket_path.unlink(missing_ok=True)
         await connector.aclose()
         store.close()
@@ -116,7 +119,7 @@ async def _stop_on_signal(server: ApiServer, engine: EngineState, notifier: Noti
                     engine.stop_jobs.set()
                     break
                 log.info("daemon.stopping", signal=name, grace_seconds=grace)
-                notifier.stopping()
+                notifier.stopping(grace)
                 server.stop()
                 engine.events.close()  # event streams never end by themselves
                 tg.start_soon(_end_grace, engine, grace)

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ferryd import logs
 from ferryd.errors import InvalidReferenceError
 from ferryd.reference import parse_reference
+
+log = structlog.get_logger("ferryd.events")
 
 # A watcher that falls this far behind is dropped rather than slowing the others.
 _WATCHER_BUFFER = 256
@@ -94,6 +97,9 @@ class EventHub:
             except anyio.WouldBlock:
                 watcher.close()
                 self._watchers.discard(watcher)
+                log.warning(
+                    "events.watcher_dropped", reason="it fell behind", buffer=_WATCHER_BUFFER
+                )
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self._watchers.discard(watcher)
 

@@ -7,6 +7,7 @@ import sys
 from typing import Literal
 
 import structlog
+import structlog.tracebacks
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -16,7 +17,10 @@ _LEVELS = {
 }
 
 _TRACEBACKS: dict[str, structlog.typing.Processor] = {
-    "json": structlog.processors.dict_tracebacks,
+    # Without frame locals: they hold settings, credentials and tokens.
+    "json": structlog.processors.ExceptionRenderer(
+        structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+    ),
     "console": structlog.processors.format_exc_info,
 }
 

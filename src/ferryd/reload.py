@@ -37,6 +37,8 @@ LIVE_KEYS = (
     "log_level",
 )
 
+_REGISTRY_KEYS = ("insecure_registries", "registry_mirrors", "certs_dir")
+
 
 def registry_service(settings: Settings) -> RegistryService:
     return RegistryService(
@@ -76,13 +78,18 @@ class Reloader:
         except ConfigError as exc:
             log.error("daemon.reload_failed", error=str(exc))
             return
+        except Exception as exc:  # a bug must not take the running daemon down
+            log.exception("daemon.reload_failed", error=repr(exc))
+            return
         changed = [k for k in LIVE_KEYS if getattr(old, k) != getattr(new, k)]
         needs_restart = [
             k
             for k in Settings.__struct_fields__
             if k not in LIVE_KEYS and getattr(old, k) != getattr(new, k)
         ]
-        self.connector.reconfigure(registries)
+        if any(key in changed for key in _REGISTRY_KEYS):
+            # Only then: reconfiguring drops every cached login, token and connection.
+            self.connector.reconfigure(registries)
         self.service.saved_credentials = credentials
         self.engine.settings = msgspec.structs.replace(
             old, **{key: getattr(new, key) for key in LIVE_KEYS}

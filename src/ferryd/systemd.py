@@ -89,8 +89,11 @@ class Notifier:
         monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self._send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}")
 
-    def stopping(self) -> None:
-        self._send("STOPPING=1")
+    def stopping(self, grace: float | None = None) -> None:
+        """STOPPING=1; with `grace`, also ask for that long plus a margin before
+        systemd's stop timeout kills us (the unit's TimeoutStopSec may be shorter)."""
+        extend = f"EXTEND_TIMEOUT_USEC={int((grace + 15) * 1e6)}" if grace is not None else ""
+        self._send("STOPPING=1", extend)
 
     def watchdog(self) -> None:
         self._send("WATCHDOG=1")

@@ -54,12 +54,13 @@ class ProgressStream:
         async with sender:
             output = StreamOutput(sender)  # type: ignore[arg-type]
             try:
+                cut_short: list[bool] = []
                 with single_errors():
                     async with anyio.create_task_group() as tg:
-                        tg.start_soon(_cancel_when_set, self._deadline, tg.cancel_scope)
+                        tg.start_soon(_cancel_when_set, self._deadline, tg.cancel_scope, cut_short)
                         await self._job(output)
                         tg.cancel_scope.cancel()
-                if self._deadline.is_set():
+                if cut_short:
                     output.write(
                         Message(error="ferryd is shutting down; run the command again to resume")
                     )
@@ -70,8 +71,13 @@ class ProgressStream:
                 output.write(Message(error=f"internal error: {exc!r}"))
 
 
-async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+async def _cancel_when_set(
+    event: anyio.Event, scope: anyio.CancelScope, cut_short: list[bool]
+) -> None:
+    """Cancel the job once `event` is set, and say so (a job that ended in time
+    cancels this waiter instead, and nothing is said)."""
     await event.wait()
+    cut_short.append(True)
     scope.cancel()
 
 

@@ -6,12 +6,10 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import platform as host
 import socket
 import time
-import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +22,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from ferryd import __version__
 from ferryd.api.event_filters import EventFilter, EventFilterError, parse_time
-from ferryd.config import Settings
+from ferryd.config import Settings, hide_password
 from ferryd.distribution.service import ImageService
 from ferryd.events import EventHub
 from ferryd.platforms import host_platform
+from ferryd.registry.endpoints import split_insecure
 
 API_VERSION = "1.47"
 MIN_API_VERSION = "1.24"
@@ -143,8 +142,8 @@ async def info(request: Request) -> Response:
             "NCPU": os.cpu_count() or 1,
             "MemTotal": _memory_total(),
             "DockerRootDir": settings.root,
-            "HttpProxy": _without_password(settings.proxy),
-            "HttpsProxy": _without_password(settings.proxy),
+            "HttpProxy": hide_password(settings.proxy),
+            "HttpsProxy": hide_password(settings.proxy),
             "NoProxy": "",
             "Name": socket.gethostname(),
             "Labels": [],
@@ -227,7 +226,7 @@ def _registry_config(settings: Settings) -> dict[str, Any]:
     """dockerd's split: insecure networks as CIDRs (the docker CLI parses every one as
     a CIDR and fails on anything else), insecure hosts as index configs not secure."""
     docker_io_mirrors = settings.registry_mirrors.get("docker.io", [])
-    networks: list[str] = []
+    networks, hosts = split_insecure(settings.insecure_registries)
     indexes: dict[str, dict[str, Any]] = {
         "docker.io": {
             "Name": "docker.io",
@@ -236,30 +235,13 @@ def _registry_config(settings: Settings) -> dict[str, Any]:
             "Official": True,
         }
     }
-    for entry in settings.insecure_registries:
-        # Read as the registry endpoints read it.
-        entry = entry.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
-        try:
-            networks.append(str(ipaddress.ip_network(entry, strict=False)))
-        except ValueError:
-            host = entry.lower()
-            indexes[host] = {"Name": host, "Mirrors": [], "Secure": False, "Official": False}
+    for name in hosts:
+        indexes[name] = {"Name": name, "Mirrors": [], "Secure": False, "Official": False}
     return {
-        "InsecureRegistryCIDRs": networks,
+        "InsecureRegistryCIDRs": [str(network) for network in networks],
         "IndexConfigs": indexes,
         "Mirrors": docker_io_mirrors,
     }
-
-
-def _without_password(url: str) -> str:
-    """`http://user:secret@proxy:3128` → `http://user:xxxxx@proxy:3128`, as dockerd."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:xxxxx@{parts.hostname}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _machine_id() -> str:

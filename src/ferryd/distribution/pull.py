@@ -58,14 +58,22 @@ async def pull(reference: Reference, config: PullConfig, store: Store) -> PullRe
     try:
         return await _pull(reference, config, store)
     except FerrydError as exc:
-        log.warning(
-            "image.pull_failed",
-            action="pull",
-            reference=str(reference),
-            error=str(exc),
-            seconds=round(time.monotonic() - started, 3),
-        )
+        _log_failure(reference, str(exc), started)
         raise
+    except anyio.get_cancelled_exc_class():
+        # The client left, or the daemon is stopping: the pull did not happen either.
+        _log_failure(reference, "cancelled", started)
+        raise
+
+
+def _log_failure(reference: Reference, error: str, started: float) -> None:
+    log.warning(
+        "image.pull_failed",
+        action="pull",
+        reference=str(reference),
+        error=error,
+        seconds=round(time.monotonic() - started, 3),
+    )
 
 
 async def _pull(reference: Reference, config: PullConfig, store: Store) -> PullResult:

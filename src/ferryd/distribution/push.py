@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import anyio
 import msgspec
+import structlog
 
 from ferryd.concurrency import single_errors
 from ferryd.digest import Digest, chain_ids, sha256_digest, short_id
@@ -14,7 +15,7 @@ from ferryd.distribution.config import PushConfig
 from ferryd.distribution.layers import DescribableLayer, EmptyLayer, StoreLayer
 from ferryd.distribution.progress import Message
 from ferryd.distribution.uploads import Family, Uploaded
-from ferryd.errors import ImageNotFoundError
+from ferryd.errors import FerrydError, ImageNotFoundError
 from ferryd.reference import Reference
 from ferryd.registry.client import RegistryClient
 from ferryd.registry.manifests import (
@@ -27,6 +28,8 @@ from ferryd.registry.manifests import (
     decode_manifest,
 )
 from ferryd.store import Store
+
+log = structlog.get_logger("ferryd.push")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +57,32 @@ class _Stats:
 
 
 async def push(reference: Reference, config: PushConfig, store: Store) -> list[PushResult]:
-    """Push `reference`'s tag, or every tag of its repository when it has none."""
+    """Push `reference`'s tag, or every tag of its repository when it has none.
+
+    A failure is logged as one `image.push_failed` event, then raised.
+    """
+    started = time.monotonic()
+    try:
+        return await _push(reference, config, store)
+    except FerrydError as exc:
+        _log_failure(reference, str(exc), started)
+        raise
+    except anyio.get_cancelled_exc_class():
+        _log_failure(reference, "cancelled", started)
+        raise
+
+
+def _log_failure(reference: Reference, error: str, started: float) -> None:
+    log.warning(
+        "image.push_failed",
+        action="push",
+        reference=str(reference),
+        error=error,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+async def _push(reference: Reference, config: PushConfig, store: Store) -> list[PushResult]:
     progress = config.progress
     progress.write(Message(f"The push refers to repository [{reference.name}]"))
     tags = _tags_to_push(reference, store)

@@ -46,6 +46,7 @@ class Connector:
         self._clients: dict[str, httpx.AsyncClient] = {}
         # Clients from before a reload: running transfers still use them.
         self._retired: list[httpx.AsyncClient] = []
+        self._generation = 0  # counts reloads
         self._authenticators: dict[tuple[str, Credentials], Authenticator] = {}
         self._working: dict[str, Endpoint] = {}
         # Pulls starting together from one registry ping it once and share one login.
@@ -88,6 +89,7 @@ class Connector:
         async with self._login_locks.setdefault(mirror.base_url, anyio.Lock()):
             auth = self._authenticators.get((mirror.base_url, ANONYMOUS))
             if auth is None:
+                generation = self._generation
                 response = await ping(http, mirror)
                 # Named by its URL: its refusals are the mirror's, not the registry's.
                 auth = Authenticator(http, f"mirror {mirror.base_url}", ANONYMOUS)
@@ -96,7 +98,8 @@ class Connector:
                     if response.status_code == 401
                     else None
                 )
-                self._authenticators[(mirror.base_url, ANONYMOUS)] = auth
+                if generation == self._generation:  # else a reload made it stale
+                    self._authenticators[(mirror.base_url, ANONYMOUS)] = auth
         return RegistryClient(http, mirror, auth, repository, meta_headers=meta_headers)
 
     async def _login(self, domain: str, credentials: Credentials) -> tuple[Endpoint, Authenticator]:
@@ -109,6 +112,9 @@ class Connector:
         known = self._working.get(domain)
         if known is not None and (known.base_url, credentials) in self._authenticators:
             return known, self._authenticators[(known.base_url, credentials)]
+        # A reload while this login waits on the network makes what it finds stale:
+        # use it for this request, but do not remember it.
+        generation = self._generation
         endpoints = [known] if known is not None else await self.service.endpoints(domain)
         failures: list[str] = []
         for endpoint in endpoints:
@@ -124,10 +130,11 @@ class Connector:
                 if response.status_code == 401
                 else None
             )
-            self._working[domain] = endpoint
-            self._authenticators[(endpoint.base_url, credentials)] = auth
+            if generation == self._generation:
+                self._working[domain] = endpoint
+                self._authenticators[(endpoint.base_url, credentials)] = auth
             return endpoint, auth
-        if known is not None:
+        if known is not None and generation == self._generation:
             # The endpoint that worked before is gone: try them all again next time.
             del self._working[domain]
         raise RegistryUnreachableError("; ".join(failures) or f"no endpoint for {domain}")
@@ -151,6 +158,7 @@ class Connector:
         """Use new registry settings (a reload): new requests get new endpoints, TLS
         contexts and logins; running transfers keep the clients they have."""
         self.service = service
+        self._generation += 1
         self._working.clear()
         self._authenticators.clear()
         self._retired.extend(self._clients.values())

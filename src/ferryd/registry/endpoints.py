@@ -59,16 +59,9 @@ class RegistryService:
     _contexts: dict[tuple[str, bool], ssl.SSLContext] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._networks = []
-        self._hosts = set()
-        for entry in self.insecure_registries:
-            entry = entry.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
-            if not entry:
-                raise ConfigError("insecure registry entry is empty")
-            try:
-                self._networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                self._hosts.add(entry.lower())
+        networks, hosts = split_insecure(self.insecure_registries)
+        self._networks = networks
+        self._hosts = set(hosts)
 
     async def endpoints(self, domain: str) -> list[Endpoint]:
         host = DOCKER_HUB_HOST if domain == DEFAULT_DOMAIN else domain
@@ -142,6 +135,23 @@ class RegistryService:
             return None
         directory = self.certs_dir / host
         return directory if directory.is_dir() else None
+
+
+def split_insecure(
+    entries: list[str],
+) -> tuple[list[ipaddress.IPv4Network | ipaddress.IPv6Network], list[str]]:
+    """`insecure_registries` entries as networks (CIDRs, addresses) and host names."""
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    hosts: list[str] = []
+    for entry in entries:
+        entry = entry.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
+        if not entry:
+            raise ConfigError("insecure registry entry is empty")
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            hosts.append(entry.lower())
+    return networks, hosts
 
 
 def _unverified_context() -> ssl.SSLContext:

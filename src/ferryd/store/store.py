@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import re
 from pathlib import Path
+from typing import IO
 
 from ferryd.digest import Digest
-from ferryd.errors import ImageNotFoundError, InvalidReferenceError
+from ferryd.errors import ImageNotFoundError, InvalidReferenceError, StoreError
 from ferryd.reference import parse_reference
 from ferryd.store.blobs import BlobStore
 from ferryd.store.db import Database
@@ -15,6 +17,19 @@ from ferryd.store.layers import LayerStore
 from ferryd.store.metadata import V2MetadataStore
 from ferryd.store.references import ReferenceStore
 
+
+def _lock_root(root: Path) -> IO[bytes]:
+    """One daemon per store: two writing the same blobs and database would corrupt
+    each other's partial downloads and garbage collection."""
+    lock = (root / "ferryd.lock").open("ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StoreError(f"another ferryd is already using the store in {root}") from None
+    return lock
+
+
 _ID_PREFIX = re.compile(r"^(?:sha256:)?([a-f0-9]{1,64})$")
 
 
@@ -22,6 +37,7 @@ class Store:
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
+        self._lock = _lock_root(root)
         self.blobs = BlobStore(root)
         self.db = Database(root / "ferryd.db")
         self.layers = LayerStore(self.db)
@@ -84,3 +100,4 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+        self._lock.close()

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
+import httpx
 import pytest
 
 from ferryd.client import DaemonError
 from support.daemon import Daemon
+from support.images import LayerSpec, build_image, seed
+from support.registry import Registry
+
+
+def _post(daemon: Daemon, path: str, params: dict[str, str]) -> httpx.Response:
+    """A request whose status the test reads itself (the CLI client raises on >= 400)."""
+    transport = httpx.HTTPTransport(uds=str(daemon.socket))
+    with httpx.Client(transport=transport, base_url="http://ferryd", timeout=60) as client:
+        return client.post(path, params=params)
 
 
 def test_ping_answers_ok_with_engine_headers(daemon: Daemon) -> None:
@@ -83,12 +93,29 @@ def test_garbage_registry_auth_header_is_refused(daemon: Daemon) -> None:
         )
 
 
-def test_unreachable_registry_is_an_error_in_the_stream(daemon: Daemon) -> None:
-    messages = list(
-        daemon.client().stream("POST", "/images/create", {"fromImage": "127.0.0.1:9/x/y:z"})
-    )
+def test_an_unreachable_registry_is_an_http_error_before_any_stream(daemon: Daemon) -> None:
+    response = _post(daemon, "/images/create", {"fromImage": "127.0.0.1:9/x/y:z"})
 
-    assert "error" in messages[-1]
-    assert "cannot reach" in messages[-1]["error"]
-    assert json.dumps(messages[-1]).count("Traceback") == 0
+    assert response.status_code == 500
+    message = response.json()["message"]
+    assert message.startswith("cannot reach https://127.0.0.1:9")
     assert daemon.alive
+
+
+def test_a_missing_image_is_a_404_as_dockerd_answers(registry: Registry, daemon: Daemon) -> None:
+    response = _post(daemon, "/images/create", {"fromImage": f"{registry.host}/no/such:image"})
+
+    assert response.status_code == 404
+    assert "not found" in response.json()["message"]
+
+
+def test_a_failure_after_the_stream_began_ends_the_stream(
+    registry: Registry, daemon: Daemon, layout: Path
+) -> None:
+    build_image(layout, layers=[LayerSpec(size=1000, seed=901)], os="windows")
+    seed(registry, layout, "latest", "api/windows:v1")
+
+    messages = daemon.pull(f"{registry.host}/api/windows:v1")
+
+    assert messages[0]["status"] == "Pulling from api/windows"
+    assert "error" in messages[-1]

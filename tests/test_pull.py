@@ -233,7 +233,7 @@ def test_invalid_reference_is_refused_before_any_transfer(daemon: Daemon) -> Non
     from ferryd.client import DaemonError
 
     with pytest.raises(DaemonError, match="invalid reference format"):
-        daemon.pull("Not_A/Valid:ref:at:all")
+        list(daemon.client().stream("POST", "/images/create", {"fromImage": "Not_A/V:a:b"}))
 
 
 def test_registry_serving_wrong_bytes_fails_and_stores_nothing(

@@ -30,7 +30,10 @@ def listen_socket() -> socket.socket | None:
     os.environ.pop("LISTEN_FDNAMES", None)  # credential helpers must not inherit these
     if fds is None or pid is None:
         return None
-    if not pid.isdigit() or int(pid) != os.getpid():
+    if not pid.isdigit():
+        # sd_listen_fds(3) fails on this too: the environment is broken, not empty.
+        raise ConfigError(f"LISTEN_PID={pid!r} is not a process ID; unset it or fix the unit")
+    if int(pid) != os.getpid():
         return None  # meant for another process
     if fds != "1":
         raise ConfigError(
@@ -40,7 +43,9 @@ def listen_socket() -> socket.socket | None:
     try:
         sock = socket.socket(fileno=_LISTEN_FDS_START)
     except OSError as exc:
-        raise ConfigError(f"the socket systemd passed (fd 3) is unusable: {exc}") from None
+        raise ConfigError(
+            f"the socket systemd passed (fd 3) is unusable: {exc.strerror or exc}"
+        ) from None
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
         sock.detach()
         raise ConfigError(
@@ -101,7 +106,8 @@ class Notifier:
     def _send(self, *fields: str) -> None:
         if not self._address:
             return
-        message = "\n".join(field for field in fields if field).encode()
+        # "replace": a status text must never be the reason a notification fails.
+        message = "\n".join(field for field in fields if field).encode(errors="replace")
         try:
             # A socket per message: they are rare (a few per minute at most).
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:

@@ -118,12 +118,18 @@ class Daemon:
     def pull(
         self, reference: str, *, platform: str | None = None, auth: str | None = None
     ) -> list[dict[str, Any]]:
-        """The whole progress stream of a pull (an error ends it as a message)."""
+        """The whole progress stream of a pull (an error ends it as a message, whether
+        the daemon streamed it or refused with an HTTP status)."""
         params = {"fromImage": reference}
         if platform:
             params["platform"] = platform
         headers = {"X-Registry-Auth": auth} if auth else {}
-        return list(self.client().stream("POST", "/images/create", params, headers))
+        try:
+            return list(self.client().stream("POST", "/images/create", params, headers))
+        except DaemonError as exc:
+            # Refused before streaming (an HTTP error status, as dockerd): the same
+            # message, as the stream's error would carry it.
+            return [{"error": str(exc).removeprefix("Error response from daemon: ")}]
 
     def images(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.client().get_json("/images/json")

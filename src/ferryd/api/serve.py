@@ -51,6 +51,7 @@ def bind_unix_socket(path: Path, mode: int, group: str = "") -> socket.socket:
             os.chown(path, -1, gid)
         except OSError as exc:
             sock.close()
+            path.unlink(missing_ok=True)  # ours, bound a moment ago: leave nothing dead behind
             raise ConfigError(
                 f"socket_group: cannot give {path} to group {group!r}: {exc.strerror}"
             ) from None

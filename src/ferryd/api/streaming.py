@@ -17,7 +17,17 @@ from starlette.types import Receive, Scope, Send
 
 from ferryd.concurrency import single_errors
 from ferryd.distribution.progress import Message, ProgressOutput, StreamOutput
-from ferryd.errors import FerrydError
+from ferryd.errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    FerrydError,
+    ImageNotFoundError,
+    InvalidDigestError,
+    InvalidReferenceError,
+    NotFoundError,
+    PlatformNotFoundError,
+    TooManyRequestsError,
+)
 
 log = structlog.get_logger("ferryd.api")
 
@@ -25,28 +35,37 @@ Job = Callable[[ProgressOutput], Awaitable[None]]
 
 
 class ProgressStream:
-    """An ASGI response: 200, then one JSON message per line until the job ends."""
+    """An ASGI response: 200, then one JSON message per line until the job ends.
+
+    As dockerd: a job that fails before it has said anything (no such manifest, login
+    refused) is answered with an HTTP error status and `{"message": …}` instead, which
+    clients such as docker-py turn into their own exceptions.
+    """
 
     def __init__(self, job: Job, deadline: anyio.Event) -> None:
         self._job = job
         self._deadline = deadline  # set when running jobs must stop (shutdown)
+        self._failure: FerrydError | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
         sender, messages = anyio.create_memory_object_stream[Message](math.inf)
+        started = False
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
             tg.start_soon(self._run, sender)
             async with messages:
                 async for message in messages:
+                    if not started and message.error is not None and self._failure is not None:
+                        await _send_error(send, _status_of(self._failure), message.error)
+                        tg.cancel_scope.cancel()
+                        return
+                    if not started:
+                        await _start(send)
+                        started = True
                     body = msgspec.json.encode(message.to_json()) + b"\r\n"
                     await send({"type": "http.response.body", "body": body, "more_body": True})
+            if not started:
+                await _start(send)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             tg.cancel_scope.cancel()
 
@@ -65,10 +84,53 @@ class ProgressStream:
                         Message(error="ferryd is shutting down; run the command again to resume")
                     )
             except FerrydError as exc:
+                self._failure = exc
                 output.write(Message(error=str(exc)))
             except Exception as exc:  # a bug: tell the client, keep the daemon
                 log.exception("api.job_crashed")
                 output.write(Message(error=f"internal error: {exc!r}"))
+
+
+async def _start(send: Send) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    body = msgspec.json.encode({"message": message})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# dockerd's status codes for a failure it reports before streaming anything.
+_STATUS: list[tuple[type[FerrydError], int]] = [
+    (NotFoundError, 404),
+    (ImageNotFoundError, 404),
+    (PlatformNotFoundError, 404),
+    (AuthenticationError, 401),
+    (AccessDeniedError, 403),
+    (TooManyRequestsError, 429),
+    (InvalidReferenceError, 400),
+    (InvalidDigestError, 400),
+]
+
+
+def _status_of(exc: FerrydError) -> int:
+    return next((status for kind, status in _STATUS if isinstance(exc, kind)), 500)
 
 
 async def _cancel_when_set(

@@ -80,9 +80,11 @@ async def _pull(reference: Reference, config: PullConfig, store: Store) -> PullR
     started = time.monotonic()
     progress = config.progress
     tag_or_digest = reference.digest or reference.tag or "latest"
-    progress.write(Message(f"Pulling from {reference.path}", tag_or_digest, update=False))
     source = await _find_source(reference, tag_or_digest, config)
     client, top, manifest, image = source.client, source.top, source.manifest, source.image
+    # Said once the manifest is in hand, as dockerd: a pull that fails before this is
+    # answered with an HTTP error status, not a stream.
+    progress.write(Message(f"Pulling from {reference.path}", tag_or_digest, update=False))
 
     config_descriptor = image.config
     if config_descriptor.mediaType not in config.schema2_types:

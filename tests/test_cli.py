@@ -135,3 +135,15 @@ def test_serve_with_an_unusable_root_says_why_without_a_traceback(tmp_path: Path
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert str(blocker) in result.stderr
+
+
+def test_pull_all_tags_refuses_a_tag(daemon: Daemon) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ferryd", "-H", daemon.host, "pull", "-a", "alpine:3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 1
+    assert "tag can't be used with --all-tags/-a" in done.stderr

@@ -137,3 +137,21 @@ def test_docker_pull_sends_the_login_from_its_config(
         ).stdout
     )
     assert inspected[0]["Id"] == built.config_digest
+
+
+def test_docker_pull_all_tags(
+    registry: Registry, daemon: Daemon, layout: Path, docker_config: Path
+) -> None:
+    build_image(layout / "one", layers=[LayerSpec(size=1000, seed=921)])
+    build_image(layout / "two", layers=[LayerSpec(size=1000, seed=922)])
+    seed(registry, layout / "one", "latest", "cli/every:a")
+    seed(registry, layout / "two", "latest", "cli/every:b")
+    repository = f"{registry.host}/cli/every"
+
+    pulled = docker(daemon, "pull", "--all-tags", repository, config=docker_config)
+
+    assert "a: Pulling from cli/every" in pulled.stdout
+    assert "b: Pulling from cli/every" in pulled.stdout
+    assert f"Status: Downloaded newer image for {repository}" in pulled.stdout
+    listed = docker(daemon, "images", "--format", "{{.Tag}}", repository, config=docker_config)
+    assert sorted(listed.stdout.split()) == ["a", "b"]

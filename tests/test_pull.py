@@ -497,3 +497,34 @@ def test_a_failed_pull_is_one_structured_log_event(registry: Registry, daemon: D
     [event] = daemon.log_events("image.pull_failed")
     assert event["reference"] == f"{registry.host}/nothing/here:v1"
     assert event["error"] == error
+
+
+def test_a_repository_without_a_tag_pulls_every_tag(
+    registry: Registry, daemon: Daemon, layout: Path
+) -> None:
+    one = build_image(layout / "one", layers=[LayerSpec(size=1000, seed=911)])
+    two = build_image(layout / "two", layers=[LayerSpec(size=1000, seed=912)])
+    seed(registry, layout / "one", "latest", "alltags/app:v1")
+    seed(registry, layout / "two", "latest", "alltags/app:v2")
+    repository = f"{registry.host}/alltags/app"
+
+    messages = list(daemon.client().stream("POST", "/images/create", {"fromImage": repository}))
+
+    assert errors(messages) == []
+    assert [m["status"] for m in messages if m.get("status", "").startswith("Status:")] == [
+        f"Status: Downloaded newer image for {repository}"
+    ]
+    assert daemon.inspect(f"{repository}:v1")["Id"] == one.config_digest
+    assert daemon.inspect(f"{repository}:v2")["Id"] == two.config_digest
+    assert len(daemon.log_events("image.pull")) == 2
+
+
+def test_every_tag_of_an_unknown_repository_is_a_404(registry: Registry, daemon: Daemon) -> None:
+    from ferryd.client import DaemonError
+
+    with pytest.raises(DaemonError, match="not found"):
+        list(
+            daemon.client().stream(
+                "POST", "/images/create", {"fromImage": f"{registry.host}/alltags/none"}
+            )
+        )

@@ -709,3 +709,59 @@ async def test_secure_registry_with_its_ca_in_certs_d(
 async def test_unreachable_registry(connector: Connector) -> None:
     with pytest.raises(RegistryUnreachableError, match=r"127\.0\.0\.1:1"):
         await connector.open("127.0.0.1:1", REPO, ANONYMOUS)
+
+
+# -- tag lists --------------------------------------------------------------------------
+
+
+async def test_tag_lists_are_read_page_after_page(connector: Connector) -> None:
+    registry = FakeRegistry()
+
+    def page(request: Request) -> Reply:
+        if request.query.get("last") == "b":
+            return Reply(body=json.dumps({"name": REPO, "tags": ["c"]}).encode())
+        return Reply(
+            headers={"Link": f'</v2/{REPO}/tags/list?n=2&last=b>; rel="next"'},
+            body=json.dumps({"name": REPO, "tags": ["a", "b"]}).encode(),
+        )
+
+    registry.on("GET", f"/v2/{REPO}/tags/list", page)
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+
+        assert await client.list_tags() == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (Reply(body=b"[1, 2]"), "is not a tag list"),
+        (Reply(body=b'{"tags": [1]}'), "is not a tag list"),
+        (
+            Reply(
+                headers={"Link": '<http://elsewhere.example/v2/x/tags/list>; rel="next"'},
+                body=b'{"tags": ["a"]}',
+            ),
+            "the next page is on another host",
+        ),
+    ],
+)
+async def test_a_tag_list_that_makes_no_sense_is_a_protocol_error(
+    connector: Connector, reply: Reply, message: str
+) -> None:
+    registry = FakeRegistry()
+    registry.on("GET", f"/v2/{REPO}/tags/list", reply)
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+
+        with pytest.raises(RegistryProtocolError, match=message):
+            await client.list_tags()
+
+
+async def test_a_repository_without_tags_lists_none(connector: Connector) -> None:
+    registry = FakeRegistry()
+    registry.on("GET", f"/v2/{REPO}/tags/list", Reply(body=b'{"name": "x", "tags": null}'))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+
+        assert await client.list_tags() == []

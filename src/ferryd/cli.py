@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("reference")
     pull.add_argument("--platform", help="os/arch[/variant] (default: this host's)")
     pull.add_argument("-q", "--quiet", action="store_true", help="print only the image reference")
+    pull.add_argument("-a", "--all-tags", action="store_true", help="every tag of the repository")
     pull.set_defaults(handler=_pull)
 
     push = commands.add_parser("push", help="push an image (or every tag of a repository)")
@@ -167,7 +168,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    reference = _reference(args.reference)
+    reference = _reference(args.reference, default_tag=not args.all_tags)
+    if args.all_tags and (reference.tag is not None or reference.digest is not None):
+        raise UsageError("tag can't be used with --all-tags/-a")
     params = {"fromImage": str(reference)}
     if args.platform:
         params["platform"] = args.platform

@@ -142,7 +142,9 @@ async def inspect_image(request: Request) -> Response:
 
 
 def _pull_reference(from_image: str, tag: str) -> Reference:
-    """Docker's rules: `tag` may be a tag or a digest, and fromImage may carry either."""
+    """Docker's rules: `tag` may be a tag or a digest, and fromImage may carry either;
+    with neither, every tag of the repository is pulled (`docker pull -a` sends that;
+    a plain `docker pull` sends tag=latest)."""
     if tag:
         if ":" in tag and tag.split(":", 1)[0] in ("sha256", "sha384", "sha512"):
             parse_digest(tag)
@@ -151,7 +153,7 @@ def _pull_reference(from_image: str, tag: str) -> Reference:
         if base.tag is None and base.digest is None:
             return base.with_tag(tag)
         return base
-    return parse_reference(from_image)
+    return parse_reference(from_image, default_tag=False)
 
 
 def _credentials(request: Request) -> Credentials:

@@ -20,6 +20,7 @@ from ferryd.errors import (
     FerrydError,
     ImageConfigError,
     ManifestError,
+    NotFoundError,
     RegistryError,
 )
 from ferryd.platforms import Platform, host_platform
@@ -49,14 +50,17 @@ class PullResult:
     updated: bool  # a tag moved or layers were fetched
 
 
-async def pull(reference: Reference, config: PullConfig, store: Store) -> PullResult:
-    """Pull `reference` into the store, reporting progress to `config.progress`.
+async def pull(reference: Reference, config: PullConfig, store: Store) -> list[PullResult]:
+    """Pull `reference` into the store, reporting progress to `config.progress`; a
+    repository without tag or digest means every tag of it (`docker pull -a`).
 
     A failure is logged as one `image.pull_failed` event, then raised.
     """
     started = time.monotonic()
     try:
-        return await _pull(reference, config, store)
+        if reference.tag is None and reference.digest is None:
+            return await _pull_all_tags(reference, config, store)
+        return [await _pull(reference, config, store)]
     except FerrydError as exc:
         _log_failure(reference, str(exc), started)
         raise
@@ -76,7 +80,34 @@ def _log_failure(reference: Reference, error: str, started: float) -> None:
     )
 
 
-async def _pull(reference: Reference, config: PullConfig, store: Store) -> PullResult:
+async def _pull_all_tags(
+    repository: Reference, config: PullConfig, store: Store
+) -> list[PullResult]:
+    """Each tag in turn, as dockerd: one status line for the repository at the end."""
+    client = await config.connector.open(
+        repository.domain, repository.path, config.credentials, meta_headers=config.meta_headers
+    )
+    try:
+        tags = await client.list_tags()
+    except (AuthenticationError, AccessDeniedError) as exc:
+        raise type(exc)(_access_denied(repository, exc)) from None
+    if not tags:
+        raise NotFoundError(f"repository {repository.familiar_name} has no tags to pull")
+    results = [
+        await _pull(repository.with_tag(tag), config, store, say_status=False)
+        for tag in sorted(tags)
+    ]
+    name = repository.familiar_name
+    if any(result.updated for result in results):
+        config.progress.write(Message(f"Status: Downloaded newer image for {name}"))
+    else:
+        config.progress.write(Message(f"Status: Image is up to date for {name}"))
+    return results
+
+
+async def _pull(
+    reference: Reference, config: PullConfig, store: Store, *, say_status: bool = True
+) -> PullResult:
     started = time.monotonic()
     progress = config.progress
     tag_or_digest = reference.digest or reference.tag or "latest"
@@ -110,9 +141,9 @@ async def _pull(reference: Reference, config: PullConfig, store: Store) -> PullR
     changed = await anyio.to_thread.run_sync(_tag, store, config, reference, top.digest, image_id)
     updated = stats.fetched > 0 or changed
     progress.write(Message(f"Digest: {top.digest}"))
-    if updated:
+    if say_status and updated:
         progress.write(Message(f"Status: Downloaded newer image for {reference.familiar}"))
-    else:
+    elif say_status:
         progress.write(Message(f"Status: Image is up to date for {reference.familiar}"))
     config.event_logger(
         image_id,
@@ -176,10 +207,14 @@ async def _find_source(reference: Reference, tag_or_digest: str, config: PullCon
     try:
         return await _manifest_from(client, tag_or_digest, platform)
     except (AuthenticationError, AccessDeniedError) as exc:
-        raise type(exc)(
-            f"pull access denied for {reference.familiar_name}, repository does not exist "
-            f"or may require authorization: {exc}"
-        ) from None
+        raise type(exc)(_access_denied(reference, exc)) from None
+
+
+def _access_denied(reference: Reference, exc: Exception) -> str:
+    return (
+        f"pull access denied for {reference.familiar_name}, repository does not exist "
+        f"or may require authorization: {exc}"
+    )
 
 
 async def _manifest_from(client: RegistryClient, tag_or_digest: str, platform: Platform) -> _Source:

@@ -68,7 +68,7 @@ class ImageService:
         platform: Platform | None = None,
         credentials: Credentials,
         meta_headers: Mapping[str, str] | None = None,
-    ) -> PullResult:
+    ) -> list[PullResult]:
         config = PullConfig(
             **await self._common(reference, progress, credentials, meta_headers),
             download_manager=self.downloads,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -118,6 +119,22 @@ class RegistryClient:
                     ) from None
         digest = _digest_of(raw, expected, what)
         return FetchedManifest(media_type, digest, raw)
+
+    async def list_tags(self) -> list[str]:
+        """Every tag of the repository, page after page (`Link: <…>; rel="next"`)."""
+        what = f"tags of {self.endpoint.domain}/{self.repository}"
+        url = self._url("tags/list")
+        tags: list[str] = []
+        for _ in range(_MAX_TAG_PAGES):
+            async with self._stream("GET", url, what) as response:
+                raw = await _read_limited(response, MAX_MANIFEST_SIZE, what)
+                link = response.headers.get("link")
+            tags += _tag_page(raw, what)
+            following = _next_page(link, self.endpoint, what)
+            if following is None:
+                return tags
+            url = following
+        raise RegistryProtocolError(f"{what}: more than {_MAX_TAG_PAGES} pages")
 
     async def get_blob(self, digest: Digest, limit: int, what: str) -> bytes:
         """A small blob (an image config) read whole and verified."""
@@ -304,6 +321,31 @@ class RegistryClient:
             if response.status_code == 303:
                 method = "GET"
         raise RegistryProtocolError(f"{self.endpoint.domain}: more than {MAX_REDIRECTS} redirects")
+
+
+_MAX_TAG_PAGES = 1000
+_NEXT_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
+
+
+def _tag_page(raw: bytes, what: str) -> list[str]:
+    try:
+        tags = json.loads(raw).get("tags") or []
+    except (ValueError, AttributeError):
+        raise RegistryProtocolError(f"{what}: the registry's answer is not a tag list") from None
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        raise RegistryProtocolError(f"{what}: the registry's answer is not a tag list")
+    return tags
+
+
+def _next_page(link: str | None, endpoint: Endpoint, what: str) -> str | None:
+    """The next page's URL, which must stay on the registry (it carries our login)."""
+    match = _NEXT_LINK.search(link or "")
+    if match is None:
+        return None
+    url: str = urljoin(endpoint.base_url + "/", str(match.group(1)))
+    if urlsplit(url).netloc != urlsplit(endpoint.base_url).netloc:
+        raise RegistryProtocolError(f"{what}: the next page is on another host: {url}")
+    return url
 
 
 async def ping(http: httpx.AsyncClient, endpoint: Endpoint) -> httpx.Response:

@@ -139,19 +139,23 @@ async def _tell_systemd(server: ApiServer, service: ImageService, notifier: Noti
     await server.wait_started()
     status = _status(service)
     notifier.ready(status)
-    interval = notifier.watchdog_interval
-    next_ping = 0.0
+    async with anyio.create_task_group() as tg:
+        if notifier.watchdog_interval is not None:
+            tg.start_soon(_ping_watchdog, notifier, notifier.watchdog_interval)
+        while True:
+            await anyio.sleep(_STATUS_INTERVAL)
+            current = _status(service)
+            if current != status:
+                status = current
+                notifier.status(status)
+
+
+async def _ping_watchdog(notifier: Notifier, interval: float) -> None:
+    # A loop of its own: a ping can never be skipped because a timer woke a little
+    # early, which would leave systemd's watchdog one missed ping from a restart.
     while True:
-        now = anyio.current_time()
-        if interval is not None and now >= next_ping:
-            notifier.watchdog()
-            next_ping = now + interval
-        current = _status(service)
-        if current != status:
-            status = current
-            notifier.status(status)
-        wait = _STATUS_INTERVAL if interval is None else min(_STATUS_INTERVAL, interval)
-        await anyio.sleep(wait)
+        notifier.watchdog()
+        await anyio.sleep(interval)
 
 
 def _status(service: ImageService) -> str:

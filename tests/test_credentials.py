@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import stat
@@ -68,8 +69,15 @@ def test_registry_domain(server: str, domain: str) -> None:
     assert registry_domain(server) == domain
 
 
-def test_docker_config_missing_file_is_empty(tmp_path: Path) -> None:
-    assert CredentialStore.from_file(tmp_path / "nope.json").auths == {}
+def test_a_missing_credentials_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "nope.json"
+
+    with pytest.raises(ConfigError, match=f"credentials file {path} does not exist"):
+        CredentialStore.from_file(path)
+
+
+def test_no_credentials_file_means_no_logins() -> None:
+    assert CredentialStore.from_file(None) == CredentialStore()
 
 
 def test_docker_config_without_auths_is_empty(tmp_path: Path) -> None:
@@ -99,6 +107,16 @@ def test_docker_config_malformed_is_a_config_error(tmp_path: Path, text: str) ->
 def test_docker_config_that_is_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         CredentialStore.from_file(tmp_path)
+
+
+def test_a_bad_auths_entry_is_named_without_its_secret(tmp_path: Path) -> None:
+    path = _config(tmp_path, {"auths": {"reg:5000": {"auth": "c2VjcmV0LW5vLWNvbG9u"}}})
+
+    with pytest.raises(ConfigError) as caught:
+        CredentialStore.from_file(path)
+
+    assert f"credentials file {path}: auths['reg:5000']: 'auth' is not base64" in str(caught.value)
+    assert "secret-no-colon" not in str(caught.value)
 
 
 # -- credential helpers -------------------------------------------------------------
@@ -198,17 +216,20 @@ async def test_a_token_username_means_an_identity_token(
     assert await store.lookup("reg.example") == Credentials(identity_token="refresh-me")
 
 
-async def test_not_found_in_the_helper_is_anonymous_or_the_auths_entry(
+async def test_not_found_in_the_helper_is_anonymous_even_with_an_auths_entry(
     tmp_path: Path, helpers: Callable[[str, str], Path]
 ) -> None:
+    """As docker's native store: once a helper answers for a registry, `auths` keeps
+    nothing but emails for it, so the helper's "not found" is the last word."""
     helpers("vault", "print('credentials not found in native keychain'); sys.exit(1)\n")
     token = base64.b64encode(b"file:from-file").decode()
+    auths = {"a.example": {"auth": token}, "b.example": {"auth": token}}
     store = CredentialStore.from_file(
-        _config(tmp_path, {"credsStore": "vault", "auths": {"a.example": {"auth": token}}})
+        _config(tmp_path, {"credHelpers": {"a.example": "vault"}, "auths": auths})
     )
 
-    assert await store.lookup("b.example") == ANONYMOUS
-    assert await store.lookup("a.example") == Credentials("file", "from-file")
+    assert await store.lookup("a.example") == ANONYMOUS
+    assert await store.lookup("b.example") == Credentials("file", "from-file")
 
 
 @pytest.mark.parametrize(
@@ -230,9 +251,8 @@ async def test_a_failing_helper_is_a_clear_error(
     tmp_path: Path, helpers: Callable[[str, str], Path], body: str, message: str
 ) -> None:
     helpers("vault", body)
-    path = _config(tmp_path, {"credsStore": "vault"})
-    store = CredentialStore(
-        helpers=CredentialStore.from_file(path).helpers, default_helper="vault", timeout=0.5
+    store = dataclasses.replace(
+        CredentialStore.from_file(_config(tmp_path, {"credsStore": "vault"})), timeout=0.5
     )
 
     with pytest.raises(CredentialHelperError) as caught:
@@ -251,10 +271,17 @@ async def test_a_missing_helper_is_a_clear_error(tmp_path: Path) -> None:
         await store.lookup("reg.example")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "print(json.dumps({'Username': 5, 'Secret': 'hunter2-secret'}))\n",
+        "print(json.dumps({'Username': 'u', 'Secret': 'hunter2-secret'})); sys.exit(1)\n",
+    ],
+)
 async def test_the_secret_never_appears_in_an_error(
-    tmp_path: Path, helpers: Callable[[str, str], Path]
+    tmp_path: Path, helpers: Callable[[str, str], Path], body: str
 ) -> None:
-    helpers("vault", "print(json.dumps({'Username': 5, 'Secret': 'hunter2-secret'}))\n")
+    helpers("vault", body)
     store = CredentialStore.from_file(_config(tmp_path, {"credsStore": "vault"}))
 
     with pytest.raises(CredentialHelperError) as caught:
@@ -316,6 +343,17 @@ def test_a_failing_helper_fails_the_pull_with_its_reason(
     assert daemon.alive
 
 
+def test_the_daemon_refuses_to_start_with_a_missing_credentials_file(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    missing = tmp_path / "typo.json"
+
+    with pytest.raises(RuntimeError, match="exited 2") as caught:
+        start_daemon(credentials_file=str(missing))
+
+    assert f"credentials file {missing} does not exist" in str(caught.value)
+
+
 def test_a_new_credentials_file_is_read_on_reload(
     tls_registry: Registry,
     start_daemon: Callable[..., Daemon],
@@ -323,7 +361,7 @@ def test_a_new_credentials_file_is_read_on_reload(
     ca: trustme.CA,
     tmp_path: Path,
 ) -> None:
-    config = tmp_path / "later.json"  # not there yet
+    config = _config(tmp_path, {})  # no logins yet
     daemon = start_daemon(insecure_registries=[], credentials_file=str(config))
     certs = daemon.workdir / "certs.d" / tls_registry.host
     certs.mkdir(parents=True)

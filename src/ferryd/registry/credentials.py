@@ -4,7 +4,9 @@ Looked up as the docker CLI does, for each pull and push (helpers may rotate sec
 the registry's entry in `credHelpers`, else the `credsStore` helper, else `auths`.
 A helper is `docker-credential-NAME` on PATH, asked with `get` and the server URL on
 stdin; it answers `{"ServerURL", "Username", "Secret"}` (Username `<token>` means the
-secret is an identity token).
+secret is an identity token). As in docker, a registry that has a helper is the
+helper's alone: when the helper knows no login for it, the pull is anonymous, whatever
+`auths` says (docker keeps only emails there once a helper is set).
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ _NOT_FOUND = "credentials not found in native keychain"
 
 @dataclass(frozen=True)
 class CredentialStore:
+    """The daemon's logins as one credentials file gives them; rebuilt on reload.
+
+    Holds the parsed file, never a helper's answer: helpers are asked at each lookup.
+    """
+
     auths: Mapping[str, Credentials] = field(default_factory=dict)
     helpers: Mapping[str, str] = field(default_factory=dict)  # registry domain → helper
     default_helper: str = ""  # credsStore
@@ -36,8 +43,8 @@ class CredentialStore:
 
     @classmethod
     def from_file(cls, path: Path | None) -> CredentialStore:
-        """Read `path` (None or a missing file: no logins); a malformed file is a
-        ConfigError naming it."""
+        """Read `path` (None: no logins); a missing or malformed file is a ConfigError
+        naming it, so that a mistyped path does not turn every pull anonymous."""
         if path is None:
             return cls()
         data = _read(path)
@@ -50,8 +57,9 @@ class CredentialStore:
         for server, entry in auths.items():
             if not isinstance(entry, dict):
                 raise ConfigError(f"credentials file {path}: auths[{server!r}] must be an object")
+            where = f"credentials file {path}: auths[{server!r}]"
             try:
-                result[registry_domain(server)] = credentials_from_entry(entry, str(path))
+                result[registry_domain(server)] = credentials_from_entry(entry, where)
             except AuthenticationError as exc:
                 raise ConfigError(str(exc)) from None
         names: dict[str, str] = {}
@@ -64,16 +72,17 @@ class CredentialStore:
         return cls(result, names, store)
 
     async def lookup(self, domain: str) -> Credentials:
-        """The login for `domain`, or anonymous."""
+        """The login for `domain`, or anonymous; a helper that fails raises
+        CredentialHelperError (its reason, never a secret)."""
         helper = self.helpers.get(domain) or self.default_helper
         if helper:
-            found = await self._ask(helper, domain)
-            if found is not None:
-                return found
+            return await self._ask(helper, domain) or ANONYMOUS
         return self.auths.get(domain, ANONYMOUS)
 
     async def _ask(self, helper: str, domain: str) -> Credentials | None:
-        program = shutil.which(f"docker-credential-{helper}")
+        # PATH is searched in a worker thread: a slow (network) PATH entry must not
+        # stall the event loop.
+        program = await anyio.to_thread.run_sync(shutil.which, f"docker-credential-{helper}")
         if program is None:
             raise CredentialHelperError(
                 f"credential helper docker-credential-{helper} (for {domain}) is not on PATH"
@@ -101,8 +110,12 @@ def _answer(
     if done.returncode != 0:
         if _NOT_FOUND in out:
             return None
-        # A failing helper prints its reason, never the secret it did not find.
-        reason = (out or done.stderr.decode(errors="replace").strip())[:200]
+        # A failing helper prints its reason; an answer with a secret in it (a confused
+        # helper) is not echoed.
+        reason = out or done.stderr.decode(errors="replace").strip()
+        if '"Secret"' in reason:
+            reason = "its output is withheld: it holds a secret"
+        reason = reason[:200]
         raise CredentialHelperError(
             f"credential helper docker-credential-{helper} failed for {domain} "
             f"(exit status {done.returncode}): {reason or 'no message'}"
@@ -126,7 +139,10 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        return {}
+        raise ConfigError(
+            f"credentials file {path} does not exist: create it (a docker config.json) "
+            'or set credentials_file = ""'
+        ) from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read credentials file {path}: {exc}") from None
     if not isinstance(data, dict):

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import time
+from collections.abc import Iterator
 from typing import Literal
 
+import anyio
 import structlog
 import structlog.tracebacks
+
+from ferryd.errors import FerrydError
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -80,3 +86,28 @@ def _capture_stdlib_logging(
     root.handlers = [handler]
     # Library chatter (httpx logs every request at info) only at warning and above.
     root.setLevel(max(_LEVELS[level], logging.WARNING))
+
+
+@contextlib.contextmanager
+def failure_logged(action: str, reference: str) -> Iterator[None]:
+    """One `image.<action>_failed` line when the block fails or is cancelled (the client
+    left, the daemon stopped); the exception goes on."""
+    started = time.monotonic()
+
+    def failed(error: str) -> None:
+        _events.warning(
+            f"image.{action}_failed",
+            action=action,
+            reference=reference,
+            error=error,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    try:
+        yield
+    except FerrydError as exc:
+        failed(str(exc))
+        raise
+    except anyio.get_cancelled_exc_class():
+        failed("cancelled")
+        raise

@@ -17,12 +17,12 @@ from ferryd.errors import (
     AccessDeniedError,
     AuthenticationError,
     ContentError,
-    FerrydError,
     ImageConfigError,
     ManifestError,
     NotFoundError,
     RegistryError,
 )
+from ferryd.logs import failure_logged
 from ferryd.platforms import Platform, host_platform
 from ferryd.reference import Reference
 from ferryd.registry.client import RegistryClient
@@ -56,28 +56,10 @@ async def pull(reference: Reference, config: PullConfig, store: Store) -> list[P
 
     A failure is logged as one `image.pull_failed` event, then raised.
     """
-    started = time.monotonic()
-    try:
+    with failure_logged("pull", str(reference)):
         if reference.tag is None and reference.digest is None:
             return await _pull_all_tags(reference, config, store)
         return [await _pull(reference, config, store)]
-    except FerrydError as exc:
-        _log_failure(reference, str(exc), started)
-        raise
-    except anyio.get_cancelled_exc_class():
-        # The client left, or the daemon is stopping: the pull did not happen either.
-        _log_failure(reference, "cancelled", started)
-        raise
-
-
-def _log_failure(reference: Reference, error: str, started: float) -> None:
-    log.warning(
-        "image.pull_failed",
-        action="pull",
-        reference=str(reference),
-        error=error,
-        seconds=round(time.monotonic() - started, 3),
-    )
 
 
 async def _pull_all_tags(

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import anyio
 import msgspec
-import structlog
 
 from ferryd.concurrency import single_errors
 from ferryd.digest import Digest, chain_ids, sha256_digest, short_id
@@ -15,7 +14,8 @@ from ferryd.distribution.config import PushConfig
 from ferryd.distribution.layers import DescribableLayer, EmptyLayer, StoreLayer
 from ferryd.distribution.progress import Message
 from ferryd.distribution.uploads import Family, Uploaded
-from ferryd.errors import FerrydError, ImageNotFoundError
+from ferryd.errors import ImageNotFoundError
+from ferryd.logs import failure_logged
 from ferryd.reference import Reference
 from ferryd.registry.client import RegistryClient
 from ferryd.registry.manifests import (
@@ -28,8 +28,6 @@ from ferryd.registry.manifests import (
     decode_manifest,
 )
 from ferryd.store import Store
-
-log = structlog.get_logger("ferryd.push")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,25 +59,8 @@ async def push(reference: Reference, config: PushConfig, store: Store) -> list[P
 
     A failure is logged as one `image.push_failed` event, then raised.
     """
-    started = time.monotonic()
-    try:
+    with failure_logged("push", str(reference)):
         return await _push(reference, config, store)
-    except FerrydError as exc:
-        _log_failure(reference, str(exc), started)
-        raise
-    except anyio.get_cancelled_exc_class():
-        _log_failure(reference, "cancelled", started)
-        raise
-
-
-def _log_failure(reference: Reference, error: str, started: float) -> None:
-    log.warning(
-        "image.push_failed",
-        action="push",
-        reference=str(reference),
-        error=error,
-        seconds=round(time.monotonic() - started, 3),
-    )
 
 
 async def _push(reference: Reference, config: PushConfig, store: Store) -> list[PushResult]:

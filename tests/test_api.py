@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ferryd.client import DaemonError
+from ferryd.cli.client import DaemonError
 from support.daemon import Daemon
 from support.images import LayerSpec, build_image, seed
 from support.registry import Registry

@@ -15,6 +15,7 @@ from ferryd.errors import (
     RegistryUnreachableError,
     TransientRegistryError,
 )
+from ferryd.oci.mediatypes import OCI_MANIFEST
 from ferryd.registry.auth import (
     ANONYMOUS,
     Challenge,
@@ -25,7 +26,6 @@ from ferryd.registry.auth import (
 )
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import RegistryService
-from ferryd.registry.manifests import OCI_MANIFEST
 from support.fakes import FakeRegistry, Reply, Request, serve_registry
 
 REPO = "team/app"

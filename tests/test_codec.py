@@ -18,15 +18,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from isal import isal_zlib
 
-from ferryd.codec import (
-    BATCH_SIZE,
-    Compression,
-    LayerSink,
-    detect_compression,
-    inflater,
-)
-from ferryd.digest import Digest
+from ferryd.codec import BATCH_SIZE, LayerSink, detect_compression, inflater
 from ferryd.errors import ContentError, DigestMismatchError
+from ferryd.oci.digest import Digest
+from ferryd.oci.mediatypes import Compression
 
 MiB = 1 << 20
 deterministic = settings(derandomize=True, max_examples=100, deadline=None)

@@ -8,9 +8,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from ferryd.config import Settings, load_settings
+from ferryd.daemon.settings import Settings, load_settings
 from ferryd.errors import ConfigError
-from ferryd.platforms import parse_platform
+from ferryd.oci.platform import parse_platform
 
 
 @pytest.fixture

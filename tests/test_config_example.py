@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 
-from ferryd.config import Settings, load_settings
+from ferryd.daemon.settings import Settings, load_settings
 
 EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
 

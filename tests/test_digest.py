@@ -8,7 +8,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ferryd.digest import (
+from ferryd.errors import InvalidDigestError
+from ferryd.oci.digest import (
     Digest,
     algorithm_of,
     chain_id,
@@ -19,7 +20,6 @@ from ferryd.digest import (
     sha256_digest,
     short_id,
 )
-from ferryd.errors import InvalidDigestError
 
 deterministic = settings(derandomize=True, max_examples=200)
 

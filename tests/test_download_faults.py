@@ -17,8 +17,7 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 
-from ferryd.digest import Digest
-from ferryd.distribution.config import BlobFetcher, DownloadDescriptor
+from ferryd.distribution.context import BlobFetcher, DownloadDescriptor
 from ferryd.distribution.downloads import DownloadManager
 from ferryd.errors import (
     ContentError,
@@ -27,6 +26,7 @@ from ferryd.errors import (
     NotFoundError,
     TransientRegistryError,
 )
+from ferryd.oci.digest import Digest
 from ferryd.registry.auth import ANONYMOUS
 from ferryd.registry.client import BlobResponse, RegistryClient
 from ferryd.registry.connector import Connector

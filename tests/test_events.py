@@ -18,9 +18,10 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from ferryd.api.event_filters import EventFilter, EventFilterError, parse_time
-from ferryd.client import Client, DaemonError
-from ferryd.events import Event, EventHub
+from ferryd.cli.client import Client, DaemonError
+from ferryd.daemon.api.event_filters import EventFilter, parse_time
+from ferryd.distribution.events import Event, EventHub
+from ferryd.errors import InvalidFilterError
 from support.daemon import Daemon, errors
 from support.images import LayerSpec, build_image, seed
 from support.registry import Registry
@@ -308,7 +309,7 @@ def test_an_image_filter_finds_an_untag_by_digest_by_repository_reference_or_id(
     ],
 )
 def test_bad_filters_are_refused_naming_the_problem(filters: str, message: str) -> None:
-    with pytest.raises(EventFilterError, match=message):
+    with pytest.raises(InvalidFilterError, match=message):
         EventFilter.parse(filters)
 
 
@@ -328,7 +329,7 @@ def test_times_are_unix_seconds_with_optional_fractions(text: str, nanos: int) -
 
 @pytest.mark.parametrize("text", ["tomorrow", "10m", "1700000000.", "1.0000000001", ""])
 def test_a_time_that_is_not_unix_seconds_is_refused_naming_the_parameter(text: str) -> None:
-    with pytest.raises(EventFilterError, match=f"invalid until value {text!r}"):
+    with pytest.raises(InvalidFilterError, match=f"invalid until value {text!r}"):
         parse_time(text, "until")
 
 

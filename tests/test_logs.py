@@ -9,8 +9,8 @@ import logging
 import pytest
 import structlog
 
-from ferryd import logs
-from ferryd.config import Settings
+from ferryd.daemon import logs
+from ferryd.daemon.settings import Settings
 from support.daemon import Daemon, errors
 
 

@@ -12,17 +12,7 @@ from ferryd.errors import (
     PlatformNotFoundError,
     UnsupportedManifestError,
 )
-from ferryd.platforms import Platform, parse_platform
-from ferryd.registry.manifests import (
-    DOCKER_CONFIG,
-    DOCKER_LAYER_GZIP,
-    DOCKER_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-    OCI_CONFIG,
-    OCI_INDEX,
-    OCI_LAYER_GZIP,
-    OCI_MANIFEST,
-    SCHEMA1_TYPES,
+from ferryd.oci.manifest import (
     Descriptor,
     ImageIndex,
     ManifestPlatform,
@@ -32,6 +22,18 @@ from ferryd.registry.manifests import (
     media_type_of,
     select_platform,
 )
+from ferryd.oci.mediatypes import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER_GZIP,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    SCHEMA1_TYPES,
+)
+from ferryd.oci.platform import Platform, parse_platform
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ferryd.platforms import (
-    InvalidPlatformError,
+from ferryd.errors import InvalidPlatformError
+from ferryd.oci.platform import (
     Platform,
     host_platform,
     normalize,

@@ -230,7 +230,7 @@ def test_missing_repository_or_tag_is_a_clear_error_and_the_daemon_stays_up(
 
 
 def test_invalid_reference_is_refused_before_any_transfer(daemon: Daemon) -> None:
-    from ferryd.client import DaemonError
+    from ferryd.cli.client import DaemonError
 
     with pytest.raises(DaemonError, match="invalid reference format"):
         list(daemon.client().stream("POST", "/images/create", {"fromImage": "Not_A/V:a:b"}))
@@ -520,7 +520,7 @@ def test_a_repository_without_a_tag_pulls_every_tag(
 
 
 def test_every_tag_of_an_unknown_repository_is_a_404(registry: Registry, daemon: Daemon) -> None:
-    from ferryd.client import DaemonError
+    from ferryd.cli.client import DaemonError
 
     with pytest.raises(DaemonError, match="not found"):
         list(

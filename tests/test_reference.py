@@ -12,9 +12,9 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from ferryd.digest import Digest
 from ferryd.errors import InvalidReferenceError
-from ferryd.reference import Reference, parse_reference, parse_repository
+from ferryd.oci.digest import Digest
+from ferryd.oci.reference import Reference, parse_reference, parse_repository
 
 SHA = "sha256:" + "f" * 64
 SHA512 = "sha512:" + "f" * 128

@@ -13,7 +13,6 @@ import anyio
 import pytest
 import trustme
 
-from ferryd.digest import Digest
 from ferryd.errors import (
     AccessDeniedError,
     ConfigError,
@@ -27,18 +26,14 @@ from ferryd.errors import (
     TransientRegistryError,
     UnsupportedManifestError,
 )
+from ferryd.oci.digest import Digest
+from ferryd.oci.manifest import MAX_MANIFEST_SIZE, check_supported
+from ferryd.oci.mediatypes import ACCEPT, OCI_MANIFEST, SCHEMA1_TYPES
 from ferryd.registry import endpoints as endpoints_module
 from ferryd.registry.auth import ANONYMOUS, Credentials
 from ferryd.registry.client import MAX_REDIRECTS, BlobResponse, RegistryClient
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import DOCKER_HUB_HOST, RegistryService
-from ferryd.registry.manifests import (
-    ACCEPT,
-    MAX_MANIFEST_SIZE,
-    OCI_MANIFEST,
-    SCHEMA1_TYPES,
-    check_supported,
-)
 from support.fakes import (
     FakeRegistry,
     FakeServer,

@@ -23,7 +23,7 @@ import trustme
 
 from conftest import PASSWORD, USER
 from ferryd import __version__
-from ferryd.client import DaemonError
+from ferryd.cli.client import DaemonError
 from support.daemon import Daemon, errors
 from support.fakes import FakeRegistry, FakeServer, Reply, Request, registry_error, serve_registry
 from support.images import BuiltImage, LayerSpec, blob_path, build_image, seed

@@ -29,11 +29,11 @@ import trustme
 from structlog.testing import capture_logs
 
 from conftest import PASSWORD, USER
-from ferryd.api.serve import bind_unix_socket
-from ferryd.client import Client, DaemonError
-from ferryd.config import Settings
+from ferryd.cli.client import Client, DaemonError
+from ferryd.daemon.api.serve import bind_unix_socket
+from ferryd.daemon.settings import Settings
+from ferryd.daemon.systemd import Notifier
 from ferryd.errors import ConfigError
-from ferryd.systemd import Notifier
 from support.daemon import Daemon, errors
 from support.images import LayerSpec, build_image, seed
 from support.registry import Registry
@@ -182,7 +182,7 @@ _ACTIVATED_CHILD = textwrap.dedent(
     """
     import os, socket, sys
     from ferryd.errors import ConfigError
-    from ferryd.systemd import listen_socket
+    from ferryd.daemon.systemd import listen_socket
     kind, path, fds, pid = sys.argv[1:]
     if kind == "file":
         fd = os.open(path, os.O_RDWR | os.O_CREAT)

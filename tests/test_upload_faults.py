@@ -21,10 +21,9 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 
-from ferryd.digest import Digest, short_id
-from ferryd.distribution.layers import StoreLayer, StoreLayerProvider
 from ferryd.distribution.progress import Message
-from ferryd.distribution.uploads import DOCKER_LAYER_TAR, Family, Uploaded, UploadManager
+from ferryd.distribution.push_layers import StoreLayer, StoreLayerProvider
+from ferryd.distribution.uploads import Uploaded, UploadManager
 from ferryd.errors import (
     AccessDeniedError,
     AuthenticationError,
@@ -34,11 +33,18 @@ from ferryd.errors import (
     RegistryError,
     TransientRegistryError,
 )
+from ferryd.oci.digest import Digest, short_id
+from ferryd.oci.mediatypes import (
+    DOCKER_LAYER_GZIP,
+    DOCKER_LAYER_TAR,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    Family,
+)
 from ferryd.registry.auth import ANONYMOUS
 from ferryd.registry.client import RegistryClient
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import RegistryService
-from ferryd.registry.manifests import DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, OCI_MANIFEST
 from ferryd.store import Store
 from ferryd.store.metadata import V2Metadata
 from support.fakes import (

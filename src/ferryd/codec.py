@@ -8,7 +8,6 @@ layer keeps more than one core busy while the event loop only moves bytes.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import os
 from collections import deque
@@ -20,8 +19,9 @@ from typing import BinaryIO, Protocol, cast
 from backports import zstd
 from isal import isal_zlib
 
-from ferryd.digest import Digest, new_hasher
 from ferryd.errors import ContentError, DigestMismatchError
+from ferryd.oci.digest import Digest, new_hasher
+from ferryd.oci.mediatypes import Compression
 
 BATCH_SIZE = 1 << 20
 # Decompressed output is hashed in pieces of at most this size, so a small blob that
@@ -32,12 +32,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # isal's stubs declare `error` as an instance; it is the exception class.
 _GZIP_ERROR = cast(type[Exception], isal_zlib.error)
-
-
-class Compression(enum.Enum):
-    GZIP = "gzip"
-    ZSTD = "zstd"
-    NONE = "none"
 
 
 def detect_compression(head: bytes) -> Compression:

@@ -2,54 +2,87 @@
 
 ::
 
-    FerrydError
+    FerrydError                        500 unless a subclass says otherwise
     ├── ConfigError                    the config file or a flag is wrong
-    ├── InvalidReferenceError          "not a valid image reference"
-    ├── InvalidDigestError             a digest string that is not algorithm:hex
+    ├── BadRequestError            400 a request's parameter cannot be used
+    │   ├── InvalidReferenceError      "not a valid image reference"
+    │   ├── InvalidDigestError         a digest string that is not algorithm:hex
+    │   ├── InvalidPlatformError       a platform that is not os[/arch[/variant]]
+    │   └── InvalidFilterError         a `filters`, `since` or `until` that cannot be read
     ├── StoreError                     the local store
-    │   ├── ImageNotFoundError         no such image / reference locally
+    │   ├── ImageNotFoundError     404 no such image / reference locally
+    │   ├── ImageConflictError     409 a removal that needs `force`
     │   └── CorruptBlobError           a stored blob no longer matches its digest
     ├── RegistryError                  talking to a registry
     │   ├── RegistryUnreachableError   connection refused, TLS failure, timeout
-    │   ├── AuthenticationError        401 / wrong credentials / token service refused
-    │   │   └── CredentialHelperError  a docker-credential-* helper failed
-    │   ├── AccessDeniedError          403
-    │   ├── NotFoundError              404: repository, tag, manifest or blob unknown
-    │   ├── TooManyRequestsError       429
+    │   ├── AuthenticationError    401 wrong credentials / token service refused
+    │   │   ├── CredentialHelperError  a docker-credential-* helper failed
+    │   │   └── InvalidRegistryAuthError 400 an X-Registry-Auth header that cannot be read
+    │   ├── AccessDeniedError      403
+    │   ├── NotFoundError          404 repository, tag, manifest or blob unknown
+    │   ├── TooManyRequestsError   429
     │   ├── TransientRegistryError     5xx, a cut connection: worth retrying
     │   └── RegistryProtocolError      the registry said something no registry should
-    └── ContentError                   bytes that are not what they claim to be
-        ├── DigestMismatchError        content does not hash to its digest
-        ├── DiffIDMismatchError        a layer's uncompressed digest is not the config's
-        ├── ManifestError              a manifest we cannot or will not use
-        │   ├── UnsupportedManifestError   schema1, unknown media type
-        │   ├── PlatformNotFoundError      an index without the platform asked for
-        │   └── TooLargeError              over the size limit
-        └── ImageConfigError           an image config we cannot or will not use
+    ├── ContentError                   bytes that are not what they claim to be
+    │   ├── DigestMismatchError        content does not hash to its digest
+    │   ├── DiffIDMismatchError        a layer's uncompressed digest is not the config's
+    │   ├── ManifestError              a manifest we cannot or will not use
+    │   │   ├── UnsupportedManifestError   schema1, unknown media type
+    │   │   ├── PlatformNotFoundError  404 an index without the platform asked for
+    │   │   ├── LayerFormatError       a layer the target manifest format cannot describe
+    │   │   └── TooLargeError          over the size limit
+    │   └── ImageConfigError           an image config we cannot or will not use
+    ├── TransferCancelledError         a shared transfer stopped: nobody waits, or shutdown
+    └── InternalError                  a bug: ferryd failed in a way it did not expect
 
 `retryable` says whether trying the same transfer again can help; the download and
-upload managers use nothing else to decide.
+upload managers use nothing else to decide. `status` is the HTTP status the API answers
+with (dockerd's for the same failure); the API maps errors to answers by nothing else.
 """
 
 from __future__ import annotations
+
+import copy
+from typing import Self
 
 
 class FerrydError(Exception):
     """Base of all errors ferryd raises on purpose; `str()` is a message for a user."""
 
     retryable = False
+    status = 500
+
+    def with_message(self, message: str) -> Self:
+        """The same error (class and attributes) saying `message` instead."""
+        reworded = copy.copy(self)
+        reworded.args = (message,)
+        return reworded
 
 
 class ConfigError(FerrydError):
     """The configuration (file or command line) is wrong."""
 
 
-class InvalidReferenceError(FerrydError):
+class BadRequestError(FerrydError):
+    """A request's parameter cannot be used; the client must change it."""
+
+    status = 400
+
+
+class InvalidReferenceError(BadRequestError):
     """A string is not a valid image reference."""
 
 
-class InvalidDigestError(FerrydError):
+class InvalidDigestError(BadRequestError):
     """A string is not a valid `algorithm:hex` digest."""
+
+
+class InvalidPlatformError(BadRequestError):
+    """A platform string that is not `os[/arch[/variant]]`."""
+
+
+class InvalidFilterError(BadRequestError):
+    """A `filters`, `since` or `until` parameter dockerd would refuse too."""
 
 
 class StoreError(FerrydError):
@@ -58,6 +91,14 @@ class StoreError(FerrydError):
 
 class ImageNotFoundError(StoreError):
     """No image matches the name, ID or reference asked for."""
+
+    status = 404
+
+
+class ImageConflictError(StoreError):
+    """A removal that needs `force` (an image tagged in several repositories)."""
+
+    status = 409
 
 
 class CorruptBlobError(StoreError):
@@ -77,23 +118,37 @@ class RegistryUnreachableError(RegistryError):
 class AuthenticationError(RegistryError):
     """The registry or its token service did not accept our credentials."""
 
+    status = 401
+
 
 class CredentialHelperError(AuthenticationError):
     """A docker credential helper is missing, failed, or answered nonsense."""
 
 
+class InvalidRegistryAuthError(AuthenticationError):
+    """An `X-Registry-Auth` header (or a login entry) that cannot be decoded: the
+    client's mistake, not the registry's refusal."""
+
+    status = 400
+
+
 class AccessDeniedError(RegistryError):
     """The registry understood who we are and said no (403)."""
+
+    status = 403
 
 
 class NotFoundError(RegistryError):
     """The repository, tag, manifest or blob does not exist in the registry."""
+
+    status = 404
 
 
 class TooManyRequestsError(RegistryError):
     """The registry asked us to slow down (429)."""
 
     retryable = True
+    status = 429
 
 
 class TransientRegistryError(RegistryError):
@@ -129,6 +184,12 @@ class UnsupportedManifestError(ManifestError):
 class PlatformNotFoundError(ManifestError):
     """An image index that has no manifest for the platform asked for."""
 
+    status = 404
+
+
+class LayerFormatError(ManifestError):
+    """A layer the manifest format being pushed has no media type for (zstd in schema2)."""
+
 
 class TooLargeError(ManifestError):
     """A manifest or config over its size limit."""
@@ -136,3 +197,14 @@ class TooLargeError(ManifestError):
 
 class ImageConfigError(ContentError):
     """An image config that is malformed, of a refused media type, or for another OS."""
+
+
+class TransferCancelledError(FerrydError):
+    """A shared transfer stopped before it finished: its last client went away, or the
+    daemon is stopping. Its partial download is kept for the next attempt."""
+
+    retryable = True
+
+
+class InternalError(FerrydError):
+    """ferryd failed in a way it did not expect: a bug, reported instead of a crash."""

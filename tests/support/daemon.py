@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ferryd.client import Client, DaemonError
+from ferryd.cli.client import Client, DaemonError
 
 
 @dataclass

@@ -34,10 +34,11 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
 from anyio.streams.tls import TLSStream
 
-from ferryd.digest import Digest
-from ferryd.distribution.config import DownloadDescriptor
+from ferryd.distribution.context import DownloadDescriptor
 from ferryd.distribution.progress import Message
-from ferryd.registry.manifests import OCI_LAYER_GZIP, Descriptor
+from ferryd.oci.digest import Digest
+from ferryd.oci.manifest import Descriptor
+from ferryd.oci.mediatypes import OCI_LAYER_GZIP
 
 LOOPBACK = "127.0.0.1"
 _SEND_PIECE = 64 * 1024

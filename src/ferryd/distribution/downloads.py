@@ -17,8 +17,7 @@ from anyio.abc import TaskGroup
 
 from ferryd.codec import BATCH_SIZE, LayerSink
 from ferryd.concurrency import single_errors
-from ferryd.digest import Digest, chain_ids, short_id
-from ferryd.distribution.config import BlobFetcher, DownloadDescriptor, DownloadStats
+from ferryd.distribution.context import BlobFetcher, DownloadDescriptor, DownloadStats
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
 from ferryd.distribution.transfers import TransferPool, TransferState, with_retries
 from ferryd.errors import (
@@ -28,6 +27,7 @@ from ferryd.errors import (
     FerrydError,
     TransientRegistryError,
 )
+from ferryd.oci.digest import Digest, chain_ids, short_id
 from ferryd.store.blobs import BlobStore
 from ferryd.store.images import RootFS
 from ferryd.store.layers import Layer, LayerStore

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import anyio
 import structlog
 
-from ferryd.digest import Digest, chain_ids
-from ferryd.distribution.config import DownloadDescriptor, DownloadStats, PullConfig
+from ferryd.daemon.logs import failure_logged
+from ferryd.distribution.context import DownloadDescriptor, DownloadStats, PullConfig
 from ferryd.distribution.progress import Message
 from ferryd.errors import (
     AccessDeniedError,
@@ -22,13 +22,8 @@ from ferryd.errors import (
     NotFoundError,
     RegistryError,
 )
-from ferryd.logs import failure_logged
-from ferryd.platforms import Platform, host_platform
-from ferryd.reference import Reference
-from ferryd.registry.client import RegistryClient
-from ferryd.registry.endpoints import Endpoint
-from ferryd.registry.manifests import (
-    INDEX_TYPES,
+from ferryd.oci.digest import Digest, chain_ids
+from ferryd.oci.manifest import (
     Descriptor,
     FetchedManifest,
     ImageManifest,
@@ -37,6 +32,11 @@ from ferryd.registry.manifests import (
     decode_manifest,
     select_platform,
 )
+from ferryd.oci.mediatypes import INDEX_TYPES
+from ferryd.oci.platform import Platform, host_platform
+from ferryd.oci.reference import Reference
+from ferryd.registry.client import RegistryClient
+from ferryd.registry.endpoints import Endpoint
 from ferryd.store import Store
 from ferryd.store.images import MAX_CONFIG_SIZE, RootFS
 
@@ -72,7 +72,7 @@ async def _pull_all_tags(
     try:
         tags = await client.list_tags()
     except (AuthenticationError, AccessDeniedError) as exc:
-        raise type(exc)(_access_denied(repository, exc)) from None
+        raise exc.with_message(_access_denied(repository, exc)) from None
     if not tags:
         raise NotFoundError(f"repository {repository.familiar_name} has no tags to pull")
     results = [
@@ -189,7 +189,7 @@ async def _find_source(reference: Reference, tag_or_digest: str, config: PullCon
     try:
         return await _manifest_from(client, tag_or_digest, platform)
     except (AuthenticationError, AccessDeniedError) as exc:
-        raise type(exc)(_access_denied(reference, exc)) from None
+        raise exc.with_message(_access_denied(reference, exc)) from None
 
 
 def _access_denied(reference: Reference, exc: Exception) -> str:
@@ -228,7 +228,7 @@ def _blamed_on(endpoint: Endpoint) -> Iterator[None]:
     try:
         yield
     except (RegistryError, ContentError) as exc:
-        raise type(exc)(f"{exc} (served by mirror {endpoint.base_url})") from None
+        raise exc.with_message(f"{exc} (served by mirror {endpoint.base_url})") from None
 
 
 async def _pull_image(

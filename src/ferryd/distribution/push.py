@@ -9,24 +9,17 @@ import anyio
 import msgspec
 
 from ferryd.concurrency import single_errors
-from ferryd.digest import Digest, chain_ids, sha256_digest, short_id
-from ferryd.distribution.config import PushConfig
-from ferryd.distribution.layers import DescribableLayer, EmptyLayer, StoreLayer
+from ferryd.daemon.logs import failure_logged
+from ferryd.distribution.context import PushConfig
 from ferryd.distribution.progress import Message
-from ferryd.distribution.uploads import Family, Uploaded
+from ferryd.distribution.push_layers import DescribableLayer, EmptyLayer, StoreLayer
+from ferryd.distribution.uploads import Uploaded
 from ferryd.errors import ImageNotFoundError
-from ferryd.logs import failure_logged
-from ferryd.reference import Reference
+from ferryd.oci.digest import Digest, chain_ids, sha256_digest, short_id
+from ferryd.oci.manifest import Descriptor, ImageManifest, decode_manifest
+from ferryd.oci.mediatypes import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST, Family
+from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
-from ferryd.registry.manifests import (
-    DOCKER_CONFIG,
-    DOCKER_MANIFEST,
-    OCI_CONFIG,
-    OCI_MANIFEST,
-    Descriptor,
-    ImageManifest,
-    decode_manifest,
-)
 from ferryd.store import Store
 
 

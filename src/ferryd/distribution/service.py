@@ -8,16 +8,16 @@ from typing import Any
 
 import anyio
 
-from ferryd.distribution.config import ImageEventLogger, PullConfig, PushConfig
+from ferryd.distribution.context import ImageEventLogger, PullConfig, PushConfig
 from ferryd.distribution.downloads import DownloadManager
-from ferryd.distribution.images import remove, tag_image
-from ferryd.distribution.layers import StoreLayerProvider
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.pull import PullResult, pull
 from ferryd.distribution.push import PushResult, push
+from ferryd.distribution.push_layers import StoreLayerProvider
+from ferryd.distribution.tagging import remove, tag_image
 from ferryd.distribution.uploads import UploadManager
-from ferryd.platforms import Platform
-from ferryd.reference import Reference
+from ferryd.oci.platform import Platform
+from ferryd.oci.reference import Reference
 from ferryd.registry.auth import Credentials
 from ferryd.registry.connector import Connector
 from ferryd.registry.credentials import CredentialStore

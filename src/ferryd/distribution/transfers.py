@@ -18,7 +18,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
-from ferryd.errors import FerrydError, TransientRegistryError
+from ferryd.errors import FerrydError, InternalError, TransferCancelledError
 
 log = structlog.get_logger("ferryd.transfers")
 
@@ -160,18 +160,18 @@ class TransferPool(Generic[K, R]):
                 )
             if transfer.result is None:
                 # Every watcher went away; a download's partial file stays for later.
-                transfer.error = TransientRegistryError(f"{self._action} of {name} was cancelled")
+                transfer.error = TransferCancelledError(f"{self._action} of {name} was cancelled")
                 log.info("transfer.cancelled", **fields, **so_far())
         except FerrydError as exc:
             transfer.error = exc
             log.warning("transfer.failed", **fields, error=str(exc), **so_far())
         except Exception as exc:  # a bug must fail this request, not the daemon
-            transfer.error = FerrydError(f"{self._action} of {name} failed: {exc!r}")
+            transfer.error = InternalError(f"{self._action} of {name} failed: {exc!r}")
             log.exception("transfer.crashed", **fields)
         finally:
             if transfer.result is None and transfer.error is None:
                 # Cancelled from outside (the daemon is stopping): say so to the watchers.
-                transfer.error = TransientRegistryError(f"{self._action} of {name} was cancelled")
+                transfer.error = TransferCancelledError(f"{self._action} of {name} was cancelled")
             del self._transfers[key]
             transfer.done.set()
 

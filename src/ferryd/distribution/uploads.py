@@ -18,40 +18,21 @@ import anyio
 from anyio.abc import TaskGroup
 from isal import isal_zlib
 
-from ferryd.codec import BATCH_SIZE, Compression
-from ferryd.digest import Digest, short_id
-from ferryd.distribution.layers import StoreLayer
+from ferryd.codec import BATCH_SIZE
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
+from ferryd.distribution.push_layers import StoreLayer
 from ferryd.distribution.transfers import TransferPool, TransferState, with_retries
-from ferryd.errors import FerrydError
+from ferryd.errors import LayerFormatError
+from ferryd.oci.digest import Digest, short_id
+from ferryd.oci.mediatypes import Compression, Family, compression_of, layer_media_type
 from ferryd.registry.client import RegistryClient
-from ferryd.registry.manifests import (
-    DOCKER_LAYER_GZIP,
-    OCI_LAYER,
-    OCI_LAYER_GZIP,
-    OCI_LAYER_ZSTD,
-)
 from ferryd.store.metadata import V2Metadata, V2MetadataStore
 
-DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
-Family = Literal["docker", "oci"]
 Outcome = Literal["pushed", "exists", "mounted"]
 
-_MEDIA_TYPES: dict[tuple[Family, Compression], str] = {
-    ("docker", Compression.GZIP): DOCKER_LAYER_GZIP,
-    ("docker", Compression.NONE): DOCKER_LAYER_TAR,
-    ("oci", Compression.GZIP): OCI_LAYER_GZIP,
-    ("oci", Compression.ZSTD): OCI_LAYER_ZSTD,
-    ("oci", Compression.NONE): OCI_LAYER,
-}
 # A transfer is shared by pushes of either family: it runs as "oci" (which has a media
 # type for every compression) and each caller gets the media type of its own family.
 _TRANSFER_FAMILY: Family = "oci"
-_COMPRESSION_OF = {
-    media_type: compression
-    for (family, compression), media_type in _MEDIA_TYPES.items()
-    if family == _TRANSFER_FAMILY
-}
 _GZIP_LEVEL = 1  # isal level 1: ~240 MB/s at nearly zlib's default ratio
 
 
@@ -67,11 +48,10 @@ class Uploaded:
     source: str = ""  # the repository it was mounted from
 
 
-def layer_media_type(family: Family, compression: Compression) -> str:
-    """The media type of a layer blob in a manifest of `family`."""
-    media_type = _MEDIA_TYPES.get((family, compression))
+def _layer_media_type(family: Family, compression: Compression) -> str:
+    media_type = layer_media_type(family, compression)
     if media_type is None:
-        raise FerrydError(
+        raise LayerFormatError(
             f"a {compression.value} layer cannot be described in a {family} manifest; "
             "push it as an OCI image"
         )
@@ -114,7 +94,7 @@ class UploadManager:
         layer_id = short_id(layer.diff_id)
         compression = await anyio.to_thread.run_sync(lambda: layer.compression)
         # Before joining: a layer this family cannot describe fails this push only.
-        layer_media_type(
+        _layer_media_type(
             family, Compression.GZIP if compression is Compression.NONE else compression
         )
 
@@ -143,7 +123,7 @@ class UploadManager:
             name=f"{registry}/{repository}@{layer.diff_id}",
             progress_id=layer_id,
         )
-        media_type = layer_media_type(family, _COMPRESSION_OF[result.media_type])
+        media_type = _layer_media_type(family, compression_of(result.media_type))
         return replace(result, media_type=media_type)
 
     async def _push_layer(
@@ -152,7 +132,7 @@ class UploadManager:
         """Cheapest first: the repository has it, a mount from a sibling, an upload."""
         compression = await anyio.to_thread.run_sync(lambda: layer.compression)
         plain = compression is Compression.NONE
-        media_type = layer_media_type(family, Compression.GZIP if plain else compression)
+        media_type = _layer_media_type(family, Compression.GZIP if plain else compression)
         # The digests this layer may have in the registry: the stored blob's, or for a
         # plain tar, those of earlier gzipped uploads that V2 metadata remembers.
         known = [

@@ -19,12 +19,13 @@ import httpx
 
 from ferryd.errors import (
     AuthenticationError,
+    InvalidRegistryAuthError,
     RegistryProtocolError,
     RegistryUnreachableError,
     TooManyRequestsError,
     TransientRegistryError,
 )
-from ferryd.reference import DEFAULT_DOMAIN
+from ferryd.oci.reference import DEFAULT_DOMAIN
 
 _TOKEN_MIN_LIFETIME = 60.0  # seconds, as the token spec says when expires_in is absent
 _EXPIRY_MARGIN = 5.0
@@ -100,11 +101,11 @@ def decode_registry_auth(header: str) -> Credentials:
         raw = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
         data = json.loads(raw) if raw.strip() else {}
     except (binascii.Error, ValueError) as exc:
-        raise AuthenticationError(
+        raise InvalidRegistryAuthError(
             f"invalid X-Registry-Auth header: expected base64url-encoded JSON ({exc})"
         ) from None
     if not isinstance(data, dict):
-        raise AuthenticationError("invalid X-Registry-Auth header: expected a JSON object")
+        raise InvalidRegistryAuthError("invalid X-Registry-Auth header: expected a JSON object")
     return credentials_from_entry(data, "X-Registry-Auth header")
 
 
@@ -129,7 +130,7 @@ def credentials_from_entry(entry: dict[str, Any], where: str) -> Credentials:
         except (binascii.Error, UnicodeDecodeError):
             sep = ""
         if not sep:
-            raise AuthenticationError(f"{where}: 'auth' is not base64 of user:password")
+            raise InvalidRegistryAuthError(f"{where}: 'auth' is not base64 of user:password")
     return Credentials(
         username=username,
         password=password,

@@ -12,7 +12,6 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from ferryd.digest import Digest, new_hasher, parse_digest, sha256_digest
 from ferryd.errors import (
     AccessDeniedError,
     AuthenticationError,
@@ -27,9 +26,11 @@ from ferryd.errors import (
     TooManyRequestsError,
     TransientRegistryError,
 )
+from ferryd.oci.digest import Digest, new_hasher, parse_digest, sha256_digest
+from ferryd.oci.manifest import MAX_MANIFEST_SIZE, FetchedManifest, media_type_of
+from ferryd.oci.mediatypes import ACCEPT
 from ferryd.registry.auth import Authenticator, parse_challenge
 from ferryd.registry.endpoints import Endpoint
-from ferryd.registry.manifests import ACCEPT, MAX_MANIFEST_SIZE, FetchedManifest, media_type_of
 
 MAX_REDIRECTS = 10
 # Ask for the bytes as stored: a digest covers them, not a proxy's re-encoding of them.

@@ -21,8 +21,8 @@ from typing import Any
 
 import anyio
 
-from ferryd.errors import AuthenticationError, ConfigError, CredentialHelperError
-from ferryd.reference import DEFAULT_DOMAIN
+from ferryd.errors import ConfigError, CredentialHelperError, InvalidRegistryAuthError
+from ferryd.oci.reference import DEFAULT_DOMAIN
 from ferryd.registry.auth import ANONYMOUS, Credentials, credentials_from_entry, registry_domain
 
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # what docker stores docker.io under
@@ -60,7 +60,7 @@ class CredentialStore:
             where = f"credentials file {path}: auths[{server!r}]"
             try:
                 result[registry_domain(server)] = credentials_from_entry(entry, where)
-            except AuthenticationError as exc:
+            except InvalidRegistryAuthError as exc:
                 raise ConfigError(str(exc)) from None
         names: dict[str, str] = {}
         for server, name in helpers.items():

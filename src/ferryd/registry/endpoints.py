@@ -23,7 +23,7 @@ from pathlib import Path
 import anyio
 
 from ferryd.errors import ConfigError
-from ferryd.reference import DEFAULT_DOMAIN
+from ferryd.oci.reference import DEFAULT_DOMAIN
 
 DOCKER_HUB_HOST = "registry-1.docker.io"
 DEFAULT_INSECURE = ("127.0.0.0/8", "::1/128")

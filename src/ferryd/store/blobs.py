@@ -12,8 +12,8 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from ferryd.digest import Digest, algorithm_of, hex_of, sha256_digest
 from ferryd.errors import DigestMismatchError, StoreError
+from ferryd.oci.digest import Digest, algorithm_of, hex_of, sha256_digest
 
 
 class BlobStore:

@@ -6,7 +6,7 @@ two leaves only unreferenced files, never a row that points at a missing blob.
 
 from __future__ import annotations
 
-from ferryd.digest import Digest
+from ferryd.oci.digest import Digest
 from ferryd.store.layers import Layer
 from ferryd.store.store import Store
 

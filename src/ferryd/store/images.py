@@ -9,8 +9,8 @@ from typing import Any
 
 import msgspec
 
-from ferryd.digest import Digest, chain_ids, parse_digest
 from ferryd.errors import ImageConfigError, InvalidDigestError
+from ferryd.oci.digest import Digest, chain_ids, parse_digest
 from ferryd.store.blobs import BlobStore
 from ferryd.store.db import Database
 

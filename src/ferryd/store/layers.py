@@ -9,8 +9,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ferryd.digest import Digest, chain_id
 from ferryd.errors import StoreError
+from ferryd.oci.digest import Digest, chain_id
 from ferryd.store.db import Database
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ferryd.digest import Digest
+from ferryd.oci.digest import Digest
 from ferryd.store.db import Database
 
 

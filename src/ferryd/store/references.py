@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ferryd.digest import Digest
-from ferryd.reference import Reference, parse_reference
+from ferryd.oci.digest import Digest
+from ferryd.oci.reference import Reference, parse_reference
 from ferryd.store.db import Database
 
 

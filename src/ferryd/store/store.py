@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 from typing import IO
 
-from ferryd.digest import Digest
 from ferryd.errors import ImageNotFoundError, InvalidReferenceError, StoreError
-from ferryd.reference import parse_reference
+from ferryd.oci.digest import Digest
+from ferryd.oci.reference import parse_reference
 from ferryd.store.blobs import BlobStore
 from ferryd.store.db import Database
 from ferryd.store.images import ImageConfigStore

@@ -13,10 +13,11 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 
-from ferryd.codec import BATCH_SIZE, Compression, detect_compression, inflater
-from ferryd.digest import Digest
+from ferryd.codec import BATCH_SIZE, detect_compression, inflater
 from ferryd.errors import ImageNotFoundError
-from ferryd.registry.manifests import Descriptor
+from ferryd.oci.digest import Digest
+from ferryd.oci.manifest import Descriptor
+from ferryd.oci.mediatypes import Compression
 from ferryd.store.blobs import BlobStore
 from ferryd.store.layers import Layer, LayerStore
 

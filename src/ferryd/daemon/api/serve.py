@@ -14,7 +14,7 @@ import anyio
 import uvicorn
 from starlette.types import ASGIApp
 
-from ferryd.api.peers import PeerCredentialsProtocol
+from ferryd.daemon.api.peers import PeerCredentialsProtocol
 from ferryd.errors import ConfigError
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ferryd.digest import Digest, parse_digest
 from ferryd.errors import InvalidDigestError, InvalidReferenceError
+from ferryd.oci.digest import Digest, parse_digest
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DEFAULT_DOMAIN = "index.docker.io"

@@ -54,7 +54,7 @@ def configure(level: str = "info", fmt: Literal["json", "console"] = "json") -> 
     _capture_stdlib_logging(level, tracebacks, renderer)
 
 
-_events = structlog.get_logger("ferryd.events")
+_events = structlog.get_logger("ferryd.distribution.events")
 
 
 def log_image_event(image_id: str, name: str, action: str, **fields: object) -> None:

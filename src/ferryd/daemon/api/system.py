@@ -21,11 +21,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from ferryd import __version__
-from ferryd.api.event_filters import EventFilter, EventFilterError, parse_time
-from ferryd.config import Settings, hide_password
+from ferryd.daemon.api.event_filters import EventFilter, parse_time
+from ferryd.daemon.settings import Settings, hide_password
+from ferryd.distribution.events import EventHub
 from ferryd.distribution.service import ImageService
-from ferryd.events import EventHub
-from ferryd.platforms import host_platform
+from ferryd.errors import InvalidFilterError
+from ferryd.oci.platform import host_platform
 from ferryd.registry.endpoints import split_insecure
 
 API_VERSION = "1.47"
@@ -169,15 +170,13 @@ async def events(request: Request) -> Response:
     """
     query = request.query_params
     now = time.time_ns()
-    try:
-        wanted = EventFilter.parse(query.get("filters", ""))
-        since = parse_time(query["since"], "since") if query.get("since") else None
-        until = parse_time(query["until"], "until") if query.get("until") else None
-    except EventFilterError as exc:
-        return JSONResponse({"message": str(exc)}, status_code=400)
+    wanted = EventFilter.parse(query.get("filters", ""))
+    since = parse_time(query["since"], "since") if query.get("since") else None
+    until = parse_time(query["until"], "until") if query.get("until") else None
     if since is not None and until is not None and since > until:
-        message = f"`since` time ({query['since']}) cannot be after `until` time ({query['until']})"
-        return JSONResponse({"message": message}, status_code=400)
+        raise InvalidFilterError(
+            f"`since` time ({query['since']}) cannot be after `until` time ({query['until']})"
+        )
     hub = _state(request).events
 
     async def lines() -> AsyncIterator[bytes]:

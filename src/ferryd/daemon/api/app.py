@@ -13,23 +13,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ferryd.api import system
-from ferryd.api.access_log import RequestLog
-from ferryd.api.shapes import image_inspect, image_summary
-from ferryd.api.streaming import ProgressStream
-from ferryd.api.system import API_VERSION, EngineState
-from ferryd.digest import parse_digest
-from ferryd.distribution.images import ConflictError
+from ferryd.daemon.api import system
+from ferryd.daemon.api.access_log import RequestLog
+from ferryd.daemon.api.shapes import image_inspect, image_summary
+from ferryd.daemon.api.streaming import ProgressStream
+from ferryd.daemon.api.system import API_VERSION, EngineState
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.service import ImageService
-from ferryd.errors import (
-    FerrydError,
-    ImageNotFoundError,
-    InvalidDigestError,
-    InvalidReferenceError,
-)
-from ferryd.platforms import InvalidPlatformError, parse_platform
-from ferryd.reference import Reference, parse_reference, parse_repository
+from ferryd.errors import BadRequestError, FerrydError
+from ferryd.oci.digest import parse_digest
+from ferryd.oci.platform import parse_platform
+from ferryd.oci.reference import Reference, parse_reference, parse_repository
 from ferryd.registry.auth import ANONYMOUS, Credentials, decode_registry_auth
 
 _VERSION_PREFIX = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
@@ -51,15 +45,10 @@ async def create_image(request: Request) -> Response:
         return _error(501, "importing images (fromSrc) is not supported by ferryd")
     from_image = query.get("fromImage", "")
     if not from_image:
-        return _error(400, "fromImage is required")
-    try:
-        reference = _pull_reference(from_image, query.get("tag", ""))
-        wanted = parse_platform(query["platform"]) if query.get("platform") else None
-        credentials = _credentials(request)
-    except (InvalidReferenceError, InvalidPlatformError, InvalidDigestError) as exc:
-        return _error(400, str(exc))
-    except FerrydError as exc:
-        return _error(400, str(exc))
+        raise BadRequestError("fromImage is required")
+    reference = _pull_reference(from_image, query.get("tag", ""))
+    wanted = parse_platform(query["platform"]) if query.get("platform") else None
+    credentials = _credentials(request)
     meta = {k: v for k, v in request.headers.items() if k.lower().startswith("x-meta-")}
     service = _service(request)
 
@@ -75,12 +64,9 @@ async def push_image(request: Request) -> Response:
     """`POST /images/{name}/push?tag=`: push, streaming progress."""
     name = request.path_params["name"]
     tag = request.query_params.get("tag", "")
-    try:
-        repository = parse_repository(name)
-        reference = repository.with_tag(tag) if tag else repository
-        credentials = _credentials(request)
-    except FerrydError as exc:
-        return _error(400, str(exc))
+    repository = parse_repository(name)
+    reference = repository.with_tag(tag) if tag else repository
+    credentials = _credentials(request)
     meta = {k: v for k, v in request.headers.items() if k.lower().startswith("x-meta-")}
     service = _service(request)
 
@@ -93,28 +79,16 @@ async def push_image(request: Request) -> Response:
 async def tag_image(request: Request) -> Response:
     """`POST /images/{name}/tag?repo=&tag=`: 201, as dockerd."""
     query = request.query_params
-    try:
-        repository = parse_repository(query.get("repo", ""))
-        target = repository.with_tag(query.get("tag") or "latest")
-        await _service(request).tag(request.path_params["name"], target)
-    except ImageNotFoundError as exc:
-        return _error(404, str(exc))
-    except FerrydError as exc:
-        return _error(400, str(exc))
+    repository = parse_repository(query.get("repo", ""))
+    target = repository.with_tag(query.get("tag") or "latest")
+    await _service(request).tag(request.path_params["name"], target)
     return Response(status_code=201)
 
 
 async def delete_image(request: Request) -> Response:
     """`DELETE /images/{name}?force=`: untag, and delete what nothing names any more."""
     force = request.query_params.get("force", "").lower() in ("1", "true")
-    try:
-        records = await _service(request).remove(request.path_params["name"], force=force)
-    except ImageNotFoundError as exc:
-        return _error(404, str(exc))
-    except ConflictError as exc:
-        return _error(409, str(exc))
-    except FerrydError as exc:
-        return _error(400, str(exc))
+    records = await _service(request).remove(request.path_params["name"], force=force)
     return JSONResponse(records)
 
 
@@ -135,10 +109,7 @@ async def inspect_image(request: Request) -> Response:
     def describe() -> dict[str, Any]:
         return image_inspect(service.store, service.store.resolve(name))
 
-    try:
-        return JSONResponse(await anyio.to_thread.run_sync(describe))
-    except ImageNotFoundError as exc:
-        return _error(404, str(exc))
+    return JSONResponse(await anyio.to_thread.run_sync(describe))
 
 
 def _pull_reference(from_image: str, tag: str) -> Reference:
@@ -194,6 +165,12 @@ class StripVersion:
         await self._app(scope, receive, send)
 
 
+async def _ferryd_error(request: Request, exc: Exception) -> Response:
+    """The one place an error becomes an answer: its class knows the status."""
+    assert isinstance(exc, FerrydError)
+    return _error(exc.status, str(exc))
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
@@ -215,7 +192,10 @@ def build_app(service: ImageService, engine: EngineState) -> ASGIApp:
         Route("/images/{name:path}/tag", tag_image, methods=["POST"]),
         Route("/images/{name:path}", delete_image, methods=["DELETE"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _not_found})
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _not_found, FerrydError: _ferryd_error},
+    )
     app.state.service = service
     app.state.engine = engine
     return RequestLog(StripVersion(app))

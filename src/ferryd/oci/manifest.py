@@ -1,4 +1,4 @@
-"""Manifest and index media types, decoding, and platform resolution."""
+"""Image manifests and indexes: decoding, checks, and choosing a platform."""
 
 from __future__ import annotations
 
@@ -7,48 +7,22 @@ from typing import TypeVar
 
 import msgspec
 
-from ferryd.digest import Digest, parse_digest
 from ferryd.errors import (
     InvalidDigestError,
     ManifestError,
     PlatformNotFoundError,
     UnsupportedManifestError,
 )
-from ferryd.platforms import Platform, normalize
-
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-SCHEMA1_TYPES = (
-    "application/vnd.docker.distribution.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+from ferryd.oci.digest import Digest, parse_digest
+from ferryd.oci.mediatypes import (
+    ACCEPT,
+    IMAGE_MANIFEST_TYPES,
+    INDEX_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    SCHEMA1_TYPES,
 )
-
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-
-IMAGE_MANIFEST_TYPES = (DOCKER_MANIFEST, OCI_MANIFEST)
-INDEX_TYPES = (DOCKER_MANIFEST_LIST, OCI_INDEX)
-# What we send as Accept: everything we can use, and schema1 so that we can name it.
-ACCEPT = (*IMAGE_MANIFEST_TYPES, *INDEX_TYPES, *SCHEMA1_TYPES)
-
-# The seed's Schema2Types: config media types a pull accepts. Some registries served
-# configs as octet-stream, json or even html, and docker kept accepting them.
-DEFAULT_CONFIG_TYPES = (
-    DOCKER_CONFIG,
-    OCI_CONFIG,
-    "application/octet-stream",
-    "application/json",
-    "text/html",
-    "",
-)
+from ferryd.oci.platform import Platform, normalize
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 

@@ -6,7 +6,7 @@ import platform as _host
 import re
 from dataclasses import dataclass
 
-from ferryd.errors import FerrydError
+from ferryd.errors import InvalidPlatformError
 
 _OS_ALIASES = {"macos": "darwin"}
 _ARCH_ALIASES = {
@@ -77,10 +77,6 @@ _KNOWN_ARCH = frozenset(
 )
 _PART = re.compile(r"[A-Za-z0-9_.-]+")
 _ARM_MACHINE = re.compile(r"armv(\d+)")
-
-
-class InvalidPlatformError(FerrydError):
-    """A platform string that is not `os[/arch[/variant]]`."""
 
 
 @dataclass(frozen=True, slots=True)

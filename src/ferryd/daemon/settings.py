@@ -18,8 +18,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ferryd.errors import ConfigError
-from ferryd.platforms import InvalidPlatformError, parse_platform
+from ferryd.errors import ConfigError, InvalidPlatformError
+from ferryd.oci.platform import parse_platform
 from ferryd.registry.auth import registry_domain
 from ferryd.registry.endpoints import DEFAULT_INSECURE
 

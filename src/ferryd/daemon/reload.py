@@ -17,15 +17,15 @@ import anyio
 import msgspec
 import structlog
 
-from ferryd import logs
-from ferryd.api.system import EngineState
-from ferryd.config import Settings
+from ferryd.daemon import logs
+from ferryd.daemon.api.system import EngineState
+from ferryd.daemon.settings import Settings
+from ferryd.daemon.systemd import Notifier
 from ferryd.distribution.service import ImageService
 from ferryd.errors import ConfigError
 from ferryd.registry.connector import Connector
 from ferryd.registry.credentials import CredentialStore
 from ferryd.registry.endpoints import RegistryService
-from ferryd.systemd import Notifier
 
 log = structlog.get_logger("ferryd.daemon")
 

@@ -9,19 +9,20 @@ from collections.abc import Callable
 import anyio
 import structlog
 
-from ferryd import __version__, logs
-from ferryd.api.app import build_app
-from ferryd.api.serve import ApiServer, bind_unix_socket
-from ferryd.api.system import EngineState
-from ferryd.config import Settings
+from ferryd import __version__
+from ferryd.daemon import logs
+from ferryd.daemon.api.app import build_app
+from ferryd.daemon.api.serve import ApiServer, bind_unix_socket
+from ferryd.daemon.api.system import EngineState
+from ferryd.daemon.reload import Reloader, credential_store, registry_service
+from ferryd.daemon.settings import Settings
+from ferryd.daemon.systemd import Notifier, listen_socket
 from ferryd.distribution.downloads import DownloadManager
 from ferryd.distribution.service import ImageService
 from ferryd.distribution.uploads import UploadManager
-from ferryd.platforms import parse_platform
+from ferryd.oci.platform import parse_platform
 from ferryd.registry.connector import Connector
-from ferryd.reload import Reloader, credential_store, registry_service
 from ferryd.store import Store
-from ferryd.systemd import Notifier, listen_socket
 
 log = structlog.get_logger("ferryd.daemon")
 

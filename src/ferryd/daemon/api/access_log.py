@@ -7,9 +7,9 @@ import time
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ferryd.api.peers import Peer
+from ferryd.daemon.api.peers import Peer
 
-log = structlog.get_logger("ferryd.api")
+log = structlog.get_logger("ferryd.daemon.api")
 
 
 class RequestLog:

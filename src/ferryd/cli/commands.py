@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ferryd import __version__
-from ferryd.client import Client, DaemonError
-from ferryd.display import StreamError, drain, show
+from ferryd.cli.client import Client, DaemonError
+from ferryd.cli.display import StreamError, drain, show
 from ferryd.units import human_size
 
 if TYPE_CHECKING:
-    from ferryd.reference import Reference
+    from ferryd.oci.reference import Reference
 
 
 class UsageError(Exception):
@@ -30,7 +30,7 @@ class UsageError(Exception):
 
 def _reference(text: str, *, default_tag: bool = True) -> Reference:
     from ferryd.errors import InvalidReferenceError
-    from ferryd.reference import parse_reference
+    from ferryd.oci.reference import parse_reference
 
     try:
         return parse_reference(text, default_tag=default_tag)
@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ferryd.config import Settings, load_settings
+    from ferryd.daemon.settings import Settings, load_settings
     from ferryd.errors import ConfigError, FerrydError
 
     overrides: dict[str, object] = {
@@ -149,7 +149,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, overrides)
         import anyio
 
-        from ferryd import daemon
+        from ferryd.daemon import main as daemon
 
         def reload() -> Settings:
             return load_settings(args.config, overrides)

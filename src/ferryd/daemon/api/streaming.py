@@ -17,19 +17,9 @@ from starlette.types import Receive, Scope, Send
 
 from ferryd.concurrency import single_errors
 from ferryd.distribution.progress import Message, ProgressOutput, StreamOutput
-from ferryd.errors import (
-    AccessDeniedError,
-    AuthenticationError,
-    FerrydError,
-    ImageNotFoundError,
-    InvalidDigestError,
-    InvalidReferenceError,
-    NotFoundError,
-    PlatformNotFoundError,
-    TooManyRequestsError,
-)
+from ferryd.errors import FerrydError
 
-log = structlog.get_logger("ferryd.api")
+log = structlog.get_logger("ferryd.daemon.api")
 
 Job = Callable[[ProgressOutput], Awaitable[None]]
 
@@ -56,7 +46,7 @@ class ProgressStream:
             async with messages:
                 async for message in messages:
                     if not started and message.error is not None and self._failure is not None:
-                        await _send_error(send, _status_of(self._failure), message.error)
+                        await _send_error(send, self._failure.status, message.error)
                         tg.cancel_scope.cancel()
                         return
                     if not started:
@@ -114,23 +104,6 @@ async def _send_error(send: Send, status: int, message: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-# dockerd's status codes for a failure it reports before streaming anything.
-_STATUS: list[tuple[type[FerrydError], int]] = [
-    (NotFoundError, 404),
-    (ImageNotFoundError, 404),
-    (PlatformNotFoundError, 404),
-    (AuthenticationError, 401),
-    (AccessDeniedError, 403),
-    (TooManyRequestsError, 429),
-    (InvalidReferenceError, 400),
-    (InvalidDigestError, 400),
-]
-
-
-def _status_of(exc: FerrydError) -> int:
-    return next((status for kind, status in _STATUS if isinstance(exc, kind)), 500)
 
 
 async def _cancel_when_set(

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ferryd.digest import Digest, short_id
-from ferryd.distribution.config import ImageEventLogger
-from ferryd.errors import FerrydError, ImageNotFoundError
-from ferryd.reference import Reference, parse_reference
+from ferryd.distribution.context import ImageEventLogger
+from ferryd.errors import ImageConflictError, ImageNotFoundError
+from ferryd.oci.digest import Digest, short_id
+from ferryd.oci.reference import Reference, parse_reference
 from ferryd.store import Store
 from ferryd.store.gc import delete_blobs, remove_image
-
-
-class ConflictError(FerrydError):
-    """The removal needs `force` (docker answers 409)."""
 
 
 def tag_image(store: Store, source: str, target: Reference, log: ImageEventLogger) -> None:
@@ -44,7 +40,7 @@ def remove(store: Store, name: str, *, force: bool, log: ImageEventLogger) -> li
         else:
             references = store.references.for_image(image_id)
             if len({r.name for r in references}) > 1 and not force:
-                raise ConflictError(
+                raise ImageConflictError(
                     f"conflict: unable to delete {short_id(image_id)} (must be forced) - "
                     "image is referenced in multiple repositories"
                 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from ferryd.digest import Digest
+from ferryd.oci.digest import Digest
 from ferryd.store import Store
 from ferryd.store.images import decode_config
 

@@ -20,11 +20,11 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ferryd import logs
+from ferryd.daemon import logs
 from ferryd.errors import InvalidReferenceError
-from ferryd.reference import parse_reference
+from ferryd.oci.reference import parse_reference
 
-log = structlog.get_logger("ferryd.events")
+log = structlog.get_logger("ferryd.distribution.events")
 
 # A watcher that falls this far behind is dropped rather than slowing the others.
 _WATCHER_BUFFER = 256

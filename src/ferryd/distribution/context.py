@@ -7,15 +7,16 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ferryd.digest import Digest
-from ferryd.distribution.layers import StoreLayerProvider
 from ferryd.distribution.progress import ProgressOutput
+from ferryd.distribution.push_layers import StoreLayerProvider
 from ferryd.distribution.uploads import UploadManager
-from ferryd.platforms import Platform
+from ferryd.oci.digest import Digest
+from ferryd.oci.manifest import Descriptor
+from ferryd.oci.mediatypes import DEFAULT_CONFIG_TYPES
+from ferryd.oci.platform import Platform
 from ferryd.registry.auth import ANONYMOUS, Credentials
 from ferryd.registry.client import BlobResponse
 from ferryd.registry.connector import Connector
-from ferryd.registry.manifests import DEFAULT_CONFIG_TYPES, Descriptor
 from ferryd.store.images import RootFS
 from ferryd.store.metadata import V2MetadataStore
 from ferryd.store.references import ReferenceStore

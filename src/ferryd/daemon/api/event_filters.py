@@ -6,8 +6,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from ferryd.errors import FerrydError
-from ferryd.events import Event
+from ferryd.distribution.events import Event
+from ferryd.errors import InvalidFilterError
 
 # Every filter dockerd knows. ferryd only has image events, so filters on other kinds
 # of object (container=, network=, …) match nothing, as they would on dockerd.
@@ -26,10 +26,6 @@ _OTHER_KEYS = {
 _TIMESTAMP = re.compile(r"(?P<seconds>-?\d+)(?:\.(?P<nanos>\d{1,9}))?")
 
 
-class EventFilterError(FerrydError):
-    """A `filters`, `since` or `until` parameter dockerd would refuse too (400)."""
-
-
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     filters: dict[str, set[str]]
@@ -42,17 +38,17 @@ class EventFilter:
         try:
             raw = json.loads(text)
         except ValueError:
-            raise EventFilterError(f"invalid filter: {text!r} is not JSON") from None
+            raise InvalidFilterError(f"invalid filter: {text!r} is not JSON") from None
         if not isinstance(raw, dict):
-            raise EventFilterError("invalid filter: expected a JSON object of filter lists")
+            raise InvalidFilterError("invalid filter: expected a JSON object of filter lists")
         filters: dict[str, set[str]] = {}
         for key, values in raw.items():
             if key not in _IMAGE_KEYS | _OTHER_KEYS:
-                raise EventFilterError(f"invalid filter '{key}'")
+                raise InvalidFilterError(f"invalid filter '{key}'")
             if isinstance(values, dict):
                 values = [value for value, on in values.items() if on]
             if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-                raise EventFilterError(f"invalid filter '{key}': expected a list of strings")
+                raise InvalidFilterError(f"invalid filter '{key}': expected a list of strings")
             if values:
                 filters[key] = set(values)
         return cls(filters)
@@ -89,7 +85,7 @@ def parse_time(text: str, name: str) -> int:
     """`1700000000` or `1700000000.5` (what the docker CLI sends) → nanoseconds."""
     match = _TIMESTAMP.fullmatch(text.strip())
     if match is None:
-        raise EventFilterError(
+        raise InvalidFilterError(
             f"invalid {name} value {text!r}: expected Unix seconds such as 1700000000.000000000"
         )
     nanos = (match["nanos"] or "").ljust(9, "0")

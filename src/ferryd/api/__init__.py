@@ -1,1 +1,0 @@
-"""The Docker-Engine-shaped HTTP API on the Unix socket."""

@@ -1,0 +1,1 @@
+"""The running service: settings, logs, systemd, reload, its state, and the API it serves."""

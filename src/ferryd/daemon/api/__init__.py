@@ -1,0 +1,1 @@
+"""The Docker-Engine-shaped HTTP API on the daemon's Unix socket."""

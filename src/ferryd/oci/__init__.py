@@ -1,0 +1,1 @@
+"""The OCI vocabulary: digests, references, platforms, media types, manifests, image configs."""

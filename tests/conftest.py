@@ -15,9 +15,6 @@ from support.registry import Registry, have_registry_tools, start_registry
 
 USER, PASSWORD = "ferry", "s3cret-pass"
 
-needs_registry = pytest.mark.skipif(
-    not have_registry_tools(), reason="Debian's docker-registry and skopeo are not installed"
-)
 needs_docker = pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed")
 
 

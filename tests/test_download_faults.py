@@ -27,12 +27,12 @@ from ferryd.errors import (
     TransientRegistryError,
 )
 from ferryd.oci.digest import Digest
+from ferryd.oci.image_config import RootFS
 from ferryd.registry.auth import ANONYMOUS
 from ferryd.registry.client import BlobResponse, RegistryClient
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import RegistryService
 from ferryd.store import Store
-from ferryd.store.images import RootFS
 from support.fakes import (
     FakeLayer,
     FakeRegistry,

@@ -12,6 +12,7 @@ from support.daemon import Daemon, errors
 from support.images import LayerSpec, build_image, seed
 from support.registry import Registry
 from support.throttle import throttled
+from support.waiting import wait_until
 
 MB = 1_000_000
 
@@ -92,6 +93,11 @@ def test_a_reload_does_not_disturb_a_running_pull(
 def test_a_reload_applies_a_new_log_level(start_daemon: Callable[..., Daemon]) -> None:
     daemon = start_daemon()
     daemon.client().get_json("/images/json")
+    # The request's line is written once its answer has gone: wait for it.
+    wait_until(
+        lambda: [e for e in daemon.log_events("api.request") if e["path"] == "/images/json"],
+        what="the first request's log line",
+    )
     before = len(daemon.log_events("api.request"))
 
     event = daemon.reload(log_level="warning")

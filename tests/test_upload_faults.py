@@ -121,7 +121,7 @@ class Env:
             blob, media_type, size = layer.tar, DOCKER_LAYER_TAR, len(layer.tar)
         digest = self.store.blobs.put(blob)
         self.store.layers.register(None, layer.diff_id, digest, media_type, len(blob), size)
-        self.store.layers.release(layer.diff_id)  # register holds; the provider holds too
+        self.store.layers.holds.release(layer.diff_id)  # register holds; the provider holds too
         got = StoreLayerProvider(self.store.layers, self.store.blobs).get(layer.diff_id)
         assert isinstance(got, StoreLayer)
         self.held.append(got)

@@ -1,19 +1,13 @@
-"""structlog set-up (JSON lines for journald, or console) and the image event logger."""
+"""structlog set-up: JSON lines for journald, or console; library logs rendered as ours."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-import time
-from collections.abc import Iterator
 from typing import Literal
 
-import anyio
 import structlog
 import structlog.tracebacks
-
-from ferryd.errors import FerrydError
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -54,14 +48,6 @@ def configure(level: str = "info", fmt: Literal["json", "console"] = "json") -> 
     _capture_stdlib_logging(level, tracebacks, renderer)
 
 
-_events = structlog.get_logger("ferryd.distribution.events")
-
-
-def log_image_event(image_id: str, name: str, action: str, **fields: object) -> None:
-    """The seed's ImageEventLogger: one structured event per image action."""
-    _events.info(f"image.{action}", action=action, image_id=image_id, reference=name, **fields)
-
-
 def _capture_stdlib_logging(
     level: str, tracebacks: structlog.typing.Processor, renderer: structlog.typing.Processor
 ) -> None:
@@ -86,28 +72,3 @@ def _capture_stdlib_logging(
     root.handlers = [handler]
     # Library chatter (httpx logs every request at info) only at warning and above.
     root.setLevel(max(_LEVELS[level], logging.WARNING))
-
-
-@contextlib.contextmanager
-def failure_logged(action: str, reference: str) -> Iterator[None]:
-    """One `image.<action>_failed` line when the block fails or is cancelled (the client
-    left, the daemon stopped); the exception goes on."""
-    started = time.monotonic()
-
-    def failed(error: str) -> None:
-        _events.warning(
-            f"image.{action}_failed",
-            action=action,
-            reference=reference,
-            error=error,
-            seconds=round(time.monotonic() - started, 3),
-        )
-
-    try:
-        yield
-    except FerrydError as exc:
-        failed(str(exc))
-        raise
-    except anyio.get_cancelled_exc_class():
-        failed("cancelled")
-        raise

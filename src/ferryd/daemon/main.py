@@ -13,9 +13,9 @@ from ferryd import __version__
 from ferryd.daemon import logs
 from ferryd.daemon.api.app import build_app
 from ferryd.daemon.api.serve import ApiServer, bind_unix_socket
-from ferryd.daemon.api.system import EngineState
-from ferryd.daemon.reload import Reloader, credential_store, registry_service
-from ferryd.daemon.settings import Settings
+from ferryd.daemon.reload import Reloader
+from ferryd.daemon.settings import Settings, credential_store, registry_service
+from ferryd.daemon.state import DaemonState
 from ferryd.daemon.systemd import Notifier, listen_socket
 from ferryd.distribution.downloads import DownloadManager
 from ferryd.distribution.service import ImageService
@@ -42,8 +42,8 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
         read_timeout=settings.read_timeout,
         proxy=settings.proxy or None,
     )
-    engine = EngineState(settings)
-    engine.events.bind()
+    state = DaemonState(settings)
+    state.events.bind()
     bound: socket.socket | None = None
     try:
         credentials = credential_store(settings)
@@ -75,17 +75,17 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
                 connector=connector,
                 downloads=downloads,
                 uploads=uploads,
-                event_logger=engine.events,
+                event_logger=state.events,
                 default_platform=(
                     parse_platform(settings.default_platform) if settings.default_platform else None
                 ),
                 saved_credentials=credentials,
             )
-            app = build_app(service, engine)
+            app = build_app(service, state)
             server = ApiServer(app, sock, grace=settings.shutdown_timeout + 5)
-            tg.start_soon(_stop_on_signal, server, engine, notifier)
+            tg.start_soon(_stop_on_signal, server, state, notifier)
             if reload is not None:
-                tg.start_soon(Reloader(reload, engine, connector, service, notifier).run)
+                tg.start_soon(Reloader(reload, state, connector, service, notifier).run)
             tg.start_soon(_tell_systemd, server, service, notifier)
             log.info(
                 "daemon.ready",
@@ -107,29 +107,29 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
         log.info("daemon.stopped")
 
 
-async def _stop_on_signal(server: ApiServer, engine: EngineState, notifier: Notifier) -> None:
+async def _stop_on_signal(server: ApiServer, state: DaemonState, notifier: Notifier) -> None:
     """The first signal stops new requests and gives running ones the grace period;
     a second one (or the end of the grace period) stops them at once."""
-    grace = engine.settings.shutdown_timeout
+    grace = state.settings.shutdown_timeout
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as tg:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if server.stopping:
                     log.warning("daemon.stopping_now", signal=name)
-                    engine.stop_jobs.set()
+                    state.stop_jobs.set()
                     break
                 log.info("daemon.stopping", signal=name, grace_seconds=grace)
                 notifier.stopping(grace)
                 server.stop()
-                engine.events.close()  # event streams never end by themselves
-                tg.start_soon(_end_grace, engine, grace)
+                state.events.close()  # event streams never end by themselves
+                tg.start_soon(_end_grace, state, grace)
 
 
-async def _end_grace(engine: EngineState, grace: float) -> None:
+async def _end_grace(state: DaemonState, grace: float) -> None:
     await anyio.sleep(grace)
     log.warning("daemon.grace_period_over")
-    engine.stop_jobs.set()
+    state.stop_jobs.set()
 
 
 async def _tell_systemd(server: ApiServer, service: ImageService, notifier: Notifier) -> None:

@@ -11,21 +11,18 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 import msgspec
 import structlog
 
 from ferryd.daemon import logs
-from ferryd.daemon.api.system import EngineState
-from ferryd.daemon.settings import Settings
+from ferryd.daemon.settings import Settings, credential_store, registry_service
+from ferryd.daemon.state import DaemonState
 from ferryd.daemon.systemd import Notifier
 from ferryd.distribution.service import ImageService
 from ferryd.errors import ConfigError
 from ferryd.registry.connector import Connector
-from ferryd.registry.credentials import CredentialStore
-from ferryd.registry.endpoints import RegistryService
 
 log = structlog.get_logger("ferryd.daemon")
 
@@ -40,24 +37,10 @@ LIVE_KEYS = (
 _REGISTRY_KEYS = ("insecure_registries", "registry_mirrors", "certs_dir")
 
 
-def registry_service(settings: Settings) -> RegistryService:
-    return RegistryService(
-        settings.insecure_registries,
-        Path(settings.certs_dir),
-        mirrors=settings.registry_mirrors,
-    )
-
-
-def credential_store(settings: Settings) -> CredentialStore:
-    return CredentialStore.from_file(
-        Path(settings.credentials_file) if settings.credentials_file else None
-    )
-
-
 @dataclass
 class Reloader:
     load: Callable[[], Settings]  # the config file and flags the daemon started with
-    engine: EngineState
+    state: DaemonState
     connector: Connector
     service: ImageService
     notifier: Notifier
@@ -70,7 +53,7 @@ class Reloader:
                 self.notifier.ready()
 
     async def reload(self) -> None:
-        old = self.engine.settings
+        old = self.state.settings
         try:
             new = await anyio.to_thread.run_sync(self.load)
             registries = registry_service(new)
@@ -91,7 +74,7 @@ class Reloader:
             # Only then: reconfiguring drops every cached login, token and connection.
             self.connector.reconfigure(registries)
         self.service.saved_credentials = credentials
-        self.engine.settings = msgspec.structs.replace(
+        self.state.settings = msgspec.structs.replace(
             old, **{key: getattr(new, key) for key in LIVE_KEYS}
         )
         if new.log_level != old.log_level:

@@ -21,7 +21,8 @@ import msgspec
 from ferryd.errors import ConfigError, InvalidPlatformError
 from ferryd.oci.platform import parse_platform
 from ferryd.registry.auth import registry_domain
-from ferryd.registry.endpoints import DEFAULT_INSECURE
+from ferryd.registry.credentials import CredentialStore
+from ferryd.registry.endpoints import DEFAULT_INSECURE, RegistryService
 
 DEFAULT_ROOT = Path("/var/lib/ferryd")
 DEFAULT_SOCKET = Path("/run/ferryd/ferryd.sock")
@@ -143,6 +144,22 @@ def _validate(data: dict[str, object], where: str) -> Settings:
         except InvalidPlatformError as exc:
             raise ConfigError(f"{where}: default_platform: {exc}") from None
     return settings
+
+
+def registry_service(settings: Settings) -> RegistryService:
+    """The endpoints, TLS and mirrors the settings give the registries."""
+    return RegistryService(
+        settings.insecure_registries,
+        Path(settings.certs_dir),
+        mirrors=settings.registry_mirrors,
+    )
+
+
+def credential_store(settings: Settings) -> CredentialStore:
+    """The daemon's own logins (reads the credentials file, if one is set)."""
+    return CredentialStore.from_file(
+        Path(settings.credentials_file) if settings.credentials_file else None
+    )
 
 
 def hide_password(url: str) -> str:

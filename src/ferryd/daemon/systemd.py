@@ -15,7 +15,7 @@ import structlog
 
 from ferryd.errors import ConfigError
 
-log = structlog.get_logger("ferryd.daemon.systemd")
+log = structlog.get_logger("ferryd.systemd")
 
 _LISTEN_FDS_START = 3
 

@@ -1,1 +1,2 @@
-"""The seed's contract: pull and push configs, the download manager, progress."""
+"""Pull, push, tag and remove, as moby's distribution package: contexts, transfer managers,
+progress and image events."""

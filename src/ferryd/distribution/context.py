@@ -1,37 +1,40 @@
-"""The seed's Config, ImagePullConfig and the interfaces they name, as Python types."""
+"""What a pull or a push is given: moby's Config, ImagePullConfig and ImagePushConfig,
+and the download manager's interface (RootFSDownloadManager); the push layer interfaces
+are in `push_layers`.
+
+A context holds everything its operation reaches, each once and as a required field:
+the store, the registries, the transfer managers, where progress goes and who hears of
+events. The API builds one per request (`ImageService`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
+from ferryd.distribution.events import ImageEventLogger
 from ferryd.distribution.progress import ProgressOutput
-from ferryd.distribution.push_layers import StoreLayerProvider
+from ferryd.distribution.push_layers import PushLayerProvider
 from ferryd.distribution.uploads import UploadManager
 from ferryd.oci.digest import Digest
+from ferryd.oci.image_config import RootFS
 from ferryd.oci.manifest import Descriptor
 from ferryd.oci.mediatypes import DEFAULT_CONFIG_TYPES
 from ferryd.oci.platform import Platform
-from ferryd.registry.auth import ANONYMOUS, Credentials
+from ferryd.registry.auth import Credentials
 from ferryd.registry.client import BlobResponse
 from ferryd.registry.connector import Connector
-from ferryd.store.images import RootFS
-from ferryd.store.metadata import V2MetadataStore
-from ferryd.store.references import ReferenceStore
+from ferryd.store import Store
 
 
-class ImageEventLogger(Protocol):
-    """The seed's ImageEventLogger: (image id, reference, action) plus what it cost."""
+class BlobFetcher(Protocol):
+    """How the download manager reaches blobs: a RegistryClient for the pull's repository."""
 
-    def __call__(self, image_id: str, name: str, action: str, **fields: object) -> None: ...
-
-
-class ImageConfigStore(Protocol):
-    def put(self, config: bytes, *, media_type: str = "", size: int = 0) -> Digest: ...
-    def get(self, image_id: Digest) -> bytes: ...
-    def rootfs_and_os(self, config: bytes) -> tuple[RootFS, str]: ...
+    def open_blob(
+        self, digest: Digest, offset: int = 0
+    ) -> AbstractAsyncContextManager[BlobResponse]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,41 +65,38 @@ class RootFSDownloadManager(Protocol):
         layers: list[DownloadDescriptor],
         progress: ProgressOutput,
         stats: DownloadStats | None = None,
-    ) -> tuple[RootFS, Callable[[], None]]: ...
+    ) -> tuple[RootFS, Callable[[], None]]:
+        """Bring every layer into the store on top of `initial`; return the rootfs and a
+        function that releases the holds on its layers."""
+        ...
 
 
-class BlobFetcher(Protocol):
-    """How the download manager reaches blobs: a RegistryClient for the pull's repository."""
+@dataclass(frozen=True, kw_only=True)
+class TransferContext:
+    """moby's Config: what pulls and pushes share."""
 
-    def open_blob(
-        self, digest: Digest, offset: int = 0
-    ) -> AbstractAsyncContextManager[BlobResponse]: ...
-
-
-@dataclass
-class Config:
-    """Settings common to pull and push."""
-
-    connector: Connector
-    image_store: ImageConfigStore
-    metadata_store: V2MetadataStore
-    reference_store: ReferenceStore | None
+    store: Store  # images (the ImageConfigStore), references, manifests, layers, blobs
+    connector: Connector  # the registry service, its endpoints, TLS and logins
+    credentials: Credentials  # what the client sent, or the daemon's own login
+    meta_headers: Mapping[str, str]  # X-Meta-* copied to every registry request
     progress: ProgressOutput
     event_logger: ImageEventLogger
-    credentials: Credentials = ANONYMOUS
-    meta_headers: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class PullConfig(Config):
-    download_manager: RootFSDownloadManager | None = None
-    schema2_types: tuple[str, ...] = DEFAULT_CONFIG_TYPES
-    platform: Platform | None = None
+@dataclass(frozen=True, kw_only=True)
+class PullContext(TransferContext):
+    """moby's ImagePullConfig."""
+
+    downloads: RootFSDownloadManager
+    platform: Platform  # of an index, the manifest for this platform is pulled
+    schema2_types: tuple[str, ...] = DEFAULT_CONFIG_TYPES  # config media types allowed
 
 
-@dataclass
-class PushConfig(Config):
+@dataclass(frozen=True, kw_only=True)
+class PushContext(TransferContext):
+    """moby's ImagePushConfig (without TrustKey: it signed schema1, never written)."""
+
+    layers: PushLayerProvider
+    uploads: UploadManager
     # The manifest's format: "" keeps the image's own (the media type it was pulled with).
     config_media_type: str = ""
-    layer_provider: StoreLayerProvider | None = None
-    upload_manager: UploadManager | None = None

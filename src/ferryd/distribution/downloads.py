@@ -1,4 +1,4 @@
-"""The download manager (the seed's RootFSDownloadManager).
+"""The download manager: moby's RootFSDownloadManager, over the store and a transfer pool.
 
 Layers download concurrently (at most `max_concurrent` at once) and register in chain
 order. A blob wanted by several pulls at once is one `Transfer` that all of them watch;
@@ -28,8 +28,8 @@ from ferryd.errors import (
     TransientRegistryError,
 )
 from ferryd.oci.digest import Digest, chain_ids, short_id
+from ferryd.oci.image_config import RootFS
 from ferryd.store.blobs import BlobStore
-from ferryd.store.images import RootFS
 from ferryd.store.layers import Layer, LayerStore
 from ferryd.store.metadata import V2Metadata, V2MetadataStore
 
@@ -95,7 +95,7 @@ class DownloadManager:
 
         def release() -> None:
             for chain in held:
-                self._layers.release(chain)
+                self._layers.holds.release(chain)
             held.clear()
 
         pinned: list[Digest] = []  # blobs chosen, kept from removal until registered
@@ -103,18 +103,18 @@ class DownloadManager:
             wanted: dict[int, DownloadDescriptor] = {}
             for index, (layer, chain) in enumerate(zip(layers, chains, strict=True)):
                 # Hold first, then look: a removal between the two cannot take it.
-                self._layers.hold(chain)
+                self._layers.holds.acquire(chain)
                 if self._layers.get(chain) is not None:
                     held.append(chain)
                     progress.write(Message("Already exists", short_id(layer.descriptor.digest)))
                     stats.reused += 1
                 else:
-                    self._layers.release(chain)
+                    self._layers.holds.release(chain)
                     wanted[index] = layer
                     progress.write(Message("Pulling fs layer", short_id(layer.descriptor.digest)))
             for layer in wanted.values():
                 pinned.append(Digest(layer.descriptor.digest))
-                self._blobs.pin(pinned[-1])
+                self._blobs.pins.acquire(pinned[-1])
             results: dict[int, BlobInfo] = {}
             ready = {index: anyio.Event() for index in wanted}
             with single_errors():
@@ -141,7 +141,7 @@ class DownloadManager:
             raise
         finally:
             for digest in pinned:
-                self._blobs.unpin(digest)
+                self._blobs.pins.release(digest)
         return RootFS(diff_ids + [d.diff_id for d in layers]), release
 
     def _register(self, parent: Digest | None, layer: DownloadDescriptor, info: BlobInfo) -> Layer:

@@ -1,8 +1,10 @@
-"""Image events: logged, kept for replay, and fanned out to `GET /events` watchers.
+"""Image events, the event logger of moby's distribution Config.
 
-The hub is the daemon's ImageEventLogger. Every event becomes one structured log line
-(`image.<action>`) and one docker-shaped event. The last `keep` events stay in memory so
-that `docker events --since` can replay them, as dockerd's in-memory event log does.
+Every pull, push, tag, untag and delete is reported to an `ImageEventLogger`. The
+daemon's is the `EventHub`: each event becomes one structured log line (`image.<action>`)
+and one docker-shaped event; the last `keep` events stay in memory so that
+`docker events --since` can replay them, as dockerd's in-memory event log does. A pull or
+push that fails is one `image.<action>_failed` line (`failure_logged`).
 """
 
 from __future__ import annotations
@@ -14,17 +16,53 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ferryd.daemon import logs
-from ferryd.errors import InvalidReferenceError
+from ferryd.errors import FerrydError, InvalidReferenceError
 from ferryd.oci.reference import parse_reference
 
-log = structlog.get_logger("ferryd.distribution.events")
+log = structlog.get_logger("ferryd.events")
+
+
+class ImageEventLogger(Protocol):
+    """moby's ImageEventLogger: (image id, reference, action) plus what it cost."""
+
+    def __call__(self, image_id: str, name: str, action: str, **fields: object) -> None: ...
+
+
+def log_image_event(image_id: str, name: str, action: str, **fields: object) -> None:
+    """One structured log line per image action: an ImageEventLogger on its own."""
+    log.info(f"image.{action}", action=action, image_id=image_id, reference=name, **fields)
+
+
+@contextlib.contextmanager
+def failure_logged(action: str, reference: str) -> Iterator[None]:
+    """One `image.<action>_failed` line when the block fails or is cancelled (the client
+    left, the daemon stopped); the exception goes on."""
+    started = time.monotonic()
+
+    def failed(error: str) -> None:
+        log.warning(
+            f"image.{action}_failed",
+            action=action,
+            reference=reference,
+            error=error,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    try:
+        yield
+    except FerrydError as exc:
+        failed(str(exc))
+        raise
+    except anyio.get_cancelled_exc_class():
+        failed("cancelled")
+        raise
+
 
 # A watcher that falls this far behind is dropped rather than slowing the others.
 _WATCHER_BUFFER = 256
@@ -53,6 +91,8 @@ class Event:
 
 @dataclass
 class EventHub:
+    """The daemon's ImageEventLogger: logs each event, keeps the latest, feeds watchers."""
+
     keep: int = 1024
     _recent: collections.deque[Event] = field(init=False)
     _watchers: set[MemoryObjectSendStream[Event]] = field(init=False, default_factory=set)
@@ -70,7 +110,7 @@ class EventHub:
         self._loop_thread = threading.get_ident()
 
     def __call__(self, image_id: str, name: str, action: str, **fields: object) -> None:
-        logs.log_image_event(image_id, name, action, **fields)
+        log_image_event(image_id, name, action, **fields)
         # dockerd's choices: pull/push name the reference (ID) and its repository
         # (name); tag/untag name the image ID and the reference; delete names the ID
         # twice, whatever name (a short ID, a tag) the removal was asked by.

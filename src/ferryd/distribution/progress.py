@@ -57,11 +57,6 @@ class ProgressOutput(Protocol):
     def write(self, message: Message) -> None: ...
 
 
-class DiscardOutput:
-    def write(self, message: Message) -> None:
-        return None
-
-
 @dataclass
 class StreamOutput:
     """Feeds an API response: messages go into an unbounded memory stream."""

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import anyio
 import structlog
 
-from ferryd.daemon.logs import failure_logged
-from ferryd.distribution.context import DownloadDescriptor, DownloadStats, PullConfig
+from ferryd.distribution.context import DownloadDescriptor, DownloadStats, PullContext
+from ferryd.distribution.events import failure_logged
 from ferryd.distribution.progress import Message
 from ferryd.errors import (
     AccessDeniedError,
@@ -23,8 +23,8 @@ from ferryd.errors import (
     RegistryError,
 )
 from ferryd.oci.digest import Digest, chain_ids
+from ferryd.oci.image_config import MAX_CONFIG_SIZE, RootFS
 from ferryd.oci.manifest import (
-    Descriptor,
     FetchedManifest,
     ImageManifest,
     check_supported,
@@ -33,12 +33,10 @@ from ferryd.oci.manifest import (
     select_platform,
 )
 from ferryd.oci.mediatypes import INDEX_TYPES
-from ferryd.oci.platform import Platform, host_platform
+from ferryd.oci.platform import Platform
 from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
 from ferryd.registry.endpoints import Endpoint
-from ferryd.store import Store
-from ferryd.store.images import MAX_CONFIG_SIZE, RootFS
 
 log = structlog.get_logger("ferryd.pull")
 
@@ -50,24 +48,22 @@ class PullResult:
     updated: bool  # a tag moved or layers were fetched
 
 
-async def pull(reference: Reference, config: PullConfig, store: Store) -> list[PullResult]:
-    """Pull `reference` into the store, reporting progress to `config.progress`; a
+async def pull(reference: Reference, ctx: PullContext) -> list[PullResult]:
+    """Pull `reference` into the store, reporting progress to `ctx.progress`; a
     repository without tag or digest means every tag of it (`docker pull -a`).
 
     A failure is logged as one `image.pull_failed` event, then raised.
     """
     with failure_logged("pull", str(reference)):
         if reference.tag is None and reference.digest is None:
-            return await _pull_all_tags(reference, config, store)
-        return [await _pull(reference, config, store)]
+            return await _pull_all_tags(reference, ctx)
+        return [await _pull(reference, ctx)]
 
 
-async def _pull_all_tags(
-    repository: Reference, config: PullConfig, store: Store
-) -> list[PullResult]:
+async def _pull_all_tags(repository: Reference, ctx: PullContext) -> list[PullResult]:
     """Each tag in turn, as dockerd: one status line for the repository at the end."""
-    client = await config.connector.open(
-        repository.domain, repository.path, config.credentials, meta_headers=config.meta_headers
+    client = await ctx.connector.open(
+        repository.domain, repository.path, ctx.credentials, meta_headers=ctx.meta_headers
     )
     try:
         tags = await client.list_tags()
@@ -75,59 +71,52 @@ async def _pull_all_tags(
         raise exc.with_message(_access_denied(repository, exc)) from None
     if not tags:
         raise NotFoundError(f"repository {repository.familiar_name} has no tags to pull")
-    results = [
-        await _pull(repository.with_tag(tag), config, store, say_status=False)
-        for tag in sorted(tags)
-    ]
+    results = [await _pull(repository.with_tag(tag), ctx, say_status=False) for tag in sorted(tags)]
     name = repository.familiar_name
     if any(result.updated for result in results):
-        config.progress.write(Message(f"Status: Downloaded newer image for {name}"))
+        ctx.progress.write(Message(f"Status: Downloaded newer image for {name}"))
     else:
-        config.progress.write(Message(f"Status: Image is up to date for {name}"))
+        ctx.progress.write(Message(f"Status: Image is up to date for {name}"))
     return results
 
 
-async def _pull(
-    reference: Reference, config: PullConfig, store: Store, *, say_status: bool = True
-) -> PullResult:
+async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = True) -> PullResult:
     started = time.monotonic()
-    progress = config.progress
+    progress = ctx.progress
     tag_or_digest = reference.digest or reference.tag or "latest"
-    source = await _find_source(reference, tag_or_digest, config)
+    source = await _find_source(reference, tag_or_digest, ctx)
     client, top, manifest, image = source.client, source.top, source.manifest, source.image
     # Said once the manifest is in hand, as dockerd: a pull that fails before this is
     # answered with an HTTP error status, not a stream.
     progress.write(Message(f"Pulling from {reference.path}", tag_or_digest, update=False))
 
     config_descriptor = image.config
-    if config_descriptor.mediaType not in config.schema2_types:
+    if config_descriptor.mediaType not in ctx.schema2_types:
         raise ImageConfigError(
             f"the image's config has media type {config_descriptor.mediaType!r}, which is "
             "not a container image (allowed: "
-            + ", ".join(repr(t) for t in config.schema2_types if t)
+            + ", ".join(repr(t) for t in ctx.schema2_types if t)
             + ")"
         )
     image_id = Digest(config_descriptor.digest)
     if not image_id.startswith("sha256:"):
         raise ManifestError(f"image config digest {image_id} is not sha256 (it is the image ID)")
     stats = DownloadStats()
-    if store.images.record(image_id) is None:
+    if ctx.store.images.record(image_id) is None:
         with _blamed_on(client.endpoint):
-            await _pull_image(
-                client, reference, config, store, manifest, image.config, image.layers, stats
-            )
+            await _pull_image(client, reference, ctx, manifest, image, stats)
     else:
         stats.reused = len(image.layers)
     # Which mirror served the pull, when one did: the operator's first question.
     served_by = {"mirror": client.endpoint.base_url} if client.endpoint.mirror else {}
-    changed = await anyio.to_thread.run_sync(_tag, store, config, reference, top.digest, image_id)
+    changed = await anyio.to_thread.run_sync(_tag, ctx, reference, top.digest, image_id)
     updated = stats.fetched > 0 or changed
     progress.write(Message(f"Digest: {top.digest}"))
     if say_status and updated:
         progress.write(Message(f"Status: Downloaded newer image for {reference.familiar}"))
     elif say_status:
         progress.write(Message(f"Status: Image is up to date for {reference.familiar}"))
-    config.event_logger(
+    ctx.event_logger(
         image_id,
         str(reference),
         "pull",
@@ -151,7 +140,7 @@ class _Source:
     image: ImageManifest  # `manifest`, decoded and checked
 
 
-async def _find_source(reference: Reference, tag_or_digest: str, config: PullConfig) -> _Source:
+async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContext) -> _Source:
     """The registry's mirrors in order, then the registry itself: the first that serves
     a usable manifest for the platform serves the whole pull.
 
@@ -166,13 +155,12 @@ async def _find_source(reference: Reference, tag_or_digest: str, config: PullCon
     and the layers already stored stay for the next pull. Mirrors are used anonymously:
     the client's login is for the registry and never goes to another host.
     """
-    platform = config.platform or host_platform()
-    for mirror in await config.connector.service.mirror_endpoints(reference.domain):
+    for mirror in await ctx.connector.service.mirror_endpoints(reference.domain):
         try:
-            client = await config.connector.open_mirror(
-                mirror, reference.path, meta_headers=config.meta_headers
+            client = await ctx.connector.open_mirror(
+                mirror, reference.path, meta_headers=ctx.meta_headers
             )
-            return await _manifest_from(client, tag_or_digest, platform)
+            return await _manifest_from(client, tag_or_digest, ctx.platform)
         except (RegistryError, ContentError) as exc:
             log.warning(
                 "registry.mirror_failed",
@@ -180,14 +168,11 @@ async def _find_source(reference: Reference, tag_or_digest: str, config: PullCon
                 reference=str(reference),
                 error=str(exc),
             )
-    client = await config.connector.open(
-        reference.domain,
-        reference.path,
-        config.credentials,
-        meta_headers=config.meta_headers,
+    client = await ctx.connector.open(
+        reference.domain, reference.path, ctx.credentials, meta_headers=ctx.meta_headers
     )
     try:
-        return await _manifest_from(client, tag_or_digest, platform)
+        return await _manifest_from(client, tag_or_digest, ctx.platform)
     except (AuthenticationError, AccessDeniedError) as exc:
         raise exc.with_message(_access_denied(reference, exc)) from None
 
@@ -234,30 +219,29 @@ def _blamed_on(endpoint: Endpoint) -> Iterator[None]:
 async def _pull_image(
     client: RegistryClient,
     reference: Reference,
-    config: PullConfig,
-    store: Store,
+    ctx: PullContext,
     manifest: FetchedManifest,
-    config_descriptor: Descriptor,
-    layers: list[Descriptor],
+    image: ImageManifest,
     stats: DownloadStats,
 ) -> None:
     """Config, then layers, then the image in one transaction: all of it or nothing."""
+    store = ctx.store
+    config_descriptor = image.config
     image_id = Digest(config_descriptor.digest)
     limit = min(config_descriptor.size or MAX_CONFIG_SIZE, MAX_CONFIG_SIZE)
     raw_config = await client.get_blob(image_id, limit, f"image config {image_id}")
-    rootfs, os = config.image_store.rootfs_and_os(raw_config)
-    if len(rootfs.diff_ids) != len(layers):
+    rootfs, os = store.images.rootfs_and_os(raw_config)
+    if len(rootfs.diff_ids) != len(image.layers):
         raise ImageConfigError(
-            f"the manifest has {len(layers)} layers but the image config has "
+            f"the manifest has {len(image.layers)} layers but the image config has "
             f"{len(rootfs.diff_ids)} DiffIDs"
         )
     descriptors = [
         DownloadDescriptor(layer, diff_id, reference.domain, reference.path)
-        for layer, diff_id in zip(layers, rootfs.diff_ids, strict=True)
+        for layer, diff_id in zip(image.layers, rootfs.diff_ids, strict=True)
     ]
-    assert config.download_manager is not None
-    final, release = await config.download_manager.download(
-        client, RootFS([]), os, descriptors, config.progress, stats
+    final, release = await ctx.downloads.download(
+        client, RootFS([]), os, descriptors, ctx.progress, stats
     )
     try:
 
@@ -268,25 +252,19 @@ async def _pull_image(
             store.blobs.put(raw_config, image_id)
             store.blobs.put(manifest.raw)
             with store.db.transaction():
-                config.image_store.put(
-                    raw_config, media_type=config_descriptor.mediaType, size=size
-                )
-                store.add_manifest(manifest.digest, image_id, manifest.media_type, manifest.raw)
+                store.images.put(raw_config, media_type=config_descriptor.mediaType, size=size)
+                store.manifests.add(manifest.digest, image_id, manifest.media_type, manifest.raw)
 
         await anyio.to_thread.run_sync(commit)
     finally:
         release()
 
 
-def _tag(
-    store: Store, config: PullConfig, reference: Reference, digest: Digest, image_id: Digest
-) -> bool:
+def _tag(ctx: PullContext, reference: Reference, digest: Digest, image_id: Digest) -> bool:
     """Record the references a pull makes (the tag, if any, and repo@digest); did any
     of them change? (docker's "Downloaded newer image" vs "Image is up to date")."""
-    references = config.reference_store
-    if references is None:
-        return False
-    with store.db.transaction():
+    references = ctx.store.references
+    with ctx.store.db.transaction():
         changed = references.add(reference.repository().with_digest(digest), image_id) != image_id
         if reference.tag is not None and reference.digest is None:
             changed |= references.add(reference, image_id) != image_id

@@ -9,15 +9,15 @@ import anyio
 import msgspec
 
 from ferryd.concurrency import single_errors
-from ferryd.daemon.logs import failure_logged
-from ferryd.distribution.context import PushConfig
+from ferryd.distribution.context import PushContext
+from ferryd.distribution.events import failure_logged
 from ferryd.distribution.progress import Message
-from ferryd.distribution.push_layers import DescribableLayer, EmptyLayer, StoreLayer
+from ferryd.distribution.push_layers import DescribableLayer, PushLayer
 from ferryd.distribution.uploads import Uploaded
 from ferryd.errors import ImageNotFoundError
-from ferryd.oci.digest import Digest, chain_ids, sha256_digest, short_id
+from ferryd.oci.digest import Digest, sha256_digest, short_id
 from ferryd.oci.manifest import Descriptor, ImageManifest, decode_manifest
-from ferryd.oci.mediatypes import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_CONFIG, OCI_MANIFEST, Family
+from ferryd.oci.mediatypes import Family, config_type, family_of, manifest_type
 from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
 from ferryd.store import Store
@@ -47,27 +47,26 @@ class _Stats:
             self.skipped += 1
 
 
-async def push(reference: Reference, config: PushConfig, store: Store) -> list[PushResult]:
+async def push(reference: Reference, ctx: PushContext) -> list[PushResult]:
     """Push `reference`'s tag, or every tag of its repository when it has none.
 
     A failure is logged as one `image.push_failed` event, then raised.
     """
     with failure_logged("push", str(reference)):
-        return await _push(reference, config, store)
+        return await _push(reference, ctx)
 
 
-async def _push(reference: Reference, config: PushConfig, store: Store) -> list[PushResult]:
-    progress = config.progress
-    progress.write(Message(f"The push refers to repository [{reference.name}]"))
-    tags = _tags_to_push(reference, store)
-    client = await config.connector.open(
+async def _push(reference: Reference, ctx: PushContext) -> list[PushResult]:
+    ctx.progress.write(Message(f"The push refers to repository [{reference.name}]"))
+    tags = _tags_to_push(reference, ctx.store)
+    client = await ctx.connector.open(
         reference.domain,
         reference.path,
-        config.credentials,
+        ctx.credentials,
         actions="pull,push",
-        meta_headers=config.meta_headers,
+        meta_headers=ctx.meta_headers,
     )
-    return [await _push_tag(client, tag, image_id, config, store) for tag, image_id in tags]
+    return [await _push_tag(client, tag, image_id, ctx) for tag, image_id in tags]
 
 
 def _tags_to_push(reference: Reference, store: Store) -> list[tuple[Reference, Digest]]:
@@ -88,44 +87,45 @@ def _tags_to_push(reference: Reference, store: Store) -> list[tuple[Reference, D
 
 
 async def _push_tag(
-    client: RegistryClient, tag: Reference, image_id: Digest, config: PushConfig, store: Store
+    client: RegistryClient, tag: Reference, image_id: Digest, ctx: PushContext
 ) -> PushResult:
     started = time.monotonic()
-    assert config.layer_provider is not None
-    raw_config = config.image_store.get(image_id)
-    rootfs, _ = config.image_store.rootfs_and_os(raw_config)
+    store = ctx.store
+    raw_config = store.images.get(image_id)
+    rootfs, _ = store.images.rootfs_and_os(raw_config)
     record = store.images.record(image_id)
-    assert record is not None
-    family = _family(config.config_media_type or record.config_media_type)
-    layers = [_stored(config.layer_provider.get(chain)) for chain in chain_ids(rootfs.diff_ids)]
+    if record is None:
+        raise ImageNotFoundError(f"No such image: {image_id}")
+    family = family_of(ctx.config_media_type or record.config_media_type)
+    # As moby: the top layer, held for the whole upload, and the stack below it.
+    top = ctx.layers.get(rootfs.chain_id())
     stats = _Stats()
     try:
+        layers = _stack(top, len(rootfs.diff_ids))
         for layer in reversed(layers):  # docker lists the top layer first
             progress_id = short_id(layer.diff_id)
             if isinstance(layer, DescribableLayer):
-                config.progress.write(Message("Skipped foreign layer", progress_id))
+                ctx.progress.write(Message("Skipped foreign layer", progress_id))
             else:
-                config.progress.write(Message("Preparing", progress_id))
-        descriptors = await _upload_layers(client, layers, family, config, stats)
+                ctx.progress.write(Message("Preparing", progress_id))
+        descriptors = await _upload_layers(client, layers, family, ctx, stats)
     finally:
-        for layer in layers:
-            layer.release()
+        top.release()
     config_descriptor = await _push_config(client, raw_config, family)
     media_type, raw = _manifest(store, image_id, family, config_descriptor, descriptors)
     assert tag.tag is not None
     digest = await client.put_manifest(tag.tag, media_type, raw)
-    config.progress.write(Message(f"{tag.tag}: digest: {digest} size: {len(raw)}"))
-    config.progress.write(Message(aux={"Tag": tag.tag, "Digest": digest, "Size": len(raw)}))
+    ctx.progress.write(Message(f"{tag.tag}: digest: {digest} size: {len(raw)}"))
+    ctx.progress.write(Message(aux={"Tag": tag.tag, "Digest": digest, "Size": len(raw)}))
 
     def record_push() -> None:
         store.blobs.put(raw)  # outside the transaction: no fsync under the database lock
         with store.db.transaction():
-            store.add_manifest(digest, image_id, media_type, raw)
-            if config.reference_store is not None:
-                config.reference_store.add(tag.repository().with_digest(digest), image_id)
+            store.manifests.add(digest, image_id, media_type, raw)
+            store.references.add(tag.repository().with_digest(digest), image_id)
 
     await anyio.to_thread.run_sync(record_push)
-    config.event_logger(
+    ctx.event_logger(
         image_id,
         str(tag),
         "push",
@@ -139,23 +139,32 @@ async def _push_tag(
     return PushResult(tag.tag, digest, len(raw))
 
 
+def _stack(top: PushLayer, count: int) -> list[PushLayer]:
+    """The `count` layers from `top` down, bottom first."""
+    layers: list[PushLayer] = []
+    layer: PushLayer | None = top
+    for _ in range(count):
+        assert layer is not None  # a stored layer's chain is whole down to its first
+        layers.append(layer)
+        layer = layer.parent()
+    return layers[::-1]
+
+
 async def _upload_layers(
     client: RegistryClient,
-    layers: list[StoreLayer],
+    layers: list[PushLayer],
     family: Family,
-    config: PushConfig,
+    ctx: PushContext,
     stats: _Stats,
 ) -> list[Descriptor]:
     """Every layer's descriptor, in order; uploads run concurrently."""
-    manager = config.upload_manager
-    assert manager is not None
     descriptors: list[Descriptor | None] = [None] * len(layers)
 
-    async def one(index: int, layer: StoreLayer) -> None:
+    async def one(index: int, layer: PushLayer) -> None:
         if isinstance(layer, DescribableLayer):
             descriptors[index] = layer.descriptor()
             return
-        result = await manager.upload(client, layer, family, config.progress)
+        result = await ctx.uploads.upload(client, layer, family, ctx.progress)
         stats.count(result)
         descriptors[index] = Descriptor(result.media_type, result.digest, result.blob_size)
 
@@ -170,8 +179,7 @@ async def _push_config(client: RegistryClient, raw: bytes, family: Family) -> De
     digest = sha256_digest(raw)
     if await client.blob_size(digest) is None:
         await client.upload_blob(digest, len(raw), raw)
-    media_type = DOCKER_CONFIG if family == "docker" else OCI_CONFIG
-    return Descriptor(media_type, digest, len(raw))
+    return Descriptor(config_type(family), digest, len(raw))
 
 
 def _manifest(
@@ -183,26 +191,16 @@ def _manifest(
 ) -> tuple[str, bytes]:
     """The manifest to PUT: the one the image came with when it describes exactly these
     blobs (so its digest is kept), else a new one of the same format."""
-    media_type = DOCKER_MANIFEST if family == "docker" else OCI_MANIFEST
-    for _, stored_type, raw in store.manifests_for(image_id):
-        if stored_type != media_type:
+    media_type = manifest_type(family)
+    for stored in store.manifests.for_image(image_id):
+        if stored.media_type != media_type:
             continue
-        stored = decode_manifest(raw)
-        if stored.config.digest == config_descriptor.digest and [
-            (d.digest, d.size) for d in stored.layers
+        kept = decode_manifest(stored.raw)
+        if kept.config.digest == config_descriptor.digest and [
+            (d.digest, d.size) for d in kept.layers
         ] == [(d.digest, d.size) for d in layers]:
-            return media_type, raw
+            return media_type, stored.raw
     manifest = ImageManifest(
         config=config_descriptor, layers=layers, schemaVersion=2, mediaType=media_type
     )
     return media_type, msgspec.json.encode(manifest)
-
-
-def _stored(layer: StoreLayer | EmptyLayer) -> StoreLayer:
-    # Only the ChainID "" gives the empty layer, and no image's rootfs has it.
-    assert isinstance(layer, StoreLayer)
-    return layer
-
-
-def _family(config_media_type: str) -> Family:
-    return "oci" if config_media_type in (OCI_CONFIG, OCI_MANIFEST) else "docker"

@@ -1,7 +1,8 @@
-"""The seed's PushLayerProvider and PushLayer, backed by the layer store.
+"""moby's PushLayerProvider and PushLayer, and their implementation over the layer store.
 
-A layer is held (reference-counted) from `get` until `release`, so that nothing
-removes it while a push reads it.
+A push gets its image's top layer by ChainID and walks down with `parent()`. The top
+layer is held (reference-counted) from `get` until `release`, which keeps the whole
+stack below it from garbage collection while the push reads it.
 """
 
 from __future__ import annotations
@@ -11,17 +12,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import aiofiles
 import anyio
 
 from ferryd.codec import BATCH_SIZE, detect_compression, inflater
 from ferryd.errors import ImageNotFoundError
 from ferryd.oci.digest import Digest
+from ferryd.oci.image_config import EMPTY_CHAIN
 from ferryd.oci.manifest import Descriptor
 from ferryd.oci.mediatypes import Compression
 from ferryd.store.blobs import BlobStore
 from ferryd.store.layers import Layer, LayerStore
 
-EMPTY_CHAIN = Digest("")
+
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    """A layer's blob as the store holds it (what the registry sent, byte for byte)."""
+
+    digest: Digest
+    size: int
+    path: Path
+
+    def compression(self) -> Compression:
+        """Read from the first bytes, as docker does: media types can lie."""
+        with self.path.open("rb") as file:
+            return detect_compression(file.read(4))
 
 
 class PushLayer(Protocol):
@@ -31,10 +46,22 @@ class PushLayer(Protocol):
     def diff_id(self) -> Digest: ...
     @property
     def media_type(self) -> str: ...
-    def parent(self) -> PushLayer | None: ...
-    def open(self) -> AsyncIterator[bytes]: ...
-    def size(self) -> int: ...
+    def parent(self) -> PushLayer | None:
+        """The layer below; None for the first one."""
+        ...
+
+    def open(self) -> AsyncIterator[bytes]:
+        """The layer's uncompressed tar."""
+        ...
+
+    def size(self) -> int:
+        """The uncompressed size."""
+        ...
+
     def release(self) -> None: ...
+    def blob(self) -> StoredBlob | None:
+        """The stored blob, uploaded as it is when compressed; None when nothing is stored."""
+        ...
 
 
 @runtime_checkable
@@ -45,17 +72,19 @@ class DescribableLayer(Protocol):
 
 
 class PushLayerProvider(Protocol):
-    def get(self, chain_id: Digest) -> PushLayer: ...
+    def get(self, chain_id: Digest) -> PushLayer:
+        """The layer with this ChainID, held until released; "" is the empty layer."""
+        ...
 
 
 @dataclass
 class StoreLayer:
-    """A stored layer: its blob is uploaded as it is whenever it is compressed."""
+    """A stored layer."""
 
     record: Layer
     _layers: LayerStore
     _blobs: BlobStore
-    _released: bool = False
+    _held: bool
 
     @property
     def chain_id(self) -> Digest:
@@ -69,28 +98,22 @@ class StoreLayer:
     def media_type(self) -> str:
         return self.record.media_type
 
-    @property
-    def blob_digest(self) -> Digest:
-        return self.record.blob_digest
-
-    @property
-    def blob_path(self) -> Path:
-        return self._blobs.path(self.record.blob_digest)
-
-    @property
-    def compression(self) -> Compression:
-        with self.blob_path.open("rb") as file:
-            return detect_compression(file.read(4))
-
     def parent(self) -> StoreLayer | None:
-        """The layer below, not held: it lives as long as this one is held."""
+        """The layer below, not held itself: it lives as long as this one is held."""
         if self.record.parent is None:
             return None
         return _get(self._layers, self._blobs, self.record.parent, hold=False)
 
+    def blob(self) -> StoredBlob:
+        return StoredBlob(
+            self.record.blob_digest,
+            self.record.compressed_size,
+            self._blobs.path(self.record.blob_digest),
+        )
+
     async def open(self) -> AsyncIterator[bytes]:
         """The uncompressed tar, inflated from the stored blob in a worker thread."""
-        async with await anyio.open_file(self.blob_path, "rb") as file:
+        async with aiofiles.open(self.blob().path, "rb") as file:
             batch = await file.read(BATCH_SIZE)
             decoder = inflater(detect_compression(batch))
 
@@ -107,9 +130,9 @@ class StoreLayer:
         return self.record.size
 
     def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._layers.release(self.record.chain_id)
+        if self._held:
+            self._held = False
+            self._layers.holds.release(self.record.chain_id)
 
 
 @dataclass
@@ -123,13 +146,12 @@ class ForeignStoreLayer(StoreLayer):
         )
 
 
-@dataclass
 class EmptyLayer:
-    """The layer below the first one: ChainID "", nothing to push."""
+    """The layer below the first one (ChainID ""): what an image without layers has."""
 
-    chain_id: Digest = EMPTY_CHAIN
-    diff_id: Digest = EMPTY_CHAIN
-    media_type: str = ""
+    chain_id = EMPTY_CHAIN
+    diff_id = EMPTY_CHAIN
+    media_type = ""
 
     def parent(self) -> None:
         return None
@@ -144,6 +166,9 @@ class EmptyLayer:
     def release(self) -> None:
         return None
 
+    def blob(self) -> None:
+        return None
+
 
 class StoreLayerProvider:
     def __init__(self, layers: LayerStore, blobs: BlobStore) -> None:
@@ -154,16 +179,17 @@ class StoreLayerProvider:
         """The layer with this ChainID, held until released; "" is the empty layer."""
         if chain_id == EMPTY_CHAIN:
             return EmptyLayer()
-        return _get(self._layers, self._blobs, chain_id)
+        return _get(self._layers, self._blobs, chain_id, hold=True)
 
 
-def _get(
-    layers: LayerStore, blobs: BlobStore, chain_id: Digest, *, hold: bool = True
-) -> StoreLayer:
+def _get(layers: LayerStore, blobs: BlobStore, chain_id: Digest, *, hold: bool) -> StoreLayer:
+    if hold:
+        # Hold first, then look: a removal between the two cannot take it.
+        layers.holds.acquire(chain_id)
     record = layers.get(chain_id)
     if record is None:
+        if hold:
+            layers.holds.release(chain_id)
         raise ImageNotFoundError(f"layer {chain_id} is not in the store")
-    if hold:
-        layers.hold(chain_id)
     kind = ForeignStoreLayer if record.urls else StoreLayer
-    return kind(record, layers, blobs, _released=not hold)
+    return kind(record, layers, blobs, _held=hold)

@@ -1,4 +1,5 @@
-"""What the API drives: one object holding the store, registries and transfer managers."""
+"""What the API drives: the store, the registries and the transfer managers, turned into
+one pull or push context per request."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ from typing import Any
 
 import anyio
 
-from ferryd.distribution.context import ImageEventLogger, PullConfig, PushConfig
+from ferryd.distribution.context import PullContext, PushContext
 from ferryd.distribution.downloads import DownloadManager
+from ferryd.distribution.events import ImageEventLogger
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.pull import PullResult, pull
 from ferryd.distribution.push import PushResult, push
 from ferryd.distribution.push_layers import StoreLayerProvider
 from ferryd.distribution.tagging import remove, tag_image
 from ferryd.distribution.uploads import UploadManager
-from ferryd.oci.platform import Platform
+from ferryd.oci.platform import Platform, host_platform
 from ferryd.oci.reference import Reference
 from ferryd.registry.auth import Credentials
 from ferryd.registry.connector import Connector
@@ -41,25 +43,6 @@ class ImageService:
             return given
         return await self.saved_credentials.lookup(domain)
 
-    async def _common(
-        self,
-        reference: Reference,
-        progress: ProgressOutput,
-        credentials: Credentials,
-        meta_headers: Mapping[str, str] | None,
-    ) -> dict[str, Any]:
-        """The seed's Config fields, shared by pull and push."""
-        return {
-            "connector": self.connector,
-            "image_store": self.store.images,
-            "metadata_store": self.store.metadata,
-            "reference_store": self.store.references,
-            "progress": progress,
-            "event_logger": self.event_logger,
-            "credentials": await self.credentials_for(reference.domain, credentials),
-            "meta_headers": dict(meta_headers or {}),
-        }
-
     async def pull(
         self,
         reference: Reference,
@@ -69,12 +52,17 @@ class ImageService:
         credentials: Credentials,
         meta_headers: Mapping[str, str] | None = None,
     ) -> list[PullResult]:
-        config = PullConfig(
-            **await self._common(reference, progress, credentials, meta_headers),
-            download_manager=self.downloads,
-            platform=platform or self.default_platform,
+        ctx = PullContext(
+            store=self.store,
+            connector=self.connector,
+            credentials=await self.credentials_for(reference.domain, credentials),
+            meta_headers=dict(meta_headers or {}),
+            progress=progress,
+            event_logger=self.event_logger,
+            downloads=self.downloads,
+            platform=platform or self.default_platform or host_platform(),
         )
-        return await pull(reference, config, self.store)
+        return await pull(reference, ctx)
 
     async def push(
         self,
@@ -84,12 +72,17 @@ class ImageService:
         credentials: Credentials,
         meta_headers: Mapping[str, str] | None = None,
     ) -> list[PushResult]:
-        config = PushConfig(
-            **await self._common(reference, progress, credentials, meta_headers),
-            layer_provider=StoreLayerProvider(self.store.layers, self.store.blobs),
-            upload_manager=self.uploads,
+        ctx = PushContext(
+            store=self.store,
+            connector=self.connector,
+            credentials=await self.credentials_for(reference.domain, credentials),
+            meta_headers=dict(meta_headers or {}),
+            progress=progress,
+            event_logger=self.event_logger,
+            layers=StoreLayerProvider(self.store.layers, self.store.blobs),
+            uploads=self.uploads,
         )
-        return await push(reference, config, self.store)
+        return await push(reference, ctx)
 
     async def tag(self, source: str, target: Reference) -> None:
         await anyio.to_thread.run_sync(tag_image, self.store, source, target, self.event_logger)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ferryd.distribution.context import ImageEventLogger
+from ferryd.distribution.events import ImageEventLogger
 from ferryd.errors import ImageConflictError, ImageNotFoundError
 from ferryd.oci.digest import Digest, short_id
 from ferryd.oci.reference import Reference, parse_reference

@@ -1,4 +1,4 @@
-"""The upload dispatcher (the seed's upload manager).
+"""The upload manager, as moby's distribution package has it.
 
 Per layer, cheapest first: the target repository has the blob (HEAD) → "Layer already
 exists"; V2 metadata knows it in another repository of the same registry → mount →
@@ -14,13 +14,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import aiofiles
 import anyio
 from anyio.abc import TaskGroup
 from isal import isal_zlib
 
 from ferryd.codec import BATCH_SIZE
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
-from ferryd.distribution.push_layers import StoreLayer
+from ferryd.distribution.push_layers import PushLayer, StoredBlob
 from ferryd.distribution.transfers import TransferPool, TransferState, with_retries
 from ferryd.errors import LayerFormatError
 from ferryd.oci.digest import Digest, short_id
@@ -85,14 +86,14 @@ class UploadManager:
     async def upload(
         self,
         client: RegistryClient,
-        layer: StoreLayer,
+        layer: PushLayer,
         family: Family,
         progress: ProgressOutput,
     ) -> Uploaded:
         """Make sure the client's repository has `layer`; say how it got there."""
         registry, repository = client.endpoint.domain, client.repository
         layer_id = short_id(layer.diff_id)
-        compression = await anyio.to_thread.run_sync(lambda: layer.compression)
+        compression = await anyio.to_thread.run_sync(_compression, layer)
         # Before joining: a layer this family cannot describe fails this push only.
         _layer_media_type(
             family, Compression.GZIP if compression is Compression.NONE else compression
@@ -127,70 +128,79 @@ class UploadManager:
         return replace(result, media_type=media_type)
 
     async def _push_layer(
-        self, client: RegistryClient, layer: StoreLayer, family: Family, progress: Broadcast
+        self, client: RegistryClient, layer: PushLayer, family: Family, progress: Broadcast
     ) -> Uploaded:
         """Cheapest first: the repository has it, a mount from a sibling, an upload."""
-        compression = await anyio.to_thread.run_sync(lambda: layer.compression)
+        stored = layer.blob()
+        compression = await anyio.to_thread.run_sync(_compression, layer)
         plain = compression is Compression.NONE
         media_type = _layer_media_type(family, Compression.GZIP if plain else compression)
         # The digests this layer may have in the registry: the stored blob's, or for a
         # plain tar, those of earlier gzipped uploads that V2 metadata remembers.
+        own = stored.digest if stored is not None else None
         known = [
             meta
             for meta in self._metadata.get(layer.diff_id)
             if meta.registry == client.endpoint.domain
-            and (meta.digest != layer.blob_digest if plain else meta.digest == layer.blob_digest)
+            and (meta.digest != own if plain else meta.digest == own)
         ]
         candidates = (
-            list(dict.fromkeys(meta.digest for meta in known)) if plain else [layer.blob_digest]
+            list(dict.fromkeys(meta.digest for meta in known))
+            if plain or stored is None
+            else [stored.digest]
         )
         for digest in candidates:
             size = await client.blob_size(digest)
             if size is not None:
-                return Uploaded(
-                    digest, 0, size or self._size_of(layer, digest), media_type, "exists"
-                )
+                return Uploaded(digest, 0, size or _size_of(stored, digest), media_type, "exists")
         location = None
         for meta in known:
             if meta.repository == client.repository:
                 continue
             location = await client.mount_blob(meta.digest, meta.repository)
             if location is None:
-                size = self._size_of(layer, meta.digest) or await client.blob_size(meta.digest)
+                size = _size_of(stored, meta.digest) or await client.blob_size(meta.digest)
                 return Uploaded(meta.digest, 0, size or 0, media_type, "mounted", meta.repository)
             break  # a refused mount opened an upload session: use it
         layer_id = short_id(layer.diff_id)
-        if plain:
+        if plain or stored is None:
             gzip = _GzipStream(layer, progress, layer_id)
             await client.upload_blob(lambda: gzip.digest, None, gzip.chunks, location)
             return Uploaded(gzip.digest, gzip.size, gzip.size, media_type, "pushed")
-        size = layer.record.compressed_size
-        body = lambda: _read_file(layer, progress, layer_id, size)  # noqa: E731
-        await client.upload_blob(layer.blob_digest, size, body, location)
-        return Uploaded(layer.blob_digest, size, size, media_type, "pushed")
+        blob = stored
+        body = lambda: _read_file(blob, progress, layer_id)  # noqa: E731
+        await client.upload_blob(blob.digest, blob.size, body, location)
+        return Uploaded(blob.digest, blob.size, blob.size, media_type, "pushed")
 
-    @staticmethod
-    def _size_of(layer: StoreLayer, digest: Digest) -> int:
-        """The size of the stored blob, when `digest` is it (0 when unknown here)."""
-        return layer.record.compressed_size if digest == layer.blob_digest else 0
+
+def _compression(layer: PushLayer) -> Compression:
+    """How the stored blob is compressed; a layer with nothing stored is sent gzipped
+    from its tar, as a plain tar is."""
+    stored = layer.blob()
+    return stored.compression() if stored is not None else Compression.NONE
+
+
+def _size_of(stored: StoredBlob | None, digest: Digest) -> int:
+    """The size of the stored blob, when `digest` is it (0 when unknown here)."""
+    return stored.size if stored is not None and digest == stored.digest else 0
 
 
 async def _read_file(
-    layer: StoreLayer, progress: Broadcast, layer_id: str, total: int
+    stored: StoredBlob, progress: Broadcast, layer_id: str
 ) -> AsyncIterator[bytes]:
     """The stored blob in ~1 MiB reads, reporting "Pushing" as it goes."""
     sent = 0
-    async with await anyio.open_file(layer.blob_path, "rb") as file:
+    async with aiofiles.open(stored.path, "rb") as file:
         while chunk := await file.read(BATCH_SIZE):
             sent += len(chunk)
-            progress.update(Message("Pushing", layer_id, sent, total))
+            progress.update(Message("Pushing", layer_id, sent, stored.size))
             yield chunk
 
 
 class _GzipStream:
     """Compresses a layer's tar as it is sent, hashing the result for its digest."""
 
-    def __init__(self, layer: StoreLayer, progress: Broadcast, layer_id: str) -> None:
+    def __init__(self, layer: PushLayer, progress: Broadcast, layer_id: str) -> None:
         self._layer = layer
         self._progress = progress
         self._layer_id = layer_id

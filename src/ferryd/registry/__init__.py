@@ -1,1 +1,1 @@
-"""Talking to registries: endpoints, auth, manifests and blobs (OCI distribution spec)."""
+"""Talking to registries: endpoints, logins, credentials, and the distribution API client."""

@@ -1,4 +1,4 @@
-"""Which URL and TLS settings reach a registry (the seed's registry service).
+"""Which URL and TLS settings reach a registry: the registry service, as moby's.
 
 `docker.io` is served by `registry-1.docker.io`. A registry is insecure when its
 `host[:port]` or its address is in the insecure list (loopback by default, as in

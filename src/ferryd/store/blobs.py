@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
-from collections import Counter
 from pathlib import Path
 
 from ferryd.errors import DigestMismatchError, StoreError
 from ferryd.oci.digest import Digest, algorithm_of, hex_of, sha256_digest
+from ferryd.store.refcount import RefCounter
 
 
 class BlobStore:
@@ -24,22 +23,7 @@ class BlobStore:
         for directory in (self._blobs / "sha256", self._partial):
             directory.mkdir(parents=True, exist_ok=True)
         # Blobs a pull has chosen but not yet registered a layer on: never collected.
-        self._pins: Counter[Digest] = Counter()
-        self._pins_lock = threading.Lock()
-
-    def pin(self, digest: Digest) -> None:
-        with self._pins_lock:
-            self._pins[digest] += 1
-
-    def unpin(self, digest: Digest) -> None:
-        with self._pins_lock:
-            self._pins[digest] -= 1
-            if self._pins[digest] <= 0:
-                del self._pins[digest]
-
-    def pinned(self, digest: Digest) -> bool:
-        with self._pins_lock:
-            return self._pins[digest] > 0
+        self.pins: RefCounter[Digest] = RefCounter()
 
     def path(self, digest: Digest) -> Path:
         return self._blobs / algorithm_of(digest) / hex_of(digest)

@@ -18,38 +18,32 @@ def remove_image(store: Store, image_id: Digest) -> tuple[list[Digest], set[Dige
     Returns the deleted layers' ChainIDs and the blobs nothing references any more:
     pass those to `delete_blobs` once the transaction has committed.
     """
-    rows = store.db.all("SELECT digest FROM manifests WHERE image_id = ?", (image_id,))
-    candidates = {image_id, *(Digest(r["digest"]) for r in rows)}
-    store.db.execute("DELETE FROM refs WHERE image_id = ?", (image_id,))
-    store.db.execute("DELETE FROM manifests WHERE image_id = ?", (image_id,))
-    store.db.execute("DELETE FROM images WHERE id = ?", (image_id,))
+    candidates = {image_id, *store.manifests.digests_of(image_id)}
+    store.references.delete_image(image_id)
+    store.manifests.delete_image(image_id)
+    store.images.delete(image_id)
     unused = _unused_layers(store)
     for layer in unused:
         store.layers.delete(layer.chain_id)
         candidates.add(layer.blob_digest)
     kept = {layer.blob_digest for layer in store.layers.all()}
     kept |= set(store.images.ids())
-    kept |= {Digest(r["digest"]) for r in store.db.all("SELECT digest FROM manifests")}
+    kept |= store.manifests.digests()
     return [layer.chain_id for layer in unused], candidates - kept
 
 
 def delete_blobs(store: Store, blobs: set[Digest]) -> None:
     """Remove blob files whose rows are gone (after the commit)."""
     for blob in blobs:
-        if not store.blobs.pinned(blob):  # a pull is about to register a layer on it
+        if blob not in store.blobs.pins:  # a pull is about to register a layer on it
             store.blobs.delete(blob)
 
 
 def _unused_layers(store: Store) -> list[Layer]:
     """Layers that no image's stack reaches and no transfer holds, children first."""
     layers = {layer.chain_id: layer for layer in store.layers.all()}
-    tops = [
-        Digest(r["top_layer"])
-        for r in store.db.all("SELECT top_layer FROM images")
-        if r["top_layer"]
-    ]
     used: set[Digest] = set()
-    for start in [*tops, *(chain for chain in layers if store.layers.held(chain))]:
+    for start in [*store.images.top_layers(), *store.layers.holds.keys()]:
         chain: Digest | None = start
         while chain is not None and chain not in used and chain in layers:
             used.add(chain)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ferryd.errors import StoreError
 from ferryd.oci.digest import Digest, chain_id
 from ferryd.store.db import Database
+from ferryd.store.refcount import RefCounter
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +26,12 @@ class Layer:
 
 
 class LayerStore:
-    """The layer table plus in-memory holds: a held layer is never garbage-collected."""
+    """The layer table, and the holds that keep layers in use from garbage collection."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._holds: Counter[Digest] = Counter()
-        self._lock = threading.Lock()
+        # Layers a pull or push is using: never collected.
+        self.holds: RefCounter[Digest] = RefCounter()
 
     def get(self, chain: Digest) -> Layer | None:
         row = self._db.one("SELECT * FROM layers WHERE chain_id = ?", (chain,))
@@ -80,22 +79,8 @@ class LayerStore:
         )
         layer = self.get(chain)
         assert layer is not None
-        self.hold(chain)
+        self.holds.acquire(chain)
         return layer
-
-    def hold(self, chain: Digest) -> None:
-        with self._lock:
-            self._holds[chain] += 1
-
-    def release(self, chain: Digest) -> None:
-        with self._lock:
-            self._holds[chain] -= 1
-            if self._holds[chain] <= 0:
-                del self._holds[chain]
-
-    def held(self, chain: Digest) -> bool:
-        with self._lock:
-            return self._holds[chain] > 0
 
     def all(self) -> list[Layer]:
         return [_layer(row) for row in self._db.all("SELECT * FROM layers")]

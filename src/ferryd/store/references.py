@@ -47,6 +47,10 @@ class ReferenceStore:
         )
         return [(parse_reference(r["name"]), Digest(r["image_id"])) for r in rows]
 
+    def delete_image(self, image_id: Digest) -> None:
+        """Remove every reference to `image_id`."""
+        self._db.execute("DELETE FROM refs WHERE image_id = ?", (image_id,))
+
     def delete(self, reference: Reference) -> bool:
         row = self._db.one("SELECT 1 FROM refs WHERE name = ?", (str(reference),))
         self._db.execute("DELETE FROM refs WHERE name = ?", (str(reference),))

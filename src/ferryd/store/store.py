@@ -1,4 +1,4 @@
-"""The store as one object: blobs, database, and the stores built on them."""
+"""The store as one object: blobs, the database, and one class per table on them."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ferryd.store.blobs import BlobStore
 from ferryd.store.db import Database
 from ferryd.store.images import ImageConfigStore
 from ferryd.store.layers import LayerStore
+from ferryd.store.manifests import ManifestStore
 from ferryd.store.metadata import V2MetadataStore
 from ferryd.store.references import ReferenceStore
 
@@ -42,26 +43,9 @@ class Store:
         self.db = Database(root / "ferryd.db")
         self.layers = LayerStore(self.db)
         self.images = ImageConfigStore(self.db, self.blobs)
+        self.manifests = ManifestStore(self.db, self.blobs)
         self.references = ReferenceStore(self.db)
         self.metadata = V2MetadataStore(self.db)
-
-    def add_manifest(self, digest: Digest, image_id: Digest, media_type: str, raw: bytes) -> None:
-        """Keep the manifest an image came with (push re-uses it to keep digests)."""
-        self.blobs.put(raw, digest if digest.startswith("sha256:") else None)
-        self.db.execute(
-            "INSERT OR IGNORE INTO manifests VALUES (?, ?, ?, ?)",
-            (digest, image_id, media_type, len(raw)),
-        )
-
-    def manifests_for(self, image_id: Digest) -> list[tuple[Digest, str, bytes]]:
-        """The manifests an image came with: (digest, media type, raw bytes)."""
-        rows = self.db.all(
-            "SELECT digest, media_type FROM manifests WHERE image_id = ?", (image_id,)
-        )
-        return [
-            (Digest(row["digest"]), row["media_type"], self.blobs.get(Digest(row["digest"])))
-            for row in rows
-        ]
 
     def resolve(self, name: str) -> Digest:
         """An image by reference (`alpine`, `host/x:tag`, `x@sha256:…`), ID or ID prefix.

@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferryd.daemon.api.peers import Peer
 
-log = structlog.get_logger("ferryd.daemon.api")
+log = structlog.get_logger("ferryd.api")
 
 
 class RequestLog:

@@ -17,7 +17,8 @@ from ferryd.daemon.api import system
 from ferryd.daemon.api.access_log import RequestLog
 from ferryd.daemon.api.shapes import image_inspect, image_summary
 from ferryd.daemon.api.streaming import ProgressStream
-from ferryd.daemon.api.system import API_VERSION, EngineState
+from ferryd.daemon.api.system import API_VERSION
+from ferryd.daemon.state import DaemonState
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.service import ImageService
 from ferryd.errors import BadRequestError, FerrydError
@@ -57,7 +58,7 @@ async def create_image(request: Request) -> Response:
             reference, progress, platform=wanted, credentials=credentials, meta_headers=meta
         )
 
-    return _Asgi(ProgressStream(job, request.app.state.engine.stop_jobs))
+    return _Asgi(ProgressStream(job, request.app.state.daemon.stop_jobs))
 
 
 async def push_image(request: Request) -> Response:
@@ -73,7 +74,7 @@ async def push_image(request: Request) -> Response:
     async def job(progress: ProgressOutput) -> None:
         await service.push(reference, progress, credentials=credentials, meta_headers=meta)
 
-    return _Asgi(ProgressStream(job, request.app.state.engine.stop_jobs))
+    return _Asgi(ProgressStream(job, request.app.state.daemon.stop_jobs))
 
 
 async def tag_image(request: Request) -> Response:
@@ -178,7 +179,7 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, "page not found")
 
 
-def build_app(service: ImageService, engine: EngineState) -> ASGIApp:
+def build_app(service: ImageService, state: DaemonState) -> ASGIApp:
     routes = [
         Route("/_ping", system.ping, methods=["GET", "HEAD"]),
         Route("/version", system.version, methods=["GET"]),
@@ -197,5 +198,5 @@ def build_app(service: ImageService, engine: EngineState) -> ASGIApp:
         exception_handlers={HTTPException: _not_found, FerrydError: _ferryd_error},
     )
     app.state.service = service
-    app.state.engine = engine
+    app.state.daemon = state
     return RequestLog(StripVersion(app))

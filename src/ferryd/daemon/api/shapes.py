@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ferryd.oci.digest import Digest
+from ferryd.oci.image_config import decode_config
 from ferryd.store import Store
-from ferryd.store.images import decode_config
 
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 

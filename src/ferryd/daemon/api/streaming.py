@@ -19,7 +19,7 @@ from ferryd.concurrency import single_errors
 from ferryd.distribution.progress import Message, ProgressOutput, StreamOutput
 from ferryd.errors import FerrydError
 
-log = structlog.get_logger("ferryd.daemon.api")
+log = structlog.get_logger("ferryd.api")
 
 Job = Callable[[ProgressOutput], Awaitable[None]]
 

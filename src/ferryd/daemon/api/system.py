@@ -11,7 +11,6 @@ import platform as host
 import socket
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from ferryd import __version__
 from ferryd.daemon.api.event_filters import EventFilter, parse_time
 from ferryd.daemon.settings import Settings, hide_password
-from ferryd.distribution.events import EventHub
+from ferryd.daemon.state import DaemonState
 from ferryd.distribution.service import ImageService
 from ferryd.errors import InvalidFilterError
 from ferryd.oci.platform import host_platform
@@ -31,17 +30,6 @@ from ferryd.registry.endpoints import split_insecure
 
 API_VERSION = "1.47"
 MIN_API_VERSION = "1.24"
-
-
-@dataclass
-class EngineState:
-    """What the system routes report; the daemon swaps `settings` on reload."""
-
-    settings: Settings
-    events: EventHub = field(default_factory=EventHub)
-    started: float = field(default_factory=time.time)
-    # Set when the shutdown grace period is over: running pulls and pushes stop.
-    stop_jobs: anyio.Event = field(default_factory=anyio.Event)
 
 
 def engine_headers() -> dict[str, str]:
@@ -55,8 +43,8 @@ def engine_headers() -> dict[str, str]:
     }
 
 
-def _state(request: Request) -> EngineState:
-    state: EngineState = request.app.state.engine
+def _state(request: Request) -> DaemonState:
+    state: DaemonState = request.app.state.daemon
     return state
 
 

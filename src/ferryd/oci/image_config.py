@@ -1,0 +1,70 @@
+"""Image configs: the fields ferryd reads, and the checks a config must pass to be used."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from ferryd.errors import ImageConfigError, InvalidDigestError
+from ferryd.oci.digest import Digest, chain_ids, parse_digest
+
+MAX_CONFIG_SIZE = 8 * 1024 * 1024
+EMPTY_CHAIN = Digest("")
+"""The ChainID of no layers at all: what an image without layers stands on."""
+
+
+class RootFSModel(msgspec.Struct):
+    type: str = ""
+    diff_ids: list[str] = msgspec.field(default_factory=list)
+
+
+class ConfigModel(msgspec.Struct):
+    """The fields of an image config ferryd reads; the rest is kept in the raw bytes."""
+
+    rootfs: RootFSModel | None = None
+    os: str = ""
+    architecture: str = ""
+    variant: str | None = None
+    created: str | None = None
+    author: str | None = None
+    config: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RootFS:
+    """An image's layer stack, bottom first, as DiffIDs."""
+
+    diff_ids: list[Digest]
+
+    def chain_id(self) -> Digest:
+        """The ChainID of the whole stack ("" for no layers), as moby's RootFS.ChainID."""
+        chains = chain_ids(self.diff_ids)
+        return chains[-1] if chains else EMPTY_CHAIN
+
+
+def decode_config(raw: bytes) -> ConfigModel:
+    try:
+        return msgspec.json.decode(raw, type=ConfigModel)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ImageConfigError(f"malformed image config: {exc}") from None
+
+
+def rootfs_and_os(config: bytes) -> tuple[RootFS, str]:
+    """The layer DiffIDs and OS of a config; refuses an OS this host cannot run."""
+    model = decode_config(config)
+    if model.os == "windows" and sys.platform != "win32":
+        raise ImageConfigError(
+            f'image operating system "{model.os}" cannot be used on this platform'
+        )
+    if model.rootfs is None:
+        raise ImageConfigError("image config has no rootfs")
+    if model.rootfs.type != "layers":
+        raise ImageConfigError(f"image config has rootfs type {model.rootfs.type!r}, not 'layers'")
+    try:
+        diff_ids = [parse_digest(d) for d in model.rootfs.diff_ids]
+    except InvalidDigestError as exc:
+        raise ImageConfigError(f"image config has a bad rootfs.diff_ids entry: {exc}") from None
+    return RootFS(diff_ids), model.os

@@ -1,19 +1,38 @@
 # One command each: `make run` starts the daemon, `make test` runs every test.
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Exact versions of every dependency (runtime and the `test` extra), the ones CI tested.
+# Installed with plain pip; regenerated from pyproject.toml by `make lock`.
+LOCK   := requirements.lock
+# uv only resolves the lock (`make lock`); nothing installs with it.
+UV_VERSION ?= 0.13.9
 ROOT   ?= $(CURDIR)/run/root
 SOCKET ?= $(CURDIR)/run/ferryd.sock
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench lint typecheck check system-deps clean
+.PHONY: run test bench lint typecheck check system-deps clean lock
 
-$(STAMP): pyproject.toml
+# The pinned versions from the lock, then ferryd itself without dependencies; pip check
+# fails here if pyproject.toml asks for something the lock does not give (run `make lock`).
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check || { echo 'pyproject.toml asks for what $(LOCK) lacks: run make lock' >&2; exit 1; }
 	touch $(STAMP)
+
+# After changing dependencies in pyproject.toml: keeps every pin it can and changes only
+# what the change needs. `make lock UPGRADE=1` moves every pin to the newest release
+# pyproject.toml allows. Commit the result; `make test` then installs it.
+lock:
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --universal \
+		--python-version 3.11 --custom-compile-command 'make lock' \
+		$(if $(UPGRADE),--upgrade) --quiet -o $(LOCK)
 
 # Debian's registry and skopeo are the real peers of the integration tests.
 system-deps:

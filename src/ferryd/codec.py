@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Protocol, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 from backports import zstd
 from isal import isal_zlib
@@ -56,60 +56,36 @@ class _Plain:
         return None
 
 
-class _Gzip:
-    """Multi-member gzip, as `gzip -c a b` writes and Go's reader accepts."""
+class _Members:
+    """Concatenated gzip members or zstd frames, as `gzip -c a b` writes and Go's reader
+    accepts: when one ends, what follows starts the next."""
+
+    name = ""
+    _errors: tuple[type[Exception], ...] = ()
 
     def __init__(self) -> None:
-        self._d = isal_zlib.decompressobj(wbits=31)
+        self._d = self._new()
         self._started = False
 
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        if not data:
-            return
-        while True:
-            if self._d.eof and data:  # a member ended: what follows starts the next one
-                self._d = isal_zlib.decompressobj(wbits=31)
-            try:
-                out = self._d.decompress(data, _MAX_OUTPUT)
-            except _GZIP_ERROR as exc:
-                raise ContentError(f"layer is not valid gzip: {exc}") from None
-            self._started = True
-            if out:
-                yield out
-            if self._d.eof:
-                data = self._d.unused_data
-                if not data:
-                    return
-            else:
-                data = self._d.unconsumed_tail
-                # A full piece may leave output inside the decompressor: ask again.
-                if not data and len(out) < _MAX_OUTPUT:
-                    return
+    def _new(self) -> Any:
+        raise NotImplementedError
 
-    def finish(self) -> None:
-        if self._started and not self._d.eof:
-            raise ContentError("layer is truncated: the gzip stream does not end")
-
-
-class _Zstd:
-    """Multi-frame zstd."""
-
-    def __init__(self) -> None:
-        self._d = zstd.ZstdDecompressor()
-        self._started = False
+    def _rest(self, out: bytes) -> bytes | None:
+        """What to feed again when the current member has not ended; None: wait for more."""
+        raise NotImplementedError
 
     def feed(self, data: bytes) -> Iterator[bytes]:
-        if not data:  # nothing new; an ended decompressor would raise EOFError
+        if not data:  # nothing new; an ended decompressor may raise on empty input
             return
         while True:
-            # A frame ended (possibly at the end of the previous batch): what follows
-            # starts the next one. The ended decompressor would raise EOFError.
+            # A member ended (possibly at the end of the previous batch): what follows
+            # starts the next one.
             if self._d.eof and data:
-                self._d = zstd.ZstdDecompressor()
+                self._d = self._new()
             try:
                 out = self._d.decompress(data, _MAX_OUTPUT)
-            except zstd.ZstdError as exc:
-                raise ContentError(f"layer is not valid zstd: {exc}") from None
+            except self._errors as exc:
+                raise ContentError(f"layer is not valid {self.name}: {exc}") from None
             self._started = True
             if out:
                 yield out
@@ -117,14 +93,39 @@ class _Zstd:
                 data = self._d.unused_data
                 if not data:
                     return
-            elif self._d.needs_input:
-                return
             else:
-                data = b""
+                rest = self._rest(out)
+                if rest is None:
+                    return
+                data = rest
 
     def finish(self) -> None:
         if self._started and not self._d.eof:
-            raise ContentError("layer is truncated: the zstd stream does not end")
+            raise ContentError(f"layer is truncated: the {self.name} stream does not end")
+
+
+class _Gzip(_Members):
+    name = "gzip"
+    _errors = (_GZIP_ERROR,)
+
+    def _new(self) -> Any:
+        return isal_zlib.decompressobj(wbits=31)
+
+    def _rest(self, out: bytes) -> bytes | None:
+        tail: bytes = self._d.unconsumed_tail
+        # A full piece may leave output inside the decompressor: ask again.
+        return tail if tail or len(out) >= _MAX_OUTPUT else None
+
+
+class _Zstd(_Members):
+    name = "zstd"
+    _errors = (zstd.ZstdError,)
+
+    def _new(self) -> Any:
+        return zstd.ZstdDecompressor()
+
+    def _rest(self, out: bytes) -> bytes | None:
+        return None if self._d.needs_input else b""
 
 
 def inflater(compression: Compression) -> Inflater:

@@ -1,10 +1,12 @@
-"""What the pull and push benchmarks share: the images, /proc sampling, runs, reporting.
+"""What the pull and push benchmarks share: the command line, the images, the daemon,
+/proc measurement, runs, reporting.
 
 Not run by itself: `bench/pull.py` (what `make bench` runs) and `bench/push.py` import it.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import os
@@ -15,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +28,15 @@ REPO = HERE.parent
 if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
+from support.daemon import Daemon  # noqa: E402
 from support.images import LayerSpec, blob_path, build_image, layout_descriptor  # noqa: E402
-from support.registry import SKOPEO_BIN, Registry, skopeo_env, skopeo_workdir  # noqa: E402
+from support.registry import (  # noqa: E402
+    SKOPEO_BIN,
+    Registry,
+    have_registry_tools,
+    skopeo_env,
+    skopeo_workdir,
+)
 
 MiB = 1 << 20
 CACHE_VERSION = 1  # bump when the way images are built changes
@@ -36,6 +47,48 @@ DAEMON_SETTINGS: dict[str, Any] = {"log_level": "warning"}
 
 class BenchFailed(Exception):
     """A pull or push failed, or did not do what the benchmark must measure."""
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+def parse_args(
+    doc: str, *, images: str, profile_help: str, flags: dict[str, str] | None = None
+) -> argparse.Namespace:
+    """The options both benchmarks take: --rounds, --quick, --profile, `flags` (more
+    on/off options, name: help), --out; described by the first paragraph of `doc`.
+
+    Checked: `rounds` is set (default 5, 2 with --quick) and at least 1, `out` resolved,
+    `suffix` is "-quick" or "". Exits 2 on a bad option or when a tool is missing.
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=None, help="A/B rounds (default 5; 2 quick)")
+    parser.add_argument("--quick", action="store_true", help=f"{images}, for a smoke test")
+    parser.add_argument("--profile", action="store_true", help=profile_help)
+    for flag, help_text in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=help_text)
+    parser.add_argument("--out", type=Path, default=HERE / "out", help="cache and scratch dir")
+    args = parser.parse_args()
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 5
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if not have_registry_tools():
+        print("docker-registry and skopeo are needed: make system-deps", file=sys.stderr)
+        raise SystemExit(2)
+    if args.profile and py_spy_bin() is None:
+        print("--profile needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
+        raise SystemExit(2)
+    args.out = args.out.resolve()
+    args.suffix = "-quick" if args.quick else ""
+    return args
+
+
+def fresh_dir(path: Path) -> Path:
+    """`path`, emptied (or made)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 # -- the images ----------------------------------------------------------------------
@@ -161,6 +214,22 @@ def _is_cached(spec: ImageSpec, images_dir: Path) -> bool:
     return stamp.exists() and json.loads(stamp.read_text()).get("key") == _cache_key(spec)
 
 
+# -- the daemon ----------------------------------------------------------------------
+
+
+def fresh_daemon(workdir: Path) -> tuple[Daemon, float]:
+    """A daemon started on a fresh root in `workdir`: (the daemon, its start-up s)."""
+    daemon = Daemon(fresh_dir(workdir), settings=dict(DAEMON_SETTINGS))
+    return daemon, timed_start(daemon)
+
+
+def timed_start(daemon: Daemon) -> float:
+    """Start `daemon`; the seconds until it answered."""
+    started = time.perf_counter()
+    daemon.start()
+    return time.perf_counter() - started
+
+
 # -- /proc ---------------------------------------------------------------------------
 
 
@@ -213,6 +282,63 @@ class RssSampler:
                 return
 
 
+@dataclass
+class Usage:
+    """What the puller or pusher (the daemon, or skopeo) used during one run."""
+
+    seconds: float = 0.0  # wall
+    cpu_seconds: float = 0.0  # user + sys, every thread
+    peak_rss_kib: int = 0  # sampled (daemon) or ru_maxrss (skopeo)
+    registry_cpu_seconds: float = 0.0
+    idle_rss_kib: int = 0  # VmRSS before (daemon)
+    hwm_kib: int = 0  # VmHWM at the end (daemon)
+    threads: int = 0  # the most seen (daemon)
+    rss_samples: int = 0  # (daemon)
+
+    def run(self, tool: str, image: Built, **extra: Any) -> Run:
+        return Run(
+            tool,
+            image.name,
+            self.seconds,
+            image.transfer_bytes,
+            self.cpu_seconds,
+            self.peak_rss_kib,
+            hwm_kib=self.hwm_kib,
+            idle_rss_kib=self.idle_rss_kib,
+            registry_cpu_seconds=self.registry_cpu_seconds,
+            threads=self.threads,
+            extra=extra,
+        )
+
+
+@contextmanager
+def measured(registry: Registry) -> Iterator[Usage]:
+    """Wall seconds of the body, and the CPU seconds `registry` spent meanwhile (from
+    /proc/PID/stat), in the `Usage` once the body is done."""
+    usage = Usage()
+    registry_cpu = cpu_seconds(registry.pid or 0)
+    started = time.perf_counter()
+    yield usage
+    usage.seconds = time.perf_counter() - started
+    usage.registry_cpu_seconds = cpu_seconds(registry.pid or 0) - registry_cpu
+
+
+@contextmanager
+def measure_daemon(pid: int, registry: Registry) -> Iterator[Usage]:
+    """`measured`, and the daemon `pid`'s part: its CPU seconds, its VmRSS before and
+    sampled in a thread while the body runs, its VmHWM at the end."""
+    idle = memory_kib(pid)["VmRSS"]
+    cpu = cpu_seconds(pid)
+    with RssSampler(pid) as sampler, measured(registry) as usage:
+        yield usage
+    usage.cpu_seconds = cpu_seconds(pid) - cpu
+    usage.idle_rss_kib = idle
+    usage.peak_rss_kib = sampler.peak_kib
+    usage.rss_samples = sampler.samples
+    usage.threads = sampler.max_threads
+    usage.hwm_kib = memory_kib(pid)["VmHWM"]
+
+
 # -- one run -------------------------------------------------------------------------
 
 
@@ -250,15 +376,7 @@ def run_json(runs: list[Run]) -> list[dict[str, Any]]:
 # -- skopeo --------------------------------------------------------------------------
 
 
-@dataclass
-class Timed:
-    seconds: float
-    cpu_seconds: float  # user + sys, from wait4
-    max_rss_kib: int
-    registry_cpu_seconds: float
-
-
-def run_skopeo_timed(registry: Registry, args: list[str], what: str) -> Timed:
+def run_skopeo_timed(registry: Registry, args: list[str], what: str) -> Usage:
     """Run `skopeo ARGS` hermetically (per-registry policy, config and temp dir) and time
     it; its CPU time and peak RSS come from wait4, the registry's CPU from /proc."""
     workdir = skopeo_workdir(registry)
@@ -270,19 +388,22 @@ def run_skopeo_timed(registry: Registry, args: list[str], what: str) -> Timed:
         f"--tmpdir={env['TMPDIR']}",
         *args,
     ]
-    registry_cpu = cpu_seconds(registry.pid or 0)
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    registry_cpu = cpu_seconds(registry.pid or 0) - registry_cpu
+    with measured(registry) as usage:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        _, status, rusage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
     if process.returncode != 0:
         raise BenchFailed(f"{what} failed ({process.returncode}): {stderr}")
-    return Timed(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, registry_cpu)
+    usage.cpu_seconds = rusage.ru_utime + rusage.ru_stime
+    usage.peak_rss_kib = rusage.ru_maxrss
+    return usage
 
 
 # -- py-spy --------------------------------------------------------------------------
@@ -293,20 +414,24 @@ def py_spy_bin() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-def start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
+@contextmanager
+def profiled(pid: int, output: Path | None) -> Iterator[None]:
+    """`py-spy record` on `pid` into `output` while the body runs; nothing if None."""
+    if output is None:
+        yield
+        return
     binary = py_spy_bin()
     assert binary is not None
     log(f"py-spy record --pid {pid} -> {output}")
     command = [binary, "record", "--pid", str(pid), "--threads", "--rate", "200"]
     command += ["--format", "raw", "--output", str(output), "--nonblocking"]
     spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)  # let it attach before the pull starts
-    return spy
-
-
-def stop_py_spy(spy: subprocess.Popen[bytes]) -> None:
-    spy.send_signal(signal.SIGINT)
-    spy.wait(30)
+    try:
+        time.sleep(0.5)  # let it attach before the pull starts
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
 
 
 def summarize_profile(path: Path, top: int = 15) -> str:
@@ -369,6 +494,12 @@ def ab_rows(a: list[Run], b: list[Run]) -> list[str]:
         f"| peak RSS (max over runs) | {max(r.peak_rss_kib for r in a) / 1024:.0f} MiB "
         f"| {max(r.peak_rss_kib for r in b) / 1024:.0f} MiB |",
     ]
+
+
+def write_results(out: Path, name: str, table: str, data: dict[str, Any]) -> None:
+    """The table as `name`.md and the raw figures as `name`.json in `out`."""
+    (out / f"{name}.md").write_text(table + "\n")
+    (out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
 
 
 def ratio_line(a: list[Run], b: list[Run]) -> str:

@@ -24,12 +24,9 @@ one extra pull of the big layer and one extra push, and prints where the time we
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -39,33 +36,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import push as push_bench
 from common import (
-    DAEMON_SETTINGS,
-    HERE,
     SAMPLE_INTERVAL,
     BenchFailed,
     Built,
-    RssSampler,
     Run,
     ab_rows,
     build_all,
-    cpu_seconds,
+    fresh_daemon,
+    fresh_dir,
     image_specs,
     log,
     log_run,
-    memory_kib,
+    measure_daemon,
     mib,
-    py_spy_bin,
+    parse_args,
+    profiled,
     ratio_line,
     run_json,
     run_skopeo_timed,
-    start_py_spy,
-    stop_py_spy,
     summarize_profile,
+    write_results,
 )
 
-from support.daemon import Daemon, errors
+from support.daemon import errors
 from support.images import blob_path, seed
-from support.registry import Registry, have_registry_tools, start_registry
+from support.registry import Registry, start_registry
 
 # -- one run of each -----------------------------------------------------------------
 
@@ -74,31 +69,16 @@ def reference(registry: Registry, image: Built) -> str:
     return f"{registry.host}/{image.name}:latest"
 
 
-def ferryd_pull(registry: Registry, image: Built, workdir: Path, *, profile: bool = False) -> Run:
+def ferryd_pull(
+    registry: Registry, image: Built, workdir: Path, *, profile_to: Path | None = None
+) -> Run:
     """A fresh daemon on a fresh root; time the pull request, not the start-up."""
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    daemon = Daemon(workdir, settings=dict(DAEMON_SETTINGS))
-    started = time.perf_counter()
-    daemon.start()
-    startup = time.perf_counter() - started
-    spy: subprocess.Popen[bytes] | None = None
+    daemon, startup = fresh_daemon(workdir)
     try:
         assert daemon.process is not None
         pid = daemon.process.pid
-        idle = memory_kib(pid)["VmRSS"]
-        if profile:
-            spy = start_py_spy(pid, workdir.parent / f"py-spy-{image.name.replace('/', '-')}.txt")
-        registry_pid = registry.pid or 0
-        registry_cpu = cpu_seconds(registry_pid)
-        cpu = cpu_seconds(pid)
-        with RssSampler(pid) as sampler:
-            started = time.perf_counter()
+        with profiled(pid, profile_to), measure_daemon(pid, registry) as usage:
             messages = daemon.pull(reference(registry, image))
-            seconds = time.perf_counter() - started
-        cpu = cpu_seconds(pid) - cpu
-        registry_cpu = cpu_seconds(registry_pid) - registry_cpu
-        hwm = memory_kib(pid)["VmHWM"]
         failed = errors(messages)
         if failed:
             raise BenchFailed(f"ferryd pull of {image.name} failed: {failed}\n{daemon.log_tail()}")
@@ -108,22 +88,8 @@ def ferryd_pull(registry: Registry, image: Built, workdir: Path, *, profile: boo
         if missing:
             raise BenchFailed(f"ferryd pull of {image.name}: blobs missing from store: {missing}")
     finally:
-        if spy is not None:
-            stop_py_spy(spy)
         daemon.stop()
-    run = Run(
-        "ferryd",
-        image.name,
-        seconds,
-        image.transfer_bytes,
-        cpu,
-        sampler.peak_kib,
-        hwm_kib=hwm,
-        idle_rss_kib=idle,
-        registry_cpu_seconds=registry_cpu,
-        threads=sampler.max_threads,
-        extra={"rss_samples": sampler.samples, "startup_seconds": startup},
-    )
+    run = usage.run("ferryd", image, rss_samples=usage.rss_samples, startup_seconds=startup)
     shutil.rmtree(workdir, ignore_errors=True)
     os.sync()  # the next run must not pay for this one's writeback
     return run
@@ -140,15 +106,7 @@ def skopeo_pull(registry: Registry, image: Built, dest: Path) -> Run:
         raise BenchFailed(f"skopeo copy of {image.name}: blobs missing: {missing}")
     shutil.rmtree(dest, ignore_errors=True)
     os.sync()
-    return Run(
-        "skopeo",
-        image.name,
-        timed.seconds,
-        image.transfer_bytes,
-        timed.cpu_seconds,
-        timed.max_rss_kib,
-        registry_cpu_seconds=timed.registry_cpu_seconds,
-    )
+    return timed.run("skopeo", image)
 
 
 # -- reporting -----------------------------------------------------------------------
@@ -198,32 +156,16 @@ def report(multi: Built, big: Built, runs: list[Run], mem: Run, rounds: int) -> 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=None, help="A/B rounds (default 5; 2 quick)")
-    parser.add_argument("--quick", action="store_true", help="small images, for a smoke test")
-    parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="py-spy the daemon during an extra big pull (and an extra push)",
+    args = parse_args(
+        __doc__,
+        images="small images",
+        profile_help="py-spy the daemon during an extra big pull (and an extra push)",
+        flags={"--no-push": "measure pulls only"},
     )
-    parser.add_argument("--no-push", action="store_true", help="measure pulls only")
-    parser.add_argument("--out", type=Path, default=HERE / "out", help="cache and scratch dir")
-    args = parser.parse_args()
-    rounds = args.rounds if args.rounds is not None else (2 if args.quick else 5)
-    if rounds < 1:
-        parser.error("--rounds must be at least 1")
-    if not have_registry_tools():
-        print("docker-registry and skopeo are needed: make system-deps", file=sys.stderr)
-        return 2
-    if args.profile and py_spy_bin() is None:
-        print("--profile needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
-        return 2
-
+    rounds: int = args.rounds
     began = time.perf_counter()
-    out: Path = args.out.resolve()
-    scratch = out / ("run-quick" if args.quick else "run")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    out: Path = args.out
+    scratch = fresh_dir(out / f"run{args.suffix}")
 
     started = time.perf_counter()
     multi, big = build_all(image_specs(args.quick), out / "images")
@@ -256,8 +198,8 @@ def main() -> int:
         )
         profile_text = ""
         if args.profile:
-            ferryd_pull(registry, big, scratch / "ferryd", profile=True)
             spy_out = scratch / f"py-spy-{big.name.replace('/', '-')}.txt"
+            ferryd_pull(registry, big, scratch / "ferryd", profile_to=spy_out)
             profile_text = summarize_profile(spy_out) if spy_out.exists() else "(no profile)"
         pushes = None
         if not args.no_push:
@@ -282,22 +224,15 @@ def main() -> int:
         print("\npy-spy, big-layer pull:\n" + profile_text)
     if pushes is not None and pushes.profile_text:
         print("\npy-spy, push:\n" + pushes.profile_text)
-    suffix = "-quick" if args.quick else ""
-    (out / f"results{suffix}.md").write_text(table + "\n")
-    (out / f"results{suffix}.json").write_text(
-        json.dumps(
-            {
-                "rounds": rounds,
-                "multi": asdict(multi) | {"layout": str(multi.layout)},
-                "big": asdict(big) | {"layout": str(big.layout)},
-                "runs": run_json([*runs, mem]),
-                "push": None if pushes is None else push_bench.results_json(multi, pushes, rounds),
-                "total_seconds": total,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    data = {
+        "rounds": rounds,
+        "multi": asdict(multi) | {"layout": str(multi.layout)},
+        "big": asdict(big) | {"layout": str(big.layout)},
+        "runs": run_json([*runs, mem]),
+        "push": None if pushes is None else push_bench.results_json(multi, pushes, rounds),
+        "total_seconds": total,
+    }
+    write_results(out, f"results{args.suffix}", table, data)
     shutil.rmtree(scratch / "registry" / "storage", ignore_errors=True)
     return 0
 

@@ -28,8 +28,6 @@ same report; run alone, it measures pushes only (results-push.md / results-push.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import statistics
@@ -43,32 +41,31 @@ from urllib.parse import parse_qs
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from common import (
-    DAEMON_SETTINGS,
-    HERE,
     BenchFailed,
     Built,
-    RssSampler,
     Run,
     ab_rows,
     build_all,
-    cpu_seconds,
+    fresh_daemon,
+    fresh_dir,
     image_specs,
     log,
     log_run,
-    memory_kib,
+    measure_daemon,
     mib,
-    py_spy_bin,
+    parse_args,
+    profiled,
     ratio_line,
     run_json,
     run_skopeo_timed,
-    start_py_spy,
-    stop_py_spy,
     summarize_profile,
+    timed_start,
+    write_results,
 )
 
 from support.daemon import Daemon, errors
 from support.images import blob_path, registry_manifest, seed, sha256_digest
-from support.registry import AccessLogEntry, Registry, have_registry_tools, start_registry
+from support.registry import AccessLogEntry, Registry, start_registry
 
 TAG = "latest"
 _NOT_FULL = ("Mounted from", "Layer already exists")
@@ -180,12 +177,7 @@ def start_daemon(
 ) -> tuple[Daemon, float, float]:
     """A daemon with `image` pulled into a fresh root, restarted after the pull:
     (daemon, its start-up s, pull s)."""
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    daemon = Daemon(workdir, settings=dict(DAEMON_SETTINGS))
-    started = time.perf_counter()
-    daemon.start()
-    startup = time.perf_counter() - started
+    daemon, startup = fresh_daemon(workdir)
     try:
         started = time.perf_counter()
         messages = daemon.pull(source_reference(seed_registry, image))
@@ -200,9 +192,7 @@ def start_daemon(
                 raise BenchFailed(f"{digest} is not in the daemon's store as pulled")
         # A new process on the same root: its memory is then the pushes' alone.
         daemon.stop()
-        started = time.perf_counter()
-        daemon.start()
-        startup = time.perf_counter() - started
+        startup = timed_start(daemon)
     except BaseException:
         daemon.stop()
         raise
@@ -235,43 +225,16 @@ def ferryd_push(
     target = f"{registry.host}/{repository}"
     assert daemon.process is not None
     pid = daemon.process.pid
-    spy = None
     try:
         tag(daemon, source, target)
-        if profile_to is not None:
-            spy = start_py_spy(pid, profile_to)
-        registry_cpu = cpu_seconds(registry.pid or 0)
-        cpu = cpu_seconds(pid)
-        idle = memory_kib(pid)["VmRSS"]
-        with RssSampler(pid) as sampler:
-            started = time.perf_counter()
+        with profiled(pid, profile_to), measure_daemon(pid, registry) as usage:
             client = daemon.client()
             messages = list(client.stream("POST", f"/images/{target}/push", {"tag": TAG}))
-            seconds = time.perf_counter() - started
-        cpu = cpu_seconds(pid) - cpu
-        registry_cpu = cpu_seconds(registry.pid or 0) - registry_cpu
-        if spy is not None:
-            stop_py_spy(spy)
-            spy = None
         pushed = check_ferryd_stream(messages, image, daemon)
         evidence = check_full_upload(registry, repository, image, "ferryd push")
     finally:
-        if spy is not None:
-            stop_py_spy(spy)
         _discard(registry)
-    return Run(
-        "ferryd",
-        image.name,
-        seconds,
-        image.transfer_bytes,
-        cpu,
-        sampler.peak_kib,
-        hwm_kib=memory_kib(pid)["VmHWM"],
-        idle_rss_kib=idle,
-        registry_cpu_seconds=registry_cpu,
-        threads=sampler.max_threads,
-        extra={"target": f"{target}:{TAG}", "layers_pushed": pushed, **evidence},
-    )
+    return usage.run("ferryd", image, target=f"{target}:{TAG}", layers_pushed=pushed, **evidence)
 
 
 def skopeo_push(image: Built, workdir: Path, number: int) -> Run:
@@ -286,16 +249,7 @@ def skopeo_push(image: Built, workdir: Path, number: int) -> Run:
         evidence = check_full_upload(registry, repository, image, "skopeo copy")
     finally:
         _discard(registry)
-    return Run(
-        "skopeo",
-        image.name,
-        timed.seconds,
-        image.transfer_bytes,
-        timed.cpu_seconds,
-        timed.max_rss_kib,
-        registry_cpu_seconds=timed.registry_cpu_seconds,
-        extra={"target": target, **evidence},
-    )
+    return timed.run("skopeo", image, target=target, **evidence)
 
 
 def _discard(registry: Registry) -> None:
@@ -413,29 +367,13 @@ def results_json(image: Built, results: PushResults, rounds: int) -> dict[str, A
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=None, help="A/B rounds (default 5; 2 quick)")
-    parser.add_argument("--quick", action="store_true", help="small image, for a smoke test")
-    parser.add_argument(
-        "--profile", action="store_true", help="py-spy the daemon during an extra push"
+    args = parse_args(
+        __doc__, images="small image", profile_help="py-spy the daemon during an extra push"
     )
-    parser.add_argument("--out", type=Path, default=HERE / "out", help="cache and scratch dir")
-    args = parser.parse_args()
-    rounds = args.rounds if args.rounds is not None else (2 if args.quick else 5)
-    if rounds < 1:
-        parser.error("--rounds must be at least 1")
-    if not have_registry_tools():
-        print("docker-registry and skopeo are needed: make system-deps", file=sys.stderr)
-        return 2
-    if args.profile and py_spy_bin() is None:
-        print("--profile needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
-        return 2
-
+    rounds: int = args.rounds
     began = time.perf_counter()
-    out: Path = args.out.resolve()
-    scratch = out / ("run-push-quick" if args.quick else "run-push")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    out: Path = args.out
+    scratch = fresh_dir(out / f"run-push{args.suffix}")
     [image] = build_all(image_specs(args.quick)[:1], out / "images")
     seed_registry = start_registry(scratch / "registry")
     try:
@@ -454,10 +392,8 @@ def main() -> int:
     print(table)
     if results.profile_text:
         print("\npy-spy, push:\n" + results.profile_text)
-    suffix = "-quick" if args.quick else ""
-    (out / f"results-push{suffix}.md").write_text(table + "\n")
     data = results_json(image, results, rounds) | {"total_seconds": total}
-    (out / f"results-push{suffix}.json").write_text(json.dumps(data, indent=1) + "\n")
+    write_results(out, f"results-push{args.suffix}", table, data)
     return 0
 
 

@@ -135,12 +135,6 @@ def test_progress_bar_without_total_is_the_size_alone() -> None:
     assert progress_bar(1_049_000, 0).strip() == "1.049MB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="progress_bar is not docker's: docker's JSONProgress.String() draws "
-    "'[' + '='*p + '>' + ' '*(50-p) + '] ' (51 columns, the arrow always there, "
-    "'[====...====>]' when done); ferryd draws 50 columns and drops the arrow when full",
-)
 def test_progress_bar_is_as_wide_as_dockers_and_keeps_its_arrow_when_full() -> None:
     assert progress_bar(1_049_000, 3_624_000) == (
         "[" + "=" * 14 + ">" + " " * 36 + "]  1.049MB/3.624MB"
@@ -148,12 +142,6 @@ def test_progress_bar_is_as_wide_as_dockers_and_keeps_its_arrow_when_full() -> N
     assert progress_bar(3_624_000, 3_624_000) == "[" + "=" * 50 + ">]  3.624MB/3.624MB"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docker's JSONProgress.String() right-aligns the size in 8 columns when the "
-    "total is unknown (%8v), and shows the current size alone when it is over the total; "
-    "ferryd shows the bare size, and current/total",
-)
 def test_progress_numbers_are_dockers_when_total_is_unknown_or_exceeded() -> None:
     assert progress_bar(1_049_000, None) == " 1.049MB"
     assert progress_bar(150, 100).endswith("] " + "    150B")

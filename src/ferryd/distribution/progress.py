@@ -113,10 +113,13 @@ class Broadcast:
 
 
 def progress_bar(current: int, total: int | None) -> str:
-    """`[=====>      ]  1.049MB/3.624MB`, as docker draws it."""
+    """`[=====>      ]  1.049MB/3.624MB`, as docker's JSONProgress draws it: one `=` per
+    2 %, the arrow always, the size right-aligned in 8 columns; the total only while the
+    current size does not pass it."""
+    size = f"{human_size(current):>8}"
     if not total:
-        return f"{human_size(current)}"
+        return size
     filled = min(_BAR_WIDTH, math.floor(_BAR_WIDTH * current / total))
-    arrow = ">" if filled < _BAR_WIDTH else ""
-    bar = "=" * filled + arrow + " " * max(0, _BAR_WIDTH - filled - len(arrow))
-    return f"[{bar}] {human_size(current):>8}/{human_size(total)}"
+    bar = "=" * filled + ">" + " " * (_BAR_WIDTH - filled)
+    numbers = size if current > total else f"{size}/{human_size(total)}"
+    return f"[{bar}] {numbers}"

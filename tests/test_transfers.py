@@ -22,7 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ferryd.distribution import transfers
 from ferryd.distribution.progress import Broadcast, Message, StreamOutput
-from ferryd.distribution.transfers import TransferPool, TransferState, with_retries
+from ferryd.distribution.transfers import RetryPolicy, TransferPool, TransferState, with_retries
 from ferryd.errors import (
     FerrydError,
     InternalError,
@@ -471,8 +471,7 @@ class Recorder:
 async def retry(attempt: Attempts, output: Recorder, *, attempts: int, delay: float) -> str:
     return await with_retries(
         attempt,
-        attempts=attempts,
-        delay=delay,
+        policy=RetryPolicy(attempts, delay),
         progress=output,
         progress_id=LAYER_ID,
         name=LAYER,

@@ -20,7 +20,7 @@ from backports import zstd
 from isal import isal_zlib
 
 from ferryd.errors import ContentError, DigestMismatchError
-from ferryd.oci.digest import Digest, new_hasher
+from ferryd.oci.digest import Digest, algorithm_of, new_hasher
 from ferryd.oci.mediatypes import Compression
 
 BATCH_SIZE = 1 << 20
@@ -63,7 +63,8 @@ class _Members:
     name = ""
     _errors: tuple[type[Exception], ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "layer") -> None:
+        self._what = what  # what the errors name: a layer, an HTTP answer
         self._d = self._new()
         self._started = False
 
@@ -85,7 +86,7 @@ class _Members:
             try:
                 out = self._d.decompress(data, _MAX_OUTPUT)
             except self._errors as exc:
-                raise ContentError(f"layer is not valid {self.name}: {exc}") from None
+                raise ContentError(f"{self._what} is not valid {self.name}: {exc}") from None
             self._started = True
             if out:
                 yield out
@@ -101,7 +102,7 @@ class _Members:
 
     def finish(self) -> None:
         if self._started and not self._d.eof:
-            raise ContentError(f"layer is truncated: the {self.name} stream does not end")
+            raise ContentError(f"{self._what} is truncated: the {self.name} stream does not end")
 
 
 class _Gzip(_Members):
@@ -128,11 +129,12 @@ class _Zstd(_Members):
         return None if self._d.needs_input else b""
 
 
-def inflater(compression: Compression) -> Inflater:
+def inflater(compression: Compression, what: str = "layer") -> Inflater:
+    """A decompressor for `compression`; its errors say `what` is broken."""
     if compression is Compression.GZIP:
-        return _Gzip()
+        return _Gzip(what)
     if compression is Compression.ZSTD:
-        return _Zstd()
+        return _Zstd(what)
     return _Plain()
 
 
@@ -211,12 +213,20 @@ class LayerSink:
         self._file = open(self.path, "a+b")  # noqa: SIM115 - lives across many calls
         self._file.seek(0)
         while batch := self._file.read(BATCH_SIZE):
-            self._hasher.update(batch)
-            self.offset += len(batch)
-            self.inflate(batch)
+            self.take_back(batch)
         if self._broken is not None:
             self.restart()
         return self.offset
+
+    def take_back(self, batch: bytes) -> None:
+        """Count, hash and inflate bytes that are already on disk."""
+        self._hasher.update(batch)
+        self.offset += len(batch)
+        self.inflate(batch)
+
+    def digest_so_far(self) -> Digest:
+        """The digest of the bytes taken so far (cheap: the running hash is copied)."""
+        return Digest(f"{algorithm_of(self.expected)}:{self._hasher.copy().hexdigest()}")
 
     def restart(self) -> None:
         """Forget everything written: the registry will send the blob from its start."""
@@ -272,8 +282,11 @@ class LayerSink:
         assert self._file is not None
         self._file.flush()
         os.fsync(self._file.fileno())
-        algorithm = self.expected.partition(":")[0]
-        actual = f"{algorithm}:{self._hasher.hexdigest()}"
+        return self.verify()
+
+    def verify(self) -> Digest | None:
+        """Check the blob digest, then the stream; return the DiffID (see `finish`)."""
+        actual = self.digest_so_far()
         if actual != self.expected:
             raise DigestMismatchError(
                 f"filesystem layer verification failed for digest {self.expected}: "
@@ -295,3 +308,18 @@ class LayerSink:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def read_layer(path: Path, expected: Digest) -> tuple[Digest, int]:
+    """Verify a layer blob already on disk as a download would: its digest, then its
+    stream; return its DiffID and uncompressed size. Nothing is written."""
+    sink = LayerSink(path, expected)
+    try:
+        with path.open("rb") as file:
+            while batch := file.read(BATCH_SIZE):
+                sink.take_back(batch)
+        diff_id = sink.verify()
+        assert diff_id is not None
+        return diff_id, sink.uncompressed_size
+    finally:
+        sink.close()

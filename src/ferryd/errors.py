@@ -9,10 +9,16 @@
     │   ├── InvalidDigestError         a digest string that is not algorithm:hex
     │   ├── InvalidPlatformError       a platform that is not os[/arch[/variant]]
     │   └── InvalidFilterError         a `filters`, `since` or `until` that cannot be read
+    ├── PermissionDeniedError      403 the client's user may not do what it asks ([access])
     ├── StoreError                     the local store
     │   ├── ImageNotFoundError     404 no such image / reference locally
     │   ├── ImageConflictError     409 a removal that needs `force`
-    │   └── CorruptBlobError           a stored blob no longer matches its digest
+    │   ├── CorruptBlobError           a stored blob no longer matches its digest
+    │   ├── StoreInUseError            another ferryd holds the store's lock
+    │   ├── StorageFullError           no space left where the store writes (ENOSPC, quota)
+    │   ├── StoreReadOnlyError         the store cannot be written (permissions, ro mount)
+    │   ├── DatabaseCorruptError       ferryd.db is damaged
+    │   └── DatabaseLockedError        another process holds ferryd.db locked
     ├── RegistryError                  talking to a registry
     │   ├── RegistryUnreachableError   connection refused, TLS failure, timeout
     │   ├── AuthenticationError    401 wrong credentials / token service refused
@@ -23,14 +29,15 @@
     │   ├── TooManyRequestsError   429
     │   ├── TransientRegistryError     5xx, a cut connection: worth retrying
     │   └── RegistryProtocolError      the registry said something no registry should
+    │       ├── TooLargeError          an answer (manifest, config, token…) over its limit
+    │       └── RangeNotSatisfiableError   416 to a resume: the partial file cannot be right
     ├── ContentError                   bytes that are not what they claim to be
     │   ├── DigestMismatchError        content does not hash to its digest
     │   ├── DiffIDMismatchError        a layer's uncompressed digest is not the config's
     │   ├── ManifestError              a manifest we cannot or will not use
     │   │   ├── UnsupportedManifestError   schema1, unknown media type
     │   │   ├── PlatformNotFoundError  404 an index without the platform asked for
-    │   │   ├── LayerFormatError       a layer the target manifest format cannot describe
-    │   │   └── TooLargeError          over the size limit
+    │   │   └── LayerFormatError       a layer the target manifest format cannot describe
     │   └── ImageConfigError           an image config we cannot or will not use
     ├── TransferCancelledError         a shared transfer stopped: nobody waits, or shutdown
     └── InternalError                  a bug: ferryd failed in a way it did not expect
@@ -43,6 +50,8 @@ with (dockerd's for the same failure); the API maps errors to answers by nothing
 from __future__ import annotations
 
 import copy
+import errno
+import os
 from typing import Self
 
 
@@ -85,6 +94,13 @@ class InvalidFilterError(BadRequestError):
     """A `filters`, `since` or `until` parameter dockerd would refuse too."""
 
 
+class PermissionDeniedError(FerrydError):
+    """Access control: the client's user and groups lack the permission the route needs
+    (`[access]` in the settings); the message names the user and the permission."""
+
+    status = 403
+
+
 class StoreError(FerrydError):
     """The local content store failed."""
 
@@ -105,8 +121,61 @@ class CorruptBlobError(StoreError):
     """A stored blob no longer hashes to its digest."""
 
 
+class StoreInUseError(StoreError):
+    """Another ferryd (a running daemon) holds the store's lock."""
+
+
+class StorageFullError(StoreError):
+    """No space left where the store writes (ENOSPC, a quota, SQLite's "disk is full").
+
+    Never retried: the same write fails again until an operator frees space. Partial
+    downloads are kept, so the pull resumes once there is room.
+    """
+
+
+class StoreReadOnlyError(StoreError):
+    """The store cannot be written: permissions, or a filesystem mounted read-only."""
+
+
+class DatabaseCorruptError(StoreError):
+    """The store's SQLite database is damaged (SQLITE_CORRUPT, SQLITE_NOTADB)."""
+
+
+class DatabaseLockedError(StoreError):
+    """Another process keeps the store's SQLite database locked."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def disk_error(exc: OSError, path: object, root: object | None = None) -> StoreError | None:
+    """The store error an operator can act on for a failed write to `path` under `root`
+    (default: its directory), or None when `exc` is not the disk's fault (a bug)."""
+    where = root if root is not None else os.path.dirname(str(path))
+    reason = exc.strerror or str(exc)
+    if exc.errno in _DISK_FULL:
+        return StorageFullError(
+            f"disk full: no space left on device writing {path}; free space under {where} "
+            "(`ferryd rmi` removes images)"
+        )
+    if exc.errno in _READ_ONLY:
+        return StoreReadOnlyError(
+            f"cannot write {path}: {reason}; the daemon must be able to write {where} "
+            "(check its owner and mode, and that the filesystem is mounted read-write)"
+        )
+    if exc.errno == errno.EIO:
+        return StoreError(
+            f"I/O error writing {path}: the disk under {where} is failing (see the kernel log)"
+        )
+    return None
+
+
 class RegistryError(FerrydError):
     """A registry refused a request or could not be reached."""
+
+    # Seconds the registry asked us to wait before trying again (its Retry-After).
+    retry_after: float | None = None
 
 
 class RegistryUnreachableError(RegistryError):
@@ -161,6 +230,16 @@ class RegistryProtocolError(RegistryError):
     """The registry answered something that breaks the distribution protocol."""
 
 
+class TooLargeError(RegistryProtocolError):
+    """An answer (manifest, config, tag list, token, …) over its size limit, counted after
+    any Content-Encoding is undone."""
+
+
+class RangeNotSatisfiableError(RegistryProtocolError):
+    """The registry refused to resume a download from where the partial file ends (416):
+    its blob is shorter than what was kept, so the partial file is dropped."""
+
+
 class ContentError(FerrydError):
     """Bytes that are not what they claim to be."""
 
@@ -189,10 +268,6 @@ class PlatformNotFoundError(ManifestError):
 
 class LayerFormatError(ManifestError):
     """A layer the manifest format being pushed has no media type for (zstd in schema2)."""
-
-
-class TooLargeError(ManifestError):
-    """A manifest or config over its size limit."""
 
 
 class ImageConfigError(ContentError):

@@ -62,6 +62,7 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
                 max_concurrent=settings.max_concurrent_downloads,
                 max_attempts=settings.max_download_attempts,
                 retry_delay=settings.retry_delay,
+                max_retry_after=settings.max_retry_after,
             )
             uploads = UploadManager(
                 store.metadata,
@@ -69,6 +70,7 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
                 max_concurrent=settings.max_concurrent_uploads,
                 max_attempts=settings.max_upload_attempts,
                 retry_delay=settings.retry_delay,
+                max_retry_after=settings.max_retry_after,
             )
             service = ImageService(
                 store=store,

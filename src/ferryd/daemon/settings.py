@@ -48,6 +48,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_concurrent_uploads: Positive = 5
     max_upload_attempts: Positive = 5
     retry_delay: Seconds = 5.0
+    # The longest wait a registry's Retry-After (on 429 or 503) is honoured for.
+    max_retry_after: Seconds = 60.0
     insecure_registries: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_INSECURE))
     # Registry domain ("docker.io", "host:5000") → mirror base URLs, tried in order
     # before the registry itself by pulls.

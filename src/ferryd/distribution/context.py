@@ -17,6 +17,7 @@ from typing import Protocol
 from ferryd.distribution.events import ImageEventLogger
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.push_layers import PushLayerProvider
+from ferryd.distribution.transfers import RetryPolicy
 from ferryd.distribution.uploads import UploadManager
 from ferryd.oci.digest import Digest
 from ferryd.oci.image_config import RootFS
@@ -88,6 +89,7 @@ class PullContext(TransferContext):
     """moby's ImagePullConfig."""
 
     downloads: RootFSDownloadManager
+    retries: RetryPolicy  # for manifests a registry rate-limits (429)
     platform: Platform  # of an index, the manifest for this platform is pulled
     schema2_types: tuple[str, ...] = DEFAULT_CONFIG_TYPES  # config media types allowed
 

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
+import structlog
 from anyio.abc import TaskGroup
 
-from ferryd.codec import BATCH_SIZE, LayerSink
+from ferryd.codec import BATCH_SIZE, LayerSink, read_layer
 from ferryd.concurrency import single_errors
 from ferryd.distribution.context import BlobFetcher, DownloadDescriptor, DownloadStats
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
-from ferryd.distribution.transfers import TransferPool, TransferState, with_retries
+from ferryd.distribution.transfers import RetryPolicy, TransferPool, TransferState, with_retries
 from ferryd.errors import (
     ContentError,
     DiffIDMismatchError,
     DigestMismatchError,
     FerrydError,
+    ManifestError,
+    RangeNotSatisfiableError,
+    RegistryProtocolError,
     TransientRegistryError,
 )
 from ferryd.oci.digest import Digest, chain_ids, short_id
@@ -32,6 +36,8 @@ from ferryd.oci.image_config import RootFS
 from ferryd.store.blobs import BlobStore
 from ferryd.store.layers import Layer, LayerStore
 from ferryd.store.metadata import V2Metadata, V2MetadataStore
+
+log = structlog.get_logger("ferryd.transfers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,18 +62,21 @@ class DownloadManager:
         max_concurrent: int = 3,
         max_attempts: int = 5,
         retry_delay: float = 5.0,
+        max_retry_after: float = 60.0,
     ) -> None:
         self._blobs = blobs
         self._layers = layers
         self._metadata = metadata
-        self._max_attempts = max_attempts
-        self._retry_delay = retry_delay
+        self.retries = RetryPolicy(max_attempts, retry_delay, max_retry_after)
         self._transfers: TransferPool[tuple[Digest, Digest], BlobInfo] = TransferPool(
             task_group, max_concurrent, "download"
         )
         # Transfers are per (digest, DiffID), partial files per digest: two transfers of
         # one blob (two configs that disagree on its DiffID) must take turns on the file.
         self._partial_locks: dict[Digest, anyio.Lock] = {}
+        # Blobs a transfer has committed whose layer is not registered yet (it waits for
+        # the layers below it): a pull that starts now takes them from here.
+        self._committed: dict[Digest, BlobInfo] = {}
 
     @property
     def active(self) -> int:
@@ -145,6 +154,7 @@ class DownloadManager:
         return RootFS(diff_ids + [d.diff_id for d in layers]), release
 
     def _register(self, parent: Digest | None, layer: DownloadDescriptor, info: BlobInfo) -> Layer:
+        self._committed.pop(info.digest, None)
         registered = self._layers.register(
             parent,
             info.diff_id,
@@ -175,16 +185,25 @@ class DownloadManager:
         """The verified blob for `layer`, from the store or from a (shared) transfer."""
         digest = Digest(layer.descriptor.digest)
         known = self._layers.by_blob(digest)
-        if known is not None and self._blobs.has(digest):
-            if known.diff_id != layer.diff_id:
+        stored: BlobInfo | None = None
+        if known is not None:
+            stored = BlobInfo(digest, known.diff_id, known.compressed_size, known.size, False)
+        else:
+            stored = self._committed.get(digest)
+        if stored is not None and self._blobs.has(digest):
+            if stored.diff_id != layer.diff_id:
                 raise DiffIDMismatchError(
-                    f"layer {digest} has DiffID {known.diff_id}, "
+                    f"layer {digest} has DiffID {stored.diff_id}, "
                     f"but the image config says {layer.diff_id}"
                 )
-            return BlobInfo(digest, known.diff_id, known.compressed_size, known.size, fetched=False)
+            return replace(stored, fetched=False)
 
         async def fetch(progress: Broadcast) -> BlobInfo:
             async with self._partial_file(digest):
+                if await anyio.to_thread.run_sync(self._blobs.has, digest):
+                    # Stored, but no layer stands on it (a pull failed before registering
+                    # it): read it back from disk instead of fetching it again.
+                    return await self._verify_stored(layer, progress)
                 return await self._fetch_with_retries(fetcher, layer, progress)
 
         return await self._transfers.join(
@@ -216,13 +235,12 @@ class DownloadManager:
             await anyio.to_thread.run_sync(sink.open)
             return await with_retries(
                 lambda: self._fetch(fetcher, layer, sink, progress),
-                attempts=self._max_attempts,
-                delay=self._retry_delay,
+                policy=self.retries,
                 progress=progress,
                 progress_id=layer_id,
                 name=digest,
             )
-        except ContentError:
+        except (ContentError, RangeNotSatisfiableError):
             # Retrying the same bytes cannot help, and they must never be resumed.
             await anyio.to_thread.run_sync(sink.restart)
             await anyio.to_thread.run_sync(self._blobs.discard_partial, digest)
@@ -245,17 +263,27 @@ class DownloadManager:
         layer_id = short_id(digest)
         if sink.offset > size:
             await anyio.to_thread.run_sync(sink.restart)
+        resumed = sink.offset > 0
         if sink.offset < size or size == 0:
             async with fetcher.open_blob(digest, sink.offset) as blob:
                 if blob.start == 0 and sink.offset:
                     await anyio.to_thread.run_sync(sink.restart)  # the registry ignored Range
+                    resumed = False
+                start = sink.offset
                 await _pump(blob.chunks(), sink, size, layer_id, progress)
-        if sink.offset < size:
-            raise TransientRegistryError(
-                f"blob {digest}: the registry sent {sink.offset} of {size} bytes"
-            )
+            if sink.offset < size:
+                # The answer ended cleanly (a cut raises in _pump) but short.
+                await self._short(sink, size, received=sink.offset - start)
         progress.write(Message("Verifying Checksum", layer_id))
-        diff_id = await anyio.to_thread.run_sync(sink.finish)
+        try:
+            diff_id = await anyio.to_thread.run_sync(sink.finish)
+        except DigestMismatchError as exc:
+            if not resumed:
+                raise
+            # The kept part may be what is wrong: once, start over from byte 0.
+            log.warning("transfer.restart", name=digest, error=str(exc))
+            await anyio.to_thread.run_sync(sink.restart)
+            return await self._fetch(fetcher, layer, sink, progress)
         if diff_id != layer.diff_id:
             raise DiffIDMismatchError(
                 f"layer {digest} uncompresses to DiffID {diff_id}, "
@@ -264,7 +292,40 @@ class DownloadManager:
         await anyio.to_thread.run_sync(self._blobs.commit_partial, digest)
         progress.write(Message("Download complete", layer_id))
         assert diff_id is not None
-        return BlobInfo(digest, diff_id, size, sink.uncompressed_size, fetched=True)
+        info = BlobInfo(digest, diff_id, size, sink.uncompressed_size, fetched=True)
+        self._committed[digest] = info
+        return info
+
+    async def _short(self, sink: LayerSink, size: int, *, received: int) -> None:
+        """A blob answer that ended before `size` bytes: worth another attempt only when
+        it may have been cut; a registry that says it is done says so every time."""
+        digest = sink.expected
+        if received == 0:
+            raise RegistryProtocolError(
+                f"blob {digest}: the registry answered with an empty body for a blob the "
+                f"manifest gives {size} bytes"
+            )
+        if await anyio.to_thread.run_sync(sink.digest_so_far) == digest:
+            raise ManifestError(
+                f"blob {digest}: its {sink.offset} bytes are the whole blob (they hash to its "
+                f"digest), but the manifest says it has {size}: the manifest is wrong"
+            )
+        raise TransientRegistryError(
+            f"blob {digest}: the registry sent {sink.offset} of {size} bytes"
+        )
+
+    async def _verify_stored(self, layer: DownloadDescriptor, progress: Broadcast) -> BlobInfo:
+        digest = Digest(layer.descriptor.digest)
+        progress.write(Message("Verifying Checksum", short_id(digest)))
+        diff_id, size = await anyio.to_thread.run_sync(read_layer, self._blobs.path(digest), digest)
+        if diff_id != layer.diff_id:
+            raise DiffIDMismatchError(
+                f"layer {digest} uncompresses to DiffID {diff_id}, "
+                f"but the image config says {layer.diff_id}"
+            )
+        info = BlobInfo(digest, diff_id, layer.descriptor.size, size, fetched=False)
+        self._committed[digest] = info
+        return info
 
 
 async def _pump(

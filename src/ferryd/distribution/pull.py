@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -13,6 +13,7 @@ import structlog
 from ferryd.distribution.context import DownloadDescriptor, DownloadStats, PullContext
 from ferryd.distribution.events import failure_logged
 from ferryd.distribution.progress import Message
+from ferryd.distribution.transfers import with_retries
 from ferryd.errors import (
     AccessDeniedError,
     AuthenticationError,
@@ -21,6 +22,7 @@ from ferryd.errors import (
     ManifestError,
     NotFoundError,
     RegistryError,
+    TooManyRequestsError,
 )
 from ferryd.oci.digest import Digest, chain_ids
 from ferryd.oci.image_config import MAX_CONFIG_SIZE, RootFS
@@ -160,7 +162,8 @@ async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContex
             client = await ctx.connector.open_mirror(
                 mirror, reference.path, meta_headers=ctx.meta_headers
             )
-            return await _manifest_from(client, tag_or_digest, ctx.platform)
+            # A mirror that is busy is skipped, not waited for: the registry may not be.
+            return await _manifest_from(client, client.get_manifest, tag_or_digest, ctx.platform)
         except (RegistryError, ContentError) as exc:
             log.warning(
                 "registry.mirror_failed",
@@ -172,7 +175,8 @@ async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContex
         reference.domain, reference.path, ctx.credentials, meta_headers=ctx.meta_headers
     )
     try:
-        return await _manifest_from(client, tag_or_digest, ctx.platform)
+        fetch = _patient(client, ctx)
+        return await _manifest_from(client, fetch, tag_or_digest, ctx.platform)
     except (AuthenticationError, AccessDeniedError) as exc:
         raise exc.with_message(_access_denied(reference, exc)) from None
 
@@ -184,20 +188,42 @@ def _access_denied(reference: Reference, exc: Exception) -> str:
     )
 
 
-async def _manifest_from(client: RegistryClient, tag_or_digest: str, platform: Platform) -> _Source:
-    top = await client.get_manifest(tag_or_digest)
-    manifest = await _resolve_platform(client, top, platform)
+ManifestFetch = Callable[[str], Awaitable[FetchedManifest]]
+
+
+def _patient(client: RegistryClient, ctx: PullContext) -> ManifestFetch:
+    """`client.get_manifest`, waiting and trying again when the registry rate-limits us
+    (as long as its Retry-After says, within the policy's bound)."""
+
+    async def fetch(reference: str) -> FetchedManifest:
+        return await with_retries(
+            lambda: client.get_manifest(reference),
+            policy=ctx.retries,
+            progress=ctx.progress,
+            progress_id=None,
+            name=f"manifest {reference}",
+            retry_on=lambda exc: isinstance(exc, TooManyRequestsError),
+        )
+
+    return fetch
+
+
+async def _manifest_from(
+    client: RegistryClient, fetch: ManifestFetch, tag_or_digest: str, platform: Platform
+) -> _Source:
+    top = await fetch(tag_or_digest)
+    manifest = await _resolve_platform(fetch, top, platform)
     return _Source(client, top, manifest, decode_manifest(manifest.raw))
 
 
 async def _resolve_platform(
-    client: RegistryClient, top: FetchedManifest, platform: Platform
+    fetch: ManifestFetch, top: FetchedManifest, platform: Platform
 ) -> FetchedManifest:
     check_supported(top.media_type)
     if top.media_type not in INDEX_TYPES:
         return top
     entry = select_platform(decode_index(top.raw), platform)
-    manifest = await client.get_manifest(entry.digest)
+    manifest = await fetch(entry.digest)
     check_supported(manifest.media_type)
     if manifest.media_type in INDEX_TYPES:
         raise ManifestError(f"index entry {entry.digest} for {platform} is itself an index")

@@ -60,6 +60,7 @@ class ImageService:
             progress=progress,
             event_logger=self.event_logger,
             downloads=self.downloads,
+            retries=self.downloads.retries,
             platform=platform or self.default_platform or host_platform(),
         )
         return await pull(reference, ctx)

@@ -176,30 +176,50 @@ class TransferPool(Generic[K, R]):
             transfer.done.set()
 
 
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how long to try again: `delay` times the attempt number, unless the
+    registry asked for a wait (Retry-After), which is honoured up to `max_retry_after`."""
+
+    attempts: int = 5
+    delay: float = 5.0
+    max_retry_after: float = 60.0
+
+    def wait(self, exc: FerrydError, number: int) -> float:
+        asked = getattr(exc, "retry_after", None)
+        if asked is not None:
+            return min(float(asked), self.max_retry_after)
+        return self.delay * number
+
+
+def when_retryable(exc: FerrydError) -> bool:
+    return exc.retryable
+
+
 async def with_retries(
     attempt: Callable[[], Awaitable[T]],
     *,
-    attempts: int,
-    delay: float,
+    policy: RetryPolicy,
     progress: ProgressOutput,
-    progress_id: str,
+    progress_id: str | None,
     name: str,
+    retry_on: Callable[[FerrydError], bool] = when_retryable,
 ) -> T:
-    """Call `attempt` until it succeeds, at most `attempts` times; only errors marked
-    retryable are retried, after `delay` times the attempt number seconds."""
-    for number in range(1, attempts + 1):
+    """Call `attempt` until it succeeds, at most `policy.attempts` times; only errors
+    marked retryable (or those `retry_on` accepts) are retried, after the policy's wait."""
+    for number in range(1, policy.attempts + 1):
         try:
             return await attempt()
         except FerrydError as exc:
-            if not exc.retryable or number == attempts:
+            if not retry_on(exc) or number == policy.attempts:
                 raise
-            wait = delay * number
+            wait = policy.wait(exc, number)
             log.warning("transfer.retry", name=name, attempt=number, error=str(exc), delay=wait)
             await _count_down(wait, progress_id, progress)
     raise AssertionError("unreachable")
 
 
-async def _count_down(delay: float, progress_id: str, progress: ProgressOutput) -> None:
+async def _count_down(delay: float, progress_id: str | None, progress: ProgressOutput) -> None:
     """Wait `delay` seconds, saying "Retrying in N seconds" each time N changes."""
     remaining = delay
     while remaining > 0:

@@ -22,7 +22,7 @@ from isal import isal_zlib
 from ferryd.codec import BATCH_SIZE
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
 from ferryd.distribution.push_layers import PushLayer, StoredBlob
-from ferryd.distribution.transfers import TransferPool, TransferState, with_retries
+from ferryd.distribution.transfers import RetryPolicy, TransferPool, TransferState, with_retries
 from ferryd.errors import LayerFormatError
 from ferryd.oci.digest import Digest, short_id
 from ferryd.oci.mediatypes import Compression, Family, compression_of, layer_media_type
@@ -68,10 +68,10 @@ class UploadManager:
         max_concurrent: int = 5,
         max_attempts: int = 5,
         retry_delay: float = 5.0,
+        max_retry_after: float = 60.0,
     ) -> None:
         self._metadata = metadata
-        self._max_attempts = max_attempts
-        self._retry_delay = retry_delay
+        self.retries = RetryPolicy(max_attempts, retry_delay, max_retry_after)
         self._transfers: TransferPool[tuple[str, str, Digest], Uploaded] = TransferPool(
             task_group, max_concurrent, "upload"
         )
@@ -102,8 +102,7 @@ class UploadManager:
         async def work(progress: Broadcast) -> Uploaded:
             result = await with_retries(
                 lambda: self._push_layer(client, layer, _TRANSFER_FAMILY, progress),
-                attempts=self._max_attempts,
-                delay=self._retry_delay,
+                policy=self.retries,
                 progress=progress,
                 progress_id=layer_id,
                 name=f"{registry}/{repository} {layer.diff_id}",

@@ -11,11 +11,13 @@ import binascii
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import httpx
+import structlog
 
 from ferryd.errors import (
     AuthenticationError,
@@ -26,7 +28,14 @@ from ferryd.errors import (
     TransientRegistryError,
 )
 from ferryd.oci.reference import DEFAULT_DOMAIN
+from ferryd.registry.bodies import read_body
 
+log = structlog.get_logger("ferryd.registry")
+
+# A token answer and the token in it: Docker Hub's are a few KB, and a token goes back
+# in every request's Authorization header, which servers cap at 8-64 KiB.
+MAX_TOKEN_ANSWER = 64 * 1024
+MAX_TOKEN = 16 * 1024
 _TOKEN_MIN_LIFETIME = 60.0  # seconds, as the token spec says when expires_in is absent
 _EXPIRY_MARGIN = 5.0
 # A challenge is `scheme param=value, ...`; several may share one header (httpx joins
@@ -152,10 +161,20 @@ class Authenticator:
     token fetched for a scope serves all of them until it expires.
     """
 
-    def __init__(self, http: httpx.AsyncClient, registry: str, credentials: Credentials) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        registry: str,
+        credentials: Credentials,
+        *,
+        host: str = "",
+        insecure: Callable[[str], Awaitable[bool]] | None = None,
+    ) -> None:
         self._http = http
         self._registry = registry
         self._credentials = credentials
+        self._host = host  # the registry's host[:port]: a realm elsewhere is another host
+        self._insecure = insecure  # may this host have credentials over plain HTTP?
         self._challenge: Challenge | None = None
         self._tokens: dict[str, _Token] = {}
         self._locks: dict[str, anyio.Lock] = {}
@@ -228,17 +247,18 @@ class Authenticator:
         service = params.get("service", "")
         creds = self._credentials
         try:
+            url = httpx.URL(realm)
+            if not creds.anonymous:
+                await self._check_realm(url)
             if creds.identity_token:
-                response = await self._http.post(
-                    realm,
-                    data={
-                        "grant_type": "refresh_token",
-                        "refresh_token": creds.identity_token,
-                        "service": service,
-                        "scope": scope,  # space-separated, as OAuth2 writes several
-                        "client_id": "ferryd",
-                    },
-                )
+                form = {
+                    "grant_type": "refresh_token",
+                    "refresh_token": creds.identity_token,
+                    "service": service,
+                    "scope": scope,  # space-separated, as OAuth2 writes several
+                    "client_id": "ferryd",
+                }
+                request = self._http.build_request("POST", url, data=form)
             else:
                 # Several scopes (a push that mounts from another repository) are
                 # several `scope` parameters, as the token spec has it.
@@ -247,10 +267,21 @@ class Authenticator:
                     query["service"] = service
                 if creds.username:
                     query["account"] = creds.username
-                auth = (creds.username, creds.password) if creds.username else None
                 # Merged, not `params=`: that would drop a query the realm already has.
-                url = httpx.URL(realm).copy_merge_params(query)
-                response = await self._http.get(url, auth=auth)
+                request = self._http.build_request("GET", url.copy_merge_params(query))
+                if creds.username:
+                    request.headers["Authorization"] = "Basic " + self._basic()
+            if not creds.anonymous:
+                log.info(
+                    "registry.credentials_sent", registry=self._registry, host=url.netloc.decode()
+                )
+            response = await self._http.send(request, stream=True)
+            try:
+                status = response.status_code
+                what = f"{self._registry}: the token service's answer"
+                body = await read_body(response, MAX_TOKEN_ANSWER, what) if status == 200 else b""
+            finally:
+                await response.aclose()
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise RegistryProtocolError(
                 f"{self._registry}: cannot use the token realm {realm!r}: {exc}"
@@ -261,34 +292,56 @@ class Authenticator:
                 f"cannot reach the token service of {self._registry} at {realm}: "
                 f"{str(exc) or type(exc).__name__}"
             ) from None
-        status = response.status_code
-        if status in (401, 403):
-            raise AuthenticationError(
-                f"{self._registry}: the token service refused "
-                + (
-                    "anonymous access"
-                    if creds.anonymous
-                    else f"the credentials of {creds.username or 'the identity token'}"
-                )
-                + f" (HTTP {status})"
+        _check_token_status(status, self._registry, creds)
+        return _token_from(body, self._registry)
+
+    async def _check_realm(self, url: httpx.URL) -> None:
+        """Credentials go over plain HTTP only to the registry itself, or to a host the
+        operator listed as insecure: a realm is the registry's to name, not to abuse."""
+        host = url.netloc.decode()
+        if url.scheme != "http" or host == self._host:
+            return
+        if self._insecure is not None and await self._insecure(host):
+            return
+        raise AuthenticationError(
+            f"{self._registry}: the token service {url.scheme}://{host} is plain HTTP on "
+            f"another host than the registry; ferryd does not send credentials there "
+            f"unless {host} is listed in insecure_registries"
+        )
+
+
+def _check_token_status(status: int, registry: str, creds: Credentials) -> None:
+    if status in (401, 403):
+        raise AuthenticationError(
+            f"{registry}: the token service refused "
+            + (
+                "anonymous access"
+                if creds.anonymous
+                else f"the credentials of {creds.username or 'the identity token'}"
             )
-        if status == 429:
-            raise TooManyRequestsError(f"{self._registry}: the token service answered HTTP 429")
-        if status >= 500:
-            raise TransientRegistryError(
-                f"{self._registry}: the token service answered HTTP {status}"
-            )
-        if status != 200:
-            raise AuthenticationError(
-                f"{self._registry}: the token service answered HTTP {response.status_code}"
-            )
-        try:
-            body = response.json()
-            value = body.get("token") or body.get("access_token")
-            lifetime = float(body.get("expires_in") or _TOKEN_MIN_LIFETIME)
-        except (ValueError, AttributeError, TypeError):
-            value, lifetime = None, 0.0
-        if not isinstance(value, str) or not value:
-            raise AuthenticationError(f"{self._registry}: the token service sent no token")
-        lifetime = max(lifetime, _TOKEN_MIN_LIFETIME) - _EXPIRY_MARGIN
-        return _Token(value, time.monotonic() + lifetime)
+            + f" (HTTP {status})"
+        )
+    if status == 429:
+        raise TooManyRequestsError(f"{registry}: the token service answered HTTP 429")
+    if status >= 500:
+        raise TransientRegistryError(f"{registry}: the token service answered HTTP {status}")
+    if status != 200:
+        raise AuthenticationError(f"{registry}: the token service answered HTTP {status}")
+
+
+def _token_from(body: bytes, registry: str) -> _Token:
+    try:
+        answer = json.loads(body)
+        value = answer.get("token") or answer.get("access_token")
+        lifetime = float(answer.get("expires_in") or _TOKEN_MIN_LIFETIME)
+    except (ValueError, AttributeError, TypeError):
+        value, lifetime = None, 0.0
+    if not isinstance(value, str) or not value:
+        raise AuthenticationError(f"{registry}: the token service sent no token")
+    if len(value) > MAX_TOKEN:
+        raise AuthenticationError(
+            f"{registry}: the token service sent a token of {len(value)} characters, "
+            f"over the limit of {MAX_TOKEN}"
+        )
+    lifetime = max(lifetime, _TOKEN_MIN_LIFETIME) - _EXPIRY_MARGIN
+    return _Token(value, time.monotonic() + lifetime)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,10 +21,10 @@ from ferryd.errors import (
     FerrydError,
     InvalidDigestError,
     NotFoundError,
+    RangeNotSatisfiableError,
     RegistryError,
     RegistryProtocolError,
     RegistryUnreachableError,
-    TooLargeError,
     TooManyRequestsError,
     TransientRegistryError,
 )
@@ -30,6 +32,7 @@ from ferryd.oci.digest import Digest, new_hasher, parse_digest, sha256_digest
 from ferryd.oci.manifest import MAX_MANIFEST_SIZE, FetchedManifest, media_type_of
 from ferryd.oci.mediatypes import ACCEPT
 from ferryd.registry.auth import Authenticator, parse_challenge
+from ferryd.registry.bodies import read_body, read_error_body
 from ferryd.registry.endpoints import Endpoint
 
 MAX_REDIRECTS = 10
@@ -102,7 +105,7 @@ class RegistryClient:
         async with self._stream(
             "GET", self._url(f"manifests/{reference}"), what, {"Accept": ", ".join(ACCEPT)}
         ) as response:
-            raw = await _read_limited(response, MAX_MANIFEST_SIZE, what)
+            raw = await read_body(response, MAX_MANIFEST_SIZE, what)
             content_type = response.headers.get("content-type")
             header_digest = response.headers.get("docker-content-digest")
         media_type = media_type_of(content_type, raw)
@@ -128,7 +131,7 @@ class RegistryClient:
         tags: list[str] = []
         for _ in range(_MAX_TAG_PAGES):
             async with self._stream("GET", url, what) as response:
-                raw = await _read_limited(response, MAX_MANIFEST_SIZE, what)
+                raw = await read_body(response, MAX_TAG_PAGE, what)
                 link = response.headers.get("link")
             tags += _tag_page(raw, what)
             following = _next_page(link, self.endpoint, what)
@@ -138,9 +141,9 @@ class RegistryClient:
         raise RegistryProtocolError(f"{what}: more than {_MAX_TAG_PAGES} pages")
 
     async def get_blob(self, digest: Digest, limit: int, what: str) -> bytes:
-        """A small blob (an image config) read whole and verified."""
+        """A small blob (an image config) read whole, as sent, and verified."""
         async with self._stream("GET", self._url(f"blobs/{digest}"), what) as response:
-            raw = await _read_limited(response, limit, what)
+            raw = await read_body(response, limit, what, decode=False)
         _digest_of(raw, digest, what)
         return raw
 
@@ -160,13 +163,13 @@ class RegistryClient:
         what = f"blob {digest}"
         response = await self._send("HEAD", self._url(f"blobs/{digest}"), what, {})
         try:
-            await response.aread()  # error_for reads the (empty) body
+            body = await read_error_body(response, what) if response.status_code >= 400 else b""
         finally:
             await response.aclose()
         if response.status_code == 404:
             return None
         if response.status_code >= 400:
-            raise error_for(response, what, self.endpoint.domain)
+            raise error_for(response, body, what, self.endpoint.domain)
         length = _content_length(response)
         if length is None:
             # The manifest must give every layer's size: an unknown one is no answer.
@@ -245,8 +248,8 @@ class RegistryClient:
         response = await self._send(method, url, what, dict(headers or {}), content, scope)
         try:
             if response.status_code >= 400:
-                await response.aread()
-                raise error_for(response, what, self.endpoint.domain)
+                body = await read_error_body(response, what)
+                raise error_for(response, body, what, self.endpoint.domain)
             yield response
         except httpx.TransportError as exc:
             raise transport_error(exc, self.endpoint) from None
@@ -325,6 +328,8 @@ class RegistryClient:
 
 
 _MAX_TAG_PAGES = 1000
+# One page of a tag list: 4 MiB holds some 30,000 tags of 128 characters.
+MAX_TAG_PAGE = 4 * 1024 * 1024
 _NEXT_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
 
 
@@ -350,20 +355,23 @@ def _next_page(link: str | None, endpoint: Endpoint, what: str) -> str | None:
 
 
 async def ping(http: httpx.AsyncClient, endpoint: Endpoint) -> httpx.Response:
-    """GET /v2/: the answer says whether and how we must authenticate."""
+    """GET /v2/: the answer says whether and how we must authenticate (its body, read
+    only as far as an error message needs, is not kept)."""
+    what = "registry ping"
     try:
-        response = await http.get(f"{endpoint.base_url}/v2/")
+        async with http.stream("GET", f"{endpoint.base_url}/v2/") as response:
+            body = await read_error_body(response, what)
     except httpx.TransportError as exc:
         raise transport_error(exc, endpoint) from None
     if response.status_code not in (200, 401):
-        raise error_for(response, "registry ping", endpoint.domain)
+        raise error_for(response, body, what, endpoint.domain)
     return response
 
 
-def error_for(response: httpx.Response, what: str, registry: str) -> RegistryError:
+def error_for(response: httpx.Response, body: bytes, what: str, registry: str) -> RegistryError:
     """The error for a failed response, with the registry's own words when it sent any."""
     status = response.status_code
-    detail = _registry_message(response)
+    detail = _registry_message(body)
     suffix = f": {detail}" if detail else ""
     if status == 401:
         return AuthenticationError(f"{registry}: authentication required for {what}{suffix}")
@@ -371,11 +379,35 @@ def error_for(response: httpx.Response, what: str, registry: str) -> RegistryErr
         return AccessDeniedError(f"{registry}: access to {what} denied{suffix}")
     if status == 404:
         return NotFoundError(f"{what} not found{suffix}")
+    if status == 416:
+        return RangeNotSatisfiableError(
+            f"{registry}: {what}: the registry cannot send the part asked for (HTTP 416){suffix}"
+        )
+    error: RegistryError
     if status == 429:
-        return TooManyRequestsError(f"{registry}: too many requests{suffix}")
-    if status >= 500 or status == 408:
-        return TransientRegistryError(f"{registry}: HTTP {status} for {what}{suffix}")
-    return RegistryProtocolError(f"{registry}: unexpected HTTP {status} for {what}{suffix}")
+        error = TooManyRequestsError(f"{registry}: too many requests{suffix}")
+    elif status >= 500 or status == 408:
+        error = TransientRegistryError(f"{registry}: HTTP {status} for {what}{suffix}")
+    else:
+        return RegistryProtocolError(f"{registry}: unexpected HTTP {status} for {what}{suffix}")
+    error.retry_after = retry_after(response.headers.get("retry-after"))
+    return error
+
+
+def retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds: a number of seconds, or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def transport_error(exc: httpx.TransportError, endpoint: Endpoint) -> FerrydError:
@@ -407,28 +439,15 @@ def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | Non
     return None
 
 
-def _registry_message(response: httpx.Response) -> str:
+def _registry_message(body: bytes) -> str:
     try:
-        errors = response.json().get("errors") or []
+        errors = json.loads(body).get("errors") or []
         parts = [
             f"{e.get('code', '').lower().replace('_', ' ')}: {e.get('message', '')}" for e in errors
         ]
         return "; ".join(p.strip(": ") for p in parts)
     except (ValueError, AttributeError, TypeError):
         return ""
-
-
-async def _read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
-    length = _content_length(response)
-    if length is not None and length > limit:
-        raise TooLargeError(f"{what} is {length} bytes, over the limit of {limit}")
-    body = bytearray()
-    # Decoded: a manifest or config is small, and its digest covers the identity bytes.
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            raise TooLargeError(f"{what} is over the limit of {limit} bytes")
-    return bytes(body)
 
 
 def _digest_of(raw: bytes, expected: str | None, what: str) -> Digest:

@@ -92,7 +92,7 @@ class Connector:
                 generation = self._generation
                 response = await ping(http, mirror)
                 # Named by its URL: its refusals are the mirror's, not the registry's.
-                auth = Authenticator(http, f"mirror {mirror.base_url}", ANONYMOUS)
+                auth = Authenticator(http, f"mirror {mirror.base_url}", ANONYMOUS, host=mirror.host)
                 auth.set_challenge(
                     parse_challenge(response.headers.get("www-authenticate"))
                     if response.status_code == 401
@@ -124,7 +124,9 @@ class Connector:
             except RegistryUnreachableError as exc:
                 failures.append(str(exc))
                 continue
-            auth = Authenticator(http, domain, credentials)
+            auth = Authenticator(
+                http, domain, credentials, host=endpoint.host, insecure=self.service.is_insecure
+            )
             auth.set_challenge(
                 parse_challenge(response.headers.get("www-authenticate"))
                 if response.status_code == 401

@@ -1,0 +1,112 @@
+"""Reading what a registry or token service answers, with memory bounded as bytes arrive.
+
+A registry's body is read only up to a limit, and the limit counts the bytes *after*
+any `Content-Encoding` is undone: a 2 KB manifest sent `gzip, gzip` can decode to
+gigabytes, so decoding happens here, piece by bounded piece, and stops at the limit.
+httpx's own decoding would inflate each received chunk whole. Blobs are never decoded:
+a digest covers the bytes as sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+
+from ferryd.codec import Inflater, inflater
+from ferryd.errors import ContentError, RegistryProtocolError, TooLargeError
+from ferryd.oci.mediatypes import Compression
+
+MAX_ERROR_BODY = 64 * 1024
+"""An error answer is read this far for its message; the rest is not worth memory."""
+
+_DECODERS = {"gzip": Compression.GZIP, "x-gzip": Compression.GZIP, "zstd": Compression.ZSTD}
+
+
+async def read_body(
+    response: httpx.Response,
+    limit: int,
+    what: str,
+    *,
+    decode: bool = True,
+    truncate: bool = False,
+) -> bytes:
+    """The body of a streamed `response`, at most `limit` bytes once decoded.
+
+    Over the limit: TooLargeError naming `what` and the limit, or, with `truncate`,
+    the first `limit` bytes. `decode=False` keeps the bytes as sent (blobs).
+    """
+    length = _content_length(response)
+    if not truncate and not _encodings(response) and length is not None and length > limit:
+        raise TooLargeError(f"{what} is {length} bytes, over the limit of {limit}")
+    decoders = _decoders(response, what) if decode else []
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        for piece in _through(decoders, chunk, what):
+            body += piece
+            if len(body) > limit:
+                if truncate:
+                    return bytes(body[:limit])
+                raise TooLargeError(f"{what} is over the limit of {limit} bytes")
+    try:
+        for decoder in decoders:
+            decoder.finish()
+    except ContentError as exc:
+        if not truncate:
+            raise _undecodable(response, what, exc) from None
+    return bytes(body)
+
+
+async def read_error_body(response: httpx.Response, what: str) -> bytes:
+    """What an error answer says, as far as it is worth reading; never raises on the body."""
+    try:
+        return await read_body(response, MAX_ERROR_BODY, what, truncate=True)
+    except RegistryProtocolError:
+        return b""
+
+
+def _encodings(response: httpx.Response) -> list[str]:
+    """The Content-Encoding codings in the order they were applied; identity dropped."""
+    header = ",".join(response.headers.get_list("content-encoding"))
+    codings = [coding.strip().lower() for coding in header.split(",")]
+    return [coding for coding in codings if coding and coding != "identity"]
+
+
+def _decoders(response: httpx.Response, what: str) -> list[Inflater]:
+    """One decoder per coding, outermost (last applied) first."""
+    decoders = []
+    for coding in reversed(_encodings(response)):
+        compression = _DECODERS.get(coding)
+        if compression is None:
+            raise RegistryProtocolError(
+                f"{what}: the answer has Content-Encoding {coding!r}, which ferryd does not "
+                "decode (it asks for identity)"
+            )
+        decoders.append(inflater(compression, "the answer"))
+    return decoders
+
+
+def _through(decoders: list[Inflater], chunk: bytes, what: str) -> Iterator[bytes]:
+    """`chunk` through every decoder, lazily: no stage holds more than one piece."""
+    pieces: Iterator[bytes] = iter((chunk,))
+    for decoder in decoders:
+        pieces = _feed(decoder, pieces)
+    try:
+        yield from pieces
+    except ContentError as exc:
+        raise RegistryProtocolError(f"{what}: {exc}") from None
+
+
+def _feed(decoder: Inflater, pieces: Iterator[bytes]) -> Iterator[bytes]:
+    for piece in pieces:
+        yield from decoder.feed(piece)
+
+
+def _undecodable(response: httpx.Response, what: str, exc: ContentError) -> RegistryProtocolError:
+    codings = ", ".join(_encodings(response))
+    return RegistryProtocolError(f"{what} (Content-Encoding {codings}): {exc}")
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length")
+    return int(value) if value and value.isdigit() else None

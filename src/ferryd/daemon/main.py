@@ -11,6 +11,7 @@ import structlog
 
 from ferryd import __version__
 from ferryd.daemon import logs
+from ferryd.daemon.api.access import AccessControl, AccessPolicy
 from ferryd.daemon.api.app import build_app
 from ferryd.daemon.api.serve import ApiServer, bind_unix_socket
 from ferryd.daemon.reload import Reloader
@@ -47,6 +48,7 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
     bound: socket.socket | None = None
     try:
         credentials = credential_store(settings)
+        access = AccessControl(await anyio.to_thread.run_sync(AccessPolicy, settings.access))
         if activated is None:
             bound = bind_unix_socket(
                 settings.socket_path, int(settings.socket_mode, 8), settings.socket_group
@@ -83,11 +85,12 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
                 ),
                 saved_credentials=credentials,
             )
-            app = build_app(service, state)
+            app = build_app(service, state, access)
             server = ApiServer(app, sock, grace=settings.shutdown_timeout + 5)
             tg.start_soon(_stop_on_signal, server, state, notifier)
             if reload is not None:
-                tg.start_soon(Reloader(reload, state, connector, service, notifier).run)
+                reloader = Reloader(reload, state, connector, service, notifier, access)
+                tg.start_soon(reloader.run)
             tg.start_soon(_tell_systemd, server, service, notifier)
             log.info(
                 "daemon.ready",

@@ -1,8 +1,9 @@
 """SIGHUP: read the settings again and apply the registry ones without a restart.
 
-Mirrors, insecure registries, certificates, the credentials file and the log level
-change live; running transfers keep the connections they have. Any other changed key
-needs a restart, and the reload says which. A file that no longer loads changes
+Mirrors, insecure registries, certificates, the credentials file, the log level and
+access control (`[access]`, with the users' groups looked up again) change live;
+running transfers keep the connections they have. Any other changed key needs a
+restart, and the reload says which. A file that no longer loads changes
 nothing: the error is logged and the daemon goes on with what it had.
 """
 
@@ -17,6 +18,7 @@ import msgspec
 import structlog
 
 from ferryd.daemon import logs
+from ferryd.daemon.api.access import AccessControl, AccessPolicy
 from ferryd.daemon.settings import Settings, credential_store, registry_service
 from ferryd.daemon.state import DaemonState
 from ferryd.daemon.systemd import Notifier
@@ -32,6 +34,7 @@ LIVE_KEYS = (
     "certs_dir",
     "credentials_file",
     "log_level",
+    "access",
 )
 
 _REGISTRY_KEYS = ("insecure_registries", "registry_mirrors", "certs_dir")
@@ -44,6 +47,7 @@ class Reloader:
     connector: Connector
     service: ImageService
     notifier: Notifier
+    access: AccessControl | None = None
 
     async def run(self) -> None:
         with anyio.open_signal_receiver(signal.SIGHUP) as signals:
@@ -58,6 +62,7 @@ class Reloader:
             new = await anyio.to_thread.run_sync(self.load)
             registries = registry_service(new)
             credentials = await anyio.to_thread.run_sync(credential_store, new)
+            access = await anyio.to_thread.run_sync(AccessPolicy, new.access)
         except ConfigError as exc:
             log.error("daemon.reload_failed", error=str(exc))
             return
@@ -74,6 +79,8 @@ class Reloader:
             # Only then: reconfiguring drops every cached login, token and connection.
             self.connector.reconfigure(registries)
         self.service.saved_credentials = credentials
+        if self.access is not None:
+            self.access.apply(access)
         self.state.settings = msgspec.structs.replace(
             old, **{key: getattr(new, key) for key in LIVE_KEYS}
         )

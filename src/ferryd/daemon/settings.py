@@ -8,11 +8,14 @@ naming the key.
 from __future__ import annotations
 
 import difflib
+import grp
 import json
+import pwd
 import re
 import tomllib
 import typing
 import urllib.parse
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -34,6 +37,43 @@ Seconds = Annotated[float, msgspec.Meta(ge=0, le=3600)]
 Timeout = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 
 _SOCKET_MODE = re.compile(r"0?[0-7]{3}")
+
+# What a client may do through the socket (see `Access`); "all" is every one of them.
+PERMISSIONS = ("read", "pull", "push", "delete", "all")
+EVERY_PERMISSION = frozenset(PERMISSIONS) - {"all"}
+# Words for what a permission allows, as a hint when one is given as a permission.
+_PERMISSION_OF = {
+    "list": "read",
+    "inspect": "read",
+    "events": "read",
+    "info": "read",
+    "tag": "pull",
+    "rmi": "delete",
+    "remove": "delete",
+    "prune": "delete",
+    "load": "delete",
+}
+_ID = re.compile(r"[0-9]+")
+_MAX_ID = 2**32 - 2  # (uid_t)-1 means "no id"
+
+
+class Access(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[access]`: who may do what, by the client's user and groups (SO_PEERCRED).
+
+    A client may do what `everyone` allows, plus what its user's entry and the entries
+    of its groups allow. Keys are user and group names or numbers. Without an `[access]`
+    table `everyone` is ["all"] (anyone who can open the socket may do everything, as
+    before access control); an `[access]` table that does not set it means [].
+    """
+
+    everyone: list[str] = msgspec.field(default_factory=lambda: ["all"])
+    users: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    groups: dict[str, list[str]] = msgspec.field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        """False when every client may do everything (no `[access]` table)."""
+        return granted(self.everyone) != EVERY_PERMISSION
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -63,6 +103,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # SIGTERM/SIGINT: seconds running pulls and pushes get to finish before they are
     # cancelled (their partial downloads are kept for the next pull).
     shutdown_timeout: Seconds = 30.0
+    access: Access = msgspec.field(default_factory=Access)
 
     def __repr__(self) -> str:
         # A proxy URL may carry a password; a repr ends up in tracebacks and logs.
@@ -115,6 +156,7 @@ def load_settings(path: Path | None, overrides: dict[str, object] | None = None)
 
 
 def _validate(data: dict[str, object], where: str) -> Settings:
+    data = _access_defaults(data, where)
     try:
         settings = msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
@@ -145,7 +187,107 @@ def _validate(data: dict[str, object], where: str) -> Settings:
             parse_platform(settings.default_platform)
         except InvalidPlatformError as exc:
             raise ConfigError(f"{where}: default_platform: {exc}") from None
+    access_ids(settings.access, where)
     return settings
+
+
+def _access_defaults(data: dict[str, object], where: str) -> dict[str, object]:
+    """An `[access]` table given without `everyone` means everyone = []; and each entry
+    of `users` and `groups` must be an array of strings (checked here, where the key is
+    still known: msgspec's message would not name it)."""
+    table = data.get("access")
+    if not isinstance(table, dict):
+        return data
+    for section in ("users", "groups"):
+        entries = table.get(section)
+        if not isinstance(entries, dict):
+            continue
+        for key, value in entries.items():
+            if not (isinstance(value, list) and all(isinstance(p, str) for p in value)):
+                raise ConfigError(
+                    f"{where}: access.{section}.{_show(key)}: expected an array of "
+                    f'permissions such as ["read", "pull"], got {_show(value)}'
+                )
+    if "everyone" in table:
+        return data
+    return {**data, "access": {**table, "everyone": []}}
+
+
+def access_ids(
+    access: Access, where: str = "settings"
+) -> tuple[frozenset[str], dict[int, frozenset[str]], dict[int, frozenset[str]]]:
+    """`[access]` as permissions of everyone, by uid and by gid.
+
+    User and group names are looked up (pwd, grp); numbers are taken as they are. An
+    unknown name or permission is a ConfigError naming the key.
+    """
+    everyone = _permissions(access.everyone, f"{where}: access.everyone")
+    if (access.users or access.groups) and not access.enabled:
+        raise ConfigError(
+            f"{where}: access.everyone: {_show(access.everyone)} lets every client do "
+            "everything, so the users and groups entries would change nothing; give "
+            'everyone less (e.g. [] or ["read"]) or leave the entries out'
+        )
+    users: dict[int, frozenset[str]] = {}
+    for name, wanted in access.users.items():
+        key = f"{where}: access.users.{_show(name)}"
+        uid = _account_id(name, key, "user", _uid_of_name)
+        users[uid] = users.get(uid, frozenset()) | _permissions(wanted, key)
+    groups: dict[int, frozenset[str]] = {}
+    for name, wanted in access.groups.items():
+        key = f"{where}: access.groups.{_show(name)}"
+        gid = _account_id(name, key, "group", _gid_of_name)
+        groups[gid] = groups.get(gid, frozenset()) | _permissions(wanted, key)
+    return everyone, users, groups
+
+
+def granted(names: Iterable[str]) -> frozenset[str]:
+    """What permissions `names` give: "all" is every one, and "pull", "push" and
+    "delete" each include "read" (a client that may change the store may see it, and
+    the docker CLI asks /_ping and /version before anything else)."""
+    given = set(names)
+    if "all" in given:
+        return EVERY_PERMISSION
+    if given & {"pull", "push", "delete"}:
+        given.add("read")
+    return frozenset(given & EVERY_PERMISSION)
+
+
+def _permissions(names: list[str], key: str) -> frozenset[str]:
+    for name in names:
+        if name not in PERMISSIONS:
+            close = [_PERMISSION_OF[name]] if name in _PERMISSION_OF else []
+            close = close or difflib.get_close_matches(name, PERMISSIONS, n=1)
+            hint = f" (did you mean {_show(close[0])}?)" if close else ""
+            raise ConfigError(
+                f"{key}: unknown permission {_show(name)}{hint}; expected "
+                + ", ".join(_show(p) for p in PERMISSIONS)
+            )
+    return frozenset(names)
+
+
+def _uid_of_name(name: str) -> int:
+    return pwd.getpwnam(name).pw_uid
+
+
+def _gid_of_name(name: str) -> int:
+    return grp.getgrnam(name).gr_gid
+
+
+def _account_id(name: str, key: str, kind: str, lookup: Callable[[str], int]) -> int:
+    """A user or group number, or the number of a name this system knows."""
+    if _ID.fullmatch(name):
+        number = int(name)
+        if number > _MAX_ID:
+            raise ConfigError(f"{key}: {number} is not a {kind} number")
+        return number
+    try:
+        return lookup(name)
+    except (KeyError, ValueError):  # ValueError: a name with a NUL character
+        raise ConfigError(
+            f"{key}: there is no {kind} named {_show(name)} on this system "
+            f"(give a {kind} name that exists, or a {kind} number)"
+        ) from None
 
 
 def registry_service(settings: Settings) -> RegistryService:
@@ -205,7 +347,11 @@ def _as_list(value: object) -> list[object]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-_UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>[^`]*)`")
+_UNKNOWN = re.compile(
+    r"Object contains unknown field `(?P<key>[^`]*)`(?: - at `\$\.(?P<table>\w+)`)?"
+)
+# The keys of each table, to suggest one for a misspelt key.
+_TABLE_KEYS: dict[str, tuple[str, ...]] = {"access": Access.__struct_fields__}
 _AT = re.compile(r"(?P<text>.*) - at `\$(?P<path>[^`]*)`")
 _STEP = re.compile(r"\.(?P<key>[A-Za-z0-9_-]+)|\[(?P<index>\d+)\]")
 
@@ -219,10 +365,11 @@ def _explain(exc: msgspec.ValidationError, data: dict[str, object]) -> str:
     message = str(exc)
     unknown = _UNKNOWN.fullmatch(message)
     if unknown is not None:
-        key = unknown["key"]
-        close = difflib.get_close_matches(key, Settings.__struct_fields__, n=1)
+        key, table = unknown["key"], unknown["table"]
+        keys = _TABLE_KEYS.get(table, ()) if table else Settings.__struct_fields__
+        close = difflib.get_close_matches(key, keys, n=1)
         hint = f" (did you mean `{close[0]}`?)" if close else ""
-        return f"unknown key `{key}`{hint}"
+        return f"{table}: unknown key `{key}`{hint}" if table else f"unknown key `{key}`{hint}"
     at = _AT.fullmatch(message)
     if at is None:
         return message
@@ -262,4 +409,8 @@ def _show(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_show(k)} = {_show(v)}" for k, v in value.items()) + "}"
     return repr(value)

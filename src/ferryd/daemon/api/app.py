@@ -14,6 +14,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ferryd.daemon.api import system
+from ferryd.daemon.api.access import AccessControl, AccessMiddleware, AccessPolicy
 from ferryd.daemon.api.access_log import RequestLog
 from ferryd.daemon.api.shapes import image_inspect, image_summary
 from ferryd.daemon.api.streaming import ProgressStream
@@ -179,7 +180,17 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, "page not found")
 
 
-def build_app(service: ImageService, state: DaemonState) -> ASGIApp:
+def build_app(
+    service: ImageService, state: DaemonState, access: AccessControl | None = None
+) -> ASGIApp:
+    """The API: every route behind the request log, the version prefix and access
+    control (`access`, swapped by a reload; by default built from the settings).
+
+    Each route needs a permission: `access.ROUTES` lists them, and a route added here
+    needs its line there (a route the table does not know needs `all`).
+    """
+    if access is None:
+        access = AccessControl(AccessPolicy(state.settings.access))
     routes = [
         Route("/_ping", system.ping, methods=["GET", "HEAD"]),
         Route("/version", system.version, methods=["GET"]),
@@ -199,4 +210,4 @@ def build_app(service: ImageService, state: DaemonState) -> ASGIApp:
     )
     app.state.service = service
     app.state.daemon = state
-    return RequestLog(StripVersion(app))
+    return RequestLog(StripVersion(AccessMiddleware(app, access, _ferryd_error)))

@@ -91,6 +91,8 @@ class PullContext(TransferContext):
     downloads: RootFSDownloadManager
     retries: RetryPolicy  # for manifests a registry rate-limits (429)
     platform: Platform  # of an index, the manifest for this platform is pulled
+    # The client named the platform: a single-platform image must be of it.
+    exact_platform: bool = False
     schema2_types: tuple[str, ...] = DEFAULT_CONFIG_TYPES  # config media types allowed
 
 

@@ -21,11 +21,12 @@ from ferryd.errors import (
     ImageConfigError,
     ManifestError,
     NotFoundError,
+    PlatformNotFoundError,
     RegistryError,
     TooManyRequestsError,
 )
-from ferryd.oci.digest import Digest, chain_ids
-from ferryd.oci.image_config import MAX_CONFIG_SIZE, RootFS
+from ferryd.oci.digest import Digest, chain_ids, sha256_digest
+from ferryd.oci.image_config import MAX_CONFIG_SIZE, RootFS, decode_config
 from ferryd.oci.manifest import (
     FetchedManifest,
     ImageManifest,
@@ -35,7 +36,7 @@ from ferryd.oci.manifest import (
     select_platform,
 )
 from ferryd.oci.mediatypes import INDEX_TYPES
-from ferryd.oci.platform import Platform
+from ferryd.oci.platform import Platform, normalize
 from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
 from ferryd.registry.endpoints import Endpoint
@@ -104,10 +105,12 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
     if not image_id.startswith("sha256:"):
         raise ManifestError(f"image config digest {image_id} is not sha256 (it is the image ID)")
     stats = DownloadStats()
-    if ctx.store.images.record(image_id) is None:
+    record = ctx.store.images.record(image_id)
+    if record is None:
         with _blamed_on(client.endpoint):
-            await _pull_image(client, reference, ctx, manifest, image, stats)
+            await _pull_image(client, reference, ctx, top, manifest, image, stats)
     else:
+        _check_platform(ctx, reference, top, record.os, record.architecture, record.variant)
         stats.reused = len(image.layers)
     # Which mirror served the pull, when one did: the operator's first question.
     served_by = {"mirror": client.endpoint.base_url} if client.endpoint.mirror else {}
@@ -246,6 +249,7 @@ async def _pull_image(
     client: RegistryClient,
     reference: Reference,
     ctx: PullContext,
+    top: FetchedManifest,
     manifest: FetchedManifest,
     image: ImageManifest,
     stats: DownloadStats,
@@ -257,6 +261,8 @@ async def _pull_image(
     limit = min(config_descriptor.size or MAX_CONFIG_SIZE, MAX_CONFIG_SIZE)
     raw_config = await client.get_blob(image_id, limit, f"image config {image_id}")
     rootfs, os = store.images.rootfs_and_os(raw_config)
+    model = decode_config(raw_config)
+    _check_platform(ctx, reference, top, model.os, model.architecture, model.variant)
     if len(rootfs.diff_ids) != len(image.layers):
         raise ImageConfigError(
             f"the manifest has {len(image.layers)} layers but the image config has "
@@ -275,15 +281,39 @@ async def _pull_image(
             size = sum(store.layers.size_of(chain) for chain in chain_ids(final.diff_ids))
             # Blobs first, fsync'd outside the transaction: the database lock is never
             # held across a disk flush. Inside it, `put` finds them stored.
-            store.blobs.put(raw_config, image_id)
-            store.blobs.put(manifest.raw)
-            with store.db.transaction():
-                store.images.put(raw_config, media_type=config_descriptor.mediaType, size=size)
-                store.manifests.add(manifest.digest, image_id, manifest.media_type, manifest.raw)
+            # Pinned until the rows reference them: a sweep must not take them between.
+            with store.blobs.pinned(image_id, sha256_digest(manifest.raw)):
+                store.blobs.put(raw_config, image_id)
+                store.blobs.put(manifest.raw)
+                with store.db.transaction():
+                    store.images.put(raw_config, media_type=config_descriptor.mediaType, size=size)
+                    store.manifests.add(
+                        manifest.digest, image_id, manifest.media_type, manifest.raw
+                    )
 
         await anyio.to_thread.run_sync(commit)
     finally:
         release()
+
+
+def _check_platform(
+    ctx: PullContext,
+    reference: Reference,
+    top: FetchedManifest,
+    os: str,
+    architecture: str,
+    variant: str | None,
+) -> None:
+    """A platform the client asked for must be the image's, as dockerd checks: an index
+    chose by it already, a single manifest has only its config to go by."""
+    if not ctx.exact_platform or top.media_type in INDEX_TYPES:
+        return
+    if not ctx.platform.matches(os, architecture, variant):
+        actual = normalize(os, architecture, variant)
+        raise PlatformNotFoundError(
+            f"image with reference {reference.familiar} was found but does not match the "
+            f"specified platform: wanted {ctx.platform}, actual: {actual}"
+        )
 
 
 def _tag(ctx: PullContext, reference: Reference, digest: Digest, image_id: Digest) -> bool:

@@ -62,6 +62,7 @@ class ImageService:
             downloads=self.downloads,
             retries=self.downloads.retries,
             platform=platform or self.default_platform or host_platform(),
+            exact_platform=platform is not None,
         )
         return await pull(reference, ctx)
 

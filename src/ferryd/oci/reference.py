@@ -36,6 +36,7 @@ _DOMAIN_RE = re.compile(_DOMAIN)
 _PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG_RE = re.compile(_TAG)
 _HEX64 = re.compile(r"[a-f0-9]{64}")
+_PORT = re.compile(r"(?<!:):(?P<port>[0-9]+)$")  # host:port, [v6]:port; not inside [v6]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,11 @@ def parse_reference(text: str, *, default_tag: bool = True) -> Reference:
     domain, path = _split_domain(name)
     if not _DOMAIN_RE.fullmatch(domain) or not _PATH.fullmatch(path):
         raise InvalidReferenceError(f"invalid reference format: {text!r}")
+    port = _PORT.search(domain)
+    if port is not None and not 0 < int(port["port"]) <= 65535:
+        raise InvalidReferenceError(
+            f"invalid reference format: port {port['port']} of {domain} is not between 1 and 65535"
+        )
     if len(path) > _MAX_NAME_LENGTH:
         raise InvalidReferenceError(
             "invalid reference format: repository name must not be more than "

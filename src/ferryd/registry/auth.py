@@ -129,13 +129,31 @@ def registry_domain(server: str) -> str:
     return host
 
 
+# The fields of a docker login entry (config.json `auths`, X-Registry-Auth): all strings.
+_ENTRY_FIELDS = (
+    "username",
+    "password",
+    "auth",
+    "email",
+    "serveraddress",
+    "identitytoken",
+    "registrytoken",
+)
+
+
 def credentials_from_entry(entry: dict[str, Any], where: str) -> Credentials:
-    username = str(entry.get("username") or "")
-    password = str(entry.get("password") or "")
+    for key in _ENTRY_FIELDS:
+        value = entry.get(key)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRegistryAuthError(
+                f"{where}: {key!r} must be a string, not {type(value).__name__}"
+            )
+    username = entry.get("username") or ""
+    password = entry.get("password") or ""
     encoded = entry.get("auth")
     if encoded and not username:
         try:
-            username, sep, password = base64.b64decode(str(encoded)).decode().partition(":")
+            username, sep, password = base64.b64decode(encoded).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             sep = ""
         if not sep:
@@ -143,8 +161,8 @@ def credentials_from_entry(entry: dict[str, Any], where: str) -> Credentials:
     return Credentials(
         username=username,
         password=password,
-        identity_token=str(entry.get("identitytoken") or ""),
-        registry_token=str(entry.get("registrytoken") or ""),
+        identity_token=entry.get("identitytoken") or "",
+        registry_token=entry.get("registrytoken") or "",
     )
 
 

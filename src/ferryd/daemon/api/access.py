@@ -1,7 +1,7 @@
 """Access control: what each client may do through the socket, by its user and groups.
 
-Every route needs one permission (`ROUTES`, by method and path once `StripVersion` has
-taken the `/v1.NN` prefix off); a route the table does not list needs `all`, so a route
+Every route needs one permission (`ROUTES`, by method and path without the `/v1.NN`
+prefix); a route the table does not list needs `all`, so a route
 added without an entry is closed rather than open. A client has what `[access]` gives
 `everyone`, its user (by the uid `SO_PEERCRED` reports) and each of its groups: the
 user's primary and supplementary groups from pwd/grp, looked up once per start or
@@ -48,6 +48,9 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("POST", "/images/prune", "delete"),
     ("POST", "/images/load", "delete"),
     ("DELETE", "/images/{name}", "delete"),
+    # ferryd's own: a check reads every blob of the store, a repair removes what is
+    # broken; both are the store keeper's.
+    ("POST", "/fsck", "delete"),
 )
 UNKNOWN_ROUTE = "all"  # what a route not in ROUTES needs
 
@@ -205,9 +208,10 @@ class AccessControl:
         if was_enabled and not policy.enabled:
             _log_off()
 
-    async def check(self, scope: Scope) -> None:
+    async def check(self, scope: Scope, path: str) -> None:
         """Raise PermissionDeniedError (and log `api.denied`) unless the request's
-        client has the permission its route needs."""
+        client has the permission its route (`path`: without the version prefix)
+        needs."""
         policy = self.policy
         if not policy.enabled:
             return
@@ -215,7 +219,6 @@ class AccessControl:
         if peer is not None and policy.trusted(peer.uid):
             return
         method = scope.get("method", "GET")
-        path = scope["path"]
         needed = permission_for(method, path)
         account = None
         if peer is not None:
@@ -251,17 +254,30 @@ Answer = Callable[[Request, Exception], Awaitable[Response]]
 
 class AccessMiddleware:
     """ASGI middleware in front of every route: a refused request is answered by
-    `answer` (the app's one FerrydError → status handler) and goes no further."""
+    `answer` (the app's one FerrydError → status handler) and goes no further.
 
-    def __init__(self, app: ASGIApp, control: AccessControl, answer: Answer) -> None:
+    `route_path` takes the `/v1.NN` prefix off a path. The check comes before the
+    version check, so that a client that may do nothing hears so, not that its API
+    version is too new (the docker CLI negotiates its version with /_ping, which
+    such a client may not ask).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        control: AccessControl,
+        answer: Answer,
+        route_path: Callable[[str], str] = lambda path: path,
+    ) -> None:
         self._app = app
         self._control = control
         self._answer = answer
+        self._route_path = route_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
             try:
-                await self._control.check(scope)
+                await self._control.check(scope, self._route_path(scope["path"]))
             except PermissionDeniedError as exc:
                 if scope["type"] == "http":
                     response = await self._answer(Request(scope, receive), exc)

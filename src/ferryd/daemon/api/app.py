@@ -167,6 +167,12 @@ class StripVersion:
         await self._app(scope, receive, send)
 
 
+def _unversioned(path: str) -> str:
+    """`/v1.47/images/json` → `/images/json`: the route a path names."""
+    match = _VERSION_PREFIX.match(path)
+    return match.group(3) if match is not None else path
+
+
 async def _ferryd_error(request: Request, exc: Exception) -> Response:
     """The one place an error becomes an answer: its class knows the status."""
     assert isinstance(exc, FerrydError)
@@ -183,8 +189,8 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 def build_app(
     service: ImageService, state: DaemonState, access: AccessControl | None = None
 ) -> ASGIApp:
-    """The API: every route behind the request log, the version prefix and access
-    control (`access`, swapped by a reload; by default built from the settings).
+    """The API: every route behind the request log, access control (`access`, swapped
+    by a reload; by default built from the settings) and the version prefix.
 
     Each route needs a permission: `access.ROUTES` lists them, and a route added here
     needs its line there (a route the table does not know needs `all`).
@@ -210,4 +216,6 @@ def build_app(
     )
     app.state.service = service
     app.state.daemon = state
-    return RequestLog(StripVersion(AccessMiddleware(app, access, _ferryd_error)))
+    return RequestLog(
+        AccessMiddleware(StripVersion(app), access, _ferryd_error, route_path=_unversioned)
+    )

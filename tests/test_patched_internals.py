@@ -3,6 +3,10 @@
 - daemon/api/peers.py subclasses uvicorn's HttpToolsProtocol: it overrides
   `connection_made(transport)` and `on_message_begin()` and writes into
   `self.scope["state"]`.
+- daemon/api/connections.py subclasses that protocol again: it overrides
+  `on_headers_complete()` and `connection_lost(exc)`, and reads `self.connections` (the
+  server's set of live protocols), `self.cycle.response_complete`, `self.transport` and
+  `self.loop` to time out idle connections and cap their number.
 - daemon/api/serve.py subclasses uvicorn.Server: it overrides `startup(sockets)`, reads
   `started`, replaces `capture_signals`, sets `should_exit`, and passes uvicorn.Config
   the keywords in CONFIG below.
@@ -39,7 +43,7 @@ import pytest
 import uvicorn
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,6 +60,7 @@ CONFIG: dict[str, Any] = {
     "server_header": False,
     "date_header": True,
     "timeout_graceful_shutdown": 35,
+    "timeout_keep_alive": 5,
 }
 
 
@@ -82,7 +87,12 @@ def _uvicorn_access_logger() -> Iterator[None]:
 
 @pytest.mark.parametrize(
     ("method", "parameters"),
-    [("connection_made", ["self", "transport"]), ("on_message_begin", ["self"])],
+    [
+        ("connection_made", ["self", "transport"]),
+        ("on_message_begin", ["self"]),
+        ("on_headers_complete", ["self"]),
+        ("connection_lost", ["self", "exc"]),
+    ],
 )
 def test_http_protocol_has_the_methods_we_override(method: str, parameters: list[str]) -> None:
     found = getattr(HttpToolsProtocol, method, None)
@@ -97,6 +107,24 @@ def test_http_protocol_has_the_methods_we_override(method: str, parameters: list
     assert not inspect.iscoroutinefunction(found), (
         f"uvicorn: HttpToolsProtocol.{method} is now a coroutine; PeerCredentialsProtocol "
         "calls it as a plain method"
+    )
+
+
+@pytest.mark.parametrize(
+    ("owner", "attribute"),
+    [
+        (HttpToolsProtocol, "self.connections = server_state.connections"),
+        (HttpToolsProtocol, "self.cycle"),
+        (HttpToolsProtocol, "self.transport"),
+        (HttpToolsProtocol, "self.loop"),
+        (RequestResponseCycle, "self.response_complete"),
+    ],
+)
+def test_http_protocol_keeps_what_the_connection_guard_reads(owner: type, attribute: str) -> None:
+    source = inspect.getsource(owner)
+    assert attribute in source, (
+        f"uvicorn: {owner.__name__} no longer has `{attribute}`; GuardedProtocol "
+        "(daemon/api/connections.py) reads it to find idle connections and count them"
     )
 
 

@@ -14,7 +14,12 @@ import anyio
 import uvicorn
 from starlette.types import ASGIApp
 
-from ferryd.daemon.api.peers import PeerCredentialsProtocol
+from ferryd.daemon.api.connections import (
+    KEEP_ALIVE_TIMEOUT,
+    GuardedProtocol,
+    ReserveOnly,
+    connection_limit,
+)
 from ferryd.errors import ConfigError
 
 
@@ -55,7 +60,8 @@ def bind_unix_socket(path: Path, mode: int, group: str = "") -> socket.socket:
             raise ConfigError(
                 f"socket_group: cannot give {path} to group {group!r}: {exc.strerror}"
             ) from None
-    sock.listen(128)
+    # A deep backlog: a burst of clients waits to be accepted instead of being refused.
+    sock.listen(4096)
     sock.setblocking(False)
     return sock
 
@@ -89,10 +95,15 @@ class ApiServer:
     """uvicorn without its signal handling or logging set-up: the daemon owns both."""
 
     def __init__(self, app: ASGIApp, sock: socket.socket, *, grace: float = 35.0) -> None:
+
+        class Protocol(GuardedProtocol):
+            limit = connection_limit()
+
         config = uvicorn.Config(
-            app,
+            ReserveOnly(app),
             loop="none",
-            http=PeerCredentialsProtocol,
+            http=Protocol,
+            timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
             lifespan="off",
             log_config=None,
             access_log=False,

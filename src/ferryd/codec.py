@@ -8,10 +8,11 @@ layer keeps more than one core busy while the event loop only moves bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -19,7 +20,7 @@ from typing import Any, BinaryIO, Protocol, cast
 from backports import zstd
 from isal import isal_zlib
 
-from ferryd.errors import ContentError, DigestMismatchError
+from ferryd.errors import ContentError, DigestMismatchError, disk_error
 from ferryd.oci.digest import Digest, algorithm_of, new_hasher
 from ferryd.oci.mediatypes import Compression
 
@@ -178,6 +179,8 @@ class LayerSink:
 
     The file and the hash state always describe the same prefix of the blob, so a cut
     download resumes from `offset`, and a restart resumes by reading the file back.
+    The file is unbuffered: on a full disk the bytes that did reach it are counted, and
+    the disk's refusal is raised as the `StoreError` that says so (`StorageFullError`).
     """
 
     def __init__(self, path: Path, expected: Digest, *, diff_id: bool = True) -> None:
@@ -209,8 +212,9 @@ class LayerSink:
         """
         self.close()
         self._reset_state()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+b")  # noqa: SIM115 - lives across many calls
+        with self._disk():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a+b", buffering=0)  # noqa: SIM115 - lives on
         self._file.seek(0)
         while batch := self._file.read(BATCH_SIZE):
             self.take_back(batch)
@@ -231,8 +235,9 @@ class LayerSink:
     def restart(self) -> None:
         """Forget everything written: the registry will send the blob from its start."""
         assert self._file is not None
-        self._file.seek(0)
-        self._file.truncate()
+        with self._disk():
+            self._file.seek(0)
+            self._file.truncate()
         self._reset_state()
 
     def write(self, batch: bytes) -> None:
@@ -243,9 +248,26 @@ class LayerSink:
     def store(self, batch: bytes) -> None:
         """Stage one: append to the file and hash the blob."""
         assert self._file is not None
-        self._file.write(batch)
-        self._hasher.update(batch)
-        self.offset += len(batch)
+        rest = memoryview(batch)
+        with self._disk():
+            while rest:
+                # A full disk takes what fits, then refuses: count what it took.
+                written = self._file.write(rest) or 0
+                self._hasher.update(rest[:written])
+                self.offset += written
+                rest = rest[written:]
+
+    @contextlib.contextmanager
+    def _disk(self) -> Generator[None, None, None]:
+        """An OSError the disk is to blame for (full, read-only, failing) becomes the
+        `StoreError` that tells the operator what to do: never a retry, never a crash."""
+        try:
+            yield
+        except OSError as exc:
+            error = disk_error(exc, self.path)
+            if error is None:
+                raise
+            raise error from None
 
     def inflate(self, batch: bytes) -> None:
         """Stage two: decompress and hash for the DiffID.
@@ -280,8 +302,9 @@ class LayerSink:
         it is but does not decompress.
         """
         assert self._file is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with self._disk():
+            self._file.flush()
+            os.fsync(self._file.fileno())
         return self.verify()
 
     def verify(self) -> Digest | None:
@@ -306,7 +329,10 @@ class LayerSink:
     def close(self) -> None:
         self._diff_hasher.close()
         if self._file is not None:
-            self._file.close()
+            # Unbuffered: nothing is left to write, and a partial file is read back
+            # (and checked) before it is used again.
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = None
 
 

@@ -5,13 +5,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import anyio
+
+from ferryd.errors import FerrydError
+
+# What a task sees when another task of its group failed and closed the stream between
+# them: a consequence, never the reason.
+_CONSEQUENCES = (anyio.BrokenResourceError, anyio.ClosedResourceError)
+
 
 @contextmanager
 def single_errors() -> Iterator[None]:
-    """Re-raise the first real error of an exception group on its own.
+    """Re-raise the real error of an exception group on its own.
 
     anyio task groups always raise groups; callers of a transfer want the registry or
-    content error that ended it, to report it and to decide whether to retry.
+    content error that ended it, to report it and to decide whether to retry. A ferryd
+    error wins over any other, and any other over a broken stream (the stage that died
+    first closes its end: the stage writing to it then fails too, but only because of
+    it).
     """
     try:
         yield
@@ -20,9 +31,24 @@ def single_errors() -> Iterator[None]:
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaves = list(_leaves(group))
+    ranked = sorted(range(len(leaves)), key=lambda i: (_rank(leaves[i]), i))
+    return leaves[ranked[0]] if leaves else group
+
+
+def _rank(exc: BaseException) -> int:
+    """Lower is truer: ferryd's errors, other errors, broken streams, then the rest
+    (cancellation)."""
+    if isinstance(exc, FerrydError):
+        return 0
+    if isinstance(exc, Exception):
+        return 2 if isinstance(exc, _CONSEQUENCES) else 1
+    return 3
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
-            return _first(exc)
-        if isinstance(exc, Exception):
-            return exc
-    return group.exceptions[0]
+            yield from _leaves(exc)
+        else:
+            yield exc

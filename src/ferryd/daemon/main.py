@@ -24,6 +24,7 @@ from ferryd.distribution.uploads import UploadManager
 from ferryd.oci.platform import parse_platform
 from ferryd.registry.connector import Connector
 from ferryd.store import Store
+from ferryd.store.store import GROUP_ROOT_MODE, ROOT_MODE
 
 log = structlog.get_logger("ferryd.daemon")
 
@@ -36,7 +37,9 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
     logs.configure(settings.log_level, settings.log_format)
     notifier = Notifier()
     activated = listen_socket()
-    store = await anyio.to_thread.run_sync(Store, settings.root_path)
+    # The store is the daemon's alone, or its socket group's to read too.
+    root_mode = GROUP_ROOT_MODE if settings.socket_group else ROOT_MODE
+    store = await anyio.to_thread.run_sync(lambda: Store(settings.root_path, root_mode=root_mode))
     connector = Connector(
         registry_service(settings),
         connect_timeout=settings.connect_timeout,

@@ -26,6 +26,15 @@ def remove(store: Store, name: str, *, force: bool, log: ImageEventLogger) -> li
     By ID, an image tagged in several repositories needs `force` (then every
     reference goes). The answer lists what happened as docker's `Untagged`/`Deleted`.
     """
+    with store.maintenance:  # the removal is seen whole, or not at all
+        # On a full disk the database needs room to delete: give it the reserve.
+        store.reserve.keep()
+        records = _remove(store, name, force=force, log=log)
+        store.reserve.keep()
+    return records
+
+
+def _remove(store: Store, name: str, *, force: bool, log: ImageEventLogger) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     image_id = store.resolve_id(name)
     with store.db.transaction():

@@ -55,6 +55,7 @@ class BlobResponse:
     start: int
     total: int | None
     endpoint: Endpoint | None = None
+    what: str = "the blob"
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives. A cut or stalled connection raises a retryable
@@ -67,7 +68,7 @@ class BlobResponse:
         except httpx.TransportError as exc:
             if self.endpoint is None:
                 raise TransientRegistryError(f"connection failed: {exc}") from None
-            raise transport_error(exc, self.endpoint) from None
+            raise transport_error(exc, self.endpoint, self.what) from None
 
 
 class RegistryClient:
@@ -156,7 +157,7 @@ class RegistryClient:
             start, total = 0, _content_length(response)
             if response.status_code == 206:
                 start, total = _parse_content_range(response, offset, what)
-            yield BlobResponse(response, start, total, self.endpoint)
+            yield BlobResponse(response, start, total, self.endpoint, what)
 
     async def blob_size(self, digest: Digest) -> int | None:
         """HEAD a blob: its size when the repository has it, None when not."""
@@ -252,7 +253,7 @@ class RegistryClient:
                 raise error_for(response, body, what, self.endpoint.domain)
             yield response
         except httpx.TransportError as exc:
-            raise transport_error(exc, self.endpoint) from None
+            raise transport_error(exc, self.endpoint, what) from None
         finally:
             await response.aclose()
 
@@ -273,7 +274,7 @@ class RegistryClient:
         scope = scope or self._scope
         for attempt in range(2):
             auth = await self._auth.headers(scope)
-            response = await self._follow(method, url, headers, auth, content)
+            response = await self._follow(method, url, what, headers, auth, content)
             if response.status_code != 401 or attempt == 1:
                 return response
             challenge = parse_challenge(response.headers.get("www-authenticate"))
@@ -286,6 +287,7 @@ class RegistryClient:
         self,
         method: str,
         url: str,
+        what: str,
         headers: dict[str, str],
         auth: dict[str, str],
         content: Body | None = None,
@@ -310,7 +312,7 @@ class RegistryClient:
             try:
                 response = await self._http.send(request, stream=True)
             except httpx.TransportError as exc:
-                raise transport_error(exc, self.endpoint) from None
+                raise transport_error(exc, self.endpoint, f"the answer to {what}") from None
             location = response.headers.get("location")
             if response.status_code not in (301, 302, 303, 307, 308) or not location:
                 return response
@@ -362,7 +364,7 @@ async def ping(http: httpx.AsyncClient, endpoint: Endpoint) -> httpx.Response:
         async with http.stream("GET", f"{endpoint.base_url}/v2/") as response:
             body = await read_error_body(response, what)
     except httpx.TransportError as exc:
-        raise transport_error(exc, endpoint) from None
+        raise transport_error(exc, endpoint, "the answer to the registry ping") from None
     if response.status_code not in (200, 401):
         raise error_for(response, body, what, endpoint.domain)
     return response
@@ -410,7 +412,9 @@ def retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def transport_error(exc: httpx.TransportError, endpoint: Endpoint) -> FerrydError:
+def transport_error(exc: httpx.TransportError, endpoint: Endpoint, what: str) -> FerrydError:
+    """The error for a connection that failed while doing `what`; a timeout names its
+    phase, the seconds it waited and the setting that gave them."""
     reason = str(exc) or type(exc).__name__
     unverified = _certificate_error(exc)
     if unverified is not None:
@@ -420,11 +424,44 @@ def transport_error(exc: httpx.TransportError, endpoint: Endpoint) -> FerrydErro
             f"certificate in certs.d/{endpoint.host}/ca.crt, or list {endpoint.host} as an "
             "insecure registry"
         )
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.UnsupportedProtocol):
+    waited = _timeouts(exc)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return RegistryUnreachableError(
+            f"cannot reach {endpoint.base_url}: no connection within "
+            f"{_seconds(waited.get('connect'))} (connect_timeout, which covers the TCP "
+            "connection and the TLS handshake)"
+        )
+    if isinstance(exc, httpx.ConnectError | httpx.UnsupportedProtocol):
         return RegistryUnreachableError(f"cannot reach {endpoint.base_url}: {reason}")
+    if isinstance(exc, httpx.ReadTimeout):
+        return TransientRegistryError(
+            f"timed out: no answer from {endpoint.host} within "
+            f"{_seconds(waited.get('read'))} while reading {what} (read_timeout)"
+        )
+    if isinstance(exc, httpx.WriteTimeout):
+        return TransientRegistryError(
+            f"timed out: {endpoint.host} took nothing for {_seconds(waited.get('write'))} "
+            f"while we were sending {what} (read_timeout)"
+        )
     if isinstance(exc, httpx.TimeoutException):
-        return TransientRegistryError(f"{endpoint.domain}: timed out ({type(exc).__name__})")
+        return TransientRegistryError(
+            f"timed out: no free connection to {endpoint.domain} within "
+            f"{_seconds(waited.get('pool'))} for {what}"
+        )
     return TransientRegistryError(f"{endpoint.domain}: connection failed: {reason}")
+
+
+def _timeouts(exc: httpx.TransportError) -> dict[str, float | None]:
+    """The timeouts the failed request ran with (httpx keeps them on the request)."""
+    try:
+        timeouts = exc.request.extensions.get("timeout", {})
+    except RuntimeError:  # an error raised before the request existed
+        return {}
+    return dict(timeouts) if isinstance(timeouts, dict) else {}
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:g} s" if value is not None else "the time allowed"
 
 
 def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:

@@ -1,18 +1,27 @@
 """Content-addressed blobs: `blobs/<algorithm>/<hex>`, only ever with the right content.
 
 New content is written to a temp file (or a partial download) beside the store, fsync'd,
-then renamed into place, so a crash leaves either the whole blob or none of it.
+then renamed into place, so a crash leaves either the whole blob or none of it. A crash
+can leave a `.tmp-*` file behind, or a blob no row references yet: the sweep
+(`ferryd.store.sweep`) removes those.
+
+A write the disk refuses (full, read-only, failing) raises the `StoreError` that says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-from ferryd.errors import DigestMismatchError, StoreError
+from ferryd.errors import DigestMismatchError, StoreError, disk_error
 from ferryd.oci.digest import Digest, algorithm_of, hex_of, sha256_digest
 from ferryd.store.refcount import RefCounter
+
+TEMP_PREFIX = ".tmp-"
 
 
 class BlobStore:
@@ -20,10 +29,54 @@ class BlobStore:
         self.root = root
         self._blobs = root / "blobs"
         self._partial = root / "partial"
-        for directory in (self._blobs / "sha256", self._partial):
-            directory.mkdir(parents=True, exist_ok=True)
-        # Blobs a pull has chosen but not yet registered a layer on: never collected.
+        with self.disk_errors(root):
+            for directory in (self._blobs / "sha256", self._partial):
+                directory.mkdir(parents=True, exist_ok=True)
+        # Blobs a pull has chosen but not yet registered a layer on, and blobs written
+        # just before the rows that will reference them: never collected.
         self.pins: RefCounter[Digest] = RefCounter()
+        # Temp files `put` is writing: the sweep leaves them alone.
+        self._writing: set[str] = set()
+        self._writing_lock = threading.Lock()
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self._blobs
+
+    @property
+    def partial_dir(self) -> Path:
+        return self._partial
+
+    @contextlib.contextmanager
+    def disk_errors(self, path: Path) -> Iterator[None]:
+        """An OSError the disk is to blame for (full, read-only, failing) becomes the
+        `StoreError` that tells the operator what to do."""
+        try:
+            yield
+        except OSError as exc:
+            error = disk_error(exc, path, self.root)
+            if error is None:
+                raise
+            raise error from None
+
+    @contextlib.contextmanager
+    def pinned(self, *digests: Digest) -> Iterator[None]:
+        """Keep the sweep off blobs stored just before the rows that will need them."""
+        for digest in digests:
+            self.pins.acquire(digest)
+        try:
+            yield
+        finally:
+            for digest in digests:
+                self.pins.release(digest)
+
+    @contextlib.contextmanager
+    def unless_writing(self, temp: Path) -> Iterator[bool]:
+        """Whether `temp` is a leftover (True) or a file `put` is writing now (False);
+        while the block runs, `put` can neither start nor finish a file (a `put` that
+        finished since `temp` was listed has renamed it away: check that it exists)."""
+        with self._writing_lock:
+            yield temp.name not in self._writing
 
     def path(self, digest: Digest) -> Path:
         return self._blobs / algorithm_of(digest) / hex_of(digest)
@@ -41,9 +94,10 @@ class BlobStore:
     def commit_partial(self, digest: Digest) -> None:
         """Move a verified, fsync'd partial download into the store."""
         target = self.path(digest)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.partial_path(digest), target)
-        _fsync_dir(target.parent)
+        with self.disk_errors(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.partial_path(digest), target)
+            _fsync_dir(target.parent)
 
     def discard_partial(self, digest: Digest) -> None:
         self.partial_path(digest).unlink(missing_ok=True)
@@ -65,17 +119,23 @@ class BlobStore:
         target = self.path(digest)
         if target.exists():
             return digest
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(target.parent)
+        with self.disk_errors(target):
+            with self._writing_lock:
+                fd, temp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
+                self._writing.add(os.path.basename(temp))
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    file.write(data)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temp, target)
+            except BaseException:
+                Path(temp).unlink(missing_ok=True)
+                raise
+            finally:
+                with self._writing_lock:
+                    self._writing.discard(os.path.basename(temp))
+            _fsync_dir(target.parent)
         return digest
 
     def get(self, digest: Digest) -> bytes:

@@ -2,10 +2,15 @@
 
 One connection shared by the event loop and worker threads behind a lock: every
 statement is short, and a transaction never spans an await.
+
+The file (and SQLite's -wal and -shm beside it, which take its mode) is created 0600.
+Every SQLite failure becomes a `StoreError` that says what an operator can do about it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -13,7 +18,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ferryd.errors import StoreError
+from ferryd.errors import (
+    DatabaseCorruptError,
+    DatabaseLockedError,
+    StorageFullError,
+    StoreError,
+    StoreReadOnlyError,
+)
+
+DB_MODE = 0o600
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -66,6 +79,11 @@ CREATE TABLE v2metadata (
 
 class Database:
     def __init__(self, path: Path) -> None:
+        self.path = path
+        # SQLite would create it 0644; its -wal and -shm files copy its mode. When this
+        # fails, sqlite3.connect says why, in its words.
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, DB_MODE))
         try:
             self._conn = sqlite3.connect(
                 path, check_same_thread=False, isolation_level=None, timeout=30
@@ -75,9 +93,13 @@ class Database:
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database {path}: {exc}") from None
+            raise self.error(exc, "opening") from None
         self._lock = threading.RLock()
         self._depth = 0
+
+    def error(self, exc: sqlite3.Error, doing: str = "") -> StoreError:
+        """What a SQLite failure means for the operator, as a `StoreError`."""
+        return database_error(exc, self.path, doing)
 
     def _migrate(self) -> None:
         (version,) = self._conn.execute("PRAGMA user_version").fetchone()
@@ -103,35 +125,112 @@ class Database:
                 finally:
                     self._depth -= 1
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self.error(exc) from None
             self._depth = 1
             try:
                 yield
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
             else:
-                self._conn.execute("COMMIT")
+                try:
+                    self._conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    # SQLite may already have rolled back (a full disk does that).
+                    self._rollback()
+                    raise self.error(exc) from None
             finally:
                 self._depth = 0
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """The reads inside see one state of the database: this connection is the
+        store's only one, and no other thread's statement runs until the block ends."""
+        with self._lock:
+            yield
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            # The error that brought us here is the one to report.
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         with self._lock:
-            self._conn.execute(sql, params)
+            try:
+                self._conn.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise self.error(exc) from None
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         with self._lock:
-            cursor = self._conn.execute(sql, params)
-            cursor.row_factory = sqlite3.Row
-            row: sqlite3.Row | None = cursor.fetchone()
+            try:
+                cursor = self._conn.execute(sql, params)
+                cursor.row_factory = sqlite3.Row
+                row: sqlite3.Row | None = cursor.fetchone()
+            except sqlite3.Error as exc:
+                raise self.error(exc) from None
             return row
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            cursor = self._conn.execute(sql, params)
-            cursor.row_factory = sqlite3.Row
-            return cursor.fetchall()
+            try:
+                cursor = self._conn.execute(sql, params)
+                cursor.row_factory = sqlite3.Row
+                return cursor.fetchall()
+            except sqlite3.Error as exc:
+                raise self.error(exc) from None
 
     def close(self) -> None:
-        with self._lock:
+        # Closing only checkpoints the WAL; what it could not write is replayed next time.
+        with self._lock, contextlib.suppress(sqlite3.Error):
             self._conn.close()
+
+
+def database_error(exc: sqlite3.Error, path: Path, doing: str = "") -> StoreError:
+    """Turn a SQLite failure on the database at `path` into the `StoreError` an operator
+    can act on: disk full, corrupt, locked, read-only, or another failure named as such."""
+    root = path.parent
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_FULL or (code == sqlite3.SQLITE_IOERR and _no_space(root)):
+        return StorageFullError(
+            f"disk full: the store's database {path} cannot be written ({exc}); "
+            f"free space under {root} (`ferryd rmi` removes images)"
+        )
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return DatabaseCorruptError(
+            f"the store's database {path} is corrupt ({exc}): stop ferryd, move ferryd.db "
+            f"(with ferryd.db-wal and ferryd.db-shm) out of {root} and start ferryd again; "
+            "it starts with an empty database, removes the blobs it no longer knows, and "
+            "images must be pulled again"
+        )
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return DatabaseLockedError(
+            f"the store's database {path} is locked by another process ({exc}): only one "
+            f"ferryd may use {root}; stop whatever else has ferryd.db open"
+        )
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CANTOPEN):
+        return StoreReadOnlyError(
+            f"the store's database {path} cannot be written ({exc}): the daemon must be "
+            f"able to write {root} (check its owner and mode, and that the filesystem is "
+            "mounted read-write)"
+        )
+    doing = f"{doing} " if doing else ""
+    if code == sqlite3.SQLITE_IOERR:
+        return StoreError(
+            f"{doing}the store's database {path} failed: {exc}; the disk under {root} "
+            "may be failing (see the kernel log)"
+        )
+    return StoreError(f"{doing}the store's database {path} failed: {exc}")
+
+
+def _no_space(directory: Path) -> bool:
+    """SQLite reports a full disk while it maps its -shm file as an I/O error."""
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 64 * 1024

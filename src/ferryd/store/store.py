@@ -3,44 +3,122 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import re
+import stat
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ferryd.errors import ImageNotFoundError, InvalidReferenceError, StoreError
+import structlog
+
+from ferryd.errors import (
+    ImageNotFoundError,
+    InvalidReferenceError,
+    StoreInUseError,
+    disk_error,
+)
 from ferryd.oci.digest import Digest
 from ferryd.oci.reference import parse_reference
 from ferryd.store.blobs import BlobStore
-from ferryd.store.db import Database
+from ferryd.store.db import DB_MODE, Database
 from ferryd.store.images import ImageConfigStore
 from ferryd.store.layers import LayerStore
 from ferryd.store.manifests import ManifestStore
 from ferryd.store.metadata import V2MetadataStore
 from ferryd.store.references import ReferenceStore
+from ferryd.store.reserve import RESERVE_NAME, SpaceReserve
+
+log = structlog.get_logger("ferryd.store")
+
+ROOT_MODE = 0o700
+GROUP_ROOT_MODE = 0o750  # the daemon's socket_group may read the store
+DB_NAME = "ferryd.db"
+LOCK_NAME = "ferryd.lock"
+# Files that must be the daemon's alone, with the mode each must have.
+_PRIVATE_FILES = (
+    (DB_NAME, DB_MODE),
+    (f"{DB_NAME}-wal", DB_MODE),
+    (f"{DB_NAME}-shm", DB_MODE),
+    (LOCK_NAME, 0o600),
+    (RESERVE_NAME, 0o600),
+)
 
 
 def _lock_root(root: Path) -> IO[bytes]:
     """One daemon per store: two writing the same blobs and database would corrupt
     each other's partial downloads and garbage collection."""
-    lock = (root / "ferryd.lock").open("ab")
+    fd = os.open(root / LOCK_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    lock = os.fdopen(fd, "ab")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise StoreError(f"another ferryd is already using the store in {root}") from None
+        raise StoreInUseError(f"another ferryd is already using the store in {root}") from None
     return lock
+
+
+@dataclass(frozen=True, slots=True)
+class ModeFix:
+    path: Path
+    old: int
+    new: int
+
+
+def fix_modes(root: Path, root_mode: int) -> list[ModeFix]:
+    """Give the root `root_mode` and the database, its WAL files, the lock and the
+    reserve 0600; each change is logged as `store.mode_fixed`."""
+    fixes = []
+    for path, mode in [(root, root_mode), *((root / name, m) for name, m in _PRIVATE_FILES)]:
+        try:
+            old = stat.S_IMODE(path.lstat().st_mode)
+        except FileNotFoundError:
+            continue
+        if old == mode or path.is_symlink():
+            continue
+        os.chmod(path, mode)
+        fixes.append(ModeFix(path, old, mode))
+        log.info("store.mode_fixed", path=str(path), old_mode=f"{old:04o}", new_mode=f"{mode:04o}")
+    return fixes
 
 
 _ID_PREFIX = re.compile(r"^(?:sha256:)?([a-f0-9]{1,64})$")
 
 
 class Store:
-    def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root
-        self._lock = _lock_root(root)
-        self.blobs = BlobStore(root)
-        self.db = Database(root / "ferryd.db")
+    def __init__(self, root: Path, *, root_mode: int | None = None) -> None:
+        """Open the store in `root`, creating it (mode 0700) if need be.
+
+        The daemon passes `root_mode` (0700, or 0750 when its socket has a group): a new
+        root gets it, an existing store has its modes set right (`fix_modes`), and room
+        is kept for the database on a full disk (`SpaceReserve`). `ferryd fsck` passes
+        nothing and changes no mode.
+        """
+        mode = root_mode if root_mode is not None else ROOT_MODE
+        try:
+            if not root.is_dir():
+                root.mkdir(mode=mode, parents=True, exist_ok=True)
+                os.chmod(root, mode)  # whatever the umask took away
+            self.root = root
+            self._lock = _lock_root(root)
+        except OSError as exc:
+            error = disk_error(exc, root, root)
+            if error is None:
+                raise
+            raise error from None
+        try:
+            self.mode_fixes = fix_modes(root, root_mode) if root_mode is not None else []
+            self.reserve = SpaceReserve(root / RESERVE_NAME)
+            if root_mode is not None:
+                self.reserve.keep()
+            self.blobs = BlobStore(root)
+            self.db = Database(root / DB_NAME)
+        except BaseException:
+            self._lock.close()
+            raise
+        # Sweeps, removals and fsck take turns: each sees the others' work whole.
+        self.maintenance = threading.RLock()
         self.layers = LayerStore(self.db)
         self.images = ImageConfigStore(self.db, self.blobs)
         self.manifests = ManifestStore(self.db, self.blobs)

@@ -25,6 +25,7 @@ from ferryd.oci.platform import parse_platform
 from ferryd.registry.connector import Connector
 from ferryd.store import Store
 from ferryd.store.store import GROUP_ROOT_MODE, ROOT_MODE
+from ferryd.store.sweep import sweep
 
 log = structlog.get_logger("ferryd.daemon")
 
@@ -40,6 +41,8 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
     # The store is the daemon's alone, or its socket group's to read too.
     root_mode = GROUP_ROOT_MODE if settings.socket_group else ROOT_MODE
     store = await anyio.to_thread.run_sync(lambda: Store(settings.root_path, root_mode=root_mode))
+    # What a crash or a failed pull left behind goes before anything can use it.
+    await anyio.to_thread.run_sync(lambda: sweep(store, reason="start"))
     connector = Connector(
         registry_service(settings),
         connect_timeout=settings.connect_timeout,

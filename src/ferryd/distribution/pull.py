@@ -25,7 +25,7 @@ from ferryd.errors import (
     RegistryError,
     TooManyRequestsError,
 )
-from ferryd.oci.digest import Digest, chain_ids
+from ferryd.oci.digest import Digest, chain_ids, sha256_digest
 from ferryd.oci.image_config import MAX_CONFIG_SIZE, RootFS, decode_config
 from ferryd.oci.manifest import (
     FetchedManifest,
@@ -281,11 +281,15 @@ async def _pull_image(
             size = sum(store.layers.size_of(chain) for chain in chain_ids(final.diff_ids))
             # Blobs first, fsync'd outside the transaction: the database lock is never
             # held across a disk flush. Inside it, `put` finds them stored.
-            store.blobs.put(raw_config, image_id)
-            store.blobs.put(manifest.raw)
-            with store.db.transaction():
-                store.images.put(raw_config, media_type=config_descriptor.mediaType, size=size)
-                store.manifests.add(manifest.digest, image_id, manifest.media_type, manifest.raw)
+            # Pinned until the rows reference them: a sweep must not take them between.
+            with store.blobs.pinned(image_id, sha256_digest(manifest.raw)):
+                store.blobs.put(raw_config, image_id)
+                store.blobs.put(manifest.raw)
+                with store.db.transaction():
+                    store.images.put(raw_config, media_type=config_descriptor.mediaType, size=size)
+                    store.manifests.add(
+                        manifest.digest, image_id, manifest.media_type, manifest.raw
+                    )
 
         await anyio.to_thread.run_sync(commit)
     finally:

@@ -119,10 +119,12 @@ async def _push_tag(
     ctx.progress.write(Message(aux={"Tag": tag.tag, "Digest": digest, "Size": len(raw)}))
 
     def record_push() -> None:
-        store.blobs.put(raw)  # outside the transaction: no fsync under the database lock
-        with store.db.transaction():
-            store.manifests.add(digest, image_id, media_type, raw)
-            store.references.add(tag.repository().with_digest(digest), image_id)
+        # Pinned until its row references it: a sweep must not take it between.
+        with store.blobs.pinned(sha256_digest(raw)):
+            store.blobs.put(raw)  # outside the transaction: no fsync under the database lock
+            with store.db.transaction():
+                store.manifests.add(digest, image_id, media_type, raw)
+                store.references.add(tag.repository().with_digest(digest), image_id)
 
     await anyio.to_thread.run_sync(record_push)
     ctx.event_logger(

@@ -10,6 +10,7 @@ from ferryd.oci.digest import Digest, short_id
 from ferryd.oci.reference import Reference, parse_reference
 from ferryd.store import Store
 from ferryd.store.gc import delete_blobs, remove_image
+from ferryd.store.sweep import sweep
 
 
 def tag_image(store: Store, source: str, target: Reference, log: ImageEventLogger) -> None:
@@ -26,10 +27,11 @@ def remove(store: Store, name: str, *, force: bool, log: ImageEventLogger) -> li
     By ID, an image tagged in several repositories needs `force` (then every
     reference goes). The answer lists what happened as docker's `Untagged`/`Deleted`.
     """
-    with store.maintenance:  # the removal is seen whole, or not at all
+    with store.maintenance:  # a sweep or fsck sees the removal whole, or not at all
         # On a full disk the database needs room to delete: give it the reserve.
         store.reserve.keep()
         records = _remove(store, name, force=force, log=log)
+        sweep(store, reason="rmi")  # and whatever a crash or a failed pull left
         store.reserve.keep()
     return records
 

@@ -131,6 +131,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.set_defaults(handler=_events)
+
+    fsck = commands.add_parser(
+        "fsck",
+        help="check the store; exit 0 clean, 1 problems found, 2 could not check",
+        description="Check every blob, layer, image, manifest and reference of the store, "
+        "and look for leftovers. Without --root the running daemon checks its store.",
+    )
+    fsck.add_argument(
+        "--root", help="check the store in DIR yourself (the daemon using it must be stopped)"
+    )
+    fsck.add_argument("--repair", action="store_true", help="remove what is broken or unreferenced")
+    fsck.set_defaults(handler=_fsck)
     return parser
 
 
@@ -331,6 +343,70 @@ def _timestamp(text: str, name: str) -> str:
     if moment.tzinfo is None:
         moment = moment.astimezone()
     return f"{moment.timestamp():.9f}"
+
+
+def _fsck(args: argparse.Namespace) -> int:
+    """Exit 0 when the store is clean, 1 when problems were found (repaired or not), 2
+    when it could not be checked."""
+    if args.root:
+        report = _fsck_stopped(Path(args.root), args.repair)
+        if report is None:
+            return 2
+    else:
+        params = {"repair": "1"} if args.repair else {}
+        try:
+            report = json.loads(Client(args.host).request("POST", "/fsck", params).read())
+        except DaemonError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+    for problem in report["Problems"]:
+        print(f"{problem['Kind']}: {problem['Message']}")
+    for removed in report["Removed"]:
+        print(f"removed {removed['Kind']} {removed['Subject']}")
+    for kept in report["Kept"]:
+        print(f"kept {kept['Kind']}: {kept['Message']}")
+    if report["UnusedLayers"]:
+        print(
+            f"info: {report['UnusedLayers']} layers no image uses "
+            "(not a problem: the next pull of an image on them reuses them)"
+        )
+    checked = ", ".join(f"{count} {what.lower()}" for what, count in report["Checked"].items())
+    found = len(report["Problems"])
+    verdict = f"{found} problem{'s' if found != 1 else ''}" if found else "clean"
+    print(f"fsck: {checked} checked in {report['Seconds']:.2f} s: {verdict}")
+    return 1 if found else 0
+
+
+def _fsck_stopped(root: Path, repair: bool) -> dict[str, Any] | None:
+    """Open the store in `root` (its lock tells whether a daemon has it) and check it."""
+    from ferryd.errors import FerrydError, StoreInUseError
+    from ferryd.store import Store
+    from ferryd.store.fsck import check
+    from ferryd.store.store import DB_NAME
+
+    if not (root / DB_NAME).is_file():
+        print(f"ferryd: there is no store in {root} (no {DB_NAME})", file=sys.stderr)
+        return None
+    try:
+        store = Store(root)
+    except StoreInUseError:
+        print(
+            f"ferryd: the store in {root} is in use by a running ferryd daemon: run "
+            f"`ferryd fsck{' --repair' if repair else ''}` without --root to have the daemon "
+            "check it (-H or $FERRYD_HOST names its socket)",
+            file=sys.stderr,
+        )
+        return None
+    except (FerrydError, OSError) as exc:
+        print(f"ferryd: {exc}", file=sys.stderr)
+        return None
+    try:
+        return check(store, repair=repair).to_json()
+    except (FerrydError, OSError) as exc:
+        print(f"ferryd: {exc}", file=sys.stderr)
+        return None
+    finally:
+        store.close()
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ferryd.daemon.api import system
+from ferryd.daemon.api import fsck, system
 from ferryd.daemon.api.access import AccessControl, AccessMiddleware, AccessPolicy
 from ferryd.daemon.api.access_log import RequestLog
 from ferryd.daemon.api.shapes import image_inspect, image_summary
@@ -203,6 +203,7 @@ def build_app(
         Route("/info", system.info, methods=["GET"]),
         Route("/events", system.events, methods=["GET"]),
         Route("/transfers", system.transfers, methods=["GET"]),
+        Route("/fsck", fsck.fsck, methods=["POST"]),
         Route("/images/create", create_image, methods=["POST"]),
         Route("/images/json", list_images, methods=["GET"]),
         Route("/images/{name:path}/json", inspect_image, methods=["GET"]),

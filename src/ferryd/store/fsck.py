@@ -1,0 +1,420 @@
+"""`ferryd fsck`: check the store, and repair it.
+
+What is checked:
+
+- every blob a row needs hashes to its name (read in 1 MiB pieces, never held whole);
+- every layer's blob is there and right, its parent is there, and its ChainID is the
+  one its parent's ChainID and its DiffID give, all the way down;
+- every image's config blob is there, right and readable, and its top layer is the
+  ChainID of the config's DiffIDs, with the layers below it holding exactly those;
+- every kept manifest's blob is there and right;
+- every reference names an image that is there;
+- nothing is left over: blob files no row references, `.tmp-*` files, partial
+  downloads whose blob is stored already, files that are none of ferryd's.
+
+Layers no image uses are not a problem: they are a cache that the next pull of an
+image standing on them reuses. Their number is reported as information.
+
+`repair` removes what is broken and what nothing references, nothing else: a broken
+blob together with the layers, images, manifests and references that need it, the rows
+in one transaction and the files once it has committed. What a running transfer uses
+(a pinned blob, a held layer and the layers below it) is reported and kept.
+
+The daemon runs the same check (`POST /fsck`) with the store it has open; checks,
+sweeps and removals take turns on `Store.maintenance`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ferryd.errors import FerrydError
+from ferryd.oci.digest import Digest, chain_id, chain_ids, new_hasher
+from ferryd.oci.image_config import decode_config
+from ferryd.store.images import ImageRecord
+from ferryd.store.layers import Layer
+from ferryd.store.store import Store
+from ferryd.store.sweep import Inventory, Leftovers, leftovers, referenced_blobs, scan
+
+READ_SIZE = 1 << 20
+
+# What a problem is about; `Problem.kind` is one of these.
+CORRUPT_BLOB = "corrupt-blob"
+MISSING_BLOB = "missing-blob"
+BROKEN_LAYER = "broken-layer"
+BROKEN_IMAGE = "broken-image"
+BROKEN_MANIFEST = "broken-manifest"
+DANGLING_REFERENCE = "dangling-reference"
+ORPHAN_BLOB = "orphan-blob"
+TEMP_FILE = "temp-file"
+STORED_PARTIAL = "stored-partial"
+STRAY_FILE = "stray-file"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: str
+    subject: str  # a digest, ChainID, image ID, reference or path
+    message: str  # one line for the operator, naming the subject
+
+    def to_json(self) -> dict[str, str]:
+        return {"Kind": self.kind, "Subject": self.subject, "Message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    kind: str  # blob, layer, image, manifest, reference, file
+    subject: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"Kind": self.kind, "Subject": self.subject}
+
+
+@dataclass
+class FsckReport:
+    problems: list[Problem] = field(default_factory=list)
+    removed: list[Removal] = field(default_factory=list)
+    kept: list[Problem] = field(default_factory=list)  # broken, but in use: not removed
+    unused_layers: int = 0
+    checked: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """The answer of `POST /fsck`, and what `ferryd fsck` prints from."""
+        return {
+            "Problems": [p.to_json() for p in self.problems],
+            "Removed": [r.to_json() for r in self.removed],
+            "Kept": [p.to_json() for p in self.kept],
+            "UnusedLayers": self.unused_layers,
+            "Checked": self.checked,
+            "Seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """The database as it was at one moment."""
+
+    layers: dict[Digest, Layer]
+    images: dict[Digest, ImageRecord]
+    manifests: dict[Digest, Digest]  # digest → image ID
+    references: dict[str, Digest]  # name → image ID
+
+    @classmethod
+    def read(cls, store: Store) -> _Rows:
+        with store.db.snapshot():
+            layers = {layer.chain_id: layer for layer in store.layers.all()}
+            images = {}
+            for image_id in store.images.ids():
+                record = store.images.record(image_id)
+                if record is not None:
+                    images[image_id] = record
+            manifests = {
+                Digest(row["digest"]): Digest(row["image_id"])
+                for row in store.db.all("SELECT digest, image_id FROM manifests")
+            }
+            references = {
+                row["name"]: Digest(row["image_id"])
+                for row in store.db.all("SELECT name, image_id FROM refs")
+            }
+        return cls(layers, images, manifests, references)
+
+    def blobs(self) -> set[Digest]:
+        return (
+            {layer.blob_digest for layer in self.layers.values()}
+            | set(self.images)
+            | set(self.manifests)
+        )
+
+
+class Fsck:
+    """One run of the check (and repair) over an open store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.report = FsckReport()
+        # What is wrong, by subject: why, for the messages of what depends on it.
+        self._bad_blobs: dict[Digest, str] = {}
+        self._bad_layers: dict[Digest, str] = {}
+        self._bad_images: dict[Digest, str] = {}
+        self._bad_manifests: dict[Digest, str] = {}
+        self._bad_references: dict[str, str] = {}
+
+    def run(self, *, repair: bool = False) -> FsckReport:
+        started = time.monotonic()
+        store = self._store
+        with store.maintenance:
+            # Files, then pins and holds, then rows: see `leftovers`.
+            inventory = scan(store.blobs)
+            held = set(store.layers.holds.keys())
+            orphans = leftovers(store, inventory)
+            rows = _Rows.read(store)
+            self._check_blobs(rows)
+            self._check_layers(rows)
+            self._check_images(rows)
+            self._check_manifests(rows)
+            self._check_references(rows)
+            self._check_leftovers(inventory, orphans)
+            self.report.unused_layers = len(_unused_layers(rows))
+            self.report.checked = {
+                "Blobs": len(inventory.blobs),
+                "Layers": len(rows.layers),
+                "Images": len(rows.images),
+                "Manifests": len(rows.manifests),
+                "References": len(rows.references),
+            }
+            if repair and self.report.problems:
+                self._repair(rows, inventory, orphans, _below(held, rows.layers))
+        self.report.seconds = time.monotonic() - started
+        return self.report
+
+    # -- checks ----------------------------------------------------------------
+
+    def _problem(self, kind: str, subject: str, message: str) -> None:
+        self.report.problems.append(Problem(kind, subject, message))
+
+    def _check_blobs(self, rows: _Rows) -> None:
+        for digest in sorted(rows.blobs()):
+            path = self._store.blobs.path(digest)
+            try:
+                actual = hash_file(path, digest)
+            except FileNotFoundError:
+                self._bad_blobs[digest] = "missing"
+                self._problem(MISSING_BLOB, digest, f"blob {digest} is missing ({path})")
+                continue
+            except ValueError:  # an algorithm hashlib does not know
+                actual = "an unknown algorithm"
+            if actual != digest:
+                self._bad_blobs[digest] = "corrupt"
+                why = f"blob {digest} is corrupt: its content hashes to {actual}"
+                self._problem(CORRUPT_BLOB, digest, why)
+
+    def _check_layers(self, rows: _Rows) -> None:
+        layers = rows.layers
+        for chain, layer in layers.items():
+            why = None
+            if layer.blob_digest in self._bad_blobs:
+                why = f"its blob {layer.blob_digest} is {self._bad_blobs[layer.blob_digest]}"
+            elif layer.parent is not None and layer.parent not in layers:
+                why = f"its parent {layer.parent} is not in the store"
+            elif (expected := chain_id(layer.parent, layer.diff_id)) != chain:
+                why = f"its parent and DiffID give the ChainID {expected}"
+            if why is not None:
+                self._bad_layers[chain] = why
+        # What stands on a broken layer is broken too.
+        for chain in layers:
+            if chain in self._bad_layers:
+                continue
+            below = _first_broken_below(chain, layers, self._bad_layers)
+            if below is not None:
+                self._bad_layers[chain] = f"it stands on broken layer {below}"
+        for chain in sorted(self._bad_layers):
+            self._problem(BROKEN_LAYER, chain, f"layer {chain}: {self._bad_layers[chain]}")
+
+    def _check_images(self, rows: _Rows) -> None:
+        for image_id in sorted(rows.images):
+            why = self._image_problem(rows.images[image_id], rows)
+            if why is not None:
+                self._bad_images[image_id] = why
+                self._problem(BROKEN_IMAGE, image_id, f"image {image_id}: {why}")
+
+    def _image_problem(self, image: ImageRecord, rows: _Rows) -> str | None:
+        if image.id in self._bad_blobs:
+            return f"its config blob is {self._bad_blobs[image.id]}"
+        try:
+            config = decode_config(self._store.blobs.get(image.id))
+            if config.rootfs is None or config.rootfs.type != "layers":
+                return "its config has no layers rootfs"
+            diff_ids = [Digest(d) for d in config.rootfs.diff_ids]
+        except FerrydError as exc:
+            return f"its config cannot be read: {exc}"
+        chains = chain_ids(diff_ids)
+        top = chains[-1] if chains else None
+        if image.top_layer != top:
+            return f"its top layer {image.top_layer} is not {top}, the ChainID of its config"
+        if top is None:
+            return None
+        if top not in rows.layers:
+            return f"its top layer {top} is not in the store"
+        if top in self._bad_layers:
+            return f"its top layer {top} is broken"
+        stack = [layer.diff_id for layer in _stack(top, rows.layers)]
+        if stack[::-1] != diff_ids:
+            return "its layers' DiffIDs are not its config's"
+        return None
+
+    def _check_manifests(self, rows: _Rows) -> None:
+        for digest in sorted(rows.manifests):
+            image_id = rows.manifests[digest]
+            if digest in self._bad_blobs:
+                why = f"its blob is {self._bad_blobs[digest]}"
+            elif image_id not in rows.images:
+                why = f"its image {image_id} is not in the store"
+            else:
+                continue
+            self._bad_manifests[digest] = why
+            self._problem(BROKEN_MANIFEST, digest, f"manifest {digest} of {image_id}: {why}")
+
+    def _check_references(self, rows: _Rows) -> None:
+        for name in sorted(rows.references):
+            image_id = rows.references[name]
+            if image_id not in rows.images:
+                why = f"its image {image_id} is not in the store"
+                self._bad_references[name] = why
+                self._problem(DANGLING_REFERENCE, name, f"reference {name}: {why}")
+
+    def _check_leftovers(self, inventory: Inventory, orphans: Leftovers) -> None:
+        for digest, _ in orphans.blobs:
+            self._problem(
+                ORPHAN_BLOB, digest, f"blob {digest} is not used by any layer, image or manifest"
+            )
+        for path in orphans.temp_files:
+            with self._store.blobs.unless_writing(path) as leftover:
+                # Gone since the listing: a `put` that finished in between.
+                if leftover and path.exists():
+                    self._problem(TEMP_FILE, str(path), f"{path} is a leftover temp file")
+        for digest, path in orphans.stored_partials:
+            self._problem(
+                STORED_PARTIAL,
+                str(path),
+                f"{path} is a partial download of {digest}, which is stored already",
+            )
+        for path in inventory.stray:
+            self._problem(STRAY_FILE, str(path), f"{path} is not a file ferryd keeps there")
+
+    # -- repair ----------------------------------------------------------------
+
+    def _repair(
+        self, rows: _Rows, inventory: Inventory, orphans: Leftovers, in_use: set[Digest]
+    ) -> None:
+        store, removed = self._store, self.report.removed
+        layers = {chain for chain in self._bad_layers if chain not in in_use}
+        for chain in sorted(set(self._bad_layers) - layers):
+            self._keep(BROKEN_LAYER, chain, f"layer {chain} is in use by a running transfer")
+        images = set(self._bad_images) | {
+            image_id
+            for image_id, image in rows.images.items()
+            if image.top_layer is not None and image.top_layer in layers
+        }
+        manifests = set(self._bad_manifests) | {
+            digest for digest, image_id in rows.manifests.items() if image_id in images
+        }
+        references = set(self._bad_references) | {
+            name for name, image_id in rows.references.items() if image_id in images
+        }
+        with store.db.transaction():
+            for name in sorted(references):
+                store.db.execute("DELETE FROM refs WHERE name = ?", (name,))
+                removed.append(Removal("reference", name))
+            for digest in sorted(manifests):
+                store.db.execute("DELETE FROM manifests WHERE digest = ?", (digest,))
+                removed.append(Removal("manifest", digest))
+            for image_id in sorted(images):
+                store.images.delete(image_id)
+                removed.append(Removal("image", image_id))
+            for chain in sorted(layers, key=lambda c: -_depth(c, rows.layers)):
+                store.layers.delete(chain)
+                removed.append(Removal("layer", chain))
+        # The files, now that no row needs them.
+        candidates = (
+            set(self._bad_blobs)
+            | {rows.layers[chain].blob_digest for chain in layers}
+            | images
+            | manifests
+        )
+        still_needed = referenced_blobs(store) if candidates else set()
+        pinned = set(store.blobs.pins.keys())
+        for digest in sorted(candidates):
+            if digest in still_needed or digest in pinned:
+                if digest in self._bad_blobs:
+                    self._keep(CORRUPT_BLOB, digest, f"blob {digest} is still in use")
+                continue
+            if _unlink(store.blobs.path(digest)):
+                removed.append(Removal("blob", digest))
+        for digest, _ in orphans.blobs:
+            if digest not in pinned and _unlink(store.blobs.path(digest)):
+                removed.append(Removal("blob", digest))
+        for path in orphans.temp_files:
+            with store.blobs.unless_writing(path) as leftover:
+                if leftover and _unlink(path):
+                    removed.append(Removal("file", str(path)))
+        for digest, path in orphans.stored_partials:
+            if digest not in pinned and _unlink(path):
+                removed.append(Removal("file", str(path)))
+        for path in inventory.stray:
+            if _unlink(path):
+                removed.append(Removal("file", str(path)))
+
+    def _keep(self, kind: str, subject: str, message: str) -> None:
+        self.report.kept.append(
+            Problem(kind, subject, f"{message}: not removed; run fsck --repair again later")
+        )
+
+
+def check(store: Store, *, repair: bool = False) -> FsckReport:
+    """Check `store` (see the module's docstring); with `repair`, fix what is found."""
+    return Fsck(store).run(repair=repair)
+
+
+def hash_file(path: Path, digest: Digest) -> str:
+    """The digest of the file at `path` in `digest`'s algorithm, read 1 MiB at a time."""
+    hasher = new_hasher(digest)
+    with path.open("rb") as file:
+        while piece := file.read(READ_SIZE):
+            hasher.update(piece)
+    return f"{digest.partition(':')[0]}:{hasher.hexdigest()}"
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _stack(top: Digest, layers: dict[Digest, Layer]) -> list[Layer]:
+    """The layer `top` and those below it, top first (stops at a gap or a loop)."""
+    stack: list[Layer] = []
+    seen: set[Digest] = set()
+    chain: Digest | None = top
+    while chain is not None and chain in layers and chain not in seen:
+        seen.add(chain)
+        stack.append(layers[chain])
+        chain = layers[chain].parent
+    return stack
+
+
+def _first_broken_below(
+    chain: Digest, layers: dict[Digest, Layer], broken: dict[Digest, str]
+) -> Digest | None:
+    for layer in _stack(chain, layers)[1:]:
+        if layer.chain_id in broken:
+            return layer.chain_id
+    return None
+
+
+def _depth(chain: Digest, layers: dict[Digest, Layer]) -> int:
+    return len(_stack(chain, layers))
+
+
+def _below(tops: Iterable[Digest], layers: dict[Digest, Layer]) -> set[Digest]:
+    """The layers `tops` and every layer under them: what holds keep in use."""
+    tops = list(tops)
+    return {layer.chain_id for top in tops for layer in _stack(top, layers)} | set(tops)
+
+
+def _unused_layers(rows: _Rows) -> set[Digest]:
+    used = _below(
+        (image.top_layer for image in rows.images.values() if image.top_layer is not None),
+        rows.layers,
+    )
+    return set(rows.layers) - used

@@ -1,0 +1,118 @@
+"""Many clients pulling overlapping images at once: every blob is fetched once.
+
+The hard moment is a layer whose blob is in the store but not registered yet (it waits
+for the layer below it): a pull that starts then must take the stored blob, not fetch
+it again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import anyio
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from ferryd.oci.mediatypes import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
+from support.daemon import Daemon, errors
+from support.fakes import FakeLayer, FakeRegistry, FakeServer, Request, make_layer, serve_registry
+from support.waiting import wait_until
+
+REPO = "team/app"
+MiB = 1 << 20
+
+
+def add_image(registry: FakeRegistry, tag: str, layers: list[FakeLayer]) -> None:
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+        }
+    ).encode()
+    config_digest = registry.add_blob(config)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+        "layers": [
+            {"mediaType": OCI_LAYER_GZIP, "digest": layer.digest, "size": layer.size}
+            for layer in layers
+        ],
+    }
+    for layer in layers:
+        registry.add_blob(layer.blob)
+    registry.add_manifest(json.dumps(manifest).encode(), OCI_MANIFEST, tag)
+
+
+@contextmanager
+def served(registry: FakeRegistry) -> Iterator[tuple[BlockingPortal, FakeServer]]:
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(serve_registry(registry)) as server,
+    ):
+        yield portal, server
+
+
+def blob_gets(registry: FakeRegistry, layer: FakeLayer) -> int:
+    return len(registry.seen("GET", f"/v2/{REPO}/blobs/{layer.digest}"))
+
+
+def test_fifty_clients_pulling_three_overlapping_images_fetch_each_blob_once(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    base = make_layer(2 * MiB, seed=71)
+    tops = {tag: make_layer(300_000, seed=72 + n) for n, tag in enumerate(("x", "y", "z"))}
+    registry = FakeRegistry()
+    for tag, top in tops.items():
+        add_image(registry, tag, [base, top])
+    release = anyio.Event()
+
+    async def hold_the_base(request: Request) -> None:
+        await release.wait()  # then the normal answer, whole
+
+    registry.on("GET", f"/v2/{REPO}/blobs/{base.digest}", hold_the_base)
+    daemon = start_daemon(max_concurrent_downloads=8)
+    results: list[list[str]] = []
+
+    def pull(tag: str) -> None:
+        results.append(errors(daemon.pull(f"{host}/{REPO}:{tag}")))
+
+    with served(registry) as (portal, server):
+        host = server.host
+        first = [threading.Thread(target=pull, args=(tag,)) for tag in ("x", "y", "z") * 8]
+        for thread in first:
+            thread.start()
+        # The top layers are in the store; they wait for the base to register on it.
+        wait_until(lambda: all(blob_gets(registry, top) == 1 for top in tops.values()))
+        wait_until(
+            lambda: (
+                [t["Name"] for t in daemon.client().get_json("/transfers")]
+                == [f"{host}/{REPO}@{base.digest}"]
+            ),
+            what="only the base layer still downloading",
+        )
+        later = [threading.Thread(target=pull, args=(tag,)) for tag in ("x", "y", "z") * 9]
+        for thread in later[:-2]:
+            thread.start()
+        portal.call(release.set)
+        for thread in later[-2:]:
+            thread.start()
+        for thread in first + later:
+            thread.join(60)
+
+    assert len(results) == 51
+    assert all(result == [] for result in results), results
+    for layer in (base, *tops.values()):
+        assert blob_gets(registry, layer) == 1
+    assert {image["RepoTags"][0].rpartition(":")[2] for image in daemon.images()} == set(tops)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    assert {t for t in threading.enumerate() if t not in before and t.is_alive()} == set()

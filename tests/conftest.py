@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,11 +10,7 @@ import pytest
 import trustme
 
 from support.daemon import Daemon
-from support.registry import Registry, have_registry_tools, start_registry
-
-USER, PASSWORD = "ferry", "s3cret-pass"
-
-needs_docker = pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed")
+from support.registry import PASSWORD, USER, Registry, have_registry_tools, start_registry
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from ferryd.registry.auth import (
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import RegistryService
 from support.fakes import FakeRegistry, Reply, Request, serve_registry
+from support.waiting import await_until
 
 REPO = "team/app"
 MANIFEST_PATH = f"/v2/{REPO}/manifests/.+"
@@ -442,11 +443,17 @@ async def test_token_refused_under_concurrent_requests(connector: Connector) -> 
     # retry, and they share one new token.
     registry = with_manifest(FakeRegistry(auth="bearer"))
 
-    async def slow_token(request: Request) -> Reply:
-        await anyio.sleep(0.05)
+    def refused_three() -> bool:
+        """The first GET and three more with its token: all three are in flight."""
+        gets = registry.seen("GET", MANIFEST_PATH)
+        return sum(r.headers.get("authorization") == "Bearer token-1" for r in gets) == 4
+
+    async def token_once_all_three_are_refused(request: Request) -> Reply:
+        if registry.token_requests[1:]:  # not the first token: a new one
+            await await_until(refused_three)
         return registry.answer(request)
 
-    registry.on("GET", "/token", slow_token)
+    registry.on("GET", "/token", token_once_all_three_are_refused)
     async with serve_registry(registry) as server:
         client = await connector.open(server.host, REPO, ANONYMOUS)
         await client.get_manifest("v1")

@@ -22,13 +22,10 @@ from ferryd.codec import BATCH_SIZE, LayerSink, detect_compression, inflater
 from ferryd.errors import ContentError, DigestMismatchError
 from ferryd.oci.digest import Digest
 from ferryd.oci.mediatypes import Compression
+from support.digests import sha256
 
 MiB = 1 << 20
 deterministic = settings(derandomize=True, max_examples=100, deadline=None)
-
-
-def _sha256(data: bytes) -> Digest:
-    return Digest("sha256:" + hashlib.sha256(data).hexdigest())
 
 
 def _tar(files: dict[str, bytes]) -> bytes:
@@ -84,7 +81,7 @@ def _pour(
     diff_id: bool = True,
 ) -> tuple[Digest | None, LayerSink]:
     """Write `blob` through a fresh sink in chunks of `chunk_size` and finish it."""
-    sink = LayerSink(path, expected or _sha256(blob), diff_id=diff_id)
+    sink = LayerSink(path, expected or sha256(blob), diff_id=diff_id)
     try:
         assert sink.open() == 0
         for chunk in _chunks(blob, chunk_size or max(len(blob), 1)):
@@ -111,7 +108,7 @@ def test_finish_returns_the_diff_id_of_the_uncompressed_tar(blob_path: Path, kin
 
     diff_id, sink = _pour(blob_path, blob)
 
-    assert diff_id == _sha256(LAYER)
+    assert diff_id == sha256(LAYER)
     assert sink.offset == len(blob)
     assert sink.uncompressed_size == len(LAYER)
     assert blob_path.read_bytes() == blob
@@ -119,7 +116,7 @@ def test_finish_returns_the_diff_id_of_the_uncompressed_tar(blob_path: Path, kin
 
 def test_a_plain_tar_has_its_digest_as_diff_id(blob_path: Path) -> None:
     diff_id, _ = _pour(blob_path, LAYER)
-    assert diff_id == _sha256(LAYER)
+    assert diff_id == sha256(LAYER)
 
 
 @pytest.mark.parametrize(
@@ -142,12 +139,12 @@ def test_detect_compression_by_magic_bytes(head: bytes, compression: Compression
 def test_the_media_type_does_not_matter_the_bytes_do(blob_path: Path) -> None:
     # A zstd blob is recognised as zstd whatever the manifest says: the sink never sees it.
     diff_id, _ = _pour(blob_path, _zstd(LAYER))
-    assert diff_id == _sha256(LAYER)
+    assert diff_id == sha256(LAYER)
 
 
 def test_an_empty_blob_has_the_empty_diff_id(blob_path: Path) -> None:
     diff_id, sink = _pour(blob_path, b"")
-    assert diff_id == _sha256(b"")
+    assert diff_id == sha256(b"")
     assert (sink.offset, sink.uncompressed_size) == (0, 0)
     assert blob_path.read_bytes() == b""
 
@@ -155,13 +152,13 @@ def test_an_empty_blob_has_the_empty_diff_id(blob_path: Path) -> None:
 @pytest.mark.parametrize("blob", [b"a", b"ab", b"abc", b"\x28\xb5\x2f"])
 def test_a_blob_shorter_than_any_magic_is_plain(blob_path: Path, blob: bytes) -> None:
     diff_id, _ = _pour(blob_path, blob, 1)
-    assert diff_id == _sha256(blob)
+    assert diff_id == sha256(blob)
 
 
 @pytest.mark.parametrize("kind", ["gzip", "zstd"])
 def test_a_compressed_empty_tar_stream(blob_path: Path, kind: str) -> None:
     diff_id, _ = _pour(blob_path, COMPRESSORS[kind](b""))
-    assert diff_id == _sha256(b"")
+    assert diff_id == sha256(b"")
 
 
 def test_multi_member_gzip_is_read_to_the_end(blob_path: Path) -> None:
@@ -170,14 +167,14 @@ def test_multi_member_gzip_is_read_to_the_end(blob_path: Path) -> None:
 
     diff_id, sink = _pour(blob_path, blob)
 
-    assert diff_id == _sha256(LAYER)
+    assert diff_id == sha256(LAYER)
     assert sink.uncompressed_size == len(LAYER)
 
 
 def test_multi_frame_zstd_is_read_to_the_end(blob_path: Path) -> None:
     blob = _zstd(LAYER[:1000]) + _zstd(b"") + _zstd(LAYER[1000:])
     diff_id, _ = _pour(blob_path, blob)
-    assert diff_id == _sha256(LAYER)
+    assert diff_id == sha256(LAYER)
 
 
 @pytest.mark.parametrize("kind", ["gzip", "zstd"])
@@ -187,11 +184,11 @@ def test_a_member_or_frame_that_ends_exactly_at_a_write_boundary(tmp_path: Path,
     parts = [b"first part " * 50, b"second part " * 70, b"third"]
     members = [compress(part) for part in parts]
     for number, _ in enumerate(members):
-        sink = LayerSink(tmp_path / f"{kind}{number}", _sha256(b"".join(members)))
+        sink = LayerSink(tmp_path / f"{kind}{number}", sha256(b"".join(members)))
         sink.open()
         for member in members:
             sink.write(member)
-        assert sink.finish() == _sha256(b"".join(parts))
+        assert sink.finish() == sha256(b"".join(parts))
         sink.close()
 
 
@@ -201,26 +198,26 @@ def test_every_cut_of_a_multi_part_stream_gives_the_same_diff_id(tmp_path: Path,
     parts = [b"a" * 300, b"", b"b" * 200]
     blob = b"".join(compress(part) for part in parts)
     for cut in range(len(blob) + 1):
-        sink = LayerSink(tmp_path / "blob", _sha256(blob))
+        sink = LayerSink(tmp_path / "blob", sha256(blob))
         sink.open()
         sink.restart()
         for piece in (blob[:cut], blob[cut:]):
             if piece:
                 sink.write(piece)
-        assert sink.finish() == _sha256(b"".join(parts)), cut
+        assert sink.finish() == sha256(b"".join(parts)), cut
         sink.close()
 
 
 @pytest.mark.parametrize("kind", COMPRESSORS)
 def test_empty_writes_are_harmless_even_after_the_stream_ends(blob_path: Path, kind: str) -> None:
     blob = COMPRESSORS[kind](LAYER)
-    sink = LayerSink(blob_path, _sha256(blob))
+    sink = LayerSink(blob_path, sha256(blob))
     try:
         sink.open()
         sink.write(b"")
         sink.write(blob)
         sink.write(b"")  # an ended zstd decompressor raises EOFError if fed again
-        assert sink.finish() == _sha256(LAYER)
+        assert sink.finish() == sha256(LAYER)
     finally:
         sink.close()
 
@@ -228,7 +225,7 @@ def test_empty_writes_are_harmless_even_after_the_stream_ends(blob_path: Path, k
 def test_a_sha512_blob_digest(blob_path: Path) -> None:
     blob = _gzip(LAYER)
     expected = Digest("sha512:" + hashlib.sha512(blob).hexdigest())
-    assert _pour(blob_path, blob, expected=expected)[0] == _sha256(LAYER)
+    assert _pour(blob_path, blob, expected=expected)[0] == sha256(LAYER)
 
 
 def test_without_diff_id_only_the_blob_is_checked(blob_path: Path) -> None:
@@ -251,7 +248,7 @@ def test_any_chunking_gives_the_same_digests(
 ) -> None:
     blob = COMPRESSORS[kind](LARGE)
     diff_id, sink = _pour(blob_path, blob, chunk_size)
-    assert diff_id == _sha256(LARGE)
+    assert diff_id == sha256(LARGE)
     assert sink.uncompressed_size == len(LARGE)
     assert blob_path.read_bytes() == blob
 
@@ -260,7 +257,7 @@ def test_any_chunking_gives_the_same_digests(
 def test_one_byte_at_a_time(blob_path: Path, kind: str) -> None:
     data = _mixed(150_000, seed=3)
     diff_id, _ = _pour(blob_path, COMPRESSORS[kind](data), 1)
-    assert diff_id == _sha256(data)
+    assert diff_id == sha256(data)
 
 
 _PAYLOADS = st.builds(
@@ -292,12 +289,12 @@ def test_random_chunkings_of_random_layers(
     step = len(payload) // parts + 1
     blob = b"".join(compress(payload[i : i + step]) for i in range(0, len(payload), step))
     with tempfile.TemporaryDirectory() as directory:
-        sink = LayerSink(Path(directory) / "blob", _sha256(blob))
+        sink = LayerSink(Path(directory) / "blob", sha256(blob))
         try:
             sink.open()
             for piece in data.draw(_cuts(blob)):
                 sink.write(piece)
-            assert sink.finish() == _sha256(payload)
+            assert sink.finish() == sha256(payload)
             assert sink.uncompressed_size == len(payload)
         finally:
             sink.close()
@@ -323,16 +320,16 @@ def test_inflaters_give_back_the_payload_whatever_the_feeding(
 def test_reopening_resumes_at_the_bytes_written(blob_path: Path, kind: str, where: float) -> None:
     blob = COMPRESSORS[kind](LAYER)
     cut = max(1, round(len(blob) * where)) if where < 1 else len(blob)
-    first = LayerSink(blob_path, _sha256(blob))
+    first = LayerSink(blob_path, sha256(blob))
     first.open()
     first.write(blob[:cut])
     first.close()
 
     # A new sink, as after a daemon restart, reads the partial file back.
-    second = LayerSink(blob_path, _sha256(blob))
+    second = LayerSink(blob_path, sha256(blob))
     assert second.open() == cut
     second.write(blob[cut:])
-    assert second.finish() == _sha256(LAYER)
+    assert second.finish() == sha256(LAYER)
     assert second.uncompressed_size == len(LAYER)
     second.close()
     assert blob_path.read_bytes() == blob
@@ -341,26 +338,26 @@ def test_reopening_resumes_at_the_bytes_written(blob_path: Path, kind: str, wher
 @pytest.mark.parametrize("kind", COMPRESSORS)
 def test_reopening_the_same_sink_starts_from_the_file(blob_path: Path, kind: str) -> None:
     blob = COMPRESSORS[kind](LAYER)
-    sink = LayerSink(blob_path, _sha256(blob))
+    sink = LayerSink(blob_path, sha256(blob))
     sink.open()
     sink.write(blob[:5000])
     sink.close()
 
     assert sink.open() == 5000
     sink.write(blob[5000:])
-    assert sink.finish() == _sha256(LAYER)
+    assert sink.finish() == sha256(LAYER)
     assert sink.uncompressed_size == len(LAYER)
     sink.close()
 
 
 def test_opening_twice_does_not_count_the_file_twice(blob_path: Path) -> None:
     blob = _gzip(LAYER)
-    sink = LayerSink(blob_path, _sha256(blob))
+    sink = LayerSink(blob_path, sha256(blob))
     sink.open()
     sink.write(blob[:100])
     assert sink.open() == 100
     sink.write(blob[100:])
-    assert sink.finish() == _sha256(LAYER)
+    assert sink.finish() == sha256(LAYER)
     sink.close()
 
 
@@ -373,17 +370,17 @@ def test_resuming_across_many_cuts(blob_path: Path) -> None:
         (5001, len(blob) // 2),
         (len(blob) // 2, len(blob)),
     ]:
-        sink = LayerSink(blob_path, _sha256(blob))
+        sink = LayerSink(blob_path, sha256(blob))
         assert sink.open() == start
         sink.write(blob[start:end])
         if end == len(blob):
-            assert sink.finish() == _sha256(LARGE)
+            assert sink.finish() == sha256(LARGE)
         sink.close()
 
 
 def test_open_creates_the_directories(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "c" / "blob"
-    sink = LayerSink(path, _sha256(b""))
+    sink = LayerSink(path, sha256(b""))
     assert sink.open() == 0
     sink.close()
     assert path.exists()
@@ -394,17 +391,17 @@ def test_a_partial_file_that_is_not_a_layer_is_emptied_on_open(blob_path: Path) 
     blob_path.write_bytes(b"\x1f\x8bgarbage that is not deflate" * 10)
     good = _gzip(LAYER)
 
-    sink = LayerSink(blob_path, _sha256(good))
+    sink = LayerSink(blob_path, sha256(good))
     assert sink.open() == 0
     assert blob_path.read_bytes() == b""
     sink.write(good)
-    assert sink.finish() == _sha256(LAYER)
+    assert sink.finish() == sha256(LAYER)
     sink.close()
 
 
 def test_restart_truncates_the_file_and_forgets_the_hashes(blob_path: Path) -> None:
     blob = _gzip(LAYER)
-    sink = LayerSink(blob_path, _sha256(blob))
+    sink = LayerSink(blob_path, sha256(blob))
     sink.open()
     sink.write(blob[:3000])
     sink.write(b"bytes from another blob")
@@ -414,19 +411,19 @@ def test_restart_truncates_the_file_and_forgets_the_hashes(blob_path: Path) -> N
     assert (sink.offset, sink.uncompressed_size) == (0, 0)
     assert blob_path.stat().st_size == 0
     sink.write(blob)
-    assert sink.finish() == _sha256(LAYER)
+    assert sink.finish() == sha256(LAYER)
     sink.close()
     assert blob_path.read_bytes() == blob
 
 
 def test_restart_forgets_a_broken_stream(blob_path: Path) -> None:
     blob = _zstd(LAYER)
-    sink = LayerSink(blob_path, _sha256(blob))
+    sink = LayerSink(blob_path, sha256(blob))
     sink.open()
     sink.write(b"\x28\xb5\x2f\xfd\xff\xff\xff\xff\xff\xff")
     sink.restart()
     sink.write(blob)
-    assert sink.finish() == _sha256(LAYER)
+    assert sink.finish() == sha256(LAYER)
     sink.close()
 
 
@@ -453,7 +450,7 @@ def test_a_gzip_magic_alone_is_a_truncated_stream(blob_path: Path) -> None:
 
 def test_a_blob_cut_inside_the_zstd_magic_is_taken_as_plain(blob_path: Path) -> None:
     # Three bytes cannot be told from an uncompressed blob; docker decides the same way.
-    assert _pour(blob_path, b"\x28\xb5\x2f")[0] == _sha256(b"\x28\xb5\x2f")
+    assert _pour(blob_path, b"\x28\xb5\x2f")[0] == sha256(b"\x28\xb5\x2f")
 
 
 def test_garbage_after_the_gzip_magic_is_a_content_error(blob_path: Path) -> None:
@@ -485,7 +482,7 @@ def test_a_corrupted_crc_is_a_content_error(blob_path: Path) -> None:
 
 def test_a_broken_stream_is_reported_at_finish_not_at_write(blob_path: Path) -> None:
     blob = b"\x1f\x8b" + b"garbage" * 10
-    sink = LayerSink(blob_path, _sha256(blob))
+    sink = LayerSink(blob_path, sha256(blob))
     sink.open()
     sink.write(blob)  # the bytes are on disk, hashed: the blob digest decides first
     with pytest.raises(ContentError):
@@ -495,14 +492,14 @@ def test_a_broken_stream_is_reported_at_finish_not_at_write(blob_path: Path) -> 
 
 def test_a_wrong_blob_digest_is_a_digest_mismatch(blob_path: Path) -> None:
     blob = _gzip(LAYER)
-    expected = _sha256(b"something else")
+    expected = sha256(b"something else")
     with pytest.raises(DigestMismatchError, match=str(expected)):
         _pour(blob_path, blob, expected=expected)
 
 
 def test_a_wrong_digest_wins_over_a_broken_stream(blob_path: Path) -> None:
     with pytest.raises(DigestMismatchError):
-        _pour(blob_path, b"\x1f\x8bnot gzip", expected=_sha256(b"other"))
+        _pour(blob_path, b"\x1f\x8bnot gzip", expected=sha256(b"other"))
 
 
 # Bounded memory: a small blob that inflates hugely is hashed in pieces.
@@ -528,7 +525,7 @@ def test_a_decompression_bomb_is_hashed_in_bounded_memory(blob_path: Path, kind:
     for _ in range(BOMB_SIZE // MiB):
         expected.update(zeros)
 
-    sink = LayerSink(blob_path, _sha256(blob))
+    sink = LayerSink(blob_path, sha256(blob))
     sink.open()
     tracemalloc.start()
     try:

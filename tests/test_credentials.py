@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import PASSWORD, USER
 from ferryd.errors import ConfigError, CredentialHelperError
 from ferryd.registry.auth import ANONYMOUS, Credentials, registry_domain
 from ferryd.registry.credentials import CredentialStore
 from support.daemon import Daemon, errors
 from support.images import LayerSpec, build_image, seed
-from support.registry import Registry
+from support.registry import PASSWORD, USER, Registry
 
 # -- the file ---------------------------------------------------------------
 

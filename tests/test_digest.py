@@ -20,14 +20,11 @@ from ferryd.oci.digest import (
     sha256_digest,
     short_id,
 )
+from support.digests import sha256
 
 deterministic = settings(derandomize=True, max_examples=200)
 
 EMPTY_SHA256 = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-
-
-def _sha256(text: str) -> Digest:
-    return Digest("sha256:" + hashlib.sha256(text.encode()).hexdigest())
 
 
 @pytest.mark.parametrize(
@@ -139,9 +136,9 @@ def test_new_hasher_uses_the_digests_algorithm(algorithm: str) -> None:
 #   ChainID(L0) = DiffID(L0)
 #   ChainID(L0|...|Ln) = Digest(ChainID(L0|...|Ln-1) + " " + DiffID(Ln))
 
-A = _sha256("layer a")
-B = _sha256("layer b")
-C = _sha256("layer c")
+A = sha256(b"layer a")
+B = sha256(b"layer b")
+C = sha256(b"layer c")
 
 
 def test_the_chain_id_of_a_base_layer_is_its_diff_id() -> None:
@@ -154,8 +151,8 @@ def test_the_chain_id_of_a_layer_on_a_parent_hashes_parent_space_diff_id() -> No
 
 
 def test_chain_ids_of_three_layers_follow_the_spec() -> None:
-    ab = _sha256(f"{A} {B}")
-    abc = _sha256(f"{ab} {C}")
+    ab = sha256(f"{A} {B}".encode())
+    abc = sha256(f"{ab} {C}".encode())
     assert chain_ids([A, B, C]) == [A, ab, abc]
 
 

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import PASSWORD, USER
 from support.daemon import Daemon
 from support.docker_cli import docker
 from support.images import LayerSpec, PlatformSpec, build_image, build_index, seed
-from support.registry import Registry
+from support.registry import PASSWORD, USER, Registry
 
 pytestmark = [
     pytest.mark.registry,

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import PASSWORD, USER
 from support.daemon import Daemon, errors
 from support.docker_cli import docker
 from support.images import BuiltImage, LayerSpec, build_image, registry_manifest, seed
-from support.registry import Registry, have_registry_tools, start_registry
+from support.registry import PASSWORD, USER, Registry, have_registry_tools, start_registry
 
 pytestmark = [
     pytest.mark.registry,

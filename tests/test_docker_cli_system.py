@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from conftest import needs_docker
 from ferryd import __version__
 from support.daemon import Daemon, errors
-from support.docker_cli import docker
+from support.docker_cli import docker, needs_docker
 from support.images import LayerSpec, build_image, seed
 from support.registry import Registry
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker_cli, needs_docker]
 
@@ -167,12 +167,12 @@ def test_a_live_docker_events_sees_a_pull_as_it_happens(
             "HOME": str(docker_config),
         },
     )
+    def watching() -> bool:
+        assert watcher.poll() is None, watcher.communicate()
+        return bool(daemon.client().get_json("/info")["NEventsListener"] == 1)
+
     try:
-        deadline = time.monotonic() + 20
-        while daemon.client().get_json("/info")["NEventsListener"] != 1:
-            assert watcher.poll() is None, watcher.communicate()
-            assert time.monotonic() < deadline, "docker events never started watching"
-            time.sleep(0.02)
+        wait_until(watching, 20, what="docker events to start watching")
         assert errors(daemon.pull(reference)) == []
         assert watcher.stdout is not None
         ready, _, _ = select.select([watcher.stdout], [], [], 30)

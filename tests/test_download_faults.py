@@ -44,6 +44,7 @@ from support.fakes import (
     make_layer,
     serve_registry,
 )
+from support.waiting import await_until
 
 REPO = "team/app"
 BLOB_PATH = f"/v2/{REPO}/blobs/.+"
@@ -143,13 +144,6 @@ def big() -> FakeLayer:
 @pytest.fixture(scope="module")
 def small() -> FakeLayer:
     return make_layer(100_000, seed=2)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll: what the condition watches (files, server state) has no event to wait on."""
-    with anyio.fail_after(timeout):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
 
 
 def range_start(request: Request) -> int | None:
@@ -405,8 +399,8 @@ async def test_concurrent_downloads_share_one_transfer(env: Env, big: FakeLayer)
     async with gated(env, big) as gate, anyio.create_task_group() as tg:
         tg.start_soon(pull, first)
         tg.start_soon(pull, second)
-        await wait_until(lambda: len(env.blob_gets()) == 1)
-        await wait_until(lambda: "Pulling fs layer" in second.statuses())
+        await await_until(lambda: len(env.blob_gets()) == 1)
+        await await_until(lambda: "Pulling fs layer" in second.statuses())
         assert env.manager.active == 1
         gate.set()
 
@@ -433,10 +427,10 @@ async def test_late_waiter_sees_the_transfer_so_far(env: Env, big: FakeLayer) ->
     first, late = Recorder(), Recorder()
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: env.download(big, progress=first))
-        await wait_until(lambda: env.partial_size(big) >= MiB)
-        await wait_until(lambda: "Downloading" in first.statuses())
+        await await_until(lambda: env.partial_size(big) >= MiB)
+        await await_until(lambda: "Downloading" in first.statuses())
         tg.start_soon(lambda: env.download(big, progress=late))
-        await wait_until(lambda: "Downloading" in late.statuses())
+        await await_until(lambda: "Downloading" in late.statuses())
         release.set()
     assert late.messages[1].status == "Downloading"  # after its own "Pulling fs layer"
     assert late.statuses()[-1] == "Pull complete"
@@ -454,10 +448,10 @@ async def test_cancelling_one_waiter_keeps_the_transfer(env: Env, big: FakeLayer
 
         tg.start_soon(pull_then_leave)
         tg.start_soon(lambda: env.download(big, progress=staying))
-        await wait_until(lambda: len(env.blob_gets()) == 1)
-        await wait_until(lambda: "Pulling fs layer" in staying.statuses())
+        await await_until(lambda: len(env.blob_gets()) == 1)
+        await await_until(lambda: "Pulling fs layer" in staying.statuses())
         leaving.cancel()
-        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()  # the leaving pull is gone, the transfer waits
         assert env.manager.active == 1
         gate.set()
 
@@ -480,9 +474,9 @@ async def test_cancelling_the_only_waiter_cancels_and_keeps_the_partial(
     env.registry.on("GET", BLOB_PATH, stall, times=1)
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: env.download(big))
-        await wait_until(lambda: env.partial_size(big) >= MiB)
+        await await_until(lambda: env.partial_size(big) >= MiB)
         tg.cancel_scope.cancel()
-    await wait_until(lambda: env.manager.active == 0)
+    await await_until(lambda: env.manager.active == 0)
 
     kept = env.partial_size(big)
     assert 0 < kept < big.size
@@ -525,7 +519,7 @@ async def test_new_waiter_does_not_join_a_cancelled_transfer(env: Env, big: Fake
     env.registry.on("GET", BLOB_PATH, stall, times=1)
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: env.download(big, fetcher=SlowToStop(env.client, 0.3)))
-        await wait_until(lambda: env.partial_size(big) >= MiB)
+        await await_until(lambda: env.partial_size(big) >= MiB)
         tg.cancel_scope.cancel()
     assert env.manager.active == 1  # still winding down
 
@@ -534,11 +528,9 @@ async def test_new_waiter_does_not_join_a_cancelled_transfer(env: Env, big: Fake
     env.assert_stored(big)
 
 
-@pytest.mark.parametrize(
-    "first_answer_delay", [0.0, 0.1], ids=["first-ends-first", "second-ends-first"]
-)
+@pytest.mark.parametrize("held_back", [2, 1], ids=["first-ends-first", "second-ends-first"])
 async def test_same_blob_with_two_diff_ids_at_once(
-    env: Env, big: FakeLayer, first_answer_delay: float
+    env: Env, big: FakeLayer, held_back: int
 ) -> None:
     # One image config says the right DiffID, another (wrongly) a different one: the
     # wrong pull must fail on its own without harming the right one or the store.
@@ -549,8 +541,8 @@ async def test_same_blob_with_two_diff_ids_at_once(
     async def answer(request: Request) -> Reply:
         nonlocal answered
         answered += 1
-        if answered == 1:
-            await anyio.sleep(first_answer_delay)
+        if answered == held_back:  # answered once the other pull has ended
+            await await_until(lambda: outcomes)
         return env.registry.blob_reply(request, big.digest, big.blob)
 
     env.registry.on("GET", BLOB_PATH, answer)

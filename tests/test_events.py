@@ -25,6 +25,7 @@ from ferryd.errors import InvalidFilterError
 from support.daemon import Daemon, errors
 from support.images import LayerSpec, build_image, seed
 from support.registry import Registry
+from support.waiting import wait_until
 
 IMAGE = "sha256:" + "ab" * 32
 OTHER_IMAGE = "sha256:" + "cd" * 32
@@ -372,21 +373,13 @@ def _rmi(daemon: Daemon, name: str) -> list[dict[str, Any]]:
     return records
 
 
-def _logged_requests(daemon: Daemon, path: str) -> list[dict[str, Any]]:
-    """The `api.request` lines for `path`: written once the answer is sent, so a
-    moment after the client has it."""
-    deadline = time.monotonic() + 20
-    while not (found := [e for e in daemon.log_events("api.request") if e["path"] == path]):
-        assert time.monotonic() < deadline, f"no request for {path} was logged"
-        time.sleep(0.02)
-    return found
-
 
 def _wait_for_watchers(daemon: Daemon, count: int) -> None:
-    deadline = time.monotonic() + 20
-    while daemon.client().get_json("/info")["NEventsListener"] != count:
-        assert time.monotonic() < deadline, f"never {count} event watchers"
-        time.sleep(0.02)
+    wait_until(
+        lambda: daemon.client().get_json("/info")["NEventsListener"] == count,
+        20,
+        what=f"{count} event watchers",
+    )
 
 
 def test_pull_tag_and_rmi_reach_a_live_stream_in_order(
@@ -539,7 +532,7 @@ def test_bad_parameters_are_a_400_naming_them(
     with pytest.raises(DaemonError, match=message):
         daemon.client().request("GET", "/events", params)
 
-    [logged] = _logged_requests(daemon, "/events")
+    [logged] = daemon.logged_requests("/events")
     assert logged["status"] == 400
 
 

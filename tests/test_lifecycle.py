@@ -17,6 +17,7 @@ from support.daemon import Daemon, errors
 from support.images import LayerSpec, build_image, seed
 from support.registry import Registry
 from support.throttle import throttled
+from support.waiting import wait_until
 
 MB = 1_000_000
 
@@ -33,17 +34,6 @@ def _pull_in_background(daemon: Daemon, reference: str) -> tuple[threading.Threa
     thread = threading.Thread(target=pull)
     thread.start()
     return thread, result
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
-def _partial(daemon: Daemon, digest: str) -> Path:
-    return daemon.root / "partial" / ("sha256-" + digest.removeprefix("sha256:"))
 
 
 def _refuses_connections(path: Path) -> bool:
@@ -66,13 +56,12 @@ def test_sigterm_lets_a_running_pull_finish_then_exits_0(
     with throttled(registry.host, rate=8 * MB) as proxy:
         reference = f"{proxy.host}/lifecycle/finish:v1"
         thread, result = _pull_in_background(daemon, reference)
-        partial = _partial(daemon, built.layers[0].digest)
-        _wait_for(lambda: partial.exists() and partial.stat().st_size > MB, "the download")
+        daemon.wait_for_download(built.layers[0].digest)
         assert daemon.process is not None
         daemon.process.send_signal(signal.SIGTERM)
-        _wait_for(lambda: bool(daemon.log_events("daemon.stopping")), "the stop to begin")
+        wait_until(lambda: bool(daemon.log_events("daemon.stopping")), 30, what="the stop to begin")
 
-        _wait_for(lambda: _refuses_connections(daemon.socket), "new connections refused", 5)
+        wait_until(lambda: _refuses_connections(daemon.socket), 5, what="new connections refused")
         thread.join(60)
         assert daemon.process.wait(60) == 0
 
@@ -93,8 +82,7 @@ def test_a_pull_still_running_after_the_grace_period_is_cancelled_and_resumed_la
     with throttled(registry.host, rate=2 * MB) as proxy:
         reference = f"{proxy.host}/lifecycle/cut:v1"
         thread, result = _pull_in_background(daemon, reference)
-        partial = _partial(daemon, digest)
-        _wait_for(lambda: partial.exists() and partial.stat().st_size > MB, "the download")
+        partial = daemon.wait_for_download(digest)
         assert daemon.process is not None
         started = time.monotonic()
 
@@ -126,11 +114,10 @@ def test_a_second_signal_stops_at_once(
     daemon = start_daemon(shutdown_timeout=600)
     with throttled(registry.host, rate=2 * MB) as proxy:
         thread, _ = _pull_in_background(daemon, f"{proxy.host}/lifecycle/twice:v1")
-        partial = _partial(daemon, built.layers[0].digest)
-        _wait_for(lambda: partial.exists() and partial.stat().st_size > MB, "the download")
+        daemon.wait_for_download(built.layers[0].digest)
         assert daemon.process is not None
         daemon.process.send_signal(signal.SIGTERM)
-        _wait_for(lambda: bool(daemon.log_events("daemon.stopping")), "the stop to begin")
+        wait_until(lambda: bool(daemon.log_events("daemon.stopping")), 30, what="the stop to begin")
         daemon.process.send_signal(signal.SIGINT)
 
         assert daemon.process.wait(15) == 0

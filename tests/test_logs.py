@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -15,11 +16,19 @@ from support.daemon import Daemon, errors
 
 
 @pytest.fixture
-def captured(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+def captured(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """The daemon's log set-up, writing into a string; structlog's configuration and the
+    root logger's handlers are put back afterwards, for the tests that follow."""
     out = io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     logs.configure("info", "json")
-    return out
+    yield out
+    structlog.configure(**config)
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def _fail(password: str) -> None:

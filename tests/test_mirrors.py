@@ -13,10 +13,16 @@ import httpx
 import pytest
 import trustme
 
-from conftest import PASSWORD, USER
 from support.daemon import Daemon, errors
 from support.images import LayerSpec, build_image, seed
-from support.registry import Registry, free_port, have_registry_tools, start_registry
+from support.registry import (
+    PASSWORD,
+    USER,
+    Registry,
+    free_port,
+    have_registry_tools,
+    start_registry,
+)
 
 pytestmark = pytest.mark.registry
 

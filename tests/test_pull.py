@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,12 +15,14 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import PASSWORD, USER
 from support.daemon import Daemon, errors, statuses
 from support.images import LayerSpec, PlatformSpec, build_image, build_index, seed
-from support.registry import Registry, start_registry
+from support.registry import PASSWORD, USER, Registry, start_registry
+from support.throttle import throttled
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.registry
+MB = 1_000_000
 
 
 def short(digest: str) -> str:
@@ -335,28 +336,28 @@ def test_connection_cut_mid_layer_resumes_with_range(
     registry = start_registry(tmp_path / "cut-registry")
     try:
         layout = tmp_path / "layout"
-        built = build_image(
-            layout, layers=[LayerSpec(size=120_000_000, seed=70, compression="none")]
-        )
+        # Larger than what the socket buffers between the registry and the daemon can
+        # hold when the registry dies: the rest must come from the retry.
+        built = build_image(layout, layers=[LayerSpec(size=32 * MB, seed=70, compression="none")])
         seed(registry, layout, "latest", "cut/app:v1")
         daemon = start_daemon(retry_delay=0.5)
-        partial = daemon.root / "partial" / ("sha256-" + built.layers[0].digest[7:])
-        result: list[list[dict[str, object]]] = []
-        puller = threading.Thread(
-            target=lambda: result.append(daemon.pull(f"{registry.host}/cut/app:v1"))
-        )
-        puller.start()
-        wait_until_partial_has(partial, 1_000_000)
-        assert registry.pid is not None
-        os.kill(registry.pid, signal.SIGKILL)
-        registry.stop()
-        registry.start()
-        puller.join(60)
+        with throttled(registry.host, rate=4 * MB) as proxy:
+            reference = f"{proxy.host}/cut/app:v1"
+            result: list[list[dict[str, object]]] = []
+            puller = threading.Thread(target=lambda: result.append(daemon.pull(reference)))
+            puller.start()
+            daemon.wait_for_download(built.layers[0].digest)
+            assert registry.pid is not None
+            os.kill(registry.pid, signal.SIGKILL)
+            proxy.rate = 1000 * MB
+            registry.stop()
+            registry.start()
+            puller.join(60)
 
         [messages] = result
         assert errors(messages) == []
         assert any(str(m.get("status", "")).startswith("Retrying in") for m in messages)
-        assert daemon.inspect(f"{registry.host}/cut/app:v1")["Id"] == built.config_digest
+        assert daemon.inspect(reference)["Id"] == built.config_digest
         ranged = [
             e for e in registry.access_log() if e.status == 206 and built.layers[0].digest in e.path
         ]
@@ -397,77 +398,52 @@ def _tls_daemon(
 
 
 def test_client_that_goes_away_cancels_its_download_and_the_next_pull_resumes(
-    tmp_path: Path, start_daemon: Callable[..., Daemon]
+    registry: Registry, start_daemon: Callable[..., Daemon], layout: Path
 ) -> None:
-    registry = start_registry(tmp_path / "slow-registry")
-    try:
-        layout = tmp_path / "layout"
-        built = build_image(
-            layout, layers=[LayerSpec(size=150_000_000, seed=71, compression="none")]
-        )
-        seed(registry, layout, "latest", "gone/app:v1")
-        daemon = start_daemon()
-        digest = built.layers[0].digest
-        partial = daemon.root / "partial" / ("sha256-" + digest[7:])
-        response = daemon.client().request(
-            "POST", "/images/create", {"fromImage": f"{registry.host}/gone/app:v1"}
-        )
-        wait_until_partial_has(partial, 1_000_000)
+    built = build_image(layout, layers=[LayerSpec(size=16 * MB, seed=71, compression="none")])
+    seed(registry, layout, "latest", "gone/app:v1")
+    daemon = start_daemon()
+    digest = built.layers[0].digest
+    with throttled(registry.host, rate=4 * MB) as proxy:
+        reference = f"{proxy.host}/gone/app:v1"
+        response = daemon.client().request("POST", "/images/create", {"fromImage": reference})
+        partial = daemon.wait_for_download(digest)
         response.close()  # the client hangs up mid-layer
 
-        deadline = time.monotonic() + 30
-        while not daemon.log_events("transfer.cancelled"):
-            assert time.monotonic() < deadline, "the transfer was not cancelled"
-            time.sleep(0.05)
+        wait_until(lambda: daemon.log_events("transfer.cancelled"), 30, what="the cancel")
         kept = partial.stat().st_size
         assert 0 < kept < built.layers[0].size
 
-        assert errors(daemon.pull(f"{registry.host}/gone/app:v1")) == []
-        assert daemon.inspect(f"{registry.host}/gone/app:v1")["Id"] == built.config_digest
-        ranged = [e for e in registry.access_log() if e.status == 206 and digest in e.path]
-        assert ranged, "the second pull did not resume from the partial file"
-    finally:
-        registry.stop()
+        proxy.rate = 1000 * MB
+        assert errors(daemon.pull(reference)) == []
+    assert daemon.inspect(reference)["Id"] == built.config_digest
+    ranged = [e for e in registry.access_log() if e.status == 206 and digest in e.path]
+    assert ranged, "the second pull did not resume from the partial file"
 
 
 def test_pull_interrupted_by_a_daemon_crash_resumes_after_restart(
-    tmp_path: Path, start_daemon: Callable[..., Daemon]
+    registry: Registry, start_daemon: Callable[..., Daemon], layout: Path
 ) -> None:
-    registry = start_registry(tmp_path / "crash-registry")
-    try:
-        layout = tmp_path / "layout"
-        built = build_image(
-            layout, layers=[LayerSpec(size=150_000_000, seed=72, compression="none")]
-        )
-        seed(registry, layout, "latest", "crash/app:v1")
-        daemon = start_daemon()
-        digest = built.layers[0].digest
-        partial = daemon.root / "partial" / ("sha256-" + digest[7:])
-        puller = threading.Thread(
-            target=_pull_ignoring_errors, args=(daemon, f"{registry.host}/crash/app:v1")
-        )
+    built = build_image(layout, layers=[LayerSpec(size=16 * MB, seed=72, compression="none")])
+    seed(registry, layout, "latest", "crash/app:v1")
+    daemon = start_daemon()
+    digest = built.layers[0].digest
+    with throttled(registry.host, rate=4 * MB) as proxy:
+        reference = f"{proxy.host}/crash/app:v1"
+        puller = threading.Thread(target=_pull_ignoring_errors, args=(daemon, reference))
         puller.start()
-        wait_until_partial_has(partial, 1_000_000)
+        daemon.wait_for_download(digest)
         assert daemon.process is not None
         daemon.process.kill()
         puller.join(30)
         daemon.stop()
         daemon.start()
 
-        assert errors(daemon.pull(f"{registry.host}/crash/app:v1")) == []
-        assert daemon.inspect(f"{registry.host}/crash/app:v1")["Id"] == built.config_digest
-        ranged = [e for e in registry.access_log() if e.status == 206 and digest in e.path]
-        assert ranged, "the pull after the restart did not resume from the partial file"
-    finally:
-        registry.stop()
-
-
-def wait_until_partial_has(partial: Path, size: int) -> None:
-    """Poll (finely: a loopback download is fast) until a partial download grows."""
-    deadline = time.monotonic() + 30
-    while not (partial.exists() and partial.stat().st_size > size):
-        assert time.monotonic() < deadline, "download never started"
-        time.sleep(0.002)
+        proxy.rate = 1000 * MB
+        assert errors(daemon.pull(reference)) == []
+    assert daemon.inspect(reference)["Id"] == built.config_digest
+    ranged = [e for e in registry.access_log() if e.status == 206 and digest in e.path]
+    assert ranged, "the pull after the restart did not resume from the partial file"
 
 
 def _pull_ignoring_errors(daemon: Daemon, ref: str) -> None:

@@ -23,8 +23,8 @@ import httpx
 import pytest
 import trustme
 
-from conftest import PASSWORD, USER
 from support.daemon import Daemon, errors, statuses
+from support.digests import sha256
 from support.images import (
     DOCKER_MANIFEST,
     LAYER_TYPES,
@@ -36,11 +36,17 @@ from support.images import (
     layout_descriptor,
     registry_manifest,
     seed,
-    sha256_digest,
     skopeo_copy_to_oci,
     skopeo_inspect_raw,
 )
-from support.registry import AccessLogEntry, Registry, have_registry_tools, start_registry
+from support.registry import (
+    PASSWORD,
+    USER,
+    AccessLogEntry,
+    Registry,
+    have_registry_tools,
+    start_registry,
+)
 
 pytestmark = pytest.mark.registry
 
@@ -149,7 +155,7 @@ def read_back(registry: Registry, ref: str, dest: Path) -> tuple[dict[str, Any],
     blobs = {}
     for descriptor in [manifest["config"], *manifest["layers"]]:
         data = blob_path(dest, descriptor["digest"]).read_bytes()
-        assert sha256_digest(data) == descriptor["digest"]
+        assert sha256(data) == descriptor["digest"]
         assert len(data) == descriptor["size"]
         blobs[descriptor["digest"]] = data
     return manifest, blobs
@@ -220,7 +226,7 @@ def test_pushed_image_reads_back_with_skopeo_blob_for_blob_as_stored(
     assert errors(messages) == []
     [pushed] = aux(messages)
     raw, _ = registry_manifest(other_registry, f"readback/{media}:v1")
-    assert pushed["Digest"] == sha256_digest(raw)
+    assert pushed["Digest"] == sha256(raw)
     manifest, blobs = read_back(other_registry, f"readback/{media}:v1", tmp_path / "back")
     assert manifest["config"]["digest"] == built.config_digest
     assert [layer["digest"] for layer in manifest["layers"]] == [x.digest for x in built.layers]
@@ -520,7 +526,7 @@ def test_uncompressed_layer_is_gzipped_on_the_way_and_keeps_its_diff_id(
     assert statuses(messages, "Pushed") == [short(built.diff_ids[0])]
     raw, _ = registry_manifest(other_registry, f"plain/{media}:v1")
     [pushed] = aux(messages)
-    assert pushed == {"Tag": "v1", "Digest": sha256_digest(raw), "Size": len(raw)}
+    assert pushed == {"Tag": "v1", "Digest": sha256(raw), "Size": len(raw)}
     manifest = json.loads(raw)
     [layer] = manifest["layers"]
     assert layer["mediaType"] == LAYER_TYPES[media]["gzip"]  # type: ignore[index]
@@ -531,7 +537,7 @@ def test_uncompressed_layer_is_gzipped_on_the_way_and_keeps_its_diff_id(
     _, blobs = read_back(other_registry, f"plain/{media}:v1", tmp_path / "back")
     data = blobs[layer["digest"]]
     assert data[:2] == b"\x1f\x8b"
-    assert sha256_digest(gzip.decompress(data)) == built.diff_ids[0]
+    assert sha256(gzip.decompress(data)) == built.diff_ids[0]
     assert blob_names(daemon) >= hexes(built.layers[0].digest)  # the store keeps its tar
 
 

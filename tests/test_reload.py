@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ from support.daemon import Daemon, errors
 from support.images import LayerSpec, build_image, seed
 from support.registry import Registry
 from support.throttle import throttled
-from support.waiting import wait_until
 
 MB = 1_000_000
 
@@ -74,11 +72,7 @@ def test_a_reload_does_not_disturb_a_running_pull(
         result: list[list[dict[str, Any]]] = []
         puller = threading.Thread(target=lambda: result.append(daemon.pull(reference)))
         puller.start()
-        partial = daemon.root / "partial" / ("sha256-" + built.layers[0].digest[7:])
-        deadline = time.monotonic() + 30
-        while not (partial.exists() and partial.stat().st_size > MB):
-            assert time.monotonic() < deadline, "the download never started"
-            time.sleep(0.01)
+        daemon.wait_for_download(built.layers[0].digest)
 
         event = daemon.reload(insecure_registries=["127.0.0.0/8", "10.0.0.0/8"])
         puller.join(60)
@@ -93,11 +87,7 @@ def test_a_reload_does_not_disturb_a_running_pull(
 def test_a_reload_applies_a_new_log_level(start_daemon: Callable[..., Daemon]) -> None:
     daemon = start_daemon()
     daemon.client().get_json("/images/json")
-    # The request's line is written once its answer has gone: wait for it.
-    wait_until(
-        lambda: [e for e in daemon.log_events("api.request") if e["path"] == "/images/json"],
-        what="the first request's log line",
-    )
+    daemon.logged_requests("/images/json")  # written once the answer has gone
     before = len(daemon.log_events("api.request"))
 
     event = daemon.reload(log_level="warning")
@@ -117,7 +107,8 @@ def test_a_reload_that_makes_logs_verbose_again_is_logged(
     daemon.client().get_json("/images/json")
 
     assert event["changed"] == ["log_level"]
-    assert daemon.log_events("api.request")
+    # The request's line is written once its answer has gone: wait for it.
+    assert daemon.logged_requests("/images/json")
 
 
 def test_a_mirror_url_that_cannot_be_parsed_fails_the_reload_not_the_daemon(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import socket
@@ -18,6 +17,7 @@ import trustme
 from backports import zstd
 
 from support import registry as registry_module
+from support.digests import sha256
 from support.images import (
     DOCKER_CONFIG,
     DOCKER_LIST,
@@ -43,10 +43,6 @@ pytestmark = [
     pytest.mark.registry,
     pytest.mark.skipif(not have_registry_tools(), reason="docker-registry/skopeo missing"),
 ]
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def untar(data: bytes) -> dict[str, bytes | None]:

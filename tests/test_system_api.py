@@ -21,13 +21,13 @@ import anyio
 import pytest
 import trustme
 
-from conftest import PASSWORD, USER
 from ferryd import __version__
 from ferryd.cli.client import DaemonError
 from support.daemon import Daemon, errors
 from support.fakes import FakeRegistry, FakeServer, Reply, Request, registry_error, serve_registry
 from support.images import BuiltImage, LayerSpec, blob_path, build_image, seed
-from support.registry import Registry
+from support.registry import PASSWORD, USER, Registry
+from support.waiting import await_until
 
 MiB = 1 << 20
 REPO = "team/app"
@@ -43,15 +43,6 @@ def _ferryd(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
     )
 
-
-def _logged_requests(daemon: Daemon, path: str) -> list[dict[str, Any]]:
-    """The `api.request` lines for `path`: each is written once its answer is sent,
-    so a moment after the client has it."""
-    deadline = time.monotonic() + 20
-    while not (found := [e for e in daemon.log_events("api.request") if e["path"] == path]):
-        assert time.monotonic() < deadline, f"no request for {path} was logged"
-        time.sleep(0.02)
-    return found
 
 
 # -- /info ------------------------------------------------------------------------------
@@ -171,23 +162,30 @@ async def _stalled(layout: Path, seed_number: int) -> AsyncIterator[Stalled]:
             release.set()
 
 
+async def _transfers(daemon: Daemon) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = await anyio.to_thread.run_sync(
+        daemon.client().get_json, "/transfers"
+    )
+    return rows
+
+
 async def _running_transfers(daemon: Daemon) -> list[dict[str, Any]]:
     """/transfers once the download has written its first batch (and says so)."""
-    with anyio.fail_after(30):
-        while True:
-            rows: list[dict[str, Any]] = await anyio.to_thread.run_sync(
-                daemon.client().get_json, "/transfers"
-            )
-            if rows and rows[0]["Current"]:
-                return rows
-            await anyio.sleep(0.02)
+
+    async def running() -> list[dict[str, Any]]:
+        rows = await _transfers(daemon)
+        return rows if rows and rows[0]["Current"] else []
+
+    return await await_until(running, 30, what="a running transfer", interval=0.02)
 
 
 async def _no_transfers(daemon: Daemon) -> None:
     """Poll: the daemon is another process, with no event to wait on from here."""
-    with anyio.fail_after(30):
-        while await anyio.to_thread.run_sync(daemon.client().get_json, "/transfers"):  # noqa: ASYNC110
-            await anyio.sleep(0.02)
+
+    async def none() -> bool:
+        return not await _transfers(daemon)
+
+    await await_until(none, 30, what="no running transfers", interval=0.02)
 
 
 async def test_transfers_and_ps_show_a_running_download_and_nothing_once_it_is_done(
@@ -310,7 +308,7 @@ def test_ps_without_a_daemon_says_so_and_exits_1(tmp_path: Path) -> None:
 def test_every_request_is_logged_with_the_clients_uid_gid_and_pid(daemon: Daemon) -> None:
     daemon.client().get_json("/images/json", {"all": "1"})
 
-    [entry] = _logged_requests(daemon, "/images/json")
+    [entry] = daemon.logged_requests("/images/json")
     assert entry["level"] == "info"
     assert entry["method"] == "GET"
     assert entry["query"] == "all=1"
@@ -327,7 +325,7 @@ def test_the_pid_logged_is_that_of_the_process_on_the_other_end(daemon: Daemon) 
     )
     assert client.wait(60) == 0
 
-    [entry] = _logged_requests(daemon, "/transfers")
+    [entry] = daemon.logged_requests("/transfers")
     assert entry["pid"] == client.pid
     assert entry["pid"] != os.getpid()
 
@@ -349,7 +347,7 @@ def test_each_request_on_a_kept_alive_connection_is_logged_with_the_client(
     connection.close()
 
     for path in ("/version", "/info"):
-        [entry] = _logged_requests(daemon, path)
+        [entry] = daemon.logged_requests(path)
         assert (entry["uid"], entry["pid"]) == (os.getuid(), os.getpid())
 
 
@@ -358,8 +356,8 @@ def test_refused_requests_are_logged_with_their_status(daemon: Daemon) -> None:
         with pytest.raises(DaemonError, match="Error response from daemon"):
             daemon.client().request("GET", path)
 
-    [inspect] = _logged_requests(daemon, "/images/nope:1/json")
-    [unknown] = _logged_requests(daemon, "/v1.47/no/such/route")
+    [inspect] = daemon.logged_requests("/images/nope:1/json")
+    [unknown] = daemon.logged_requests("/v1.47/no/such/route")
     assert (inspect["status"], unknown["status"]) == (404, 404)
 
 
@@ -368,7 +366,7 @@ def test_request_headers_are_never_logged(daemon: Daemon) -> None:
     headers = {"X-Registry-Auth": secret, "Authorization": "Basic ZG8tbm90OmxvZy1tZQ=="}
     daemon.client().request("GET", "/images/json", headers=headers).read()
 
-    [entry] = _logged_requests(daemon, "/images/json")
+    [entry] = daemon.logged_requests("/images/json")
     text = daemon.log_path.read_text()
     assert "do-not-log-me" not in text
     assert secret not in text

@@ -12,7 +12,7 @@ import gzip
 import io
 import random
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -47,6 +47,7 @@ from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import RegistryService
 from ferryd.store import Store
 from ferryd.store.metadata import V2Metadata
+from support.digests import sha256
 from support.fakes import (
     FakeLayer,
     FakeServer,
@@ -57,9 +58,9 @@ from support.fakes import (
     background,
     make_layer,
     registry_error,
-    serve_uploads,
-    sha256,
+    serve_registry,
 )
+from support.waiting import await_until
 
 REPO = "team/app"
 OTHER = "team/other"
@@ -143,9 +144,6 @@ class Env:
     def metadata(self, layer: StoreLayer) -> set[V2Metadata]:
         return set(self.store.metadata.get(layer.diff_id))
 
-    def seen(self, method: str, path: str) -> list[Request]:
-        return self.registry.seen(method, path)
-
     def wire(self) -> list[str]:
         """The upload-side requests, as `METHOD path`, in order."""
         return [f"{r.method} {r.path}" for r in self.registry.requests if r.path != "/v2/"]
@@ -158,7 +156,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     connector = Connector(RegistryService(), connect_timeout=5, read_timeout=5)
     held: list[StoreLayer] = []
     try:
-        async with serve_uploads(registry) as server, background() as tg:
+        async with serve_registry(registry) as server, background() as tg:
             manager = UploadManager(store.metadata, tg, retry_delay=0.01)
             client = await connector.open(server.host, REPO, ANONYMOUS, actions="pull,push")
             environment = Env(store, registry, server, manager, client, connector, tg, held)
@@ -185,13 +183,6 @@ def small() -> FakeLayer:
 @pytest.fixture(scope="module")
 def plain() -> PlainLayer:
     return make_plain_layer(3 * MiB, seed=13)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll: the server's request log has no event to wait on."""
-    with anyio.fail_after(timeout):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
 
 
 def retries(progress: Recorder) -> list[str]:
@@ -240,10 +231,10 @@ async def test_mounted_from_a_sibling_repository(env: Env, small: FakeLayer) -> 
     result = await env.upload(layer, progress=progress)
 
     assert result == Uploaded(small.digest, 0, small.size, OCI_LAYER_GZIP, "mounted", OTHER)
-    (post,) = env.seen("POST", UPLOADS)
+    (post,) = env.registry.seen("POST", UPLOADS)
     assert post.query == {"mount": small.digest, "from": OTHER}
-    assert env.seen("PATCH", SESSION) == []
-    assert env.seen("PUT", SESSION) == []
+    assert env.registry.seen("PATCH", SESSION) == []
+    assert env.registry.seen("PUT", SESSION) == []
     assert env.registry.repo_blobs(REPO) == {small.digest: small.blob}
     assert env.metadata(layer) == {
         V2Metadata(small.digest, env.domain, OTHER),
@@ -259,7 +250,7 @@ async def test_metadata_of_another_registry_is_not_mounted(env: Env, small: Fake
     result = await env.upload(layer)
 
     assert result.outcome == "pushed"
-    (post,) = env.seen("POST", UPLOADS)
+    (post,) = env.registry.seen("POST", UPLOADS)
     assert post.query == {}
 
 
@@ -273,12 +264,12 @@ async def test_refused_mount_uploads_to_the_session_it_opened(env: Env, small: F
     result = await env.upload(layer, progress=progress)
 
     assert result == Uploaded(small.digest, small.size, small.size, OCI_LAYER_GZIP, "pushed")
-    (post,) = env.seen("POST", UPLOADS)  # the mount's POST; no second one
+    (post,) = env.registry.seen("POST", UPLOADS)  # the mount's POST; no second one
     assert post.query == {"mount": small.digest, "from": OTHER}
-    (patch,) = env.seen("PATCH", SESSION)
+    (patch,) = env.registry.seen("PATCH", SESSION)
     assert patch.path == f"/v2/{REPO}/blobs/uploads/session-1"
     assert patch.body == small.blob
-    (put,) = env.seen("PUT", SESSION)
+    (put,) = env.registry.seen("PUT", SESSION)
     assert put.path == f"/v2/{REPO}/blobs/uploads/session-1"
     assert put.query["digest"] == small.digest
     assert env.registry.repo_blobs(REPO) == {small.digest: small.blob}
@@ -302,11 +293,11 @@ async def test_upload_sends_the_stored_blob_byte_for_byte(env: Env, big: FakeLay
         f"PATCH {UPLOADS}session-1",
         f"PUT {UPLOADS}session-1",
     ]
-    (patch,) = env.seen("PATCH", SESSION)
+    (patch,) = env.registry.seen("PATCH", SESSION)
     assert patch.headers["content-length"] == str(big.size)
     assert "transfer-encoding" not in patch.headers
     assert patch.body == big.blob
-    (put,) = env.seen("PUT", SESSION)
+    (put,) = env.registry.seen("PUT", SESSION)
     assert put.query["digest"] == big.digest
     assert put.body == b""
     assert env.registry.repo_blobs(REPO) == {big.digest: big.blob}
@@ -320,11 +311,11 @@ async def test_put_keeps_the_upload_urls_own_query(env: Env, small: FakeLayer) -
 
     await env.upload(layer)
 
-    (post,) = env.seen("POST", UPLOADS)
+    (post,) = env.registry.seen("POST", UPLOADS)
     assert post.query == {}
-    (patch,) = env.seen("PATCH", SESSION)
+    (patch,) = env.registry.seen("PATCH", SESSION)
     assert patch.query == {"_state": "st0+/=="}
-    (put,) = env.seen("PUT", SESSION)
+    (put,) = env.registry.seen("PUT", SESSION)
     assert put.query == {"_state": "st1+/==", "digest": small.digest}
 
 
@@ -371,14 +362,15 @@ async def test_plain_tar_is_compressed_on_the_way(env: Env, plain: PlainLayer) -
 
     result = await env.upload(layer, progress=progress, family="docker")
 
-    assert env.seen("HEAD", f"/v2/{REPO}/blobs/.+") == []  # its gzip digest is not known yet
-    (patch,) = env.seen("PATCH", SESSION)
+    # Its gzip digest is not known yet:
+    assert env.registry.seen("HEAD", f"/v2/{REPO}/blobs/.+") == []
+    (patch,) = env.registry.seen("PATCH", SESSION)
     assert patch.headers.get("transfer-encoding") == "chunked"
     assert "content-length" not in patch.headers
     sent = patch.body
     assert gzip.decompress(sent) == plain.tar
     assert len(sent) < len(plain.tar)
-    (put,) = env.seen("PUT", SESSION)
+    (put,) = env.registry.seen("PUT", SESSION)
     assert put.query["digest"] == sha256(sent)
     assert result == Uploaded(sha256(sent), len(sent), len(sent), DOCKER_LAYER_GZIP, "pushed")
     assert env.registry.repo_blobs(REPO) == {sha256(sent): sent}
@@ -407,7 +399,7 @@ async def test_plain_tar_pushed_before_exists_then_mounts(env: Env, plain: Plain
     assert mounted.source == REPO
     assert mounted.blob_size == first.size
     assert env.registry.repo_blobs(OTHER) == env.registry.repo_blobs(REPO)
-    assert len(env.seen("PATCH", ANY_SESSION)) == 1
+    assert len(env.registry.seen("PATCH", ANY_SESSION)) == 1
 
 
 # -- faults ---------------------------------------------------------------------------------
@@ -421,9 +413,9 @@ async def test_server_error_on_patch_is_retried(env: Env, big: FakeLayer) -> Non
     result = await env.upload(layer, progress=progress)
 
     assert result.outcome == "pushed"
-    assert len(env.seen("POST", UPLOADS)) == 2  # a fresh session for the second attempt
-    assert len(env.seen("PATCH", SESSION)) == 2
-    (put,) = env.seen("PUT", SESSION)
+    assert len(env.registry.seen("POST", UPLOADS)) == 2  # a fresh session for the second attempt
+    assert len(env.registry.seen("PATCH", SESSION)) == 2
+    (put,) = env.registry.seen("PUT", SESSION)
     assert put.path == f"{UPLOADS}session-2"
     assert retries(progress) == ["Retrying in 1 second"]
     assert progress.statuses()[-1] == "Pushed"
@@ -439,7 +431,7 @@ async def test_server_errors_every_time_give_up(env: Env, small: FakeLayer) -> N
         await env.upload(layer, progress=progress)
 
     assert caught.value.retryable
-    assert len(env.seen("PUT", SESSION)) == 5
+    assert len(env.registry.seen("PUT", SESSION)) == 5
     assert len(retries(progress)) == 4
     assert env.metadata(layer) == set()
 
@@ -464,8 +456,8 @@ async def test_refused_post_is_not_retried(
 
     assert "blob upload" in str(caught.value)
     assert not caught.value.retryable
-    assert len(env.seen("POST", UPLOADS)) == 1
-    assert env.seen("PATCH", SESSION) == []
+    assert len(env.registry.seen("POST", UPLOADS)) == 1
+    assert env.registry.seen("PATCH", SESSION) == []
     assert retries(progress) == []
     assert env.metadata(layer) == set()
 
@@ -485,7 +477,7 @@ async def test_put_answered_with_another_digest(env: Env, small: FakeLayer) -> N
     with pytest.raises(DigestMismatchError, match=lie):
         await env.upload(layer, progress=progress)
 
-    assert len(env.seen("PUT", SESSION)) == 1  # not retried
+    assert len(env.registry.seen("PUT", SESSION)) == 1  # not retried
     assert retries(progress) == []
     assert env.metadata(layer) == set()
 
@@ -503,7 +495,7 @@ async def test_registry_that_loses_the_state_token(env: Env, small: FakeLayer) -
 
     with pytest.raises(FerrydError, match="invalid secret"):
         await env.upload(layer)
-    assert len(env.seen("PATCH", SESSION)) == 1
+    assert len(env.registry.seen("PATCH", SESSION)) == 1
 
 
 # -- sharing and cancellation -------------------------------------------------------------
@@ -520,18 +512,18 @@ async def test_concurrent_uploads_to_one_repository_share_one(env: Env, big: Fak
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(push, first)
-        await wait_until(lambda: len(env.seen("PATCH", SESSION)) == 1)
+        await await_until(lambda: len(env.registry.seen("PATCH", SESSION)) == 1)
         tg.start_soon(push, second)
-        await wait_until(lambda: bool(second.messages))  # joined: sees "Pushing" at once
+        await await_until(lambda: bool(second.messages))  # joined: sees "Pushing" at once
         assert env.manager.active == 1
         released.set()
 
     assert len(results) == 2
     assert results[0] == results[1]
     assert results[0].outcome == "pushed"
-    assert len(env.seen("POST", UPLOADS)) == 1
-    assert len(env.seen("PATCH", SESSION)) == 1
-    assert len(env.seen("PUT", SESSION)) == 1
+    assert len(env.registry.seen("POST", UPLOADS)) == 1
+    assert len(env.registry.seen("PATCH", SESSION)) == 1
+    assert len(env.registry.seen("PUT", SESSION)) == 1
     for progress in (first, second):
         assert progress.statuses()[-1] == "Pushed"
     assert second.messages[0].status == "Pushing"
@@ -549,14 +541,14 @@ async def test_concurrent_uploads_to_two_repositories(env: Env, big: FakeLayer) 
     async with anyio.create_task_group() as tg:
         tg.start_soon(push, env.client)
         tg.start_soon(push, other)
-        await wait_until(lambda: len(env.seen("PATCH", ANY_SESSION)) == 2)
+        await await_until(lambda: len(env.registry.seen("PATCH", ANY_SESSION)) == 2)
         assert env.manager.active == 2
         released.set()
 
     assert {r.outcome for r in results.values()} == {"pushed"}
-    posts = sorted(r.path for r in env.seen("POST", ANY_UPLOADS))
+    posts = sorted(r.path for r in env.registry.seen("POST", ANY_UPLOADS))
     assert posts == sorted([f"/v2/{REPO}/blobs/uploads/", f"/v2/{OTHER}/blobs/uploads/"])
-    assert len(env.seen("PUT", ANY_SESSION)) == 2
+    assert len(env.registry.seen("PUT", ANY_SESSION)) == 2
     assert env.registry.repo_blobs(REPO) == {big.digest: big.blob}
     assert env.registry.repo_blobs(OTHER) == {big.digest: big.blob}
     assert env.metadata(layer) == {
@@ -571,21 +563,21 @@ async def test_cancelling_the_only_waiter_cancels_the_upload(env: Env, big: Fake
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: env.upload(layer))
-            await wait_until(lambda: len(env.seen("PATCH", SESSION)) == 1)
+            await await_until(lambda: len(env.registry.seen("PATCH", SESSION)) == 1)
             tg.cancel_scope.cancel()
-        await wait_until(lambda: env.manager.active == 0)
+        await await_until(lambda: env.manager.active == 0)
     finally:
         released.set()
-    await anyio.sleep(0.05)  # the held-back PATCH answer goes to a closed connection
+    await anyio.wait_all_tasks_blocked()  # the held-back PATCH answer goes to a closed connection
 
-    assert env.seen("PUT", SESSION) == []
+    assert env.registry.seen("PUT", SESSION) == []
     assert env.registry.repo_blobs(REPO) == {}
     assert env.metadata(layer) == set()
 
     result = await env.upload(layer)  # later: starts afresh
 
     assert result.outcome == "pushed"
-    assert len(env.seen("POST", UPLOADS)) == 2
+    assert len(env.registry.seen("POST", UPLOADS)) == 2
     assert env.registry.repo_blobs(REPO) == {big.digest: big.blob}
 
 
@@ -601,17 +593,17 @@ async def test_cancelling_one_of_two_waiters_keeps_the_upload(env: Env, big: Fak
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(push_then_leave)
-        await wait_until(lambda: len(env.seen("PATCH", SESSION)) == 1)
+        await await_until(lambda: len(env.registry.seen("PATCH", SESSION)) == 1)
         tg.start_soon(lambda: env.upload(layer, progress=staying))
-        await wait_until(lambda: bool(staying.messages))
+        await await_until(lambda: bool(staying.messages))
         leaving.cancel()
-        await anyio.sleep(0.05)
+        await anyio.wait_all_tasks_blocked()  # the leaving push is gone, the upload waits
         assert env.manager.active == 1
         released.set()
 
     assert leaving.cancelled_caught
     assert staying.statuses()[-1] == "Pushed"
-    assert len(env.seen("PUT", SESSION)) == 1
+    assert len(env.registry.seen("PUT", SESSION)) == 1
 
 
 async def test_uploads_beyond_the_limit_wait(env: Env, small: FakeLayer, big: FakeLayer) -> None:
@@ -622,11 +614,11 @@ async def test_uploads_beyond_the_limit_wait(env: Env, small: FakeLayer, big: Fa
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: env.upload(first, manager=manager))
-        await wait_until(lambda: len(env.seen("PATCH", SESSION)) == 1)
+        await await_until(lambda: len(env.registry.seen("PATCH", SESSION)) == 1)
         tg.start_soon(lambda: env.upload(second, manager=manager, progress=waiting))
-        await wait_until(lambda: bool(waiting.messages))
+        await await_until(lambda: bool(waiting.messages))
         assert waiting.statuses() == ["Waiting"]
-        assert len(env.seen("HEAD", f"/v2/{REPO}/blobs/.+")) == 1
+        assert len(env.registry.seen("HEAD", f"/v2/{REPO}/blobs/.+")) == 1
         released.set()
 
     assert waiting.statuses()[-1] == "Pushed"
@@ -642,7 +634,7 @@ async def test_put_manifest(env: Env) -> None:
     digest = await env.client.put_manifest("v1", OCI_MANIFEST, raw)
 
     assert digest == sha256(raw)
-    (put,) = env.seen("PUT", f"/v2/{REPO}/manifests/v1")
+    (put,) = env.registry.seen("PUT", f"/v2/{REPO}/manifests/v1")
     assert put.body == raw
     assert put.headers["content-type"] == OCI_MANIFEST
     assert env.registry.manifests["v1"] == (OCI_MANIFEST, raw)
@@ -670,7 +662,7 @@ async def test_blob_upload_of_bytes_checks_the_digest_header(env: Env) -> None:
     await env.client.upload_blob(sha256(config), len(config), config)
 
     assert env.registry.repo_blobs(REPO) == {sha256(config): config}
-    (patch,) = env.seen("PATCH", SESSION)
+    (patch,) = env.registry.seen("PATCH", SESSION)
     assert patch.headers["content-length"] == str(len(config))
 
 
@@ -690,12 +682,12 @@ async def test_concurrent_pushes_in_two_manifest_families(env: Env, big: FakeLay
     docker, oci = Recorder(), Recorder()
     async with anyio.create_task_group() as tg:
         tg.start_soon(push, "docker", docker)
-        await wait_until(lambda: len(env.seen("PATCH", SESSION)) == 1)
+        await await_until(lambda: len(env.registry.seen("PATCH", SESSION)) == 1)
         tg.start_soon(push, "oci", oci)
-        await wait_until(lambda: bool(oci.messages))
+        await await_until(lambda: bool(oci.messages))
         released.set()
 
-    assert len(env.seen("PUT", SESSION)) == 1
+    assert len(env.registry.seen("PUT", SESSION)) == 1
     assert results["docker"].media_type == DOCKER_LAYER_GZIP
     assert results["oci"].media_type == OCI_LAYER_GZIP
 
@@ -706,7 +698,7 @@ async def test_mount_asks_for_pull_on_the_source_repository() -> None:
     registry.add_repo_blob(OTHER, layer.blob)
     connector = Connector(RegistryService(), connect_timeout=5, read_timeout=5)
     try:
-        async with serve_uploads(registry) as server:
+        async with serve_registry(registry) as server:
             client = await connector.open(server.host, REPO, ANONYMOUS, actions="pull,push")
             with anyio.fail_after(5):
                 assert await client.mount_blob(layer.digest, OTHER) is None

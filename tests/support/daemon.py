@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ferryd.cli.client import Client, DaemonError
+
+from .waiting import wait_until
 
 
 @dataclass
@@ -60,16 +61,22 @@ class Daemon:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ferryd exited {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                Client(self.host, timeout=5).request("GET", "/_ping").read()
-                return
-            except DaemonError:
-                time.sleep(0.05)
-        raise RuntimeError(f"ferryd did not answer on {self.socket}:\n{self.log_tail()}")
+        wait_until(
+            self._answering,
+            20,
+            what=lambda: f"ferryd to answer on {self.socket}:\n{self.log_tail()}",
+            interval=0.02,
+        )
+
+    def _answering(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"ferryd exited {self.process.returncode}:\n{self.log_tail()}")
+        try:
+            Client(self.host, timeout=5).request("GET", "/_ping").read()
+        except DaemonError:
+            return False
+        return True
 
     def stop(self) -> int:
         assert self.process is not None
@@ -90,11 +97,11 @@ class Daemon:
         self.config_path.write_text(_toml(self._all_settings()))
         before = len(self._reload_events())
         self.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 20
-        while len(events := self._reload_events()) == before:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ferryd did not reload:\n{self.log_tail()}")
-            time.sleep(0.02)
+        events = wait_until(
+            lambda: self._reload_events()[before:],
+            20,
+            what=lambda: f"ferryd to reload:\n{self.log_tail()}",
+        )
         return events[-1]
 
     def _reload_events(self) -> list[dict[str, Any]]:
@@ -150,11 +157,35 @@ class Daemon:
                 events.append(entry)
         return events
 
+    def logged_requests(self, path: str) -> list[dict[str, Any]]:
+        """The `api.request` lines for `path`. Each is written once its answer has been
+        sent, so a moment after the client has it: this waits for the first one."""
+        return wait_until(
+            lambda: [e for e in self.log_events("api.request") if e["path"] == path],
+            20,
+            what=f"a logged request for {path}",
+        )
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text().splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+    def partial_path(self, digest: str) -> Path:
+        """Where a download of `digest` is kept while it runs (and when it is cut)."""
+        return self.root / "partial" / ("sha256-" + digest.removeprefix("sha256:"))
+
+    def wait_for_download(self, digest: str, size: int = 1_000_000) -> Path:
+        """Until the download of `digest` has written more than `size` bytes; its
+        partial file."""
+        partial = self.partial_path(digest)
+        wait_until(
+            lambda: partial.exists() and partial.stat().st_size > size,
+            30,
+            what=f"the download of {digest} to pass {size} bytes",
+        )
+        return partial
 
     def blob_files(self) -> list[Path]:
         return sorted(p for p in (self.root / "blobs").rglob("*") if p.is_file())

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from .daemon import Daemon
+
+needs_docker = pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed")
 
 
 def docker(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import inspect
 import io
 import json
@@ -39,6 +38,8 @@ from ferryd.distribution.progress import Message
 from ferryd.oci.digest import Digest
 from ferryd.oci.manifest import Descriptor
 from ferryd.oci.mediatypes import OCI_LAYER_GZIP
+
+from .digests import sha256
 
 LOOPBACK = "127.0.0.1"
 _SEND_PIECE = 64 * 1024
@@ -95,7 +96,18 @@ class _NotHTTP(Exception):
     """The peer sent something that is not an HTTP request (a TLS hello, say)."""
 
 
-class FakeServer:
+class _Recording:
+    """Keeps every request it is given, for a test to assert on what was really sent."""
+
+    requests: list[Request]
+
+    def seen(self, method: str, path: str) -> list[Request]:
+        """The requests with this method whose path matches the regular expression."""
+        pattern = re.compile(path)
+        return [r for r in self.requests if r.method == method and pattern.fullmatch(r.path)]
+
+
+class FakeServer(_Recording):
     """A running server: its address and what it saw."""
 
     def __init__(self, handler: Handler, ssl_context: ssl.SSLContext | None) -> None:
@@ -114,11 +126,6 @@ class FakeServer:
     def url(self) -> str:
         return f"{'https' if self.ssl_context else 'http'}://{self.host}"
 
-    def seen(self, method: str, path: str) -> list[Request]:
-        """The requests with this method whose path matches the regular expression."""
-        pattern = re.compile(path)
-        return [r for r in self.requests if r.method == method and pattern.fullmatch(r.path)]
-
     async def connection(self, stream: ByteStream) -> None:
         self.connections += 1
         try:
@@ -133,7 +140,7 @@ class FakeServer:
                 except (ssl.SSLError, OSError, anyio.BrokenResourceError, anyio.EndOfStream):
                     self.rejected += 1
                     return
-            reader = self._reader(stream)
+            reader = _Reader(stream)
             while True:
                 try:
                     request = await reader.request()
@@ -156,10 +163,6 @@ class FakeServer:
             return  # the client went away: its business
         finally:
             await anyio.aclose_forcefully(stream)
-
-    def _reader(self, stream: ByteStream) -> _Reader:
-        """How requests are read off a connection (subclasses read more kinds)."""
-        return _Reader(stream)
 
 
 class _Reader:
@@ -189,12 +192,43 @@ class _Reader:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", "0"))
-        while len(self._buffer) < length:
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = await self._chunked_body()
+        else:
+            body = await self._exactly(int(headers.get("content-length", "0")))
+        if body is None:
+            return None
+        return Request(parts[0], parts[1], headers, body)
+
+    async def _exactly(self, size: int) -> bytes | None:
+        while len(self._buffer) < size:
             if not await self._fill():
                 return None
-        body, self._buffer = self._buffer[:length], self._buffer[length:]
-        return Request(parts[0], parts[1], headers, body)
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    async def _line(self) -> bytes | None:
+        while b"\r\n" not in self._buffer:
+            if not await self._fill():
+                return None
+        line, _, self._buffer = self._buffer.partition(b"\r\n")
+        return line
+
+    async def _chunked_body(self) -> bytes | None:
+        """A `Transfer-Encoding: chunked` body (an upload compressed on the way)."""
+        body = bytearray()
+        while (line := await self._line()) is not None:
+            size = int(line.split(b";")[0], 16)
+            if size == 0:
+                while line:  # trailers, up to the empty line
+                    if (line := await self._line()) is None:
+                        return None
+                return bytes(body)
+            chunk = await self._exactly(size + 2)  # the data and its CRLF
+            if chunk is None:
+                return None
+            body += chunk[:size]
+        return None
 
 
 async def _send_reply(stream: ByteStream, request: Request, reply: Reply) -> bool:
@@ -287,10 +321,6 @@ def registry_error(status: int, code: str, message: str) -> Reply:
     return Reply(status, {"Content-Type": "application/json"}, body.encode())
 
 
-def sha256(data: bytes) -> Digest:
-    return Digest("sha256:" + hashlib.sha256(data).hexdigest())
-
-
 @dataclass
 class _Override:
     method: str
@@ -299,7 +329,7 @@ class _Override:
     times: int | None
 
 
-class FakeRegistry:
+class FakeRegistry(_Recording):
     """Enough of a registry for a client, with switchable auth and scripted faults.
 
     `auth`: "none" (ping answers 200), "basic" (`username`/`password`), or "bearer"
@@ -362,10 +392,6 @@ class FakeRegistry:
     def revoke_tokens(self) -> None:
         """Every token issued so far stops working (as when they expire early)."""
         self.tokens.clear()
-
-    def seen(self, method: str, path: str) -> list[Request]:
-        pattern = re.compile(path)
-        return [r for r in self.requests if r.method == method and pattern.fullmatch(r.path)]
 
     @property
     def token_requests(self) -> list[Request]:
@@ -532,56 +558,10 @@ class Recorder:
         return [m.status for m in self.messages]
 
 
-# -- uploads --------------------------------------------------------------------------
-#
-# The server above reads request bodies by Content-Length only; an upload compressed on
-# the way is sent chunked. `serve_uploads` runs the same server with a reader that also
-# takes chunked bodies, and `UploadRegistry` adds the push half of the distribution API.
+# -- uploads ------------------------------------------------------------------------
 
 _UPLOADS = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/")
 _UPLOAD = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<session>[^/]+)")
-
-
-class _ChunkedReader(_Reader):
-    """A reader that also takes `Transfer-Encoding: chunked` request bodies."""
-
-    async def _line(self) -> bytes | None:
-        while b"\r\n" not in self._buffer:
-            if not await self._fill():
-                return None
-        line, _, self._buffer = self._buffer.partition(b"\r\n")
-        return line
-
-    async def request(self) -> Request | None:
-        request = await super().request()
-        if request is None or request.headers.get("transfer-encoding", "").lower() != "chunked":
-            return request
-        body = bytearray()
-        while True:
-            line = await self._line()
-            if line is None:
-                return None
-            size = int(line.split(b";")[0], 16)
-            if size == 0:
-                while line:  # trailers, up to the empty line
-                    line = await self._line()
-                    if line is None:
-                        return None
-                break
-            while len(self._buffer) < size + 2:
-                if not await self._fill():
-                    return None
-            body += self._buffer[:size]
-            self._buffer = self._buffer[size + 2 :]
-        request.body = bytes(body)
-        return request
-
-
-class ChunkedServer(FakeServer):
-    """A FakeServer whose requests may have chunked bodies."""
-
-    def _reader(self, stream: ByteStream) -> _Reader:
-        return _ChunkedReader(stream)
 
 
 @dataclass
@@ -688,15 +668,3 @@ class UploadRegistry(FakeRegistry):
             "Docker-Content-Digest": digest,
         }
         return Reply(201, headers)
-
-
-@asynccontextmanager
-async def serve_uploads(registry: FakeRegistry) -> AsyncIterator[FakeServer]:
-    """`serve_registry` on a server that also reads chunked request bodies."""
-    server = ChunkedServer(registry, None)
-    listener = await anyio.create_tcp_listener(local_host=LOOPBACK, local_port=0)
-    async with listener, background() as tg:
-        server.port = listener.extra(SocketAttribute.local_port)
-        registry.base_url = server.url
-        tg.start_soon(listener.serve, server.connection)
-        yield server

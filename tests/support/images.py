@@ -25,6 +25,7 @@ from backports.zstd import ZstdFile
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
+from .digests import sha256
 from .registry import Registry, run_skopeo, skopeo_workdir
 
 Compression = Literal["gzip", "zstd", "none"]
@@ -139,10 +140,6 @@ class BuiltIndex:
 # -- layout helpers ------------------------------------------------------------
 
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def blob_path(layout: Path, digest: str) -> Path:
     algorithm, _, hexdigest = digest.partition(":")
     return layout / "blobs" / algorithm / hexdigest
@@ -183,7 +180,7 @@ def _tag(layout: Path, tag: str, descriptor: dict[str, Any]) -> None:
 
 def _write_json_blob(layout: Path, obj: dict[str, Any]) -> tuple[bytes, str]:
     data = json.dumps(obj, separators=(",", ":")).encode()
-    digest = sha256_digest(data)
+    digest = sha256(data)
     blob_path(layout, digest).write_bytes(data)
     return data, digest
 
@@ -307,7 +304,7 @@ def _build_manifest(layout: Path, spec: PlatformSpec, media: Media) -> BuiltImag
     diff_ids = [layer.diff_id for layer in layers]
     if spec.wrong_diff_id:
         # A lying image: every diff_id is the hash of something else.
-        diff_ids = [sha256_digest(b"not this layer: " + d.encode()) for d in diff_ids]
+        diff_ids = [sha256(b"not this layer: " + d.encode()) for d in diff_ids]
     platform = {"architecture": spec.architecture, "os": spec.os}
     if spec.variant is not None:
         platform["variant"] = spec.variant
@@ -482,10 +479,8 @@ def seed(registry: Registry, layout: Path, tag: str, dest: str) -> str:
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     raw, _ = registry_manifest(registry, dest)
-    if sha256_digest(raw) != descriptor["digest"]:
-        raise AssertionError(
-            f"{dest}: registry has {sha256_digest(raw)}, built {descriptor['digest']}"
-        )
+    if sha256(raw) != descriptor["digest"]:
+        raise AssertionError(f"{dest}: registry has {sha256(raw)}, built {descriptor['digest']}")
     return str(descriptor["digest"])
 
 

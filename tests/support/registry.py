@@ -15,7 +15,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -24,11 +23,16 @@ from typing import IO, Self
 import httpx
 import trustme
 
+from .waiting import wait_until
+
 REGISTRY_BIN = "/usr/bin/docker-registry"
 SKOPEO_BIN = "/usr/bin/skopeo"
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
+
+# The login of the `tls_registry` fixture (htpasswd, Basic auth).
+USER, PASSWORD = "ferry", "s3cret-pass"
 
 # The access log of distribution 2.8 is gorilla/handlers' Apache "combined" format,
 # written to stdout next to logrus' "response completed" lines (which we ignore):
@@ -136,24 +140,28 @@ class Registry:
         self.stop()
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
         last_error = "no answer yet"
+
+        def ready() -> bool:
+            nonlocal last_error
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"docker-registry exited with {self._proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                return client.get("/v2/").status_code in (200, 401)
+            except httpx.HTTPError as exc:
+                last_error = repr(exc)
+                return False
+
         with self.client(auth=False, timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                assert self._proc is not None
-                if self._proc.poll() is not None:
-                    raise RuntimeError(
-                        f"docker-registry exited with {self._proc.returncode}:\n{self.log_tail()}"
-                    )
-                try:
-                    if client.get("/v2/").status_code in (200, 401):
-                        return
-                except httpx.HTTPError as exc:
-                    last_error = repr(exc)
-                time.sleep(0.05)
-        raise RuntimeError(
-            f"docker-registry not ready after {START_TIMEOUT}s ({last_error}):\n{self.log_tail()}"
-        )
+            wait_until(
+                ready,
+                START_TIMEOUT,
+                what=lambda: f"docker-registry to be ready ({last_error}):\n{self.log_tail()}",
+                interval=0.02,
+            )
 
     # -- talking to it ---------------------------------------------------------
 

@@ -56,7 +56,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
     yield start
     for daemon in started:
-        daemon.stop()
+        daemon.stop_later()
 
 
 @pytest.fixture

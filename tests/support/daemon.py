@@ -6,13 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ferryd.cli.client import Client, DaemonError
 
+from . import forkserver
 from .waiting import wait_until
 
 
@@ -20,7 +20,7 @@ from .waiting import wait_until
 class Daemon:
     workdir: Path
     settings: dict[str, Any] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | forkserver.ForkedProcess | None = None
 
     @property
     def root(self) -> Path:
@@ -53,14 +53,9 @@ class Daemon:
 
     def start(self) -> None:
         self.config_path.write_text(_toml(self._all_settings()))
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ferryd", "serve", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        self.process = forkserver.spawn(
+            ["serve", "--config", str(self.config_path)], env=dict(os.environ), log=self.log_path
         )
-        log.close()
         wait_until(
             self._answering,
             20,
@@ -87,7 +82,17 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        return self.process.returncode
+        return self.process.wait()
+
+    def stop_later(self) -> None:
+        """SIGTERM, and let it exit while the next test runs (a fixture's clean-up: an
+        idle daemon takes a fifth of a second to stop, and nobody reads its exit code;
+        the fork server kills what has not stopped when the tests end)."""
+        assert self.process is not None
+        if isinstance(self.process, forkserver.ForkedProcess):
+            self.process.terminate()
+        else:
+            self.stop()
 
     def reload(self, **changes: Any) -> dict[str, Any]:
         """Rewrite the config file with `changes`, send SIGHUP, and return the daemon's

@@ -15,7 +15,7 @@ import structlog
 
 from ferryd.oci.digest import Digest, sha256_digest
 from ferryd.store import Store
-from ferryd.store.sweep import PARTIAL_MAX_AGE, sweep
+from ferryd.store.sweep import PARTIAL_MAX_AGE, note_removal, sweep
 from support.daemon import Daemon, errors
 from support.images import LayerSpec, build_image, seed
 from support.registry import Registry
@@ -78,6 +78,22 @@ def test_a_sweep_removes_orphans_and_gives_recent_layer_blobs_back_to_partial(
     assert line["reason"] == "start"
     assert (line["blobs"], line["blobs_to_partial"], line["temp_files"]) == (2, 1, 1)
     assert line["bytes"] == result.bytes
+
+
+def test_layer_blobs_an_rmi_was_deleting_when_it_died_are_deleted_not_kept(
+    store: Store,
+) -> None:
+    doomed, other = layer_bytes(4), layer_bytes(5)
+    plant(blob_path(store.root, sha256_digest(doomed)), doomed)
+    plant(blob_path(store.root, sha256_digest(other)), other)
+    note_removal(store, {Digest(sha256_digest(doomed))})
+
+    result = sweep(store, reason="start")
+
+    assert (result.blobs, result.blobs_to_partial) == (1, 1)
+    assert not partial_path(store.root, sha256_digest(doomed)).exists()
+    assert partial_path(store.root, sha256_digest(other)).exists()
+    assert not (store.root / "removing").exists()
 
 
 def test_a_sweep_keeps_resumable_partials_and_drops_stale_ones(store: Store) -> None:

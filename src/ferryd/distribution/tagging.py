@@ -10,7 +10,7 @@ from ferryd.oci.digest import Digest, short_id
 from ferryd.oci.reference import Reference, parse_reference
 from ferryd.store import Store
 from ferryd.store.gc import delete_blobs, remove_image
-from ferryd.store.sweep import sweep
+from ferryd.store.sweep import note_removal, sweep
 
 
 def tag_image(store: Store, source: str, target: Reference, log: ImageEventLogger) -> None:
@@ -58,6 +58,7 @@ def _remove(store: Store, name: str, *, force: bool, log: ImageEventLogger) -> l
             for reference in references:
                 records += _untag(store, reference, image_id, log)
         deleted, blobs = remove_image(store, image_id)
+        note_removal(store, blobs)  # a crash before they are gone: the sweep finishes
     delete_blobs(store, blobs)  # only once the rows are gone for good
     log(image_id, name, "delete")
     records.append({"Deleted": image_id})

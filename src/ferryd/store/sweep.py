@@ -10,7 +10,8 @@ The daemon sweeps at start (before it serves) and after each `rmi`:
   in the last `PARTIAL_MAX_AGE` is most likely one a pull verified and had not yet
   registered when it failed or the daemon died: it goes back to `partial/` as a
   complete partial download, which the next pull of its image verifies from disk
-  instead of fetching again. Older ones, and configs and manifests (JSON), are deleted;
+  instead of fetching again. Older ones, configs and manifests (JSON), and those an
+  rmi was deleting when the daemon died (it notes them first: `note_removal`) go;
 - `.tmp-*` files in the blob directories that no `put` is writing;
 - partial downloads whose blob is already stored, or that nobody resumed for
   `PARTIAL_MAX_AGE` (7 days, by the file's mtime). Others stay: the next pull of the
@@ -37,6 +38,29 @@ log = structlog.get_logger("ferryd.store")
 
 PARTIAL_MAX_AGE = 7 * 24 * 3600.0
 """Seconds after its last write that a partial download is given up (its mtime)."""
+
+REMOVING_NAME = "removing"  # the blobs the last rmi deletes, until a sweep has run
+
+
+def note_removal(store: Store, blobs: set[Digest]) -> None:
+    """Note the blobs an rmi is about to delete (before its transaction commits), so
+    that the next sweep deletes them outright if a crash leaves them behind, instead of
+    keeping their layers for a resume. Best effort, never flushed: without the note
+    (an OS crash, a full disk) they are only kept longer."""
+    try:
+        fd = os.open(store.root / REMOVING_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write("".join(f"{digest}\n" for digest in sorted(blobs)))
+    except OSError as exc:
+        log.warning("store.note_failed", path=str(store.root / REMOVING_NAME), error=str(exc))
+
+
+def _noted_removals(store: Store) -> set[Digest]:
+    try:
+        lines = (store.root / REMOVING_NAME).read_text().split()
+    except FileNotFoundError:
+        return set()
+    return {digest for line in lines if (digest := _digest(*line.partition(":")[::2]))}
 
 
 @dataclass
@@ -169,8 +193,9 @@ def _sweep(store: Store, counts: dict[str, int], cutoff: float) -> int:
                 continue  # a transfer is writing it
             if digest in stale or _older_than(path, cutoff):
                 freed += _remove(path, counts, "partials")
+        removing = _noted_removals(store)
         for digest, path in orphans.blobs:
-            if _older_than(path, cutoff) or _is_json(path):
+            if digest in removing or _older_than(path, cutoff) or _is_json(path):
                 freed += _remove(path, counts, "blobs")
             elif _move(path, store.blobs.partial_path(digest)):
                 counts["blobs_to_partial"] += 1
@@ -178,6 +203,7 @@ def _sweep(store: Store, counts: dict[str, int], cutoff: float) -> int:
             with store.blobs.unless_writing(path) as leftover:
                 if leftover:
                     freed += _remove(path, counts, "temp_files")
+        (store.root / REMOVING_NAME).unlink(missing_ok=True)
     return freed
 
 

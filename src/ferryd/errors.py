@@ -39,6 +39,7 @@
     │   │   ├── PlatformNotFoundError  404 an index without the platform asked for
     │   │   └── LayerFormatError       a layer the target manifest format cannot describe
     │   └── ImageConfigError           an image config we cannot or will not use
+    ├── NotSupportedError          501 what ferryd does not do (containers, builds…)
     ├── TransferCancelledError         a shared transfer stopped: nobody waits, or shutdown
     └── InternalError                  a bug: ferryd failed in a way it did not expect
 
@@ -272,6 +273,12 @@ class LayerFormatError(ManifestError):
 
 class ImageConfigError(ContentError):
     """An image config that is malformed, of a refused media type, or for another OS."""
+
+
+class NotSupportedError(FerrydError):
+    """A request for something ferryd does not do: it manages images only."""
+
+    status = 501
 
 
 class TransferCancelledError(FerrydError):

@@ -9,6 +9,7 @@ layer keeps more than one core busy while the event loop only moves bytes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 from collections import deque
@@ -253,6 +254,8 @@ class LayerSink:
             while rest:
                 # A full disk takes what fits, then refuses: count what it took.
                 written = self._file.write(rest) or 0
+                if not written:  # no progress, no error: call it what it is
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 self._hasher.update(rest[:written])
                 self.offset += written
                 rest = rest[written:]

@@ -156,8 +156,9 @@ def disk_error(exc: OSError, path: object, root: object | None = None) -> StoreE
     where = root if root is not None else os.path.dirname(str(path))
     reason = exc.strerror or str(exc)
     if exc.errno in _DISK_FULL:
+        room = f"under {root}" if root is not None else f"on the filesystem holding {where}"
         return StorageFullError(
-            f"disk full: no space left on device writing {path}; free space under {where} "
+            f"disk full: no space left on device writing {path}; free space {room} "
             "(`ferryd rmi` removes images)"
         )
     if exc.errno in _READ_ONLY:

@@ -7,54 +7,19 @@ it again.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import anyio
 import pytest
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ferryd.oci.mediatypes import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST
 from support.daemon import Daemon, errors
-from support.fakes import FakeLayer, FakeRegistry, FakeServer, Request, make_layer, serve_registry
+from support.fakes import FakeLayer, FakeRegistry, Request, make_layer
+from support.served import add_image, served
 from support.waiting import wait_until
 
 REPO = "team/app"
 MiB = 1 << 20
-
-
-def add_image(registry: FakeRegistry, tag: str, layers: list[FakeLayer]) -> None:
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-        }
-    ).encode()
-    config_digest = registry.add_blob(config)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
-        "layers": [
-            {"mediaType": OCI_LAYER_GZIP, "digest": layer.digest, "size": layer.size}
-            for layer in layers
-        ],
-    }
-    for layer in layers:
-        registry.add_blob(layer.blob)
-    registry.add_manifest(json.dumps(manifest).encode(), OCI_MANIFEST, tag)
-
-
-@contextmanager
-def served(registry: FakeRegistry) -> Iterator[tuple[BlockingPortal, FakeServer]]:
-    with (
-        start_blocking_portal() as portal,
-        portal.wrap_async_context_manager(serve_registry(registry)) as server,
-    ):
-        yield portal, server
 
 
 def blob_gets(registry: FakeRegistry, layer: FakeLayer) -> int:

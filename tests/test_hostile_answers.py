@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from anyio.from_thread import start_blocking_portal
 
 from ferryd.cli.client import DaemonError
 from ferryd.cli.display import StreamError, drain
@@ -34,6 +32,7 @@ from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import RegistryService
 from support.daemon import Daemon
 from support.fakes import FakeRegistry, FakeServer, Reply, serve_registry
+from support.served import served
 
 REPO = "team/app"
 MANIFEST_PATH = f"/v2/{REPO}/manifests/.+"
@@ -59,7 +58,7 @@ def bombed(bomb: bytes, status: int = 200, content_type: str = "application/json
 
 
 @pytest.fixture
-async def served() -> AsyncIterator[tuple[FakeRegistry, FakeServer]]:
+async def fake() -> AsyncIterator[tuple[FakeRegistry, FakeServer]]:
     registry = FakeRegistry()
     async with serve_registry(registry) as server:
         yield registry, server
@@ -74,8 +73,8 @@ async def client_of(server: FakeServer) -> AsyncIterator[RegistryClient]:
 
 
 @pytest.fixture
-async def client(served: tuple[FakeRegistry, FakeServer]) -> AsyncIterator[RegistryClient]:
-    async for each in client_of(served[1]):
+async def client(fake: tuple[FakeRegistry, FakeServer]) -> AsyncIterator[RegistryClient]:
+    async for each in client_of(fake[1]):
         yield each
 
 
@@ -83,9 +82,9 @@ async def client(served: tuple[FakeRegistry, FakeServer]) -> AsyncIterator[Regis
 
 
 async def test_a_manifest_that_decodes_past_its_limit_is_refused_naming_it_and_the_limit(
-    served: tuple[FakeRegistry, FakeServer], client: RegistryClient, bomb: bytes
+    fake: tuple[FakeRegistry, FakeServer], client: RegistryClient, bomb: bytes
 ) -> None:
-    registry, _ = served
+    registry, _ = fake
     registry.on("GET", MANIFEST_PATH, bombed(bomb, content_type=OCI_MANIFEST))
 
     with pytest.raises(TooLargeError) as caught:
@@ -96,9 +95,9 @@ async def test_a_manifest_that_decodes_past_its_limit_is_refused_naming_it_and_t
 
 
 async def test_a_manifest_sent_gzipped_is_decoded_and_its_digest_is_of_the_decoded_bytes(
-    served: tuple[FakeRegistry, FakeServer], client: RegistryClient
+    fake: tuple[FakeRegistry, FakeServer], client: RegistryClient
 ) -> None:
-    registry, _ = served
+    registry, _ = fake
     raw = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode()
     digest = registry.add_manifest(raw, OCI_MANIFEST, "v1")
     headers = {"Content-Type": OCI_MANIFEST, "Content-Encoding": "gzip"}
@@ -110,9 +109,9 @@ async def test_a_manifest_sent_gzipped_is_decoded_and_its_digest_is_of_the_decod
 
 
 async def test_an_encoding_ferryd_does_not_decode_is_a_clear_error(
-    served: tuple[FakeRegistry, FakeServer], client: RegistryClient
+    fake: tuple[FakeRegistry, FakeServer], client: RegistryClient
 ) -> None:
-    registry, _ = served
+    registry, _ = fake
     headers = {"Content-Type": OCI_MANIFEST, "Content-Encoding": "br"}
     registry.on("GET", MANIFEST_PATH, Reply(200, headers, b"\x0b\x02\x80{}\x03"))
 
@@ -121,9 +120,9 @@ async def test_an_encoding_ferryd_does_not_decode_is_a_clear_error(
 
 
 async def test_a_tag_list_that_decodes_past_its_limit_is_refused(
-    served: tuple[FakeRegistry, FakeServer], client: RegistryClient, bomb: bytes
+    fake: tuple[FakeRegistry, FakeServer], client: RegistryClient, bomb: bytes
 ) -> None:
-    registry, _ = served
+    registry, _ = fake
     registry.on("GET", f"/v2/{REPO}/tags/list", bombed(bomb))
 
     with pytest.raises(TooLargeError, match=f"tags of .*over the limit of {MAX_TAG_PAGE} bytes"):
@@ -131,9 +130,9 @@ async def test_a_tag_list_that_decodes_past_its_limit_is_refused(
 
 
 async def test_an_error_answer_that_decodes_to_a_flood_is_read_only_for_its_message(
-    served: tuple[FakeRegistry, FakeServer], client: RegistryClient, bomb: bytes
+    fake: tuple[FakeRegistry, FakeServer], client: RegistryClient, bomb: bytes
 ) -> None:
-    registry, _ = served
+    registry, _ = fake
     registry.on("GET", MANIFEST_PATH, bombed(bomb, status=404))
 
     with pytest.raises(NotFoundError, match="not found"):
@@ -141,9 +140,9 @@ async def test_an_error_answer_that_decodes_to_a_flood_is_read_only_for_its_mess
 
 
 async def test_a_ping_answer_that_decodes_to_a_flood_does_not_stop_the_login(
-    served: tuple[FakeRegistry, FakeServer], bomb: bytes
+    fake: tuple[FakeRegistry, FakeServer], bomb: bytes
 ) -> None:
-    registry, server = served
+    registry, server = fake
     registry.on("GET", "/v2/", bombed(bomb))
     raw = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode()
     registry.add_manifest(raw, OCI_MANIFEST, "v1")
@@ -153,9 +152,9 @@ async def test_a_ping_answer_that_decodes_to_a_flood_does_not_stop_the_login(
 
 
 async def test_a_config_blob_is_never_decoded_by_http(
-    served: tuple[FakeRegistry, FakeServer], client: RegistryClient
+    fake: tuple[FakeRegistry, FakeServer], client: RegistryClient
 ) -> None:
-    registry, _ = served
+    registry, _ = fake
     config = b'{"rootfs": {"type": "layers", "diff_ids": []}}'
     digest = registry.add_blob(config)
     headers = {"Content-Encoding": "gzip"}
@@ -198,16 +197,6 @@ async def test_a_token_answer_announcing_too_many_bytes_is_refused_before_readin
 # -- the daemon: small and alive whatever the answer --------------------------------
 
 
-@contextmanager
-def fake_registry(registry: FakeRegistry) -> Iterator[FakeServer]:
-    """A fake registry served from a thread of its own, for the daemon (another process)."""
-    with (
-        start_blocking_portal() as portal,
-        portal.wrap_async_context_manager(serve_registry(registry)) as server,
-    ):
-        yield server
-
-
 def peak_rss(daemon: Daemon) -> int:
     assert daemon.process is not None
     status = Path(f"/proc/{daemon.process.pid}/status").read_text()
@@ -241,7 +230,7 @@ def test_the_daemon_refuses_an_answer_that_decodes_to_half_a_gigabyte_and_stays_
     start_daemon: Callable[..., Daemon], bomb: bytes, kind: str, error: str
 ) -> None:
     daemon = start_daemon()
-    with fake_registry(hostile(kind, bomb)) as server:
+    with served(hostile(kind, bomb)) as (_, server):
         reference = f"{server.host}/{REPO}" + ("" if kind == "tag list" else ":v1")
         client = daemon.client()
         params = {"fromImage": reference}

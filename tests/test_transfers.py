@@ -37,10 +37,18 @@ LAYER_ID = "abababababab"
 
 @dataclass(frozen=True)
 class Moved:
-    """What a transfer's work returns: the pool reads `size`."""
+    """What a transfer's work returns: the pool reads what it moved."""
 
     size: int
     by: str = ""
+
+    @property
+    def transferred(self) -> int:
+        return self.size
+
+    @property
+    def resumed(self) -> int:
+        return 0
 
 
 class Work:

@@ -70,5 +70,7 @@ def _capture_stdlib_logging(
     )
     root = logging.getLogger()
     root.handlers = [handler]
-    # Library chatter (httpx logs every request at info) only at warning and above.
-    root.setLevel(max(_LEVELS[level], logging.WARNING))
+    # Library chatter (httpx logs every request at info) only at warning and above,
+    # unless asked for debug; httpcore's per-read lines even then stay out.
+    root.setLevel(_LEVELS[level] if level == "debug" else max(_LEVELS[level], logging.WARNING))
+    logging.getLogger("httpcore").setLevel(logging.INFO)

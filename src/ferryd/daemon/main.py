@@ -71,6 +71,7 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
                 max_attempts=settings.max_download_attempts,
                 retry_delay=settings.retry_delay,
                 max_retry_after=settings.max_retry_after,
+                slow_after=settings.slow_transfer_warning or None,
             )
             uploads = UploadManager(
                 store.metadata,
@@ -79,6 +80,7 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
                 max_attempts=settings.max_upload_attempts,
                 retry_delay=settings.retry_delay,
                 max_retry_after=settings.max_retry_after,
+                slow_after=settings.slow_transfer_warning or None,
             )
             service = ImageService(
                 store=store,

@@ -90,6 +90,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     retry_delay: Seconds = 5.0
     # The longest wait a registry's Retry-After (on 429 or 503) is honoured for.
     max_retry_after: Seconds = 60.0
+    # A transfer that moves no byte for this long is logged (transfer.slow); 0: never.
+    slow_transfer_warning: Seconds = 60.0
     insecure_registries: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_INSECURE))
     # Registry domain ("docker.io", "host:5000") → mirror base URLs, tried in order
     # before the registry itself by pulls.

@@ -49,6 +49,8 @@ class BlobInfo:
     size: int
     uncompressed_size: int
     fetched: bool
+    transferred: int = 0  # bytes this pull's transfer received over the network
+    resumed: int = 0  # bytes it took from a partial file an earlier attempt left
 
 
 class DownloadManager:
@@ -63,13 +65,14 @@ class DownloadManager:
         max_attempts: int = 5,
         retry_delay: float = 5.0,
         max_retry_after: float = 60.0,
+        slow_after: float | None = None,
     ) -> None:
         self._blobs = blobs
         self._layers = layers
         self._metadata = metadata
         self.retries = RetryPolicy(max_attempts, retry_delay, max_retry_after)
         self._transfers: TransferPool[tuple[Digest, Digest], BlobInfo] = TransferPool(
-            task_group, max_concurrent, "download"
+            task_group, max_concurrent, "download", slow_after=slow_after
         )
         # Transfers are per (digest, DiffID), partial files per digest: two transfers of
         # one blob (two configs that disagree on its DiffID) must take turns on the file.
@@ -143,7 +146,7 @@ class DownloadManager:
                         held.append(registered.chain_id)
                         stats.fetched += info.fetched
                         stats.reused += not info.fetched
-                        stats.bytes += info.size if info.fetched else 0
+                        stats.bytes += info.transferred
                         progress.write(Message("Pull complete", short_id(layer.descriptor.digest)))
         except BaseException:
             release()
@@ -196,7 +199,7 @@ class DownloadManager:
                     f"layer {digest} has DiffID {stored.diff_id}, "
                     f"but the image config says {layer.diff_id}"
                 )
-            return replace(stored, fetched=False)
+            return replace(stored, fetched=False, transferred=0, resumed=0)
 
         async def fetch(progress: Broadcast) -> BlobInfo:
             async with self._partial_file(digest):
@@ -232,9 +235,9 @@ class DownloadManager:
         layer_id = short_id(digest)
         sink = LayerSink(self._blobs.partial_path(digest), digest)
         try:
-            await anyio.to_thread.run_sync(sink.open)
+            tally = _Tally(resumed=await anyio.to_thread.run_sync(sink.open))
             return await with_retries(
-                lambda: self._fetch(fetcher, layer, sink, progress),
+                lambda: self._fetch(fetcher, layer, sink, progress, tally),
                 policy=self.retries,
                 progress=progress,
                 progress_id=layer_id,
@@ -256,21 +259,27 @@ class DownloadManager:
                 await anyio.to_thread.run_sync(close)
 
     async def _fetch(
-        self, fetcher: BlobFetcher, layer: DownloadDescriptor, sink: LayerSink, progress: Broadcast
+        self,
+        fetcher: BlobFetcher,
+        layer: DownloadDescriptor,
+        sink: LayerSink,
+        progress: Broadcast,
+        tally: _Tally,
     ) -> BlobInfo:
         digest = Digest(layer.descriptor.digest)
         size = layer.descriptor.size
         layer_id = short_id(digest)
         if sink.offset > size:
             await anyio.to_thread.run_sync(sink.restart)
+            tally.resumed = 0
         resumed = sink.offset > 0
         if sink.offset < size or size == 0:
             async with fetcher.open_blob(digest, sink.offset) as blob:
                 if blob.start == 0 and sink.offset:
                     await anyio.to_thread.run_sync(sink.restart)  # the registry ignored Range
-                    resumed = False
+                    resumed, tally.resumed = False, 0
                 start = sink.offset
-                await _pump(blob.chunks(), sink, size, layer_id, progress)
+                await _pump(blob.chunks(), sink, size, layer_id, progress, tally)
             if sink.offset < size:
                 # The answer ended cleanly (a cut raises in _pump) but short.
                 await self._short(sink, size, received=sink.offset - start)
@@ -283,7 +292,8 @@ class DownloadManager:
             # The kept part may be what is wrong: once, start over from byte 0.
             log.warning("transfer.restart", name=digest, error=str(exc))
             await anyio.to_thread.run_sync(sink.restart)
-            return await self._fetch(fetcher, layer, sink, progress)
+            tally.resumed = 0
+            return await self._fetch(fetcher, layer, sink, progress, tally)
         if diff_id != layer.diff_id:
             raise DiffIDMismatchError(
                 f"layer {digest} uncompresses to DiffID {diff_id}, "
@@ -292,7 +302,15 @@ class DownloadManager:
         await anyio.to_thread.run_sync(self._blobs.commit_partial, digest)
         progress.write(Message("Download complete", layer_id))
         assert diff_id is not None
-        info = BlobInfo(digest, diff_id, size, sink.uncompressed_size, fetched=True)
+        info = BlobInfo(
+            digest,
+            diff_id,
+            size,
+            sink.uncompressed_size,
+            fetched=True,
+            transferred=tally.received,
+            resumed=tally.resumed,
+        )
         self._committed[digest] = info
         return info
 
@@ -328,8 +346,21 @@ class DownloadManager:
         return info
 
 
+@dataclass
+class _Tally:
+    """A transfer's bytes: received over the network, and resumed from a partial file."""
+
+    resumed: int = 0
+    received: int = 0
+
+
 async def _pump(
-    chunks: AsyncIterator[bytes], sink: LayerSink, size: int, layer_id: str, progress: Broadcast
+    chunks: AsyncIterator[bytes],
+    sink: LayerSink,
+    size: int,
+    layer_id: str,
+    progress: Broadcast,
+    tally: _Tally,
 ) -> None:
     """Move the response into the sink through two worker-thread stages.
 
@@ -364,6 +395,7 @@ async def _pump(
                 try:
                     async for chunk in chunks:
                         received += len(chunk)
+                        tally.received += len(chunk)
                         if received > size:
                             raise DigestMismatchError(
                                 f"the registry sent more than the {size} bytes the manifest gives"

@@ -126,6 +126,7 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
         str(reference),
         "pull",
         digest=top.digest,
+        platform=_platform_of(ctx, image_id),
         layers_fetched=stats.fetched,
         layers_reused=stats.reused,
         bytes=stats.bytes,
@@ -133,6 +134,14 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
         **served_by,
     )
     return PullResult(image_id, top.digest, updated)
+
+
+def _platform_of(ctx: PullContext, image_id: Digest) -> str:
+    """The platform of the image stored (its config's), for the pull's log line."""
+    record = ctx.store.images.record(image_id)
+    if record is None:
+        return str(ctx.platform)
+    return str(normalize(record.os, record.architecture, record.variant))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +175,9 @@ async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContex
                 mirror, reference.path, meta_headers=ctx.meta_headers
             )
             # A mirror that is busy is skipped, not waited for: the registry may not be.
-            return await _manifest_from(client, client.get_manifest, tag_or_digest, ctx.platform)
+            source = await _manifest_from(client, client.get_manifest, tag_or_digest, ctx.platform)
+            log.debug("pull.source", reference=str(reference), endpoint=mirror.base_url)
+            return source
         except (RegistryError, ContentError) as exc:
             log.warning(
                 "registry.mirror_failed",
@@ -177,6 +188,7 @@ async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContex
     client = await ctx.connector.open(
         reference.domain, reference.path, ctx.credentials, meta_headers=ctx.meta_headers
     )
+    log.debug("pull.source", reference=str(reference), endpoint=client.endpoint.base_url)
     try:
         fetch = _patient(client, ctx)
         return await _manifest_from(client, fetch, tag_or_digest, ctx.platform)

@@ -17,6 +17,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from ferryd.concurrency import single_errors
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
 from ferryd.errors import FerrydError, InternalError, TransferCancelledError
 
@@ -24,8 +25,17 @@ log = structlog.get_logger("ferryd.transfers")
 
 
 class Moved(Protocol):
+    """What a finished transfer reports of the bytes it moved."""
+
     @property
-    def size(self) -> int: ...
+    def transferred(self) -> int:
+        """Bytes that crossed the network (every attempt's)."""
+        ...
+
+    @property
+    def resumed(self) -> int:
+        """Bytes taken from a partial file kept by an earlier attempt instead."""
+        ...
 
 
 K = TypeVar("K", bound=Hashable)
@@ -55,14 +65,18 @@ class Transfer(Generic[R]):
     progress: Broadcast = field(default_factory=Broadcast)
     done: anyio.Event = field(default_factory=anyio.Event)
     watchers: int = 0
+    requests: list[str] = field(default_factory=list)  # IDs of the API requests waiting
     result: R | None = None
     error: BaseException | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
 
 class TransferPool(Generic[K, R]):
-    def __init__(self, task_group: TaskGroup, slots: int, action: str) -> None:
+    def __init__(
+        self, task_group: TaskGroup, slots: int, action: str, *, slow_after: float | None = None
+    ) -> None:
         self._task_group = task_group
+        self._slow_after = slow_after  # seconds without progress before a warning
         self._slots = anyio.Semaphore(slots)
         self._action = action  # "download" or "upload", for logs and messages
         self._transfers: dict[K, Transfer[R]] = {}
@@ -113,6 +127,9 @@ class TransferPool(Generic[K, R]):
             self._transfers[key] = transfer
             self._task_group.start_soon(self._run, key, transfer, work)
         transfer.watchers += 1
+        request = structlog.contextvars.get_contextvars().get("request_id")
+        if request is not None:
+            transfer.requests.append(request)
         transfer.progress.attach(progress)
         try:
             await transfer.done.wait()
@@ -126,16 +143,43 @@ class TransferPool(Generic[K, R]):
         assert transfer.result is not None
         return transfer.result
 
+    async def _warn_when_stalled(
+        self, transfer: Transfer[R], fields: Callable[[], dict[str, object]]
+    ) -> None:
+        """One `transfer.slow` warning each `slow_after` seconds without progress."""
+        if self._slow_after is None:
+            return
+        moved, since = transfer.progress.moved, time.monotonic()
+        while True:
+            await anyio.sleep(self._slow_after / 4)
+            if transfer.progress.moved != moved:
+                moved, since = transfer.progress.moved, time.monotonic()
+            elif time.monotonic() - since >= self._slow_after:
+                log.warning(
+                    "transfer.slow",
+                    **fields(),
+                    bytes=moved,
+                    seconds_without_progress=round(time.monotonic() - since, 1),
+                )
+                since = time.monotonic()
+
     async def _run(
         self,
         key: K,
         transfer: Transfer[R],
         work: Callable[[Broadcast], Awaitable[R]],
     ) -> None:
-        """The transfer's own task, in the daemon's task group: never lets an error out."""
+        """The transfer's own task, in the daemon's task group: never lets an error out.
+
+        Its log lines name every request waiting on it (`requests`), not the one that
+        happened to start it.
+        """
+        structlog.contextvars.unbind_contextvars("request_id")
         started = time.monotonic()
         name = transfer.name
-        fields = {"action": self._action, "name": name}
+
+        def fields() -> dict[str, object]:
+            return {"action": self._action, "name": name, "requests": list(transfer.requests)}
 
         def so_far() -> dict[str, object]:
             """How far a transfer that did not finish got, for its log line."""
@@ -147,27 +191,32 @@ class TransferPool(Generic[K, R]):
                 if self._slots.value == 0:
                     transfer.progress.write(Message("Waiting", transfer.progress_id))
                 async with self._slots:
-                    log.info("transfer.start", **fields)
-                    transfer.result = await work(transfer.progress)
+                    log.info("transfer.start", **fields())
+                    with single_errors():
+                        async with anyio.create_task_group() as watch:
+                            watch.start_soon(self._warn_when_stalled, transfer, fields)
+                            result = transfer.result = await work(transfer.progress)
+                            watch.cancel_scope.cancel()
                 elapsed = time.monotonic() - started
-                size = transfer.result.size
+                moved, resumed = result.transferred, result.resumed
                 log.info(
                     "transfer.done",
-                    **fields,
-                    bytes=size,
+                    **fields(),
+                    bytes=moved,
+                    **({"resumed": True, "resumed_bytes": resumed} if resumed else {}),
                     seconds=round(elapsed, 3),
-                    rate_mb_s=round(size / 1e6 / max(elapsed, 1e-6), 1),
+                    rate_mb_s=round(moved / 1e6 / max(elapsed, 1e-6), 1),
                 )
             if transfer.result is None:
                 # Every watcher went away; a download's partial file stays for later.
                 transfer.error = TransferCancelledError(f"{self._action} of {name} was cancelled")
-                log.info("transfer.cancelled", **fields, **so_far())
+                log.info("transfer.cancelled", **fields(), **so_far())
         except FerrydError as exc:
             transfer.error = exc
-            log.warning("transfer.failed", **fields, error=str(exc), **so_far())
+            log.warning("transfer.failed", **fields(), error=str(exc), **so_far())
         except Exception as exc:  # a bug must fail this request, not the daemon
             transfer.error = InternalError(f"{self._action} of {name} failed: {exc!r}")
-            log.exception("transfer.crashed", **fields)
+            log.exception("transfer.crashed", **fields())
         finally:
             if transfer.result is None and transfer.error is None:
                 # Cancelled from outside (the daemon is stopping): say so to the watchers.
@@ -214,7 +263,14 @@ async def with_retries(
             if not retry_on(exc) or number == policy.attempts:
                 raise
             wait = policy.wait(exc, number)
-            log.warning("transfer.retry", name=name, attempt=number, error=str(exc), delay=wait)
+            log.warning(
+                "transfer.retry",
+                name=name,
+                attempt=number,
+                cause=type(exc).__name__,
+                error=str(exc),
+                delay=wait,
+            )
             await _count_down(wait, progress_id, progress)
     raise AssertionError("unreachable")
 

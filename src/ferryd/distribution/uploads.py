@@ -48,6 +48,14 @@ class Uploaded:
     outcome: Outcome
     source: str = ""  # the repository it was mounted from
 
+    @property
+    def transferred(self) -> int:
+        return self.size
+
+    @property
+    def resumed(self) -> int:
+        return 0  # uploads start over: registries keep no half-uploaded blob for us
+
 
 def _layer_media_type(family: Family, compression: Compression) -> str:
     media_type = layer_media_type(family, compression)
@@ -69,11 +77,12 @@ class UploadManager:
         max_attempts: int = 5,
         retry_delay: float = 5.0,
         max_retry_after: float = 60.0,
+        slow_after: float | None = None,
     ) -> None:
         self._metadata = metadata
         self.retries = RetryPolicy(max_attempts, retry_delay, max_retry_after)
         self._transfers: TransferPool[tuple[str, str, Digest], Uploaded] = TransferPool(
-            task_group, max_concurrent, "upload"
+            task_group, max_concurrent, "upload", slow_after=slow_after
         )
 
     @property

@@ -248,7 +248,16 @@ class Authenticator:
         lock = self._locks.setdefault(scope, anyio.Lock())
         async with lock:
             cached = self._tokens.get(scope)
-            if cached is not None and cached.expires_at > time.monotonic():
+            fresh = cached is None or cached.expires_at <= time.monotonic()
+            realm = self._challenge.params.get("realm", "") if self._challenge else ""
+            log.debug(
+                "registry.token",
+                registry=self._registry,
+                realm=realm.split("://", 1)[-1].split("/", 1)[0],
+                scope=scope,
+                cached=not fresh,
+            )
+            if cached is not None and not fresh:
                 return cached.value
             token = await self._fetch_token(scope)
             self._tokens[scope] = token

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Mapping
 
 import anyio
 import httpcore
 import httpx
+import structlog
 
 from ferryd import __version__
 from ferryd.errors import RegistryUnreachableError
@@ -24,6 +27,53 @@ USER_AGENT = f"ferryd/{__version__}"
 _READ_SIZE = 1 << 20
 if hasattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES"):
     httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = _READ_SIZE
+
+
+log = structlog.get_logger("ferryd.registry")
+
+# Below this share of its limit left, a registry's rate limit is worth a warning.
+_RATE_LIMIT_LOW = 0.1
+_RATE_LIMIT = re.compile(r"\s*(\d+)(?:\s*;\s*w=(\d+))?")
+
+
+async def _started(request: httpx.Request) -> None:
+    request.extensions["ferryd_started"] = time.monotonic()
+
+
+async def _answered(response: httpx.Response) -> None:
+    """One debug line per registry request (never a header: they carry secrets), and a
+    warning when the registry says its rate limit is nearly spent."""
+    request = response.request
+    started = request.extensions.get("ferryd_started", time.monotonic())
+    log.debug(
+        "registry.request",
+        method=request.method,
+        host=request.url.netloc.decode(),
+        path=request.url.path,
+        status=response.status_code,
+        seconds=round(time.monotonic() - started, 3),
+        bytes=int(length)
+        if (length := response.headers.get("content-length", "")).isdigit()
+        else None,
+    )
+    _check_rate_limit(response)
+
+
+def _check_rate_limit(response: httpx.Response) -> None:
+    """Docker Hub's `ratelimit-remaining: 12;w=21600` against `ratelimit-limit`."""
+    remaining = _RATE_LIMIT.match(response.headers.get("ratelimit-remaining", ""))
+    limit = _RATE_LIMIT.match(response.headers.get("ratelimit-limit", ""))
+    if remaining is None or limit is None or int(limit[1]) == 0:
+        return
+    left, of = int(remaining[1]), int(limit[1])
+    if left <= of * _RATE_LIMIT_LOW:
+        log.warning(
+            "registry.rate_limit_low",
+            host=response.request.url.netloc.decode(),
+            remaining=left,
+            limit=of,
+            window_seconds=int(limit[2]) if limit[2] else None,
+        )
 
 
 class Connector:
@@ -127,11 +177,19 @@ class Connector:
             auth = Authenticator(
                 http, domain, credentials, host=endpoint.host, insecure=self.service.is_insecure
             )
-            auth.set_challenge(
+            challenge = (
                 parse_challenge(response.headers.get("www-authenticate"))
                 if response.status_code == 401
                 else None
             )
+            log.debug(
+                "registry.login",
+                registry=domain,
+                endpoint=endpoint.base_url,
+                scheme=challenge.scheme if challenge else None,
+                realm=_host_of(challenge.params.get("realm", "")) if challenge else None,
+            )
+            auth.set_challenge(challenge)
             if generation == self._generation:
                 self._working[domain] = endpoint
                 self._authenticators[(endpoint.base_url, credentials)] = auth
@@ -145,6 +203,7 @@ class Connector:
         client = self._clients.get(endpoint.base_url)
         if client is None:
             client = httpx.AsyncClient(
+                event_hooks={"request": [_started], "response": [_answered]},
                 verify=endpoint.verify,
                 timeout=self._timeout,
                 follow_redirects=False,
@@ -171,3 +230,8 @@ class Connector:
             await client.aclose()
         self._clients.clear()
         self._retired.clear()
+
+
+def _host_of(url: str) -> str:
+    """The host of a URL, for logs: a realm's query may carry more than we want to show."""
+    return url.split("://", 1)[-1].split("/", 1)[0]

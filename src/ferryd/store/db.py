@@ -13,10 +13,13 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from ferryd.errors import (
     DatabaseCorruptError,
@@ -27,6 +30,8 @@ from ferryd.errors import (
 )
 
 DB_MODE = 0o600
+
+log = structlog.get_logger("ferryd.store")
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -130,10 +135,12 @@ class Database:
             except sqlite3.Error as exc:
                 raise self.error(exc) from None
             self._depth = 1
+            started = time.monotonic()
             try:
                 yield
             except BaseException:
                 self._rollback()
+                log.debug("store.transaction", outcome="rolled back", seconds=_since(started))
                 raise
             else:
                 try:
@@ -142,6 +149,7 @@ class Database:
                     # SQLite may already have rolled back (a full disk does that).
                     self._rollback()
                     raise self.error(exc) from None
+                log.debug("store.transaction", outcome="committed", seconds=_since(started))
             finally:
                 self._depth = 0
 
@@ -234,3 +242,7 @@ def _no_space(directory: Path) -> bool:
     except OSError:
         return False
     return stats.f_bavail * stats.f_frsize < 64 * 1024
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 4)

@@ -100,8 +100,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     credentials_file: str = ""
     default_platform: str = ""
     proxy: str = ""
-    connect_timeout: Timeout = 30.0
-    read_timeout: Timeout = 60.0
+    # Seconds for a TCP connection and its TLS handshake; for each read (and write) once
+    # connected: a registry silent that long has failed that request.
+    connect_timeout: Timeout = 10.0
+    read_timeout: Timeout = 30.0
     # SIGTERM/SIGINT: seconds running pulls and pushes get to finish before they are
     # cancelled (their partial downloads are kept for the next pull).
     shutdown_timeout: Seconds = 30.0

@@ -86,8 +86,8 @@ class Connector:
         self,
         service: RegistryService,
         *,
-        connect_timeout: float = 30.0,
-        read_timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 30.0,
         proxy: str | None = None,
     ) -> None:
         self.service = service

@@ -49,7 +49,7 @@ def test_without_a_file_every_setting_has_its_default() -> None:
     assert settings.max_download_attempts == 5
     assert settings.retry_delay == 5.0
     assert settings.insecure_registries == ["127.0.0.0/8", "::1/128"]
-    assert (settings.connect_timeout, settings.read_timeout) == (30.0, 60.0)
+    assert (settings.connect_timeout, settings.read_timeout) == (10.0, 30.0)
     assert settings.default_platform == settings.proxy == settings.credentials_file == ""
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
+from ferryd.daemon.api.filters import Filters
 from ferryd.distribution.events import Event
 from ferryd.errors import InvalidFilterError
 
@@ -33,25 +33,8 @@ class EventFilter:
     @classmethod
     def parse(cls, text: str) -> EventFilter:
         """`{"type":["image"],"event":["pull"]}`, or the older `{"type":{"image":true}}`."""
-        if not text:
-            return cls({})
-        try:
-            raw = json.loads(text)
-        except ValueError:
-            raise InvalidFilterError(f"invalid filter: {text!r} is not JSON") from None
-        if not isinstance(raw, dict):
-            raise InvalidFilterError("invalid filter: expected a JSON object of filter lists")
-        filters: dict[str, set[str]] = {}
-        for key, values in raw.items():
-            if key not in _IMAGE_KEYS | _OTHER_KEYS:
-                raise InvalidFilterError(f"invalid filter '{key}'")
-            if isinstance(values, dict):
-                values = [value for value, on in values.items() if on]
-            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-                raise InvalidFilterError(f"invalid filter '{key}': expected a list of strings")
-            if values:
-                filters[key] = set(values)
-        return cls(filters)
+        parsed = Filters.parse(text, _IMAGE_KEYS | _OTHER_KEYS)
+        return cls({key: set(values) for key, values in parsed.fields.items() if values})
 
     def matches(self, event: Event) -> bool:
         if any(key in _OTHER_KEYS for key in self.filters):

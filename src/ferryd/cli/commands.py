@@ -143,6 +143,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     fsck.add_argument("--repair", action="store_true", help="remove what is broken or unreferenced")
     fsck.set_defaults(handler=_fsck)
+
+    reload = commands.add_parser(
+        "reload",
+        help="make the running daemon read its config again (SIGHUP)",
+        description="Send SIGHUP to the daemon: it reads its config file again and applies "
+        "what can change live; its log says what changed (daemon.reloaded) or why nothing "
+        "did (daemon.reload_failed). The unit's ExecReload= runs `ferryd reload $MAINPID`.",
+    )
+    reload.add_argument(
+        "pid", nargs="?", help="the daemon's PID (default: the one `ferryd serve` running)"
+    )
+    reload.set_defaults(handler=_reload)
     return parser
 
 
@@ -343,6 +355,17 @@ def _timestamp(text: str, name: str) -> str:
     if moment.tzinfo is None:
         moment = moment.astimezone()
     return f"{moment.timestamp():.9f}"
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from ferryd.cli.reload import ReloadError, reload_daemon
+
+    try:
+        reload_daemon(args.pid)
+    except ReloadError as exc:
+        print(f"ferryd reload: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _fsck(args: argparse.Namespace) -> int:

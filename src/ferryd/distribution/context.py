@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ferryd.distribution.events import ImageEventLogger
+from ferryd.distribution.jobs import Job
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.push_layers import PushLayerProvider
 from ferryd.distribution.transfers import RetryPolicy
@@ -80,8 +81,9 @@ class TransferContext:
     connector: Connector  # the registry service, its endpoints, TLS and logins
     credentials: Credentials  # what the client sent, or the daemon's own login
     meta_headers: Mapping[str, str]  # X-Meta-* copied to every registry request
-    progress: ProgressOutput
+    progress: ProgressOutput  # the job, which passes it on to the client
     event_logger: ImageEventLogger
+    job: Job  # what `ferryd ps` shows of this pull or push: its phase, its layers
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -174,6 +174,7 @@ async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContex
             client = await ctx.connector.open_mirror(
                 mirror, reference.path, meta_headers=ctx.meta_headers
             )
+            ctx.job.phase = "manifest"
             # A mirror that is busy is skipped, not waited for: the registry may not be.
             source = await _manifest_from(client, client.get_manifest, tag_or_digest, ctx.platform)
             log.debug("pull.source", reference=str(reference), endpoint=mirror.base_url)
@@ -189,6 +190,7 @@ async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContex
         reference.domain, reference.path, ctx.credentials, meta_headers=ctx.meta_headers
     )
     log.debug("pull.source", reference=str(reference), endpoint=client.endpoint.base_url)
+    ctx.job.phase = "manifest"
     try:
         fetch = _patient(client, ctx)
         return await _manifest_from(client, fetch, tag_or_digest, ctx.platform)
@@ -284,6 +286,7 @@ async def _pull_image(
         DownloadDescriptor(layer, diff_id, reference.domain, reference.path)
         for layer, diff_id in zip(image.layers, rootfs.diff_ids, strict=True)
     ]
+    ctx.job.phase = "layers"
     final, release = await ctx.downloads.download(
         client, RootFS([]), os, descriptors, ctx.progress, stats
     )
@@ -303,6 +306,7 @@ async def _pull_image(
                         manifest.digest, image_id, manifest.media_type, manifest.raw
                     )
 
+        ctx.job.phase = "committing"
         await anyio.to_thread.run_sync(commit)
     finally:
         release()

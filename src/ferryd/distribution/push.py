@@ -100,6 +100,7 @@ async def _push_tag(
     # As moby: the top layer, held for the whole upload, and the stack below it.
     top = ctx.layers.get(rootfs.chain_id())
     stats = _Stats()
+    ctx.job.phase = "layers"
     try:
         layers = _stack(top, len(rootfs.diff_ids))
         for layer in reversed(layers):  # docker lists the top layer first
@@ -111,6 +112,7 @@ async def _push_tag(
         descriptors = await _upload_layers(client, layers, family, ctx, stats)
     finally:
         top.release()
+    ctx.job.phase = "manifest"
     config_descriptor = await _push_config(client, raw_config, family)
     media_type, raw = _manifest(store, image_id, family, config_descriptor, descriptors)
     assert tag.tag is not None
@@ -126,6 +128,7 @@ async def _push_tag(
                 store.manifests.add(digest, image_id, media_type, raw)
                 store.references.add(tag.repository().with_digest(digest), image_id)
 
+    ctx.job.phase = "committing"
     await anyio.to_thread.run_sync(record_push)
     ctx.event_logger(
         image_id,

@@ -12,6 +12,7 @@ import anyio
 from ferryd.distribution.context import PullContext, PushContext
 from ferryd.distribution.downloads import DownloadManager
 from ferryd.distribution.events import ImageEventLogger
+from ferryd.distribution.jobs import JobBoard
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.pull import PullResult, pull
 from ferryd.distribution.push import PushResult, push
@@ -36,6 +37,7 @@ class ImageService:
     default_platform: Platform | None = None
     # The daemon's own logins (credentials file and helpers); replaced on reload.
     saved_credentials: CredentialStore = field(default_factory=CredentialStore)
+    jobs: JobBoard = field(default_factory=JobBoard)
 
     async def credentials_for(self, domain: str, given: Credentials) -> Credentials:
         """What the client sent wins; else the daemon's own login; else anonymous."""
@@ -52,19 +54,21 @@ class ImageService:
         credentials: Credentials,
         meta_headers: Mapping[str, str] | None = None,
     ) -> list[PullResult]:
-        ctx = PullContext(
-            store=self.store,
-            connector=self.connector,
-            credentials=await self.credentials_for(reference.domain, credentials),
-            meta_headers=dict(meta_headers or {}),
-            progress=progress,
-            event_logger=self.event_logger,
-            downloads=self.downloads,
-            retries=self.downloads.retries,
-            platform=platform or self.default_platform or host_platform(),
-            exact_platform=platform is not None,
-        )
-        return await pull(reference, ctx)
+        with self.jobs.track("pull", str(reference), progress) as job:
+            ctx = PullContext(
+                store=self.store,
+                connector=self.connector,
+                credentials=await self.credentials_for(reference.domain, credentials),
+                meta_headers=dict(meta_headers or {}),
+                progress=job,
+                event_logger=self.event_logger,
+                job=job,
+                downloads=self.downloads,
+                retries=self.downloads.retries,
+                platform=platform or self.default_platform or host_platform(),
+                exact_platform=platform is not None,
+            )
+            return await pull(reference, ctx)
 
     async def push(
         self,
@@ -74,17 +78,19 @@ class ImageService:
         credentials: Credentials,
         meta_headers: Mapping[str, str] | None = None,
     ) -> list[PushResult]:
-        ctx = PushContext(
-            store=self.store,
-            connector=self.connector,
-            credentials=await self.credentials_for(reference.domain, credentials),
-            meta_headers=dict(meta_headers or {}),
-            progress=progress,
-            event_logger=self.event_logger,
-            layers=StoreLayerProvider(self.store.layers, self.store.blobs),
-            uploads=self.uploads,
-        )
-        return await push(reference, ctx)
+        with self.jobs.track("push", str(reference), progress) as job:
+            ctx = PushContext(
+                store=self.store,
+                connector=self.connector,
+                credentials=await self.credentials_for(reference.domain, credentials),
+                meta_headers=dict(meta_headers or {}),
+                progress=job,
+                event_logger=self.event_logger,
+                job=job,
+                layers=StoreLayerProvider(self.store.layers, self.store.blobs),
+                uploads=self.uploads,
+            )
+            return await push(reference, ctx)
 
     async def tag(self, source: str, target: Reference) -> None:
         await anyio.to_thread.run_sync(tag_image, self.store, source, target, self.event_logger)

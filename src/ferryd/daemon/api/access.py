@@ -37,6 +37,7 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/info", "read"),
     ("GET", "/events", "read"),
     ("GET", "/transfers", "read"),
+    ("GET", "/jobs", "read"),
     ("GET", "/images/json", "read"),
     ("GET", "/images/{name}/json", "read"),
     ("GET", "/images/{name}/history", "read"),

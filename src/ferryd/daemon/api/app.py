@@ -86,6 +86,7 @@ def build_app(
         Route("/info", system.info, methods=["GET"]),
         Route("/events", system.events, methods=["GET"]),
         Route("/transfers", system.transfers, methods=["GET"]),
+        Route("/jobs", system.jobs, methods=["GET"]),
         Route("/fsck", fsck.fsck, methods=["POST"]),
         Route("/images/create", images.create, methods=["POST"]),
         Route("/images/json", images.list_all, methods=["GET"]),

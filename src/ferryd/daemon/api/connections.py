@@ -30,7 +30,7 @@ KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive connection is kept
 MAX_CONNECTIONS = 1000
 RESERVE = 32
 # What still answers from the reserve: the health check and what shows the daemon's state.
-_CHEAP = re.compile(r"(?:/v\d+\.\d+)?/(?:_ping|version|info|transfers)")
+_CHEAP = re.compile(r"(?:/v\d+\.\d+)?/(?:_ping|version|info|transfers|jobs)")
 
 
 def connection_limit() -> int:

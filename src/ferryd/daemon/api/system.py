@@ -209,6 +209,33 @@ async def transfers(request: Request) -> Response:
     )
 
 
+async def jobs(request: Request) -> Response:
+    """ferryd's own: the pulls and pushes running, from the moment they were asked for,
+    with their phase and their layers (for `ferryd ps`)."""
+    return JSONResponse(
+        [
+            {
+                "ID": job.id,
+                "Action": job.action,
+                "Reference": job.reference,
+                "Phase": job.phase,
+                "RequestID": job.request_id,
+                "Started": round(job.started, 3),
+                "Layers": [
+                    {
+                        "ID": layer_id,
+                        "Status": layer.status,
+                        "Current": layer.current,
+                        "Total": layer.total,
+                    }
+                    for layer_id, layer in job.layers.items()
+                ],
+            }
+            for job in _service(request).jobs.jobs()
+        ]
+    )
+
+
 def _registry_config(settings: Settings) -> dict[str, Any]:
     """dockerd's split: insecure networks as CIDRs (the docker CLI parses every one as
     a CIDR and fails on anything else), insecure hosts as index configs not secure."""

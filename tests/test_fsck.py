@@ -66,7 +66,9 @@ def test_a_store_a_pull_made_is_clean(
 
     assert (status, err) == (0, "")
     assert out == [out[-1]]
-    assert out[-1].startswith("fsck: 4 blobs, 2 layers, 1 images, 1 manifests, 2 references")
+    assert out[-1].startswith(
+        "fsck: checked 4 blobs, 2 layers, 1 image, 1 manifest, 2 references in "
+    )
     assert out[-1].endswith(": clean")
 
 

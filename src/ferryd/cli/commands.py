@@ -393,11 +393,17 @@ def _fsck(args: argparse.Namespace) -> int:
             f"info: {report['UnusedLayers']} layers no image uses "
             "(not a problem: the next pull of an image on them reuses them)"
         )
-    checked = ", ".join(f"{count} {what.lower()}" for what, count in report["Checked"].items())
+    checked = ", ".join(
+        _counted(count, what.lower().removesuffix("s")) for what, count in report["Checked"].items()
+    )
     found = len(report["Problems"])
-    verdict = f"{found} problem{'s' if found != 1 else ''}" if found else "clean"
-    print(f"fsck: {checked} checked in {report['Seconds']:.2f} s: {verdict}")
+    verdict = _counted(found, "problem") if found else "clean"
+    print(f"fsck: checked {checked} in {report['Seconds']:.2f} s: {verdict}")
     return 1 if found else 0
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _fsck_stopped(root: Path, repair: bool) -> dict[str, Any] | None:

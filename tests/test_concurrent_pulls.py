@@ -8,10 +8,9 @@ it again.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import anyio
-import pytest
 
 from support.daemon import Daemon, errors
 from support.fakes import FakeLayer, FakeRegistry, Request, make_layer
@@ -74,10 +73,3 @@ def test_fifty_clients_pulling_three_overlapping_images_fetch_each_blob_once(
     for layer in (base, *tops.values()):
         assert blob_gets(registry, layer) == 1
     assert {image["RepoTags"][0].rpartition(":")[2] for image in daemon.images()} == set(tops)
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    assert {t for t in threading.enumerate() if t not in before and t.is_alive()} == set()

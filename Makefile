@@ -12,7 +12,7 @@ ROOT   ?= $(CURDIR)/run/root
 SOCKET ?= $(CURDIR)/run/ferryd.sock
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench lint typecheck check system-deps clean lock
+.PHONY: run test test-fast bench lint typecheck check system-deps clean lock
 
 # The pinned versions from the lock, then ferryd itself without dependencies; pip check
 # fails here if pyproject.toml asks for something the lock does not give (run `make lock`).
@@ -52,8 +52,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# Every test, in parallel (pyproject.toml: one worker per CPU).
 test: system-deps $(STAMP) lint typecheck
 	$(PY) -m pytest
+
+# The in-process tests only: no registry, daemon, systemd or docker CLI.
+FAST := not registry and not daemon and not systemd and not docker_cli
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m '$(FAST)'
 
 bench: system-deps $(STAMP)
 	$(PY) bench/pull.py

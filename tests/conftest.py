@@ -12,6 +12,21 @@ import trustme
 from support.daemon import Daemon
 from support.registry import PASSWORD, USER, Registry, have_registry_tools, start_registry
 
+# What a test asks for says what it needs: these fixtures mark it, so that `-m` can leave
+# out the slow tests (make test-fast). A test that starts a peer itself is marked by hand.
+_MARKS = {
+    "registry": "registry",
+    "tls_registry": "registry",
+    "daemon": "daemon",
+    "start_daemon": "daemon",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in sorted(_MARKS.keys() & set(getattr(item, "fixturenames", ()))):
+            item.add_marker(_MARKS[fixture])
+
 
 @pytest.fixture(scope="session")
 def ca() -> trustme.CA:

@@ -40,6 +40,8 @@ from support.registry import PASSWORD, USER, Registry
 from support.throttle import throttled
 from support.waiting import wait_until
 
+pytestmark = pytest.mark.systemd
+
 UNITS = Path(__file__).parent.parent / "systemd"
 ACTIVATE = shutil.which("systemd-socket-activate")
 needs_activate = pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate missing")

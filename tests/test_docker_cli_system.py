@@ -167,6 +167,7 @@ def test_a_live_docker_events_sees_a_pull_as_it_happens(
             "HOME": str(docker_config),
         },
     )
+
     def watching() -> bool:
         assert watcher.poll() is None, watcher.communicate()
         return bool(daemon.client().get_json("/info")["NEventsListener"] == 1)

@@ -373,7 +373,6 @@ def _rmi(daemon: Daemon, name: str) -> list[dict[str, Any]]:
     return records
 
 
-
 def _wait_for_watchers(daemon: Daemon, count: int) -> None:
     wait_until(
         lambda: daemon.client().get_json("/info")["NEventsListener"] == count,

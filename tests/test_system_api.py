@@ -44,7 +44,6 @@ def _ferryd(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-
 # -- /info ------------------------------------------------------------------------------
 
 

@@ -424,3 +424,159 @@ def test_a_refused_proxy_is_shown_without_its_password(config: ConfigFile) -> No
     message = config.error('proxy = "ftp://alice:hunter2@proxy.example"\n')
 
     assert "hunter2" not in message
+
+
+# socket_mode as TOML writes numbers
+
+
+def test_socket_mode_with_a_leading_zero_says_how_to_write_a_mode(config: ConfigFile) -> None:
+    message = config.error('root = "/srv/ferryd"\nsocket_mode = 0660\n')
+
+    assert message == (
+        f"config file {config.path} is not valid TOML: line 2: socket_mode = 0660: a TOML "
+        'integer cannot start with 0; write the mode as a string, socket_mode = "0660", or '
+        "as an octal integer, socket_mode = 0o660"
+    )
+
+
+def test_socket_mode_with_a_leading_zero_and_a_comment_is_explained_too(
+    config: ConfigFile,
+) -> None:
+    message = config.error("socket_mode = 0600  # owner only\n")
+
+    assert message.endswith('socket_mode = "0600", or as an octal integer, socket_mode = 0o600')
+
+
+def test_another_number_with_a_leading_zero_is_named(config: ConfigFile) -> None:
+    message = config.error("max_concurrent_downloads = 03\n")
+
+    assert message == (
+        f"config file {config.path} is not valid TOML: line 1: max_concurrent_downloads = 03: "
+        "a TOML number cannot start with 0"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "mode"),
+    [
+        ("socket_mode = 0o660", "0660"),
+        ("socket_mode = 0o600  # owner only", "0600"),
+        ("socket_mode = 0o0640", "0640"),
+        ("socket_mode = 0o7", "0007"),
+        ('root = "/srv/ferryd"\n  socket_mode=0o660\n[access]\neveryone = ["read"]', "0660"),
+    ],
+)
+def test_socket_mode_may_be_a_toml_octal_integer(config: ConfigFile, text: str, mode: str) -> None:
+    settings = config.load(text)
+
+    assert settings.socket_mode == mode
+    assert int(settings.socket_mode, 8) == int(mode, 8)  # as the daemon reads it
+
+
+def test_an_octal_socket_mode_is_the_same_setting_as_the_string(config: ConfigFile) -> None:
+    # A reload from one spelling to the other changes nothing.
+    assert config.load("socket_mode = 0o660") == config.load('socket_mode = "0660"')
+
+
+def test_an_octal_socket_mode_above_0o777_is_refused(config: ConfigFile) -> None:
+    assert config.error("socket_mode = 0o4770") == (
+        f'config file {config.path}: socket_mode: expected an octal file mode such as "0660" '
+        "or 0o660, got 0o4770"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "socket_mode = 432",  # 0o660 in decimal: not how anyone writes a mode
+        "socket_mode = 0x1b0",
+        "socket_mode = 0b110110000",
+        "socket_mode = 432  # socket_mode = 0o660",
+    ],
+)
+def test_a_socket_mode_integer_not_written_in_octal_is_refused(
+    config: ConfigFile, text: str
+) -> None:
+    assert config.error(text) == (
+        f"config file {config.path}: socket_mode: Expected `str`, got `int`"
+    )
+
+
+# insecure_registries, entry by entry
+
+_NOT_A_REGISTRY = (
+    'is not a network ("10.0.0.0/8"), an IP address or HOST[:PORT] (a valid host name or '
+    "address, a port from 1 to 65535)"
+)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "not a host!!",
+        "registry.lan:0",
+        "registry.lan:65536",
+        "registry.lan:",
+        "registry.lan:http",
+        "registry.lan:5000:1",
+        "-registry.lan",
+        "registry..lan",
+        "under_score.lan",
+        "10.0.0.0/33",
+        "[::1",
+        "[fe80::zz]:5000",
+        "[::1]5000",
+        "ftp://registry.lan",
+        "registry.lan/path",
+        "a" * 64 + ".lan",
+    ],
+)
+def test_an_insecure_registry_that_is_no_host_or_network_is_refused_by_name(
+    config: ConfigFile, entry: str
+) -> None:
+    message = config.error(f'insecure_registries = ["ok.lan", "{entry}"]')
+
+    assert message == (
+        f'config file {config.path}: insecure_registries[1]: "{entry}" {_NOT_A_REGISTRY}'
+    )
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "10.0.0.0/8",
+        "10.1.2.3",
+        "fd00::/8",
+        "::1",
+        "registry.lan",
+        "registry.lan:5000",
+        "Registry.LAN:65535",
+        "10.1.2.3:5000",
+        "[::1]:5000",
+        "localhost",
+        "a-b.example.com:1",
+        "http://other.lan/",
+        "https://other.lan:5000",
+        "a" * 63 + ".lan",
+    ],
+)
+def test_insecure_registries_take_networks_addresses_and_hosts(
+    config: ConfigFile, entry: str
+) -> None:
+    assert config.load(f'insecure_registries = ["{entry}"]').insecure_registries == [entry]
+
+
+def test_an_empty_insecure_registry_is_refused(config: ConfigFile) -> None:
+    assert config.error('insecure_registries = [" "]') == (
+        f"config file {config.path}: insecure_registries[0]: insecure registry entry is empty"
+    )
+
+
+def test_a_bad_insecure_registry_flag_is_named_on_the_command_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {"insecure_registries": ["registry.lan:5000", "bad host"]})
+
+    # After the two default entries.
+    assert (
+        str(caught.value) == f'command line: insecure_registries[3]: "bad host" {_NOT_A_REGISTRY}'
+    )

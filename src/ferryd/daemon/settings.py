@@ -25,7 +25,7 @@ from ferryd.errors import ConfigError, InvalidPlatformError
 from ferryd.oci.platform import parse_platform
 from ferryd.registry.auth import registry_domain
 from ferryd.registry.credentials import CredentialStore
-from ferryd.registry.endpoints import DEFAULT_INSECURE, RegistryService
+from ferryd.registry.endpoints import DEFAULT_INSECURE, RegistryService, split_insecure
 
 DEFAULT_ROOT = Path("/var/lib/ferryd")
 DEFAULT_SOCKET = Path("/run/ferryd/ferryd.sock")
@@ -79,7 +79,8 @@ class Access(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     root: NonEmpty = str(DEFAULT_ROOT)
     socket: NonEmpty = str(DEFAULT_SOCKET)
-    socket_mode: str = "0660"  # octal, checked by `load_settings`
+    # Octal, checked by `load_settings`; a TOML octal integer (0o660) is taken too.
+    socket_mode: str = "0660"
     socket_group: str = ""  # a group name or number; "" = the daemon's own group
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
@@ -145,7 +146,10 @@ def load_settings(path: Path | None, overrides: dict[str, object] | None = None)
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+            raise ConfigError(
+                f"config file {path} is not valid TOML: {_leading_zero(text, exc) or exc}"
+            ) from None
+        data = _octal_socket_mode(data, text, f"config file {path}")
     settings = _validate(data, f"config file {path}" if path else "settings")
     flags = {key: value for key, value in (overrides or {}).items() if value is not None}
     if not flags:
@@ -170,6 +174,11 @@ def _validate(data: dict[str, object], where: str) -> Settings:
             f'{where}: socket_mode: expected an octal file mode such as "0660", '
             f"got {_show(settings.socket_mode)}"
         )
+    for index, entry in enumerate(settings.insecure_registries):
+        try:
+            split_insecure([entry])
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: insecure_registries[{index}]: {exc}") from None
     for domain, mirrors in settings.registry_mirrors.items():
         if domain != registry_domain(domain):
             raise ConfigError(
@@ -193,6 +202,53 @@ def _validate(data: dict[str, object], where: str) -> Settings:
             raise ConfigError(f"{where}: default_platform: {exc}") from None
     access_ids(settings.access, where)
     return settings
+
+
+# `key = 0660`: a number with a leading zero, which TOML does not allow.
+_LEADING_ZERO = re.compile(
+    r'\s*(?P<key>[A-Za-z0-9_-]+|"[^"]*")\s*=\s*(?P<value>[+-]?0[0-9_][0-9_.]*)\s*(?:#.*)?'
+)
+_AT_LINE = re.compile(r"\(at line (?P<line>\d+), column \d+\)")
+# `socket_mode = 0o660` as written, at the top level (before any [table]).
+_OCTAL_MODE = re.compile(r"(?m)^\s*socket_mode\s*=\s*0o[0-7_]+\s*(?:#.*)?$")
+_TABLE = re.compile(r"(?m)^\s*\[")
+
+
+def _leading_zero(text: str, exc: tomllib.TOMLDecodeError) -> str:
+    """What to say when TOML refused a number written with a leading zero ("" otherwise):
+    for `socket_mode = 0660`, the two ways to write a mode."""
+    at = _AT_LINE.search(str(exc))
+    lines = text.splitlines()
+    if at is None or not 0 < int(at["line"]) <= len(lines):
+        return ""
+    line = int(at["line"])
+    written = _LEADING_ZERO.fullmatch(lines[line - 1])
+    if written is None:
+        return ""
+    key, value = written["key"].strip('"'), written["value"]
+    if key == "socket_mode":
+        digits = value.lstrip("+-").replace("_", "")
+        return (
+            f"line {line}: socket_mode = {value}: a TOML integer cannot start with 0; write "
+            f'the mode as a string, socket_mode = "{digits}", or as an octal integer, '
+            f"socket_mode = 0o{digits.lstrip('0') or '0'}"
+        )
+    return f"line {line}: {key} = {value}: a TOML number cannot start with 0"
+
+
+def _octal_socket_mode(data: dict[str, object], text: str, where: str) -> dict[str, object]:
+    """`socket_mode = 0o660` (a TOML octal integer) as the mode "0660". An integer written
+    otherwise (660, 0x1b0) stays one and is refused: 660 is not the mode 0660."""
+    mode = data.get("socket_mode")
+    top_level = _TABLE.split(text, maxsplit=1)[0]
+    if not isinstance(mode, int) or isinstance(mode, bool) or not _OCTAL_MODE.search(top_level):
+        return data
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(
+            f'{where}: socket_mode: expected an octal file mode such as "0660" or 0o660, '
+            f"got 0o{mode:o}"
+        )
+    return {**data, "socket_mode": f"0{mode:03o}"}
 
 
 def _access_defaults(data: dict[str, object], where: str) -> dict[str, object]:

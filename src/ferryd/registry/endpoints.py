@@ -14,6 +14,8 @@ insecure. An http mirror is used as written: the operator chose plain HTTP.
 from __future__ import annotations
 
 import ipaddress
+import json
+import re
 import socket
 import ssl
 from collections.abc import Mapping
@@ -140,18 +142,55 @@ class RegistryService:
 def split_insecure(
     entries: list[str],
 ) -> tuple[list[ipaddress.IPv4Network | ipaddress.IPv6Network], list[str]]:
-    """`insecure_registries` entries as networks (CIDRs, addresses) and host names."""
+    """`insecure_registries` entries as networks (CIDRs, addresses) and host names.
+
+    An entry is a CIDR (`10.0.0.0/8`), an IP address, or `HOST[:PORT]` (a host name or
+    address, `[v6]` in brackets with a port); an `http://` or `https://` in front and a
+    `/` behind are dropped. Anything else is a ConfigError naming the entry.
+    """
     networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     hosts: list[str] = []
-    for entry in entries:
-        entry = entry.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
+    for written in entries:
+        entry = written.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
         if not entry:
             raise ConfigError("insecure registry entry is empty")
         try:
             networks.append(ipaddress.ip_network(entry, strict=False))
         except ValueError:
+            if not _is_host_and_port(entry):
+                raise ConfigError(
+                    f'{json.dumps(written)} is not a network ("10.0.0.0/8"), an IP address '
+                    "or HOST[:PORT] (a valid host name or address, a port from 1 to 65535)"
+                ) from None
             hosts.append(entry.lower())
     return networks, hosts
+
+
+_HOST_LABEL = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
+
+
+def _is_host_and_port(entry: str) -> bool:
+    """`host`, `host:port`, `1.2.3.4:port` or `[v6]:port`: a valid name or address and,
+    if there is one, a port from 1 to 65535."""
+    if entry.startswith("["):
+        address, bracket, port = entry[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            return False
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            return False
+        return not port or _is_port(port[1:])
+    host, colon, port = entry.partition(":")
+    if colon and not _is_port(port):
+        return False  # a second colon is not a port either
+    if len(host) > 253:
+        return False
+    return all(_HOST_LABEL.fullmatch(label) for label in host.split("."))
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= 65535
 
 
 def _unverified_context() -> ssl.SSLContext:

@@ -30,13 +30,17 @@ def remove(store: Store, name: str, *, force: bool, log: ImageEventLogger) -> li
     with store.maintenance:  # a sweep or fsck sees the removal whole, or not at all
         # On a full disk the database needs room to delete: give it the reserve.
         store.reserve.keep()
-        records = _remove(store, name, force=force, log=log)
+        records = remove_locked(store, name, force=force, log=log)
         sweep(store, reason="rmi")  # and whatever a crash or a failed pull left
         store.reserve.keep()
     return records
 
 
-def _remove(store: Store, name: str, *, force: bool, log: ImageEventLogger) -> list[dict[str, Any]]:
+def remove_locked(
+    store: Store, name: str, *, force: bool, log: ImageEventLogger
+) -> list[dict[str, Any]]:
+    """`remove` without its lock and sweep: for callers that hold `store.maintenance`
+    and sweep once after several removals (prune)."""
     records: list[dict[str, Any]] = []
     image_id = store.resolve_id(name)
     with store.db.transaction():

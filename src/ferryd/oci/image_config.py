@@ -21,6 +21,17 @@ class RootFSModel(msgspec.Struct):
     diff_ids: list[str] = msgspec.field(default_factory=list)
 
 
+class HistoryModel(msgspec.Struct):
+    """One step of how the image was built (`docker history` shows them)."""
+
+    # Each may be null, as Go (dockerd) reads it.
+    created: str | None = None
+    created_by: str | None = None
+    author: str | None = None
+    comment: str | None = None
+    empty_layer: bool | None = None  # true: the step made no layer (no DiffID in rootfs)
+
+
 class ConfigModel(msgspec.Struct):
     """The fields of an image config ferryd reads; the rest is kept in the raw bytes."""
 
@@ -31,6 +42,7 @@ class ConfigModel(msgspec.Struct):
     created: str | None = None
     author: str | None = None
     config: dict[str, Any] | None = None
+    history: list[HistoryModel] | None = None
 
 
 @dataclass(frozen=True, slots=True)

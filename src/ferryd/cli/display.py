@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
 
@@ -30,6 +30,31 @@ def drain(messages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return payloads
 
 
+def finished(
+    messages: Iterable[dict[str, Any]], is_last: Callable[[dict[str, Any]], bool], cut: str
+) -> Iterator[dict[str, Any]]:
+    """Pass `messages` on, and raise StreamError(`cut`) if they end before the one that
+    says the work is done (`is_last`): a daemon killed mid-pull, or a connection cut,
+    ends the stream early without an error, and must not look like a success."""
+    last: dict[str, Any] | None = None
+    for message in messages:
+        last = message
+        yield message
+    if last is None or not is_last(last):
+        raise StreamError(cut)
+
+
+def pull_done(message: dict[str, Any]) -> bool:
+    """A pull's stream ends with `Status: Downloaded newer image for …` (or `Image is up
+    to date`)."""
+    return str(message.get("status", "")).startswith("Status: ")
+
+
+def push_done(message: dict[str, Any]) -> bool:
+    """A push's stream ends with the aux `{Tag, Digest, Size}` of its (last) tag."""
+    return "aux" in message
+
+
 def _line(message: dict[str, Any]) -> str:
     text = str(message.get("status", ""))
     if message.get("progress"):
@@ -40,18 +65,30 @@ def _line(message: dict[str, Any]) -> str:
 
 
 def _plain(messages: Iterable[dict[str, Any]], out: TextIO) -> dict[str, Any] | None:
+    """One line per state change of each layer (Waiting, Downloading, Pushing, Pushed…):
+    a log has no use for a bar drawn a hundred times, nor for a retry's countdown."""
     aux = None
+    states: dict[str, str] = {}
     for message in messages:
         if "error" in message:
             raise StreamError(message["error"])
         if "aux" in message:
             aux = message["aux"]
             continue
-        if message.get("status") == "Downloading":
-            continue  # a log has no use for a bar drawn a hundred times
-        out.write(_line(message) + "\n")
+        layer = message.get("id")
+        if layer:
+            state = _state(str(message.get("status", "")))
+            if states.get(layer) == state:
+                continue
+            states[layer] = state
+        out.write(_line({**message, "progress": None}) + "\n")
         out.flush()
     return aux
+
+
+def _state(status: str) -> str:
+    """`Retrying in 4 seconds` and `Retrying in 3 seconds` are one state."""
+    return "Retrying" if status.startswith("Retrying in ") else status
 
 
 def _live(messages: Iterable[dict[str, Any]], out: TextIO) -> dict[str, Any] | None:

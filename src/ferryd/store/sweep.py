@@ -12,7 +12,9 @@ The daemon sweeps at start (before it serves) and after each `rmi`:
   complete partial download, which the next pull of its image verifies from disk
   instead of fetching again. Older ones, configs and manifests (JSON), and those an
   rmi was deleting when the daemon died (it notes them first: `note_removal`) go;
-- `.tmp-*` files in the blob directories that no `put` is writing;
+- `.tmp-*` files in the blob directories that no `put` is writing, and the staging
+  directories under `loading/` that no running load uses (`ferryd.store.staging`),
+  counted with them;
 - partial downloads whose blob is already stored, or that nobody resumed for
   `PARTIAL_MAX_AGE` (7 days, by the file's mtime). Others stay: the next pull of the
   image resumes them with a Range request.
@@ -32,6 +34,7 @@ import structlog
 from ferryd.errors import FerrydError, InvalidDigestError
 from ferryd.oci.digest import Digest, parse_digest
 from ferryd.store.blobs import TEMP_PREFIX, BlobStore
+from ferryd.store.staging import sweep_staging
 from ferryd.store.store import Store
 
 log = structlog.get_logger("ferryd.store")
@@ -203,6 +206,9 @@ def _sweep(store: Store, counts: dict[str, int], cutoff: float) -> int:
             with store.blobs.unless_writing(path) as leftover:
                 if leftover:
                     freed += _remove(path, counts, "temp_files")
+        staged, staged_bytes = sweep_staging(store.root)
+        counts["temp_files"] += staged
+        freed += staged_bytes
         (store.root / REMOVING_NAME).unlink(missing_ok=True)
     return freed
 

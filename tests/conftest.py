@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trustme
 
+from support.app import in_process_api
 from support.daemon import Daemon
 from support.registry import PASSWORD, USER, Registry, have_registry_tools, start_registry
 
@@ -86,3 +88,10 @@ def docker_config(tmp_path: Path) -> Path:
 @pytest.fixture
 def daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
     return start_daemon()
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The daemon's API in this process, over a store in tmp_path (support.app)."""
+    async with in_process_api(tmp_path / "api") as client:
+        yield client

@@ -23,6 +23,7 @@ import trustme
 
 from ferryd import __version__
 from ferryd.cli.client import DaemonError
+from support.app import in_process_api
 from support.daemon import Daemon, errors
 from support.fakes import FakeRegistry, FakeServer, Reply, Request, registry_error, serve_registry
 from support.images import BuiltImage, LayerSpec, blob_path, build_image, seed
@@ -77,16 +78,12 @@ def test_info_has_what_docker_info_reads(
     assert info["Warnings"] == []
 
 
-def test_info_lists_insecure_hosts_apart_from_insecure_networks(
-    start_daemon: Callable[..., Daemon],
-) -> None:
+async def test_info_lists_insecure_hosts_apart_from_insecure_networks(tmp_path: Path) -> None:
     """The docker CLI reads every InsecureRegistryCIDRs entry as a CIDR: a host there
     makes `docker info` fail. dockerd lists hosts as index configs that are not secure."""
-    daemon = start_daemon(
-        insecure_registries=["10.0.0.0/8", "10.1.2.3", "registry.lan:5000", "http://Other.lan/"]
-    )
-
-    config = daemon.client().get_json("/info")["RegistryConfig"]
+    registries = ["10.0.0.0/8", "10.1.2.3", "registry.lan:5000", "http://Other.lan/"]
+    async with in_process_api(tmp_path, insecure_registries=registries) as api:
+        config = (await api.get("/info")).json()["RegistryConfig"]
 
     assert config["InsecureRegistryCIDRs"] == ["10.0.0.0/8", "10.1.2.3/32"]
     insecure = {name for name, index in config["IndexConfigs"].items() if not index["Secure"]}
@@ -94,10 +91,9 @@ def test_info_lists_insecure_hosts_apart_from_insecure_networks(
     assert config["IndexConfigs"]["docker.io"]["Secure"] is True
 
 
-def test_info_hides_the_proxy_password(start_daemon: Callable[..., Daemon]) -> None:
-    daemon = start_daemon(proxy="http://user:hunter2@proxy.example:3128")
-
-    info = daemon.client().get_json("/info")
+async def test_info_hides_the_proxy_password(tmp_path: Path) -> None:
+    async with in_process_api(tmp_path, proxy="http://user:hunter2@proxy.example:3128") as api:
+        info = (await api.get("/info")).json()
 
     assert info["HttpProxy"] == info["HttpsProxy"] == "http://user:xxxxx@proxy.example:3128"
     assert "hunter2" not in json.dumps(info)

@@ -34,7 +34,7 @@ from ferryd.daemon.api.serve import bind_unix_socket
 from ferryd.daemon.settings import Settings
 from ferryd.daemon.systemd import Notifier
 from ferryd.errors import ConfigError
-from support.daemon import Daemon, errors
+from support.daemon import Daemon, errors, toml
 from support.images import LayerSpec, build_image, seed
 from support.registry import PASSWORD, USER, Registry
 from support.throttle import throttled
@@ -318,8 +318,7 @@ def _serve(workdir: Path, wrapper: Sequence[str] = (), **settings: object) -> It
         "certs_dir": str(workdir / "certs.d"),
         **settings,
     }
-    # JSON strings, numbers and arrays are TOML too.
-    config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()))
+    config.write_text(toml(settings))
     # Whatever systemd gave pytest itself is not for the daemon under test.
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "WATCHDOG_"))

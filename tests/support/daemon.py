@@ -42,17 +42,8 @@ class Daemon:
     def config_path(self) -> Path:
         return self.workdir / "ferryd.toml"
 
-    def _all_settings(self) -> dict[str, Any]:
-        return {
-            "root": str(self.root),
-            "socket": str(self.socket),
-            "retry_delay": 0.05,
-            "certs_dir": str(self.workdir / "certs.d"),
-            **self.settings,
-        }
-
     def start(self) -> None:
-        self.config_path.write_text(_toml(self._all_settings()))
+        write_config(self.workdir, self.settings)
         self.process = forkserver.spawn(
             ["serve", "--config", str(self.config_path)], env=dict(os.environ), log=self.log_path
         )
@@ -99,7 +90,7 @@ class Daemon:
         `daemon.reloaded` or `daemon.reload_failed` log event."""
         assert self.process is not None
         self.settings = {**self.settings, **changes}
-        self.config_path.write_text(_toml(self._all_settings()))
+        write_config(self.workdir, self.settings)
         before = len(self._reload_events())
         self.process.send_signal(signal.SIGHUP)
         events = wait_until(
@@ -196,7 +187,22 @@ class Daemon:
         return sorted(p for p in (self.root / "blobs").rglob("*") if p.is_file())
 
 
-def _toml(settings: dict[str, Any]) -> str:
+def write_config(workdir: Path, settings: dict[str, Any]) -> Path:
+    """The config file of a daemon in `workdir`: its root, socket and certs.d there, a
+    short retry delay, and `settings` over them."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "ferryd.toml"
+    defaults = {
+        "root": str(workdir / "root"),
+        "socket": str(workdir / "ferryd.sock"),
+        "retry_delay": 0.05,
+        "certs_dir": str(workdir / "certs.d"),
+    }
+    path.write_text(toml({**defaults, **settings}))
+    return path
+
+
+def toml(settings: dict[str, Any]) -> str:
     return "".join(f"{key} = {_toml_value(value)}\n" for key, value in settings.items())
 
 

@@ -1,0 +1,78 @@
+"""The daemon's API in this process, for what the API answers.
+
+`in_process_api` builds the app the daemon serves (`build_app`) over a Store in a temp
+dir, with the daemon's transfer managers and image service wired as
+`ferryd.daemon.main.run` wires them, and asks it through httpx's ASGI transport: no
+socket, no uvicorn, no process to start. The socket, the CLI and the process itself are
+tested end to end against the real daemon (`support.daemon`).
+
+httpx's ASGI transport hands over an answer once it is complete: a streamed answer
+(a pull's progress) arrives whole, and one that never ends (`/events` without `until`)
+never arrives; those are the real daemon's to test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from ferryd.daemon.api.app import build_app
+from ferryd.daemon.settings import credential_store, load_settings, registry_service
+from ferryd.daemon.state import DaemonState
+from ferryd.distribution.downloads import DownloadManager
+from ferryd.distribution.service import ImageService
+from ferryd.distribution.uploads import UploadManager
+from ferryd.registry.connector import Connector
+from ferryd.store import Store
+
+from .daemon import write_config
+
+
+@asynccontextmanager
+async def in_process_api(workdir: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the API over a new store in `workdir`, with `settings` (as in the
+    config file)."""
+    config = load_settings(write_config(workdir, settings))  # as the daemon reads it
+    store = Store(config.root_path)
+    connector = Connector(
+        registry_service(config),
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+    )
+    state = DaemonState(config)
+    try:
+        async with anyio.create_task_group() as tg:
+            service = ImageService(
+                store=store,
+                connector=connector,
+                downloads=DownloadManager(
+                    store.blobs,
+                    store.layers,
+                    store.metadata,
+                    tg,
+                    max_concurrent=config.max_concurrent_downloads,
+                    max_attempts=config.max_download_attempts,
+                    retry_delay=config.retry_delay,
+                ),
+                uploads=UploadManager(
+                    store.metadata,
+                    tg,
+                    max_concurrent=config.max_concurrent_uploads,
+                    max_attempts=config.max_upload_attempts,
+                    retry_delay=config.retry_delay,
+                ),
+                event_logger=state.events,
+                saved_credentials=credential_store(config),
+            )
+            transport = httpx.ASGITransport(app=build_app(service, state))
+            async with httpx.AsyncClient(transport=transport, base_url="http://ferryd") as client:
+                yield client
+            tg.cancel_scope.cancel()
+    finally:
+        await connector.aclose()
+        store.close()

@@ -8,12 +8,14 @@ layer keeps more than one core busy while the event loop only moves bytes.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import errno
 import hashlib
+import lzma
 import os
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -32,6 +34,8 @@ _MAX_OUTPUT = 1 << 20
 _HASH_AHEAD = 4
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_BZIP2_MAGIC = b"BZh"
 # isal's stubs declare `error` as an instance; it is the exception class.
 _GZIP_ERROR = cast(type[Exception], isal_zlib.error)
 
@@ -126,6 +130,28 @@ class _Zstd(_Members):
 
     def _new(self) -> Any:
         return zstd.ZstdDecompressor()
+
+    def _rest(self, out: bytes) -> bytes | None:
+        return None if self._d.needs_input else b""
+
+
+class _Xz(_Members):
+    name = "xz"
+    _errors = (lzma.LZMAError,)
+
+    def _new(self) -> Any:
+        return lzma.LZMADecompressor(lzma.FORMAT_XZ)
+
+    def _rest(self, out: bytes) -> bytes | None:
+        return None if self._d.needs_input else b""
+
+
+class _Bzip2(_Members):
+    name = "bzip2"
+    _errors = (OSError, ValueError)  # "Invalid data stream"
+
+    def _new(self) -> Any:
+        return bz2.BZ2Decompressor()
 
     def _rest(self, out: bytes) -> bytes | None:
         return None if self._d.needs_input else b""
@@ -352,3 +378,103 @@ def read_layer(path: Path, expected: Digest) -> tuple[Digest, int]:
         return diff_id, sink.uncompressed_size
     finally:
         sink.close()
+
+
+# An archive's format by its first bytes, as dockerd's archive package (DecompressStream)
+# tells them: bzip2, gzip, xz, zstd, else a plain tar.
+_ARCHIVE_FORMATS: tuple[tuple[bytes, str, type[_Members]], ...] = (
+    (_BZIP2_MAGIC, "bzip2", _Bzip2),
+    (_GZIP_MAGIC + b"\x08", "gzip", _Gzip),
+    (_XZ_MAGIC, "xz", _Xz),
+    (_ZSTD_MAGIC, "zstd", _Zstd),
+)
+ARCHIVE_SNIFF = len(_XZ_MAGIC)  # bytes that tell every format apart
+
+
+def archive_inflater(head: bytes, what: str = "the archive") -> tuple[str, Inflater]:
+    """The format of an archive that starts with `head` (at least `ARCHIVE_SNIFF` bytes,
+    unless it is shorter) and a decompressor for it; "tar" when it is not compressed."""
+    for magic, name, kind in _ARCHIVE_FORMATS:
+        if head.startswith(magic):
+            return name, kind(what)
+    return "tar", _Plain()
+
+
+class ArchiveSink:
+    """Writes what an archive decompresses to, hashing it as it is written: a layer as
+    `docker import` sends it (a plain tar, or one compressed with bzip2, gzip, xz or
+    zstd), stored as the plain tar, whose sha256 is both its blob digest and its DiffID.
+
+    `check` sees each decompressed piece before it is written (the tar parser): a piece
+    it refuses never reaches the file. Batches of about 1 MiB go through `feed` in a
+    worker thread; decompression output is bounded per piece (`_MAX_OUTPUT`), so a small
+    batch that inflates hugely is written as it inflates, never held whole.
+    """
+
+    def __init__(
+        self, path: Path, check: Callable[[bytes], None], what: str = "the archive"
+    ) -> None:
+        self.path = path
+        self.format = ""
+        self.size = 0
+        self._check = check
+        self._what = what
+        self._hasher = hashlib.sha256()
+        self._inflater: Inflater | None = None
+        self._head = b""
+        self._file: BinaryIO | None = None
+
+    def open(self) -> None:
+        with self._disk():
+            self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - lives on
+
+    def feed(self, batch: bytes) -> None:
+        if self._inflater is None:
+            self._head += batch
+            if len(self._head) < ARCHIVE_SNIFF:
+                return
+            batch, self._head = self._head, b""
+            self.format, self._inflater = archive_inflater(batch, self._what)
+        for piece in self._inflater.feed(batch):
+            self._write(piece)
+
+    def _write(self, piece: bytes) -> None:
+        self._check(piece)
+        assert self._file is not None
+        rest = memoryview(piece)
+        with self._disk():
+            while rest:
+                written = self._file.write(rest) or 0
+                if not written:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                rest = rest[written:]
+        self._hasher.update(piece)
+        self.size += len(piece)
+
+    def finish(self) -> Digest:
+        """The stream is over: decompress what is left, fsync; the tar's digest."""
+        if self._inflater is None:
+            self.format, self._inflater = archive_inflater(self._head, self._what)
+            for piece in self._inflater.feed(self._head):
+                self._write(piece)
+        self._inflater.finish()
+        assert self._file is not None
+        with self._disk():
+            os.fsync(self._file.fileno())
+        return Digest("sha256:" + self._hasher.hexdigest())
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+    @contextlib.contextmanager
+    def _disk(self) -> Generator[None, None, None]:
+        try:
+            yield
+        except OSError as exc:
+            error = disk_error(exc, self.path)
+            if error is None:
+                raise
+            raise error from None

@@ -12,6 +12,7 @@ crashes and exits as one started from scratch does, with its output in its log f
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import queue
@@ -134,7 +135,9 @@ class ForkedProcess:
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:  # never signal a pid that may have been reused
-            os.kill(self.pid, sig)
+            # As Popen: the child may have exited (and been reaped) since poll().
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -195,7 +198,8 @@ class ForkServer:
             stuck = [pid for pid in self._children if pid not in self._exits]
         for pid in stuck:
             print(f"ferryd (pid {pid}) did not stop: killed", file=sys.stderr)
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         assert self._process.stdin is not None
         self._process.stdin.close()  # the server's cue to end
         self._process.wait(10)

@@ -313,9 +313,7 @@ def test_the_daemon_pulls_with_credentials_from_a_creds_store_helper(
     asked = helpers("vault", _answer(USER, PASSWORD))
     config = _config(tmp_path, {"credsStore": "vault"})
     daemon = start_daemon(insecure_registries=[], credentials_file=str(config))
-    certs = daemon.workdir / "certs.d" / tls_registry.host
-    certs.mkdir(parents=True)
-    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    daemon.trust(tls_registry.host, ca)
     built = build_image(layout, layers=[LayerSpec(size=5000, seed=501)])
     seed(tls_registry, layout, "latest", "private/helped:v1")
 
@@ -362,9 +360,7 @@ def test_a_new_credentials_file_is_read_on_reload(
 ) -> None:
     config = _config(tmp_path, {})  # no logins yet
     daemon = start_daemon(insecure_registries=[], credentials_file=str(config))
-    certs = daemon.workdir / "certs.d" / tls_registry.host
-    certs.mkdir(parents=True)
-    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    daemon.trust(tls_registry.host, ca)
     build_image(layout, layers=[LayerSpec(size=5000, seed=502)])
     seed(tls_registry, layout, "latest", "private/reloaded:v1")
     reference = f"{tls_registry.host}/private/reloaded:v1"

@@ -118,9 +118,7 @@ def test_docker_pull_sends_the_login_from_its_config(
     ca: trustme.CA,
 ) -> None:
     daemon = start_daemon(insecure_registries=[])
-    certs = daemon.workdir / "certs.d" / tls_registry.host
-    certs.mkdir(parents=True)
-    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    daemon.trust(tls_registry.host, ca)
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     (docker_config / "config.json").write_text(
         json.dumps({"auths": {tls_registry.host: {"auth": token}}})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import select
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,23 +12,13 @@ from typing import Any
 import pytest
 
 from ferryd import __version__
-from support.daemon import Daemon, errors
+from support.daemon import Daemon, errors, now
 from support.docker_cli import docker, needs_docker
-from support.images import LayerSpec, build_image, seed
+from support.images import seeded
 from support.registry import Registry
 from support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker_cli, needs_docker]
-
-
-def _seeded(registry: Registry, layout: Path, repository: str, seed_number: int) -> str:
-    build_image(layout, layers=[LayerSpec(size=2000, seed=seed_number)])
-    seed(registry, layout, "latest", f"{repository}:v1")
-    return f"{registry.host}/{repository}:v1"
-
-
-def _now() -> str:
-    return f"{time.time():.9f}"
 
 
 def _json_lines(text: str) -> list[dict[str, Any]]:
@@ -56,7 +45,7 @@ def test_docker_version_shows_ferryd_as_the_server_engine(
 def test_docker_info_shows_the_image_count_and_the_store(
     registry: Registry, daemon: Daemon, layout: Path, docker_config: Path
 ) -> None:
-    assert errors(daemon.pull(_seeded(registry, layout, "dinfo/app", 901))) == []
+    assert errors(daemon.pull(seeded(registry, layout, "dinfo/app", 901))) == []
 
     done = docker(daemon, "info", config=docker_config)
 
@@ -82,7 +71,7 @@ def test_docker_info_lists_insecure_registries_given_as_hosts_and_networks(
 def test_docker_events_replays_a_pull_and_a_tag_in_order(
     registry: Registry, daemon: Daemon, layout: Path, docker_config: Path
 ) -> None:
-    reference = _seeded(registry, layout, "devents/app", 902)
+    reference = seeded(registry, layout, "devents/app", 902)
     docker(daemon, "pull", reference, config=docker_config)
     docker(daemon, "tag", reference, f"{registry.host}/devents/app:v2", config=docker_config)
     image_id = daemon.inspect(reference)["Id"]
@@ -93,7 +82,7 @@ def test_docker_events_replays_a_pull_and_a_tag_in_order(
         "--since",
         "0",
         "--until",
-        _now(),
+        now(),
         "--format",
         "{{json .}}",
         config=docker_config,
@@ -111,7 +100,7 @@ def test_docker_events_replays_a_pull_and_a_tag_in_order(
 def test_docker_events_with_a_filter_shows_only_what_it_matches(
     registry: Registry, daemon: Daemon, layout: Path, docker_config: Path
 ) -> None:
-    reference = _seeded(registry, layout, "dfilter/app", 903)
+    reference = seeded(registry, layout, "dfilter/app", 903)
     docker(daemon, "pull", reference, config=docker_config)
     docker(daemon, "tag", reference, f"{registry.host}/dfilter/app:v2", config=docker_config)
 
@@ -121,7 +110,7 @@ def test_docker_events_with_a_filter_shows_only_what_it_matches(
         "--since",
         "0",
         "--until",
-        _now(),
+        now(),
         "--filter",
         "event=tag",
         "--format",
@@ -141,7 +130,7 @@ def test_docker_events_with_an_unknown_filter_fails_naming_it(
         "--since",
         "0",
         "--until",
-        _now(),
+        now(),
         "--filter",
         "colour=red",
         config=docker_config,
@@ -155,7 +144,7 @@ def test_docker_events_with_an_unknown_filter_fails_naming_it(
 def test_a_live_docker_events_sees_a_pull_as_it_happens(
     registry: Registry, daemon: Daemon, layout: Path, docker_config: Path
 ) -> None:
-    reference = _seeded(registry, layout, "dlive/app", 904)
+    reference = seeded(registry, layout, "dlive/app", 904)
     watcher = subprocess.Popen(
         ["docker", "-H", daemon.host, "events", "--format", "{{.Action}} {{.Actor.ID}}"],
         stdout=subprocess.PIPE,

@@ -22,8 +22,8 @@ from ferryd.cli.client import Client, DaemonError
 from ferryd.daemon.api.event_filters import EventFilter, parse_time
 from ferryd.distribution.events import Event, EventHub
 from ferryd.errors import InvalidFilterError
-from support.daemon import Daemon, errors
-from support.images import LayerSpec, build_image, seed
+from support.daemon import Daemon, errors, now
+from support.images import seeded
 from support.registry import Registry
 from support.waiting import wait_until
 
@@ -337,18 +337,8 @@ def test_a_time_that_is_not_unix_seconds_is_refused_naming_the_parameter(text: s
 # -- through the daemon ------------------------------------------------------------------
 
 
-def _seeded(registry: Registry, layout: Path, repository: str, seed_number: int) -> str:
-    build_image(layout, layers=[LayerSpec(size=2000, seed=seed_number)])
-    seed(registry, layout, "latest", f"{repository}:v1")
-    return f"{registry.host}/{repository}:v1"
-
-
-def _now() -> str:
-    return f"{time.time():.9f}"
-
-
 def _replay(daemon: Daemon, **params: str) -> list[dict[str, Any]]:
-    params = {"since": "0", "until": _now(), **params}
+    params = {"since": "0", "until": now(), **params}
     return list(daemon.client().stream("GET", "/events", params))
 
 
@@ -384,7 +374,7 @@ def _wait_for_watchers(daemon: Daemon, count: int) -> None:
 def test_pull_tag_and_rmi_reach_a_live_stream_in_order(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
-    reference = _seeded(registry, layout, "events/live", 702)
+    reference = seeded(registry, layout, "events/live", 702)
     other = f"{registry.host}/events/other"
     stream = _watch(daemon)
 
@@ -411,7 +401,7 @@ def test_pull_tag_and_rmi_reach_a_live_stream_in_order(
 def test_a_stream_is_watching_once_its_answer_has_started(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
-    reference = _seeded(registry, layout, "events/started", 705)
+    reference = seeded(registry, layout, "events/started", 705)
     assert errors(daemon.pull(reference)) == []
 
     stream = _watch(daemon)
@@ -425,7 +415,7 @@ def test_a_stream_is_watching_once_its_answer_has_started(
 def test_since_and_until_in_the_past_replay_in_order_then_end(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
-    reference = _seeded(registry, layout, "events/replay", 701)
+    reference = seeded(registry, layout, "events/replay", 701)
     assert errors(daemon.pull(reference)) == []
     _tag(daemon, reference, f"{registry.host}/events/other", "x")
     _rmi(daemon, f"{registry.host}/events/other:x")
@@ -442,9 +432,9 @@ def test_since_and_until_in_the_past_replay_in_order_then_end(
 def test_a_replay_keeps_to_its_time_window(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
-    reference = _seeded(registry, layout, "events/window", 706)
+    reference = seeded(registry, layout, "events/window", 706)
     assert errors(daemon.pull(reference)) == []
-    between = _now()
+    between = now()
     _tag(daemon, reference, f"{registry.host}/events/window", "later")
 
     assert [e["Action"] for e in _replay(daemon, until=between)] == ["pull"]
@@ -454,10 +444,10 @@ def test_a_replay_keeps_to_its_time_window(
 def test_until_alone_replays_everything_kept_before_it(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
-    reference = _seeded(registry, layout, "events/until", 707)
+    reference = seeded(registry, layout, "events/until", 707)
     assert errors(daemon.pull(reference)) == []
 
-    events = list(daemon.client().stream("GET", "/events", {"until": _now()}))
+    events = list(daemon.client().stream("GET", "/events", {"until": now()}))
 
     assert [e["Action"] for e in events] == ["pull"]
 
@@ -465,7 +455,7 @@ def test_until_alone_replays_everything_kept_before_it(
 def test_a_replay_with_filters_keeps_only_what_they_match(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
-    reference = _seeded(registry, layout, "events/filtered", 708)
+    reference = seeded(registry, layout, "events/filtered", 708)
     assert errors(daemon.pull(reference)) == []
     _tag(daemon, reference, f"{registry.host}/events/filtered", "v2")
 
@@ -483,7 +473,7 @@ def test_a_replay_with_filters_keeps_only_what_they_match(
 def test_a_live_stream_with_a_filter_sees_only_what_it_matches(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
-    reference = _seeded(registry, layout, "events/livefilter", 709)
+    reference = seeded(registry, layout, "events/livefilter", 709)
     stream = _watch(daemon, filters='{"event": ["tag"]}')
 
     assert errors(daemon.pull(reference)) == []
@@ -497,10 +487,10 @@ def test_a_live_stream_with_a_filter_sees_only_what_it_matches(
 def test_until_ahead_follows_live_events_then_ends_then(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
-    reference = _seeded(registry, layout, "events/ahead", 710)
+    reference = seeded(registry, layout, "events/ahead", 710)
     assert errors(daemon.pull(reference)) == []
     ends = time.time() + 2
-    stream = _watch(daemon, since=_now(), until=f"{ends:.9f}")
+    stream = _watch(daemon, since=now(), until=f"{ends:.9f}")
 
     _tag(daemon, reference, f"{registry.host}/events/ahead", "v2")
     [event] = _read(stream, 1)
@@ -572,23 +562,14 @@ def test_an_open_event_stream_ends_cleanly_when_the_daemon_stops(
 # -- ferryd events -----------------------------------------------------------------------
 
 
-def _ferryd(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ferryd", "-H", daemon.host, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_ferryd_events_replays_as_json_lines(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
-    reference = _seeded(registry, layout, "events/cli", 703)
+    reference = seeded(registry, layout, "events/cli", 703)
     assert errors(daemon.pull(reference)) == []
     _tag(daemon, reference, f"{registry.host}/events/cli", "v2")
 
-    done = _ferryd(daemon, "events", "--json", "--since", "0", "--until", _now())
+    done = daemon.ferryd("events", "--json", "--since", "0", "--until", now())
 
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines()]
@@ -601,11 +582,11 @@ def test_ferryd_events_replays_as_json_lines(
 def test_ferryd_events_prints_one_line_per_event(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
-    reference = _seeded(registry, layout, "events/human", 704)
+    reference = seeded(registry, layout, "events/human", 704)
     assert errors(daemon.pull(reference)) == []
     _tag(daemon, reference, f"{registry.host}/events/human", "v2")
 
-    done = _ferryd(daemon, "events", "--since", "10m", "--until", "0s", "-f", "event=pull")
+    done = daemon.ferryd("events", "--since", "10m", "--until", "0s", "-f", "event=pull")
 
     assert done.returncode == 0, done.stderr
     [line] = done.stdout.splitlines()
@@ -617,7 +598,7 @@ def test_ferryd_events_prints_one_line_per_event(
 def test_ferryd_events_follows_until_the_daemon_stops_then_exits_0(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
-    reference = _seeded(registry, layout, "events/follow", 711)
+    reference = seeded(registry, layout, "events/follow", 711)
     follower = subprocess.Popen(
         [sys.executable, "-m", "ferryd", "-H", daemon.host, "events", "--json"],
         stdout=subprocess.PIPE,
@@ -651,7 +632,7 @@ def test_ferryd_events_follows_until_the_daemon_stops_then_exits_0(
 def test_ferryd_events_with_bad_arguments_says_why_and_exits_1(
     daemon: Daemon, args: list[str], message: str
 ) -> None:
-    done = _ferryd(daemon, "events", *args)
+    done = daemon.ferryd("events", *args)
 
     assert done.returncode == 1
     assert message in done.stderr
@@ -662,11 +643,11 @@ def test_ferryd_events_with_bad_arguments_says_why_and_exits_1(
 def test_ferryd_events_takes_rfc_3339_times(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
-    reference = _seeded(registry, layout, "events/rfc", 712)
+    reference = seeded(registry, layout, "events/rfc", 712)
     assert errors(daemon.pull(reference)) == []
-    now = datetime.datetime.now(datetime.UTC).isoformat()
+    until = datetime.datetime.now(datetime.UTC).isoformat()
 
-    done = _ferryd(daemon, "events", "--json", "--since", "2000-01-01T00:00:00Z", "--until", now)
+    done = daemon.ferryd("events", "--json", "--since", "2000-01-01T00:00:00Z", "--until", until)
 
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["Action"] for line in done.stdout.splitlines()] == ["pull"]
@@ -675,11 +656,11 @@ def test_ferryd_events_takes_rfc_3339_times(
 def test_ferryd_events_into_a_pipe_that_closes_ends_quietly(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
-    reference = _seeded(registry, layout, "events/pipe", 713)
+    reference = seeded(registry, layout, "events/pipe", 713)
     assert errors(daemon.pull(reference)) == []
     for number in range(400):  # ~130 kB of JSON: more than a pipe holds
         _tag(daemon, reference, f"{registry.host}/events/pipe", f"t{number}")
-    until = _now()
+    until = now()
 
     done = subprocess.run(
         f"{sys.executable} -m ferryd -H {daemon.host} events --json --since 0 --until {until}"

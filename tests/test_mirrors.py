@@ -43,13 +43,6 @@ def tls_mirror(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iter
         yield reg
 
 
-def _trust(daemon: Daemon, host: str, ca: trustme.CA) -> None:
-    """Give the daemon the test CA for `host` in its certs.d."""
-    certs = daemon.workdir / "certs.d" / host
-    certs.mkdir(parents=True)
-    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
-
-
 def _manifest_gets(registry: Registry, repository: str) -> int:
     return registry.requests("GET", f"/v2/{repository}/manifests/")
 
@@ -179,7 +172,7 @@ def test_an_https_mirror_is_trusted_by_its_own_host(
     mirrors = {registry.host: [tls_mirror.url]}
     daemon = start_daemon(insecure_registries=insecure, registry_mirrors=mirrors)
     if trusted_by == "certs.d":
-        _trust(daemon, tls_mirror.host, ca)
+        daemon.trust(tls_mirror.host, ca)
     reference = f"{registry.host}/tls-mirrored-{trusted_by}/app:v1"
 
     assert errors(daemon.pull(reference)) == []
@@ -457,7 +450,7 @@ def test_the_clients_login_for_the_registry_never_reaches_its_mirror(
     daemon = start_daemon(
         insecure_registries=[], registry_mirrors={tls_registry.host: [login_wanted.url]}
     )
-    _trust(daemon, tls_registry.host, ca)
+    daemon.trust(tls_registry.host, ca)
     login = json.dumps({"username": USER, "password": PASSWORD}).encode()
     reference = f"{tls_registry.host}/private-mirrored/app:v1"
 

@@ -391,9 +391,7 @@ def _tls_daemon(
 ) -> Daemon:
     """A daemon that verifies the registry's certificate with the test CA (certs.d)."""
     daemon = start_daemon(insecure_registries=[], **settings)
-    certs = daemon.workdir / "certs.d" / registry.host
-    certs.mkdir(parents=True)
-    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    daemon.trust(registry.host, ca)
     return daemon
 
 

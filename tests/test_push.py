@@ -193,9 +193,7 @@ def _tls_daemon(
     """A daemon that verifies the TLS registry with the test CA (certs.d) and reaches the
     plain registry, where its images come from, over HTTP."""
     daemon = start_daemon(insecure_registries=[plain.host])
-    certs = daemon.workdir / "certs.d" / tls_registry.host
-    certs.mkdir(parents=True)
-    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    daemon.trust(tls_registry.host, ca)
     return daemon
 
 

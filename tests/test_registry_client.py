@@ -34,6 +34,7 @@ from ferryd.registry.auth import ANONYMOUS, Credentials
 from ferryd.registry.client import MAX_REDIRECTS, BlobResponse, RegistryClient
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import DOCKER_HUB_HOST, RegistryService
+from support.digests import sha256
 from support.fakes import (
     FakeRegistry,
     FakeServer,
@@ -42,8 +43,8 @@ from support.fakes import (
     registry_error,
     serve,
     serve_registry,
-    sha256,
 )
+from support.registry import trust
 
 REPO = "team/app"
 MANIFEST_PATH = f"/v2/{REPO}/manifests/.+"
@@ -688,9 +689,7 @@ async def test_secure_registry_with_its_ca_in_certs_d(
     registry = FakeRegistry()
     registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
     async with serve_registry(registry, ssl_context=server_tls) as server:
-        certs = tmp_path / "certs.d" / server.host
-        certs.mkdir(parents=True)
-        ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+        trust(tmp_path / "certs.d", server.host, ca)
         connector = Connector(RegistryService(["10.0.0.0/8"], certs_dir=tmp_path / "certs.d"))
         try:
             client = await open_client(connector, server)

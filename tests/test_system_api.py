@@ -36,15 +36,6 @@ STALL_AT = MiB + MiB // 2  # one ~1 MiB batch is written and reported, the rest 
 PS_HEADER = ["ACTION", "ID", "STATUS", "PROGRESS", "CLIENTS", "STARTED", "NAME"]
 
 
-def _ferryd(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ferryd", "-H", daemon.host, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 # -- /info ------------------------------------------------------------------------------
 
 
@@ -195,7 +186,7 @@ async def test_transfers_and_ps_show_a_running_download_and_nothing_once_it_is_d
 
         tg.start_soon(pull)
         [transfer] = await _running_transfers(daemon)
-        listing = await anyio.to_thread.run_sync(_ferryd, daemon, "ps")
+        listing = await anyio.to_thread.run_sync(daemon.ferryd, "ps")
         stalled.release.set()
 
     size = stalled.image.layers[0].size
@@ -215,7 +206,7 @@ async def test_transfers_and_ps_show_a_running_download_and_nothing_once_it_is_d
     assert row.endswith(stalled.transfer_name)
     assert errors(result[0]) == []
     assert daemon.client().get_json("/transfers") == []
-    assert _ferryd(daemon, "ps").stdout.split() == header.split()
+    assert daemon.ferryd("ps").stdout.split() == header.split()
 
 
 async def test_a_download_its_only_client_leaves_is_cancelled_and_gone_from_the_list(
@@ -270,7 +261,7 @@ async def test_a_failed_transfer_logs_how_far_it_got_and_for_how_long(
 
 
 def test_ps_with_nothing_running_prints_only_its_header(daemon: Daemon) -> None:
-    done = _ferryd(daemon, "ps")
+    done = daemon.ferryd("ps")
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
@@ -388,9 +379,7 @@ def test_passwords_and_auth_headers_never_reach_the_log_or_an_answer(
     ca: trustme.CA,
 ) -> None:
     daemon = start_daemon(insecure_registries=[], log_level="debug")
-    certs = daemon.workdir / "certs.d" / tls_registry.host
-    certs.mkdir(parents=True)
-    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    daemon.trust(tls_registry.host, ca)
     build_image(layout, layers=[LayerSpec(size=3000, seed=805)])
     seed(tls_registry, layout, "latest", "private/secret:v1")
     reference = f"{tls_registry.host}/private/secret:v1"

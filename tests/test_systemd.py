@@ -36,7 +36,7 @@ from ferryd.daemon.systemd import Notifier
 from ferryd.errors import ConfigError
 from support.daemon import Daemon, errors, toml
 from support.images import LayerSpec, build_image, seed
-from support.registry import PASSWORD, USER, Registry
+from support.registry import PASSWORD, USER, Registry, trust
 from support.throttle import throttled
 from support.waiting import wait_until
 
@@ -523,9 +523,7 @@ def test_the_daemon_pulls_over_tls_without_writable_executable_memory(
         ],
     )
     seed(tls_registry, layout, "latest", "systemd/mdwe:v1")
-    certs = tmp_path / "daemon" / "certs.d" / tls_registry.host
-    certs.mkdir(parents=True)
-    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    trust(tmp_path / "daemon" / "certs.d", tls_registry.host, ca)
     reference = f"{tls_registry.host}/systemd/mdwe:v1"
 
     with _serve(tmp_path / "daemon", deny_write_execute, insecure_registries=[]) as served:

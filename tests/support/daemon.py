@@ -6,13 +6,18 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import trustme
+
 from ferryd.cli.client import Client, DaemonError
 
 from . import forkserver
+from .registry import trust
 from .waiting import wait_until
 
 
@@ -118,6 +123,19 @@ class Daemon:
     def client(self) -> Client:
         return Client(self.host, timeout=120)
 
+    def ferryd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Our CLI (`python -m ferryd -H <this daemon> <args>`), as a user runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "ferryd", "-H", self.host, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def trust(self, host: str, ca: trustme.CA) -> None:
+        """The daemon verifies `host`'s certificate with `ca` (its certs.d)."""
+        trust(self.workdir / "certs.d", host, ca)
+
     def pull(
         self, reference: str, *, platform: str | None = None, auth: str | None = None
     ) -> list[dict[str, Any]]:
@@ -212,6 +230,11 @@ def _toml_value(value: Any) -> str:
         pairs = ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items())
         return "{" + pairs + "}"
     return json.dumps(value)
+
+
+def now() -> str:
+    """This moment as the API's `since` and `until` take it (seconds.nanoseconds)."""
+    return f"{time.time():.9f}"
 
 
 def errors(messages: list[dict[str, Any]]) -> list[str]:

@@ -484,6 +484,14 @@ def seed(registry: Registry, layout: Path, tag: str, dest: str) -> str:
     return str(descriptor["digest"])
 
 
+def seeded(registry: Registry, layout: Path, repository: str, seed_number: int) -> str:
+    """A one-layer image of its own (`seed_number`) in `registry` as `repository:v1`;
+    its reference."""
+    build_image(layout, layers=[LayerSpec(size=2000, seed=seed_number)])
+    seed(registry, layout, "latest", f"{repository}:v1")
+    return f"{registry.host}/{repository}:v1"
+
+
 def skopeo_inspect_raw(registry: Registry, ref: str) -> bytes:
     """``skopeo inspect --raw docker://<registry>/<ref>``: the manifest bytes as stored."""
     out = run_skopeo(

@@ -242,6 +242,14 @@ class Registry:
         return count
 
 
+def trust(certs_dir: Path, host: str, ca: trustme.CA) -> None:
+    """`ca` for `host` in a certs.d directory, as docker and ferryd read it:
+    <host>/ca.crt."""
+    certs = certs_dir / host
+    certs.mkdir(parents=True, exist_ok=True)
+    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+
+
 def _write_tls(workdir: Path, ca: trustme.CA) -> tuple[Path, Path, Path]:
     leaf = ca.issue_cert("127.0.0.1", "localhost")
     cert_path = workdir / "server.crt"

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Callable
 
 import anyio
+import prometheus_client
 import structlog
 
 from ferryd import __version__
@@ -36,6 +37,9 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
     """Serve until SIGTERM or SIGINT, then stop within the grace period; partial
     downloads are kept. `reload` reads the settings again on SIGHUP."""
     logs.configure(settings.log_level, settings.log_format)
+    # No `_created` series beside each counter: in the text format they are series of
+    # their own, twice the count for nothing a rate() needs.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     notifier = Notifier()
     activated = listen_socket()
     # The store is the daemon's alone, or its socket group's to read too.
@@ -72,6 +76,7 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
                 retry_delay=settings.retry_delay,
                 max_retry_after=settings.max_retry_after,
                 slow_after=settings.slow_transfer_warning or None,
+                metrics=state.metrics,
             )
             uploads = UploadManager(
                 store.metadata,
@@ -81,6 +86,7 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
                 retry_delay=settings.retry_delay,
                 max_retry_after=settings.max_retry_after,
                 slow_after=settings.slow_transfer_warning or None,
+                metrics=state.metrics,
             )
             service = ImageService(
                 store=store,
@@ -92,6 +98,7 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
                     parse_platform(settings.default_platform) if settings.default_platform else None
                 ),
                 saved_credentials=credentials,
+                metrics=state.metrics,
             )
             app = build_app(service, state, access)
             server = ApiServer(app, sock, grace=settings.shutdown_timeout + 5)

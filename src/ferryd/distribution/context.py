@@ -20,6 +20,7 @@ from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.push_layers import PushLayerProvider
 from ferryd.distribution.transfers import RetryPolicy
 from ferryd.distribution.uploads import UploadManager
+from ferryd.metrics import Metrics
 from ferryd.oci.digest import Digest
 from ferryd.oci.image_config import RootFS
 from ferryd.oci.manifest import Descriptor
@@ -84,6 +85,7 @@ class TransferContext:
     progress: ProgressOutput  # the job, which passes it on to the client
     event_logger: ImageEventLogger
     job: Job  # what `ferryd ps` shows of this pull or push: its phase, its layers
+    metrics: Metrics  # the daemon's counters (GET /metrics)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,6 +31,7 @@ from ferryd.errors import (
     RegistryProtocolError,
     TransientRegistryError,
 )
+from ferryd.metrics import Metrics
 from ferryd.oci.digest import Digest, chain_ids, short_id
 from ferryd.oci.image_config import RootFS
 from ferryd.store.blobs import BlobStore
@@ -66,13 +67,15 @@ class DownloadManager:
         retry_delay: float = 5.0,
         max_retry_after: float = 60.0,
         slow_after: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._blobs = blobs
         self._layers = layers
         self._metadata = metadata
-        self.retries = RetryPolicy(max_attempts, retry_delay, max_retry_after)
+        self._metrics = metrics
+        self.retries = RetryPolicy(max_attempts, retry_delay, max_retry_after, metrics=metrics)
         self._transfers: TransferPool[tuple[Digest, Digest], BlobInfo] = TransferPool(
-            task_group, max_concurrent, "download", slow_after=slow_after
+            task_group, max_concurrent, "download", slow_after=slow_after, metrics=metrics
         )
         # Transfers are per (digest, DiffID), partial files per digest: two transfers of
         # one blob (two configs that disagree on its DiffID) must take turns on the file.
@@ -234,8 +237,9 @@ class DownloadManager:
         digest = Digest(layer.descriptor.digest)
         layer_id = short_id(digest)
         sink = LayerSink(self._blobs.partial_path(digest), digest)
+        tally = _Tally()
         try:
-            tally = _Tally(resumed=await anyio.to_thread.run_sync(sink.open))
+            tally.resumed = await anyio.to_thread.run_sync(sink.open)
             return await with_retries(
                 lambda: self._fetch(fetcher, layer, sink, progress, tally),
                 policy=self.retries,
@@ -249,6 +253,11 @@ class DownloadManager:
             await anyio.to_thread.run_sync(self._blobs.discard_partial, digest)
             raise
         finally:
+            # Every byte received, whether the transfer succeeded or not: once per
+            # transfer, not per chunk.
+            if self._metrics is not None:
+                self._metrics.moved("download", tally.received)
+
             # Off the loop (closing waits for the DiffID hash thread), and shielded: a
             # cancelled transfer must still close its file.
             def close() -> None:

@@ -121,6 +121,7 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
         progress.write(Message(f"Status: Downloaded newer image for {reference.familiar}"))
     elif say_status:
         progress.write(Message(f"Status: Image is up to date for {reference.familiar}"))
+    ctx.metrics.layers_reused.inc(stats.reused)
     ctx.event_logger(
         image_id,
         str(reference),

@@ -19,6 +19,7 @@ from ferryd.distribution.push import PushResult, push
 from ferryd.distribution.push_layers import StoreLayerProvider
 from ferryd.distribution.tagging import remove, tag_image
 from ferryd.distribution.uploads import UploadManager
+from ferryd.metrics import Metrics
 from ferryd.oci.platform import Platform, host_platform
 from ferryd.oci.reference import Reference
 from ferryd.registry.auth import Credentials
@@ -38,6 +39,8 @@ class ImageService:
     # The daemon's own logins (credentials file and helpers); replaced on reload.
     saved_credentials: CredentialStore = field(default_factory=CredentialStore)
     jobs: JobBoard = field(default_factory=JobBoard)
+    # Give the transfer managers the same one: they count transfers, bytes and retries.
+    metrics: Metrics = field(default_factory=Metrics)
 
     async def credentials_for(self, domain: str, given: Credentials) -> Credentials:
         """What the client sent wins; else the daemon's own login; else anonymous."""
@@ -54,7 +57,7 @@ class ImageService:
         credentials: Credentials,
         meta_headers: Mapping[str, str] | None = None,
     ) -> list[PullResult]:
-        with self.jobs.track("pull", str(reference), progress) as job:
+        with self.metrics.job("pull"), self.jobs.track("pull", str(reference), progress) as job:
             ctx = PullContext(
                 store=self.store,
                 connector=self.connector,
@@ -63,6 +66,7 @@ class ImageService:
                 progress=job,
                 event_logger=self.event_logger,
                 job=job,
+                metrics=self.metrics,
                 downloads=self.downloads,
                 retries=self.downloads.retries,
                 platform=platform or self.default_platform or host_platform(),
@@ -78,7 +82,7 @@ class ImageService:
         credentials: Credentials,
         meta_headers: Mapping[str, str] | None = None,
     ) -> list[PushResult]:
-        with self.jobs.track("push", str(reference), progress) as job:
+        with self.metrics.job("push"), self.jobs.track("push", str(reference), progress) as job:
             ctx = PushContext(
                 store=self.store,
                 connector=self.connector,
@@ -87,6 +91,7 @@ class ImageService:
                 progress=job,
                 event_logger=self.event_logger,
                 job=job,
+                metrics=self.metrics,
                 layers=StoreLayerProvider(self.store.layers, self.store.blobs),
                 uploads=self.uploads,
             )

@@ -20,6 +20,7 @@ from anyio.abc import TaskGroup
 from ferryd.concurrency import single_errors
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
 from ferryd.errors import FerrydError, InternalError, TransferCancelledError
+from ferryd.metrics import Metrics
 
 log = structlog.get_logger("ferryd.transfers")
 
@@ -73,10 +74,17 @@ class Transfer(Generic[R]):
 
 class TransferPool(Generic[K, R]):
     def __init__(
-        self, task_group: TaskGroup, slots: int, action: str, *, slow_after: float | None = None
+        self,
+        task_group: TaskGroup,
+        slots: int,
+        action: str,
+        *,
+        slow_after: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._task_group = task_group
         self._slow_after = slow_after  # seconds without progress before a warning
+        self._metrics = metrics  # each transfer's outcome and time, once it ends
         self._slots = anyio.Semaphore(slots)
         self._action = action  # "download" or "upload", for logs and messages
         self._transfers: dict[K, Transfer[R]] = {}
@@ -176,6 +184,7 @@ class TransferPool(Generic[K, R]):
         """
         structlog.contextvars.unbind_contextvars("request_id")
         started = time.monotonic()
+        running: float | None = None  # since it has had its slot
         name = transfer.name
 
         def fields() -> dict[str, object]:
@@ -191,6 +200,7 @@ class TransferPool(Generic[K, R]):
                 if self._slots.value == 0:
                     transfer.progress.write(Message("Waiting", transfer.progress_id))
                 async with self._slots:
+                    running = time.monotonic()
                     log.info("transfer.start", **fields())
                     with single_errors():
                         async with anyio.create_task_group() as watch:
@@ -223,16 +233,21 @@ class TransferPool(Generic[K, R]):
                 transfer.error = TransferCancelledError(f"{self._action} of {name} was cancelled")
             del self._transfers[key]
             transfer.done.set()
+            if self._metrics is not None:
+                seconds = time.monotonic() - running if running is not None else None
+                self._metrics.transfer_finished(self._action, transfer.error, seconds)
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How often and how long to try again: `delay` times the attempt number, unless the
-    registry asked for a wait (Retry-After), which is honoured up to `max_retry_after`."""
+    registry asked for a wait (Retry-After), which is honoured up to `max_retry_after`.
+    Each retry is counted in `metrics` by its cause."""
 
     attempts: int = 5
     delay: float = 5.0
     max_retry_after: float = 60.0
+    metrics: Metrics | None = field(default=None, compare=False, repr=False)
 
     def wait(self, exc: FerrydError, number: int) -> float:
         asked = getattr(exc, "retry_after", None)
@@ -263,6 +278,8 @@ async def with_retries(
             if not retry_on(exc) or number == policy.attempts:
                 raise
             wait = policy.wait(exc, number)
+            if policy.metrics is not None:
+                policy.metrics.retried(exc)
             log.warning(
                 "transfer.retry",
                 name=name,

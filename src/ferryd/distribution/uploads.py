@@ -10,7 +10,7 @@ layer to the same repository is uploaded once, however many pushes want it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -24,6 +24,7 @@ from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
 from ferryd.distribution.push_layers import PushLayer, StoredBlob
 from ferryd.distribution.transfers import RetryPolicy, TransferPool, TransferState, with_retries
 from ferryd.errors import LayerFormatError
+from ferryd.metrics import Metrics
 from ferryd.oci.digest import Digest, short_id
 from ferryd.oci.mediatypes import Compression, Family, compression_of, layer_media_type
 from ferryd.registry.client import RegistryClient
@@ -78,11 +79,13 @@ class UploadManager:
         retry_delay: float = 5.0,
         max_retry_after: float = 60.0,
         slow_after: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._metadata = metadata
-        self.retries = RetryPolicy(max_attempts, retry_delay, max_retry_after)
+        self._metrics = metrics
+        self.retries = RetryPolicy(max_attempts, retry_delay, max_retry_after, metrics=metrics)
         self._transfers: TransferPool[tuple[str, str, Digest], Uploaded] = TransferPool(
-            task_group, max_concurrent, "upload", slow_after=slow_after
+            task_group, max_concurrent, "upload", slow_after=slow_after, metrics=metrics
         )
 
     @property
@@ -172,13 +175,18 @@ class UploadManager:
             break  # a refused mount opened an upload session: use it
         layer_id = short_id(layer.diff_id)
         if plain or stored is None:
-            gzip = _GzipStream(layer, progress, layer_id)
+            gzip = _GzipStream(layer, progress, layer_id, self._sent)
             await client.upload_blob(lambda: gzip.digest, None, gzip.chunks, location)
             return Uploaded(gzip.digest, gzip.size, gzip.size, media_type, "pushed")
         blob = stored
-        body = lambda: _read_file(blob, progress, layer_id)  # noqa: E731
+        body = lambda: _read_file(blob, progress, layer_id, self._sent)  # noqa: E731
         await client.upload_blob(blob.digest, blob.size, body, location)
         return Uploaded(blob.digest, blob.size, blob.size, media_type, "pushed")
+
+    def _sent(self, count: int) -> None:
+        """`count` bytes of a blob were handed to the registry (once per attempt)."""
+        if self._metrics is not None:
+            self._metrics.moved("upload", count)
 
 
 def _compression(layer: PushLayer) -> Compression:
@@ -194,24 +202,35 @@ def _size_of(stored: StoredBlob | None, digest: Digest) -> int:
 
 
 async def _read_file(
-    stored: StoredBlob, progress: Broadcast, layer_id: str
+    stored: StoredBlob, progress: Broadcast, layer_id: str, counted: Callable[[int], None]
 ) -> AsyncIterator[bytes]:
-    """The stored blob in ~1 MiB reads, reporting "Pushing" as it goes."""
+    """The stored blob in ~1 MiB reads, reporting "Pushing" as it goes; what it gave
+    the registry is `counted` once it ends, however it ends."""
     sent = 0
-    async with aiofiles.open(stored.path, "rb") as file:
-        while chunk := await file.read(BATCH_SIZE):
-            sent += len(chunk)
-            progress.update(Message("Pushing", layer_id, sent, stored.size))
-            yield chunk
+    try:
+        async with aiofiles.open(stored.path, "rb") as file:
+            while chunk := await file.read(BATCH_SIZE):
+                sent += len(chunk)
+                progress.update(Message("Pushing", layer_id, sent, stored.size))
+                yield chunk
+    finally:
+        counted(sent)
 
 
 class _GzipStream:
     """Compresses a layer's tar as it is sent, hashing the result for its digest."""
 
-    def __init__(self, layer: PushLayer, progress: Broadcast, layer_id: str) -> None:
+    def __init__(
+        self,
+        layer: PushLayer,
+        progress: Broadcast,
+        layer_id: str,
+        counted: Callable[[int], None],
+    ) -> None:
         self._layer = layer
         self._progress = progress
         self._layer_id = layer_id
+        self._counted = counted  # told what each pass gave the registry, once it ends
         self.digest = Digest("")
         self.size = 0
 
@@ -227,14 +246,17 @@ class _GzipStream:
             hasher.update(out)
             return out
 
-        async for piece in self._layer.open():
-            read += len(piece)
-            out = await anyio.to_thread.run_sync(deflate, piece, False)
+        try:
+            async for piece in self._layer.open():
+                read += len(piece)
+                out = await anyio.to_thread.run_sync(deflate, piece, False)
+                self.size += len(out)
+                self._progress.update(Message("Pushing", self._layer_id, read, total))
+                if out:
+                    yield out
+            out = await anyio.to_thread.run_sync(deflate, b"", True)
             self.size += len(out)
-            self._progress.update(Message("Pushing", self._layer_id, read, total))
-            if out:
-                yield out
-        out = await anyio.to_thread.run_sync(deflate, b"", True)
-        self.size += len(out)
-        self.digest = Digest("sha256:" + hasher.hexdigest())
-        yield out
+            self.digest = Digest("sha256:" + hasher.hexdigest())
+            yield out
+        finally:
+            self._counted(self.size)

@@ -38,6 +38,7 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/events", "read"),
     ("GET", "/transfers", "read"),
     ("GET", "/jobs", "read"),
+    ("GET", "/metrics", "read"),
     ("GET", "/images/json", "read"),
     ("GET", "/images/{name}/json", "read"),
     ("GET", "/images/{name}/history", "read"),

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ferryd.daemon.api import fsck, images, system
 from ferryd.daemon.api.access import AccessControl, AccessMiddleware, AccessPolicy
 from ferryd.daemon.api.access_log import RequestLog
+from ferryd.daemon.api.metrics import RequestMetrics, metrics
 from ferryd.daemon.api.system import API_VERSION
 from ferryd.daemon.state import DaemonState
 from ferryd.distribution.service import ImageService
@@ -72,8 +73,9 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 def build_app(
     service: ImageService, state: DaemonState, access: AccessControl | None = None
 ) -> ASGIApp:
-    """The API: every route behind the request log, access control (`access`, swapped
-    by a reload; by default built from the settings) and the version prefix.
+    """The API: every route behind the request count (GET /metrics), the request log,
+    access control (`access`, swapped by a reload; by default built from the settings)
+    and the version prefix.
 
     Each route needs a permission: `access.ROUTES` lists them, and a route added here
     needs its line there (a route the table does not know needs `all`).
@@ -87,6 +89,7 @@ def build_app(
         Route("/events", system.events, methods=["GET"]),
         Route("/transfers", system.transfers, methods=["GET"]),
         Route("/jobs", system.jobs, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         Route("/fsck", fsck.fsck, methods=["POST"]),
         Route("/images/create", images.create, methods=["POST"]),
         Route("/images/json", images.list_all, methods=["GET"]),
@@ -101,6 +104,11 @@ def build_app(
     )
     app.state.service = service
     app.state.daemon = state
-    return RequestLog(
-        AccessMiddleware(StripVersion(app), access, _ferryd_error, route_path=_unversioned)
+    return RequestMetrics(
+        RequestLog(
+            AccessMiddleware(StripVersion(app), access, _ferryd_error, route_path=_unversioned)
+        ),
+        state.metrics,
+        routes,
+        route_path=_unversioned,
     )

@@ -29,8 +29,9 @@ HEADER_TIMEOUT = 10.0  # seconds from connecting (or starting a request) to its 
 KEEP_ALIVE_TIMEOUT = 5  # seconds an idle keep-alive connection is kept
 MAX_CONNECTIONS = 1000
 RESERVE = 32
-# What still answers from the reserve: the health check and what shows the daemon's state.
-_CHEAP = re.compile(r"(?:/v\d+\.\d+)?/(?:_ping|version|info|transfers|jobs)")
+# What still answers from the reserve: the health check and what shows the daemon's state
+# (a scrape is a few milliseconds: its numbers say why the daemon is so busy).
+_CHEAP = re.compile(r"(?:/v\d+\.\d+)?/(?:_ping|version|info|transfers|jobs|metrics)")
 
 
 def connection_limit() -> int:

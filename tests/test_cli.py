@@ -9,19 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from support.daemon import Daemon
+from support.daemon import Daemon, ferryd
 from support.images import LayerSpec, build_image, seed
 from support.registry import Registry
-
-
-def ferryd(*args: str, host: str | None = None) -> subprocess.CompletedProcess[str]:
-    env_host = ["--host", host] if host else []
-    return subprocess.run(
-        [sys.executable, "-m", "ferryd", *env_host, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.mark.registry
@@ -30,9 +20,9 @@ def test_cli_pull_images_and_inspect(registry: Registry, daemon: Daemon, layout:
     seed(registry, layout, "latest", "ourcli/app:v1")
     ref = f"{registry.host}/ourcli/app:v1"
 
-    pulled = ferryd("pull", ref, host=daemon.host)
-    listed = ferryd("images", host=daemon.host)
-    inspected = ferryd("inspect", ref, host=daemon.host)
+    pulled = ferryd("--host", daemon.host, "pull", ref)
+    listed = ferryd("--host", daemon.host, "images")
+    inspected = ferryd("--host", daemon.host, "inspect", ref)
 
     assert pulled.returncode == 0, pulled.stderr
     assert f"Status: Downloaded newer image for {ref}" in pulled.stdout
@@ -47,7 +37,7 @@ def test_cli_pull_images_and_inspect(registry: Registry, daemon: Daemon, layout:
 def test_cli_pull_failure_exits_non_zero_with_the_reason(
     registry: Registry, daemon: Daemon
 ) -> None:
-    result = ferryd("pull", f"{registry.host}/ourcli/missing:v1", host=daemon.host)
+    result = ferryd("--host", daemon.host, "pull", f"{registry.host}/ourcli/missing:v1")
 
     assert result.returncode == 1
     assert "not found" in result.stderr
@@ -67,14 +57,14 @@ def test_cli_takes_the_socket_from_ferryd_host(daemon: Daemon) -> None:
 
 
 def test_cli_says_clearly_when_the_daemon_is_not_running(tmp_path: Path) -> None:
-    result = ferryd("images", host=f"unix://{tmp_path}/nothing.sock")
+    result = ferryd("--host", f"unix://{tmp_path}/nothing.sock", "images")
 
     assert result.returncode == 1
     assert "cannot connect to the ferryd daemon" in result.stderr
 
 
 def test_cli_refuses_an_invalid_reference(tmp_path: Path) -> None:
-    result = ferryd("pull", "Bad:Ref:x", host=f"unix://{tmp_path}/nothing.sock")
+    result = ferryd("--host", f"unix://{tmp_path}/nothing.sock", "pull", "Bad:Ref:x")
 
     assert result.returncode == 1
     assert "invalid reference format" in result.stderr
@@ -96,11 +86,11 @@ def test_cli_tag_push_and_rmi(registry: Registry, daemon: Daemon, layout: Path) 
     built = build_image(layout, layers=[LayerSpec(size=2000, seed=101)])
     seed(registry, layout, "latest", "ourcli/src:v1")
     source, target = f"{registry.host}/ourcli/src:v1", f"{registry.host}/ourcli/dst:v2"
-    assert ferryd("pull", source, host=daemon.host).returncode == 0
+    assert ferryd("--host", daemon.host, "pull", source).returncode == 0
 
-    tagged = ferryd("tag", source, target, host=daemon.host)
-    pushed = ferryd("push", target, host=daemon.host)
-    removed = ferryd("rmi", target, source, host=daemon.host)
+    tagged = ferryd("--host", daemon.host, "tag", source, target)
+    pushed = ferryd("--host", daemon.host, "push", target)
+    removed = ferryd("--host", daemon.host, "rmi", target, source)
 
     assert tagged.returncode == 0, tagged.stderr
     assert pushed.returncode == 0, pushed.stderr
@@ -113,14 +103,14 @@ def test_cli_tag_push_and_rmi(registry: Registry, daemon: Daemon, layout: Path) 
 
 
 def test_cli_rmi_of_an_unknown_image_fails_with_the_reason(daemon: Daemon) -> None:
-    result = ferryd("rmi", "nothing:here", host=daemon.host)
+    result = ferryd("--host", daemon.host, "rmi", "nothing:here")
 
     assert result.returncode == 1
     assert "No such image" in result.stderr
 
 
 def test_cli_push_refuses_a_digest(daemon: Daemon) -> None:
-    result = ferryd("push", f"x/y@sha256:{'a' * 64}", host=daemon.host)
+    result = ferryd("--host", daemon.host, "push", f"x/y@sha256:{'a' * 64}")
 
     assert result.returncode == 1
     assert "not a digest" in result.stderr
@@ -138,12 +128,7 @@ def test_serve_with_an_unusable_root_says_why_without_a_traceback(tmp_path: Path
 
 
 def test_pull_all_tags_refuses_a_tag(daemon: Daemon) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "ferryd", "-H", daemon.host, "pull", "-a", "alpine:3"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = daemon.ferryd("pull", "-a", "alpine:3")
 
     assert done.returncode == 1
     assert "tag can't be used with --all-tags/-a" in done.stderr

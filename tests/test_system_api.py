@@ -24,7 +24,7 @@ import trustme
 from ferryd import __version__
 from ferryd.cli.client import DaemonError
 from support.app import in_process_api
-from support.daemon import Daemon, errors
+from support.daemon import Daemon, errors, ferryd
 from support.fakes import FakeRegistry, FakeServer, Reply, Request, registry_error, serve_registry
 from support.images import BuiltImage, LayerSpec, blob_path, build_image, seed
 from support.registry import PASSWORD, USER, Registry
@@ -276,12 +276,7 @@ def test_ps_with_nothing_running_prints_only_its_header(daemon: Daemon) -> None:
 
 
 def test_ps_without_a_daemon_says_so_and_exits_1(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "ferryd", "-H", f"unix://{tmp_path}/none.sock", "ps"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = ferryd("-H", f"unix://{tmp_path}/none.sock", "ps")
 
     assert done.returncode == 1
     assert "cannot connect to the ferryd daemon" in done.stderr

@@ -34,7 +34,7 @@ from ferryd.daemon.api.serve import bind_unix_socket
 from ferryd.daemon.settings import Settings
 from ferryd.daemon.systemd import Notifier
 from ferryd.errors import ConfigError
-from support.daemon import Daemon, errors, toml
+from support.daemon import Daemon, errors, ferryd, toml
 from support.images import LayerSpec, build_image, seed
 from support.registry import PASSWORD, USER, Registry, trust
 from support.throttle import throttled
@@ -588,12 +588,7 @@ def test_an_unknown_socket_group_stops_the_daemon_with_a_clear_message(tmp_path:
         'socket_group = "no-such-group-ferryd"\n'
     )
 
-    done = subprocess.run(
-        [sys.executable, "-m", "ferryd", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = ferryd("serve", "--config", str(config))
 
     assert done.returncode != 0
     assert "socket_group: there is no group named 'no-such-group-ferryd'" in done.stderr

@@ -124,13 +124,8 @@ class Daemon:
         return Client(self.host, timeout=120)
 
     def ferryd(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Our CLI (`python -m ferryd -H <this daemon> <args>`), as a user runs it."""
-        return subprocess.run(
-            [sys.executable, "-m", "ferryd", "-H", self.host, *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        """Our CLI against this daemon: `ferryd -H <socket> <args>`."""
+        return ferryd("-H", self.host, *args)
 
     def trust(self, host: str, ca: trustme.CA) -> None:
         """The daemon verifies `host`'s certificate with `ca` (its certs.d)."""
@@ -230,6 +225,13 @@ def _toml_value(value: Any) -> str:
         pairs = ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items())
         return "{" + pairs + "}"
     return json.dumps(value)
+
+
+def ferryd(*args: str) -> subprocess.CompletedProcess[str]:
+    """Our CLI as a user runs it (`python -m ferryd <args>`), its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "ferryd", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def now() -> str:

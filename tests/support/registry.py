@@ -232,6 +232,10 @@ class Registry:
             if entry.method == method.upper() and path_substring in entry.path
         )
 
+    def ranged_gets(self, digest: str) -> int:
+        """Count answers 206 (a resumed download) to a GET of the blob `digest`."""
+        return sum(1 for e in self.access_log() if e.status == 206 and digest in e.path)
+
     def blob_gets(self, digest: str) -> int:
         """Count ``GET /v2/<any repo>/blobs/<digest>`` requests (HEADs are not counted)."""
         count = 0

@@ -413,3 +413,10 @@ def test_outcomes() -> None:
     assert outcome_of(TransferCancelledError("x")) == "cancelled"
     assert outcome_of(DigestMismatchError("x")) == "failed"
     assert outcome_of(RuntimeError("a bug")) == "failed"
+
+
+def test_the_event_loop_lag_is_a_gauge_of_the_latest_and_the_largest(daemon: Daemon) -> None:
+    scraped = scrape(daemon)
+    assert "ferryd_event_loop_lag_max_seconds" in scraped.samples
+    latest = scraped.value("ferryd_event_loop_lag_seconds")
+    assert 0 <= latest <= scraped.value("ferryd_event_loop_lag_max_seconds") < 5

@@ -18,6 +18,8 @@ and handed to `render` as a `Live` snapshot.
     ferryd_active_transfers{action}           transfers running now
     ferryd_active_jobs{action}                pulls and pushes running now
     ferryd_store_bytes, ferryd_store_blobs    blobs in the store: bytes and count
+    ferryd_event_loop_lag_seconds, ferryd_event_loop_lag_max_seconds   how late the loop
+                                              woke, last and at most since the start
 
 plus the library's process_* (CPU, memory, open files), python_gc_* and python_info.
 """
@@ -61,6 +63,8 @@ class Live:
     jobs: Mapping[str, int]  # action → running pulls and pushes
     store_bytes: int
     store_blobs: int
+    loop_lag: float = 0.0  # seconds the event loop last ran late
+    loop_lag_max: float = 0.0  # the most it ran late since the daemon started
 
 
 def outcome_of(exc: BaseException | None) -> str:
@@ -216,4 +220,14 @@ class _LiveCollector(Collector):
         count = GaugeMetricFamily(
             "ferryd_store_blobs", "Blobs in the store.", value=live.store_blobs
         )
-        return [transfers, jobs, size, count]
+        lag = GaugeMetricFamily(
+            "ferryd_event_loop_lag_seconds",
+            "How late the event loop last woke (it should only move bytes).",
+            value=live.loop_lag,
+        )
+        lag_max = GaugeMetricFamily(
+            "ferryd_event_loop_lag_max_seconds",
+            "The latest the event loop has woken since the daemon started.",
+            value=live.loop_lag_max,
+        )
+        return [transfers, jobs, size, count, lag, lag_max]

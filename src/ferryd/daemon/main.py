@@ -107,6 +107,7 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
                 reloader = Reloader(reload, state, connector, service, notifier, access)
                 tg.start_soon(reloader.run)
             tg.start_soon(_tell_systemd, server, service, notifier)
+            tg.start_soon(state.loop_lag.watch)
             log.info(
                 "daemon.ready",
                 version=__version__,

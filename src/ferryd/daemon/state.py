@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from ferryd.daemon.looplag import LoopLag
 from ferryd.daemon.settings import Settings
 from ferryd.distribution.events import EventHub
 from ferryd.metrics import Metrics
@@ -19,6 +20,7 @@ class DaemonState:
     events: EventHub = field(default_factory=EventHub)
     # GET /metrics; the transfer managers and the image service count into it too.
     metrics: Metrics = field(default_factory=Metrics)
+    loop_lag: LoopLag = field(default_factory=LoopLag)
     started: float = field(default_factory=time.time)
     # Set when the shutdown grace period is over: running pulls and pushes stop.
     stop_jobs: anyio.Event = field(default_factory=anyio.Event)

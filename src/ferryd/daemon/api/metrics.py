@@ -37,7 +37,10 @@ async def metrics(request: Request) -> Response:
 
     def render() -> bytes:
         size, count = service.store.blobs.usage()
-        return state.metrics.render(Live(transfers, jobs, size, count))
+        lag = state.loop_lag
+        return state.metrics.render(
+            Live(transfers, jobs, size, count, loop_lag=lag.latest, loop_lag_max=lag.largest)
+        )
 
     body = await anyio.to_thread.run_sync(render)
     return Response(body, headers={"Content-Type": CONTENT_TYPE_LATEST})

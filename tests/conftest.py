@@ -12,13 +12,14 @@ import trustme
 
 from support.app import in_process_api
 from support.daemon import Daemon
-from support.registry import PASSWORD, USER, Registry, have_registry_tools, start_registry
+from support.registry import PASSWORD, USER, Registry, fixture_registry
 
 # What a test asks for says what it needs: these fixtures mark it, so that `-m` can leave
 # out the slow tests (make test-fast). A test that starts a peer itself is marked by hand.
 _MARKS = {
     "registry": "registry",
     "tls_registry": "registry",
+    "other_registry": "registry",
     "daemon": "daemon",
     "start_daemon": "daemon",
 }
@@ -38,21 +39,25 @@ def ca() -> trustme.CA:
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A plain-HTTP registry on loopback, shared by the session (tests use own repos)."""
-    if not have_registry_tools():
-        pytest.skip("Debian's docker-registry and skopeo are not installed")
-    with start_registry(tmp_path_factory.mktemp("registry")) as reg:
-        yield reg
+    with fixture_registry(tmp_path_factory, "registry") as registry:
+        yield registry
 
 
 @pytest.fixture(scope="session")
 def tls_registry(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[Registry]:
     """A TLS registry with htpasswd (Basic) auth."""
-    if not have_registry_tools():
-        pytest.skip("Debian's docker-registry and skopeo are not installed")
-    with start_registry(
-        tmp_path_factory.mktemp("tls-registry"), tls=ca, htpasswd=(USER, PASSWORD)
-    ) as reg:
-        yield reg
+    with fixture_registry(
+        tmp_path_factory, "tls-registry", tls=ca, htpasswd=(USER, PASSWORD)
+    ) as registry:
+        yield registry
+
+
+@pytest.fixture(scope="module")
+def other_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A second plain-HTTP registry, a push target: one per test module (tests use
+    their own repositories)."""
+    with fixture_registry(tmp_path_factory, "other-registry") as registry:
+        yield registry
 
 
 @pytest.fixture

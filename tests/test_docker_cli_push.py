@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ import trustme
 from support.daemon import Daemon, errors
 from support.docker_cli import docker
 from support.images import BuiltImage, LayerSpec, build_image, registry_manifest, seed
-from support.registry import PASSWORD, USER, Registry, have_registry_tools, start_registry
+from support.registry import PASSWORD, USER, Registry
 
 pytestmark = [
     pytest.mark.registry,
@@ -35,15 +35,6 @@ def pulled(daemon: Daemon, registry: Registry, layout: Path, dest: str, seed_: i
     seed(registry, layout, "latest", dest)
     assert errors(daemon.pull(f"{registry.host}/{dest}")) == []
     return built
-
-
-@pytest.fixture(scope="module")
-def other_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """A second plain-HTTP registry to push to (tests use their own repositories)."""
-    if not have_registry_tools():
-        pytest.skip("Debian's docker-registry and skopeo are not installed")
-    with start_registry(tmp_path_factory.mktemp("cli-push-registry")) as reg:
-        yield reg
 
 
 def test_docker_tag_push_and_rmi(

@@ -166,6 +166,18 @@ def cut_once(env: Env, layer: FakeLayer, after: int) -> None:
     env.registry.on("GET", BLOB_PATH, cut, times=1)
 
 
+def stall_once(env: Env, layer: FakeLayer, after: int, release: anyio.Event | None = None) -> None:
+    """The first GET of the layer sends `after` bytes of it, then nothing (the
+    connection open) until `release` is set, or for good."""
+
+    def stall(request: Request) -> Reply:
+        reply = env.registry.blob_reply(request, layer.digest)
+        reply.stall_after, reply.release = after, release
+        return reply
+
+    env.registry.on("GET", BLOB_PATH, stall, times=1)
+
+
 def retries(progress: Recorder) -> list[str]:
     return [s for s in progress.statuses() if s.startswith("Retrying in")]
 
@@ -331,12 +343,7 @@ async def test_server_errors_are_retried(env: Env, small: FakeLayer) -> None:
 async def test_stalled_body_times_out_and_is_retried(env: Env, big: FakeLayer) -> None:
     env.registry.add_blob(big.blob)
 
-    def stall(request: Request) -> Reply:
-        reply = env.registry.blob_reply(request, big.digest)
-        reply.stall_after = 2 * MiB
-        return reply
-
-    env.registry.on("GET", BLOB_PATH, stall, times=1)
+    stall_once(env, big, 2 * MiB)
     client = await env.open_client(read_timeout=0.3)
     progress = Recorder()
 
@@ -417,13 +424,8 @@ async def test_concurrent_downloads_share_one_transfer(env: Env, big: FakeLayer)
 async def test_late_waiter_sees_the_transfer_so_far(env: Env, big: FakeLayer) -> None:
     release = anyio.Event()
 
-    def slow(request: Request) -> Reply:
-        reply = env.registry.blob_reply(request, big.digest)
-        reply.stall_after, reply.release = 2 * MiB, release
-        return reply
-
     env.registry.add_blob(big.blob)
-    env.registry.on("GET", BLOB_PATH, slow, times=1)
+    stall_once(env, big, 2 * MiB, release)
     first, late = Recorder(), Recorder()
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: env.download(big, progress=first))
@@ -466,12 +468,7 @@ async def test_cancelling_the_only_waiter_cancels_and_keeps_the_partial(
 ) -> None:
     env.registry.add_blob(big.blob)
 
-    def stall(request: Request) -> Reply:
-        reply = env.registry.blob_reply(request, big.digest)
-        reply.stall_after = 2 * MiB
-        return reply
-
-    env.registry.on("GET", BLOB_PATH, stall, times=1)
+    stall_once(env, big, 2 * MiB)
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: env.download(big))
         await await_until(lambda: env.partial_size(big) >= MiB)
@@ -511,12 +508,7 @@ class SlowToStop:
 async def test_new_waiter_does_not_join_a_cancelled_transfer(env: Env, big: FakeLayer) -> None:
     env.registry.add_blob(big.blob)
 
-    def stall(request: Request) -> Reply:
-        reply = env.registry.blob_reply(request, big.digest)
-        reply.stall_after = 2 * MiB
-        return reply
-
-    env.registry.on("GET", BLOB_PATH, stall, times=1)
+    stall_once(env, big, 2 * MiB)
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: env.download(big, fetcher=SlowToStop(env.client, 0.3)))
         await await_until(lambda: env.partial_size(big) >= MiB)

@@ -19,9 +19,8 @@ from support.registry import (
     PASSWORD,
     USER,
     Registry,
+    fixture_registry,
     free_port,
-    have_registry_tools,
-    start_registry,
 )
 
 pytestmark = pytest.mark.registry
@@ -30,17 +29,15 @@ pytestmark = pytest.mark.registry
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iterator[Registry]:
     """A second real registry, standing in for a pull-through cache."""
-    with start_registry(tmp_path_factory.mktemp("mirror")) as reg:
-        yield reg
+    with fixture_registry(tmp_path_factory, "mirror") as mirror:
+        yield mirror
 
 
 @pytest.fixture(scope="module")
 def tls_mirror(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[Registry]:
     """A mirror over HTTPS (anonymous), its certificate from the test CA."""
-    if not have_registry_tools():
-        pytest.skip("Debian's docker-registry and skopeo are not installed")
-    with start_registry(tmp_path_factory.mktemp("tls-mirror"), tls=ca) as reg:
-        yield reg
+    with fixture_registry(tmp_path_factory, "tls-mirror", tls=ca) as mirror:
+        yield mirror
 
 
 def _manifest_gets(registry: Registry, repository: str) -> int:

@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,6 @@ from support.registry import (
     USER,
     AccessLogEntry,
     Registry,
-    have_registry_tools,
     start_registry,
 )
 
@@ -176,15 +175,6 @@ def hexes(*digests: str) -> set[str]:
 def image_blobs(built: BuiltImage) -> set[str]:
     """What the store keeps of an image pulled as built: manifest, config, layer blobs."""
     return hexes(built.manifest_digest, built.config_digest, *(x.digest for x in built.layers))
-
-
-@pytest.fixture(scope="module")
-def other_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """A second plain-HTTP registry, the push target (tests use their own repositories)."""
-    if not have_registry_tools():
-        pytest.skip("Debian's docker-registry and skopeo are not installed")
-    with start_registry(tmp_path_factory.mktemp("registry-b")) as reg:
-        yield reg
 
 
 def _tls_daemon(

@@ -8,6 +8,7 @@ child gets a scrubbed environment, so it never talks to anything but its own soc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,12 +16,14 @@ import signal
 import socket
 import ssl
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
 import httpx
+import pytest
 import trustme
 
 from .waiting import wait_until
@@ -334,6 +337,22 @@ def start_registry(
             raise
         return registry
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def fixture_registry(
+    factory: pytest.TempPathFactory,
+    name: str,
+    *,
+    tls: trustme.CA | None = None,
+    htpasswd: tuple[str, str] | None = None,
+) -> Iterator[Registry]:
+    """A registry for a fixture, in a new temp dir named after `name`; the tests that
+    ask for it skip where Debian's registry and skopeo are not installed."""
+    if not have_registry_tools():
+        pytest.skip("Debian's docker-registry and skopeo are not installed")
+    with start_registry(factory.mktemp(name), tls=tls, htpasswd=htpasswd) as registry:
+        yield registry
 
 
 def skopeo_env(workdir: Path) -> dict[str, str]:

@@ -10,6 +10,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -53,24 +54,41 @@ class BenchFailed(Exception):
 
 
 def parse_args(
-    doc: str, *, images: str, profile_help: str, flags: dict[str, str] | None = None
+    doc: str,
+    *,
+    images: str,
+    profile_help: str,
+    flags: dict[str, str] | None = None,
+    scenarios: tuple[str, ...] = (),
 ) -> argparse.Namespace:
     """The options both benchmarks take: --rounds, --quick, --profile, `flags` (more
-    on/off options, name: help), --out; described by the first paragraph of `doc`.
+    on/off options, name: help), --out, and `--only` one of `scenarios` (if any);
+    described by the first paragraph of `doc`.
 
-    Checked: `rounds` is set (default 5, 2 with --quick) and at least 1, `out` resolved,
-    `suffix` is "-quick" or "". Exits 2 on a bad option or when a tool is missing.
+    Checked: `rounds` is set (default 5, 1 with --quick) and at least 1, `out` resolved,
+    `suffix` is "-quick" or "", `only` a set of scenarios (every one by default). Exits 2
+    on a bad option or when a tool is missing.
     """
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=None, help="A/B rounds (default 5; 2 quick)")
+    parser.add_argument("--rounds", type=int, default=None, help="A/B rounds (default 5; 1 quick)")
     parser.add_argument("--quick", action="store_true", help=f"{images}, for a smoke test")
     parser.add_argument("--profile", action="store_true", help=profile_help)
     for flag, help_text in (flags or {}).items():
         parser.add_argument(flag, action="store_true", help=help_text)
     parser.add_argument("--out", type=Path, default=HERE / "out", help="cache and scratch dir")
+    if scenarios:
+        parser.add_argument(
+            "--only",
+            default=",".join(scenarios),
+            help=f"comma-separated scenarios to run (default: all): {','.join(scenarios)}",
+        )
     args = parser.parse_args()
+    args.only = set(getattr(args, "only", "").split(",")) - {""}
+    unknown = args.only - set(scenarios)
+    if unknown:
+        parser.error(f"--only: unknown scenarios {sorted(unknown)}")
     if args.rounds is None:
-        args.rounds = 2 if args.quick else 5
+        args.rounds = 1 if args.quick else 5
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if not have_registry_tools():
@@ -101,13 +119,54 @@ class ImageSpec:
     about: str
 
 
-def image_specs(quick: bool) -> tuple[ImageSpec, ImageSpec]:
-    """(the multi-layer image, the one-big-layer image).
+@dataclass(frozen=True)
+class ImageSpecs:
+    multi: ImageSpec  # 5 big layers
+    big: ImageSpec  # one ~1 GiB layer
+    small: ImageSpec  # 24 small layers, like an app image
+    shared: tuple[ImageSpec, ...]  # 4 images on one base layer
+
+    def all(self) -> tuple[ImageSpec, ...]:
+        return (self.multi, self.big, self.small, *self.shared)
+
+
+# Raw sizes of the 24-layer image, largest first (KiB): a base, a few dependency layers,
+# then ever smaller ones (configuration, a launcher, metadata), as app images go.
+SMALL_LAYERS_KIB: tuple[int, ...] = (5920, 4608, 3584, 2560, 2048, 1792, 1536, 1280, 1024)
+SMALL_LAYERS_KIB += (896, 768, 640, 512, 384, 320, 256, 192, 128, 96, 64, 32, 16, 8, 4)
+SHARED_IMAGES = 4
+
+
+def image_specs(quick: bool) -> ImageSpecs:
+    """The benchmark's images (small ones with `quick`).
 
     Hex text compresses to ~57% with gzip -6 and ~52% with zstd -3: the compressors
-    have real work to do, unlike random bytes (one layer of those stands in for
+    have real work to do, unlike random bytes (layers of those stand in for
     already-compressed content: wheels, jars, images).
     """
+    scale = 4 if quick else 1
+    prefix = "bench/quick-" if quick else "bench/"
+    small = ImageSpec(
+        f"{prefix}small",
+        [
+            LayerSpec(size=kib * 1024 // scale, compressible=True, seed=100 + i)
+            for i, kib in enumerate(SMALL_LAYERS_KIB)
+        ],
+        f"{len(SMALL_LAYERS_KIB)} small gzip layers",
+    )
+    base = LayerSpec(size=64 * MiB // scale, compressible=True, seed=200)  # ~36 MiB gzip
+    shared = tuple(
+        ImageSpec(
+            f"{prefix}app-{n}",
+            [
+                base,
+                LayerSpec(size=16 * MiB // scale, compressible=True, seed=200 + 2 * n),
+                LayerSpec(size=4 * MiB // scale, seed=201 + 2 * n),  # random
+            ],
+            "3 gzip layers, the first shared",
+        )
+        for n in range(1, SHARED_IMAGES + 1)
+    )
     if quick:
         multi = ImageSpec(
             "bench/quick-multi",
@@ -123,7 +182,7 @@ def image_specs(quick: bool) -> tuple[ImageSpec, ImageSpec]:
             [LayerSpec(size=192 * MiB, compressible=True, seed=10)],
             "1 gzip layer",
         )
-        return multi, big
+        return ImageSpecs(multi, big, small, shared)
     multi = ImageSpec(
         "bench/multi",
         [
@@ -140,7 +199,7 @@ def image_specs(quick: bool) -> tuple[ImageSpec, ImageSpec]:
         [LayerSpec(size=1800 * MiB, compressible=True, seed=10)],  # ~1.0 GiB gzip
         "1 gzip layer",
     )
-    return multi, big
+    return ImageSpecs(multi, big, small, shared)
 
 
 @dataclass
@@ -287,13 +346,14 @@ class Usage:
     """What the puller or pusher (the daemon, or skopeo) used during one run."""
 
     seconds: float = 0.0  # wall
-    cpu_seconds: float = 0.0  # user + sys, every thread
-    peak_rss_kib: int = 0  # sampled (daemon) or ru_maxrss (skopeo)
+    cpu_seconds: float = 0.0  # user + sys, every thread (every process, for skopeos)
+    peak_rss_kib: int = 0  # sampled (daemon) or ru_maxrss (skopeo; summed when several)
     registry_cpu_seconds: float = 0.0
     idle_rss_kib: int = 0  # VmRSS before (daemon)
     hwm_kib: int = 0  # VmHWM at the end (daemon)
     threads: int = 0  # the most seen (daemon)
     rss_samples: int = 0  # (daemon)
+    proxy_cpu_seconds: float | None = None  # the latency proxy's, when one is in the way
 
     def run(self, tool: str, image: Built, **extra: Any) -> Run:
         return Run(
@@ -312,24 +372,28 @@ class Usage:
 
 
 @contextmanager
-def measured(registry: Registry) -> Iterator[Usage]:
-    """Wall seconds of the body, and the CPU seconds `registry` spent meanwhile (from
-    /proc/PID/stat), in the `Usage` once the body is done."""
+def measured(registry: Registry, proxy_pid: int | None = None) -> Iterator[Usage]:
+    """Wall seconds of the body, and the CPU seconds `registry` (and the latency proxy
+    `proxy_pid`) spent meanwhile (from /proc/PID/stat), in the `Usage` once the body is
+    done."""
     usage = Usage()
     registry_cpu = cpu_seconds(registry.pid or 0)
+    proxy_cpu = cpu_seconds(proxy_pid) if proxy_pid else 0.0
     started = time.perf_counter()
     yield usage
     usage.seconds = time.perf_counter() - started
     usage.registry_cpu_seconds = cpu_seconds(registry.pid or 0) - registry_cpu
+    if proxy_pid:
+        usage.proxy_cpu_seconds = cpu_seconds(proxy_pid) - proxy_cpu
 
 
 @contextmanager
-def measure_daemon(pid: int, registry: Registry) -> Iterator[Usage]:
+def measure_daemon(pid: int, registry: Registry, proxy_pid: int | None = None) -> Iterator[Usage]:
     """`measured`, and the daemon `pid`'s part: its CPU seconds, its VmRSS before and
     sampled in a thread while the body runs, its VmHWM at the end."""
     idle = memory_kib(pid)["VmRSS"]
     cpu = cpu_seconds(pid)
-    with RssSampler(pid) as sampler, measured(registry) as usage:
+    with RssSampler(pid) as sampler, measured(registry, proxy_pid) as usage:
         yield usage
     usage.cpu_seconds = cpu_seconds(pid) - cpu
     usage.idle_rss_kib = idle
@@ -337,6 +401,103 @@ def measure_daemon(pid: int, registry: Registry) -> Iterator[Usage]:
     usage.rss_samples = sampler.samples
     usage.threads = sampler.max_threads
     usage.hwm_kib = memory_kib(pid)["VmHWM"]
+
+
+# -- the daemon's own figures --------------------------------------------------------
+
+LOOP_LAG_METRIC = "ferryd_event_loop_lag_max_seconds"
+_METRIC_LINE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s+(?P<value>\S+)")
+
+
+def metric_value(text: str, name: str) -> float | None:
+    """The value of `name` in Prometheus text (the largest, if labelled several times)."""
+    values = []
+    for line in text.splitlines():
+        m = _METRIC_LINE.match(line)
+        if m is not None and m["name"] == name:
+            try:
+                values.append(float(m["value"]))
+            except ValueError:
+                continue
+    return max(values) if values else None
+
+
+def loop_lag(daemon: Daemon) -> float | None:
+    """The daemon's largest event-loop lag since it started, from `GET /metrics`
+    (`ferryd_event_loop_lag_max_seconds`); None where it has no such metric."""
+    try:
+        response = daemon.client().request("GET", "/metrics")
+        with response:
+            body = response.read().decode(errors="replace")
+    except Exception:  # an older daemon, or none: the figure is "n/a", never a failure
+        return None
+    if response.status != 200:
+        return None
+    return metric_value(body, LOOP_LAG_METRIC)
+
+
+# -- the registry's access log -------------------------------------------------------
+
+# distribution 2.8 logs each request in Apache's combined format (gorilla/handlers):
+#   127.0.0.1 - - [28/Nov/2026:04:27:07 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "curl/7.88.1"
+_ACCESS_LINE = re.compile(
+    r'^\S+ \S+ \S+ \[[^\]]*\] "(?P<method>[A-Z]+) (?P<uri>\S+) [^"]*" (?P<status>\d{3}) '
+)
+_BLOB = re.compile(r"^/v2/.+/blobs/(?P<digest>[a-z0-9]+:[a-f0-9]+)$")
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    status: int
+
+
+class AccessLog:
+    """The registry's access log from a mark on: what one run asked for."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.path = registry.log_path
+        self.offset = 0
+
+    def mark(self) -> None:
+        self.offset = self.path.stat().st_size
+
+    def since_mark(self) -> list[Request]:
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            text = fh.read().decode(errors="replace")
+        out = []
+        for line in text.splitlines():
+            m = _ACCESS_LINE.match(line)
+            if m is not None:
+                out.append(Request(m["method"], m["uri"].partition("?")[0], int(m["status"])))
+        return out
+
+
+def count_requests(requests: list[Request]) -> dict[str, Any]:
+    """What a run asked the registry: in all, manifests (GET and HEAD), blob GETs and
+    HEADs, pings (`/v2/`), and the GETs of each blob (the most, and every blob fetched
+    more than once)."""
+    gets: collections.Counter[str] = collections.Counter()
+    counts = {"total": len(requests), "manifests": 0, "blob_gets": 0, "blob_heads": 0}
+    counts["pings"] = 0
+    for r in requests:
+        blob = _BLOB.match(r.path)
+        if r.path.rstrip("/") == "/v2":
+            counts["pings"] += 1
+        elif "/manifests/" in r.path and r.method in ("GET", "HEAD"):
+            counts["manifests"] += 1
+        elif blob is not None and r.method == "GET":
+            counts["blob_gets"] += 1
+            gets[blob["digest"]] += 1
+        elif blob is not None and r.method == "HEAD":
+            counts["blob_heads"] += 1
+    return counts | {
+        "max_gets_per_blob": max(gets.values(), default=0),
+        "blobs_fetched_more_than_once": {d: n for d, n in gets.items() if n > 1},
+        "blob_gets_by_digest": dict(gets),
+    }
 
 
 # -- one run -------------------------------------------------------------------------
@@ -354,6 +515,11 @@ class Run:
     idle_rss_kib: int = 0  # VmRSS before the pull (ferryd)
     registry_cpu_seconds: float = 0.0
     threads: int = 0
+    floor_cpu_seconds: float | None = None  # see floor.py (ferryd pulls)
+    loop_lag_seconds: float | None = None  # the daemon's largest, from GET /metrics
+    requests: dict[str, Any] | None = None  # count_requests() of the registry's log
+    proxy_cpu_seconds: float | None = None
+    connections: int | None = None  # TCP connections opened through the latency proxy
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -368,41 +534,70 @@ class Run:
     def registry_cores(self) -> float:
         return self.registry_cpu_seconds / self.seconds
 
+    @property
+    def over_floor(self) -> float | None:
+        """CPU seconds per floor second: 1.0 is the least a pull can spend."""
+        if not self.floor_cpu_seconds:
+            return None
+        return self.cpu_seconds / self.floor_cpu_seconds
+
 
 def run_json(runs: list[Run]) -> list[dict[str, Any]]:
-    return [asdict(r) | {"mb_s": r.mb_s, "cores": r.cores} for r in runs]
+    return [
+        asdict(r) | {"mb_s": r.mb_s, "cores": r.cores, "cpu_over_floor": r.over_floor} for r in runs
+    ]
 
 
 # -- skopeo --------------------------------------------------------------------------
 
 
-def run_skopeo_timed(registry: Registry, args: list[str], what: str) -> Usage:
+def run_skopeo_timed(
+    registry: Registry, args: list[str], what: str, proxy_pid: int | None = None
+) -> Usage:
     """Run `skopeo ARGS` hermetically (per-registry policy, config and temp dir) and time
     it; its CPU time and peak RSS come from wait4, the registry's CPU from /proc."""
+    return run_skopeos_timed(registry, [args], what, proxy_pid)
+
+
+def run_skopeos_timed(
+    registry: Registry, commands: list[list[str]], what: str, proxy_pid: int | None = None
+) -> Usage:
+    """Run one skopeo per `commands` entry, all at once, and time them until the last
+    ends: CPU seconds and peak RSS (ru_maxrss) summed over the processes, from wait4."""
     workdir = skopeo_workdir(registry)
     env = skopeo_env(workdir)
-    command = [
+    base = [
         SKOPEO_BIN,
         f"--policy={workdir / 'policy.json'}",
         f"--registries.d={workdir / 'registries.d'}",
         f"--tmpdir={env['TMPDIR']}",
-        *args,
     ]
-    with measured(registry) as usage:
-        process = subprocess.Popen(
-            command,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        _, status, rusage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-    if process.returncode != 0:
-        raise BenchFailed(f"{what} failed ({process.returncode}): {stderr}")
-    usage.cpu_seconds = rusage.ru_utime + rusage.ru_stime
-    usage.peak_rss_kib = rusage.ru_maxrss
+    processes: list[subprocess.Popen[bytes]] = []
+    failures = []
+    with measured(registry, proxy_pid) as usage:
+        processes += [
+            subprocess.Popen(
+                [*base, *args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for args in commands
+        ]
+        for process in processes:
+            _, status, rusage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            usage.cpu_seconds += rusage.ru_utime + rusage.ru_stime
+            usage.peak_rss_kib += rusage.ru_maxrss
+    for process in processes:
+        stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+        if process.stderr:
+            process.stderr.close()
+        if process.returncode != 0:
+            failures.append(f"({process.returncode}): {stderr}")
+    if failures:
+        raise BenchFailed(f"{what} failed " + "; ".join(failures))
     return usage
 
 

@@ -1,158 +1,150 @@
 """Pull and push benchmark: ferryd against `skopeo copy`, with local docker-registries.
 
     .venv/bin/python bench/pull.py [--rounds N] [--quick] [--profile] [--no-push]
+                                   [--only SCENARIO,...]
 
-1. Builds (once; cached in bench/out/images/) a multi-layer image (gzip layers of
-   hex-text and random content, one zstd layer) and an image with one ~1 GiB gzip
-   layer, and seeds both into a fresh docker-registry on 127.0.0.1 (plain HTTP).
-2. Times, alternating, N rounds of (A) a ferryd pull through the daemon's socket into
-   a fresh root (a fresh daemon per run; its start-up is not timed: the clock runs
-   from the request to the end of the progress stream) and (B) `skopeo copy
-   docker://… oci:DIR:TAG` into a fresh directory.
-3. Pulls the 1 GiB layer with ferryd while sampling the daemon's VmRSS every 20 ms.
-4. Reports the daemon's user+sys CPU seconds per wall second during the pulls (from
-   /proc/PID/stat): above 1.0, more than one core was busy.
-5. Unless --no-push: times N alternating rounds of pushing the multi-layer image, by
-   ferryd (from its store, as pulled) and by `skopeo copy oci:… docker://…`, each to
-   a new registry (see bench/push.py, which also runs alone).
+Builds (once; cached in bench/out/images/) the benchmark's images, seeds them into a
+new docker-registry on 127.0.0.1 (plain HTTP), and measures, alternating ferryd and
+skopeo run by run (A B, B A, ...), each ferryd run in a new daemon:
 
-Only public tools: python, skopeo, docker-registry and /proc. Results are printed as
-markdown and written to bench/out/results.md and results.json. Exit status 1 when a
-pull or push fails.  `--profile` also runs py-spy (if installed) on the daemon during
-one extra pull of the big layer and one extra push, and prints where the time went.
+- multi, small: a pull of the 5-layer image and of the 24-small-layer image;
+- latency: the same two pulls through bench/latency.py, a TCP proxy that delays every
+  chunk by 25 ms each way (and a new connection's first bytes by a handshake's round
+  trip);
+- shared: 4 images that share their base layer pulled at once, against the same 4
+  pulls one after another (skopeo: 4 copies into 4 directories, at once and in turn);
+  every blob must be fetched once (the registry's access log);
+- same: 8 clients pulling the 24-layer image at once, against 8 pulls in turn;
+- uptodate: pulling an image the store already has, directly and through the proxy;
+  the registry's requests are counted (the target: one manifest request);
+- memory: the 1 GiB layer, VmRSS sampled every 20 ms;
+- push (unless --no-push): bench/push.py's rounds.
+
+For every ferryd run: wall seconds, the daemon's CPU seconds (user+sys, /proc), the
+floor (floor.py: the CPU seconds that hashing and inflating the same blobs take in one
+thread), peak RSS (VmHWM), the largest event-loop lag (`GET /metrics`,
+`ferryd_event_loop_lag_max_seconds`; "n/a" where the daemon has none), and the
+registry's requests. Only public tools: python, skopeo, docker-registry and /proc.
+Printed as markdown and written to bench/out/results.md and results.json. Exit status 1
+when a pull or push fails or does not do what is measured.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import statistics
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import push as push_bench
+import report
 from common import (
-    SAMPLE_INTERVAL,
+    AccessLog,
     BenchFailed,
     Built,
     Run,
-    ab_rows,
     build_all,
-    fresh_daemon,
     fresh_dir,
     image_specs,
     log,
     log_run,
-    measure_daemon,
-    mib,
     parse_args,
-    profiled,
-    ratio_line,
-    run_json,
-    run_skopeo_timed,
     summarize_profile,
     write_results,
 )
+from floor import floors
+from latency import LatencyProxy
+from report import Scenario
+from runners import Bench, Target, ferryd_run, prepare_ferryd_root, skopeo_run
 
-from support.daemon import errors
-from support.images import blob_path, seed
-from support.registry import Registry, start_registry
+from support.images import seed
+from support.registry import start_registry
 
-# -- one run of each -----------------------------------------------------------------
-
-
-def reference(registry: Registry, image: Built) -> str:
-    return f"{registry.host}/{image.name}:latest"
+LATENCY = 0.025  # seconds each way
+CLIENTS = 8  # pulling the same image at once
+SCENARIOS = ("multi", "small", "latency", "shared", "same", "uptodate", "memory", "push")
 
 
-def ferryd_pull(
-    registry: Registry, image: Built, workdir: Path, *, profile_to: Path | None = None
-) -> Run:
-    """A fresh daemon on a fresh root; time the pull request, not the start-up."""
-    daemon, startup = fresh_daemon(workdir)
+def alternate(rounds: int, steps: list[tuple[str, Callable[[], Run]]], what: str) -> list[Run]:
+    """`rounds` rounds of `steps` (mode, run), in order in even rounds and reversed in
+    odd ones; each run's mode in `extra["mode"]`."""
+    runs = []
+    for round_ in range(rounds):
+        for mode, step in steps if round_ % 2 == 0 else steps[::-1]:
+            run = step()
+            run.extra["mode"] = mode
+            run.extra["round"] = round_ + 1
+            runs.append(run)
+            log_run(f"{what} {round_ + 1}/{rounds} {mode:17}", run)
+    return runs
+
+
+def ab_pull(bench: Bench, target: Target, image: Built, rounds: int, key: str) -> Scenario:
+    """ferryd and skopeo pulling `image`, alternating."""
+    scratch = bench.scratch
+    runs = alternate(
+        rounds,
+        [
+            ("pull", lambda: ferryd_run(bench, target, [[image]], scratch / "ferryd")),
+            ("pull", lambda: skopeo_run(bench, target, [[image]], scratch / "skopeo")),
+        ],
+        key,
+    )
+    return Scenario(key, [image], runs, latency=target.latency)
+
+
+def at_once(bench: Bench, images: list[Built], rounds: int, key: str) -> Scenario:
+    """`images` (several, or one several times) pulled at once and one after another,
+    by each tool: ferryd into one new daemon, skopeo into a directory per copy."""
+    scratch = bench.scratch
+    target = bench.direct()
+    together, in_turn = [images], [[image] for image in images]
+    runs = alternate(
+        rounds,
+        [
+            ("at once", lambda: ferryd_run(bench, target, together, scratch / "ferryd")),
+            ("at once", lambda: skopeo_run(bench, target, together, scratch / "skopeo")),
+            ("one after another", lambda: ferryd_run(bench, target, in_turn, scratch / "ferryd")),
+            ("one after another", lambda: skopeo_run(bench, target, in_turn, scratch / "skopeo")),
+        ],
+        key,
+    )
+    return Scenario(key, images, runs)
+
+
+def up_to_date(bench: Bench, targets: list[Target], image: Built, rounds: int) -> Scenario:
+    """Pulls of `image` into a store that has it, from each target: ferryd in a new
+    daemon each time (the first pull after its start) on a root that pulled it from
+    that target before; skopeo (for reference: it has no store, only the directory it
+    copies into) into an OCI layout that it copied into before."""
+    steps: list[tuple[str, Callable[[], Run]]] = []
+    prepared: list[Path] = []
+    for number, target in enumerate(targets):
+        mode = "through latency" if target.latency else "loopback"
+        root = bench.scratch / f"ferryd-has-{number}"
+        layouts = bench.scratch / f"skopeo-has-{number}"
+        prepared += [root, layouts]
+        prepare_ferryd_root(bench, target, [image], root)
+        skopeo_run(bench, target, [[image]], layouts, keep=True)
+
+        def ferryd(target: Target = target, root: Path = root) -> Run:
+            return ferryd_run(
+                bench, target, [[image]], root, new_root=False, keep_root=True, up_to_date=True
+            )
+
+        def skopeo(target: Target = target, layouts: Path = layouts) -> Run:
+            return skopeo_run(bench, target, [[image]], layouts, keep=True, up_to_date=True)
+
+        steps += [(mode, ferryd), (mode, skopeo)]
     try:
-        assert daemon.process is not None
-        pid = daemon.process.pid
-        with profiled(pid, profile_to), measure_daemon(pid, registry) as usage:
-            messages = daemon.pull(reference(registry, image))
-        failed = errors(messages)
-        if failed:
-            raise BenchFailed(f"ferryd pull of {image.name} failed: {failed}\n{daemon.log_tail()}")
-        if not any(m.get("status", "").startswith("Status: ") for m in messages):
-            raise BenchFailed(f"ferryd pull of {image.name} ended early: {messages[-3:]}")
-        missing = [d for d in image.blobs[1:] if not blob_path(daemon.root, d).is_file()]
-        if missing:
-            raise BenchFailed(f"ferryd pull of {image.name}: blobs missing from store: {missing}")
+        runs = alternate(rounds, steps, "up-to-date")
     finally:
-        daemon.stop()
-    run = usage.run("ferryd", image, rss_samples=usage.rss_samples, startup_seconds=startup)
-    shutil.rmtree(workdir, ignore_errors=True)
-    os.sync()  # the next run must not pay for this one's writeback
-    return run
-
-
-def skopeo_pull(registry: Registry, image: Built, dest: Path) -> Run:
-    """`skopeo copy docker://… oci:DEST:latest` into a fresh directory."""
-    shutil.rmtree(dest, ignore_errors=True)
-    args = ["copy", "--quiet", *registry.skopeo_flags("src-")]  # --src-tls-verify=false ...
-    args += [f"docker://{reference(registry, image)}", f"oci:{dest}:latest"]
-    timed = run_skopeo_timed(registry, args, f"skopeo copy of {image.name}")
-    missing = [d for d in image.blobs if not blob_path(dest, d).is_file()]
-    if missing:
-        raise BenchFailed(f"skopeo copy of {image.name}: blobs missing: {missing}")
-    shutil.rmtree(dest, ignore_errors=True)
-    os.sync()
-    return timed.run("skopeo", image)
-
-
-# -- reporting -----------------------------------------------------------------------
-
-
-def report(multi: Built, big: Built, runs: list[Run], mem: Run, rounds: int) -> str:
-    a = [r for r in runs if r.tool == "ferryd"]
-    b = [r for r in runs if r.tool == "skopeo"]
-    nproc = os.cpu_count()
-    out = [
-        f"Image: {multi.about}, {mib(multi.layer_bytes)} compressed "
-        f"({mib(multi.uncompressed_bytes)} uncompressed; layers "
-        + ", ".join(mib(s) for s in multi.layer_sizes)
-        + f"), from docker-registry on 127.0.0.1 (plain HTTP), {rounds} alternating rounds, "
-        f"{nproc} CPUs. MB/s = compressed MB (10^6 bytes) per wall second; CPU = user+sys "
-        "seconds of the puller per wall second (>1.0: more than one core busy).",
-        "",
-        "| | ferryd (socket API) | skopeo copy → oci: |",
-        "|---|---|---|",
-        *ab_rows(a, b),
-        "| decompresses + DiffID check | yes | no (copies blobs as they are) |",
-        f"| not counted: daemon start-up (median) "
-        f"| {statistics.median(r.extra['startup_seconds'] for r in a):.2f} s | - |",
-        "",
-        ratio_line(a, b),
-        "",
-        f"Memory: ferryd pulling {big.about} of {mib(big.layer_bytes)} "
-        f"({mib(big.uncompressed_bytes)} uncompressed), VmRSS sampled every "
-        f"{SAMPLE_INTERVAL * 1000:.0f} ms ({mem.extra.get('rss_samples', 0)} samples):",
-        "",
-        "| | ferryd |",
-        "|---|---|",
-        f"| wall s / MB/s | {mem.seconds:.2f} / {mem.mb_s:.0f} |",
-        f"| RSS idle before the pull | {mem.idle_rss_kib / 1024:.0f} MiB |",
-        f"| peak RSS during the pull (target < 150 MiB) | {mem.peak_rss_kib / 1024:.0f} MiB "
-        f"({'ok' if mem.peak_rss_kib < 150 * 1024 else 'OVER'}) |",
-        f"| VmHWM at the end | {mem.hwm_kib / 1024:.0f} MiB |",
-        f"| daemon CPU s (user+sys) / wall s | {mem.cpu_seconds:.2f} / {mem.seconds:.2f} "
-        f"= **{mem.cores:.2f}** |",
-        f"| registry CPU per wall s | {mem.registry_cpu_seconds / mem.seconds:.2f} |",
-        f"| daemon threads (max seen) | {mem.threads} |",
-    ]
-    return "\n".join(out)
-
-
-# -- main ----------------------------------------------------------------------------
+        for path in prepared:
+            shutil.rmtree(path, ignore_errors=True)
+    return Scenario(f"uptodate-{image.name.rpartition('/')[2]}", [image], runs, up_to_date=True)
 
 
 def main() -> int:
@@ -161,48 +153,65 @@ def main() -> int:
         images="small images",
         profile_help="py-spy the daemon during an extra big pull (and an extra push)",
         flags={"--no-push": "measure pulls only"},
+        scenarios=SCENARIOS,
     )
+    only: set[str] = args.only - ({"push"} if args.no_push else set())
     rounds: int = args.rounds
     began = time.perf_counter()
     out: Path = args.out
+    name = f"results{args.suffix}" if only == set(SCENARIOS) else f"results-only{args.suffix}"
     scratch = fresh_dir(out / f"run{args.suffix}")
 
     started = time.perf_counter()
-    multi, big = build_all(image_specs(args.quick), out / "images")
-    build_seconds = time.perf_counter() - started
+    specs = image_specs(args.quick)
+    built = build_all(specs.all(), out / "images")
+    multi, big, small, *shared = built
+    floor = floors(built)
+    log(f"images ready in {time.perf_counter() - started:.0f}s")
     registry = start_registry(scratch / "registry")
+    bench = Bench(registry, AccessLog(registry), floor, scratch)
+    scenarios: list[Scenario] = []
+    pushes = None
+    profile_text = ""
     try:
         started = time.perf_counter()
-        for image in (multi, big):
+        for image in built:
             seed(registry, image.layout, "latest", f"{image.name}:latest")
-        log(f"images ready in {build_seconds:.0f}s, seeded in {time.perf_counter() - started:.0f}s")
+        log(f"seeded in {time.perf_counter() - started:.0f}s")
+        direct = bench.direct()
 
         # Warm-up: one of each, not counted (first-run page cache, lazy imports).
-        ferryd_pull(registry, multi, scratch / "ferryd")
-        skopeo_pull(registry, multi, scratch / "skopeo")
-        runs: list[Run] = []
-        for round_ in range(rounds):
-            order = ("ferryd", "skopeo") if round_ % 2 == 0 else ("skopeo", "ferryd")
-            for tool in order:
-                if tool == "ferryd":
-                    run = ferryd_pull(registry, multi, scratch / "ferryd")
-                else:
-                    run = skopeo_pull(registry, multi, scratch / "skopeo")
-                runs.append(run)
-                log_run(f"round {round_ + 1}/{rounds}", run)
+        ferryd_run(bench, direct, [[multi]], scratch / "ferryd")
+        skopeo_run(bench, direct, [[multi]], scratch / "skopeo")
 
-        mem = ferryd_pull(registry, big, scratch / "ferryd")
-        log(
-            f"big layer: {mem.seconds:.2f}s {mem.mb_s:.0f} MB/s cpu {mem.cores:.2f} "
-            f"peak rss {mem.peak_rss_kib // 1024} MiB hwm {mem.hwm_kib // 1024} MiB"
-        )
-        profile_text = ""
-        if args.profile:
-            spy_out = scratch / f"py-spy-{big.name.replace('/', '-')}.txt"
-            ferryd_pull(registry, big, scratch / "ferryd", profile_to=spy_out)
-            profile_text = summarize_profile(spy_out) if spy_out.exists() else "(no profile)"
-        pushes = None
-        if not args.no_push:
+        if "multi" in only:
+            scenarios.append(ab_pull(bench, direct, multi, rounds, "multi"))
+        if "small" in only:
+            scenarios.append(ab_pull(bench, direct, small, rounds, "small"))
+        if "shared" in only:
+            scenarios.append(at_once(bench, shared, rounds, "shared"))
+        if "same" in only:
+            scenarios.append(at_once(bench, [small] * CLIENTS, rounds, "same"))
+        if only & {"latency", "uptodate"}:
+            with LatencyProxy(registry.host, LATENCY, scratch / "proxy-connections") as proxy:
+                slow = Target(registry, proxy.host, proxy)
+                if "latency" in only:
+                    scenarios.append(ab_pull(bench, slow, multi, rounds, "multi-latency"))
+                    scenarios.append(ab_pull(bench, slow, small, rounds, "small-latency"))
+                if "uptodate" in only:
+                    scenarios += [
+                        up_to_date(bench, [direct, slow], image, rounds) for image in (multi, small)
+                    ]
+        if "memory" in only:
+            mem = ferryd_run(bench, direct, [[big]], scratch / "ferryd")
+            mem.extra["mode"] = "pull"
+            log_run("memory", mem)
+            scenarios.append(Scenario("memory", [big], [mem]))
+            if args.profile:
+                spy_out = scratch / f"py-spy-{big.name.replace('/', '-')}.txt"
+                ferryd_run(bench, direct, [[big]], scratch / "ferryd", profile_to=spy_out)
+                profile_text = summarize_profile(spy_out) if spy_out.exists() else "(no profile)"
+        if "push" in only:
             pushes = push_bench.measure(
                 registry, multi, scratch / "push", rounds, profile=args.profile
             )
@@ -213,26 +222,22 @@ def main() -> int:
         registry.stop()
 
     total = time.perf_counter() - began
-    note = f"(`make bench`{' --quick' if args.quick else ''}: {total:.0f} s in all)"
-    table = report(multi, big, runs, mem, rounds)
+    command = "make bench" if not args.quick else "bench/pull.py --quick"
+    table = report.render(scenarios, built, floor, rounds, LATENCY)
     if pushes is not None:
         table += "\n\n" + push_bench.report(multi, pushes, rounds)
-    table += "\n\n" + note
+    table += f"\n\n(`{command}`: {total:.0f} s in all)"
     print()
     print(table)
     if profile_text:
         print("\npy-spy, big-layer pull:\n" + profile_text)
     if pushes is not None and pushes.profile_text:
         print("\npy-spy, push:\n" + pushes.profile_text)
-    data = {
-        "rounds": rounds,
-        "multi": asdict(multi) | {"layout": str(multi.layout)},
-        "big": asdict(big) | {"layout": str(big.layout)},
-        "runs": run_json([*runs, mem]),
+    data = report.results_json(scenarios, built, floor, rounds, LATENCY) | {
         "push": None if pushes is None else push_bench.results_json(multi, pushes, rounds),
         "total_seconds": total,
     }
-    write_results(out, f"results{args.suffix}", table, data)
+    write_results(out, name, table, data)
     shutil.rmtree(scratch / "registry" / "storage", ignore_errors=True)
     return 0
 

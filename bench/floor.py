@@ -1,0 +1,134 @@
+"""The floor of a pull: the CPU work that verifying an image's blobs cannot avoid.
+
+For each blob, in one thread: sha256 of the blob as stored (its digest), and for a layer
+its decompression (isal for gzip, as ferryd does; backports.zstd for zstd; nothing for a
+plain tar) and sha256 of the result (its DiffID). The figure is the CPU time of that
+thread (`time.thread_time`, so other processes on the machine do not inflate it; reading
+the files is left out). The least of `REPEATS` passes, per blob.
+
+A pull that spends N times the floor in CPU seconds does N times the work that cannot be
+avoided; what is above 1.0 is the pipeline's own (copies, the event loop, HTTP,
+threads handing work over, the store). Cached per image beside its layout
+(`floor.json`), keyed by the image's build, this machine's CPU and the library versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from backports import zstd
+from common import Built, log
+from isal import isal_zlib
+
+from support.images import blob_path
+
+PIECE = 1 << 20
+REPEATS = 3  # passes over an image under 512 MiB; one above
+_GZIP = b"\x1f\x8b"
+_ZSTD = b"\x28\xb5\x2f\xfd"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as metadata
+
+    return {
+        "python": platform.python_version(),
+        "isal": metadata.version("isal"),
+        "backports.zstd": metadata.version("backports.zstd"),
+        "cpu": _cpu_model(),
+    }
+
+
+def _gzip() -> Any:
+    return isal_zlib.decompressobj(wbits=31)
+
+
+def blob_floor(path: Path, *, layer: bool) -> float:
+    """CPU seconds of this thread to hash `path`, and for a layer to inflate it and hash
+    what comes out."""
+    blob_hash = hashlib.sha256()
+    diff_hash = hashlib.sha256()
+    spent = 0.0
+    with path.open("rb") as fh:
+        head = fh.read(4)
+        fh.seek(0)
+        new: Any = None
+        if layer and head.startswith(_GZIP):
+            new = _gzip
+        elif layer and head.startswith(_ZSTD):
+            new = zstd.ZstdDecompressor
+        inflate = new() if new is not None else None
+        while piece := fh.read(PIECE):
+            started = time.thread_time()
+            blob_hash.update(piece)
+            if inflate is not None:
+                data = piece
+                while data:
+                    if inflate.eof:  # what follows is the next gzip member or zstd frame
+                        inflate = new()
+                    diff_hash.update(inflate.decompress(data))
+                    data = inflate.unused_data if inflate.eof else b""
+            elif layer:
+                diff_hash.update(piece)
+            spent += time.thread_time() - started
+    return spent
+
+
+def image_floor(image: Built, repeats: int) -> dict[str, float]:
+    """Floor CPU seconds of each of `image`'s blobs (config and layers), the least of
+    `repeats` passes."""
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for index, digest in enumerate(image.blobs):
+            seconds = blob_floor(blob_path(image.layout, digest), layer=index > 0)
+            best[digest] = min(seconds, best.get(digest, seconds))
+    return best
+
+
+def floors(images: Iterable[Built]) -> dict[str, float]:
+    """The floor of every blob of `images` (digest: CPU seconds), computed once per image
+    and machine, cached in `floor.json` beside the image's layout."""
+    out: dict[str, float] = {}
+    versions = _versions()
+    for image in images:
+        cache = image.layout.parent / "floor.json"
+        key = {"blobs": image.blobs, **versions}
+        try:
+            cached = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            cached = {}
+        if cached.get("key") == key:
+            out.update(cached["floor"])
+            continue
+        repeats = REPEATS if image.layer_bytes < 512 << 20 else 1
+        started = time.perf_counter()
+        floor = image_floor(image, repeats)
+        log(
+            f"floor of {image.name}: {sum(floor.values()):.2f} CPU s "
+            f"(best of {repeats}, {time.perf_counter() - started:.0f} s)"
+        )
+        cache.write_text(json.dumps({"key": key, "floor": floor}, indent=1) + "\n")
+        out.update(floor)
+    return out
+
+
+def floor_of(floor: dict[str, float], digests: Iterable[str]) -> float:
+    """The floor of these blobs, each counted once (a blob shared by several images is
+    verified once)."""
+    return sum(floor[d] for d in set(digests))

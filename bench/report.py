@@ -1,0 +1,393 @@
+"""The pull benchmark's report: one summary table of every scenario, then a table per
+scenario, as markdown; and the same figures as JSON."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from common import SAMPLE_INTERVAL, Built, Run, mib, run_json, spread
+from floor import floor_of
+from runners import unique_layers
+
+FERRYD, SKOPEO = "ferryd", "skopeo"
+ONCE, IN_TURN = "at once", "one after another"
+
+
+@dataclass
+class Scenario:
+    key: str
+    images: list[Built]  # what each run pulls (the same one several times: clients)
+    runs: list[Run] = field(default_factory=list)
+    latency: bool = False
+    up_to_date: bool = False
+
+    def of(self, tool: str, mode: str | None = None) -> list[Run]:
+        return [r for r in self.runs if r.tool == tool and mode in (None, r.extra.get("mode"))]
+
+    def modes(self) -> list[str]:
+        return list(dict.fromkeys(r.extra.get("mode", "pull") for r in self.runs))
+
+    @property
+    def short(self) -> str:
+        """The scenario in a few words, for the summary."""
+        first = self.images[0]
+        layers = f"{len(first.layer_sizes)} layers"
+        if self.key == "shared":
+            return f"{len(self.images)} images, one base layer shared"
+        if self.key == "same":
+            return f"{len(self.images)} clients, same image ({layers})"
+        if self.up_to_date:
+            return f"up to date ({layers})"
+        return f"{layers} ({mib(first.layer_bytes)}){', +25 ms each way' if self.latency else ''}"
+
+    @property
+    def title(self) -> str:
+        first = self.images[0]
+        base = _image_title(first)
+        if self.key == "shared":
+            unique = unique_layers([self.images])
+            size = sum(image.layer_bytes for image in self.images)
+            return (
+                f"{len(self.images)} images sharing their base layer ({first.about}; "
+                f"{len(unique)} distinct layers, {mib(sum(unique.values()))} of {mib(size)})"
+            )
+        if self.key == "same":
+            return f"{len(self.images)} clients, one image: {base}"
+        if self.up_to_date:
+            return f"up to date: {base}, already in the store"
+        if self.latency:
+            return f"{base}, 25 ms each way"
+        return base
+
+
+def _image_title(image: Built) -> str:
+    return f"{image.about}, {mib(image.layer_bytes)} ({mib(image.uncompressed_bytes)} uncompressed)"
+
+
+# -- figures -------------------------------------------------------------------------
+
+
+def _median(runs: list[Run], value: Callable[[Run], float | None]) -> float | None:
+    values = [v for v in map(value, runs) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _max(runs: list[Run], value: Callable[[Run], float | None]) -> float | None:
+    values = [v for v in map(value, runs) if v is not None]
+    return max(values) if values else None
+
+
+def _fmt(value: float | None, pattern: str = "{:.2f}", missing: str = "-") -> str:
+    return missing if value is None else pattern.format(value)
+
+
+def _lag(runs: list[Run]) -> str:
+    """The largest event-loop lag of any of the runs, or n/a."""
+    return _fmt(_max(runs, lambda r: r.loop_lag_seconds), "{:.3f} s", "n/a")
+
+
+def _hwm(runs: list[Run]) -> str:
+    return f"{max(r.hwm_kib or r.peak_rss_kib for r in runs) / 1024:.0f} MiB"
+
+
+def _requests(run: Run) -> str:
+    q = run.requests or {}
+    text = (
+        f"{q.get('total', 0)}: {q.get('manifests', 0)} manifest, {q.get('blob_gets', 0)} "
+        f"blob GET, {q.get('pings', 0)} /v2/"
+    )
+    if run.connections is not None:
+        text += f"; {run.connections} connections"
+    return text
+
+
+def _median_run(runs: list[Run]) -> Run:
+    return sorted(runs, key=lambda r: r.seconds)[(len(runs) - 1) // 2]
+
+
+def _fetched_once(scenario: Scenario) -> str:
+    """ "yes", or which blobs some ferryd run fetched more than once, and how often."""
+    names = {}
+    for image in scenario.images:
+        names[image.blobs[0]] = "the config"
+        names.update({d: f"layer {i + 1}" for i, d in enumerate(image.blobs[1:])})
+    worst: dict[str, int] = {}
+    for run in scenario.of(FERRYD):
+        for digest, n in (run.requests or {}).get("blobs_fetched_more_than_once", {}).items():
+            worst[digest] = max(n, worst.get(digest, 0))
+    if not worst:
+        return "yes"
+    ranked = sorted(worst.items(), key=lambda item: -item[1])
+    listed = ", ".join(f"{names.get(d, d[:19])} ({d[7:19]}…) {n} times" for d, n in ranked[:4])
+    more = f", and {len(ranked) - 4} blobs more" if len(ranked) > 4 else ""
+    return f"**NO**: {listed}{more}"
+
+
+# -- markdown ------------------------------------------------------------------------
+
+
+def _summary(scenarios: list[Scenario]) -> list[str]:
+    lines = [
+        "| pull | | ferryd wall s | skopeo wall s | ferryd / skopeo | ferryd CPU s "
+        "| floor CPU s | CPU / floor | ferryd peak RSS | loop lag max "
+        "| registry requests (ferryd, median run) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for scenario in scenarios:
+        for mode in scenario.modes():
+            a, b = scenario.of(FERRYD, mode), scenario.of(SKOPEO, mode)
+            wall_a = _median(a, lambda r: r.seconds)
+            wall_b = _median(b, lambda r: r.seconds)
+            ratio = "-"
+            if wall_a and wall_b and not scenario.up_to_date:
+                ratio = f"**{wall_a / wall_b:.2f}**"
+            skopeo = _fmt(wall_b)
+            if scenario.up_to_date and b:
+                skopeo = f"({skopeo}: copies again)"
+            floor = a[0].floor_cpu_seconds if a else None
+            lines.append(
+                f"| {scenario.short} | {mode} | {_fmt(wall_a)} | {skopeo} | {ratio} "
+                f"| {_fmt(_median(a, lambda r: r.cpu_seconds))} | {_fmt(floor)} "
+                f"| {_fmt(_median(a, lambda r: r.over_floor), '{:.2f}')} | {_hwm(a)} "
+                f"| {_lag(a)} | {_requests(_median_run(a))} |"
+            )
+    return lines
+
+
+def _detail(scenario: Scenario) -> list[str]:
+    columns = [(tool, mode) for mode in scenario.modes() for tool in (FERRYD, SKOPEO)]
+    columns = [(tool, mode) for tool, mode in columns if scenario.of(tool, mode)]
+    groups = [scenario.of(tool, mode) for tool, mode in columns]
+    headers = [f"{tool} {mode}" if len(scenario.modes()) > 1 else tool for tool, mode in columns]
+
+    def row(label: str, cell: Callable[[list[Run]], str]) -> str:
+        return f"| {label} | " + " | ".join(cell(runs) for runs in groups) + " |"
+
+    def ferryd_only(cell: Callable[[list[Run]], str]) -> Callable[[list[Run]], str]:
+        return lambda runs: cell(runs) if runs[0].tool == FERRYD else "-"
+
+    lines = [
+        f"**{scenario.title}** ({len(groups[0])} run{'s' if len(groups[0]) > 1 else ''} each)",
+        "",
+        "| | " + " | ".join(headers) + " |",
+        "|---" * (len(columns) + 1) + "|",
+        row("wall s, min / median / max", lambda runs: spread([r.seconds for r in runs])),
+    ]
+    if not scenario.up_to_date:
+        lines.append(
+            row("MB/s (median)", lambda runs: f"{statistics.median(r.mb_s for r in runs):.0f}")
+        )
+    lines += [
+        row(
+            "CPU s, user+sys (median)",
+            lambda runs: f"{statistics.median(r.cpu_seconds for r in runs):.2f}",
+        ),
+        row(
+            "CPU per wall s (median)",
+            lambda runs: f"{statistics.median(r.cores for r in runs):.2f}",
+        ),
+    ]
+    if not scenario.up_to_date:
+        lines.append(
+            row(
+                "floor CPU s / CPU over floor (median)",
+                ferryd_only(
+                    lambda runs: (
+                        f"{_fmt(runs[0].floor_cpu_seconds)} / "
+                        f"{_fmt(_median(runs, lambda r: r.over_floor))}"
+                    )
+                ),
+            )
+        )
+    lines += [
+        row("peak RSS (VmHWM; skopeo: ru_maxrss, summed at once)", _hwm),
+        row("event-loop lag, largest", ferryd_only(_lag)),
+        row("registry requests (median run)", lambda runs: _requests(_median_run(runs))),
+        row(
+            "most GETs of one blob (any run)",
+            lambda runs: f"{max((r.requests or {}).get('max_gets_per_blob', 0) for r in runs)}",
+        ),
+        row(
+            "registry CPU s (median)",
+            lambda runs: f"{statistics.median(r.registry_cpu_seconds for r in runs):.2f}",
+        ),
+    ]
+    if scenario.latency or any(r.proxy_cpu_seconds is not None for r in scenario.runs):
+        lines += [
+            row(
+                "TCP connections opened through the proxy (median)",
+                lambda runs: _fmt(_median(runs, lambda r: r.connections), "{:.0f}"),
+            ),
+            row("latency proxy CPU s (median)", lambda runs: _fmt(_median(runs, _proxy_cpu))),
+        ]
+    lines.append(
+        row(
+            "not counted: daemon start-up (median)",
+            ferryd_only(
+                lambda runs: f"{_fmt(_median(runs, lambda r: r.extra.get('startup_seconds')))} s"
+            ),
+        )
+    )
+    lines += ["", *_conclusions(scenario)]
+    return lines
+
+
+def _proxy_cpu(run: Run) -> float | None:
+    return run.proxy_cpu_seconds
+
+
+def _wall(runs: list[Run]) -> float:
+    return statistics.median(r.seconds for r in runs)
+
+
+def _conclusions(scenario: Scenario) -> list[str]:
+    out = []
+    if scenario.key in ("shared", "same"):
+        for tool in (FERRYD, SKOPEO):
+            once, turn = scenario.of(tool, ONCE), scenario.of(tool, IN_TURN)
+            if once and turn:
+                out.append(
+                    f"- {tool}: at once / one after another, medians: "
+                    f"**{_wall(once) / _wall(turn):.2f}** ({_wall(once):.2f} s vs "
+                    f"{_wall(turn):.2f} s)."
+                )
+        once_a, once_b = scenario.of(FERRYD, ONCE), scenario.of(SKOPEO, ONCE)
+        if once_a and once_b:
+            out.append(
+                f"- at once, ferryd / skopeo: **{_wall(once_a) / _wall(once_b):.2f}**. skopeo "
+                "has no shared store: each copy goes to its own directory and fetches "
+                "every blob itself."
+            )
+        out.append(
+            f"- every blob fetched once in every ferryd run (access log): "
+            f"{_fetched_once(scenario)}."
+        )
+    elif scenario.up_to_date:
+        for mode in scenario.modes():
+            runs = scenario.of(FERRYD, mode)
+            manifests = max((r.requests or {}).get("manifests", 0) for r in runs)
+            blobs = max((r.requests or {}).get("blob_gets", 0) for r in runs)
+            total = max((r.requests or {}).get("total", 0) for r in runs)
+            met = "met" if total == 1 and manifests == 1 else "**not met**"
+            out.append(
+                f"- {mode}: ferryd asked the registry at most {total} requests in a run "
+                f"({manifests} for manifests, {blobs} blob GETs); target, one manifest "
+                f"request: {met}."
+            )
+        out.append(
+            "- each ferryd run is a new daemon on the root that holds the image: the "
+            "first pull after its start. skopeo (for reference) copies into an OCI "
+            "layout that holds the image."
+        )
+    elif scenario.key == "memory":
+        pass
+    else:
+        a, b = scenario.of(FERRYD), scenario.of(SKOPEO)
+        if a and b:
+            ratio = _wall(a) / _wall(b)
+            out.append(
+                f"- ferryd / skopeo, medians of wall time: **{ratio:.2f}** "
+                f"(ferryd {'faster' if ratio < 1 else 'slower'})."
+            )
+    return out
+
+
+def _memory(scenario: Scenario) -> list[str]:
+    mem = scenario.runs[0]
+    big = scenario.images[0]
+    return [
+        f"**Memory: ferryd pulling {big.about} of {mib(big.layer_bytes)} "
+        f"({mib(big.uncompressed_bytes)} uncompressed)**, VmRSS sampled every "
+        f"{SAMPLE_INTERVAL * 1000:.0f} ms ({mem.extra.get('rss_samples', 0)} samples):",
+        "",
+        "| | ferryd |",
+        "|---|---|",
+        f"| wall s / MB/s | {mem.seconds:.2f} / {mem.mb_s:.0f} |",
+        f"| RSS idle before the pull | {mem.idle_rss_kib / 1024:.0f} MiB |",
+        f"| peak RSS during the pull (target < 150 MiB) | {mem.peak_rss_kib / 1024:.0f} MiB "
+        f"({'ok' if mem.peak_rss_kib < 150 * 1024 else 'OVER'}) |",
+        f"| VmHWM at the end | {mem.hwm_kib / 1024:.0f} MiB |",
+        f"| daemon CPU s (user+sys) / wall s | {mem.cpu_seconds:.2f} / {mem.seconds:.2f} "
+        f"= **{mem.cores:.2f}** |",
+        f"| floor CPU s / CPU over floor | {_fmt(mem.floor_cpu_seconds)} / "
+        f"{_fmt(mem.over_floor)} |",
+        f"| event-loop lag, largest | {_lag([mem])} |",
+        f"| registry CPU per wall s | {mem.registry_cores:.2f} |",
+        f"| daemon threads (max seen) | {mem.threads} |",
+    ]
+
+
+def _images(built: list[Built], floor: dict[str, float]) -> list[str]:
+    lines = [
+        "| image | layers | compressed | uncompressed | floor CPU s |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {image.name} | {image.about} | {mib(image.layer_bytes)} "
+        f"| {mib(image.uncompressed_bytes)} | {floor_of(floor, image.blobs):.3f} |"
+        for image in built
+    ]
+    return lines
+
+
+def render(
+    scenarios: list[Scenario],
+    built: list[Built],
+    floor: dict[str, float],
+    rounds: int,
+    delay: float,
+) -> str:
+    """The whole pull report, markdown."""
+    out = [
+        f"Pulls from docker-registry on 127.0.0.1 (plain HTTP), {rounds} rounds alternating "
+        f"ferryd and skopeo, {os.cpu_count()} CPUs, medians. ferryd: a new daemon per run, "
+        "the clock from the first request to the end of the last progress stream; skopeo: "
+        "`skopeo copy docker://… oci:DIR:latest`. CPU s = user+sys of the daemon (of every "
+        "skopeo process). Floor = CPU s that sha256 of each blob, inflating each layer and "
+        "sha256 of the result take in one thread (bench/floor.py): what verifying cannot "
+        f"avoid. Latency: bench/latency.py, {delay * 1000:.0f} ms each way per chunk, a "
+        "handshake's round trip more for a new connection. Peak RSS: ferryd's VmHWM. Loop "
+        "lag: the daemon's `ferryd_event_loop_lag_max_seconds` (GET /metrics), n/a where "
+        "it has none.",
+        "",
+        *_images(built, floor),
+        "",
+        *_summary([s for s in scenarios if s.key != "memory"]),
+    ]
+    for scenario in scenarios:
+        out += ["", *(_memory(scenario) if scenario.key == "memory" else _detail(scenario))]
+    return "\n".join(out)
+
+
+def results_json(
+    scenarios: list[Scenario],
+    built: list[Built],
+    floor: dict[str, float],
+    rounds: int,
+    delay: float,
+) -> dict[str, Any]:
+    return {
+        "rounds": rounds,
+        "cpus": os.cpu_count(),
+        "latency_seconds_each_way": delay,
+        "images": [
+            asdict(image)
+            | {"layout": str(image.layout), "floor_cpu_seconds": floor_of(floor, image.blobs)}
+            for image in built
+        ],
+        "scenarios": [
+            {
+                "key": s.key,
+                "title": s.title,
+                "images": [image.name for image in s.images],
+                "latency": s.latency,
+                "up_to_date": s.up_to_date,
+                "runs": run_json(s.runs),
+            }
+            for s in scenarios
+        ],
+    }

@@ -31,6 +31,7 @@ when a pull or push fails or does not do what is measured.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import time
@@ -115,36 +116,50 @@ def at_once(bench: Bench, images: list[Built], rounds: int, key: str) -> Scenari
     return Scenario(key, images, runs)
 
 
-def up_to_date(bench: Bench, targets: list[Target], image: Built, rounds: int) -> Scenario:
+def up_to_date(
+    bench: Bench, targets: list[Target], image: Built, rounds: int, key: str
+) -> Scenario:
     """Pulls of `image` into a store that has it, from each target: ferryd in a new
-    daemon each time (the first pull after its start) on a root that pulled it from
-    that target before; skopeo (for reference: it has no store, only the directory it
-    copies into) into an OCI layout that it copied into before."""
+    daemon each time on a root that pulled it from that target before, as the daemon's
+    first pull and as its second (after the same up-to-date pull, not measured);
+    skopeo (for reference: it has no store, only the directory it copies into) into an
+    OCI layout that it copied into before."""
     steps: list[tuple[str, Callable[[], Run]]] = []
     prepared: list[Path] = []
     for number, target in enumerate(targets):
-        mode = "through latency" if target.latency else "loopback"
+        where = "+25 ms" if target.latency else "loopback"
         root = bench.scratch / f"ferryd-has-{number}"
         layouts = bench.scratch / f"skopeo-has-{number}"
         prepared += [root, layouts]
         prepare_ferryd_root(bench, target, [image], root)
         skopeo_run(bench, target, [[image]], layouts, keep=True)
 
-        def ferryd(target: Target = target, root: Path = root) -> Run:
+        def ferryd(target: Target = target, root: Path = root, second: bool = False) -> Run:
             return ferryd_run(
-                bench, target, [[image]], root, new_root=False, keep_root=True, up_to_date=True
+                bench,
+                target,
+                [[image]],
+                root,
+                new_root=False,
+                keep_root=True,
+                up_to_date=True,
+                before=[[image]] if second else (),
             )
 
         def skopeo(target: Target = target, layouts: Path = layouts) -> Run:
             return skopeo_run(bench, target, [[image]], layouts, keep=True, up_to_date=True)
 
-        steps += [(mode, ferryd), (mode, skopeo)]
+        steps += [
+            (f"{where}, 1st pull", ferryd),
+            (f"{where}, 1st pull", skopeo),
+            (f"{where}, 2nd pull", functools.partial(ferryd, second=True)),
+        ]
     try:
         runs = alternate(rounds, steps, "up-to-date")
     finally:
         for path in prepared:
             shutil.rmtree(path, ignore_errors=True)
-    return Scenario(f"uptodate-{image.name.rpartition('/')[2]}", [image], runs, up_to_date=True)
+    return Scenario(key, [image], runs, up_to_date=True)
 
 
 def main() -> int:
@@ -199,9 +214,8 @@ def main() -> int:
                     scenarios.append(ab_pull(bench, slow, multi, rounds, "multi-latency"))
                     scenarios.append(ab_pull(bench, slow, small, rounds, "small-latency"))
                 if "uptodate" in only:
-                    scenarios += [
-                        up_to_date(bench, [direct, slow], image, rounds) for image in (multi, small)
-                    ]
+                    for image, key in ((multi, "uptodate-multi"), (small, "uptodate-small")):
+                        scenarios.append(up_to_date(bench, [direct, slow], image, rounds, key))
         if "memory" in only:
             mem = ferryd_run(bench, direct, [[big]], scratch / "ferryd")
             mem.extra["mode"] = "pull"

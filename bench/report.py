@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from common import SAMPLE_INTERVAL, Built, Run, mib, run_json, spread
+from common import SAMPLE_INTERVAL, Built, Run, mib, run_json
 from floor import floor_of
 from runners import unique_layers
 
@@ -85,6 +85,13 @@ def _fmt(value: float | None, pattern: str = "{:.2f}", missing: str = "-") -> st
     return missing if value is None else pattern.format(value)
 
 
+def _secs(value: float | None) -> str:
+    """Seconds: 2 decimals, 3 under 0.1 s (an up-to-date pull on loopback)."""
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 0.1 else f"{value:.2f}"
+
+
 def _lag(runs: list[Run]) -> str:
     """The largest event-loop lag of any of the runs, or n/a."""
     return _fmt(_max(runs, lambda r: r.loop_lag_seconds), "{:.3f} s", "n/a")
@@ -145,12 +152,12 @@ def _summary(scenarios: list[Scenario]) -> list[str]:
             ratio = "-"
             if wall_a and wall_b and not scenario.up_to_date:
                 ratio = f"**{wall_a / wall_b:.2f}**"
-            skopeo = _fmt(wall_b)
+            skopeo = _secs(wall_b)
             if scenario.up_to_date and b:
-                skopeo = f"({skopeo}: copies again)"
+                skopeo = f"({skopeo}, for reference)"
             floor = a[0].floor_cpu_seconds if a else None
             lines.append(
-                f"| {scenario.short} | {mode} | {_fmt(wall_a)} | {skopeo} | {ratio} "
+                f"| {scenario.short} | {mode} | {_secs(wall_a)} | {skopeo} | {ratio} "
                 f"| {_fmt(_median(a, lambda r: r.cpu_seconds))} | {_fmt(floor)} "
                 f"| {_fmt(_median(a, lambda r: r.over_floor), '{:.2f}')} | {_hwm(a)} "
                 f"| {_lag(a)} | {_requests(_median_run(a))} |"
@@ -175,7 +182,12 @@ def _detail(scenario: Scenario) -> list[str]:
         "",
         "| | " + " | ".join(headers) + " |",
         "|---" * (len(columns) + 1) + "|",
-        row("wall s, min / median / max", lambda runs: spread([r.seconds for r in runs])),
+        row(
+            "wall s, min / median / max",
+            lambda runs: " / ".join(
+                _secs(f([r.seconds for r in runs])) for f in (min, statistics.median, max)
+            ),
+        ),
     ]
     if not scenario.up_to_date:
         lines.append(
@@ -274,14 +286,16 @@ def _conclusions(scenario: Scenario) -> list[str]:
             total = max((r.requests or {}).get("total", 0) for r in runs)
             met = "met" if total == 1 and manifests == 1 else "**not met**"
             out.append(
-                f"- {mode}: ferryd asked the registry at most {total} requests in a run "
+                f"- {mode}: ferryd asked the registry at most {total} "
+                f"request{'s' if total != 1 else ''} in a run "
                 f"({manifests} for manifests, {blobs} blob GETs); target, one manifest "
                 f"request: {met}."
             )
         out.append(
-            "- each ferryd run is a new daemon on the root that holds the image: the "
-            "first pull after its start. skopeo (for reference) copies into an OCI "
-            "layout that holds the image."
+            "- each ferryd run is a new daemon on a root that holds the image; the "
+            "measured pull is its first (1st pull) or comes after the same pull, not "
+            "measured (2nd pull; the loop lag is then the largest of both). skopeo, for "
+            "reference, copies into an OCI layout that holds the image."
         )
     elif scenario.key == "memory":
         pass
@@ -379,6 +393,13 @@ def results_json(
             | {"layout": str(image.layout), "floor_cpu_seconds": floor_of(floor, image.blobs)}
             for image in built
         ],
+        "summary": [
+            _summary_json(s, mode, tool)
+            for s in scenarios
+            for mode in s.modes()
+            for tool in (FERRYD, SKOPEO)
+            if s.of(tool, mode)
+        ],
         "scenarios": [
             {
                 "key": s.key,
@@ -390,4 +411,27 @@ def results_json(
             }
             for s in scenarios
         ],
+    }
+
+
+def _summary_json(scenario: Scenario, mode: str, tool: str) -> dict[str, Any]:
+    """Medians of one tool's runs in one mode of a scenario (maxima for memory and lag)."""
+    runs = scenario.of(tool, mode)
+    median_run = _median_run(runs)
+    return {
+        "scenario": scenario.key,
+        "mode": mode,
+        "tool": tool,
+        "runs": len(runs),
+        "wall_seconds": _median(runs, lambda r: r.seconds),
+        "cpu_seconds": _median(runs, lambda r: r.cpu_seconds),
+        "floor_cpu_seconds": runs[0].floor_cpu_seconds,
+        "cpu_over_floor": _median(runs, lambda r: r.over_floor),
+        "peak_rss_kib": max(r.hwm_kib or r.peak_rss_kib for r in runs),
+        "loop_lag_max_seconds": _max(runs, lambda r: r.loop_lag_seconds),
+        "requests": {
+            k: v for k, v in (median_run.requests or {}).items() if k != "blob_gets_by_digest"
+        },
+        "max_gets_per_blob": _max(runs, lambda r: (r.requests or {}).get("max_gets_per_blob")),
+        "connections": _median(runs, lambda r: r.connections),
     }

@@ -168,12 +168,15 @@ def ferryd_run(
     new_root: bool = True,
     keep_root: bool = False,
     up_to_date: bool = False,
+    before: Batches = (),
     profile_to: Path | None = None,
 ) -> Run:
     """A new daemon (on a new root in `workdir`, or with `new_root=False` on the one
     there), the batches pulled through its socket, the clock running from the first
     request to the end of the last progress stream; then the daemon stopped and, unless
     `keep_root`, its root deleted. `up_to_date`: every pull must find the image there.
+    `before`: pulls the same daemon does first, not measured (its event-loop lag, the
+    largest since it started, includes theirs).
 
     Measured: wall, the daemon's CPU (user+sys) and memory, its largest event-loop lag
     (GET /metrics), the registry's requests (its access log) and CPU.
@@ -187,6 +190,9 @@ def ferryd_run(
     try:
         assert daemon.process is not None
         pid = daemon.process.pid
+        for batch in before:
+            for messages in _pull_at_once(daemon, [reference(target, i) for i in batch]):
+                _check_stream(messages, f"{what} (before the measured one)", daemon)
         bench.access.mark()
         connections = target.connections()
         streams: list[list[dict[str, Any]]] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,15 @@ def other_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
     their own repositories)."""
     with fixture_registry(tmp_path_factory, "other-registry") as registry:
         yield registry
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound for the whole test, so that no
+    other test's server can take it meanwhile, and never listening."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from support.registry import (
     USER,
     Registry,
     fixture_registry,
-    free_port,
 )
 
 pytestmark = pytest.mark.registry
@@ -116,11 +115,15 @@ def test_a_pull_the_registry_served_does_not_make_the_next_skip_the_mirror(
 
 
 def test_mirrors_are_tried_in_order(
-    registry: Registry, mirror: Registry, start_daemon: Callable[..., Daemon], layout: Path
+    registry: Registry,
+    mirror: Registry,
+    start_daemon: Callable[..., Daemon],
+    layout: Path,
+    refused_port: int,
 ) -> None:
     built = build_image(layout, layers=[LayerSpec(size=4000, seed=403)])
     seed(mirror, layout, "latest", "ordered/app:v1")
-    down = f"http://127.0.0.1:{free_port()}"
+    down = f"http://127.0.0.1:{refused_port}"
     daemon = start_daemon(registry_mirrors={registry.host: [down, mirror.url]})
 
     assert errors(daemon.pull(f"{registry.host}/ordered/app:v1")) == []
@@ -131,11 +134,12 @@ def test_mirrors_are_tried_in_order(
 
 
 def test_an_unreachable_mirror_falls_back_to_the_registry(
-    registry: Registry, start_daemon: Callable[..., Daemon], layout: Path
+    registry: Registry, start_daemon: Callable[..., Daemon], layout: Path, refused_port: int
 ) -> None:
     built = build_image(layout, layers=[LayerSpec(size=4000, seed=404)])
     seed(registry, layout, "latest", "fallback/app:v1")
-    daemon = start_daemon(registry_mirrors={registry.host: [f"http://127.0.0.1:{free_port()}"]})
+    down = f"http://127.0.0.1:{refused_port}"
+    daemon = start_daemon(registry_mirrors={registry.host: [down]})
 
     assert errors(daemon.pull(f"{registry.host}/fallback/app:v1")) == []
     assert daemon.inspect(f"{registry.host}/fallback/app:v1")["Id"] == built.config_digest

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import queue
+import resource
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 # {"started": pid} for each, then {"exited": pid, "code": returncode} when it ends.
 # It never starts a thread (a fork copies only the thread that calls it).
 _SERVER = r"""
-import io, json, os, select, signal, sys, traceback
+import io, json, os, resource, select, signal, sys, traceback
 
 import anyio._backends._asyncio, uvloop  # what `ferryd serve` imports to run
 import ferryd.cli.commands, ferryd.daemon.main, ferryd.daemon.settings
@@ -65,6 +66,8 @@ def serve(spec):
         os.environ.clear()
         os.environ.update(spec["env"])
         os.chdir(spec["cwd"])
+        os.umask(spec["umask"])
+        resource.setrlimit(resource.RLIMIT_NOFILE, tuple(spec["nofile"]))
         code = main(spec["argv"])
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
@@ -160,8 +163,16 @@ class ForkServer:
         self._reader.start()
 
     def spawn(self, argv: list[str], *, env: dict[str, str], log: Path) -> ForkedProcess:
-        """`python -m ferryd <argv>` with `env`, its output appended to `log`."""
-        spec = {"argv": argv, "env": env, "log": str(log), "cwd": os.getcwd()}
+        """`python -m ferryd <argv>` with `env`, its output appended to `log`; as a
+        child of this process would, it gets our directory, umask and file limit."""
+        spec = {
+            "argv": argv,
+            "env": env,
+            "log": str(log),
+            "cwd": os.getcwd(),
+            "umask": _umask(),
+            "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+        }
         assert self._process.stdin is not None
         with self._starting:
             self._process.stdin.write(json.dumps(spec).encode() + b"\n")
@@ -204,6 +215,14 @@ class ForkServer:
         self._process.stdin.close()  # the server's cue to end
         self._process.wait(10)
         self._reader.join(10)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask would, for a moment)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    raise RuntimeError("no Umask in /proc/self/status")
 
 
 _server: ForkServer | None = None

@@ -22,6 +22,7 @@
     ├── RegistryError                  talking to a registry
     │   ├── RegistryUnreachableError   connection refused, TLS failure, timeout
     │   ├── AuthenticationError    401 wrong credentials / token service refused
+    │   │   ├── AuthorizationError     no login to answer Basic, or the token service said no
     │   │   ├── CredentialHelperError  a docker-credential-* helper failed
     │   │   └── InvalidRegistryAuthError 400 an X-Registry-Auth header that cannot be read
     │   ├── AccessDeniedError      403
@@ -178,6 +179,9 @@ class RegistryError(FerrydError):
 
     # Seconds the registry asked us to wait before trying again (its Retry-After).
     retry_after: float | None = None
+    # The registry's refusal in its own words, as dockerd quotes them (`denied: requested
+    # access to the resource is denied`); "" when it said nothing to quote.
+    reason: str = ""
 
 
 class RegistryUnreachableError(RegistryError):
@@ -192,8 +196,19 @@ class AuthenticationError(RegistryError):
     status = 401
 
 
+class AuthorizationError(AuthenticationError):
+    """A request that could not be given its Authorization: no login to answer a Basic
+    challenge with, or the token service refused the one given. The registry itself was
+    never asked, and dockerd reports the request as failed (`Get "URL": no basic auth
+    credentials`) rather than as the registry's refusal."""
+
+
 class CredentialHelperError(AuthenticationError):
     """A docker credential helper is missing, failed, or answered nonsense."""
+
+    # The daemon's own login store failed, not the client's login: a 401 would have the
+    # docker CLI prompt for a login that cannot help.
+    status = 500
 
 
 class InvalidRegistryAuthError(AuthenticationError):

@@ -21,6 +21,7 @@ import structlog
 
 from ferryd.errors import (
     AuthenticationError,
+    AuthorizationError,
     InvalidRegistryAuthError,
     RegistryProtocolError,
     RegistryUnreachableError,
@@ -28,7 +29,8 @@ from ferryd.errors import (
     TransientRegistryError,
 )
 from ferryd.oci.reference import DEFAULT_DOMAIN
-from ferryd.registry.bodies import read_body
+from ferryd.registry.bodies import read_body, read_error_body
+from ferryd.registry.errcode import refusal
 
 log = structlog.get_logger("ferryd.registry")
 
@@ -239,9 +241,11 @@ class Authenticator:
     def _basic(self) -> str:
         creds = self._credentials
         if not creds.username:
-            raise AuthenticationError(
+            error = AuthorizationError(
                 f"{self._registry} requires authentication: give a username and password"
             )
+            error.reason = "no basic auth credentials"  # dockerd's words
+            raise error
         return base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
 
     async def _token(self, scope: str) -> str:
@@ -303,10 +307,15 @@ class Authenticator:
                     "registry.credentials_sent", registry=self._registry, host=url.netloc.decode()
                 )
             response = await self._http.send(request, stream=True)
+            reason = ""
             try:
                 status = response.status_code
                 what = f"{self._registry}: the token service's answer"
-                body = await read_body(response, MAX_TOKEN_ANSWER, what) if status == 200 else b""
+                if status == 200:
+                    body = await read_body(response, MAX_TOKEN_ANSWER, what)
+                else:
+                    body = await read_error_body(response, what)
+                    reason = _refusal(response, body)
             finally:
                 await response.aclose()
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
@@ -319,7 +328,7 @@ class Authenticator:
                 f"cannot reach the token service of {self._registry} at {realm}: "
                 f"{str(exc) or type(exc).__name__}"
             ) from None
-        _check_token_status(status, self._registry, creds)
+        _check_token_status(status, self._registry, creds, reason)
         return _token_from(body, self._registry)
 
     async def _check_realm(self, url: httpx.URL) -> None:
@@ -337,9 +346,17 @@ class Authenticator:
         )
 
 
-def _check_token_status(status: int, registry: str, creds: Credentials) -> None:
+def _refusal(response: httpx.Response, body: bytes) -> str:
+    """The token service's refusal as dockerd words it (`unauthorized: incorrect
+    username or password`)."""
+    headers = response.headers
+    challenges = parse_challenges(headers.get("www-authenticate") or "")
+    return refusal(response.status_code, body, headers.get("content-type"), challenges).text
+
+
+def _check_token_status(status: int, registry: str, creds: Credentials, reason: str) -> None:
     if status in (401, 403):
-        raise AuthenticationError(
+        error = AuthorizationError(
             f"{registry}: the token service refused "
             + (
                 "anonymous access"
@@ -348,6 +365,8 @@ def _check_token_status(status: int, registry: str, creds: Credentials) -> None:
             )
             + f" (HTTP {status})"
         )
+        error.reason = reason
+        raise error
     if status == 429:
         raise TooManyRequestsError(f"{registry}: the token service answered HTTP 429")
     if status >= 500:

@@ -31,9 +31,10 @@ from ferryd.errors import (
 from ferryd.oci.digest import Digest, new_hasher, parse_digest, sha256_digest
 from ferryd.oci.manifest import MAX_MANIFEST_SIZE, FetchedManifest, media_type_of
 from ferryd.oci.mediatypes import ACCEPT
-from ferryd.registry.auth import Authenticator, parse_challenge
+from ferryd.registry.auth import Authenticator, parse_challenge, parse_challenges
 from ferryd.registry.bodies import read_body, read_error_body
 from ferryd.registry.endpoints import Endpoint
+from ferryd.registry.errcode import refusal
 
 MAX_REDIRECTS = 10
 # Ask for the bytes as stored: a digest covers them, not a proxy's re-encoding of them.
@@ -371,21 +372,31 @@ async def ping(http: httpx.AsyncClient, endpoint: Endpoint) -> httpx.Response:
 
 
 def error_for(response: httpx.Response, body: bytes, what: str, registry: str) -> RegistryError:
-    """The error for a failed response, with the registry's own words when it sent any."""
+    """The error for a failed response, with the registry's own words when it sent any
+    (and, in `reason`, as dockerd quotes them). A 401 whose challenge says
+    `insufficient_scope` is a refusal of access, as a 403 is: the login was understood."""
     status = response.status_code
     detail = _registry_message(body)
     suffix = f": {detail}" if detail else ""
+    challenges = parse_challenges(response.headers.get("www-authenticate") or "")
+    said = refusal(status, body, response.headers.get("content-type"), challenges)
+    error: RegistryError
+    if status == 403 or (status == 401 and said.code == "DENIED"):
+        if status == 401:  # the body says only that a login is needed
+            suffix = f": {said.text}"
+        error = AccessDeniedError(f"{registry}: access to {what} denied{suffix}")
+        error.reason = said.text
+        return error
     if status == 401:
-        return AuthenticationError(f"{registry}: authentication required for {what}{suffix}")
-    if status == 403:
-        return AccessDeniedError(f"{registry}: access to {what} denied{suffix}")
+        error = AuthenticationError(f"{registry}: authentication required for {what}{suffix}")
+        error.reason = said.text
+        return error
     if status == 404:
         return NotFoundError(f"{what} not found{suffix}")
     if status == 416:
         return RangeNotSatisfiableError(
             f"{registry}: {what}: the registry cannot send the part asked for (HTTP 416){suffix}"
         )
-    error: RegistryError
     if status == 429:
         error = TooManyRequestsError(f"{registry}: too many requests{suffix}")
     elif status >= 500 or status == 408:

@@ -199,6 +199,10 @@ class Connector:
             del self._working[domain]
         raise RegistryUnreachableError("; ".join(failures) or f"no endpoint for {domain}")
 
+    def http_client(self, endpoint: Endpoint) -> httpx.AsyncClient:
+        """The pooled HTTP client for `endpoint` (a login check talks through it too)."""
+        return self._client(endpoint)
+
     def _client(self, endpoint: Endpoint) -> httpx.AsyncClient:
         client = self._clients.get(endpoint.base_url)
         if client is None:

@@ -17,6 +17,7 @@ from ferryd.distribution.transfers import with_retries
 from ferryd.errors import (
     AccessDeniedError,
     AuthenticationError,
+    AuthorizationError,
     ContentError,
     ImageConfigError,
     ManifestError,
@@ -43,6 +44,8 @@ from ferryd.registry.endpoints import Endpoint
 
 log = structlog.get_logger("ferryd.pull")
 
+DENIED = "denied: requested access to the resource is denied"  # distribution's default
+
 
 @dataclass(frozen=True, slots=True)
 class PullResult:
@@ -65,13 +68,7 @@ async def pull(reference: Reference, ctx: PullContext) -> list[PullResult]:
 
 async def _pull_all_tags(repository: Reference, ctx: PullContext) -> list[PullResult]:
     """Each tag in turn, as dockerd: one status line for the repository at the end."""
-    client = await ctx.connector.open(
-        repository.domain, repository.path, ctx.credentials, meta_headers=ctx.meta_headers
-    )
-    try:
-        tags = await client.list_tags()
-    except (AuthenticationError, AccessDeniedError) as exc:
-        raise exc.with_message(_access_denied(repository, exc)) from None
+    tags = await _list_tags(repository, ctx)
     if not tags:
         raise NotFoundError(f"repository {repository.familiar_name} has no tags to pull")
     results = [await _pull(repository.with_tag(tag), ctx, say_status=False) for tag in sorted(tags)]
@@ -81,6 +78,32 @@ async def _pull_all_tags(repository: Reference, ctx: PullContext) -> list[PullRe
     else:
         ctx.progress.write(Message(f"Status: Image is up to date for {name}"))
     return results
+
+
+async def _list_tags(repository: Reference, ctx: PullContext) -> list[str]:
+    """The repository's tags from its first mirror that lists them, else from the
+    registry, as dockerd's pull of every tag asks its endpoints in turn. Mirrors are
+    asked anonymously; each that fails is one `registry.mirror_failed` warning."""
+    for mirror in await ctx.connector.service.mirror_endpoints(repository.domain):
+        try:
+            client = await ctx.connector.open_mirror(
+                mirror, repository.path, meta_headers=ctx.meta_headers
+            )
+            return await client.list_tags()
+        except (RegistryError, ContentError) as exc:
+            log.warning(
+                "registry.mirror_failed",
+                mirror=mirror.base_url,
+                reference=str(repository),
+                error=str(exc),
+            )
+    client = await ctx.connector.open(
+        repository.domain, repository.path, ctx.credentials, meta_headers=ctx.meta_headers
+    )
+    try:
+        return await client.list_tags()
+    except (AuthenticationError, AccessDeniedError) as exc:
+        raise _refused(repository, exc, client.endpoint, "tags/list") from None
 
 
 async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = True) -> PullResult:
@@ -196,14 +219,38 @@ async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContex
         fetch = _patient(client, ctx)
         return await _manifest_from(client, fetch, tag_or_digest, ctx.platform)
     except (AuthenticationError, AccessDeniedError) as exc:
-        raise exc.with_message(_access_denied(reference, exc)) from None
+        raise _refused(reference, exc, client.endpoint, f"manifests/{tag_or_digest}") from None
 
 
-def _access_denied(reference: Reference, exc: Exception) -> str:
-    return (
-        f"pull access denied for {reference.familiar_name}, repository does not exist "
-        f"or may require authorization: {exc}"
-    )
+def _refused(
+    reference: Reference,
+    exc: AuthenticationError | AccessDeniedError,
+    endpoint: Endpoint,
+    path: str,
+) -> RegistryError:
+    """A registry's refusal as dockerd's translatePullError answers it, never a 401.
+
+    The registry said no (403 DENIED, a 401 with `insufficient_scope`, or a 401 to the
+    login we sent): 404 `pull access denied for R, repository does not exist or may
+    require 'docker login': denied: …`. dockerd answers the 401 case with a 401, on which
+    the docker CLI prompts for a login, and waits forever at that prompt when stdin is
+    not a terminal; the same 404 tells the user what to do without hanging a script.
+    The request could not even be made (no login to answer a Basic challenge, the token
+    service refused the login): 500 with the request, as dockerd's `Get "URL": no basic
+    auth credentials`. Anything else (a realm ferryd will not send the login to) keeps
+    its own words, as a 500.
+    """
+    if isinstance(exc, AuthorizationError) and exc.reason:
+        url = f"{endpoint.base_url}/v2/{reference.path}/{path}"
+        return RegistryError(f'Get "{url}": {exc.reason}')
+    if isinstance(exc, AccessDeniedError) or exc.reason:
+        denied = NotFoundError(
+            f"pull access denied for {reference.familiar_name}, repository does not exist "
+            f"or may require 'docker login': {exc.reason or DENIED}"
+        )
+        denied.reason = exc.reason
+        return denied
+    return RegistryError(str(exc))
 
 
 ManifestFetch = Callable[[str], Awaitable[FetchedManifest]]

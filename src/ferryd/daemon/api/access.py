@@ -42,6 +42,11 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/images/json", "read"),
     ("GET", "/images/{name}/json", "read"),
     ("GET", "/images/{name}/history", "read"),
+    # A login check and a registry's descriptor of an image reach the registry the
+    # client names, with the client's login, as a pull does; `read` never has the
+    # daemon reach out to another host.
+    ("POST", "/auth", "pull"),
+    ("GET", "/distribution/{name}/json", "pull"),
     ("POST", "/images/create", "pull"),
     # Tagging adds a name to the local store, as a pull does (and a pull can already
     # move a tag to another image); it reaches no registry.

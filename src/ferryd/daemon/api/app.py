@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ferryd.daemon.api import fsck, images, system
+from ferryd.daemon.api import auth, distribution_inspect, fsck, images, system
 from ferryd.daemon.api.access import AccessControl, AccessMiddleware, AccessPolicy
 from ferryd.daemon.api.access_log import RequestLog
 from ferryd.daemon.api.metrics import RequestMetrics, metrics
@@ -91,6 +91,8 @@ def build_app(
         Route("/jobs", system.jobs, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/fsck", fsck.fsck, methods=["POST"]),
+        Route("/auth", auth.auth, methods=["POST"]),
+        Route("/distribution/{name:path}/json", distribution_inspect.inspect, methods=["GET"]),
         Route("/images/create", images.create, methods=["POST"]),
         Route("/images/json", images.list_all, methods=["GET"]),
         Route("/images/{name:path}/json", images.inspect, methods=["GET"]),

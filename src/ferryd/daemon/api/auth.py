@@ -1,0 +1,43 @@
+"""`POST /auth`: check a login against a registry, as dockerd answers `docker login`."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ferryd.distribution.login import login
+from ferryd.distribution.service import ImageService
+from ferryd.errors import BadRequestError, InvalidRegistryAuthError
+from ferryd.registry.auth import credentials_from_entry
+
+MAX_BODY = 64 * 1024  # a login is a few hundred bytes; an identity token a few KB
+
+
+async def auth(request: Request) -> Response:
+    """The body is docker's AuthConfig (`username`, `password`, `serveraddress`,
+    `identitytoken`…); the answer `{"Status": "Login Succeeded", "IdentityToken": …}`
+    (the identity token only when the registry's token service gave one), or the
+    registry's refusal as dockerd words it (401)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise BadRequestError(f"the login is over {MAX_BODY} bytes")
+    try:
+        data = json.loads(body) if body.strip() else {}
+    except ValueError as exc:
+        raise InvalidRegistryAuthError(
+            f"invalid X-Registry-Auth header: invalid JSON: {exc}"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidRegistryAuthError("invalid X-Registry-Auth header: expected a JSON object")
+    credentials = credentials_from_entry(data, "the login")
+    server = data.get("serveraddress") or ""
+    service: ImageService = request.app.state.service
+    identity_token = await login(service.connector, credentials, server)
+    answer = {"Status": "Login Succeeded"}
+    if identity_token:
+        answer["IdentityToken"] = identity_token
+    return JSONResponse(answer)

@@ -1,0 +1,44 @@
+"""`GET /distribution/{name}/json`: a registry's descriptor of a reference and the
+platforms it offers, without pulling (dockerd's distribution router)."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ferryd.distribution.inspect import inspect_distribution
+from ferryd.distribution.service import ImageService
+from ferryd.errors import FerrydError, InvalidRegistryAuthError
+from ferryd.oci.reference import parse_reference
+from ferryd.registry.auth import ANONYMOUS, Credentials, decode_registry_auth
+
+_IMAGE_ID = re.compile(r"(?:sha256:)?[a-f0-9]{64}")
+
+
+async def inspect(request: Request) -> Response:
+    """`{"Descriptor": {mediaType, digest, size}, "Platforms": [...]}`; the login is the
+    client's `X-Registry-Auth` (one it cannot read is ignored, as dockerd ignores it),
+    else the daemon's own, as for a pull."""
+    name = request.path_params["name"]
+    if _IMAGE_ID.fullmatch(name):
+        raise FerrydError("no manifest found for full image ID")
+    reference = parse_reference(name)
+    service: ImageService = request.app.state.service
+    credentials = await service.credentials_for(reference.domain, _credentials(request))
+    meta = {k: v for k, v in request.headers.items() if k.lower().startswith("x-meta-")}
+    answer = await inspect_distribution(
+        service.connector, reference, credentials, meta_headers=meta
+    )
+    return JSONResponse(answer)
+
+
+def _credentials(request: Request) -> Credentials:
+    header = request.headers.get("x-registry-auth")
+    if not header:
+        return ANONYMOUS
+    try:
+        return decode_registry_auth(header)
+    except InvalidRegistryAuthError:
+        return ANONYMOUS

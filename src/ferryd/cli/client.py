@@ -50,6 +50,7 @@ class Client:
         path: str,
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
+        body: bytes | None = None,
     ) -> http.client.HTTPResponse:
         query = f"?{urlencode(params)}" if params else ""
         connection = _UnixConnection(self.path, self._timeout)
@@ -57,7 +58,7 @@ class Client:
         # closes it when read.
         try:
             connection.request(
-                method, path + query, headers={**(headers or {}), "Connection": "close"}
+                method, path + query, body, headers={**(headers or {}), "Connection": "close"}
             )
             response = connection.getresponse()
         except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime
 import json
 import os
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ferryd import __version__
+from ferryd.cli import login
 from ferryd.cli.client import Client, DaemonError
 from ferryd.cli.display import StreamError, drain, show
 from ferryd.units import human_size
@@ -131,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.set_defaults(handler=_events)
+
+    login.add_commands(commands)  # login, logout
 
     fsck = commands.add_parser(
         "fsck",
@@ -453,19 +455,15 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _registry_auth(domain: str) -> str:
-    """The caller's own docker login for `domain`, sent as the docker CLI sends it."""
-    config_dir = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker"))
-    try:
-        auths = json.loads((config_dir / "config.json").read_text()).get("auths", {})
-    except (OSError, ValueError, AttributeError):
-        auths = {}
-    keys = [domain, f"https://{domain}", f"http://{domain}"]
-    if domain == "docker.io":
-        keys = ["https://index.docker.io/v1/", "index.docker.io", "docker.io"]
-    entry: dict[str, Any] = next((auths[k] for k in keys if isinstance(auths.get(k), dict)), {})
-    payload = {k: entry[k] for k in ("auth", "identitytoken", "registrytoken") if entry.get(k)}
-    payload["serveraddress"] = domain
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+    """The caller's own docker login for `domain`, sent as the docker CLI sends it: from
+    its credential helper or `auths` in `$DOCKER_CONFIG/config.json` (`ferryd login`
+    keeps it there); a login that cannot be read is said, and the request goes without."""
+    from ferryd.cli.dockerconfig import registry_auth
+
+    header, warning = registry_auth(domain)
+    if warning:
+        print(warning, file=sys.stderr)
+    return header
 
 
 def _image_id(image_id: str, full: bool) -> str:

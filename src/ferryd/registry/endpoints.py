@@ -57,7 +57,7 @@ class RegistryService:
     mirrors: Mapping[str, list[str]] = field(default_factory=dict)
     _networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(init=False)
     _hosts: set[str] = field(init=False)
-    # Building a context reads the system CA bundle (tens of ms): once per host is enough.
+    # Building a verifying context reads the system CA bundle (tens of ms): once is enough.
     _contexts: dict[tuple[str, bool], ssl.SSLContext] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,14 +106,16 @@ class RegistryService:
         return any(address in network for address in addresses for network in self._networks)
 
     def _tls(self, host: str, *, verify: bool) -> ssl.SSLContext:
-        key = (host, verify)
+        # Hosts with nothing of their own in certs.d share one context of each kind:
+        # building a verifying one reads the system CA bundle (tens of ms a pull).
+        directory = self._certs_for(host)
+        key = (host if directory is not None else "", verify)
         if key not in self._contexts:
-            self._contexts[key] = self._new_tls(host, verify=verify)
+            self._contexts[key] = self._new_tls(directory, verify=verify)
         return self._contexts[key]
 
-    def _new_tls(self, host: str, *, verify: bool) -> ssl.SSLContext:
+    def _new_tls(self, directory: Path | None, *, verify: bool) -> ssl.SSLContext:
         context = ssl.create_default_context() if verify else _unverified_context()
-        directory = self._certs_for(host)
         if directory is None:
             return context
         for path in sorted(directory.iterdir()):
@@ -194,7 +196,8 @@ def _is_port(text: str) -> bool:
 
 
 def _unverified_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
+    """A client context that checks nothing: no CA bundle to read (it would go unused)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context

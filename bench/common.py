@@ -354,6 +354,16 @@ class Usage:
     threads: int = 0  # the most seen (daemon)
     rss_samples: int = 0  # (daemon)
     proxy_cpu_seconds: float | None = None  # the latency proxy's, when one is in the way
+    machine_cpu_seconds: float = 0.0  # the whole machine's busy CPU seconds (/proc/stat)
+    bench_cpu_seconds: float = 0.0  # this process's (reading streams, sampling RSS)
+
+    @property
+    def others_cpu_seconds(self) -> float:
+        """CPU seconds of everything else on the machine meanwhile (other users' work,
+        steal): the machine's busy time less the puller's, the registry's, the proxy's
+        and the benchmark's own. Noise: the higher, the less the run says."""
+        ours = self.cpu_seconds + self.registry_cpu_seconds + (self.proxy_cpu_seconds or 0.0)
+        return max(0.0, self.machine_cpu_seconds - ours - self.bench_cpu_seconds)
 
     def run(self, tool: str, image: Built, **extra: Any) -> Run:
         return Run(
@@ -379,12 +389,29 @@ def measured(registry: Registry, proxy_pid: int | None = None) -> Iterator[Usage
     usage = Usage()
     registry_cpu = cpu_seconds(registry.pid or 0)
     proxy_cpu = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+    machine, own = machine_busy_seconds(), _own_cpu_seconds()
     started = time.perf_counter()
     yield usage
     usage.seconds = time.perf_counter() - started
+    usage.machine_cpu_seconds = machine_busy_seconds() - machine
+    usage.bench_cpu_seconds = _own_cpu_seconds() - own
     usage.registry_cpu_seconds = cpu_seconds(registry.pid or 0) - registry_cpu
     if proxy_pid:
         usage.proxy_cpu_seconds = cpu_seconds(proxy_pid) - proxy_cpu
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (user, nice, system, irq, softirq)
+    or had its CPUs taken by the hypervisor (steal), every CPU, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / TICKS
+
+
+def _own_cpu_seconds() -> float:
+    """user + sys of this process (the benchmark's threads), not of its children."""
+    times = os.times()
+    return times.user + times.system
 
 
 @contextmanager
@@ -520,6 +547,7 @@ class Run:
     requests: dict[str, Any] | None = None  # count_requests() of the registry's log
     proxy_cpu_seconds: float | None = None
     connections: int | None = None  # TCP connections opened through the latency proxy
+    others_cpu_seconds: float | None = None  # Usage.others_cpu_seconds: the noise
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -533,6 +561,11 @@ class Run:
     @property
     def registry_cores(self) -> float:
         return self.registry_cpu_seconds / self.seconds
+
+    @property
+    def others_cores(self) -> float | None:
+        """Other processes' CPU seconds per wall second during the run."""
+        return None if self.others_cpu_seconds is None else self.others_cpu_seconds / self.seconds
 
     @property
     def over_floor(self) -> float | None:

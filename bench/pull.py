@@ -32,6 +32,7 @@ when a pull or push fails or does not do what is measured.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import sys
 import time
@@ -236,11 +237,12 @@ def main() -> int:
         registry.stop()
 
     total = time.perf_counter() - began
-    command = "make bench" if not args.quick else "bench/pull.py --quick"
+    command = "make bench" if len(sys.argv) == 1 else " ".join(["bench/pull.py", *sys.argv[1:]])
     table = report.render(scenarios, built, floor, rounds, LATENCY)
     if pushes is not None:
         table += "\n\n" + push_bench.report(multi, pushes, rounds)
-    table += f"\n\n(`{command}`: {total:.0f} s in all)"
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    table += f"\n\n(`{command}`: {total:.0f} s in all; load average at the end {load})"
     print()
     print(table)
     if profile_text:

@@ -224,6 +224,10 @@ def _detail(scenario: Scenario) -> list[str]:
             lambda runs: f"{max((r.requests or {}).get('max_gets_per_blob', 0) for r in runs)}",
         ),
         row(
+            "other processes' CPU per wall s, median (noise)",
+            lambda runs: _fmt(_median(runs, lambda r: r.others_cores)),
+        ),
+        row(
             "registry CPU s (median)",
             lambda runs: f"{statistics.median(r.registry_cpu_seconds for r in runs):.2f}",
         ),
@@ -331,8 +335,21 @@ def _memory(scenario: Scenario) -> list[str]:
         f"{_fmt(mem.over_floor)} |",
         f"| event-loop lag, largest | {_lag([mem])} |",
         f"| registry CPU per wall s | {mem.registry_cores:.2f} |",
+        f"| other processes' CPU per wall s (noise) | {_fmt(mem.others_cores)} |",
         f"| daemon threads (max seen) | {mem.threads} |",
     ]
+
+
+def _noise(scenarios: list[Scenario]) -> str:
+    runs = [r for s in scenarios for r in s.runs]
+    others = _median(runs, lambda r: r.others_cores)
+    most = _max(runs, lambda r: r.others_cores)
+    return (
+        f"Noise: other processes on the machine (other users, steal) took {_fmt(others)} "
+        f"CPU per wall second during a run (median of all runs; {_fmt(most)} at most), of "
+        f"{os.cpu_count()} CPUs. Each run's figure is in its scenario's table and in "
+        "results.json."
+    )
 
 
 def _images(built: list[Built], floor: dict[str, float]) -> list[str]:
@@ -360,8 +377,9 @@ def render(
         f"Pulls from docker-registry on 127.0.0.1 (plain HTTP), {rounds} rounds alternating "
         f"ferryd and skopeo, {os.cpu_count()} CPUs, medians. ferryd: a new daemon per run, "
         "the clock from the first request to the end of the last progress stream; skopeo: "
-        "`skopeo copy docker://… oci:DIR:latest`. CPU s = user+sys of the daemon (of every "
-        "skopeo process). Floor = CPU s that sha256 of each blob, inflating each layer and "
+        "`skopeo copy docker://… oci:DIR:latest`. MB/s = distinct compressed MB (10^6 bytes) "
+        "per wall second. CPU s = user+sys of the daemon (of every skopeo process). "
+        "Floor = CPU s that sha256 of each blob, inflating each layer and "
         "sha256 of the result take in one thread (bench/floor.py): what verifying cannot "
         f"avoid. Latency: bench/latency.py, {delay * 1000:.0f} ms each way per chunk, a "
         "handshake's round trip more for a new connection. Peak RSS: ferryd's VmHWM. Loop "
@@ -371,6 +389,8 @@ def render(
         *_images(built, floor),
         "",
         *_summary([s for s in scenarios if s.key != "memory"]),
+        "",
+        _noise(scenarios),
     ]
     for scenario in scenarios:
         out += ["", *(_memory(scenario) if scenario.key == "memory" else _detail(scenario))]
@@ -434,4 +454,5 @@ def _summary_json(scenario: Scenario, mode: str, tool: str) -> dict[str, Any]:
         },
         "max_gets_per_blob": _max(runs, lambda r: (r.requests or {}).get("max_gets_per_blob")),
         "connections": _median(runs, lambda r: r.connections),
+        "others_cores": _median(runs, lambda r: r.others_cores),
     }

@@ -117,6 +117,7 @@ def _make_run(tool: str, batches: Batches, usage: Usage, **fields: Any) -> Run:
         registry_cpu_seconds=usage.registry_cpu_seconds,
         threads=usage.threads,
         proxy_cpu_seconds=usage.proxy_cpu_seconds,
+        others_cpu_seconds=usage.others_cpu_seconds,
         extra={"pulls": sum(len(b) for b in batches), "at_once": max(map(len, batches)), **extra},
         **fields,
     )
@@ -278,6 +279,8 @@ def skopeo_run(
         total.cpu_seconds += usage.cpu_seconds
         total.peak_rss_kib = max(total.peak_rss_kib, usage.peak_rss_kib)
         total.registry_cpu_seconds += usage.registry_cpu_seconds
+        total.machine_cpu_seconds += usage.machine_cpu_seconds
+        total.bench_cpu_seconds += usage.bench_cpu_seconds
         if usage.proxy_cpu_seconds is not None:
             total.proxy_cpu_seconds = (total.proxy_cpu_seconds or 0.0) + usage.proxy_cpu_seconds
     connections = _opened(target, connections)

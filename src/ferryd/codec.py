@@ -14,9 +14,10 @@ import errno
 import hashlib
 import lzma
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
@@ -166,39 +167,59 @@ def inflater(compression: Compression, what: str = "layer") -> Inflater:
     return _Plain()
 
 
+# Threads shared by every layer's DiffID hashing: a pool per layer cost a thread start
+# and join per layer, which small layers felt.
+_HASH_POOL = ThreadPoolExecutor(2, thread_name_prefix="ferryd-hash")
+
+
 class _OrderedHasher:
     """sha256 fed from one thread and computed in another, in order.
 
     Inflating a batch and hashing its output are the two heaviest steps of a pull and
     both release the GIL: hashing the previous piece while the next one inflates keeps
-    a second core busy. At most `_HASH_AHEAD` pieces wait, so memory stays bounded.
+    a second core busy. Pieces wait in a queue that one task of the shared pool drains
+    in order; at most `_HASH_AHEAD` wait, so memory stays bounded.
     """
 
     def __init__(self) -> None:
         self._hasher = hashlib.sha256()
-        self._executor: ThreadPoolExecutor | None = None
-        self._waiting: deque[Future[None]] = deque()
+        self._queue: deque[bytes] = deque()
+        self._draining = False
+        self._changed = threading.Condition()
 
     def update(self, piece: bytes) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ferryd-hash")
-        self._waiting.append(self._executor.submit(self._hasher.update, piece))
-        while len(self._waiting) > _HASH_AHEAD:
-            self._waiting.popleft().result()
+        with self._changed:
+            while len(self._queue) >= _HASH_AHEAD:
+                self._changed.wait()
+            self._queue.append(piece)
+            if not self._draining:
+                self._draining = True
+                _HASH_POOL.submit(self._drain_queue)
+
+    def _drain_queue(self) -> None:
+        while True:
+            with self._changed:
+                if not self._queue:
+                    self._draining = False
+                    self._changed.notify_all()
+                    return
+                piece = self._queue[0]
+            self._hasher.update(piece)  # outside the lock: sha256 releases the GIL
+            with self._changed:
+                self._queue.popleft()
+                self._changed.notify_all()
 
     def hexdigest(self) -> str:
-        self._drain()
+        self._wait()
         return self._hasher.hexdigest()
 
-    def _drain(self) -> None:
-        while self._waiting:
-            self._waiting.popleft().result()
+    def _wait(self) -> None:
+        with self._changed:
+            while self._draining:
+                self._changed.wait()
 
     def close(self) -> None:
-        self._drain()
-        if self._executor is not None:
-            self._executor.shutdown()
-            self._executor = None
+        self._wait()
 
 
 class LayerSink:

@@ -131,26 +131,22 @@ class DownloadManager:
                 pinned.append(Digest(layer.descriptor.digest))
                 self._blobs.pins.acquire(pinned[-1])
             results: dict[int, BlobInfo] = {}
-            ready = {index: anyio.Event() for index in wanted}
             with single_errors():
                 async with anyio.create_task_group() as tg:
                     for index, layer in wanted.items():
-                        tg.start_soon(
-                            self._fetch_one, fetcher, layer, progress, results, index, ready[index]
-                        )
-                    # Register in chain order as the blobs arrive: a layer needs its parent.
-                    for index in sorted(wanted):
-                        await ready[index].wait()
-                        info, layer = results[index], wanted[index]
-                        parent = chains[index - 1] if index > 0 else _top(diff_ids)
-                        registered = await anyio.to_thread.run_sync(
-                            self._register, parent, layer, info
-                        )
-                        held.append(registered.chain_id)
-                        stats.fetched += info.fetched
-                        stats.reused += not info.fetched
-                        stats.bytes += info.transferred
-                        progress.write(Message("Pull complete", short_id(layer.descriptor.digest)))
+                        tg.start_soon(self._fetch_one, fetcher, layer, progress, results, index)
+            # Every blob is in the store: register their layers in chain order (a layer
+            # needs its parent), all in one transaction after one directory fsync.
+            todo = [
+                (chains[index - 1] if index > 0 else _top(diff_ids), wanted[index], results[index])
+                for index in sorted(wanted)
+            ]
+            held += await anyio.to_thread.run_sync(self._register_all, todo)
+            for _, layer, info in todo:
+                stats.fetched += info.fetched
+                stats.reused += not info.fetched
+                stats.bytes += info.transferred
+                progress.write(Message("Pull complete", short_id(layer.descriptor.digest)))
         except BaseException:
             release()
             raise
@@ -158,6 +154,14 @@ class DownloadManager:
             for digest in pinned:
                 self._blobs.pins.release(digest)
         return RootFS(diff_ids + [d.diff_id for d in layers]), release
+
+    def _register_all(
+        self, todo: list[tuple[Digest | None, DownloadDescriptor, BlobInfo]]
+    ) -> list[Digest]:
+        """Register each layer on its parent, in order; return their (held) ChainIDs."""
+        self._blobs.sync()  # the blobs' names are durable before a row names them
+        with self._layers.transaction():
+            return [self._register(*item).chain_id for item in todo]
 
     def _register(self, parent: Digest | None, layer: DownloadDescriptor, info: BlobInfo) -> Layer:
         self._committed.pop(info.digest, None)
@@ -180,10 +184,8 @@ class DownloadManager:
         progress: ProgressOutput,
         results: dict[int, BlobInfo],
         index: int,
-        ready: anyio.Event,
     ) -> None:
         results[index] = await self.blob(fetcher, layer, progress)
-        ready.set()
 
     async def blob(
         self, fetcher: BlobFetcher, layer: DownloadDescriptor, progress: ProgressOutput
@@ -288,13 +290,29 @@ class DownloadManager:
                     await anyio.to_thread.run_sync(sink.restart)  # the registry ignored Range
                     resumed, tally.resumed = False, 0
                 start = sink.offset
-                await _pump(blob.chunks(), sink, size, layer_id, progress, tally)
+                if size - start <= SMALL_BLOB:
+                    await _take_whole(blob.chunks(), sink, size, tally)
+                    progress.update(Message("Downloading", layer_id, sink.offset, size))
+                else:
+                    await _pump(blob.chunks(), sink, size, layer_id, progress, tally)
             if sink.offset < size:
                 # The answer ended cleanly (a cut raises in _pump) but short.
                 await self._short(sink, size, received=sink.offset - start)
         progress.write(Message("Verifying Checksum", layer_id))
+
+        def verify_and_commit() -> Digest:
+            """One worker call: fsync, the blob digest, the DiffID, into the store."""
+            diff_id = sink.finish()
+            if diff_id != layer.diff_id:
+                raise DiffIDMismatchError(
+                    f"layer {digest} uncompresses to DiffID {diff_id}, "
+                    f"but the image config says {layer.diff_id}"
+                )
+            self._blobs.commit_partial(digest, sync_dir=False)
+            return diff_id
+
         try:
-            diff_id = await anyio.to_thread.run_sync(sink.finish)
+            diff_id = await anyio.to_thread.run_sync(verify_and_commit)
         except DigestMismatchError as exc:
             if not resumed:
                 raise
@@ -303,14 +321,7 @@ class DownloadManager:
             await anyio.to_thread.run_sync(sink.restart)
             tally.resumed = 0
             return await self._fetch(fetcher, layer, sink, progress, tally)
-        if diff_id != layer.diff_id:
-            raise DiffIDMismatchError(
-                f"layer {digest} uncompresses to DiffID {diff_id}, "
-                f"but the image config says {layer.diff_id}"
-            )
-        await anyio.to_thread.run_sync(self._blobs.commit_partial, digest)
         progress.write(Message("Download complete", layer_id))
-        assert diff_id is not None
         info = BlobInfo(
             digest,
             diff_id,
@@ -361,6 +372,39 @@ class _Tally:
 
     resumed: int = 0
     received: int = 0
+
+
+# Up to this much left to fetch, a blob is taken in one batch and written, hashed and
+# inflated in one worker call: the two-stage pipeline's tasks and hops cost a small
+# layer more than they save.
+SMALL_BLOB = 2 * BATCH_SIZE
+
+
+async def _take_whole(
+    chunks: AsyncIterator[bytes], sink: LayerSink, size: int, tally: _Tally
+) -> None:
+    """The rest of a small blob in one batch, then one worker call for all of it (what
+    arrived before a cut included, so that the next attempt resumes after it)."""
+    pending: list[bytes] = []
+    received = sink.offset
+    cut: FerrydError | None = None
+    try:
+        async for chunk in chunks:
+            received += len(chunk)
+            tally.received += len(chunk)
+            if received > size:
+                raise DigestMismatchError(
+                    f"the registry sent more than the {size} bytes the manifest gives"
+                )
+            pending.append(chunk)
+    except FerrydError as exc:
+        if not exc.retryable:
+            raise
+        cut = exc
+    if pending:
+        await anyio.to_thread.run_sync(sink.write, b"".join(pending))
+    if cut is not None:
+        raise cut
 
 
 async def _pump(

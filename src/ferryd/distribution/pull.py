@@ -346,8 +346,9 @@ async def _pull_image(
             # held across a disk flush. Inside it, `put` finds them stored.
             # Pinned until the rows reference them: a sweep must not take them between.
             with store.blobs.pinned(image_id, sha256_digest(manifest.raw)):
-                store.blobs.put(raw_config, image_id)
-                store.blobs.put(manifest.raw)
+                store.blobs.put(raw_config, image_id, sync_dir=False)
+                store.blobs.put(manifest.raw, sync_dir=False)
+                store.blobs.sync()
                 with store.db.transaction():
                     store.images.put(raw_config, media_type=config_descriptor.mediaType, size=size)
                     store.manifests.add(

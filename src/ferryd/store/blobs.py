@@ -91,13 +91,26 @@ class BlobStore:
     def size(self, digest: Digest) -> int:
         return self.path(digest).stat().st_size
 
-    def commit_partial(self, digest: Digest) -> None:
-        """Move a verified, fsync'd partial download into the store."""
+    def commit_partial(self, digest: Digest, *, sync_dir: bool = True) -> None:
+        """Move a verified, fsync'd partial download into the store.
+
+        `sync_dir=False` leaves the directory's fsync to one `sync()` for several blobs,
+        which must come before any row that references them.
+        """
         target = self.path(digest)
         with self.disk_errors(target):
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.partial_path(digest), target)
-            _fsync_dir(target.parent)
+            if sync_dir:
+                _fsync_dir(target.parent)
+
+    def sync(self) -> None:
+        """Make the names of blobs moved in without `sync_dir` durable: one fsync of each
+        blob directory, before the rows that reference them are written."""
+        for directory in self._blobs.iterdir():
+            if directory.is_dir():
+                with self.disk_errors(directory):
+                    _fsync_dir(directory)
 
     def discard_partial(self, digest: Digest) -> None:
         self.partial_path(digest).unlink(missing_ok=True)
@@ -111,8 +124,11 @@ class BlobStore:
         except FileNotFoundError:
             pass
 
-    def put(self, data: bytes, expected: Digest | None = None) -> Digest:
-        """Store a small blob held in memory (configs, manifests)."""
+    def put(
+        self, data: bytes, expected: Digest | None = None, *, sync_dir: bool = True
+    ) -> Digest:
+        """Store a small blob held in memory (configs, manifests); see `commit_partial`
+        for `sync_dir`."""
         digest = sha256_digest(data)
         if expected is not None and digest != expected:
             raise DigestMismatchError(f"blob has digest {digest}, expected {expected}")
@@ -135,7 +151,8 @@ class BlobStore:
             finally:
                 with self._writing_lock:
                     self._writing.discard(os.path.basename(temp))
-            _fsync_dir(target.parent)
+            if sync_dir:
+                _fsync_dir(target.parent)
         return digest
 
     def get(self, digest: Digest) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from ferryd.errors import StoreError
@@ -32,6 +33,10 @@ class LayerStore:
         self._db = db
         # Layers a pull or push is using: never collected.
         self.holds: RefCounter[Digest] = RefCounter()
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Registrations (and the V2 metadata beside them) that commit together."""
+        return self._db.transaction()
 
     def get(self, chain: Digest) -> Layer | None:
         row = self._db.one("SELECT * FROM layers WHERE chain_id = ?", (chain,))

@@ -39,7 +39,8 @@
     │   │   ├── UnsupportedManifestError   schema1, unknown media type
     │   │   ├── PlatformNotFoundError  404 an index without the platform asked for
     │   │   └── LayerFormatError       a layer the target manifest format cannot describe
-    │   └── ImageConfigError           an image config we cannot or will not use
+    │   ├── ImageConfigError           an image config we cannot or will not use
+    │   └── ArchiveError           400 an archive to load that is broken, hostile or cut short
     ├── NotSupportedError          501 what ferryd does not do (containers, builds…)
     ├── TransferCancelledError         a shared transfer stopped: nobody waits, or shutdown
     └── InternalError                  a bug: ferryd failed in a way it did not expect
@@ -289,6 +290,13 @@ class LayerFormatError(ManifestError):
 
 class ImageConfigError(ContentError):
     """An image config that is malformed, of a refused media type, or for another OS."""
+
+
+class ArchiveError(ContentError):
+    """An image archive (`docker load`) that is broken, hostile or cut short: the client
+    sent it, so it is the client's to fix (400). Nothing of it is stored."""
+
+    status = 400
 
 
 class NotSupportedError(FerrydError):

@@ -1,0 +1,734 @@
+"""Load images from an archive (`docker load`): read as it streams, check everything,
+store it all in one go or nothing at all.
+
+1. Intake. The request body is read in ~1 MiB batches, each handled by one worker-
+   thread call: the whole archive's gzip, zstd, xz or bzip2 is undone (pieces of at
+   most 1 MiB, at most `_WORK_PER_CALL` of output per call, so a bomb is worked through
+   in bounded steps and memory), the tar is parsed, and every file is written to the
+   load's staging directory (`ferryd.store.staging`) and hashed; a second thread,
+   a batch behind, inflates compressed files and hashes what they decompress to, their
+   DiffID (`intake`). Nothing is read twice.
+2. Plan. Once the archive has ended: `index.json` (OCI layout) and `manifest.json`
+   (docker) say which files are configs, manifests and layers. An image the OCI part
+   describes completely keeps that manifest and its layer blobs as they are (a registry's
+   compressed blobs, its manifest digest: a push after the load sends the same
+   manifest); otherwise `manifest.json`'s files are its layers. Every blob's digest and
+   size, every layer's DiffID, every config and manifest are checked against each other.
+   The archive's own JSON is read with limits (`layout.SMALL_FILES`, the config and
+   manifest limits of `oci/`).
+3. Commit. Layers already stored (by ChainID) are held and reused; the other layer blobs
+   are fsync'd and renamed into `blobs/`, configs and manifests written, all of them
+   pinned; then one database transaction registers every layer, image, manifest and tag
+   of the load. A crash before it commits leaves only files no row references (the
+   sweep removes them, and the staging directory); after it, everything.
+
+A broken or hostile archive is refused with an `ArchiveError` that says what is wrong,
+after the rest of the body has been read (so that the client, still sending, hears
+why), and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from ferryd.codec import ARCHIVE_SNIFF, BATCH_SIZE, Inflater, archive_inflater
+from ferryd.concurrency import single_errors
+from ferryd.distribution.archives import layout
+from ferryd.distribution.archives.intake import Intake, Job, StagedFile, clean_name, progress_id
+from ferryd.distribution.archives.tarstream import TarReader
+from ferryd.distribution.events import ImageEventLogger, failure_logged
+from ferryd.distribution.progress import Message, ProgressOutput
+from ferryd.errors import (
+    ArchiveError,
+    ContentError,
+    PlatformNotFoundError,
+)
+from ferryd.oci.digest import Digest, chain_ids, sha256_digest, short_id
+from ferryd.oci.image_config import MAX_CONFIG_SIZE, decode_config, rootfs_and_os
+from ferryd.oci.manifest import (
+    MAX_MANIFEST_SIZE,
+    Descriptor,
+    FetchedManifest,
+    ImageIndex,
+    check_supported,
+    decode_index,
+    decode_manifest,
+    media_type_of,
+    select_platform,
+)
+from ferryd.oci.mediatypes import (
+    DOCKER_CONFIG,
+    IMAGE_MANIFEST_TYPES,
+    INDEX_TYPES,
+    OCI_CONFIG,
+    Compression,
+    Family,
+    layer_media_type,
+)
+from ferryd.oci.platform import Platform, host_platform, normalize
+from ferryd.oci.reference import Reference
+from ferryd.store import Store
+from ferryd.store.staging import staging_directory
+
+# Decompressed archive bytes one worker call handles at most before it gives the event
+# loop a turn (progress, cancellation): a small gzip member can inflate a thousandfold.
+_WORK_PER_CALL = 4 * BATCH_SIZE
+_UPDATE_INTERVAL = 0.1  # seconds between two "Loading layer" updates of one file
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLine(Message):
+    """A line of text in the progress stream, `{"stream": …}`, as dockerd says what it
+    loaded."""
+
+    text: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"stream": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedImage:
+    image_id: Digest
+    names: list[Reference]
+    replaced: list[tuple[Reference, Digest]]  # tags that named another image before
+    layers_loaded: int
+    layers_reused: int
+
+
+async def load_archive(
+    store: Store,
+    body: AsyncIterator[bytes],
+    progress: ProgressOutput,
+    event_logger: ImageEventLogger,
+    *,
+    quiet: bool = True,
+    platform: Platform | None = None,
+) -> list[LoadedImage]:
+    """Load every image of the archive streaming in as `body` (only those of `platform`,
+    when given); report as dockerd does to `progress`. Raises `ArchiveError` for an
+    archive that is broken, hostile or cut short, with nothing stored."""
+    started = time.monotonic()
+    with failure_logged("load", "archive"), staging_directory(store.root) as directory:
+        intake = Intake(directory)
+        try:
+            received = await _receive(body, intake, None if quiet else progress)
+        finally:
+            intake.abort()
+        plans = await anyio.to_thread.run_sync(_plan, intake, platform)
+        loaded = await anyio.to_thread.run_sync(_commit, store, plans)
+    seconds = round(time.monotonic() - started, 3)
+    for image, plan in zip(loaded, plans, strict=True):
+        for reference, before in image.replaced:
+            progress.write(
+                StreamLine(
+                    text=f"The image {reference.familiar} already exists, renaming the old "
+                    f"one with ID {before} to empty string\n"
+                )
+            )
+        for reference in image.names:
+            progress.write(StreamLine(text=f"Loaded image: {reference.familiar}\n"))
+        if not image.names:
+            progress.write(StreamLine(text=f"Loaded image ID: {image.image_id}\n"))
+        event_logger(
+            image.image_id,
+            image.image_id,
+            "load",
+            names=[str(reference) for reference in image.names],
+            layers_loaded=image.layers_loaded,
+            layers_reused=image.layers_reused,
+            manifest=plan.manifest.digest if plan.manifest is not None else None,
+            archive_bytes=received,
+            seconds=seconds,
+        )
+    return loaded
+
+
+# -- 1. intake -------------------------------------------------------------------------
+
+
+class _Reader:
+    """Body bytes → the archive's own compression undone → tar → the intake."""
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+        self.tar = TarReader(intake)
+        self._head = b""
+        self._sniffed = False
+        self._inflater: Inflater | None = None
+        self._pieces: Iterator[bytes] | None = None
+        self.format = "tar"
+
+    @property
+    def done(self) -> bool:
+        """The end-of-archive marker was read: what follows is not looked at."""
+        return self.tar.ended
+
+    def feed(self, batch: bytes) -> bool:
+        """Take a batch of the body; True when there is more to do (call `resume`)."""
+        if not self._sniffed:
+            self._head += batch
+            if len(self._head) < ARCHIVE_SNIFF:
+                return False
+            batch, self._head = self._head, b""
+            self._start(batch)
+        if self._inflater is None:
+            self.tar.feed(batch)
+            return False
+        self._pieces = self._inflater.feed(batch)
+        return self.resume()
+
+    def resume(self) -> bool:
+        if self._pieces is None:
+            return False
+        budget = _WORK_PER_CALL
+        try:
+            for piece in self._pieces:
+                self.tar.feed(piece)
+                budget -= len(piece)
+                if self.tar.ended:
+                    break
+                if budget <= 0:
+                    return True
+        except ContentError as exc:
+            if isinstance(exc, ArchiveError):
+                raise
+            raise ArchiveError(str(exc)) from None
+        self._pieces = None
+        return False
+
+    def _start(self, head: bytes) -> None:
+        self._sniffed = True
+        # As dockerd's DecompressStream: bzip2, gzip, xz, zstd, else a plain tar.
+        self.format, decompressor = archive_inflater(head, "the archive")
+        if self.format != "tar":
+            self._inflater = decompressor
+
+    def finish(self) -> bool:
+        """The body has ended (False: nothing more to do)."""
+        if not self._sniffed:
+            head, self._head = self._head, b""
+            if not head:
+                raise ArchiveError("the archive is empty")
+            self._start(head)
+            if self._inflater is None:
+                self.tar.feed(head)
+            else:
+                self._pieces = self._inflater.feed(head)
+                while self.resume():
+                    pass
+        self.tar.close()
+        if self._inflater is not None and not self.tar.ended:
+            try:
+                self._inflater.finish()
+            except ContentError:
+                raise ArchiveError(
+                    f"the archive ended early: its {self.format} stream does not end (was "
+                    "the upload cut short?)"
+                ) from None
+        return False
+
+
+async def _receive(
+    body: AsyncIterator[bytes], intake: Intake, progress: ProgressOutput | None
+) -> int:
+    """Stream the body into the intake; the bytes received. A refusal is raised once
+    the client has sent everything (it hears why instead of a broken pipe).
+
+    Two worker-thread stages, as a pull's layers: one parses and writes and hashes each
+    batch while the other inflates compressed files for their DiffIDs, a batch behind.
+    """
+    reader = _Reader(intake)
+    shown = _LayerProgress(progress, reader)
+    failure: ArchiveError | None = None
+    pending: list[bytes] = []
+    pending_size = received = 0
+    to_inflate, inflating = anyio.create_memory_object_stream[list[Job]](2)
+
+    async def inflate() -> None:
+        async with inflating:
+            async for jobs in inflating:
+                await anyio.to_thread.run_sync(intake.inflate, jobs)
+
+    async def stage(step: Callable[[], bool]) -> bool:
+        more = await anyio.to_thread.run_sync(step)
+        jobs = intake.take_jobs()
+        if jobs:
+            await to_inflate.send(jobs)
+        shown.update()
+        return more
+
+    async def process(batch: bytes) -> None:
+        more = await stage(lambda: reader.feed(batch))
+        while more:
+            more = await stage(reader.resume)
+
+    with single_errors():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(inflate)
+            async with to_inflate:
+                async for chunk in body:
+                    received += len(chunk)
+                    if failure is not None or reader.done:
+                        continue  # read to the end, and let it go
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= BATCH_SIZE:
+                        batch, pending, pending_size = b"".join(pending), [], 0
+                        try:
+                            await process(batch)
+                        except ArchiveError as exc:
+                            failure = exc
+                if failure is None:
+                    try:
+                        if pending and not reader.done:
+                            await process(b"".join(pending))
+                        await stage(reader.finish)
+                    except ArchiveError as exc:
+                        failure = exc
+    if failure is not None:
+        raise failure
+    shown.update()
+    intake.complete = reader.done
+    return received
+
+
+class _LayerProgress:
+    """`Loading layer` messages for the files that look like layers, as dockerd sends
+    them while it reads an archive (ids: the file's digest or directory, 12 chars)."""
+
+    def __init__(self, output: ProgressOutput | None, reader: _Reader) -> None:
+        self._output = output
+        self._reader = reader
+        self._last: dict[str, float] = {}
+
+    def update(self) -> None:
+        output = self._output
+        if output is None:
+            return
+        for ident, size in self._reader.intake.finished:
+            output.write(Message("Loading layer", ident, size, size))
+        self._reader.intake.finished.clear()
+        entry, sink = self._reader.tar.entry, self._reader.intake.current
+        if entry is None or sink is None or not sink.may_be_layer(entry.size):
+            return
+        ident = progress_id(sink.name)
+        now = time.monotonic()
+        if now - self._last.get(ident, 0.0) >= _UPDATE_INTERVAL:
+            self._last[ident] = now
+            output.write(Message("Loading layer", ident, self._reader.tar.received, entry.size))
+
+
+# -- 2. plan ---------------------------------------------------------------------------
+
+
+@dataclass
+class _LayerPlan:
+    staged: StagedFile
+    media_type: str
+    urls: tuple[str, ...] = ()
+
+
+@dataclass
+class _ImagePlan:
+    image_id: Digest
+    config: bytes
+    config_media_type: str
+    diff_ids: list[Digest]
+    layers: list[_LayerPlan]
+    platform: Platform
+    names: list[Reference] = field(default_factory=list)
+    manifest: FetchedManifest | None = None  # kept with the image: a push re-uses it
+
+
+def _plan(intake: Intake, platform: Platform | None) -> list[_ImagePlan]:
+    """What the archive holds, checked: one plan per image to load."""
+    try:
+        return _plan_checked(intake, platform)
+    except ArchiveError as exc:
+        if intake.complete:
+            raise
+        raise ArchiveError(
+            f"{exc} (the archive ended without its end-of-archive marker: was it cut short?)"
+        ) from None
+
+
+def _plan_checked(intake: Intake, platform: Platform | None) -> list[_ImagePlan]:
+    has_manifest_json = intake.resolve(layout.MANIFEST_JSON) is not None
+    has_index = intake.resolve(layout.INDEX_JSON) is not None
+    if not has_manifest_json and not has_index:
+        if intake.resolve(layout.REPOSITORIES) is not None:
+            raise ArchiveError(
+                "the archive has no manifest.json: it was written by docker before 1.10, "
+                "whose format ferryd does not read"
+            )
+        raise ArchiveError(
+            "not an image archive: it has neither manifest.json (docker save) nor "
+            "index.json (an OCI image layout)"
+        )
+    plans: dict[Digest, _ImagePlan] = {}
+    problems: dict[Digest | None, ArchiveError] = {}
+    if has_index:
+        for plan_or_problem in _oci_plans(intake, platform):
+            if isinstance(plan_or_problem, tuple):
+                image_id, problem = plan_or_problem
+                problems[image_id] = problem
+                continue
+            _merge(plans, plan_or_problem)
+    if has_manifest_json:
+        for plan in _docker_plans(intake):
+            problems.pop(plan.image_id, None)
+            _merge(plans, plan)
+    if problems:
+        raise next(iter(problems.values()))
+    wanted = list(plans.values())
+    if platform is not None:
+        wanted = [plan for plan in wanted if platform.matches(*_platform_of(plan))]
+        if not wanted:
+            offered = ", ".join(sorted({str(plan.platform) for plan in plans.values()}))
+            raise PlatformNotFoundError(
+                f"the archive has no image for platform {platform}"
+                + (f" (it has {offered})" if offered else "")
+            )
+    if not wanted:
+        raise ArchiveError("the archive holds no image")
+    for plan in wanted:
+        _check_layers(intake, plan)
+    return wanted
+
+
+def _platform_of(plan: _ImagePlan) -> tuple[str, str, str | None]:
+    return plan.platform.os, plan.platform.architecture, plan.platform.variant
+
+
+def _merge(plans: dict[Digest, _ImagePlan], plan: _ImagePlan) -> None:
+    """The OCI part's plan wins (it keeps the manifest); names are gathered from both."""
+    known = plans.get(plan.image_id)
+    if known is None:
+        plans[plan.image_id] = plan
+        return
+    for name in plan.names:
+        if name not in known.names:
+            known.names.append(name)
+
+
+def _read(intake: Intake, name: str, limit: int, what: str) -> tuple[StagedFile, bytes]:
+    staged = intake.resolve(name)
+    if staged is None:
+        raise ArchiveError(f"the archive names {what} {name}, which it does not have")
+    if staged.size > limit:
+        raise ArchiveError(
+            f"refused: {what} {name} in the archive has {staged.size} bytes (the limit is {limit})"
+        )
+    return staged, staged.path.read_bytes()
+
+
+def _blob(
+    intake: Intake, descriptor: Descriptor, limit: int, what: str
+) -> tuple[StagedFile, bytes]:
+    name = layout.blob_name(Digest(descriptor.digest))
+    staged, raw = _read(intake, name, limit, what)
+    _check_size(staged, descriptor)
+    return staged, raw
+
+
+def _check_size(staged: StagedFile, descriptor: Descriptor) -> None:
+    if staged.size != descriptor.size:
+        raise ArchiveError(
+            f"the archive's {staged.name} has {staged.size} bytes, but its descriptor "
+            f"says {descriptor.size}"
+        )
+
+
+def _config(raw: bytes, where: str) -> tuple[Digest, list[Digest], Platform]:
+    try:
+        rootfs, _ = rootfs_and_os(raw)
+        model = decode_config(raw)
+    except ContentError as exc:
+        raise ArchiveError(f"the archive's image config {where}: {exc}") from None
+    platform = normalize(model.os, model.architecture, model.variant)
+    return sha256_digest(raw), list(rootfs.diff_ids), platform
+
+
+def _oci_plans(
+    intake: Intake, platform: Platform | None
+) -> Iterator[_ImagePlan | tuple[Digest | None, ArchiveError]]:
+    """A plan per image index.json names (a problem instead, for an image whose blobs
+    are not all there: manifest.json may describe it with files of its own)."""
+    _, raw = _read(intake, layout.INDEX_JSON, layout.MAX_ARCHIVE_JSON, "its index")
+    try:
+        index = decode_index(raw)
+    except ContentError as exc:
+        raise ArchiveError(f"the archive's index.json: {exc}") from None
+    for descriptor in index.manifests:
+        names = layout.names_in(descriptor.annotations)
+        try:
+            manifest = _image_manifest(intake, descriptor, platform)
+        except ArchiveError as exc:
+            yield None, exc
+            continue
+        if manifest is None:
+            continue
+        try:
+            yield _oci_plan(intake, manifest, names)
+        except _Missing as missing:
+            yield missing.image_id, missing.error
+
+
+class _Missing(Exception):
+    def __init__(self, image_id: Digest, error: ArchiveError) -> None:
+        super().__init__(str(error))
+        self.image_id = image_id
+        self.error = error
+
+
+def _image_manifest(
+    intake: Intake, descriptor: Descriptor, platform: Platform | None
+) -> FetchedManifest | None:
+    """The image manifest an index.json entry leads to (through an index, the one for
+    `platform` or this host's); None for an entry that is no image (an attestation)."""
+    if descriptor.mediaType in INDEX_TYPES:
+        _, raw = _blob(intake, descriptor, MAX_MANIFEST_SIZE, "image index")
+        try:
+            nested = decode_index(raw)
+            present = [
+                entry
+                for entry in nested.manifests
+                if intake.resolve(layout.blob_name(Digest(entry.digest))) is not None
+            ]
+            chosen = select_platform(ImageIndex(present), platform or host_platform())
+        except PlatformNotFoundError:
+            if platform is not None:
+                return None  # another platform's image: not one to load
+            raise
+        except ContentError as exc:
+            raise ArchiveError(f"the archive's image index {descriptor.digest}: {exc}") from None
+        return _image_manifest(intake, chosen, platform)
+    if descriptor.mediaType and descriptor.mediaType not in IMAGE_MANIFEST_TYPES:
+        return None
+    _, raw = _blob(intake, descriptor, MAX_MANIFEST_SIZE, "image manifest")
+    try:
+        media_type = media_type_of(descriptor.mediaType, raw)
+        check_supported(media_type)
+    except ContentError as exc:
+        raise ArchiveError(f"the archive's manifest {descriptor.digest}: {exc}") from None
+    if media_type in INDEX_TYPES:
+        return _image_manifest(
+            intake, Descriptor(media_type, descriptor.digest, descriptor.size), platform
+        )
+    return FetchedManifest(media_type, Digest(descriptor.digest), raw)
+
+
+def _oci_plan(intake: Intake, manifest: FetchedManifest, names: list[Reference]) -> _ImagePlan:
+    try:
+        image = decode_manifest(manifest.raw)
+    except ContentError as exc:
+        raise ArchiveError(f"the archive's manifest {manifest.digest}: {exc}") from None
+    _, config = _blob(intake, image.config, MAX_CONFIG_SIZE, "image config")
+    image_id, diff_ids, platform = _config(config, image.config.digest)
+    if len(image.layers) != len(diff_ids):
+        raise _Missing(
+            image_id,
+            ArchiveError(
+                f"the archive's manifest {manifest.digest} lists {len(image.layers)} layers, "
+                f"but its image config has {len(diff_ids)} DiffIDs"
+            ),
+        )
+    layers = []
+    for descriptor in image.layers:
+        staged = intake.resolve(layout.blob_name(Digest(descriptor.digest)))
+        if staged is None:
+            raise _Missing(
+                image_id,
+                ArchiveError(
+                    f"the archive's manifest {manifest.digest} names layer {descriptor.digest}, "
+                    "which the archive does not have"
+                ),
+            )
+        _check_size(staged, descriptor)
+        layers.append(_LayerPlan(staged, descriptor.mediaType, tuple(descriptor.urls or ())))
+    return _ImagePlan(
+        image_id,
+        config,
+        image.config.mediaType,
+        diff_ids,
+        layers,
+        platform,
+        list(names),
+        manifest,
+    )
+
+
+def _docker_plans(intake: Intake) -> list[_ImagePlan]:
+    _, raw = _read(intake, layout.MANIFEST_JSON, layout.MAX_ARCHIVE_JSON, "its manifest")
+    plans = []
+    for item in layout.decode_manifest_json(raw):
+        config_file, config = _read(intake, item.Config, MAX_CONFIG_SIZE, "image config")
+        image_id, diff_ids, platform = _config(config, config_file.name)
+        if len(item.Layers) != len(diff_ids):
+            raise ArchiveError(
+                f"the archive's manifest.json lists {len(item.Layers)} layers for image "
+                f"{short_id(image_id)}, but its config has {len(diff_ids)} DiffIDs"
+            )
+        sources = item.LayerSources or {}
+        layers = []
+        compressions = []
+        for path, diff_id in zip(item.Layers, diff_ids, strict=True):
+            staged = intake.resolve(path)
+            if staged is None:
+                raise ArchiveError(
+                    f"the archive's manifest.json names layer {_shown(path)}, which the "
+                    "archive does not have"
+                )
+            compressions.append(staged.compression)
+            source = sources.get(diff_id)
+            if source is None:
+                layers.append(_LayerPlan(staged, ""))
+            else:
+                layers.append(_LayerPlan(staged, source.mediaType, tuple(source.urls or ())))
+        # Docker's formats unless a layer is zstd, which only OCI manifests can describe.
+        family: Family = "oci" if Compression.ZSTD in compressions else "docker"
+        for layer in layers:
+            if not layer.media_type:
+                layer.media_type = layer_media_type(family, layer.staged.compression) or ""
+        plans.append(
+            _ImagePlan(
+                image_id,
+                config,
+                OCI_CONFIG if family == "oci" else DOCKER_CONFIG,
+                diff_ids,
+                layers,
+                platform,
+                [layout.tagged(tag) for tag in item.RepoTags or []],
+            )
+        )
+    return plans
+
+
+def _shown(path: str) -> str:
+    try:
+        return clean_name(path)
+    except ArchiveError:
+        return repr(path)
+
+
+def _check_layers(intake: Intake, plan: _ImagePlan) -> None:
+    """Each layer file decompresses to the DiffID the config gives it."""
+    for layer, diff_id in zip(plan.layers, plan.diff_ids, strict=True):
+        staged = layer.staged
+        if staged.broken is not None:
+            raise ArchiveError(
+                f"layer {staged.name} of image {short_id(plan.image_id)} is broken: {staged.broken}"
+            )
+        if staged.diff_id != diff_id:
+            raise ArchiveError(
+                f"layer {staged.name} of image {short_id(plan.image_id)} has DiffID "
+                f"{staged.diff_id}, but the image config says {diff_id}"
+            )
+
+
+# -- 3. commit -------------------------------------------------------------------------
+
+
+def _commit(store: Store, plans: list[_ImagePlan]) -> list[LoadedImage]:
+    layers, blobs = store.layers, store.blobs
+    held: list[Digest] = []
+    pinned: list[Digest] = []
+
+    def pin(digest: Digest) -> None:
+        blobs.pins.acquire(digest)
+        pinned.append(digest)
+
+    try:
+        # Hold first, then look (a removal between the two cannot take the layer): a
+        # layer stored already is used as it is; the blobs of the others are moved in.
+        moving: dict[Digest, StagedFile] = {}
+        for plan in plans:
+            for chain, layer in zip(chain_ids(plan.diff_ids), plan.layers, strict=True):
+                layers.holds.acquire(chain)
+                held.append(chain)
+                if layers.get(chain) is not None:
+                    continue
+                digest = layer.staged.digest
+                if digest not in moving:
+                    pin(digest)
+                    if not blobs.has(digest):
+                        moving[digest] = layer.staged
+            pin(plan.image_id)
+            if plan.manifest is not None:
+                pin(sha256_digest(plan.manifest.raw))
+        # Blob files first, each fsync'd, outside the transaction: the database lock is
+        # never held across a disk flush, and a row never points at a missing blob.
+        _move_in(store, moving)
+        for plan in plans:
+            blobs.put(plan.config, plan.image_id)
+            if plan.manifest is not None:
+                blobs.put(plan.manifest.raw)
+        with store.db.transaction():
+            return [_register(store, plan, held) for plan in plans]
+    finally:
+        for chain in held:
+            layers.holds.release(chain)
+        for digest in pinned:
+            blobs.pins.release(digest)
+
+
+def _move_in(store: Store, moving: dict[Digest, StagedFile]) -> None:
+    directories: set[Path] = set()
+    for digest, staged in moving.items():
+        target = store.blobs.path(digest)
+        with store.blobs.disk_errors(target):
+            fd = os.open(staged.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.path, target)
+        directories.add(target.parent)
+    for directory in directories:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _register(store: Store, plan: _ImagePlan, held: list[Digest]) -> LoadedImage:
+    parent: Digest | None = None
+    loaded = reused = 0
+    chains = chain_ids(plan.diff_ids)
+    for chain, layer, diff_id in zip(chains, plan.layers, plan.diff_ids, strict=True):
+        if store.layers.get(chain) is None:
+            staged = layer.staged
+            store.layers.register(
+                parent,
+                diff_id,
+                staged.digest,
+                layer.media_type,
+                staged.size,
+                staged.uncompressed_size,
+                layer.urls,
+            )
+            held.append(chain)  # register holds what it registers
+            loaded += 1
+        else:
+            reused += 1
+        parent = chain
+    size = sum(store.layers.size_of(chain) for chain in chains)
+    store.images.put(plan.config, media_type=plan.config_media_type, size=size)
+    if plan.manifest is not None:
+        manifest = plan.manifest
+        store.manifests.add(manifest.digest, plan.image_id, manifest.media_type, manifest.raw)
+    replaced = []
+    for reference in plan.names:
+        before = store.references.add(reference, plan.image_id)
+        if before is not None and before != plan.image_id:
+            replaced.append((reference, before))
+    return LoadedImage(plan.image_id, list(plan.names), replaced, loaded, reused)

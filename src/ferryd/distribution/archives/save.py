@@ -1,0 +1,355 @@
+"""Save images to an archive (`docker save`), produced as the client reads it.
+
+One tar holds both forms docker 25+ writes: an OCI image layout (`oci-layout`,
+`index.json`, `blobs/sha256/…`) and docker's `manifest.json` and `repositories`, whose
+paths point into `blobs/`, so each blob is in the archive once. The blobs are the store's
+own: the registry's compressed layers and the manifest the image was pulled with, so a
+load followed by a push gives the registry the same manifest digest (docker cannot: it
+exports uncompressed layers). dockerd of every version since 1.10 decompresses layers
+as it loads them, skopeo reads both `docker-archive:` and `oci-archive:`.
+
+Everything is decided before the first byte (an unknown name is a 404, an image of
+another platform too) and held until the last: the images' top layers (and with them
+every layer below), their config and manifest blobs. Blobs are streamed from disk in
+1 MiB pieces, each read and hashed in one worker-thread call; a blob that is no longer
+what its digest says ends the archive short, and the client sees a cut transfer rather
+than a corrupt archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import anyio
+import msgspec
+
+from ferryd.codec import BATCH_SIZE
+from ferryd.distribution.archives import layout, tarstream
+from ferryd.errors import (
+    BadRequestError,
+    CorruptBlobError,
+    ImageNotFoundError,
+    InvalidReferenceError,
+    PlatformNotFoundError,
+)
+from ferryd.oci.digest import Digest, algorithm_of, chain_ids, hex_of, sha256_digest
+from ferryd.oci.image_config import rootfs_and_os
+from ferryd.oci.manifest import (
+    Descriptor,
+    ImageManifest,
+    decode_manifest,
+)
+from ferryd.oci.mediatypes import (
+    IMAGE_MANIFEST_TYPES,
+    OCI_INDEX,
+    config_type,
+    family_of,
+    manifest_type,
+)
+from ferryd.oci.platform import Platform, normalize
+from ferryd.oci.reference import Reference, parse_reference
+from ferryd.store import Store
+from ferryd.store.images import ImageRecord
+from ferryd.store.layers import Layer
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One file of the archive: small JSON held here, or a stored blob read from disk."""
+
+    name: str
+    size: int
+    data: bytes | None = None
+    path: Path | None = None
+    digest: Digest | None = None  # what a blob read from disk must hash to
+
+
+@dataclass
+class _Image:
+    image_id: Digest
+    record: ImageRecord
+    config: bytes
+    layers: list[Layer]  # bottom first
+    tags: list[Reference] = field(default_factory=list)
+
+
+@dataclass
+class Export:
+    """An archive ready to stream: `chunks()` produces it, `release()` lets go of what it
+    holds (call it when the response ends, however it ends)."""
+
+    images: list[Digest]
+    _store: Store
+    _entries: list[_Entry]
+    _held: list[Digest]
+    _pinned: list[Digest]
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The tar, in pieces of about 1 MiB (headers and small files joined)."""
+        buffer = bytearray()
+        for entry in self._entries:
+            if entry.data is not None or entry.size == 0:
+                buffer += _header(entry)
+                buffer += entry.data or b""
+                buffer += tarstream.padding(entry.size)
+            else:
+                buffer += _header(entry)
+                yield bytes(buffer)
+                buffer.clear()
+                async for piece in _blob_pieces(entry):
+                    yield piece
+                buffer += tarstream.padding(entry.size)
+            if len(buffer) >= BATCH_SIZE:
+                yield bytes(buffer)
+                buffer.clear()
+        buffer += tarstream.END_OF_ARCHIVE
+        yield bytes(buffer)
+
+    def release(self) -> None:
+        held, self._held = self._held, []
+        pinned, self._pinned = self._pinned, []
+        for chain in held:
+            self._store.layers.holds.release(chain)
+        for digest in pinned:
+            self._store.blobs.pins.release(digest)
+
+
+def _header(entry: _Entry) -> bytes:
+    if entry.name.endswith("/"):
+        return tarstream.directory_header(entry.name)
+    return tarstream.file_header(entry.name, entry.size)
+
+
+async def _blob_pieces(entry: _Entry) -> AsyncIterator[bytes]:
+    """A stored blob's bytes, checked against its digest as they go."""
+    assert entry.path is not None
+    assert entry.digest is not None
+    digest = entry.digest
+    hasher = hashlib.new(algorithm_of(digest))
+    try:
+        file: BinaryIO = await anyio.to_thread.run_sync(entry.path.open, "rb")
+    except FileNotFoundError:
+        raise CorruptBlobError(f"blob {digest} is missing from the store") from None
+
+    def read() -> bytes:
+        piece = file.read(BATCH_SIZE)
+        hasher.update(piece)
+        return piece
+
+    sent = 0
+    try:
+        while sent < entry.size:
+            piece = await anyio.to_thread.run_sync(read)
+            if not piece:
+                break
+            piece = piece[: entry.size - sent]
+            sent += len(piece)
+            yield piece
+    finally:
+        file.close()  # cheap, and it must happen even when the response is cancelled
+    if sent != entry.size or f"{algorithm_of(digest)}:{hasher.hexdigest()}" != digest:
+        raise CorruptBlobError(
+            f"blob {digest} in the store no longer matches its digest: the archive was cut "
+            "short; run `ferryd fsck` to find and repair what is broken"
+        )
+
+
+def prepare_export(store: Store, names: list[str], platform: Platform | None) -> Export:
+    """Resolve `names` as dockerd does and hold what the archive needs (run it in a
+    worker thread). An unknown name is an `ImageNotFoundError` (404), an image of
+    another platform than `platform` a `PlatformNotFoundError` (404)."""
+    if not names:
+        raise BadRequestError("name at least one image to save (names=…)")
+    held: list[Digest] = []
+    pinned: list[Digest] = []
+    export = Export([], store, [], held, pinned)
+    try:
+        images: dict[Digest, _Image] = {}
+        for name in names:
+            for image_id, tag in _select(store, name):
+                image = images.get(image_id)
+                if image is None:
+                    image = images[image_id] = _load(store, image_id, held, pinned)
+                    _check_platform(image, name, platform)
+                if tag is not None and tag not in image.tags:
+                    image.tags.append(tag)
+        export.images = list(images)
+        export._entries = _entries(store, list(images.values()), pinned)
+    except BaseException:
+        export.release()
+        raise
+    return export
+
+
+def _select(store: Store, name: str) -> list[tuple[Digest, Reference | None]]:
+    """The images `name` means, each with the tag it was named by (None: by ID or
+    digest, exported untagged as dockerd does; a repository alone means all its tags)."""
+    image_id = store.resolve_id(name)
+    if image_id is not None:
+        return [(image_id, None)]
+    try:
+        reference = parse_reference(name, default_tag=False)
+    except InvalidReferenceError:
+        raise ImageNotFoundError(f"No such image: {name}") from None
+    if reference.digest is not None or reference.tag is not None:
+        found = store.references.get(reference)
+        if found is None:
+            raise ImageNotFoundError(f"No such image: {reference.familiar}")
+        return [(found, reference if reference.digest is None else None)]
+    tags = store.references.tags_of(reference)
+    if not tags:
+        raise ImageNotFoundError(f"No such image: {reference.familiar_name}")
+    return [(image_id, tag) for tag, image_id in tags]
+
+
+def _load(store: Store, image_id: Digest, held: list[Digest], pinned: list[Digest]) -> _Image:
+    """An image with its layers, held (top layer, so all below) and its config pinned."""
+    store.blobs.pins.acquire(image_id)
+    pinned.append(image_id)
+    record = store.images.record(image_id)
+    if record is None:
+        raise ImageNotFoundError(f"No such image: {image_id}")
+    config = store.images.get(image_id)
+    rootfs, _ = rootfs_and_os(config)
+    chains = chain_ids(rootfs.diff_ids)
+    layers: list[Layer] = []
+    if chains:
+        # Hold first, then look: a removal between the two cannot take it.
+        store.layers.holds.acquire(chains[-1])
+        held.append(chains[-1])
+        for chain in chains:
+            layer = store.layers.get(chain)
+            if layer is None:
+                raise ImageNotFoundError(f"layer {chain} of image {image_id} is not in the store")
+            layers.append(layer)
+    return _Image(image_id, record, config, layers)
+
+
+def _check_platform(image: _Image, name: str, platform: Platform | None) -> None:
+    record = image.record
+    if platform is None or platform.matches(record.os, record.architecture, record.variant):
+        return
+    actual = normalize(record.os, record.architecture, record.variant)
+    raise PlatformNotFoundError(
+        f"image with reference {name} was found but does not match the specified "
+        f"platform: wanted {platform}, actual: {actual}"
+    )
+
+
+def _entries(store: Store, images: list[_Image], pinned: list[Digest]) -> list[_Entry]:
+    blobs: dict[Digest, _Entry] = {}
+    index: list[dict[str, object]] = []
+    items: list[tuple[str, list[str], list[str], dict[str, Descriptor]]] = []
+    repositories: dict[str, dict[str, str]] = {}
+    for image in images:
+        # The manifest each tag is exported with (one for an untagged image).
+        tags_or_none: list[Reference | None] = [*image.tags] or [None]
+        for tag in tags_or_none:
+            media_type, raw = _manifest(store, image, tag)
+            digest = sha256_digest(raw)
+            if digest not in blobs:
+                store.blobs.pins.acquire(digest)
+                pinned.append(digest)
+                blobs[digest] = _Entry(layout.blob_name(digest), len(raw), data=raw)
+            descriptor: dict[str, object] = {
+                "mediaType": media_type,
+                "digest": digest,
+                "size": len(raw),
+                "platform": _platform(image.record),
+            }
+            if tag is not None:
+                descriptor["annotations"] = layout.annotations_for(tag)
+            index.append(descriptor)
+        config_name = layout.blob_name(image.image_id)
+        blobs.setdefault(image.image_id, _Entry(config_name, len(image.config), data=image.config))
+        layer_names = []
+        sources: dict[str, Descriptor] = {}
+        for layer in image.layers:
+            name = layout.blob_name(layer.blob_digest)
+            layer_names.append(name)
+            if layer.blob_digest not in blobs:
+                path = store.blobs.path(layer.blob_digest)
+                blobs[layer.blob_digest] = _Entry(
+                    name, layer.compressed_size, path=path, digest=layer.blob_digest
+                )
+            if layer.urls:
+                sources[layer.diff_id] = Descriptor(
+                    layer.media_type, layer.blob_digest, layer.compressed_size, list(layer.urls)
+                )
+        tags = [tag.familiar for tag in image.tags]
+        items.append((config_name, tags, layer_names, sources))
+        for tag in image.tags:
+            assert tag.tag is not None
+            top = hex_of(image.layers[-1].blob_digest) if image.layers else ""
+            repositories.setdefault(tag.familiar_name, {})[tag.tag] = top
+    entries = [
+        _Entry(layout.OCI_LAYOUT, len(layout.OCI_LAYOUT_CONTENT), data=layout.OCI_LAYOUT_CONTENT),
+        _json(layout.INDEX_JSON, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index}),
+        _Entry(layout.MANIFEST_JSON, 0, data=layout.encode_manifest_json(items)),
+    ]
+    if repositories:
+        entries.append(_json(layout.REPOSITORIES, repositories))
+    entries += [_Entry("blobs/", 0), _Entry("blobs/sha256/", 0)]
+    entries += blobs.values()
+    return [_sized(entry) for entry in entries]
+
+
+def _platform(record: ImageRecord) -> dict[str, str]:
+    platform = {"architecture": record.architecture, "os": record.os}
+    if record.variant:
+        platform["variant"] = record.variant
+    return platform
+
+
+def _json(name: str, value: object) -> _Entry:
+    data = msgspec.json.encode(value)
+    return _Entry(name, len(data), data=data)
+
+
+def _sized(entry: _Entry) -> _Entry:
+    if entry.data is not None and entry.size != len(entry.data):
+        return _Entry(entry.name, len(entry.data), data=entry.data)
+    return entry
+
+
+def _manifest(store: Store, image: _Image, tag: Reference | None) -> tuple[str, bytes]:
+    """The manifest to export an image with: one it came with that describes exactly its
+    config and layer blobs (the one its repository's digest reference names, when there
+    is one), else a new one in the image's format, as a push would make it."""
+    candidates = []
+    for stored in sorted(store.manifests.for_image(image.image_id), key=lambda m: m.digest):
+        if stored.media_type not in IMAGE_MANIFEST_TYPES:
+            continue
+        kept = decode_manifest(stored.raw)
+        if kept.config.digest == image.image_id and [(d.digest, d.size) for d in kept.layers] == [
+            (layer.blob_digest, layer.compressed_size) for layer in image.layers
+        ]:
+            candidates.append(stored)
+    if candidates:
+        named = {
+            reference.digest
+            for reference in store.references.for_image(image.image_id)
+            if reference.digest is not None and (tag is None or reference.name == tag.name)
+        }
+        chosen = next((m for m in candidates if m.digest in named), candidates[0])
+        return chosen.media_type, chosen.raw
+    family = family_of(image.record.config_media_type)
+    manifest = ImageManifest(
+        config=Descriptor(config_type(family), image.image_id, len(image.config)),
+        layers=[
+            Descriptor(
+                layer.media_type,
+                layer.blob_digest,
+                layer.compressed_size,
+                urls=list(layer.urls) or None,
+            )
+            for layer in image.layers
+        ],
+        schemaVersion=2,
+        mediaType=manifest_type(family),
+    )
+    return manifest_type(family), msgspec.json.encode(manifest)

@@ -47,6 +47,8 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     # daemon reach out to another host.
     ("POST", "/auth", "pull"),
     ("GET", "/distribution/{name}/json", "pull"),
+    # A pull, or an import (`fromSrc=-`): both add an image of the client's choosing
+    # to the store, and the table goes by path, not by query.
     ("POST", "/images/create", "pull"),
     # Tagging adds a name to the local store, as a pull does (and a pull can already
     # move a tag to another image); it reaches no registry.

@@ -9,11 +9,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ferryd.daemon.api import imports
 from ferryd.daemon.api.shapes import image_inspect, image_summary
 from ferryd.daemon.api.streaming import ProgressStream
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.service import ImageService
-from ferryd.errors import BadRequestError, NotSupportedError
+from ferryd.errors import BadRequestError
 from ferryd.oci.digest import parse_digest
 from ferryd.oci.platform import parse_platform
 from ferryd.oci.reference import Reference, parse_reference, parse_repository
@@ -26,10 +27,11 @@ def _service(request: Request) -> ImageService:
 
 
 async def create(request: Request) -> Response:
-    """`POST /images/create?fromImage=&tag=&platform=`: pull, streaming progress."""
+    """`POST /images/create?fromImage=&tag=&platform=`: pull, streaming progress; with
+    `fromSrc` and no `fromImage`, an import (`imports.create`)."""
     query = request.query_params
-    if query.get("fromSrc"):
-        raise NotSupportedError("importing images (fromSrc) is not supported by ferryd")
+    if not query.get("fromImage") and query.get("fromSrc"):
+        return await imports.create(request)  # dockerd: no fromImage is an import
     from_image = query.get("fromImage", "")
     if not from_image:
         raise BadRequestError("fromImage is required")

@@ -1,0 +1,256 @@
+"""`docker import`: a root filesystem tarball becomes a one-layer image, as dockerd's
+`ImportImage` makes it.
+
+The body streams through the codec (`ArchiveSink`) in ~1 MiB batches, each decompressed
+(plain tar, gzip, bzip2, xz or zstd, told by its first bytes), parsed as a tar and
+written and hashed in one worker-thread pass: nothing of it is held in memory. The
+layer is stored as the plain tar, so its digest is its DiffID (one hash, no
+recompression of what the client may have compressed another way); a push gzips it on
+the way, as it does every layer held as a plain tar. It is staged under `loading/` and
+renamed into the store only once it is whole and checked.
+
+The tar is checked as a layer is when dockerd applies it: every header, a stream cut
+inside an entry, and names that leave the root (`../x`, a hard link to `../x`, a
+symbolic link whose relative target climbs out) refuse the whole import (400,
+`ArchiveError`), and nothing of it is kept.
+
+The config is dockerd's: the platform asked for (else this host's), `changes` applied
+to an empty container config, `created` now, `comment` the message (default
+`Imported from -`) and one history entry. The image is tagged `repo[:tag]` when given.
+Events: `import` (the image ID, as dockerd names it), then `tag`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ferryd.codec import BATCH_SIZE, ArchiveSink
+from ferryd.distribution.archives import tarstream
+from ferryd.distribution.changes import apply_changes, empty_config
+from ferryd.distribution.events import ImageEventLogger, failure_logged
+from ferryd.errors import ArchiveError, BadRequestError, ContentError
+from ferryd.oci.digest import Digest, chain_id, sha256_digest
+from ferryd.oci.mediatypes import DOCKER_CONFIG, DOCKER_LAYER_TAR
+from ferryd.oci.platform import Platform
+from ferryd.oci.reference import Reference
+from ferryd.store import Store
+from ferryd.store.staging import staging_directory
+
+DEFAULT_SOURCE = "-"  # fromSrc: the request body
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    image_id: Digest
+    diff_id: Digest
+    size: int  # of the layer, uncompressed
+    format: str  # what the body was: tar, gzip, bzip2, xz, zstd
+
+
+async def import_image(
+    store: Store,
+    event_logger: ImageEventLogger,
+    body: AsyncIterator[bytes],
+    *,
+    reference: Reference | None,
+    platform: Platform,
+    message: str,
+    changes: list[str],
+) -> ImportResult:
+    """Import the tarball `body` streams as a one-layer image (see the module)."""
+    if platform.os != "linux":
+        raise BadRequestError("operating system is not supported")
+    config_section = apply_changes(changes)  # a bad change is refused before any byte
+    name = str(reference) if reference else DEFAULT_SOURCE
+    with failure_logged("import", name), staging_directory(store.root) as directory:
+        layer = await _receive(body, directory / "layer.tar")
+        created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        config = _config(platform, config_section, layer.diff_id, message, created)
+        image_id = await anyio.to_thread.run_sync(
+            _commit, store, layer.path, layer.diff_id, layer.size, config, reference
+        )
+    event_logger(image_id, image_id, "import", bytes=layer.size, format=layer.format)
+    if reference is not None:
+        event_logger(image_id, str(reference), "tag")
+    return ImportResult(image_id, layer.diff_id, layer.size, layer.format)
+
+
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    path: Path
+    diff_id: Digest
+    size: int
+    format: str
+
+
+async def _receive(body: AsyncIterator[bytes], path: Path) -> _Layer:
+    """Stream `body` into `path` as the plain tar, checked; its digest and size."""
+    check = _LayerCheck()
+    sink = ArchiveSink(path, check.feed, "the imported archive")
+    await anyio.to_thread.run_sync(sink.open)
+    try:
+        batch = bytearray()
+        async for chunk in body:
+            batch += chunk
+            if len(batch) >= BATCH_SIZE:
+                data = bytes(batch)
+                batch.clear()
+                await anyio.to_thread.run_sync(_feed, sink, data)
+        data = bytes(batch)
+
+        def end() -> Digest:
+            _feed(sink, data)
+            try:
+                digest = sink.finish()
+            except ContentError as exc:
+                raise _refused(exc) from None
+            check.close()
+            return digest
+
+        diff_id = await anyio.to_thread.run_sync(end)
+    finally:
+        sink.close()
+    if sink.size == 0:
+        raise ArchiveError(
+            "the import is empty: send a tar archive (plain, or compressed with gzip, "
+            "bzip2, xz or zstd)"
+        )
+    return _Layer(path, diff_id, sink.size, sink.format)
+
+
+def _feed(sink: ArchiveSink, data: bytes) -> None:
+    try:
+        sink.feed(data)
+    except ArchiveError:
+        raise
+    except ContentError as exc:  # compressed data that does not decompress
+        raise _refused(exc) from None
+
+
+def _refused(exc: ContentError) -> ArchiveError:
+    return ArchiveError(f"the import is refused: {exc}")
+
+
+class _LayerCheck:
+    """The tar parser with a layer's rules on names, as dockerd's ApplyLayer has them:
+    a name is taken under the root (absolute or not), and must stay under it once
+    cleaned; a hard link must point under the root; a relative symbolic link must not
+    climb out of it from its own directory."""
+
+    def __init__(self) -> None:
+        self._reader = tarstream.TarReader(self)
+        self.entries = 0
+
+    def feed(self, piece: bytes) -> None:
+        self._reader.feed(piece)
+
+    def close(self) -> None:
+        self._reader.close()
+
+    # tarstream.EntryHandler
+    def begin(self, entry: tarstream.Entry) -> None:
+        self.entries += 1
+        name = _under_root(entry.name)
+        if name is None:
+            raise ArchiveError(f"refused: {entry.name!r} is outside of the root filesystem")
+        if entry.kind == tarstream.HARDLINK and _under_root(entry.linkname) is None:
+            raise ArchiveError(f"refused: invalid hardlink {entry.name!r} -> {entry.linkname!r}")
+        if entry.kind == tarstream.SYMLINK and not entry.linkname.startswith("/"):
+            target = posixpath.join(posixpath.dirname(name), entry.linkname)
+            if _under_root(target) is None:
+                raise ArchiveError(f"refused: invalid symlink {entry.name!r} -> {entry.linkname!r}")
+
+    def data(self, chunk: bytes) -> None:
+        return None
+
+    def end(self) -> None:
+        return None
+
+
+def _under_root(name: str) -> str | None:
+    """`name` cleaned, relative to the root ("" for the root itself), or None when it
+    climbs out of it. An absolute name is taken under the root, as dockerd joins it."""
+    if name.startswith("/"):
+        return posixpath.normpath(name).lstrip("/")
+    cleaned = posixpath.normpath(name) if name else "."
+    if cleaned == ".." or cleaned.startswith("../"):
+        return None
+    return "" if cleaned == "." else cleaned
+
+
+def _config(
+    platform: Platform,
+    container: dict[str, Any],
+    diff_id: Digest,
+    message: str,
+    created: str,
+) -> bytes:
+    """The image config dockerd writes for an import (its fields, in its order)."""
+    config: dict[str, Any] = {
+        "comment": message,
+        "created": created,
+        "container_config": empty_config(),
+        "config": container,
+        "architecture": platform.architecture,
+    }
+    if platform.variant:
+        config["variant"] = platform.variant
+    config["os"] = platform.os
+    config["rootfs"] = {"type": "layers", "diff_ids": [diff_id]}
+    config["history"] = [{"created": created, "comment": message}]
+    return json.dumps(config, separators=(",", ":")).encode()
+
+
+def _commit(
+    store: Store,
+    staged: Path,
+    diff_id: Digest,
+    size: int,
+    config: bytes,
+    reference: Reference | None,
+) -> Digest:
+    """The layer's blob, then the config, then one transaction for the layer, the image
+    and its tag. Held and pinned throughout: a sweep or an rmi cannot take them between."""
+    layers, blobs = store.layers, store.blobs
+    chain = chain_id(None, diff_id)
+    image_id = sha256_digest(config)
+    layers.holds.acquire(chain)  # hold first, then look
+    try:
+        with blobs.pinned(diff_id, image_id):
+            known = layers.get(chain) is not None
+            if not known and not blobs.has(diff_id):
+                _move_in(store, staged, diff_id)
+            blobs.put(config, image_id)
+            with store.db.transaction():
+                if layers.get(chain) is None:
+                    layers.register(None, diff_id, diff_id, DOCKER_LAYER_TAR, size, size)
+                    layers.holds.release(chain)  # register holds it too
+                store.images.put(config, media_type=DOCKER_CONFIG, size=size)
+                if reference is not None:
+                    store.references.add(reference, image_id)
+    finally:
+        layers.holds.release(chain)
+    return image_id
+
+
+def _move_in(store: Store, staged: Path, digest: Digest) -> None:
+    """Rename the verified, fsync'd tar into the store (same filesystem), and fsync
+    the directory: a crash leaves the whole blob or none of it."""
+    target = store.blobs.path(digest)
+    with store.blobs.disk_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, target)
+        fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

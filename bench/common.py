@@ -43,6 +43,7 @@ MiB = 1 << 20
 CACHE_VERSION = 1  # bump when the way images are built changes
 SAMPLE_INTERVAL = 0.020  # seconds between two VmRSS samples
 TICKS = os.sysconf("SC_CLK_TCK")
+NOISE_MIN_SECONDS = 0.2  # shorter runs get no noise figure: a tick is 10 ms
 DAEMON_SETTINGS: dict[str, Any] = {"log_level": "warning"}
 
 
@@ -564,8 +565,11 @@ class Run:
 
     @property
     def others_cores(self) -> float | None:
-        """Other processes' CPU seconds per wall second during the run."""
-        return None if self.others_cpu_seconds is None else self.others_cpu_seconds / self.seconds
+        """Other processes' CPU seconds per wall second during the run; None for a run
+        too short to tell (/proc/stat counts in ticks of 10 ms)."""
+        if self.others_cpu_seconds is None or self.seconds < NOISE_MIN_SECONDS:
+            return None
+        return min(self.others_cpu_seconds / self.seconds, float(os.cpu_count() or 1))
 
     @property
     def over_floor(self) -> float | None:

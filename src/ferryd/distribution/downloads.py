@@ -238,7 +238,8 @@ class DownloadManager:
     ) -> BlobInfo:
         digest = Digest(layer.descriptor.digest)
         layer_id = short_id(digest)
-        sink = LayerSink(self._blobs.partial_path(digest), digest)
+        small = layer.descriptor.size <= SMALL_BLOB
+        sink = LayerSink(self._blobs.partial_path(digest), digest, small=small)
         tally = _Tally()
         try:
             tally.resumed = await anyio.to_thread.run_sync(sink.open)

@@ -72,7 +72,11 @@ class RegistryService:
                 Endpoint(
                     domain, f"https://{host}", verify=self._tls(host, verify=False), insecure=True
                 ),
-                Endpoint(domain, f"http://{host}", verify=False, insecure=True),
+                # Plain HTTP needs no TLS, but httpx makes a context for every client
+                # it is not given one: give it the one we have (an SSL_CTX costs ms).
+                Endpoint(
+                    domain, f"http://{host}", verify=self._tls("", verify=False), insecure=True
+                ),
             ]
         return [Endpoint(domain, f"https://{host}", verify=self._tls(host, verify=True))]
 
@@ -85,7 +89,13 @@ class RegistryService:
             host = rest.split("/", 1)[0]
             if scheme == "http":
                 endpoints.append(
-                    Endpoint(domain, base_url, verify=False, insecure=True, mirror=True)
+                    Endpoint(
+                        domain,
+                        base_url,
+                        verify=self._tls("", verify=False),
+                        insecure=True,
+                        mirror=True,
+                    )
                 )
                 continue
             insecure = await self.is_insecure(host)
@@ -108,7 +118,7 @@ class RegistryService:
     def _tls(self, host: str, *, verify: bool) -> ssl.SSLContext:
         # Hosts with nothing of their own in certs.d share one context of each kind:
         # building a verifying one reads the system CA bundle (tens of ms a pull).
-        directory = self._certs_for(host)
+        directory = self._certs_for(host) if host else None
         key = (host if directory is not None else "", verify)
         if key not in self._contexts:
             self._contexts[key] = self._new_tls(directory, verify=verify)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import msgspec
 import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream
 from starlette.types import Receive, Scope, Send
 
 from ferryd.concurrency import single_errors
@@ -52,7 +53,9 @@ class ProgressStream:
                     if not started:
                         await _start(send)
                         started = True
-                    body = msgspec.json.encode(message.to_json()) + b"\r\n"
+                    # What else is queued goes in the same send: a pull of many small
+                    # layers writes hundreds of messages, and a send each costs the loop.
+                    body = _line(message) + b"".join(_line(m) for m in _queued(messages))
                     await send({"type": "http.response.body", "body": body, "more_body": True})
             if not started:
                 await _start(send)
@@ -79,6 +82,20 @@ class ProgressStream:
             except Exception as exc:  # a bug: tell the client, keep the daemon
                 log.exception("api.job_crashed")
                 output.write(Message(error=f"internal error: {exc!r}"))
+
+
+def _line(message: Message) -> bytes:
+    return msgspec.json.encode(message.to_json()) + b"\r\n"
+
+
+def _queued(messages: MemoryObjectReceiveStream[Message]) -> list[Message]:
+    """The messages waiting in `messages` now, without waiting for more."""
+    waiting: list[Message] = []
+    while True:
+        try:
+            waiting.append(messages.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return waiting
 
 
 async def _start(send: Send) -> None:

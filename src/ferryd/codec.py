@@ -279,6 +279,10 @@ class LayerSink:
             self.restart()
         return self.offset
 
+    @property
+    def is_open(self) -> bool:
+        return self._file is not None
+
     def take_back(self, batch: bytes) -> None:
         """Count, hash and inflate bytes that are already on disk."""
         self._hasher.update(batch)

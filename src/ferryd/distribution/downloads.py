@@ -267,8 +267,9 @@ class DownloadManager:
                 sink.close()
                 self._blobs.discard_partial_if_empty(digest)
 
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(close)
+            if sink.is_open:  # a committed blob's sink closed in the hop that moved it
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(close)
 
     async def _fetch(
         self,
@@ -285,6 +286,7 @@ class DownloadManager:
             await anyio.to_thread.run_sync(sink.restart)
             tally.resumed = 0
         resumed = sink.offset > 0
+        rest = b""  # a small blob's bytes, written by the worker call that verifies them
         if sink.offset < size or size == 0:
             async with fetcher.open_blob(digest, sink.offset) as blob:
                 if blob.start == 0 and sink.offset:
@@ -292,17 +294,21 @@ class DownloadManager:
                     resumed, tally.resumed = False, 0
                 start = sink.offset
                 if size - start <= SMALL_BLOB:
-                    await _take_whole(blob.chunks(), sink, size, tally)
-                    progress.update(Message("Downloading", layer_id, sink.offset, size))
+                    rest = await _take_whole(blob.chunks(), sink, size, tally)
+                    current = sink.offset + len(rest)
+                    progress.update(Message("Downloading", layer_id, current, size))
                 else:
                     await _pump(blob.chunks(), sink, size, layer_id, progress, tally)
-            if sink.offset < size:
+            if sink.offset + len(rest) < size:
                 # The answer ended cleanly (a cut raises in _pump) but short.
                 await self._short(sink, size, received=sink.offset - start)
         progress.write(Message("Verifying Checksum", layer_id))
 
         def verify_and_commit() -> Digest:
-            """One worker call: fsync, the blob digest, the DiffID, into the store."""
+            """One worker call: what is left to write, fsync, the blob digest, the DiffID,
+            into the store, the file closed."""
+            if rest:
+                sink.write(rest)
             diff_id = sink.finish()
             if diff_id != layer.diff_id:
                 raise DiffIDMismatchError(
@@ -310,6 +316,7 @@ class DownloadManager:
                     f"but the image config says {layer.diff_id}"
                 )
             self._blobs.commit_partial(digest, sync_dir=False)
+            sink.close()
             return diff_id
 
         try:
@@ -383,9 +390,10 @@ SMALL_BLOB = 2 * BATCH_SIZE
 
 async def _take_whole(
     chunks: AsyncIterator[bytes], sink: LayerSink, size: int, tally: _Tally
-) -> None:
-    """The rest of a small blob in one batch, then one worker call for all of it (what
-    arrived before a cut included, so that the next attempt resumes after it)."""
+) -> bytes:
+    """The rest of a small blob in one batch: returned whole for the caller's worker
+    call to write and verify at once; what arrived before a cut, or before an answer
+    that ended short, is written here, so that the next attempt resumes after it."""
     pending: list[bytes] = []
     received = sink.offset
     cut: FerrydError | None = None
@@ -402,10 +410,13 @@ async def _take_whole(
         if not exc.retryable:
             raise
         cut = exc
+    if cut is None and received == size:
+        return b"".join(pending)
     if pending:
         await anyio.to_thread.run_sync(sink.write, b"".join(pending))
     if cut is not None:
         raise cut
+    return b""
 
 
 async def _pump(

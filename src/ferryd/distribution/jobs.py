@@ -48,7 +48,9 @@ class Job:
         """A ProgressOutput: note what a layer message says, then pass it on."""
         # Layer states are docker's progress updates; "Pulling from TAG" is not one.
         if message.id is not None and message.update and message.error is None:
-            layer = self.layers.setdefault(message.id, LayerState(message.status))
+            layer = self.layers.get(message.id)
+            if layer is None:
+                layer = self.layers[message.id] = LayerState(message.status)
             layer.status = message.status
             if message.current is not None:
                 layer.current, layer.total = message.current, message.total

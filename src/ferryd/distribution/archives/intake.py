@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ferryd.codec import LayerSink, detect_compression
+from ferryd.codec import BATCH_SIZE, LayerSink, detect_compression
 from ferryd.distribution.archives import tarstream
 from ferryd.distribution.archives.layout import SMALL_FILES, digest_of
 from ferryd.errors import ArchiveError, ContentError
@@ -93,9 +93,10 @@ class _EntrySink:
     DiffID, in another thread, one batch behind, as a pull's layers are (codec's
     `LayerSink` is made for the two)."""
 
-    def __init__(self, name: str, path: Path) -> None:
+    def __init__(self, name: str, path: Path, size: int) -> None:
         self.name = name
         self.path = path
+        self.size = size
         expected = digest_of(name)
         # Hashed with the algorithm of the digest it is named after (sha256 otherwise).
         self._algorithm = algorithm_of(expected) if expected is not None else "sha256"
@@ -132,7 +133,11 @@ class _EntrySink:
     def _open(self, first: bytes) -> None:
         self.compression = detect_compression(first)
         placeholder = Digest(f"{self._algorithm}:" + "0" * _HEX_LENGTH[self._algorithm])
-        self._sink = LayerSink(self.path, placeholder, diff_id=self.compressed)
+        # A file that fits in a batch is inflated and hashed in one thread: handing its
+        # pieces to a hashing thread costs more than the overlap saves.
+        self._sink = LayerSink(
+            self.path, placeholder, diff_id=self.compressed, small=self.size <= BATCH_SIZE
+        )
         self._sink.open()
 
     def finish(self) -> tuple[StagedFile, bytes | None]:
@@ -231,7 +236,7 @@ class Intake:
             raise ArchiveError(
                 f"refused: the archive's {name} has {entry.size} bytes (the limit is {limit})"
             )
-        self._sink = _EntrySink(name, self.directory / f"{self._count:06d}")
+        self._sink = _EntrySink(name, self.directory / f"{self._count:06d}", entry.size)
         self._open.append(self._sink)
 
     def data(self, chunk: bytes) -> None:

@@ -25,14 +25,13 @@ def blob_gets(registry: FakeRegistry, layer: FakeLayer) -> int:
     return len(registry.seen("GET", f"/v2/{REPO}/blobs/{layer.digest}"))
 
 
-def test_fifty_clients_pulling_three_overlapping_images_fetch_each_blob_once(
+def test_fifty_clients_pulling_three_overlapping_images_fetch_each_blob_and_config_once(
     start_daemon: Callable[..., Daemon],
 ) -> None:
     base = make_layer(2 * MiB, seed=71)
     tops = {tag: make_layer(300_000, seed=72 + n) for n, tag in enumerate(("x", "y", "z"))}
     registry = FakeRegistry()
-    for tag, top in tops.items():
-        add_image(registry, tag, [base, top])
+    configs = [add_image(registry, tag, [base, top]) for tag, top in tops.items()]
     release = anyio.Event()
 
     async def hold_the_base(request: Request) -> None:
@@ -72,4 +71,6 @@ def test_fifty_clients_pulling_three_overlapping_images_fetch_each_blob_once(
     assert all(result == [] for result in results), results
     for layer in (base, *tops.values()):
         assert blob_gets(registry, layer) == 1
+    for config in configs:
+        assert len(registry.seen("GET", f"/v2/{REPO}/blobs/{config}")) == 1
     assert {image["RepoTags"][0].rpartition(":")[2] for image in daemon.images()} == set(tops)

@@ -39,6 +39,10 @@ class BlobFetcher(Protocol):
         self, digest: Digest, offset: int = 0
     ) -> AbstractAsyncContextManager[BlobResponse]: ...
 
+    async def get_blob(self, digest: Digest, limit: int, what: str) -> bytes:
+        """A small blob (an image config) read whole and verified."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class DownloadDescriptor:
@@ -71,6 +75,10 @@ class RootFSDownloadManager(Protocol):
     ) -> tuple[RootFS, Callable[[], None]]:
         """Bring every layer into the store on top of `initial`; return the rootfs and a
         function that releases the holds on its layers."""
+        ...
+
+    async def config(self, fetcher: BlobFetcher, digest: Digest, limit: int) -> bytes:
+        """An image config, fetched once for the pulls that want it at the same time."""
         ...
 
 

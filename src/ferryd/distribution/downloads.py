@@ -8,9 +8,10 @@ next attempt to resume from.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import anyio
 import structlog
@@ -83,6 +84,10 @@ class DownloadManager:
         # Blobs a transfer has committed whose layer is not registered yet (it waits for
         # the layers below it): a pull that starts now takes them from here.
         self._committed: dict[Digest, BlobInfo] = {}
+        # Image configs being fetched, and the latest fetched (content-addressed, so
+        # never stale; bounded in bytes): pulls of one image at once fetch it once.
+        self._configs: dict[Digest, _Shared] = {}
+        self._recent_configs: OrderedDict[Digest, bytes] = OrderedDict()
 
     @property
     def active(self) -> int:
@@ -186,6 +191,32 @@ class DownloadManager:
         index: int,
     ) -> None:
         results[index] = await self.blob(fetcher, layer, progress)
+
+    async def config(self, fetcher: BlobFetcher, digest: Digest, limit: int) -> bytes:
+        """An image config, fetched once however many pulls want it at the same time
+        (a pull whose fetch failed leaves the next to try on its own)."""
+        recent = self._recent_configs.get(digest)
+        if recent is not None:
+            return recent
+        shared = self._configs.get(digest)
+        if shared is not None:
+            await shared.done.wait()
+            if shared.result is not None:
+                return shared.result
+        shared = self._configs[digest] = _Shared()
+        try:
+            shared.result = await fetcher.get_blob(digest, limit, f"image config {digest}")
+            self._remember_config(digest, shared.result)
+            return shared.result
+        finally:
+            shared.done.set()
+            if self._configs.get(digest) is shared:
+                del self._configs[digest]
+
+    def _remember_config(self, digest: Digest, raw: bytes) -> None:
+        self._recent_configs[digest] = raw
+        while sum(map(len, self._recent_configs.values())) > _RECENT_CONFIG_BYTES:
+            self._recent_configs.popitem(last=False)
 
     async def blob(
         self, fetcher: BlobFetcher, layer: DownloadDescriptor, progress: ProgressOutput
@@ -372,6 +403,17 @@ class DownloadManager:
         info = BlobInfo(digest, diff_id, layer.descriptor.size, size, fetched=False)
         self._committed[digest] = info
         return info
+
+
+_RECENT_CONFIG_BYTES = 4 << 20  # configs are a few KB: this keeps hundreds
+
+
+@dataclass
+class _Shared:
+    """A small fetch that several pulls wait on."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: bytes | None = None
 
 
 @dataclass

@@ -321,7 +321,7 @@ async def _pull_image(
     config_descriptor = image.config
     image_id = Digest(config_descriptor.digest)
     limit = min(config_descriptor.size or MAX_CONFIG_SIZE, MAX_CONFIG_SIZE)
-    raw_config = await client.get_blob(image_id, limit, f"image config {image_id}")
+    raw_config = await ctx.downloads.config(client, image_id, limit)
     rootfs, os = store.images.rootfs_and_os(raw_config)
     model = decode_config(raw_config)
     _check_platform(ctx, reference, top, model.os, model.architecture, model.variant)

@@ -94,7 +94,7 @@ async def test_inspect_of_an_unknown_image_is_404_with_docker_message(
         ({"fromImage": "library/UPPER"}, "must be lowercase"),
         ({"fromImage": "alpine", "tag": "sha256:abc"}, "invalid digest"),
         ({"fromImage": "alpine", "platform": "linux/arm64/v8/extra"}, "invalid platform"),
-        ({"fromSrc": "-"}, "not supported"),
+        ({"fromSrc": "http://example.com/rootfs.tar"}, "not supported"),  # "-" is an import
     ],
 )
 async def test_pull_with_bad_parameters_is_a_400_naming_the_problem(

@@ -39,6 +39,7 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/transfers", "read"),
     ("GET", "/jobs", "read"),
     ("GET", "/metrics", "read"),
+    ("GET", "/system/df", "read"),
     ("GET", "/images/json", "read"),
     ("GET", "/images/{name}/json", "read"),
     ("GET", "/images/{name}/history", "read"),

@@ -12,10 +12,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ferryd.daemon.api import auth, distribution_inspect, fsck, images, system
+from ferryd.daemon.api import auth, distribution_inspect, fsck, images, inventory, system
 from ferryd.daemon.api.access import AccessControl, AccessMiddleware, AccessPolicy
 from ferryd.daemon.api.access_log import RequestLog
 from ferryd.daemon.api.metrics import RequestMetrics, metrics
+from ferryd.daemon.api.routing import NotSupported, OwnMethodsRoute
 from ferryd.daemon.api.system import API_VERSION
 from ferryd.daemon.state import DaemonState
 from ferryd.distribution.service import ImageService
@@ -91,14 +92,20 @@ def build_app(
         Route("/jobs", system.jobs, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/fsck", fsck.fsck, methods=["POST"]),
+        Route("/system/df", inventory.disk_usage, methods=["GET"]),
         Route("/auth", auth.auth, methods=["POST"]),
         Route("/distribution/{name:path}/json", distribution_inspect.inspect, methods=["GET"]),
         Route("/images/create", images.create, methods=["POST"]),
-        Route("/images/json", images.list_all, methods=["GET"]),
+        Route("/images/json", inventory.images, methods=["GET"]),
+        Route("/images/prune", inventory.prune_images, methods=["POST"]),
         Route("/images/{name:path}/json", images.inspect, methods=["GET"]),
+        Route("/images/{name:path}/history", inventory.history, methods=["GET"]),
         Route("/images/{name:path}/push", images.push, methods=["POST"]),
         Route("/images/{name:path}/tag", images.tag, methods=["POST"]),
-        Route("/images/{name:path}", images.delete, methods=["DELETE"]),
+        # Every path under /images/: after the specific image routes, and a 404 (not a
+        # 405) for other methods on paths no route serves.
+        OwnMethodsRoute("/images/{name:path}", images.delete, methods=["DELETE"]),
+        NotSupported(),  # containers, volumes, builds…: 501 with one sentence
     ]
     app = Starlette(
         routes=routes,

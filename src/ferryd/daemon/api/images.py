@@ -1,4 +1,5 @@
-"""The image routes: pull, push, tag, remove, list and inspect, as dockerd answers them."""
+"""The image routes: pull, push, tag, remove and inspect, as dockerd answers them (the
+list, history and prune are in inventory.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ferryd.daemon.api import imports
-from ferryd.daemon.api.shapes import image_inspect, image_summary
+from ferryd.daemon.api.shapes import image_inspect
 from ferryd.daemon.api.streaming import ProgressStream
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.service import ImageService
@@ -79,16 +80,6 @@ async def delete(request: Request) -> Response:
     force = request.query_params.get("force", "").lower() in ("1", "true")
     records = await _service(request).remove(request.path_params["name"], force=force)
     return JSONResponse(records)
-
-
-async def list_all(request: Request) -> Response:
-    service = _service(request)
-
-    def collect() -> list[dict[str, Any]]:
-        rows = [image_summary(service.store, image_id) for image_id in service.store.images.ids()]
-        return sorted(rows, key=lambda row: row["Created"], reverse=True)
-
-    return JSONResponse(await anyio.to_thread.run_sync(collect))
 
 
 async def inspect(request: Request) -> Response:

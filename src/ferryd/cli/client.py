@@ -34,8 +34,15 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 def socket_path(host: str | None) -> str:
-    """`--host`, else FERRYD_HOST, else the default; `unix://` is optional."""
+    """`--host`, else FERRYD_HOST, else the default; `unix://` is optional. Any other
+    scheme (`tcp://`, `ssh://`…) is refused: ferryd serves only its Unix socket."""
     value = host or os.environ.get("FERRYD_HOST") or DEFAULT_HOST
+    scheme, separator, _ = value.partition("://")
+    if separator and scheme != "unix":
+        raise DaemonError(
+            f"cannot use {value}: ferryd serves only unix:// sockets "
+            "(give -H unix:///path/to/ferryd.sock, or set FERRYD_HOST to one)"
+        )
     return value.removeprefix("unix://")
 
 

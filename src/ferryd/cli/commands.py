@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ferryd import __version__
 from ferryd.cli import login
 from ferryd.cli.client import Client, DaemonError
-from ferryd.cli.display import StreamError, drain, show
+from ferryd.cli.display import StreamError, drain, finished, pull_done, push_done, show
 from ferryd.units import human_size
 
 if TYPE_CHECKING:
@@ -106,10 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     rmi.add_argument("-f", "--force", action="store_true", help="remove by ID even if tagged")
     rmi.set_defaults(handler=_rmi)
 
-    images = commands.add_parser("images", help="list images")
-    images.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
-    images.add_argument("--no-trunc", action="store_true", help="full image IDs")
-    images.set_defaults(handler=_images)
+    from ferryd.cli import listing  # it imports this module's helpers
+
+    listing.add_commands(commands)  # images, history, prune, df
 
     inspect = commands.add_parser("inspect", help="show an image's details as JSON")
     inspect.add_argument("reference", nargs="+")
@@ -201,7 +200,11 @@ def _pull(args: argparse.Namespace) -> int:
     if args.platform:
         params["platform"] = args.platform
     headers = {"X-Registry-Auth": _registry_auth(reference.domain)}
-    messages = Client(args.host).stream("POST", "/images/create", params, headers)
+    messages = finished(
+        Client(args.host).stream("POST", "/images/create", params, headers),
+        pull_done,
+        _cut("pull", args.reference),
+    )
     if args.quiet:
         drain(messages)
         print(reference.familiar)
@@ -217,7 +220,11 @@ def _push(args: argparse.Namespace) -> int:
     params = {"tag": reference.tag} if reference.tag else {}
     headers = {"X-Registry-Auth": _registry_auth(reference.domain)}
     path = f"/images/{reference.name}/push"
-    messages = Client(args.host).stream("POST", path, params, headers)
+    messages = finished(
+        Client(args.host).stream("POST", path, params, headers),
+        push_done,
+        _cut("push", args.reference),
+    )
     if args.quiet:
         for aux in drain(messages):
             print(aux["Digest"])
@@ -252,28 +259,12 @@ def _rmi(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _images(args: argparse.Namespace) -> int:
-    rows = Client(args.host).get_json("/images/json")
-    if args.quiet:
-        for row in rows:
-            print(_image_id(row["Id"], args.no_trunc))
-        return 0
-    table = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
-    for row in rows:
-        tags = row["RepoTags"] or ["<none>:<none>"]
-        for tag in tags:
-            repository, _, name = tag.rpartition(":")
-            table.append(
-                (
-                    repository,
-                    name,
-                    _image_id(row["Id"], args.no_trunc),
-                    _ago(row["Created"]),
-                    human_size(row["Size"], 3),
-                )
-            )
-    _print_table(table)
-    return 0
+def _cut(action: str, reference: str) -> str:
+    return (
+        f"the {action} did not finish: the daemon's answer ended before its last status "
+        f"(the connection was cut, or the daemon stopped); run `ferryd {action} {reference}` "
+        "again"
+    )
 
 
 def _print_table(table: Sequence[tuple[str, ...]]) -> None:

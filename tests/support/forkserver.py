@@ -20,6 +20,7 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -151,14 +152,20 @@ class ForkedProcess:
 
 class ForkServer:
     def __init__(self) -> None:
+        # What the server says if it dies; open as long as it lives.
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115
         self._process = subprocess.Popen(
-            [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-c", _SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._errors,
         )
         self._starting = threading.Lock()
-        self._started: queue.Queue[int] = queue.Queue()
+        self._started: queue.Queue[int | None] = queue.Queue()
         self._exits: dict[int, int] = {}
         self._exited = threading.Condition()
         self._children: list[int] = []
+        self.dead = False
         self._reader = threading.Thread(target=self._read, name="fork server", daemon=True)
         self._reader.start()
 
@@ -175,12 +182,14 @@ class ForkServer:
         }
         assert self._process.stdin is not None
         with self._starting:
-            self._process.stdin.write(json.dumps(spec).encode() + b"\n")
-            self._process.stdin.flush()
             try:
+                self._process.stdin.write(json.dumps(spec).encode() + b"\n")
+                self._process.stdin.flush()
                 pid = self._started.get(timeout=30)
-            except queue.Empty:
-                raise RuntimeError("the fork server did not start ferryd") from None
+            except (OSError, queue.Empty):
+                pid = None
+            if pid is None:
+                raise RuntimeError(f"the fork server did not start ferryd:\n{self._said()}")
         self._children.append(pid)
         return ForkedProcess(self, pid, ["ferryd", *argv])
 
@@ -188,8 +197,14 @@ class ForkServer:
         """The child's return code once it has exited; None if it still runs after
         `timeout` seconds (None: wait as long as it takes)."""
         with self._exited:
-            self._exited.wait_for(lambda: pid in self._exits, timeout)
+            self._exited.wait_for(lambda: pid in self._exits or self.dead, timeout)
+            if pid not in self._exits and self.dead:
+                raise RuntimeError(f"the fork server died: ferryd's ({pid}) end is lost")
             return self._exits.get(pid)
+
+    def _said(self) -> str:
+        self._errors.seek(0)
+        return self._errors.read().decode(errors="replace")[-4000:]
 
     def _read(self) -> None:
         assert self._process.stdout is not None
@@ -201,20 +216,26 @@ class ForkServer:
                 with self._exited:
                     self._exits[message["exited"]] = message["code"]
                     self._exited.notify_all()
+        with self._exited:  # the server has gone: nobody will say who exits now
+            self.dead = True
+            self._exited.notify_all()
+        self._started.put(None)
 
     def close(self) -> None:
         """Once every child has exited (those told to stop get 20 s, then SIGKILL)."""
         with self._exited:
-            self._exited.wait_for(lambda: set(self._children) <= set(self._exits), 20)
+            self._exited.wait_for(lambda: set(self._children) <= set(self._exits) or self.dead, 20)
             stuck = [pid for pid in self._children if pid not in self._exits]
         for pid in stuck:
             print(f"ferryd (pid {pid}) did not stop: killed", file=sys.stderr)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         assert self._process.stdin is not None
-        self._process.stdin.close()  # the server's cue to end
+        with contextlib.suppress(OSError):
+            self._process.stdin.close()  # the server's cue to end
         self._process.wait(10)
         self._reader.join(10)
+        self._errors.close()
 
 
 def _umask() -> int:
@@ -244,7 +265,7 @@ def spawn(
                 env={**env, "PYTHONUNBUFFERED": "1"},
             )
     with _server_lock:
-        if _server is None:
+        if _server is None or _server.dead:
             _server = ForkServer()
             atexit.register(_server.close)
     return _server.spawn(argv, env=env, log=log)

@@ -74,7 +74,7 @@ async def test_version_has_docker_shape(api: httpx.AsyncClient) -> None:
 
 
 async def test_unknown_path_is_a_json_404(api: httpx.AsyncClient) -> None:
-    response = await api.get("/containers/json")
+    response = await api.get("/nothing/here")
 
     assert "page not found" in refusal(response)
 

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ferryd.daemon.api.peers import Peer
+from ferryd.daemon.api.routing import unsupported
 from ferryd.daemon.settings import EVERY_PERMISSION, Access, access_ids, granted
 from ferryd.errors import PermissionDeniedError
 
@@ -87,6 +88,8 @@ def permission_for(method: str, path: str) -> str:
     for rule in _RULES:
         if rule.method == method and rule.pattern.fullmatch(path):
             return rule.permission
+    if unsupported(method, path) is not None:
+        return "read"  # answered with a 501 that says what ferryd does not do; no more
     return UNKNOWN_ROUTE
 
 

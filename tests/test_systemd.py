@@ -34,7 +34,7 @@ from ferryd.daemon.api.serve import bind_unix_socket
 from ferryd.daemon.settings import Settings
 from ferryd.daemon.systemd import Notifier
 from ferryd.errors import ConfigError
-from support.daemon import Daemon, errors, ferryd, toml
+from support.daemon import Daemon, errors, ferryd, start_failure, toml
 from support.images import LayerSpec, build_image, seed
 from support.registry import PASSWORD, USER, Registry, trust
 from support.throttle import throttled
@@ -591,8 +591,8 @@ def test_an_unknown_socket_group_stops_the_daemon_with_a_clear_message(tmp_path:
     done = ferryd("serve", "--config", str(config))
 
     assert done.returncode != 0
-    assert "socket_group: there is no group named 'no-such-group-ferryd'" in done.stderr
-    assert "Traceback" not in done.stderr + done.stdout
+    failed = start_failure(done)
+    assert "socket_group: there is no group named 'no-such-group-ferryd'" in failed["error"]
     assert not (tmp_path / "s.sock").exists()
 
 

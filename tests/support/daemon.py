@@ -246,3 +246,16 @@ def errors(messages: list[dict[str, Any]]) -> list[str]:
 def statuses(messages: list[dict[str, Any]], status: str) -> list[str]:
     """The layer ids that reported `status`."""
     return [m.get("id", "") for m in messages if m.get("status") == status]
+
+
+def start_failure(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The one `daemon.start_failed` line of a `ferryd serve` that could not start: its
+    output is JSON lines only (a journal read with jq shows it), and nothing is left
+    on stderr or as a traceback."""
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    [failed] = [line for line in lines if line.get("event") == "daemon.start_failed"]
+    assert failed["level"] == "error"
+    assert failed["exit_status"] == done.returncode
+    assert done.stderr == ""
+    assert "Traceback" not in done.stdout
+    return failed

@@ -170,8 +170,10 @@ def _serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "log_format": args.log_format,
     }
+    log_format = args.log_format or "json"
     try:
         settings = load_settings(args.config, overrides)
+        log_format = settings.log_format
         import anyio
 
         from ferryd.daemon import main as daemon
@@ -181,15 +183,27 @@ def _serve(args: argparse.Namespace) -> int:
 
         anyio.run(daemon.run, settings, reload, backend_options={"use_uvloop": True})
     except ConfigError as exc:
-        print(f"ferryd: {exc}", file=sys.stderr)
-        return 2
+        return _start_failed(str(exc), 2, log_format)
     except FerrydError as exc:
-        print(f"ferryd: {exc}", file=sys.stderr)
-        return 1
+        return _start_failed(str(exc), 1, log_format)
     except OSError as exc:
-        print(f"ferryd: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return _start_failed(f"{exc.filename or ''}: {exc.strerror or exc}", 1, log_format)
     return 0
+
+
+def _start_failed(reason: str, status: int, log_format: str) -> int:
+    """One log line at error level that says why (a journal read with `jq` shows it:
+    no plain text beside the JSON), then the exit status: 2 for a configuration that
+    must be fixed (systemd then does not restart in a loop), 1 otherwise."""
+    import structlog
+
+    from ferryd.daemon import logs
+
+    logs.configure("info", "console" if log_format == "console" else "json")
+    structlog.get_logger("ferryd.daemon").error(
+        "daemon.start_failed", error=reason, exit_status=status
+    )
+    return status
 
 
 def _pull(args: argparse.Namespace) -> int:

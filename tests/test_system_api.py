@@ -199,7 +199,13 @@ async def test_transfers_and_ps_show_a_running_download_and_nothing_once_it_is_d
     assert transfer["Watchers"] == 1
     assert time.time() - 60 < transfer["Started"] <= time.time()
     assert listing.returncode == 0, listing.stderr
-    header, row = listing.stdout.splitlines()
+    # The pull as a job, its one layer not done yet; then the transfer moving it.
+    jobs, transfers = listing.stdout.split("\n\n")
+    job_header, job = jobs.splitlines()
+    assert job_header.split() == ["JOB", "ACTION", "PHASE", "LAYERS", "STARTED", "REFERENCE"]
+    assert job.split()[1:4] == ["pull", "layers", "0/1"]
+    assert job.endswith(stalled.reference)
+    header, row = transfers.splitlines()
     assert header.split() == PS_HEADER
     assert row.split()[:3] == ["download", stalled.layer[7:19], "Downloading"]
     assert f"/{size / 1e6:.4g}MB (" in row

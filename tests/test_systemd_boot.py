@@ -120,7 +120,7 @@ def _life_cycle(box: Container, reference: str, image_id: str) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    busy = 'Status: "1 downloads, 0 uploads active"'
+    busy = 'Status: "1 pulls, 0 pushes; 1 downloads, 0 uploads active"'
     seen: list[str] = []
 
     def shows_busy() -> bool:

@@ -288,7 +288,28 @@ def _print_table(table: Sequence[tuple[str, ...]]) -> None:
 
 
 def _ps(args: argparse.Namespace) -> int:
-    rows = Client(args.host).get_json("/transfers")
+    """The pulls and pushes running (from the moment they were asked for, with how many
+    of their layers are done), then the transfers moving their layers."""
+    client = Client(args.host)
+    jobs = client.get_json("/jobs")
+    if jobs:
+        job_header = ("JOB", "ACTION", "PHASE", "LAYERS", "STARTED", "REFERENCE")
+        _print_table(
+            [job_header]
+            + [
+                (
+                    job["ID"],
+                    job["Action"],
+                    job["Phase"],
+                    _layers_done(job["Layers"]),
+                    _ago(job["Started"]),
+                    job["Reference"],
+                )
+                for job in jobs
+            ]
+        )
+        print()
+    rows = client.get_json("/transfers")
     header = ("ACTION", "ID", "STATUS", "PROGRESS", "CLIENTS", "STARTED", "NAME")
     table = [header] + [
         (
@@ -304,6 +325,18 @@ def _ps(args: argparse.Namespace) -> int:
     ]
     _print_table(table)
     return 0
+
+
+# A layer's last state when nothing more is to be done for it, pulled or pushed.
+_LAYER_DONE = ("Pull complete", "Already exists", "Pushed", "Layer already exists")
+
+
+def _layers_done(layers: list[dict[str, Any]]) -> str:
+    done = sum(
+        layer["Status"] in _LAYER_DONE or layer["Status"].startswith("Mounted from")
+        for layer in layers
+    )
+    return f"{done}/{len(layers)}" if layers else "-"
 
 
 def _progress(current: int | None, total: int | None) -> str:

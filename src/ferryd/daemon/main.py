@@ -182,7 +182,10 @@ async def _ping_watchdog(notifier: Notifier, interval: float) -> None:
 
 
 def _status(service: ImageService) -> str:
+    """What `systemctl status` shows: the pulls and pushes asked for (from the moment
+    they are, as jobs), then the transfers moving their layers."""
+    pulls, pushes = service.jobs.count("pull"), service.jobs.count("push")
     downloads, uploads = service.downloads.active, service.uploads.active
-    if not downloads and not uploads:
+    if not (pulls or pushes or downloads or uploads):
         return "idle"
-    return f"{downloads} downloads, {uploads} uploads active"
+    return f"{pulls} pulls, {pushes} pushes; {downloads} downloads, {uploads} uploads active"

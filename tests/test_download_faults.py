@@ -7,7 +7,9 @@ gzip'd tar layers.
 
 from __future__ import annotations
 
+import email.utils
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,11 +21,15 @@ from anyio.abc import TaskGroup
 
 from ferryd.distribution.context import BlobFetcher, DownloadDescriptor
 from ferryd.distribution.downloads import DownloadManager
+from ferryd.distribution.transfers import RetryPolicy
 from ferryd.errors import (
     ContentError,
     DiffIDMismatchError,
     DigestMismatchError,
+    ManifestError,
     NotFoundError,
+    RangeNotSatisfiableError,
+    RegistryProtocolError,
     TransientRegistryError,
 )
 from ferryd.oci.digest import Digest
@@ -42,6 +48,7 @@ from support.fakes import (
     Request,
     background,
     make_layer,
+    registry_error,
     serve_registry,
 )
 from support.waiting import await_until
@@ -553,4 +560,107 @@ async def test_same_blob_with_two_diff_ids_at_once(
 
     assert outcomes["right"] == RootFS([big.diff_id])
     assert isinstance(outcomes["wrong"], DiffIDMismatchError)
+    env.assert_stored(big)
+
+
+# -- failures that fit their retry ------------------------------------------------------
+
+
+async def test_a_429_with_retry_after_in_seconds_waits_that_long(
+    env: Env, small: FakeLayer
+) -> None:
+    env.registry.add_blob(small.blob)
+    busy = registry_error(429, "TOOMANYREQUESTS", "slow down")
+    busy.headers["Retry-After"] = "1"
+    env.registry.on("GET", BLOB_PATH, busy, times=1)
+    progress = Recorder()
+    started = time.monotonic()
+
+    await env.download(small, progress=progress)
+
+    assert time.monotonic() - started >= 0.9  # not the 0.01 s retry_delay
+    assert retries(progress) == ["Retrying in 1 second"]
+    env.assert_stored(small)
+
+
+async def test_a_retry_after_as_an_http_date_is_waited_for(env: Env, small: FakeLayer) -> None:
+    env.registry.add_blob(small.blob)
+    busy = registry_error(503, "UNAVAILABLE", "maintenance")
+    busy.headers["Retry-After"] = email.utils.formatdate(time.time() + 2, usegmt=True)
+    env.registry.on("GET", BLOB_PATH, busy, times=1)
+    started = time.monotonic()
+
+    await env.download(small)
+
+    assert time.monotonic() - started >= 0.9
+    env.assert_stored(small)
+
+
+async def test_a_retry_after_longer_than_max_retry_after_is_cut_to_it(
+    env: Env, small: FakeLayer
+) -> None:
+    env.manager.retries = RetryPolicy(attempts=5, delay=0.01, max_retry_after=0.2)
+    env.registry.add_blob(small.blob)
+    busy = registry_error(429, "TOOMANYREQUESTS", "slow down")
+    busy.headers["Retry-After"] = "3600"
+    env.registry.on("GET", BLOB_PATH, busy, times=1)
+
+    await env.download(small)  # within the env's 10 s, not an hour
+
+    env.assert_stored(small)
+
+
+async def test_a_short_body_that_already_hashes_to_the_digest_fails_at_once(
+    env: Env, small: FakeLayer
+) -> None:
+    env.registry.add_blob(small.blob)
+    progress = Recorder()
+    with pytest.raises(ManifestError, match="the manifest is wrong"):
+        await env.download(env.descriptor(small, size=small.size + 100), progress=progress)
+    assert len(env.blob_gets()) == 1
+    assert retries(progress) == []
+    env.assert_nothing_stored()
+
+
+async def test_an_empty_body_for_a_blob_that_is_not_empty_fails_at_once(
+    env: Env, small: FakeLayer
+) -> None:
+    env.registry.on("GET", BLOB_PATH, Reply(200, {}, b""))
+    progress = Recorder()
+    with pytest.raises(RegistryProtocolError, match="empty body"):
+        await env.download(small, progress=progress)
+    assert len(env.blob_gets()) == 1
+    assert retries(progress) == []
+
+
+async def test_a_416_to_a_resume_fails_at_once_and_drops_the_partial_file(
+    env: Env, big: FakeLayer
+) -> None:
+    env.registry.add_blob(big.blob)
+    partial = env.store.blobs.partial_path(big.digest)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(big.blob[:MiB])
+    env.registry.on("GET", BLOB_PATH, Reply(416, {"Content-Range": f"bytes */{MiB}"}))
+    progress = Recorder()
+
+    with pytest.raises(RangeNotSatisfiableError, match="416"):
+        await env.download(big, progress=progress)
+
+    assert len(env.blob_gets()) == 1
+    assert retries(progress) == []
+    assert not partial.exists()
+
+
+async def test_a_resumed_download_that_does_not_match_starts_over_once_from_byte_0(
+    env: Env, big: FakeLayer
+) -> None:
+    env.registry.add_blob(big.blob)
+    other = make_layer(3 * MiB, seed=99)  # a valid gzip start that is not this blob's
+    partial = env.store.blobs.partial_path(big.digest)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(other.blob[:MiB])
+
+    await env.download(big)
+
+    assert [range_start(r) for r in env.blob_gets()] == [MiB, None]
     env.assert_stored(big)

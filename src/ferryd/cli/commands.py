@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ferryd import __version__
-from ferryd.cli import login
+from ferryd.cli import archives, login
 from ferryd.cli.client import Client, DaemonError
 from ferryd.cli.display import StreamError, drain, finished, pull_done, push_done, show
 from ferryd.units import human_size
@@ -131,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.set_defaults(handler=_events)
 
+    archives.add_commands(commands)  # save, load
     login.add_commands(commands)  # login, logout
 
     fsck = commands.add_parser(

@@ -56,6 +56,11 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     # move a tag to another image); it reaches no registry.
     ("POST", "/images/{name}/tag", "pull"),
     ("POST", "/images/{name}/push", "push"),
+    # A save hands the client every byte of the images, as a push hands them to a
+    # registry: content that may have come from a private registry with the daemon's
+    # own login. `read` (monitoring) only looks at what is there.
+    ("GET", "/images/get", "push"),
+    ("GET", "/images/{name}/get", "push"),
     ("POST", "/images/prune", "delete"),
     ("POST", "/images/load", "delete"),
     ("DELETE", "/images/{name}", "delete"),

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ferryd.daemon.api import auth, distribution_inspect, fsck, images, inventory, system
 from ferryd.daemon.api.access import AccessControl, AccessMiddleware, AccessPolicy
 from ferryd.daemon.api.access_log import RequestLog
+from ferryd.daemon.api.archives import load_images, save_image, save_images
 from ferryd.daemon.api.metrics import RequestMetrics, metrics
 from ferryd.daemon.api.routing import NotSupported, OwnMethodsRoute
 from ferryd.daemon.api.system import API_VERSION
@@ -98,10 +99,13 @@ def build_app(
         Route("/images/create", images.create, methods=["POST"]),
         Route("/images/json", inventory.images, methods=["GET"]),
         Route("/images/prune", inventory.prune_images, methods=["POST"]),
+        Route("/images/get", save_images, methods=["GET"]),
+        Route("/images/load", load_images, methods=["POST"]),
         Route("/images/{name:path}/json", images.inspect, methods=["GET"]),
         Route("/images/{name:path}/history", inventory.history, methods=["GET"]),
         Route("/images/{name:path}/push", images.push, methods=["POST"]),
         Route("/images/{name:path}/tag", images.tag, methods=["POST"]),
+        Route("/images/{name:path}/get", save_image, methods=["GET"]),
         # Every path under /images/: after the specific image routes, and a 404 (not a
         # 405) for other methods on paths no route serves.
         OwnMethodsRoute("/images/{name:path}", images.delete, methods=["DELETE"]),

@@ -717,7 +717,8 @@ def test_a_bad_access_table_stops_the_daemon_naming_the_key(tmp_path: Path) -> N
         daemon.start()
 
     assert "ferryd exited 2" in str(caught.value)
-    assert 'access.users."root": unknown permission "rmi" (did you mean "delete"?)' in str(
-        caught.value
+    [failed] = daemon.log_events("daemon.start_failed")
+    assert 'access.users."root": unknown permission "rmi" (did you mean "delete"?)' in (
+        failed["error"]
     )
     assert not daemon.socket.exists()

@@ -235,6 +235,8 @@ class ForkServer:
             self._process.stdin.close()  # the server's cue to end
         self._process.wait(10)
         self._reader.join(10)
+        assert self._process.stdout is not None
+        self._process.stdout.close()
         self._errors.close()
 
 

@@ -718,7 +718,8 @@ def test_a_bad_access_table_stops_the_daemon_naming_the_key(tmp_path: Path) -> N
 
     assert "ferryd exited 2" in str(caught.value)
     [failed] = daemon.log_events("daemon.start_failed")
-    assert 'access.users."root": unknown permission "rmi" (did you mean "delete"?)' in (
-        failed["error"]
+    assert (
+        'access.users."root": unknown permission "rmi" (did you mean "delete"?)'
+        in (failed["error"])
     )
     assert not daemon.socket.exists()

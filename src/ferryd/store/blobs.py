@@ -124,9 +124,7 @@ class BlobStore:
         except FileNotFoundError:
             pass
 
-    def put(
-        self, data: bytes, expected: Digest | None = None, *, sync_dir: bool = True
-    ) -> Digest:
+    def put(self, data: bytes, expected: Digest | None = None, *, sync_dir: bool = True) -> Digest:
         """Store a small blob held in memory (configs, manifests); see `commit_partial`
         for `sync_dir`."""
         digest = sha256_digest(data)

@@ -8,15 +8,15 @@ the files is left out). The least of `REPEATS` passes, per blob.
 
 A pull that spends N times the floor in CPU seconds does N times the work that cannot be
 avoided; what is above 1.0 is the pipeline's own (copies, the event loop, HTTP,
-threads handing work over, the store). Cached per image beside its layout
-(`floor.json`), keyed by the image's build, this machine's CPU and the library versions.
+threads handing work over, the store). Measured in every run, beside the pulls it is
+compared with: on a shared machine the same work takes more CPU seconds when the
+machine is busy (caches, memory bandwidth), and a floor from another hour would skew
+every ratio.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import platform
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,27 +32,6 @@ PIECE = 1 << 20
 REPEATS = 3  # passes over an image under 512 MiB; one above
 _GZIP = b"\x1f\x8b"
 _ZSTD = b"\x28\xb5\x2f\xfd"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as metadata
-
-    return {
-        "python": platform.python_version(),
-        "isal": metadata.version("isal"),
-        "backports.zstd": metadata.version("backports.zstd"),
-        "cpu": _cpu_model(),
-    }
 
 
 def _gzip() -> Any:
@@ -102,20 +81,10 @@ def image_floor(image: Built, repeats: int) -> dict[str, float]:
 
 
 def floors(images: Iterable[Built]) -> dict[str, float]:
-    """The floor of every blob of `images` (digest: CPU seconds), computed once per image
-    and machine, cached in `floor.json` beside the image's layout."""
+    """The floor of every blob of `images` (digest: CPU seconds), measured in this run:
+    a floor measured on a quieter (or busier) machine would make every ratio lie."""
     out: dict[str, float] = {}
-    versions = _versions()
     for image in images:
-        cache = image.layout.parent / "floor.json"
-        key = {"blobs": image.blobs, **versions}
-        try:
-            cached = json.loads(cache.read_text())
-        except (OSError, ValueError):
-            cached = {}
-        if cached.get("key") == key:
-            out.update(cached["floor"])
-            continue
         repeats = REPEATS if image.layer_bytes < 512 << 20 else 1
         started = time.perf_counter()
         floor = image_floor(image, repeats)
@@ -123,7 +92,6 @@ def floors(images: Iterable[Built]) -> dict[str, float]:
             f"floor of {image.name}: {sum(floor.values()):.2f} CPU s "
             f"(best of {repeats}, {time.perf_counter() - started:.0f} s)"
         )
-        cache.write_text(json.dumps({"key": key, "floor": floor}, indent=1) + "\n")
         out.update(floor)
     return out
 

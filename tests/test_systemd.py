@@ -455,7 +455,7 @@ def test_status_follows_the_running_transfers(
     [*active, idle] = statuses
     # Each is sent when it changes, never twice in a row (not each second); the pull
     # shows as soon as it is asked for, its download once it moves.
-    assert all(a != b for a, b in zip(statuses, statuses[1:], strict=False))
+    assert all(a != b for a, b in itertools.pairwise(statuses))
     assert all(status.startswith(b"STATUS=1 pulls, 0 pushes; ") for status in active)
     assert b"STATUS=1 pulls, 0 pushes; 1 downloads, 0 uploads active" in active
     assert idle == b"STATUS=idle"

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import trustme
 
+from support import forkserver
 from support.app import in_process_api
 from support.daemon import Daemon
 from support.registry import PASSWORD, USER, Registry, fixture_registry
@@ -24,6 +25,10 @@ _MARKS = {
     "daemon": "daemon",
     "start_daemon": "daemon",
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    forkserver.enable()  # daemons start in milliseconds (support/forkserver.py)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

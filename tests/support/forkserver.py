@@ -6,7 +6,9 @@ test starts. The fork server imports all that once per test worker and forks a c
 for each daemon: a real process of its own, on the real socket, that signals, reloads,
 crashes and exits as one started from scratch does, with its output in its log file.
 
-`FERRYD_TESTS_NO_FORK=1` starts every daemon with plain `subprocess.Popen` instead.
+The tests turn it on (conftest calls `enable`); elsewhere (the benchmarks, which
+measure a daemon's CPU from its start) and with `FERRYD_TESTS_NO_FORK=1`, every daemon
+is a plain `subprocess.Popen` of `python -m ferryd`.
 """
 
 from __future__ import annotations
@@ -250,15 +252,22 @@ def _umask() -> int:
 
 _server: ForkServer | None = None
 _server_lock = threading.Lock()
+_enabled = False
+
+
+def enable() -> None:
+    """Fork daemons from a fork server from now on (this process's tests)."""
+    global _enabled
+    _enabled = True
 
 
 def spawn(
     argv: list[str], *, env: dict[str, str], log: Path
 ) -> ForkedProcess | subprocess.Popen[bytes]:
-    """Start `python -m ferryd <argv>`: forked from this worker's fork server (started
-    on first use), or as a plain subprocess with FERRYD_TESTS_NO_FORK=1."""
+    """Start `python -m ferryd <argv>`: forked from this process's fork server (started
+    on first use) once `enable` has been called, else as a plain subprocess."""
     global _server
-    if os.environ.get("FERRYD_TESTS_NO_FORK"):
+    if not _enabled or os.environ.get("FERRYD_TESTS_NO_FORK"):
         with log.open("ab") as out:
             return subprocess.Popen(
                 [sys.executable, "-m", "ferryd", *argv],

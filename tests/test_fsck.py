@@ -67,7 +67,7 @@ def test_a_store_a_pull_made_is_clean(
     assert (status, err) == (0, "")
     assert out == [out[-1]]
     assert out[-1].startswith(
-        "fsck: checked 4 blobs, 2 layers, 1 image, 1 manifest, 2 references in "
+        "fsck: checked 4 blobs, 2 layers, 1 image, 1 manifest, 0 indexes, 2 references in "
     )
     assert out[-1].endswith(": clean")
 
@@ -151,7 +151,12 @@ def test_rows_that_do_not_add_up_are_each_a_problem(
     daemon, built = pulled(registry, start_daemon, layout, "fsck/rows:v1", 9330)
     root = daemon.root
     ghost = "sha256:" + "0" * 64
-    sql(root, "INSERT INTO refs VALUES ('x.io/ghost:1', 'x.io/ghost', '1', NULL, ?, 0)", (ghost,))
+    sql(
+        root,
+        "INSERT INTO refs (name, repository, tag, digest, image_id, created) "
+        "VALUES ('x.io/ghost:1', 'x.io/ghost', '1', NULL, ?, 0)",
+        (ghost,),
+    )
     base_chain = chain_ids(built.diff_ids[:1])[0]  # type: ignore[arg-type]
     wrong = "sha256:" + "1" * 64
     sql(

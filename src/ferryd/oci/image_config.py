@@ -71,6 +71,16 @@ def rootfs_and_os(config: bytes) -> tuple[RootFS, str]:
         raise ImageConfigError(
             f'image operating system "{model.os}" cannot be used on this platform'
         )
+    return _rootfs(model), model.os
+
+
+def rootfs_of(config: bytes) -> RootFS:
+    """The layer DiffIDs of a config, whatever its OS: an index's images for other
+    operating systems are kept and moved, never run."""
+    return _rootfs(decode_config(config))
+
+
+def _rootfs(model: ConfigModel) -> RootFS:
     if model.rootfs is None:
         raise ImageConfigError("image config has no rootfs")
     if model.rootfs.type != "layers":
@@ -79,4 +89,4 @@ def rootfs_and_os(config: bytes) -> tuple[RootFS, str]:
         diff_ids = [parse_digest(d) for d in model.rootfs.diff_ids]
     except InvalidDigestError as exc:
         raise ImageConfigError(f"image config has a bad rootfs.diff_ids entry: {exc}") from None
-    return RootFS(diff_ids), model.os
+    return RootFS(diff_ids)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -30,14 +31,23 @@ MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 # entries with this annotation.
 _REFERENCE_TYPE = "vnd.docker.reference.type"
 _ATTESTATION = "attestation-manifest"
+# An attestation names the image manifest it is about with this annotation.
+REFERENCE_DIGEST = "vnd.docker.reference.digest"
+
+EntryKind = Literal["image", "attestation", "index", "unknown"]
+"""What an index entry is, as dockerd's ManifestKind (plus `index` for a nested one):
+an image for a platform, a BuildKit attestation of one, a nested index, or something
+else (an artifact, an `unknown/unknown` entry without the attestation annotation)."""
 
 _T = TypeVar("_T")
 
 
-class ManifestPlatform(msgspec.Struct, frozen=True):
+class ManifestPlatform(msgspec.Struct, frozen=True, omit_defaults=True):
     os: str = ""
     architecture: str = ""
     variant: str | None = None
+    os_version: str | None = msgspec.field(default=None, name="os.version")
+    os_features: list[str] | None = msgspec.field(default=None, name="os.features")
 
 
 class Descriptor(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -167,12 +177,54 @@ def select_platform(index: ImageIndex, wanted: Platform) -> Descriptor:
     )
 
 
-def _is_image_entry(entry: Descriptor) -> bool:
-    if entry.platform is None or entry.mediaType in INDEX_TYPES:
-        return False
+def select_platforms(index: ImageIndex, wanted: Iterable[Platform]) -> list[Descriptor]:
+    """The entries for each platform of `wanted` (as `select_platform` takes one, so a
+    platform the index lacks is a `PlatformNotFoundError` naming what it has), with the
+    attestations of those entries; in the index's order, each once."""
+    chosen = {select_platform(index, platform).digest for platform in wanted}
+    return [
+        entry
+        for entry in index.manifests
+        if entry.digest in chosen
+        or (entry_kind(entry) == "attestation" and attested(entry) in chosen)
+    ]
+
+
+def pullable_entries(index: ImageIndex) -> list[Descriptor]:
+    """Every entry a pull of all platforms stores: images and their attestations (which
+    are image manifests too). Nested indexes and other artifacts are only recorded."""
+    seen: set[str] = set()
+    entries = []
+    for entry in index.manifests:
+        if entry_kind(entry) in ("image", "attestation") and entry.digest not in seen:
+            seen.add(entry.digest)
+            entries.append(entry)
+    return entries
+
+
+def entry_kind(entry: Descriptor) -> EntryKind:
+    """What an index entry is (see `EntryKind`)."""
+    if entry.mediaType in INDEX_TYPES:
+        return "index"
     if (entry.annotations or {}).get(_REFERENCE_TYPE) == _ATTESTATION:
-        return False
-    return (entry.platform.os, entry.platform.architecture) != ("unknown", "unknown")
+        return "attestation"
+    if entry.mediaType and entry.mediaType not in IMAGE_MANIFEST_TYPES:
+        return "unknown"
+    if entry.platform is not None and (entry.platform.os, entry.platform.architecture) == (
+        "unknown",
+        "unknown",
+    ):
+        return "unknown"
+    return "image"
+
+
+def attested(entry: Descriptor) -> str | None:
+    """The digest of the image manifest an attestation entry is about."""
+    return (entry.annotations or {}).get(REFERENCE_DIGEST)
+
+
+def _is_image_entry(entry: Descriptor) -> bool:
+    return entry.platform is not None and entry_kind(entry) == "image"
 
 
 def _check_schema_version(version: int, what: str) -> None:

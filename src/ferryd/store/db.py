@@ -33,8 +33,11 @@ DB_MODE = 0o600
 
 log = structlog.get_logger("ferryd.store")
 
-SCHEMA_VERSION = 1
-_SCHEMA = """
+SCHEMA_VERSION = 2
+# The first schema, as ferryd 1 wrote it: a new store starts from it and takes every
+# migration below, so the path a store of an older ferryd takes is the one every store
+# takes (and is tested on every run).
+_SCHEMA_V1 = """
 CREATE TABLE layers (
     chain_id        TEXT PRIMARY KEY,
     parent          TEXT REFERENCES layers(chain_id),
@@ -80,6 +83,39 @@ CREATE TABLE v2metadata (
     PRIMARY KEY (diff_id, digest, registry, repository)
 );
 """
+# Version N's step takes a store at version N - 1 to N, in the transaction that sets
+# `user_version` to N: a store is at one version or the next, never between.
+_MIGRATIONS: dict[int, str] = {
+    # Image indexes (OCI indexes, Docker manifest lists) kept as themselves: the index
+    # blob, one row per entry, and references that name an index. A store of version 1
+    # has none: its references keep naming their image, and the next pull of a tag that
+    # is an index records the index.
+    2: """
+CREATE TABLE indexes (
+    digest     TEXT PRIMARY KEY,  -- the index blob, as the registry or archive gave it
+    media_type TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    created    REAL NOT NULL
+);
+CREATE TABLE index_entries (
+    index_digest TEXT NOT NULL REFERENCES indexes(digest) ON DELETE CASCADE,
+    position     INTEGER NOT NULL,  -- the entry's place in the index
+    digest       TEXT NOT NULL,  -- the child manifest: stored when a manifests row has it
+    media_type   TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    kind         TEXT NOT NULL,  -- image, attestation, index, unknown
+    os           TEXT,
+    architecture TEXT,
+    variant      TEXT,
+    platform     TEXT,  -- the entry's whole platform as JSON (os.version, os.features)
+    annotations  TEXT,  -- the entry's annotations as JSON
+    PRIMARY KEY (index_digest, position)
+);
+CREATE INDEX index_entries_by_digest ON index_entries(digest);
+ALTER TABLE refs ADD COLUMN index_digest TEXT REFERENCES indexes(digest);
+CREATE INDEX refs_by_index ON refs(index_digest);
+""",
+}
 
 
 class Database:
@@ -107,17 +143,32 @@ class Database:
         return database_error(exc, self.path, doing)
 
     def _migrate(self) -> None:
+        """Bring the database to `SCHEMA_VERSION`: a new one is created at version 1 and
+        migrated like any store ferryd 1 left; each step commits on its own."""
         (version,) = self._conn.execute("PRAGMA user_version").fetchone()
         if version == SCHEMA_VERSION:
             return
-        if version != 0:
+        if version > SCHEMA_VERSION:
             raise StoreError(
-                f"database schema version {version} is not {SCHEMA_VERSION}: "
-                "this store was written by another version of ferryd"
+                f"database schema version {version} is newer than this ferryd's "
+                f"({SCHEMA_VERSION}): this store was written by a newer version of ferryd; "
+                "run that version (ferryd never downgrades a store)"
             )
-        self._conn.executescript(
-            f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        )
+        if version == 0:
+            self._conn.executescript(f"BEGIN; {_SCHEMA_V1} PRAGMA user_version = 1; COMMIT;")
+            created, version = True, 1
+        else:
+            created = False
+        started = version
+        while version < SCHEMA_VERSION:
+            version += 1
+            self._conn.executescript(
+                f"BEGIN; {_MIGRATIONS[version]} PRAGMA user_version = {version}; COMMIT;"
+            )
+        if not created:
+            log.info(
+                "store.migrated", path=str(self.path), from_version=started, to_version=version
+            )
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -8,7 +8,11 @@ What is checked:
 - every image's config blob is there, right and readable, and its top layer is the
   ChainID of the config's DiffIDs, with the layers below it holding exactly those;
 - every kept manifest's blob is there and right;
-- every reference names an image that is there;
+- every kept index's blob is there and right, its entries are the blob's, a stored
+  child (a kept manifest an entry names) is an image of the entry's platform, and a
+  reference names it (an index nothing names is left over: its rows are orphans);
+- every reference names an image that is there, and a reference to an index names one
+  that is there and one of its stored children as its image;
 - nothing is left over: blob files no row references, `.tmp-*` files, partial
   downloads whose blob is stored already, files that are none of ferryd's.
 
@@ -17,7 +21,9 @@ image standing on them reuses. Their number is reported as information.
 
 `repair` removes what is broken and what nothing references, nothing else: a broken
 blob together with the layers, images, manifests and references that need it, the rows
-in one transaction and the files once it has committed. What a running transfer uses
+in one transaction and the files once it has committed. A broken index is forgotten and
+the references that named it keep naming their image (without the index); an orphaned
+index's rows go. What a running transfer uses
 (a pinned blob, a held layer and the layers below it) is reported and kept.
 
 The daemon runs the same check (`POST /fsck`) with the store it has open; checks,
@@ -35,7 +41,12 @@ from typing import Any
 from ferryd.errors import FerrydError
 from ferryd.oci.digest import Digest, chain_id, chain_ids, new_hasher
 from ferryd.oci.image_config import decode_config
+from ferryd.oci.manifest import decode_index
+from ferryd.oci.platform import normalize
+from ferryd.oci.reference import parse_reference
+from ferryd.store.gc import forget_unnamed_indexes
 from ferryd.store.images import ImageRecord
+from ferryd.store.indexes import StoredIndex
 from ferryd.store.layers import Layer
 from ferryd.store.store import Store
 from ferryd.store.sweep import Inventory, Leftovers, leftovers, referenced_blobs, scan
@@ -48,6 +59,8 @@ MISSING_BLOB = "missing-blob"
 BROKEN_LAYER = "broken-layer"
 BROKEN_IMAGE = "broken-image"
 BROKEN_MANIFEST = "broken-manifest"
+BROKEN_INDEX = "broken-index"
+ORPHAN_INDEX = "orphan-index"
 DANGLING_REFERENCE = "dangling-reference"
 ORPHAN_BLOB = "orphan-blob"
 TEMP_FILE = "temp-file"
@@ -67,7 +80,7 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class Removal:
-    kind: str  # blob, layer, image, manifest, reference, file
+    kind: str  # blob, layer, image, manifest, index, reference, reference's index, file
     subject: str
 
     def to_json(self) -> dict[str, str]:
@@ -107,6 +120,8 @@ class _Rows:
     images: dict[Digest, ImageRecord]
     manifests: dict[Digest, Digest]  # digest → image ID
     references: dict[str, Digest]  # name → image ID
+    indexes: dict[Digest, StoredIndex]
+    index_references: dict[str, Digest]  # name → the index it names
 
     @classmethod
     def read(cls, store: Store) -> _Rows:
@@ -121,17 +136,34 @@ class _Rows:
                 Digest(row["digest"]): Digest(row["image_id"])
                 for row in store.db.all("SELECT digest, image_id FROM manifests")
             }
-            references = {
-                row["name"]: Digest(row["image_id"])
-                for row in store.db.all("SELECT name, image_id FROM refs")
+            rows = store.db.all("SELECT name, image_id, index_digest FROM refs")
+            references = {row["name"]: Digest(row["image_id"]) for row in rows}
+            index_references = {
+                row["name"]: Digest(row["index_digest"]) for row in rows if row["index_digest"]
             }
-        return cls(layers, images, manifests, references)
+            indexes = {}
+            for digest in store.indexes.digests():
+                index = store.indexes.get(digest)
+                if index is not None:
+                    indexes[digest] = index
+            # Entries of an index that is not there (the schema cascades; a damaged
+            # database may not have).
+            for row in store.db.all(
+                "SELECT DISTINCT index_digest FROM index_entries "
+                "WHERE index_digest NOT IN (SELECT digest FROM indexes)"
+            ):
+                orphan = Digest(row["index_digest"])
+                indexes[orphan] = StoredIndex(
+                    orphan, "", 0, 0.0, store.indexes.entries(orphan), present=False
+                )
+        return cls(layers, images, manifests, references, indexes, index_references)
 
     def blobs(self) -> set[Digest]:
         return (
             {layer.blob_digest for layer in self.layers.values()}
             | set(self.images)
             | set(self.manifests)
+            | {digest for digest, index in self.indexes.items() if index.present}
         )
 
 
@@ -146,6 +178,8 @@ class Fsck:
         self._bad_layers: dict[Digest, str] = {}
         self._bad_images: dict[Digest, str] = {}
         self._bad_manifests: dict[Digest, str] = {}
+        self._bad_indexes: dict[Digest, str] = {}
+        self._orphan_indexes: set[Digest] = set()
         self._bad_references: dict[str, str] = {}
 
     def run(self, *, repair: bool = False) -> FsckReport:
@@ -161,6 +195,7 @@ class Fsck:
             self._check_layers(rows)
             self._check_images(rows)
             self._check_manifests(rows)
+            self._check_indexes(rows)
             self._check_references(rows)
             self._check_leftovers(inventory, orphans)
             self.report.unused_layers = len(_unused_layers(rows))
@@ -169,6 +204,7 @@ class Fsck:
                 "Layers": len(rows.layers),
                 "Images": len(rows.images),
                 "Manifests": len(rows.manifests),
+                "Indexes": len(rows.indexes),
                 "References": len(rows.references),
             }
             if repair and self.report.problems:
@@ -263,11 +299,57 @@ class Fsck:
             self._bad_manifests[digest] = why
             self._problem(BROKEN_MANIFEST, digest, f"manifest {digest} of {image_id}: {why}")
 
+    def _check_indexes(self, rows: _Rows) -> None:
+        named = set(rows.index_references.values())
+        for digest in sorted(rows.indexes):
+            why = self._index_problem(rows.indexes[digest], rows)
+            if why is not None:
+                self._bad_indexes[digest] = why
+                self._problem(BROKEN_INDEX, digest, f"index {digest}: {why}")
+            elif digest not in named:
+                self._orphan_indexes.add(digest)
+                self._problem(
+                    ORPHAN_INDEX,
+                    digest,
+                    f"index {digest}: no reference names it (its rows are left over)",
+                )
+
+    def _index_problem(self, index: StoredIndex, rows: _Rows) -> str | None:
+        if not index.present:
+            return "its entries are in the store, the index itself is not"
+        if index.digest in self._bad_blobs:
+            return f"its blob is {self._bad_blobs[index.digest]}"
+        try:
+            decoded = decode_index(self._store.blobs.get(index.digest))
+        except FerrydError as exc:
+            return f"its blob cannot be read: {exc}"
+        if [(d.digest, d.mediaType, d.size) for d in decoded.manifests] != [
+            (e.digest, e.media_type, e.size) for e in index.entries
+        ]:
+            return "its entries are not the ones its blob lists"
+        for entry in index.entries:
+            image_id = rows.manifests.get(entry.digest)
+            image = rows.images.get(image_id) if image_id is not None else None
+            wanted = entry.platform
+            if image is None or wanted is None or entry.kind != "image":
+                continue
+            if not wanted.matches(image.os, image.architecture, image.variant):
+                actual = normalize(image.os, image.architecture, image.variant)
+                return f"its entry for {wanted} ({entry.digest}) is stored as an image of {actual}"
+        return None
+
     def _check_references(self, rows: _Rows) -> None:
         for name in sorted(rows.references):
             image_id = rows.references[name]
+            index = rows.index_references.get(name)
+            why = None
             if image_id not in rows.images:
                 why = f"its image {image_id} is not in the store"
+            elif index is not None and index not in rows.indexes:
+                why = f"its index {index} is not in the store"
+            elif index is not None and image_id not in _children(rows.indexes[index], rows):
+                why = f"its image {image_id} is none of the platforms its index {index} has"
+            if why is not None:
                 self._bad_references[name] = why
                 self._problem(DANGLING_REFERENCE, name, f"reference {name}: {why}")
 
@@ -310,10 +392,26 @@ class Fsck:
         references = set(self._bad_references) | {
             name for name, image_id in rows.references.items() if image_id in images
         }
+        # A reference whose only fault is its index keeps naming its image.
+        kept_images = set(rows.images) - images
+        unindexed = {
+            name
+            for name, index in rows.index_references.items()
+            if rows.references[name] in kept_images
+            and (name in self._bad_references or index in self._bad_indexes)
+        }
+        references -= unindexed
+        indexes = set(self._bad_indexes) | self._orphan_indexes
         with store.db.transaction():
+            for name in sorted(unindexed):
+                store.references.unindex(parse_reference(name, default_tag=False))
+                removed.append(Removal("reference's index", name))
             for name in sorted(references):
                 store.db.execute("DELETE FROM refs WHERE name = ?", (name,))
                 removed.append(Removal("reference", name))
+            for digest in sorted(indexes):
+                store.indexes.delete(digest)
+                removed.append(Removal("index", digest))
             for digest in sorted(manifests):
                 store.db.execute("DELETE FROM manifests WHERE digest = ?", (digest,))
                 removed.append(Removal("manifest", digest))
@@ -323,12 +421,17 @@ class Fsck:
             for chain in sorted(layers, key=lambda c: -_depth(c, rows.layers)):
                 store.layers.delete(chain)
                 removed.append(Removal("layer", chain))
+            # Indexes whose last reference went with a broken image.
+            for digest in forget_unnamed_indexes(store):
+                indexes.add(digest)
+                removed.append(Removal("index", digest))
         # The files, now that no row needs them.
         candidates = (
             set(self._bad_blobs)
             | {rows.layers[chain].blob_digest for chain in layers}
             | images
             | manifests
+            | indexes
         )
         still_needed = referenced_blobs(store) if candidates else set()
         pinned = set(store.blobs.pins.keys())
@@ -410,6 +513,11 @@ def _below(tops: Iterable[Digest], layers: dict[Digest, Layer]) -> set[Digest]:
     """The layers `tops` and every layer under them: what holds keep in use."""
     tops = list(tops)
     return {layer.chain_id for top in tops for layer in _stack(top, layers)} | set(tops)
+
+
+def _children(index: StoredIndex, rows: _Rows) -> set[Digest]:
+    """The images of an index's stored children."""
+    return {rows.manifests[e.digest] for e in index.entries if e.digest in rows.manifests}
 
 
 def _unused_layers(rows: _Rows) -> set[Digest]:

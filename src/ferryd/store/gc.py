@@ -1,14 +1,34 @@
-"""Removing an image and whatever only it used: layers, then blobs.
+"""Removing an image and whatever only it used: layers, then blobs; and the indexes no
+reference names any more, with the images only they used.
 
 Rows go first, in one transaction; blob files after it commits, so a crash between the
 two leaves only unreferenced files, never a row that points at a missing blob.
+
+An image is in use while a reference gives it for its name or a stored index lists one
+of its manifests. An index is kept while a reference names it: the transaction that
+takes its last name away forgets it (`forget_unnamed_indexes`), and its children become
+images like any other, named or not (`release` deletes those nothing uses, as `rmi`
+does; a tag that moves leaves them dangling, as it leaves a single image).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
 from ferryd.oci.digest import Digest
 from ferryd.store.layers import Layer
 from ferryd.store.store import Store
+
+
+@dataclass
+class Released:
+    """What `release` deleted, and the blobs to delete once its transaction commits."""
+
+    images: list[Digest] = field(default_factory=list)
+    layers: list[Digest] = field(default_factory=list)
+    indexes: list[Digest] = field(default_factory=list)
+    blobs: set[Digest] = field(default_factory=set)
 
 
 def remove_image(store: Store, image_id: Digest) -> tuple[list[Digest], set[Digest]]:
@@ -26,10 +46,71 @@ def remove_image(store: Store, image_id: Digest) -> tuple[list[Digest], set[Dige
     for layer in unused:
         store.layers.delete(layer.chain_id)
         candidates.add(layer.blob_digest)
+    return [layer.chain_id for layer in unused], candidates - kept_blobs(store)
+
+
+def kept_blobs(store: Store) -> set[Digest]:
+    """Every blob a row needs: layers', configs, manifests, indexes."""
     kept = {layer.blob_digest for layer in store.layers.all()}
     kept |= set(store.images.ids())
     kept |= store.manifests.digests()
-    return [layer.chain_id for layer in unused], candidates - kept
+    kept |= store.indexes.digests()
+    return kept
+
+
+def forget_unnamed_indexes(store: Store) -> dict[Digest, set[Digest]]:
+    """Forget every index no reference names (call inside the transaction that changed
+    the references): each, with the images its stored children were."""
+    forgotten: dict[Digest, set[Digest]] = {}
+    for index in sorted(store.indexes.digests() - store.references.indexes_named()):
+        children = set()
+        for entry in store.indexes.entries(index):
+            image_id = store.manifests.image_of(entry.digest)
+            if image_id is not None:
+                children.add(image_id)
+        store.indexes.delete(index)
+        forgotten[index] = children
+    return forgotten
+
+
+def in_use(store: Store, image_id: Digest) -> bool:
+    """A reference gives the image for its name, or a stored index lists its manifest."""
+    if store.references.for_image(image_id):
+        return True
+    return any(store.indexes.containing(digest) for digest in store.manifests.digests_of(image_id))
+
+
+def index_users(store: Store, image_id: Digest) -> list[Digest]:
+    """The stored indexes that list a manifest of the image."""
+    return sorted(
+        {
+            index
+            for m in store.manifests.digests_of(image_id)
+            for index in store.indexes.containing(m)
+        }
+    )
+
+
+def release(store: Store, images: Iterable[Digest]) -> Released:
+    """After references were removed (inside their transaction): forget the indexes no
+    reference names, then delete each of `images`, and each child of a forgotten index,
+    that nothing uses any more, with its layers. Pass `Released.blobs` to
+    `delete_blobs` once the transaction has committed."""
+    released = Released()
+    candidates = list(dict.fromkeys(images))
+    for index, children in forget_unnamed_indexes(store).items():
+        released.indexes.append(index)
+        released.blobs.add(index)
+        candidates += sorted(children - set(candidates))
+    for image_id in candidates:
+        if store.images.record(image_id) is None or in_use(store, image_id):
+            continue
+        layers, blobs = remove_image(store, image_id)
+        released.images.append(image_id)
+        released.layers += layers
+        released.blobs |= blobs
+    released.blobs -= kept_blobs(store)
+    return released
 
 
 def delete_blobs(store: Store, blobs: set[Digest]) -> None:

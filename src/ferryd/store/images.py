@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from ferryd.oci.digest import Digest
-from ferryd.oci.image_config import RootFS, decode_config, rootfs_and_os
+from ferryd.oci.image_config import RootFS, decode_config, rootfs_and_os, rootfs_of
 from ferryd.store.blobs import BlobStore
 from ferryd.store.db import Database
 
@@ -31,10 +31,12 @@ class ImageConfigStore:
     def put(self, config: bytes, *, media_type: str = "", size: int = 0) -> Digest:
         """Store the config blob and the image row; the image ID is the config digest.
 
-        Its layers must be registered first: the row points at the top one.
+        Its layers must be registered first: the row points at the top one. Whether
+        this host can use its OS is the pull's question (`rootfs_and_os`): the images
+        of an index for other operating systems are kept too.
         """
         model = decode_config(config)
-        rootfs, _ = self.rootfs_and_os(config)
+        rootfs = rootfs_of(config)
         image_id = self._blobs.put(config)
         self._db.execute(
             "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

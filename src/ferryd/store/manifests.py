@@ -39,6 +39,17 @@ class ManifestStore:
             for row in rows
         ]
 
+    def image_of(self, digest: Digest) -> Digest | None:
+        """The image a kept manifest describes (None: that manifest is not stored)."""
+        row = self._db.one("SELECT image_id FROM manifests WHERE digest = ?", (digest,))
+        return Digest(row["image_id"]) if row is not None else None
+
+    def get(self, digest: Digest) -> StoredManifest | None:
+        row = self._db.one("SELECT digest, media_type FROM manifests WHERE digest = ?", (digest,))
+        if row is None:
+            return None
+        return StoredManifest(Digest(row["digest"]), row["media_type"], self._blobs.get(digest))
+
     def digests_of(self, image_id: Digest) -> list[Digest]:
         rows = self._db.all("SELECT digest FROM manifests WHERE image_id = ?", (image_id,))
         return [Digest(row["digest"]) for row in rows]

@@ -24,10 +24,11 @@ from ferryd.oci.reference import parse_reference
 from ferryd.store.blobs import BlobStore
 from ferryd.store.db import DB_MODE, Database
 from ferryd.store.images import ImageConfigStore
+from ferryd.store.indexes import IndexStore
 from ferryd.store.layers import LayerStore
 from ferryd.store.manifests import ManifestStore
 from ferryd.store.metadata import V2MetadataStore
-from ferryd.store.references import ReferenceStore
+from ferryd.store.references import ReferenceStore, Target
 from ferryd.store.reserve import RESERVE_NAME, SpaceReserve
 
 log = structlog.get_logger("ferryd.store")
@@ -123,24 +124,51 @@ class Store:
         self.images = ImageConfigStore(self.db, self.blobs)
         self.manifests = ManifestStore(self.db, self.blobs)
         self.references = ReferenceStore(self.db)
+        self.indexes = IndexStore(self.db, self.blobs)
         self.metadata = V2MetadataStore(self.db)
 
     def resolve(self, name: str) -> Digest:
         """An image by reference (`alpine`, `host/x:tag`, `x@sha256:…`), ID or ID prefix.
 
-        As docker: a full or unique short ID wins over a name that looks like one.
+        As docker: a full or unique short ID wins over a name that looks like one. A
+        name of an index gives the image its references give (`ReferenceStore`).
         """
+        return self.resolve_target(name).image_id
+
+    def resolve_target(self, name: str) -> Target:
+        """What `name` names: an image, and the index when it names one (a reference to
+        an index, or an index's digest, `sha256:` optional, or a unique prefix of it)."""
         image_id = self.resolve_id(name)
         if image_id is not None:
-            return image_id
+            return Target(image_id)
+        index = self.index_by_id(name)
+        if index is not None:
+            return index
         try:
             reference = parse_reference(name)
         except InvalidReferenceError:
             raise ImageNotFoundError(f"No such image: {name}") from None
-        image_id = self.references.get(reference)
-        if image_id is None:
+        target = self.references.target(reference)
+        if target is None:
             raise ImageNotFoundError(f"No such image: {name}")
-        return image_id
+        return target
+
+    def index_by_id(self, name: str) -> Target | None:
+        """A named index by its digest or a unique prefix of it (`sha256:` optional),
+        with the image its references give."""
+        match = _ID_PREFIX.match(name)
+        if match is None:
+            return None
+        prefix = match.group(1)
+        if name.startswith("sha256:") and len(prefix) != 64:
+            return None
+        found = self.indexes.with_prefix(f"sha256:{prefix}")
+        if len(found) != 1:
+            return None
+        [index] = found
+        named = self.references.naming_index(index)
+        target = self.references.target(named[0]) if named else None
+        return target if target is not None and target.index == index else None
 
     def resolve_id(self, name: str) -> Digest | None:
         """The image whose ID is `name` or starts with it (`sha256:` optional)."""

@@ -5,13 +5,14 @@ gone, so the store never points at a missing blob; but a crash between the two s
 leaves a blob file no row references, and `BlobStore.put` can leave a `.tmp-*` file.
 The daemon sweeps at start (before it serves) and after each `rmi`:
 
-- blob files no layer, image or manifest row references, unless a running transfer
-  pins them (a pull between storing a blob and registering it). A layer blob written
-  in the last `PARTIAL_MAX_AGE` is most likely one a pull verified and had not yet
-  registered when it failed or the daemon died: it goes back to `partial/` as a
+- blob files no layer, image, manifest or index row references, unless a running
+  transfer pins them (a pull between storing a blob and registering it). A layer blob
+  written in the last `PARTIAL_MAX_AGE` is most likely one a pull verified and had not
+  yet registered when it failed or the daemon died: it goes back to `partial/` as a
   complete partial download, which the next pull of its image verifies from disk
-  instead of fetching again. Older ones, configs and manifests (JSON), and those an
-  rmi was deleting when the daemon died (it notes them first: `note_removal`) go;
+  instead of fetching again. Older ones, configs, manifests and indexes (JSON), and
+  those an rmi was deleting when the daemon died (it notes them first:
+  `note_removal`) go;
 - `.tmp-*` files in the blob directories that no `put` is writing, and the staging
   directories under `loading/` that no running load uses (`ferryd.store.staging`),
   counted with them;
@@ -110,11 +111,12 @@ def _digest(algorithm: str, hex_part: str) -> Digest | None:
 
 
 def referenced_blobs(store: Store) -> set[Digest]:
-    """Every blob a row needs (layer blobs, image configs, manifests), in one snapshot."""
+    """Every blob a row needs (layer blobs, image configs, manifests, indexes), in one
+    snapshot."""
     with store.db.snapshot():
         rows = store.db.all(
             "SELECT blob_digest AS digest FROM layers UNION SELECT id FROM images "
-            "UNION SELECT digest FROM manifests"
+            "UNION SELECT digest FROM manifests UNION SELECT digest FROM indexes"
         )
     return {Digest(row["digest"]) for row in rows}
 
@@ -221,7 +223,7 @@ def _older_than(path: Path, moment: float) -> bool:
 
 
 def _is_json(path: Path) -> bool:
-    """Configs and manifests are JSON objects; layers are tar, gzip or zstd."""
+    """Configs, manifests and indexes are JSON objects; layers are tar, gzip or zstd."""
     try:
         with path.open("rb") as file:
             return file.read(1) == b"{"

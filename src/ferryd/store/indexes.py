@@ -1,0 +1,205 @@
+"""Image indexes (OCI indexes and Docker manifest lists) kept as themselves: the index's
+bytes as a blob, and a row per entry (child digest, media type, size, kind, platform,
+annotations) so that what a tag offers can be read without decoding the blob.
+
+An index's children are image manifests; a child is stored when the manifests table
+has its digest (`ManifestStore.image_of`), and an index may be stored with some of its
+children only (a pull of one platform, then of another, adds to it). An index lives as
+long as a reference names it: `ferryd.store.gc.forget_unnamed_indexes` removes the
+rows of one that lost its last name, in the transaction that took the name away.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from ferryd.oci.digest import Digest
+from ferryd.oci.manifest import REFERENCE_DIGEST, EntryKind, ImageIndex, entry_kind
+from ferryd.oci.platform import Platform, normalize
+from ferryd.store.blobs import BlobStore
+from ferryd.store.db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One entry of a stored index."""
+
+    position: int
+    digest: Digest  # the child manifest
+    media_type: str
+    size: int
+    kind: EntryKind
+    os: str | None = None
+    architecture: str | None = None
+    variant: str | None = None
+    platform_fields: dict[str, Any] | None = field(default=None, compare=False)
+    annotations: dict[str, str] | None = field(default=None, compare=False)
+
+    @property
+    def platform(self) -> Platform | None:
+        """The entry's platform, normalised (None when the entry names none)."""
+        if self.os is None and self.architecture is None:
+            return None
+        return normalize(self.os or "", self.architecture or "", self.variant)
+
+    @property
+    def attests(self) -> Digest | None:
+        """For an attestation: the image manifest it is about."""
+        value = (self.annotations or {}).get(REFERENCE_DIGEST)
+        return Digest(value) if value else None
+
+    def descriptor(self) -> dict[str, Any]:
+        """The entry as an OCI descriptor (what the index says of the child)."""
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": self.digest,
+            "size": self.size,
+        }
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        if self.platform_fields is not None:
+            out["platform"] = dict(self.platform_fields)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class StoredIndex:
+    digest: Digest
+    media_type: str
+    size: int
+    created: float
+    entries: list[IndexEntry]
+    present: bool = True  # False: entries whose index row is gone (fsck reports them)
+
+    def entry(self, digest: Digest) -> IndexEntry | None:
+        return next((entry for entry in self.entries if entry.digest == digest), None)
+
+
+class IndexStore:
+    """The indexes and index_entries tables, and the index blobs."""
+
+    def __init__(self, db: Database, blobs: BlobStore) -> None:
+        self._db = db
+        self._blobs = blobs
+
+    def add(self, digest: Digest, media_type: str, raw: bytes, index: ImageIndex) -> bool:
+        """Keep an index (its blob must be stored first: `BlobStore.put`) and a row per
+        entry; call inside a transaction. False when it was kept already."""
+        if self._db.one("SELECT 1 FROM indexes WHERE digest = ?", (digest,)) is not None:
+            return False
+        self._db.execute(
+            "INSERT INTO indexes (digest, media_type, size, created) VALUES (?, ?, ?, ?)",
+            (digest, media_type, len(raw), time.time()),
+        )
+        for position, entry in enumerate(index.manifests):
+            platform = entry.platform
+            self._db.execute(
+                "INSERT INTO index_entries (index_digest, position, digest, media_type, size, "
+                "kind, os, architecture, variant, platform, annotations) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    digest,
+                    position,
+                    entry.digest,
+                    entry.mediaType,
+                    entry.size,
+                    entry_kind(entry),
+                    platform.os if platform is not None else None,
+                    platform.architecture if platform is not None else None,
+                    platform.variant if platform is not None else None,
+                    msgspec.json.encode(platform).decode() if platform is not None else None,
+                    json.dumps(entry.annotations, sort_keys=True) if entry.annotations else None,
+                ),
+            )
+        return True
+
+    def get(self, digest: Digest) -> StoredIndex | None:
+        row = self._db.one("SELECT * FROM indexes WHERE digest = ?", (digest,))
+        if row is None:
+            return None
+        return StoredIndex(
+            Digest(row["digest"]),
+            row["media_type"],
+            row["size"],
+            row["created"],
+            self.entries(digest),
+        )
+
+    def entries(self, digest: Digest) -> list[IndexEntry]:
+        rows = self._db.all(
+            "SELECT * FROM index_entries WHERE index_digest = ? ORDER BY position", (digest,)
+        )
+        return [_entry(row) for row in rows]
+
+    def raw(self, digest: Digest) -> bytes:
+        """The index's bytes, as it was served (its digest is theirs)."""
+        return self._blobs.get(digest)
+
+    def containing(self, child: Digest) -> list[Digest]:
+        """The indexes that list the manifest `child`."""
+        rows = self._db.all(
+            "SELECT DISTINCT index_digest FROM index_entries WHERE digest = ? "
+            "ORDER BY index_digest",
+            (child,),
+        )
+        return [Digest(row["index_digest"]) for row in rows]
+
+    def with_prefix(self, prefix: str) -> list[Digest]:
+        """The indexes whose digest starts with `prefix` (two at most: one is unique)."""
+        rows = self._db.all(
+            "SELECT digest FROM indexes WHERE digest >= ? AND digest < ? LIMIT 2",
+            (prefix, prefix + "g"),
+        )
+        return [Digest(row["digest"]) for row in rows]
+
+    def digests(self) -> set[Digest]:
+        """Every stored index: blobs garbage collection must keep."""
+        return {Digest(row["digest"]) for row in self._db.all("SELECT digest FROM indexes")}
+
+    def count(self) -> int:
+        row = self._db.one("SELECT count(*) AS n FROM indexes")
+        return int(row["n"]) if row is not None else 0
+
+    def delete(self, digest: Digest) -> None:
+        """Forget an index and its entries (its blob is garbage collection's)."""
+        self._db.execute("DELETE FROM index_entries WHERE index_digest = ?", (digest,))
+        self._db.execute("DELETE FROM indexes WHERE digest = ?", (digest,))
+
+
+def default_child(
+    entries: list[IndexEntry], stored: Mapping[Digest, Digest], platform: Platform
+) -> Digest | None:
+    """The image a reference to an index gives: of the stored image entries (`stored`:
+    child manifest → image ID), the one for `platform` as a pull would choose it (the
+    exact variant first), else the first; None when no image of it is stored."""
+    images = [entry for entry in entries if entry.kind == "image" and entry.digest in stored]
+    matching = [
+        entry
+        for entry in images
+        if entry.platform is not None
+        and platform.matches(entry.os or "", entry.architecture or "", entry.variant)
+    ]
+    exact = [entry for entry in matching if entry.platform == platform]
+    candidates = exact or matching or images
+    return stored[candidates[0].digest] if candidates else None
+
+
+def _entry(row: Any) -> IndexEntry:
+    return IndexEntry(
+        row["position"],
+        Digest(row["digest"]),
+        row["media_type"],
+        row["size"],
+        row["kind"],
+        row["os"],
+        row["architecture"],
+        row["variant"],
+        json.loads(row["platform"]) if row["platform"] else None,
+        json.loads(row["annotations"]) if row["annotations"] else None,
+    )

@@ -13,6 +13,8 @@ and handed to `render` as a `Live` snapshot.
     ferryd_transfer_seconds{action}           how long a transfer that succeeded ran
     ferryd_transfer_bytes_total{action}       bytes fetched (download) and sent (upload)
     ferryd_layers_reused_total                layers a pull found in the store
+    ferryd_index_manifests_total{action}      platforms' manifests pulled and pushed as
+                                              parts of an index (multi-platform images)
     ferryd_retries_total{cause}               retries, by the error class that caused them
     ferryd_api_requests_total{method,route,status}   API requests, by route template
     ferryd_active_transfers{action}           transfers running now
@@ -117,6 +119,13 @@ class Metrics:
             "Layers a pull found in the store instead of fetching them.",
             registry=registry,
         )
+        self.index_manifests = Counter(
+            "ferryd_index_manifests",
+            "Image manifests (platforms and their attestations) pulled or pushed as parts "
+            "of an index, by action: a pull of three platforms counts 3.",
+            ["action"],
+            registry=registry,
+        )
         self.retries = Counter(
             "ferryd_retries",
             "Retries of a transfer or manifest request, by the error class that caused "
@@ -137,6 +146,8 @@ class Metrics:
             self.pushes.labels(outcome)
             for action in TRANSFER_ACTIONS:
                 self.transfers.labels(action, outcome)
+        for action in JOB_ACTIONS:
+            self.index_manifests.labels(action)
         for action in TRANSFER_ACTIONS:
             self.transfer_seconds.labels(action)
             self.transfer_bytes.labels(action)

@@ -86,7 +86,16 @@ def _parser() -> argparse.ArgumentParser:
 
     pull = commands.add_parser("pull", help="pull an image from a registry")
     pull.add_argument("reference")
-    pull.add_argument("--platform", help="os/arch[/variant] (default: this host's)")
+    pull.add_argument(
+        "--platform",
+        help="os/arch[/variant] (default: the daemon's); of a multi-platform image, several "
+        "separated by commas (linux/amd64,linux/arm64)",
+    )
+    pull.add_argument(
+        "--all-platforms",
+        action="store_true",
+        help="of a multi-platform image, every platform (and their attestations)",
+    )
     pull.add_argument("-q", "--quiet", action="store_true", help="print only the image reference")
     pull.add_argument("-a", "--all-tags", action="store_true", help="every tag of the repository")
     pull.set_defaults(handler=_pull)
@@ -94,6 +103,17 @@ def _parser() -> argparse.ArgumentParser:
     push = commands.add_parser("push", help="push an image (or every tag of a repository)")
     push.add_argument("reference")
     push.add_argument("-q", "--quiet", action="store_true", help="print only the digest(s)")
+    push.add_argument(
+        "--platform",
+        help="of a multi-platform image, push only this platform's image (os/arch[/variant]), "
+        "as a single-platform manifest",
+    )
+    push.add_argument(
+        "--reduced-index",
+        action="store_true",
+        help="of a multi-platform image some of whose platforms are not stored, push an index "
+        "of the stored ones (a new index: its digest is not the original's)",
+    )
     push.set_defaults(handler=_push)
 
     tag = commands.add_parser("tag", help="give an image another name")
@@ -212,8 +232,15 @@ def _pull(args: argparse.Namespace) -> int:
     if args.all_tags and (reference.tag is not None or reference.digest is not None):
         raise UsageError("tag can't be used with --all-tags/-a")
     params = {"fromImage": str(reference)}
-    if args.platform:
-        params["platform"] = args.platform
+    platforms = [p.strip() for p in (args.platform or "").split(",") if p.strip()]
+    if args.all_platforms and platforms:
+        raise UsageError("--all-platforms pulls every platform: leave --platform out")
+    if len(platforms) == 1:
+        params["platform"] = platforms[0]
+    elif platforms:
+        params["platforms"] = ",".join(platforms)
+    if args.all_platforms:
+        params["all-platforms"] = "1"
     headers = {"X-Registry-Auth": _registry_auth(reference.domain)}
     messages = finished(
         Client(args.host).stream("POST", "/images/create", params, headers),
@@ -233,6 +260,12 @@ def _push(args: argparse.Namespace) -> int:
     if reference.digest is not None:
         raise UsageError("push takes a tag, not a digest")
     params = {"tag": reference.tag} if reference.tag else {}
+    if args.platform and args.reduced_index:
+        raise UsageError("--platform pushes one image: leave --reduced-index out")
+    if args.platform:
+        params["platform"] = args.platform
+    if args.reduced_index:
+        params["reduced-index"] = "1"
     headers = {"X-Registry-Auth": _registry_auth(reference.domain)}
     path = f"/images/{reference.name}/push"
     messages = finished(

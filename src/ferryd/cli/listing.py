@@ -25,6 +25,12 @@ def add_commands(commands: Any) -> None:
     images.add_argument("--digests", action="store_true", help="show digests")
     images.add_argument("-q", "--quiet", action="store_true", help="only image IDs")
     images.add_argument("--no-trunc", action="store_true", help="full image IDs")
+    images.add_argument(
+        "--tree",
+        action="store_true",
+        help="each image with its platforms' manifests and sizes (-a: those not stored and "
+        "attestations too)",
+    )
     images.set_defaults(handler=_images)
 
     history = commands.add_parser("history", help="show how an image was built")
@@ -77,7 +83,12 @@ def _images(args: argparse.Namespace) -> int:
     params = {"filters": json.dumps(_filters(args.filter, **extra))}
     if args.all:
         params["all"] = "1"
+    if args.tree:
+        params["manifests"] = "1"
     rows = Client(args.host).get_json("/images/json", params)
+    if args.tree and not args.quiet:
+        _print_table(_tree(rows, every=args.all, full=args.no_trunc))
+        return 0
     if args.quiet:
         for row in rows:
             print(_image_id(row["Id"], args.no_trunc))
@@ -91,6 +102,59 @@ def _images(args: argparse.Namespace) -> int:
             table.append((repository, tag, *((digest,) if args.digests else ()), *shown, size))
     _print_table(table)
     return 0
+
+
+def _tree(rows: list[dict[str, Any]], *, every: bool, full: bool) -> list[tuple[str, ...]]:
+    """`docker image ls --tree`: per image its names, its ID and the bytes it takes
+    (disk usage: content and unpacked; content size: the blobs), then one line per
+    platform with its manifest's digest; platforms not stored and attestations only with
+    `every` (-a)."""
+    table: list[tuple[str, ...]] = [("IMAGE", "ID", "DISK USAGE", "CONTENT SIZE", "EXTRA")]
+    for row in rows:
+        manifests = row.get("Manifests") or []
+        shown = [m for m in manifests if every or (m.get("Available") and m.get("Kind") == "image")]
+        total = sum(m["Size"]["Total"] for m in manifests if m.get("Available"))
+        content = sum(m["Size"]["Content"] for m in manifests if m.get("Available"))
+        names = (
+            row.get("RepoTags")
+            or [
+                name.partition("@")[0] + "@" + name.partition("@")[2][:19]
+                for name in row.get("RepoDigests") or []
+            ]
+            or ["<untagged>"]
+        )
+        table.append(
+            (
+                names[0],
+                _image_id(row["Id"], full),
+                human_size(total or row["Size"], 3),
+                human_size(content, 3),
+                "",
+            )
+        )
+        table += [(name, "", "", "", "") for name in names[1:]]
+        for position, manifest in enumerate(shown):
+            branch = "└─" if position == len(shown) - 1 else "├─"
+            table.append(
+                (
+                    f"{branch} {_manifest_label(manifest)}",
+                    _image_id(manifest["ID"], full),
+                    human_size(manifest["Size"]["Total"], 3),
+                    human_size(manifest["Size"]["Content"], 3),
+                    "" if manifest.get("Available") else "not stored",
+                )
+            )
+    return table
+
+
+def _manifest_label(manifest: dict[str, Any]) -> str:
+    if manifest.get("Kind") == "attestation":
+        return f"attestation of {_image_id(manifest['AttestationData']['For'], False)}"
+    platform = (manifest.get("ImageData") or {}).get("Platform") or {}
+    if not platform:
+        return str(manifest.get("Kind", "unknown"))
+    parts = [platform.get("os", ""), platform.get("architecture", "")]
+    return "/".join(parts + ([platform["variant"]] if platform.get("variant") else []))
 
 
 def _names(row: dict[str, Any], digests: bool) -> list[tuple[str, str, str]]:

@@ -106,6 +106,18 @@ class PullContext(TransferContext):
     # The client named the platform: a single-platform image must be of it.
     exact_platform: bool = False
     schema2_types: tuple[str, ...] = DEFAULT_CONFIG_TYPES  # config media types allowed
+    # ferryd's own: several platforms of an index (`platforms=`), or every one of them
+    # (`all-platforms=1`); either replaces `platform` as what is pulled.
+    platforms: tuple[Platform, ...] = ()
+    all_platforms: bool = False
+    # Whose image a reference to an index gives (`ReferenceStore`): the daemon's
+    # default platform; None: `platform`.
+    default_platform: Platform | None = None
+
+    @property
+    def several(self) -> bool:
+        """More than the one platform `platform` names is asked for."""
+        return self.all_platforms or bool(self.platforms)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,3 +128,9 @@ class PushContext(TransferContext):
     uploads: UploadManager
     # The manifest's format: "" keeps the image's own (the media type it was pulled with).
     config_media_type: str = ""
+    # dockerd's `platform` (API 1.46+): of a tag that names an index, push only this
+    # platform's image, as a single-platform manifest.
+    platform: Platform | None = None
+    # ferryd's own (`reduced-index=1`): of an index some of whose platforms are not
+    # stored, push a new index of the stored ones (a new digest) instead of refusing.
+    reduced_index: bool = False

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import anyio
 import structlog
 
+from ferryd.concurrency import single_errors
 from ferryd.distribution.context import DownloadDescriptor, DownloadStats, PullContext
 from ferryd.distribution.events import failure_logged
 from ferryd.distribution.progress import Message
@@ -27,20 +28,28 @@ from ferryd.errors import (
     TooManyRequestsError,
 )
 from ferryd.oci.digest import Digest, chain_ids, sha256_digest
-from ferryd.oci.image_config import MAX_CONFIG_SIZE, RootFS, decode_config
+from ferryd.oci.image_config import MAX_CONFIG_SIZE, RootFS, decode_config, rootfs_of
 from ferryd.oci.manifest import (
+    Descriptor,
     FetchedManifest,
+    ImageIndex,
     ImageManifest,
     check_supported,
     decode_index,
     decode_manifest,
+    entry_kind,
+    pullable_entries,
     select_platform,
+    select_platforms,
 )
 from ferryd.oci.mediatypes import INDEX_TYPES
-from ferryd.oci.platform import Platform, normalize
+from ferryd.oci.platform import normalize
 from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
 from ferryd.registry.endpoints import Endpoint
+from ferryd.store.gc import forget_unnamed_indexes
+from ferryd.store.indexes import default_child
+from ferryd.store.references import Target
 
 log = structlog.get_logger("ferryd.pull")
 
@@ -111,11 +120,96 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
     progress = ctx.progress
     tag_or_digest = reference.digest or reference.tag or "latest"
     source = await _find_source(reference, tag_or_digest, ctx)
-    client, top, manifest, image = source.client, source.top, source.manifest, source.image
+    client, top = source.client, source.top
     # Said once the manifest is in hand, as dockerd: a pull that fails before this is
     # answered with an HTTP error status, not a stream.
     progress.write(Message(f"Pulling from {reference.path}", tag_or_digest, update=False))
 
+    for child in source.children:
+        _check_config_type(ctx, child.image)
+    stats = DownloadStats()
+    fetched: list[_Fetched | None] = [None] * len(source.children)
+
+    async def one(position: int, child: _Child) -> None:
+        image_id = Digest(child.image.config.digest)
+        record = ctx.store.images.record(image_id)
+        if record is None:
+            fetched[position] = await _pull_image(client, reference, ctx, source, child, stats)
+        else:
+            _check_platform(ctx, reference, top, record.os, record.architecture, record.variant)
+            stats.reused += len(child.image.layers)
+
+    async def one_after_another(group: list[int]) -> None:
+        for position in group:
+            await one(position, source.children[position])
+
+    try:
+        with _blamed_on(client.endpoint), single_errors():
+            # The platforms of an index at once, except those that share a layer blob:
+            # those one after the other, so that the later ones find it stored ("Already
+            # exists") and the pull counts it fetched once, as it is.
+            async with anyio.create_task_group() as tg:
+                for group in _sharing_groups(source.children):
+                    tg.start_soon(one_after_another, group)
+        ctx.job.phase = "committing"
+        recorded = await anyio.to_thread.run_sync(_commit, ctx, reference, source, fetched)
+    finally:
+        for item in fetched:
+            if item is not None:
+                item.release()
+    # Which mirror served the pull, when one did: the operator's first question.
+    served_by = {"mirror": client.endpoint.base_url} if client.endpoint.mirror else {}
+    updated = stats.fetched > 0 or recorded.changed
+    progress.write(Message(f"Digest: {top.digest}"))
+    if say_status and updated:
+        progress.write(Message(f"Status: Downloaded newer image for {reference.familiar}"))
+    elif say_status:
+        progress.write(Message(f"Status: Image is up to date for {reference.familiar}"))
+    ctx.metrics.layers_reused.inc(stats.reused)
+    if source.index is not None:
+        ctx.metrics.index_manifests.labels("pull").inc(len(source.children))
+    platforms = {"platforms": recorded.platforms} if source.index is not None else {}
+    ctx.event_logger(
+        recorded.image_id,
+        str(reference),
+        "pull",
+        digest=top.digest,
+        platform=_platform_of(ctx, recorded.image_id),
+        **platforms,
+        layers_fetched=stats.fetched,
+        layers_reused=stats.reused,
+        bytes=stats.bytes,
+        seconds=round(time.monotonic() - started, 3),
+        **served_by,
+    )
+    return PullResult(recorded.image_id, top.digest, updated)
+
+
+def _sharing_groups(children: list[_Child]) -> list[list[int]]:
+    """The children's positions in groups that share no layer blob with each other."""
+    group_of: dict[str, int] = {}
+    groups: list[list[int]] = []
+    for position, child in enumerate(children):
+        blobs = {layer.digest for layer in child.image.layers}
+        joined = sorted({group_of[blob] for blob in blobs if blob in group_of})
+        if not joined:
+            groups.append([position])
+            target = len(groups) - 1
+        else:
+            target = joined[0]
+            for other in joined[1:]:
+                groups[target] += groups[other]
+                groups[other] = []
+                for blob, group in group_of.items():
+                    if group == other:
+                        group_of[blob] = target
+            groups[target].append(position)
+        for blob in blobs:
+            group_of[blob] = target
+    return [sorted(group) for group in groups if group]
+
+
+def _check_config_type(ctx: PullContext, image: ImageManifest) -> None:
     config_descriptor = image.config
     if config_descriptor.mediaType not in ctx.schema2_types:
         raise ImageConfigError(
@@ -124,40 +218,10 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
             + ", ".join(repr(t) for t in ctx.schema2_types if t)
             + ")"
         )
-    image_id = Digest(config_descriptor.digest)
-    if not image_id.startswith("sha256:"):
-        raise ManifestError(f"image config digest {image_id} is not sha256 (it is the image ID)")
-    stats = DownloadStats()
-    record = ctx.store.images.record(image_id)
-    if record is None:
-        with _blamed_on(client.endpoint):
-            await _pull_image(client, reference, ctx, top, manifest, image, stats)
-    else:
-        _check_platform(ctx, reference, top, record.os, record.architecture, record.variant)
-        stats.reused = len(image.layers)
-    # Which mirror served the pull, when one did: the operator's first question.
-    served_by = {"mirror": client.endpoint.base_url} if client.endpoint.mirror else {}
-    changed = await anyio.to_thread.run_sync(_tag, ctx, reference, top.digest, image_id)
-    updated = stats.fetched > 0 or changed
-    progress.write(Message(f"Digest: {top.digest}"))
-    if say_status and updated:
-        progress.write(Message(f"Status: Downloaded newer image for {reference.familiar}"))
-    elif say_status:
-        progress.write(Message(f"Status: Image is up to date for {reference.familiar}"))
-    ctx.metrics.layers_reused.inc(stats.reused)
-    ctx.event_logger(
-        image_id,
-        str(reference),
-        "pull",
-        digest=top.digest,
-        platform=_platform_of(ctx, image_id),
-        layers_fetched=stats.fetched,
-        layers_reused=stats.reused,
-        bytes=stats.bytes,
-        seconds=round(time.monotonic() - started, 3),
-        **served_by,
-    )
-    return PullResult(image_id, top.digest, updated)
+    if not config_descriptor.digest.startswith("sha256:"):
+        raise ManifestError(
+            f"image config digest {config_descriptor.digest} is not sha256 (it is the image ID)"
+        )
 
 
 def _platform_of(ctx: PullContext, image_id: Digest) -> str:
@@ -169,13 +233,23 @@ def _platform_of(ctx: PullContext, image_id: Digest) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _Child:
+    """One image manifest a pull stores: the one the reference names, or an entry of the
+    index it names."""
+
+    entry: Descriptor | None  # its entry in the index (None: the reference names it)
+    manifest: FetchedManifest
+    image: ImageManifest  # `manifest`, decoded and checked
+
+
+@dataclass(frozen=True, slots=True)
 class _Source:
     """Where a pull's content comes from: the endpoint that served its manifest."""
 
     client: RegistryClient
     top: FetchedManifest  # what the reference names: an index, or the manifest itself
-    manifest: FetchedManifest  # the image manifest for the platform
-    image: ImageManifest  # `manifest`, decoded and checked
+    index: ImageIndex | None  # `top` decoded, when it is an index
+    children: list[_Child]  # the image manifests to store: the platforms asked for
 
 
 async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContext) -> _Source:
@@ -200,7 +274,7 @@ async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContex
             )
             ctx.job.phase = "manifest"
             # A mirror that is busy is skipped, not waited for: the registry may not be.
-            source = await _manifest_from(client, client.get_manifest, tag_or_digest, ctx.platform)
+            source = await _manifest_from(client, client.get_manifest, tag_or_digest, ctx)
             log.debug("pull.source", reference=str(reference), endpoint=mirror.base_url)
             return source
         except (RegistryError, ContentError) as exc:
@@ -217,7 +291,7 @@ async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContex
     ctx.job.phase = "manifest"
     try:
         fetch = _patient(client, ctx)
-        return await _manifest_from(client, fetch, tag_or_digest, ctx.platform)
+        return await _manifest_from(client, fetch, tag_or_digest, ctx)
     except (AuthenticationError, AccessDeniedError) as exc:
         raise _refused(reference, exc, client.endpoint, f"manifests/{tag_or_digest}") from None
 
@@ -274,25 +348,41 @@ def _patient(client: RegistryClient, ctx: PullContext) -> ManifestFetch:
 
 
 async def _manifest_from(
-    client: RegistryClient, fetch: ManifestFetch, tag_or_digest: str, platform: Platform
+    client: RegistryClient, fetch: ManifestFetch, tag_or_digest: str, ctx: PullContext
 ) -> _Source:
     top = await fetch(tag_or_digest)
-    manifest = await _resolve_platform(fetch, top, platform)
-    return _Source(client, top, manifest, decode_manifest(manifest.raw))
-
-
-async def _resolve_platform(
-    fetch: ManifestFetch, top: FetchedManifest, platform: Platform
-) -> FetchedManifest:
     check_supported(top.media_type)
     if top.media_type not in INDEX_TYPES:
-        return top
-    entry = select_platform(decode_index(top.raw), platform)
-    manifest = await fetch(entry.digest)
-    check_supported(manifest.media_type)
-    if manifest.media_type in INDEX_TYPES:
-        raise ManifestError(f"index entry {entry.digest} for {platform} is itself an index")
-    return manifest
+        return _Source(client, top, None, [_Child(None, top, decode_manifest(top.raw))])
+    index = decode_index(top.raw)
+    entries = _entries_wanted(index, ctx)
+    children: list[_Child | None] = [None] * len(entries)
+
+    async def one(position: int, entry: Descriptor) -> None:
+        manifest = await fetch(entry.digest)
+        check_supported(manifest.media_type)
+        if manifest.media_type in INDEX_TYPES:
+            raise ManifestError(f"index entry {entry.digest} is itself an index")
+        children[position] = _Child(entry, manifest, decode_manifest(manifest.raw))
+
+    with single_errors():
+        async with anyio.create_task_group() as tg:
+            for position, entry in enumerate(entries):
+                tg.start_soon(one, position, entry)
+    return _Source(client, top, index, [child for child in children if child is not None])
+
+
+def _entries_wanted(index: ImageIndex, ctx: PullContext) -> list[Descriptor]:
+    """The index entries a pull stores: the platform asked for (or the default one),
+    the platforms asked for with their attestations, or every image and attestation."""
+    if ctx.all_platforms:
+        entries = pullable_entries(index)
+        if not any(entry_kind(entry) == "image" for entry in entries):
+            raise PlatformNotFoundError("the index lists no image for any platform")
+        return entries
+    if ctx.platforms:
+        return select_platforms(index, ctx.platforms)
+    return [select_platform(index, ctx.platform)]
 
 
 @contextmanager
@@ -307,24 +397,37 @@ def _blamed_on(endpoint: Endpoint) -> Iterator[None]:
         raise exc.with_message(f"{exc} (served by mirror {endpoint.base_url})") from None
 
 
+@dataclass
+class _Fetched:
+    """An image whose layers a pull has brought in (and holds until it is recorded)."""
+
+    child: _Child
+    config: bytes
+    release: Callable[[], None]
+
+
 async def _pull_image(
     client: RegistryClient,
     reference: Reference,
     ctx: PullContext,
-    top: FetchedManifest,
-    manifest: FetchedManifest,
-    image: ImageManifest,
+    source: _Source,
+    child: _Child,
     stats: DownloadStats,
-) -> None:
-    """Config, then layers, then the image in one transaction: all of it or nothing."""
+) -> _Fetched:
+    """The config, then the layers (held until the pull is recorded)."""
     store = ctx.store
+    image = child.image
     config_descriptor = image.config
     image_id = Digest(config_descriptor.digest)
     limit = min(config_descriptor.size or MAX_CONFIG_SIZE, MAX_CONFIG_SIZE)
     raw_config = await ctx.downloads.config(client, image_id, limit)
-    rootfs, os = store.images.rootfs_and_os(raw_config)
     model = decode_config(raw_config)
-    _check_platform(ctx, reference, top, model.os, model.architecture, model.variant)
+    if ctx.several:
+        # The platforms of an index for other operating systems are kept, never run.
+        rootfs, os = rootfs_of(raw_config), model.os
+    else:
+        rootfs, os = store.images.rootfs_and_os(raw_config)
+    _check_platform(ctx, reference, source.top, model.os, model.architecture, model.variant)
     if len(rootfs.diff_ids) != len(image.layers):
         raise ImageConfigError(
             f"the manifest has {len(image.layers)} layers but the image config has "
@@ -335,30 +438,81 @@ async def _pull_image(
         for layer, diff_id in zip(image.layers, rootfs.diff_ids, strict=True)
     ]
     ctx.job.phase = "layers"
-    final, release = await ctx.downloads.download(
+    _, release = await ctx.downloads.download(
         client, RootFS([]), os, descriptors, ctx.progress, stats
     )
-    try:
+    return _Fetched(child, raw_config, release)
 
-        def commit() -> None:
-            size = sum(store.layers.size_of(chain) for chain in chain_ids(final.diff_ids))
-            # Blobs first, fsync'd outside the transaction: the database lock is never
-            # held across a disk flush. Inside it, `put` finds them stored.
-            # Pinned until the rows reference them: a sweep must not take them between.
-            with store.blobs.pinned(image_id, sha256_digest(manifest.raw)):
-                store.blobs.put(raw_config, image_id, sync_dir=False)
-                store.blobs.put(manifest.raw, sync_dir=False)
-                store.blobs.sync()
-                with store.db.transaction():
-                    store.images.put(raw_config, media_type=config_descriptor.mediaType, size=size)
-                    store.manifests.add(
-                        manifest.digest, image_id, manifest.media_type, manifest.raw
-                    )
 
-        ctx.job.phase = "committing"
-        await anyio.to_thread.run_sync(commit)
-    finally:
-        release()
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    image_id: Digest  # what the reference gives for its image
+    changed: bool  # a reference moved, or the index gained a platform
+    platforms: list[str]  # of an index: the platforms this pull stored or found stored
+
+
+def _commit(
+    ctx: PullContext, reference: Reference, source: _Source, fetched: list[_Fetched | None]
+) -> _Recorded:
+    """Every new image, every child manifest, the index and the references, in one
+    transaction: all of the pull or none of it. Blobs first, fsync'd outside it: the
+    database lock is never held across a disk flush. They stay pinned until the rows
+    reference them: a sweep must not take them between."""
+    store = ctx.store
+    top = source.top
+    new = [item for item in fetched if item is not None]
+    blobs: list[tuple[bytes, Digest]] = [
+        (item.config, Digest(item.child.image.config.digest)) for item in new
+    ]
+    blobs += [(child.manifest.raw, sha256_digest(child.manifest.raw)) for child in source.children]
+    if source.index is not None:
+        blobs.append((top.raw, sha256_digest(top.raw)))
+    with store.blobs.pinned(*(digest for _, digest in blobs)):
+        for raw, digest in blobs:
+            store.blobs.put(raw, digest, sync_dir=False)
+        store.blobs.sync()
+        with store.db.transaction():
+            changed = False
+            for item in new:
+                image = item.child.image
+                rootfs = rootfs_of(item.config)
+                size = sum(store.layers.size_of(chain) for chain in chain_ids(rootfs.diff_ids))
+                store.images.put(item.config, media_type=image.config.mediaType, size=size)
+            for child in source.children:
+                manifest = child.manifest
+                image_id = Digest(child.image.config.digest)
+                if store.manifests.image_of(manifest.digest) is None:
+                    changed = True
+                store.manifests.add(manifest.digest, image_id, manifest.media_type, manifest.raw)
+            if source.index is None:
+                target = Target(Digest(source.children[0].image.config.digest))
+                platforms: list[str] = []
+            else:
+                changed |= store.indexes.add(top.digest, top.media_type, top.raw, source.index)
+                target, platforms = _index_target(ctx, top.digest)
+            changed |= _tag(ctx, reference, top.digest, target)
+            return _Recorded(target.image_id, changed, platforms)
+
+
+def _index_target(ctx: PullContext, index: Digest) -> tuple[Target, list[str]]:
+    """What the references to `index` name (its image: the stored child for the default
+    platform, else the first stored one), and the platforms it has stored."""
+    store = ctx.store
+    stored = {
+        entry.digest: image_id
+        for entry in store.indexes.entries(index)
+        if (image_id := store.manifests.image_of(entry.digest)) is not None
+    }
+    entries = store.indexes.entries(index)
+    image_id = default_child(entries, stored, ctx.default_platform or ctx.platform)
+    assert image_id is not None  # the pull stored at least one image of it
+    platforms = [
+        str(entry.platform) if entry.platform is not None else entry.kind
+        for entry in entries
+        if entry.digest in stored and entry.kind == "image"
+    ]
+    store.references.repoint_index(index, image_id)
+    return Target(image_id, index), platforms
 
 
 def _check_platform(
@@ -371,22 +525,25 @@ def _check_platform(
 ) -> None:
     """A platform the client asked for must be the image's, as dockerd checks: an index
     chose by it already, a single manifest has only its config to go by."""
-    if not ctx.exact_platform or top.media_type in INDEX_TYPES:
+    if top.media_type in INDEX_TYPES or ctx.all_platforms:
         return
-    if not ctx.platform.matches(os, architecture, variant):
-        actual = normalize(os, architecture, variant)
-        raise PlatformNotFoundError(
-            f"image with reference {reference.familiar} was found but does not match the "
-            f"specified platform: wanted {ctx.platform}, actual: {actual}"
-        )
+    wanted = ctx.platforms or ((ctx.platform,) if ctx.exact_platform else ())
+    if not wanted or any(p.matches(os, architecture, variant) for p in wanted):
+        return
+    actual = normalize(os, architecture, variant)
+    raise PlatformNotFoundError(
+        f"image with reference {reference.familiar} was found but does not match the "
+        f"specified platform: wanted {', '.join(map(str, wanted))}, actual: {actual}"
+    )
 
 
-def _tag(ctx: PullContext, reference: Reference, digest: Digest, image_id: Digest) -> bool:
-    """Record the references a pull makes (the tag, if any, and repo@digest); did any
-    of them change? (docker's "Downloaded newer image" vs "Image is up to date")."""
+def _tag(ctx: PullContext, reference: Reference, digest: Digest, target: Target) -> bool:
+    """Record the references a pull makes (the tag, if any, and repo@digest), inside the
+    pull's transaction; did any of them change? (docker's "Downloaded newer image" vs
+    "Image is up to date"). An index a tag moved off and nothing else names goes."""
     references = ctx.store.references
-    with ctx.store.db.transaction():
-        changed = references.add(reference.repository().with_digest(digest), image_id) != image_id
-        if reference.tag is not None and reference.digest is None:
-            changed |= references.add(reference, image_id) != image_id
-        return changed
+    changed = references.point(reference.repository().with_digest(digest), target) != target
+    if reference.tag is not None and reference.digest is None:
+        changed |= references.point(reference, target) != target
+    forget_unnamed_indexes(ctx.store)
+    return changed

@@ -54,9 +54,14 @@ class ImageService:
         progress: ProgressOutput,
         *,
         platform: Platform | None = None,
+        platforms: tuple[Platform, ...] = (),
+        all_platforms: bool = False,
         credentials: Credentials,
         meta_headers: Mapping[str, str] | None = None,
     ) -> list[PullResult]:
+        """Pull `reference`: of an index, the image for `platform` (else the default
+        platform), for each of `platforms`, or for every platform (`all_platforms`)."""
+        default = self.default_platform or host_platform()
         with self.metrics.job("pull"), self.jobs.track("pull", str(reference), progress) as job:
             ctx = PullContext(
                 store=self.store,
@@ -69,8 +74,11 @@ class ImageService:
                 metrics=self.metrics,
                 downloads=self.downloads,
                 retries=self.downloads.retries,
-                platform=platform or self.default_platform or host_platform(),
+                platform=platform or default,
                 exact_platform=platform is not None,
+                platforms=platforms,
+                all_platforms=all_platforms,
+                default_platform=default,
             )
             return await pull(reference, ctx)
 
@@ -79,6 +87,8 @@ class ImageService:
         reference: Reference,
         progress: ProgressOutput,
         *,
+        platform: Platform | None = None,
+        reduced_index: bool = False,
         credentials: Credentials,
         meta_headers: Mapping[str, str] | None = None,
     ) -> list[PushResult]:
@@ -94,6 +104,8 @@ class ImageService:
                 metrics=self.metrics,
                 layers=StoreLayerProvider(self.store.layers, self.store.blobs),
                 uploads=self.uploads,
+                platform=platform,
+                reduced_index=reduced_index,
             )
             return await push(reference, ctx)
 

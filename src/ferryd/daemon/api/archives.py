@@ -44,7 +44,7 @@ async def save_image(request: Request) -> Response:
 
 
 async def _export(request: Request, names: list[str]) -> Response:
-    platform = _platform(request.query_params.get("platform", ""))
+    platform = platform_param(request.query_params.get("platform", ""))
     service = _service(request)
     # Unknown names (404) and other platforms' images are refused before any byte.
     # Shielded: what it holds must reach the response, which lets go of it.
@@ -57,11 +57,11 @@ async def load_images(request: Request) -> Response:
     """`POST /images/load?quiet=&platform=`: load the archive the body streams in."""
     query = request.query_params
     quiet = query.get("quiet", "1").strip().lower() not in _FALSE
-    platform = _platform(query.get("platform", ""))
+    platform = platform_param(query.get("platform", ""))
     return _LoadResponse(_service(request), quiet, platform, request.app.state.daemon.stop_jobs)
 
 
-def _platform(text: str) -> Platform | None:
+def platform_param(text: str) -> Platform | None:
     """dockerd's `platform`: an OCI platform as JSON (API 1.48+), or `os/arch[/variant]`."""
     if not text.strip():
         return None

@@ -8,6 +8,10 @@ Filters: `dangling` (true: only images without a tag; false: only tagged ones),
 before a time: dockerd's timestamps and durations), `label` (`key` or `key=value`,
 every one present). Several values of `before`/`until` take the earliest, of `since`
 the latest. ferryd has no intermediate images, so `all` changes nothing.
+
+A multi-platform image is listed once, as the image its references give (the one for
+the default platform); the other platforms of its index are in its `Manifests`
+(`manifests=1`), not rows of their own, and are never dangling.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ferryd.oci.digest import Digest, chain_ids
 from ferryd.oci.image_config import ConfigModel, decode_config, rootfs_and_os
 from ferryd.oci.reference import Reference
 from ferryd.store import Store
+from ferryd.store.gc import index_users
 
 LIST_FILTERS = frozenset({"dangling", "label", "before", "since", "reference", "until"})
 
@@ -40,6 +45,10 @@ class StoredImage:
     model: ConfigModel
     chains: tuple[Digest, ...]  # its layers' ChainIDs, bottom first
     references: tuple[Reference, ...]
+    index: Digest | None = None  # the index its references name (the first, by name)
+    # No reference gives it, but an index lists it: a platform of a multi-platform image,
+    # shown in that image's Manifests, not as an image of its own (nor a dangling one).
+    in_index: bool = False
 
     @property
     def labels(self) -> dict[str, str]:
@@ -59,13 +68,17 @@ def stored_images(store: Store) -> list[StoredImage]:
             rootfs, _ = rootfs_and_os(raw)
         except FerrydError:
             continue  # removed meanwhile, or for an OS this host cannot use (as dockerd)
+        targets = store.references.targets_for_image(image_id)
+        index = next((target.index for _, target in targets if target.index is not None), None)
         images.append(
             StoredImage(
                 image_id,
                 _created(model.created) or record.created,
                 model,
                 tuple(chain_ids(rootfs.diff_ids)),
-                tuple(store.references.for_image(image_id)),
+                tuple(reference for reference, _ in targets),
+                index,
+                in_index=not targets and bool(index_users(store, image_id)),
             )
         )
     return images
@@ -80,10 +93,16 @@ def created_of(store: Store, name: str) -> float:
 
 
 def list_images(
-    store: Store, filters: Filters, *, shared_size: bool = False, now: datetime | None = None
+    store: Store,
+    filters: Filters,
+    *,
+    shared_size: bool = False,
+    manifests: bool = False,
+    now: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """The `GET /images/json` answer for `filters` (already checked for unknown names),
-    newest first; `shared_size`: each image's `SharedSize` is counted (-1 otherwise)."""
+    newest first; `shared_size`: each image's `SharedSize` is counted (-1 otherwise);
+    `manifests`: each image's `Manifests` (API 1.47)."""
     dangling_only = filters.boolean("dangling", False)
     patterns = sorted(filters.get("reference"))
     for pattern in patterns:
@@ -100,6 +119,8 @@ def list_images(
     shared = shared_sizes(store, everything) if shared_size else {}
     listed: list[tuple[float, dict[str, Any]]] = []
     for image in everything:
+        if image.in_index:
+            continue
         if before is not None and not image.created < before:
             continue
         if since is not None and not image.created > since:
@@ -119,7 +140,7 @@ def list_images(
                 continue
         elif dangling_only and tags:
             continue
-        summary = image_summary(store, image.id)
+        summary = image_summary(store, image.id, index=image.index, manifests=manifests)
         summary.update(RepoTags=tags, RepoDigests=digests)
         if shared_size:
             summary["SharedSize"] = shared.get(image.id, 0)

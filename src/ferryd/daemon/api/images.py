@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ferryd.daemon.api import imports
+from ferryd.daemon.api.archives import platform_param
 from ferryd.daemon.api.shapes import image_inspect
 from ferryd.daemon.api.streaming import ProgressStream
 from ferryd.distribution.progress import ProgressOutput
@@ -29,7 +30,12 @@ def _service(request: Request) -> ImageService:
 
 async def create(request: Request) -> Response:
     """`POST /images/create?fromImage=&tag=&platform=`: pull, streaming progress; with
-    `fromSrc` and no `fromImage`, an import (`imports.create`)."""
+    `fromSrc` and no `fromImage`, an import (`imports.create`).
+
+    ferryd's own parameters, for an index (a multi-platform image): `platforms=A,B`
+    pulls each of those platforms, `all-platforms=1` every platform (and the
+    attestations of those pulled). dockerd's `platform` pulls one.
+    """
     query = request.query_params
     if not query.get("fromImage") and query.get("fromSrc"):
         return await imports.create(request)  # dockerd: no fromImage is an import
@@ -37,23 +43,50 @@ async def create(request: Request) -> Response:
     if not from_image:
         raise BadRequestError("fromImage is required")
     reference = _pull_reference(from_image, query.get("tag", ""))
-    wanted = parse_platform(query["platform"]) if query.get("platform") else None
+    wanted = platform_param(query.get("platform", ""))
+    several = tuple(
+        parse_platform(text)
+        for value in query.getlist("platforms")
+        for text in value.split(",")
+        if text.strip()
+    )
+    every = _flag(query.get("all-platforms", ""))
+    if every and (wanted is not None or several):
+        raise BadRequestError(
+            "all-platforms pulls every platform: platform and platforms cannot be given with it"
+        )
+    if several and wanted is not None:
+        several = tuple(dict.fromkeys((wanted, *several)))
+        wanted = None
     credentials = _credentials(request)
     meta = {k: v for k, v in request.headers.items() if k.lower().startswith("x-meta-")}
     service = _service(request)
 
     async def job(progress: ProgressOutput) -> None:
         await service.pull(
-            reference, progress, platform=wanted, credentials=credentials, meta_headers=meta
+            reference,
+            progress,
+            platform=wanted,
+            platforms=several,
+            all_platforms=every,
+            credentials=credentials,
+            meta_headers=meta,
         )
 
     return _Asgi(ProgressStream(job, request.app.state.daemon.stop_jobs))
 
 
 async def push(request: Request) -> Response:
-    """`POST /images/{name}/push?tag=`: push, streaming progress."""
+    """`POST /images/{name}/push?tag=&platform=`: push, streaming progress. A tag that
+    names an index pushes every platform and the index (its own bytes: its digest is
+    kept); `platform` (API 1.46+, JSON or os/arch) pushes that platform's image alone,
+    ferryd's `reduced-index=1` a new index of the platforms stored."""
     name = request.path_params["name"]
     tag = request.query_params.get("tag", "")
+    platform = platform_param(request.query_params.get("platform", ""))
+    reduced = _flag(request.query_params.get("reduced-index", ""))
+    if platform is not None and reduced:
+        raise BadRequestError("platform pushes one image: reduced-index cannot be given with it")
     repository = parse_repository(name)
     reference = repository.with_tag(tag) if tag else repository
     credentials = _credentials(request)
@@ -61,7 +94,14 @@ async def push(request: Request) -> Response:
     service = _service(request)
 
     async def job(progress: ProgressOutput) -> None:
-        await service.push(reference, progress, credentials=credentials, meta_headers=meta)
+        await service.push(
+            reference,
+            progress,
+            platform=platform,
+            reduced_index=reduced,
+            credentials=credentials,
+            meta_headers=meta,
+        )
 
     return _Asgi(ProgressStream(job, request.app.state.daemon.stop_jobs))
 
@@ -83,11 +123,15 @@ async def delete(request: Request) -> Response:
 
 
 async def inspect(request: Request) -> Response:
+    """`GET /images/{name}/json?manifests=`: a name of an index shows its `Descriptor`
+    and `Manifests`; `manifests=1` shows a single image's too."""
     service = _service(request)
     name = request.path_params["name"]
+    manifests = _flag(request.query_params.get("manifests", ""))
 
     def describe() -> dict[str, Any]:
-        return image_inspect(service.store, service.store.resolve(name))
+        store = service.store
+        return image_inspect(store, store.resolve_target(name), manifests=manifests)
 
     return JSONResponse(await anyio.to_thread.run_sync(describe))
 
@@ -105,6 +149,11 @@ def _pull_reference(from_image: str, tag: str) -> Reference:
             return base.with_tag(tag)
         return base
     return parse_reference(from_image, default_tag=False)
+
+
+def _flag(value: str) -> bool:
+    """dockerd's BoolValue: anything but empty, `0`, `no`, `false` or `none` is true."""
+    return value.strip().lower() not in ("", "0", "no", "false", "none")
 
 
 def _credentials(request: Request) -> Credentials:

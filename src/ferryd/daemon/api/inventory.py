@@ -23,7 +23,7 @@ from ferryd.distribution.prune import prune
 from ferryd.distribution.service import ImageService
 from ferryd.errors import BadRequestError, ImageConfigError, InvalidFilterError
 from ferryd.oci.digest import chain_ids
-from ferryd.oci.image_config import decode_config, rootfs_and_os
+from ferryd.oci.image_config import decode_config, rootfs_of
 from ferryd.store import Store
 
 PRUNE_FILTERS = frozenset({"dangling", "label", "label!", "until"})
@@ -42,13 +42,14 @@ def _flag(request: Request, name: str) -> bool:
 
 
 async def images(request: Request) -> Response:
-    """`GET /images/json?filters=&all=&shared-size=`."""
+    """`GET /images/json?filters=&all=&shared-size=&manifests=`."""
     filters = Filters.parse(request.query_params.get("filters", ""), LIST_FILTERS)
     shared_size = _flag(request, "shared-size")
+    manifests = _flag(request, "manifests")
     store = _service(request).store
 
     def collect() -> list[dict[str, Any]]:
-        return list_images(store, filters, shared_size=shared_size)
+        return list_images(store, filters, shared_size=shared_size, manifests=manifests)
 
     return JSONResponse(await anyio.to_thread.run_sync(collect))
 
@@ -68,8 +69,7 @@ def image_history(store: Store, name: str) -> list[dict[str, Any]]:
     image_id = store.resolve(name)
     raw = store.images.get(image_id)
     model = decode_config(raw)
-    rootfs, _ = rootfs_and_os(raw)
-    chains = chain_ids(rootfs.diff_ids)
+    chains = chain_ids(rootfs_of(raw).diff_ids)
     entries: list[dict[str, Any]] = []
     layer = 0  # the next layer a step that made one stands for
     for step in model.history or []:
@@ -109,7 +109,9 @@ async def prune_images(request: Request) -> Response:
 
     def run() -> dict[str, Any]:
         candidates = [
-            image.id for image in stored_images(service.store) if _prunable(image, filters, cutoff)
+            image.id
+            for image in stored_images(service.store)
+            if not image.in_index and _prunable(image, filters, cutoff)
         ]
         return prune(
             service.store, candidates, dangling_only=dangling_only, log=service.event_logger

@@ -1,24 +1,37 @@
-"""The Docker Engine API's JSON shapes for images, filled from the store."""
+"""The Docker Engine API's JSON shapes for images, filled from the store.
+
+An image named through an index (a multi-platform image) shows the index as API 1.47
+and later do: `Descriptor` (the index's) and `Manifests`, one ImageManifestSummary per
+entry of the index (`ID`, `Descriptor`, `Available`, `Size` {`Total`, `Content`},
+`Kind` image, attestation or unknown, `ImageData` {`Platform`, `Containers`, `Size`
+{`Unpacked`}} or `AttestationData` {`For`}).
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from ferryd.oci.digest import Digest
-from ferryd.oci.image_config import decode_config
+from ferryd.oci.digest import Digest, chain_ids
+from ferryd.oci.image_config import decode_config, rootfs_of
 from ferryd.store import Store
+from ferryd.store.images import ImageRecord
+from ferryd.store.indexes import IndexEntry
+from ferryd.store.references import Target
 
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
-def image_summary(store: Store, image_id: Digest) -> dict[str, Any]:
-    """One entry of `GET /images/json`."""
+def image_summary(
+    store: Store, image_id: Digest, *, index: Digest | None = None, manifests: bool = False
+) -> dict[str, Any]:
+    """One entry of `GET /images/json`: of an image named through `index`, with the
+    index's `Descriptor`, and with `manifests` its `Manifests` (API 1.47)."""
     record = store.images.record(image_id)
     assert record is not None
     model = decode_config(store.images.get(image_id))
     tags, digests = _names(store, image_id)
-    return {
+    summary: dict[str, Any] = {
         "Id": image_id,
         "ParentId": "",
         "RepoTags": tags,
@@ -30,15 +43,22 @@ def image_summary(store: Store, image_id: Digest) -> dict[str, Any]:
         "Labels": (model.config or {}).get("Labels") or {},
         "Containers": -1,
     }
+    summary.update(_index_fields(store, image_id, index, manifests))
+    return summary
 
 
-def image_inspect(store: Store, image_id: Digest) -> dict[str, Any]:
-    """`GET /images/{name}/json`."""
+def image_inspect(
+    store: Store, named: Target | Digest, *, manifests: bool = False
+) -> dict[str, Any]:
+    """`GET /images/{name}/json`: of a name of an index, with the index's `Descriptor`
+    and `Manifests` (with `manifests`, a single image's stored manifests too)."""
+    target = named if isinstance(named, Target) else Target(named)
+    image_id = target.image_id
     record = store.images.record(image_id)
     assert record is not None
     raw = store.images.get(image_id)
     model = decode_config(raw)
-    rootfs, _ = store.images.rootfs_and_os(raw)
+    rootfs = rootfs_of(raw)
     tags, digests = _names(store, image_id)
     shape: dict[str, Any] = {
         "Id": image_id,
@@ -59,7 +79,108 @@ def image_inspect(store: Store, image_id: Digest) -> dict[str, Any]:
     }
     if model.variant:
         shape["Variant"] = model.variant
+    shape.update(_index_fields(store, image_id, target.index, manifests or bool(target.index)))
     return shape
+
+
+def _index_fields(
+    store: Store, image_id: Digest, index: Digest | None, manifests: bool
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    stored = store.indexes.get(index) if index is not None else None
+    if stored is not None:
+        fields["Descriptor"] = {
+            "mediaType": stored.media_type,
+            "digest": stored.digest,
+            "size": stored.size,
+        }
+    if manifests:
+        if stored is not None:
+            fields["Manifests"] = [manifest_summary(store, entry) for entry in stored.entries]
+        else:
+            fields["Manifests"] = [
+                manifest_summary(store, _single_entry(store, manifest.digest, image_id))
+                for manifest in store.manifests.for_image(image_id)
+            ]
+    return fields
+
+
+def manifest_summary(store: Store, entry: IndexEntry) -> dict[str, Any]:
+    """API 1.47's ImageManifestSummary of one entry of an index: `Available` when the
+    entry's image is stored, `Size.Content` the bytes of its manifest, config and
+    (compressed) layers held, `ImageData.Size.Unpacked` its layers uncompressed."""
+    image_id = store.manifests.image_of(entry.digest)
+    record = store.images.record(image_id) if image_id is not None else None
+    content = unpacked = 0
+    if record is not None:
+        unpacked = record.size
+        content = entry.size + _content_size(store, record)
+    kind = entry.kind if entry.kind in ("image", "attestation") else "unknown"
+    summary: dict[str, Any] = {
+        "ID": entry.digest,
+        "Descriptor": entry.descriptor(),
+        "Available": record is not None,
+        "Size": {"Total": content + unpacked, "Content": content},
+        "Kind": kind,
+    }
+    if kind == "image":
+        summary["ImageData"] = {
+            "Platform": _platform(entry, record),
+            "Containers": [],
+            "Size": {"Unpacked": unpacked},
+        }
+    elif kind == "attestation":
+        summary["AttestationData"] = {"For": entry.attests or ""}
+    return summary
+
+
+def _single_entry(store: Store, digest: Digest, image_id: Digest) -> IndexEntry:
+    """A stored manifest of a single-platform image, as an index would list it."""
+    stored = store.manifests.get(digest)
+    record = store.images.record(image_id)
+    assert stored is not None
+    assert record is not None
+    platform = {"architecture": record.architecture, "os": record.os}
+    if record.variant:
+        platform["variant"] = record.variant
+    return IndexEntry(
+        0,
+        digest,
+        stored.media_type,
+        len(stored.raw),
+        "image",
+        record.os,
+        record.architecture,
+        record.variant,
+        platform,
+    )
+
+
+def _content_size(store: Store, record: ImageRecord) -> int:
+    """The config's and the layers' (compressed) bytes of a stored image."""
+    config = store.images.get(record.id)
+    layers = 0
+    for chain in chain_ids(rootfs_of(config).diff_ids):
+        layer = store.layers.get(chain)
+        layers += layer.compressed_size if layer is not None else 0
+    return len(config) + layers
+
+
+def _platform(entry: IndexEntry, record: ImageRecord | None) -> dict[str, Any]:
+    """An OCI platform as dockerd writes it: the entry's, else the image config's."""
+    fields = dict(entry.platform_fields or {})
+    if not fields and record is not None:
+        fields = {"architecture": record.architecture, "os": record.os}
+        if record.variant:
+            fields["variant"] = record.variant
+    platform: dict[str, Any] = {
+        "architecture": fields.get("architecture", ""),
+        "os": fields.get("os", ""),
+    }
+    for name in ("os.version", "os.features", "variant"):
+        if fields.get(name):
+            platform[name] = fields[name]
+    return platform
 
 
 def _names(store: Store, image_id: Digest) -> tuple[list[str], list[str]]:

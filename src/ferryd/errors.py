@@ -13,6 +13,7 @@
     ├── StoreError                     the local store
     │   ├── ImageNotFoundError     404 no such image / reference locally
     │   ├── ImageConflictError     409 a removal that needs `force`
+    │   ├── IncompleteImageError   409 a push of an index some of whose manifests are not stored
     │   ├── CorruptBlobError           a stored blob no longer matches its digest
     │   ├── StoreInUseError            another ferryd holds the store's lock
     │   ├── StorageFullError           no space left where the store writes (ENOSPC, quota)
@@ -116,6 +117,13 @@ class ImageNotFoundError(StoreError):
 
 class ImageConflictError(StoreError):
     """A removal that needs `force` (an image tagged in several repositories)."""
+
+    status = 409
+
+
+class IncompleteImageError(StoreError):
+    """A push of a tag that names an index some of whose platforms are not stored: the
+    message names them and the options that push less (`platform`, `reduced-index`)."""
 
     status = 409
 

@@ -1,9 +1,19 @@
-"""Push one repository's tag(s): layers → config → manifest → V2 metadata, reference."""
+"""Push one repository's tag(s): layers → config → manifest → V2 metadata, reference.
+
+A tag that names an index (a multi-platform image) pushes every platform's image, each
+with the manifest it was pulled with (PUT by digest, so each digest is kept), then the
+index's own bytes under the tag: the registry gets the index the tag was pulled as, with
+its digest. When some of the index's platforms are not stored, the push refuses and
+names them, unless asked for less: dockerd's `platform` pushes that platform's image
+alone (a single-platform manifest under the tag), and ferryd's `reduced_index` pushes a
+new index of the platforms stored (a new digest, which the push says).
+"""
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import msgspec
@@ -14,13 +24,22 @@ from ferryd.distribution.events import failure_logged
 from ferryd.distribution.progress import Message
 from ferryd.distribution.push_layers import DescribableLayer, PushLayer
 from ferryd.distribution.uploads import Uploaded
-from ferryd.errors import ImageNotFoundError
+from ferryd.errors import (
+    ImageNotFoundError,
+    IncompleteImageError,
+    PlatformNotFoundError,
+    StoreError,
+)
 from ferryd.oci.digest import Digest, sha256_digest, short_id
-from ferryd.oci.manifest import Descriptor, ImageManifest, decode_manifest
+from ferryd.oci.image_config import rootfs_of
+from ferryd.oci.manifest import Descriptor, ImageManifest, decode_index, decode_manifest
 from ferryd.oci.mediatypes import Family, config_type, family_of, manifest_type
+from ferryd.oci.platform import Platform, normalize
 from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
 from ferryd.store import Store
+from ferryd.store.indexes import IndexEntry, StoredIndex
+from ferryd.store.references import Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +66,27 @@ class _Stats:
             self.skipped += 1
 
 
+@dataclass(frozen=True, slots=True)
+class _Child:
+    """A platform of an index to push: its entry and the stored image it is."""
+
+    entry: IndexEntry
+    image_id: Digest
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one tag's push sends: an image (with the stored manifest to keep, if one),
+    or an index's children and then the index (its own bytes, or a reduced one)."""
+
+    target: Target
+    manifest: Digest | None = None  # of an image: the stored manifest it must keep
+    index: StoredIndex | None = None
+    children: list[_Child] = field(default_factory=list)
+    index_raw: bytes = b""  # the index to PUT under the tag
+    reduced: bool = False
+
+
 async def push(reference: Reference, ctx: PushContext) -> list[PushResult]:
     """Push `reference`'s tag, or every tag of its repository when it has none.
 
@@ -59,6 +99,8 @@ async def push(reference: Reference, ctx: PushContext) -> list[PushResult]:
 async def _push(reference: Reference, ctx: PushContext) -> list[PushResult]:
     ctx.progress.write(Message(f"The push refers to repository [{reference.name}]"))
     tags = _tags_to_push(reference, ctx.store)
+    # Every refusal before a byte goes up: a tag of an incomplete index names what it lacks.
+    plans = [(tag, _plan(tag, target, ctx)) for tag, target in tags]
     client = await ctx.connector.open(
         reference.domain,
         reference.path,
@@ -66,19 +108,19 @@ async def _push(reference: Reference, ctx: PushContext) -> list[PushResult]:
         actions="pull,push",
         meta_headers=ctx.meta_headers,
     )
-    return [await _push_tag(client, tag, image_id, ctx) for tag, image_id in tags]
+    return [await _push_tag(client, tag, plan, ctx) for tag, plan in plans]
 
 
-def _tags_to_push(reference: Reference, store: Store) -> list[tuple[Reference, Digest]]:
+def _tags_to_push(reference: Reference, store: Store) -> list[tuple[Reference, Target]]:
     if reference.tag is not None:
-        image_id = store.references.get(reference)
-        if image_id is None:
+        target = store.references.target(reference)
+        if target is None:
             raise ImageNotFoundError(
                 f"An image does not exist locally with the tag: {reference.familiar_name}"
                 f":{reference.tag}"
             )
-        return [(reference, image_id)]
-    tags = store.references.tags_of(reference.repository())
+        return [(reference, target)]
+    tags = store.references.tag_targets_of(reference.repository())
     if not tags:
         raise ImageNotFoundError(
             f"An image does not exist locally with the tag: {reference.familiar_name}"
@@ -86,20 +128,219 @@ def _tags_to_push(reference: Reference, store: Store) -> list[tuple[Reference, D
     return tags
 
 
+def _plan(tag: Reference, target: Target, ctx: PushContext) -> _Plan:
+    store = ctx.store
+    index = store.indexes.get(target.index) if target.index is not None else None
+    if index is None:
+        if ctx.platform is not None:
+            _check_image_platform(store, tag, target.image_id, ctx.platform)
+        return _Plan(Target(target.image_id))
+    stored = {
+        entry.digest: image_id
+        for entry in index.entries
+        if (image_id := store.manifests.image_of(entry.digest)) is not None
+    }
+    if ctx.platform is not None:
+        entry = _platform_entry(tag, index, stored, ctx.platform)
+        return _Plan(Target(stored[entry.digest]), manifest=entry.digest)
+    missing = [entry for entry in index.entries if entry.digest not in stored]
+    if not missing:
+        children = [_Child(entry, stored[entry.digest]) for entry in index.entries]
+        return _Plan(
+            target, index=index, children=children, index_raw=store.indexes.raw(index.digest)
+        )
+    if not ctx.reduced_index:
+        raise IncompleteImageError(
+            f"cannot push {tag.familiar}: its index {index.digest} lists "
+            f"{_counted(len(missing), 'manifest')} that {'is' if len(missing) == 1 else 'are'} "
+            f"not stored: {', '.join(_shown(entry) for entry in missing)}. Pull them "
+            f"(`ferryd pull --all-platforms {tag.familiar}`), push one platform "
+            "(`--platform OS/ARCH`), or push an index of the platforms stored "
+            "(`--reduced-index`: a new index, with a new digest)"
+        )
+    kept = _reduced_entries(index, stored)
+    if not any(entry.kind == "image" for entry in kept):
+        raise IncompleteImageError(
+            f"cannot push {tag.familiar}: no platform of its index is stored"
+        )
+    raw = _reduced_index(store.indexes.raw(index.digest), kept)
+    children = [_Child(entry, stored[entry.digest]) for entry in kept]
+    return _Plan(target, index=index, children=children, index_raw=raw, reduced=True)
+
+
+def _platform_entry(
+    tag: Reference, index: StoredIndex, stored: dict[Digest, Digest], platform: Platform
+) -> IndexEntry:
+    """The stored image of an index for `platform` (exact variant first)."""
+    images = [e for e in index.entries if e.kind == "image" and e.platform is not None]
+    matching = [e for e in images if platform.matches(e.os or "", e.architecture or "", e.variant)]
+    present = [e for e in matching if e.digest in stored]
+    exact = [e for e in present if e.platform == platform]
+    if exact or present:
+        return (exact or present)[0]
+    have = sorted({str(e.platform) for e in images if e.digest in stored})
+    if matching:
+        raise PlatformNotFoundError(
+            f"the image for {platform} of {tag.familiar} ({matching[0].digest}) is not "
+            f"stored: pull it first (`ferryd pull --platform {platform} {tag.familiar}`)"
+            + (f"; stored: {', '.join(have)}" if have else "")
+        )
+    raise PlatformNotFoundError(
+        f"no matching manifest for {platform} in the index of {tag.familiar}"
+        + (f" (stored: {', '.join(have)})" if have else "")
+    )
+
+
+def _check_image_platform(
+    store: Store, tag: Reference, image_id: Digest, platform: Platform
+) -> None:
+    record = store.images.record(image_id)
+    if record is None or platform.matches(record.os, record.architecture, record.variant):
+        return
+    actual = normalize(record.os, record.architecture, record.variant)
+    raise PlatformNotFoundError(
+        f"image with reference {tag.familiar} was found but does not match the specified "
+        f"platform: wanted {platform}, actual: {actual}"
+    )
+
+
+def _reduced_entries(index: StoredIndex, stored: dict[Digest, Digest]) -> list[IndexEntry]:
+    """The stored entries, without attestations of images left out."""
+    kept = {entry.digest for entry in index.entries if entry.digest in stored}
+    return [
+        entry
+        for entry in index.entries
+        if entry.digest in kept
+        and (entry.kind != "attestation" or entry.attests is None or entry.attests in kept)
+    ]
+
+
+def _reduced_index(raw: bytes, kept: list[IndexEntry]) -> bytes:
+    """The index `raw` with only the entries `kept`, each as the index wrote it, and
+    every other field of the index as it was."""
+    document = json.loads(raw)
+    wanted = {entry.position for entry in kept}
+    document["manifests"] = [
+        entry for position, entry in enumerate(document["manifests"]) if position in wanted
+    ]
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _shown(entry: IndexEntry) -> str:
+    what = str(entry.platform) if entry.platform is not None else entry.kind
+    if entry.kind == "attestation":
+        what = f"attestation of {short_id(entry.attests or '')}"
+    elif entry.kind != "image":
+        what = f"{entry.kind} entry"
+    return f"{what} ({entry.digest})"
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 async def _push_tag(
-    client: RegistryClient, tag: Reference, image_id: Digest, ctx: PushContext
+    client: RegistryClient, tag: Reference, plan: _Plan, ctx: PushContext
 ) -> PushResult:
     started = time.monotonic()
     store = ctx.store
+    stats = _Stats()
+    assert tag.tag is not None
+    if plan.index is None:
+        media_type, raw = await _push_image(
+            client, plan.target.image_id, ctx, stats, keep=plan.manifest
+        )
+        digest = await client.put_manifest(tag.tag, media_type, raw)
+        recorded = Target(plan.target.image_id)
+        extra: dict[str, object] = {}
+    else:
+        index = plan.index
+        pushed: dict[Digest, tuple[str, bytes]] = {}
+
+        async def one(child: _Child) -> None:
+            media_type, raw = await _push_image(
+                client, child.image_id, ctx, stats, keep=child.entry.digest
+            )
+            ctx.job.phase = "manifest"
+            await client.put_manifest(child.entry.digest, media_type, raw)
+            pushed[child.entry.digest] = (media_type, raw)
+
+        with single_errors():
+            async with anyio.create_task_group() as tg:
+                for child in plan.children:
+                    tg.start_soon(one, child)
+        ctx.job.phase = "manifest"
+        media_type, raw = index.media_type, plan.index_raw
+        digest = await client.put_manifest(tag.tag, media_type, raw)
+        if plan.reduced:
+            ctx.progress.write(
+                Message(
+                    f"{tag.tag}: pushed a reduced index of the "
+                    f"{_counted(len(plan.children), 'manifest')} stored: its digest {digest} "
+                    f"is not the original index's {index.digest}"
+                )
+            )
+        recorded = Target(plan.target.image_id, digest)
+        ctx.metrics.index_manifests.labels("push").inc(len(plan.children))
+        extra = {
+            "platforms": [str(c.entry.platform) for c in plan.children if c.entry.kind == "image"],
+            "index": index.digest,
+        }
+    ctx.progress.write(Message(f"{tag.tag}: digest: {digest} size: {len(raw)}"))
+    ctx.progress.write(Message(aux={"Tag": tag.tag, "Digest": digest, "Size": len(raw)}))
+
+    def record_push() -> None:
+        # Pinned until its row references it: a sweep must not take it between.
+        with store.blobs.pinned(sha256_digest(raw)):
+            store.blobs.put(raw)  # outside the transaction: no fsync under the database lock
+            with store.db.transaction():
+                if plan.index is None:
+                    store.manifests.add(digest, recorded.image_id, media_type, raw)
+                else:
+                    # A reduced index is a new one: kept, so that its name resolves.
+                    store.indexes.add(digest, media_type, raw, decode_index(raw))
+                store.references.point(tag.repository().with_digest(digest), recorded)
+
+    ctx.job.phase = "committing"
+    await anyio.to_thread.run_sync(record_push)
+    ctx.event_logger(
+        plan.target.image_id,
+        str(tag),
+        "push",
+        digest=digest,
+        **extra,
+        layers_uploaded=stats.uploaded,
+        layers_mounted=stats.mounted,
+        layers_skipped=stats.skipped,
+        bytes=stats.bytes,
+        seconds=round(time.monotonic() - started, 3),
+    )
+    return PushResult(tag.tag, digest, len(raw))
+
+
+async def _push_image(
+    client: RegistryClient,
+    image_id: Digest,
+    ctx: PushContext,
+    stats: _Stats,
+    *,
+    keep: Digest | None,
+) -> tuple[str, bytes]:
+    """Upload an image's layers and config; the manifest to PUT for it. `keep`: the
+    stored manifest it must be pushed with (a platform of an index: its digest is the
+    one the index lists)."""
+    store = ctx.store
     raw_config = store.images.get(image_id)
-    rootfs, _ = store.images.rootfs_and_os(raw_config)
+    rootfs = rootfs_of(raw_config)
     record = store.images.record(image_id)
     if record is None:
         raise ImageNotFoundError(f"No such image: {image_id}")
-    family = family_of(ctx.config_media_type or record.config_media_type)
+    kept = store.manifests.get(keep) if keep is not None else None
+    family = family_of(
+        kept.media_type if kept is not None else ctx.config_media_type or record.config_media_type
+    )
     # As moby: the top layer, held for the whole upload, and the stack below it.
     top = ctx.layers.get(rootfs.chain_id())
-    stats = _Stats()
     ctx.job.phase = "layers"
     try:
         layers = _stack(top, len(rootfs.diff_ids))
@@ -114,34 +355,13 @@ async def _push_tag(
         top.release()
     ctx.job.phase = "manifest"
     config_descriptor = await _push_config(client, raw_config, family)
-    media_type, raw = _manifest(store, image_id, family, config_descriptor, descriptors)
-    assert tag.tag is not None
-    digest = await client.put_manifest(tag.tag, media_type, raw)
-    ctx.progress.write(Message(f"{tag.tag}: digest: {digest} size: {len(raw)}"))
-    ctx.progress.write(Message(aux={"Tag": tag.tag, "Digest": digest, "Size": len(raw)}))
-
-    def record_push() -> None:
-        # Pinned until its row references it: a sweep must not take it between.
-        with store.blobs.pinned(sha256_digest(raw)):
-            store.blobs.put(raw)  # outside the transaction: no fsync under the database lock
-            with store.db.transaction():
-                store.manifests.add(digest, image_id, media_type, raw)
-                store.references.add(tag.repository().with_digest(digest), image_id)
-
-    ctx.job.phase = "committing"
-    await anyio.to_thread.run_sync(record_push)
-    ctx.event_logger(
-        image_id,
-        str(tag),
-        "push",
-        digest=digest,
-        layers_uploaded=stats.uploaded,
-        layers_mounted=stats.mounted,
-        layers_skipped=stats.skipped,
-        bytes=stats.bytes,
-        seconds=round(time.monotonic() - started, 3),
-    )
-    return PushResult(tag.tag, digest, len(raw))
+    media_type, raw = _manifest(store, image_id, family, config_descriptor, descriptors, keep)
+    if keep is not None and sha256_digest(raw) != keep:
+        raise StoreError(
+            f"the stored manifest {keep} of image {image_id} does not describe its config "
+            "and layers: run `ferryd fsck`"
+        )
+    return media_type, raw
 
 
 def _stack(top: PushLayer, count: int) -> list[PushLayer]:
@@ -193,19 +413,21 @@ def _manifest(
     family: Family,
     config_descriptor: Descriptor,
     layers: list[Descriptor],
+    keep: Digest | None = None,
 ) -> tuple[str, bytes]:
     """The manifest to PUT: the one the image came with when it describes exactly these
-    blobs (so its digest is kept), else a new one of the same format."""
+    blobs (so its digest is kept; `keep` first), else a new one of the same format."""
     media_type = manifest_type(family)
-    for stored in store.manifests.for_image(image_id):
-        if stored.media_type != media_type:
+    stored = sorted(store.manifests.for_image(image_id), key=lambda m: m.digest != keep)
+    for manifest in stored:
+        if manifest.media_type != media_type:
             continue
-        kept = decode_manifest(stored.raw)
-        if kept.config.digest == config_descriptor.digest and [
-            (d.digest, d.size) for d in kept.layers
+        described = decode_manifest(manifest.raw)
+        if described.config.digest == config_descriptor.digest and [
+            (d.digest, d.size) for d in described.layers
         ] == [(d.digest, d.size) for d in layers]:
-            return media_type, stored.raw
-    manifest = ImageManifest(
+            return media_type, manifest.raw
+    built = ImageManifest(
         config=config_descriptor, layers=layers, schemaVersion=2, mediaType=media_type
     )
-    return media_type, msgspec.json.encode(manifest)
+    return media_type, msgspec.json.encode(built)

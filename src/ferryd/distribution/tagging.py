@@ -1,4 +1,9 @@
-"""Local image operations with docker's rules: tag and remove."""
+"""Local image operations with docker's rules: tag and remove.
+
+A name that names an index (a multi-platform image) is tagged as the index: the new tag
+names the index too, and a push of it pushes every platform. Removing the last name of
+an index removes the index and every platform image of it that nothing else uses.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,24 @@ from ferryd.errors import ImageConflictError, ImageNotFoundError
 from ferryd.oci.digest import Digest, short_id
 from ferryd.oci.reference import Reference, parse_reference
 from ferryd.store import Store
-from ferryd.store.gc import delete_blobs, remove_image
+from ferryd.store.gc import (
+    Released,
+    delete_blobs,
+    forget_unnamed_indexes,
+    index_users,
+    release,
+    remove_image,
+)
 from ferryd.store.sweep import note_removal, sweep
 
 
 def tag_image(store: Store, source: str, target: Reference, log: ImageEventLogger) -> None:
     """Point `target` (a tag) at the image `source` names."""
-    image_id = store.resolve(source)
+    named = store.resolve_target(source)
     with store.db.transaction():
-        store.references.add(target, image_id)
-    log(image_id, str(target), "tag")
+        store.references.point(target, named)
+        forget_unnamed_indexes(store)  # `target` may have been an index's last name
+    log(named.image_id, str(target), "tag")
 
 
 def remove(store: Store, name: str, *, force: bool, log: ImageEventLogger) -> list[dict[str, Any]]:
@@ -44,30 +57,74 @@ def remove_locked(
     records: list[dict[str, Any]] = []
     image_id = store.resolve_id(name)
     with store.db.transaction():
-        if image_id is None:
-            reference = parse_reference(name)
-            image_id = store.references.get(reference)
-            if image_id is None:
-                raise ImageNotFoundError(f"No such image: {name}")
-            records += _untag(store, reference, image_id, log)
-            if store.references.for_image(image_id):
-                return records
+        if image_id is not None:
+            released = _remove_by_id(store, image_id, force=force, log=log, records=records)
         else:
-            references = store.references.for_image(image_id)
-            if len({r.name for r in references}) > 1 and not force:
-                raise ImageConflictError(
-                    f"conflict: unable to delete {short_id(image_id)} (must be forced) - "
-                    "image is referenced in multiple repositories"
-                )
-            for reference in references:
-                records += _untag(store, reference, image_id, log)
-        deleted, blobs = remove_image(store, image_id)
-        note_removal(store, blobs)  # a crash before they are gone: the sweep finishes
-    delete_blobs(store, blobs)  # only once the rows are gone for good
-    log(image_id, name, "delete")
-    records.append({"Deleted": image_id})
-    records += [{"Deleted": chain} for chain in deleted]
+            target = store.index_by_id(name)
+            if target is not None:
+                assert target.index is not None
+                references = store.references.naming_index(target.index)
+                _check_repositories(references, target.index, force)
+                for named in references:
+                    records += _untag(store, named, target.image_id, log)
+            else:
+                reference = parse_reference(name)
+                target = store.references.target(reference)
+                if target is None:
+                    raise ImageNotFoundError(f"No such image: {name}")
+                records += _untag(store, reference, target.image_id, log)
+            released = release(store, [target.image_id])
+        if not released.images and not released.indexes:
+            return records
+        note_removal(store, released.blobs)  # a crash before they are gone: the sweep finishes
+    delete_blobs(store, released.blobs)  # only once the rows are gone for good
+    for deleted in released.images:
+        log(deleted, name, "delete")
+    records += [{"Deleted": index} for index in released.indexes]
+    records += [{"Deleted": deleted} for deleted in released.images]
+    records += [{"Deleted": chain} for chain in released.layers]
     return records
+
+
+def _remove_by_id(
+    store: Store,
+    image_id: Digest,
+    *,
+    force: bool,
+    log: ImageEventLogger,
+    records: list[dict[str, Any]],
+) -> Released:
+    """`rmi ID`: every reference to the image goes (several repositories need `force`),
+    then the image. A platform image of an index that references name needs `force`
+    (the index then lacks that platform)."""
+    references = store.references.for_image(image_id)
+    _check_repositories(references, image_id, force)
+    users = [] if references else index_users(store, image_id)
+    if users and not force:
+        named = store.references.naming_index(users[0])
+        raise ImageConflictError(
+            f"conflict: unable to delete {short_id(image_id)} (must be forced) - image is "
+            f"a platform of the index {users[0]}"
+            + (f" ({', '.join(r.familiar for r in named)})" if named else "")
+        )
+    for reference in references:
+        records += _untag(store, reference, image_id, log)
+    if not users:
+        return release(store, [image_id])
+    layers, blobs = remove_image(store, image_id)
+    released = release(store, [])
+    released.images.insert(0, image_id)
+    released.layers[:0] = layers
+    released.blobs |= blobs
+    return released
+
+
+def _check_repositories(references: list[Reference], subject: Digest, force: bool) -> None:
+    if len({r.name for r in references}) > 1 and not force:
+        raise ImageConflictError(
+            f"conflict: unable to delete {short_id(subject)} (must be forced) - "
+            "image is referenced in multiple repositories"
+        )
 
 
 def _untag(

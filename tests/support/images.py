@@ -1,4 +1,5 @@
-"""Build OCI image layouts on disk and seed them into a test registry.
+"""Build OCI image layouts on disk and seed them into a test registry (over its HTTP
+API; skopeo reads them back where a test checks what a real client sees).
 
 Layers are real tar archives (deterministic: sorted names, fixed mtime/owner), compressed
 with gzip, zstd or not at all, and streamed to disk so multi-hundred-MiB benchmark layers
@@ -12,7 +13,6 @@ import hashlib
 import io
 import json
 import random
-import shutil
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import httpx
 from backports.zstd import ZstdFile
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 MTIME = 1_700_000_000  # fixed timestamp for tar members
 CREATED = "2023-11-14T22:13:20Z"
 CHUNK = 1 << 20
+_IN_MEMORY = 64 << 20  # a blob seeded from memory at most; larger ones are streamed
 
 
 # -- specs and results ---------------------------------------------------------
@@ -431,57 +433,47 @@ def registry_manifest(registry: Registry, dest: str) -> tuple[bytes, str]:
         return response.content, response.headers["content-type"]
 
 
-def _stage_dir_transport(layout: Path, descriptor: dict[str, Any], stage: Path) -> Path:
-    """Lay out one image (or list) from ``layout`` in skopeo's ``dir:`` format.
-
-    Hard links where possible: large layers are not copied.
-    """
-    stage.mkdir(parents=True)
-    (stage / "version").write_text("Directory Transport Version: 1.1\n")
-    top = descriptor["digest"]
-    for desc in iter_blobs(layout, descriptor):
-        digest = desc["digest"]
-        name = digest.partition(":")[2]
-        if digest == top:
-            name = "manifest.json"
-        elif desc["mediaType"] in ALL_MANIFEST_TYPES:
-            name += ".manifest.json"  # an instance of a manifest list
-        target = stage / name
-        if not target.exists():
-            try:
-                target.hardlink_to(blob_path(layout, digest))
-            except OSError:
-                shutil.copyfile(blob_path(layout, digest), target)
-    return stage
-
-
 def seed(registry: Registry, layout: Path, tag: str, dest: str) -> str:
-    """Copy ``layout``'s image ``tag`` to ``<registry>/<dest>`` unchanged; return its digest.
+    """Copy ``layout``'s image ``tag`` to ``<registry>/<dest>`` byte for byte; return its
+    digest.
 
-    OCI manifests and indexes go through skopeo's ``oci:`` transport.  skopeo 1.9.3's
-    ``oci:`` transport ignores index.json entries whose mediaType is not an OCI one
-    ("no descriptor found for reference"), so Docker schema2 images and manifest lists
-    are staged in skopeo's ``dir:`` format instead, which passes them through byte for
-    byte.  ``--preserve-digests`` makes skopeo fail rather than convert or recompress.
+    As a registry client pushes: each blob (HEAD, then a monolithic POST + PUT when the
+    repository lacks it, streamed from its file), then the manifests bottom-up (an
+    index's images by digest, the top one by ``dest``'s tag or digest), each with its
+    own media type. What the registry then serves is read back and checked.
     """
     descriptor = layout_descriptor(layout, tag)
-    workdir = skopeo_workdir(registry)
-    stage = workdir / f"stage-{uuid.uuid4().hex}"
-    if descriptor["mediaType"] in (OCI_MANIFEST, OCI_INDEX):
-        source = f"oci:{layout}:{tag}"
-    else:
-        source = f"dir:{_stage_dir_transport(layout, descriptor, stage)}"
-    args = ["copy", "--quiet", "--preserve-digests", *registry.skopeo_flags("dest-")]
-    if descriptor["mediaType"] in INDEX_TYPES:
-        args.append("--all")
-    try:
-        run_skopeo([*args, source, f"docker://{registry.host}/{dest}"], workdir=workdir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    name, reference = _split_reference(dest)
+    with registry.client(timeout=600) as client:
+        for desc in iter_blobs(layout, descriptor):  # children before parents
+            digest, path = desc["digest"], blob_path(layout, desc["digest"])
+            if desc["mediaType"] in ALL_MANIFEST_TYPES:
+                target = reference if digest == descriptor["digest"] else digest
+                client.put(
+                    f"/v2/{name}/manifests/{target}",
+                    content=path.read_bytes(),
+                    headers={"Content-Type": desc["mediaType"]},
+                ).raise_for_status()
+            elif client.head(f"/v2/{name}/blobs/{digest}").status_code != 200:
+                _upload(client, name, digest, path)
     raw, _ = registry_manifest(registry, dest)
     if sha256(raw) != descriptor["digest"]:
         raise AssertionError(f"{dest}: registry has {sha256(raw)}, built {descriptor['digest']}")
     return str(descriptor["digest"])
+
+
+def _upload(client: httpx.Client, name: str, digest: str, path: Path) -> None:
+    """One monolithic upload. A blob that fits in memory is sent as bytes, which an
+    authenticating client can send again after a 401; a larger one (a benchmark's) is
+    streamed from its file, to a registry that asks for no login."""
+    started = client.post(f"/v2/{name}/blobs/uploads/")
+    started.raise_for_status()
+    location = httpx.URL(started.headers["Location"]).copy_merge_params({"digest": digest})
+    size = path.stat().st_size
+    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+    with path.open("rb") as file:
+        content = file.read() if size <= _IN_MEMORY else iter(lambda: file.read(CHUNK), b"")
+        client.put(location, content=content, headers=headers).raise_for_status()
 
 
 def seeded(registry: Registry, layout: Path, repository: str, seed_number: int) -> str:

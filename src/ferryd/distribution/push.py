@@ -350,7 +350,10 @@ async def _push_image(
                 ctx.progress.write(Message("Skipped foreign layer", progress_id))
             else:
                 ctx.progress.write(Message("Preparing", progress_id))
-        descriptors = await _upload_layers(client, layers, family, ctx, stats)
+        # A manifest to keep names the blobs as stored, a plain tar one included.
+        descriptors = await _upload_layers(
+            client, layers, family, ctx, stats, as_stored=keep is not None
+        )
     finally:
         top.release()
     ctx.job.phase = "manifest"
@@ -381,6 +384,8 @@ async def _upload_layers(
     family: Family,
     ctx: PushContext,
     stats: _Stats,
+    *,
+    as_stored: bool = False,
 ) -> list[Descriptor]:
     """Every layer's descriptor, in order; uploads run concurrently."""
     descriptors: list[Descriptor | None] = [None] * len(layers)
@@ -389,7 +394,7 @@ async def _upload_layers(
         if isinstance(layer, DescribableLayer):
             descriptors[index] = layer.descriptor()
             return
-        result = await ctx.uploads.upload(client, layer, family, ctx.progress)
+        result = await ctx.uploads.upload(client, layer, family, ctx.progress, as_stored=as_stored)
         stats.count(result)
         descriptors[index] = Descriptor(result.media_type, result.digest, result.blob_size)
 

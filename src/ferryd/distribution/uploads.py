@@ -3,8 +3,10 @@
 Per layer, cheapest first: the target repository has the blob (HEAD) → "Layer already
 exists"; V2 metadata knows it in another repository of the same registry → mount →
 "Mounted from R"; else upload. A compressed blob is uploaded as it is stored, so its
-digest is kept; a layer held as a plain tar is gzip-compressed as it streams. The same
-layer to the same repository is uploaded once, however many pushes want it.
+digest is kept; a layer held as a plain tar is gzip-compressed as it streams, unless
+the push must keep a stored manifest that names the plain blob (`as_stored`: a platform
+of an index, whose manifest digest the index lists). The same layer to the same
+repository is uploaded once, however many pushes want it.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class UploadManager:
         self._metadata = metadata
         self._metrics = metrics
         self.retries = RetryPolicy(max_attempts, retry_delay, max_retry_after, metrics=metrics)
-        self._transfers: TransferPool[tuple[str, str, Digest], Uploaded] = TransferPool(
+        self._transfers: TransferPool[tuple[str, str, Digest, bool], Uploaded] = TransferPool(
             task_group, max_concurrent, "upload", slow_after=slow_after, metrics=metrics
         )
 
@@ -101,19 +103,25 @@ class UploadManager:
         layer: PushLayer,
         family: Family,
         progress: ProgressOutput,
+        *,
+        as_stored: bool = False,
     ) -> Uploaded:
-        """Make sure the client's repository has `layer`; say how it got there."""
+        """Make sure the client's repository has `layer`; say how it got there.
+        `as_stored`: a plain tar blob goes up as it is stored, not gzip-compressed."""
         registry, repository = client.endpoint.domain, client.repository
         layer_id = short_id(layer.diff_id)
         compression = await anyio.to_thread.run_sync(_compression, layer)
+        # Only a plain blob differs in how it goes up: compressed ones go up as stored.
+        as_stored = as_stored and compression is Compression.NONE and layer.blob() is not None
         # Before joining: a layer this family cannot describe fails this push only.
         _layer_media_type(
-            family, Compression.GZIP if compression is Compression.NONE else compression
+            family,
+            Compression.GZIP if compression is Compression.NONE and not as_stored else compression,
         )
 
         async def work(progress: Broadcast) -> Uploaded:
             result = await with_retries(
-                lambda: self._push_layer(client, layer, _TRANSFER_FAMILY, progress),
+                lambda: self._push_layer(client, layer, _TRANSFER_FAMILY, progress, as_stored),
                 policy=self.retries,
                 progress=progress,
                 progress_id=layer_id,
@@ -129,7 +137,7 @@ class UploadManager:
             return result
 
         result = await self._transfers.join(
-            (registry, repository, layer.diff_id),
+            (registry, repository, layer.diff_id, as_stored),
             progress,
             work,
             name=f"{registry}/{repository}@{layer.diff_id}",
@@ -139,12 +147,17 @@ class UploadManager:
         return replace(result, media_type=media_type)
 
     async def _push_layer(
-        self, client: RegistryClient, layer: PushLayer, family: Family, progress: Broadcast
+        self,
+        client: RegistryClient,
+        layer: PushLayer,
+        family: Family,
+        progress: Broadcast,
+        as_stored: bool = False,
     ) -> Uploaded:
         """Cheapest first: the repository has it, a mount from a sibling, an upload."""
         stored = layer.blob()
         compression = await anyio.to_thread.run_sync(_compression, layer)
-        plain = compression is Compression.NONE
+        plain = compression is Compression.NONE and not as_stored
         media_type = _layer_media_type(family, Compression.GZIP if plain else compression)
         # The digests this layer may have in the registry: the stored blob's, or for a
         # plain tar, those of earlier gzipped uploads that V2 metadata remembers.

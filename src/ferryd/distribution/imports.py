@@ -43,6 +43,7 @@ from ferryd.oci.mediatypes import DOCKER_CONFIG, DOCKER_LAYER_TAR
 from ferryd.oci.platform import Platform
 from ferryd.oci.reference import Reference
 from ferryd.store import Store
+from ferryd.store.gc import forget_unnamed_indexes
 from ferryd.store.staging import staging_directory
 
 DEFAULT_SOURCE = "-"  # fromSrc: the request body
@@ -237,6 +238,7 @@ def _commit(
                 store.images.put(config, media_type=DOCKER_CONFIG, size=size)
                 if reference is not None:
                     store.references.add(reference, image_id)
+                    forget_unnamed_indexes(store)  # the tag may have named an index
     finally:
         layers.holds.release(chain)
     return image_id

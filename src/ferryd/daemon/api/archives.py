@@ -195,6 +195,7 @@ class _LoadResponse(Response):
                 service.event_logger,
                 quiet=self._quiet,
                 platform=self._platform,
+                default_platform=service.default_platform,
             )
 
         await ProgressStream(job, self._deadline)(scope, body.watch, send)

@@ -12,8 +12,11 @@ store it all in one go or nothing at all.
    (docker) say which files are configs, manifests and layers. An image the OCI part
    describes completely keeps that manifest and its layer blobs as they are (a registry's
    compressed blobs, its manifest digest: a push after the load sends the same
-   manifest); otherwise `manifest.json`'s files are its layers. Every blob's digest and
-   size, every layer's DiffID, every config and manifest are checked against each other.
+   manifest); otherwise `manifest.json`'s files are its layers. An index that
+   `index.json` names (a multi-platform image) is kept as itself, with every platform
+   whose blobs the archive holds (only `platform`'s, when given), and its names name it.
+   Every blob's digest and size, every layer's DiffID, every config and manifest are
+   checked against each other.
    The archive's own JSON is read with limits (`layout.SMALL_FILES`, the config and
    manifest limits of `oci/`).
 3. Commit. Layers already stored (by ChainID) are held and reused; the other layer blobs
@@ -59,8 +62,10 @@ from ferryd.oci.manifest import (
     check_supported,
     decode_index,
     decode_manifest,
+    entry_kind,
     media_type_of,
-    select_platform,
+    pullable_entries,
+    select_platforms,
 )
 from ferryd.oci.mediatypes import (
     DOCKER_CONFIG,
@@ -74,6 +79,9 @@ from ferryd.oci.mediatypes import (
 from ferryd.oci.platform import Platform, host_platform, normalize
 from ferryd.oci.reference import Reference
 from ferryd.store import Store
+from ferryd.store.gc import forget_unnamed_indexes
+from ferryd.store.indexes import default_child
+from ferryd.store.references import Target
 from ferryd.store.staging import staging_directory
 
 # Decompressed archive bytes one worker call handles at most before it gives the event
@@ -95,11 +103,14 @@ class StreamLine(Message):
 
 @dataclass(frozen=True, slots=True)
 class LoadedImage:
-    image_id: Digest
+    image_id: Digest  # of an index: the image its names give (the default platform's)
     names: list[Reference]
     replaced: list[tuple[Reference, Digest]]  # tags that named another image before
     layers_loaded: int
     layers_reused: int
+    manifest: Digest | None = None  # the manifest (or index) kept with it
+    index: Digest | None = None  # it is an index, with this digest
+    platforms: list[str] = field(default_factory=list)  # of an index: those loaded
 
 
 async def load_archive(
@@ -110,10 +121,12 @@ async def load_archive(
     *,
     quiet: bool = True,
     platform: Platform | None = None,
+    default_platform: Platform | None = None,
 ) -> list[LoadedImage]:
     """Load every image of the archive streaming in as `body` (only those of `platform`,
     when given); report as dockerd does to `progress`. Raises `ArchiveError` for an
-    archive that is broken, hostile or cut short, with nothing stored."""
+    archive that is broken, hostile or cut short, with nothing stored. A loaded index's
+    names give its image for `default_platform` (this host's when None)."""
     started = time.monotonic()
     with failure_logged("load", "archive"), staging_directory(store.root) as directory:
         intake = Intake(directory)
@@ -122,9 +135,11 @@ async def load_archive(
         finally:
             intake.abort()
         plans = await anyio.to_thread.run_sync(_plan, intake, platform)
-        loaded = await anyio.to_thread.run_sync(_commit, store, plans)
+        loaded = await anyio.to_thread.run_sync(
+            _commit, store, plans, default_platform or host_platform()
+        )
     seconds = round(time.monotonic() - started, 3)
-    for image, plan in zip(loaded, plans, strict=True):
+    for image in loaded:
         for reference, before in image.replaced:
             progress.write(
                 StreamLine(
@@ -136,6 +151,7 @@ async def load_archive(
             progress.write(StreamLine(text=f"Loaded image: {reference.familiar}\n"))
         if not image.names:
             progress.write(StreamLine(text=f"Loaded image ID: {image.image_id}\n"))
+        of_index = {"platforms": image.platforms} if image.index is not None else {}
         event_logger(
             image.image_id,
             image.image_id,
@@ -143,7 +159,8 @@ async def load_archive(
             names=[str(reference) for reference in image.names],
             layers_loaded=image.layers_loaded,
             layers_reused=image.layers_reused,
-            manifest=plan.manifest.digest if plan.manifest is not None else None,
+            manifest=image.manifest,
+            **of_index,
             archive_bytes=received,
             seconds=seconds,
         )
@@ -345,10 +362,27 @@ class _ImagePlan:
     platform: Platform
     names: list[Reference] = field(default_factory=list)
     manifest: FetchedManifest | None = None  # kept with the image: a push re-uses it
+    in_index: bool = False  # a platform of an index the archive holds: said with it
 
 
-def _plan(intake: Intake, platform: Platform | None) -> list[_ImagePlan]:
-    """What the archive holds, checked: one plan per image to load."""
+@dataclass
+class _IndexPlan:
+    """An index `index.json` names, kept as itself with the platforms loaded."""
+
+    index: FetchedManifest
+    decoded: ImageIndex
+    names: list[Reference]
+    children: list[_ImagePlan]  # the images of its entries the archive holds
+
+
+@dataclass
+class _Plans:
+    images: list[_ImagePlan]
+    indexes: list[_IndexPlan]
+
+
+def _plan(intake: Intake, platform: Platform | None) -> _Plans:
+    """What the archive holds, checked: one plan per image to load, and per index."""
     try:
         return _plan_checked(intake, platform)
     except ArchiveError as exc:
@@ -359,7 +393,7 @@ def _plan(intake: Intake, platform: Platform | None) -> list[_ImagePlan]:
         ) from None
 
 
-def _plan_checked(intake: Intake, platform: Platform | None) -> list[_ImagePlan]:
+def _plan_checked(intake: Intake, platform: Platform | None) -> _Plans:
     has_manifest_json = intake.resolve(layout.MANIFEST_JSON) is not None
     has_index = intake.resolve(layout.INDEX_JSON) is not None
     if not has_manifest_json and not has_index:
@@ -373,12 +407,19 @@ def _plan_checked(intake: Intake, platform: Platform | None) -> list[_ImagePlan]
             "index.json (an OCI image layout)"
         )
     plans: dict[Digest, _ImagePlan] = {}
+    indexes: dict[Digest, _IndexPlan] = {}
     problems: dict[Digest | None, ArchiveError] = {}
     if has_index:
         for plan_or_problem in _oci_plans(intake, platform):
             if isinstance(plan_or_problem, tuple):
                 image_id, problem = plan_or_problem
                 problems[image_id] = problem
+                continue
+            if isinstance(plan_or_problem, _IndexPlan):
+                known = indexes.setdefault(plan_or_problem.index.digest, plan_or_problem)
+                known.names += [n for n in plan_or_problem.names if n not in known.names]
+                for child in plan_or_problem.children:
+                    _merge(plans, child)
                 continue
             _merge(plans, plan_or_problem)
     if has_manifest_json:
@@ -387,10 +428,19 @@ def _plan_checked(intake: Intake, platform: Platform | None) -> list[_ImagePlan]
             _merge(plans, plan)
     if problems:
         raise next(iter(problems.values()))
+    # An index's names name the index: the same names manifest.json gives one of its
+    # images (docker 25 and ferryd write them there too) do not name that image alone.
+    for index in indexes.values():
+        for child in index.children:
+            child.in_index = True
+            plans[child.image_id].in_index = True
+            plans[child.image_id].names = [
+                name for name in plans[child.image_id].names if name not in index.names
+            ]
     wanted = list(plans.values())
     if platform is not None:
-        wanted = [plan for plan in wanted if platform.matches(*_platform_of(plan))]
-        if not wanted:
+        wanted = [plan for plan in wanted if platform.matches(*_platform_of(plan)) or plan.in_index]
+        if not any(platform.matches(*_platform_of(plan)) for plan in wanted):
             offered = ", ".join(sorted({str(plan.platform) for plan in plans.values()}))
             raise PlatformNotFoundError(
                 f"the archive has no image for platform {platform}"
@@ -400,7 +450,7 @@ def _plan_checked(intake: Intake, platform: Platform | None) -> list[_ImagePlan]
         raise ArchiveError("the archive holds no image")
     for plan in wanted:
         _check_layers(intake, plan)
-    return wanted
+    return _Plans(wanted, list(indexes.values()))
 
 
 def _platform_of(plan: _ImagePlan) -> tuple[str, str, str | None]:
@@ -458,9 +508,9 @@ def _config(raw: bytes, where: str) -> tuple[Digest, list[Digest], Platform]:
 
 def _oci_plans(
     intake: Intake, platform: Platform | None
-) -> Iterator[_ImagePlan | tuple[Digest | None, ArchiveError]]:
-    """A plan per image index.json names (a problem instead, for an image whose blobs
-    are not all there: manifest.json may describe it with files of its own)."""
+) -> Iterator[_ImagePlan | _IndexPlan | tuple[Digest | None, ArchiveError]]:
+    """A plan per image or index index.json names (a problem instead, for an image whose
+    blobs are not all there: manifest.json may describe it with files of its own)."""
     _, raw = _read(intake, layout.INDEX_JSON, layout.MAX_ARCHIVE_JSON, "its index")
     try:
         index = decode_index(raw)
@@ -469,11 +519,16 @@ def _oci_plans(
     for descriptor in index.manifests:
         names = layout.names_in(descriptor.annotations)
         try:
-            manifest = _image_manifest(intake, descriptor, platform)
+            manifest = _top_manifest(intake, descriptor)
         except ArchiveError as exc:
             yield None, exc
             continue
         if manifest is None:
+            continue
+        if manifest.media_type in INDEX_TYPES:
+            indexed = _index_plan(intake, manifest, names, platform)
+            if indexed is not None:
+                yield indexed
             continue
         try:
             yield _oci_plan(intake, manifest, names)
@@ -488,41 +543,74 @@ class _Missing(Exception):
         self.error = error
 
 
-def _image_manifest(
-    intake: Intake, descriptor: Descriptor, platform: Platform | None
-) -> FetchedManifest | None:
-    """The image manifest an index.json entry leads to (through an index, the one for
-    `platform` or this host's); None for an entry that is no image (an attestation)."""
-    if descriptor.mediaType in INDEX_TYPES:
-        _, raw = _blob(intake, descriptor, MAX_MANIFEST_SIZE, "image index")
-        try:
-            nested = decode_index(raw)
-            present = [
-                entry
-                for entry in nested.manifests
-                if intake.resolve(layout.blob_name(Digest(entry.digest))) is not None
-            ]
-            chosen = select_platform(ImageIndex(present), platform or host_platform())
-        except PlatformNotFoundError:
-            if platform is not None:
-                return None  # another platform's image: not one to load
-            raise
-        except ContentError as exc:
-            raise ArchiveError(f"the archive's image index {descriptor.digest}: {exc}") from None
-        return _image_manifest(intake, chosen, platform)
-    if descriptor.mediaType and descriptor.mediaType not in IMAGE_MANIFEST_TYPES:
+def _top_manifest(intake: Intake, descriptor: Descriptor) -> FetchedManifest | None:
+    """The manifest or index a descriptor names, read and checked; None for one that is
+    neither (an artifact)."""
+    if (
+        descriptor.mediaType
+        and descriptor.mediaType not in IMAGE_MANIFEST_TYPES
+        and descriptor.mediaType not in INDEX_TYPES
+    ):
         return None
-    _, raw = _blob(intake, descriptor, MAX_MANIFEST_SIZE, "image manifest")
+    what = "image index" if descriptor.mediaType in INDEX_TYPES else "image manifest"
+    _, raw = _blob(intake, descriptor, MAX_MANIFEST_SIZE, what)
     try:
         media_type = media_type_of(descriptor.mediaType, raw)
         check_supported(media_type)
     except ContentError as exc:
         raise ArchiveError(f"the archive's manifest {descriptor.digest}: {exc}") from None
-    if media_type in INDEX_TYPES:
-        return _image_manifest(
-            intake, Descriptor(media_type, descriptor.digest, descriptor.size), platform
-        )
     return FetchedManifest(media_type, Digest(descriptor.digest), raw)
+
+
+def _index_plan(
+    intake: Intake, index: FetchedManifest, names: list[Reference], platform: Platform | None
+) -> _IndexPlan | None:
+    """An index with the images of it the archive holds whole (only the one for
+    `platform`, when given, and its attestations); None when it has none for
+    `platform`."""
+    try:
+        decoded = decode_index(index.raw)
+    except ContentError as exc:
+        raise ArchiveError(f"the archive's image index {index.digest}: {exc}") from None
+    present = [
+        entry
+        for entry in pullable_entries(decoded)
+        if intake.resolve(layout.blob_name(Digest(entry.digest))) is not None
+    ]
+    if platform is not None:
+        try:
+            present = select_platforms(ImageIndex(present), [platform])
+        except PlatformNotFoundError:
+            return None  # another platform's image: not one to load
+    children = []
+    for entry in present:
+        manifest = _top_manifest(intake, entry)
+        if manifest is None or manifest.media_type in INDEX_TYPES:
+            continue
+        try:
+            children.append(_oci_plan(intake, manifest, []))
+        except _Missing:
+            continue  # the archive holds its manifest only (as containerd writes it)
+    if not any(entry_kind(c.entry) == "image" for c in _entries_of(present, children)):
+        raise ArchiveError(
+            f"the archive's image index {index.digest} has none of its images whole in it"
+        )
+    return _IndexPlan(index, decoded, list(names), children)
+
+
+@dataclass(frozen=True, slots=True)
+class _PlannedEntry:
+    entry: Descriptor
+    plan: _ImagePlan
+
+
+def _entries_of(entries: list[Descriptor], plans: list[_ImagePlan]) -> list[_PlannedEntry]:
+    by_digest = {plan.manifest.digest: plan for plan in plans if plan.manifest is not None}
+    return [
+        _PlannedEntry(entry, by_digest[Digest(entry.digest)])
+        for entry in entries
+        if entry.digest in by_digest
+    ]
 
 
 def _oci_plan(intake: Intake, manifest: FetchedManifest, names: list[Reference]) -> _ImagePlan:
@@ -530,6 +618,14 @@ def _oci_plan(intake: Intake, manifest: FetchedManifest, names: list[Reference])
         image = decode_manifest(manifest.raw)
     except ContentError as exc:
         raise ArchiveError(f"the archive's manifest {manifest.digest}: {exc}") from None
+    if intake.resolve(layout.blob_name(Digest(image.config.digest))) is None:
+        raise _Missing(
+            Digest(image.config.digest),
+            ArchiveError(
+                f"the archive's manifest {manifest.digest} names config {image.config.digest}, "
+                "which the archive does not have"
+            ),
+        )
     _, config = _blob(intake, image.config, MAX_CONFIG_SIZE, "image config")
     image_id, diff_ids, platform = _config(config, image.config.digest)
     if len(image.layers) != len(diff_ids):
@@ -636,8 +732,9 @@ def _check_layers(intake: Intake, plan: _ImagePlan) -> None:
 # -- 3. commit -------------------------------------------------------------------------
 
 
-def _commit(store: Store, plans: list[_ImagePlan]) -> list[LoadedImage]:
+def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[LoadedImage]:
     layers, blobs = store.layers, store.blobs
+    plans = planned.images
     held: list[Digest] = []
     pinned: list[Digest] = []
 
@@ -663,6 +760,8 @@ def _commit(store: Store, plans: list[_ImagePlan]) -> list[LoadedImage]:
             pin(plan.image_id)
             if plan.manifest is not None:
                 pin(sha256_digest(plan.manifest.raw))
+        for indexed in planned.indexes:
+            pin(sha256_digest(indexed.index.raw))
         # Blob files first, each fsync'd, outside the transaction: the database lock is
         # never held across a disk flush, and a row never points at a missing blob.
         _move_in(store, moving)
@@ -670,13 +769,68 @@ def _commit(store: Store, plans: list[_ImagePlan]) -> list[LoadedImage]:
             blobs.put(plan.config, plan.image_id)
             if plan.manifest is not None:
                 blobs.put(plan.manifest.raw)
+        for indexed in planned.indexes:
+            blobs.put(indexed.index.raw, indexed.index.digest)
         with store.db.transaction():
-            return [_register(store, plan, held) for plan in plans]
+            loaded = {plan.image_id: _register(store, plan, held) for plan in plans}
+            results = [loaded[plan.image_id] for plan in plans if not plan.in_index or plan.names]
+            for indexed in planned.indexes:
+                result = _register_index(store, indexed, loaded, default_platform)
+                if result is not None:
+                    results.append(result)
+            forget_unnamed_indexes(store)  # an index a name moved off
+            return results
     finally:
         for chain in held:
             layers.holds.release(chain)
         for digest in pinned:
             blobs.pins.release(digest)
+
+
+def _register_index(
+    store: Store,
+    indexed: _IndexPlan,
+    loaded: dict[Digest, LoadedImage],
+    default_platform: Platform,
+) -> LoadedImage | None:
+    """Keep the index and point its names at it (and at its image for the default
+    platform); None when none of its images was loaded (another platform's)."""
+    index = indexed.index
+    children = [child for child in indexed.children if child.image_id in loaded]
+    if not children:
+        return None
+    store.indexes.add(index.digest, index.media_type, index.raw, indexed.decoded)
+    entries = store.indexes.entries(index.digest)
+    stored = {
+        entry.digest: image_id
+        for entry in entries
+        if (image_id := store.manifests.image_of(entry.digest)) is not None
+    }
+    image_id = default_child(entries, stored, default_platform)
+    if image_id is None:
+        return None
+    replaced = []
+    target = Target(image_id, index.digest)
+    for reference in indexed.names:
+        before = store.references.point(reference, target)
+        if before is not None and before.image_id != image_id and before.index != index.digest:
+            replaced.append((reference, before.image_id))
+    store.references.repoint_index(index.digest, image_id)
+    platforms = [
+        str(entry.platform)
+        for entry in entries
+        if entry.kind == "image" and entry.digest in stored and entry.platform is not None
+    ]
+    return LoadedImage(
+        image_id,
+        list(indexed.names),
+        replaced,
+        sum(loaded[child.image_id].layers_loaded for child in children),
+        sum(loaded[child.image_id].layers_reused for child in children),
+        manifest=index.digest,
+        index=index.digest,
+        platforms=platforms,
+    )
 
 
 def _move_in(store: Store, moving: dict[Digest, StagedFile]) -> None:
@@ -731,4 +885,5 @@ def _register(store: Store, plan: _ImagePlan, held: list[Digest]) -> LoadedImage
         before = store.references.add(reference, plan.image_id)
         if before is not None and before != plan.image_id:
             replaced.append((reference, before))
-    return LoadedImage(plan.image_id, list(plan.names), replaced, loaded, reused)
+    kept = plan.manifest.digest if plan.manifest is not None else None
+    return LoadedImage(plan.image_id, list(plan.names), replaced, loaded, reused, kept)

@@ -8,6 +8,12 @@ load followed by a push gives the registry the same manifest digest (docker cann
 exports uncompressed layers). dockerd of every version since 1.10 decompresses layers
 as it loads them, skopeo reads both `docker-archive:` and `oci-archive:`.
 
+A name of an index (a multi-platform image) saves the index as itself: `index.json`
+names the index (its own bytes, so its digest is kept) and the archive carries every
+platform of it that is stored, each with its manifest, config and layers; docker's
+`manifest.json` lists each platform's image, as docker 25+ does, the name on the one
+for the default platform. With a `platform`, the image of that platform alone is saved.
+
 Everything is decided before the first byte (an unknown name is a 404, an image of
 another platform too) and held until the last: the images' top layers (and with them
 every layer below), their config and manifest blobs. Blobs are streamed from disk in
@@ -37,7 +43,7 @@ from ferryd.errors import (
     PlatformNotFoundError,
 )
 from ferryd.oci.digest import Digest, algorithm_of, chain_ids, hex_of, sha256_digest
-from ferryd.oci.image_config import rootfs_and_os
+from ferryd.oci.image_config import rootfs_of
 from ferryd.oci.manifest import (
     Descriptor,
     ImageManifest,
@@ -54,7 +60,9 @@ from ferryd.oci.platform import Platform, normalize
 from ferryd.oci.reference import Reference, parse_reference
 from ferryd.store import Store
 from ferryd.store.images import ImageRecord
+from ferryd.store.indexes import StoredIndex
 from ferryd.store.layers import Layer
+from ferryd.store.references import Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +83,18 @@ class _Image:
     config: bytes
     layers: list[Layer]  # bottom first
     tags: list[Reference] = field(default_factory=list)
+    standalone: bool = False  # named on its own (not only as a platform of an index)
+    manifest: Digest | None = None  # the stored manifest it must be saved with
+
+
+@dataclass
+class _Index:
+    index: StoredIndex
+    raw: bytes
+    image_id: Digest  # the image its names give (listed with them in manifest.json)
+    children: list[tuple[Digest, Digest]]  # (manifest, image ID) of the platforms stored
+    tags: list[Reference] = field(default_factory=list)
+    named: bool = False  # asked for by a name (a tag or digest) or by its digest
 
 
 @dataclass
@@ -169,41 +189,110 @@ def prepare_export(store: Store, names: list[str], platform: Platform | None) ->
     export = Export([], store, [], held, pinned)
     try:
         images: dict[Digest, _Image] = {}
+        indexes: dict[Digest, _Index] = {}
+
+        def image_of(image_id: Digest) -> _Image:
+            image = images.get(image_id)
+            if image is None:
+                image = images[image_id] = _load(store, image_id, held, pinned)
+            return image
+
         for name in names:
-            for image_id, tag in _select(store, name):
-                image = images.get(image_id)
-                if image is None:
-                    image = images[image_id] = _load(store, image_id, held, pinned)
-                    _check_platform(image, name, platform)
+            for target, tag in _select(store, name):
+                stored = store.indexes.get(target.index) if target.index is not None else None
+                if stored is not None and platform is None:
+                    indexed = indexes.get(stored.digest)
+                    if indexed is None:
+                        indexed = indexes[stored.digest] = _index(store, stored, target, pinned)
+                        for _, child in indexed.children:
+                            image_of(child)
+                    indexed.named = True
+                    if tag is not None and tag not in indexed.tags:
+                        indexed.tags.append(tag)
+                    continue
+                manifest = None
+                image_id = target.image_id
+                if stored is not None and platform is not None:
+                    manifest, image_id = _platform_child(store, stored, name, platform)
+                image = image_of(image_id)
+                _check_platform(image, name, platform)
+                image.standalone = True
+                image.manifest = image.manifest or manifest
                 if tag is not None and tag not in image.tags:
                     image.tags.append(tag)
-        export.images = list(images)
-        export._entries = _entries(store, list(images.values()), pinned)
+        export.images = [
+            *(indexed.image_id for indexed in indexes.values()),
+            *(image.image_id for image in images.values() if image.standalone),
+        ]
+        export.images = list(dict.fromkeys(export.images))
+        export._entries = _entries(store, list(images.values()), list(indexes.values()), pinned)
     except BaseException:
         export.release()
         raise
     return export
 
 
-def _select(store: Store, name: str) -> list[tuple[Digest, Reference | None]]:
-    """The images `name` means, each with the tag it was named by (None: by ID or
-    digest, exported untagged as dockerd does; a repository alone means all its tags)."""
+def _select(store: Store, name: str) -> list[tuple[Target, Reference | None]]:
+    """What `name` means, each with the tag it was named by (None: by ID or digest,
+    exported untagged as dockerd does; a repository alone means all its tags)."""
     image_id = store.resolve_id(name)
     if image_id is not None:
-        return [(image_id, None)]
+        return [(Target(image_id), None)]
+    by_index = store.index_by_id(name)
+    if by_index is not None:
+        return [(by_index, None)]
     try:
         reference = parse_reference(name, default_tag=False)
     except InvalidReferenceError:
         raise ImageNotFoundError(f"No such image: {name}") from None
     if reference.digest is not None or reference.tag is not None:
-        found = store.references.get(reference)
+        found = store.references.target(reference)
         if found is None:
             raise ImageNotFoundError(f"No such image: {reference.familiar}")
         return [(found, reference if reference.digest is None else None)]
-    tags = store.references.tags_of(reference)
+    tags = store.references.tag_targets_of(reference)
     if not tags:
         raise ImageNotFoundError(f"No such image: {reference.familiar_name}")
-    return [(image_id, tag) for tag, image_id in tags]
+    return [(target, tag) for tag, target in tags]
+
+
+def _index(store: Store, stored: StoredIndex, target: Target, pinned: list[Digest]) -> _Index:
+    """An index to save, its blob pinned, with the platforms of it that are stored."""
+    store.blobs.pins.acquire(stored.digest)
+    pinned.append(stored.digest)
+    children = []
+    for entry in stored.entries:
+        image_id = store.manifests.image_of(entry.digest)
+        if image_id is not None and (entry.digest, image_id) not in children:
+            children.append((entry.digest, image_id))
+    return _Index(stored, store.indexes.raw(stored.digest), target.image_id, children)
+
+
+def _platform_child(
+    store: Store, stored: StoredIndex, name: str, platform: Platform
+) -> tuple[Digest, Digest]:
+    """The stored platform of an index for `platform`: (its manifest, its image)."""
+    images = [
+        (entry, image_id)
+        for entry in stored.entries
+        if entry.kind == "image"
+        and entry.platform is not None
+        and platform.matches(entry.os or "", entry.architecture or "", entry.variant)
+        and (image_id := store.manifests.image_of(entry.digest)) is not None
+    ]
+    exact = [(entry, image_id) for entry, image_id in images if entry.platform == platform]
+    if not images:
+        have = sorted(
+            str(entry.platform)
+            for entry in stored.entries
+            if entry.platform is not None and store.manifests.image_of(entry.digest)
+        )
+        raise PlatformNotFoundError(
+            f"image with reference {name} has no platform {platform} stored"
+            + (f" (it has {', '.join(have)})" if have else "")
+        )
+    entry, image_id = (exact or images)[0]
+    return entry.digest, image_id
 
 
 def _load(store: Store, image_id: Digest, held: list[Digest], pinned: list[Digest]) -> _Image:
@@ -214,8 +303,7 @@ def _load(store: Store, image_id: Digest, held: list[Digest], pinned: list[Diges
     if record is None:
         raise ImageNotFoundError(f"No such image: {image_id}")
     config = store.images.get(image_id)
-    rootfs, _ = rootfs_and_os(config)
-    chains = chain_ids(rootfs.diff_ids)
+    chains = chain_ids(rootfs_of(config).diff_ids)
     layers: list[Layer] = []
     if chains:
         # Hold first, then look: a removal between the two cannot take it.
@@ -240,14 +328,52 @@ def _check_platform(image: _Image, name: str, platform: Platform | None) -> None
     )
 
 
-def _entries(store: Store, images: list[_Image], pinned: list[Digest]) -> list[_Entry]:
+def _entries(
+    store: Store, images: list[_Image], indexes: list[_Index], pinned: list[Digest]
+) -> list[_Entry]:
     blobs: dict[Digest, _Entry] = {}
     index: list[dict[str, object]] = []
     items: list[tuple[str, list[str], list[str], dict[str, Descriptor]]] = []
     repositories: dict[str, dict[str, str]] = {}
+    # The names an index gives its image for the default platform, in manifest.json.
+    listed_tags: dict[Digest, list[Reference]] = {}
+    in_manifest_json: set[Digest] = set()
+    for indexed in indexes:
+        index_tags: list[Reference | None] = [*indexed.tags] or [None]
+        for index_tag in index_tags:
+            index_descriptor: dict[str, object] = {
+                "mediaType": indexed.index.media_type,
+                "digest": indexed.index.digest,
+                "size": len(indexed.raw),
+            }
+            if index_tag is not None:
+                index_descriptor["annotations"] = layout.annotations_for(index_tag)
+            index.append(index_descriptor)
+        blobs.setdefault(
+            indexed.index.digest,
+            _Entry(layout.blob_name(indexed.index.digest), len(indexed.raw), data=indexed.raw),
+        )
+        for manifest_digest, _ in indexed.children:
+            child = store.manifests.get(manifest_digest)
+            if child is not None and manifest_digest not in blobs:
+                store.blobs.pins.acquire(manifest_digest)
+                pinned.append(manifest_digest)
+                blobs[manifest_digest] = _Entry(
+                    layout.blob_name(manifest_digest), len(child.raw), data=child.raw
+                )
+        listed_tags.setdefault(indexed.image_id, []).extend(
+            tag for tag in indexed.tags if tag not in listed_tags.get(indexed.image_id, [])
+        )
+        for manifest_digest, image_id in indexed.children:
+            entry = indexed.index.entry(manifest_digest)
+            if entry is not None and entry.kind == "image":
+                in_manifest_json.add(image_id)
     for image in images:
-        # The manifest each tag is exported with (one for an untagged image).
+        # The manifest each tag is exported with (one for an untagged image); an image
+        # saved only as a platform of an index is in it through the index.
         tags_or_none: list[Reference | None] = [*image.tags] or [None]
+        if not image.standalone:
+            tags_or_none = []
         for tag in tags_or_none:
             media_type, raw = _manifest(store, image, tag)
             digest = sha256_digest(raw)
@@ -266,6 +392,17 @@ def _entries(store: Store, images: list[_Image], pinned: list[Digest]) -> list[_
             index.append(descriptor)
         config_name = layout.blob_name(image.image_id)
         blobs.setdefault(image.image_id, _Entry(config_name, len(image.config), data=image.config))
+        if not image.standalone and image.image_id not in in_manifest_json:
+            # An attestation: its blobs are in the OCI part, it is no image to docker.
+            for layer in image.layers:
+                if layer.blob_digest not in blobs:
+                    blobs[layer.blob_digest] = _Entry(
+                        layout.blob_name(layer.blob_digest),
+                        layer.compressed_size,
+                        path=store.blobs.path(layer.blob_digest),
+                        digest=layer.blob_digest,
+                    )
+            continue
         layer_names = []
         sources: dict[str, Descriptor] = {}
         for layer in image.layers:
@@ -280,9 +417,13 @@ def _entries(store: Store, images: list[_Image], pinned: list[Digest]) -> list[_
                 sources[layer.diff_id] = Descriptor(
                     layer.media_type, layer.blob_digest, layer.compressed_size, list(layer.urls)
                 )
-        tags = [tag.familiar for tag in image.tags]
+        named = [
+            *image.tags,
+            *(t for t in listed_tags.get(image.image_id, []) if t not in image.tags),
+        ]
+        tags = [tag.familiar for tag in named]
         items.append((config_name, tags, layer_names, sources))
-        for tag in image.tags:
+        for tag in named:
             assert tag.tag is not None
             top = hex_of(image.layers[-1].blob_digest) if image.layers else ""
             repositories.setdefault(tag.familiar_name, {})[tag.tag] = top
@@ -318,8 +459,13 @@ def _sized(entry: _Entry) -> _Entry:
 
 def _manifest(store: Store, image: _Image, tag: Reference | None) -> tuple[str, bytes]:
     """The manifest to export an image with: one it came with that describes exactly its
-    config and layer blobs (the one its repository's digest reference names, when there
-    is one), else a new one in the image's format, as a push would make it."""
+    config and layer blobs (the platform's manifest of an index, or the one its
+    repository's digest reference names, when there is one), else a new one in the
+    image's format, as a push would make it."""
+    if image.manifest is not None:
+        platform_manifest = store.manifests.get(image.manifest)
+        if platform_manifest is not None:
+            return platform_manifest.media_type, platform_manifest.raw
     candidates = []
     for stored in sorted(store.manifests.for_image(image.image_id), key=lambda m: m.digest):
         if stored.media_type not in IMAGE_MANIFEST_TYPES:

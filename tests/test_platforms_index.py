@@ -20,6 +20,7 @@ from ferryd.cli.client import DaemonError
 from support.archives import load, members, save
 from support.daemon import Daemon, errors, now
 from support.digests import sha256
+from support.docker_cli import docker, needs_docker
 from support.images import (
     OCI_INDEX,
     BuiltIndex,
@@ -762,3 +763,34 @@ def test_the_cli_pushes_one_platform_or_a_reduced_index(
     assert json.loads(skopeo_inspect_raw(other_registry, "ops/clipush:v1"))["manifests"] == [
         json.loads(index.index)["manifests"][0]
     ]
+
+
+# -- the docker CLI ----------------------------------------------------------------------
+
+
+@needs_docker
+def test_the_docker_cli_reads_the_manifests_and_pushes_one_platform(
+    registry: Registry,
+    other_registry: Registry,
+    daemon: Daemon,
+    layout: Path,
+    docker_config: Path,
+) -> None:
+    index = seeded(registry, layout, "multi/docker:v1", 9940)
+    ref = f"{registry.host}/multi/docker:v1"
+    assert errors(pull(daemon, ref, platforms=f"{AMD64},{ARM64}")) == []
+    target = f"{other_registry.host}/ops/docker:v1"
+
+    inspected = json.loads(docker(daemon, "image", "inspect", ref, config=docker_config).stdout)
+    tree = docker(daemon, "image", "ls", "--tree", config=docker_config)
+    docker(daemon, "tag", ref, target, config=docker_config)
+    refused = docker(daemon, "push", target, config=docker_config, check=False)
+    pushed = docker(daemon, "push", "--platform", ARM64, target, config=docker_config)
+
+    assert [m["ID"] for m in inspected[0]["Manifests"]] == [i.manifest_digest for i in index.images]
+    assert "/multi/docker" in tree.stdout  # docker cuts long names
+    assert AMD64 in tree.stdout
+    assert "linux/arm64/v8" in tree.stdout
+    assert refused.returncode != 0
+    assert "not stored" in refused.stderr + refused.stdout
+    assert f"v1: digest: {index.image('arm64', 'v8').manifest_digest}" in pushed.stdout

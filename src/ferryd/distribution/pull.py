@@ -498,12 +498,12 @@ def _index_target(ctx: PullContext, index: Digest) -> tuple[Target, list[str]]:
     """What the references to `index` name (its image: the stored child for the default
     platform, else the first stored one), and the platforms it has stored."""
     store = ctx.store
+    entries = store.indexes.entries(index)
     stored = {
         entry.digest: image_id
-        for entry in store.indexes.entries(index)
+        for entry in entries
         if (image_id := store.manifests.image_of(entry.digest)) is not None
     }
-    entries = store.indexes.entries(index)
     image_id = default_child(entries, stored, ctx.default_platform or ctx.platform)
     assert image_id is not None  # the pull stored at least one image of it
     platforms = [

@@ -6,7 +6,13 @@ faults to map and zero it again: on a 160 MB layer that was a third of the daemo
 system time (0.15-0.21 s of CPU against 0.08-0.12 s tuned, measured here), and the
 pull's CPU went from 1.55x to 1.25x the unavoidable hashing and inflating. Keeping such
 pieces on the heap, and not trimming it back after every burst, lets them reuse the
-same pages. Elsewhere than glibc, this does nothing.
+same pages.
+
+Each thread that allocates is also given an arena of its own (up to 8 per core), which
+keeps the pieces freed in it for itself: with a pull's worker threads taking turns,
+every arena held its own spare MiBs. Two arenas let them share: the 5-layer benchmark
+pull's peak RSS went from 128 to 111 MiB, its CPU unchanged (2.24 against 2.25 s).
+Elsewhere than glibc, this does nothing.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ import ctypes
 # From glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 
 MMAP_THRESHOLD = 32 << 20  # below this, an allocation comes from the heap
 TRIM_THRESHOLD = 64 << 20  # free heap kept before any is given back to the system
+ARENA_MAX = 2  # heaps the threads share
 
 
 def tune() -> bool:
@@ -29,6 +37,11 @@ def tune() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    return bool(
-        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return all(
+        mallopt(option, value)
+        for option, value in (
+            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+            (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+            (_M_ARENA_MAX, ARENA_MAX),
+        )
     )

@@ -689,6 +689,7 @@ def test_fsck_checks_an_indexs_blob_and_rows_and_repair_keeps_the_tags(
     ref = f"{registry.host}/multi/fsck:v1"
     assert errors(pull(daemon, ref, **{"all-platforms": "1"})) == []
     clean = json.loads(daemon.client().request("POST", "/fsck").read())
+    said = daemon.ferryd("fsck").stdout
     blob = daemon.root / "blobs" / "sha256" / index.digest.removeprefix("sha256:")
     blob.write_bytes(blob.read_bytes().replace(b"arm64", b"arm65"))
 
@@ -698,6 +699,7 @@ def test_fsck_checks_an_indexs_blob_and_rows_and_repair_keeps_the_tags(
 
     assert clean["Problems"] == []
     assert clean["Checked"]["Indexes"] == 1
+    assert "3 images, 3 manifests, 1 index, 2 references in " in said
     kinds = {(p["Kind"], p["Subject"]) for p in found["Problems"]}
     assert ("corrupt-blob", index.digest) in kinds
     assert ("broken-index", index.digest) in kinds

@@ -468,7 +468,8 @@ def _fsck(args: argparse.Namespace) -> int:
             "(not a problem: the next pull of an image on them reuses them)"
         )
     checked = ", ".join(
-        _counted(count, what.lower().removesuffix("s")) for what, count in report["Checked"].items()
+        _counted(count, _SINGULAR.get(what, what.lower().removesuffix("s")))
+        for what, count in report["Checked"].items()
     )
     found = len(report["Problems"])
     verdict = _counted(found, "problem") if found else "clean"
@@ -476,8 +477,12 @@ def _fsck(args: argparse.Namespace) -> int:
     return 1 if found else 0
 
 
+_SINGULAR = {"Indexes": "index"}
+
+
 def _counted(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+    plural = "es" if noun.endswith("x") else "s"
+    return f"{count} {noun}{'' if count == 1 else plural}"
 
 
 def _fsck_stopped(root: Path, repair: bool) -> dict[str, Any] | None:

@@ -30,7 +30,14 @@ if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
 from support.daemon import Daemon  # noqa: E402
-from support.images import LayerSpec, blob_path, build_image, layout_descriptor  # noqa: E402
+from support.images import (  # noqa: E402
+    LayerSpec,
+    PlatformSpec,
+    blob_path,
+    build_image,
+    build_index,
+    layout_descriptor,
+)
 from support.registry import (  # noqa: E402
     SKOPEO_BIN,
     Registry,
@@ -116,8 +123,9 @@ def fresh_dir(path: Path) -> Path:
 @dataclass(frozen=True)
 class ImageSpec:
     name: str  # the repository in the registry, and the cache directory
-    layers: list[LayerSpec]
+    layers: list[LayerSpec]  # a single image's (none for an index)
     about: str
+    platforms: tuple[PlatformSpec, ...] = ()  # an index (multi-platform image) of these
 
 
 @dataclass(frozen=True)
@@ -126,9 +134,10 @@ class ImageSpecs:
     big: ImageSpec  # one ~1 GiB layer
     small: ImageSpec  # 24 small layers, like an app image
     shared: tuple[ImageSpec, ...]  # 4 images on one base layer
+    platforms: ImageSpec  # an index of 3 platforms on one base layer
 
     def all(self) -> tuple[ImageSpec, ...]:
-        return (self.multi, self.big, self.small, *self.shared)
+        return (self.multi, self.big, self.small, *self.shared, self.platforms)
 
 
 # Raw sizes of the 24-layer image, largest first (KiB): a base, a few dependency layers,
@@ -136,6 +145,12 @@ class ImageSpecs:
 SMALL_LAYERS_KIB: tuple[int, ...] = (5920, 4608, 3584, 2560, 2048, 1792, 1536, 1280, 1024)
 SMALL_LAYERS_KIB += (896, 768, 640, 512, 384, 320, 256, 192, 128, 96, 64, 32, 16, 8, 4)
 SHARED_IMAGES = 4
+# The index's platforms: (os, architecture, variant), each on the same base layer.
+INDEX_PLATFORMS: tuple[tuple[str, str, str | None], ...] = (
+    ("linux", "amd64", None),
+    ("linux", "arm64", "v8"),
+    ("linux", "arm", "v7"),
+)
 
 
 def image_specs(quick: bool) -> ImageSpecs:
@@ -168,6 +183,7 @@ def image_specs(quick: bool) -> ImageSpecs:
         )
         for n in range(1, SHARED_IMAGES + 1)
     )
+    platforms = index_spec(f"{prefix}platforms", scale)
     if quick:
         multi = ImageSpec(
             "bench/quick-multi",
@@ -183,7 +199,7 @@ def image_specs(quick: bool) -> ImageSpecs:
             [LayerSpec(size=192 * MiB, compressible=True, seed=10)],
             "1 gzip layer",
         )
-        return ImageSpecs(multi, big, small, shared)
+        return ImageSpecs(multi, big, small, shared, platforms)
     multi = ImageSpec(
         "bench/multi",
         [
@@ -200,18 +216,50 @@ def image_specs(quick: bool) -> ImageSpecs:
         [LayerSpec(size=1800 * MiB, compressible=True, seed=10)],  # ~1.0 GiB gzip
         "1 gzip layer",
     )
-    return ImageSpecs(multi, big, small, shared)
+    return ImageSpecs(multi, big, small, shared, platforms)
+
+
+def index_spec(name: str, scale: int) -> ImageSpec:
+    """An OCI index of `INDEX_PLATFORMS`, each image 3 gzip layers: one base layer
+    shared by every platform (32 MiB of hex text raw, ~18 MiB gzip), then 8 MiB of hex
+    text and 2 MiB of random bytes of its own; all of it divided by `scale`."""
+    base = LayerSpec(size=32 * MiB // scale, compressible=True, seed=300)
+    return ImageSpec(
+        name,
+        [],
+        f"index of {len(INDEX_PLATFORMS)} platforms, 3 gzip layers each, the first shared",
+        tuple(
+            PlatformSpec(
+                [
+                    base,
+                    LayerSpec(size=8 * MiB // scale, compressible=True, seed=301 + 2 * n),
+                    LayerSpec(size=2 * MiB // scale, seed=302 + 2 * n),  # random
+                ],
+                os=os_,
+                architecture=architecture,
+                variant=variant,
+            )
+            for n, (os_, architecture, variant) in enumerate(INDEX_PLATFORMS)
+        ),
+    )
 
 
 @dataclass
 class Built:
+    """An image as built: one image, or an index (`platforms`) of several."""
+
     name: str
     about: str
     layout: Path
-    blobs: list[str]  # digests of config and layers
-    layer_bytes: int  # compressed, as transferred
-    uncompressed_bytes: int
-    layer_sizes: list[int]
+    blobs: list[str]  # digests of the config(s), then of the (distinct) layers
+    layer_bytes: int  # compressed, as transferred; each distinct layer once
+    uncompressed_bytes: int  # each distinct layer once
+    layer_sizes: list[int]  # of each distinct layer, in the order of `layer_digests`
+    configs: int = 1  # how many of `blobs` are configs: one per platform
+    index_digest: str | None = None  # an index's own digest (tag "latest" of the layout)
+    # An index's images, in its order: {"platform": "linux/arm64/v8", "manifest":
+    # digest, "config": digest, "layers": [digest, ...]}.
+    platforms: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def transfer_bytes(self) -> int:
@@ -219,18 +267,73 @@ class Built:
 
     @property
     def manifest_digest(self) -> str:
-        """The digest of the image's manifest, as built (tag "latest" of the layout)."""
+        """The digest of the image's manifest (an index's own), as built (tag "latest"
+        of the layout)."""
         return str(layout_descriptor(self.layout, "latest")["digest"])
+
+    @property
+    def config_digests(self) -> list[str]:
+        return self.blobs[: self.configs]
+
+    @property
+    def layer_digests(self) -> list[str]:
+        """Every distinct layer, each once."""
+        return self.blobs[self.configs :]
+
+    @property
+    def manifest_digests(self) -> list[str]:
+        """An index's blob and its images' manifests (none for a single image: its
+        manifest is not a blob the checks look for)."""
+        if self.index_digest is None:
+            return []
+        return [self.index_digest, *(p["manifest"] for p in self.platforms)]
+
+    @property
+    def shared_layers(self) -> list[str]:
+        """The layers several platforms of an index have (none for a single image)."""
+        seen = collections.Counter(d for p in self.platforms for d in set(p["layers"]))
+        return [d for d in self.layer_digests if seen[d] > 1]
+
+    @property
+    def per_platform_bytes(self) -> int:
+        """The layers' bytes if every platform fetched its own (a single image's
+        `layer_bytes`)."""
+        if not self.platforms:
+            return self.layer_bytes
+        size = dict(zip(self.layer_digests, self.layer_sizes, strict=True))
+        return sum(size[d] for p in self.platforms for d in p["layers"])
+
+    def pull_params(self) -> dict[str, str]:
+        """ferryd's query parameters for a pull of this image: every platform of an
+        index (its `all-platforms=1`)."""
+        return {"all-platforms": "1"} if self.index_digest is not None else {}
+
+    def blob_names(self) -> dict[str, str]:
+        """A name for each blob in the report: "the config", "layer 2"; an index's
+        "the shared layer 1", "linux/arm64/v8 layer 2", …"""
+        if not self.platforms:
+            names = {self.blobs[0]: "the config"}
+            return names | {d: f"layer {i + 1}" for i, d in enumerate(self.layer_digests)}
+        names = {}
+        shared = set(self.shared_layers)
+        for p in self.platforms:
+            names[p["config"]] = f"the {p['platform']} config"
+            for i, digest in enumerate(p["layers"]):
+                if digest in shared:
+                    names.setdefault(digest, f"the shared layer {i + 1}")
+                else:
+                    names[digest] = f"{p['platform']} layer {i + 1}"
+        return names
 
     def blob_size(self, digest: str) -> int:
         return blob_path(self.layout, digest).stat().st_size
 
 
 def _cache_key(spec: ImageSpec) -> str:
-    return json.dumps(
-        {"version": CACHE_VERSION, "layers": [asdict(layer) for layer in spec.layers]},
-        sort_keys=True,
-    )
+    key: dict[str, Any] = {"version": CACHE_VERSION, "layers": [asdict(x) for x in spec.layers]}
+    if spec.platforms:
+        key["platforms"] = [asdict(platform) for platform in spec.platforms]
+    return json.dumps(key, sort_keys=True)
 
 
 def build_cached(spec: ImageSpec, images_dir: Path) -> Built:
@@ -247,16 +350,48 @@ def build_cached(spec: ImageSpec, images_dir: Path) -> Built:
     layout = directory / "layout"
     started = time.perf_counter()
     log(f"building {spec.name} ({spec.about}) in {layout} ...")
+    built = _build_index(spec, layout) if spec.platforms else _build_image(spec, layout)
+    stamp.write_text(json.dumps({"key": key, "blobs": built["blobs"], "built": built}, indent=1))
+    log(f"built {spec.name}: {mib(built['layer_bytes'])} in {time.perf_counter() - started:.0f}s")
+    return Built(spec.name, spec.about, layout, **built)
+
+
+def _build_image(spec: ImageSpec, layout: Path) -> dict[str, Any]:
+    """One image's layout: `Built`'s fields."""
     image = build_image(layout, layers=spec.layers)
-    built: dict[str, Any] = {
+    return {
         "blobs": [image.config_digest, *(layer.digest for layer in image.layers)],
         "layer_bytes": sum(layer.size for layer in image.layers),
         "uncompressed_bytes": sum(layer.uncompressed_size for layer in image.layers),
         "layer_sizes": [layer.size for layer in image.layers],
     }
-    stamp.write_text(json.dumps({"key": key, "blobs": built["blobs"], "built": built}, indent=1))
-    log(f"built {spec.name}: {mib(built['layer_bytes'])} in {time.perf_counter() - started:.0f}s")
-    return Built(spec.name, spec.about, layout, **built)
+
+
+def _build_index(spec: ImageSpec, layout: Path) -> dict[str, Any]:
+    """An index's layout (the tests' `build_index`: a layer two platforms share is
+    written once): `Built`'s fields, each distinct layer once."""
+    index = build_index(layout, list(spec.platforms))
+    layers = {layer.digest: layer for image in index.images for layer in image.layers}
+    return {
+        "blobs": [*(image.config_digest for image in index.images), *layers],
+        "layer_bytes": sum(layer.size for layer in layers.values()),
+        "uncompressed_bytes": sum(layer.uncompressed_size for layer in layers.values()),
+        "layer_sizes": [layer.size for layer in layers.values()],
+        "configs": len(index.images),
+        "index_digest": index.digest,
+        "platforms": [
+            {
+                "platform": "/".join(
+                    [image.platform["os"], image.platform["architecture"]]
+                    + ([image.platform["variant"]] if "variant" in image.platform else [])
+                ),
+                "manifest": image.manifest_digest,
+                "config": image.config_digest,
+                "layers": [layer.digest for layer in image.layers],
+            }
+            for image in index.images
+        ],
+    }
 
 
 def build_all(specs: tuple[ImageSpec, ...], images_dir: Path) -> list[Built]:

@@ -70,12 +70,13 @@ def blob_floor(path: Path, *, layer: bool) -> float:
 
 
 def image_floor(image: Built, repeats: int) -> dict[str, float]:
-    """Floor CPU seconds of each of `image`'s blobs (config and layers), the least of
-    `repeats` passes."""
+    """Floor CPU seconds of each of `image`'s blobs (its configs, one per platform of
+    an index, and its distinct layers), the least of `repeats` passes."""
     best: dict[str, float] = {}
     for _ in range(repeats):
         for index, digest in enumerate(image.blobs):
-            seconds = blob_floor(blob_path(image.layout, digest), layer=index > 0)
+            layer = index >= image.configs
+            seconds = blob_floor(blob_path(image.layout, digest), layer=layer)
             best[digest] = min(seconds, best.get(digest, seconds))
     return best
 

@@ -14,6 +14,9 @@ skopeo run by run (A B, B A, ...), each ferryd run in a new daemon:
 - shared: 4 images that share their base layer pulled at once, against the same 4
   pulls one after another (skopeo: 4 copies into 4 directories, at once and in turn);
   every blob must be fetched once (the registry's access log);
+- platforms: an OCI index of 3 platforms on one base layer, pulled whole (ferryd's
+  `all-platforms=1`, `skopeo copy --all`); ferryd must fetch the shared layer once and
+  keep the index;
 - same: 8 clients pulling the 24-layer image at once, against 8 pulls in turn;
 - uptodate: pulling an image the store already has, directly and through the proxy;
   the registry's requests are counted (the target: one manifest request);
@@ -67,7 +70,17 @@ from support.registry import start_registry
 
 LATENCY = 0.025  # seconds each way
 CLIENTS = 8  # pulling the same image at once
-SCENARIOS = ("multi", "small", "latency", "shared", "same", "uptodate", "memory", "push")
+SCENARIOS = (
+    "multi",
+    "small",
+    "latency",
+    "shared",
+    "platforms",
+    "same",
+    "uptodate",
+    "memory",
+    "push",
+)
 
 
 def alternate(rounds: int, steps: list[tuple[str, Callable[[], Run]]], what: str) -> list[Run]:
@@ -84,14 +97,16 @@ def alternate(rounds: int, steps: list[tuple[str, Callable[[], Run]]], what: str
     return runs
 
 
-def ab_pull(bench: Bench, target: Target, image: Built, rounds: int, key: str) -> Scenario:
-    """ferryd and skopeo pulling `image`, alternating."""
+def ab_pull(
+    bench: Bench, target: Target, image: Built, rounds: int, key: str, mode: str = "pull"
+) -> Scenario:
+    """ferryd and skopeo pulling `image` (every platform of an index), alternating."""
     scratch = bench.scratch
     runs = alternate(
         rounds,
         [
-            ("pull", lambda: ferryd_run(bench, target, [[image]], scratch / "ferryd")),
-            ("pull", lambda: skopeo_run(bench, target, [[image]], scratch / "skopeo")),
+            (mode, lambda: ferryd_run(bench, target, [[image]], scratch / "ferryd")),
+            (mode, lambda: skopeo_run(bench, target, [[image]], scratch / "skopeo")),
         ],
         key,
     )
@@ -181,7 +196,7 @@ def main() -> int:
     started = time.perf_counter()
     specs = image_specs(args.quick)
     built = build_all(specs.all(), out / "images")
-    multi, big, small, *shared = built
+    multi, big, small, *shared, platforms = built
     floor = floors(built)
     log(f"images ready in {time.perf_counter() - started:.0f}s")
     registry = start_registry(scratch / "registry")
@@ -206,6 +221,10 @@ def main() -> int:
             scenarios.append(ab_pull(bench, direct, small, rounds, "small"))
         if "shared" in only:
             scenarios.append(at_once(bench, shared, rounds, "shared"))
+        if "platforms" in only:
+            scenarios.append(
+                ab_pull(bench, direct, platforms, rounds, "platforms", "all platforms")
+            )
         if "same" in only:
             scenarios.append(at_once(bench, [small] * CLIENTS, rounds, "same"))
         if only & {"latency", "uptodate"}:

@@ -32,12 +32,26 @@ class Scenario:
         return list(dict.fromkeys(r.extra.get("mode", "pull") for r in self.runs))
 
     @property
+    def shared_layers(self) -> list[str]:
+        """The layers that several of the scenario's distinct images, or several
+        platforms of one index, have: each must be fetched once by a ferryd run."""
+        images = list({image.name: image for image in self.images}.values())
+        seen: dict[str, int] = {}
+        for image in images:
+            for digest in image.layer_digests:
+                seen[digest] = seen.get(digest, 0) + 1
+        shared = [d for d, n in seen.items() if n > 1]
+        return shared + [d for i in images for d in i.shared_layers if d not in shared]
+
+    @property
     def short(self) -> str:
         """The scenario in a few words, for the summary."""
         first = self.images[0]
         layers = f"{len(first.layer_sizes)} layers"
         if self.key == "shared":
             return f"{len(self.images)} images, one base layer shared"
+        if first.platforms:
+            return f"index of {len(first.platforms)} platforms, one base layer shared"
         if self.key == "same":
             return f"{len(self.images)} clients, same image ({layers})"
         if self.up_to_date:
@@ -54,6 +68,14 @@ class Scenario:
             return (
                 f"{len(self.images)} images sharing their base layer ({first.about}; "
                 f"{len(unique)} distinct layers, {mib(sum(unique.values()))} of {mib(size)})"
+            )
+        if first.platforms:
+            return (
+                f"an index of {len(first.platforms)} platforms "
+                f"({', '.join(p['platform'] for p in first.platforms)}) sharing their base "
+                f"layer, pulled whole ({len(first.layer_digests)} distinct layers, "
+                f"{mib(first.layer_bytes)} of {mib(first.per_platform_bytes)}; "
+                f"{mib(first.uncompressed_bytes)} uncompressed)"
             )
         if self.key == "same":
             return f"{len(self.images)} clients, one image: {base}"
@@ -120,8 +142,7 @@ def _fetched_once(scenario: Scenario) -> str:
     """ "yes", or which blobs some ferryd run fetched more than once, and how often."""
     names = {}
     for image in scenario.images:
-        names[image.blobs[0]] = "the config"
-        names.update({d: f"layer {i + 1}" for i, d in enumerate(image.blobs[1:])})
+        names.update(image.blob_names())
     worst: dict[str, int] = {}
     for run in scenario.of(FERRYD):
         for digest, n in (run.requests or {}).get("blobs_fetched_more_than_once", {}).items():
@@ -132,6 +153,25 @@ def _fetched_once(scenario: Scenario) -> str:
     listed = ", ".join(f"{names.get(d, d[:19])} ({d[7:19]}…) {n} times" for d, n in ranked[:4])
     more = f", and {len(ranked) - 4} blobs more" if len(ranked) > 4 else ""
     return f"**NO**: {listed}{more}"
+
+
+def _shared_gets(runs: list[Run], scenario: Scenario) -> tuple[int, int] | None:
+    """The fewest and the most GETs of one of the scenario's shared layers in one of
+    `runs` (the target for ferryd: 1 and 1); None without shared layers."""
+    shared = scenario.shared_layers
+    if not shared or not runs:
+        return None
+    counts = [
+        (r.requests or {}).get("blob_gets_by_digest", {}).get(d, 0) for r in runs for d in shared
+    ]
+    return min(counts), max(counts)
+
+
+def _shared_gets_text(runs: list[Run], scenario: Scenario) -> str:
+    gets = _shared_gets(runs, scenario)
+    if gets is None:
+        return "-"
+    return str(gets[0]) if gets[0] == gets[1] else f"{gets[0]} to {gets[1]}"
 
 
 # -- markdown ------------------------------------------------------------------------
@@ -223,6 +263,15 @@ def _detail(scenario: Scenario) -> list[str]:
             "most GETs of one blob (any run)",
             lambda runs: f"{max((r.requests or {}).get('max_gets_per_blob', 0) for r in runs)}",
         ),
+    ]
+    if scenario.shared_layers:
+        lines.append(
+            row(
+                "GETs of the shared base layer in a run (every run)",
+                lambda runs: _shared_gets_text(runs, scenario),
+            )
+        )
+    lines += [
         row(
             "other processes' CPU per wall s, median (noise)",
             lambda runs: _fmt(_median(runs, lambda r: r.others_cores)),
@@ -303,6 +352,30 @@ def _conclusions(scenario: Scenario) -> list[str]:
         )
     elif scenario.key == "memory":
         pass
+    elif scenario.images[0].platforms:
+        index = scenario.images[0]
+        a, b = scenario.of(FERRYD), scenario.of(SKOPEO)
+        if a and b:
+            ratio = _wall(a) / _wall(b)
+            out.append(
+                f"- ferryd / skopeo, medians of wall time: **{ratio:.2f}** "
+                f"(ferryd {'faster' if ratio < 1 else 'slower'}); both fetch every platform "
+                f"and keep the index ({(index.index_digest or '')[:19]}…)."
+            )
+        gets = _shared_gets(a, scenario)
+        if gets is not None:
+            met = "met" if gets == (1, 1) else "**not met**"
+            out.append(
+                f"- the base layer all {len(index.platforms)} platforms share, GETs per run: "
+                f"ferryd {_shared_gets_text(a, scenario)}, skopeo "
+                f"{_shared_gets_text(b, scenario)} (target for ferryd: once in every run, "
+                f"{met})."
+            )
+        out.append(
+            f"- every blob fetched once in every ferryd run (access log): "
+            f"{_fetched_once(scenario)}; the index kept, every platform available "
+            "(checked after every run: the store's blobs, `GET /images/{name}/json`)."
+        )
     else:
         a, b = scenario.of(FERRYD), scenario.of(SKOPEO)
         if a and b:
@@ -453,6 +526,13 @@ def _summary_json(scenario: Scenario, mode: str, tool: str) -> dict[str, Any]:
             k: v for k, v in (median_run.requests or {}).items() if k != "blob_gets_by_digest"
         },
         "max_gets_per_blob": _max(runs, lambda r: (r.requests or {}).get("max_gets_per_blob")),
+        "shared_layer_gets": _shared_gets_json(runs, scenario),
         "connections": _median(runs, lambda r: r.connections),
         "others_cores": _median(runs, lambda r: r.others_cores),
     }
+
+
+def _shared_gets_json(runs: list[Run], scenario: Scenario) -> dict[str, int] | None:
+    """The fewest and the most GETs of a shared layer in one run (None: no shared layer)."""
+    gets = _shared_gets(runs, scenario)
+    return None if gets is None else {"min": gets[0], "max": gets[1]}

@@ -4,6 +4,10 @@ copies into OCI layouts; one image, several at once, or several one after anothe
 A run is a list of batches done one after another; the pulls of a batch run at once
 (threads for ferryd, one per client; processes for skopeo). `[[a]]` is one pull,
 `[[a, b, c, d]]` four at once, `[[a], [b], [c], [d]]` the same four in turn.
+
+An index (a multi-platform image) is pulled whole: every platform (ferryd's
+`all-platforms=1`, `skopeo copy --all`), and checked whole: the index kept, each
+platform's manifest, config and layers there.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from common import (
 from floor import floor_of
 from latency import LatencyProxy
 
+from ferryd.cli.client import DaemonError
 from support.daemon import Daemon, errors
-from support.images import blob_path
+from support.images import blob_path, layout_descriptor
 from support.registry import Registry
 
 Batches = Sequence[Sequence[Built]]
@@ -88,7 +93,7 @@ def unique_layers(batches: Batches) -> dict[str, int]:
     out: dict[str, int] = {}
     for batch in batches:
         for image in batch:
-            out.update(zip(image.blobs[1:], image.layer_sizes, strict=True))
+            out.update(zip(image.layer_digests, image.layer_sizes, strict=True))
     return out
 
 
@@ -126,22 +131,36 @@ def _make_run(tool: str, batches: Batches, usage: Usage, **fields: Any) -> Run:
 # -- ferryd --------------------------------------------------------------------------
 
 
-def _pull_at_once(daemon: Daemon, references: list[str]) -> list[list[dict[str, Any]]]:
-    """Each reference pulled by its own client (a thread), all let go together: the
-    progress stream of each."""
-    if len(references) == 1:
-        return [daemon.pull(references[0])]
-    results: list[list[dict[str, Any]]] = [[] for _ in references]
-    start = threading.Barrier(len(references))
+def _pull(daemon: Daemon, reference: str, params: dict[str, str]) -> list[dict[str, Any]]:
+    """The whole progress stream of one pull, with ferryd's own query `params` (an
+    index's `all-platforms=1`) if any; a refusal before it began as its error."""
+    if not params:
+        return daemon.pull(reference)
+    query = {"fromImage": reference, **params}
+    try:
+        return list(daemon.client().stream("POST", "/images/create", query))
+    except DaemonError as exc:
+        return [{"error": str(exc).removeprefix("Error response from daemon: ")}]
+
+
+def _pull_at_once(
+    daemon: Daemon, pulls: list[tuple[str, dict[str, str]]]
+) -> list[list[dict[str, Any]]]:
+    """Each pull (reference, query parameters) by its own client (a thread), all let go
+    together: the progress stream of each."""
+    if len(pulls) == 1:
+        return [_pull(daemon, *pulls[0])]
+    results: list[list[dict[str, Any]]] = [[] for _ in pulls]
+    start = threading.Barrier(len(pulls))
 
     def client(index: int) -> None:
         start.wait()
         try:
-            results[index] = daemon.pull(references[index])
+            results[index] = _pull(daemon, *pulls[index])
         except Exception as exc:  # the stream's end, as the checks read it
             results[index] = [{"error": f"client: {exc!r}"}]
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(references))]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(pulls))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -158,6 +177,36 @@ def _check_stream(messages: list[dict[str, Any]], what: str, daemon: Daemon) -> 
     if not ends:
         raise BenchFailed(f"{what} ended early: {messages[-3:]}")
     return "up to date" if ends[-1].startswith(UP_TO_DATE) else "downloaded"
+
+
+def _pulls(target: Target, batch: Sequence[Built]) -> list[tuple[str, dict[str, str]]]:
+    return [(reference(target, image), image.pull_params()) for image in batch]
+
+
+def _check_index(daemon: Daemon, target: Target, image: Built, what: str) -> None:
+    """That the daemon kept `image`'s index whole: its blob and every platform's
+    manifest and config in the store, and `GET /images/{name}/json` naming the index
+    (`Descriptor`) with every platform available (`Manifests`)."""
+    missing = [
+        d
+        for d in (*image.manifest_digests, *image.config_digests)
+        if not blob_path(daemon.root, d).is_file()
+    ]
+    if missing:
+        raise BenchFailed(f"{what}: index blobs missing from the store: {missing}")
+    shown = daemon.inspect(reference(target, image))
+    digest = (shown.get("Descriptor") or {}).get("digest")
+    if digest != image.index_digest:
+        raise BenchFailed(f"{what}: inspect names {digest}, not the index {image.index_digest}")
+    available = {
+        m["ID"] for m in shown.get("Manifests") or () if m.get("Kind") == "image" and m["Available"]
+    }
+    wanted = {p["manifest"] for p in image.platforms}
+    if available != wanted:
+        raise BenchFailed(
+            f"{what}: inspect shows {len(available & wanted)} of the index's "
+            f"{len(wanted)} platforms available (Manifests: {sorted(available)})"
+        )
 
 
 def ferryd_run(
@@ -192,14 +241,14 @@ def ferryd_run(
         assert daemon.process is not None
         pid = daemon.process.pid
         for batch in before:
-            for messages in _pull_at_once(daemon, [reference(target, i) for i in batch]):
+            for messages in _pull_at_once(daemon, _pulls(target, batch)):
                 _check_stream(messages, f"{what} (before the measured one)", daemon)
         bench.access.mark()
         connections = target.connections()
         streams: list[list[dict[str, Any]]] = []
         with profiled(pid, profile_to), measure_daemon(pid, target.registry, target.proxy_pid) as u:
             for batch in batches:
-                streams += _pull_at_once(daemon, [reference(target, image) for image in batch])
+                streams += _pull_at_once(daemon, _pulls(target, batch))
         connections = _opened(target, connections)
         lag = loop_lag(daemon)
         requests = count_requests(bench.access.since_mark())
@@ -207,6 +256,8 @@ def ferryd_run(
         missing = [d for d in unique_layers(batches) if not blob_path(daemon.root, d).is_file()]
         if missing:
             raise BenchFailed(f"{what}: blobs missing from the store: {missing}")
+        for image in {i.name: i for batch in batches for i in batch if i.platforms}.values():
+            _check_index(daemon, target, image, what)
     finally:
         daemon.stop()
     if up_to_date and any(end != "up to date" for end in ends):
@@ -252,8 +303,9 @@ def skopeo_run(
     keep: bool = False,
     up_to_date: bool = False,
 ) -> Run:
-    """`skopeo copy docker://… oci:DEST:latest`, one process per pull and a directory
-    each (`dest_dir`/N; skopeo has no shared store), a batch's processes at once.
+    """`skopeo copy docker://… oci:DEST:latest` (`--all` for an index), one process per
+    pull and a directory each (`dest_dir`/N; skopeo has no shared store), a batch's
+    processes at once.
     With `keep`, the directories are kept (and may already hold the images:
     `up_to_date`, which counts no bytes as transferred)."""
     total = Usage()
@@ -271,6 +323,8 @@ def skopeo_run(
             if not keep:
                 shutil.rmtree(dest, ignore_errors=True)
             args = ["copy", "--quiet", *target.registry.skopeo_flags("src-")]
+            if image.platforms:
+                args.append("--all")  # every platform of the index, and the index
             commands.append([*args, f"docker://{reference(target, image)}", f"oci:{dest}:latest"])
         usage = run_skopeos_timed(
             target.registry, commands, f"skopeo copy of {_label([batch])}", target.proxy_pid
@@ -286,9 +340,17 @@ def skopeo_run(
     connections = _opened(target, connections)
     requests = count_requests(bench.access.since_mark())
     for dest, image in dests:
-        missing = [d for d in image.blobs if not blob_path(dest, d).is_file()]
+        wanted = [*image.blobs, *image.manifest_digests]
+        missing = [d for d in wanted if not blob_path(dest, d).is_file()]
         if missing:
             raise BenchFailed(f"skopeo copy of {image.name}: blobs missing: {missing}")
+        if image.index_digest is not None:
+            tagged = layout_descriptor(dest, "latest")["digest"]
+            if tagged != image.index_digest:
+                raise BenchFailed(
+                    f"skopeo copy of {image.name}: latest is {tagged}, "
+                    f"not the index {image.index_digest}"
+                )
     if not keep:
         shutil.rmtree(dest_dir, ignore_errors=True)
         os.sync()

@@ -170,6 +170,26 @@ def test_pull_all_platforms_tag_and_push_keeps_the_index_digest_and_every_platfo
         assert blob_path(copied, image.config_digest).read_bytes() == image.config
 
 
+def test_platforms_sharing_a_base_layer_are_pulled_at_once_and_the_base_shown_once(
+    registry: Registry, daemon: Daemon, layout: Path
+) -> None:
+    index = seeded(registry, layout, "multi/once:v1", 9720)
+    base = index.images[0].layers[0].digest
+
+    pulled = pull(daemon, f"{registry.host}/multi/once:v1", **{"all-platforms": "1"})
+
+    assert errors(pulled) == []
+    assert registry.blob_gets(base) == 1
+    # One transfer the three platforms waited on at once, reported by one of them (one
+    # after another, the later ones would each say "Already exists").
+    base_id = base.removeprefix("sha256:")[:12]
+    statuses = [m["status"] for m in pulled if m.get("id") == base_id]
+    assert statuses.count("Pull complete") == 1
+    assert statuses.count("Pulling fs layer") + statuses.count("Already exists") == 1
+    [event] = daemon.log_events("image.pull")
+    assert (event["layers_fetched"], event["layers_reused"]) == (4, 2)
+
+
 def test_a_pull_of_several_platforms_stores_those_and_records_the_index(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ferryd.distribution.events import ImageEventLogger
@@ -61,6 +61,9 @@ class DownloadStats:
     fetched: int = 0
     reused: int = 0
     bytes: int = 0
+    # The blobs counted as fetched: the platforms of an index that share a layer all
+    # wait on its one transfer, and the pull fetched it once.
+    counted: set[str] = field(default_factory=set)
 
 
 class RootFSDownloadManager(Protocol):

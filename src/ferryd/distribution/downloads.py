@@ -148,9 +148,12 @@ class DownloadManager:
             ]
             held += await anyio.to_thread.run_sync(self._register_all, todo)
             for _, layer, info in todo:
-                stats.fetched += info.fetched
-                stats.reused += not info.fetched
-                stats.bytes += info.transferred
+                if info.fetched and info.digest not in stats.counted:
+                    stats.counted.add(info.digest)
+                    stats.fetched += 1
+                    stats.bytes += info.transferred
+                else:
+                    stats.reused += 1
                 progress.write(Message("Pull complete", short_id(layer.descriptor.digest)))
         except BaseException:
             release()

@@ -69,6 +69,36 @@ class StreamOutput:
             self.send.send_nowait(message)
 
 
+class LayerOwners:
+    """Several images of one pull reporting to one output: a layer they share is
+    reported by the first of them that mentions it, and only by it.
+
+    The platforms of an index are pulled at once, and a layer blob they share is one
+    transfer they all wait on: without this, each would repeat its every line.
+    """
+
+    def __init__(self, output: ProgressOutput) -> None:
+        self._output = output
+        self._owners: dict[str, int] = {}
+
+    def view(self, image: int) -> ProgressOutput:
+        """The output for the `image`-th image of the pull."""
+        return _OwnedView(self, image)
+
+    def write(self, image: int, message: Message) -> None:
+        if message.id is None or self._owners.setdefault(message.id, image) == image:
+            self._output.write(message)
+
+
+@dataclass(frozen=True, slots=True)
+class _OwnedView:
+    owners: LayerOwners
+    image: int
+
+    def write(self, message: Message) -> None:
+        self.owners.write(self.image, message)
+
+
 @dataclass
 class Broadcast:
     """One transfer's progress, fanned out to every client waiting on it.

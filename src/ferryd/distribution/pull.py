@@ -13,7 +13,7 @@ import structlog
 from ferryd.concurrency import single_errors
 from ferryd.distribution.context import DownloadDescriptor, DownloadStats, PullContext
 from ferryd.distribution.events import failure_logged
-from ferryd.distribution.progress import Message
+from ferryd.distribution.progress import LayerOwners, Message, ProgressOutput
 from ferryd.distribution.transfers import with_retries
 from ferryd.errors import (
     AccessDeniedError,
@@ -129,28 +129,27 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
         _check_config_type(ctx, child.image)
     stats = DownloadStats()
     fetched: list[_Fetched | None] = [None] * len(source.children)
+    # The platforms of an index at once: a layer blob they share is one transfer they
+    # all wait on, counted (and shown) once.
+    outputs = LayerOwners(progress)
 
     async def one(position: int, child: _Child) -> None:
         image_id = Digest(child.image.config.digest)
         record = ctx.store.images.record(image_id)
         if record is None:
-            fetched[position] = await _pull_image(client, reference, ctx, source, child, stats)
+            output = outputs.view(position)
+            fetched[position] = await _pull_image(
+                client, reference, ctx, source, child, output, stats
+            )
         else:
             _check_platform(ctx, reference, top, record.os, record.architecture, record.variant)
             stats.reused += len(child.image.layers)
 
-    async def one_after_another(group: list[int]) -> None:
-        for position in group:
-            await one(position, source.children[position])
-
     try:
         with _blamed_on(client.endpoint), single_errors():
-            # The platforms of an index at once, except those that share a layer blob:
-            # those one after the other, so that the later ones find it stored ("Already
-            # exists") and the pull counts it fetched once, as it is.
             async with anyio.create_task_group() as tg:
-                for group in _sharing_groups(source.children):
-                    tg.start_soon(one_after_another, group)
+                for position, child in enumerate(source.children):
+                    tg.start_soon(one, position, child)
         ctx.job.phase = "committing"
         recorded = await anyio.to_thread.run_sync(_commit, ctx, reference, source, fetched)
     finally:
@@ -183,30 +182,6 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
         **served_by,
     )
     return PullResult(recorded.image_id, top.digest, updated)
-
-
-def _sharing_groups(children: list[_Child]) -> list[list[int]]:
-    """The children's positions in groups that share no layer blob with each other."""
-    group_of: dict[str, int] = {}
-    groups: list[list[int]] = []
-    for position, child in enumerate(children):
-        blobs = {layer.digest for layer in child.image.layers}
-        joined = sorted({group_of[blob] for blob in blobs if blob in group_of})
-        if not joined:
-            groups.append([position])
-            target = len(groups) - 1
-        else:
-            target = joined[0]
-            for other in joined[1:]:
-                groups[target] += groups[other]
-                groups[other] = []
-                for blob, group in group_of.items():
-                    if group == other:
-                        group_of[blob] = target
-            groups[target].append(position)
-        for blob in blobs:
-            group_of[blob] = target
-    return [sorted(group) for group in groups if group]
 
 
 def _check_config_type(ctx: PullContext, image: ImageManifest) -> None:
@@ -412,6 +387,7 @@ async def _pull_image(
     ctx: PullContext,
     source: _Source,
     child: _Child,
+    progress: ProgressOutput,
     stats: DownloadStats,
 ) -> _Fetched:
     """The config, then the layers (held until the pull is recorded)."""
@@ -438,9 +414,7 @@ async def _pull_image(
         for layer, diff_id in zip(image.layers, rootfs.diff_ids, strict=True)
     ]
     ctx.job.phase = "layers"
-    _, release = await ctx.downloads.download(
-        client, RootFS([]), os, descriptors, ctx.progress, stats
-    )
+    _, release = await ctx.downloads.download(client, RootFS([]), os, descriptors, progress, stats)
     return _Fetched(child, raw_config, release)
 
 

@@ -52,7 +52,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# Every test, in parallel (pyproject.toml: one worker per CPU).
+# Every test, in parallel (pyproject.toml: two workers per CPU).
 test: system-deps $(STAMP) lint typecheck boot-root
 	$(PY) -m pytest
 

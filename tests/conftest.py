@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,14 @@ _MARKS = {
     "daemon": "daemon",
     "start_daemon": "daemon",
 }
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: two workers per CPU (at most four more than CPUs). Much of a test's
+    time is spent waiting on a registry, a daemon or a throttled transfer; the other
+    worker on the CPU runs meanwhile."""
+    cpus = len(os.sched_getaffinity(0))
+    return min(2 * cpus, cpus + 4)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import io
 import json
 import lzma
@@ -22,6 +21,7 @@ import pytest
 from backports import zstd
 
 from support.daemon import Daemon
+from support.digests import sha256
 from support.images import registry_manifest
 from support.registry import Registry
 
@@ -50,10 +50,6 @@ def rootfs(files: dict[str, bytes] | None = None, **links: tuple[str, str]) -> b
             info.linkname = target
             tar.addfile(info)
     return out.getvalue()
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

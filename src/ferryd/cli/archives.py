@@ -309,8 +309,13 @@ def _upload(path: str, target: str, source: IO[bytes]) -> Iterator[dict[str, Any
         if failed:
             raise StreamError(f"reading the archive failed: {failed[0].strerror or failed[0]}")
     finally:
+        # Stop the sender before the caller closes `source` under it: a shutdown wakes a
+        # blocked sendall. A read of a pipe that never ends cannot be woken; then the
+        # thread is left (a daemon thread) and `_read` takes the closed file quietly.
         with contextlib.suppress(OSError):
-            sock.close()
+            sock.shutdown(socket.SHUT_RDWR)
+        sender.join(timeout=1)
+        sock.close()
 
 
 def _read(source: IO[bytes], failed: list[OSError]) -> bytes:
@@ -318,6 +323,8 @@ def _read(source: IO[bytes], failed: list[OSError]) -> bytes:
         return source.read(_PIECE)
     except OSError as exc:
         failed.append(exc)
+        return b""
+    except ValueError:  # closed under it: the answer came and the command is done
         return b""
 
 

@@ -12,6 +12,10 @@
   the keywords in CONFIG below.
 - registry/connector.py raises httpcore.AsyncHTTP11Connection.READ_NUM_BYTES, guarded by
   hasattr: if the attribute went away, the daemon would only get slower, silently.
+- registry/connector.py replaces anyio's asyncio StreamProtocol (a module attribute of
+  anyio._backends._asyncio) with a subclass that pauses reading once a connection holds
+  1 MiB nobody has received; it relies on `read_queue` and on receive() resuming
+  reading when that queue is empty.
 
 pyproject.toml holds these libraries to the series tested here and requirements.lock
 pins the exact versions. Each failure below names the library and what moved: after
@@ -48,7 +52,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 ROOT = Path(__file__).resolve().parents[1]
 
 # What ferryd patches or reaches into: each has an upper bound in pyproject.toml.
-BOUNDED = ("uvicorn", "httptools", "httpcore", "starlette")
+BOUNDED = ("uvicorn", "httptools", "httpcore", "starlette", "anyio")
 
 # The keywords daemon/api/serve.py gives uvicorn.Config (besides the app).
 CONFIG: dict[str, Any] = {
@@ -301,6 +305,53 @@ def test_httpx_talks_http11_through_httpcore() -> None:
     assert "AsyncHTTP11Connection(" in _methods_source(httpcore.AsyncHTTPConnection), (
         "httpcore: AsyncHTTPConnection no longer makes AsyncHTTP11Connection for HTTP/1.1; "
         "the READ_NUM_BYTES set in registry/connector.py no longer applies"
+    )
+
+
+# anyio (registry/connector.py)
+
+
+def test_anyio_connections_stop_reading_at_the_read_size() -> None:
+    """Under uvloop, a connection whose reader is busy queues no more than about 1 MiB
+    (unpatched: several MB, read in one wakeup), and every byte still arrives."""
+    from anyio.abc import SocketAttribute
+
+    from ferryd.registry import connector
+
+    size = 32 << 20
+
+    async def main() -> tuple[bool, int, int]:
+        async def serve(client: anyio.abc.SocketStream) -> None:
+            async with client:
+                await client.send(b"x" * size)
+
+        most = received = 0
+        with anyio.fail_after(10):
+            listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+            async with listener, anyio.create_task_group() as tg:
+                tg.start_soon(listener.serve, serve)
+                port = listener.extra(SocketAttribute.local_port)
+                async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                    protocol = getattr(stream, "_protocol", None)
+                    while received < size:
+                        received += len(await stream.receive(1 << 20))
+                        queue = getattr(protocol, "read_queue", ())
+                        most = max(most, sum(map(len, queue)))
+                        await anyio.sleep(0.001)  # a busy reader: the socket fills meanwhile
+                tg.cancel_scope.cancel()
+        return isinstance(protocol, connector._BoundedStreamProtocol), most, received
+
+    bounded, most, received = anyio.run(main, backend_options={"use_uvloop": True})
+    assert bounded, (
+        "anyio: connect_tcp no longer makes its connections with the module's "
+        "StreamProtocol; registry/connector.py replaces that class to bound what a blob "
+        "download queues in memory"
+    )
+    assert received == size, f"anyio: {received} of {size} bytes arrived"
+    assert most <= connector._READ_SIZE + (256 << 10), (
+        f"anyio: {most} bytes were queued on a connection nobody read from; "
+        "registry/connector.py's _BoundedStreamProtocol pauses reading at 1 MiB: check "
+        "StreamProtocol.read_queue and how receive() pauses and resumes the transport"
     )
 
 

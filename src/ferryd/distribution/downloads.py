@@ -478,8 +478,12 @@ async def _pump(
     another inflates and hashes the one before it, so a single layer keeps two cores
     busy while the loop reads on.
     """
-    to_store, stored = anyio.create_memory_object_stream[bytes](2)
-    to_inflate, inflating = anyio.create_memory_object_stream[bytes](2)
+    # No batch waits in a buffer between the stages: each is handed over when the next
+    # stage takes it, so a layer holds at most one batch per stage plus the one being
+    # gathered. Inflation is the slowest stage: buffers of 2 only queued 4 more MiB per
+    # layer in front of it (the 5-layer pull's peak RSS 102 -> 87 MiB, same CPU).
+    to_store, stored = anyio.create_memory_object_stream[bytes](0)
+    to_inflate, inflating = anyio.create_memory_object_stream[bytes](0)
 
     async def store_batches() -> None:
         async with stored, to_inflate:
@@ -513,8 +517,13 @@ async def _pump(
                         pending.append(chunk)
                         pending_size += len(chunk)
                         if pending_size >= BATCH_SIZE:
-                            await to_store.send(b"".join(pending))
+                            # Let go of the chunks (joined, they are the same MiB
+                            # twice) before waiting for the store stage, and of the
+                            # batch once it is handed over: the stages hold it.
+                            batch = b"".join(pending)
                             pending, pending_size = [], 0
+                            await to_store.send(batch)
+                            del batch
                 except FerrydError as exc:
                     if not exc.retryable:
                         raise

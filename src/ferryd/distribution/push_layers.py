@@ -8,12 +8,14 @@ stack below it from garbage collection while the push reads it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import aiofiles
 import anyio
+from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from ferryd.codec import BATCH_SIZE, detect_compression, inflater
 from ferryd.errors import ImageNotFoundError
@@ -37,6 +39,19 @@ class StoredBlob:
         """Read from the first bytes, as docker does: media types can lie."""
         with self.path.open("rb") as file:
             return detect_compression(file.read(4))
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncBufferedReader]:
+        """The blob's file, open for reads in worker threads. Opening and closing are
+        shielded from cancellation: a cancelled open would drop the file the thread
+        opened, unclosed."""
+        with anyio.CancelScope(shield=True):
+            file = await aiofiles.open(self.path, "rb")
+        try:
+            yield file
+        finally:
+            with anyio.CancelScope(shield=True):
+                await file.close()
 
 
 class PushLayer(Protocol):
@@ -113,7 +128,7 @@ class StoreLayer:
 
     async def open(self) -> AsyncIterator[bytes]:
         """The uncompressed tar, inflated from the stored blob in a worker thread."""
-        async with aiofiles.open(self.blob().path, "rb") as file:
+        async with self.blob().reading() as file:
             batch = await file.read(BATCH_SIZE)
             decoder = inflater(detect_compression(batch))
 

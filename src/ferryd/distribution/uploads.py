@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import aiofiles
 import anyio
 from anyio.abc import TaskGroup
 from isal import isal_zlib
@@ -221,7 +220,7 @@ async def _read_file(
     the registry is `counted` once it ends, however it ends."""
     sent = 0
     try:
-        async with aiofiles.open(stored.path, "rb") as file:
+        async with stored.reading() as file:
             while chunk := await file.read(BATCH_SIZE):
                 sent += len(chunk)
                 progress.update(Message("Pushing", layer_id, sent, stored.size))

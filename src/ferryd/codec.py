@@ -228,6 +228,19 @@ class _OrderedHasher:
         self._wait()
 
 
+@contextlib.contextmanager
+def _disk_errors(path: Path) -> Generator[None, None, None]:
+    """An OSError the disk is to blame for (full, read-only, failing) becomes the
+    `StoreError` that tells the operator what to do: never a retry, never a crash."""
+    try:
+        yield
+    except OSError as exc:
+        error = disk_error(exc, path)
+        if error is None:
+            raise
+        raise error from None
+
+
 class LayerSink:
     """Writes a blob to `path`, hashing it and (optionally) its uncompressed content.
 
@@ -269,7 +282,7 @@ class LayerSink:
         """
         self.close()
         self._reset_state()
-        with self._disk():
+        with _disk_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a+b", buffering=0)  # noqa: SIM115 - lives on
         self._file.seek(0)
@@ -296,7 +309,7 @@ class LayerSink:
     def restart(self) -> None:
         """Forget everything written: the registry will send the blob from its start."""
         assert self._file is not None
-        with self._disk():
+        with _disk_errors(self.path):
             self._file.seek(0)
             self._file.truncate()
         self._reset_state()
@@ -310,7 +323,7 @@ class LayerSink:
         """Stage one: append to the file and hash the blob."""
         assert self._file is not None
         rest = memoryview(batch)
-        with self._disk():
+        with _disk_errors(self.path):
             while rest:
                 # A full disk takes what fits, then refuses: count what it took.
                 written = self._file.write(rest) or 0
@@ -319,18 +332,6 @@ class LayerSink:
                 self._hasher.update(rest[:written])
                 self.offset += written
                 rest = rest[written:]
-
-    @contextlib.contextmanager
-    def _disk(self) -> Generator[None, None, None]:
-        """An OSError the disk is to blame for (full, read-only, failing) becomes the
-        `StoreError` that tells the operator what to do: never a retry, never a crash."""
-        try:
-            yield
-        except OSError as exc:
-            error = disk_error(exc, self.path)
-            if error is None:
-                raise
-            raise error from None
 
     def inflate(self, batch: bytes) -> None:
         """Stage two: decompress and hash for the DiffID.
@@ -365,7 +366,7 @@ class LayerSink:
         it is but does not decompress.
         """
         assert self._file is not None
-        with self._disk():
+        with _disk_errors(self.path):
             self._file.flush()
             os.fsync(self._file.fileno())
         return self.verify()
@@ -459,7 +460,7 @@ class ArchiveSink:
         self._file: BinaryIO | None = None
 
     def open(self) -> None:
-        with self._disk():
+        with _disk_errors(self.path):
             self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - lives on
 
     def feed(self, batch: bytes) -> None:
@@ -476,7 +477,7 @@ class ArchiveSink:
         self._check(piece)
         assert self._file is not None
         rest = memoryview(piece)
-        with self._disk():
+        with _disk_errors(self.path):
             while rest:
                 written = self._file.write(rest) or 0
                 if not written:
@@ -493,7 +494,7 @@ class ArchiveSink:
                 self._write(piece)
         self._inflater.finish()
         assert self._file is not None
-        with self._disk():
+        with _disk_errors(self.path):
             os.fsync(self._file.fileno())
         return Digest("sha256:" + self._hasher.hexdigest())
 
@@ -502,13 +503,3 @@ class ArchiveSink:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
-
-    @contextlib.contextmanager
-    def _disk(self) -> Generator[None, None, None]:
-        try:
-            yield
-        except OSError as exc:
-            error = disk_error(exc, self.path)
-            if error is None:
-                raise
-            raise error from None

@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlencode
 
-from ferryd.cli.client import Client, DaemonError, socket_path
+from ferryd.cli.client import (
+    CONNECT_ERRORS,
+    Client,
+    DaemonError,
+    cannot_connect,
+    refusal,
+    socket_path,
+)
 from ferryd.cli.display import StreamError, finished, show
 
 _PIECE = 1 << 20
@@ -259,12 +266,9 @@ def _upload(path: str, target: str, source: IO[bytes]) -> Iterator[dict[str, Any
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+    except CONNECT_ERRORS as exc:
         sock.close()
-        reason = "permission denied" if isinstance(exc, PermissionError) else "not running?"
-        raise DaemonError(
-            f"cannot connect to the ferryd daemon at unix://{path} ({reason})"
-        ) from None
+        raise cannot_connect(path, exc) from None
     size = _size_of(source)
     framing = f"Content-Length: {size}" if size is not None else "Transfer-Encoding: chunked"
     head = (
@@ -294,12 +298,7 @@ def _upload(path: str, target: str, source: IO[bytes]) -> Iterator[dict[str, Any
         except (OSError, http.client.HTTPException) as exc:
             raise DaemonError(f"the connection to the daemon failed: {exc}") from None
         if response.status >= 400:
-            body = response.read()
-            try:
-                message = json.loads(body)["message"]
-            except (ValueError, KeyError, TypeError):
-                message = body.decode(errors="replace") or response.reason
-            raise DaemonError(f"Error response from daemon: {message}")
+            raise refusal(response)
         try:
             for line in response:
                 if line.strip():

@@ -17,6 +17,25 @@ class DaemonError(Exception):
     """The daemon said no, or could not be reached; `str()` is for the user."""
 
 
+# What connecting to a socket path raises when no daemon can be reached there.
+CONNECT_ERRORS = (FileNotFoundError, ConnectionRefusedError, PermissionError)
+
+
+def cannot_connect(path: str, exc: OSError) -> DaemonError:
+    reason = "permission denied" if isinstance(exc, PermissionError) else "not running?"
+    return DaemonError(f"cannot connect to the ferryd daemon at unix://{path} ({reason})")
+
+
+def refusal(response: http.client.HTTPResponse) -> DaemonError:
+    """The daemon's error answer, in its own words as docker prints them."""
+    body = response.read()
+    try:
+        message = json.loads(body)["message"]
+    except (ValueError, KeyError, TypeError):
+        message = body.decode(errors="replace") or response.reason
+    return DaemonError(f"Error response from daemon: {message}")
+
+
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
@@ -68,23 +87,15 @@ class Client:
                 method, path + query, body, headers={**(headers or {}), "Connection": "close"}
             )
             response = connection.getresponse()
-        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as exc:
+        except CONNECT_ERRORS as exc:
             connection.close()
-            reason = "permission denied" if isinstance(exc, PermissionError) else "not running?"
-            raise DaemonError(
-                f"cannot connect to the ferryd daemon at unix://{self.path} ({reason})"
-            ) from None
+            raise cannot_connect(self.path, exc) from None
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             raise DaemonError(f"the connection to the daemon failed: {exc}") from None
         if response.status >= 400:
             with response:
-                body = response.read()
-            try:
-                message = json.loads(body)["message"]
-            except (ValueError, KeyError, TypeError):
-                message = body.decode(errors="replace") or response.reason
-            raise DaemonError(f"Error response from daemon: {message}")
+                raise refusal(response)
         return response
 
     def get_json(self, path: str, params: dict[str, str] | None = None) -> Any:

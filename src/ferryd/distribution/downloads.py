@@ -9,8 +9,8 @@ next attempt to resume from.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 import anyio
@@ -433,6 +433,23 @@ class _Tally:
 SMALL_BLOB = 2 * BATCH_SIZE
 
 
+async def _counted(
+    chunks: AsyncIterator[bytes], held: int, size: int, tally: _Tally
+) -> AsyncGenerator[bytes, None]:
+    """The answer's chunks, counted as they arrive; past the descriptor's `size` (with
+    the `held` bytes a resumed download already has) the registry is lying, and the
+    download stops there rather than store what no digest can match."""
+    received = held
+    async for chunk in chunks:
+        received += len(chunk)
+        tally.received += len(chunk)
+        if received > size:
+            raise DigestMismatchError(
+                f"the registry sent more than the {size} bytes the manifest gives"
+            )
+        yield chunk
+
+
 async def _take_whole(
     chunks: AsyncIterator[bytes], sink: LayerSink, size: int, tally: _Tally
 ) -> bytes:
@@ -440,22 +457,16 @@ async def _take_whole(
     call to write and verify at once; what arrived before a cut, or before an answer
     that ended short, is written here, so that the next attempt resumes after it."""
     pending: list[bytes] = []
-    received = sink.offset
     cut: FerrydError | None = None
     try:
-        async for chunk in chunks:
-            received += len(chunk)
-            tally.received += len(chunk)
-            if received > size:
-                raise DigestMismatchError(
-                    f"the registry sent more than the {size} bytes the manifest gives"
-                )
-            pending.append(chunk)
+        async with aclosing(_counted(chunks, sink.offset, size, tally)) as counted:
+            async for chunk in counted:
+                pending.append(chunk)  # noqa: PERF401 - kept when a cut ends the loop
     except FerrydError as exc:
         if not exc.retryable:
             raise
         cut = exc
-    if cut is None and received == size:
+    if cut is None and sink.offset + sum(map(len, pending)) == size:
         return b"".join(pending)
     if pending:
         await anyio.to_thread.run_sync(sink.write, b"".join(pending))
@@ -505,25 +516,19 @@ async def _pump(
             async with to_store:
                 pending: list[bytes] = []
                 pending_size = 0
-                received = sink.offset
                 try:
-                    async for chunk in chunks:
-                        received += len(chunk)
-                        tally.received += len(chunk)
-                        if received > size:
-                            raise DigestMismatchError(
-                                f"the registry sent more than the {size} bytes the manifest gives"
-                            )
-                        pending.append(chunk)
-                        pending_size += len(chunk)
-                        if pending_size >= BATCH_SIZE:
-                            # Let go of the chunks (joined, they are the same MiB
-                            # twice) before waiting for the store stage, and of the
-                            # batch once it is handed over: the stages hold it.
-                            batch = b"".join(pending)
-                            pending, pending_size = [], 0
-                            await to_store.send(batch)
-                            del batch
+                    async with aclosing(_counted(chunks, sink.offset, size, tally)) as counted:
+                        async for chunk in counted:
+                            pending.append(chunk)
+                            pending_size += len(chunk)
+                            if pending_size >= BATCH_SIZE:
+                                # Let go of the chunks (joined, they are the same MiB
+                                # twice) before waiting for the store stage, and of the
+                                # batch once it is handed over: the stages hold it.
+                                batch = b"".join(pending)
+                                pending, pending_size = [], 0
+                                await to_store.send(batch)
+                                del batch
                 except FerrydError as exc:
                     if not exc.retryable:
                         raise

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from ferryd.concurrency import single_errors
-from ferryd.daemon.api.streaming import ProgressStream
+from ferryd.daemon.api.streaming import ProgressStream, cancel_on_disconnect
 from ferryd.distribution.archives import Export, load_archive, prepare_export
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.service import ImageService
@@ -94,7 +94,7 @@ class _TarResponse(Response):
         try:
             with single_errors():
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+                    tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
                     await send(
                         {
                             "type": "http.response.start",
@@ -126,14 +126,6 @@ class _TarResponse(Response):
             self._service.event_logger(
                 image_id, image_id, "save", bytes=sent, seconds=round(time.monotonic() - started, 3)
             )
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
 
 
 class _RequestBody:

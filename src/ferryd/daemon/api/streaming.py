@@ -42,7 +42,7 @@ class ProgressStream:
         sender, messages = anyio.create_memory_object_stream[Message](math.inf)
         started = False
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
             tg.start_soon(self._run, sender)
             async with messages:
                 async for message in messages:
@@ -133,7 +133,8 @@ async def _cancel_when_set(
     scope.cancel()
 
 
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+async def cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    """Cancel `scope` when the client goes away: nobody is left to answer."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

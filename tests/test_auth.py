@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import anyio
 import pytest
@@ -26,7 +26,16 @@ from ferryd.registry.auth import (
 )
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import RegistryService
-from support.fakes import FakeRegistry, Reply, Request, serve_registry
+from support.digests import sha256
+from support.fakes import (
+    FakeRegistry,
+    Reply,
+    Request,
+    UploadRegistry,
+    UploadSession,
+    registry_error,
+    serve_registry,
+)
 from support.waiting import await_until
 
 REPO = "team/app"
@@ -199,7 +208,7 @@ async def test_anonymous_registry_gets_no_authorization(connector: Connector) ->
     async with serve_registry(registry) as server:
         client = await connector.open(server.host, REPO, LOGIN)
         await client.get_manifest("v1")
-    assert [r.path for r in registry.requests] == ["/v2/", f"/v2/{REPO}/manifests/v1"]
+    assert [r.path for r in registry.requests] == [f"/v2/{REPO}/manifests/v1"]
     assert all("authorization" not in r.headers for r in registry.requests)
 
 
@@ -209,8 +218,9 @@ async def test_basic_challenge_is_answered(connector: Connector) -> None:
         client = await connector.open(server.host, REPO, LOGIN)
         await client.get_manifest("v1")
         await client.get_manifest("v1")
-    ping, *gets = registry.requests
-    assert "authorization" not in ping.headers
+    # The first request, sent without a login, is what teaches the challenge.
+    first, *gets = registry.requests
+    assert "authorization" not in first.headers
     assert [r.headers["authorization"] for r in gets] == [basic(USER, PASSWORD)] * 2
     assert registry.token_requests == []
 
@@ -222,8 +232,9 @@ async def test_basic_wrong_password(connector: Connector) -> None:
         with pytest.raises(AuthenticationError, match=server.host) as caught:
             await client.get_manifest("v1")
     assert "wrong" not in str(caught.value)
-    # Same challenge again: retrying with the same password cannot help.
-    assert len(registry.seen("GET", MANIFEST_PATH)) == 1
+    # The first request learns the challenge; then the same challenge again: retrying
+    # with the same password cannot help.
+    assert len(registry.seen("GET", MANIFEST_PATH)) == 2
 
 
 async def test_basic_without_credentials(connector: Connector) -> None:
@@ -246,7 +257,8 @@ async def test_bearer_token_from_the_realm(connector: Connector) -> None:
         "account": USER,
     }
     assert token_request.headers["authorization"] == basic(USER, PASSWORD)
-    (get,) = registry.seen("GET", MANIFEST_PATH)
+    first, get = registry.seen("GET", MANIFEST_PATH)
+    assert "authorization" not in first.headers  # it learns the challenge
     assert get.headers["authorization"] == "Bearer token-1"
 
 
@@ -276,7 +288,9 @@ async def test_bearer_token_is_cached_per_scope(connector: Connector) -> None:
         await other.get_manifest("v1")
     scopes = [r.query["scope"] for r in registry.token_requests]
     assert scopes == [f"repository:{REPO}:pull", "repository:team/other:pull"]
-    assert len(registry.seen("GET", "/v2/")) == 1
+    # Only the very first request went without a token: the challenge is learnt once.
+    anonymous = [r for r in registry.requests if "authorization" not in r.headers]
+    assert [r.path for r in anonymous if r.path != "/token"] == [f"/v2/{REPO}/manifests/v1"]
 
 
 async def test_rejected_cached_token_is_fetched_again_once(connector: Connector) -> None:
@@ -287,7 +301,8 @@ async def test_rejected_cached_token_is_fetched_again_once(connector: Connector)
         registry.revoke_tokens()
         await client.get_manifest("v1")
     gets = registry.seen("GET", MANIFEST_PATH)
-    assert [r.headers["authorization"] for r in gets] == [
+    assert [r.headers.get("authorization") for r in gets] == [
+        None,  # the first request learns the challenge
         "Bearer token-1",
         "Bearer token-1",
         "Bearer token-2",
@@ -309,7 +324,8 @@ async def test_token_that_keeps_being_rejected_fails_after_one_retry(
         client = await connector.open(server.host, REPO, ANONYMOUS)
         with pytest.raises(AuthenticationError, match=server.host):
             await client.get_manifest("v1")
-    assert len(registry.seen("GET", MANIFEST_PATH)) == 2
+    # Without a login (which learns the challenge), with a token, once more with another.
+    assert len(registry.seen("GET", MANIFEST_PATH)) == 3
     assert len(registry.token_requests) == 2
 
 
@@ -323,7 +339,8 @@ async def test_token_service_refusing_names_the_registry(connector: Connector) -
     assert server.host in message
     assert "token service refused the credentials of ferry (HTTP 401)" in message
     assert "wrong" not in message
-    assert registry.seen("GET", MANIFEST_PATH) == []
+    # Only the first request, which learns the challenge: none after the refusal.
+    assert [r.headers.get("authorization") for r in registry.seen("GET", MANIFEST_PATH)] == [None]
 
 
 async def test_token_service_refusing_anonymous_access(connector: Connector) -> None:
@@ -411,7 +428,7 @@ async def test_identity_token_is_exchanged_with_oauth(connector: Connector) -> N
         "scope": f"repository:{REPO}:pull",
         "client_id": "ferryd",
     }
-    (get,) = registry.seen("GET", MANIFEST_PATH)
+    _first, get = registry.seen("GET", MANIFEST_PATH)
     assert get.headers["authorization"] == "Bearer oauth-token"
 
 
@@ -422,7 +439,7 @@ async def test_registry_token_is_sent_as_is(connector: Connector) -> None:
         client = await connector.open(server.host, REPO, Credentials(registry_token="given-token"))
         await client.get_manifest("v1")
     assert registry.token_requests == []
-    (get,) = registry.seen("GET", MANIFEST_PATH)
+    _first, get = registry.seen("GET", MANIFEST_PATH)
     assert get.headers["authorization"] == "Bearer given-token"
 
 
@@ -463,13 +480,15 @@ async def test_token_refused_under_concurrent_requests(connector: Connector) -> 
                 tg.start_soon(client.get_manifest, "v1")
     assert len(registry.token_requests) == 2
     gets = registry.seen("GET", MANIFEST_PATH)
-    assert sorted(r.headers["authorization"] for r in gets[1:]) == (
+    # gets[:2]: the first request, without a login and then with token-1.
+    assert sorted(r.headers["authorization"] for r in gets[2:]) == (
         ["Bearer token-1"] * 3 + ["Bearer token-2"] * 3
     )
 
 
 async def test_challenge_learnt_under_concurrent_requests(connector: Connector) -> None:
-    # /v2/ is open, the repository is not: three first requests all learn the challenge.
+    # /v2/ is open, the repository is not: three first requests, one learns the
+    # challenge while the others wait for it.
     registry = with_manifest(FakeRegistry(auth="bearer"))
     registry.on("GET", "/v2/", Reply(200, body=b"{}"))
     async with serve_registry(registry) as server:
@@ -478,7 +497,47 @@ async def test_challenge_learnt_under_concurrent_requests(connector: Connector) 
             for _ in range(3):
                 tg.start_soon(client.get_manifest, "v1")
     assert len(registry.token_requests) == 1
-    assert len(registry.seen("GET", MANIFEST_PATH)) == 6
+    assert len(registry.seen("GET", MANIFEST_PATH)) == 4
+
+
+async def test_a_first_401_without_a_challenge_is_not_retried(connector: Connector) -> None:
+    # Nothing to learn from it: the request fails at once, naming what it asked for.
+    registry = with_manifest(FakeRegistry())
+    registry.on("GET", MANIFEST_PATH, registry_error(401, "UNAUTHORIZED", "who are you"))
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, LOGIN)
+        with pytest.raises(AuthenticationError) as caught:
+            await client.get_manifest("v1")
+    assert f"{server.host}: authentication required for manifest for" in str(caught.value)
+    assert len(registry.seen("GET", MANIFEST_PATH)) == 1
+
+
+async def test_a_streamed_body_is_never_what_learns_the_login(connector: Connector) -> None:
+    # An upload's PATCH as a client's very first request: a ping learns the endpoint
+    # and the challenge, so that the stream is sent once, with the login.
+    registry = UploadRegistry(auth="basic")
+    registry.sessions["s1"] = UploadSession(REPO)
+    data = b"streamed " * 100
+    opened = 0
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal opened
+        opened += 1
+        yield data
+
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, Credentials("ferry", "s3cret"))
+        state = urlencode({"_state": registry.sessions["s1"].token})
+        location = f"{client.endpoint.base_url}/v2/{REPO}/blobs/uploads/s1?{state}"
+        await client.upload_blob(sha256(data), len(data), body, location)
+    assert [(r.method, r.path, "authorization" in r.headers) for r in registry.requests] == [
+        ("GET", "/v2/", False),
+        ("GET", "/v2/", True),
+        ("PATCH", f"/v2/{REPO}/blobs/uploads/s1", True),
+        ("PUT", f"/v2/{REPO}/blobs/uploads/s1", True),
+    ]
+    assert opened == 1
+    assert registry.repo_blobs(REPO) == {sha256(data): data}
 
 
 def _form(body: bytes) -> list[tuple[str, str]]:

@@ -211,6 +211,37 @@ def test_docker_py_login_then_pull_with_the_login(
     assert image.id == built.config_digest
 
 
+def test_a_new_daemon_pulls_from_a_token_registry_with_an_identity_token(
+    token_registry: TokenRegistry, start_daemon: Callable[..., Daemon], ca: trustme.CA, layout: Path
+) -> None:
+    # No ping first: the manifest request's 401 names the realm, the identity token is
+    # exchanged there for a token of the repository's scope, the request goes again.
+    daemon = trusting(start_daemon, ca, token_registry)
+    identity = login(daemon, username=USER, password=PASSWORD, serveraddress=token_registry.host)[
+        "IdentityToken"
+    ]
+    built = build_image(layout, layers=[LayerSpec(size=1000, seed=7303)])
+    seed(token_registry, layout, "latest", "private/refreshed:v1")
+    tokens = token_registry.tokens
+    assert tokens is not None
+    asked_before, served_before = len(tokens.requests), len(token_registry.access_log())
+    daemon.restart()
+    header = base64.urlsafe_b64encode(json.dumps({"identitytoken": identity}).encode()).decode()
+
+    assert errors(daemon.pull(f"{token_registry.host}/private/refreshed:v1", auth=header)) == []
+
+    assert (
+        daemon.inspect(f"{token_registry.host}/private/refreshed:v1")["Id"] == built.config_digest
+    )
+    asked = tokens.requests[asked_before:]
+    assert [(r.method, r.grant_type, r.scopes) for r in asked] == [
+        ("POST", "refresh_token", ("repository:private/refreshed:pull",))
+    ]
+    first, *rest = token_registry.access_log()[served_before:]
+    assert (first.path, first.status) == ("/v2/private/refreshed/manifests/v1", 401)
+    assert all(entry.status == 200 and entry.path != "/v2/" for entry in rest)
+
+
 def test_a_pull_with_a_basic_login_from_docker_config_format(
     tls_registry: Registry, start_daemon: Callable[..., Daemon], ca: trustme.CA, layout: Path
 ) -> None:

@@ -460,7 +460,7 @@ def test_the_clients_login_for_the_registry_never_reaches_its_mirror(
     assert daemon.inspect(reference)["Id"] == built.config_digest
     asked = [path.split("?")[0] for path, _ in login_wanted.requests]
     # It was asked (its token service too, for a Bearer challenge), anonymously.
-    assert asked[0] == "/v2/"
+    assert asked[0] == "/v2/private-mirrored/app/manifests/v1"
     assert ("/token" in asked) == challenge.startswith("Bearer")
     assert all("authorization" not in headers for _path, headers in login_wanted.requests)
     [skipped] = daemon.log_events("registry.mirror_failed")

@@ -285,6 +285,58 @@ def test_pull_with_basic_auth_over_tls(
     assert daemon.inspect(f"{tls_registry.host}/private/app:v1")["Id"] == built.config_digest
 
 
+def test_a_new_daemons_pull_of_an_image_it_holds_makes_one_request(
+    registry: Registry, start_daemon: Callable[..., Daemon], layout: Path
+) -> None:
+    # Loopback is insecure: https (unverified), then plain HTTP. No `GET /v2/` goes
+    # first: the manifest request finds the endpoint that answers (https fails in the
+    # TLS handshake, which the access log does not see).
+    daemon = start_daemon(log_level="debug")
+    build_image(layout, layers=[LayerSpec(size=3000, seed=62)])
+    seed(registry, layout, "latest", "first-request/app:v1")
+    reference = f"{registry.host}/first-request/app:v1"
+    assert errors(daemon.pull(reference)) == []
+
+    asked = _asked_by_a_new_daemon(daemon, registry, reference)
+
+    assert asked == [("GET", "/v2/first-request/app/manifests/v1", 200)]
+    login = daemon.log_events("registry.login")[-1]
+    assert (login["endpoint"], login["scheme"]) == (f"http://{registry.host}", None)
+
+
+def test_a_new_daemons_pull_of_an_image_it_holds_over_tls_with_a_login(
+    tls_registry: Registry, start_daemon: Callable[..., Daemon], layout: Path, ca: trustme.CA
+) -> None:
+    # Two requests, the fewest a login allows: the manifest request without a login,
+    # whose 401 teaches the Basic challenge, then the same request with the login.
+    daemon = _tls_daemon(start_daemon, tls_registry, ca, log_level="debug")
+    build_image(layout, layers=[LayerSpec(size=3000, seed=63)])
+    seed(tls_registry, layout, "latest", "private/first-request:v1")
+    reference = f"{tls_registry.host}/private/first-request:v1"
+    auth = registry_auth(USER, PASSWORD)
+    assert errors(daemon.pull(reference, auth=auth)) == []
+
+    asked = _asked_by_a_new_daemon(daemon, tls_registry, reference, auth)
+
+    manifest = "/v2/private/first-request/manifests/v1"
+    assert asked == [("GET", manifest, 401), ("GET", manifest, 200)]
+    login = daemon.log_events("registry.login")[-1]
+    assert (login["endpoint"], login["scheme"]) == (f"https://{tls_registry.host}", "basic")
+
+
+def _asked_by_a_new_daemon(
+    daemon: Daemon, registry: Registry, reference: str, auth: str | None = None
+) -> list[tuple[str, str, int]]:
+    """Restart `daemon`, which holds `reference`, and pull it again: the requests that
+    pull made, as the registry's access log has them."""
+    daemon.restart()
+    before = len(registry.access_log())
+    messages = daemon.pull(reference, auth=auth)
+    assert errors(messages) == []
+    assert messages[-1] == {"status": f"Status: Image is up to date for {reference}"}
+    return [(e.method, e.path, e.status) for e in registry.access_log()[before:]]
+
+
 def test_pull_with_a_wrong_password_is_a_clear_error(
     tls_registry: Registry, start_daemon: Callable[..., Daemon], layout: Path, ca: trustme.CA
 ) -> None:

@@ -6,7 +6,7 @@ import gzip
 import hashlib
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
@@ -140,12 +140,13 @@ async def test_error_messages_of_the_registry_are_joined(connector: Connector) -
     )
 
 
-async def test_ping_failure(connector: Connector) -> None:
+async def test_first_request_failure(connector: Connector) -> None:
     registry = FakeRegistry()
-    registry.on("GET", "/v2/", Reply(503, body=b"maintenance"))
+    registry.on("GET", MANIFEST_PATH, Reply(503, body=b"maintenance"))
     async with serve_registry(registry) as server:
-        with pytest.raises(TransientRegistryError, match="registry ping"):
-            await open_client(connector, server)
+        client = await open_client(connector, server)
+        with pytest.raises(TransientRegistryError, match="HTTP 503 for manifest for"):
+            await client.get_manifest("v1")
 
 
 async def test_meta_headers_and_accept_are_sent(connector: Connector) -> None:
@@ -353,6 +354,11 @@ async def test_config_blob_is_verified(connector: Connector) -> None:
 # -- redirects ------------------------------------------------------------------------
 
 
+def logged_in(reply: Reply) -> Callable[[Request], Reply | None]:
+    """`reply` to a request with a login; else the registry's own answer (its 401)."""
+    return lambda request: reply if "authorization" in request.headers else None
+
+
 async def test_blob_redirect_keeps_credentials_home(connector: Connector) -> None:
     registry = FakeRegistry(auth="basic")
     data = b"layer bytes " * 1000
@@ -365,14 +371,17 @@ async def test_blob_redirect_keeps_credentials_home(connector: Connector) -> Non
 
     async with serve(storage) as cdn, serve_registry(registry) as server:
         registry.on(
-            "GET", BLOB_PATH, Reply(307, {"Location": f"{cdn.url}/bucket/{digest}?sig=abc"})
+            "GET",
+            BLOB_PATH,
+            logged_in(Reply(307, {"Location": f"{cdn.url}/bucket/{digest}?sig=abc"})),
         )
         client = await open_client(connector, server, Credentials("ferry", "s3cret"))
         async with client.open_blob(digest, 100) as blob:
             received = b"".join([chunk async for chunk in blob.chunks()])
             assert blob.start == 100
     assert received == data[100:]
-    (registry_get,) = registry.seen("GET", BLOB_PATH)
+    first, registry_get = registry.seen("GET", BLOB_PATH)
+    assert "authorization" not in first.headers  # it learns the challenge
     assert registry_get.headers["authorization"].startswith("Basic ")
     (storage_get,) = storage_requests
     assert "authorization" not in storage_get.headers
@@ -386,14 +395,17 @@ async def test_relative_redirect_on_the_registry_keeps_credentials(connector: Co
     registry.on(
         "GET",
         f"/v2/{REPO}/blobs/{digest}",
-        Reply(302, {"Location": f"/v2/{REPO}/blobs/x/{digest}"}),
+        logged_in(Reply(302, {"Location": f"/v2/{REPO}/blobs/x/{digest}"})),
     )
     registry.on("GET", f"/v2/{REPO}/blobs/x/.*", lambda r: registry.blob_reply(r, digest))
     async with serve_registry(registry) as server:
         client = await open_client(connector, server, Credentials("ferry", "s3cret"))
         async with client.open_blob(digest) as blob:
             assert b"".join([c async for c in blob.chunks()]) == b"abc"
-    assert all("authorization" in r.headers for r in registry.seen("GET", BLOB_PATH + "|.*/x/.*"))
+    # After the first request, which learns the challenge.
+    _first, *gets = registry.seen("GET", BLOB_PATH + "|.*/x/.*")
+    assert [r.path for r in gets] == [f"/v2/{REPO}/blobs/{digest}", f"/v2/{REPO}/blobs/x/{digest}"]
+    assert all("authorization" in r.headers for r in gets)
 
 
 @pytest.mark.parametrize(("hops", "ok"), [(MAX_REDIRECTS, True), (MAX_REDIRECTS + 1, False)])
@@ -622,17 +634,19 @@ async def test_connector_falls_back_to_http_and_remembers(connector: Connector) 
     registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
     async with serve_registry(registry) as server:
         client = await open_client(connector, server)
+        await client.get_manifest("v1")
         assert client.endpoint.base_url == f"http://{server.host}"
         assert server.rejected == 1  # the TLS hello of the https attempt
-        await client.get_manifest("v1")
         again = await connector.open(server.host, "team/other", ANONYMOUS)
         await again.get_manifest("v1")
     assert again.endpoint == client.endpoint
     assert server.rejected == 1
-    assert len(registry.seen("GET", "/v2/")) == 1
+    # No ping: the first request chose the endpoint.
+    paths = [r.path for r in registry.requests]
+    assert paths == [f"/v2/{REPO}/manifests/v1", "/v2/team/other/manifests/v1"]
 
 
-async def test_concurrent_opens_ping_once(connector: Connector) -> None:
+async def test_concurrent_first_requests_choose_and_log_in_once(connector: Connector) -> None:
     registry = FakeRegistry(auth="bearer")
     registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
     clients: list[RegistryClient] = []
@@ -646,9 +660,34 @@ async def test_concurrent_opens_ping_once(connector: Connector) -> None:
         for _ in range(3):
             tg.start_soon(open_and_get)
     assert len(clients) == 3
-    assert len(registry.seen("GET", "/v2/")) == 1
     assert server.rejected == 1
     assert len(registry.token_requests) == 1
+    # One request went without a token, and taught the others the challenge.
+    unauthorized = [r for r in registry.requests if "authorization" not in r.headers]
+    assert [r.path for r in unauthorized if r.path != "/token"] == [f"/v2/{REPO}/manifests/v1"]
+
+
+async def test_a_reload_during_the_first_request_is_not_remembered(connector: Connector) -> None:
+    registry = FakeRegistry()
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    reloaded: list[Request] = []
+
+    def reload_once(request: Request) -> None:
+        if not reloaded:
+            reloaded.append(request)
+            connector.reconfigure(RegistryService())
+        # None: the registry's own answer
+
+    registry.on("GET", MANIFEST_PATH, reload_once)
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        await client.get_manifest("v1")  # answered: the request succeeds all the same
+        again = await open_client(connector, server)
+        await again.get_manifest("v1")
+        assert server.rejected == 2  # chosen anew: https tried again
+        third = await open_client(connector, server)
+        await third.get_manifest("v1")
+    assert server.rejected == 2  # a choice made after the reload is kept
 
 
 @pytest.fixture(scope="module")
@@ -673,8 +712,9 @@ async def test_secure_registry_with_an_unknown_ca(server_tls: ssl.SSLContext) ->
     connector = Connector(RegistryService(insecure_registries=["10.0.0.0/8"]))
     try:
         async with serve_registry(FakeRegistry(), ssl_context=server_tls) as server:
+            client = await open_client(connector, server)
             with pytest.raises(RegistryUnreachableError) as caught:
-                await open_client(connector, server)
+                await client.get_manifest("v1")
     finally:
         await connector.aclose()
     message = str(caught.value)
@@ -701,8 +741,9 @@ async def test_secure_registry_with_its_ca_in_certs_d(
 
 
 async def test_unreachable_registry(connector: Connector) -> None:
+    client = await connector.open("127.0.0.1:1", REPO, ANONYMOUS)
     with pytest.raises(RegistryUnreachableError, match=r"127\.0\.0\.1:1"):
-        await connector.open("127.0.0.1:1", REPO, ANONYMOUS)
+        await client.get_manifest("v1")
 
 
 # -- tag lists --------------------------------------------------------------------------

@@ -262,13 +262,15 @@ async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContex
     client = await ctx.connector.open(
         reference.domain, reference.path, ctx.credentials, meta_headers=ctx.meta_headers
     )
-    log.debug("pull.source", reference=str(reference), endpoint=client.endpoint.base_url)
     ctx.job.phase = "manifest"
     try:
         fetch = _patient(client, ctx)
-        return await _manifest_from(client, fetch, tag_or_digest, ctx)
+        source = await _manifest_from(client, fetch, tag_or_digest, ctx)
     except (AuthenticationError, AccessDeniedError) as exc:
         raise _refused(reference, exc, client.endpoint, f"manifests/{tag_or_digest}") from None
+    # Once it has answered: a registry's first request chooses its endpoint.
+    log.debug("pull.source", reference=str(reference), endpoint=client.endpoint.base_url)
+    return source
 
 
 def _refused(

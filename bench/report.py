@@ -309,6 +309,15 @@ def _wall(runs: list[Run]) -> float:
     return statistics.median(r.seconds for r in runs)
 
 
+def _versus(ferryd: list[Run], skopeo: list[Run]) -> str:
+    """The conclusion's line comparing the tools' median wall times (unended)."""
+    ratio = _wall(ferryd) / _wall(skopeo)
+    return (
+        f"- ferryd / skopeo, medians of wall time: **{ratio:.2f}** "
+        f"(ferryd {'faster' if ratio < 1 else 'slower'})"
+    )
+
+
 def _conclusions(scenario: Scenario) -> list[str]:
     out = []
     if scenario.key in ("shared", "same"):
@@ -356,11 +365,9 @@ def _conclusions(scenario: Scenario) -> list[str]:
         index = scenario.images[0]
         a, b = scenario.of(FERRYD), scenario.of(SKOPEO)
         if a and b:
-            ratio = _wall(a) / _wall(b)
             out.append(
-                f"- ferryd / skopeo, medians of wall time: **{ratio:.2f}** "
-                f"(ferryd {'faster' if ratio < 1 else 'slower'}); both fetch every platform "
-                f"and keep the index ({(index.index_digest or '')[:19]}…)."
+                _versus(a, b) + f"; both fetch every platform and keep the index "
+                f"({(index.index_digest or '')[:19]}…)."
             )
         gets = _shared_gets(a, scenario)
         if gets is not None:
@@ -379,11 +386,7 @@ def _conclusions(scenario: Scenario) -> list[str]:
     else:
         a, b = scenario.of(FERRYD), scenario.of(SKOPEO)
         if a and b:
-            ratio = _wall(a) / _wall(b)
-            out.append(
-                f"- ferryd / skopeo, medians of wall time: **{ratio:.2f}** "
-                f"(ferryd {'faster' if ratio < 1 else 'slower'})."
-            )
+            out.append(_versus(a, b) + ".")
     return out
 
 

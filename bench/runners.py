@@ -110,17 +110,10 @@ def _opened(target: Target, before: int | None) -> int | None:
 
 def _make_run(tool: str, batches: Batches, usage: Usage, **fields: Any) -> Run:
     extra = fields.pop("extra", {})
-    return Run(
+    return usage.as_run(
         tool,
         _label(batches),
-        usage.seconds,
         fields.pop("bytes", sum(unique_layers(batches).values())),
-        usage.cpu_seconds,
-        usage.peak_rss_kib,
-        hwm_kib=usage.hwm_kib,
-        idle_rss_kib=usage.idle_rss_kib,
-        registry_cpu_seconds=usage.registry_cpu_seconds,
-        threads=usage.threads,
         proxy_cpu_seconds=usage.proxy_cpu_seconds,
         others_cpu_seconds=usage.others_cpu_seconds,
         extra={"pulls": sum(len(b) for b in batches), "at_once": max(map(len, batches)), **extra},

@@ -12,8 +12,8 @@ import pytest
 
 from ferryd.units import human_size
 from support.daemon import Daemon
-from support.inventory import Inventory, seed_inventory
-from support.registry import Registry
+from support.inventory import Inventory
+from support.inventory_fixtures import inventory_fixtures
 
 pytestmark = pytest.mark.registry
 
@@ -31,15 +31,7 @@ def ferryd(
     )
 
 
-@pytest.fixture(scope="module")
-def inventory(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Inventory:
-    return seed_inventory(registry, tmp_path_factory.mktemp("inventory"), "cliinv")
-
-
-@pytest.fixture
-def stocked(daemon: Daemon, inventory: Inventory) -> Daemon:
-    inventory.pull_all(daemon)
-    return daemon
+inventory, stocked = inventory_fixtures("cliinv")
 
 
 def _rows(output: str) -> list[list[str]]:

@@ -106,9 +106,7 @@ class Cli:
 
 def trusting(start_daemon: Callable[..., Daemon], ca: trustme.CA, registry: Registry) -> Daemon:
     daemon = start_daemon(insecure_registries=[])
-    certs = daemon.workdir / "certs.d" / registry.host
-    certs.mkdir(parents=True)
-    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    daemon.trust(registry.host, ca)
     return daemon
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from ferryd.cli.client import DaemonError
 from ferryd.cli.commands import main
+from support.crash import kill, killed_during
 from support.daemon import Daemon, errors
 from support.images import BuiltImage, LayerSpec, build_image, seed
 from support.registry import Registry, start_registry
@@ -34,28 +35,6 @@ PUSH_POINTS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9]
 RMI_LAYERS = 24
 RMI_AFTER = [0.0, 0.001, 0.002]
 RMI_GONE = [1, 2, 3, 5, 8, 12, 16, 20]
-
-
-def kill(daemon: Daemon) -> None:
-    assert daemon.process is not None
-    daemon.process.kill()
-    daemon.process.wait()
-
-
-def killed_during(daemon: Daemon, operation: Callable[[], Any], after: float) -> None:
-    """Start `operation` (a request to the daemon) and SIGKILL the daemon `after`
-    seconds later; the request fails or completes, either is fine."""
-
-    def run() -> None:
-        with contextlib.suppress(DaemonError, OSError):
-            operation()
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    time.sleep(after)
-    kill(daemon)
-    worker.join(30)
-    assert not worker.is_alive()
 
 
 def restart_and_fsck(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,10 +60,6 @@ def partial_sizes(root: Path) -> dict[str, int]:
         "sha256:" + path.name.removeprefix("sha256-"): path.stat().st_size
         for path in (root / "partial").iterdir()
     }
-
-
-def ranged_gets(registry: Registry, digest: str) -> int:
-    return sum(1 for e in registry.access_log() if e.status == 206 and digest in e.path)
 
 
 @pytest.fixture
@@ -118,7 +93,7 @@ def test_a_pull_killed_anywhere_leaves_a_clean_store_and_resumes(
             kill(daemon)
             registered, partials = registered_blobs(daemon.root), partial_sizes(daemon.root)
             gets = {layer.digest: registry.blob_gets(layer.digest) for layer in image.layers}
-            ranged = {layer.digest: ranged_gets(registry, layer.digest) for layer in image.layers}
+            ranged = {layer.digest: registry.ranged_gets(layer.digest) for layer in image.layers}
             capsys.readouterr()
             assert main(["fsck", "--root", str(daemon.root)]) == 0, capsys.readouterr().out
             daemon.start()
@@ -132,7 +107,7 @@ def test_a_pull_killed_anywhere_leaves_a_clean_store_and_resumes(
                 if layer.digest in registered or kept == layer.size:
                     assert fetched == 0, f"{layer.digest} fetched again ({after} s)"
                 elif kept:
-                    assert ranged_gets(registry, layer.digest) > ranged[layer.digest], (
+                    assert registry.ranged_gets(layer.digest) > ranged[layer.digest], (
                         f"{layer.digest}: {kept} bytes kept but not resumed ({after} s)"
                     )
             daemon.client().request("DELETE", f"/images/{ref}").read()

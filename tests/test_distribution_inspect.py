@@ -97,9 +97,7 @@ def test_a_private_repository_with_the_clients_login(
     layout: Path,
 ) -> None:
     daemon = start_daemon(insecure_registries=[])
-    certs = daemon.workdir / "certs.d" / tls_registry.host
-    certs.mkdir(parents=True)
-    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    daemon.trust(tls_registry.host, ca)
     built = build_image(layout, layers=[LayerSpec(size=100, seed=7605)])
     seed(tls_registry, layout, "latest", "private/dist:v1")
     ref = f"{tls_registry.host}/private/dist:v1"

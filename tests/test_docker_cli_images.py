@@ -14,8 +14,8 @@ import pytest
 
 from support.daemon import Daemon
 from support.docker_cli import docker
-from support.inventory import Inventory, seed_inventory
-from support.registry import Registry
+from support.inventory import Inventory
+from support.inventory_fixtures import inventory_fixtures
 
 pytestmark = [
     pytest.mark.registry,
@@ -26,15 +26,7 @@ pytestmark = [
 ROW = "{{.Repository}} {{.Tag}} {{.ID}}"
 
 
-@pytest.fixture(scope="module")
-def inventory(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Inventory:
-    return seed_inventory(registry, tmp_path_factory.mktemp("inventory"), "dockercli")
-
-
-@pytest.fixture
-def stocked(daemon: Daemon, inventory: Inventory) -> Daemon:
-    inventory.pull_all(daemon)
-    return daemon
+inventory, stocked = inventory_fixtures("dockercli")
 
 
 def short(image_id: str) -> str:

@@ -56,10 +56,20 @@ def docker(
 
 def trusting(start_daemon: Callable[..., Daemon], ca: trustme.CA, registry: Registry) -> Daemon:
     daemon = start_daemon(insecure_registries=[])
-    certs = daemon.workdir / "certs.d" / registry.host
-    certs.mkdir(parents=True)
-    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    daemon.trust(registry.host, ca)
     return daemon
+
+
+def refused_pull(daemon: Daemon, reference: str, config: Path) -> str:
+    """Pull `reference` without a login: the CLI must fail at once, without prompting
+    for one; what it printed on stderr."""
+    started = time.monotonic()
+    pulled = docker(daemon, "pull", reference, config=config)
+    assert time.monotonic() - started < PROMPT_DEADLINE / 2
+    assert pulled.returncode != 0
+    assert "Login prior to pull" not in pulled.stdout
+    assert "Username" not in pulled.stdout + pulled.stderr
+    return pulled.stderr.strip()
 
 
 def auths(config: Path) -> dict[str, dict[str, str]]:
@@ -123,17 +133,10 @@ def test_docker_pull_without_a_login_fails_at_once_with_dockerds_message_basic(
     daemon = trusting(start_daemon, ca, tls_registry)
     build_image(layout, layers=[LayerSpec(size=1000, seed=7402)])
     seed(tls_registry, layout, "latest", "private/no-login:v1")
-    started = time.monotonic()
 
-    pulled = docker(
-        daemon, "pull", f"{tls_registry.host}/private/no-login:v1", config=docker_config
-    )
+    refused = refused_pull(daemon, f"{tls_registry.host}/private/no-login:v1", docker_config)
 
-    assert time.monotonic() - started < PROMPT_DEADLINE / 2
-    assert pulled.returncode != 0
-    assert "Login prior to pull" not in pulled.stdout
-    assert "Username" not in pulled.stdout + pulled.stderr
-    assert pulled.stderr.strip() == (
+    assert refused == (
         f'Error response from daemon: Get "https://{tls_registry.host}/v2/private/no-login/'
         'manifests/v1": no basic auth credentials'
     )
@@ -221,16 +224,10 @@ def test_docker_pull_without_a_login_fails_at_once_with_dockerds_message_token(
     daemon = trusting(start_daemon, ca, token_registry)
     build_image(layout, layers=[LayerSpec(size=1000, seed=7404)])
     seed(token_registry, layout, "latest", "private/token-none:v1")
-    started = time.monotonic()
 
-    pulled = docker(
-        daemon, "pull", f"{token_registry.host}/private/token-none:v1", config=docker_config
-    )
+    refused = refused_pull(daemon, f"{token_registry.host}/private/token-none:v1", docker_config)
 
-    assert time.monotonic() - started < PROMPT_DEADLINE / 2
-    assert pulled.returncode != 0
-    assert "Login prior to pull" not in pulled.stdout
-    assert pulled.stderr.strip() == (
+    assert refused == (
         f"Error response from daemon: pull access denied for {token_registry.host}/private/"
         "token-none, repository does not exist or may require 'docker login': denied: "
         "requested access to the resource is denied"

@@ -12,6 +12,7 @@ import pytest
 import trustme
 
 from support.daemon import Daemon, errors
+from support.digests import short
 from support.docker_cli import docker
 from support.images import BuiltImage, LayerSpec, build_image, registry_manifest, seed
 from support.registry import PASSWORD, USER, Registry
@@ -21,10 +22,6 @@ pytestmark = [
     pytest.mark.docker_cli,
     pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed"),
 ]
-
-
-def short(digest: str) -> str:
-    return digest.removeprefix("sha256:")[:12]
 
 
 def pulled(daemon: Daemon, registry: Registry, layout: Path, dest: str, seed_: int) -> BuiltImage:

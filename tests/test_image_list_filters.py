@@ -13,21 +13,13 @@ import httpx
 import pytest
 
 from support.daemon import Daemon
-from support.inventory import Inventory, seed_inventory
-from support.registry import Registry
+from support.inventory import Inventory
+from support.inventory_fixtures import inventory_fixtures
 
 pytestmark = pytest.mark.registry
 
 
-@pytest.fixture(scope="module")
-def inventory(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Inventory:
-    return seed_inventory(registry, tmp_path_factory.mktemp("inventory"), "listing")
-
-
-@pytest.fixture
-def stocked(daemon: Daemon, inventory: Inventory) -> Daemon:
-    inventory.pull_all(daemon)
-    return daemon
+inventory, stocked = inventory_fixtures("listing")
 
 
 def _get(daemon: Daemon, path: str, params: dict[str, str] | None = None) -> httpx.Response:

@@ -13,22 +13,14 @@ import httpx
 import pytest
 
 from support.daemon import Daemon
-from support.inventory import Inventory, seed_inventory
-from support.registry import Registry
+from support.inventory import Inventory
+from support.inventory_fixtures import inventory_fixtures
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.registry
 
 
-@pytest.fixture(scope="module")
-def inventory(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Inventory:
-    return seed_inventory(registry, tmp_path_factory.mktemp("inventory"), "pruning")
-
-
-@pytest.fixture
-def stocked(daemon: Daemon, inventory: Inventory) -> Daemon:
-    inventory.pull_all(daemon)
-    return daemon
+inventory, stocked = inventory_fixtures("pruning")
 
 
 def _request(

@@ -7,14 +7,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import anyio
-
 from support.daemon import Daemon, errors
-from support.fakes import FakeRegistry, Request, make_layer
-from support.served import add_image, served
+from support.served import served
+from support.slow_pulls import REPO, held, held_layer
 from support.waiting import wait_until
-
-REPO = "team/app"
 
 
 def jobs(daemon: Daemon) -> list[dict[str, Any]]:
@@ -25,19 +21,8 @@ def jobs(daemon: Daemon) -> list[dict[str, Any]]:
 def test_a_pull_shows_as_a_job_while_it_waits_for_its_manifest_then_with_its_layers(
     start_daemon: Callable[..., Daemon],
 ) -> None:
-    registry = FakeRegistry()
-    layer = make_layer(100_000, seed=401)
-    add_image(registry, "v1", [layer])
-    manifest_released, blob_released = anyio.Event(), anyio.Event()
-
-    async def hold_manifest(request: Request) -> None:
-        await manifest_released.wait()
-
-    async def hold_blob(request: Request) -> None:
-        await blob_released.wait()
-
-    registry.on("GET", f"/v2/{REPO}/manifests/v1", hold_manifest)
-    registry.on("GET", f"/v2/{REPO}/blobs/{layer.digest}", hold_blob)
+    registry, layer, blob_released = held_layer(seed=401)
+    manifest_released = held(registry, "GET", f"/v2/{REPO}/manifests/v1")
     daemon = start_daemon()
     result: list[list[str]] = []
     with served(registry) as (portal, server):

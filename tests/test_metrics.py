@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlencode
 
-import anyio
 import httpx
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -33,8 +32,9 @@ from ferryd.daemon.state import DaemonState
 from ferryd.errors import DigestMismatchError, TransferCancelledError
 from ferryd.metrics import Live, Metrics, outcome_of
 from support.daemon import Daemon, errors
-from support.fakes import FakeRegistry, Reply, Request, UploadRegistry, make_layer
+from support.fakes import FakeRegistry, Reply, UploadRegistry, make_layer
 from support.served import add_image, served
+from support.slow_pulls import held_layer
 from support.waiting import wait_until
 
 REPO = "team/app"
@@ -227,15 +227,7 @@ def test_a_failed_pull_a_failed_transfer_and_a_retry_are_counted(
 def test_a_pull_whose_client_leaves_is_cancelled_and_what_runs_shows_meanwhile(
     start_daemon: Callable[..., Daemon],
 ) -> None:
-    source = FakeRegistry()
-    layer = make_layer(100_000, seed=721)
-    add_image(source, "v1", [layer])
-    release = anyio.Event()
-
-    async def hold(request: Request) -> None:
-        await release.wait()
-
-    source.on("GET", f"/v2/{REPO}/blobs/{layer.digest}", hold)
+    source, _, release = held_layer(seed=721)
     daemon = start_daemon()
     with served(source) as (portal, src):
         with leaving_pull(daemon, f"{src.host}/{REPO}:v1") as leave:

@@ -15,6 +15,7 @@ import httpx
 from support.daemon import Daemon, errors
 from support.fakes import FakeRegistry, Reply, Request, make_layer
 from support.served import add_image, served
+from support.slow_pulls import held_layer
 from support.waiting import wait_until
 
 REPO = "team/app"
@@ -97,15 +98,7 @@ def test_a_request_without_an_id_gets_one(daemon: Daemon) -> None:
 def test_a_shared_transfer_names_every_request_waiting_on_it(
     start_daemon: Callable[..., Daemon],
 ) -> None:
-    registry = FakeRegistry()
-    layer = make_layer(100_000, seed=303)
-    add_image(registry, "v1", [layer])
-    release = anyio.Event()
-
-    async def hold(request: Request) -> None:
-        await release.wait()
-
-    registry.on("GET", f"/v2/{REPO}/blobs/{layer.digest}", hold)
+    registry, _, release = held_layer(seed=303)
     daemon = start_daemon()
     with served(registry) as (portal, server):
         reference = f"{server.host}/{REPO}:v1"

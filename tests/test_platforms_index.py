@@ -13,10 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from ferryd.cli.client import DaemonError
 from support.archives import load, members, save
 from support.daemon import Daemon, errors, now
 from support.digests import sha256
@@ -78,15 +76,6 @@ def seeded(registry: Registry, layout: Path, repository: str, seed_number: int) 
     return index
 
 
-def pull(daemon: Daemon, reference: str, **params: str) -> Messages:
-    """The whole progress stream of a pull; a refusal before it began as its error."""
-    query = {"fromImage": reference, **params}
-    try:
-        return list(daemon.client().stream("POST", "/images/create", query))
-    except DaemonError as exc:
-        return [{"error": str(exc).removeprefix("Error response from daemon: ")}]
-
-
 def push(daemon: Daemon, repository: str, tag: str, **params: str) -> Messages:
     query = {"tag": tag, **params}
     return list(daemon.client().stream("POST", f"/images/{repository}/push", query))
@@ -97,15 +86,6 @@ def tag(daemon: Daemon, source: str, target: str) -> None:
     daemon.client().request(
         "POST", f"/images/{source}/tag", {"repo": repository, "tag": name}
     ).read()
-
-
-def api(daemon: Daemon) -> httpx.Client:
-    return httpx.Client(
-        transport=httpx.HTTPTransport(uds=str(daemon.socket)),
-        base_url="http://ferryd",
-        timeout=60,
-        trust_env=False,
-    )
 
 
 def manifests(daemon: Daemon, name: str) -> dict[str, dict[str, Any]]:
@@ -143,7 +123,7 @@ def test_pull_all_platforms_tag_and_push_keeps_the_index_digest_and_every_platfo
     source = f"{registry.host}/multi/round-{media}:v1"
     target = f"{other_registry.host}/ops/round-{media}:stable"
 
-    pulled = pull(daemon, source, **{"all-platforms": "1"})
+    pulled = daemon.pull(source, **{"all-platforms": "1"})
     tag(daemon, source, target)
     pushed = push(daemon, f"{other_registry.host}/ops/round-{media}", "stable")
 
@@ -176,7 +156,7 @@ def test_platforms_sharing_a_base_layer_are_pulled_at_once_and_the_base_shown_on
     index = seeded(registry, layout, "multi/once:v1", 9720)
     base = index.images[0].layers[0].digest
 
-    pulled = pull(daemon, f"{registry.host}/multi/once:v1", **{"all-platforms": "1"})
+    pulled = daemon.pull(f"{registry.host}/multi/once:v1", **{"all-platforms": "1"})
 
     assert errors(pulled) == []
     assert registry.blob_gets(base) == 1
@@ -196,7 +176,7 @@ def test_a_pull_of_several_platforms_stores_those_and_records_the_index(
     index = seeded(registry, layout, "multi/several:v1", 9720)
     ref = f"{registry.host}/multi/several:v1"
 
-    messages = pull(daemon, ref, platforms=f"{AMD64},{ARM64}")
+    messages = daemon.pull(ref, platforms=f"{AMD64},{ARM64}")
 
     assert errors(messages) == []
     inspected = daemon.inspect(ref)
@@ -229,10 +209,10 @@ def test_a_single_platform_pull_records_the_index_and_a_later_pull_adds_to_it(
     index = seeded(registry, layout, "multi/later:v1", 9730)
     ref = f"{registry.host}/multi/later:v1"
 
-    first = pull(daemon, ref, platform=ARM64)
+    first = daemon.pull(ref, platform=ARM64)
     after_first = available(daemon, ref)
     first_id = daemon.inspect(ref)["Id"]
-    second = pull(daemon, ref)  # the default platform, amd64
+    second = daemon.pull(ref)  # the default platform, amd64
 
     assert errors(first) == errors(second) == []
     assert after_first == {"linux/arm64/v8"}
@@ -256,7 +236,7 @@ def test_a_pull_that_names_a_platform_the_index_lacks_says_what_it_has(
     seeded(registry, layout, "multi/lacks:v1", 9740)
 
     [error] = errors(
-        pull(daemon, f"{registry.host}/multi/lacks:v1", platforms=f"{AMD64},linux/s390x")
+        daemon.pull(f"{registry.host}/multi/lacks:v1", platforms=f"{AMD64},linux/s390x")
     )
 
     assert "linux/s390x" in error
@@ -270,7 +250,7 @@ def test_one_pull_event_per_reference_with_the_platforms_it_stored(
     index = seeded(registry, layout, "multi/events:v1", 9750)
     ref = f"{registry.host}/multi/events:v1"
 
-    assert errors(pull(daemon, ref, **{"all-platforms": "1"})) == []
+    assert errors(daemon.pull(ref, **{"all-platforms": "1"})) == []
 
     [event] = daemon.log_events("image.pull")
     assert event["reference"] == ref
@@ -331,12 +311,12 @@ def test_attestations_come_with_every_platform_or_with_their_platform_and_push_b
     seed(registry, layout, "latest", "multi/attested:v1")
     ref = f"{registry.host}/multi/attested:v1"
 
-    one = pull(daemon, ref)
+    one = daemon.pull(ref)
     after_one = manifests(daemon, ref)["attestation"]
     refused = errors(push(daemon, f"{registry.host}/multi/attested", "v1"))
-    arm = pull(daemon, ref, platforms=f"{ARM64},{AMD64}")
+    arm = daemon.pull(ref, platforms=f"{ARM64},{AMD64}")
     after_arm = manifests(daemon, ref)["attestation"]
-    every = pull(daemon, ref, **{"all-platforms": "1"})
+    every = daemon.pull(ref, **{"all-platforms": "1"})
     tag(daemon, ref, f"{other_registry.host}/ops/attested:v1")
     pushed = push(daemon, f"{other_registry.host}/ops/attested", "v1")
 
@@ -369,8 +349,8 @@ def test_every_platform_includes_other_operating_systems_kept_and_pushed_not_run
     seed(registry, layout, "latest", "multi/windows:v1")
     ref = f"{registry.host}/multi/windows:v1"
 
-    refused = pull(daemon, ref, platform="windows/amd64")
-    every = pull(daemon, ref, **{"all-platforms": "1"})
+    refused = daemon.pull(ref, platform="windows/amd64")
+    every = daemon.pull(ref, **{"all-platforms": "1"})
     tag(daemon, ref, f"{other_registry.host}/ops/windows:v1")
     pushed = push(daemon, f"{other_registry.host}/ops/windows", "v1")
 
@@ -403,8 +383,8 @@ def test_a_mirror_that_lacks_a_platforms_manifest_is_skipped_for_the_registry(
         )
         ref = f"{registry.host}/multi/mirrored:v1"
 
-        from_mirror = pull(daemon, ref)  # the default platform: the mirror has it
-        every = pull(daemon, ref, **{"all-platforms": "1"})
+        from_mirror = daemon.pull(ref)  # the default platform: the mirror has it
+        every = daemon.pull(ref, **{"all-platforms": "1"})
 
     assert errors(from_mirror) == errors(every) == []
     [first, second] = daemon.log_events("image.pull")
@@ -423,7 +403,7 @@ def test_a_push_of_an_index_with_platforms_missing_refuses_and_names_them(
 ) -> None:
     index = seeded(registry, layout, "multi/missing:v1", 9760)
     source = f"{registry.host}/multi/missing:v1"
-    assert errors(pull(daemon, source)) == []
+    assert errors(daemon.pull(source)) == []
     tag(daemon, source, f"{other_registry.host}/ops/missing:v1")
 
     [error] = errors(push(daemon, f"{other_registry.host}/ops/missing", "v1"))
@@ -442,7 +422,7 @@ def test_a_push_with_a_platform_sends_that_platforms_manifest_as_it_was_pulled(
 ) -> None:
     index = seeded(registry, layout, "multi/one:v1", 9770)
     source = f"{registry.host}/multi/one:v1"
-    assert errors(pull(daemon, source, platforms=f"{AMD64},{ARM64}")) == []
+    assert errors(daemon.pull(source, platforms=f"{AMD64},{ARM64}")) == []
     tag(daemon, source, f"{other_registry.host}/ops/one:arm")
 
     pushed = push(
@@ -469,7 +449,7 @@ def test_a_reduced_index_pushes_the_stored_platforms_under_a_new_digest_and_says
 ) -> None:
     index = seeded(registry, layout, "multi/reduced:v1", 9780)
     source = f"{registry.host}/multi/reduced:v1"
-    assert errors(pull(daemon, source, platforms=f"{AMD64},{ARMV7}")) == []
+    assert errors(daemon.pull(source, platforms=f"{AMD64},{ARMV7}")) == []
     tag(daemon, source, f"{other_registry.host}/ops/reduced:v1")
 
     pushed = push(daemon, f"{other_registry.host}/ops/reduced", "v1", **{"reduced-index": "1"})
@@ -506,7 +486,7 @@ def test_the_list_shows_an_index_once_and_its_platforms_in_manifests(
 ) -> None:
     index = seeded(registry, layout, "multi/list:v1", 9790)
     ref = f"{registry.host}/multi/list:v1"
-    assert errors(pull(daemon, ref, **{"all-platforms": "1"})) == []
+    assert errors(daemon.pull(ref, **{"all-platforms": "1"})) == []
 
     plain = daemon.images()
     with_manifests = daemon.client().get_json("/images/json", {"manifests": "1"})
@@ -535,9 +515,9 @@ def test_prune_leaves_the_platforms_of_a_tagged_index_and_prune_all_removes_them
 ) -> None:
     seeded(registry, layout, "multi/prune:v1", 9800)
     ref = f"{registry.host}/multi/prune:v1"
-    assert errors(pull(daemon, ref, **{"all-platforms": "1"})) == []
+    assert errors(daemon.pull(ref, **{"all-platforms": "1"})) == []
 
-    with api(daemon) as client:
+    with daemon.http() as client:
         dangling = client.post("/images/prune").json()
         kept = available(daemon, ref)
         every = client.post(
@@ -556,10 +536,10 @@ def test_rmi_of_an_index_tag_removes_the_platforms_nothing_else_uses(
 ) -> None:
     index = seeded(registry, layout, "multi/rmi:v1", 9810)
     ref = f"{registry.host}/multi/rmi:v1"
-    assert errors(pull(daemon, ref, **{"all-platforms": "1"})) == []
+    assert errors(daemon.pull(ref, **{"all-platforms": "1"})) == []
     tag(daemon, ref, "team/copy:v1")
 
-    with api(daemon) as client:
+    with daemon.http() as client:
         first = client.delete(f"/images/{ref}").json()
         still = available(daemon, "team/copy:v1")
         second = client.delete("/images/team/copy:v1").json()
@@ -580,10 +560,10 @@ def test_rmi_by_id_of_one_platform_needs_force_and_leaves_the_index_without_it(
 ) -> None:
     index = seeded(registry, layout, "multi/rmid:v1", 9820)
     ref = f"{registry.host}/multi/rmid:v1"
-    assert errors(pull(daemon, ref, **{"all-platforms": "1"})) == []
+    assert errors(daemon.pull(ref, **{"all-platforms": "1"})) == []
     arm = index.image("arm64", "v8").config_digest
 
-    with api(daemon) as client:
+    with daemon.http() as client:
         refused = client.delete(f"/images/{arm}")
         forced = client.delete(f"/images/{arm}", params={"force": "1"})
 
@@ -600,10 +580,10 @@ def test_a_tag_that_moves_off_an_index_leaves_it_named_by_its_digest_as_one_imag
 ) -> None:
     old = seeded(registry, layout, "multi/moved:v1", 9830)
     ref = f"{registry.host}/multi/moved:v1"
-    assert errors(pull(daemon, ref, platforms=f"{AMD64},{ARM64}")) == []
+    assert errors(daemon.pull(ref, platforms=f"{AMD64},{ARM64}")) == []
     new = seeded(registry, tmp_path / "new", "multi/moved:v1", 9840)
 
-    assert errors(pull(daemon, ref, platforms=f"{AMD64},{ARM64}")) == []
+    assert errors(daemon.pull(ref, platforms=f"{AMD64},{ARM64}")) == []
 
     rows = {row["Id"]: row for row in daemon.images()}
     assert set(rows) == {new.image("amd64").config_digest, old.image("amd64").config_digest}
@@ -614,7 +594,7 @@ def test_a_tag_that_moves_off_an_index_leaves_it_named_by_its_digest_as_one_imag
     ]
     old_name = f"{registry.host}/multi/moved@{old.digest}"
     assert available(daemon, old_name) == {AMD64, "linux/arm64/v8"}
-    with api(daemon) as client:
+    with daemon.http() as client:
         removed = client.delete(f"/images/{old_name}").json()
     assert {"Deleted": old.digest} in removed
     assert {"Deleted": old.image("arm64", "v8").config_digest} in removed
@@ -633,7 +613,7 @@ def test_save_and_load_keep_the_index_and_a_push_after_the_load_keeps_its_digest
     index = seeded(registry, layout, "multi/saved:v1", 9850)
     ref = f"{registry.host}/multi/saved:v1"
     first = start_daemon(default_platform=AMD64)
-    assert errors(pull(first, ref, **{"all-platforms": "1"})) == []
+    assert errors(first.pull(ref, **{"all-platforms": "1"})) == []
 
     archive = save(first, ref)
     files = members(archive)
@@ -667,7 +647,7 @@ def test_save_with_a_platform_writes_that_platforms_image_alone(
 ) -> None:
     index = seeded(registry, layout, "multi/saveone:v1", 9860)
     ref = f"{registry.host}/multi/saveone:v1"
-    assert errors(pull(daemon, ref, **{"all-platforms": "1"})) == []
+    assert errors(daemon.pull(ref, **{"all-platforms": "1"})) == []
 
     files = members(save(daemon, ref, platform=ARM64))
 
@@ -707,7 +687,7 @@ def test_fsck_checks_an_indexs_blob_and_rows_and_repair_keeps_the_tags(
 ) -> None:
     index = seeded(registry, layout, "multi/fsck:v1", 9880)
     ref = f"{registry.host}/multi/fsck:v1"
-    assert errors(pull(daemon, ref, **{"all-platforms": "1"})) == []
+    assert errors(daemon.pull(ref, **{"all-platforms": "1"})) == []
     clean = json.loads(daemon.client().request("POST", "/fsck").read())
     said = daemon.ferryd("fsck").stdout
     blob = daemon.root / "blobs" / "sha256" / index.digest.removeprefix("sha256:")
@@ -769,7 +749,7 @@ def test_the_cli_pushes_one_platform_or_a_reduced_index(
 ) -> None:
     index = seeded(registry, layout, "multi/clipush:v1", 9900)
     source = f"{registry.host}/multi/clipush:v1"
-    assert errors(pull(daemon, source)) == []
+    assert errors(daemon.pull(source)) == []
     target = f"{other_registry.host}/ops/clipush:v1"
     assert daemon.ferryd("tag", source, target).returncode == 0
 
@@ -800,7 +780,7 @@ def test_the_docker_cli_reads_the_manifests_and_pushes_one_platform(
 ) -> None:
     index = seeded(registry, layout, "multi/docker:v1", 9940)
     ref = f"{registry.host}/multi/docker:v1"
-    assert errors(pull(daemon, ref, platforms=f"{AMD64},{ARM64}")) == []
+    assert errors(daemon.pull(ref, platforms=f"{AMD64},{ARM64}")) == []
     target = f"{other_registry.host}/ops/docker:v1"
 
     inspected = json.loads(docker(daemon, "image", "inspect", ref, config=docker_config).stdout)

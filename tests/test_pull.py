@@ -16,6 +16,7 @@ import pytest
 import trustme
 
 from support.daemon import Daemon, errors, statuses
+from support.digests import short
 from support.images import LayerSpec, PlatformSpec, build_image, build_index, seed
 from support.registry import PASSWORD, USER, Registry, start_registry
 from support.throttle import throttled
@@ -23,10 +24,6 @@ from support.waiting import wait_until
 
 pytestmark = pytest.mark.registry
 MB = 1_000_000
-
-
-def short(digest: str) -> str:
-    return digest.removeprefix("sha256:")[:12]
 
 
 def registry_auth(username: str, password: str) -> str:

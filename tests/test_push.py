@@ -24,7 +24,7 @@ import pytest
 import trustme
 
 from support.daemon import Daemon, errors, statuses
-from support.digests import sha256
+from support.digests import sha256, short
 from support.images import (
     DOCKER_MANIFEST,
     LAYER_TYPES,
@@ -55,10 +55,6 @@ Messages = list[dict[str, Any]]
 # -- helpers -------------------------------------------------------------------
 
 
-def short(digest: str) -> str:
-    return digest.removeprefix("sha256:")[:12]
-
-
 def push_auth(username: str, password: str) -> str:
     """An `X-Registry-Auth` header value, as the docker CLI sends it (base64url JSON)."""
     payload = {"username": username, "password": password}
@@ -74,25 +70,15 @@ def push(
     return list(daemon.client().stream("POST", f"/images/{repository}/push", params, headers))
 
 
-def api(daemon: Daemon) -> httpx.Client:
-    """An httpx client on the daemon's socket, for status codes the stdlib client hides."""
-    return httpx.Client(
-        transport=httpx.HTTPTransport(uds=str(daemon.socket)),
-        base_url="http://ferryd",
-        timeout=60,
-        trust_env=False,
-    )
-
-
 def tag(daemon: Daemon, source: str, target: str) -> httpx.Response:
     """`POST /images/{source}/tag?repo=&tag=`, `target` being `repository:tag`."""
     repository, _, tag_ = target.rpartition(":")
-    with api(daemon) as client:
+    with daemon.http() as client:
         return client.post(f"/images/{source}/tag", params={"repo": repository, "tag": tag_})
 
 
 def rmi(daemon: Daemon, name: str, *, force: bool = False) -> httpx.Response:
-    with api(daemon) as client:
+    with daemon.http() as client:
         return client.delete(f"/images/{name}", params={"force": "1"} if force else None)
 
 
@@ -707,7 +693,7 @@ def test_rmi_of_the_last_tag_deletes_the_image_and_frees_its_blobs(
     assert len([r for r in records if "Deleted" in r]) == 1 + len(built.layers)
     assert daemon.images() == []
     assert daemon.blob_files() == []
-    with api(daemon) as client:
+    with daemon.http() as client:
         assert client.get(f"/images/{ref}/json").status_code == 404
 
 

@@ -14,15 +14,10 @@ from pathlib import Path
 import pytest
 
 from ferryd.cli.reload import ReloadError, _is_daemon, reload_daemon
+from support.daemon import ferryd
 from support.waiting import wait_until
 
 UNITS = Path(__file__).parent.parent / "systemd"
-
-
-def ferryd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ferryd", *args], capture_output=True, text=True, timeout=60
-    )
 
 
 @pytest.fixture

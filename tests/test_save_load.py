@@ -20,7 +20,6 @@ from backports.zstd import ZstdCompressor
 
 from ferryd.daemon.api.access import permission_for
 from support.archives import (
-    api,
     chunked,
     docker24_archive,
     docker25_archive,
@@ -365,7 +364,7 @@ def test_loading_an_image_that_shares_layers_with_a_stored_one_reuses_them(
 
 
 def _manifest_of(daemon: Daemon, image: BuiltImage) -> str:
-    with api(daemon) as client:
+    with daemon.http() as client:
         archive = client.get(f"/images/{image.config_digest}/get").content
     [entry] = json.loads(members(archive)["index.json"])["manifests"]
     return str(entry["digest"])
@@ -379,7 +378,7 @@ def test_saving_by_id_gives_an_untagged_archive_that_loads_by_id(
         first, registry, layout, "saveload/byid:v1", layers=[LayerSpec(size=10_000, seed=7191)]
     )
 
-    with api(first) as client:
+    with first.http() as client:
         archive = client.get(
             f"/images/{built.config_digest.removeprefix('sha256:')[:12]}/get"
         ).content
@@ -417,7 +416,7 @@ def test_unknown_names_and_other_platforms_are_refused_before_any_byte(
     )
     name = f"{registry.host}/saveload/refused:v1"
 
-    with api(daemon) as client:
+    with daemon.http() as client:
         unknown = client.get("/images/get", params=[("names", name), ("names", "no/such:image")])
         by_path = client.get("/images/no/such:image/get")
         arm = client.get(f"/images/{name}/get", params={"platform": "linux/arm64"})
@@ -524,7 +523,7 @@ def test_a_stored_blob_gone_bad_cuts_the_archive_short_instead_of_sending_it(
     data[len(data) // 2] ^= 0xFF
     blob.write_bytes(bytes(data))
 
-    with api(daemon) as client, pytest.raises(httpx.RemoteProtocolError):
+    with daemon.http() as client, pytest.raises(httpx.RemoteProtocolError):
         client.get(f"/images/{name}/get")
 
     [failed] = wait_until(lambda: daemon.log_events("image.save_failed"))
@@ -559,7 +558,7 @@ def test_a_client_that_leaves_mid_save_lets_go_of_the_image(
     )
     name = f"{registry.host}/saveload/left:v1"
 
-    with api(daemon) as client, client.stream("GET", f"/images/{name}/get") as response:
+    with daemon.http() as client, client.stream("GET", f"/images/{name}/get") as response:
         assert response.status_code == 200
         next(response.iter_raw(65536))
 

@@ -9,7 +9,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,7 +69,7 @@ def rows(root: Path) -> dict[str, int]:
 
 
 def test_a_load_killed_anywhere_leaves_all_of_it_or_nothing_and_no_staging(
-    start_daemon: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    start_daemon: Callable[..., Daemon], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     layout = tmp_path / "layout"
     built = build_image(
@@ -81,8 +81,7 @@ def test_a_load_killed_anywhere_leaves_all_of_it_or_nothing_and_no_staging(
         ],
     )
     archive = docker25_archive(layout, built, "team/crash:v1")[0].bytes()
-    assert callable(start_daemon)
-    daemon: Daemon = start_daemon()
+    daemon = start_daemon()
     whole = {"layers": 3, "images": 1, "refs": 1, "manifests": 1}
     started = time.monotonic()
     send_paced(daemon, archive)

@@ -183,14 +183,19 @@ def test_a_blob_that_is_not_what_its_name_says_is_refused(
     assert f"the archive's {name} is not the blob it is named after" in (answer.error or "")
 
 
+def docker24_with_first_layer(layout: Path, built: BuiltImage) -> tuple[bytes, str]:
+    """A docker 24 archive of `built`, and the name of its first `<id>/layer.tar`."""
+    archive = docker24_archive(layout, built, ["team/app:v1"]).bytes()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        first = next(m.name for m in tar.getmembers() if m.name.endswith("layer.tar"))
+    return archive, first
+
+
 def test_a_layer_whose_diff_id_is_not_the_configs_is_refused(
     stocked: Daemon, image: tuple[Path, BuiltImage]
 ) -> None:
     layout, built = image
-    writer = docker24_archive(layout, built, ["team/app:v1"])
-    archive = writer.bytes()
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        [first] = [m.name for m in tar.getmembers() if m.name.endswith("layer.tar")][:1]
+    archive, first = docker24_with_first_layer(layout, built)
     other = TarWriter().file("other-file", b"other content").bytes()
 
     answer = refused(stocked, replaced(archive, first, other))
@@ -202,11 +207,7 @@ def test_a_layer_whose_diff_id_is_not_the_configs_is_refused(
 def test_a_compressed_layer_that_does_not_decompress_is_refused(
     stocked: Daemon, image: tuple[Path, BuiltImage]
 ) -> None:
-    layout, built = image
-    writer = docker24_archive(layout, built, ["team/app:v1"])
-    archive = writer.bytes()
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        [first] = [m.name for m in tar.getmembers() if m.name.endswith("layer.tar")][:1]
+    archive, first = docker24_with_first_layer(*image)
     broken = gzip.compress(b"x" * 10_000)[:-20] + b"\0" * 20
 
     answer = refused(stocked, replaced(archive, first, broken))

@@ -16,7 +16,7 @@ import lzma
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, Protocol, cast
 from backports import zstd
 from isal import isal_zlib
 
-from ferryd.errors import ContentError, DigestMismatchError, disk_error
+from ferryd.errors import ContentError, DigestMismatchError, disk_errors
 from ferryd.oci.digest import Digest, algorithm_of, new_hasher
 from ferryd.oci.mediatypes import Compression
 
@@ -64,8 +64,8 @@ class _Plain:
 
 
 class _Members:
-    """Concatenated gzip members or zstd frames, as `gzip -c a b` writes and Go's reader
-    accepts: when one ends, what follows starts the next."""
+    """Concatenated gzip members, zstd frames or xz and bzip2 streams, as `gzip -c a b`
+    writes and Go's reader accepts: when one ends, what follows starts the next."""
 
     name = ""
     _errors: tuple[type[Exception], ...] = ()
@@ -79,8 +79,10 @@ class _Members:
         raise NotImplementedError
 
     def _rest(self, out: bytes) -> bytes | None:
-        """What to feed again when the current member has not ended; None: wait for more."""
-        raise NotImplementedError
+        """What to feed again when the current member has not ended; None: wait for more.
+
+        zstd's, lzma's and bz2's decompressors say it themselves (`needs_input`)."""
+        return None if self._d.needs_input else b""
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         if not data:  # nothing new; an ended decompressor may raise on empty input
@@ -132,9 +134,6 @@ class _Zstd(_Members):
     def _new(self) -> Any:
         return zstd.ZstdDecompressor()
 
-    def _rest(self, out: bytes) -> bytes | None:
-        return None if self._d.needs_input else b""
-
 
 class _Xz(_Members):
     name = "xz"
@@ -143,9 +142,6 @@ class _Xz(_Members):
     def _new(self) -> Any:
         return lzma.LZMADecompressor(lzma.FORMAT_XZ)
 
-    def _rest(self, out: bytes) -> bytes | None:
-        return None if self._d.needs_input else b""
-
 
 class _Bzip2(_Members):
     name = "bzip2"
@@ -153,9 +149,6 @@ class _Bzip2(_Members):
 
     def _new(self) -> Any:
         return bz2.BZ2Decompressor()
-
-    def _rest(self, out: bytes) -> bytes | None:
-        return None if self._d.needs_input else b""
 
 
 def inflater(compression: Compression, what: str = "layer") -> Inflater:
@@ -228,19 +221,6 @@ class _OrderedHasher:
         self._wait()
 
 
-@contextlib.contextmanager
-def _disk_errors(path: Path) -> Generator[None, None, None]:
-    """An OSError the disk is to blame for (full, read-only, failing) becomes the
-    `StoreError` that tells the operator what to do: never a retry, never a crash."""
-    try:
-        yield
-    except OSError as exc:
-        error = disk_error(exc, path)
-        if error is None:
-            raise
-        raise error from None
-
-
 class LayerSink:
     """Writes a blob to `path`, hashing it and (optionally) its uncompressed content.
 
@@ -282,7 +262,7 @@ class LayerSink:
         """
         self.close()
         self._reset_state()
-        with _disk_errors(self.path):
+        with disk_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a+b", buffering=0)  # noqa: SIM115 - lives on
         self._file.seek(0)
@@ -309,7 +289,7 @@ class LayerSink:
     def restart(self) -> None:
         """Forget everything written: the registry will send the blob from its start."""
         assert self._file is not None
-        with _disk_errors(self.path):
+        with disk_errors(self.path):
             self._file.seek(0)
             self._file.truncate()
         self._reset_state()
@@ -323,7 +303,7 @@ class LayerSink:
         """Stage one: append to the file and hash the blob."""
         assert self._file is not None
         rest = memoryview(batch)
-        with _disk_errors(self.path):
+        with disk_errors(self.path):
             while rest:
                 # A full disk takes what fits, then refuses: count what it took.
                 written = self._file.write(rest) or 0
@@ -366,7 +346,7 @@ class LayerSink:
         it is but does not decompress.
         """
         assert self._file is not None
-        with _disk_errors(self.path):
+        with disk_errors(self.path):
             self._file.flush()
             os.fsync(self._file.fileno())
         return self.verify()
@@ -460,7 +440,7 @@ class ArchiveSink:
         self._file: BinaryIO | None = None
 
     def open(self) -> None:
-        with _disk_errors(self.path):
+        with disk_errors(self.path):
             self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - lives on
 
     def feed(self, batch: bytes) -> None:
@@ -477,7 +457,7 @@ class ArchiveSink:
         self._check(piece)
         assert self._file is not None
         rest = memoryview(piece)
-        with _disk_errors(self.path):
+        with disk_errors(self.path):
             while rest:
                 written = self._file.write(rest) or 0
                 if not written:
@@ -494,7 +474,7 @@ class ArchiveSink:
                 self._write(piece)
         self._inflater.finish()
         assert self._file is not None
-        with _disk_errors(self.path):
+        with disk_errors(self.path):
             os.fsync(self._file.fileno())
         return Digest("sha256:" + self._hasher.hexdigest())
 

@@ -53,9 +53,11 @@ with (dockerd's for the same failure); the API maps errors to answers by nothing
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import os
+from collections.abc import Iterator
 from typing import Self
 
 
@@ -181,6 +183,19 @@ def disk_error(exc: OSError, path: object, root: object | None = None) -> StoreE
             f"I/O error writing {path}: the disk under {where} is failing (see the kernel log)"
         )
     return None
+
+
+@contextlib.contextmanager
+def disk_errors(path: object, root: object | None = None) -> Iterator[None]:
+    """An OSError the disk is to blame for (full, read-only, failing) becomes the
+    `StoreError` that tells the operator what to do (`disk_error`); any other goes on."""
+    try:
+        yield
+    except OSError as exc:
+        error = disk_error(exc, path, root)
+        if error is None:
+            raise
+        raise error from None
 
 
 class RegistryError(FerrydError):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from backports.zstd import ZstdDecompressor
 
 from .daemon import Daemon
@@ -181,11 +180,6 @@ def docker25_archive(layout: Path, image: BuiltImage, tag: str) -> tuple[TarWrit
 # -- the daemon's side -----------------------------------------------------------------
 
 
-def api(daemon: Daemon, timeout: float = 120) -> httpx.Client:
-    transport = httpx.HTTPTransport(uds=str(daemon.socket))
-    return httpx.Client(transport=transport, base_url="http://ferryd", timeout=timeout)
-
-
 @dataclass
 class Answer:
     status: int
@@ -211,14 +205,14 @@ def load(
 ) -> Answer:
     """POST the archive to `/images/load` and read the whole answer."""
     query = {"quiet": "1" if quiet else "0", **params}
-    with api(daemon) as client:
+    with daemon.http() as client:
         response = client.post("/images/load", params=query, content=body)
     messages = [json.loads(line) for line in response.text.splitlines() if line.strip()]
     return Answer(response.status_code, messages)
 
 
 def save(daemon: Daemon, *names: str, **params: str) -> bytes:
-    with api(daemon) as client:
+    with daemon.http() as client:
         response = client.get(
             "/images/get", params=[("names", n) for n in names] + list(params.items())
         )

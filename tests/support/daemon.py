@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trustme
 
 from ferryd.cli.client import Client, DaemonError
@@ -123,6 +124,16 @@ class Daemon:
     def client(self) -> Client:
         return Client(self.host, timeout=120)
 
+    def http(self, timeout: float = 120) -> httpx.Client:
+        """An httpx client on the daemon's socket, for the status codes and headers
+        that `client()` turns into errors."""
+        return httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.socket)),
+            base_url="http://ferryd",
+            timeout=timeout,
+            trust_env=False,
+        )
+
     def ferryd(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Our CLI against this daemon: `ferryd -H <socket> <args>`."""
         return ferryd("-H", self.host, *args)
@@ -132,11 +143,17 @@ class Daemon:
         trust(self.workdir / "certs.d", host, ca)
 
     def pull(
-        self, reference: str, *, platform: str | None = None, auth: str | None = None
+        self,
+        reference: str,
+        *,
+        platform: str | None = None,
+        auth: str | None = None,
+        **query: str,
     ) -> list[dict[str, Any]]:
-        """The whole progress stream of a pull (an error ends it as a message, whether
-        the daemon streamed it or refused with an HTTP status)."""
-        params = {"fromImage": reference}
+        """The whole progress stream of a pull, with `query` as more of its parameters
+        (`platforms=`, `all-platforms=`); an error ends it as a message, whether the
+        daemon streamed it or refused with an HTTP status."""
+        params = {"fromImage": reference, **query}
         if platform:
             params["platform"] = platform
         headers = {"X-Registry-Auth": auth} if auth else {}

@@ -11,3 +11,8 @@ from ferryd.oci.digest import Digest
 def sha256(data: bytes) -> Digest:
     """`sha256:<hex>` of `data`."""
     return Digest("sha256:" + hashlib.sha256(data).hexdigest())
+
+
+def short(digest: str) -> str:
+    """The 12 hex digits docker shows for a digest or ID."""
+    return digest.removeprefix("sha256:")[:12]

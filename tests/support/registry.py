@@ -16,17 +16,19 @@ import signal
 import socket
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Self, TypeVar
 
 import httpx
 import pytest
 import trustme
 
 from .waiting import wait_until
+
+_R = TypeVar("_R", bound="Registry")
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 SKOPEO_BIN = "/usr/bin/skopeo"
@@ -257,7 +259,7 @@ def trust(certs_dir: Path, host: str, ca: trustme.CA) -> None:
     ca.cert_pem.write_to_path(str(certs / "ca.crt"))
 
 
-def _write_tls(workdir: Path, ca: trustme.CA) -> tuple[Path, Path, Path]:
+def write_tls(workdir: Path, ca: trustme.CA) -> tuple[Path, Path, Path]:
     leaf = ca.issue_cert("127.0.0.1", "localhost")
     cert_path = workdir / "server.crt"
     key_path = workdir / "server.key"
@@ -289,19 +291,10 @@ def start_registry(
     storage = workdir / "storage"
     storage.mkdir(exist_ok=True)
     http: dict[str, object] = {"secret": "ferryd-tests-not-secret"}
-    config: dict[str, object] = {
-        "version": 0.1,
-        "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
-        "storage": {
-            "filesystem": {"rootdirectory": str(storage)},
-            "delete": {"enabled": True},
-            "maintenance": {"uploadpurging": {"enabled": False}},
-        },
-        "http": http,
-    }
+    config = registry_config(storage, http)
     ca_cert_pem = cert_dir = None
     if tls is not None:
-        cert_path, key_path, cert_dir = _write_tls(workdir, tls)
+        cert_path, key_path, cert_dir = write_tls(workdir, tls)
         http["tls"] = {"certificate": str(cert_path), "key": str(key_path)}
         ca_cert_pem = tls.cert_pem.bytes()
     username = password = None
@@ -311,13 +304,8 @@ def start_registry(
         _write_htpasswd(htpasswd_path, username, password)
         config["auth"] = {"htpasswd": {"realm": "ferryd-tests", "path": str(htpasswd_path)}}
 
-    config_path = workdir / "config.yml"
-    for attempt in range(3):
-        host = f"127.0.0.1:{free_port()}"
-        http["addr"] = host
-        # JSON is valid YAML, and saves a PyYAML dependency.
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
-        registry = Registry(
+    def make(host: str, config_path: Path) -> Registry:
+        return Registry(
             host=host,
             url=f"{'https' if tls else 'http'}://{host}",
             storage=storage,
@@ -328,6 +316,40 @@ def start_registry(
             password=password,
             cert_dir=cert_dir,
         )
+
+    return start_on_a_free_port(workdir, config, http, make)
+
+
+def registry_config(storage: Path, http: dict[str, object]) -> dict[str, object]:
+    """A registry's config: its storage (deletes on, no upload purging), an access
+    log for the tests to count requests in, and `http`."""
+    return {
+        "version": 0.1,
+        "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(storage)},
+            "delete": {"enabled": True},
+            "maintenance": {"uploadpurging": {"enabled": False}},
+        },
+        "http": http,
+    }
+
+
+def start_on_a_free_port(
+    workdir: Path,
+    config: dict[str, object],
+    http: dict[str, object],
+    make: Callable[[str, Path], _R],
+) -> _R:
+    """Write `config` (its `http` section, given a free loopback port) to
+    ``workdir/config.yml`` and start the registry `make(host, config_path)` builds."""
+    config_path = workdir / "config.yml"
+    for attempt in range(3):
+        host = f"127.0.0.1:{free_port()}"
+        http["addr"] = host
+        # JSON is valid YAML, and saves a PyYAML dependency.
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        registry = make(host, config_path)
         try:
             registry.start()
         except RuntimeError as exc:

@@ -1,5 +1,6 @@
-"""A TCP proxy on loopback that slows what the server sends, so a transfer lasts long
-enough for a test to act while it runs (stop the daemon, look at `ferryd ps`)."""
+"""A TCP proxy on loopback that slows what the server sends (or, `both_ways`, what the
+client sends too: an upload), so a transfer lasts long enough for a test to act while it
+runs (stop the daemon, look at `ferryd ps`)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ _PIECE = 64 * 1024
 
 
 class ThrottledProxy:
-    """Forwards 127.0.0.1:port to `target`; replies at `rate` bytes per second."""
+    """Forwards 127.0.0.1:port to `target`; replies (and, `both_ways`, requests) at
+    `rate` bytes per second."""
 
-    def __init__(self, target: str, rate: float) -> None:
+    def __init__(self, target: str, rate: float, *, both_ways: bool = False) -> None:
         host, _, port = target.rpartition(":")
         self.target = (host, int(port))
         self.rate = rate
+        self.both_ways = both_ways
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
@@ -71,7 +74,7 @@ class ThrottledProxy:
                 return
             self._writers.add(up_writer)
             await asyncio.gather(
-                self._pipe(reader, up_writer, throttled=False),
+                self._pipe(reader, up_writer, throttled=self.both_ways),
                 self._pipe(up_reader, writer, throttled=True),
                 return_exceptions=True,
             )
@@ -95,8 +98,8 @@ class ThrottledProxy:
 
 
 @contextlib.contextmanager
-def throttled(target: str, rate: float) -> Iterator[ThrottledProxy]:
-    proxy = ThrottledProxy(target, rate)
+def throttled(target: str, rate: float, *, both_ways: bool = False) -> Iterator[ThrottledProxy]:
+    proxy = ThrottledProxy(target, rate, both_ways=both_ways)
     proxy.start()
     try:
         yield proxy

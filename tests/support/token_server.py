@@ -46,7 +46,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .registry import PASSWORD, REGISTRY_BIN, USER, Registry, free_port, have_registry_tools
+from .registry import (
+    PASSWORD,
+    REGISTRY_BIN,
+    USER,
+    Registry,
+    have_registry_tools,
+    registry_config,
+    start_on_a_free_port,
+    write_tls,
+)
 
 SERVICE = "ferryd-token-registry"
 ISSUER = "ferryd-test-token-issuer"
@@ -357,41 +366,23 @@ def start_token_registry(
     tokens.start()
     storage = workdir / "storage"
     storage.mkdir(exist_ok=True)
-    leaf = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path = workdir / "server.crt", workdir / "server.key"
-    cert_path.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(key_path))
-    cert_dir = workdir / "certs.d"
-    cert_dir.mkdir(exist_ok=True)
-    ca.cert_pem.write_to_path(str(cert_dir / "ca.crt"))
+    cert_path, key_path, cert_dir = write_tls(workdir, ca)
     http: dict[str, object] = {
         "secret": "ferryd-tests-not-secret",
         "tls": {"certificate": str(cert_path), "key": str(key_path)},
     }
-    config: dict[str, object] = {
-        "version": 0.1,
-        "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
-        "storage": {
-            "filesystem": {"rootdirectory": str(storage)},
-            "delete": {"enabled": True},
-            "maintenance": {"uploadpurging": {"enabled": False}},
-        },
-        "http": http,
-        "auth": {
-            "token": {
-                "realm": tokens.realm,
-                "service": SERVICE,
-                "issuer": ISSUER,
-                "rootcertbundle": str(tokens.root_bundle),
-            }
-        },
+    config = registry_config(storage, http)
+    config["auth"] = {
+        "token": {
+            "realm": tokens.realm,
+            "service": SERVICE,
+            "issuer": ISSUER,
+            "rootcertbundle": str(tokens.root_bundle),
+        }
     }
-    config_path = workdir / "config.yml"
-    for attempt in range(3):
-        host = f"127.0.0.1:{free_port()}"
-        http["addr"] = host
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
-        registry = TokenRegistry(
+
+    def make(host: str, config_path: Path) -> TokenRegistry:
+        return TokenRegistry(
             host=host,
             url=f"https://{host}",
             storage=storage,
@@ -403,15 +394,12 @@ def start_token_registry(
             cert_dir=cert_dir,
             tokens=tokens,
         )
-        try:
-            registry.start()
-        except RuntimeError as exc:
-            if "address already in use" in str(exc) and attempt < 2:
-                continue
-            tokens.stop()
-            raise
-        return registry
-    raise AssertionError("unreachable")
+
+    try:
+        return start_on_a_free_port(workdir, config, http, make)
+    except BaseException:
+        tokens.stop()
+        raise
 
 
 def stop_token_registry(registry: TokenRegistry) -> None:

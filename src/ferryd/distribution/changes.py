@@ -22,19 +22,6 @@ from typing import Any
 
 from ferryd.errors import BadRequestError
 
-_VALID = (
-    "cmd",
-    "entrypoint",
-    "env",
-    "expose",
-    "healthcheck",
-    "label",
-    "onbuild",
-    "stopsignal",
-    "user",
-    "volume",
-    "workdir",
-)
 _WHITESPACE = re.compile(r"[\t\v\f\r ]+")
 _CONTINUATION = re.compile(r"\\[ \t]*$")
 _DEFAULT_SHELL = ["/bin/sh", "-c"]
@@ -75,9 +62,10 @@ def apply_changes(changes: list[str], config: dict[str, Any] | None = None) -> d
     state = _State(result)
     for line in lines:
         name, flags, rest = _split_command(line)
-        if name.lower() not in _VALID:
+        apply = _DISPATCH.get(name.lower())
+        if apply is None:
             raise BadRequestError(f"{name.lower()} is not a valid change command")
-        _DISPATCH[name.lower()](state, _Instruction(name.upper(), flags, rest, line))
+        apply(state, _Instruction(name.upper(), flags, rest, line))
     return result
 
 
@@ -470,8 +458,15 @@ def _healthcheck(state: _State, instruction: _Instruction) -> None:
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9}
-_UNIT_NS["h"] = 3600 * 10**9
+_UNIT_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "ms": 1_000_000,
+    "s": 10**9,
+    "m": 60 * 10**9,
+    "h": 3600 * 10**9,
+}
 
 
 def _duration(text: str, flag: str) -> int:
@@ -498,6 +493,7 @@ def _duration(text: str, flag: str) -> int:
     return nanoseconds
 
 
+# The instructions a change may be (dockerd's validCommitCommands), each with its effect.
 _DISPATCH: dict[str, Callable[[_State, _Instruction], None]] = {
     "cmd": _cmd,
     "entrypoint": _entrypoint,

@@ -35,6 +35,7 @@ import anyio
 
 from ferryd.codec import BATCH_SIZE, ArchiveSink
 from ferryd.distribution.archives import tarstream
+from ferryd.distribution.archives.intake import staged_in
 from ferryd.distribution.changes import apply_changes, empty_config
 from ferryd.distribution.events import ImageEventLogger, failure_logged
 from ferryd.errors import ArchiveError, BadRequestError, ContentError
@@ -44,7 +45,6 @@ from ferryd.oci.platform import Platform
 from ferryd.oci.reference import Reference
 from ferryd.store import Store
 from ferryd.store.gc import forget_unnamed_indexes
-from ferryd.store.staging import staging_directory
 
 DEFAULT_SOURCE = "-"  # fromSrc: the request body
 
@@ -72,13 +72,14 @@ async def import_image(
         raise BadRequestError("operating system is not supported")
     config_section = apply_changes(changes)  # a bad change is refused before any byte
     name = str(reference) if reference else DEFAULT_SOURCE
-    with failure_logged("import", name), staging_directory(store.root) as directory:
-        layer = await _receive(body, directory / "layer.tar")
-        created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        config = _config(platform, config_section, layer.diff_id, message, created)
-        image_id = await anyio.to_thread.run_sync(
-            _commit, store, layer.path, layer.diff_id, layer.size, config, reference
-        )
+    with failure_logged("import", name):
+        async with staged_in(store.root) as directory:
+            layer = await _receive(body, directory / "layer.tar")
+            created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            config = _config(platform, config_section, layer.diff_id, message, created)
+            image_id = await anyio.to_thread.run_sync(
+                _commit, store, layer.path, layer.diff_id, layer.size, config, reference
+            )
     event_logger(image_id, image_id, "import", bytes=layer.size, format=layer.format)
     if reference is not None:
         event_logger(image_id, str(reference), "tag")
@@ -149,7 +150,6 @@ class _LayerCheck:
 
     def __init__(self) -> None:
         self._reader = tarstream.TarReader(self)
-        self.entries = 0
 
     def feed(self, piece: bytes) -> None:
         self._reader.feed(piece)
@@ -159,7 +159,6 @@ class _LayerCheck:
 
     # tarstream.EntryHandler
     def begin(self, entry: tarstream.Entry) -> None:
-        self.entries += 1
         name = _under_root(entry.name)
         if name is None:
             raise ArchiveError(f"refused: {entry.name!r} is outside of the root filesystem")

@@ -16,8 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import structlog
-
+from ferryd.distribution.pull import from_mirrors
 from ferryd.errors import ContentError, RegistryError
 from ferryd.oci.digest import Digest
 from ferryd.oci.image_config import MAX_CONFIG_SIZE
@@ -27,8 +26,6 @@ from ferryd.oci.reference import Reference
 from ferryd.registry.auth import Credentials
 from ferryd.registry.client import RegistryClient
 from ferryd.registry.connector import Connector
-
-log = structlog.get_logger("ferryd.pull")
 
 # The fields of an OCI platform, in the order (and with the names) dockerd writes them.
 _PLATFORM_FIELDS = ("architecture", "os", "os.version", "os.features", "variant")
@@ -42,17 +39,11 @@ async def inspect_distribution(
     meta_headers: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """`{"Descriptor": {mediaType, digest, size}, "Platforms": [...] or None}`."""
-    for mirror in await connector.service.mirror_endpoints(reference.domain):
-        try:
-            client = await connector.open_mirror(mirror, reference.path, meta_headers=meta_headers)
-            return await _inspect(client, reference)
-        except (RegistryError, ContentError) as exc:
-            log.warning(
-                "registry.mirror_failed",
-                mirror=mirror.base_url,
-                reference=str(reference),
-                error=str(exc),
-            )
+    mirrored = await from_mirrors(
+        connector, reference, meta_headers, lambda client: _inspect(client, reference)
+    )
+    if mirrored is not None:
+        return mirrored
     client = await connector.open(
         reference.domain, reference.path, credentials, meta_headers=meta_headers
     )

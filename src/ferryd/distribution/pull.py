@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 import structlog
@@ -46,6 +47,7 @@ from ferryd.oci.mediatypes import INDEX_TYPES
 from ferryd.oci.platform import normalize
 from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
+from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import Endpoint
 from ferryd.store.gc import forget_unnamed_indexes
 from ferryd.store.indexes import default_child
@@ -54,6 +56,8 @@ from ferryd.store.references import Target
 log = structlog.get_logger("ferryd.pull")
 
 DENIED = "denied: requested access to the resource is denied"  # distribution's default
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,19 +97,11 @@ async def _list_tags(repository: Reference, ctx: PullContext) -> list[str]:
     """The repository's tags from its first mirror that lists them, else from the
     registry, as dockerd's pull of every tag asks its endpoints in turn. Mirrors are
     asked anonymously; each that fails is one `registry.mirror_failed` warning."""
-    for mirror in await ctx.connector.service.mirror_endpoints(repository.domain):
-        try:
-            client = await ctx.connector.open_mirror(
-                mirror, repository.path, meta_headers=ctx.meta_headers
-            )
-            return await client.list_tags()
-        except (RegistryError, ContentError) as exc:
-            log.warning(
-                "registry.mirror_failed",
-                mirror=mirror.base_url,
-                reference=str(repository),
-                error=str(exc),
-            )
+    tags = await from_mirrors(
+        ctx.connector, repository, ctx.meta_headers, lambda client: client.list_tags()
+    )
+    if tags is not None:
+        return tags
     client = await ctx.connector.open(
         repository.domain, repository.path, ctx.credentials, meta_headers=ctx.meta_headers
     )
@@ -113,6 +109,29 @@ async def _list_tags(repository: Reference, ctx: PullContext) -> list[str]:
         return await client.list_tags()
     except (AuthenticationError, AccessDeniedError) as exc:
         raise _refused(repository, exc, client.endpoint, "tags/list") from None
+
+
+async def from_mirrors(
+    connector: Connector,
+    reference: Reference,
+    meta_headers: Mapping[str, str] | None,
+    attempt: Callable[[RegistryClient], Awaitable[T]],
+) -> T | None:
+    """What `attempt` gets from the first of the registry's mirrors (in order, asked
+    anonymously) that gives it; None when none does, and the caller asks the registry.
+    Each mirror that fails is one `registry.mirror_failed` warning."""
+    for mirror in await connector.service.mirror_endpoints(reference.domain):
+        try:
+            client = await connector.open_mirror(mirror, reference.path, meta_headers=meta_headers)
+            return await attempt(client)
+        except (RegistryError, ContentError) as exc:
+            log.warning(
+                "registry.mirror_failed",
+                mirror=mirror.base_url,
+                reference=str(reference),
+                error=str(exc),
+            )
+    return None
 
 
 async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = True) -> PullResult:
@@ -242,23 +261,17 @@ async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContex
     and the layers already stored stay for the next pull. Mirrors are used anonymously:
     the client's login is for the registry and never goes to another host.
     """
-    for mirror in await ctx.connector.service.mirror_endpoints(reference.domain):
-        try:
-            client = await ctx.connector.open_mirror(
-                mirror, reference.path, meta_headers=ctx.meta_headers
-            )
-            ctx.job.phase = "manifest"
-            # A mirror that is busy is skipped, not waited for: the registry may not be.
-            source = await _manifest_from(client, client.get_manifest, tag_or_digest, ctx)
-            log.debug("pull.source", reference=str(reference), endpoint=mirror.base_url)
-            return source
-        except (RegistryError, ContentError) as exc:
-            log.warning(
-                "registry.mirror_failed",
-                mirror=mirror.base_url,
-                reference=str(reference),
-                error=str(exc),
-            )
+
+    async def from_mirror(client: RegistryClient) -> _Source:
+        ctx.job.phase = "manifest"
+        # A mirror that is busy is skipped, not waited for: the registry may not be.
+        source = await _manifest_from(client, client.get_manifest, tag_or_digest, ctx)
+        log.debug("pull.source", reference=str(reference), endpoint=client.endpoint.base_url)
+        return source
+
+    mirrored = await from_mirrors(ctx.connector, reference, ctx.meta_headers, from_mirror)
+    if mirrored is not None:
+        return mirrored
     client = await ctx.connector.open(
         reference.domain, reference.path, ctx.credentials, meta_headers=ctx.meta_headers
     )
@@ -380,6 +393,7 @@ class _Fetched:
 
     child: _Child
     config: bytes
+    rootfs: RootFS  # the config's, decoded once
     release: Callable[[], None]
 
 
@@ -417,7 +431,7 @@ async def _pull_image(
     ]
     ctx.job.phase = "layers"
     _, release = await ctx.downloads.download(client, RootFS([]), os, descriptors, progress, stats)
-    return _Fetched(child, raw_config, release)
+    return _Fetched(child, raw_config, rootfs, release)
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,10 +464,11 @@ def _commit(
         with store.db.transaction():
             changed = False
             for item in new:
-                image = item.child.image
-                rootfs = rootfs_of(item.config)
-                size = sum(store.layers.size_of(chain) for chain in chain_ids(rootfs.diff_ids))
-                store.images.put(item.config, media_type=image.config.mediaType, size=size)
+                chains = chain_ids(item.rootfs.diff_ids)
+                size = sum(store.layers.size_of(chain) for chain in chains)
+                store.images.put(
+                    item.config, media_type=item.child.image.config.mediaType, size=size
+                )
             for child in source.children:
                 manifest = child.manifest
                 image_id = Digest(child.image.config.digest)

@@ -31,7 +31,7 @@ from ferryd.errors import (
     StoreError,
 )
 from ferryd.oci.digest import Digest, sha256_digest, short_id
-from ferryd.oci.image_config import rootfs_of
+from ferryd.oci.image_config import RootFS, rootfs_of
 from ferryd.oci.manifest import Descriptor, ImageManifest, decode_index, decode_manifest
 from ferryd.oci.mediatypes import Family, config_type, family_of, manifest_type
 from ferryd.oci.platform import Platform, normalize
@@ -98,9 +98,14 @@ async def push(reference: Reference, ctx: PushContext) -> list[PushResult]:
 
 async def _push(reference: Reference, ctx: PushContext) -> list[PushResult]:
     ctx.progress.write(Message(f"The push refers to repository [{reference.name}]"))
-    tags = _tags_to_push(reference, ctx.store)
-    # Every refusal before a byte goes up: a tag of an incomplete index names what it lacks.
-    plans = [(tag, _plan(tag, target, ctx)) for tag, target in tags]
+
+    def make_plans() -> list[tuple[Reference, _Plan]]:
+        # Every refusal before a byte goes up: a tag of an incomplete index names what
+        # it lacks. In a worker thread: a plan reads the index's bytes from disk.
+        tags = _tags_to_push(reference, ctx.store)
+        return [(tag, _plan(tag, target, ctx)) for tag, target in tags]
+
+    plans = await anyio.to_thread.run_sync(make_plans)
     client = await ctx.connector.open(
         reference.domain,
         reference.path,
@@ -330,15 +335,22 @@ async def _push_image(
     stored manifest it must be pushed with (a platform of an index: its digest is the
     one the index lists)."""
     store = ctx.store
-    raw_config = store.images.get(image_id)
-    rootfs = rootfs_of(raw_config)
-    record = store.images.record(image_id)
-    if record is None:
-        raise ImageNotFoundError(f"No such image: {image_id}")
-    kept = store.manifests.get(keep) if keep is not None else None
-    family = family_of(
-        kept.media_type if kept is not None else ctx.config_media_type or record.config_media_type
-    )
+
+    def stored() -> tuple[bytes, RootFS, str]:
+        """The config, its rootfs, and the media type that says the manifest's format:
+        read in a worker thread, as they are blobs on disk."""
+        raw_config = store.images.get(image_id)
+        rootfs = rootfs_of(raw_config)
+        record = store.images.record(image_id)
+        if record is None:
+            raise ImageNotFoundError(f"No such image: {image_id}")
+        kept = store.manifests.get(keep) if keep is not None else None
+        if kept is not None:
+            return raw_config, rootfs, kept.media_type
+        return raw_config, rootfs, ctx.config_media_type or record.config_media_type
+
+    raw_config, rootfs, media_type = await anyio.to_thread.run_sync(stored)
+    family = family_of(media_type)
     # As moby: the top layer, held for the whole upload, and the stack below it.
     top = ctx.layers.get(rootfs.chain_id())
     ctx.job.phase = "layers"
@@ -358,7 +370,10 @@ async def _push_image(
         top.release()
     ctx.job.phase = "manifest"
     config_descriptor = await _push_config(client, raw_config, family)
-    media_type, raw = _manifest(store, image_id, family, config_descriptor, descriptors, keep)
+    # Off the loop: it reads the image's stored manifests.
+    media_type, raw = await anyio.to_thread.run_sync(
+        _manifest, store, image_id, family, config_descriptor, descriptors, keep
+    )
     if keep is not None and sha256_digest(raw) != keep:
         raise StoreError(
             f"the stored manifest {keep} of image {image_id} does not describe its config "

@@ -3,16 +3,17 @@ one pull or push context per request."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 
 from ferryd.distribution.context import PullContext, PushContext
 from ferryd.distribution.downloads import DownloadManager
 from ferryd.distribution.events import ImageEventLogger
-from ferryd.distribution.jobs import JobBoard
+from ferryd.distribution.jobs import Job, JobBoard
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.pull import PullResult, pull
 from ferryd.distribution.push import PushResult, push
@@ -26,6 +27,19 @@ from ferryd.registry.auth import Credentials
 from ferryd.registry.connector import Connector
 from ferryd.registry.credentials import CredentialStore
 from ferryd.store import Store
+
+
+class _Shared(TypedDict):
+    """The fields of TransferContext: what a pull's and a push's contexts share."""
+
+    store: Store
+    connector: Connector
+    credentials: Credentials
+    meta_headers: Mapping[str, str]
+    progress: ProgressOutput
+    event_logger: ImageEventLogger
+    job: Job
+    metrics: Metrics
 
 
 @dataclass
@@ -48,6 +62,29 @@ class ImageService:
             return given
         return await self.saved_credentials.lookup(domain)
 
+    @asynccontextmanager
+    async def _job(
+        self,
+        action: str,
+        reference: Reference,
+        progress: ProgressOutput,
+        credentials: Credentials,
+        meta_headers: Mapping[str, str] | None,
+    ) -> AsyncIterator[_Shared]:
+        """A pull's or push's job (`ferryd ps`, metrics) while it runs, and the fields
+        of its context that the two share."""
+        with self.metrics.job(action), self.jobs.track(action, str(reference), progress) as job:
+            yield _Shared(
+                store=self.store,
+                connector=self.connector,
+                credentials=await self.credentials_for(reference.domain, credentials),
+                meta_headers=dict(meta_headers or {}),
+                progress=job,
+                event_logger=self.event_logger,
+                job=job,
+                metrics=self.metrics,
+            )
+
     async def pull(
         self,
         reference: Reference,
@@ -62,16 +99,9 @@ class ImageService:
         """Pull `reference`: of an index, the image for `platform` (else the default
         platform), for each of `platforms`, or for every platform (`all_platforms`)."""
         default = self.default_platform or host_platform()
-        with self.metrics.job("pull"), self.jobs.track("pull", str(reference), progress) as job:
+        async with self._job("pull", reference, progress, credentials, meta_headers) as shared:
             ctx = PullContext(
-                store=self.store,
-                connector=self.connector,
-                credentials=await self.credentials_for(reference.domain, credentials),
-                meta_headers=dict(meta_headers or {}),
-                progress=job,
-                event_logger=self.event_logger,
-                job=job,
-                metrics=self.metrics,
+                **shared,
                 downloads=self.downloads,
                 retries=self.downloads.retries,
                 platform=platform or default,
@@ -92,16 +122,9 @@ class ImageService:
         credentials: Credentials,
         meta_headers: Mapping[str, str] | None = None,
     ) -> list[PushResult]:
-        with self.metrics.job("push"), self.jobs.track("push", str(reference), progress) as job:
+        async with self._job("push", reference, progress, credentials, meta_headers) as shared:
             ctx = PushContext(
-                store=self.store,
-                connector=self.connector,
-                credentials=await self.credentials_for(reference.domain, credentials),
-                meta_headers=dict(meta_headers or {}),
-                progress=job,
-                event_logger=self.event_logger,
-                job=job,
-                metrics=self.metrics,
+                **shared,
                 layers=StoreLayerProvider(self.store.layers, self.store.blobs),
                 uploads=self.uploads,
                 platform=platform,

@@ -120,7 +120,9 @@ class UploadManager:
 
         async def work(progress: Broadcast) -> Uploaded:
             result = await with_retries(
-                lambda: self._push_layer(client, layer, _TRANSFER_FAMILY, progress, as_stored),
+                lambda: self._push_layer(
+                    client, layer, _TRANSFER_FAMILY, progress, compression, as_stored
+                ),
                 policy=self.retries,
                 progress=progress,
                 progress_id=layer_id,
@@ -151,11 +153,11 @@ class UploadManager:
         layer: PushLayer,
         family: Family,
         progress: Broadcast,
+        compression: Compression,  # the stored blob's, as `upload` read it
         as_stored: bool = False,
     ) -> Uploaded:
         """Cheapest first: the repository has it, a mount from a sibling, an upload."""
         stored = layer.blob()
-        compression = await anyio.to_thread.run_sync(_compression, layer)
         plain = compression is Compression.NONE and not as_stored
         media_type = _layer_media_type(family, Compression.GZIP if plain else compression)
         # The digests this layer may have in the registry: the stored blob's, or for a

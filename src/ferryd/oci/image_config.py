@@ -64,9 +64,10 @@ def decode_config(raw: bytes) -> ConfigModel:
         raise ImageConfigError(f"malformed image config: {exc}") from None
 
 
-def rootfs_and_os(config: bytes) -> tuple[RootFS, str]:
-    """The layer DiffIDs and OS of a config; refuses an OS this host cannot run."""
-    model = decode_config(config)
+def rootfs_and_os(config: bytes | ConfigModel) -> tuple[RootFS, str]:
+    """The layer DiffIDs and OS of a config (raw, or decoded already: it is not decoded
+    again); refuses an OS this host cannot run."""
+    model = _model(config)
     if model.os == "windows" and sys.platform != "win32":
         raise ImageConfigError(
             f'image operating system "{model.os}" cannot be used on this platform'
@@ -74,10 +75,14 @@ def rootfs_and_os(config: bytes) -> tuple[RootFS, str]:
     return _rootfs(model), model.os
 
 
-def rootfs_of(config: bytes) -> RootFS:
-    """The layer DiffIDs of a config, whatever its OS: an index's images for other
-    operating systems are kept and moved, never run."""
-    return _rootfs(decode_config(config))
+def rootfs_of(config: bytes | ConfigModel) -> RootFS:
+    """The layer DiffIDs of a config (raw, or decoded already), whatever its OS: an
+    index's images for other operating systems are kept and moved, never run."""
+    return _rootfs(_model(config))
+
+
+def _model(config: bytes | ConfigModel) -> ConfigModel:
+    return config if isinstance(config, ConfigModel) else decode_config(config)
 
 
 def _rootfs(model: ConfigModel) -> RootFS:

@@ -30,7 +30,7 @@ from ferryd.errors import (
 )
 from ferryd.oci.reference import DEFAULT_DOMAIN
 from ferryd.registry.bodies import read_body, read_error_body
-from ferryd.registry.errcode import refusal
+from ferryd.registry.errcode import Refusal, refusal
 
 log = structlog.get_logger("ferryd.registry")
 
@@ -212,7 +212,7 @@ class Authenticator:
         if challenge is None:
             return {}
         if challenge.scheme == "basic":
-            return {"Authorization": "Basic " + self._basic()}
+            return {"Authorization": self._basic()}
         if self._credentials.registry_token:
             return {"Authorization": "Bearer " + self._credentials.registry_token}
         token = await self._token(scope)
@@ -246,7 +246,7 @@ class Authenticator:
             )
             error.reason = "no basic auth credentials"  # dockerd's words
             raise error
-        return base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+        return basic_authorization(creds.username, creds.password)
 
     async def _token(self, scope: str) -> str:
         lock = self._locks.setdefault(scope, anyio.Lock())
@@ -257,7 +257,7 @@ class Authenticator:
             log.debug(
                 "registry.token",
                 registry=self._registry,
-                realm=realm.split("://", 1)[-1].split("/", 1)[0],
+                realm=host_of(realm),
                 scope=scope,
                 cached=not fresh,
             )
@@ -280,7 +280,7 @@ class Authenticator:
         try:
             url = httpx.URL(realm)
             if not creds.anonymous:
-                await self._check_realm(url)
+                await check_realm(url, self._registry, self._host, self._insecure)
             if creds.identity_token:
                 form = {
                     "grant_type": "refresh_token",
@@ -301,7 +301,7 @@ class Authenticator:
                 # Merged, not `params=`: that would drop a query the realm already has.
                 request = self._http.build_request("GET", url.copy_merge_params(query))
                 if creds.username:
-                    request.headers["Authorization"] = "Basic " + self._basic()
+                    request.headers["Authorization"] = self._basic()
             if not creds.anonymous:
                 log.info(
                     "registry.credentials_sent", registry=self._registry, host=url.netloc.decode()
@@ -315,7 +315,7 @@ class Authenticator:
                     body = await read_body(response, MAX_TOKEN_ANSWER, what)
                 else:
                     body = await read_error_body(response, what)
-                    reason = _refusal(response, body)
+                    reason = response_refusal(response, body).text
             finally:
                 await response.aclose()
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
@@ -331,27 +331,44 @@ class Authenticator:
         _check_token_status(status, self._registry, creds, reason)
         return _token_from(body, self._registry)
 
-    async def _check_realm(self, url: httpx.URL) -> None:
-        """Credentials go over plain HTTP only to the registry itself, or to a host the
-        operator listed as insecure: a realm is the registry's to name, not to abuse."""
-        host = url.netloc.decode()
-        if url.scheme != "http" or host == self._host:
-            return
-        if self._insecure is not None and await self._insecure(host):
-            return
-        raise AuthenticationError(
-            f"{self._registry}: the token service {url.scheme}://{host} is plain HTTP on "
-            f"another host than the registry; ferryd does not send credentials there "
-            f"unless {host} is listed in insecure_registries"
-        )
+
+async def check_realm(
+    url: httpx.URL,
+    registry: str,
+    registry_host: str,
+    insecure: Callable[[str], Awaitable[bool]] | None,
+) -> None:
+    """Credentials go over plain HTTP only to the registry itself, or to a host the
+    operator listed as insecure: a realm is the registry's to name, not to abuse."""
+    host = url.netloc.decode()
+    if url.scheme != "http" or host == registry_host:
+        return
+    if insecure is not None and await insecure(host):
+        return
+    raise AuthenticationError(
+        f"{registry}: the token service {url.scheme}://{host} is plain HTTP on "
+        f"another host than the registry; ferryd does not send credentials there "
+        f"unless {host} is listed in insecure_registries"
+    )
 
 
-def _refusal(response: httpx.Response, body: bytes) -> str:
-    """The token service's refusal as dockerd words it (`unauthorized: incorrect
-    username or password`)."""
+def basic_authorization(username: str, password: str) -> str:
+    """The Authorization header's value for a Basic login."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def host_of(url: str) -> str:
+    """The host of a URL, for logs: a realm's query may carry more than we want to show."""
+    return url.split("://", 1)[-1].split("/", 1)[0]
+
+
+def response_refusal(response: httpx.Response, body: bytes) -> Refusal:
+    """A registry's or token service's refusal as dockerd reads and words it
+    (`unauthorized: incorrect username or password`): `refusal` of the answer's status,
+    body, content type and challenges."""
     headers = response.headers
     challenges = parse_challenges(headers.get("www-authenticate") or "")
-    return refusal(response.status_code, body, headers.get("content-type"), challenges).text
+    return refusal(response.status_code, body, headers.get("content-type"), challenges)
 
 
 def _check_token_status(status: int, registry: str, creds: Credentials, reason: str) -> None:

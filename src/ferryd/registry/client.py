@@ -31,10 +31,9 @@ from ferryd.errors import (
 from ferryd.oci.digest import Digest, new_hasher, parse_digest, sha256_digest
 from ferryd.oci.manifest import MAX_MANIFEST_SIZE, FetchedManifest, media_type_of
 from ferryd.oci.mediatypes import ACCEPT
-from ferryd.registry.auth import Authenticator, parse_challenge, parse_challenges
+from ferryd.registry.auth import Authenticator, parse_challenge, response_refusal
 from ferryd.registry.bodies import read_body, read_error_body
 from ferryd.registry.endpoints import Endpoint
-from ferryd.registry.errcode import refusal
 
 MAX_REDIRECTS = 10
 # Ask for the bytes as stored: a digest covers them, not a proxy's re-encoding of them.
@@ -452,8 +451,7 @@ def error_for(response: httpx.Response, body: bytes, what: str, registry: str) -
     status = response.status_code
     detail = _registry_message(body)
     suffix = f": {detail}" if detail else ""
-    challenges = parse_challenges(response.headers.get("www-authenticate") or "")
-    said = refusal(status, body, response.headers.get("content-type"), challenges)
+    said = response_refusal(response, body)
     error: RegistryError
     if status == 403 or (status == 401 and said.code == "DENIED"):
         if status == 401:  # the body says only that a login is needed

@@ -17,7 +17,7 @@ from anyio._backends import _asyncio as _anyio_asyncio
 
 from ferryd import __version__
 from ferryd.errors import RegistryUnreachableError
-from ferryd.registry.auth import ANONYMOUS, Authenticator, Credentials
+from ferryd.registry.auth import ANONYMOUS, Authenticator, Credentials, host_of
 from ferryd.registry.client import Attempt, RegistryClient, Route
 from ferryd.registry.endpoints import Endpoint, RegistryService
 
@@ -247,7 +247,7 @@ class Connector:
                         registry=endpoint.domain,
                         endpoint=endpoint.base_url,
                         scheme=challenge.scheme if challenge else None,
-                        realm=_host_of(challenge.params.get("realm", "")) if challenge else None,
+                        realm=host_of(challenge.params.get("realm", "")) if challenge else None,
                     )
                     # A reload since the client was opened makes what it found stale:
                     # use it for this request, but do not remember it.
@@ -266,10 +266,10 @@ class Connector:
         if endpoint is None:
             return None
         auth = self._authenticators.get((endpoint.base_url, credentials))
-        return Route(endpoint, self._client(endpoint), auth) if auth is not None else None
+        return Route(endpoint, self.http_client(endpoint), auth) if auth is not None else None
 
     def _route(self, endpoint: Endpoint, credentials: Credentials) -> Route:
-        http = self._client(endpoint)
+        http = self.http_client(endpoint)
         # A mirror is named by its URL: its refusals are the mirror's, not the registry's.
         name = f"mirror {endpoint.base_url}" if endpoint.mirror else endpoint.domain
         auth = Authenticator(
@@ -279,9 +279,6 @@ class Connector:
 
     def http_client(self, endpoint: Endpoint) -> httpx.AsyncClient:
         """The pooled HTTP client for `endpoint` (a login check talks through it too)."""
-        return self._client(endpoint)
-
-    def _client(self, endpoint: Endpoint) -> httpx.AsyncClient:
         client = self._clients.get(endpoint.base_url)
         if client is None:
             client = _RegistryHTTP(
@@ -312,8 +309,3 @@ class Connector:
             await client.aclose()
         self._clients.clear()
         self._retired.clear()
-
-
-def _host_of(url: str) -> str:
-    """The host of a URL, for logs: a realm's query may carry more than we want to show."""
-    return url.split("://", 1)[-1].split("/", 1)[0]

@@ -18,7 +18,6 @@ unauthorized: incorrect username or password` when its token service does (both 
 
 from __future__ import annotations
 
-import base64
 import http
 import json
 
@@ -34,12 +33,19 @@ from ferryd.errors import (
     TooLargeError,
     TransientRegistryError,
 )
-from ferryd.registry.auth import MAX_TOKEN, MAX_TOKEN_ANSWER, Credentials, parse_challenges
+from ferryd.registry.auth import (
+    MAX_TOKEN,
+    MAX_TOKEN_ANSWER,
+    Credentials,
+    basic_authorization,
+    check_realm,
+    parse_challenges,
+    response_refusal,
+)
 from ferryd.registry.bodies import read_body, read_error_body
 from ferryd.registry.client import transport_error
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import Endpoint
-from ferryd.registry.errcode import refusal
 
 log = structlog.get_logger("ferryd.registry")
 
@@ -71,8 +77,7 @@ async def _login(connector: Connector, endpoint: Endpoint, credentials: Credenti
         token, identity = await _token(connector, endpoint, schemes["bearer"].params, credentials)
         authorization = f"Bearer {token}"
     elif "basic" in schemes and credentials.username and credentials.password:
-        login = f"{credentials.username}:{credentials.password}".encode()
-        authorization = "Basic " + base64.b64encode(login).decode()
+        authorization = basic_authorization(credentials.username, credentials.password)
     elif "basic" in schemes:
         error = AuthorizationError(f'Get "{base}": no basic auth credentials')
         error.reason = "no basic auth credentials"
@@ -120,7 +125,8 @@ async def _token(
         raise RegistryProtocolError(
             f"{endpoint.domain} asked for a bearer token from {realm!r}, which is no URL"
         ) from None
-    await _check_realm(connector, endpoint, url)
+    # As every credential ferryd sends (see `Authenticator`).
+    await check_realm(url, endpoint.domain, endpoint.host, connector.service.is_insecure)
     client = connector.http_client(endpoint)
     service = params.get("service", "")
     if credentials.identity_token:
@@ -140,8 +146,9 @@ async def _token(
             query["account"] = credentials.username
         request = client.build_request("GET", url.copy_merge_params(query))
         if credentials.username and credentials.password:
-            login = f"{credentials.username}:{credentials.password}".encode()
-            request.headers["Authorization"] = "Basic " + base64.b64encode(login).decode()
+            request.headers["Authorization"] = basic_authorization(
+                credentials.username, credentials.password
+            )
     if not credentials.anonymous:
         log.info("registry.credentials_sent", registry=endpoint.domain, host=url.netloc.decode())
     try:
@@ -161,8 +168,7 @@ async def _token(
         ) from None
     status = response.status_code
     if status != 200:
-        challenges = parse_challenges(response.headers.get("www-authenticate") or "")
-        said = refusal(status, body, response.headers.get("content-type"), challenges)
+        said = response_refusal(response, body)
         if status >= 500:
             raise TransientRegistryError(f'Get "{base}": {said.text}')
         error = AuthorizationError(f'Get "{base}": {said.text}')
@@ -185,16 +191,3 @@ def _read_token(body: bytes, domain: str, identity: str) -> tuple[str, str]:
             f"{domain}: the token service sent a token over the limit of {MAX_TOKEN} characters"
         )
     return token, refresh
-
-
-async def _check_realm(connector: Connector, endpoint: Endpoint, url: httpx.URL) -> None:
-    """A login goes over plain HTTP only to the registry itself or to a host the
-    operator listed as insecure, as every credential ferryd sends (see `Authenticator`)."""
-    host = url.netloc.decode()
-    if url.scheme != "http" or host == endpoint.host or await connector.service.is_insecure(host):
-        return
-    raise AuthenticationError(
-        f"{endpoint.domain}: the token service {url.scheme}://{host} is plain HTTP on another "
-        f"host than the registry; ferryd does not send credentials there unless {host} is "
-        "listed in insecure_registries"
-    )

@@ -15,9 +15,10 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ferryd.errors import DigestMismatchError, StoreError, disk_error
+from ferryd.errors import DigestMismatchError, StoreError, disk_errors
 from ferryd.oci.digest import Digest, algorithm_of, hex_of, sha256_digest
 from ferryd.store.refcount import RefCounter
 
@@ -47,17 +48,10 @@ class BlobStore:
     def partial_dir(self) -> Path:
         return self._partial
 
-    @contextlib.contextmanager
-    def disk_errors(self, path: Path) -> Iterator[None]:
+    def disk_errors(self, path: Path) -> AbstractContextManager[None]:
         """An OSError the disk is to blame for (full, read-only, failing) becomes the
         `StoreError` that tells the operator what to do."""
-        try:
-            yield
-        except OSError as exc:
-            error = disk_error(exc, path, self.root)
-            if error is None:
-                raise
-            raise error from None
+        return disk_errors(path, self.root)
 
     @contextlib.contextmanager
     def pinned(self, *digests: Digest) -> Iterator[None]:

@@ -38,6 +38,12 @@ def remove_image(store: Store, image_id: Digest) -> tuple[list[Digest], set[Dige
     Returns the deleted layers' ChainIDs and the blobs nothing references any more:
     pass those to `delete_blobs` once the transaction has committed.
     """
+    layers, candidates = _remove_rows(store, image_id)
+    return layers, candidates - kept_blobs(store)
+
+
+def _remove_rows(store: Store, image_id: Digest) -> tuple[list[Digest], set[Digest]]:
+    """`remove_image` but for the last step: the blobs its rows used, kept or not."""
     candidates = {image_id, *store.manifests.digests_of(image_id)}
     store.references.delete_image(image_id)
     store.manifests.delete_image(image_id)
@@ -46,7 +52,7 @@ def remove_image(store: Store, image_id: Digest) -> tuple[list[Digest], set[Dige
     for layer in unused:
         store.layers.delete(layer.chain_id)
         candidates.add(layer.blob_digest)
-    return [layer.chain_id for layer in unused], candidates - kept_blobs(store)
+    return [layer.chain_id for layer in unused], candidates
 
 
 def kept_blobs(store: Store) -> set[Digest]:
@@ -105,7 +111,9 @@ def release(store: Store, images: Iterable[Digest]) -> Released:
     for image_id in candidates:
         if store.images.record(image_id) is None or in_use(store, image_id):
             continue
-        layers, blobs = remove_image(store, image_id)
+        # What the rows used is checked against what stays once, at the end: a scan of
+        # every layer, image, manifest and index per image removed bought nothing.
+        layers, blobs = _remove_rows(store, image_id)
         released.images.append(image_id)
         released.layers += layers
         released.blobs |= blobs

@@ -6,7 +6,13 @@ import time
 from dataclasses import dataclass
 
 from ferryd.oci.digest import Digest
-from ferryd.oci.image_config import RootFS, decode_config, rootfs_and_os, rootfs_of
+from ferryd.oci.image_config import (
+    ConfigModel,
+    RootFS,
+    decode_config,
+    rootfs_and_os,
+    rootfs_of,
+)
 from ferryd.store.blobs import BlobStore
 from ferryd.store.db import Database
 
@@ -36,7 +42,7 @@ class ImageConfigStore:
         of an index for other operating systems are kept too.
         """
         model = decode_config(config)
-        rootfs = rootfs_of(config)
+        rootfs = rootfs_of(model)
         image_id = self._blobs.put(config)
         self._db.execute(
             "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -56,7 +62,7 @@ class ImageConfigStore:
     def get(self, image_id: Digest) -> bytes:
         return self._blobs.get(image_id)
 
-    def rootfs_and_os(self, config: bytes) -> tuple[RootFS, str]:
+    def rootfs_and_os(self, config: bytes | ConfigModel) -> tuple[RootFS, str]:
         """The layer DiffIDs and OS of a config; refuses an OS this host cannot run."""
         return rootfs_and_os(config)
 

@@ -162,10 +162,6 @@ class IndexStore:
         """Every stored index: blobs garbage collection must keep."""
         return {Digest(row["digest"]) for row in self._db.all("SELECT digest FROM indexes")}
 
-    def count(self) -> int:
-        row = self._db.one("SELECT count(*) AS n FROM indexes")
-        return int(row["n"]) if row is not None else 0
-
     def delete(self, digest: Digest) -> None:
         """Forget an index and its entries (its blob is garbage collection's)."""
         self._db.execute("DELETE FROM index_entries WHERE index_digest = ?", (digest,))

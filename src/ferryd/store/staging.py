@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from ferryd.errors import disk_error
+from ferryd.errors import disk_errors
 
 STAGING_DIR = "loading"
 
@@ -34,16 +34,10 @@ def staging_directory(root: Path) -> Iterator[Path]:
     """A new, empty directory under `root/loading/`, removed (with whatever was written
     to it) when the block ends; the sweep leaves it alone until then."""
     base = root / STAGING_DIR
-    try:
-        with _lock:
-            base.mkdir(mode=0o700, exist_ok=True)
-            path = Path(tempfile.mkdtemp(dir=base, prefix="load-"))
-            _active.add(path)
-    except OSError as exc:
-        error = disk_error(exc, base, root)
-        if error is None:
-            raise
-        raise error from None
+    with disk_errors(base, root), _lock:
+        base.mkdir(mode=0o700, exist_ok=True)
+        path = Path(tempfile.mkdtemp(dir=base, prefix="load-"))
+        _active.add(path)
     try:
         yield path
     finally:

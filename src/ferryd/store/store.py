@@ -17,7 +17,7 @@ from ferryd.errors import (
     ImageNotFoundError,
     InvalidReferenceError,
     StoreInUseError,
-    disk_error,
+    disk_errors,
 )
 from ferryd.oci.digest import Digest
 from ferryd.oci.reference import parse_reference
@@ -97,17 +97,12 @@ class Store:
         nothing and changes no mode.
         """
         mode = root_mode if root_mode is not None else ROOT_MODE
-        try:
+        with disk_errors(root, root):
             if not root.is_dir():
                 root.mkdir(mode=mode, parents=True, exist_ok=True)
                 os.chmod(root, mode)  # whatever the umask took away
             self.root = root
             self._lock = _lock_root(root)
-        except OSError as exc:
-            error = disk_error(exc, root, root)
-            if error is None:
-                raise
-            raise error from None
         try:
             self.mode_fixes = fix_modes(root, root_mode) if root_mode is not None else []
             self.reserve = SpaceReserve(root / RESERVE_NAME)

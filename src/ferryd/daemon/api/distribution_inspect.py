@@ -8,8 +8,9 @@ import re
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ferryd.daemon.api.params import meta_headers
+from ferryd.daemon.api.params import service as service_of
 from ferryd.distribution.inspect import inspect_distribution
-from ferryd.distribution.service import ImageService
 from ferryd.errors import FerrydError, InvalidRegistryAuthError
 from ferryd.oci.reference import parse_reference
 from ferryd.registry.auth import ANONYMOUS, Credentials, decode_registry_auth
@@ -25,11 +26,10 @@ async def inspect(request: Request) -> Response:
     if _IMAGE_ID.fullmatch(name):
         raise FerrydError("no manifest found for full image ID")
     reference = parse_reference(name)
-    service: ImageService = request.app.state.service
+    service = service_of(request)
     credentials = await service.credentials_for(reference.domain, _credentials(request))
-    meta = {k: v for k, v in request.headers.items() if k.lower().startswith("x-meta-")}
     answer = await inspect_distribution(
-        service.connector, reference, credentials, meta_headers=meta
+        service.connector, reference, credentials, meta_headers=meta_headers(request)
     )
     return JSONResponse(answer)
 

@@ -44,6 +44,7 @@ class StoredImage:
     created: float  # the config's `created`, else when ferryd stored it (as listed)
     model: ConfigModel
     chains: tuple[Digest, ...]  # its layers' ChainIDs, bottom first
+    size: int  # as the store records it (the listing's `Size`)
     references: tuple[Reference, ...]
     index: Digest | None = None  # the index its references name (the first, by name)
     # No reference gives it, but an index lists it: a platform of a multi-platform image,
@@ -76,6 +77,7 @@ def stored_images(store: Store) -> list[StoredImage]:
                 _created(model.created) or record.created,
                 model,
                 tuple(chain_ids(rootfs.diff_ids)),
+                record.size,
                 tuple(reference for reference, _ in targets),
                 index,
                 in_index=not targets and bool(index_users(store, image_id)),
@@ -140,8 +142,18 @@ def list_images(
                 continue
         elif dangling_only and tags:
             continue
-        summary = image_summary(store, image.id, index=image.index, manifests=manifests)
-        summary.update(RepoTags=tags, RepoDigests=digests)
+        # The config and names stored_images read: not read again for the summary.
+        summary = image_summary(
+            store,
+            image.id,
+            image.model,
+            created=image.created,
+            size=image.size,
+            tags=tags,
+            digests=digests,
+            index=image.index,
+            manifests=manifests,
+        )
         if shared_size:
             summary["SharedSize"] = shared.get(image.id, 0)
         listed.append((image.created, summary))

@@ -3,6 +3,7 @@ list, history and prune are in inventory.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -12,20 +13,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ferryd.daemon.api import imports
 from ferryd.daemon.api.archives import platform_param
+from ferryd.daemon.api.params import flag, meta_headers
+from ferryd.daemon.api.params import service as service_of
 from ferryd.daemon.api.shapes import image_inspect
 from ferryd.daemon.api.streaming import ProgressStream
 from ferryd.distribution.progress import ProgressOutput
-from ferryd.distribution.service import ImageService
 from ferryd.errors import BadRequestError
 from ferryd.oci.digest import parse_digest
 from ferryd.oci.platform import parse_platform
 from ferryd.oci.reference import Reference, parse_reference, parse_repository
 from ferryd.registry.auth import ANONYMOUS, Credentials, decode_registry_auth
-
-
-def _service(request: Request) -> ImageService:
-    service: ImageService = request.app.state.service
-    return service
 
 
 async def create(request: Request) -> Response:
@@ -50,7 +47,7 @@ async def create(request: Request) -> Response:
         for text in value.split(",")
         if text.strip()
     )
-    every = _flag(query.get("all-platforms", ""))
+    every = flag(query.get("all-platforms", ""))
     if every and (wanted is not None or several):
         raise BadRequestError(
             "all-platforms pulls every platform: platform and platforms cannot be given with it"
@@ -58,12 +55,10 @@ async def create(request: Request) -> Response:
     if several and wanted is not None:
         several = tuple(dict.fromkeys((wanted, *several)))
         wanted = None
-    credentials = _credentials(request)
-    meta = {k: v for k, v in request.headers.items() if k.lower().startswith("x-meta-")}
-    service = _service(request)
-
-    async def job(progress: ProgressOutput) -> None:
-        await service.pull(
+    service = service_of(request)
+    return _streamed(
+        request,
+        lambda progress, credentials, meta: service.pull(
             reference,
             progress,
             platform=wanted,
@@ -71,9 +66,8 @@ async def create(request: Request) -> Response:
             all_platforms=every,
             credentials=credentials,
             meta_headers=meta,
-        )
-
-    return _Asgi(ProgressStream(job, request.app.state.daemon.stop_jobs))
+        ),
+    )
 
 
 async def push(request: Request) -> Response:
@@ -84,26 +78,23 @@ async def push(request: Request) -> Response:
     name = request.path_params["name"]
     tag = request.query_params.get("tag", "")
     platform = platform_param(request.query_params.get("platform", ""))
-    reduced = _flag(request.query_params.get("reduced-index", ""))
+    reduced = flag(request.query_params.get("reduced-index", ""))
     if platform is not None and reduced:
         raise BadRequestError("platform pushes one image: reduced-index cannot be given with it")
     repository = parse_repository(name)
     reference = repository.with_tag(tag) if tag else repository
-    credentials = _credentials(request)
-    meta = {k: v for k, v in request.headers.items() if k.lower().startswith("x-meta-")}
-    service = _service(request)
-
-    async def job(progress: ProgressOutput) -> None:
-        await service.push(
+    service = service_of(request)
+    return _streamed(
+        request,
+        lambda progress, credentials, meta: service.push(
             reference,
             progress,
             platform=platform,
             reduced_index=reduced,
             credentials=credentials,
             meta_headers=meta,
-        )
-
-    return _Asgi(ProgressStream(job, request.app.state.daemon.stop_jobs))
+        ),
+    )
 
 
 async def tag(request: Request) -> Response:
@@ -111,23 +102,23 @@ async def tag(request: Request) -> Response:
     query = request.query_params
     repository = parse_repository(query.get("repo", ""))
     target = repository.with_tag(query.get("tag") or "latest")
-    await _service(request).tag(request.path_params["name"], target)
+    await service_of(request).tag(request.path_params["name"], target)
     return Response(status_code=201)
 
 
 async def delete(request: Request) -> Response:
     """`DELETE /images/{name}?force=`: untag, and delete what nothing names any more."""
     force = request.query_params.get("force", "").lower() in ("1", "true")
-    records = await _service(request).remove(request.path_params["name"], force=force)
+    records = await service_of(request).remove(request.path_params["name"], force=force)
     return JSONResponse(records)
 
 
 async def inspect(request: Request) -> Response:
     """`GET /images/{name}/json?manifests=`: a name of an index shows its `Descriptor`
     and `Manifests`; `manifests=1` shows a single image's too."""
-    service = _service(request)
+    service = service_of(request)
     name = request.path_params["name"]
-    manifests = _flag(request.query_params.get("manifests", ""))
+    manifests = flag(request.query_params.get("manifests", ""))
 
     def describe() -> dict[str, Any]:
         store = service.store
@@ -151,9 +142,19 @@ def _pull_reference(from_image: str, tag: str) -> Reference:
     return parse_reference(from_image, default_tag=False)
 
 
-def _flag(value: str) -> bool:
-    """dockerd's BoolValue: anything but empty, `0`, `no`, `false` or `none` is true."""
-    return value.strip().lower() not in ("", "0", "no", "false", "none")
+def _streamed(
+    request: Request,
+    run: Callable[[ProgressOutput, Credentials, dict[str, str]], Awaitable[object]],
+) -> Response:
+    """A pull or push as a progress stream, with the client's login and `X-Meta-*`
+    headers; a login header it cannot read is refused here, before the stream starts."""
+    credentials = _credentials(request)
+    meta = meta_headers(request)
+
+    async def job(progress: ProgressOutput) -> None:
+        await run(progress, credentials, meta)
+
+    return _Asgi(ProgressStream(job, request.app.state.daemon.stop_jobs))
 
 
 def _credentials(request: Request) -> Credentials:

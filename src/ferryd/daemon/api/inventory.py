@@ -18,9 +18,10 @@ from ferryd.daemon.api.image_filters import (
     stored_images,
     until,
 )
+from ferryd.daemon.api.params import flag
+from ferryd.daemon.api.params import service as service_of
 from ferryd.daemon.api.shapes import _created
 from ferryd.distribution.prune import prune
-from ferryd.distribution.service import ImageService
 from ferryd.errors import BadRequestError, ImageConfigError, InvalidFilterError
 from ferryd.oci.digest import chain_ids
 from ferryd.oci.image_config import decode_config, rootfs_of
@@ -30,15 +31,8 @@ PRUNE_FILTERS = frozenset({"dangling", "label", "label!", "until"})
 DISK_USAGE_TYPES = ("container", "image", "volume", "build-cache")
 
 
-def _service(request: Request) -> ImageService:
-    service: ImageService = request.app.state.service
-    return service
-
-
 def _flag(request: Request, name: str) -> bool:
-    """dockerd's BoolValue: anything but empty, `0`, `no`, `false` or `none` is true."""
-    value = request.query_params.get(name, "").strip().lower()
-    return value not in ("", "0", "no", "false", "none")
+    return flag(request.query_params.get(name, ""))
 
 
 async def images(request: Request) -> Response:
@@ -46,7 +40,7 @@ async def images(request: Request) -> Response:
     filters = Filters.parse(request.query_params.get("filters", ""), LIST_FILTERS)
     shared_size = _flag(request, "shared-size")
     manifests = _flag(request, "manifests")
-    store = _service(request).store
+    store = service_of(request).store
 
     def collect() -> list[dict[str, Any]]:
         return list_images(store, filters, shared_size=shared_size, manifests=manifests)
@@ -56,7 +50,7 @@ async def images(request: Request) -> Response:
 
 async def history(request: Request) -> Response:
     """`GET /images/{name}/history`: the config's build steps, newest first."""
-    store = _service(request).store
+    store = service_of(request).store
     name = request.path_params["name"]
     return JSONResponse(await anyio.to_thread.run_sync(image_history, store, name))
 
@@ -105,7 +99,7 @@ async def prune_images(request: Request) -> Response:
     if len(untils) > 1:
         raise InvalidFilterError("more than one until filter specified")
     cutoff = until(next(iter(untils))) if untils else None
-    service = _service(request)
+    service = service_of(request)
 
     def run() -> dict[str, Any]:
         candidates = [
@@ -142,7 +136,7 @@ async def disk_usage(request: Request) -> Response:
         if kind not in DISK_USAGE_TYPES:
             raise BadRequestError(f"unknown object type: {kind}")
     wanted = set(kinds or DISK_USAGE_TYPES)
-    store = _service(request).store
+    store = service_of(request).store
 
     def usage() -> dict[str, Any]:
         answer: dict[str, Any] = {

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ferryd.oci.digest import Digest, chain_ids
-from ferryd.oci.image_config import decode_config, rootfs_of
+from ferryd.oci.image_config import ConfigModel, decode_config, rootfs_of
 from ferryd.store import Store
 from ferryd.store.images import ImageRecord
 from ferryd.store.indexes import IndexEntry
@@ -23,23 +23,29 @@ _ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
 def image_summary(
-    store: Store, image_id: Digest, *, index: Digest | None = None, manifests: bool = False
+    store: Store,
+    image_id: Digest,
+    model: ConfigModel,
+    *,
+    created: float,
+    size: int,
+    tags: list[str],
+    digests: list[str],
+    index: Digest | None = None,
+    manifests: bool = False,
 ) -> dict[str, Any]:
-    """One entry of `GET /images/json`: of an image named through `index`, with the
-    index's `Descriptor`, and with `manifests` its `Manifests` (API 1.47)."""
-    record = store.images.record(image_id)
-    assert record is not None
-    model = decode_config(store.images.get(image_id))
-    tags, digests = _names(store, image_id)
+    """One entry of `GET /images/json`, from what the listing has already read (the
+    config, its names as the filters kept them): of an image named through `index`,
+    with the index's `Descriptor`, and with `manifests` its `Manifests` (API 1.47)."""
     summary: dict[str, Any] = {
         "Id": image_id,
         "ParentId": "",
         "RepoTags": tags,
         "RepoDigests": digests,
-        "Created": int(_created(model.created) or record.created),
-        "Size": record.size,
+        "Created": int(created),
+        "Size": size,
         "SharedSize": -1,
-        "VirtualSize": record.size,
+        "VirtualSize": size,
         "Labels": (model.config or {}).get("Labels") or {},
         "Containers": -1,
     }

@@ -17,8 +17,12 @@ archive are aliases (docker before 25 and skopeo write them for repeated layers)
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import anyio
 
 from ferryd.codec import BATCH_SIZE, LayerSink, detect_compression
 from ferryd.distribution.archives import tarstream
@@ -26,6 +30,7 @@ from ferryd.distribution.archives.layout import SMALL_FILES, digest_of
 from ferryd.errors import ArchiveError, ContentError
 from ferryd.oci.digest import Digest, algorithm_of, hex_of
 from ferryd.oci.mediatypes import Compression
+from ferryd.store.staging import staging_directory
 
 MAX_ENTRIES = 100_000  # files and links; docker's own archives have a few per layer
 _MAX_LINK_HOPS = 16
@@ -46,6 +51,20 @@ class StagedFile:
     uncompressed_size: int
     compression: Compression
     broken: ContentError | None = None
+
+
+@contextlib.asynccontextmanager
+async def staged_in(root: Path) -> AsyncIterator[Path]:
+    """`staging_directory`, made and removed in a worker thread: removing what a load or
+    an import staged (gigabytes, when its layers were stored already or it was refused)
+    must not stall the event loop."""
+    staging = staging_directory(root)
+    directory = await anyio.to_thread.run_sync(staging.__enter__)
+    try:
+        yield directory
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(staging.__exit__, None, None, None)
 
 
 def clean_name(raw: str) -> str:
@@ -202,7 +221,6 @@ class Intake:
         self._open: list[_EntrySink] = []  # sinks not yet closed (stage two may hold them)
         self._jobs: list[Job] = []
         self._count = 0
-        self.staged_bytes = 0
         self.complete = True  # False: the archive ended without its end-of-archive marker
         # Layer-like files (not JSON) that ended since the caller last looked: (id, size).
         self.finished: list[tuple[str, int]] = []
@@ -242,7 +260,6 @@ class Intake:
     def data(self, chunk: bytes) -> None:
         sink = self._sink
         if sink is not None:
-            self.staged_bytes += len(chunk)
             inflate = sink.write(chunk)
             if inflate is not None:
                 self._jobs.append((sink, inflate))

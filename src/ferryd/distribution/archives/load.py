@@ -43,7 +43,14 @@ import anyio
 from ferryd.codec import ARCHIVE_SNIFF, BATCH_SIZE, Inflater, archive_inflater
 from ferryd.concurrency import single_errors
 from ferryd.distribution.archives import layout
-from ferryd.distribution.archives.intake import Intake, Job, StagedFile, clean_name, progress_id
+from ferryd.distribution.archives.intake import (
+    Intake,
+    Job,
+    StagedFile,
+    clean_name,
+    progress_id,
+    staged_in,
+)
 from ferryd.distribution.archives.tarstream import TarReader
 from ferryd.distribution.events import ImageEventLogger, failure_logged
 from ferryd.distribution.progress import Message, ProgressOutput
@@ -82,7 +89,6 @@ from ferryd.store import Store
 from ferryd.store.gc import forget_unnamed_indexes
 from ferryd.store.indexes import default_child
 from ferryd.store.references import Target
-from ferryd.store.staging import staging_directory
 
 # Decompressed archive bytes one worker call handles at most before it gives the event
 # loop a turn (progress, cancellation): a small gzip member can inflate a thousandfold.
@@ -128,16 +134,19 @@ async def load_archive(
     archive that is broken, hostile or cut short, with nothing stored. A loaded index's
     names give its image for `default_platform` (this host's when None)."""
     started = time.monotonic()
-    with failure_logged("load", "archive"), staging_directory(store.root) as directory:
-        intake = Intake(directory)
-        try:
-            received = await _receive(body, intake, None if quiet else progress)
-        finally:
-            intake.abort()
-        plans = await anyio.to_thread.run_sync(_plan, intake, platform)
-        loaded = await anyio.to_thread.run_sync(
-            _commit, store, plans, default_platform or host_platform()
-        )
+    with failure_logged("load", "archive"):
+        async with staged_in(store.root) as directory:
+            intake = Intake(directory)
+            try:
+                received = await _receive(body, intake, None if quiet else progress)
+            finally:
+                # Closing a file waits for its DiffID hashing to drain: in a thread.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(intake.abort)
+            plans = await anyio.to_thread.run_sync(_plan, intake, platform)
+            loaded = await anyio.to_thread.run_sync(
+                _commit, store, plans, default_platform or host_platform()
+            )
     seconds = round(time.monotonic() - started, 3)
     for image in loaded:
         for reference, before in image.replaced:
@@ -498,8 +507,8 @@ def _check_size(staged: StagedFile, descriptor: Descriptor) -> None:
 
 def _config(raw: bytes, where: str) -> tuple[Digest, list[Digest], Platform]:
     try:
-        rootfs, _ = rootfs_and_os(raw)
         model = decode_config(raw)
+        rootfs, _ = rootfs_and_os(model)  # decoded once
     except ContentError as exc:
         raise ArchiveError(f"the archive's image config {where}: {exc}") from None
     platform = normalize(model.os, model.architecture, model.variant)
@@ -761,7 +770,7 @@ def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[L
             if plan.manifest is not None:
                 pin(sha256_digest(plan.manifest.raw))
         for indexed in planned.indexes:
-            pin(sha256_digest(indexed.index.raw))
+            pin(indexed.index.digest)  # what it is put under below
         # Blob files first, each fsync'd, outside the transaction: the database lock is
         # never held across a disk flush, and a row never points at a missing blob.
         _move_in(store, moving)

@@ -24,7 +24,6 @@ than a corrupt archive.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from ferryd.errors import (
     InvalidReferenceError,
     PlatformNotFoundError,
 )
-from ferryd.oci.digest import Digest, algorithm_of, chain_ids, hex_of, sha256_digest
+from ferryd.oci.digest import Digest, algorithm_of, chain_ids, hex_of, new_hasher, sha256_digest
 from ferryd.oci.image_config import rootfs_of
 from ferryd.oci.manifest import (
     Descriptor,
@@ -94,7 +93,6 @@ class _Index:
     image_id: Digest  # the image its names give (listed with them in manifest.json)
     children: list[tuple[Digest, Digest]]  # (manifest, image ID) of the platforms stored
     tags: list[Reference] = field(default_factory=list)
-    named: bool = False  # asked for by a name (a tag or digest) or by its digest
 
 
 @dataclass
@@ -149,7 +147,7 @@ async def _blob_pieces(entry: _Entry) -> AsyncIterator[bytes]:
     assert entry.path is not None
     assert entry.digest is not None
     digest = entry.digest
-    hasher = hashlib.new(algorithm_of(digest))
+    hasher = new_hasher(digest)
     try:
         file: BinaryIO = await anyio.to_thread.run_sync(entry.path.open, "rb")
     except FileNotFoundError:
@@ -206,7 +204,6 @@ def prepare_export(store: Store, names: list[str], platform: Platform | None) ->
                         indexed = indexes[stored.digest] = _index(store, stored, target, pinned)
                         for _, child in indexed.children:
                             image_of(child)
-                    indexed.named = True
                     if tag is not None and tag not in indexed.tags:
                         indexed.tags.append(tag)
                     continue
@@ -351,16 +348,14 @@ def _entries(
             index.append(index_descriptor)
         blobs.setdefault(
             indexed.index.digest,
-            _Entry(layout.blob_name(indexed.index.digest), len(indexed.raw), data=indexed.raw),
+            _data(layout.blob_name(indexed.index.digest), indexed.raw),
         )
         for manifest_digest, _ in indexed.children:
             child = store.manifests.get(manifest_digest)
             if child is not None and manifest_digest not in blobs:
                 store.blobs.pins.acquire(manifest_digest)
                 pinned.append(manifest_digest)
-                blobs[manifest_digest] = _Entry(
-                    layout.blob_name(manifest_digest), len(child.raw), data=child.raw
-                )
+                blobs[manifest_digest] = _data(layout.blob_name(manifest_digest), child.raw)
         listed_tags.setdefault(indexed.image_id, []).extend(
             tag for tag in indexed.tags if tag not in listed_tags.get(indexed.image_id, [])
         )
@@ -380,7 +375,7 @@ def _entries(
             if digest not in blobs:
                 store.blobs.pins.acquire(digest)
                 pinned.append(digest)
-                blobs[digest] = _Entry(layout.blob_name(digest), len(raw), data=raw)
+                blobs[digest] = _data(layout.blob_name(digest), raw)
             descriptor: dict[str, object] = {
                 "mediaType": media_type,
                 "digest": digest,
@@ -391,7 +386,7 @@ def _entries(
                 descriptor["annotations"] = layout.annotations_for(tag)
             index.append(descriptor)
         config_name = layout.blob_name(image.image_id)
-        blobs.setdefault(image.image_id, _Entry(config_name, len(image.config), data=image.config))
+        blobs.setdefault(image.image_id, _data(config_name, image.config))
         if not image.standalone and image.image_id not in in_manifest_json:
             # An attestation: its blobs are in the OCI part, it is no image to docker.
             for layer in image.layers:
@@ -428,15 +423,15 @@ def _entries(
             top = hex_of(image.layers[-1].blob_digest) if image.layers else ""
             repositories.setdefault(tag.familiar_name, {})[tag.tag] = top
     entries = [
-        _Entry(layout.OCI_LAYOUT, len(layout.OCI_LAYOUT_CONTENT), data=layout.OCI_LAYOUT_CONTENT),
+        _data(layout.OCI_LAYOUT, layout.OCI_LAYOUT_CONTENT),
         _json(layout.INDEX_JSON, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index}),
-        _Entry(layout.MANIFEST_JSON, 0, data=layout.encode_manifest_json(items)),
+        _data(layout.MANIFEST_JSON, layout.encode_manifest_json(items)),
     ]
     if repositories:
         entries.append(_json(layout.REPOSITORIES, repositories))
     entries += [_Entry("blobs/", 0), _Entry("blobs/sha256/", 0)]
     entries += blobs.values()
-    return [_sized(entry) for entry in entries]
+    return entries
 
 
 def _platform(record: ImageRecord) -> dict[str, str]:
@@ -447,14 +442,11 @@ def _platform(record: ImageRecord) -> dict[str, str]:
 
 
 def _json(name: str, value: object) -> _Entry:
-    data = msgspec.json.encode(value)
+    return _data(name, msgspec.json.encode(value))
+
+
+def _data(name: str, data: bytes) -> _Entry:
     return _Entry(name, len(data), data=data)
-
-
-def _sized(entry: _Entry) -> _Entry:
-    if entry.data is not None and entry.size != len(entry.data):
-        return _Entry(entry.name, len(entry.data), data=entry.data)
-    return entry
 
 
 def _manifest(store: Store, image: _Image, tag: Reference | None) -> tuple[str, bytes]:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import trustme
 
+from ferryd.store import Store
 from support import forkserver
 from support.app import in_process_api
 from support.daemon import Daemon
@@ -103,6 +104,14 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield start
     for daemon in started:
         daemon.stop_later()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A store opened in this process on tmp_path/root."""
+    opened = Store(tmp_path / "root")
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

@@ -19,8 +19,7 @@ from support.registry import Registry
 
 def _post(daemon: Daemon, path: str, params: dict[str, str]) -> httpx.Response:
     """A request whose status the test reads itself (the CLI client raises on >= 400)."""
-    transport = httpx.HTTPTransport(uds=str(daemon.socket))
-    with httpx.Client(transport=transport, base_url="http://ferryd", timeout=60) as client:
+    with daemon.http(timeout=60) as client:
         return client.post(path, params=params)
 
 

@@ -13,8 +13,7 @@ from support.daemon import Daemon
 
 
 def _request(daemon: Daemon, method: str, path: str) -> httpx.Response:
-    transport = httpx.HTTPTransport(uds=str(daemon.socket))
-    with httpx.Client(transport=transport, base_url="http://ferryd", timeout=60) as client:
+    with daemon.http(timeout=60) as client:
         return client.request(method, path)
 
 

@@ -527,15 +527,15 @@ async def test_new_waiter_does_not_join_a_cancelled_transfer(env: Env, big: Fake
     env.assert_stored(big)
 
 
-@pytest.mark.parametrize(
-    "first_answer_delay", [0.0, 0.1], ids=["first-ends-first", "second-ends-first"]
-)
-async def test_same_blob_with_two_diff_ids_at_once(
-    env: Env, big: FakeLayer, first_answer_delay: float
-) -> None:
+@pytest.mark.parametrize("first", ["right", "wrong"], ids=["right-first", "wrong-first"])
+async def test_same_blob_with_two_diff_ids_at_once(env: Env, big: FakeLayer, first: str) -> None:
     # One image config says the right DiffID, another (wrongly) a different one: the
     # wrong pull must fail on its own without harming the right one or the store.
+    # Transfers of one blob take turns on its partial file: `first` takes it, and the
+    # other starts, and waits its turn, before the first's answer is sent.
     wrong = DownloadDescriptor(env.descriptor(big).descriptor, make_layer(10).diff_id, "r", REPO)
+    layers: dict[str, FakeLayer | DownloadDescriptor] = {"right": big, "wrong": wrong}
+    [second] = layers.keys() - {first}
     outcomes: dict[str, BaseException | RootFS] = {}
     answered = 0
 
@@ -543,7 +543,7 @@ async def test_same_blob_with_two_diff_ids_at_once(
         nonlocal answered
         answered += 1
         if answered == 1:
-            await anyio.sleep(first_answer_delay)
+            await await_until(lambda: env.manager.active == 2, what="the second transfer")
         return env.registry.blob_reply(request, big.digest, big.blob)
 
     env.registry.on("GET", BLOB_PATH, answer)
@@ -555,12 +555,16 @@ async def test_same_blob_with_two_diff_ids_at_once(
             outcomes[name] = exc
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(pull, "right", big)
-        tg.start_soon(pull, "wrong", wrong)
+        tg.start_soon(pull, first, layers[first])
+        await await_until(env.blob_gets, what="the first GET")  # `first` has the partial file
+        tg.start_soon(pull, second, layers[second])
 
     assert outcomes["right"] == RootFS([big.diff_id])
     assert isinstance(outcomes["wrong"], DiffIDMismatchError)
     env.assert_stored(big)
+    # In turn: the wrong pull checks the blob the right one stored, or the right one
+    # fetches it again after the wrong one failed.
+    assert len(env.blob_gets()) == (1 if first == "right" else 2)
 
 
 # -- failures that fit their retry ------------------------------------------------------

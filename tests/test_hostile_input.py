@@ -7,7 +7,6 @@ import base64
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 
 from ferryd.errors import (
@@ -49,8 +48,7 @@ def test_registry_auth_with_a_field_of_the_wrong_type_is_refused_naming_it(
 
 
 def test_the_api_answers_400_to_registry_auth_of_the_wrong_type(daemon: Daemon) -> None:
-    transport = httpx.HTTPTransport(uds=str(daemon.socket))
-    with httpx.Client(transport=transport, base_url="http://ferryd", timeout=30) as client:
+    with daemon.http(timeout=30) as client:
         response = client.post(
             "/images/create",
             params={"fromImage": "127.0.0.1:1/x", "tag": "v1"},

@@ -62,10 +62,9 @@ def api(daemon: Daemon) -> Iterator[Any]:
 def post_import(
     daemon: Daemon, body: bytes | Iterator[bytes], params: dict[str, Any] | None = None
 ) -> httpx.Response:
-    transport = httpx.HTTPTransport(uds=str(daemon.socket))
-    with httpx.Client(transport=transport, timeout=120) as http:
+    with daemon.http() as http:
         return http.post(
-            "http://ferryd/v1.47/images/create",
+            "/v1.47/images/create",
             params={"fromSrc": "-", **(params or {})},
             content=body,
         )

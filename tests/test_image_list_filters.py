@@ -23,8 +23,7 @@ inventory, stocked = inventory_fixtures("listing")
 
 
 def _get(daemon: Daemon, path: str, params: dict[str, str] | None = None) -> httpx.Response:
-    transport = httpx.HTTPTransport(uds=str(daemon.socket))
-    with httpx.Client(transport=transport, base_url="http://ferryd", timeout=60) as client:
+    with daemon.http(timeout=60) as client:
         return client.get(path, params=params)
 
 

@@ -26,8 +26,7 @@ inventory, stocked = inventory_fixtures("pruning")
 def _request(
     daemon: Daemon, method: str, path: str, params: dict[str, Any] | None = None
 ) -> httpx.Response:
-    transport = httpx.HTTPTransport(uds=str(daemon.socket))
-    with httpx.Client(transport=transport, base_url="http://ferryd", timeout=60) as client:
+    with daemon.http(timeout=60) as client:
         return client.request(method, path, params=params)
 
 

@@ -29,15 +29,13 @@ def trusting(start_daemon: Callable[..., Daemon], ca: trustme.CA, *registries: R
     """A daemon that verifies TLS and trusts the tests' CA for these registries."""
     daemon = start_daemon(insecure_registries=[])
     for registry in registries:
-        certs = daemon.workdir / "certs.d" / registry.host
-        certs.mkdir(parents=True)
-        ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+        daemon.trust(registry.host, ca)
     return daemon
 
 
 def post_auth(daemon: Daemon, body: dict[str, Any]) -> httpx.Response:
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket)), timeout=60) as http:
-        return http.post("http://ferryd/v1.47/auth", json=body)
+    with daemon.http(timeout=60) as http:
+        return http.post("/v1.47/auth", json=body)
 
 
 def login(daemon: Daemon, **body: Any) -> dict[str, Any]:
@@ -169,8 +167,8 @@ def test_a_login_to_nowhere_says_it_cannot_reach_the_registry(daemon: Daemon) ->
 def test_a_login_that_cannot_be_read_is_a_bad_request(
     daemon: Daemon, body: bytes, expected: str
 ) -> None:
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(daemon.socket))) as http:
-        response = http.post("http://ferryd/auth", content=body)
+    with daemon.http() as http:
+        response = http.post("/auth", content=body)
 
     assert response.status_code == 400
     assert expected in response.json()["message"]

@@ -62,17 +62,8 @@ class Scrape:
         return [have for have, _ in self.samples.get(name, [])]
 
 
-def api(daemon: Daemon) -> httpx.Client:
-    return httpx.Client(
-        transport=httpx.HTTPTransport(uds=str(daemon.socket)),
-        base_url="http://ferryd",
-        timeout=60,
-        trust_env=False,
-    )
-
-
 def scrape(daemon: Daemon) -> Scrape:
-    with api(daemon) as client:
+    with daemon.http(timeout=60) as client:
         answer = client.get("/metrics")
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"] == CONTENT_TYPE_LATEST
@@ -108,7 +99,7 @@ def test_a_pull_and_a_push_are_counted_with_their_bytes_layers_and_routes(
     add_image(source, "v2", [shared, second])
     target = UploadRegistry()
     daemon = start_daemon()
-    with served(source) as (_, src), served(target) as (_, dst), api(daemon) as client:
+    with served(source) as (_, src), served(target) as (_, dst), daemon.http(timeout=60) as client:
         v1, v2 = f"{src.host}/{REPO}:v1", f"{src.host}/{REPO}:v2"
         assert errors(daemon.pull(v1)) == []  # fetches shared and first
         assert errors(daemon.pull(v2)) == []  # reuses shared, fetches second
@@ -268,7 +259,7 @@ def test_a_scrape_of_a_store_of_hundreds_of_blobs_is_fast(daemon: Daemon) -> Non
         data = rng.randbytes(rng.randrange(1, 4096))
         (daemon.root / "blobs" / "sha256" / hashlib.sha256(data).hexdigest()).write_bytes(data)
         sizes += len(data)
-    with api(daemon) as client:
+    with daemon.http(timeout=60) as client:
         client.get("/metrics")
         took = []
         for _ in range(15):

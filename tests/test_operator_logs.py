@@ -23,8 +23,7 @@ MiB = 1 << 20
 
 
 def pull_with_id(daemon: Daemon, reference: str, request_id: str) -> httpx.Response:
-    transport = httpx.HTTPTransport(uds=str(daemon.socket))
-    with httpx.Client(transport=transport, base_url="http://ferryd", timeout=60) as client:
+    with daemon.http(timeout=60) as client:
         return client.post(
             "/images/create",
             params={"fromImage": reference},
@@ -87,8 +86,7 @@ def test_the_request_id_is_answered_and_names_the_pull_and_its_transfers(
 
 
 def test_a_request_without_an_id_gets_one(daemon: Daemon) -> None:
-    transport = httpx.HTTPTransport(uds=str(daemon.socket))
-    with httpx.Client(transport=transport, base_url="http://ferryd") as client:
+    with daemon.http() as client:
         first = client.get("/images/json").headers["X-Request-ID"]
         second = client.get("/images/json", headers={"X-Request-ID": "bad id!"})
     assert first

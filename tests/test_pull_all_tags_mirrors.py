@@ -10,7 +10,7 @@ import pytest
 
 from support.daemon import Daemon, errors
 from support.images import LayerSpec, build_image, seed
-from support.registry import Registry, free_port, start_registry
+from support.registry import Registry, start_registry
 
 pytestmark = [pytest.mark.registry, pytest.mark.daemon]
 
@@ -33,9 +33,9 @@ def two_tags(target: Registry, tmp_path: Path, repository: str, seed_: int) -> l
 
 
 def test_pull_all_tags_from_a_mirror_when_the_registry_is_unreachable(
-    mirror: Registry, start_daemon: Callable[..., Daemon], tmp_path: Path
+    mirror: Registry, start_daemon: Callable[..., Daemon], tmp_path: Path, refused_port: int
 ) -> None:
-    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    dead = f"127.0.0.1:{refused_port}"  # nothing listens there
     ids = two_tags(mirror, tmp_path, "every/app", 7701)
     daemon = start_daemon(registry_mirrors={dead: [mirror.url]})
 
@@ -49,9 +49,9 @@ def test_pull_all_tags_from_a_mirror_when_the_registry_is_unreachable(
 
 
 def test_pull_all_tags_falls_back_to_the_registry_when_the_mirror_cannot_list_them(
-    registry: Registry, start_daemon: Callable[..., Daemon], tmp_path: Path
+    registry: Registry, start_daemon: Callable[..., Daemon], tmp_path: Path, refused_port: int
 ) -> None:
-    down = f"http://127.0.0.1:{free_port()}"  # a mirror that is not there
+    down = f"http://127.0.0.1:{refused_port}"  # a mirror that is not there
     ids = two_tags(registry, tmp_path, "every/origin", 7711)
     daemon = start_daemon(registry_mirrors={registry.host: [down]})
 

@@ -12,7 +12,6 @@ import lzma
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -25,11 +24,12 @@ from support.archives import (
     docker25_archive,
     load,
     members,
+    pulled,
     save,
     store_state,
 )
 from support.daemon import Daemon, errors
-from support.digests import sha256
+from support.digests import sha256, short
 from support.images import (
     BuiltImage,
     LayerSpec,
@@ -58,23 +58,12 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         yield reg
 
 
-def pulled(daemon: Daemon, registry: Registry, layout: Path, dest: str, **spec: Any) -> BuiltImage:
-    built = build_image(layout, **spec)
-    seed(registry, layout, "latest", dest)
-    assert errors(daemon.pull(f"{registry.host}/{dest}")) == []
-    return built
-
-
 def push(daemon: Daemon, source: str, target: str) -> None:
     repository, _, tag = target.rpartition(":")
     client = daemon.client()
     client.request("POST", f"/images/{source}/tag", {"repo": repository, "tag": tag}).read()
     messages = list(client.stream("POST", f"/images/{repository}/push", {"tag": tag}))
     assert errors(messages) == []
-
-
-def short(digest: str) -> str:
-    return digest.removeprefix("sha256:")[:12]
 
 
 def test_pull_save_load_push_gives_the_registry_the_same_manifest_digests(

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from support.archives import docker25_archive
-from support.daemon import Daemon, errors
+from support.archives import docker25_archive, pulled
+from support.daemon import Daemon, ferryd
 from support.digests import sha256
-from support.images import BuiltImage, LayerSpec, build_image, seed, skopeo_inspect_raw
+from support.images import LayerSpec, build_image, skopeo_inspect_raw
 from support.registry import Registry, run_skopeo, skopeo_workdir
 
 
-def ferryd(*args: str, host: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def piped(*args: str, host: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """`ferryd` with an archive through its stdin or stdout: bytes, which
+    `support.daemon.ferryd` (text) cannot carry."""
     return subprocess.run(
         [sys.executable, "-m", "ferryd", "--host", host, *args],
         input=stdin,
@@ -52,28 +54,28 @@ def in_terminal(*args: str, host: str) -> tuple[int, str]:
     return process.wait(60), output.decode(errors="replace")
 
 
-def pulled(daemon: Daemon, registry: Registry, layout: Path, dest: str, seed_: int) -> BuiltImage:
-    built = build_image(layout, layers=[LayerSpec(size=60_000, seed=seed_)], media="docker")
-    seed(registry, layout, "latest", dest)
-    assert errors(daemon.pull(f"{registry.host}/{dest}")) == []
-    return built
-
-
 @pytest.mark.registry
 def test_ferryd_save_to_a_file_and_load_it_into_another_daemon(
     registry: Registry, start_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     first, second = start_daemon(), start_daemon()
-    built = pulled(first, registry, tmp_path / "layout", "clisave/app:v1", 7501)
+    built = pulled(
+        first,
+        registry,
+        tmp_path / "layout",
+        "clisave/app:v1",
+        layers=[LayerSpec(size=60_000, seed=7501)],
+        media="docker",
+    )
     name = f"{registry.host}/clisave/app:v1"
     archive = tmp_path / "app.tar"
 
-    saved = ferryd("save", name, "-o", str(archive), host=first.host)
-    loaded = ferryd("load", "-i", str(archive), host=second.host)
+    saved = first.ferryd("save", name, "-o", str(archive))
+    loaded = second.ferryd("load", "-i", str(archive))
 
     assert saved.returncode == 0, saved.stderr
     assert loaded.returncode == 0, loaded.stderr
-    assert loaded.stdout.decode().splitlines() == [f"Loaded image: {name}"]
+    assert loaded.stdout.splitlines() == [f"Loaded image: {name}"]
     assert second.inspect(name)["Id"] == built.config_digest
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -85,10 +87,10 @@ def test_ferryd_load_reads_stdin_and_save_writes_stdout(
     built = build_image(tmp_path / "layout", layers=[LayerSpec(size=30_000, seed=7511)])
     archive = docker25_archive(tmp_path / "layout", built, "team/piped:v1")[0].bytes()
 
-    loaded = ferryd("load", host=first.host, stdin=archive)
-    saved = ferryd("save", "team/piped:v1", host=first.host)
-    again = ferryd("load", "-q", host=second.host, stdin=saved.stdout)
-    nowhere = ferryd("save", "team/piped:v1", "-o", str(tmp_path / "no" / "x.tar"), host=first.host)
+    loaded = piped("load", host=first.host, stdin=archive)
+    saved = piped("save", "team/piped:v1", host=first.host)
+    again = piped("load", "-q", host=second.host, stdin=saved.stdout)
+    nowhere = first.ferryd("save", "team/piped:v1", "-o", str(tmp_path / "no" / "x.tar"))
 
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.decode().splitlines() == ["Loaded image: team/piped:v1"]
@@ -96,24 +98,25 @@ def test_ferryd_load_reads_stdin_and_save_writes_stdout(
     assert again.returncode == 0, again.stderr
     assert second.inspect("team/piped:v1")["Id"] == built.config_digest
     assert nowhere.returncode == 1
-    assert f"Error: cannot write {tmp_path / 'no'}".encode() in nowhere.stderr
+    assert f"Error: cannot write {tmp_path / 'no'}" in nowhere.stderr
 
 
 @pytest.mark.registry
 def test_ferryd_save_as_an_oci_directory_gives_a_layout_skopeo_pushes_unchanged(
     registry: Registry, daemon: Daemon, tmp_path: Path
 ) -> None:
-    built = pulled(daemon, registry, tmp_path / "layout", "clisave/oci:v1", 7521)
+    built = pulled(
+        daemon,
+        registry,
+        tmp_path / "layout",
+        "clisave/oci:v1",
+        layers=[LayerSpec(size=60_000, seed=7521)],
+        media="docker",
+    )
     directory = tmp_path / "oci-dir"
 
-    saved = ferryd(
-        "save",
-        "--format",
-        "oci-dir",
-        "-o",
-        str(directory),
-        f"{registry.host}/clisave/oci:v1",
-        host=daemon.host,
+    saved = daemon.ferryd(
+        "save", "--format", "oci-dir", "-o", str(directory), f"{registry.host}/clisave/oci:v1"
     )
     run_skopeo(
         [
@@ -160,13 +163,13 @@ def test_ferryd_load_of_a_broken_archive_and_save_of_an_unknown_image_fail_with_
     broken.write_bytes(b"nothing like a tar" * 1000)
     output = tmp_path / "out.tar"
 
-    loaded = ferryd("load", "-i", str(broken), host=daemon.host)
-    saved = ferryd("save", "no/such:image", "-o", str(output), host=daemon.host)
+    loaded = daemon.ferryd("load", "-i", str(broken))
+    saved = daemon.ferryd("save", "no/such:image", "-o", str(output))
 
     assert loaded.returncode == 1
-    assert b"Error response from daemon: not a tar archive" in loaded.stderr
+    assert "Error response from daemon: not a tar archive" in loaded.stderr
     assert saved.returncode == 1
-    assert b"No such image: no/such:image" in saved.stderr
+    assert "No such image: no/such:image" in saved.stderr
     assert not output.exists()
 
 
@@ -222,7 +225,7 @@ def chunk(data: bytes) -> bytes:
 STREAM_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
 )
-UNFINISHED = b"the load did not finish: the daemon's answer ended before it said what it loaded"
+UNFINISHED = "the load did not finish: the daemon's answer ended before it said what it loaded"
 PROGRESS = (
     json.dumps({"status": "Loading layer", "id": "0123456789ab", "progressDetail": {}}).encode()
     + b"\r\n"
@@ -244,16 +247,16 @@ PROGRESS = (
     ids=["ended", "cut"],
 )
 def test_ferryd_load_exits_non_zero_when_the_answer_ends_without_its_final_status(
-    tmp_path: Path, answer: bytes, message: bytes
+    tmp_path: Path, answer: bytes, message: str
 ) -> None:
     archive = tmp_path / "image.tar"
     archive.write_bytes(bytes(10_240))
     with fake_daemon(tmp_path, answer) as host:
-        result = ferryd("load", "-i", str(archive), host=host)
+        result = ferryd("-H", host, "load", "-i", str(archive))
 
     assert result.returncode == 1
     assert message in result.stderr
-    assert b"Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_ferryd_save_exits_non_zero_and_keeps_no_file_when_the_archive_is_cut(
@@ -264,8 +267,8 @@ def test_ferryd_save_exits_non_zero_and_keeps_no_file_when_the_archive_is_cut(
     )
     output = tmp_path / "out.tar"
     with fake_daemon(tmp_path, head + chunk(bytes(4096))) as host:
-        result = ferryd("save", "some/image", "-o", str(output), host=host)
+        result = ferryd("-H", host, "save", "some/image", "-o", str(output))
 
     assert result.returncode == 1
-    assert b"the daemon's archive ended early" in result.stderr
+    assert "the daemon's archive ended early" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.sock"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from ferryd.cli.commands import main
 from support.archives import docker25_archive, load
+from support.crash import kill, killed_during
 from support.daemon import Daemon
 from support.images import LayerSpec, build_image
 
@@ -27,12 +27,6 @@ pytestmark = pytest.mark.crash
 KILL_AT = [0.0, 0.1, 0.3, 0.6, 0.85, 0.92, 0.95, 0.97, 0.99, 1.0, 1.01, 1.03, 1.1]
 PIECE = 256 * 1024
 PAUSE = 0.02  # between pieces: about 12 MB/s
-
-
-def kill(daemon: Daemon) -> None:
-    assert daemon.process is not None
-    daemon.process.kill()
-    daemon.process.wait()
 
 
 def paced(data: bytes) -> Iterator[bytes]:
@@ -91,16 +85,7 @@ def test_a_load_killed_anywhere_leaves_all_of_it_or_nothing_and_no_staging(
 
     for share in KILL_AT:
         after = share * duration
-
-        def upload() -> None:
-            send_paced(daemon, archive)
-
-        worker = threading.Thread(target=upload)
-        worker.start()
-        time.sleep(after)
-        kill(daemon)
-        worker.join(30)
-        assert not worker.is_alive()
+        killed_during(daemon, lambda: send_paced(daemon, archive), after)
 
         found = rows(daemon.root)
         assert found in ({"layers": 0, "images": 0, "refs": 0, "manifests": 0}, whole), (

@@ -12,24 +12,13 @@ import docker
 import docker.errors
 import pytest
 
-from support.archives import docker24_archive
-from support.daemon import Daemon, errors
+from support.archives import docker24_archive, pulled
+from support.daemon import Daemon
 from support.docker_cli import docker as docker_cli
-from support.images import BuiltImage, LayerSpec, build_image, seed
+from support.images import LayerSpec, build_image
 from support.registry import Registry
 
 needs_docker = pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed")
-
-
-def pulled(daemon: Daemon, registry: Registry, layout: Path, dest: str, seed_: int) -> BuiltImage:
-    built = build_image(
-        layout,
-        layers=[LayerSpec(size=40_000, seed=seed_), LayerSpec(size=900, seed=seed_ + 1)],
-        media="docker",
-    )
-    seed(registry, layout, "latest", dest)
-    assert errors(daemon.pull(f"{registry.host}/{dest}")) == []
-    return built
 
 
 @pytest.mark.docker_cli
@@ -41,7 +30,14 @@ def test_docker_save_then_docker_load_into_another_daemon(
     docker_config: Path,
 ) -> None:
     first, second = start_daemon(), start_daemon()
-    built = pulled(first, registry, tmp_path / "layout", "dockersave/app:v1", 7401)
+    built = pulled(
+        first,
+        registry,
+        tmp_path / "layout",
+        "dockersave/app:v1",
+        layers=[LayerSpec(size=40_000, seed=7401), LayerSpec(size=900, seed=7402)],
+        media="docker",
+    )
     name = f"{registry.host}/dockersave/app:v1"
     archive = tmp_path / "app.tar"
 
@@ -100,7 +96,14 @@ def test_docker_py_saves_an_image_and_loads_it_into_another_daemon(
     registry: Registry, start_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     first, second = start_daemon(), start_daemon()
-    built = pulled(first, registry, tmp_path / "layout", "dockerpy/app:v1", 7421)
+    built = pulled(
+        first,
+        registry,
+        tmp_path / "layout",
+        "dockerpy/app:v1",
+        layers=[LayerSpec(size=40_000, seed=7421), LayerSpec(size=900, seed=7422)],
+        media="docker",
+    )
     name = f"{registry.host}/dockerpy/app:v1"
 
     client = docker.DockerClient(base_url=first.host, timeout=60)

@@ -12,7 +12,6 @@ import errno
 import json
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,13 +28,6 @@ from support.digests import sha256
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "root")
-    yield store
-    store.close()
 
 
 def stack(store: Store, *contents: bytes, on: Layer | None = None) -> list[Layer]:

@@ -6,8 +6,6 @@ vocabulary below them: entry kinds and choosing platforms."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -31,13 +29,6 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path / "root")
-    yield store
-    store.close()
 
 
 def entry(digest: str, platform: dict[str, str] | None, **annotations: str) -> dict[str, object]:
@@ -203,6 +194,28 @@ def test_a_reference_to_an_index_gives_the_default_platforms_child_else_the_firs
     assert default_child(entries, stored, parse_platform("linux/amd64")) == stored[amd]
     assert default_child(entries, stored, parse_platform("linux/ppc64le")) == stored[arm]
     assert default_child(entries, {}, parse_platform("linux/amd64")) is None
+
+
+def test_the_stored_children_of_an_index_are_its_entries_with_a_manifest_row_in_its_order(
+    store: Store,
+) -> None:
+    arm = stored_image(store, "arm64", "arm")
+    amd = stored_image(store, "amd64", "amd")
+    raw = index_bytes(
+        entry(amd, {"os": "linux", "architecture": "amd64"}),
+        entry("sha256:" + "9" * 64, {"os": "linux", "architecture": "s390x"}),
+        entry(arm, {"os": "linux", "architecture": "arm64"}),
+        entry(amd, {"os": "linux", "architecture": "amd64", "variant": "v2"}),
+    )
+    digest = keep_index(store, raw)
+
+    children = store.indexes.stored_children(digest)
+
+    assert list(children.items()) == [
+        (amd, store.manifests.image_of(amd)),
+        (arm, store.manifests.image_of(arm)),
+    ]
+    assert store.indexes.stored_children(Digest("sha256:" + "8" * 64)) == {}
 
 
 def test_references_name_an_index_and_follow_its_default_child(store: Store) -> None:

@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,13 +21,6 @@ from support.images import LayerSpec, build_image, seed
 from support.registry import Registry
 
 WEEK_AND_A_DAY = PARTIAL_MAX_AGE + 24 * 3600
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store(tmp_path / "root")
-    yield opened
-    opened.close()
 
 
 def plant(path: Path, data: bytes, *, age: float = 0.0) -> Path:

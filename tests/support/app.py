@@ -1,8 +1,8 @@
 """The daemon's API in this process, for what the API answers.
 
 `in_process_api` builds the app the daemon serves (`build_app`) over a Store in a temp
-dir, with the daemon's transfer managers and image service wired as
-`ferryd.daemon.main.run` wires them, and asks it through httpx's ASGI transport: no
+dir, with the image service and transfer managers the daemon builds
+(`ferryd.daemon.main.image_service`), and asks it through httpx's ASGI transport: no
 socket, no uvicorn, no process to start. The socket, the CLI and the process itself are
 tested end to end against the real daemon (`support.daemon`).
 
@@ -22,11 +22,9 @@ import anyio
 import httpx
 
 from ferryd.daemon.api.app import build_app
+from ferryd.daemon.main import image_service
 from ferryd.daemon.settings import credential_store, load_settings, registry_service
 from ferryd.daemon.state import DaemonState
-from ferryd.distribution.downloads import DownloadManager
-from ferryd.distribution.service import ImageService
-from ferryd.distribution.uploads import UploadManager
 from ferryd.registry.connector import Connector
 from ferryd.store import Store
 
@@ -47,28 +45,7 @@ async def in_process_api(workdir: Path, **settings: Any) -> AsyncIterator[httpx.
     state = DaemonState(config)
     try:
         async with anyio.create_task_group() as tg:
-            service = ImageService(
-                store=store,
-                connector=connector,
-                downloads=DownloadManager(
-                    store.blobs,
-                    store.layers,
-                    store.metadata,
-                    tg,
-                    max_concurrent=config.max_concurrent_downloads,
-                    max_attempts=config.max_download_attempts,
-                    retry_delay=config.retry_delay,
-                ),
-                uploads=UploadManager(
-                    store.metadata,
-                    tg,
-                    max_concurrent=config.max_concurrent_uploads,
-                    max_attempts=config.max_upload_attempts,
-                    retry_delay=config.retry_delay,
-                ),
-                event_logger=state.events,
-                saved_credentials=credential_store(config),
-            )
+            service = image_service(config, store, connector, state, credential_store(config), tg)
             transport = httpx.ASGITransport(app=build_app(service, state))
             async with httpx.AsyncClient(transport=transport, base_url="http://ferryd") as client:
                 yield client

@@ -16,9 +16,10 @@ from typing import Any
 
 from backports.zstd import ZstdDecompressor
 
-from .daemon import Daemon
+from .daemon import Daemon, errors
 from .digests import sha256
-from .images import REF_NAME, BuiltImage, blob_path
+from .images import REF_NAME, BuiltImage, blob_path, build_image, seed
+from .registry import Registry
 
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -198,6 +199,15 @@ class Answer:
     @property
     def lines(self) -> list[str]:
         return [m["stream"].rstrip("\n") for m in self.messages if "stream" in m]
+
+
+def pulled(daemon: Daemon, registry: Registry, layout: Path, dest: str, **spec: Any) -> BuiltImage:
+    """An image built in `layout` from `spec` (`build_image`'s arguments), pushed to
+    `registry` as `dest` and pulled by `daemon`: one to save."""
+    built = build_image(layout, **spec)
+    seed(registry, layout, "latest", dest)
+    assert errors(daemon.pull(f"{registry.host}/{dest}")) == []
+    return built
 
 
 def load(

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import anyio
 import prometheus_client
 import structlog
+from anyio.abc import TaskGroup
 
 from ferryd import __version__
 from ferryd.daemon import logs, malloc
@@ -24,6 +25,7 @@ from ferryd.distribution.service import ImageService
 from ferryd.distribution.uploads import UploadManager
 from ferryd.oci.platform import parse_platform
 from ferryd.registry.connector import Connector
+from ferryd.registry.credentials import CredentialStore
 from ferryd.store import Store
 from ferryd.store.store import GROUP_ROOT_MODE, ROOT_MODE
 from ferryd.store.sweep import sweep
@@ -67,40 +69,7 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
         sock = activated or bound
         assert sock is not None
         async with anyio.create_task_group() as tg:
-            downloads = DownloadManager(
-                store.blobs,
-                store.layers,
-                store.metadata,
-                tg,
-                max_concurrent=settings.max_concurrent_downloads,
-                max_attempts=settings.max_download_attempts,
-                retry_delay=settings.retry_delay,
-                max_retry_after=settings.max_retry_after,
-                slow_after=settings.slow_transfer_warning or None,
-                metrics=state.metrics,
-            )
-            uploads = UploadManager(
-                store.metadata,
-                tg,
-                max_concurrent=settings.max_concurrent_uploads,
-                max_attempts=settings.max_upload_attempts,
-                retry_delay=settings.retry_delay,
-                max_retry_after=settings.max_retry_after,
-                slow_after=settings.slow_transfer_warning or None,
-                metrics=state.metrics,
-            )
-            service = ImageService(
-                store=store,
-                connector=connector,
-                downloads=downloads,
-                uploads=uploads,
-                event_logger=state.events,
-                default_platform=(
-                    parse_platform(settings.default_platform) if settings.default_platform else None
-                ),
-                saved_credentials=credentials,
-                metrics=state.metrics,
-            )
+            service = image_service(settings, store, connector, state, credentials, tg)
             app = build_app(service, state, access)
             server = ApiServer(app, sock, grace=settings.shutdown_timeout + 5)
             tg.start_soon(_stop_on_signal, server, state, notifier)
@@ -127,6 +96,53 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
         await connector.aclose()
         store.close()
         log.info("daemon.stopped")
+
+
+def image_service(
+    settings: Settings,
+    store: Store,
+    connector: Connector,
+    state: DaemonState,
+    credentials: CredentialStore,
+    task_group: TaskGroup,
+) -> ImageService:
+    """The image service and its transfer managers as `settings` say, counting into the
+    daemon's metrics. One place, so the in-process API of the tests (`support.app`)
+    serves what the daemon serves."""
+    downloads = DownloadManager(
+        store.blobs,
+        store.layers,
+        store.metadata,
+        task_group,
+        max_concurrent=settings.max_concurrent_downloads,
+        max_attempts=settings.max_download_attempts,
+        retry_delay=settings.retry_delay,
+        max_retry_after=settings.max_retry_after,
+        slow_after=settings.slow_transfer_warning or None,
+        metrics=state.metrics,
+    )
+    uploads = UploadManager(
+        store.metadata,
+        task_group,
+        max_concurrent=settings.max_concurrent_uploads,
+        max_attempts=settings.max_upload_attempts,
+        retry_delay=settings.retry_delay,
+        max_retry_after=settings.max_retry_after,
+        slow_after=settings.slow_transfer_warning or None,
+        metrics=state.metrics,
+    )
+    return ImageService(
+        store=store,
+        connector=connector,
+        downloads=downloads,
+        uploads=uploads,
+        event_logger=state.events,
+        default_platform=(
+            parse_platform(settings.default_platform) if settings.default_platform else None
+        ),
+        saved_credentials=credentials,
+        metrics=state.metrics,
+    )
 
 
 async def _stop_on_signal(server: ApiServer, state: DaemonState, notifier: Notifier) -> None:

@@ -23,7 +23,6 @@ Events: `import` (the image ID, as dockerd names it), then `tag`.
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ import anyio
 
 from ferryd.codec import BATCH_SIZE, ArchiveSink
 from ferryd.distribution.archives import tarstream
-from ferryd.distribution.archives.intake import staged_in
 from ferryd.distribution.changes import apply_changes, empty_config
 from ferryd.distribution.events import ImageEventLogger, failure_logged
 from ferryd.errors import ArchiveError, BadRequestError, ContentError
@@ -45,6 +43,7 @@ from ferryd.oci.platform import Platform
 from ferryd.oci.reference import Reference
 from ferryd.store import Store
 from ferryd.store.gc import forget_unnamed_indexes
+from ferryd.store.staging import staged_in
 
 DEFAULT_SOURCE = "-"  # fromSrc: the request body
 
@@ -228,7 +227,8 @@ def _commit(
         with blobs.pinned(diff_id, image_id):
             known = layers.get(chain) is not None
             if not known and not blobs.has(diff_id):
-                _move_in(store, staged, diff_id)
+                # The tar was verified and fsync'd as it streamed in.
+                blobs.move_in(staged, diff_id)
             blobs.put(config, image_id)
             with store.db.transaction():
                 if layers.get(chain) is None:
@@ -241,17 +241,3 @@ def _commit(
     finally:
         layers.holds.release(chain)
     return image_id
-
-
-def _move_in(store: Store, staged: Path, digest: Digest) -> None:
-    """Rename the verified, fsync'd tar into the store (same filesystem), and fsync
-    the directory: a crash leaves the whole blob or none of it."""
-    target = store.blobs.path(digest)
-    with store.blobs.disk_errors(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, target)
-        fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

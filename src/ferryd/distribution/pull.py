@@ -29,7 +29,13 @@ from ferryd.errors import (
     TooManyRequestsError,
 )
 from ferryd.oci.digest import Digest, chain_ids, sha256_digest
-from ferryd.oci.image_config import MAX_CONFIG_SIZE, RootFS, decode_config, rootfs_of
+from ferryd.oci.image_config import (
+    MAX_CONFIG_SIZE,
+    ConfigModel,
+    RootFS,
+    decode_config,
+    rootfs_of,
+)
 from ferryd.oci.manifest import (
     Descriptor,
     FetchedManifest,
@@ -44,7 +50,7 @@ from ferryd.oci.manifest import (
     select_platforms,
 )
 from ferryd.oci.mediatypes import INDEX_TYPES
-from ferryd.oci.platform import normalize
+from ferryd.oci.platform import check_platform, normalize
 from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
 from ferryd.registry.connector import Connector
@@ -393,7 +399,8 @@ class _Fetched:
 
     child: _Child
     config: bytes
-    rootfs: RootFS  # the config's, decoded once
+    model: ConfigModel  # the config decoded, once: recording it does not decode it again
+    rootfs: RootFS
     release: Callable[[], None]
 
 
@@ -416,9 +423,9 @@ async def _pull_image(
     model = decode_config(raw_config)
     if ctx.several:
         # The platforms of an index for other operating systems are kept, never run.
-        rootfs, os = rootfs_of(raw_config), model.os
+        rootfs, os = rootfs_of(model), model.os
     else:
-        rootfs, os = store.images.rootfs_and_os(raw_config)
+        rootfs, os = store.images.rootfs_and_os(model)
     _check_platform(ctx, reference, source.top, model.os, model.architecture, model.variant)
     if len(rootfs.diff_ids) != len(image.layers):
         raise ImageConfigError(
@@ -431,7 +438,7 @@ async def _pull_image(
     ]
     ctx.job.phase = "layers"
     _, release = await ctx.downloads.download(client, RootFS([]), os, descriptors, progress, stats)
-    return _Fetched(child, raw_config, rootfs, release)
+    return _Fetched(child, raw_config, model, rootfs, release)
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,7 +474,10 @@ def _commit(
                 chains = chain_ids(item.rootfs.diff_ids)
                 size = sum(store.layers.size_of(chain) for chain in chains)
                 store.images.put(
-                    item.config, media_type=item.child.image.config.mediaType, size=size
+                    item.config,
+                    media_type=item.child.image.config.mediaType,
+                    size=size,
+                    model=item.model,
                 )
             for child in source.children:
                 manifest = child.manifest
@@ -490,11 +500,7 @@ def _index_target(ctx: PullContext, index: Digest) -> tuple[Target, list[str]]:
     platform, else the first stored one), and the platforms it has stored."""
     store = ctx.store
     entries = store.indexes.entries(index)
-    stored = {
-        entry.digest: image_id
-        for entry in entries
-        if (image_id := store.manifests.image_of(entry.digest)) is not None
-    }
+    stored = store.indexes.stored_children(index)
     image_id = default_child(entries, stored, ctx.default_platform or ctx.platform)
     assert image_id is not None  # the pull stored at least one image of it
     platforms = [
@@ -519,13 +525,7 @@ def _check_platform(
     if top.media_type in INDEX_TYPES or ctx.all_platforms:
         return
     wanted = ctx.platforms or ((ctx.platform,) if ctx.exact_platform else ())
-    if not wanted or any(p.matches(os, architecture, variant) for p in wanted):
-        return
-    actual = normalize(os, architecture, variant)
-    raise PlatformNotFoundError(
-        f"image with reference {reference.familiar} was found but does not match the "
-        f"specified platform: wanted {', '.join(map(str, wanted))}, actual: {actual}"
-    )
+    check_platform(reference.familiar, wanted, os, architecture, variant)
 
 
 def _tag(ctx: PullContext, reference: Reference, digest: Digest, target: Target) -> bool:

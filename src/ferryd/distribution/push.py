@@ -34,7 +34,7 @@ from ferryd.oci.digest import Digest, sha256_digest, short_id
 from ferryd.oci.image_config import RootFS, rootfs_of
 from ferryd.oci.manifest import Descriptor, ImageManifest, decode_index, decode_manifest
 from ferryd.oci.mediatypes import Family, config_type, family_of, manifest_type
-from ferryd.oci.platform import Platform, normalize
+from ferryd.oci.platform import Platform, check_platform
 from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
 from ferryd.store import Store
@@ -140,11 +140,7 @@ def _plan(tag: Reference, target: Target, ctx: PushContext) -> _Plan:
         if ctx.platform is not None:
             _check_image_platform(store, tag, target.image_id, ctx.platform)
         return _Plan(Target(target.image_id))
-    stored = {
-        entry.digest: image_id
-        for entry in index.entries
-        if (image_id := store.manifests.image_of(entry.digest)) is not None
-    }
+    stored = store.indexes.stored_children(index.digest)
     if ctx.platform is not None:
         entry = _platform_entry(tag, index, stored, ctx.platform)
         return _Plan(Target(stored[entry.digest]), manifest=entry.digest)
@@ -200,13 +196,8 @@ def _check_image_platform(
     store: Store, tag: Reference, image_id: Digest, platform: Platform
 ) -> None:
     record = store.images.record(image_id)
-    if record is None or platform.matches(record.os, record.architecture, record.variant):
-        return
-    actual = normalize(record.os, record.architecture, record.variant)
-    raise PlatformNotFoundError(
-        f"image with reference {tag.familiar} was found but does not match the specified "
-        f"platform: wanted {platform}, actual: {actual}"
-    )
+    if record is not None:
+        check_platform(tag.familiar, [platform], record.os, record.architecture, record.variant)
 
 
 def _reduced_entries(index: StoredIndex, stored: dict[Digest, Digest]) -> list[IndexEntry]:

@@ -11,7 +11,8 @@ from ferryd.errors import InvalidDigestError
 Digest = NewType("Digest", str)
 """A validated digest string, `algorithm:hex`."""
 
-_ALGORITHMS = {"sha256": 64, "sha384": 96, "sha512": 128}
+HEX_DIGITS = {"sha256": 64, "sha384": 96, "sha512": 128}
+"""The algorithms ferryd knows, each with the hex digits of its digests."""
 # The OCI grammar, with the encoded part lowercase hex as every registered algorithm
 # requires. Used with `fullmatch`: `$` would accept a trailing newline.
 _DIGEST = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-f0-9]+)")
@@ -27,7 +28,7 @@ def parse_digest(value: str) -> Digest:
             )
         raise InvalidDigestError(f"invalid digest {value!r}: expected algorithm:hex")
     algorithm, hex_part = match.groups()
-    length = _ALGORITHMS.get(algorithm)
+    length = HEX_DIGITS.get(algorithm)
     if length is None:
         raise InvalidDigestError(f"invalid digest {value!r}: unsupported algorithm {algorithm!r}")
     if len(hex_part) != length:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import platform as _host
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ferryd.errors import InvalidPlatformError
+from ferryd.errors import InvalidPlatformError, PlatformNotFoundError
 
 _OS_ALIASES = {"macos": "darwin"}
 _ARCH_ALIASES = {
@@ -120,6 +121,20 @@ def normalize(os: str, architecture: str, variant: str | None = None) -> Platfor
     if var in _IMPLIED_VARIANT.get(arch, ()):
         var = None
     return Platform(os, arch, var)
+
+
+def check_platform(
+    name: str, wanted: Sequence[Platform], os: str, architecture: str, variant: str | None
+) -> None:
+    """Refuse the image `name` gives when its platform (os, architecture, variant) is
+    none of `wanted` (empty: any will do), in dockerd's words: a PlatformNotFoundError."""
+    if not wanted or any(platform.matches(os, architecture, variant) for platform in wanted):
+        return
+    actual = normalize(os, architecture, variant)
+    raise PlatformNotFoundError(
+        f"image with reference {name} was found but does not match the specified "
+        f"platform: wanted {', '.join(map(str, wanted))}, actual: {actual}"
+    )
 
 
 def parse_platform(text: str) -> Platform:

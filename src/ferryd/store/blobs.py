@@ -86,15 +86,27 @@ class BlobStore:
         return self.path(digest).stat().st_size
 
     def commit_partial(self, digest: Digest, *, sync_dir: bool = True) -> None:
-        """Move a verified, fsync'd partial download into the store.
+        """Move a verified, fsync'd partial download into the store (see `move_in`)."""
+        self.move_in(self.partial_path(digest), digest, sync_dir=sync_dir)
 
-        `sync_dir=False` leaves the directory's fsync to one `sync()` for several blobs,
-        which must come before any row that references them.
-        """
+    def move_in(
+        self, source: Path, digest: Digest, *, fsync: bool = False, sync_dir: bool = True
+    ) -> None:
+        """Rename a verified file on the store's filesystem (a partial download, a file a
+        load or an import staged) into the store as `digest`, never copied: a crash
+        leaves the whole blob or none of it. `fsync`: flush the file first, when its
+        writer has not. `sync_dir=False` leaves the directory's fsync to one `sync()`
+        for several blobs, which must come before any row that references them."""
         target = self.path(digest)
         with self.disk_errors(target):
+            if fsync:
+                fd = os.open(source, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self.partial_path(digest), target)
+            os.replace(source, target)
             if sync_dir:
                 _fsync_dir(target.parent)
 

@@ -69,11 +69,7 @@ def forget_unnamed_indexes(store: Store) -> dict[Digest, set[Digest]]:
     the references): each, with the images its stored children were."""
     forgotten: dict[Digest, set[Digest]] = {}
     for index in sorted(store.indexes.digests() - store.references.indexes_named()):
-        children = set()
-        for entry in store.indexes.entries(index):
-            image_id = store.manifests.image_of(entry.digest)
-            if image_id is not None:
-                children.add(image_id)
+        children = set(store.indexes.stored_children(index).values())
         store.indexes.delete(index)
         forgotten[index] = children
     return forgotten

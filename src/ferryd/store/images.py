@@ -34,14 +34,23 @@ class ImageConfigStore:
         self._db = db
         self._blobs = blobs
 
-    def put(self, config: bytes, *, media_type: str = "", size: int = 0) -> Digest:
+    def put(
+        self,
+        config: bytes,
+        *,
+        media_type: str = "",
+        size: int = 0,
+        model: ConfigModel | None = None,
+    ) -> Digest:
         """Store the config blob and the image row; the image ID is the config digest.
 
         Its layers must be registered first: the row points at the top one. Whether
         this host can use its OS is the pull's question (`rootfs_and_os`): the images
-        of an index for other operating systems are kept too.
+        of an index for other operating systems are kept too. `model`: `config` decoded
+        already (a pull has it), so that it is not decoded again.
         """
-        model = decode_config(config)
+        if model is None:
+            model = decode_config(config)
         rootfs = rootfs_of(model)
         image_id = self._blobs.put(config)
         self._db.execute(

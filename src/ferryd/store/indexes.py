@@ -3,7 +3,7 @@ bytes as a blob, and a row per entry (child digest, media type, size, kind, plat
 annotations) so that what a tag offers can be read without decoding the blob.
 
 An index's children are image manifests; a child is stored when the manifests table
-has its digest (`ManifestStore.image_of`), and an index may be stored with some of its
+has its digest (`IndexStore.stored_children`), and an index may be stored with some of its
 children only (a pull of one platform, then of another, adds to it). An index lives as
 long as a reference names it: `ferryd.store.gc.forget_unnamed_indexes` removes the
 rows of one that lost its last name, in the transaction that took the name away.
@@ -136,6 +136,17 @@ class IndexStore:
             "SELECT * FROM index_entries WHERE index_digest = ? ORDER BY position", (digest,)
         )
         return [_entry(row) for row in rows]
+
+    def stored_children(self, digest: Digest) -> dict[Digest, Digest]:
+        """The children of index `digest` that are stored: child manifest → image ID, in
+        the index's order (one query: its entries joined with the manifests table)."""
+        rows = self._db.all(
+            "SELECT e.digest, m.image_id FROM index_entries e "
+            "JOIN manifests m ON m.digest = e.digest "
+            "WHERE e.index_digest = ? ORDER BY e.position",
+            (digest,),
+        )
+        return {Digest(row["digest"]): Digest(row["image_id"]) for row in rows}
 
     def raw(self, digest: Digest) -> bytes:
         """The index's bytes, as it was served (its digest is theirs)."""

@@ -18,8 +18,10 @@ import contextlib
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+
+import anyio
 
 from ferryd.errors import disk_errors
 
@@ -27,6 +29,21 @@ STAGING_DIR = "loading"
 
 _lock = threading.Lock()
 _active: set[Path] = set()  # directories running loads are writing
+
+
+@contextlib.asynccontextmanager
+async def staged_in(root: Path) -> AsyncIterator[Path]:
+    """`staging_directory`, made and removed in a worker thread: removing what a load or
+    an import staged (gigabytes, when its layers were stored already or it was refused)
+    must not stall the event loop; the removal is shielded, so a cancelled load still
+    cleans up."""
+    staging = staging_directory(root)
+    directory = await anyio.to_thread.run_sync(staging.__enter__)
+    try:
+        yield directory
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(staging.__exit__, None, None, None)
 
 
 @contextlib.contextmanager

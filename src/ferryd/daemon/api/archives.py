@@ -16,6 +16,8 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from ferryd.concurrency import single_errors
+from ferryd.daemon.api.params import flag
+from ferryd.daemon.api.params import service as service_of
 from ferryd.daemon.api.streaming import ProgressStream, cancel_on_disconnect
 from ferryd.distribution.archives import Export, load_archive, prepare_export
 from ferryd.distribution.progress import ProgressOutput
@@ -24,13 +26,6 @@ from ferryd.errors import BadRequestError, FerrydError
 from ferryd.oci.platform import Platform, normalize, parse_platform
 
 log = structlog.get_logger("ferryd.api")
-
-_FALSE = ("", "0", "no", "false", "none")  # dockerd's BoolValue
-
-
-def _service(request: Request) -> ImageService:
-    service: ImageService = request.app.state.service
-    return service
 
 
 async def save_images(request: Request) -> Response:
@@ -45,7 +40,7 @@ async def save_image(request: Request) -> Response:
 
 async def _export(request: Request, names: list[str]) -> Response:
     platform = platform_param(request.query_params.get("platform", ""))
-    service = _service(request)
+    service = service_of(request)
     # Unknown names (404) and other platforms' images are refused before any byte.
     # Shielded: what it holds must reach the response, which lets go of it.
     with anyio.CancelScope(shield=True):
@@ -56,9 +51,9 @@ async def _export(request: Request, names: list[str]) -> Response:
 async def load_images(request: Request) -> Response:
     """`POST /images/load?quiet=&platform=`: load the archive the body streams in."""
     query = request.query_params
-    quiet = query.get("quiet", "1").strip().lower() not in _FALSE
+    quiet = flag(query.get("quiet", "1"))
     platform = platform_param(query.get("platform", ""))
-    return _LoadResponse(_service(request), quiet, platform, request.app.state.daemon.stop_jobs)
+    return _LoadResponse(service_of(request), quiet, platform, request.app.state.daemon.stop_jobs)
 
 
 def platform_param(text: str) -> Platform | None:

@@ -64,9 +64,8 @@ def stored_images(store: Store) -> list[StoredImage]:
         if record is None:
             continue
         try:
-            raw = store.images.get(image_id)
-            model = decode_config(raw)
-            rootfs, _ = rootfs_and_os(raw)
+            model = decode_config(store.images.get(image_id))
+            rootfs, _ = rootfs_and_os(model)
         except FerrydError:
             continue  # removed meanwhile, or for an OS this host cannot use (as dockerd)
         targets = store.references.targets_for_image(image_id)

@@ -22,8 +22,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ferryd.concurrency import single_errors
+from ferryd.daemon.api.params import service as service_of
 from ferryd.distribution.imports import DEFAULT_SOURCE, import_image
-from ferryd.distribution.service import ImageService
 from ferryd.errors import FerrydError, InvalidReferenceError, NotSupportedError
 from ferryd.oci.platform import host_platform, parse_platform
 from ferryd.oci.reference import Reference, parse_reference
@@ -42,7 +42,7 @@ async def create(request: Request) -> Response:
     platform = parse_platform(query["platform"]) if query.get("platform") else host_platform()
     message = query.get("message") or f"Imported from {source}"
     changes = query.getlist("changes")
-    service: ImageService = request.app.state.service
+    service = service_of(request)
     stopping: anyio.Event = request.app.state.daemon.stop_jobs
     cut_short = False
     result = None

@@ -63,7 +63,7 @@ def image_history(store: Store, name: str) -> list[dict[str, Any]]:
     image_id = store.resolve(name)
     raw = store.images.get(image_id)
     model = decode_config(raw)
-    chains = chain_ids(rootfs_of(raw).diff_ids)
+    chains = chain_ids(rootfs_of(model).diff_ids)
     entries: list[dict[str, Any]] = []
     layer = 0  # the next layer a step that made one stands for
     for step in model.history or []:

@@ -64,7 +64,7 @@ def image_inspect(
     assert record is not None
     raw = store.images.get(image_id)
     model = decode_config(raw)
-    rootfs = rootfs_of(raw)
+    rootfs = rootfs_of(model)
     tags, digests = _names(store, image_id)
     shape: dict[str, Any] = {
         "Id": image_id,
@@ -102,20 +102,24 @@ def _index_fields(
         }
     if manifests:
         if stored is not None:
-            fields["Manifests"] = [manifest_summary(store, entry) for entry in stored.entries]
+            children = store.indexes.stored_children(stored.digest)
+            fields["Manifests"] = [
+                manifest_summary(store, entry, children.get(entry.digest))
+                for entry in stored.entries
+            ]
         else:
             fields["Manifests"] = [
-                manifest_summary(store, _single_entry(store, manifest.digest, image_id))
+                manifest_summary(store, _single_entry(store, manifest.digest, image_id), image_id)
                 for manifest in store.manifests.for_image(image_id)
             ]
     return fields
 
 
-def manifest_summary(store: Store, entry: IndexEntry) -> dict[str, Any]:
-    """API 1.47's ImageManifestSummary of one entry of an index: `Available` when the
-    entry's image is stored, `Size.Content` the bytes of its manifest, config and
-    (compressed) layers held, `ImageData.Size.Unpacked` its layers uncompressed."""
-    image_id = store.manifests.image_of(entry.digest)
+def manifest_summary(store: Store, entry: IndexEntry, image_id: Digest | None) -> dict[str, Any]:
+    """API 1.47's ImageManifestSummary of one entry of an index (`image_id`: the image its
+    manifest is stored for, None when it is not): `Available` when the entry's image is
+    stored, `Size.Content` the bytes of its manifest, config and (compressed) layers
+    held, `ImageData.Size.Unpacked` its layers uncompressed."""
     record = store.images.record(image_id) if image_id is not None else None
     content = unpacked = 0
     if record is not None:

@@ -17,20 +17,15 @@ archive are aliases (docker before 25 and skopeo write them for repeated layers)
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import anyio
 
 from ferryd.codec import BATCH_SIZE, LayerSink, detect_compression
 from ferryd.distribution.archives import tarstream
 from ferryd.distribution.archives.layout import SMALL_FILES, digest_of
 from ferryd.errors import ArchiveError, ContentError
-from ferryd.oci.digest import Digest, algorithm_of, hex_of
+from ferryd.oci.digest import HEX_DIGITS, Digest, algorithm_of, hex_of
 from ferryd.oci.mediatypes import Compression
-from ferryd.store.staging import staging_directory
 
 MAX_ENTRIES = 100_000  # files and links; docker's own archives have a few per layer
 _MAX_LINK_HOPS = 16
@@ -51,20 +46,6 @@ class StagedFile:
     uncompressed_size: int
     compression: Compression
     broken: ContentError | None = None
-
-
-@contextlib.asynccontextmanager
-async def staged_in(root: Path) -> AsyncIterator[Path]:
-    """`staging_directory`, made and removed in a worker thread: removing what a load or
-    an import staged (gigabytes, when its layers were stored already or it was refused)
-    must not stall the event loop."""
-    staging = staging_directory(root)
-    directory = await anyio.to_thread.run_sync(staging.__enter__)
-    try:
-        yield directory
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(staging.__exit__, None, None, None)
 
 
 def clean_name(raw: str) -> str:
@@ -151,7 +132,7 @@ class _EntrySink:
 
     def _open(self, first: bytes) -> None:
         self.compression = detect_compression(first)
-        placeholder = Digest(f"{self._algorithm}:" + "0" * _HEX_LENGTH[self._algorithm])
+        placeholder = Digest(f"{self._algorithm}:" + "0" * HEX_DIGITS[self._algorithm])
         # A file that fits in a batch is inflated and hashed in one thread: handing its
         # pieces to a hashing thread costs more than the overlap saves.
         self._sink = LayerSink(
@@ -197,8 +178,6 @@ class _EntrySink:
         if self._sink is not None:
             self._sink.close()
 
-
-_HEX_LENGTH = {"sha256": 64, "sha384": 96, "sha512": 128}
 
 Job = tuple[_EntrySink, bytes | None]
 """Stage two's work: bytes of a compressed file to inflate, or None: the file is over."""

@@ -32,11 +32,9 @@ why), and nothing is stored.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 
@@ -49,7 +47,6 @@ from ferryd.distribution.archives.intake import (
     StagedFile,
     clean_name,
     progress_id,
-    staged_in,
 )
 from ferryd.distribution.archives.tarstream import TarReader
 from ferryd.distribution.events import ImageEventLogger, failure_logged
@@ -89,6 +86,7 @@ from ferryd.store import Store
 from ferryd.store.gc import forget_unnamed_indexes
 from ferryd.store.indexes import default_child
 from ferryd.store.references import Target
+from ferryd.store.staging import staged_in
 
 # Decompressed archive bytes one worker call handles at most before it gives the event
 # loop a turn (progress, cancellation): a small gzip member can inflate a thousandfold.
@@ -773,7 +771,10 @@ def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[L
             pin(indexed.index.digest)  # what it is put under below
         # Blob files first, each fsync'd, outside the transaction: the database lock is
         # never held across a disk flush, and a row never points at a missing blob.
-        _move_in(store, moving)
+        for digest, staged in moving.items():
+            blobs.move_in(staged.path, digest, fsync=True, sync_dir=False)
+        if moving:
+            blobs.sync()
         for plan in plans:
             blobs.put(plan.config, plan.image_id)
             if plan.manifest is not None:
@@ -810,11 +811,7 @@ def _register_index(
         return None
     store.indexes.add(index.digest, index.media_type, index.raw, indexed.decoded)
     entries = store.indexes.entries(index.digest)
-    stored = {
-        entry.digest: image_id
-        for entry in entries
-        if (image_id := store.manifests.image_of(entry.digest)) is not None
-    }
+    stored = store.indexes.stored_children(index.digest)
     image_id = default_child(entries, stored, default_platform)
     if image_id is None:
         return None
@@ -840,27 +837,6 @@ def _register_index(
         index=index.digest,
         platforms=platforms,
     )
-
-
-def _move_in(store: Store, moving: dict[Digest, StagedFile]) -> None:
-    directories: set[Path] = set()
-    for digest, staged in moving.items():
-        target = store.blobs.path(digest)
-        with store.blobs.disk_errors(target):
-            fd = os.open(staged.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged.path, target)
-        directories.add(target.parent)
-    for directory in directories:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _register(store: Store, plan: _ImagePlan, held: list[Digest]) -> LoadedImage:

@@ -55,7 +55,7 @@ from ferryd.oci.mediatypes import (
     family_of,
     manifest_type,
 )
-from ferryd.oci.platform import Platform, normalize
+from ferryd.oci.platform import Platform, check_platform
 from ferryd.oci.reference import Reference, parse_reference
 from ferryd.store import Store
 from ferryd.store.images import ImageRecord
@@ -257,11 +257,7 @@ def _index(store: Store, stored: StoredIndex, target: Target, pinned: list[Diges
     """An index to save, its blob pinned, with the platforms of it that are stored."""
     store.blobs.pins.acquire(stored.digest)
     pinned.append(stored.digest)
-    children = []
-    for entry in stored.entries:
-        image_id = store.manifests.image_of(entry.digest)
-        if image_id is not None and (entry.digest, image_id) not in children:
-            children.append((entry.digest, image_id))
+    children = list(store.indexes.stored_children(stored.digest).items())
     return _Index(stored, store.indexes.raw(stored.digest), target.image_id, children)
 
 
@@ -269,20 +265,21 @@ def _platform_child(
     store: Store, stored: StoredIndex, name: str, platform: Platform
 ) -> tuple[Digest, Digest]:
     """The stored platform of an index for `platform`: (its manifest, its image)."""
+    children = store.indexes.stored_children(stored.digest)
     images = [
-        (entry, image_id)
+        (entry, children[entry.digest])
         for entry in stored.entries
         if entry.kind == "image"
         and entry.platform is not None
         and platform.matches(entry.os or "", entry.architecture or "", entry.variant)
-        and (image_id := store.manifests.image_of(entry.digest)) is not None
+        and entry.digest in children
     ]
     exact = [(entry, image_id) for entry, image_id in images if entry.platform == platform]
     if not images:
         have = sorted(
             str(entry.platform)
             for entry in stored.entries
-            if entry.platform is not None and store.manifests.image_of(entry.digest)
+            if entry.platform is not None and entry.digest in children
         )
         raise PlatformNotFoundError(
             f"image with reference {name} has no platform {platform} stored"
@@ -316,13 +313,8 @@ def _load(store: Store, image_id: Digest, held: list[Digest], pinned: list[Diges
 
 def _check_platform(image: _Image, name: str, platform: Platform | None) -> None:
     record = image.record
-    if platform is None or platform.matches(record.os, record.architecture, record.variant):
-        return
-    actual = normalize(record.os, record.architecture, record.variant)
-    raise PlatformNotFoundError(
-        f"image with reference {name} was found but does not match the specified "
-        f"platform: wanted {platform}, actual: {actual}"
-    )
+    wanted = [platform] if platform is not None else []
+    check_platform(name, wanted, record.os, record.architecture, record.variant)
 
 
 def _entries(

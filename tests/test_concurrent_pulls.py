@@ -32,6 +32,10 @@ def test_fifty_clients_pulling_three_overlapping_images_fetch_each_blob_and_conf
     tops = {tag: make_layer(300_000, seed=72 + n) for n, tag in enumerate(("x", "y", "z"))}
     registry = FakeRegistry()
     configs = [add_image(registry, tag, [base, top]) for tag, top in tops.items()]
+    # The later clients ask by other tags for the same images: a pull of a reference
+    # already being pulled would follow that pull and never meet the hard moment.
+    for tag, top in tops.items():
+        add_image(registry, f"{tag}-again", [base, top])
     release = anyio.Event()
 
     async def hold_the_base(request: Request) -> None:
@@ -58,7 +62,9 @@ def test_fifty_clients_pulling_three_overlapping_images_fetch_each_blob_and_conf
             ),
             what="only the base layer still downloading",
         )
-        later = [threading.Thread(target=pull, args=(tag,)) for tag in ("x", "y", "z") * 9]
+        later = [
+            threading.Thread(target=pull, args=(f"{tag}-again",)) for tag in ("x", "y", "z") * 9
+        ]
         for thread in later[:-2]:
             thread.start()
         portal.call(release.set)
@@ -73,4 +79,5 @@ def test_fifty_clients_pulling_three_overlapping_images_fetch_each_blob_and_conf
         assert blob_gets(registry, layer) == 1
     for config in configs:
         assert len(registry.seen("GET", f"/v2/{REPO}/blobs/{config}")) == 1
-    assert {image["RepoTags"][0].rpartition(":")[2] for image in daemon.images()} == set(tops)
+    tags = {tag.rpartition(":")[2] for image in daemon.images() for tag in image["RepoTags"]}
+    assert tags == {*tops, *(f"{tag}-again" for tag in tops)}

@@ -96,13 +96,13 @@ def test_a_request_without_an_id_gets_one(daemon: Daemon) -> None:
 def test_a_shared_transfer_names_every_request_waiting_on_it(
     start_daemon: Callable[..., Daemon],
 ) -> None:
-    registry, _, release = held_layer(seed=303)
+    registry, layer, release = held_layer(seed=303)
+    add_image(registry, "v2", [layer])  # two images on one layer: each pull waits on it
     daemon = start_daemon()
     with served(registry) as (portal, server):
-        reference = f"{server.host}/{REPO}:v1"
         pulls = [
-            threading.Thread(target=pull_with_id, args=(daemon, reference, rid))
-            for rid in ("first", "second")
+            threading.Thread(target=pull_with_id, args=(daemon, f"{server.host}/{REPO}:{tag}", rid))
+            for tag, rid in (("v1", "first"), ("v2", "second"))
         ]
         for thread in pulls:
             thread.start()

@@ -2,7 +2,8 @@
 
 A transfer shows only once a layer moves; a pull waiting on a slow registry for its
 token or manifest would be invisible. A job is registered when the request arrives,
-says which phase it is in (resolving, manifest, layers, committing), and watches its
+says which phase it is in (resolving, manifest, layers, committing; following, when it
+shows an identical pull's progress), and watches its
 own progress stream to know its layers and how far each has got.
 """
 
@@ -19,7 +20,8 @@ import structlog
 
 from ferryd.distribution.progress import Message, ProgressOutput
 
-Phase = Literal["resolving", "manifest", "layers", "committing"]
+# "following": an identical pull runs already; this one shows its progress and result.
+Phase = Literal["resolving", "manifest", "layers", "committing", "following"]
 
 _ids = itertools.count(1)
 

@@ -13,6 +13,7 @@ import anyio
 from ferryd.distribution.context import PullContext, PushContext
 from ferryd.distribution.downloads import DownloadManager
 from ferryd.distribution.events import ImageEventLogger
+from ferryd.distribution.inflight import InFlightPulls
 from ferryd.distribution.jobs import Job, JobBoard
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.pull import PullResult, pull
@@ -55,6 +56,7 @@ class ImageService:
     jobs: JobBoard = field(default_factory=JobBoard)
     # Give the transfer managers the same one: they count transfers, bytes and retries.
     metrics: Metrics = field(default_factory=Metrics)
+    pulls: InFlightPulls = field(default_factory=InFlightPulls)
 
     async def credentials_for(self, domain: str, given: Credentials) -> Credentials:
         """What the client sent wins; else the daemon's own login; else anonymous."""
@@ -100,17 +102,33 @@ class ImageService:
         platform), for each of `platforms`, or for every platform (`all_platforms`)."""
         default = self.default_platform or host_platform()
         async with self._job("pull", reference, progress, credentials, meta_headers) as shared:
-            ctx = PullContext(
-                **shared,
-                downloads=self.downloads,
-                retries=self.downloads.retries,
-                platform=platform or default,
-                exact_platform=platform is not None,
-                platforms=platforms,
-                all_platforms=all_platforms,
-                default_platform=default,
+            job = shared["job"]
+
+            async def run(output: ProgressOutput) -> list[PullResult]:
+                fields = shared.copy()
+                fields["progress"] = output  # the followers', too
+                ctx = PullContext(
+                    **fields,
+                    downloads=self.downloads,
+                    retries=self.downloads.retries,
+                    platform=platform or default,
+                    exact_platform=platform is not None,
+                    platforms=platforms,
+                    all_platforms=all_platforms,
+                    default_platform=default,
+                )
+                return await pull(reference, ctx)
+
+            # Identical: the same content, asked for by the same login.
+            key = (
+                str(reference),
+                platform,
+                platforms,
+                all_platforms,
+                shared["credentials"],
+                tuple(sorted(shared["meta_headers"].items())),
             )
-            return await pull(reference, ctx)
+            return await self.pulls.run(key, job, run)
 
     async def push(
         self,

@@ -507,7 +507,9 @@ def test_uncompressed_layer_is_gzipped_on_the_way_and_keeps_its_diff_id(
     assert layer["digest"] != built.layers[0].digest
     assert layer["size"] < built.layers[0].size
     assert manifest["config"]["digest"] == built.config_digest
-    assert uploads(since(other_registry, start)) == [layer["digest"], built.config_digest]
+    assert sorted(uploads(since(other_registry, start))) == sorted(
+        [layer["digest"], built.config_digest]
+    )
     _, blobs = read_back(other_registry, f"plain/{media}:v1", tmp_path / "back")
     data = blobs[layer["digest"]]
     assert data[:2] == b"\x1f\x8b"

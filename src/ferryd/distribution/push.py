@@ -23,6 +23,7 @@ from ferryd.distribution.context import PushContext
 from ferryd.distribution.events import failure_logged
 from ferryd.distribution.progress import Message
 from ferryd.distribution.push_layers import DescribableLayer, PushLayer
+from ferryd.distribution.transfers import with_retries
 from ferryd.distribution.uploads import Uploaded
 from ferryd.errors import (
     ImageNotFoundError,
@@ -353,14 +354,31 @@ async def _push_image(
                 ctx.progress.write(Message("Skipped foreign layer", progress_id))
             else:
                 ctx.progress.write(Message("Preparing", progress_id))
-        # A manifest to keep names the blobs as stored, a plain tar one included.
-        descriptors = await _upload_layers(
-            client, layers, family, ctx, stats, as_stored=keep is not None
-        )
+        configs: list[Descriptor] = []
+
+        async def push_config() -> None:
+            # Retried as a layer is: a failure would cancel layers that are retrying.
+            pushed = await with_retries(
+                lambda: _push_config(client, raw_config, family),
+                policy=ctx.uploads.retries,
+                progress=ctx.progress,
+                progress_id=None,
+                name=f"config of {image_id}",
+            )
+            configs.append(pushed)
+
+        with single_errors():
+            async with anyio.create_task_group() as tg:
+                # Beside the layers: after them, its round trips would add to every push.
+                tg.start_soon(push_config)
+                # A manifest to keep names the blobs as stored, a plain tar one included.
+                descriptors = await _upload_layers(
+                    client, layers, family, ctx, stats, as_stored=keep is not None
+                )
     finally:
         top.release()
     ctx.job.phase = "manifest"
-    config_descriptor = await _push_config(client, raw_config, family)
+    [config_descriptor] = configs
     # Off the loop: it reads the image's stored manifests.
     media_type, raw = await anyio.to_thread.run_sync(
         _manifest, store, image_id, family, config_descriptor, descriptors, keep

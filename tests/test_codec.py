@@ -79,13 +79,18 @@ def _pour(
     *,
     expected: Digest | None = None,
     diff_id: bool = True,
+    piped: bool = False,
 ) -> tuple[Digest | None, LayerSink]:
-    """Write `blob` through a fresh sink in chunks of `chunk_size` and finish it."""
+    """Write `blob` through a fresh sink in chunks of `chunk_size` and finish it; `piped`:
+    through `pipe` (inflated in the sink's own thread) instead of `write`."""
     sink = LayerSink(path, expected or sha256(blob), diff_id=diff_id)
     try:
         assert sink.open() == 0
         for chunk in _chunks(blob, chunk_size or max(len(blob), 1)):
-            sink.write(chunk)
+            if piped:
+                sink.pipe(chunk)
+            else:
+                sink.write(chunk)
         return sink.finish(), sink
     finally:
         sink.close()
@@ -241,13 +246,14 @@ def test_without_diff_id_only_the_blob_is_checked(blob_path: Path) -> None:
 LARGE = _mixed(9 * MiB)  # more than two inflate pieces
 
 
+@pytest.mark.parametrize("piped", [False, True], ids=["write", "pipe"])
 @pytest.mark.parametrize("kind", COMPRESSORS)
 @pytest.mark.parametrize("chunk_size", [4096, 65536, BATCH_SIZE, 3 * MiB, None])
 def test_any_chunking_gives_the_same_digests(
-    blob_path: Path, kind: str, chunk_size: int | None
+    blob_path: Path, kind: str, chunk_size: int | None, piped: bool
 ) -> None:
     blob = COMPRESSORS[kind](LARGE)
-    diff_id, sink = _pour(blob_path, blob, chunk_size)
+    diff_id, sink = _pour(blob_path, blob, chunk_size, piped=piped)
     assert diff_id == sha256(LARGE)
     assert sink.uncompressed_size == len(LARGE)
     assert blob_path.read_bytes() == blob
@@ -414,6 +420,52 @@ def test_restart_truncates_the_file_and_forgets_the_hashes(blob_path: Path) -> N
     assert sink.finish() == sha256(LAYER)
     sink.close()
     assert blob_path.read_bytes() == blob
+
+
+def test_restart_while_piping_forgets_what_the_inflate_thread_had(blob_path: Path) -> None:
+    blob = _gzip(LARGE)
+    sink = LayerSink(blob_path, sha256(blob))
+    sink.open()
+    sink.pipe(blob[: 3 * MiB])
+    sink.pipe(b"bytes from another blob")
+
+    sink.restart()
+
+    for chunk in _chunks(blob, BATCH_SIZE):
+        sink.pipe(chunk)
+    assert sink.finish() == sha256(LARGE)
+    assert sink.uncompressed_size == len(LARGE)
+    sink.close()
+
+
+def test_a_piped_broken_stream_is_a_content_error_at_finish(blob_path: Path) -> None:
+    blob = _gzip(LARGE)
+    broken = blob[:1000] + bytes(5000) + blob[6000:]
+    sink = LayerSink(blob_path, sha256(broken))
+    sink.open()
+    for chunk in _chunks(broken, BATCH_SIZE):
+        sink.pipe(chunk)
+    with pytest.raises(ContentError, match="not valid gzip"):
+        sink.finish()
+    sink.close()
+
+
+def test_a_failure_in_the_inflate_thread_is_raised_at_finish(
+    blob_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob = _gzip(LARGE)
+    sink = LayerSink(blob_path, sha256(blob))
+    sink.open()
+
+    def fail(batch: bytes) -> None:
+        raise MemoryError("no room to inflate")
+
+    monkeypatch.setattr(sink, "inflate", fail)
+    for chunk in _chunks(blob, BATCH_SIZE):
+        sink.pipe(chunk)  # the thread goes on taking batches: the store never waits
+    with pytest.raises(MemoryError, match="no room"):
+        sink.finish()
+    sink.close()
 
 
 def test_restart_forgets_a_broken_stream(blob_path: Path) -> None:

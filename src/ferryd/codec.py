@@ -1,9 +1,10 @@
 """The byte pipeline: write and hash a layer blob, decompress it and hash the result.
 
-A `LayerSink` takes batches of about 1 MiB in two stages meant for two worker threads
-(`store`: write + blob hash; `inflate`: decompress + DiffID hash, the hash itself in a
-third thread). sha256 (OpenSSL), inflate (isal) and zstd all release the GIL, so one
-layer keeps more than one core busy while the event loop only moves bytes.
+A `LayerSink` takes batches of about 1 MiB in two stages (`store`: write + blob hash;
+`inflate`: decompress + DiffID hash, the hash itself in a third thread). `pipe` runs the
+first in the worker thread that calls it and hands the batch to the sink's own inflate
+thread. sha256 (OpenSSL), inflate (isal) and zstd all release the GIL, so one layer
+keeps more than one core busy while the event loop only moves bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import errno
 import hashlib
 import lzma
 import os
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -221,6 +223,41 @@ class _OrderedHasher:
         self._wait()
 
 
+class _Behind:
+    """Work done in a thread of its own, in the order given, at most one piece behind
+    the thread that gives it (which waits when it would be further ahead).
+
+    Handing a batch from thread to thread costs one wakeup; through the event loop (a
+    task awaiting a worker call per stage) it cost two more per MiB, and the loop's
+    own turn.
+    """
+
+    def __init__(self, work: Callable[[bytes], None], name: str) -> None:
+        self._work = work
+        self._queue: queue.Queue[bytes | None] = queue.Queue(1)
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, piece: bytes) -> None:
+        self._queue.put(piece)
+
+    def _run(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._work(piece)
+                except Exception as exc:  # raised in the thread that joins
+                    self._error = exc
+
+    def join(self) -> None:
+        """Wait for every piece given; raise what the work raised."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class LayerSink:
     """Writes a blob to `path`, hashing it and (optionally) its uncompressed content.
 
@@ -239,9 +276,12 @@ class LayerSink:
         self._small = small  # a blob taken in one batch: everything in one thread
         self._file: BinaryIO | None = None
         self._diff_hasher = _OrderedHasher(inline=small)
+        self._behind: _Behind | None = None  # the inflate stage's thread, for `pipe`
         self._reset_state()
 
     def _reset_state(self) -> None:
+        with contextlib.suppress(Exception):  # what it was doing is being forgotten
+            self._join_behind()
         self.offset = 0
         self.uncompressed_size = 0
         self._hasher = new_hasher(self.expected)
@@ -313,6 +353,21 @@ class LayerSink:
                 self.offset += written
                 rest = rest[written:]
 
+    def pipe(self, batch: bytes) -> None:
+        """`store` now, `inflate` in the sink's own thread, at most one batch behind:
+        a layer keeps two cores busy, its batches handed over once."""
+        self.store(batch)
+        if not self._want_diff_id or self._broken is not None:
+            return
+        if self._behind is None:
+            self._behind = _Behind(self.inflate, "ferryd-inflate")
+        self._behind.put(batch)
+
+    def _join_behind(self) -> None:
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            behind.join()
+
     def inflate(self, batch: bytes) -> None:
         """Stage two: decompress and hash for the DiffID.
 
@@ -353,6 +408,7 @@ class LayerSink:
 
     def verify(self) -> Digest | None:
         """Check the blob digest, then the stream; return the DiffID (see `finish`)."""
+        self._join_behind()
         actual = self.digest_so_far()
         if actual != self.expected:
             raise DigestMismatchError(
@@ -371,6 +427,8 @@ class LayerSink:
         return Digest("sha256:" + self._diff_hasher.hexdigest())
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):  # closing: nothing to report it to
+            self._join_behind()
         self._diff_hasher.close()
         if self._file is not None:
             # Unbuffered: nothing is left to write, and a partial file is read back

@@ -498,34 +498,26 @@ async def _pump(
 ) -> None:
     """Move the response into the sink through two worker-thread stages.
 
-    The loop gathers ~1 MiB batches; one worker writes and hashes each batch while
-    another inflates and hashes the one before it, so a single layer keeps two cores
-    busy while the loop reads on.
+    The loop gathers ~1 MiB batches; a worker call writes and hashes each batch and
+    hands it to the sink's inflate thread, which inflates and hashes the one before
+    it, so a single layer keeps two cores busy while the loop reads on.
     """
-    # No batch waits in a buffer between the stages: each is handed over when the next
-    # stage takes it, so a layer holds at most one batch per stage plus the one being
-    # gathered. Inflation is the slowest stage: buffers of 2 only queued 4 more MiB per
-    # layer in front of it (the 5-layer pull's peak RSS 102 -> 87 MiB, same CPU).
+    # No batch waits in a buffer in front of the store stage, one at most in front of
+    # the inflate thread: a layer holds four batches at most. Handing the batch to the
+    # inflate thread directly, not through a task of the loop and a second worker call,
+    # took a 1 GiB layer's pull 13 % less time and 5 % less CPU (A/B, 6 pairs).
     to_store, stored = anyio.create_memory_object_stream[bytes](0)
-    to_inflate, inflating = anyio.create_memory_object_stream[bytes](0)
 
     async def store_batches() -> None:
-        async with stored, to_inflate:
+        async with stored:
             async for batch in stored:
-                await anyio.to_thread.run_sync(sink.store, batch)
-                await to_inflate.send(batch)
+                await anyio.to_thread.run_sync(sink.pipe, batch)
                 progress.update(Message("Downloading", layer_id, sink.offset, size))
-
-    async def inflate_batches() -> None:
-        async with inflating:
-            async for batch in inflating:
-                await anyio.to_thread.run_sync(sink.inflate, batch)
 
     cut: FerrydError | None = None
     with single_errors():
         async with anyio.create_task_group() as tg:
             tg.start_soon(store_batches)
-            tg.start_soon(inflate_batches)
             async with to_store:
                 pending: list[bytes] = []
                 pending_size = 0

@@ -25,7 +25,7 @@ skopeo run by run (A B, B A, ...), each ferryd run in a new daemon:
 
 For every ferryd run: wall seconds, the daemon's CPU seconds (user+sys, /proc), the
 floor (floor.py: the CPU seconds that hashing and inflating the same blobs take in one
-thread), peak RSS (VmHWM), the largest event-loop lag (`GET /metrics`,
+thread, measured right after the run), peak RSS (VmHWM), the largest event-loop lag (`GET /metrics`,
 `ferryd_event_loop_lag_max_seconds`; "n/a" where the daemon has none), and the
 registry's requests. Only public tools: python, skopeo, docker-registry and /proc.
 Printed as markdown and written to bench/out/results.md and results.json. Exit status 1

@@ -422,6 +422,30 @@ def test_restart_truncates_the_file_and_forgets_the_hashes(blob_path: Path) -> N
     assert blob_path.read_bytes() == blob
 
 
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_layers_piped_at_once_each_get_their_own_diff_id(tmp_path: Path, kind: str) -> None:
+    # With another layer inflating, a layer hashes its output where it inflates; alone
+    # again, in the hash pool: either way, in order.
+    rng = random.Random(7)
+    payloads = [rng.randbytes(size) + _mixed(size) for size in (MiB, MiB, 3 * MiB)]
+    blobs = [COMPRESSORS[kind](payload) for payload in payloads]
+    sinks = [LayerSink(tmp_path / f"blob{n}", sha256(blob)) for n, blob in enumerate(blobs)]
+    pieces = [list(_chunks(blob, BATCH_SIZE)) for blob in blobs]
+    assert [len(p) for p in pieces] == [2, 2, 4]
+    for sink in sinks:
+        sink.open()
+    for step in range(4):
+        for sink, chunks in zip(sinks, pieces, strict=True):
+            if step < len(chunks):
+                sink.pipe(chunks[step])
+        if step == 1:  # the last layer goes on alone
+            assert sinks[0].finish() == sha256(payloads[0])
+            assert sinks[1].finish() == sha256(payloads[1])
+    assert sinks[2].finish() == sha256(payloads[2])
+    for sink in sinks:
+        sink.close()
+
+
 def test_restart_while_piping_forgets_what_the_inflate_thread_had(blob_path: Path) -> None:
     blob = _gzip(LARGE)
     sink = LayerSink(blob_path, sha256(blob))

@@ -162,6 +162,24 @@ def inflater(compression: Compression, what: str = "layer") -> Inflater:
     return _Plain()
 
 
+class _Inflating:
+    """How many layers are inflating in threads of their own (`LayerSink.pipe`)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, step: int) -> None:
+        with self._lock:
+            self._count += step
+
+    def others(self) -> bool:
+        return self._count > 1
+
+
+_inflating = _Inflating()
+
+
 # Threads shared by every layer's DiffID hashing: a pool per layer cost a thread start
 # and join per layer, which small layers felt.
 _HASH_POOL = ThreadPoolExecutor(2, thread_name_prefix="ferryd-hash")
@@ -186,7 +204,9 @@ class _OrderedHasher:
         self._changed = threading.Condition()
 
     def update(self, piece: bytes) -> None:
-        if self._inline:
+        # While other layers inflate too, both cores are busy without the overlap: the
+        # hand-over would only cost. In order: nothing of this layer waits to be hashed.
+        if self._inline or (_inflating.others() and not self._draining):
             self._hasher.update(piece)
             return
         with self._changed:
@@ -361,12 +381,16 @@ class LayerSink:
             return
         if self._behind is None:
             self._behind = _Behind(self.inflate, "ferryd-inflate")
+            _inflating.add(1)
         self._behind.put(batch)
 
     def _join_behind(self) -> None:
         behind, self._behind = self._behind, None
         if behind is not None:
-            behind.join()
+            try:
+                behind.join()
+            finally:
+                _inflating.add(-1)
 
     def inflate(self, batch: bytes) -> None:
         """Stage two: decompress and hash for the DiffID.

@@ -500,48 +500,43 @@ async def _pump(
 
     The loop gathers ~1 MiB batches; a worker call writes and hashes each batch and
     hands it to the sink's inflate thread, which inflates and hashes the one before
-    it, so a single layer keeps two cores busy while the loop reads on.
+    it, so a single layer keeps two cores busy.
     """
-    # No batch waits in a buffer in front of the store stage, one at most in front of
-    # the inflate thread: a layer holds four batches at most. Handing the batch to the
-    # inflate thread directly, not through a task of the loop and a second worker call,
-    # took a 1 GiB layer's pull 13 % less time and 5 % less CPU (A/B, 6 pairs).
-    to_store, stored = anyio.create_memory_object_stream[bytes](0)
 
-    async def store_batches() -> None:
-        async with stored:
-            async for batch in stored:
-                await anyio.to_thread.run_sync(sink.pipe, batch)
-                progress.update(Message("Downloading", layer_id, sink.offset, size))
+    # One batch at most waits in front of the inflate thread: a layer holds three at
+    # most. While the worker call runs, the next batch waits in the socket, not in a
+    # task of the loop: that task's hand-overs cost more than the overlap gave (5-layer
+    # image: 3 % less wall time, 2.5 % less CPU, 5 MiB less peak RSS; 12 A/B pairs).
+    # Handing the batch to the inflate thread directly, not through a task of the loop
+    # and a second worker call, took a 1 GiB layer's pull 13 % less time and 5 % less
+    # CPU (6 pairs).
+    async def store(batch: bytes) -> None:
+        await anyio.to_thread.run_sync(sink.pipe, batch)
+        progress.update(Message("Downloading", layer_id, sink.offset, size))
 
     cut: FerrydError | None = None
-    with single_errors():
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(store_batches)
-            async with to_store:
-                pending: list[bytes] = []
-                pending_size = 0
-                try:
-                    async with aclosing(_counted(chunks, sink.offset, size, tally)) as counted:
-                        async for chunk in counted:
-                            pending.append(chunk)
-                            pending_size += len(chunk)
-                            if pending_size >= BATCH_SIZE:
-                                # Let go of the chunks (joined, they are the same MiB
-                                # twice) before waiting for the store stage, and of the
-                                # batch once it is handed over: the stages hold it.
-                                batch = b"".join(pending)
-                                pending, pending_size = [], 0
-                                await to_store.send(batch)
-                                del batch
-                except FerrydError as exc:
-                    if not exc.retryable:
-                        raise
-                    # A cut or stalled connection: write what did arrive, so that the
-                    # next attempt resumes after it instead of fetching it again.
-                    cut = exc
-                if pending:
-                    await to_store.send(b"".join(pending))
+    pending: list[bytes] = []
+    pending_size = 0
+    try:
+        async with aclosing(_counted(chunks, sink.offset, size, tally)) as counted:
+            async for chunk in counted:
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= BATCH_SIZE:
+                    # Let go of the chunks (joined, they are the same MiB twice)
+                    # before the worker call, and of the batch after it.
+                    batch = b"".join(pending)
+                    pending, pending_size = [], 0
+                    await store(batch)
+                    del batch
+    except FerrydError as exc:
+        if not exc.retryable:
+            raise
+        # A cut or stalled connection: write what did arrive, so that the next
+        # attempt resumes after it instead of fetching it again.
+        cut = exc
+    if pending:
+        await store(b"".join(pending))
     if cut is not None:
         raise cut
 

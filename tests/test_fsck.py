@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -271,6 +272,24 @@ def test_fsck_through_the_daemon_checks_and_repairs_the_store_it_has_open(
     assert fsck(capsys, "-H", daemon.host, "fsck")[0] == 0
     [logged, *_] = daemon.log_events("store.fsck")
     assert (logged["repair"], logged["problems"]) == (False, 2)
+
+
+def test_fsck_through_the_api_reads_repair_as_dockerd_reads_its_booleans(
+    registry: Registry, start_daemon: Callable[..., Daemon], layout: Path
+) -> None:
+    daemon, built = pulled(registry, start_daemon, layout, "fsck/flag:v1", 9351)
+    daemon.start()
+    damaged = blob_path(daemon.root, built.config_digest)
+    damaged.write_bytes(damaged.read_bytes() + b" ")
+
+    def fsck_api(repair: str) -> dict[str, Any]:
+        answer = daemon.client().request("POST", "/fsck", {"repair": repair}).read()
+        return json.loads(answer)  # type: ignore[no-any-return]
+
+    assert fsck_api("no")["Removed"] == []
+    assert daemon.images() != []
+    assert fsck_api("yes")["Removed"]
+    assert daemon.images() == []
 
 
 def test_fsck_through_the_daemon_leaves_alone_what_a_running_pull_is_making(

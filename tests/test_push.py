@@ -77,9 +77,11 @@ def tag(daemon: Daemon, source: str, target: str) -> httpx.Response:
         return client.post(f"/images/{source}/tag", params={"repo": repository, "tag": tag_})
 
 
-def rmi(daemon: Daemon, name: str, *, force: bool = False) -> httpx.Response:
+def rmi(daemon: Daemon, name: str, *, force: bool | str = False) -> httpx.Response:
+    """`force`: True sends `force=1`; a string is sent as it is."""
+    value = "1" if force is True else force or None
     with daemon.http() as client:
-        return client.delete(f"/images/{name}", params={"force": "1"} if force else None)
+        return client.delete(f"/images/{name}", params={"force": value} if value else None)
 
 
 def pulled(
@@ -719,6 +721,22 @@ def test_rmi_by_id_of_an_image_in_two_repositories_needs_force(
     assert {"Deleted": built.config_digest} in records
     assert daemon.images() == []
     assert daemon.blob_files() == []
+
+
+@pytest.mark.parametrize(("value", "forced"), [("yes", True), ("True", True), ("no", False)])
+def test_rmi_reads_force_as_dockerd_reads_its_booleans(
+    registry: Registry, daemon: Daemon, tmp_path: Path, value: str, forced: bool
+) -> None:
+    # dockerd's BoolValue: anything but empty, 0, no, false or none is true.
+    built = pulled(
+        daemon, registry, tmp_path / "layout", "rmi/flag:v1", [LayerSpec(size=500, seed=414)]
+    )
+    tag(daemon, f"{registry.host}/rmi/flag:v1", "example.com/flag:v1")
+
+    answer = rmi(daemon, built.config_digest, force=value)
+
+    assert answer.status_code == (200 if forced else 409)
+    assert (daemon.images() == []) is forced
 
 
 def test_rmi_of_an_unknown_image_is_404(daemon: Daemon) -> None:

@@ -16,6 +16,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ferryd.daemon.api.params import flag
 from ferryd.distribution.service import ImageService
 from ferryd.store.fsck import FsckReport, check
 
@@ -23,7 +24,7 @@ log = structlog.get_logger("ferryd.api")
 
 
 async def fsck(request: Request) -> Response:
-    repair = request.query_params.get("repair", "").lower() in ("1", "true")
+    repair = flag(request.query_params.get("repair", ""))
     service: ImageService = request.app.state.service
 
     def run() -> FsckReport:

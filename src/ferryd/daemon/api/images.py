@@ -108,7 +108,7 @@ async def tag(request: Request) -> Response:
 
 async def delete(request: Request) -> Response:
     """`DELETE /images/{name}?force=`: untag, and delete what nothing names any more."""
-    force = request.query_params.get("force", "").lower() in ("1", "true")
+    force = flag(request.query_params.get("force", ""))
     records = await service_of(request).remove(request.path_params["name"], force=force)
     return JSONResponse(records)
 

@@ -14,7 +14,7 @@ import trustme
 
 from support.daemon import Daemon
 from support.images import LayerSpec, PlatformSpec, build_image, build_index, seed
-from support.registry import PASSWORD, USER, Registry
+from support.registry import PASSWORD, USER, Registry, fixture_registry
 
 pytestmark = [pytest.mark.registry, pytest.mark.daemon]
 
@@ -26,6 +26,18 @@ def api(daemon: Daemon) -> Iterator[Any]:
     client = docker.APIClient(base_url=daemon.host, version="1.47")
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iterator[Registry]:
+    """A second real registry, standing in for a pull-through cache."""
+    with fixture_registry(tmp_path_factory, "inspect-mirror") as mirror:
+        yield mirror
+
+
+def inspect(daemon: Daemon, name: str) -> dict[str, Any]:
+    answer: dict[str, Any] = daemon.client().get_json(f"/distribution/{name}/json")
+    return answer
 
 
 def test_an_index_gives_its_descriptor_and_every_platform(
@@ -133,3 +145,50 @@ def test_an_unreadable_registry_auth_header_is_ignored_as_dockerd_ignores_it(
         answer = json.loads(response.read())
 
     assert answer["Descriptor"]["digest"] == built.manifest_digest
+
+
+# -- mirrors -----------------------------------------------------------------------------
+
+
+def test_a_mirror_that_has_the_reference_answers_and_the_registry_is_not_asked(
+    registry: Registry, mirror: Registry, start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    # The same tag, different images: the descriptor and platform tell who answered.
+    at_mirror = build_image(
+        tmp_path / "mirror", layers=[LayerSpec(size=100, seed=7607)], architecture="arm64"
+    )
+    seed(mirror, tmp_path / "mirror", "latest", "dist/mirrored:v1")
+    build_image(tmp_path / "origin", layers=[LayerSpec(size=100, seed=7608)])
+    seed(registry, tmp_path / "origin", "latest", "dist/mirrored:v1")
+    daemon = start_daemon(registry_mirrors={registry.host: [mirror.url]})
+    asked = registry.requests("GET", "/v2/dist/mirrored/")  # seeding reads the manifest back
+
+    answer = inspect(daemon, f"{registry.host}/dist/mirrored:v1")
+
+    assert answer == {
+        "Descriptor": at_mirror.descriptor(),
+        "Platforms": [{"architecture": "arm64", "os": "linux"}],
+    }
+    assert registry.requests("GET", "/v2/dist/mirrored/") == asked
+    assert daemon.log_events("registry.mirror_failed") == []
+
+
+def test_a_mirror_that_fails_is_skipped_for_the_registry_with_one_warning(
+    registry: Registry, start_daemon: Callable[..., Daemon], layout: Path, refused_port: int
+) -> None:
+    built = build_image(layout, layers=[LayerSpec(size=100, seed=7609)])
+    seed(registry, layout, "latest", "dist/fallback:v1")
+    down = f"http://127.0.0.1:{refused_port}"
+    daemon = start_daemon(registry_mirrors={registry.host: [down]})
+    reference = f"{registry.host}/dist/fallback:v1"
+
+    answer = inspect(daemon, reference)
+
+    assert answer == {
+        "Descriptor": built.descriptor(),
+        "Platforms": [{"architecture": "amd64", "os": "linux"}],
+    }
+    [skipped] = daemon.log_events("registry.mirror_failed")
+    assert skipped["level"] == "warning"
+    assert skipped["mirror"] == down
+    assert skipped["reference"] == reference

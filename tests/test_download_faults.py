@@ -8,6 +8,7 @@ gzip'd tar layers.
 from __future__ import annotations
 
 import email.utils
+import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,7 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 
+from ferryd.distribution import downloads
 from ferryd.distribution.context import BlobFetcher, DownloadDescriptor
 from ferryd.distribution.downloads import DownloadManager
 from ferryd.distribution.transfers import RetryPolicy
@@ -33,7 +35,7 @@ from ferryd.errors import (
     TransientRegistryError,
 )
 from ferryd.oci.digest import Digest
-from ferryd.oci.image_config import RootFS
+from ferryd.oci.image_config import MAX_CONFIG_SIZE, RootFS
 from ferryd.registry.auth import ANONYMOUS
 from ferryd.registry.client import BlobResponse, RegistryClient
 from ferryd.registry.connector import Connector
@@ -565,6 +567,38 @@ async def test_same_blob_with_two_diff_ids_at_once(env: Env, big: FakeLayer, fir
     # In turn: the wrong pull checks the blob the right one stored, or the right one
     # fetches it again after the wrong one failed.
     assert len(env.blob_gets()) == (1 if first == "right" else 2)
+
+
+# -- image configs ----------------------------------------------------------------------
+
+
+async def test_recent_configs_are_kept_up_to_a_byte_limit_and_the_oldest_go_first(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(downloads, "_RECENT_CONFIG_BYTES", 2500)  # two of these, not three
+    configs = [
+        json.dumps({"os": "linux", "architecture": "amd64", "n": n}).encode().ljust(1000)
+        for n in range(3)
+    ]
+    digests = [env.registry.add_blob(config) for config in configs]
+    first, second, third = digests
+
+    async def config(digest: Digest) -> bytes:
+        return await env.manager.config(env.client, digest, MAX_CONFIG_SIZE)
+
+    def gets() -> list[int]:
+        return [len(env.registry.seen("GET", f"/v2/{REPO}/blobs/{d}")) for d in digests]
+
+    assert [await config(digest) for digest in digests] == configs
+    assert await config(second) == configs[1]  # the two latest fit: not fetched again
+    assert await config(third) == configs[2]
+    assert gets() == [1, 1, 1]
+
+    assert await config(first) == configs[0]  # dropped for the third: fetched again
+    assert gets() == [2, 1, 1]
+    await config(third)  # kept; the second, now the oldest, made room for the first
+    await config(second)
+    assert gets() == [2, 2, 1]
 
 
 # -- failures that fit their retry ------------------------------------------------------

@@ -444,6 +444,28 @@ def test_a_push_with_a_platform_sends_that_platforms_manifest_as_it_was_pulled(
     assert "not stored" in error
 
 
+def test_a_push_whose_kept_manifest_was_changed_in_the_store_refuses_and_says_run_fsck(
+    registry: Registry, other_registry: Registry, daemon: Daemon, layout: Path
+) -> None:
+    index = seeded(registry, layout, "multi/damaged:v1", 9950)
+    source = f"{registry.host}/multi/damaged:v1"
+    assert errors(daemon.pull(source)) == []  # amd64: the index is recorded, its digests kept
+    tag(daemon, source, f"{other_registry.host}/ops/damaged:v1")
+    image = index.image("amd64")
+    kept = daemon.root / "blobs" / "sha256" / image.manifest_digest.removeprefix("sha256:")
+    manifest = json.loads(kept.read_bytes())
+    manifest["layers"][-1]["size"] += 1  # still a manifest, no longer of these blobs
+    kept.write_bytes(json.dumps(manifest).encode())
+
+    [error] = errors(push(daemon, f"{other_registry.host}/ops/damaged", "v1", platform=AMD64))
+
+    assert error == (
+        f"the stored manifest {image.manifest_digest} of image {image.config_digest} does "
+        "not describe its config and layers: run `ferryd fsck`"
+    )
+    assert other_registry.requests("PUT", "/ops/damaged/manifests/") == 0
+
+
 def test_a_reduced_index_pushes_the_stored_platforms_under_a_new_digest_and_says_so(
     registry: Registry, other_registry: Registry, daemon: Daemon, layout: Path
 ) -> None:

@@ -34,7 +34,7 @@ class _Flight:
     request_id: str | None
     # The latest line of each layer (by id), and each line without an id, in the order
     # they first came: what a client that follows late needs to draw the same screen.
-    # Bounded by the image's layers, not by how long the pull runs.
+    # Bounded by the pull's layers and status lines, not by its progress updates.
     lines: dict[object, Message] = field(default_factory=dict)
     followers: list[ProgressOutput] = field(default_factory=list)
     done: anyio.Event = field(default_factory=anyio.Event)

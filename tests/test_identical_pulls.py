@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import subprocess
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,6 +20,7 @@ from ferryd.distribution.inflight import InFlightPulls
 from ferryd.distribution.jobs import Job
 from ferryd.distribution.progress import Message, ProgressOutput
 from support.daemon import Daemon, errors
+from support.docker_cli import docker
 from support.served import served
 from support.slow_pulls import REPO, held_layer
 from support.waiting import wait_until
@@ -265,3 +269,34 @@ def test_a_follower_pulls_on_its_own_when_the_client_it_followed_hangs_up(
     assert errors(messages) == []
     assert messages[-1]["status"] == f"Status: Downloaded newer image for {reference}"
     assert len(registry.seen("GET", f"/v2/{REPO}/manifests/v1")) == 2
+
+
+@pytest.mark.docker_cli
+@pytest.mark.skipif(shutil.which("docker") is None, reason="docker CLI not installed")
+def test_docker_pulls_of_one_image_at_once_both_end_with_the_image(
+    start_daemon: Callable[..., Daemon], docker_config: Path
+) -> None:
+    registry, layer, release = held_layer(seed=814)
+    daemon = start_daemon()
+    done: list[subprocess.CompletedProcess[str]] = []
+    with served(registry) as (portal, server):
+        reference = f"{server.host}/{REPO}:v1"
+
+        def pull() -> None:
+            done.append(docker(daemon, "pull", reference, config=docker_config, check=False))
+
+        first, second = threading.Thread(target=pull), threading.Thread(target=pull)
+        first.start()
+        wait_until(lambda: daemon.client().get_json("/transfers"), what="the layer held")
+        second.start()
+        wait_until(lambda: "following" in [job["Phase"] for job in jobs(daemon)])
+        portal.call(release.set)
+        first.join(60)
+        second.join(60)
+
+    short = layer.digest.removeprefix("sha256:")[:12]
+    for result in done:
+        assert result.returncode == 0, result.stderr
+        assert f"{short}: Pull complete" in result.stdout
+        assert f"Status: Downloaded newer image for {reference}" in result.stdout
+    assert len(done) == 2

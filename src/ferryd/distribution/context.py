@@ -9,7 +9,7 @@ events. The API builds one per request (`ImageService`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -82,6 +82,13 @@ class RootFSDownloadManager(Protocol):
 
     async def config(self, fetcher: BlobFetcher, digest: Digest, limit: int) -> bytes:
         """An image config, fetched once for the pulls that want it at the same time."""
+        ...
+
+    async def send_ahead(
+        self, fetcher: BlobFetcher, layers: Sequence[Descriptor]
+    ) -> Callable[[], None]:
+        """Send the GETs of layers surely to be downloaded while the config is fetched;
+        returns what lets go of those no transfer took."""
         ...
 
 

@@ -9,7 +9,7 @@ next attempt to resume from.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field, replace
 
@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 
 from ferryd.codec import BATCH_SIZE, LayerSink, read_layer
 from ferryd.concurrency import single_errors
+from ferryd.distribution.ahead import SentAhead
 from ferryd.distribution.context import BlobFetcher, DownloadDescriptor, DownloadStats
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
 from ferryd.distribution.transfers import RetryPolicy, TransferPool, TransferState, with_retries
@@ -35,6 +36,7 @@ from ferryd.errors import (
 from ferryd.metrics import Metrics
 from ferryd.oci.digest import Digest, chain_ids, short_id
 from ferryd.oci.image_config import RootFS
+from ferryd.oci.manifest import Descriptor
 from ferryd.store.blobs import BlobStore
 from ferryd.store.layers import Layer, LayerStore
 from ferryd.store.metadata import V2Metadata, V2MetadataStore
@@ -78,6 +80,8 @@ class DownloadManager:
         self._transfers: TransferPool[tuple[Digest, Digest], BlobInfo] = TransferPool(
             task_group, max_concurrent, "download", slow_after=slow_after, metrics=metrics
         )
+        self._max_concurrent = max_concurrent
+        self._ahead = SentAhead(task_group)
         # Transfers are per (digest, DiffID), partial files per digest: two transfers of
         # one blob (two configs that disagree on its DiffID) must take turns on the file.
         self._partial_locks: dict[Digest, anyio.Lock] = {}
@@ -221,6 +225,41 @@ class DownloadManager:
         while sum(map(len, self._recent_configs.values())) > _RECENT_CONFIG_BYTES:
             self._recent_configs.popitem(last=False)
 
+    async def send_ahead(
+        self, fetcher: BlobFetcher, layers: Sequence[Descriptor]
+    ) -> Callable[[], None]:
+        """While the image config is fetched: send the GETs of the first layers (as many
+        as download at once) whose blobs are nowhere here (no layer, blob, partial file
+        or transfer of theirs), for their transfers to take (see `ahead`). Returns what
+        lets go of the answers no transfer took: call it when the pull ends."""
+        transferring = {digest for digest, _ in self._transfers.running()}
+        wanted: list[Digest] = []
+        for layer in layers:
+            digest = Digest(layer.digest)
+            if (
+                layer.urls  # a foreign layer: whether to fetch it is decided later
+                or digest in wanted
+                or digest in self._ahead
+                or digest in self._committed
+                or digest in self._partial_locks
+                or digest in transferring
+                or self._layers.by_blob(digest) is not None
+            ):
+                continue
+            wanted.append(digest)
+        if not wanted:
+            return lambda: None
+
+        def nowhere() -> list[Digest]:
+            return [
+                digest
+                for digest in wanted
+                if not self._blobs.has(digest) and not self._blobs.partial_path(digest).exists()
+            ]
+
+        fresh = await anyio.to_thread.run_sync(nowhere)
+        return self._ahead.send(fetcher, fresh[: self._max_concurrent])
+
     async def blob(
         self, fetcher: BlobFetcher, layer: DownloadDescriptor, progress: ProgressOutput
     ) -> BlobInfo:
@@ -335,7 +374,7 @@ class DownloadManager:
         resumed = sink.offset > 0
         rest = b""  # a small blob's bytes, written by the worker call that verifies them
         if sink.offset < size or size == 0:
-            async with fetcher.open_blob(digest, sink.offset) as blob:
+            async with self._ahead.open_blob(fetcher, digest, sink.offset) as blob:
                 if blob.start == 0 and sink.offset:
                     await anyio.to_thread.run_sync(sink.restart)  # the registry ignored Range
                     resumed, tally.resumed = False, 0

@@ -62,6 +62,8 @@ from ferryd.store.references import Target
 log = structlog.get_logger("ferryd.pull")
 
 DENIED = "denied: requested access to the resource is denied"  # distribution's default
+# The manifest took this long or more: send the first layers' GETs ahead of the config.
+SEND_AHEAD_AFTER = 0.01
 
 T = TypeVar("T")
 
@@ -145,6 +147,9 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
     progress = ctx.progress
     tag_or_digest = reference.digest or reference.tag or "latest"
     source = await _find_source(reference, tag_or_digest, ctx)
+    # Sending layer GETs ahead of the config saves a round trip: worth its checks only
+    # when a round trip costs something (not on loopback or a LAN).
+    send_ahead = time.monotonic() - started >= SEND_AHEAD_AFTER
     client, top = source.client, source.top
     # Said once the manifest is in hand, as dockerd: a pull that fails before this is
     # answered with an HTTP error status, not a stream.
@@ -164,7 +169,7 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
         if record is None:
             output = outputs.view(position)
             fetched[position] = await _pull_image(
-                client, reference, ctx, source, child, output, stats
+                client, reference, ctx, source, child, output, stats, send_ahead=send_ahead
             )
         else:
             _check_platform(ctx, reference, top, record.os, record.architecture, record.variant)
@@ -412,8 +417,33 @@ async def _pull_image(
     child: _Child,
     progress: ProgressOutput,
     stats: DownloadStats,
+    *,
+    send_ahead: bool = True,
 ) -> _Fetched:
-    """The config, then the layers (held until the pull is recorded)."""
+    """The config, then the layers (held until the pull is recorded). With
+    `send_ahead`, the first layers' GETs go out while the config is fetched
+    (`DownloadManager.send_ahead`)."""
+    let_go = await ctx.downloads.send_ahead(client, child.image.layers) if send_ahead else _nothing
+    try:
+        return await _config_then_layers(client, reference, ctx, source, child, progress, stats)
+    finally:
+        let_go()
+
+
+def _nothing() -> None:
+    return None
+
+
+async def _config_then_layers(
+    client: RegistryClient,
+    reference: Reference,
+    ctx: PullContext,
+    source: _Source,
+    child: _Child,
+    progress: ProgressOutput,
+    stats: DownloadStats,
+) -> _Fetched:
+    """The config, checked against the manifest and the platform, then the layers."""
     store = ctx.store
     image = child.image
     config_descriptor = image.config

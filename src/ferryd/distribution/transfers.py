@@ -93,6 +93,10 @@ class TransferPool(Generic[K, R]):
     def active(self) -> int:
         return len(self._transfers)
 
+    def running(self) -> list[K]:
+        """The keys of the transfers running."""
+        return list(self._transfers)
+
     def states(self) -> list[TransferState]:
         states = []
         for transfer in self._transfers.values():

@@ -1,0 +1,125 @@
+"""Layer GETs sent while the image config is fetched: taken by their transfers (one GET
+per blob still), let go when the pull fails, their errors met as a first attempt's."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import anyio
+
+from support.daemon import Daemon, errors
+from support.fakes import FakeRegistry, Reply, Request, make_layer
+from support.served import add_image, served
+from support.slow_pulls import REPO, held
+from support.waiting import wait_until
+
+MiB = 1 << 20
+
+
+def gets(registry: FakeRegistry, digest: str) -> int:
+    return len(registry.seen("GET", f"/v2/{REPO}/blobs/{digest}"))
+
+
+def far_away(registry: FakeRegistry) -> None:
+    """Answer manifests after 50 ms, as a registry a round trip away does: a pull sends
+    layer GETs ahead only when a round trip costs something."""
+
+    async def late(request: Request) -> None:
+        await anyio.sleep(0.05)  # then the normal answer
+
+    registry.on("GET", f"/v2/{REPO}/manifests/.*", late)
+
+
+def test_the_first_layers_are_asked_for_while_the_config_is_on_its_way(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    registry = FakeRegistry()
+    layers = [make_layer(300_000, seed=820 + n) for n in range(5)]
+    config = add_image(registry, "v1", layers)
+    far_away(registry)
+    config_released = held(registry, "GET", f"/v2/{REPO}/blobs/{config}")
+    daemon = start_daemon(max_concurrent_downloads=3)
+    result: list[list[str]] = []
+    with served(registry) as (portal, server):
+        puller = threading.Thread(
+            target=lambda: result.append(errors(daemon.pull(f"{server.host}/{REPO}:v1")))
+        )
+        puller.start()
+        # As many as download at once, in the manifest's order.
+        wait_until(lambda: [gets(registry, layer.digest) for layer in layers] == [1, 1, 1, 0, 0])
+        portal.call(config_released.set)
+        puller.join(60)
+
+    assert result == [[]]
+    assert [gets(registry, layer.digest) for layer in layers] == [1] * 5
+    assert daemon.inspect(f"{server.host}/{REPO}:v1")["Id"] == config
+
+
+def test_layers_already_here_are_not_asked_for_ahead(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    registry = FakeRegistry()
+    base, top = make_layer(200_000, seed=830), make_layer(100_000, seed=831)
+    add_image(registry, "base", [base])
+    config = add_image(registry, "app", [base, top])
+    far_away(registry)
+    daemon = start_daemon()
+    with served(registry) as (_, server):
+        assert errors(daemon.pull(f"{server.host}/{REPO}:base")) == []
+        assert errors(daemon.pull(f"{server.host}/{REPO}:app")) == []
+
+    assert (gets(registry, base.digest), gets(registry, top.digest)) == (1, 1)
+    assert daemon.inspect(f"{server.host}/{REPO}:app")["Id"] == config
+
+
+def test_a_pull_whose_config_fails_lets_go_of_what_it_asked_for_ahead(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    registry = FakeRegistry()
+    layer = make_layer(4 * MiB, seed=840)
+    config = add_image(registry, "v1", [layer])
+    far_away(registry)
+
+    layer_asked = anyio.Event()
+
+    async def note_the_layer(request: Request) -> None:
+        layer_asked.set()  # then the normal answer
+
+    async def missing_once_the_layer_is_asked_for(request: Request) -> Reply:
+        with anyio.move_on_after(10):  # never asked for: the assertion below says so
+            await layer_asked.wait()
+        return Reply(404)
+
+    registry.on("GET", f"/v2/{REPO}/blobs/{layer.digest}", note_the_layer)
+    registry.on("GET", f"/v2/{REPO}/blobs/{config}", missing_once_the_layer_is_asked_for, times=1)
+    daemon = start_daemon()
+    with served(registry) as (_, server):
+        reference = f"{server.host}/{REPO}:v1"
+        [failed] = errors(daemon.pull(reference))
+        assert config in failed
+        assert gets(registry, layer.digest) == 1
+        wait_until(lambda: daemon.client().get_json("/transfers") == [])
+
+        # The answer let go is not taken by the next pull's transfer: it asks again.
+        assert errors(daemon.pull(reference)) == []
+
+    assert gets(registry, layer.digest) == 2
+    assert daemon.inspect(reference)["Id"] == config
+
+
+def test_an_error_to_a_get_sent_ahead_is_its_transfers_first_attempt(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    registry = FakeRegistry()
+    layer = make_layer(100_000, seed=850)
+    add_image(registry, "v1", [layer])
+    far_away(registry)
+    registry.on("GET", f"/v2/{REPO}/blobs/{layer.digest}", Reply(503), times=1)
+    daemon = start_daemon(retry_delay=0.1)
+    with served(registry) as (_, server):
+        assert errors(daemon.pull(f"{server.host}/{REPO}:v1")) == []
+
+    [retry] = daemon.log_events("transfer.retry")
+    assert (retry["attempt"], retry["cause"]) == (1, "TransientRegistryError")
+    assert gets(registry, layer.digest) == 2

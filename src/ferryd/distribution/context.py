@@ -84,11 +84,11 @@ class RootFSDownloadManager(Protocol):
         """An image config, fetched once for the pulls that want it at the same time."""
         ...
 
-    async def send_ahead(
+    def sending_ahead(
         self, fetcher: BlobFetcher, layers: Sequence[Descriptor]
-    ) -> Callable[[], None]:
-        """Send the GETs of layers surely to be downloaded while the config is fetched;
-        returns what lets go of those no transfer took."""
+    ) -> AbstractAsyncContextManager[None]:
+        """While the block runs, the GETs of layers surely to be downloaded are sent
+        for their transfers to take; those none took are let go at its end."""
         ...
 
 

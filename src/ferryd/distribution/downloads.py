@@ -225,13 +225,23 @@ class DownloadManager:
         while sum(map(len, self._recent_configs.values())) > _RECENT_CONFIG_BYTES:
             self._recent_configs.popitem(last=False)
 
-    async def send_ahead(
+    @asynccontextmanager
+    async def sending_ahead(
+        self, fetcher: BlobFetcher, layers: Sequence[Descriptor]
+    ) -> AsyncIterator[None]:
+        """While the block runs (the image config is fetched, then the layers): the GETs
+        of the first layers (as many as download at once) whose blobs are nowhere here
+        (no layer, blob, partial file or transfer of theirs) are sent, for their transfers
+        to take (see `ahead`); the answers no transfer took are let go at its end."""
+        let_go = await self._send_ahead(fetcher, layers)
+        try:
+            yield
+        finally:
+            let_go()
+
+    async def _send_ahead(
         self, fetcher: BlobFetcher, layers: Sequence[Descriptor]
     ) -> Callable[[], None]:
-        """While the image config is fetched: send the GETs of the first layers (as many
-        as download at once) whose blobs are nowhere here (no layer, blob, partial file
-        or transfer of theirs), for their transfers to take (see `ahead`). Returns what
-        lets go of the answers no transfer took: call it when the pull ends."""
         transferring = {digest for digest, _ in self._transfers.running()}
         wanted: list[Digest] = []
         for layer in layers:

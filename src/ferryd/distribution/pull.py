@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -420,55 +420,40 @@ async def _pull_image(
     *,
     send_ahead: bool = True,
 ) -> _Fetched:
-    """The config, then the layers (held until the pull is recorded). With
-    `send_ahead`, the first layers' GETs go out while the config is fetched
-    (`DownloadManager.send_ahead`)."""
-    let_go = await ctx.downloads.send_ahead(client, child.image.layers) if send_ahead else _nothing
-    try:
-        return await _config_then_layers(client, reference, ctx, source, child, progress, stats)
-    finally:
-        let_go()
-
-
-def _nothing() -> None:
-    return None
-
-
-async def _config_then_layers(
-    client: RegistryClient,
-    reference: Reference,
-    ctx: PullContext,
-    source: _Source,
-    child: _Child,
-    progress: ProgressOutput,
-    stats: DownloadStats,
-) -> _Fetched:
-    """The config, checked against the manifest and the platform, then the layers."""
+    """The config, checked against the manifest and the platform, then the layers (held
+    until the pull is recorded). With `send_ahead`, the first layers' GETs go out while
+    the config is fetched (`DownloadManager.sending_ahead`)."""
     store = ctx.store
     image = child.image
     config_descriptor = image.config
     image_id = Digest(config_descriptor.digest)
     limit = min(config_descriptor.size or MAX_CONFIG_SIZE, MAX_CONFIG_SIZE)
-    raw_config = await ctx.downloads.config(client, image_id, limit)
-    model = decode_config(raw_config)
-    if ctx.several:
-        # The platforms of an index for other operating systems are kept, never run.
-        rootfs, os = rootfs_of(model), model.os
-    else:
-        rootfs, os = store.images.rootfs_and_os(model)
-    _check_platform(ctx, reference, source.top, model.os, model.architecture, model.variant)
-    if len(rootfs.diff_ids) != len(image.layers):
-        raise ImageConfigError(
-            f"the manifest has {len(image.layers)} layers but the image config has "
-            f"{len(rootfs.diff_ids)} DiffIDs"
+    ahead: AbstractAsyncContextManager[None] = (
+        ctx.downloads.sending_ahead(client, image.layers) if send_ahead else nullcontext()
+    )
+    async with ahead:
+        raw_config = await ctx.downloads.config(client, image_id, limit)
+        model = decode_config(raw_config)
+        if ctx.several:
+            # The platforms of an index for other operating systems are kept, never run.
+            rootfs, os = rootfs_of(model), model.os
+        else:
+            rootfs, os = store.images.rootfs_and_os(model)
+        _check_platform(ctx, reference, source.top, model.os, model.architecture, model.variant)
+        if len(rootfs.diff_ids) != len(image.layers):
+            raise ImageConfigError(
+                f"the manifest has {len(image.layers)} layers but the image config has "
+                f"{len(rootfs.diff_ids)} DiffIDs"
+            )
+        descriptors = [
+            DownloadDescriptor(layer, diff_id, reference.domain, reference.path)
+            for layer, diff_id in zip(image.layers, rootfs.diff_ids, strict=True)
+        ]
+        ctx.job.phase = "layers"
+        _, release = await ctx.downloads.download(
+            client, RootFS([]), os, descriptors, progress, stats
         )
-    descriptors = [
-        DownloadDescriptor(layer, diff_id, reference.domain, reference.path)
-        for layer, diff_id in zip(image.layers, rootfs.diff_ids, strict=True)
-    ]
-    ctx.job.phase = "layers"
-    _, release = await ctx.downloads.download(client, RootFS([]), os, descriptors, progress, stats)
-    return _Fetched(child, raw_config, model, rootfs, release)
+        return _Fetched(child, raw_config, model, rootfs, release)
 
 
 @dataclass(frozen=True, slots=True)

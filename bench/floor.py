@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +69,19 @@ def blob_floor(path: Path, *, layer: bool) -> float:
     return spent
 
 
+def _blobs(image: Built) -> Iterator[tuple[str, Path, bool]]:
+    """Each of `image`'s blobs (its configs, one per platform of an index, then its
+    distinct layers): digest, file, whether it is a layer."""
+    for index, digest in enumerate(image.blobs):
+        yield digest, blob_path(image.layout, digest), index >= image.configs
+
+
 def image_floor(image: Built, repeats: int) -> dict[str, float]:
-    """Floor CPU seconds of each of `image`'s blobs (its configs, one per platform of
-    an index, and its distinct layers), the least of `repeats` passes."""
+    """Floor CPU seconds of each of `image`'s blobs, the least of `repeats` passes."""
     best: dict[str, float] = {}
     for _ in range(repeats):
-        for index, digest in enumerate(image.blobs):
-            layer = index >= image.configs
-            seconds = blob_floor(blob_path(image.layout, digest), layer=layer)
+        for digest, path, layer in _blobs(image):
+            seconds = blob_floor(path, layer=layer)
             best[digest] = min(seconds, best.get(digest, seconds))
     return best
 
@@ -103,10 +108,9 @@ def floor_pass(images: Iterable[Built]) -> float:
     of the passes made at the start would compare every run with the quietest moment."""
     seen: dict[str, float] = {}
     for image in images:
-        for index, digest in enumerate(image.blobs):
+        for digest, path, layer in _blobs(image):
             if digest not in seen:
-                path = blob_path(image.layout, digest)
-                seen[digest] = blob_floor(path, layer=index >= image.configs)
+                seen[digest] = blob_floor(path, layer=layer)
     return sum(seen.values())
 
 

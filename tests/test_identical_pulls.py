@@ -124,6 +124,8 @@ def test_followers_of_a_pull_that_fails_run_one_pull_of_their_own_and_follow_it(
 
 
 def test_a_follower_cancelled_leaves_the_pull_it_follows_running() -> None:
+    follower, seen = new_job()
+
     async def main() -> str:
         pulls = InFlightPulls()
         go_on = anyio.Event()
@@ -142,11 +144,12 @@ def test_a_follower_cancelled_leaves_the_pull_it_follows_running() -> None:
             tg.start_soon(lead)
             await anyio.wait_all_tasks_blocked()
             with anyio.move_on_after(0.01):
-                await pulls.run("key", new_job()[0], unexpected)
+                await pulls.run("key", follower, unexpected)
             go_on.set()  # the leader writes to its followers: none is left
         return result
 
     assert anyio.run(main) == "the image"
+    assert seen.messages == []  # the line written after it left did not reach it
 
 
 # -- through the daemon -----------------------------------------------------------------

@@ -189,7 +189,7 @@ def test_a_reference_to_an_index_gives_the_default_platforms_child_else_the_firs
     )
     digest = keep_index(store, raw)
     entries = store.indexes.entries(digest)
-    stored = {e.digest: image for e in entries if (image := store.manifests.image_of(e.digest))}
+    stored = store.indexes.stored_children(digest)
 
     assert default_child(entries, stored, parse_platform("linux/amd64")) == stored[amd]
     assert default_child(entries, stored, parse_platform("linux/ppc64le")) == stored[arm]

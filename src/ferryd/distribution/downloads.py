@@ -242,6 +242,8 @@ class DownloadManager:
     async def _send_ahead(
         self, fetcher: BlobFetcher, layers: Sequence[Descriptor]
     ) -> Callable[[], None]:
+        # What memory knows first (a running transfer holds the blob's partial file),
+        # then the database and the disk in one worker call.
         transferring = {digest for digest, _ in self._transfers.running()}
         wanted: list[Digest] = []
         for layer in layers:
@@ -251,9 +253,7 @@ class DownloadManager:
                 or digest in wanted
                 or digest in self._ahead
                 or digest in self._committed
-                or digest in self._partial_locks
                 or digest in transferring
-                or self._layers.by_blob(digest) is not None
             ):
                 continue
             wanted.append(digest)
@@ -264,7 +264,9 @@ class DownloadManager:
             return [
                 digest
                 for digest in wanted
-                if not self._blobs.has(digest) and not self._blobs.partial_path(digest).exists()
+                if self._layers.by_blob(digest) is None
+                and not self._blobs.has(digest)
+                and not self._blobs.partial_path(digest).exists()
             ]
 
         fresh = await anyio.to_thread.run_sync(nowhere)

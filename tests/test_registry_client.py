@@ -6,12 +6,15 @@ import gzip
 import hashlib
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import anyio
 import pytest
 import trustme
+from httpcore._async import http11 as httpcore_http11
 
 from ferryd.errors import (
     AccessDeniedError,
@@ -32,7 +35,7 @@ from ferryd.oci.mediatypes import ACCEPT, OCI_MANIFEST, SCHEMA1_TYPES
 from ferryd.registry import endpoints as endpoints_module
 from ferryd.registry.auth import ANONYMOUS, Credentials
 from ferryd.registry.client import MAX_REDIRECTS, BlobResponse, RegistryClient
-from ferryd.registry.connector import Connector
+from ferryd.registry.connector import KEEP_IDLE_SECONDS, Connector
 from ferryd.registry.endpoints import DOCKER_HUB_HOST, RegistryService
 from support.digests import sha256
 from support.fakes import (
@@ -644,6 +647,32 @@ async def test_connector_falls_back_to_http_and_remembers(connector: Connector) 
     # No ping: the first request chose the endpoint.
     paths = [r.path for r in registry.requests]
     assert paths == [f"/v2/{REPO}/manifests/v1", "/v2/team/other/manifests/v1"]
+
+
+async def test_a_connection_idle_for_up_to_90_seconds_is_used_again(
+    connector: Connector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pulls a few seconds apart reuse their connections (Go's transport, which dockerd
+    and skopeo use, keeps them 90 s; httpx alone, 5 s); past that, a new one is opened."""
+    registry = FakeRegistry()
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    idle = 0.0  # seconds added to httpcore's clock, which alone tells a connection's age
+    monkeypatch.setattr(
+        httpcore_http11, "time", SimpleNamespace(monotonic=lambda: time.monotonic() + idle)
+    )
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        await client.get_manifest("v1")
+        opened = server.connections
+
+        idle += KEEP_IDLE_SECONDS - 1
+        await client.get_manifest("v1")
+        assert server.connections == opened
+
+        idle += KEEP_IDLE_SECONDS + 1
+        await client.get_manifest("v1")
+        assert server.connections == opened + 1
+    assert len(registry.seen("GET", MANIFEST_PATH)) == 3
 
 
 async def test_concurrent_first_requests_choose_and_log_in_once(connector: Connector) -> None:

@@ -675,6 +675,52 @@ async def test_a_connection_idle_for_up_to_90_seconds_is_used_again(
     assert len(registry.seen("GET", MANIFEST_PATH)) == 3
 
 
+async def test_a_get_the_registry_hangs_up_on_goes_once_more_on_a_new_connection(
+    connector: Connector,
+) -> None:
+    """A kept connection the registry closes as a request goes out on it (its idle timeout
+    shorter than ours): the request did nothing, so it is sent again, as Go's transport
+    does."""
+    registry = FakeRegistry()
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        await client.get_manifest("v1")
+        opened = server.connections
+        registry.on("GET", MANIFEST_PATH, Reply(hang_up=True), times=1)
+        fetched = await client.get_manifest("v1")
+    assert fetched.raw == manifest()
+    assert len(registry.seen("GET", MANIFEST_PATH)) == 3
+    assert server.connections == opened + 1
+
+
+async def test_a_registry_that_hangs_up_twice_fails_the_request(connector: Connector) -> None:
+    registry = FakeRegistry()
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        await client.get_manifest("v1")
+        registry.on("GET", MANIFEST_PATH, Reply(hang_up=True))
+        with pytest.raises(TransientRegistryError, match="without sending a response"):
+            await client.get_manifest("v1")
+    assert len(registry.seen("GET", MANIFEST_PATH)) == 3  # the first, then one resend
+
+
+async def test_a_request_with_a_body_is_not_sent_again_after_a_hang_up(
+    connector: Connector,
+) -> None:
+    """A PUT may have done its work before the connection closed: the caller decides."""
+    registry = FakeRegistry()
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        await client.get_manifest("v1")
+        registry.on("PUT", MANIFEST_PATH, Reply(hang_up=True))
+        with pytest.raises(TransientRegistryError):
+            await client.put_manifest("v2", OCI_MANIFEST, manifest("v2"))
+    assert len(registry.seen("PUT", MANIFEST_PATH)) == 1
+
+
 async def test_concurrent_first_requests_choose_and_log_in_once(connector: Connector) -> None:
     registry = FakeRegistry(auth="bearer")
     registry.add_manifest(manifest(), OCI_MANIFEST, "v1")

@@ -76,6 +76,8 @@ class Reply:
     `cut_after`: send this many body bytes, wait `cut_delay`, close the connection.
     `stall_after`: send this many body bytes, then keep the connection open and silent
     until `release` is set (or the server stops).
+    `hang_up`: close the connection without a word (a server whose idle timeout ran out
+    as the request came in).
     """
 
     status: int = 200
@@ -87,6 +89,7 @@ class Reply:
     cut_delay: float = 0.05
     stall_after: int | None = None
     release: anyio.Event | None = None
+    hang_up: bool = False
 
 
 Handler = Callable[[Request], Awaitable[Reply]]
@@ -151,6 +154,8 @@ class FakeServer(_Recording):
                     return
                 self.requests.append(request)
                 reply = await self.handler(request)
+                if reply.hang_up:
+                    return
                 if not await _send_reply(stream, request, reply):
                     return
         except (

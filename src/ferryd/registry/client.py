@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import structlog
 
 from ferryd.errors import (
     AccessDeniedError,
@@ -39,6 +40,8 @@ MAX_REDIRECTS = 10
 # Ask for the bytes as stored: a digest covers them, not a proxy's re-encoding of them.
 _IDENTITY = {"Accept-Encoding": "identity"}
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+log = structlog.get_logger("ferryd.registry")
 
 Body = bytes | Callable[[], AsyncIterator[bytes]]
 """A request body: bytes, or a function that opens a fresh stream of them."""
@@ -392,10 +395,7 @@ class RegistryClient:
                 # A body is made anew for every send: a stream cannot be replayed.
                 content=content() if callable(content) else content,
             )
-            try:
-                response = await route.http.send(request, stream=True)
-            except httpx.TransportError as exc:
-                raise transport_error(exc, route.endpoint, f"the answer to {what}") from None
+            response = await _send(route, request, what)
             location = response.headers.get("location")
             if response.status_code not in (301, 302, 303, 307, 308) or not location:
                 return response
@@ -410,6 +410,43 @@ class RegistryClient:
             if response.status_code == 303:
                 method = "GET"
         raise RegistryProtocolError(f"{route.endpoint.domain}: more than {MAX_REDIRECTS} redirects")
+
+
+async def _send(route: Route, request: httpx.Request, what: str) -> httpx.Response:
+    """Send `request`; a GET or HEAD that got no answer at all goes once more at once.
+
+    Connections are kept idle for up to 90 s, and a registry whose own idle timeout is
+    shorter may close one just as a request goes out on it. Such a request did nothing,
+    so Go's HTTP transport (dockerd's, skopeo's) sends it again on a new connection; so
+    do we, for the requests that have no body and change nothing.
+    """
+    try:
+        return await route.http.send(request, stream=True)
+    except httpx.TransportError as exc:
+        failure = exc
+    if request.method in ("GET", "HEAD") and _unanswered(failure):
+        log.debug(
+            "registry.resend",
+            method=request.method,
+            host=request.url.netloc.decode(),
+            path=request.url.path,
+            error=str(failure) or type(failure).__name__,
+        )
+        try:
+            return await route.http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            failure = exc
+    raise transport_error(failure, route.endpoint, f"the answer to {what}") from None
+
+
+def _unanswered(exc: httpx.TransportError) -> bool:
+    """Whether the connection closed before any of the answer came: not a timeout (that
+    has waited already), not a malformed answer (the same request gets it again)."""
+    if isinstance(exc, httpx.ReadError | httpx.WriteError):
+        return True
+    return isinstance(exc, httpx.RemoteProtocolError) and str(exc).startswith(
+        "Server disconnected without sending a response"
+    )
 
 
 def _rebased(url: str, base: str, endpoint: Endpoint) -> str:

@@ -16,6 +16,10 @@
   anyio._backends._asyncio) with a subclass that pauses reading once a connection holds
   1 MiB nobody has received; it relies on `read_queue` and on receive() resuming
   reading when that queue is empty.
+- registry/connector.py replaces httpcore's AnyIOStream.start_tls (httpcore's asyncio
+  streams) with TLS by the event loop's transport (`loop.start_tls`): it reads the
+  stream's anyio SocketStream `_transport` and `_protocol`, builds a new SocketStream
+  from a transport and a protocol, and returns an AnyIOStream over it.
 
 pyproject.toml holds these libraries to the series tested here and requirements.lock
 pins the exact versions. Each failure below names the library and what moved: after
@@ -45,6 +49,7 @@ import httptools
 import httpx
 import pytest
 import uvicorn
+from anyio._backends import _asyncio as anyio_asyncio
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -305,6 +310,25 @@ def test_httpx_talks_http11_through_httpcore() -> None:
     assert "AsyncHTTP11Connection(" in _methods_source(httpcore.AsyncHTTPConnection), (
         "httpcore: AsyncHTTPConnection no longer makes AsyncHTTP11Connection for HTTP/1.1; "
         "the READ_NUM_BYTES set in registry/connector.py no longer applies"
+    )
+
+
+def test_httpcore_starts_tls_through_anyio_stream_start_tls() -> None:
+    from httpcore._backends import anyio as httpcore_anyio
+
+    from ferryd.registry import connector
+
+    assert "start_tls(" in _methods_source(httpcore.AsyncHTTPConnection), (
+        "httpcore: AsyncHTTPConnection no longer calls its stream's start_tls; "
+        "registry/connector.py's TLS on the event loop is never used"
+    )
+    assert httpcore_anyio.AnyIOStream.start_tls is connector._start_tls_on_loop, (
+        "httpcore: AnyIOStream.start_tls is not the one registry/connector.py set"
+    )
+    parameters = list(inspect.signature(anyio_asyncio.SocketStream).parameters)
+    assert parameters == ["transport", "protocol"], (
+        f"anyio: SocketStream takes {parameters}, not (transport, protocol); "
+        "registry/connector.py builds one over the loop's TLS transport"
     )
 
 

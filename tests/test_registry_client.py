@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -12,8 +13,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import anyio
+import anyio.abc
+import httpcore
 import pytest
 import trustme
+from anyio.streams.tls import TLSStream
 from httpcore._async import http11 as httpcore_http11
 
 from ferryd.errors import (
@@ -781,6 +785,50 @@ async def test_insecure_tls_registry_is_used_without_verification(
         client = await open_client(connector, server)
         await client.get_manifest("v1")
     assert client.endpoint.base_url == f"https://{server.host}"
+
+
+async def test_a_blob_over_tls_comes_in_pieces_as_big_as_what_has_arrived(
+    connector: Connector, server_tls: ssl.SSLContext
+) -> None:
+    """TLS is the event loop's transport: what the socket holds is decrypted and handed
+    on at once, not one 16 KiB TLS record per receive (each a trip through anyio,
+    httpcore, h11 and httpx on the event loop)."""
+    registry = FakeRegistry()
+    blob = random.Random(7).randbytes(512 * 1024)
+    digest = registry.add_blob(blob)
+    async with serve_registry(registry, ssl_context=server_tls) as server:
+        client = await open_client(connector, server)
+        async with client.open_blob(digest) as answer:
+            await anyio.sleep(0.3)  # the whole answer arrives meanwhile
+            pieces = [chunk async for chunk in answer.chunks()]
+    assert client.endpoint.base_url.startswith("https://")
+    assert b"".join(pieces) == blob
+    assert len(pieces) <= 4, [len(piece) for piece in pieces]
+
+
+async def test_tls_inside_tls_works(ca: trustme.CA, server_tls: ssl.SSLContext) -> None:
+    """A registry behind an HTTPS proxy is TLS inside the proxy's TLS: the inner layer
+    starts on the loop's TLS transport of the outer one."""
+
+    async def serve_twice_wrapped(stream: anyio.abc.SocketStream) -> None:
+        outer = await TLSStream.wrap(stream, server_side=True, ssl_context=server_tls)
+        inner = await TLSStream.wrap(outer, server_side=True, ssl_context=server_tls)
+        await inner.send(b"hello from inside")
+        await inner.aclose()
+
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, serve_twice_wrapped)
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            plain = await httpcore.AnyIOBackend().connect_tcp("127.0.0.1", port)
+            outer = await plain.start_tls(trusting, "localhost")
+            inner = await outer.start_tls(trusting, "localhost")
+            assert await inner.read(100) == b"hello from inside"
+            await inner.aclose()
+            tg.cancel_scope.cancel()
 
 
 async def test_secure_registry_with_an_unknown_ca(server_tls: ssl.SSLContext) -> None:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import httpcore
 import httpx
 import structlog
 from anyio._backends import _asyncio as _anyio_asyncio
+from httpcore._backends import anyio as httpcore_anyio
 
 from ferryd import __version__
 from ferryd.errors import RegistryUnreachableError
@@ -55,9 +57,68 @@ class _BoundedStreamProtocol(_anyio_asyncio.StreamProtocol):
         if sum(map(len, self.read_queue)) >= _READ_SIZE:
             self._reading.pause_reading()
 
+    def read_through(self, transport: asyncio.ReadTransport) -> None:
+        """Pause `transport` from now on: the TLS layer started on the connection."""
+        self._reading = transport
+
 
 # A module attribute anyio looks up for every connection it opens.
 _anyio_asyncio.StreamProtocol = _BoundedStreamProtocol  # type: ignore[misc]
+
+
+_anyio_start_tls = httpcore_anyio.AnyIOStream.start_tls
+
+
+async def _start_tls_on_loop(
+    self: httpcore_anyio.AnyIOStream,
+    ssl_context: ssl.SSLContext,
+    server_hostname: str | None = None,
+    timeout: float | None = None,
+) -> httpcore.AsyncNetworkStream:
+    """TLS by the event loop's own transport (uvloop's, in C), not anyio's TLSStream.
+
+    TLSStream decrypts one TLS record (16 KiB) per receive, and each goes through anyio,
+    httpcore, h11 and httpx on the event loop: a 173 MB blob over TLS took 0.47-0.53 s
+    of CPU, against 0.08 s over plain HTTP. The loop's transport decrypts what the
+    socket holds at once and hands it over whole: 0.18-0.20 s (AES-GCM itself is
+    ~0.05 s of it). Everything else stays as anyio made it: the same stream, protocol
+    and flow control, over the TLS transport.
+    """
+    stream = self._stream
+    if not isinstance(stream, _anyio_asyncio.SocketStream):  # not anyio's asyncio backend
+        return await _anyio_start_tls(self, ssl_context, server_hostname, timeout)
+    raw, protocol = stream._transport, stream._protocol
+    try:
+        with anyio.fail_after(timeout):
+            transport = await asyncio.get_running_loop().start_tls(
+                raw, protocol, ssl_context, server_hostname=server_hostname
+            )
+    except (OSError, ssl.SSLError) as exc:  # TimeoutError is an OSError
+        await self.aclose()
+        failed = httpcore.ConnectTimeout if isinstance(exc, TimeoutError) else httpcore.ConnectError
+        raise failed(str(exc) or type(exc).__name__) from exc
+    except BaseException:
+        await self.aclose()
+        raise
+    if transport is None:  # the connection closed during the handshake
+        await self.aclose()
+        raise httpcore.ConnectError("the connection closed during the TLS handshake")
+    if isinstance(protocol, _BoundedStreamProtocol):
+        protocol.read_through(cast(asyncio.ReadTransport, transport))
+    return _TLSOnLoop(_anyio_asyncio.SocketStream(transport, protocol))
+
+
+class _TLSOnLoop(httpcore_anyio.AnyIOStream):
+    """A stream over the loop's TLS transport: its SSL object is the transport's."""
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "ssl_object":
+            return self._stream._transport.get_extra_info("ssl_object")  # type: ignore[attr-defined]
+        return super().get_extra_info(info)
+
+
+# httpcore opens every connection through this class: TLS starts here for all of them.
+httpcore_anyio.AnyIOStream.start_tls = _start_tls_on_loop  # type: ignore[method-assign]
 
 
 log = structlog.get_logger("ferryd.registry")

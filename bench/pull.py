@@ -18,6 +18,8 @@ skopeo run by run (A B, B A, ...), each ferryd run in a new daemon:
   `all-platforms=1`, `skopeo copy --all`); ferryd must fetch the shared layer once and
   keep the index;
 - same: 8 clients pulling the 24-layer image at once, against 8 pulls in turn;
+- tls: the same two pulls from a second docker-registry that speaks HTTPS (a
+  certificate of a CA made for the run), as every registry on a network does;
 - uptodate: pulling an image the store already has, directly and through the proxy;
   the registry's requests are counted (the target: one manifest request);
 - memory: the 1 GiB layer, VmRSS sampled every 20 ms;
@@ -46,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import push as push_bench
 import report
+import trustme
 from common import (
     AccessLog,
     BenchFailed,
@@ -74,6 +77,7 @@ SCENARIOS = (
     "multi",
     "small",
     "latency",
+    "tls",
     "shared",
     "platforms",
     "same",
@@ -110,7 +114,8 @@ def ab_pull(
         ],
         key,
     )
-    return Scenario(key, [image], runs, latency=target.latency)
+    tls = target.registry.url.startswith("https://")
+    return Scenario(key, [image], runs, latency=target.latency, tls=tls)
 
 
 def at_once(bench: Bench, images: list[Built], rounds: int, key: str) -> Scenario:
@@ -178,6 +183,22 @@ def up_to_date(
     return Scenario(key, [image], runs, up_to_date=True)
 
 
+def over_tls(
+    scratch: Path, floor: dict[str, float], images: dict[str, Built], rounds: int
+) -> list[Scenario]:
+    """Each of `images` (by scenario key) pulled from a registry of their own that
+    speaks only HTTPS."""
+    registry = start_registry(scratch / "registry-tls", tls=trustme.CA())
+    try:
+        for image in images.values():
+            seed(registry, image.layout, "latest", f"{image.name}:latest")
+        bench = Bench(registry, AccessLog(registry), floor, scratch)
+        return [ab_pull(bench, bench.direct(), image, rounds, key) for key, image in images.items()]
+    finally:
+        registry.stop()
+        shutil.rmtree(scratch / "registry-tls" / "storage", ignore_errors=True)
+
+
 def main() -> int:
     args = parse_args(
         __doc__,
@@ -236,6 +257,8 @@ def main() -> int:
                 if "uptodate" in only:
                     for image, key in ((multi, "uptodate-multi"), (small, "uptodate-small")):
                         scenarios.append(up_to_date(bench, [direct, slow], image, rounds, key))
+        if "tls" in only:
+            scenarios += over_tls(scratch, floor, {"multi-tls": multi, "small-tls": small}, rounds)
         if "memory" in only:
             mem = ferryd_run(bench, direct, [[big]], scratch / "ferryd")
             mem.extra["mode"] = "pull"

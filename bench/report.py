@@ -23,6 +23,7 @@ class Scenario:
     images: list[Built]  # what each run pulls (the same one several times: clients)
     runs: list[Run] = field(default_factory=list)
     latency: bool = False
+    tls: bool = False  # from a registry that speaks HTTPS (a certificate of its own CA)
     up_to_date: bool = False
 
     def of(self, tool: str, mode: str | None = None) -> list[Run]:
@@ -56,7 +57,11 @@ class Scenario:
             return f"{len(self.images)} clients, same image ({layers})"
         if self.up_to_date:
             return f"up to date ({layers})"
-        return f"{layers} ({mib(first.layer_bytes)}){', +25 ms each way' if self.latency else ''}"
+        return f"{layers} ({mib(first.layer_bytes)}){self._how}"
+
+    @property
+    def _how(self) -> str:
+        return ", +25 ms each way" if self.latency else ", over TLS" if self.tls else ""
 
     @property
     def title(self) -> str:
@@ -83,6 +88,8 @@ class Scenario:
             return f"up to date: {base}, already in the store"
         if self.latency:
             return f"{base}, 25 ms each way"
+        if self.tls:
+            return f"{base}, from a registry over TLS"
         return base
 
 
@@ -458,7 +465,9 @@ def render(
         "Floor = CPU s that sha256 of each blob, inflating each layer and "
         "sha256 of the result take in one thread (bench/floor.py): what verifying cannot "
         "avoid, measured right after each ferryd run (the images table: the best of the "
-        "passes made at the start). Latency: bench/latency.py, "
+        "passes made at the start). TLS: a second docker-registry with a certificate "
+        "of a CA made for the run (TLS 1.3; ferryd: loopback is an insecure registry, "
+        "skopeo: --src-cert-dir). Latency: bench/latency.py, "
         f"{delay * 1000:.0f} ms each way per chunk, a "
         "handshake's round trip more for a new connection. Peak RSS: ferryd's VmHWM. Loop "
         "lag: the daemon's `ferryd_event_loop_lag_max_seconds` (GET /metrics), n/a where "
@@ -504,6 +513,7 @@ def results_json(
                 "title": s.title,
                 "images": [image.name for image in s.images],
                 "latency": s.latency,
+                "tls": s.tls,
                 "up_to_date": s.up_to_date,
                 "runs": run_json(s.runs),
             }

@@ -83,6 +83,20 @@ async def open_client(
     return await connector.open(server.host, REPO, credentials)
 
 
+def serving_v1() -> FakeRegistry:
+    registry = FakeRegistry()
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    return registry
+
+
+async def kept_alive(connector: Connector, server: FakeServer) -> RegistryClient:
+    """A client whose first request (the manifest of v1) left its connection idle in
+    the pool, for the next request to take."""
+    client = await open_client(connector, server)
+    await client.get_manifest("v1")
+    return client
+
+
 # -- error mapping --------------------------------------------------------------------
 
 
@@ -658,15 +672,13 @@ async def test_a_connection_idle_for_up_to_90_seconds_is_used_again(
 ) -> None:
     """Pulls a few seconds apart reuse their connections (Go's transport, which dockerd
     and skopeo use, keeps them 90 s; httpx alone, 5 s); past that, a new one is opened."""
-    registry = FakeRegistry()
-    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    registry = serving_v1()
     idle = 0.0  # seconds added to httpcore's clock, which alone tells a connection's age
     monkeypatch.setattr(
         httpcore_http11, "time", SimpleNamespace(monotonic=lambda: time.monotonic() + idle)
     )
     async with serve_registry(registry) as server:
-        client = await open_client(connector, server)
-        await client.get_manifest("v1")
+        client = await kept_alive(connector, server)
         opened = server.connections
 
         idle += KEEP_IDLE_SECONDS - 1
@@ -685,11 +697,9 @@ async def test_a_get_the_registry_hangs_up_on_goes_once_more_on_a_new_connection
     """A kept connection the registry closes as a request goes out on it (its idle timeout
     shorter than ours): the request did nothing, so it is sent again, as Go's transport
     does."""
-    registry = FakeRegistry()
-    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    registry = serving_v1()
     async with serve_registry(registry) as server:
-        client = await open_client(connector, server)
-        await client.get_manifest("v1")
+        client = await kept_alive(connector, server)
         opened = server.connections
         registry.on("GET", MANIFEST_PATH, Reply(hang_up=True), times=1)
         fetched = await client.get_manifest("v1")
@@ -699,11 +709,9 @@ async def test_a_get_the_registry_hangs_up_on_goes_once_more_on_a_new_connection
 
 
 async def test_a_registry_that_hangs_up_twice_fails_the_request(connector: Connector) -> None:
-    registry = FakeRegistry()
-    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    registry = serving_v1()
     async with serve_registry(registry) as server:
-        client = await open_client(connector, server)
-        await client.get_manifest("v1")
+        client = await kept_alive(connector, server)
         registry.on("GET", MANIFEST_PATH, Reply(hang_up=True))
         with pytest.raises(TransientRegistryError, match="without sending a response"):
             await client.get_manifest("v1")
@@ -714,11 +722,9 @@ async def test_a_request_with_a_body_is_not_sent_again_after_a_hang_up(
     connector: Connector,
 ) -> None:
     """A PUT may have done its work before the connection closed: the caller decides."""
-    registry = FakeRegistry()
-    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    registry = serving_v1()
     async with serve_registry(registry) as server:
-        client = await open_client(connector, server)
-        await client.get_manifest("v1")
+        client = await kept_alive(connector, server)
         registry.on("PUT", MANIFEST_PATH, Reply(hang_up=True))
         with pytest.raises(TransientRegistryError):
             await client.put_manifest("v2", OCI_MANIFEST, manifest("v2"))

@@ -532,12 +532,21 @@ async def test_open_blob_not_found(connector: Connector) -> None:
                 pass
 
 
-async def test_cut_blob_body_is_transient(connector: Connector) -> None:
+def _served_with(request: pytest.FixtureRequest, tls: bool) -> ssl.SSLContext | None:
+    """The server's TLS context when the test runs over TLS (the event loop's transport on
+    the client's side), else None."""
+    return request.getfixturevalue("server_tls") if tls else None
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "tls"])
+async def test_cut_blob_body_is_transient(
+    connector: Connector, tls: bool, request: pytest.FixtureRequest
+) -> None:
     registry = FakeRegistry()
     data = b"x" * 200_000
     digest = registry.add_blob(data)
     registry.on("GET", BLOB_PATH, lambda r: _cut(registry.blob_reply(r, digest), 50_000))
-    async with serve_registry(registry) as server:
+    async with serve_registry(registry, ssl_context=_served_with(request, tls)) as server:
         client = await open_client(connector, server)
         received: list[bytes] = []
 
@@ -553,13 +562,14 @@ async def test_cut_blob_body_is_transient(connector: Connector) -> None:
     assert sum(map(len, received)) == 50_000
 
 
-async def test_stalled_blob_body_times_out(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "tls"])
+async def test_stalled_blob_body_times_out(tls: bool, request: pytest.FixtureRequest) -> None:
     connector = Connector(RegistryService(), read_timeout=0.2)
     registry = FakeRegistry()
     digest = registry.add_blob(b"x" * 100_000)
     registry.on("GET", BLOB_PATH, lambda r: _stall(registry.blob_reply(r, digest), 10_000))
     try:
-        async with serve_registry(registry) as server:
+        async with serve_registry(registry, ssl_context=_served_with(request, tls)) as server:
             client = await open_client(connector, server)
             async with client.open_blob(digest) as blob:
                 with pytest.raises(TransientRegistryError, match="timed out"):

@@ -93,7 +93,7 @@ async def _start_tls_on_loop(
             transport = await asyncio.get_running_loop().start_tls(
                 raw, protocol, ssl_context, server_hostname=server_hostname
             )
-    except (OSError, ssl.SSLError) as exc:  # TimeoutError is an OSError
+    except OSError as exc:  # ssl.SSLError and TimeoutError among them
         await self.aclose()
         failed = httpcore.ConnectTimeout if isinstance(exc, TimeoutError) else httpcore.ConnectError
         raise failed(str(exc) or type(exc).__name__) from exc
@@ -149,11 +149,12 @@ class _RegistryHTTP(httpx.AsyncClient):
 
 
 # How long a connection to a registry may wait idle for the next request. httpx keeps
-# one 5 s; Go's HTTP transport, which dockerd, containerd and skopeo use, 90 s. Pulls a
-# few seconds apart then reconnect (on a real registry: a TLS handshake, two or three
-# round trips) before every layer: a 24-layer pull 11.5 s after the last one took 11 %
-# longer than one 1 s after it, and with 90 s as long (10 pairs each, loopback). A
-# registry that closes one sooner is seen doing so before the connection is reused.
+# one 5 s; Go's HTTP transport, which dockerd, containerd and skopeo use, 90 s. With 5 s,
+# pulls a few seconds apart open new connections (on a real registry each is a TLS
+# handshake, two or three round trips): a 24-layer pull 11.5 s after the last one took
+# 11 % longer than one 1 s after it; with 90 s, as long (10 pairs each, loopback). A
+# connection the registry closed sooner is seen closed before it is reused, and a GET
+# that meets one closing anyway is sent again (client.py).
 KEEP_IDLE_SECONDS = 90.0
 
 # Below this share of its limit left, a registry's rate limit is worth a warning.

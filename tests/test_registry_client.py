@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -15,6 +16,7 @@ from types import SimpleNamespace
 import anyio
 import anyio.abc
 import httpcore
+import httpx
 import pytest
 import trustme
 from anyio.streams.tls import TLSStream
@@ -56,6 +58,13 @@ from support.registry import trust
 REPO = "team/app"
 MANIFEST_PATH = f"/v2/{REPO}/manifests/.+"
 BLOB_PATH = f"/v2/{REPO}/blobs/.+"
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    """The daemon's event loop, uvloop: its TLS transport is the one registry connections
+    use, and it differs from asyncio's where a connection ends."""
+    return ("asyncio", {"use_uvloop": True})
 
 
 @pytest.fixture
@@ -939,3 +948,85 @@ async def test_a_repository_without_tags_lists_none(connector: Connector) -> Non
         client = await open_client(connector, server)
 
         assert await client.list_tags() == []
+
+
+async def test_a_tls_answer_the_registry_closes_after_reaches_a_late_reader_whole(
+    connector: Connector, server_tls: ssl.SSLContext
+) -> None:
+    """The body and the FIN behind it arrive while nothing reads: the FIN must not drop
+    the body the TLS layer holds undelivered."""
+    registry = FakeRegistry()
+    data = random.Random(3).randbytes(100_000)
+    digest = registry.add_blob(data)
+    registry.on("GET", BLOB_PATH, lambda r: _cut(registry.blob_reply(r, digest), len(data)))
+    async with serve_registry(registry, ssl_context=server_tls) as server:
+        client = await open_client(connector, server)
+        async with client.open_blob(digest) as blob:
+            await anyio.sleep(0.3)  # the body, then the FIN, arrive meanwhile
+            received = b"".join([chunk async for chunk in blob.chunks()])
+    assert received == data
+
+
+async def test_a_kept_tls_connection_the_registry_closed_is_not_used_again(
+    ca: trustme.CA, server_tls: ssl.SSLContext
+) -> None:
+    """A registry whose idle timeout is shorter than ours closes a kept connection: the
+    next request, a PUT too (never sent twice), goes on a new one."""
+    connections = 0
+
+    async def answer_once_then_close(stream: anyio.abc.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        tls = await TLSStream.wrap(stream, server_side=True, ssl_context=server_tls)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await tls.receive()
+        await tls.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await anyio.sleep(0.05)
+        await anyio.aclose_forcefully(tls)  # its idle timeout ran out
+
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    limits = httpx.Limits(keepalive_expiry=KEEP_IDLE_SECONDS)
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, answer_once_then_close)
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            async with httpx.AsyncClient(verify=trusting, limits=limits) as http:
+                for _ in range(2):
+                    response = await http.put(f"https://localhost:{port}/", content=b"x")
+                    assert response.text == "ok"
+                    await anyio.sleep(0.3)  # the registry closes the connection meanwhile
+            tg.cancel_scope.cancel()
+    assert connections == 2
+
+
+async def test_a_registry_closing_with_close_notify_logs_no_loop_warning(
+    ca: trustme.CA, server_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An answer that ends with the registry's close_notify (`Connection: close`): the TLS
+    transport closes itself, and a protocol that asked to stay half-open would have
+    asyncio log a warning for every such answer."""
+
+    async def answer_then_close_notify(stream: anyio.abc.SocketStream) -> None:
+        tls = await TLSStream.wrap(stream, server_side=True, ssl_context=server_tls)
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await tls.receive()
+        await tls.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nok")
+        with contextlib.suppress(anyio.BrokenResourceError, OSError):
+            await tls.aclose()  # close_notify, then FIN
+
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    with anyio.fail_after(10), caplog.at_level("WARNING", logger="asyncio"):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, answer_then_close_notify)
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            async with httpx.AsyncClient(verify=trusting) as http:
+                for _ in range(3):  # the close_notify comes while the answer is read
+                    assert (await http.get(f"https://localhost:{port}/")).text == "ok"
+            tg.cancel_scope.cancel()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []

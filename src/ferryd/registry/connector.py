@@ -50,16 +50,20 @@ class _BoundedStreamProtocol(_anyio_asyncio.StreamProtocol):
         super().connection_made(transport)
         self._reading = cast(asyncio.ReadTransport, transport)
 
+    over_tls = False
+
+    def eof_received(self) -> bool | None:
+        # Over TLS the loop's transport closes itself at the peer's close_notify whatever
+        # this returns, and logs a warning for True ("has no effect when using ssl").
+        keep_open = super().eof_received()
+        return None if self.over_tls else keep_open
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         # A few chunks at most: the sum is cheap. receive() resumes reading once the
         # queue is empty, as it does after its own pause.
         if sum(map(len, self.read_queue)) >= _READ_SIZE:
             self._reading.pause_reading()
-
-    def read_through(self, transport: asyncio.ReadTransport) -> None:
-        """Pause `transport` from now on: the TLS layer started on the connection."""
-        self._reading = transport
 
 
 # A module attribute anyio looks up for every connection it opens.
@@ -88,10 +92,13 @@ async def _start_tls_on_loop(
     if not isinstance(stream, _anyio_asyncio.SocketStream):  # not anyio's asyncio backend
         return await _anyio_start_tls(self, ssl_context, server_hostname, timeout)
     raw, protocol = stream._transport, stream._protocol
+    # TLS inside TLS (an HTTPS proxy): the inner layer starts on the outer TLS transport,
+    # and reading is still paused on the TCP connection under both.
+    below, tcp = (raw._tls, raw._tcp) if isinstance(raw, _ReadingBelowTLS) else (raw, raw)
     try:
         with anyio.fail_after(timeout):
             transport = await asyncio.get_running_loop().start_tls(
-                raw, protocol, ssl_context, server_hostname=server_hostname
+                below, protocol, ssl_context, server_hostname=server_hostname
             )
     except OSError as exc:  # ssl.SSLError and TimeoutError among them
         await self.aclose()
@@ -104,16 +111,49 @@ async def _start_tls_on_loop(
         await self.aclose()
         raise httpcore.ConnectError("the connection closed during the TLS handshake")
     if isinstance(protocol, _BoundedStreamProtocol):
-        protocol.read_through(cast(asyncio.ReadTransport, transport))
-    return _TLSOnLoop(_anyio_asyncio.SocketStream(transport, protocol))
+        protocol.over_tls = True
+    reading_below = cast(asyncio.Transport, _ReadingBelowTLS(transport, tcp))
+    return _TLSOnLoop(_anyio_asyncio.SocketStream(reading_below, protocol))
+
+
+class _ReadingBelowTLS:
+    """The loop's TLS transport, but reading pauses and resumes on the TCP transport.
+
+    The TLS transport must never be paused itself: while it is, the TLS layer still reads
+    the socket into its own buffer (up to 256 KiB), and when the FIN comes with them
+    (a `Connection: close` answer) it drops that buffer undelivered and closes (uvloop's
+    and CPython's sslproto: "a low-level EOF ... just close"): the end of the body is
+    lost. Paused below, the bytes stay in the socket and the FIN behind them.
+    """
+
+    def __init__(self, tls: asyncio.Transport, tcp: asyncio.Transport) -> None:
+        self._tls = tls
+        self._tcp = tcp
+
+    def pause_reading(self) -> None:
+        self._tcp.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._tcp.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._tcp.is_reading()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tls, name)
 
 
 class _TLSOnLoop(httpcore_anyio.AnyIOStream):
     """A stream over the loop's TLS transport: its SSL object is the transport's."""
 
     def get_extra_info(self, info: str) -> Any:
+        transport = self._stream._transport  # type: ignore[attr-defined]
         if info == "ssl_object":
-            return self._stream._transport.get_extra_info("ssl_object")  # type: ignore[attr-defined]
+            return transport.get_extra_info("ssl_object")
+        if transport.get_extra_info("socket") is None:
+            # The TLS transport closed and let go of its socket: anyio's attributes
+            # would raise AttributeError (getpeername of None), not a transport error.
+            return True if info == "is_readable" else None
         return super().get_extra_info(info)
 
 

@@ -47,6 +47,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(_MARKS[fixture])
 
 
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, bool]]:
+    """The daemon's event loop, uvloop, for every async test: its transports (TLS above
+    all) differ from asyncio's where a connection pauses and ends."""
+    return ("asyncio", {"use_uvloop": True})
+
+
 @pytest.fixture(scope="session")
 def ca() -> trustme.CA:
     return trustme.CA()

@@ -61,13 +61,6 @@ BLOB_PATH = f"/v2/{REPO}/blobs/.+"
 
 
 @pytest.fixture
-def anyio_backend() -> tuple[str, dict[str, bool]]:
-    """The daemon's event loop, uvloop: its TLS transport is the one registry connections
-    use, and it differs from asyncio's where a connection ends."""
-    return ("asyncio", {"use_uvloop": True})
-
-
-@pytest.fixture
 async def connector() -> AsyncIterator[Connector]:
     connector = Connector(RegistryService(), connect_timeout=5, read_timeout=5)
     yield connector

@@ -51,6 +51,7 @@ from support.fakes import (
     Request,
     registry_error,
     serve,
+    serve_connect_proxy,
     serve_registry,
 )
 from support.registry import trust
@@ -847,6 +848,31 @@ async def test_tls_inside_tls_works(ca: trustme.CA, server_tls: ssl.SSLContext) 
             assert await inner.read(100) == b"hello from inside"
             await inner.aclose()
             tg.cancel_scope.cancel()
+
+
+async def test_a_tls_registry_through_a_tunnelling_proxy(server_tls: ssl.SSLContext) -> None:
+    """`proxy`: an HTTPS registry is reached through the proxy's CONNECT tunnel, TLS on
+    the tunnel being the event loop's own transport."""
+    registry = FakeRegistry()
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    blob = random.Random(5).randbytes(300_000)
+    digest = registry.add_blob(blob)
+    async with (
+        serve_connect_proxy() as proxy,
+        serve_registry(registry, ssl_context=server_tls) as server,
+    ):
+        connector = Connector(RegistryService(), proxy=proxy.url)
+        try:
+            client = await open_client(connector, server)
+            await client.get_manifest("v1")
+            async with client.open_blob(digest) as answer:
+                received = b"".join([chunk async for chunk in answer.chunks()])
+        finally:
+            await connector.aclose()
+    assert client.endpoint.base_url == f"https://{server.host}"
+    assert received == blob
+    assert proxy.tunnels
+    assert set(proxy.tunnels) == {server.host}
 
 
 async def test_secure_registry_with_an_unknown_ca(server_tls: ssl.SSLContext) -> None:

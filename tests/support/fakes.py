@@ -14,6 +14,7 @@ Every request is recorded, so a test asserts on what the client really sent.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import inspect
 import io
@@ -309,6 +310,54 @@ async def serve(
         server.port = listener.extra(SocketAttribute.local_port)
         tg.start_soon(listener.serve, server.connection)
         yield server
+
+
+@dataclass
+class ConnectProxy:
+    """An HTTP proxy that only tunnels (`CONNECT host:port`), as corporate proxies do for
+    HTTPS: its address, and the targets it was asked for."""
+
+    port: int = 0
+    tunnels: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    async def connection(self, client: ByteStream) -> None:
+        async with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await client.receive()
+            method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+            if method != "CONNECT":
+                await client.send(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                return
+            self.tunnels.append(target)
+            host, _, port = target.rpartition(":")
+            async with await anyio.connect_tcp(host, int(port)) as upstream:
+                await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_pipe, client, upstream)
+                    await _pipe(upstream, client)
+                    tg.cancel_scope.cancel()
+
+
+async def _pipe(source: ByteStream, sink: ByteStream) -> None:
+    with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+        async for data in source:
+            await sink.send(data)
+
+
+@asynccontextmanager
+async def serve_connect_proxy() -> AsyncIterator[ConnectProxy]:
+    """A tunnelling proxy on 127.0.0.1 (a free port) until the block ends."""
+    proxy = ConnectProxy()
+    listener = await anyio.create_tcp_listener(local_host=LOOPBACK, local_port=0)
+    async with listener, background() as tg:
+        proxy.port = listener.extra(SocketAttribute.local_port)
+        tg.start_soon(listener.serve, proxy.connection)
+        yield proxy
 
 
 # -- a registry -----------------------------------------------------------------------

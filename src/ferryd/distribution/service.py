@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import anyio
 
-from ferryd.distribution.context import PullContext, PushContext
+from ferryd.distribution.context import PullContext, PushContext, TransferContext
 from ferryd.distribution.downloads import DownloadManager
 from ferryd.distribution.events import ImageEventLogger
 from ferryd.distribution.inflight import InFlightPulls
-from ferryd.distribution.jobs import Job, JobBoard
+from ferryd.distribution.jobs import JobBoard
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.pull import PullResult, pull
 from ferryd.distribution.push import PushResult, push
@@ -30,17 +30,9 @@ from ferryd.registry.credentials import CredentialStore
 from ferryd.store import Store
 
 
-class _Shared(TypedDict):
-    """The fields of TransferContext: what a pull's and a push's contexts share."""
-
-    store: Store
-    connector: Connector
-    credentials: Credentials
-    meta_headers: Mapping[str, str]
-    progress: ProgressOutput
-    event_logger: ImageEventLogger
-    job: Job
-    metrics: Metrics
+def _shared(base: TransferContext, **changed: Any) -> dict[str, Any]:
+    """`base`'s fields (with `changed`), as the keywords of a pull's or push's context."""
+    return {f.name: getattr(base, f.name) for f in fields(TransferContext)} | changed
 
 
 @dataclass
@@ -72,11 +64,11 @@ class ImageService:
         progress: ProgressOutput,
         credentials: Credentials,
         meta_headers: Mapping[str, str] | None,
-    ) -> AsyncIterator[_Shared]:
-        """A pull's or push's job (`ferryd ps`, metrics) while it runs, and the fields
-        of its context that the two share."""
+    ) -> AsyncIterator[TransferContext]:
+        """A pull's or push's job (`ferryd ps`, metrics) while it runs, and what its
+        context shares with the other's."""
         with self.metrics.job(action), self.jobs.track(action, str(reference), progress) as job:
-            yield _Shared(
+            yield TransferContext(
                 store=self.store,
                 connector=self.connector,
                 credentials=await self.credentials_for(reference.domain, credentials),
@@ -101,14 +93,11 @@ class ImageService:
         """Pull `reference`: of an index, the image for `platform` (else the default
         platform), for each of `platforms`, or for every platform (`all_platforms`)."""
         default = self.default_platform or host_platform()
-        async with self._job("pull", reference, progress, credentials, meta_headers) as shared:
-            job = shared["job"]
+        async with self._job("pull", reference, progress, credentials, meta_headers) as base:
 
             async def run(output: ProgressOutput) -> list[PullResult]:
-                fields = shared.copy()
-                fields["progress"] = output  # the followers', too
                 ctx = PullContext(
-                    **fields,
+                    **_shared(base, progress=output),  # the followers' output, too
                     downloads=self.downloads,
                     retries=self.downloads.retries,
                     platform=platform or default,
@@ -125,10 +114,10 @@ class ImageService:
                 platform,
                 platforms,
                 all_platforms,
-                shared["credentials"],
-                tuple(sorted(shared["meta_headers"].items())),
+                base.credentials,
+                tuple(sorted(base.meta_headers.items())),
             )
-            return await self.pulls.run(key, job, run)
+            return await self.pulls.run(key, base.job, run)
 
     async def push(
         self,
@@ -140,9 +129,9 @@ class ImageService:
         credentials: Credentials,
         meta_headers: Mapping[str, str] | None = None,
     ) -> list[PushResult]:
-        async with self._job("push", reference, progress, credentials, meta_headers) as shared:
+        async with self._job("push", reference, progress, credentials, meta_headers) as base:
             ctx = PushContext(
-                **shared,
+                **_shared(base),
                 layers=StoreLayerProvider(self.store.layers, self.store.blobs),
                 uploads=self.uploads,
                 platform=platform,

@@ -10,13 +10,17 @@
 - daemon/api/serve.py subclasses uvicorn.Server: it overrides `startup(sockets)`, reads
   `started`, replaces `capture_signals`, sets `should_exit`, and passes uvicorn.Config
   the keywords in CONFIG below.
-- registry/connector.py raises httpcore.AsyncHTTP11Connection.READ_NUM_BYTES, guarded by
+- registry/streams.py raises httpcore.AsyncHTTP11Connection.READ_NUM_BYTES, guarded by
   hasattr: if the attribute went away, the daemon would only get slower, silently.
-- registry/connector.py replaces anyio's asyncio StreamProtocol (a module attribute of
+- registry/streams.py replaces anyio's asyncio StreamProtocol (a module attribute of
   anyio._backends._asyncio) with a subclass that pauses reading once a connection holds
   1 MiB nobody has received; it relies on `read_queue` and on receive() resuming
   reading when that queue is empty.
-- registry/connector.py replaces httpcore's AnyIOStream.start_tls (httpcore's asyncio
+- registry/streams.py replaces httpcore's AnyIOStream.read with one that takes bytes
+  already queued directly: it reads the anyio SocketStream's `_protocol` (its
+  `read_queue` and `read_event`) and `_receive_guard._guarded`, and calls
+  httpcore's own read otherwise.
+- registry/streams.py replaces httpcore's AnyIOStream.start_tls (httpcore's asyncio
   streams) with TLS by the event loop's transport (`loop.start_tls`): it reads the
   stream's anyio SocketStream `_transport` and `_protocol`, builds a new SocketStream
   from a transport and a protocol, and returns an AnyIOStream over it.
@@ -277,7 +281,7 @@ async def test_server_serves_on_our_socket_as_serve_py_runs_it(tmp_path: Path) -
     )
 
 
-# httpcore (registry/connector.py)
+# httpcore (registry/streams.py; the cookie jar: registry/connector.py)
 
 
 def _methods_source(cls: type) -> str:
@@ -292,12 +296,12 @@ def test_httpcore_reads_read_num_bytes_per_receive() -> None:
     size = getattr(cls, "READ_NUM_BYTES", None)
     assert isinstance(size, int), (
         f"httpcore: AsyncHTTP11Connection.READ_NUM_BYTES is {size!r}, not an int; "
-        "registry/connector.py raises it to 1 MiB, and its hasattr guard would skip it "
+        "registry/streams.py raises it to 1 MiB, and its hasattr guard would skip it "
         "silently (blob downloads get slower)"
     )
     assert re.search(r"\.read\(\s*self\.READ_NUM_BYTES\b", _methods_source(cls)), (
         "httpcore: AsyncHTTP11Connection no longer reads self.READ_NUM_BYTES at a time; "
-        "the read size set in registry/connector.py no longer has any effect"
+        "the read size set in registry/streams.py no longer has any effect"
     )
 
 
@@ -305,30 +309,76 @@ def test_httpx_talks_http11_through_httpcore() -> None:
     pool = getattr(httpx.AsyncHTTPTransport(), "_pool", None)
     assert isinstance(pool, httpcore.AsyncConnectionPool), (
         f"httpx: AsyncHTTPTransport's pool is {pool!r}, not an httpcore.AsyncConnectionPool; "
-        "the READ_NUM_BYTES set on httpcore in registry/connector.py no longer applies"
+        "the READ_NUM_BYTES set on httpcore in registry/streams.py no longer applies"
     )
     assert "AsyncHTTP11Connection(" in _methods_source(httpcore.AsyncHTTPConnection), (
         "httpcore: AsyncHTTPConnection no longer makes AsyncHTTP11Connection for HTTP/1.1; "
-        "the READ_NUM_BYTES set in registry/connector.py no longer applies"
+        "the READ_NUM_BYTES set in registry/streams.py no longer applies"
     )
 
 
 def test_httpcore_starts_tls_through_anyio_stream_start_tls() -> None:
     from httpcore._backends import anyio as httpcore_anyio
 
-    from ferryd.registry import connector
+    from ferryd.registry import streams
+
+    streams.install()
 
     assert "start_tls(" in _methods_source(httpcore.AsyncHTTPConnection), (
         "httpcore: AsyncHTTPConnection no longer calls its stream's start_tls; "
-        "registry/connector.py's TLS on the event loop is never used"
+        "registry/streams.py's TLS on the event loop is never used"
     )
-    assert httpcore_anyio.AnyIOStream.start_tls is connector._start_tls_on_loop, (
-        "httpcore: AnyIOStream.start_tls is not the one registry/connector.py set"
+    assert httpcore_anyio.AnyIOStream.start_tls is streams._start_tls_on_loop, (
+        "httpcore: AnyIOStream.start_tls is not the one registry/streams.py set"
     )
     parameters = list(inspect.signature(anyio_asyncio.SocketStream).parameters)
     assert parameters == ["transport", "protocol"], (
         f"anyio: SocketStream takes {parameters}, not (transport, protocol); "
-        "registry/connector.py builds one over the loop's TLS transport"
+        "registry/streams.py builds one over the loop's TLS transport"
+    )
+
+
+def test_httpcore_reads_through_anyio_stream_read() -> None:
+    from httpcore._backends import anyio as httpcore_anyio
+
+    from ferryd.registry import streams
+
+    streams.install()
+    assert re.search(
+        r"self\._network_stream\.read\(", _methods_source(httpcore.AsyncHTTP11Connection)
+    ), (
+        "httpcore: AsyncHTTP11Connection no longer reads through its network stream's "
+        "read(); registry/streams.py's read of queued bytes is never used"
+    )
+    assert httpcore_anyio.AnyIOStream.read is streams._read_queued_first, (
+        "httpcore: AnyIOStream.read is not the one registry/streams.py set"
+    )
+    assert list(inspect.signature(streams._anyio_read).parameters) == [
+        "self",
+        "max_bytes",
+        "timeout",
+    ], "httpcore: AnyIOStream.read no longer takes (max_bytes, timeout)"
+
+
+def test_anyio_socket_streams_keep_what_the_queued_read_takes() -> None:
+    """registry/streams.py's read takes a chunk from the protocol's queue as anyio's own
+    receive() does: the same attributes, the same handling of the read event."""
+    from ferryd.registry import streams
+
+    streams.install()
+    receive = inspect.getsource(anyio_asyncio.SocketStream.receive)
+    for needle in (
+        "with self._receive_guard",
+        "self._protocol.read_queue.popleft()",
+        "self._protocol.read_event.clear()",
+    ):
+        assert needle in receive, (
+            f"anyio: SocketStream.receive no longer has {needle!r}; registry/streams.py's "
+            "_read_queued_first copies what receive() does with a queued chunk: compare"
+        )
+    guard = anyio_asyncio.ResourceGuard("reading from")
+    assert getattr(guard, "_guarded", None) is False, (
+        "anyio: ResourceGuard has no `_guarded` flag; registry/streams.py reads it"
     )
 
 
@@ -352,7 +402,7 @@ def test_registry_clients_keep_no_cookies() -> None:
     )
 
 
-# anyio (registry/connector.py)
+# anyio (registry/streams.py)
 
 
 def test_anyio_connections_stop_reading_at_the_read_size() -> None:
@@ -360,7 +410,9 @@ def test_anyio_connections_stop_reading_at_the_read_size() -> None:
     (unpatched: several MB, read in one wakeup), and every byte still arrives."""
     from anyio.abc import SocketAttribute
 
-    from ferryd.registry import connector
+    from ferryd.registry import streams
+
+    streams.install()
 
     size = 32 << 20
 
@@ -383,18 +435,18 @@ def test_anyio_connections_stop_reading_at_the_read_size() -> None:
                         most = max(most, sum(map(len, queue)))
                         await anyio.sleep(0.001)  # a busy reader: the socket fills meanwhile
                 tg.cancel_scope.cancel()
-        return isinstance(protocol, connector._BoundedStreamProtocol), most, received
+        return isinstance(protocol, streams._BoundedStreamProtocol), most, received
 
     bounded, most, received = anyio.run(main, backend_options={"use_uvloop": True})
     assert bounded, (
         "anyio: connect_tcp no longer makes its connections with the module's "
-        "StreamProtocol; registry/connector.py replaces that class to bound what a blob "
+        "StreamProtocol; registry/streams.py replaces that class to bound what a blob "
         "download queues in memory"
     )
     assert received == size, f"anyio: {received} of {size} bytes arrived"
-    assert most <= connector._READ_SIZE + (256 << 10), (
+    assert most <= streams._READ_SIZE + (256 << 10), (
         f"anyio: {most} bytes were queued on a connection nobody read from; "
-        "registry/connector.py's _BoundedStreamProtocol pauses reading at 1 MiB: check "
+        "registry/streams.py's _BoundedStreamProtocol pauses reading at 1 MiB: check "
         "StreamProtocol.read_queue and how receive() pauses and resumes the transport"
     )
 

@@ -2,164 +2,26 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import Any, cast
 
 import anyio
-import httpcore
 import httpx
 import structlog
-from anyio._backends import _asyncio as _anyio_asyncio
-from httpcore._backends import anyio as httpcore_anyio
 
 from ferryd import __version__
 from ferryd.errors import RegistryUnreachableError
+from ferryd.registry import streams
 from ferryd.registry.auth import ANONYMOUS, Authenticator, Credentials, host_of
 from ferryd.registry.client import Attempt, RegistryClient, Route
 from ferryd.registry.endpoints import Endpoint, RegistryService
 
 USER_AGENT = f"ferryd/{__version__}"
 
-# httpcore reads a response 64 KiB per receive; a blob body then costs the event loop
-# ~16 trips through httpx, anyio and h11 per MiB, which starves the worker threads of
-# the GIL. Reading up to 1 MiB at once (what is in the socket buffer, no more) took a
-# 1 GiB gzip layer from 117 to ~155 MB/s on two cores. A class attribute, so it is
-# set once for every connection this process makes.
-_READ_SIZE = 1 << 20
-if hasattr(httpcore.AsyncHTTP11Connection, "READ_NUM_BYTES"):
-    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = _READ_SIZE
-
-
-class _BoundedStreamProtocol(_anyio_asyncio.StreamProtocol):
-    """anyio's protocol for a TCP connection, but one that stops reading the socket
-    once `_READ_SIZE` bytes wait to be received.
-
-    anyio lets the transport read only while a receive waits, but under uvloop one
-    wakeup reads the socket until it is empty (libuv: up to 32 reads of 250 kB) before
-    the receiver can pause it: a blob answer queued up to 8 MB per connection in front
-    of a busy pipeline, 3 layers at once. Pausing here leaves the rest in the socket,
-    where TCP holds it back: the 5-layer pull's peak RSS 116 -> 103 MiB.
-    """
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._reading = cast(asyncio.ReadTransport, transport)
-
-    over_tls = False
-
-    def eof_received(self) -> bool | None:
-        # Over TLS the loop's transport closes itself at the peer's close_notify whatever
-        # this returns, and logs a warning for True ("has no effect when using ssl").
-        keep_open = super().eof_received()
-        return None if self.over_tls else keep_open
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        # A few chunks at most: the sum is cheap. receive() resumes reading once the
-        # queue is empty, as it does after its own pause.
-        if sum(map(len, self.read_queue)) >= _READ_SIZE:
-            self._reading.pause_reading()
-
-
-# A module attribute anyio looks up for every connection it opens.
-_anyio_asyncio.StreamProtocol = _BoundedStreamProtocol  # type: ignore[misc]
-
-
-_anyio_start_tls = httpcore_anyio.AnyIOStream.start_tls
-
-
-async def _start_tls_on_loop(
-    self: httpcore_anyio.AnyIOStream,
-    ssl_context: ssl.SSLContext,
-    server_hostname: str | None = None,
-    timeout: float | None = None,
-) -> httpcore.AsyncNetworkStream:
-    """TLS by the event loop's own transport (uvloop's, in C), not anyio's TLSStream.
-
-    TLSStream decrypts one TLS record (16 KiB) per receive, and each goes through anyio,
-    httpcore, h11 and httpx on the event loop: a 173 MB blob over TLS took 0.47-0.53 s
-    of CPU, against 0.08 s over plain HTTP. The loop's transport decrypts what the
-    socket holds at once and hands it over whole: 0.18-0.20 s (AES-GCM itself is
-    ~0.05 s of it). Everything else stays as anyio made it: the same stream, protocol
-    and flow control, over the TLS transport.
-    """
-    stream = self._stream
-    if not isinstance(stream, _anyio_asyncio.SocketStream):  # not anyio's asyncio backend
-        return await _anyio_start_tls(self, ssl_context, server_hostname, timeout)
-    raw, protocol = stream._transport, stream._protocol
-    # TLS inside TLS (an HTTPS proxy): the inner layer starts on the outer TLS transport,
-    # and reading is still paused on the TCP connection under both.
-    below, tcp = (raw._tls, raw._tcp) if isinstance(raw, _ReadingBelowTLS) else (raw, raw)
-    try:
-        with anyio.fail_after(timeout):
-            transport = await asyncio.get_running_loop().start_tls(
-                below, protocol, ssl_context, server_hostname=server_hostname
-            )
-    except OSError as exc:  # ssl.SSLError and TimeoutError among them
-        await self.aclose()
-        failed = httpcore.ConnectTimeout if isinstance(exc, TimeoutError) else httpcore.ConnectError
-        raise failed(str(exc) or type(exc).__name__) from exc
-    except BaseException:
-        await self.aclose()
-        raise
-    if transport is None:  # the connection closed during the handshake
-        await self.aclose()
-        raise httpcore.ConnectError("the connection closed during the TLS handshake")
-    if isinstance(protocol, _BoundedStreamProtocol):
-        protocol.over_tls = True
-    reading_below = cast(asyncio.Transport, _ReadingBelowTLS(transport, tcp))
-    return _TLSOnLoop(_anyio_asyncio.SocketStream(reading_below, protocol))
-
-
-class _ReadingBelowTLS:
-    """The loop's TLS transport, but reading pauses and resumes on the TCP transport.
-
-    The TLS transport must never be paused itself: while it is, the TLS layer still reads
-    the socket into its own buffer (up to 256 KiB), and when the FIN comes with them
-    (a `Connection: close` answer) it drops that buffer undelivered and closes (uvloop's
-    and CPython's sslproto: "a low-level EOF ... just close"): the end of the body is
-    lost. Paused below, the bytes stay in the socket and the FIN behind them.
-    """
-
-    def __init__(self, tls: asyncio.Transport, tcp: asyncio.Transport) -> None:
-        self._tls = tls
-        self._tcp = tcp
-
-    def pause_reading(self) -> None:
-        self._tcp.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._tcp.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self._tcp.is_reading()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tls, name)
-
-
-class _TLSOnLoop(httpcore_anyio.AnyIOStream):
-    """A stream over the loop's TLS transport: its SSL object is the transport's."""
-
-    def get_extra_info(self, info: str) -> Any:
-        transport = self._stream._transport  # type: ignore[attr-defined]
-        if info == "ssl_object":
-            return transport.get_extra_info("ssl_object")
-        if transport.get_extra_info("socket") is None:
-            # The TLS transport closed and let go of its socket: anyio's attributes
-            # would raise AttributeError (getpeername of None), not a transport error.
-            return True if info == "is_readable" else None
-        return super().get_extra_info(info)
-
-
-# httpcore opens every connection through this class: TLS starts here for all of them.
-httpcore_anyio.AnyIOStream.start_tls = _start_tls_on_loop  # type: ignore[method-assign]
-
+# Every registry connection of this process reads through the cheaper streams.
+streams.install()
 
 log = structlog.get_logger("ferryd.registry")
 

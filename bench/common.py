@@ -51,6 +51,11 @@ CACHE_VERSION = 1  # bump when the way images are built changes
 SAMPLE_INTERVAL = 0.020  # seconds between two VmRSS samples
 TICKS = os.sysconf("SC_CLK_TCK")
 NOISE_MIN_SECONDS = 0.2  # shorter runs get no noise figure: a tick is 10 ms
+# A run in which other processes and the hypervisor's steal took less than this (CPU
+# per wall second) is quiet. On a shared machine steal makes runs bimodal (the 5-layer
+# pull: 1.40-1.59 s in quiet runs, 1.85-2.71 s with 0.08-0.25 CPU/s taken), and three
+# runs of five hit decide a median: the report gives the quiet runs' medians beside.
+QUIET_OTHERS_CORES = 0.05
 DAEMON_SETTINGS: dict[str, Any] = {"log_level": "warning"}
 
 
@@ -709,6 +714,13 @@ class Run:
         if self.others_cpu_seconds is None or self.seconds < NOISE_MIN_SECONDS:
             return None
         return min(self.others_cpu_seconds / self.seconds, float(os.cpu_count() or 1))
+
+    @property
+    def quiet(self) -> bool:
+        """Whether the rest of the machine left this run alone (a run too short to tell
+        counts as quiet)."""
+        others = self.others_cores
+        return others is None or others < QUIET_OTHERS_CORES
 
     @property
     def over_floor(self) -> float | None:

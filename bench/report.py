@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from common import SAMPLE_INTERVAL, Built, Run, mib, run_json
+from common import QUIET_OTHERS_CORES, SAMPLE_INTERVAL, Built, Run, mib, run_json
 from floor import floor_of
 from runners import unique_layers
 
@@ -187,9 +187,9 @@ def _shared_gets_text(runs: list[Run], scenario: Scenario) -> str:
 def _summary(scenarios: list[Scenario]) -> list[str]:
     lines = [
         "| pull | | ferryd wall s | skopeo wall s | ferryd / skopeo | ferryd CPU s "
-        "| floor CPU s | CPU / floor | ferryd peak RSS | loop lag max "
-        "| registry requests (ferryd, median run) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| floor CPU s | CPU / floor | quiet runs: ferryd / skopeo, CPU / floor "
+        "| ferryd peak RSS | loop lag max | registry requests (ferryd, median run) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario in scenarios:
         for mode in scenario.modes():
@@ -206,10 +206,26 @@ def _summary(scenarios: list[Scenario]) -> list[str]:
             lines.append(
                 f"| {scenario.short} | {mode} | {_secs(wall_a)} | {skopeo} | {ratio} "
                 f"| {_fmt(_median(a, lambda r: r.cpu_seconds))} | {_fmt(floor)} "
-                f"| {_fmt(_median(a, lambda r: r.over_floor), '{:.2f}')} | {_hwm(a)} "
+                f"| {_fmt(_median(a, lambda r: r.over_floor), '{:.2f}')} "
+                f"| {_quiet_cell(scenario, a, b)} | {_hwm(a)} "
                 f"| {_lag(a)} | {_requests(_median_run(a))} |"
             )
     return lines
+
+
+def _quiet(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.quiet]
+
+
+def _quiet_cell(scenario: Scenario, ferryd: list[Run], skopeo: list[Run]) -> str:
+    """ferryd / skopeo and ferryd's CPU / floor over the quiet runs only, with how many
+    of each tool's runs were quiet; "-" where a tool had none (or for up-to-date pulls)."""
+    calm_a, calm_b = _quiet(ferryd), _quiet(skopeo)
+    if scenario.up_to_date or not calm_a or not calm_b:
+        return "-"
+    ratio = _wall(calm_a) / _wall(calm_b)
+    over = _fmt(_median(calm_a, lambda r: r.over_floor))
+    return f"{ratio:.2f}, {over} ({len(calm_a)} and {len(calm_b)} of {len(ferryd)})"
 
 
 def _detail(scenario: Scenario) -> list[str]:
@@ -233,6 +249,14 @@ def _detail(scenario: Scenario) -> list[str]:
             "wall s, min / median / max",
             lambda runs: " / ".join(
                 _secs(f([r.seconds for r in runs])) for f in (min, statistics.median, max)
+            ),
+        ),
+        row(
+            f"wall s, median of the quiet runs (noise < {QUIET_OTHERS_CORES} CPU/s)",
+            lambda runs: (
+                f"{_secs(_wall(_quiet(runs)))} ({len(_quiet(runs))} of {len(runs)})"
+                if _quiet(runs)
+                else "- (none)"
             ),
         ),
     ]
@@ -544,6 +568,18 @@ def _summary_json(scenario: Scenario, mode: str, tool: str) -> dict[str, Any]:
         "shared_layer_gets": _shared_gets_json(runs, scenario),
         "connections": _median(runs, lambda r: r.connections),
         "others_cores": _median(runs, lambda r: r.others_cores),
+        "quiet": _quiet_json(runs),
+    }
+
+
+def _quiet_json(runs: list[Run]) -> dict[str, Any]:
+    """The medians of the runs the rest of the machine left alone (`Run.quiet`)."""
+    calm = _quiet(runs)
+    return {
+        "runs": len(calm),
+        "wall_seconds": _wall(calm) if calm else None,
+        "cpu_seconds": _median(calm, lambda r: r.cpu_seconds),
+        "cpu_over_floor": _median(calm, lambda r: r.over_floor),
     }
 
 

@@ -40,5 +40,49 @@ def test_a_quick_round_of_the_benchmark_pulls_over_http_and_tls_and_writes_its_r
     }
     for scenario in scenarios.values():
         assert sorted(run["tool"] for run in scenario["runs"]) == ["ferryd", "skopeo"]
+    for summary in results["summary"]:
+        assert summary["quiet"]["runs"] in (0, 1), summary
     report = (tmp_path / "results-only-quick.md").read_text()
     assert "24 layers (4 MiB), over TLS" in report
+    assert "quiet runs: ferryd / skopeo, CPU / floor" in report
+
+
+def test_the_report_gives_medians_of_the_quiet_runs_beside_those_of_all_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from common import Run
+    from report import Scenario, _quiet_cell, _quiet_json
+
+    def run(tool: str, seconds: float, others: float | None) -> Run:
+        others_cpu = None if others is None else others * seconds
+        return Run(
+            tool,
+            "bench/multi",
+            seconds,
+            10**8,
+            seconds * 1.5,
+            80_000,
+            floor_cpu_seconds=seconds,
+            others_cpu_seconds=others_cpu,
+        )
+
+    ferryd = [
+        run("ferryd", 1.4, 0.01),
+        run("ferryd", 2.7, 0.25),
+        run("ferryd", 1.6, 0.0),
+        run("ferryd", 2.3, 0.19),
+    ]
+    skopeo = [run("skopeo", 1.0, 0.02), run("skopeo", 1.2, 0.06), run("skopeo", 1.0, None)]
+    scenario = Scenario("multi", [], runs=[*ferryd, *skopeo])
+
+    assert _quiet_cell(scenario, ferryd, skopeo) == "1.50, 1.50 (2 and 2 of 4)"
+    assert _quiet_json(ferryd) == {
+        "runs": 2,
+        "wall_seconds": 1.5,
+        "cpu_seconds": 2.25,
+        "cpu_over_floor": 1.5,
+    }
+    noisy = [run("ferryd", 2.0, 0.3)]
+    assert _quiet_cell(scenario, noisy, skopeo) == "-"
+    assert _quiet_json(noisy)["wall_seconds"] is None

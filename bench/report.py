@@ -225,7 +225,9 @@ def _quiet_cell(scenario: Scenario, ferryd: list[Run], skopeo: list[Run]) -> str
         return "-"
     ratio = _wall(calm_a) / _wall(calm_b)
     over = _fmt(_median(calm_a, lambda r: r.over_floor))
-    return f"{ratio:.2f}, {over} ({len(calm_a)} and {len(calm_b)} of {len(ferryd)})"
+    return (
+        f"{ratio:.2f}, {over} ({len(calm_a)} of {len(ferryd)} and {len(calm_b)} of {len(skopeo)})"
+    )
 
 
 def _detail(scenario: Scenario) -> list[str]:

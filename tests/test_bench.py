@@ -76,7 +76,7 @@ def test_the_report_gives_medians_of_the_quiet_runs_beside_those_of_all_runs(
     skopeo = [run("skopeo", 1.0, 0.02), run("skopeo", 1.2, 0.06), run("skopeo", 1.0, None)]
     scenario = Scenario("multi", [], runs=[*ferryd, *skopeo])
 
-    assert _quiet_cell(scenario, ferryd, skopeo) == "1.50, 1.50 (2 and 2 of 4)"
+    assert _quiet_cell(scenario, ferryd, skopeo) == "1.50, 1.50 (2 of 4 and 2 of 3)"
     assert _quiet_json(ferryd) == {
         "runs": 2,
         "wall_seconds": 1.5,

@@ -119,3 +119,33 @@ async def test_what_was_queued_before_the_end_is_read_then_the_end() -> None:
         await _until(lambda: protocol.is_at_eof)
         assert await stream.read(1 << 20) == b"last words"
         assert await stream.read(1 << 20) == b""
+
+
+async def test_a_read_after_the_queue_is_emptied_waits_for_more_not_for_the_end() -> None:
+    async def twice(client: SocketStream) -> None:
+        await client.send(b"a" * 1000)
+        await anyio.sleep(0.3)
+        await client.send(b"later")
+        await anyio.sleep(1)
+
+    async with _connected(twice) as stream:
+        await _queued(stream, 1000)
+        assert await stream.read(1 << 20) == b"a" * 1000
+        assert await stream.read(1 << 20, timeout=5) == b"later"
+
+
+async def test_a_second_reader_is_refused_while_one_waits_even_with_bytes_queued() -> None:
+    async with _connected(_sending(then=2)) as stream:
+        inner = stream._stream  # type: ignore[attr-defined]
+        got: list[bytes] = []
+
+        async def wait_for_bytes() -> None:
+            got.append(await stream.read(1 << 20, timeout=5))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_for_bytes)
+            await _until(lambda: inner._receive_guard._guarded)
+            inner._protocol.data_received(b"x")  # queued while the first reader waits
+            with pytest.raises(anyio.BusyResourceError):
+                await stream.read(1 << 20)
+        assert got == [b"x"]

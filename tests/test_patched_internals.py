@@ -20,6 +20,12 @@
   already queued directly: it reads the anyio SocketStream's `_protocol` (its
   `read_queue` and `read_event`) and `_receive_guard._guarded`, and calls
   httpcore's own read otherwise.
+- registry/streams.py replaces httpcore's AsyncHTTP11Connection._receive_response_body
+  with one that reads a body of known length from `self._network_stream` itself and
+  tells h11 what it missed: it reads h11.Connection's `_reader` (a ContentLengthReader
+  from h11._readers, whose `_remaining` it lowers), `_receive_buffer` and
+  `_receive_buffer_closed`, and calls httpcore's `_receive_event(timeout=)` and
+  `READ_NUM_BYTES`.
 - registry/streams.py replaces httpcore's AnyIOStream.start_tls (httpcore's asyncio
   streams) with TLS by the event loop's transport (`loop.start_tls`): it reads the
   stream's anyio SocketStream `_transport` and `_protocol`, builds a new SocketStream
@@ -61,7 +67,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 ROOT = Path(__file__).resolve().parents[1]
 
 # What ferryd patches or reaches into: each has an upper bound in pyproject.toml.
-BOUNDED = ("uvicorn", "httptools", "httpcore", "starlette", "anyio")
+BOUNDED = ("uvicorn", "httptools", "httpcore", "h11", "starlette", "anyio")
 
 # The keywords daemon/api/serve.py gives uvicorn.Config (besides the app).
 CONFIG: dict[str, Any] = {
@@ -380,6 +386,54 @@ def test_anyio_socket_streams_keep_what_the_queued_read_takes() -> None:
     assert getattr(guard, "_guarded", None) is False, (
         "anyio: ResourceGuard has no `_guarded` flag; registry/streams.py reads it"
     )
+
+
+def test_httpcore_reads_bodies_through_the_method_streams_replaces() -> None:
+    from ferryd.registry import streams
+
+    streams.install()
+    cls = httpcore.AsyncHTTP11Connection
+    assert cls._receive_response_body is streams._receive_body_past_h11, (
+        "httpcore: AsyncHTTP11Connection._receive_response_body is not the one "
+        "registry/streams.py set"
+    )
+    original = inspect.getsource(streams._h11_body)
+    for needle in ("self._receive_event(timeout=timeout)", "h11.Data", "h11.EndOfMessage"):
+        assert needle in original, (
+            f"httpcore: _receive_response_body no longer has {needle!r}; "
+            "registry/streams.py's _receive_body_past_h11 does what it did: compare"
+        )
+    assert "_receive_response_body(" in _methods_source(
+        httpcore._async.http11.HTTP11ConnectionByteStream
+    ), "httpcore: the response stream no longer reads through _receive_response_body"
+
+
+def test_h11_keeps_what_the_body_reader_lowers_and_reads() -> None:
+    """A Content-Length body as registry/streams.py reads it: h11's reader counts down
+    `_remaining`, which ends the message at 0; `_receive_buffer` and
+    `_receive_buffer_closed` say what h11 holds and whether the peer closed."""
+    import h11
+    from h11._readers import ContentLengthReader
+
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+    assert isinstance(conn.next_event(), h11.Response)
+    reader = getattr(conn, "_reader", None)
+    assert isinstance(reader, ContentLengthReader), (
+        f"h11: a Content-Length body's reader is {reader!r}, not a ContentLengthReader"
+    )
+    assert len(conn._receive_buffer) == 0, "h11: Connection no longer has _receive_buffer"
+    assert conn._receive_buffer_closed is False, (
+        "h11: Connection no longer has _receive_buffer_closed"
+    )
+    assert reader._remaining == 10, "h11: ContentLengthReader no longer counts _remaining"
+    reader._remaining = 0  # the ten bytes read past h11
+    assert isinstance(conn.next_event(), h11.EndOfMessage), (
+        "h11: a ContentLengthReader with nothing _remaining does not end the message"
+    )
+    assert conn.their_state is h11.DONE
 
 
 def test_registry_clients_keep_no_cookies() -> None:

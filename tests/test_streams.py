@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import httpcore
+import httpx
 import pytest
 from anyio.abc import SocketAttribute, SocketStream
 
@@ -149,3 +150,131 @@ async def test_a_second_reader_is_refused_while_one_waits_even_with_bytes_queued
             with pytest.raises(anyio.BusyResourceError):
                 await stream.read(1 << 20)
         assert got == [b"x"]
+
+
+# Bodies of known length, read past h11 (an HTTP/1.1 server on a loopback socket that
+# answers each request on a connection with the next of its answers).
+
+
+@asynccontextmanager
+async def _http_server(
+    *answers: Callable[[SocketStream], Awaitable[None]],
+) -> AsyncIterator[tuple[str, list[int]]]:
+    """A server whose i-th request (whatever the connection) gets answers[i]; yields its
+    URL and the number of requests each connection carried."""
+    streams.install()
+    queue = list(answers)
+    per_connection: list[int] = []
+
+    async def serve(client: SocketStream) -> None:
+        async with client:
+            per_connection.append(0)
+            index = len(per_connection) - 1
+            buffered = b""
+            while queue:
+                while b"\r\n\r\n" not in buffered:
+                    try:
+                        buffered += await client.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        return
+                buffered = buffered.split(b"\r\n\r\n", 1)[1]
+                per_connection[index] += 1
+                await queue.pop(0)(client)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, serve)
+        yield f"http://127.0.0.1:{listener.extra(SocketAttribute.local_port)}/", per_connection
+        tg.cancel_scope.cancel()
+
+
+def _answer(body: bytes, *, split: int | None = None, cut: int | None = None) -> Serve:
+    """A 200 with Content-Length; `split`: that many body bytes go with the headers, the
+    rest 50 ms later; `cut`: only that many body bytes are sent, then the connection
+    closes."""
+
+    async def answer(client: SocketStream) -> None:
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+        sent = body if cut is None else body[:cut]
+        first = len(sent) if split is None else split
+        await client.send(head + sent[:first])
+        if first < len(sent):
+            await anyio.sleep(0.05)
+            await client.send(sent[first:])
+        if cut is not None:
+            await client.aclose()
+
+    return answer
+
+
+def _fed_to_h11(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import h11
+
+    fed: list[int] = []
+    receive_data = h11.Connection.receive_data
+
+    def counting(self: h11.Connection, data: bytes) -> None:
+        fed.append(len(data))
+        receive_data(self, data)
+
+    monkeypatch.setattr(h11.Connection, "receive_data", counting)
+    return fed
+
+
+async def test_a_body_of_known_length_goes_past_h11_and_the_connection_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = bytes(range(256)) * 8192  # 2 MiB
+    fed = _fed_to_h11(monkeypatch)
+    server = _http_server(_answer(body, split=1000), _answer(b"next"))
+    async with server as (url, served), httpx.AsyncClient() as client:
+        async with client.stream("GET", url) as response:
+            chunks = [chunk async for chunk in response.aiter_raw()]
+        assert (await client.get(url)).content == b"next"
+    assert b"".join(chunks) == body
+    assert chunks[0] == body[:1000]  # what came with the headers, through h11, first
+    assert sum(fed) < 2000, f"{sum(fed)} bytes went through h11"
+    assert served == [2], "the second request did not reuse the connection"
+
+
+async def test_a_body_cut_short_fails_with_the_bytes_received_and_expected() -> None:
+    body = b"x" * 300_000
+    server = _http_server(_answer(body, split=100, cut=200_000))
+    async with (
+        server as (url, _),
+        httpx.AsyncClient() as client,
+        client.stream("GET", url) as response,
+    ):
+        with pytest.raises(
+            httpx.RemoteProtocolError, match="received 200000 bytes, expected 300000"
+        ):
+            async for _chunk in response.aiter_raw():
+                pass
+
+
+async def test_a_stalled_body_times_out() -> None:
+    async def stall(client: SocketStream) -> None:
+        await client.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await anyio.sleep(5)
+
+    async with (
+        _http_server(stall) as (url, _),
+        httpx.AsyncClient(timeout=0.2) as client,
+        client.stream("GET", url) as r,
+    ):
+        with pytest.raises(httpx.ReadTimeout):
+            await r.aread()
+
+
+async def test_a_chunked_body_is_still_read_by_h11() -> None:
+    async def chunked(client: SocketStream) -> None:
+        await client.send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
+
+    server = _http_server(chunked, _answer(b""))
+    async with server as (url, served), httpx.AsyncClient() as client:
+        assert (await client.get(url)).content == b"hello world"
+        assert (await client.get(url)).content == b""
+    assert served == [2]

@@ -1,22 +1,26 @@
 """The network streams httpcore reads registry answers from, made cheaper to read.
 
 httpcore talks to the socket through anyio's stream, and a blob answer crosses it ~1 MiB
-at a time, on the event loop. `install` changes four things in those classes, once per
+at a time, on the event loop. `install` changes five things in those classes, once per
 process: httpcore reads up to 1 MiB per receive; a connection whose reader is busy stops
 reading the socket at 1 MiB queued (TCP holds back the rest); a read that finds bytes
-already queued takes them at once; TLS runs in the event loop's own transport. Every
-name reached into here is pinned by tests/test_patched_internals.py.
+already queued takes them at once; the bytes of a body of known length go from the
+stream to the reader without passing through h11; TLS runs in the event loop's own
+transport. Every name reached into here is pinned by tests/test_patched_internals.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import anyio
+import h11
 import httpcore
 from anyio._backends import _asyncio as _anyio_asyncio
+from h11._readers import ContentLengthReader
 from httpcore._backends import anyio as httpcore_anyio
 
 # httpcore reads a response 64 KiB per receive; a blob body then costs the event loop
@@ -33,6 +37,8 @@ def install() -> None:
         httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = _READ_SIZE
     # A module attribute anyio looks up for every connection it opens.
     _anyio_asyncio.StreamProtocol = _BoundedStreamProtocol  # type: ignore[misc]
+    connection = httpcore.AsyncHTTP11Connection
+    connection._receive_response_body = _receive_body_past_h11  # type: ignore[method-assign]
     # httpcore reads and starts TLS through this class on every connection.
     httpcore_anyio.AnyIOStream.read = _read_queued_first  # type: ignore[method-assign]
     httpcore_anyio.AnyIOStream.start_tls = _start_tls_on_loop  # type: ignore[method-assign]
@@ -99,6 +105,49 @@ async def _read_queued_first(
                 protocol.read_event.clear()
             return chunk
     return await _anyio_read(self, max_bytes, timeout)
+
+
+_h11_body = httpcore.AsyncHTTP11Connection._receive_response_body
+
+
+async def _receive_body_past_h11(
+    self: httpcore.AsyncHTTP11Connection, request: httpcore.Request
+) -> AsyncIterator[bytes]:
+    """httpcore's body reader, but the bytes of a body whose length is known go from the
+    stream to the caller directly, not through h11, which is told how many it missed.
+
+    h11 copies each chunk into its buffer and out again, then httpcore once more, and
+    runs its state machine per chunk. Past it, the 5-layer pull took 4.6 % less wall
+    time and 3.6 % less CPU (10 and 9 of 12 A/B pairs; over TLS 3 % and 2.6 %), as much
+    as reading past h11 and closing the connection after each blob. What h11 holds
+    already (bytes that came with the headers) and the end of the body still go through
+    h11, so its state stays true: it ends the answer, the connection is kept for the next
+    request, and a connection that closes early fails with h11's own error, counting the
+    bytes that came this way.
+    """
+    h11_state = self._h11_state
+    reader = h11_state._reader
+    if not isinstance(reader, ContentLengthReader):  # chunked, or read to the close
+        async for chunk in _h11_body(self, request):
+            yield chunk
+        return
+    timeout = request.extensions.get("timeout", {}).get("read", None)
+    while True:
+        waiting = not h11_state._receive_buffer and not h11_state._receive_buffer_closed
+        if reader._remaining > 0 and waiting:
+            data = await self._network_stream.read(
+                min(self.READ_NUM_BYTES, reader._remaining), timeout=timeout
+            )
+            if data:
+                reader._remaining -= len(data)
+                yield data
+                continue
+            h11_state.receive_data(b"")  # the end came early: h11 says so below
+        event = await self._receive_event(timeout=timeout)
+        if isinstance(event, h11.Data):
+            yield bytes(event.data)
+        elif isinstance(event, (h11.EndOfMessage, h11.PAUSED)):
+            break
 
 
 _anyio_start_tls = httpcore_anyio.AnyIOStream.start_tls

@@ -744,6 +744,60 @@ async def test_a_request_with_a_body_is_not_sent_again_after_a_hang_up(
     assert len(registry.seen("PUT", MANIFEST_PATH)) == 1
 
 
+async def test_answers_with_short_bodies_nobody_reads_leave_their_connection_kept(
+    connector: Connector,
+) -> None:
+    """A redirect (Docker Hub redirects every blob GET), a HEAD and a manifest PUT's
+    answer: their bodies are read before they are closed, so the next request goes over
+    the same connection (closed unread, each cost a new one: a TCP and TLS handshake)."""
+    registry = serving_v1()
+    digest = registry.add_blob(b"abc")
+    registry.on("GET", BLOB_PATH, Reply(307, {"Location": "/elsewhere"}, body=b"moved"), times=1)
+    registry.on("GET", "/elsewhere", lambda request: registry.blob_reply(request, digest))
+    registry.on("PUT", MANIFEST_PATH, Reply(201, body=b"created"))
+    async with serve_registry(registry) as server:
+        client = await kept_alive(connector, server)
+        opened = server.connections
+        async with client.open_blob(digest) as blob:
+            assert b"".join([chunk async for chunk in blob.chunks()]) == b"abc"
+        assert await client.blob_size(digest) == 3
+        await client.put_manifest("v2", OCI_MANIFEST, manifest("v2"))
+        await client.get_manifest("v1")
+        assert server.connections == opened
+
+
+async def test_an_answer_with_a_long_body_nobody_reads_is_closed_unread(
+    connector: Connector,
+) -> None:
+    registry = serving_v1()
+    registry.on("PUT", MANIFEST_PATH, Reply(201, body=b"x" * (10 << 20)), times=1)
+    async with serve_registry(registry) as server:
+        client = await kept_alive(connector, server)
+        opened = server.connections
+        await client.put_manifest("v2", OCI_MANIFEST, manifest("v2"))
+        await client.get_manifest("v1")
+        assert server.connections == opened + 1
+
+
+async def test_a_short_body_that_does_not_come_is_not_waited_for(connector: Connector) -> None:
+    registry = serving_v1()
+    release = anyio.Event()
+    stalled = Reply(
+        202, {"Location": "/v2/upload/1"}, body=b"0123456789", stall_after=2, release=release
+    )
+    registry.on("POST", "/v2/.*/blobs/uploads/", stalled, times=1)
+    async with serve_registry(registry) as server:
+        client = await kept_alive(connector, server)
+        opened = server.connections
+        with anyio.fail_after(5):  # not the 30 s read timeout
+            assert await client.mount_blob(sha256(b"abc"), "team/other") == (
+                f"{server.url}/v2/upload/1"
+            )
+        release.set()
+        await client.get_manifest("v1")
+        assert server.connections == opened + 1
+
+
 async def test_concurrent_first_requests_choose_and_log_in_once(connector: Connector) -> None:
     registry = FakeRegistry(auth="bearer")
     registry.add_manifest(manifest(), OCI_MANIFEST, "v1")

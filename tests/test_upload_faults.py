@@ -280,6 +280,21 @@ async def test_refused_mount_uploads_to_the_session_it_opened(env: Env, small: F
 # -- uploads as stored ------------------------------------------------------------------
 
 
+async def test_an_upload_goes_over_the_connection_the_last_one_left(
+    env: Env, small: FakeLayer, big: FakeLayer
+) -> None:
+    """HEAD, POST, PATCH and PUT answer with short bodies nobody needs: read before they
+    are closed, they leave the connection kept (closed unread, each request of a push
+    opened one: 77 connections to push 24 layers, 7 now)."""
+    await env.upload(env.stored(small))
+    opened = env.server.connections
+
+    await env.upload(env.stored(big))
+
+    assert [request.split()[0] for request in env.wire()[-4:]] == ["HEAD", "POST", "PATCH", "PUT"]
+    assert env.server.connections == opened
+
+
 async def test_upload_sends_the_stored_blob_byte_for_byte(env: Env, big: FakeLayer) -> None:
     layer = env.stored(big)
     progress = Recorder()

@@ -29,7 +29,7 @@ from ferryd.errors import (
     TransientRegistryError,
 )
 from ferryd.oci.reference import DEFAULT_DOMAIN
-from ferryd.registry.bodies import read_body, read_error_body
+from ferryd.registry.bodies import read_body, read_error_body, release
 from ferryd.registry.errcode import Refusal, refusal
 
 log = structlog.get_logger("ferryd.registry")
@@ -317,7 +317,7 @@ class Authenticator:
                     body = await read_error_body(response, what)
                     reason = response_refusal(response, body).text
             finally:
-                await response.aclose()
+                await release(response)
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise RegistryProtocolError(
                 f"{self._registry}: cannot use the token realm {realm!r}: {exc}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import anyio
 import httpx
 
 from ferryd.codec import Inflater, inflater
@@ -19,6 +20,16 @@ from ferryd.oci.mediatypes import Compression
 
 MAX_ERROR_BODY = 64 * 1024
 """An error answer is read this far for its message; the rest is not worth memory."""
+
+# An answer closed before its body is read loses its connection (httpcore keeps one only
+# once the answer has ended), and the next request pays a new one: a TCP and TLS
+# handshake, two or three round trips to a registry across a network. A push's
+# POST, PATCH and PUT each came back with an empty body that nobody read, as did every
+# redirect (Docker Hub answers each blob GET with one) and every 401: each request of a
+# push went over a connection of its own. Go's client, which dockerd uses, keeps them.
+# A body this short is read before the answer is closed, if it comes within the time.
+_SHORT_BODY = 64 * 1024
+_SHORT_BODY_SECONDS = 1.0
 
 _DECODERS = {"gzip": Compression.GZIP, "x-gzip": Compression.GZIP, "zstd": Compression.ZSTD}
 
@@ -63,6 +74,29 @@ async def read_error_body(response: httpx.Response, what: str) -> bytes:
         return await read_body(response, MAX_ERROR_BODY, what, truncate=True)
     except RegistryProtocolError:
         return b""
+
+
+async def release(response: httpx.Response) -> None:
+    """Close `response`, reading first what is left of a short body, so that its
+    connection is kept for the next request; a long or endless body is not read (its
+    connection is closed), nor one that takes over a second to come."""
+    try:
+        if not response.is_closed and not response.is_stream_consumed and _short(response):
+            with anyio.move_on_after(_SHORT_BODY_SECONDS):
+                async for _chunk in response.aiter_raw():
+                    pass
+    except httpx.HTTPError:
+        pass  # the connection is closed below, as it would have been
+    finally:
+        await response.aclose()
+
+
+def _short(response: httpx.Response) -> bool:
+    """Whether the body is known to be short: none (HEAD), or a small Content-Length."""
+    if response.request.method == "HEAD":
+        return True
+    length = _content_length(response)
+    return length is not None and length <= _SHORT_BODY
 
 
 def _encodings(response: httpx.Response) -> list[str]:

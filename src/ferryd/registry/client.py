@@ -33,7 +33,7 @@ from ferryd.oci.digest import Digest, new_hasher, parse_digest, sha256_digest
 from ferryd.oci.manifest import MAX_MANIFEST_SIZE, FetchedManifest, media_type_of
 from ferryd.oci.mediatypes import ACCEPT
 from ferryd.registry.auth import Authenticator, parse_challenge, response_refusal
-from ferryd.registry.bodies import read_body, read_error_body
+from ferryd.registry.bodies import read_body, read_error_body, release
 from ferryd.registry.endpoints import Endpoint
 
 MAX_REDIRECTS = 10
@@ -192,7 +192,7 @@ class RegistryClient:
         try:
             body = await read_error_body(response, what) if response.status_code >= 400 else b""
         finally:
-            await response.aclose()
+            await release(response)
         if response.status_code == 404:
             return None
         if response.status_code >= 400:
@@ -281,7 +281,7 @@ class RegistryClient:
         except httpx.TransportError as exc:
             raise transport_error(exc, self.endpoint, what) from None
         finally:
-            await response.aclose()
+            await release(response)
 
     async def _send(
         self,
@@ -308,7 +308,7 @@ class RegistryClient:
             )
             if not again:
                 return response
-            await response.aclose()
+            await release(response)
         raise AssertionError("unreachable")
 
     async def _first(
@@ -329,7 +329,7 @@ class RegistryClient:
             # A stream is never what learns the login: a 401 would refuse it only once
             # it is sent, and a stream may not be opened twice.
             ping = await self._send("GET", f"{base}/v2/", "registry ping", {})
-            await ping.aclose()
+            await release(ping)
             return _rebased(url, base, self.endpoint), None
 
         def first(route: Route) -> Awaitable[Attempt]:
@@ -344,7 +344,7 @@ class RegistryClient:
         response, again = answer
         if not again:
             return url, response
-        await response.aclose()  # it only taught us the login: it keeps its one retry
+        await release(response)  # it only taught us the login: it keeps its one retry
         return url, None
 
     async def _once(
@@ -399,7 +399,7 @@ class RegistryClient:
             location = response.headers.get("location")
             if response.status_code not in (301, 302, 303, 307, 308) or not location:
                 return response
-            await response.aclose()
+            await release(response)
             try:
                 url = urljoin(url, location)
                 urlsplit(url)

@@ -42,7 +42,7 @@ from ferryd.registry.auth import (
     parse_challenges,
     response_refusal,
 )
-from ferryd.registry.bodies import read_body, read_error_body
+from ferryd.registry.bodies import read_body, read_error_body, release
 from ferryd.registry.client import transport_error
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import Endpoint
@@ -160,7 +160,7 @@ async def _token(
             else:
                 body = await read_error_body(response, what)
         finally:
-            await response.aclose()
+            await release(response)
     except httpx.TransportError as exc:
         raise RegistryUnreachableError(
             f"cannot reach the token service of {endpoint.domain} at {realm}: "

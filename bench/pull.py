@@ -23,7 +23,8 @@ skopeo run by run (A B, B A, ...), each ferryd run in a new daemon:
 - uptodate: pulling an image the store already has, directly and through the proxy;
   the registry's requests are counted (the target: one manifest request);
 - memory: the 1 GiB layer, VmRSS sampled every 20 ms;
-- push (unless --no-push): bench/push.py's rounds.
+- push (unless --no-push): bench/push.py's rounds: the 5-layer image, then the 24-layer
+  image through the latency proxy.
 
 For every ferryd run: wall seconds, the daemon's CPU seconds (user+sys, /proc), the
 floor (floor.py: the CPU seconds that hashing and inflating the same blobs take in one
@@ -223,7 +224,7 @@ def main() -> int:
     registry = start_registry(scratch / "registry")
     bench = Bench(registry, AccessLog(registry), floor, scratch)
     scenarios: list[Scenario] = []
-    pushes = None
+    pushes = slow_pushes = None
     profile_text = ""
     try:
         started = time.perf_counter()
@@ -272,6 +273,10 @@ def main() -> int:
             pushes = push_bench.measure(
                 registry, multi, scratch / "push", rounds, profile=args.profile
             )
+            # Where connections count: 24 layers, each 4 requests, behind a round trip.
+            slow_pushes = push_bench.measure(
+                registry, small, scratch / "push-latency", rounds, delay=LATENCY
+            )
     except BenchFailed as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
@@ -283,6 +288,8 @@ def main() -> int:
     table = report.render(scenarios, built, floor, rounds, LATENCY)
     if pushes is not None:
         table += "\n\n" + push_bench.report(multi, pushes, rounds)
+    if slow_pushes is not None:
+        table += "\n\n" + push_bench.report(small, slow_pushes, rounds)
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     table += f"\n\n(`{command}`: {total:.0f} s in all; load average at the end {load})"
     print()
@@ -293,6 +300,9 @@ def main() -> int:
         print("\npy-spy, push:\n" + pushes.profile_text)
     data = report.results_json(scenarios, built, floor, rounds, LATENCY) | {
         "push": None if pushes is None else push_bench.results_json(multi, pushes, rounds),
+        "push_latency": None
+        if slow_pushes is None
+        else push_bench.results_json(small, slow_pushes, rounds),
         "total_seconds": total,
     }
     write_results(out, name, table, data)

@@ -18,6 +18,8 @@ same report; run alone, it measures pushes only (results-push.md / results-push.
      the image was built in (`--preserve-digests`: skopeo fails rather than convert or
      recompress anything).
    HOST is a new docker-registry for every run, so no blob can be skipped or mounted.
+   `make bench` also runs these rounds with the 24-layer image behind the latency proxy
+   (bench/latency.py), counting the connections each tool opened.
 3. After every run it checks that the upload was a full one: no mount request in the
    registry's access log, a completed upload (`PUT …?digest=`, 201) of every blob, each
    blob in the registry's storage with its original size, and the manifest stored under
@@ -28,11 +30,13 @@ same report; run alone, it measures pushes only (results-push.md / results-push.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +66,7 @@ from common import (
     timed_start,
     write_results,
 )
+from latency import LatencyProxy
 
 from support.daemon import Daemon, errors
 from support.digests import sha256
@@ -79,6 +84,7 @@ class PushResults:
     startup_seconds: float  # the daemon's start-up (not counted)
     profile_text: str = ""
     warmups: list[Run] = field(default_factory=list)
+    delay: float | None = None  # latency added each way (a proxy in front of the registry)
 
 
 # -- checks --------------------------------------------------------------------------
@@ -211,6 +217,23 @@ def tag(daemon: Daemon, source: str, target: str) -> None:
         raise BenchFailed(f"tagging {source} as {target}:{TAG} answered {response.status}")
 
 
+@contextlib.contextmanager
+def _through(
+    registry: Registry, delay: float | None, stats: Path
+) -> Iterator[tuple[str, LatencyProxy | None]]:
+    """The address a push goes to: the registry's own, or (with `delay`) a latency proxy
+    in front of it; and the proxy, to count the connections the client opened."""
+    if delay is None:
+        yield registry.host, None
+        return
+    with LatencyProxy(registry.host, delay, stats) as proxy:
+        yield proxy.host, proxy
+
+
+def _connections(proxy: LatencyProxy | None) -> dict[str, int]:
+    return {} if proxy is None else {"connections": proxy.connections()}
+
+
 def ferryd_push(
     daemon: Daemon,
     source: str,
@@ -219,38 +242,45 @@ def ferryd_push(
     number: int,
     *,
     profile_to: Path | None = None,
+    delay: float | None = None,
 ) -> Run:
     """Tag the pulled image into a new registry and push it; time the push request."""
     registry = start_registry(workdir / f"registry-ferryd-{number}")
     repository = f"bench/push-ferryd-{number}"
-    target = f"{registry.host}/{repository}"
     assert daemon.process is not None
     pid = daemon.process.pid
     try:
-        tag(daemon, source, target)
-        with profiled(pid, profile_to), measure_daemon(pid, registry) as usage:
-            client = daemon.client()
-            messages = list(client.stream("POST", f"/images/{target}/push", {"tag": TAG}))
+        with _through(registry, delay, workdir / f"proxy-ferryd-{number}") as (host, proxy):
+            target = f"{host}/{repository}"
+            tag(daemon, source, target)
+            with profiled(pid, profile_to), measure_daemon(pid, registry) as usage:
+                client = daemon.client()
+                messages = list(client.stream("POST", f"/images/{target}/push", {"tag": TAG}))
+            connections = _connections(proxy)
         pushed = check_ferryd_stream(messages, image, daemon)
         evidence = check_full_upload(registry, repository, image, "ferryd push")
     finally:
         _discard(registry)
-    return usage.run("ferryd", image, target=f"{target}:{TAG}", layers_pushed=pushed, **evidence)
+    return usage.run(
+        "ferryd", image, target=f"{target}:{TAG}", layers_pushed=pushed, **evidence, **connections
+    )
 
 
-def skopeo_push(image: Built, workdir: Path, number: int) -> Run:
+def skopeo_push(image: Built, workdir: Path, number: int, *, delay: float | None = None) -> Run:
     """`skopeo copy --preserve-digests oci:LAYOUT:latest docker://NEW/REPO:latest`."""
     registry = start_registry(workdir / f"registry-skopeo-{number}")
     repository = f"bench/push-skopeo-{number}"
-    target = f"{registry.host}/{repository}:{TAG}"
     try:
-        args = ["copy", "--quiet", "--preserve-digests", *registry.skopeo_flags("dest-")]
-        args += [f"oci:{image.layout}:latest", f"docker://{target}"]
-        timed = run_skopeo_timed(registry, args, f"skopeo copy of {image.name} to {target}")
+        with _through(registry, delay, workdir / f"proxy-skopeo-{number}") as (host, proxy):
+            target = f"{host}/{repository}:{TAG}"
+            args = ["copy", "--quiet", "--preserve-digests", *registry.skopeo_flags("dest-")]
+            args += [f"oci:{image.layout}:latest", f"docker://{target}"]
+            timed = run_skopeo_timed(registry, args, f"skopeo copy of {image.name} to {target}")
+            connections = _connections(proxy)
         evidence = check_full_upload(registry, repository, image, "skopeo copy")
     finally:
         _discard(registry)
-    return timed.run("skopeo", image, target=target, **evidence)
+    return timed.run("skopeo", image, target=target, **evidence, **connections)
 
 
 def _discard(registry: Registry) -> None:
@@ -265,9 +295,16 @@ def _discard(registry: Registry) -> None:
 
 
 def measure(
-    seed_registry: Registry, image: Built, scratch: Path, rounds: int, *, profile: bool = False
+    seed_registry: Registry,
+    image: Built,
+    scratch: Path,
+    rounds: int,
+    *,
+    profile: bool = False,
+    delay: float | None = None,
 ) -> PushResults:
-    """A daemon that has pulled `image`; one warm-up of each; `rounds` A/B rounds."""
+    """A daemon that has pulled `image`; one warm-up of each; `rounds` A/B rounds; with
+    `delay`, every push goes through a proxy adding that latency each way."""
     daemon, startup, pull_seconds = start_daemon(seed_registry, image, scratch / "ferryd")
     source = source_reference(seed_registry, image)
     log(f"push: daemon started in {startup:.2f}s, image pulled in {pull_seconds:.2f}s")
@@ -278,8 +315,8 @@ def measure(
             nonlocal number
             number += 1
             if tool == "ferryd":
-                return ferryd_push(daemon, source, image, scratch, number)
-            return skopeo_push(image, scratch, number)
+                return ferryd_push(daemon, source, image, scratch, number, delay=delay)
+            return skopeo_push(image, scratch, number, delay=delay)
 
         # Warm-up: one of each, not counted (first-run page cache, lazy imports).
         warmups = [one("ferryd"), one("skopeo")]
@@ -289,7 +326,8 @@ def measure(
             for tool in order:
                 run = one(tool)
                 runs.append(run)
-                log_run(f"push round {round_ + 1}/{rounds}", run)
+                behind = "" if delay is None else f", +{delay * 1000:.0f} ms each way"
+                log_run(f"push round {round_ + 1}/{rounds}{behind}", run)
         profile_text = ""
         if profile:
             spy_out = scratch / f"py-spy-push-{image.name.replace('/', '-')}.txt"
@@ -299,7 +337,7 @@ def measure(
     finally:
         daemon.stop()
         shutil.rmtree(scratch / "ferryd", ignore_errors=True)
-    return PushResults(runs, pull_seconds, startup, profile_text, warmups)
+    return PushResults(runs, pull_seconds, startup, profile_text, warmups, delay)
 
 
 # -- reporting -----------------------------------------------------------------------
@@ -319,11 +357,20 @@ def report(image: Built, results: PushResults, rounds: int) -> str:
 
     digest = image.manifest_digest
     kept = all(r.extra["manifest_digest"] == digest for r in results.runs)
+    behind = ""
+    connections: list[str] = []
+    if results.delay is not None:
+        behind = f", through a proxy adding {results.delay * 1000:.0f} ms each way"
+        connections = [
+            "| TCP connections opened through the proxy (median) "
+            f"| {statistics.median(r.extra['connections'] for r in a):.0f} "
+            f"| {statistics.median(r.extra['connections'] for r in b):.0f} |"
+        ]
     return "\n".join(
         [
             f"Push: the same image ({image.about}, {mib(image.layer_bytes)} compressed), "
             f"{rounds} alternating rounds, each run to a new docker-registry on 127.0.0.1 "
-            "(plain HTTP) and a new repository, so no layer can be skipped or mounted. "
+            f"(plain HTTP{behind}) and a new repository, so no layer can be skipped or mounted. "
             "ferryd pushes the image it pulled (layers stored compressed, sent as they "
             "are); skopeo copies the OCI layout with `--preserve-digests`. The clock runs "
             "from the push request to the end of the progress stream (ferryd) or of the "
@@ -334,6 +381,7 @@ def report(image: Built, results: PushResults, rounds: int) -> str:
             *ab_rows(a, b),
             f"| full upload, every run (access log + registry storage) | {checked(a)}; "
             f'{min(r.extra["layers_pushed"] for r in a)} layers "Pushed" | {checked(b)} |',
+            *connections,
             f"| upload sessions open at once (max, access log) "
             f"| {max(r.extra['max_open_uploads'] for r in a)} "
             f"| {max(r.extra['max_open_uploads'] for r in b)} |",
@@ -354,6 +402,7 @@ def results_json(image: Built, results: PushResults, rounds: int) -> dict[str, A
     b = [r.seconds for r in results.runs if r.tool == "skopeo"]
     return {
         "rounds": rounds,
+        "latency_seconds_each_way": results.delay,
         "image": asdict(image) | {"layout": str(image.layout)},
         "manifest_digest": image.manifest_digest,
         "runs": run_json(results.runs),

@@ -766,6 +766,69 @@ async def test_answers_with_short_bodies_nobody_reads_leave_their_connection_kep
         assert server.connections == opened
 
 
+async def test_a_head_and_the_401s_of_a_login_leave_their_connection_kept(
+    connector: Connector,
+) -> None:
+    """A HEAD of a blob over 64 KiB (no body, whatever its Content-Length), the 401 of a
+    first request and the 401 of a revoked token."""
+    registry = FakeRegistry(auth="bearer")
+    registry.add_manifest(manifest(), OCI_MANIFEST, "v1")
+    digest = registry.add_blob(b"x" * (1 << 20))
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        await client.get_manifest("v1")  # a 401, a token, the GET again
+        opened = server.connections - server.rejected
+        assert opened == 1
+        assert await client.blob_size(digest) == 1 << 20
+        registry.revoke_tokens()
+        await client.get_manifest("v1")  # a 401, a new token, the GET again
+        assert server.connections - server.rejected == opened
+
+
+async def test_the_ping_before_a_first_streamed_request_leaves_its_connection_kept(
+    connector: Connector,
+) -> None:
+    registry = serving_v1()
+    registry.on("PATCH", "/v2/upload/1", Reply(202, {"Location": "/v2/upload/1"}))
+    registry.on("PUT", "/v2/upload/1", Reply(201))
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"abc"
+
+    async with serve_registry(registry) as server:
+        client = await open_client(connector, server)
+        await client.upload_blob(sha256(b"abc"), 3, body, location=f"{server.url}/v2/upload/1")
+        assert [r.method for r in registry.requests] == ["GET", "PATCH", "PUT"]
+        assert server.connections - server.rejected == 1
+
+
+async def test_a_short_body_cut_while_nobody_reads_it_is_no_error(connector: Connector) -> None:
+    registry = serving_v1()
+    registry.on("PUT", MANIFEST_PATH, Reply(201, body=b"created", cut_after=2), times=1)
+    async with serve_registry(registry) as server:
+        client = await kept_alive(connector, server)
+        opened = server.connections
+        await client.put_manifest("v2", OCI_MANIFEST, manifest("v2"))
+        await client.get_manifest("v1")
+        assert server.connections == opened + 1
+
+
+async def test_an_endless_body_under_a_short_length_is_not_read_past_64_kib(
+    connector: Connector,
+) -> None:
+    """Content-Length 10 with chunked framing (h11 takes the chunks): the answer is
+    closed once 64 KiB have come, not read for the whole second."""
+    registry = serving_v1()
+    lying = Reply(201, {"Content-Length": "10"}, body=b"x" * (8 << 20), framing="chunked")
+    registry.on("PUT", MANIFEST_PATH, lying, times=1)
+    async with serve_registry(registry) as server:
+        client = await kept_alive(connector, server)
+        opened = server.connections
+        await client.put_manifest("v2", OCI_MANIFEST, manifest("v2"))
+        await client.get_manifest("v1")
+        assert server.connections == opened + 1  # read to its end, it would be kept
+
+
 async def test_an_answer_with_a_long_body_nobody_reads_is_closed_unread(
     connector: Connector,
 ) -> None:

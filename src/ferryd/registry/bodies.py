@@ -26,7 +26,7 @@ MAX_ERROR_BODY = 64 * 1024
 # handshake, two or three round trips to a registry across a network. A push's
 # POST, PATCH and PUT each came back with an empty body that nobody read, as did every
 # redirect (Docker Hub answers each blob GET with one) and every 401: each request of a
-# push went over a connection of its own. Go's client, which dockerd uses, keeps them.
+# push went over a connection of its own. Go's client keeps them, as dockerd does.
 # A body this short is read before the answer is closed, if it comes within the time.
 _SHORT_BODY = 64 * 1024
 _SHORT_BODY_SECONDS = 1.0
@@ -78,13 +78,17 @@ async def read_error_body(response: httpx.Response, what: str) -> bytes:
 
 async def release(response: httpx.Response) -> None:
     """Close `response`, reading first what is left of a short body, so that its
-    connection is kept for the next request; a long or endless body is not read (its
-    connection is closed), nor one that takes over a second to come."""
+    connection is kept for the next request; a long or endless body is not read past
+    `_SHORT_BODY` (its connection is closed), nor one that takes over a second to come."""
     try:
         if not response.is_closed and not response.is_stream_consumed and _short(response):
+            read = 0
             with anyio.move_on_after(_SHORT_BODY_SECONDS):
-                async for _chunk in response.aiter_raw():
-                    pass
+                # Counted too: a Content-Length can be overruled (chunked framing wins).
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read > _SHORT_BODY:
+                        break
     except httpx.HTTPError:
         pass  # the connection is closed below, as it would have been
     finally:

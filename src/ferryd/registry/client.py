@@ -417,7 +417,7 @@ async def _send(route: Route, request: httpx.Request, what: str) -> httpx.Respon
 
     Connections are kept idle for up to 90 s, and a registry whose own idle timeout is
     shorter may close one just as a request goes out on it. Such a request did nothing,
-    so Go's HTTP transport (dockerd's, skopeo's) sends it again on a new connection; so
+    so Go's HTTP transport (dockerd's) sends it again on a new connection; so
     do we, for the requests that have no body and change nothing.
     """
     try:

@@ -51,7 +51,7 @@ class _RegistryHTTP(httpx.AsyncClient):
 
 
 # How long a connection to a registry may wait idle for the next request. httpx keeps
-# one 5 s; Go's HTTP transport, which dockerd, containerd and skopeo use, 90 s. With 5 s,
+# one 5 s; Go's HTTP transport, which dockerd and containerd use, 90 s. With 5 s,
 # pulls a few seconds apart open new connections (on a real registry each is a TLS
 # handshake, two or three round trips): a 24-layer pull 11.5 s after the last one took
 # 11 % longer than one 1 s after it; with 90 s, as long (10 pairs each, loopback). A

@@ -278,3 +278,20 @@ async def test_a_chunked_body_is_still_read_by_h11() -> None:
         assert (await client.get(url)).content == b"hello world"
         assert (await client.get(url)).content == b""
     assert served == [2]
+
+
+async def test_a_body_never_takes_the_bytes_queued_behind_it() -> None:
+    """Read past h11, a body stops at its length: what follows on the connection (here
+    the start of another answer) is not taken as the body's."""
+
+    async def ahead(client: SocketStream) -> None:
+        await client.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        await anyio.sleep(0.05)  # the body after the headers: read past h11
+        await client.send(b"hello" + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+
+    async with (
+        _http_server(ahead) as (url, _),
+        httpx.AsyncClient(timeout=2) as client,
+        client.stream("GET", url) as response,
+    ):
+        assert b"".join([chunk async for chunk in response.aiter_raw()]) == b"hello"

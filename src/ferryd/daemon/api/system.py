@@ -180,11 +180,18 @@ async def events(request: Request) -> Response:
                         yield msgspec.json.encode(event.to_docker()) + b"\n"
             if until is not None and until <= now:
                 return
-            deadline = (until - now) / 1e9 if until is not None else None
-            with anyio.move_on_after(deadline):
-                async for event in live:
-                    if wanted.matches(event):
-                        yield msgspec.json.encode(event.to_docker()) + b"\n"
+            # Until `until` by the wall clock: the loop's timers step in milliseconds
+            # (libuv) and may wake a hair before it.
+            while True:
+                left = (until - time.time_ns()) / 1e9 if until is not None else None
+                if left is not None and left <= 0:
+                    return
+                with anyio.move_on_after(left) as scope:
+                    async for event in live:
+                        if wanted.matches(event):
+                            yield msgspec.json.encode(event.to_docker()) + b"\n"
+                if not scope.cancelled_caught:
+                    return  # the live stream ended: the daemon is stopping
 
     return StreamingResponse(lines(), media_type="application/json", headers=engine_headers())
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
+import pytest
 
+from ferryd.distribution import pull as pull_module
+from support.app import in_process_api
 from support.daemon import Daemon, errors
-from support.fakes import FakeRegistry, Reply, Request, make_layer
+from support.fakes import FakeRegistry, Reply, Request, make_layer, serve_registry
 from support.served import add_image, served
 from support.slow_pulls import REPO, held
 from support.waiting import wait_until
@@ -54,6 +58,40 @@ def test_the_first_layers_are_asked_for_while_the_config_is_on_its_way(
     assert result == [[]]
     assert [gets(registry, layer.digest) for layer in layers] == [1] * 5
     assert daemon.inspect(f"{server.host}/{REPO}:v1")["Id"] == config
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("threshold", "ahead"), [(60.0, False), (0.0, True)])
+async def test_layer_gets_go_ahead_only_after_a_manifest_slow_enough_to_be_worth_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threshold: float, ahead: bool
+) -> None:
+    """On loopback (a manifest in under 10 ms) a round trip costs nothing to save: the
+    config is fetched before any layer is asked for. Here the bar is set beyond (60 s)
+    or below (0) any manifest's time; the config's answer waits up to half a second
+    for a layer GET."""
+    monkeypatch.setattr(pull_module, "SEND_AHEAD_AFTER", threshold)
+    registry = FakeRegistry()
+    layer = make_layer(100_000, seed=860)
+    config = add_image(registry, "v1", [layer])
+    layer_asked = anyio.Event()
+    asked_while_the_config_waited: list[bool] = []
+
+    async def note_the_layer(request: Request) -> None:
+        layer_asked.set()  # then the normal answer
+
+    async def after_any_layer_get(request: Request) -> None:
+        with anyio.move_on_after(0.5):
+            await layer_asked.wait()
+        asked_while_the_config_waited.append(layer_asked.is_set())
+
+    registry.on("GET", f"/v2/{REPO}/blobs/{layer.digest}", note_the_layer)
+    registry.on("GET", f"/v2/{REPO}/blobs/{config}", after_any_layer_get, times=1)
+    async with serve_registry(registry) as server, in_process_api(tmp_path) as api:
+        answer = await api.post("/images/create", params={"fromImage": f"{server.host}/{REPO}:v1"})
+        assert "errorDetail" not in answer.text
+
+    assert asked_while_the_config_waited == [ahead]
+    assert gets(registry, layer.digest) == 1
 
 
 def test_layers_already_here_are_not_asked_for_ahead(

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, Protocol, cast
 from backports import zstd
 from isal import isal_zlib
 
+from ferryd.blobfile import BlobFile
 from ferryd.errors import ContentError, DigestMismatchError, disk_errors
 from ferryd.oci.digest import Digest, algorithm_of, new_hasher
 from ferryd.oci.mediatypes import Compression
@@ -281,10 +282,10 @@ class _Behind:
 class LayerSink:
     """Writes a blob to `path`, hashing it and (optionally) its uncompressed content.
 
-    The file and the hash state always describe the same prefix of the blob, so a cut
-    download resumes from `offset`, and a restart resumes by reading the file back.
-    The file is unbuffered: on a full disk the bytes that did reach it are counted, and
-    the disk's refusal is raised as the `StoreError` that says so (`StorageFullError`).
+    The hash state describes the bytes taken, so a cut download resumes from `offset`;
+    the file (a `BlobFile`, written past the page cache) holds a prefix of them, so a
+    restart resumes by reading it back. A disk's refusal is raised as the `StoreError`
+    that says so (`StorageFullError`); the bytes that reached the file stay for a resume.
     """
 
     def __init__(
@@ -294,7 +295,7 @@ class LayerSink:
         self.expected = expected
         self._want_diff_id = diff_id
         self._small = small  # a blob taken in one batch: everything in one thread
-        self._file: BinaryIO | None = None
+        self._file: BlobFile | None = None
         self._diff_hasher = _OrderedHasher(inline=small)
         self._behind: _Behind | None = None  # the inflate stage's thread, for `pipe`
         self._reset_state()
@@ -324,10 +325,9 @@ class LayerSink:
         self._reset_state()
         with disk_errors(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a+b", buffering=0)  # noqa: SIM115 - lives on
-        self._file.seek(0)
-        while batch := self._file.read(BATCH_SIZE):
-            self.take_back(batch)
+            self._file = BlobFile(self.path)
+            for batch in self._file.pieces(BATCH_SIZE):
+                self.take_back(batch)
         if self._broken is not None:
             self.restart()
         return self.offset
@@ -350,7 +350,6 @@ class LayerSink:
         """Forget everything written: the registry will send the blob from its start."""
         assert self._file is not None
         with disk_errors(self.path):
-            self._file.seek(0)
             self._file.truncate()
         self._reset_state()
 
@@ -362,16 +361,10 @@ class LayerSink:
     def store(self, batch: bytes) -> None:
         """Stage one: append to the file and hash the blob."""
         assert self._file is not None
-        rest = memoryview(batch)
         with disk_errors(self.path):
-            while rest:
-                # A full disk takes what fits, then refuses: count what it took.
-                written = self._file.write(rest) or 0
-                if not written:  # no progress, no error: call it what it is
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                self._hasher.update(rest[:written])
-                self.offset += written
-                rest = rest[written:]
+            self._file.write(batch)
+        self._hasher.update(batch)
+        self.offset += len(batch)
 
     def pipe(self, batch: bytes) -> None:
         """`store` now, `inflate` in the sink's own thread, at most one batch behind:
@@ -426,8 +419,7 @@ class LayerSink:
         """
         assert self._file is not None
         with disk_errors(self.path):
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._file.finish()
         return self.verify()
 
     def verify(self) -> Digest | None:
@@ -455,8 +447,7 @@ class LayerSink:
             self._join_behind()
         self._diff_hasher.close()
         if self._file is not None:
-            # Unbuffered: nothing is left to write, and a partial file is read back
-            # (and checked) before it is used again.
+            # A partial file is read back (and checked) before it is used again.
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None

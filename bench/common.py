@@ -688,6 +688,7 @@ class Run:
     registry_cpu_seconds: float = 0.0
     threads: int = 0
     floor_cpu_seconds: float | None = None  # see floor.py (ferryd pulls)
+    transfer_cpu_seconds: float | None = None  # see transfer.py (ferryd pulls)
     loop_lag_seconds: float | None = None  # the daemon's largest, from GET /metrics
     requests: dict[str, Any] | None = None  # count_requests() of the registry's log
     proxy_cpu_seconds: float | None = None
@@ -723,6 +724,16 @@ class Run:
         return others is None or others < QUIET_OTHERS_CORES
 
     @property
+    def least_seconds(self) -> float | None:
+        """The least wall time a verifying pull of these blobs can take on this machine's
+        cores: the floor, the transfer and the registry's CPU, all of it spread evenly
+        over every core (a bound: no pipeline overlaps perfectly)."""
+        if not self.floor_cpu_seconds or self.transfer_cpu_seconds is None:
+            return None
+        work = self.floor_cpu_seconds + self.transfer_cpu_seconds + self.registry_cpu_seconds
+        return work / (os.cpu_count() or 1)
+
+    @property
     def over_floor(self) -> float | None:
         """CPU seconds per floor second: 1.0 is the least a pull can spend."""
         if not self.floor_cpu_seconds:
@@ -732,7 +743,14 @@ class Run:
 
 def run_json(runs: list[Run]) -> list[dict[str, Any]]:
     return [
-        asdict(r) | {"mb_s": r.mb_s, "cores": r.cores, "cpu_over_floor": r.over_floor} for r in runs
+        asdict(r)
+        | {
+            "mb_s": r.mb_s,
+            "cores": r.cores,
+            "cpu_over_floor": r.over_floor,
+            "least_seconds": r.least_seconds,
+        }
+        for r in runs
     ]
 
 

@@ -186,10 +186,11 @@ def _shared_gets_text(runs: list[Run], scenario: Scenario) -> str:
 
 def _summary(scenarios: list[Scenario]) -> list[str]:
     lines = [
-        "| pull | | ferryd wall s | skopeo wall s | ferryd / skopeo | ferryd CPU s "
-        "| floor CPU s | CPU / floor | quiet runs: ferryd / skopeo, CPU / floor "
+        "| pull | | ferryd wall s | skopeo wall s | ferryd / skopeo | least wall s "
+        "| ferryd CPU s | floor CPU s | transfer CPU s | CPU / floor "
+        "| quiet runs: ferryd / skopeo, CPU / floor "
         "| ferryd peak RSS | loop lag max | registry requests (ferryd, median run) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for scenario in scenarios:
         for mode in scenario.modes():
@@ -205,7 +206,9 @@ def _summary(scenarios: list[Scenario]) -> list[str]:
             floor = _median(a, lambda r: r.floor_cpu_seconds)
             lines.append(
                 f"| {scenario.short} | {mode} | {_secs(wall_a)} | {skopeo} | {ratio} "
+                f"| {_secs(_median(a, lambda r: r.least_seconds))} "
                 f"| {_fmt(_median(a, lambda r: r.cpu_seconds))} | {_fmt(floor)} "
+                f"| {_fmt(_median(a, lambda r: r.transfer_cpu_seconds))} "
                 f"| {_fmt(_median(a, lambda r: r.over_floor), '{:.2f}')} "
                 f"| {_quiet_cell(scenario, a, b)} | {_hwm(a)} "
                 f"| {_lag(a)} | {_requests(_median_run(a))} |"
@@ -284,6 +287,18 @@ def _detail(scenario: Scenario) -> list[str]:
                     lambda runs: (
                         f"{_fmt(_median(runs, lambda r: r.floor_cpu_seconds))} / "
                         f"{_fmt(_median(runs, lambda r: r.over_floor))}"
+                    )
+                ),
+            )
+        )
+        lines.append(
+            row(
+                "transfer CPU s / least wall s, (floor + transfer + registry) / "
+                f"{os.cpu_count()} cores (median)",
+                ferryd_only(
+                    lambda runs: (
+                        f"{_fmt(_median(runs, lambda r: r.transfer_cpu_seconds))} / "
+                        f"{_secs(_median(runs, lambda r: r.least_seconds))}"
                     )
                 ),
             )
@@ -420,7 +435,21 @@ def _conclusions(scenario: Scenario) -> list[str]:
         a, b = scenario.of(FERRYD), scenario.of(SKOPEO)
         if a and b:
             out.append(_versus(a, b) + ".")
+            out += _bound(a, b)
     return out
+
+
+def _bound(ferryd: list[Run], skopeo: list[Run]) -> list[str]:
+    """The conclusion's line placing both tools' wall times against the least a
+    verifying pull can take here (none without the floors)."""
+    least = _median(ferryd, lambda r: r.least_seconds)
+    if not least:
+        return []
+    return [
+        f"- the least wall time a verifying pull can take on {os.cpu_count()} cores "
+        f"(median): {least:.2f} s; ferryd takes **{_wall(ferryd) / least:.2f}×** it, "
+        f"skopeo, which verifies less, {_wall(skopeo) / least:.2f}×."
+    ]
 
 
 def _memory(scenario: Scenario) -> list[str]:
@@ -442,6 +471,8 @@ def _memory(scenario: Scenario) -> list[str]:
         f"= **{mem.cores:.2f}** |",
         f"| floor CPU s / CPU over floor | {_fmt(mem.floor_cpu_seconds)} / "
         f"{_fmt(mem.over_floor)} |",
+        f"| transfer CPU s / least wall s | {_fmt(mem.transfer_cpu_seconds)} / "
+        f"{_secs(mem.least_seconds)} |",
         f"| event-loop lag, largest | {_lag([mem])} |",
         f"| registry CPU per wall s | {mem.registry_cores:.2f} |",
         f"| other processes' CPU per wall s (noise) | {_fmt(mem.others_cores)} |",
@@ -491,10 +522,13 @@ def render(
         "Floor = CPU s that sha256 of each blob, inflating each layer and "
         "sha256 of the result take in one thread (bench/floor.py): what verifying cannot "
         "avoid, measured right after each ferryd run (the images table: the best of the "
-        "passes made at the start). TLS: a second docker-registry with a certificate "
-        "of a CA made for the run (TLS 1.3; ferryd: loopback is an insecure registry, "
-        "skopeo: --src-cert-dir). Latency: bench/latency.py, "
-        f"{delay * 1000:.0f} ms each way per chunk, a "
+        "passes made at the start). Transfer = CPU s of fetching the same blobs from the "
+        "same registry, 3 at a time, into fsynced files, and nothing more "
+        "(bench/transfer.py): what any client pays. Least wall s = (floor + transfer + the "
+        "registry's CPU s) / the cores: no verifying pull here can end sooner. TLS: a "
+        "second docker-registry with a certificate of a CA made for the run (TLS 1.3; "
+        "ferryd: loopback is an insecure registry, skopeo: --src-cert-dir). Latency: "
+        f"bench/latency.py, {delay * 1000:.0f} ms each way per chunk, a "
         "handshake's round trip more for a new connection. Peak RSS: ferryd's VmHWM. Loop "
         "lag: the daemon's `ferryd_event_loop_lag_max_seconds` (GET /metrics), n/a where "
         "it has none.",
@@ -561,6 +595,8 @@ def _summary_json(scenario: Scenario, mode: str, tool: str) -> dict[str, Any]:
         "cpu_seconds": _median(runs, lambda r: r.cpu_seconds),
         "floor_cpu_seconds": _median(runs, lambda r: r.floor_cpu_seconds),
         "cpu_over_floor": _median(runs, lambda r: r.over_floor),
+        "transfer_cpu_seconds": _median(runs, lambda r: r.transfer_cpu_seconds),
+        "least_seconds": _median(runs, lambda r: r.least_seconds),
         "peak_rss_kib": max(r.hwm_kib or r.peak_rss_kib for r in runs),
         "loop_lag_max_seconds": _max(runs, lambda r: r.loop_lag_seconds),
         "requests": {

@@ -37,6 +37,7 @@ from common import (
 )
 from floor import floor_pass
 from latency import LatencyProxy
+from transfer import transfer_pass
 
 from ferryd.cli.client import DaemonError
 from support.daemon import Daemon, errors
@@ -222,7 +223,8 @@ def ferryd_run(
     largest since it started, includes theirs).
 
     Measured: wall, the daemon's CPU (user+sys) and memory, its largest event-loop lag
-    (GET /metrics), the registry's requests (its access log) and CPU.
+    (GET /metrics), the registry's requests (its access log) and CPU; then, the daemon
+    stopped, the floor (floor.py) and the transfer floor (transfer.py) of its blobs.
     """
     if new_root:
         daemon, startup = fresh_daemon(workdir)
@@ -260,8 +262,11 @@ def ferryd_run(
         batches,
         u,
         bytes=0 if up_to_date else sum(unique_layers(batches).values()),
-        # After the daemon stopped: nothing else of ours runs while it is measured.
+        # After the daemon stopped: nothing else of ours runs while these are measured.
         floor_cpu_seconds=0.0 if up_to_date else floor_pass(_all_images(batches)),
+        transfer_cpu_seconds=None
+        if up_to_date
+        else transfer_pass(target.registry, _all_images(batches), workdir / "transfer"),
         loop_lag_seconds=lag,
         requests=requests,
         connections=connections,

@@ -1,6 +1,6 @@
-"""A blob's partial file written past the page cache: whole blocks with O_DIRECT, the
-last partial block when the next write comes or the file is finished or closed; the
-page cache where the filesystem refuses direct IO."""
+"""A blob's file written and read past the page cache: whole blocks with O_DIRECT, the
+last partial block of a write when the next write comes or the file is finished or
+closed; the page cache where the filesystem refuses direct IO."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from ferryd import blobfile
-from ferryd.blobfile import BLOCK, BlobFile
+from ferryd.blobfile import BLOCK, BlobFile, BlobReader
 from ferryd.codec import LayerSink
+from ferryd.distribution.archives.intake import _EntrySink
+from ferryd.distribution.push_layers import StoredBlob
+from ferryd.errors import StorageFullError
 from ferryd.oci.digest import sha256_digest
 
 BLOB = os.urandom(3 * (1 << 20) + 12345)
@@ -53,7 +57,7 @@ def _write(file: BlobFile, data: bytes) -> None:
         file.write(piece)
 
 
-def _is_direct(file: BlobFile) -> bool:
+def _is_direct(file: BlobFile | BlobReader) -> bool:
     return bool(fcntl.fcntl(file._fd, fcntl.F_GETFL) & os.O_DIRECT)
 
 
@@ -67,6 +71,7 @@ def test_pieces_of_any_size_are_written_past_the_page_cache_and_end_as_the_blob(
     # Only whole blocks have reached the file; the rest waits for finish.
     assert path.stat().st_size == len(BLOB) - len(BLOB) % BLOCK
     file.finish()
+    assert path.read_bytes() == BLOB  # finished: all of it, before it is closed
     file.close()
 
     assert path.read_bytes() == BLOB
@@ -126,7 +131,10 @@ def test_a_filesystem_without_direct_io_gets_the_same_bytes_through_the_page_cac
     _write(file, BLOB[100_000:])
     file.finish()
     file.close()
+    reader = BlobReader(path)
+    assert not reader.direct
 
+    assert _read_all(reader, 1 << 20) == BLOB
     assert path.read_bytes() == BLOB
 
 
@@ -199,3 +207,185 @@ def test_a_layer_sink_writes_its_partial_file_past_the_page_cache(path: Path) ->
     assert sink.finish() is None
     sink.close()
     assert path.read_bytes() == BLOB
+
+
+def _read_all(reader: BlobReader, size: int) -> bytes:
+    out = []
+    while piece := reader.read(size):
+        out.append(piece)
+    reader.close()
+    return b"".join(out)
+
+
+def test_a_stored_blob_is_read_past_the_page_cache_in_whole_blocks(path: Path) -> None:
+    path.write_bytes(BLOB)
+    reader = BlobReader(path)
+
+    assert reader.direct
+    assert _is_direct(reader)
+    first = reader.read(1 << 20)
+    assert len(first) == 1 << 20
+    assert first + _read_all(reader, 1 << 20) == BLOB
+    assert reader.read(1 << 20) == b""
+
+
+def test_reads_of_any_size_give_the_blob_through_the_page_cache_once_unaligned(
+    path: Path,
+) -> None:
+    path.write_bytes(BLOB)
+    reader = BlobReader(path)
+
+    assert _read_all(reader, 5000) == BLOB
+
+
+def test_a_direct_read_the_filesystem_refuses_goes_on_through_the_page_cache(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path.write_bytes(BLOB)
+    real = os.preadv
+    calls = []
+
+    def refuse_second(fd: int, buffers: Any, offset: int) -> int:
+        calls.append(offset)
+        if len(calls) == 2:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(blobfile.os, "preadv", refuse_second)
+    reader = BlobReader(path)
+    data = reader.read(1 << 20) + reader.read(1 << 20)
+
+    assert not reader.direct
+    assert data + _read_all(reader, 1 << 20) == BLOB
+
+
+def test_a_partial_file_gives_back_what_it_held_when_opened(path: Path) -> None:
+    path.write_bytes(BLOB[: 3 * BLOCK + 10])
+    file = BlobFile(path)
+    held = file.pieces(1 << 20)
+    file.write(BLOB[3 * BLOCK + 10 : 8 * BLOCK])  # whole blocks: on disk at once
+    assert path.stat().st_size == 8 * BLOCK
+
+    assert b"".join(held) == BLOB[: 3 * BLOCK + 10]
+    file.close()
+
+
+@pytest.mark.parametrize("first", [0, 100, BLOCK + 1])
+def test_a_filesystem_that_takes_the_flag_but_refuses_direct_writes_gets_a_long_write_whole(
+    path: Path, monkeypatch: pytest.MonkeyPatch, first: int
+) -> None:
+    real = os.pwrite
+
+    def no_direct_io(fd: int, data: Any, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(blobfile.os, "pwrite", no_direct_io)
+    file = BlobFile(path)
+    file.write(BLOB[:first])
+    file.write(BLOB[first:])  # longer than the buffer, in one call
+    file.finish()
+    file.close()
+
+    assert path.read_bytes() == BLOB
+
+
+def test_a_write_that_makes_no_progress_is_a_full_disk(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(blobfile.os, "pwrite", lambda fd, data, offset: 0)
+    file = BlobFile(path)
+    with pytest.raises(OSError) as refused:
+        file.write(BLOB[: 2 * BLOCK])
+    file.close()
+
+    assert refused.value.errno == errno.ENOSPC
+
+
+def test_a_staged_archive_file_whose_last_block_finds_the_disk_full_fails_the_load(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.pwrite
+
+    def room_for_direct_blocks_only(fd: int, data: Any, offset: int) -> int:
+        if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(blobfile.os, "pwrite", room_for_direct_blocks_only)
+    data = BLOB[: 3 * BLOCK + 1000]
+    sink = _EntrySink("blobs/sha256/" + sha256_digest(data).split(":")[1], path, len(data))
+    sink.write(data)
+
+    with pytest.raises(StorageFullError):
+        sink.finish()
+    sink.close()
+
+
+@pytest.mark.parametrize("opening", [BlobFile, BlobReader])
+def test_a_file_that_fails_as_it_opens_leaks_no_descriptor(
+    path: Path, monkeypatch: pytest.MonkeyPatch, opening: type[BlobFile | BlobReader]
+) -> None:
+    path.write_bytes(BLOB[:5000])
+    fds = len(os.listdir("/proc/self/fd"))
+
+    def no_memory() -> Any:
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    monkeypatch.setattr(blobfile._buffers, "take", no_memory)
+    with pytest.raises(OSError):
+        opening(path)
+
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_a_blob_started_again_after_finishing_is_written_past_the_page_cache_again(
+    path: Path,
+) -> None:
+    file = BlobFile(path)
+    _write(file, BLOB[: BLOCK + 5])
+    file.finish()
+    file.truncate()
+
+    assert file.direct
+    _write(file, BLOB)
+    file.finish()
+    file.close()
+    assert path.read_bytes() == BLOB
+
+
+@pytest.fixture
+def stored(path: Path) -> StoredBlob:
+    path.write_bytes(BLOB)
+    return StoredBlob(sha256_digest(BLOB), len(BLOB), path)
+
+
+@pytest.mark.anyio
+async def test_a_push_reads_a_stored_blob_whole_with_the_next_read_started_ahead(
+    stored: StoredBlob,
+) -> None:
+    pieces = []
+    async with stored.reading() as reading:
+        while piece := await reading.read(1 << 20):
+            pieces.append(piece)
+            assert reading._ahead is not None  # the next one is being read meanwhile
+
+    assert b"".join(pieces) == BLOB
+
+
+@pytest.mark.anyio
+async def test_a_push_cancelled_mid_read_closes_the_blob_once_its_read_has_ended(
+    stored: StoredBlob,
+) -> None:
+    fds = len(os.listdir("/proc/self/fd"))
+    with anyio.CancelScope() as scope:
+        async with stored.reading() as reading:
+            await reading.read(1 << 20)
+            scope.cancel()
+            await reading.read(1 << 20)
+
+    assert scope.cancelled_caught
+    assert reading._ahead is not None
+    assert reading._ahead.done()
+    assert len(os.listdir("/proc/self/fd")) == fds

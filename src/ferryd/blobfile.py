@@ -1,4 +1,4 @@
-"""A blob's partial file, appended to past the page cache.
+"""A blob's file, written and read past the page cache.
 
 A pull writes hundreds of MiB that nothing reads soon after. Written through the page
 cache, each MiB takes 256 pages: on a virtual machine whose host takes freed memory
@@ -11,8 +11,10 @@ copy into it, 0.06 s for the same 379 MiB (and fsync has nothing left to write).
 Direct IO moves whole blocks at block-aligned offsets from aligned memory, so the bytes
 of the last, partial block wait in the buffer for the next write; `finish` writes them
 through the page cache. The file therefore always holds a prefix of the blob, which a
-resume reads back. Where the filesystem refuses direct IO, the file is written as any
-other.
+resume reads back. A push reads a stored blob the same way (`BlobReader`): the blobs a
+pull just wrote are not in the page cache, and reading them through it would pay for
+the pages there instead. Where the filesystem refuses direct IO, the file is written
+and read as any other.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from pathlib import Path
 # A multiple of every logical block size in use (512 and 4096).
 BLOCK = 4096
 _CAPACITY = 1 << 20
-# Buffers kept for the next blob: their pages stay with this process, so writing
-# through them costs no new pages (3 downloads at once, and a little room).
-_KEEP = 4
+# Buffers kept for the next blob: their pages stay with this process, so moving bytes
+# through them costs no new pages (3 downloads or 6 uploads at once).
+_KEEP = 6
 
 
 class _Buffers:
@@ -58,7 +60,50 @@ class _Buffers:
 _buffers = _Buffers()
 
 
-class BlobFile:
+class _Direct:
+    """An open file and, while its IO is direct, a kept buffer for it."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._buffer: mmap.mmap | None = None
+        self._view = memoryview(b"")
+
+    @property
+    def direct(self) -> bool:
+        return self._buffer is not None
+
+    def _go_direct(self) -> bool:
+        try:
+            flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+        except OSError:  # the filesystem has no direct IO: the page cache it is
+            return False
+        self._buffer = _buffers.take()
+        self._view = memoryview(self._buffer)
+        return True
+
+    def _leave_direct(self) -> None:
+        """Through the page cache from here (the buffer's bytes are the caller's)."""
+        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        self._release_buffer()
+
+    def _release_buffer(self) -> None:
+        self._view.release()
+        self._view = memoryview(b"")
+        buffer, self._buffer = self._buffer, None
+        if buffer is not None:
+            _buffers.give(buffer)
+
+    def _close(self) -> None:
+        self._release_buffer()
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+
+class BlobFile(_Direct):
     """A partial blob file opened to be appended to (see the module's docstring).
 
     Opening it reads nothing; `pieces` gives what it holds (for a resume to hash);
@@ -66,46 +111,33 @@ class BlobFile:
     the caller knows which file it writes and what the error means to it.
     """
 
-    def __init__(self, path: Path, *, direct: bool = True) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        self.size = os.fstat(self._fd).st_size  # what the file holds now
-        self._buffer: mmap.mmap | None = None
-        self._view = memoryview(b"")
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666))
         self._fill = 0  # bytes waiting in the buffer, to be written at `_at`
-        self._at = self.size
-        if direct:
-            self._go_direct()
+        try:
+            self.size = os.fstat(self._fd).st_size  # what the file holds now
+            self._at = self.size
+            self._start_direct()
+        except BaseException:
+            self._close()
+            raise
 
-    def _go_direct(self) -> None:
-        buffer = _buffers.take()
-        view = memoryview(buffer)
+    def _start_direct(self) -> None:
         # A last partial block waits in the buffer; the next write rewrites it whole.
         # (Read before the flag: a direct read takes whole blocks only.)
-        tail = self.size % BLOCK
-        if tail and os.preadv(self._fd, [view[:tail]], self.size - tail) != tail:
-            raise OSError(errno.EIO, f"{self.path} changed while it was read")
-        try:
-            flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-            fcntl.fcntl(self._fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-        except OSError:  # the filesystem has no direct IO: the page cache it is
-            view.release()
-            _buffers.give(buffer)
-            return
-        self._buffer, self._view = buffer, view
-        self._at, self._fill = self.size - tail, tail
-
-    @property
-    def direct(self) -> bool:
-        return self._buffer is not None
+        tail = os.pread(self._fd, self._at % BLOCK, self._at - self._at % BLOCK)
+        if self._go_direct():
+            self._view[: len(tail)] = tail
+            self._at, self._fill = self._at - len(tail), len(tail)
 
     def pieces(self, size: int) -> Iterator[bytes]:
         """What the file held when it was opened, from its start, `size` bytes at a time."""
-        with open(self.path, "rb", buffering=0) as reader:
-            left = self.size
-            while left > 0 and (piece := reader.read(min(size, left))):
-                left -= len(piece)
+        reader = BlobReader(self.path, self.size)
+        try:
+            while piece := reader.read(size):
                 yield piece
+        finally:
+            reader.close()
 
     def write(self, data: bytes | memoryview) -> None:
         """Append `data`: its whole blocks now, its last partial block with the next
@@ -115,6 +147,9 @@ class BlobFile:
             self._write_through(view)
             return
         while view:
+            if not self.direct:  # a direct write was refused: the rest the same way
+                self._write_through(view)
+                return
             taken = min(len(view), _CAPACITY - self._fill)
             self._view[self._fill : self._fill + taken] = view[:taken]
             self._fill += taken
@@ -137,7 +172,7 @@ class BlobFile:
                 raise
             # The filesystem took the flag but not the IO (or a short write left an
             # unaligned rest): the rest goes through the page cache.
-            self._leave_direct()
+            self._write_waiting()
             return
         self._written(done)
 
@@ -149,12 +184,11 @@ class BlobFile:
             assert self._buffer is not None
             self._buffer.move(0, done, self._fill)
 
-    def _leave_direct(self) -> None:
+    def _write_waiting(self) -> None:
         """Through the page cache from here: what waits in the buffer is written now."""
-        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
-        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
         waiting = bytes(self._view[: self._fill])
-        self._release_buffer()
+        self._fill = 0
+        self._leave_direct()
         self._write_through(memoryview(waiting))
 
     def _write_through(self, view: memoryview) -> None:
@@ -166,14 +200,22 @@ class BlobFile:
             view = view[written:]
 
     def truncate(self) -> None:
-        """Empty the file (and the buffer): the blob starts again from byte 0."""
+        """Empty the file (and the buffer): the blob starts again from byte 0, direct
+        again (after `finish`, a resumed blob that failed its check is fetched anew)."""
         os.ftruncate(self._fd, 0)
         self.size = self._at = self._fill = 0
+        if not self.direct:
+            self._start_direct()
+
+    def flush(self) -> None:
+        """Write what waits in the buffer (through the page cache): the file holds every
+        byte given."""
+        if self._fill:
+            self._write_waiting()
 
     def finish(self) -> None:
-        """Write what waits in the buffer and fsync: the file is the whole blob."""
-        if self._fill:
-            self._leave_direct()
+        """`flush` and fsync: the file is the whole blob."""
+        self.flush()
         os.fsync(self._fd)
 
     def close(self) -> None:
@@ -181,16 +223,47 @@ class BlobFile:
         reach the file), and close."""
         if self._fill:
             with contextlib.suppress(OSError):
-                self._leave_direct()
-        self._release_buffer()
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
+                self._write_waiting()
+        self._close()
 
-    def _release_buffer(self) -> None:
-        self._view.release()
-        self._view = memoryview(b"")
-        buffer, self._buffer = self._buffer, None
-        self._fill = 0
-        if buffer is not None:
-            _buffers.give(buffer)
+
+class BlobReader(_Direct):
+    """A stored blob read from its start past the page cache, into a kept buffer (see
+    the module's docstring); through the page cache where the filesystem refuses direct
+    IO. Reads of whole blocks (a multiple of 4 KiB asked for) stay direct. OSError is
+    raised as is."""
+
+    def __init__(self, path: Path, size: int | None = None) -> None:
+        super().__init__(path, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        self._at = 0
+        try:
+            # Read up to `size` (what a partial file held when it was opened).
+            self._size = os.fstat(self._fd).st_size if size is None else size
+            self._go_direct()
+        except BaseException:
+            self._close()
+            raise
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` bytes from where the last read ended; b"" at the end."""
+        size = min(size, self._size - self._at, _CAPACITY)
+        if size <= 0:
+            return b""
+        if self.direct:
+            # Whole blocks: the last one ends at the file's end, where a read stops.
+            blocks = -(-size // BLOCK) * BLOCK
+            try:
+                got = min(os.preadv(self._fd, [self._view[:blocks]], self._at), size)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._leave_direct()  # the filesystem took the flag but not the IO
+            else:
+                self._at += got
+                return bytes(self._view[:got])
+        data = os.pread(self._fd, size, self._at)
+        self._at += len(data)
+        return data
+
+    def close(self) -> None:
+        self._close()

@@ -411,6 +411,12 @@ class LayerSink:
         except ContentError as exc:
             self._broken = exc
 
+    def flush(self) -> None:
+        """Every byte taken reaches the file (no fsync), or the disk's refusal is raised."""
+        assert self._file is not None
+        with disk_errors(self.path):
+            self._file.flush()
+
     def finish(self) -> Digest | None:
         """Flush and fsync, check the blob digest, then the stream; return the DiffID.
 

@@ -7,16 +7,18 @@ stack below it from garbage collection while the push reads it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-import aiofiles
 import anyio
-from aiofiles.threadpool.binary import AsyncBufferedReader
 
+from ferryd.blobfile import BlobReader
 from ferryd.codec import BATCH_SIZE, detect_compression, inflater
 from ferryd.errors import ImageNotFoundError
 from ferryd.oci.digest import Digest
@@ -41,17 +43,50 @@ class StoredBlob:
             return detect_compression(file.read(4))
 
     @asynccontextmanager
-    async def reading(self) -> AsyncIterator[AsyncBufferedReader]:
-        """The blob's file, open for reads in worker threads. Opening and closing are
-        shielded from cancellation: a cancelled open would drop the file the thread
-        opened, unclosed."""
+    async def reading(self) -> AsyncIterator[BlobReading]:
+        """The blob's file, open for reads in worker threads (past the page cache: see
+        `blobfile`). Opening and closing are shielded from cancellation: a cancelled
+        open would drop the file the thread opened, unclosed."""
         with anyio.CancelScope(shield=True):
-            file = await aiofiles.open(self.path, "rb")
+            reader = await anyio.to_thread.run_sync(BlobReader, self.path)
+        reading = BlobReading(reader)
         try:
-            yield file
+            yield reading
         finally:
             with anyio.CancelScope(shield=True):
-                await file.close()
+                await anyio.to_thread.run_sync(reading.close)
+
+
+# Reads ahead of the uploads (at most 6 at once: 5 layers and a config).
+_READ_AHEAD = ThreadPoolExecutor(6, thread_name_prefix="ferryd-read")
+
+
+class BlobReading:
+    """A stored blob's reads, each in a worker thread, the next one started as soon as
+    the last one is handed over: a read past the page cache waits for the disk, with no
+    readahead of the kernel's to hide it (without this, pushing an image again took
+    18 % longer than through the page cache)."""
+
+    def __init__(self, reader: BlobReader) -> None:
+        self._reader = reader
+        self._ahead: Future[bytes] | None = None
+
+    async def read(self, size: int) -> bytes:
+        """Up to `size` bytes (at most 1 MiB) after the last read's; b"" at the end."""
+        if self._ahead is None:
+            self._ahead = _READ_AHEAD.submit(self._reader.read, size)
+        # Kept until it is replaced: a read cancelled while it runs still ends in its
+        # thread, and `close` waits for it before the file is closed.
+        data = await asyncio.wrap_future(self._ahead)
+        self._ahead = _READ_AHEAD.submit(self._reader.read, size) if data else None
+        return data
+
+    def close(self) -> None:
+        """Once the read ahead (if any) has ended; in a worker thread."""
+        if self._ahead is not None:
+            with contextlib.suppress(Exception):  # nobody wants what it read
+                self._ahead.result()
+        self._reader.close()
 
 
 class PushLayer(Protocol):

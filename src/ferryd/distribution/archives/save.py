@@ -27,11 +27,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import anyio
 import msgspec
 
+from ferryd.blobfile import BlobReader
 from ferryd.codec import BATCH_SIZE
 from ferryd.distribution.archives import layout, tarstream
 from ferryd.errors import (
@@ -149,7 +149,8 @@ async def _blob_pieces(entry: _Entry) -> AsyncIterator[bytes]:
     digest = entry.digest
     hasher = new_hasher(digest)
     try:
-        file: BinaryIO = await anyio.to_thread.run_sync(entry.path.open, "rb")
+        # Past the page cache, as a push reads (see `blobfile`).
+        file = await anyio.to_thread.run_sync(BlobReader, entry.path)
     except FileNotFoundError:
         raise CorruptBlobError(f"blob {digest} is missing from the store") from None
 

@@ -132,6 +132,8 @@ class BlobFile(_Direct):
 
     def pieces(self, size: int) -> Iterator[bytes]:
         """What the file held when it was opened, from its start, `size` bytes at a time."""
+        if not self.size:  # a new download: nothing to open again
+            return
         reader = BlobReader(self.path, self.size)
         try:
             while piece := reader.read(size):

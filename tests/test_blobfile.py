@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ import pytest
 from ferryd import blobfile
 from ferryd.blobfile import BLOCK, BlobFile, BlobReader
 from ferryd.codec import LayerSink
+from ferryd.distribution import push_layers
+from ferryd.distribution.archives import save
 from ferryd.distribution.archives.intake import _EntrySink
 from ferryd.distribution.push_layers import StoredBlob
 from ferryd.errors import StorageFullError
@@ -367,7 +370,7 @@ async def test_a_push_reads_a_stored_blob_whole_with_the_next_read_started_ahead
 ) -> None:
     pieces = []
     async with stored.reading() as reading:
-        while piece := await reading.read(1 << 20):
+        while piece := await reading.read():
             pieces.append(piece)
             assert reading._ahead is not None  # the next one is being read meanwhile
 
@@ -381,11 +384,144 @@ async def test_a_push_cancelled_mid_read_closes_the_blob_once_its_read_has_ended
     fds = len(os.listdir("/proc/self/fd"))
     with anyio.CancelScope() as scope:
         async with stored.reading() as reading:
-            await reading.read(1 << 20)
+            await reading.read()
             scope.cancel()
-            await reading.read(1 << 20)
+            await reading.read()
 
     assert scope.cancelled_caught
     assert reading._ahead is not None
     assert reading._ahead.done()
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+@pytest.mark.anyio
+async def test_a_push_cancelled_mid_read_closes_the_blob_only_after_that_read(
+    stored: StoredBlob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, release, order = threading.Event(), threading.Event(), []
+    real_read, real_close = BlobReader.read, BlobReader.close
+
+    def read(self: BlobReader, size: int) -> bytes:
+        started.set()
+        release.wait(5)
+        order.append("read")
+        return real_read(self, size)
+
+    def close(self: BlobReader) -> None:
+        order.append("close")
+        real_close(self)
+
+    monkeypatch.setattr(BlobReader, "read", read)
+    monkeypatch.setattr(BlobReader, "close", close)
+    with anyio.CancelScope() as scope:
+        async with stored.reading() as reading, anyio.create_task_group() as tasks:
+            tasks.start_soon(reading.read)
+            await anyio.to_thread.run_sync(started.wait)
+            scope.cancel()
+            threading.Timer(0.2, release.set).start()
+
+    assert order == ["read", "close"]
+
+
+@pytest.mark.anyio
+async def test_a_push_cancelled_while_its_read_waits_for_a_thread_calls_the_read_off(
+    stored: StoredBlob,
+) -> None:
+    fds = len(os.listdir("/proc/self/fd"))
+    busy = threading.Event()
+    for _ in range(6):  # every reading thread taken
+        push_layers._READ_AHEAD.submit(busy.wait, 5)
+    with anyio.move_on_after(0.1) as scope:
+        async with stored.reading() as reading:
+            await reading.read()
+    busy.set()
+
+    assert scope.cancelled_caught
+    assert reading._ahead is not None
+    assert reading._ahead.cancelled()
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+@pytest.mark.anyio
+async def test_a_read_after_one_called_off_reads_again(stored: StoredBlob) -> None:
+    busy = threading.Event()
+    for _ in range(6):
+        push_layers._READ_AHEAD.submit(busy.wait, 5)
+    async with stored.reading() as reading:
+        with anyio.move_on_after(0.1):
+            await reading.read()
+        busy.set()
+
+        assert await reading.read() == BLOB[: 1 << 20]
+
+
+@pytest.mark.anyio
+async def test_a_disk_error_in_the_read_ahead_is_raised_by_the_next_read(
+    stored: StoredBlob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.preadv
+
+    def fails_after_the_first(fd: int, buffers: Any, offset: int) -> int:
+        if offset:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(blobfile.os, "preadv", fails_after_the_first)
+    async with stored.reading() as reading:
+        await reading.read()
+        with pytest.raises(OSError) as failed:
+            await reading.read()
+
+    assert failed.value.errno == errno.EIO
+
+
+def test_a_direct_read_failing_with_a_disk_error_raises_it(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path.write_bytes(BLOB)
+
+    def eio(*args: Any) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(blobfile.os, "preadv", eio)
+    reader = BlobReader(path)
+    with pytest.raises(OSError) as failed:
+        reader.read(1 << 20)
+    reader.close()
+
+    assert failed.value.errno == errno.EIO
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("whole", [True, False], ids=["read whole", "cut short"])
+async def test_a_saved_blob_closes_its_file(stored: StoredBlob, whole: bool) -> None:
+    fds = len(os.listdir("/proc/self/fd"))
+    entry = save._Entry("blobs/sha256/x", stored.size, path=stored.path, digest=stored.digest)
+    pieces = save._blob_pieces(entry)
+    if whole:
+        assert b"".join([piece async for piece in pieces]) == BLOB
+    else:
+        await pieces.__anext__()
+        await pieces.aclose()
+
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_the_last_partial_block_is_read_past_the_page_cache_too(path: Path) -> None:
+    path.write_bytes(BLOB)  # its last block is partial
+    reader = BlobReader(path)
+    while reader.read(1 << 20):
+        pass
+
+    assert reader.direct
+    reader.close()
+
+
+def test_a_new_download_opens_nothing_to_read_back(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(blobfile, "BlobReader", None)
+    file = BlobFile(path)
+
+    assert list(file.pieces(1 << 20)) == []
+    file.close()

@@ -97,10 +97,12 @@ class _Direct:
             _buffers.give(buffer)
 
     def _close(self) -> None:
-        self._release_buffer()
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
+        try:
+            self._release_buffer()
+        finally:
+            if self._fd >= 0:
+                fd, self._fd = self._fd, -1
+                os.close(fd)
 
 
 class BlobFile(_Direct):

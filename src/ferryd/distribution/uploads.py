@@ -20,7 +20,6 @@ import anyio
 from anyio.abc import TaskGroup
 from isal import isal_zlib
 
-from ferryd.codec import BATCH_SIZE
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
 from ferryd.distribution.push_layers import PushLayer, StoredBlob
 from ferryd.distribution.transfers import RetryPolicy, TransferPool, TransferState, with_retries
@@ -223,7 +222,7 @@ async def _read_file(
     sent = 0
     try:
         async with stored.reading() as file:
-            while chunk := await file.read(BATCH_SIZE):
+            while chunk := await file.read():
                 sent += len(chunk)
                 progress.update(Message("Pushing", layer_id, sent, stored.size))
                 yield chunk

@@ -135,13 +135,8 @@ class BlobFile(_Direct):
     def pieces(self, size: int) -> Iterator[bytes]:
         """What the file held when it was opened, from its start, `size` bytes at a time."""
         if not self.size:  # a new download: nothing to open again
-            return
-        reader = BlobReader(self.path, self.size)
-        try:
-            while piece := reader.read(size):
-                yield piece
-        finally:
-            reader.close()
+            return iter(())
+        return read_pieces(self.path, size, until=self.size)
 
     def write(self, data: bytes | memoryview) -> None:
         """Append `data`: its whole blocks now, its last partial block with the next
@@ -271,3 +266,14 @@ class BlobReader(_Direct):
 
     def close(self) -> None:
         self._close()
+
+
+def read_pieces(path: Path, size: int, *, until: int | None = None) -> Iterator[bytes]:
+    """The file at `path` from its start (its first `until` bytes), `size` bytes at a
+    time, read past the page cache (`BlobReader`)."""
+    reader = BlobReader(path, until)
+    try:
+        while piece := reader.read(size):
+            yield piece
+    finally:
+        reader.close()

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, Protocol, cast
 from backports import zstd
 from isal import isal_zlib
 
-from ferryd.blobfile import BlobFile
+from ferryd.blobfile import BlobFile, read_pieces
 from ferryd.errors import ContentError, DigestMismatchError, disk_errors
 from ferryd.oci.digest import Digest, algorithm_of, new_hasher
 from ferryd.oci.mediatypes import Compression
@@ -464,9 +464,8 @@ def read_layer(path: Path, expected: Digest) -> tuple[Digest, int]:
     stream; return its DiffID and uncompressed size. Nothing is written."""
     sink = LayerSink(path, expected)
     try:
-        with path.open("rb") as file:
-            while batch := file.read(BATCH_SIZE):
-                sink.take_back(batch)
+        for batch in read_pieces(path, BATCH_SIZE):
+            sink.take_back(batch)
         diff_id = sink.verify()
         assert diff_id is not None
         return diff_id, sink.uncompressed_size

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ferryd.blobfile import read_pieces
 from ferryd.errors import FerrydError
 from ferryd.oci.digest import Digest, chain_id, chain_ids, new_hasher
 from ferryd.oci.image_config import decode_config
@@ -468,11 +469,11 @@ def check(store: Store, *, repair: bool = False) -> FsckReport:
 
 
 def hash_file(path: Path, digest: Digest) -> str:
-    """The digest of the file at `path` in `digest`'s algorithm, read 1 MiB at a time."""
+    """The digest of the file at `path` in `digest`'s algorithm, read 1 MiB at a time
+    past the page cache (a whole store's blobs would take its pages for nothing)."""
     hasher = new_hasher(digest)
-    with path.open("rb") as file:
-        while piece := file.read(READ_SIZE):
-            hasher.update(piece)
+    for piece in read_pieces(path, READ_SIZE):
+        hasher.update(piece)
     return f"{digest.partition(':')[0]}:{hasher.hexdigest()}"
 
 

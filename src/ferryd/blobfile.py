@@ -74,13 +74,15 @@ class _Direct:
         return self._buffer is not None
 
     def _go_direct(self) -> bool:
+        buffer = _buffers.take()  # first: the flag is never set without a buffer
         try:
             flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
             fcntl.fcntl(self._fd, fcntl.F_SETFL, flags | os.O_DIRECT)
         except OSError:  # the filesystem has no direct IO: the page cache it is
+            _buffers.give(buffer)
             return False
-        self._buffer = _buffers.take()
-        self._view = memoryview(self._buffer)
+        self._buffer = buffer
+        self._view = memoryview(buffer)
         return True
 
     def _leave_direct(self) -> None:

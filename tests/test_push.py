@@ -46,6 +46,7 @@ from support.registry import (
     Registry,
     start_registry,
 )
+from support.throttle import throttled
 
 pytestmark = pytest.mark.registry
 
@@ -403,31 +404,35 @@ def test_registry_stopped_mid_push_retries_then_fails_and_the_next_push_complete
     registry: Registry, start_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     target_registry = start_registry(tmp_path / "stopping-registry")
+    # The upload is slowed so that the kill lands while the blob is being sent: killed
+    # while it commits an upload, the registry can answer 500 for that blob for good.
     try:
-        daemon = start_daemon(retry_delay=0.3, max_upload_attempts=3)
-        big = LayerSpec(size=100_000_000, seed=360, compression="zstd", level=1)
-        built = pulled(daemon, registry, tmp_path / "layout", "stopping/src:v1", [big])
-        target = f"{target_registry.host}/stopping/app"
-        tag(daemon, f"{registry.host}/stopping/src:v1", f"{target}:v1")
-        messages: Messages = []
+        with throttled(target_registry.host, 10_000_000, both_ways=True) as proxy:
+            daemon = start_daemon(retry_delay=0.3, max_upload_attempts=3)
+            big = LayerSpec(size=20_000_000, seed=360, compression="zstd", level=1)
+            built = pulled(daemon, registry, tmp_path / "layout", "stopping/src:v1", [big])
+            target = f"{proxy.host}/stopping/app"
+            tag(daemon, f"{registry.host}/stopping/src:v1", f"{target}:v1")
+            messages: Messages = []
 
-        for message in daemon.client().stream("POST", f"/images/{target}/push", {"tag": "v1"}):
-            messages.append(message)
-            if message.get("status") == "Pushing" and target_registry.running:
-                assert target_registry.pid is not None
-                os.kill(target_registry.pid, signal.SIGKILL)
-                target_registry.stop()
+            stream = daemon.client().stream("POST", f"/images/{target}/push", {"tag": "v1"})
+            for message in stream:
+                messages.append(message)
+                if message.get("status") == "Pushing" and target_registry.running:
+                    assert target_registry.pid is not None
+                    os.kill(target_registry.pid, signal.SIGKILL)
+                    target_registry.stop()
 
-        assert not target_registry.running, "the push never said Pushing"
-        assert any(text.startswith("Retrying in") for text in status_texts(messages))
-        [error] = errors(messages)
-        assert target_registry.host in error
-        assert aux(messages) == []
-        assert daemon.alive
-        target_registry.start()
-        again = push(daemon, target, "v1")
-        assert errors(again) == []
-        assert aux(again)[0]["Digest"] == built.manifest_digest
+            assert not target_registry.running, "the push never said Pushing"
+            assert any(text.startswith("Retrying in") for text in status_texts(messages))
+            [error] = errors(messages)
+            assert proxy.host in error
+            assert aux(messages) == []
+            assert daemon.alive
+            target_registry.start()
+            again = push(daemon, target, "v1")
+            assert errors(again) == []
+            assert aux(again)[0]["Digest"] == built.manifest_digest
         assert skopeo_inspect_raw(target_registry, "stopping/app:v1") == built.manifest
         with target_registry.client() as client:
             head = client.head(f"/v2/stopping/app/blobs/{built.layers[0].digest}")

@@ -78,8 +78,8 @@ class _Connection:
         url = urlsplit(registry.url)
         host, port = url.hostname or "127.0.0.1", url.port
         self._http: http.client.HTTPConnection
-        if url.scheme == "https":
-            context = ssl.create_default_context(cadata=(registry.ca_cert_pem or b"").decode())
+        context = registry.ssl_context()
+        if isinstance(context, ssl.SSLContext):
             self._http = http.client.HTTPSConnection(host, port, context=context)
         else:
             self._http = http.client.HTTPConnection(host, port)

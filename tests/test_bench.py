@@ -42,6 +42,9 @@ def test_a_quick_round_of_the_benchmark_pulls_over_http_and_tls_and_writes_its_r
         assert sorted(run["tool"] for run in scenario["runs"]) == ["ferryd", "skopeo"]
     for summary in results["summary"]:
         assert summary["quiet"]["runs"] in (0, 1), summary
+        if summary["tool"] == "ferryd":  # the transfer floor and the bound, measured
+            assert summary["transfer_cpu_seconds"] > 0, summary
+            assert summary["least_seconds"] > 0, summary
     report = (tmp_path / "results-only-quick.md").read_text()
     assert "24 layers (4 MiB), over TLS" in report
     assert "quiet runs: ferryd / skopeo, CPU / floor" in report
@@ -86,3 +89,36 @@ def test_the_report_gives_medians_of_the_quiet_runs_beside_those_of_all_runs(
     noisy = [run("ferryd", 2.0, 0.3)]
     assert _quiet_cell(scenario, noisy, skopeo) == "-"
     assert _quiet_json(noisy)["wall_seconds"] is None
+
+
+def test_the_least_wall_time_spreads_floor_transfer_and_registry_over_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    from common import Run
+    from report import _bound
+
+    def run(tool: str, seconds: float, transfer: float | None) -> Run:
+        return Run(
+            tool,
+            "bench/multi",
+            seconds,
+            10**8,
+            2.0,
+            80_000,
+            registry_cpu_seconds=0.2,
+            floor_cpu_seconds=1.5 if tool == "ferryd" else None,
+            transfer_cpu_seconds=transfer,
+        )
+
+    ferryd, skopeo = run("ferryd", 1.2, 0.1), run("skopeo", 0.9, None)
+
+    assert ferryd.least_seconds == pytest.approx((1.5 + 0.1 + 0.2) / 2)
+    assert skopeo.least_seconds is None
+    assert run("ferryd", 1.2, None).least_seconds is None
+    [line] = _bound([ferryd], [skopeo])
+    assert "0.90 s" in line
+    assert "**1.33×**" in line
+    assert "1.00×" in line
+    assert _bound([run("ferryd", 1.2, None)], [skopeo]) == []

@@ -98,7 +98,7 @@ class _Direct:
         if buffer is not None:
             _buffers.give(buffer)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         try:
             self._release_buffer()
         finally:
@@ -123,7 +123,7 @@ class BlobFile(_Direct):
             self._at = self.size
             self._start_direct()
         except BaseException:
-            self._close()
+            self.close()
             raise
 
     def _start_direct(self) -> None:
@@ -144,11 +144,8 @@ class BlobFile(_Direct):
         """Append `data`: its whole blocks now, its last partial block with the next
         write or `finish`."""
         view = memoryview(data)
-        if not self.direct:
-            self._write_through(view)
-            return
         while view:
-            if not self.direct:  # a direct write was refused: the rest the same way
+            if not self.direct:  # no direct IO here, or a direct write was refused
                 self._write_through(view)
                 return
             taken = min(len(view), _CAPACITY - self._fill)
@@ -163,10 +160,7 @@ class BlobFile(_Direct):
         done = 0
         try:
             while done < whole:
-                written = os.pwrite(self._fd, self._view[done:whole], self._at + done)
-                if not written:  # no progress, no error: call it what it is
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                done += written
+                done += self._pwrite(self._view[done:whole], self._at + done)
         except OSError as exc:
             self._written(done)
             if exc.errno != errno.EINVAL:
@@ -194,11 +188,15 @@ class BlobFile(_Direct):
 
     def _write_through(self, view: memoryview) -> None:
         while view:
-            written = os.pwrite(self._fd, view, self._at)
-            if not written:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            written = self._pwrite(view, self._at)
             self._at += written
             view = view[written:]
+
+    def _pwrite(self, view: memoryview, at: int) -> int:
+        written = os.pwrite(self._fd, view, at)
+        if not written:  # no progress, no error: call it what it is
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return written
 
     def truncate(self) -> None:
         """Empty the file (and the buffer): the blob starts again from byte 0, direct
@@ -225,7 +223,7 @@ class BlobFile(_Direct):
         if self._fill:
             with contextlib.suppress(OSError):
                 self._write_waiting()
-        self._close()
+        super().close()
 
 
 class BlobReader(_Direct):
@@ -242,7 +240,7 @@ class BlobReader(_Direct):
             self._size = os.fstat(self._fd).st_size if size is None else size
             self._go_direct()
         except BaseException:
-            self._close()
+            self.close()
             raise
 
     def read(self, size: int) -> bytes:
@@ -265,9 +263,6 @@ class BlobReader(_Direct):
         data = os.pread(self._fd, size, self._at)
         self._at += len(data)
         return data
-
-    def close(self) -> None:
-        self._close()
 
 
 def read_pieces(path: Path, size: int, *, until: int | None = None) -> Iterator[bytes]:

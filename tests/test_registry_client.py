@@ -39,6 +39,7 @@ from ferryd.oci.digest import Digest
 from ferryd.oci.manifest import MAX_MANIFEST_SIZE, check_supported
 from ferryd.oci.mediatypes import ACCEPT, OCI_MANIFEST, SCHEMA1_TYPES
 from ferryd.registry import endpoints as endpoints_module
+from ferryd.registry import streams
 from ferryd.registry.auth import ANONYMOUS, Credentials
 from ferryd.registry.client import MAX_REDIRECTS, BlobResponse, RegistryClient
 from ferryd.registry.connector import KEEP_IDLE_SECONDS, Connector
@@ -927,6 +928,32 @@ async def test_a_blob_over_tls_comes_in_pieces_as_big_as_what_has_arrived(
     assert client.endpoint.base_url.startswith("https://")
     assert b"".join(pieces) == blob
     assert len(pieces) <= 4, [len(piece) for piece in pieces]
+
+
+async def test_a_blob_over_tls_is_decrypted_into_a_buffer_the_connection_keeps(
+    connector: Connector, server_tls: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop's TLS transport decrypts the records into the connection's own buffer,
+    not into a new object per 16 KiB record."""
+    given: list[int] = []
+    get_buffer = streams._DecryptedInto.get_buffer
+
+    def watched(self: streams._DecryptedInto, sizehint: int) -> memoryview:
+        buffer = get_buffer(self, sizehint)
+        given.append(len(buffer))
+        return buffer
+
+    monkeypatch.setattr(streams._DecryptedInto, "get_buffer", watched)
+    registry = FakeRegistry()
+    blob = random.Random(8).randbytes(2 << 20)
+    digest = registry.add_blob(blob)
+    async with serve_registry(registry, ssl_context=server_tls) as server:
+        client = await open_client(connector, server)
+        async with client.open_blob(digest) as answer:
+            received = b"".join([chunk async for chunk in answer.chunks()])
+    assert received == blob
+    assert given, "the loop's TLS transport never asked for the connection's buffer"
+    assert set(given) == {streams._DECRYPT_SIZE}
 
 
 async def test_tls_inside_tls_works(ca: trustme.CA, server_tls: ssl.SSLContext) -> None:

@@ -295,3 +295,25 @@ async def test_a_body_never_takes_the_bytes_queued_behind_it() -> None:
         client.stream("GET", url) as response,
     ):
         assert b"".join([chunk async for chunk in response.aiter_raw()]) == b"hello"
+
+
+# TLS decrypted into the connection's buffer.
+
+
+class _Received(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+
+
+def test_what_is_decrypted_into_the_buffer_is_handed_on_as_bytes_of_its_own() -> None:
+    received = _Received()
+    into = streams._DecryptedInto(received)
+    buffer = into.get_buffer(1000)
+    buffer[:5] = b"first"
+    into.buffer_updated(5)
+    buffer[:3] = b"two"  # the buffer is used again: what was handed on must not change
+    into.buffer_updated(3)
+    assert received.data == [b"first", b"two"]

@@ -6,7 +6,8 @@ process: httpcore reads up to 1 MiB per receive; a connection whose reader is bu
 reading the socket at 1 MiB queued (TCP holds back the rest); a read that finds bytes
 already queued takes them at once; the bytes of a body of known length go from the
 stream to the reader without passing through h11; TLS runs in the event loop's own
-transport. Every name reached into here is pinned by tests/test_patched_internals.py.
+transport, which decrypts into a buffer of the connection's. Every name reached into
+here is pinned by tests/test_patched_internals.py.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ async def _start_tls_on_loop(
     try:
         with anyio.fail_after(timeout):
             transport = await asyncio.get_running_loop().start_tls(
-                below, protocol, ssl_context, server_hostname=server_hostname
+                below, _DecryptedInto(protocol), ssl_context, server_hostname=server_hostname
             )
     except OSError as exc:  # ssl.SSLError and TimeoutError among them
         await self.aclose()
@@ -193,6 +194,49 @@ async def _start_tls_on_loop(
         protocol.over_tls = True
     reading_below = cast(asyncio.Transport, _ReadingBelowTLS(transport, tcp))
     return _TLSOnLoop(_anyio_asyncio.SocketStream(reading_below, protocol))
+
+
+# The most a TLS transport decrypts into a connection's buffer at once: what one read
+# of the socket brings (uvloop reads 256 KiB).
+_DECRYPT_SIZE = 256 << 10
+
+
+class _DecryptedInto(asyncio.BufferedProtocol):
+    """anyio's protocol behind the loop's TLS transport, the records decrypted into a
+    buffer of the connection's own.
+
+    Given a plain protocol, the TLS transport decrypts each record (16 KiB at most) into
+    a new 256 KiB bytes object, shrinks it, then joins a socket read's records into one
+    more: ~16 allocations and a copy per 256 KiB. Given a buffer, it decrypts them into
+    it in place and hands them over once. The 5-layer pull over TLS: 3 % less wall
+    time, 2.6 % less CPU (10 of 14 A/B pairs). A buffer smaller than what one read of the
+    socket brings would split what is handed over: it is that size from the start.
+    """
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        self._protocol = protocol
+        self._buffer = memoryview(bytearray(_DECRYPT_SIZE))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._protocol.data_received(self._buffer[:nbytes].tobytes())
+
+    def eof_received(self) -> bool | None:
+        return self._protocol.eof_received()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._protocol.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._protocol.resume_writing()
 
 
 class _ReadingBelowTLS:

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import push as push_bench
 import report
+import targets
 import trustme
 from common import (
     AccessLog,
@@ -290,6 +291,8 @@ def main() -> int:
         table += "\n\n" + push_bench.report(multi, pushes, rounds)
     if slow_pushes is not None:
         table += "\n\n" + push_bench.report(small, slow_pushes, rounds)
+    checked = targets.checks(scenarios, [p for p in (pushes, slow_pushes) if p is not None])
+    table += "\n\n" + targets.render(checked)
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     table += f"\n\n(`{command}`: {total:.0f} s in all; load average at the end {load})"
     print()
@@ -303,6 +306,7 @@ def main() -> int:
         "push_latency": None
         if slow_pushes is None
         else push_bench.results_json(small, slow_pushes, rounds),
+        "targets": targets.as_json(checked),
         "total_seconds": total,
     }
     write_results(out, name, table, data)

@@ -45,8 +45,12 @@ def test_a_quick_round_of_the_benchmark_pulls_over_http_and_tls_and_writes_its_r
         if summary["tool"] == "ferryd":  # the transfer floor and the bound, measured
             assert summary["transfer_cpu_seconds"] > 0, summary
             assert summary["least_seconds"] > 0, summary
+    targets = {check["target"]: check for check in results["targets"]}
+    assert "pull wall ≤ 1.0× skopeo: 24 layers (4 MiB), over TLS" in targets
+    assert "CPU beyond the floor ≤ 3 ms per layer: 24 layers (4 MiB)" in targets
     report = (tmp_path / "results-only-quick.md").read_text()
     assert "24 layers (4 MiB), over TLS" in report
+    assert "| target | this run | |" in report
     assert "quiet runs: ferryd / skopeo, CPU / floor" in report
 
 
@@ -122,3 +126,61 @@ def test_the_least_wall_time_spreads_floor_transfer_and_registry_over_the_cores(
     assert "**1.33×**" in line
     assert "1.00×" in line
     assert _bound([run("ferryd", 1.2, None)], [skopeo]) == []
+
+
+def test_the_targets_are_checked_against_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from common import Built, Run
+    from push import PushResults
+    from report import Scenario
+    from targets import as_json, checks, render
+
+    def image(name: str, layers: int) -> Built:
+        return Built(name, "made up", Path("."), [], 10**8, 2 * 10**8, [10**6] * layers)
+
+    def run(tool: str, seconds: float, mode: str = "pull", **fields: object) -> Run:
+        made = Run(tool, "bench/x", seconds, 10**8, 1.3, 90 << 10, **fields)  # type: ignore[arg-type]
+        made.extra["mode"] = mode
+        return made
+
+    multi, small = image("bench/multi", 5), image("bench/small", 24)
+    requests = {"total": 7, "manifests": 1, "max_gets_per_blob": 1}
+    big = Scenario(
+        "multi",
+        [multi],
+        runs=[
+            run("ferryd", 1.2, floor_cpu_seconds=1.0, loop_lag_seconds=0.012, requests=requests),
+            run("skopeo", 1.0),
+        ],
+    )
+    few = Scenario(
+        "small",
+        [small],
+        runs=[run("ferryd", 0.2, floor_cpu_seconds=1.3 - 0.048), run("skopeo", 0.25)],
+    )
+    fresh = Scenario(
+        "uptodate-small",
+        [small],
+        up_to_date=True,
+        runs=[run("ferryd", 0.03, "loopback, 1st pull", requests={"total": 1, "manifests": 1})],
+    )
+    pushed = PushResults([run("ferryd", 0.5), run("skopeo", 1.0)], 1.0, 0.5)
+
+    found = {
+        check.target: (check.measured, check.met) for check in checks([big, few, fresh], [pushed])
+    }
+
+    assert found == {
+        "pull wall ≤ 1.0× skopeo: 5 layers (95 MiB)": ("1.20×", False),
+        "pull wall ≤ 1.0× skopeo: 24 layers (95 MiB)": ("0.80×", True),
+        "CPU ≤ 1.3× the floor: 5 layers (95 MiB)": ("1.30×", True),
+        "CPU beyond the floor ≤ 3 ms per layer: 24 layers (95 MiB)": ("2.0 ms", True),
+        "one manifest request: up to date (24 layers), loopback, 1st pull": ("1 at most", True),
+        "in ≤ 20 ms: up to date (24 layers), loopback, 1st pull": ("30 ms", False),
+        "each blob fetched once, in every pull": ("1 GET of a blob at most (2 runs)", True),
+        "push wall ≤ 0.6× skopeo: bench/x": ("0.50×", True),
+        "peak RSS ≤ 100 MiB, every run": ("90 MiB", True),
+        "event-loop lag ≤ 20 ms, every run": ("12 ms", True),
+    }
+    assert render(checks([big], [])).startswith("Targets: 4 of 5 met in this run")
+    assert as_json(checks([], [])) == []

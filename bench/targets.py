@@ -1,0 +1,207 @@
+"""The targets ferryd's pulls and pushes are held to, checked against one run of the
+benchmark: a table at the end of the report (each target, what this run measured, met
+or not) and a list in results.json.
+
+Only what the run measured is checked: a scenario left out (`--only`, `--no-push`) is
+no target missed. Each check takes the same medians (maxima for memory, loop lag and
+requests) as the report's tables.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from common import Run
+from push import PushResults
+from report import FERRYD, IN_TURN, ONCE, SKOPEO, Scenario
+
+WALL_VS_SKOPEO = 1.0  # a pull's wall time, ferryd / skopeo
+CPU_OVER_FLOOR = 1.3  # a big-layer pull's CPU, times the floor
+CPU_PER_LAYER = 0.003  # s of CPU per layer beyond the floor, small layers
+UP_TO_DATE_SECONDS = 0.020  # an up-to-date pull on loopback
+PUSH_VS_SKOPEO = 0.6  # a push's wall time, ferryd / skopeo
+PEAK_RSS_MIB = 100
+LOOP_LAG_SECONDS = 0.020
+
+BIG_LAYERS = ("multi", "multi-latency", "multi-tls", "memory")
+SMALL_LAYERS = ("small", "small-latency", "small-tls")
+
+
+@dataclass(frozen=True)
+class Check:
+    target: str
+    measured: str
+    met: bool
+
+
+def checks(scenarios: list[Scenario], pushes: list[PushResults]) -> list[Check]:
+    """Every target this run measured, in the order of the report."""
+    pulls = [s for s in scenarios if not s.up_to_date and s.key != "memory"]
+    return [
+        *_pull_walls(pulls),
+        *_cpu_over_floor(scenarios),
+        *_cpu_per_layer(scenarios),
+        *_up_to_date(scenarios),
+        *_at_once(pulls),
+        *_fetched_once(scenarios),
+        *_push_walls(pushes),
+        *_memory_and_lag(scenarios, pushes),
+    ]
+
+
+def render(found: list[Check]) -> str:
+    met = sum(check.met for check in found)
+    rows = [
+        f"| {check.target} | {check.measured} | {'met' if check.met else '**not met**'} |"
+        for check in found
+    ]
+    return "\n".join(
+        [
+            f"Targets: {met} of {len(found)} met in this run (medians; maxima for memory, "
+            "loop lag and requests).",
+            "",
+            "| target | this run | |",
+            "|---|---|---|",
+            *rows,
+        ]
+    )
+
+
+def as_json(found: list[Check]) -> list[dict[str, Any]]:
+    return [asdict(check) for check in found]
+
+
+# -- the checks ----------------------------------------------------------------------
+
+
+def _median_wall(runs: list[Run]) -> float:
+    return statistics.median(r.seconds for r in runs)
+
+
+def _named(scenario: Scenario, mode: str) -> str:
+    return scenario.short if mode == "pull" else f"{scenario.short}, {mode}"
+
+
+def _pull_walls(pulls: list[Scenario]) -> Iterator[Check]:
+    for scenario in pulls:
+        for mode in scenario.modes():
+            a, b = scenario.of(FERRYD, mode), scenario.of(SKOPEO, mode)
+            if a and b:
+                ratio = _median_wall(a) / _median_wall(b)
+                yield Check(
+                    f"pull wall ≤ {WALL_VS_SKOPEO:.1f}× skopeo: {_named(scenario, mode)}",
+                    f"{ratio:.2f}×",
+                    ratio <= WALL_VS_SKOPEO,
+                )
+
+
+def _cpu_over_floor(scenarios: list[Scenario]) -> Iterator[Check]:
+    for scenario in scenarios:
+        if scenario.key not in BIG_LAYERS:
+            continue
+        over = [r.over_floor for r in scenario.of(FERRYD) if r.over_floor is not None]
+        if over:
+            ratio = statistics.median(over)
+            yield Check(
+                f"CPU ≤ {CPU_OVER_FLOOR:.1f}× the floor: {scenario.short}",
+                f"{ratio:.2f}×",
+                ratio <= CPU_OVER_FLOOR,
+            )
+
+
+def _cpu_per_layer(scenarios: list[Scenario]) -> Iterator[Check]:
+    for scenario in scenarios:
+        if scenario.key not in SMALL_LAYERS:
+            continue
+        layers = len(scenario.images[0].layer_sizes)
+        beyond = [
+            (r.cpu_seconds - r.floor_cpu_seconds) / layers
+            for r in scenario.of(FERRYD)
+            if r.floor_cpu_seconds
+        ]
+        if beyond:
+            per_layer = statistics.median(beyond)
+            yield Check(
+                f"CPU beyond the floor ≤ {CPU_PER_LAYER * 1000:.0f} ms per layer: {scenario.short}",
+                f"{per_layer * 1000:.1f} ms",
+                per_layer <= CPU_PER_LAYER,
+            )
+
+
+def _up_to_date(scenarios: list[Scenario]) -> Iterator[Check]:
+    for scenario in scenarios:
+        if not scenario.up_to_date:
+            continue
+        for mode in scenario.modes():
+            runs = scenario.of(FERRYD, mode)
+            if not runs:
+                continue
+            most = max((r.requests or {}).get("total", 0) for r in runs)
+            manifests = min((r.requests or {}).get("manifests", 0) for r in runs)
+            what = f"{scenario.short}, {mode}"
+            yield Check(f"one manifest request: {what}", f"{most} at most", most == manifests == 1)
+            if mode.startswith("loopback"):
+                wall = _median_wall(runs)
+                yield Check(
+                    f"in ≤ {UP_TO_DATE_SECONDS * 1000:.0f} ms: {what}",
+                    f"{wall * 1000:.0f} ms",
+                    wall <= UP_TO_DATE_SECONDS,
+                )
+
+
+def _at_once(pulls: list[Scenario]) -> Iterator[Check]:
+    for scenario in pulls:
+        together, in_turn = scenario.of(FERRYD, ONCE), scenario.of(FERRYD, IN_TURN)
+        if together and in_turn:
+            a, b = _median_wall(together), _median_wall(in_turn)
+            yield Check(
+                f"at once no slower than in turn: {scenario.short}",
+                f"{a:.2f} s against {b:.2f} s",
+                a <= b,
+            )
+
+
+def _fetched_once(scenarios: list[Scenario]) -> Iterator[Check]:
+    runs = [r for s in scenarios for r in s.of(FERRYD) if r.requests is not None]
+    if runs:
+        most = max(r.requests.get("max_gets_per_blob", 0) for r in runs if r.requests)
+        yield Check(
+            "each blob fetched once, in every pull",
+            f"{most} GET{'' if most == 1 else 's'} of a blob at most ({len(runs)} runs)",
+            most <= 1,
+        )
+
+
+def _push_walls(pushes: list[PushResults]) -> Iterator[Check]:
+    for results in pushes:
+        a = [r for r in results.runs if r.tool == FERRYD]
+        b = [r for r in results.runs if r.tool == SKOPEO]
+        if a and b:
+            ratio = _median_wall(a) / _median_wall(b)
+            behind = "" if results.delay is None else f", +{results.delay * 1000:.0f} ms each way"
+            yield Check(
+                f"push wall ≤ {PUSH_VS_SKOPEO:.1f}× skopeo: {a[0].image}{behind}",
+                f"{ratio:.2f}×",
+                ratio <= PUSH_VS_SKOPEO,
+            )
+
+
+def _memory_and_lag(scenarios: list[Scenario], pushes: list[PushResults]) -> Iterator[Check]:
+    runs = [r for s in scenarios for r in s.of(FERRYD)]
+    runs += [r for results in pushes for r in results.runs if r.tool == FERRYD]
+    if not runs:
+        return
+    peak = max(r.hwm_kib or r.peak_rss_kib for r in runs) / 1024
+    yield Check(
+        f"peak RSS ≤ {PEAK_RSS_MIB} MiB, every run", f"{peak:.0f} MiB", peak <= PEAK_RSS_MIB
+    )
+    lags = [r.loop_lag_seconds for r in runs if r.loop_lag_seconds is not None]
+    if lags:
+        yield Check(
+            f"event-loop lag ≤ {LOOP_LAG_SECONDS * 1000:.0f} ms, every run",
+            f"{max(lags) * 1000:.0f} ms",
+            max(lags) <= LOOP_LAG_SECONDS,
+        )

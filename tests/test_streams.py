@@ -297,15 +297,29 @@ async def test_a_body_never_takes_the_bytes_queued_behind_it() -> None:
         assert b"".join([chunk async for chunk in response.aiter_raw()]) == b"hello"
 
 
-# TLS decrypted into the connection's buffer.
+# TLS decrypted into a buffer of ours.
 
 
 class _Received(asyncio.Protocol):
     def __init__(self) -> None:
         self.data: list[bytes] = []
+        self.calls: list[str] = []
 
     def data_received(self, data: bytes) -> None:
         self.data.append(data)
+
+    def eof_received(self) -> bool | None:
+        self.calls.append("eof")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.calls.append(f"lost {exc}")
+
+    def pause_writing(self) -> None:
+        self.calls.append("pause")
+
+    def resume_writing(self) -> None:
+        self.calls.append("resume")
 
 
 def test_what_is_decrypted_into_the_buffer_is_handed_on_as_bytes_of_its_own() -> None:
@@ -317,3 +331,21 @@ def test_what_is_decrypted_into_the_buffer_is_handed_on_as_bytes_of_its_own() ->
     buffer[:3] = b"two"  # the buffer is used again: what was handed on must not change
     into.buffer_updated(3)
     assert received.data == [b"first", b"two"]
+
+
+def test_every_tls_connection_of_a_thread_decrypts_into_one_buffer() -> None:
+    one, other = streams._DecryptedInto(_Received()), streams._DecryptedInto(_Received())
+    buffer = one.get_buffer(100)
+    assert len(buffer) == streams._DECRYPT_SIZE
+    assert other.get_buffer(300_000) is buffer
+    assert one.get_buffer(100) is buffer
+
+
+def test_the_end_the_loss_and_write_flow_control_reach_anyios_protocol() -> None:
+    received = _Received()
+    into = streams._DecryptedInto(received)
+    into.pause_writing()
+    into.resume_writing()
+    assert into.eof_received() is None
+    into.connection_lost(None)
+    assert received.calls == ["pause", "resume", "eof", "lost None"]

@@ -11,12 +11,26 @@ import anyio
 import pytest
 
 from ferryd.distribution import pull as pull_module
+from ferryd.distribution.downloads import DownloadManager
+from ferryd.oci.image_config import RootFS
+from ferryd.registry.auth import ANONYMOUS
+from ferryd.registry.connector import Connector
+from ferryd.registry.endpoints import RegistryService
+from ferryd.store import Store
 from support.app import in_process_api
 from support.daemon import Daemon, errors
-from support.fakes import FakeRegistry, Reply, Request, make_layer, serve_registry
+from support.fakes import (
+    FakeRegistry,
+    Recorder,
+    Reply,
+    Request,
+    background,
+    make_layer,
+    serve_registry,
+)
 from support.served import add_image, served
 from support.slow_pulls import REPO, held
-from support.waiting import wait_until
+from support.waiting import await_until, wait_until
 
 MiB = 1 << 20
 
@@ -161,3 +175,55 @@ def test_an_error_to_a_get_sent_ahead_is_its_transfers_first_attempt(
     [retry] = daemon.log_events("transfer.retry")
     assert (retry["attempt"], retry["cause"]) == (1, "TransientRegistryError")
     assert gets(registry, layer.digest) == 2
+
+
+@pytest.mark.anyio
+async def test_a_layer_whose_transfer_starts_while_the_disk_is_looked_at_is_not_asked_for_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GETs to send ahead are chosen by what memory knows (the transfers running),
+    then by the disk in a worker call. Another platform's pull of the same layer may
+    start its transfer, and send its GET, during that call: seen in a bench run of an
+    index pulled whole, its shared layer asked for twice."""
+    registry = FakeRegistry()
+    layer = make_layer(200_000, seed=870)
+    registry.add_blob(layer.blob)
+    store = Store(tmp_path / "root")
+    connector = Connector(RegistryService())
+    looked: list[list[str]] = []
+    try:
+        async with serve_registry(registry) as server, background() as tg:
+            manager = DownloadManager(store.blobs, store.layers, store.metadata, tg)
+            client = await connector.open(server.host, REPO, ANONYMOUS)
+            descriptor = layer.descriptor(server.host, REPO)
+            run_sync = anyio.to_thread.run_sync
+
+            async def download() -> None:
+                _, release = await manager.download(
+                    client, RootFS([]), "linux", [descriptor], Recorder()
+                )
+                release()
+
+            async def meanwhile(
+                func: Callable[[], list[str]], *args: object, **kw: object
+            ) -> object:
+                result = await run_sync(func, *args, **kw)  # type: ignore[arg-type]
+                if getattr(func, "__name__", "") == "nowhere":
+                    looked.append(result)
+                    tg.start_soon(download)  # and its GET goes out before we go on
+                    await await_until(lambda: gets(registry, layer.digest) == 1)
+                return result
+
+            monkeypatch.setattr(anyio.to_thread, "run_sync", meanwhile)
+            with anyio.fail_after(10):
+                async with manager.sending_ahead(client, [descriptor.descriptor]):
+                    monkeypatch.setattr(anyio.to_thread, "run_sync", run_sync)
+                    sent_ahead = layer.digest in manager._ahead
+                    await await_until(lambda: store.blobs.has(layer.digest))
+    finally:
+        await connector.aclose()
+        store.close()
+
+    assert looked == [[layer.digest]]  # the disk had nothing of it when looked at
+    assert not sent_ahead
+    assert gets(registry, layer.digest) == 1

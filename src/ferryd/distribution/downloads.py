@@ -270,6 +270,9 @@ class DownloadManager:
             ]
 
         fresh = await anyio.to_thread.run_sync(nowhere)
+        # A transfer that started meanwhile (another platform's pull) has sent its own GET.
+        transferring = {digest for digest, _ in self._transfers.running()}
+        fresh = [d for d in fresh if d not in transferring and d not in self._committed]
         return self._ahead.send(fetcher, fresh[: self._max_concurrent])
 
     async def blob(

@@ -110,36 +110,36 @@ def _pull_walls(pulls: list[Scenario]) -> Iterator[Check]:
                 )
 
 
+def _median_check(
+    target: str, values: list[float], limit: float, unit: str, digits: int = 2
+) -> Check:
+    """The median of the runs' `values` against `limit`; none: not measured."""
+    if not values:
+        return _unmeasured(target)
+    value = statistics.median(values)
+    return Check(target, f"{_shown(value, limit, digits)}{unit}", value <= limit)
+
+
 def _cpu_over_floor(scenarios: list[Scenario]) -> Iterator[Check]:
     for scenario in scenarios:
-        if scenario.key not in BIG_LAYERS:
-            continue
-        target = f"CPU ≤ {CPU_OVER_FLOOR:.1f}× the floor: {scenario.short}"
-        over = [r.over_floor for r in scenario.of(FERRYD) if r.over_floor is not None]
-        if not over:
-            yield _unmeasured(target)
-            continue
-        ratio = statistics.median(over)
-        yield Check(target, f"{_shown(ratio, CPU_OVER_FLOOR)}×", ratio <= CPU_OVER_FLOOR)
+        if scenario.key in BIG_LAYERS:
+            over = [r.over_floor for r in scenario.of(FERRYD) if r.over_floor is not None]
+            target = f"CPU ≤ {CPU_OVER_FLOOR:.1f}× the floor: {scenario.short}"
+            yield _median_check(target, over, CPU_OVER_FLOOR, "×")
 
 
 def _cpu_per_layer(scenarios: list[Scenario]) -> Iterator[Check]:
     limit = CPU_PER_LAYER * 1000
     for scenario in scenarios:
-        if scenario.key not in SMALL_LAYERS:
-            continue
-        target = f"(CPU − floor) / layers ≤ {limit:.0f} ms: {scenario.short}"
-        layers = len(scenario.images[0].layer_sizes)
-        beyond = [
-            (r.cpu_seconds - r.floor_cpu_seconds) / layers * 1000
-            for r in scenario.of(FERRYD)
-            if r.floor_cpu_seconds
-        ]
-        if not beyond:
-            yield _unmeasured(target)
-            continue
-        per_layer = statistics.median(beyond)
-        yield Check(target, f"{_shown(per_layer, limit, 1)} ms", per_layer <= limit)
+        if scenario.key in SMALL_LAYERS:
+            layers = len(scenario.images[0].layer_sizes)
+            beyond = [
+                (r.cpu_seconds - r.floor_cpu_seconds) / layers * 1000
+                for r in scenario.of(FERRYD)
+                if r.floor_cpu_seconds
+            ]
+            target = f"(CPU − floor) / layers ≤ {limit:.0f} ms: {scenario.short}"
+            yield _median_check(target, beyond, limit, " ms", 1)
 
 
 def _up_to_date(scenarios: list[Scenario]) -> Iterator[Check]:

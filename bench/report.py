@@ -226,7 +226,7 @@ def _quiet_cell(scenario: Scenario, ferryd: list[Run], skopeo: list[Run]) -> str
     calm_a, calm_b = _quiet(ferryd), _quiet(skopeo)
     if scenario.up_to_date or not calm_a or not calm_b:
         return "-"
-    ratio = _wall(calm_a) / _wall(calm_b)
+    ratio = median_wall(calm_a) / median_wall(calm_b)
     over = _fmt(_median(calm_a, lambda r: r.over_floor))
     return (
         f"{ratio:.2f}, {over} ({len(calm_a)} of {len(ferryd)} and {len(calm_b)} of {len(skopeo)})"
@@ -259,7 +259,7 @@ def _detail(scenario: Scenario) -> list[str]:
         row(
             f"wall s, median of the quiet runs (noise < {QUIET_OTHERS_CORES} CPU/s)",
             lambda runs: (
-                f"{_secs(_wall(_quiet(runs)))} ({len(_quiet(runs))} of {len(runs)})"
+                f"{_secs(median_wall(_quiet(runs)))} ({len(_quiet(runs))} of {len(runs)})"
                 if _quiet(runs)
                 else "- (none)"
             ),
@@ -353,13 +353,13 @@ def _proxy_cpu(run: Run) -> float | None:
     return run.proxy_cpu_seconds
 
 
-def _wall(runs: list[Run]) -> float:
+def median_wall(runs: list[Run]) -> float:
     return statistics.median(r.seconds for r in runs)
 
 
 def _versus(ferryd: list[Run], skopeo: list[Run]) -> str:
     """The conclusion's line comparing the tools' median wall times (unended)."""
-    ratio = _wall(ferryd) / _wall(skopeo)
+    ratio = median_wall(ferryd) / median_wall(skopeo)
     return (
         f"- ferryd / skopeo, medians of wall time: **{ratio:.2f}** "
         f"(ferryd {'faster' if ratio < 1 else 'slower'})"
@@ -372,15 +372,16 @@ def _conclusions(scenario: Scenario) -> list[str]:
         for tool in (FERRYD, SKOPEO):
             once, turn = scenario.of(tool, ONCE), scenario.of(tool, IN_TURN)
             if once and turn:
+                a, b = median_wall(once), median_wall(turn)
                 out.append(
                     f"- {tool}: at once / one after another, medians: "
-                    f"**{_wall(once) / _wall(turn):.2f}** ({_wall(once):.2f} s vs "
-                    f"{_wall(turn):.2f} s)."
+                    f"**{a / b:.2f}** ({a:.2f} s vs {b:.2f} s)."
                 )
         once_a, once_b = scenario.of(FERRYD, ONCE), scenario.of(SKOPEO, ONCE)
         if once_a and once_b:
+            ratio = median_wall(once_a) / median_wall(once_b)
             out.append(
-                f"- at once, ferryd / skopeo: **{_wall(once_a) / _wall(once_b):.2f}**. skopeo "
+                f"- at once, ferryd / skopeo: **{ratio:.2f}**. skopeo "
                 "has no shared store: each copy goes to its own directory and fetches "
                 "every blob itself."
             )
@@ -448,8 +449,8 @@ def _bound(ferryd: list[Run], skopeo: list[Run]) -> list[str]:
         return []
     return [
         f"- the least wall time a verifying pull can take on {os.cpu_count()} cores "
-        f"(median): {least:.2f} s; ferryd takes **{_wall(ferryd) / least:.2f}×** it, "
-        f"skopeo, which verifies less, {_wall(skopeo) / least:.2f}×."
+        f"(median): {least:.2f} s; ferryd takes **{median_wall(ferryd) / least:.2f}×** it, "
+        f"skopeo, which verifies less, {median_wall(skopeo) / least:.2f}×."
     ]
 
 
@@ -616,7 +617,7 @@ def _quiet_json(runs: list[Run]) -> dict[str, Any]:
     calm = _quiet(runs)
     return {
         "runs": len(calm),
-        "wall_seconds": _wall(calm) if calm else None,
+        "wall_seconds": median_wall(calm) if calm else None,
         "cpu_seconds": _median(calm, lambda r: r.cpu_seconds),
         "cpu_over_floor": _median(calm, lambda r: r.over_floor),
     }

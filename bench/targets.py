@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from common import Run
 from push import PushResults
-from report import FERRYD, IN_TURN, ONCE, SKOPEO, Scenario
+from report import FERRYD, IN_TURN, ONCE, SKOPEO, Scenario, median_wall
 
 WALL_VS_SKOPEO = 1.0  # a pull's wall time, ferryd / skopeo
 CPU_OVER_FLOOR = 1.3  # a big-layer pull's CPU, times the floor
@@ -77,10 +76,6 @@ def as_json(found: list[Check]) -> list[dict[str, Any]]:
 # -- the checks ----------------------------------------------------------------------
 
 
-def _median_wall(runs: list[Run]) -> float:
-    return statistics.median(r.seconds for r in runs)
-
-
 def _shown(value: float, limit: float, digits: int = 2) -> str:
     """`value` rounded, with two digits more where rounding would show the limit itself
     for a value on either side of it (1.004 is "1.0040", not a "1.00" that failed)."""
@@ -102,7 +97,7 @@ def _pull_walls(pulls: list[Scenario]) -> Iterator[Check]:
         for mode in scenario.modes():
             a, b = scenario.of(FERRYD, mode), scenario.of(SKOPEO, mode)
             if a and b:
-                ratio = _median_wall(a) / _median_wall(b)
+                ratio = median_wall(a) / median_wall(b)
                 yield Check(
                     f"pull wall ≤ {WALL_VS_SKOPEO:.1f}× skopeo: {_named(scenario, mode)}",
                     f"{_shown(ratio, WALL_VS_SKOPEO)}×",
@@ -156,7 +151,7 @@ def _up_to_date(scenarios: list[Scenario]) -> Iterator[Check]:
             what = f"{scenario.short}, {mode}"
             yield Check(f"one manifest request: {what}", f"{most} at most", most == manifests == 1)
             if mode.startswith("loopback"):
-                wall = _median_wall(runs) * 1000
+                wall = median_wall(runs) * 1000
                 yield Check(
                     f"in ≤ {limit:.0f} ms: {what}", f"{_shown(wall, limit, 0)} ms", wall <= limit
                 )
@@ -166,7 +161,7 @@ def _at_once(pulls: list[Scenario]) -> Iterator[Check]:
     for scenario in pulls:
         together, in_turn = scenario.of(FERRYD, ONCE), scenario.of(FERRYD, IN_TURN)
         if together and in_turn:
-            a, b = _median_wall(together), _median_wall(in_turn)
+            a, b = median_wall(together), median_wall(in_turn)
             yield Check(
                 f"at once no slower than in turn: {scenario.short}",
                 f"{a:.3f} s against {b:.3f} s",
@@ -197,7 +192,7 @@ def _push_walls(pushes: list[PushResults]) -> Iterator[Check]:
         a = [r for r in results.runs if r.tool == FERRYD]
         b = [r for r in results.runs if r.tool == SKOPEO]
         if a and b:
-            ratio = _median_wall(a) / _median_wall(b)
+            ratio = median_wall(a) / median_wall(b)
             behind = "" if results.delay is None else f", +{results.delay * 1000:.0f} ms each way"
             yield Check(
                 f"push wall ≤ {PUSH_VS_SKOPEO:.1f}× skopeo: {a[0].image}{behind}",
@@ -220,9 +215,9 @@ def _memory_and_lag(scenarios: list[Scenario], pushes: list[PushResults]) -> Ite
     if not pulls:
         return
     target = f"event-loop lag ≤ {LOOP_LAG_SECONDS * 1000:.0f} ms, every pull"
-    lags = [r.loop_lag_seconds for r in pulls]
-    if any(lag is None for lag in lags):
+    lags = [r.loop_lag_seconds for r in pulls if r.loop_lag_seconds is not None]
+    if len(lags) < len(pulls):
         yield _unmeasured(target)
         return
-    lag, limit = max(lag or 0.0 for lag in lags) * 1000, LOOP_LAG_SECONDS * 1000
+    lag, limit = max(lags) * 1000, LOOP_LAG_SECONDS * 1000
     yield Check(target, f"{_shown(lag, limit, 0)} ms", lag <= limit)

@@ -242,9 +242,10 @@ class DownloadManager:
     async def _send_ahead(
         self, fetcher: BlobFetcher, layers: Sequence[Descriptor]
     ) -> Callable[[], None]:
-        # What memory knows first (a running transfer holds the blob's partial file),
-        # then the database and the disk in one worker call.
-        transferring = {digest for digest, _ in self._transfers.running()}
+        # What memory knows first, then the database and the disk in one worker call,
+        # then memory again: a transfer that started meanwhile (another platform's pull
+        # of the same layer) has sent its own GET.
+        known = self._on_its_way()
         wanted: list[Digest] = []
         for layer in layers:
             digest = Digest(layer.digest)
@@ -252,8 +253,7 @@ class DownloadManager:
                 layer.urls  # a foreign layer: whether to fetch it is decided later
                 or digest in wanted
                 or digest in self._ahead
-                or digest in self._committed
-                or digest in transferring
+                or digest in known
             ):
                 continue
             wanted.append(digest)
@@ -270,10 +270,14 @@ class DownloadManager:
             ]
 
         fresh = await anyio.to_thread.run_sync(nowhere)
-        # A transfer that started meanwhile (another platform's pull) has sent its own GET.
-        transferring = {digest for digest, _ in self._transfers.running()}
-        fresh = [d for d in fresh if d not in transferring and d not in self._committed]
+        known = self._on_its_way()
+        fresh = [digest for digest in fresh if digest not in known]
         return self._ahead.send(fetcher, fresh[: self._max_concurrent])
+
+    def _on_its_way(self) -> set[Digest]:
+        """The blobs a running transfer fetches (it holds the partial file) or one has
+        committed, as far as memory knows."""
+        return {digest for digest, _ in self._transfers.running()} | self._committed.keys()
 
     async def blob(
         self, fetcher: BlobFetcher, layer: DownloadDescriptor, progress: ProgressOutput

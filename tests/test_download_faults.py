@@ -11,8 +11,8 @@ import email.utils
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +36,10 @@ from ferryd.errors import (
 )
 from ferryd.oci.digest import Digest
 from ferryd.oci.image_config import MAX_CONFIG_SIZE, RootFS
+from ferryd.oci.mediatypes import OCI_MANIFEST
 from ferryd.registry.auth import ANONYMOUS
-from ferryd.registry.client import BlobResponse, RegistryClient
+from ferryd.registry.blocking import Answer, BlockingConnections
+from ferryd.registry.client import OpenBlob, RegistryClient
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import RegistryService
 from ferryd.store import Store
@@ -58,6 +60,7 @@ from support.waiting import await_until
 REPO = "team/app"
 BLOB_PATH = f"/v2/{REPO}/blobs/.+"
 MiB = 1 << 20
+MANIFEST = b'{"schemaVersion": 2, "layers": []}'
 
 
 @dataclass
@@ -68,13 +71,19 @@ class Env:
     manager: DownloadManager
     client: RegistryClient
     task_group: TaskGroup
+    read_whole: bool  # small blobs read whole in a worker thread, as a pull's are
     connectors: list[Connector] = field(default_factory=list)
 
-    async def open_client(self, **timeouts: float) -> RegistryClient:
+    @property
+    def fetcher(self) -> BlobFetcher:
+        return self.client if self.read_whole else Streamed(self.client)
+
+    async def open_client(self, **timeouts: float) -> BlobFetcher:
         """A client through a Connector of its own (say, with a short read timeout)."""
         connector = Connector(RegistryService(), **timeouts)
         self.connectors.append(connector)
-        return await connector.open(self.server.host, REPO, ANONYMOUS)
+        client = await chosen(connector, self.server, self.registry)
+        return client if self.read_whole else Streamed(client)
 
     def descriptor(self, layer: FakeLayer, **kwargs: int) -> DownloadDescriptor:
         return layer.descriptor(self.server.host, REPO, **kwargs)
@@ -90,7 +99,7 @@ class Env:
             for item in layers
         ]
         rootfs, release = await self.manager.download(
-            fetcher or self.client, RootFS([]), "linux", descriptors, progress or Recorder()
+            fetcher or self.fetcher, RootFS([]), "linux", descriptors, progress or Recorder()
         )
         release()
         return rootfs
@@ -123,8 +132,35 @@ class Env:
         assert self.partials() == {}
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+async def chosen(
+    connector: Connector, server: FakeServer, registry: FakeRegistry
+) -> RegistryClient:
+    """A client whose endpoint is chosen, as a pull's is by its manifest's GET: before
+    that, a blob's GET is the one that chooses it, and goes the async way."""
+    registry.add_manifest(MANIFEST, OCI_MANIFEST, "v1")
+    client = await connector.open(server.host, REPO, ANONYMOUS)
+    await client.get_manifest("v1")
+    return client
+
+
+class Streamed:
+    """The client, with every blob streamed through the async client: what a pull does
+    for the layers sent ahead, through a proxy, and on a redirecting endpoint."""
+
+    def __init__(self, client: RegistryClient) -> None:
+        self._client = client
+
+    def open_blob(
+        self, digest: Digest, offset: int = 0, *, whole: int | None = None
+    ) -> AbstractAsyncContextManager[OpenBlob]:
+        return self._client.open_blob(digest, offset)
+
+    async def get_blob(self, digest: Digest, limit: int, what: str) -> bytes:
+        return await self._client.get_blob(digest, limit, what)
+
+
+@pytest.fixture(params=[True, False], ids=["read-whole", "streamed"])
+async def env(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     store = Store(tmp_path / "root")
     registry = FakeRegistry()
     connector = Connector(RegistryService(), connect_timeout=5, read_timeout=5)
@@ -134,8 +170,10 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             manager = DownloadManager(
                 store.blobs, store.layers, store.metadata, tg, retry_delay=0.01
             )
-            client = await connector.open(server.host, REPO, ANONYMOUS)
-            environment = Env(store, registry, server, manager, client, tg, connectors)
+            client = await chosen(connector, server, registry)
+            environment = Env(
+                store, registry, server, manager, client, tg, request.param, connectors
+            )
             with anyio.fail_after(10):
                 yield environment
     finally:
@@ -189,6 +227,30 @@ def stall_once(env: Env, layer: FakeLayer, after: int, release: anyio.Event | No
 
 def retries(progress: Recorder) -> list[str]:
     return [s for s in progress.statuses() if s.startswith("Retrying in")]
+
+
+async def test_a_small_layer_is_read_whole_in_a_worker_and_a_big_one_streamed(
+    env: Env, small: FakeLayer, big: FakeLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env.registry.add_blob(small.blob)
+    env.registry.add_blob(big.blob)
+    read_whole: list[int] = []
+    get = BlockingConnections.get
+
+    async def spied(
+        self: BlockingConnections, url: str, headers: Mapping[str, str], limit: int
+    ) -> Answer:
+        read_whole.append(limit)
+        return await get(self, url, headers, limit)
+
+    monkeypatch.setattr(BlockingConnections, "get", spied)
+
+    await env.download(small)
+    await env.download(big)
+
+    assert read_whole == ([small.size] if env.read_whole else [])
+    env.assert_stored(small)
+    env.assert_stored(big)
 
 
 # -- cut connections ------------------------------------------------------------------
@@ -505,9 +567,11 @@ class SlowToStop:
         self._stopping = stopping
 
     @asynccontextmanager
-    async def open_blob(self, digest: Digest, offset: int = 0) -> AsyncIterator[BlobResponse]:
+    async def open_blob(
+        self, digest: Digest, offset: int = 0, *, whole: int | None = None
+    ) -> AsyncIterator[OpenBlob]:
         try:
-            async with self._inner.open_blob(digest, offset) as blob:
+            async with self._inner.open_blob(digest, offset, whole=whole) as blob:
                 yield blob
         finally:
             with anyio.CancelScope(shield=True):

@@ -19,7 +19,7 @@ from anyio.abc import TaskGroup
 
 from ferryd.distribution.context import BlobFetcher
 from ferryd.oci.digest import Digest
-from ferryd.registry.client import BlobResponse
+from ferryd.registry.client import OpenBlob
 
 
 @dataclass(eq=False)
@@ -29,7 +29,7 @@ class _Sent:
     ready: anyio.Event = field(default_factory=anyio.Event)
     released: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    blob: BlobResponse | None = None
+    blob: OpenBlob | None = None
     error: Exception | None = None  # what the GET met: the transfer's first attempt's
     taken: bool = False
 
@@ -83,9 +83,9 @@ class SentAhead:
 
     @asynccontextmanager
     async def open_blob(
-        self, fetcher: BlobFetcher, digest: Digest, offset: int
-    ) -> AsyncIterator[BlobResponse]:
-        """`fetcher.open_blob(digest, offset)`, or the answer sent ahead for it."""
+        self, fetcher: BlobFetcher, digest: Digest, offset: int, whole: int | None = None
+    ) -> AsyncIterator[OpenBlob]:
+        """`fetcher.open_blob(digest, offset, whole=whole)`, or the answer sent ahead for it."""
         sent = self._sent.get(digest)
         if sent is not None and offset == 0 and not sent.taken:
             sent.taken = True
@@ -100,5 +100,5 @@ class SentAhead:
                 finally:
                     sent.released.set()
                 return
-        async with fetcher.open_blob(digest, offset) as blob:
+        async with fetcher.open_blob(digest, offset, whole=whole) as blob:
             yield blob

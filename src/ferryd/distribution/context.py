@@ -27,7 +27,7 @@ from ferryd.oci.manifest import Descriptor
 from ferryd.oci.mediatypes import DEFAULT_CONFIG_TYPES
 from ferryd.oci.platform import Platform
 from ferryd.registry.auth import Credentials
-from ferryd.registry.client import BlobResponse
+from ferryd.registry.client import OpenBlob
 from ferryd.registry.connector import Connector
 from ferryd.store import Store
 
@@ -36,8 +36,10 @@ class BlobFetcher(Protocol):
     """How the download manager reaches blobs: a RegistryClient for the pull's repository."""
 
     def open_blob(
-        self, digest: Digest, offset: int = 0
-    ) -> AbstractAsyncContextManager[BlobResponse]: ...
+        self, digest: Digest, offset: int = 0, *, whole: int | None = None
+    ) -> AbstractAsyncContextManager[OpenBlob]:
+        """A blob's answer from `offset`; `whole`: a small blob's size, read at once."""
+        ...
 
     async def get_blob(self, digest: Digest, limit: int, what: str) -> bytes:
         """A small blob (an image config) read whole and verified."""

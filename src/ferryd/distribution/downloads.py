@@ -393,7 +393,8 @@ class DownloadManager:
         resumed = sink.offset > 0
         rest = b""  # a small blob's bytes, written by the worker call that verifies them
         if sink.offset < size or size == 0:
-            async with self._ahead.open_blob(fetcher, digest, sink.offset) as blob:
+            whole = size if size <= SMALL_BLOB else None  # from byte 0: read in a worker
+            async with self._ahead.open_blob(fetcher, digest, sink.offset, whole) as blob:
                 if blob.start == 0 and sink.offset:
                     await anyio.to_thread.run_sync(sink.restart)  # the registry ignored Range
                     resumed, tally.resumed = False, 0

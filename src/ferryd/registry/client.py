@@ -32,11 +32,14 @@ from ferryd.errors import (
 from ferryd.oci.digest import Digest, new_hasher, parse_digest, sha256_digest
 from ferryd.oci.manifest import MAX_MANIFEST_SIZE, FetchedManifest, media_type_of
 from ferryd.oci.mediatypes import ACCEPT
+from ferryd.registry import requestlog
 from ferryd.registry.auth import Authenticator, parse_challenge, response_refusal
+from ferryd.registry.blocking import BlockingConnections
 from ferryd.registry.bodies import read_body, read_error_body, release
 from ferryd.registry.endpoints import Endpoint
 
 MAX_REDIRECTS = 10
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
 # Ask for the bytes as stored: a digest covers them, not a proxy's re-encoding of them.
 _IDENTITY = {"Accept-Encoding": "identity"}
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -75,12 +78,35 @@ class BlobResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadBlob:
+    """A blob answer read whole already (`blocking`): its bytes, and the failure that cut
+    them short, raised after them as a streamed answer's would be."""
+
+    start: int
+    total: int | None
+    body: bytes
+    cut: FerrydError | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self.body:
+            yield self.body
+        if self.cut is not None:
+            raise self.cut
+
+
+OpenBlob = BlobResponse | ReadBlob
+"""A blob answer: streamed as it arrives, or read whole in a worker thread."""
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
-    """Where a client's requests go: an endpoint, its pooled HTTP client, the login there."""
+    """Where a client's requests go: an endpoint, its pooled HTTP client, the login
+    there, and the blocking connections small blobs are read over (none: not here)."""
 
     endpoint: Endpoint
     http: httpx.AsyncClient
     auth: Authenticator
+    blocking: BlockingConnections | None = None
 
 
 Attempt = tuple[httpx.Response, bool]
@@ -175,15 +201,66 @@ class RegistryClient:
         return raw
 
     @asynccontextmanager
-    async def open_blob(self, digest: Digest, offset: int = 0) -> AsyncIterator[BlobResponse]:
-        """Stream a blob from `offset`; a registry that ignores Range restarts at 0."""
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+    async def open_blob(
+        self, digest: Digest, offset: int = 0, *, whole: int | None = None
+    ) -> AsyncIterator[OpenBlob]:
+        """Stream a blob from `offset`; a registry that ignores Range restarts at 0.
+
+        `whole`: the size of a small blob wanted from its first byte, which is then read
+        whole in a worker thread (`blocking`) where this route allows it.
+        """
         what = f"blob {digest}"
+        if whole is not None and offset == 0:
+            read = await self._read_whole(digest, whole, what)
+            if read is not None:
+                yield read
+                return
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
         async with self._stream("GET", self._url(f"blobs/{digest}"), what, headers) as response:
-            start, total = 0, _content_length(response)
+            start, total = 0, _content_length(response.headers)
             if response.status_code == 206:
-                start, total = _parse_content_range(response, offset, what)
+                start, total = _parse_content_range(response.headers, offset, what)
             yield BlobResponse(response, start, total, self.endpoint, what)
+
+    async def _read_whole(self, digest: Digest, size: int, what: str) -> ReadBlob | None:
+        """The blob's answer, read in a worker thread; None when the async client must
+        ask for it: no blocking connections on this route (a proxy), no endpoint chosen
+        yet, a redirect (the endpoint's blobs go the async way from now on), or a 401
+        that taught the login something (the async client asks again with it)."""
+        route = self._route
+        blocking = route.blocking
+        if blocking is None or blocking.redirects or self._choose is not None:
+            return None
+        url = self._url(f"blobs/{digest}")
+        auth = await route.auth.headers(self._scope)
+        try:
+            answer = await blocking.get(url, {**self._meta_headers, **_IDENTITY, **auth}, size)
+        except httpx.TransportError as exc:
+            raise transport_error(exc, route.endpoint, f"the answer to {what}") from None
+        status, headers = answer.status, answer.headers
+        target = urlsplit(url)
+        requestlog.answered("GET", target.netloc, target.path, status, headers, answer.seconds)
+        if status in _REDIRECTS and headers.get("location"):
+            blocking.redirects = True
+            return None
+        if status == 401:
+            challenge = parse_challenge(headers.get("www-authenticate"))
+            if route.auth.reject(self._scope, challenge, auth.get("Authorization")):
+                return None
+        if status >= 400:
+            response = httpx.Response(
+                status,
+                headers=list(headers.items()),
+                stream=httpx.ByteStream(answer.body),  # read as it would be streamed
+                request=httpx.Request("GET", url),
+            )
+            body = await read_error_body(response, what)
+            raise error_for(response, body, what, self.endpoint.domain)
+        start, total = 0, _content_length(headers)
+        if status == 206:
+            start, total = _parse_content_range(headers, 0, what)
+        cut = transport_error(answer.cut, route.endpoint, what) if answer.cut else None
+        return ReadBlob(start, total, answer.body, cut)
 
     async def blob_size(self, digest: Digest) -> int | None:
         """HEAD a blob: its size when the repository has it, None when not."""
@@ -197,7 +274,7 @@ class RegistryClient:
             return None
         if response.status_code >= 400:
             raise error_for(response, body, what, self.endpoint.domain)
-        length = _content_length(response)
+        length = _content_length(response.headers)
         if length is None:
             # The manifest must give every layer's size: an unknown one is no answer.
             raise RegistryProtocolError(f"{what}: HEAD answered without a Content-Length")
@@ -397,7 +474,7 @@ class RegistryClient:
             )
             response = await _send(route, request, what)
             location = response.headers.get("location")
-            if response.status_code not in (301, 302, 303, 307, 308) or not location:
+            if response.status_code not in _REDIRECTS or not location:
                 return response
             await release(response)
             try:
@@ -627,15 +704,15 @@ def _check_digest_header(response: httpx.Response, digest: Digest, what: str) ->
         raise DigestMismatchError(f"{what}: the registry stored {sent}, not {digest}")
 
 
-def _content_length(response: httpx.Response) -> int | None:
-    value = response.headers.get("content-length")
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("content-length")
     return int(value) if value and value.isdigit() else None
 
 
 def _parse_content_range(
-    response: httpx.Response, offset: int, what: str
+    headers: Mapping[str, str], offset: int, what: str
 ) -> tuple[int, int | None]:
-    match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+    match = _CONTENT_RANGE.match(headers.get("content-range", ""))
     if match is None:
         raise RegistryProtocolError(f"{what}: 206 without a valid Content-Range")
     start = int(match.group(1))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -13,8 +13,9 @@ import structlog
 
 from ferryd import __version__
 from ferryd.errors import RegistryUnreachableError
-from ferryd.registry import streams
+from ferryd.registry import requestlog, streams
 from ferryd.registry.auth import ANONYMOUS, Authenticator, Credentials, host_of
+from ferryd.registry.blocking import BlockingConnections
 from ferryd.registry.client import Attempt, RegistryClient, Route
 from ferryd.registry.endpoints import Endpoint, RegistryService
 
@@ -59,49 +60,22 @@ class _RegistryHTTP(httpx.AsyncClient):
 # that meets one closing anyway is sent again (client.py).
 KEEP_IDLE_SECONDS = 90.0
 
-# Below this share of its limit left, a registry's rate limit is worth a warning.
-_RATE_LIMIT_LOW = 0.1
-_RATE_LIMIT = re.compile(r"\s*(\d+)(?:\s*;\s*w=(\d+))?")
-
 
 async def _started(request: httpx.Request) -> None:
     request.extensions["ferryd_started"] = time.monotonic()
 
 
 async def _answered(response: httpx.Response) -> None:
-    """One debug line per registry request (never a header: they carry secrets), and a
-    warning when the registry says its rate limit is nearly spent."""
     request = response.request
     started = request.extensions.get("ferryd_started", time.monotonic())
-    log.debug(
-        "registry.request",
-        method=request.method,
-        host=request.url.netloc.decode(),
-        path=request.url.path,
-        status=response.status_code,
-        seconds=round(time.monotonic() - started, 3),
-        bytes=int(length)
-        if (length := response.headers.get("content-length", "")).isdigit()
-        else None,
+    requestlog.answered(
+        request.method,
+        request.url.netloc.decode(),
+        request.url.path,
+        response.status_code,
+        response.headers,
+        time.monotonic() - started,
     )
-    _check_rate_limit(response)
-
-
-def _check_rate_limit(response: httpx.Response) -> None:
-    """Docker Hub's `ratelimit-remaining: 12;w=21600` against `ratelimit-limit`."""
-    remaining = _RATE_LIMIT.match(response.headers.get("ratelimit-remaining", ""))
-    limit = _RATE_LIMIT.match(response.headers.get("ratelimit-limit", ""))
-    if remaining is None or limit is None or int(limit[1]) == 0:
-        return
-    left, of = int(remaining[1]), int(limit[1])
-    if left <= of * _RATE_LIMIT_LOW:
-        log.warning(
-            "registry.rate_limit_low",
-            host=response.request.url.netloc.decode(),
-            remaining=left,
-            limit=of,
-            window_seconds=int(limit[2]) if limit[2] else None,
-        )
 
 
 class Connector:
@@ -122,8 +96,10 @@ class Connector:
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._proxy = proxy
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self._blocking: dict[str, BlockingConnections] = {}
         # Clients from before a reload: running transfers still use them.
         self._retired: list[httpx.AsyncClient] = []
+        self._retired_blocking: list[BlockingConnections] = []
         self._generation = 0  # counts reloads
         self._authenticators: dict[tuple[str, Credentials], Authenticator] = {}
         self._working: dict[str, Endpoint] = {}
@@ -238,7 +214,9 @@ class Connector:
         if endpoint is None:
             return None
         auth = self._authenticators.get((endpoint.base_url, credentials))
-        return Route(endpoint, self.http_client(endpoint), auth) if auth is not None else None
+        if auth is None:
+            return None
+        return Route(endpoint, self.http_client(endpoint), auth, self._blocking_for(endpoint))
 
     def _route(self, endpoint: Endpoint, credentials: Credentials) -> Route:
         http = self.http_client(endpoint)
@@ -247,7 +225,7 @@ class Connector:
         auth = Authenticator(
             http, name, credentials, host=endpoint.host, insecure=self.service.is_insecure
         )
-        return Route(endpoint, http, auth)
+        return Route(endpoint, http, auth, self._blocking_for(endpoint))
 
     def http_client(self, endpoint: Endpoint) -> httpx.AsyncClient:
         """The pooled HTTP client for `endpoint` (a login check talks through it too)."""
@@ -270,6 +248,19 @@ class Connector:
             self._clients[endpoint.base_url] = client
         return client
 
+    def _blocking_for(self, endpoint: Endpoint) -> BlockingConnections | None:
+        """The blocking connections small blobs are read over (`blocking`); none through
+        a proxy, which only the async client is set up for."""
+        if self._proxy is not None or not isinstance(endpoint.verify, ssl.SSLContext):
+            return None
+        connections = self._blocking.get(endpoint.base_url)
+        if connections is None:
+            connections = BlockingConnections(
+                endpoint.base_url, endpoint.verify, self._timeout, {"User-Agent": USER_AGENT}
+            )
+            self._blocking[endpoint.base_url] = connections
+        return connections
+
     def reconfigure(self, service: RegistryService) -> None:
         """Use new registry settings (a reload): new requests get new endpoints, TLS
         contexts and logins; running transfers keep the clients they have."""
@@ -279,9 +270,15 @@ class Connector:
         self._authenticators.clear()
         self._retired.extend(self._clients.values())
         self._clients = {}
+        self._retired_blocking.extend(self._blocking.values())
+        self._blocking = {}
 
     async def aclose(self) -> None:
         for client in [*self._clients.values(), *self._retired]:
             await client.aclose()
         self._clients.clear()
         self._retired.clear()
+        for connections in [*self._blocking.values(), *self._retired_blocking]:
+            connections.close()
+        self._blocking.clear()
+        self._retired_blocking.clear()

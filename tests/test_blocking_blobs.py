@@ -1,0 +1,339 @@
+"""Small blobs read whole in a worker thread (`registry/blocking.py`), through
+RegistryClient.open_blob(whole=…), against fake registries on loopback: the same
+requests, answers and errors as the async client's, one GET each."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+import structlog
+import trustme
+
+from ferryd.errors import (
+    AccessDeniedError,
+    NotFoundError,
+    RangeNotSatisfiableError,
+    RegistryError,
+    TooManyRequestsError,
+    TransientRegistryError,
+)
+from ferryd.oci.digest import Digest
+from ferryd.oci.mediatypes import OCI_MANIFEST
+from ferryd.registry.auth import ANONYMOUS
+from ferryd.registry.blocking import BlockingConnections
+from ferryd.registry.client import BlobResponse, ReadBlob, RegistryClient
+from ferryd.registry.connector import USER_AGENT, Connector
+from ferryd.registry.endpoints import RegistryService
+from support.fakes import (
+    FakeRegistry,
+    FakeServer,
+    Reply,
+    Request,
+    registry_error,
+    serve_connect_proxy,
+    serve_registry,
+)
+from support.registry import trust
+
+REPO = "team/app"
+BLOB_PATH = f"/v2/{REPO}/blobs/.+"
+MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode()
+
+
+@pytest.fixture(scope="module")
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
+
+@pytest.fixture
+async def connector() -> AsyncIterator[Connector]:
+    connector = Connector(RegistryService(), connect_timeout=5, read_timeout=5)
+    yield connector
+    await connector.aclose()
+
+
+def registry_with(*blobs: bytes, auth: str = "none") -> tuple[FakeRegistry, list[Digest]]:
+    registry = FakeRegistry(auth=auth)  # type: ignore[arg-type]
+    registry.add_manifest(MANIFEST, OCI_MANIFEST, "v1")
+    return registry, [registry.add_blob(blob) for blob in blobs]
+
+
+async def chosen(
+    connector: Connector, server: FakeServer, meta: dict[str, str] | None = None
+) -> RegistryClient:
+    """A client whose endpoint is chosen (its manifest fetched), as a pull's is by the
+    time it asks for layers."""
+    client = await connector.open(server.host, REPO, ANONYMOUS, meta_headers=meta)
+    await client.get_manifest("v1")
+    return client
+
+
+async def read(client: RegistryClient, digest: Digest, size: int) -> tuple[type, bytes]:
+    """How the blob's answer came (read whole, or streamed), and its bytes."""
+    async with client.open_blob(digest, whole=size) as blob:
+        return type(blob), b"".join([chunk async for chunk in blob.chunks()])
+
+
+def blob(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+async def test_a_small_blob_is_read_whole_with_the_clients_headers(connector: Connector) -> None:
+    data = blob(300_000)
+    registry, (digest,) = registry_with(data)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server, meta={"X-Meta-Team": "ops"})
+        kind, got = await read(client, digest, len(data))
+    assert (kind, got) == (ReadBlob, data)
+    (request,) = registry.seen("GET", BLOB_PATH)
+    # The request line names the path, as an origin server expects, not the whole URL.
+    assert request.target == f"/v2/{REPO}/blobs/{digest}"
+    assert request.headers["user-agent"] == USER_AGENT
+    assert request.headers["accept-encoding"] == "identity"
+    assert request.headers["x-meta-team"] == "ops"
+
+
+async def test_the_login_goes_with_the_blob_get(connector: Connector) -> None:
+    data = blob(5000)
+    registry, (digest,) = registry_with(data, auth="bearer")
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        assert await read(client, digest, len(data)) == (ReadBlob, data)
+    (request,) = registry.seen("GET", BLOB_PATH)
+    assert request.headers["authorization"].startswith("Bearer token-")
+
+
+async def test_a_revoked_token_is_renewed_and_the_blob_asked_for_again_once(
+    connector: Connector,
+) -> None:
+    data = blob(5000)
+    registry, (digest,) = registry_with(data, auth="bearer")
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        registry.revoke_tokens()
+        assert await read(client, digest, len(data)) == (BlobResponse, data)
+    first, second = registry.seen("GET", BLOB_PATH)  # as many as the async client sends
+    assert first.headers["authorization"] != second.headers["authorization"]
+    assert len(registry.token_requests) == 2
+
+
+async def test_a_redirecting_endpoint_has_its_blobs_follow_the_async_way(
+    connector: Connector,
+) -> None:
+    first, second = blob(4000, 1), blob(4000, 2)
+    registry, digests = registry_with(first, second)
+
+    def to_storage(request: Request) -> Reply:
+        return Reply(307, {"Location": f"/storage/{request.path.rsplit('/', 1)[1]}"})
+
+    def storage(request: Request) -> Reply:
+        return registry.blob_reply(request, request.path.rsplit("/", 1)[1])
+
+    registry.on("GET", BLOB_PATH, to_storage)
+    registry.on("GET", "/storage/.+", storage)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        assert await read(client, digests[0], 4000) == (BlobResponse, first)
+        assert await read(client, digests[1], 4000) == (BlobResponse, second)
+    # The first blob's redirect was met by the worker thread and then by the async
+    # client; the second's only by the async client.
+    assert len(registry.seen("GET", BLOB_PATH)) == 3
+    assert len(registry.seen("GET", "/storage/.+")) == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (registry_error(404, "BLOB_UNKNOWN", "blob unknown to registry"), NotFoundError),
+        (registry_error(403, "DENIED", "requested access is denied"), AccessDeniedError),
+        (Reply(416, {"Content-Range": "bytes */10"}), RangeNotSatisfiableError),
+        (registry_error(500, "UNKNOWN", "disk on fire"), TransientRegistryError),
+    ],
+    ids=["404", "403", "416", "500"],
+)
+async def test_an_error_answer_is_the_same_error_as_the_async_clients(
+    connector: Connector, reply: Reply, error: type[RegistryError]
+) -> None:
+    registry, (digest,) = registry_with(blob(100))
+    registry.on("GET", BLOB_PATH, reply)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        with pytest.raises(error) as whole:
+            await read(client, digest, 100)
+        with pytest.raises(error) as streamed:
+            async with client.open_blob(digest):
+                pass
+    assert str(whole.value) == str(streamed.value)
+    assert len(registry.seen("GET", BLOB_PATH)) == 2  # one each
+
+
+async def test_a_429_says_how_long_to_wait_and_a_gzipped_error_body_is_read(
+    connector: Connector,
+) -> None:
+    registry, (digest,) = registry_with(blob(100))
+    said = json.dumps({"errors": [{"code": "TOOMANYREQUESTS", "message": "slow down"}]})
+    headers = {"Retry-After": "7", "Content-Encoding": "gzip"}
+    registry.on("GET", BLOB_PATH, Reply(429, headers, gzip.compress(said.encode())))
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        with pytest.raises(TooManyRequestsError, match="slow down") as caught:
+            await read(client, digest, 100)
+    assert caught.value.retry_after == 7
+
+
+async def test_more_bytes_than_the_size_are_not_read_past_and_the_connection_is_not_reused(
+    connector: Connector,
+) -> None:
+    data, other = blob(5000, 1), blob(5000, 2)
+    registry, (digest, other_digest) = registry_with(data, other)
+    # One byte more, then nothing: neither waited for, nor left for the next answer.
+    lying = Reply(200, {}, data + b"!" * 100, stall_after=len(data) + 1)
+    registry.on("GET", BLOB_PATH, lying, times=1)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        async with client.open_blob(digest, whole=len(data)) as answer:
+            assert isinstance(answer, ReadBlob)
+            assert len(answer.body) == len(data) + 1  # one byte past: enough to refuse it
+        # The unread rest must not be taken for the next answer.
+        assert await read(client, other_digest, len(other)) == (ReadBlob, other)
+    assert len(registry.seen("GET", BLOB_PATH)) == 2
+
+
+async def test_a_body_cut_short_gives_what_came_then_a_retryable_error(
+    connector: Connector,
+) -> None:
+    data = blob(600_000)
+    registry, (digest,) = registry_with(data)
+    registry.on("GET", BLOB_PATH, Reply(200, {}, data, cut_after=250_000, cut_delay=0))
+    got: list[bytes] = []
+
+    async def take(client: RegistryClient) -> None:
+        async with client.open_blob(digest, whole=len(data)) as answer:
+            async for chunk in answer.chunks():
+                got.append(chunk)  # noqa: PERF401 - kept when the cut ends the loop
+
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        with pytest.raises(TransientRegistryError, match="connection failed") as caught:
+            await take(client)
+    assert b"".join(got) == data[:250_000]  # every byte before the cut, to resume after
+    assert caught.value.retryable
+
+
+async def test_a_kept_connection_the_registry_closed_is_sent_again_once(
+    connector: Connector,
+) -> None:
+    first, second = blob(5000, 1), blob(5000, 2)
+    registry, (one, two) = registry_with(first, second)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        assert await read(client, one, 5000) == (ReadBlob, first)  # its connection kept
+        registry.on("GET", BLOB_PATH, Reply(hang_up=True), times=1)
+        assert await read(client, two, 5000) == (ReadBlob, second)
+    assert len(registry.seen("GET", BLOB_PATH)) == 3
+
+
+async def test_a_stalled_answer_times_out_naming_the_setting() -> None:
+    registry, (digest,) = registry_with(blob(5000))
+    registry.on("GET", BLOB_PATH, Reply(200, {}, blob(5000), stall_after=10))
+    connector = Connector(RegistryService(), connect_timeout=5, read_timeout=0.2)
+    try:
+        async with serve_registry(registry) as server:
+            client = await chosen(connector, server)
+            with pytest.raises(TransientRegistryError, match=r"within 0.2 s .*\(read_timeout\)"):
+                await read(client, digest, 5000)
+    finally:
+        await connector.aclose()
+
+
+async def test_a_cancelled_read_of_a_stalled_registry_lets_its_thread_go_at_once(
+    connector: Connector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker thread is not left waiting for the read timeout (30 s here): its
+    connection is shut, which ends the read it waits in."""
+    registry, (digest,) = registry_with(blob(5000))
+    registry.on("GET", BLOB_PATH, Reply(200, {}, blob(5000), stall_after=10))
+    ended = threading.Event()
+    original = BlockingConnections._get
+
+    def watched(self: BlockingConnections, *args: object, **kwargs: object) -> object:
+        try:
+            return original(self, *args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(BlockingConnections, "_get", watched)
+    slow = Connector(RegistryService(), connect_timeout=5, read_timeout=30)
+    try:
+        async with serve_registry(registry) as server:
+            client = await chosen(slow, server)
+            with anyio.move_on_after(0.3) as scope:
+                await read(client, digest, 5000)
+            assert scope.cancelled_caught
+            started = time.monotonic()
+            await anyio.to_thread.run_sync(ended.wait, 10)
+            assert time.monotonic() - started < 5
+    finally:
+        await slow.aclose()
+
+
+async def test_through_a_proxy_blobs_go_the_async_way(server_tls: ssl.SSLContext) -> None:
+    data = blob(5000)
+    registry, (digest,) = registry_with(data)
+    async with (
+        serve_connect_proxy() as proxy,
+        serve_registry(registry, ssl_context=server_tls) as server,
+    ):
+        connector = Connector(RegistryService(), proxy=proxy.url)
+        try:
+            client = await chosen(connector, server)
+            assert await read(client, digest, len(data)) == (BlobResponse, data)
+        finally:
+            await connector.aclose()
+
+
+async def test_over_tls_the_endpoints_certificates_are_checked(
+    tmp_path: Path, ca: trustme.CA, server_tls: ssl.SSLContext
+) -> None:
+    data = blob(200_000)
+    registry, (digest,) = registry_with(data)
+    async with serve_registry(registry, ssl_context=server_tls) as server:
+        trust(tmp_path / "certs.d", server.host, ca)
+        service = RegistryService(insecure_registries=[], certs_dir=tmp_path / "certs.d")
+        connector = Connector(service)
+        try:
+            client = await chosen(connector, server)
+            assert client.endpoint.base_url.startswith("https://")
+            assert await read(client, digest, len(data)) == (ReadBlob, data)
+        finally:
+            await connector.aclose()
+
+
+async def test_each_read_leaves_the_debug_line_of_a_registry_request(
+    connector: Connector,
+) -> None:
+    data = blob(5000)
+    registry, (digest,) = registry_with(data)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        with structlog.testing.capture_logs() as logged:
+            await read(client, digest, len(data))
+    (line,) = [entry for entry in logged if entry["event"] == "registry.request"]
+    assert line["path"] == f"/v2/{REPO}/blobs/{digest}"
+    assert (line["method"], line["host"], line["status"], line["bytes"]) == (
+        "GET",
+        server.host,
+        200,
+        5000,
+    )

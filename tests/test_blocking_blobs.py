@@ -23,6 +23,7 @@ from ferryd.errors import (
     NotFoundError,
     RangeNotSatisfiableError,
     RegistryError,
+    RegistryUnreachableError,
     TooManyRequestsError,
     TransientRegistryError,
 )
@@ -43,6 +44,7 @@ from support.fakes import (
     serve_registry,
 )
 from support.registry import trust
+from support.waiting import await_until
 
 REPO = "team/app"
 BLOB_PATH = f"/v2/{REPO}/blobs/.+"
@@ -112,6 +114,49 @@ async def test_the_login_goes_with_the_blob_get(connector: Connector) -> None:
         assert await read(client, digest, len(data)) == (ReadBlob, data)
     (request,) = registry.seen("GET", BLOB_PATH)
     assert request.headers["authorization"].startswith("Bearer token-")
+
+
+async def test_blobs_read_one_after_another_share_one_kept_connection(
+    connector: Connector,
+) -> None:
+    blobs = [blob(3000, seed) for seed in range(3)]
+    registry, digests = registry_with(*blobs)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        before = server.connections
+        for digest, data in zip(digests, blobs, strict=True):
+            assert await read(client, digest, len(data)) == (ReadBlob, data)
+    assert server.connections == before + 1
+
+
+async def test_connections_opened_ahead_serve_the_reads_that_come_at_once(
+    connector: Connector,
+) -> None:
+    blobs = [blob(3000, seed) for seed in range(3)]
+    registry, digests = registry_with(*blobs)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        before = server.connections
+        await client.open_connections(3)
+        await await_until(lambda: server.connections == before + 3)
+        await client.open_connections(3)  # open already: none more
+        async with anyio.create_task_group() as group:
+            for digest, data in zip(digests, blobs, strict=True):
+                group.start_soon(read, client, digest, len(data))
+    assert server.connections == before + 3
+    assert len(registry.seen("GET", BLOB_PATH)) == 3
+
+
+async def test_connections_that_cannot_be_opened_are_left_for_the_reads_to_report(
+    connector: Connector,
+) -> None:
+    data = blob(3000)
+    registry, (digest,) = registry_with(data)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+    await client.open_connections(2)  # the registry is gone: nothing is raised here
+    with pytest.raises(RegistryUnreachableError, match="cannot reach"):
+        await read(client, digest, len(data))
 
 
 async def test_a_revoked_token_is_renewed_and_the_blob_asked_for_again_once(

@@ -158,6 +158,9 @@ class Streamed:
     async def get_blob(self, digest: Digest, limit: int, what: str) -> bytes:
         return await self._client.get_blob(digest, limit, what)
 
+    async def open_connections(self, count: int) -> None:
+        pass  # the async client's open as they are needed
+
 
 @pytest.fixture(params=[True, False], ids=["read-whole", "streamed"])
 async def env(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
@@ -229,21 +232,27 @@ def retries(progress: Recorder) -> list[str]:
     return [s for s in progress.statuses() if s.startswith("Retrying in")]
 
 
-async def test_a_small_layer_is_read_whole_in_a_worker_and_a_big_one_streamed(
-    env: Env, small: FakeLayer, big: FakeLayer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    env.registry.add_blob(small.blob)
-    env.registry.add_blob(big.blob)
-    read_whole: list[int] = []
+@pytest.fixture
+def read_whole(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The limits of the blob reads made in a worker thread (`BlockingConnections`)."""
+    limits: list[int] = []
     get = BlockingConnections.get
 
     async def spied(
         self: BlockingConnections, url: str, headers: Mapping[str, str], limit: int
     ) -> Answer:
-        read_whole.append(limit)
+        limits.append(limit)
         return await get(self, url, headers, limit)
 
     monkeypatch.setattr(BlockingConnections, "get", spied)
+    return limits
+
+
+async def test_a_small_layer_is_read_whole_in_a_worker_and_a_big_one_streamed(
+    env: Env, small: FakeLayer, big: FakeLayer, read_whole: list[int]
+) -> None:
+    env.registry.add_blob(small.blob)
+    env.registry.add_blob(big.blob)
 
     await env.download(small)
     await env.download(big)
@@ -251,6 +260,37 @@ async def test_a_small_layer_is_read_whole_in_a_worker_and_a_big_one_streamed(
     assert read_whole == ([small.size] if env.read_whole else [])
     env.assert_stored(small)
     env.assert_stored(big)
+
+
+async def test_a_small_layer_sent_ahead_is_read_whole_and_its_transfer_takes_it(
+    env: Env, small: FakeLayer, read_whole: list[int]
+) -> None:
+    env.registry.add_blob(small.blob)
+
+    async with env.manager.sending_ahead(env.fetcher, [env.descriptor(small).descriptor]):
+        await await_until(lambda: len(env.blob_gets()) == 1)
+        await env.download(small)
+
+    assert len(env.blob_gets()) == 1
+    assert read_whole == ([small.size] if env.read_whole else [])
+    env.assert_stored(small)
+
+
+async def test_a_fetcher_that_fails_to_open_connections_ahead_still_gets_its_layers(
+    env: Env, small: FakeLayer
+) -> None:
+    env.registry.add_blob(small.blob)
+
+    class Refusing(Streamed):
+        async def open_connections(self, count: int) -> None:
+            raise RuntimeError("no connections today")
+
+    fetcher = Refusing(env.client)
+    async with env.manager.sending_ahead(fetcher, [env.descriptor(small).descriptor]):
+        await env.download(small, fetcher=fetcher)
+
+    env.assert_stored(small)  # and the manager's task group (the daemon's) lives on
+    assert not env.task_group.cancel_scope.cancel_called
 
 
 # -- cut connections ------------------------------------------------------------------

@@ -15,11 +15,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
+import structlog
 from anyio.abc import TaskGroup
 
 from ferryd.distribution.context import BlobFetcher
 from ferryd.oci.digest import Digest
 from ferryd.registry.client import OpenBlob
+
+log = structlog.get_logger("ferryd.transfers")
 
 
 @dataclass(eq=False)
@@ -44,16 +47,23 @@ class SentAhead:
     def __contains__(self, digest: object) -> bool:
         return digest in self._sent
 
-    def send(self, fetcher: BlobFetcher, digests: list[Digest]) -> Callable[[], None]:
-        """Send the GET of each of `digests` not sent already; returns what lets go of
+    def send(
+        self, fetcher: BlobFetcher, wanted: list[tuple[Digest, int | None]], connections: int
+    ) -> Callable[[], None]:
+        """Send the GET of each blob of `wanted` (a digest, and the size of a small blob
+        to be read whole: `RegistryClient.open_blob`) not sent already, and open the
+        `connections` the transfers to come will want: behind latency a new connection
+        costs a round trip, which then overlaps the config's. Returns what lets go of
         the answers no transfer has taken (call it when the pull ends)."""
+        if wanted:
+            self._task_group.start_soon(self._open, fetcher, connections)
         mine: list[tuple[Digest, _Sent]] = []
-        for digest in digests:
+        for digest, whole in wanted:
             if digest in self._sent:
                 continue
             sent = self._sent[digest] = _Sent()
             mine.append((digest, sent))
-            self._task_group.start_soon(self._hold, fetcher, digest, sent)
+            self._task_group.start_soon(self._hold, fetcher, digest, whole, sent)
 
         def let_go() -> None:
             for digest, sent in mine:
@@ -63,10 +73,18 @@ class SentAhead:
 
         return let_go
 
-    async def _hold(self, fetcher: BlobFetcher, digest: Digest, sent: _Sent) -> None:
+    async def _open(self, fetcher: BlobFetcher, connections: int) -> None:
+        try:
+            await fetcher.open_connections(connections)
+        except Exception as exc:  # the transfers' own requests meet it and say what it is
+            log.debug("registry.connections_not_opened", error=str(exc))
+
+    async def _hold(
+        self, fetcher: BlobFetcher, digest: Digest, whole: int | None, sent: _Sent
+    ) -> None:
         with sent.scope:
             try:
-                async with fetcher.open_blob(digest, 0) as blob:
+                async with fetcher.open_blob(digest, 0, whole=whole) as blob:
                     sent.blob = blob
                     sent.ready.set()
                     await sent.released.wait()

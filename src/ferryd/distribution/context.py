@@ -45,6 +45,10 @@ class BlobFetcher(Protocol):
         """A small blob (an image config) read whole and verified."""
         ...
 
+    async def open_connections(self, count: int) -> None:
+        """Have `count` connections open for the blobs to come (where that is up to it)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class DownloadDescriptor:

@@ -271,8 +271,11 @@ class DownloadManager:
 
         fresh = await anyio.to_thread.run_sync(nowhere)
         known = self._on_its_way()
-        fresh = [digest for digest in fresh if digest not in known]
-        return self._ahead.send(fetcher, fresh[: self._max_concurrent])
+        sizes = {Digest(layer.digest): layer.size for layer in layers}
+        # A small blob is read whole meanwhile, over the connections its transfer
+        # would open (`_fetch`): behind latency, their handshakes overlap the config's.
+        chosen = [(digest, _whole(sizes[digest])) for digest in fresh if digest not in known]
+        return self._ahead.send(fetcher, chosen[: self._max_concurrent], self._max_concurrent)
 
     def _on_its_way(self) -> set[Digest]:
         """The blobs a running transfer fetches (it holds the partial file) or one has
@@ -393,7 +396,7 @@ class DownloadManager:
         resumed = sink.offset > 0
         rest = b""  # a small blob's bytes, written by the worker call that verifies them
         if sink.offset < size or size == 0:
-            whole = size if size <= SMALL_BLOB else None  # from byte 0: read in a worker
+            whole = _whole(size)  # from byte 0: read in a worker
             async with self._ahead.open_blob(fetcher, digest, sink.offset, whole) as blob:
                 if blob.start == 0 and sink.offset:
                     await anyio.to_thread.run_sync(sink.restart)  # the registry ignored Range
@@ -503,6 +506,11 @@ class _Tally:
 # inflated in one worker call: the two-stage pipeline's tasks and hops cost a small
 # layer more than they save.
 SMALL_BLOB = 2 * BATCH_SIZE
+
+
+def _whole(size: int) -> int | None:
+    """A small blob's size: it is read whole in a worker thread (`open_blob`)."""
+    return size if size <= SMALL_BLOB else None
 
 
 async def _counted(

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
@@ -35,6 +36,9 @@ from urllib3.exceptions import (
 from urllib3.util import parse_url
 
 from ferryd.registry.bodies import MAX_ERROR_BODY
+
+if TYPE_CHECKING:
+    from urllib3._base_connection import BaseHTTPConnection
 
 # A kept connection the registry closed just as the GET went out gets no answer at all;
 # the GET then goes once more, on a new connection, as in the async client (`client._send`).
@@ -98,6 +102,21 @@ class BlockingConnections:
             raise
         except HTTPError as exc:
             raise self._as_httpx(exc, url) from exc
+
+    async def open(self, count: int) -> None:
+        """Have `count` connections open for the reads to come (the transfers a pull
+        runs at once): behind latency each new one costs a handshake's round trip, which
+        then overlaps what the pull waits for meanwhile (its image config). A failure
+        is left for the reads, which say what it is."""
+        taken = [self._pool._get_conn() for _ in range(count)]  # idle ones first
+        try:
+            async with anyio.create_task_group() as group:
+                for connection in taken:
+                    if connection.is_closed:  # new, or dropped
+                        group.start_soon(_connect, connection)
+        finally:
+            for connection in taken:
+                self._pool._put_conn(connection)
 
     def close(self) -> None:
         self._pool.close()
@@ -188,6 +207,13 @@ class _Call:
             self._abandoned = True
             if self._response is not None:
                 _shut(self._response)
+
+
+async def _connect(connection: BaseHTTPConnection) -> None:
+    # Not abandoned when cancelled: the connection goes back to the pool once this ends
+    # (the connect timeout bounds it).
+    with contextlib.suppress(OSError, HTTPError):
+        await anyio.to_thread.run_sync(connection.connect)
 
 
 def _reason(exc: HTTPError) -> str:

@@ -222,14 +222,29 @@ class RegistryClient:
                 start, total = _parse_content_range(response.headers, offset, what)
             yield BlobResponse(response, start, total, self.endpoint, what)
 
+    async def open_connections(self, count: int) -> None:
+        """Have `count` connections open for the small blobs to be read whole, where
+        this route reads them so (`blocking`)."""
+        blocking = self._reading_whole()
+        if blocking is not None:
+            await blocking.open(count)
+
+    def _reading_whole(self) -> BlockingConnections | None:
+        """Where small blobs are read whole; None where the async client reads them: no
+        blocking connections on this route (a proxy), no endpoint chosen yet, or an
+        endpoint that redirects blob GETs."""
+        blocking = self._route.blocking
+        if blocking is None or blocking.redirects or self._choose is not None:
+            return None
+        return blocking
+
     async def _read_whole(self, digest: Digest, size: int, what: str) -> ReadBlob | None:
         """The blob's answer, read in a worker thread; None when the async client must
-        ask for it: no blocking connections on this route (a proxy), no endpoint chosen
-        yet, a redirect (the endpoint's blobs go the async way from now on), or a 401
-        that taught the login something (the async client asks again with it)."""
+        ask for it (`_reading_whole`; a redirect: the endpoint's blobs go the async way
+        from now on; a 401 that taught the login something: it asks again with it)."""
         route = self._route
-        blocking = route.blocking
-        if blocking is None or blocking.redirects or self._choose is not None:
+        blocking = self._reading_whole()
+        if blocking is None:
             return None
         url = self._url(f"blobs/{digest}")
         auth = await route.auth.headers(self._scope)

@@ -31,6 +31,10 @@
   stream's anyio SocketStream `_transport` and `_protocol`, builds a new SocketStream
   from a transport and a protocol, and returns an AnyIOStream over it.
 
+- registry/blocking.py opens connections ahead in urllib3's pool: it takes them with
+  HTTPConnectionPool's `_get_conn()` (an idle one, else a new one not yet connected),
+  connects those whose `is_closed` says so, and gives them back with `_put_conn(conn)`.
+
 pyproject.toml holds these libraries to the series tested here and requirements.lock
 pins the exact versions. Each failure below names the library and what moved: after
 `make lock UPGRADE=1` (or a bound raised in pyproject.toml), fix the code named in the
@@ -67,7 +71,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 ROOT = Path(__file__).resolve().parents[1]
 
 # What ferryd patches or reaches into: each has an upper bound in pyproject.toml.
-BOUNDED = ("uvicorn", "httptools", "httpcore", "h11", "starlette", "anyio")
+BOUNDED = ("uvicorn", "httptools", "httpcore", "h11", "starlette", "anyio", "urllib3")
 
 # The keywords daemon/api/serve.py gives uvicorn.Config (besides the app).
 CONFIG: dict[str, Any] = {
@@ -454,6 +458,31 @@ def test_registry_clients_keep_no_cookies() -> None:
         "httpx: a registry client kept a cookie; registry/connector.py's _RegistryHTTP "
         "no longer replaces the client's cookie jar (check AsyncClient.cookies)"
     )
+
+
+# urllib3 (registry/blocking.py)
+
+
+def test_urllib3_pools_lend_connections_that_open_ahead_serve() -> None:
+    """A connection taken with `_get_conn`, connected and given back with `_put_conn`
+    is the one the next request uses: opening ahead saves that request its handshake."""
+    import urllib3
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        pool = urllib3.HTTPConnectionPool("127.0.0.1", server.getsockname()[1], maxsize=2)
+        taken = pool._get_conn()
+        assert taken.is_closed, "urllib3: a new pool connection is already open"
+        taken.connect()
+        pool._put_conn(taken)
+        lent = pool._get_conn()
+        pool._put_conn(lent)
+        pool.close()
+        assert lent is taken, (
+            "urllib3: the pool did not lend back the connection given to it; "
+            "registry/blocking.py's BlockingConnections.open opens nothing of use"
+        )
 
 
 # anyio (registry/streams.py)

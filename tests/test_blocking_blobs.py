@@ -4,6 +4,7 @@ requests, answers and errors as the async client's, one GET each."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import random
@@ -11,6 +12,7 @@ import ssl
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -20,20 +22,24 @@ import trustme
 
 from ferryd.errors import (
     AccessDeniedError,
+    AuthenticationError,
     NotFoundError,
     RangeNotSatisfiableError,
     RegistryError,
+    RegistryProtocolError,
     RegistryUnreachableError,
     TooManyRequestsError,
     TransientRegistryError,
 )
 from ferryd.oci.digest import Digest
 from ferryd.oci.mediatypes import OCI_MANIFEST
+from ferryd.registry import connector as connector_module
 from ferryd.registry.auth import ANONYMOUS
 from ferryd.registry.blocking import BlockingConnections
 from ferryd.registry.client import BlobResponse, ReadBlob, RegistryClient
 from ferryd.registry.connector import USER_AGENT, Connector
 from ferryd.registry.endpoints import RegistryService
+from support.daemon import Daemon, errors
 from support.fakes import (
     FakeRegistry,
     FakeServer,
@@ -43,7 +49,8 @@ from support.fakes import (
     serve_connect_proxy,
     serve_registry,
 )
-from support.registry import trust
+from support.images import LayerSpec, build_image, seed
+from support.registry import PASSWORD, USER, Registry, trust
 from support.waiting import await_until
 
 REPO = "team/app"
@@ -382,3 +389,184 @@ async def test_each_read_leaves_the_debug_line_of_a_registry_request(
         200,
         5000,
     )
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["read-whole", "streamed"])
+async def test_a_login_refused_every_time_costs_one_retry_and_one_token_either_way(
+    connector: Connector, whole: bool
+) -> None:
+    data = blob(5000)
+    registry, (digest,) = registry_with(data, auth="bearer")
+
+    def refused(request: Request) -> None:
+        registry.revoke_tokens()  # the normal answer is then a 401 (invalid_token)
+
+    registry.on("GET", BLOB_PATH, refused)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        tokens = len(registry.token_requests)
+        with pytest.raises(AuthenticationError):
+            async with client.open_blob(digest, whole=len(data) if whole else None):
+                pass
+    assert len(registry.seen("GET", BLOB_PATH)) == 2
+    assert len(registry.token_requests) == tokens + 1
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["read-whole", "streamed"])
+async def test_an_answer_that_is_not_http_is_not_asked_for_again(
+    connector: Connector, whole: bool
+) -> None:
+    registry, (digest,) = registry_with(blob(5000))
+    registry.on("GET", BLOB_PATH, Reply(raw=b"HTTX/9 what\r\n\r\n"))
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        with pytest.raises(TransientRegistryError) as caught:
+            async with client.open_blob(digest, whole=5000 if whole else None):
+                pass
+    assert len(registry.seen("GET", BLOB_PATH)) == 1
+    assert "\r" not in str(caught.value)
+
+
+async def test_an_informational_answer_first_sends_the_blob_the_async_way(
+    connector: Connector,
+) -> None:
+    """http.client takes a 103 for the answer; h11, under the async client, skips it."""
+    data = blob(5000)
+    registry, (digest,) = registry_with(data)
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+    registry.on("GET", BLOB_PATH, lambda r: replace(registry.answer(r), before=hints), times=1)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        assert await read(client, digest, len(data)) == (BlobResponse, data)
+
+
+async def test_a_cancelled_read_whose_answer_never_came_lets_its_thread_go_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registry, (digest,) = registry_with(blob(5000))
+
+    async def never(request: Request) -> Reply:
+        await anyio.sleep_forever()
+        raise AssertionError
+
+    registry.on("GET", BLOB_PATH, never)
+    ended = threading.Event()
+    original = BlockingConnections._get
+
+    def watched(self: BlockingConnections, *args: object, **kwargs: object) -> object:
+        try:
+            return original(self, *args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(BlockingConnections, "_get", watched)
+    slow = Connector(RegistryService(), connect_timeout=5, read_timeout=30)
+    try:
+        async with serve_registry(registry) as server:
+            client = await chosen(slow, server)
+            with anyio.move_on_after(0.3) as scope:
+                await read(client, digest, 5000)
+            assert scope.cancelled_caught
+            started = time.monotonic()
+            await anyio.to_thread.run_sync(ended.wait, 10)
+            assert time.monotonic() - started < 5
+        assert len(registry.seen("GET", BLOB_PATH)) == 1  # the shut one is not sent again
+    finally:
+        await slow.aclose()
+
+
+async def test_a_connection_idle_longer_than_the_async_clients_is_not_used_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(connector_module, "KEEP_IDLE_SECONDS", 0.2)
+    first, second = blob(3000, 1), blob(3000, 2)
+    registry, (one, two) = registry_with(first, second)
+    brief = Connector(RegistryService())
+    try:
+        async with serve_registry(registry) as server:
+            client = await chosen(brief, server)
+            assert await read(client, one, 3000) == (ReadBlob, first)
+            before = server.connections
+            await anyio.sleep(0.4)
+            assert await read(client, two, 3000) == (ReadBlob, second)
+            assert server.connections == before + 1
+    finally:
+        await brief.aclose()
+
+
+async def test_more_reads_at_once_than_connections_kept_wait_for_one(
+    connector: Connector, caplog: pytest.LogCaptureFixture
+) -> None:
+    blobs = [blob(3000, seed) for seed in range(24)]
+    registry, digests = registry_with(*blobs)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        before = server.connections
+        async with anyio.create_task_group() as group:
+            for digest, data in zip(digests, blobs, strict=True):
+                group.start_soon(read, client, digest, len(data))
+    assert server.connections - before <= 16
+    assert not [r for r in caplog.records if r.name.startswith("urllib3")]
+
+
+async def test_a_3xx_without_a_location_is_the_blob_as_the_async_client_takes_it(
+    connector: Connector,
+) -> None:
+    data = blob(300_000)
+    registry, (digest,) = registry_with(data)
+    registry.on("GET", BLOB_PATH, Reply(302, {}, data))
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        assert await read(client, digest, len(data)) == (ReadBlob, data)
+
+
+async def test_a_206_from_elsewhere_than_byte_0_is_refused(connector: Connector) -> None:
+    data = blob(5000)
+    registry, (digest,) = registry_with(data)
+    registry.on("GET", BLOB_PATH, Reply(206, {"Content-Range": "bytes 5-4999/5000"}, data[5:]))
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        with pytest.raises(RegistryProtocolError, match="asked for bytes from 0, got from 5"):
+            await read(client, digest, len(data))
+
+
+async def test_an_insecure_tls_registrys_blobs_are_read_whole_unverified(
+    connector: Connector, server_tls: ssl.SSLContext
+) -> None:
+    data = blob(5000)
+    registry, (digest,) = registry_with(data)
+    async with serve_registry(registry, ssl_context=server_tls) as server:
+        client = await chosen(connector, server)  # loopback: insecure, by default
+        assert client.endpoint.base_url.startswith("https://")
+        assert await read(client, digest, len(data)) == (ReadBlob, data)
+
+
+def test_a_daemon_reads_an_insecure_tls_registrys_small_layers_without_a_warning(
+    tls_registry: Registry, daemon: Daemon, tmp_path: Path
+) -> None:
+    """Loopback is insecure: the certificate is not checked, by the operator's choice;
+    urllib3 would print a warning to stderr at each blob read whole."""
+    built = build_image(tmp_path / "image", layers=[LayerSpec(size=4000, seed=s) for s in (1, 2)])
+    seed(tls_registry, tmp_path / "image", "latest", "insecure-small/app:v1")
+    login = json.dumps({"username": USER, "password": PASSWORD}).encode()
+    reference = f"{tls_registry.host}/insecure-small/app:v1"
+
+    assert errors(daemon.pull(reference, auth=base64.urlsafe_b64encode(login).decode())) == []
+
+    assert daemon.inspect(reference)["Id"] == built.config_digest
+    assert "InsecureRequestWarning" not in daemon.log_path.read_text()
+
+
+async def test_after_a_reload_blobs_are_read_over_new_connections(
+    connector: Connector,
+) -> None:
+    first, second = blob(3000, 1), blob(3000, 2)
+    registry, (one, two) = registry_with(first, second)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        assert await read(client, one, 3000) == (ReadBlob, first)
+        connector.reconfigure(RegistryService())  # new certificates, say
+        client = await chosen(connector, server)
+        before = server.connections
+        assert await read(client, two, 3000) == (ReadBlob, second)
+        assert server.connections == before + 1

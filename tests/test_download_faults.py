@@ -293,6 +293,27 @@ async def test_a_fetcher_that_fails_to_open_connections_ahead_still_gets_its_lay
     assert not env.task_group.cancel_scope.cancel_called
 
 
+async def test_while_layers_are_sent_ahead_the_connections_transfers_want_are_opened(
+    env: Env, small: FakeLayer, big: FakeLayer
+) -> None:
+    opened: list[int] = []
+
+    class Opening(Streamed):
+        async def open_connections(self, count: int) -> None:
+            opened.append(count)
+
+    layers = [env.descriptor(layer).descriptor for layer in (big, small)]
+    async with env.manager.sending_ahead(Opening(env.client), layers):
+        await await_until(lambda: opened != [])
+
+    assert opened == [2]  # 3 downloads at once; the small layer sent ahead opens its own
+
+
+def test_a_blob_is_read_whole_up_to_small_blob_bytes() -> None:
+    assert downloads._whole(downloads.SMALL_BLOB) == downloads.SMALL_BLOB
+    assert downloads._whole(downloads.SMALL_BLOB + 1) is None
+
+
 # -- cut connections ------------------------------------------------------------------
 
 

@@ -78,7 +78,8 @@ class Reply:
     `stall_after`: send this many body bytes, then keep the connection open and silent
     until `release` is set (or the server stops).
     `hang_up`: close the connection without a word (a server whose idle timeout ran out
-    as the request came in).
+    as the request came in). `before`: bytes sent ahead of the answer (an informational
+    answer); `raw`: bytes sent instead of an answer (one that is not HTTP), then close.
     """
 
     status: int = 200
@@ -91,6 +92,8 @@ class Reply:
     stall_after: int | None = None
     release: anyio.Event | None = None
     hang_up: bool = False
+    before: bytes = b""
+    raw: bytes | None = None
 
 
 Handler = Callable[[Request], Awaitable[Reply]]
@@ -239,6 +242,11 @@ class _Reader:
 
 async def _send_reply(stream: ByteStream, request: Request, reply: Reply) -> bool:
     """Send `reply`; False when the connection must close afterwards."""
+    if reply.raw is not None:
+        await stream.send(reply.raw)
+        return False
+    if reply.before:
+        await stream.send(reply.before)
     headers = dict(reply.headers)
     body = reply.body
     close = reply.framing == "close" or reply.cut_after is not None

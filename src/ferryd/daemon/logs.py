@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Literal
 
 import structlog
 import structlog.tracebacks
+from urllib3.exceptions import InsecureRequestWarning
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -46,6 +48,10 @@ def configure(level: str = "info", fmt: Literal["json", "console"] = "json") -> 
         cache_logger_on_first_use=False,
     )
     _capture_stdlib_logging(level, tracebacks, renderer)
+    # urllib3 (small blobs, registry/blocking.py) would print a warning to stderr at every
+    # request to a registry whose certificate is not checked: an insecure registry, the
+    # operator's choice, of which httpx says nothing either.
+    warnings.filterwarnings("ignore", category=InsecureRequestWarning)
 
 
 def _capture_stdlib_logging(

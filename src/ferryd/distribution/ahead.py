@@ -55,8 +55,10 @@ class SentAhead:
         `connections` the transfers to come will want: behind latency a new connection
         costs a round trip, which then overlaps the config's. Returns what lets go of
         the answers no transfer has taken (call it when the pull ends)."""
-        if wanted:
-            self._task_group.start_soon(self._open, fetcher, connections)
+        # Those read whole here open their own.
+        opening = connections - sum(whole is not None for _, whole in wanted)
+        if wanted and opening > 0:
+            self._task_group.start_soon(self._open, fetcher, opening)
         mine: list[tuple[Digest, _Sent]] = []
         for digest, whole in wanted:
             if digest in self._sent:

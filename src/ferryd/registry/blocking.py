@@ -15,16 +15,18 @@ is not the blob (a redirect, a 401, an error) means.
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -46,8 +48,10 @@ _SENDS = 2
 # One read takes what the socket has, up to this: what came before a cut is kept for the
 # next attempt to resume after (a read of the whole body would lose it).
 _PIECE = 1 << 20
-# Connections kept idle per endpoint: as many as the transfers that may run at once.
+# Connections kept idle per endpoint, and reads at once: more transfers than this wait
+# for a thread (a read waiting on the network holds one).
 _KEPT = 16
+REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,18 +75,23 @@ class BlockingConnections:
         context: ssl.SSLContext,
         timeout: httpx.Timeout,
         headers: Mapping[str, str],
+        keep_idle: float,
     ) -> None:
-        self._headers = dict(headers)
+        self._headers = {"Accept": "*/*", **headers}
         self._timeouts = timeout.as_dict()
-        tls = {"ssl_context": context} if base_url.startswith("https:") else {}
+        self._keep_idle = keep_idle  # seconds a connection may wait idle and be used again
+        self._reads = anyio.CapacityLimiter(_KEPT)
+        https = base_url.startswith("https:")
+        tls = {"ssl_context": context} if https else {}
         self._pool = urllib3.connection_from_url(
             base_url,
             maxsize=_KEPT,
-            block=False,  # more at once than are kept: a connection each, closed after
+            block=False,
             timeout=urllib3.Timeout(connect=timeout.connect, read=timeout.read),
             retries=False,
             **tls,
         )
+        self._pool.ConnectionCls = _ReachableHTTPS if https else _Reachable
         # The endpoint answered a blob GET with a redirect (Docker Hub sends each to a
         # storage service): its blobs go through the async client, which follows them.
         self.redirects = False
@@ -92,10 +101,16 @@ class BlockingConnections:
         byte past `limit` (so that a longer one shows), another's up to MAX_ERROR_BODY.
         No answer at all raises the error httpx would have (`client.transport_error`
         names them)."""
-        call = _Call()
+        call = _Call(self._keep_idle)
         try:
             return await anyio.to_thread.run_sync(
-                self._get, url, {**self._headers, **headers}, limit, call, abandon_on_cancel=True
+                self._get,
+                url,
+                {**self._headers, **headers},
+                limit,
+                call,
+                abandon_on_cancel=True,
+                limiter=self._reads,
             )
         except anyio.get_cancelled_exc_class():
             call.abandon()  # a stalled registry must not keep the thread to the read timeout
@@ -108,14 +123,16 @@ class BlockingConnections:
         runs at once): behind latency each new one costs a handshake's round trip, which
         then overlaps what the pull waits for meanwhile (its image config). A failure
         is left for the reads, which say what it is."""
-        taken = [self._pool._get_conn() for _ in range(count)]  # idle ones first
+        taken = [self._pool._get_conn() for _ in range(min(count, _KEPT))]  # idle first
         try:
             async with anyio.create_task_group() as group:
                 for connection in taken:
                     if connection.is_closed:  # new, or dropped
-                        group.start_soon(_connect, connection)
+                        group.start_soon(_connect, connection, self._reads)
         finally:
             for connection in taken:
+                if isinstance(connection, _Reachable):
+                    connection.idle_since = time.monotonic()
                 self._pool._put_conn(connection)
 
     def close(self) -> None:
@@ -124,26 +141,37 @@ class BlockingConnections:
     def _get(self, url: str, headers: dict[str, str], limit: int, call: _Call) -> Answer:
         target = parse_url(url).request_uri  # the request line's origin form, not the URL
         started = time.monotonic()
-        for send in range(_SENDS):
-            try:
-                response = self._pool.urlopen(
-                    "GET",
-                    target,
-                    headers=headers,
-                    redirect=False,
-                    retries=False,
-                    preload_content=False,
-                    decode_content=False,  # a digest covers the bytes as sent
-                    release_conn=False,
-                )
-                break
-            except ProtocolError:  # closed before any answer came
-                if send == _SENDS - 1:
-                    raise
+        _current.call = call  # for the connection the request goes out on to say which
+        try:
+            for send in range(_SENDS):
+                try:
+                    response = self._pool.urlopen(
+                        "GET",
+                        target,
+                        headers=headers,
+                        redirect=False,
+                        retries=False,
+                        preload_content=False,
+                        decode_content=False,  # a digest covers the bytes as sent
+                        release_conn=False,
+                    )
+                    break
+                except ProtocolError as exc:
+                    if send == _SENDS - 1 or call.abandoned or not _unanswered(exc):
+                        raise
+        finally:
+            _current.call = None
         seconds = time.monotonic() - started
-        call.hold(response)
+        status, location = response.status, response.headers.get("location")
+        if status < 200:
+            # An informational answer (103 Early Hints) before the real one: http.client
+            # takes it for the answer (h11, under the async client, skips it).
+            call.let_go(response, keep=False)
+            return Answer(status, response.headers, b"", None, seconds)
         pieces: list[bytes] = []
-        taken, most = 0, limit + 1 if response.status < 300 else MAX_ERROR_BODY
+        taken, most = 0, limit + 1
+        if status >= 400 or (status in REDIRECT_STATUSES and location):
+            most = MAX_ERROR_BODY  # read for what it says, not kept
         cut: httpx.TransportError | None = None
         try:
             while taken < most:
@@ -156,7 +184,7 @@ class BlockingConnections:
             cut = self._as_httpx(exc, url)
         # A connection with the body's end unread, or broken, is not used again.
         call.let_go(response, keep=cut is None and taken < most)
-        return Answer(response.status, response.headers, b"".join(pieces), cut, seconds)
+        return Answer(status, response.headers, b"".join(pieces), cut, seconds)
 
     def _as_httpx(self, exc: HTTPError, url: str) -> httpx.TransportError:
         """urllib3's failure as httpx's: one mapping (`client.transport_error`) turns them
@@ -180,51 +208,94 @@ class BlockingConnections:
 
 class _Call:
     """One GET in a worker thread, as far as the event loop may reach into it: an
-    abandoned call's connection is shut, which wakes a read that waits on it."""
+    abandoned call's connection is shut, which wakes the read that waits on it."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._response: urllib3.BaseHTTPResponse | None = None
-        self._abandoned = False
+    def __init__(self, keep_idle: float) -> None:
+        self.keep_idle = keep_idle
+        self.abandoned = False
+        self._connection: _Reachable | None = None
 
-    def hold(self, response: urllib3.BaseHTTPResponse) -> None:
-        with self._lock:
-            self._response = response
-            if self._abandoned:
-                _shut(response)
+    def reach(self, connection: _Reachable) -> None:
+        """The request goes out on `connection` (in the worker thread)."""
+        with _owners:
+            connection.owner = self
+            self._connection = connection
+            if self.abandoned:
+                _shut(connection)
 
     def let_go(self, response: urllib3.BaseHTTPResponse, *, keep: bool) -> None:
-        """Back to the pool, or closed; under the lock, so that `abandon` never shuts a
-        connection another call took from the pool meanwhile."""
-        with self._lock:
-            self._response = None
-            if not keep:
-                response.close()
-            response.release_conn()
+        """Back to the pool (urllib3 puts it back itself once the body has ended), or
+        closed."""
+        with _owners:
+            connection, self._connection = self._connection, None
+            if keep and connection is not None and connection.owner is self:
+                connection.idle_since = time.monotonic()
+        if not keep:
+            response.close()
+        response.release_conn()
 
     def abandon(self) -> None:
-        with self._lock:
-            self._abandoned = True
-            if self._response is not None:
-                _shut(self._response)
+        with _owners:
+            self.abandoned = True
+            connection = self._connection
+            # Not one put back in the pool and taken by another call meanwhile.
+            if connection is not None and connection.owner is self:
+                _shut(connection)
 
 
-async def _connect(connection: BaseHTTPConnection) -> None:
+# Which call sends on which connection, changed and read under this lock only.
+_owners = threading.Lock()
+_current = threading.local()  # the `_Call` a worker thread makes
+
+
+class _Reachable(HTTPConnection):
+    """A connection that says which call sends on it (`_Call.reach`), and is not used
+    again after the call's `keep_idle` seconds idle, as the async client's are not: a
+    firewall or NAT may have forgotten it, and a request on it would wait for the read
+    timeout."""
+
+    idle_since: float | None = None
+    owner: _Call | None = None
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        call: _Call | None = getattr(_current, "call", None)
+        if call is not None:
+            idle = self.idle_since
+            if idle is not None and time.monotonic() - idle > call.keep_idle:
+                self.close()  # http.client connects anew as the request goes out
+            call.reach(self)
+        self.idle_since = None
+        super().request(*args, **kwargs)
+
+
+class _ReachableHTTPS(_Reachable, HTTPSConnection):
+    pass
+
+
+def _shut(connection: HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):  # closed already: nothing waits on it
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _unanswered(exc: ProtocolError) -> bool:
+    """Whether the connection closed before any answer came (a kept one the registry had
+    closed): not a malformed answer, which the same request would get again."""
+    return any(isinstance(arg, ConnectionError) for arg in exc.args)
+
+
+async def _connect(connection: BaseHTTPConnection, limiter: anyio.CapacityLimiter) -> None:
     # Not abandoned when cancelled: the connection goes back to the pool once this ends
     # (the connect timeout bounds it).
     with contextlib.suppress(OSError, HTTPError):
-        await anyio.to_thread.run_sync(connection.connect)
+        await anyio.to_thread.run_sync(connection.connect, limiter=limiter)
 
 
 def _reason(exc: HTTPError) -> str:
     """What failed, once: urllib3 gives the cause again after its own words."""
-    said, *causes = [str(arg) for arg in exc.args] or [type(exc).__name__]
+    said, *causes = [str(arg).strip() for arg in exc.args] or [type(exc).__name__]
     for cause in causes:
         if cause and cause not in said:
             said = f"{said.rstrip('.')}: {cause}"
     return said
-
-
-def _shut(response: urllib3.BaseHTTPResponse) -> None:
-    with contextlib.suppress(OSError, RuntimeError, ValueError):  # closed: nothing waits
-        response.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import enum
 import json
 import re
 import ssl
@@ -34,12 +35,11 @@ from ferryd.oci.manifest import MAX_MANIFEST_SIZE, FetchedManifest, media_type_o
 from ferryd.oci.mediatypes import ACCEPT
 from ferryd.registry import requestlog
 from ferryd.registry.auth import Authenticator, parse_challenge, response_refusal
-from ferryd.registry.blocking import BlockingConnections
+from ferryd.registry.blocking import REDIRECT_STATUSES, BlockingConnections
 from ferryd.registry.bodies import read_body, read_error_body, release
 from ferryd.registry.endpoints import Endpoint
 
 MAX_REDIRECTS = 10
-_REDIRECTS = frozenset((301, 302, 303, 307, 308))
 # Ask for the bytes as stored: a digest covers them, not a proxy's re-encoding of them.
 _IDENTITY = {"Accept-Encoding": "identity"}
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -92,6 +92,13 @@ class ReadBlob:
             yield self.body
         if self.cut is not None:
             raise self.cut
+
+
+class _Unread(enum.Enum):
+    """Why a blob was not read whole (`RegistryClient._read_whole`)."""
+
+    NOT_HERE = "the async client reads it"
+    LOGIN_RENEWED = "its 401 renewed the login: the async client's request is the retry"
 
 
 OpenBlob = BlobResponse | ReadBlob
@@ -210,13 +217,17 @@ class RegistryClient:
         whole in a worker thread (`blocking`) where this route allows it.
         """
         what = f"blob {digest}"
+        renewed = False
         if whole is not None and offset == 0:
             read = await self._read_whole(digest, whole, what)
-            if read is not None:
+            if isinstance(read, ReadBlob):
                 yield read
                 return
+            renewed = read is _Unread.LOGIN_RENEWED
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        async with self._stream("GET", self._url(f"blobs/{digest}"), what, headers) as response:
+        async with self._stream(
+            "GET", self._url(f"blobs/{digest}"), what, headers, renewed=renewed
+        ) as response:
             start, total = 0, _content_length(response.headers)
             if response.status_code == 206:
                 start, total = _parse_content_range(response.headers, offset, what)
@@ -238,14 +249,15 @@ class RegistryClient:
             return None
         return blocking
 
-    async def _read_whole(self, digest: Digest, size: int, what: str) -> ReadBlob | None:
-        """The blob's answer, read in a worker thread; None when the async client must
-        ask for it (`_reading_whole`; a redirect: the endpoint's blobs go the async way
-        from now on; a 401 that taught the login something: it asks again with it)."""
+    async def _read_whole(self, digest: Digest, size: int, what: str) -> ReadBlob | _Unread:
+        """The blob's answer, read in a worker thread; else why the async client must ask
+        for it: nothing read here (`_reading_whole`; a redirect, whose endpoint's blobs
+        go the async way from now on; an informational answer), or a 401 that renewed
+        the login (the async client's request is the one retry it has)."""
         route = self._route
         blocking = self._reading_whole()
         if blocking is None:
-            return None
+            return _Unread.NOT_HERE
         url = self._url(f"blobs/{digest}")
         auth = await route.auth.headers(self._scope)
         try:
@@ -255,13 +267,15 @@ class RegistryClient:
         status, headers = answer.status, answer.headers
         target = urlsplit(url)
         requestlog.answered("GET", target.netloc, target.path, status, headers, answer.seconds)
-        if status in _REDIRECTS and headers.get("location"):
+        if status in REDIRECT_STATUSES and headers.get("location"):
             blocking.redirects = True
-            return None
+            return _Unread.NOT_HERE
+        if status < 200:
+            return _Unread.NOT_HERE
         if status == 401:
             challenge = parse_challenge(headers.get("www-authenticate"))
             if route.auth.reject(self._scope, challenge, auth.get("Authorization")):
-                return None
+                return _Unread.LOGIN_RENEWED
         if status >= 400:
             response = httpx.Response(
                 status,
@@ -363,8 +377,11 @@ class RegistryClient:
         *,
         content: Body | None = None,
         scope: str | None = None,
+        renewed: bool = False,
     ) -> AsyncIterator[httpx.Response]:
-        response = await self._send(method, url, what, dict(headers or {}), content, scope)
+        response = await self._send(
+            method, url, what, dict(headers or {}), content, scope, renewed=renewed
+        )
         try:
             if response.status_code >= 400:
                 body = await read_error_body(response, what)
@@ -383,18 +400,21 @@ class RegistryClient:
         headers: dict[str, str],
         content: Body | None = None,
         scope: str | None = None,
+        *,
+        renewed: bool = False,
     ) -> httpx.Response:
         """Send with auth, answer one 401 by re-authenticating, follow redirects by hand.
 
         By hand, so that the Authorization header goes only to the registry's own host:
         blob redirects usually point at a storage service that must never see it.
+        `renewed`: a 401 to this request renewed the login already (`_read_whole`).
         """
         scope = scope or self._scope
         if self._choose is not None:
             url, answered = await self._first(method, url, what, headers, content, scope)
             if answered is not None:
                 return answered
-        for attempt in range(2):
+        for attempt in range(1 if renewed else 0, 2):
             response, again = await self._once(
                 self._route, method, url, what, headers, content, scope, learn=attempt == 0
             )
@@ -489,7 +509,7 @@ class RegistryClient:
             )
             response = await _send(route, request, what)
             location = response.headers.get("location")
-            if response.status_code not in _REDIRECTS or not location:
+            if response.status_code not in REDIRECT_STATUSES or not location:
                 return response
             await release(response)
             try:

@@ -256,7 +256,11 @@ class Connector:
         connections = self._blocking.get(endpoint.base_url)
         if connections is None:
             connections = BlockingConnections(
-                endpoint.base_url, endpoint.verify, self._timeout, {"User-Agent": USER_AGENT}
+                endpoint.base_url,
+                endpoint.verify,
+                self._timeout,
+                {"User-Agent": USER_AGENT},
+                KEEP_IDLE_SECONDS,
             )
             self._blocking[endpoint.base_url] = connections
         return connections

@@ -275,7 +275,12 @@ class DownloadManager:
         # A small blob is read whole meanwhile, over the connections its transfer
         # would open (`_fetch`): behind latency, their handshakes overlap the config's.
         chosen = [(digest, _whole(sizes[digest])) for digest in fresh if digest not in known]
-        return self._ahead.send(fetcher, chosen[: self._max_concurrent], self._max_concurrent)
+        # As many connections as small layers download at once (big ones stream through
+        # the async client).
+        small = sum(_whole(layer.size) is not None for layer in layers if not layer.urls)
+        return self._ahead.send(
+            fetcher, chosen[: self._max_concurrent], min(small, self._max_concurrent)
+        )
 
     def _on_its_way(self) -> set[Digest]:
         """The blobs a running transfer fetches (it holds the partial file) or one has

@@ -466,6 +466,11 @@ async def test_a_connection_idle_longer_than_the_async_clients_is_not_used_again
             await anyio.sleep(0.4)
             assert await read(client, two, 3000) == (ReadBlob, second)
             assert server.connections == before + 1
+            await anyio.sleep(0.4)
+            await client.open_connections(1)  # opened anew, not the idle one kept
+            await await_until(lambda: server.connections == before + 2)
+            assert await read(client, one, 3000) == (ReadBlob, first)
+        assert server.connections == before + 2
     finally:
         await brief.aclose()
 

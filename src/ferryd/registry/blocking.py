@@ -124,15 +124,19 @@ class BlockingConnections:
         then overlaps what the pull waits for meanwhile (its image config). A failure
         is left for the reads, which say what it is."""
         taken = [self._pool._get_conn() for _ in range(min(count, _KEPT))]  # idle first
+        for connection in taken:
+            if isinstance(connection, _Reachable) and connection.stale(self._keep_idle):
+                connection.close()
+        opening = [connection for connection in taken if connection.is_closed]
         try:
             async with anyio.create_task_group() as group:
-                for connection in taken:
-                    if connection.is_closed:  # new, or dropped
-                        group.start_soon(_connect, connection, self._reads)
+                for connection in opening:
+                    group.start_soon(_connect, connection, self._reads)
         finally:
-            for connection in taken:
+            for connection in opening:
                 if isinstance(connection, _Reachable):
                     connection.idle_since = time.monotonic()
+            for connection in taken:
                 self._pool._put_conn(connection)
 
     def close(self) -> None:
@@ -257,11 +261,14 @@ class _Reachable(HTTPConnection):
     idle_since: float | None = None
     owner: _Call | None = None
 
+    def stale(self, keep_idle: float) -> bool:
+        """Whether it has waited idle longer than `keep_idle` seconds."""
+        return self.idle_since is not None and time.monotonic() - self.idle_since > keep_idle
+
     def request(self, *args: Any, **kwargs: Any) -> None:
         call: _Call | None = getattr(_current, "call", None)
         if call is not None:
-            idle = self.idle_since
-            if idle is not None and time.monotonic() - idle > call.keep_idle:
+            if self.stale(call.keep_idle):
                 self.close()  # http.client connects anew as the request goes out
             call.reach(self)
         self.idle_since = None

@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,6 +99,27 @@ def blob(size: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
+@asynccontextmanager
+async def serving(
+    connector: Connector, count: int
+) -> AsyncIterator[tuple[FakeRegistry, FakeServer, RegistryClient, dict[Digest, bytes]]]:
+    """`count` small blobs served, and a chosen client of the registry."""
+    blobs = [blob(3000, seed) for seed in range(count)]
+    registry, digests = registry_with(*blobs)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        yield registry, server, client, dict(zip(digests, blobs, strict=True))
+
+
+async def read_at_once(client: RegistryClient, blobs: dict[Digest, bytes]) -> None:
+    async def one(digest: Digest, data: bytes) -> None:
+        assert await read(client, digest, len(data)) == (ReadBlob, data)
+
+    async with anyio.create_task_group() as group:
+        for digest, data in blobs.items():
+            group.start_soon(one, digest, data)
+
+
 async def test_a_small_blob_is_read_whole_with_the_clients_headers(connector: Connector) -> None:
     data = blob(300_000)
     registry, (digest,) = registry_with(data)
@@ -126,12 +148,9 @@ async def test_the_login_goes_with_the_blob_get(connector: Connector) -> None:
 async def test_blobs_read_one_after_another_share_one_kept_connection(
     connector: Connector,
 ) -> None:
-    blobs = [blob(3000, seed) for seed in range(3)]
-    registry, digests = registry_with(*blobs)
-    async with serve_registry(registry) as server:
-        client = await chosen(connector, server)
+    async with serving(connector, 3) as (_, server, client, blobs):
         before = server.connections
-        for digest, data in zip(digests, blobs, strict=True):
+        for digest, data in blobs.items():
             assert await read(client, digest, len(data)) == (ReadBlob, data)
     assert server.connections == before + 1
 
@@ -139,17 +158,12 @@ async def test_blobs_read_one_after_another_share_one_kept_connection(
 async def test_connections_opened_ahead_serve_the_reads_that_come_at_once(
     connector: Connector,
 ) -> None:
-    blobs = [blob(3000, seed) for seed in range(3)]
-    registry, digests = registry_with(*blobs)
-    async with serve_registry(registry) as server:
-        client = await chosen(connector, server)
+    async with serving(connector, 3) as (registry, server, client, blobs):
         before = server.connections
         await client.open_connections(3)
         await await_until(lambda: server.connections == before + 3)
         await client.open_connections(3)  # open already: none more
-        async with anyio.create_task_group() as group:
-            for digest, data in zip(digests, blobs, strict=True):
-                group.start_soon(read, client, digest, len(data))
+        await read_at_once(client, blobs)
     assert server.connections == before + 3
     assert len(registry.seen("GET", BLOB_PATH)) == 3
 
@@ -478,14 +492,9 @@ async def test_a_connection_idle_longer_than_the_async_clients_is_not_used_again
 async def test_more_reads_at_once_than_connections_kept_wait_for_one(
     connector: Connector, caplog: pytest.LogCaptureFixture
 ) -> None:
-    blobs = [blob(3000, seed) for seed in range(24)]
-    registry, digests = registry_with(*blobs)
-    async with serve_registry(registry) as server:
-        client = await chosen(connector, server)
+    async with serving(connector, 24) as (_, server, client, blobs):
         before = server.connections
-        async with anyio.create_task_group() as group:
-            for digest, data in zip(digests, blobs, strict=True):
-                group.start_soon(read, client, digest, len(data))
+        await read_at_once(client, blobs)
     assert server.connections - before <= 16
     assert not [r for r in caplog.records if r.name.startswith("urllib3")]
 

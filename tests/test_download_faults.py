@@ -277,16 +277,24 @@ async def test_a_small_layer_sent_ahead_is_read_whole_and_its_transfer_takes_it(
 
 
 async def test_a_fetcher_that_fails_to_open_connections_ahead_still_gets_its_layers(
-    env: Env, small: FakeLayer
+    env: Env, small: FakeLayer, big: FakeLayer
 ) -> None:
-    env.registry.add_blob(small.blob)
+    # Three sent ahead (two read whole), and a small one after them that wants a
+    # connection opened ahead.
+    later = [make_layer(50_000, seed=seed) for seed in (23, 24)]
+    for layer in (big, small, *later):
+        env.registry.add_blob(layer.blob)
+    refused = anyio.Event()
 
     class Refusing(Streamed):
         async def open_connections(self, count: int) -> None:
+            refused.set()
             raise RuntimeError("no connections today")
 
     fetcher = Refusing(env.client)
-    async with env.manager.sending_ahead(fetcher, [env.descriptor(small).descriptor]):
+    layers = [env.descriptor(layer).descriptor for layer in (big, small, *later)]
+    async with env.manager.sending_ahead(fetcher, layers):
+        await refused.wait()
         await env.download(small, fetcher=fetcher)
 
     env.assert_stored(small)  # and the manager's task group (the daemon's) lives on

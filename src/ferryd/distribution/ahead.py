@@ -51,14 +51,12 @@ class SentAhead:
         self, fetcher: BlobFetcher, wanted: list[tuple[Digest, int | None]], connections: int
     ) -> Callable[[], None]:
         """Send the GET of each blob of `wanted` (a digest, and the size of a small blob
-        to be read whole: `RegistryClient.open_blob`) not sent already, and open the
-        `connections` the transfers to come will want: behind latency a new connection
+        to be read whole: `RegistryClient.open_blob`) not sent already, and open
+        `connections` more for the transfers to come: behind latency a new connection
         costs a round trip, which then overlaps the config's. Returns what lets go of
         the answers no transfer has taken (call it when the pull ends)."""
-        # Those read whole here open their own.
-        opening = connections - sum(whole is not None for _, whole in wanted)
-        if wanted and opening > 0:
-            self._task_group.start_soon(self._open, fetcher, opening)
+        if connections > 0:
+            self._task_group.start_soon(self._open, fetcher, connections)
         mine: list[tuple[Digest, _Sent]] = []
         for digest, whole in wanted:
             if digest in self._sent:

@@ -246,7 +246,7 @@ class DownloadManager:
         # then memory again: a transfer that started meanwhile (another platform's pull
         # of the same layer) has sent its own GET.
         known = self._on_its_way()
-        wanted: list[Digest] = []
+        wanted: dict[Digest, int] = {}  # digest: size
         for layer in layers:
             digest = Digest(layer.digest)
             if (
@@ -256,7 +256,7 @@ class DownloadManager:
                 or digest in known
             ):
                 continue
-            wanted.append(digest)
+            wanted[digest] = layer.size
         if not wanted:
             return lambda: None
 
@@ -271,16 +271,15 @@ class DownloadManager:
 
         fresh = await anyio.to_thread.run_sync(nowhere)
         known = self._on_its_way()
-        sizes = {Digest(layer.digest): layer.size for layer in layers}
-        # A small blob is read whole meanwhile, over the connections its transfer
-        # would open (`_fetch`): behind latency, their handshakes overlap the config's.
-        chosen = [(digest, _whole(sizes[digest])) for digest in fresh if digest not in known]
-        # As many connections as small layers download at once (big ones stream through
-        # the async client).
-        small = sum(_whole(layer.size) is not None for layer in layers if not layer.urls)
-        return self._ahead.send(
-            fetcher, chosen[: self._max_concurrent], min(small, self._max_concurrent)
-        )
+        # A small blob is read whole meanwhile, over the connections its transfer would
+        # open (`_fetch`); the small ones to come (big ones stream through the async
+        # client) want a connection each, as many as download at once, opened meanwhile
+        # too: behind latency, their handshakes overlap the config's.
+        whole = {digest: _whole(wanted[digest]) for digest in fresh if digest not in known}
+        sent = list(whole.items())[: self._max_concurrent]
+        small = sum(size is not None for size in whole.values())
+        reading = sum(size is not None for _, size in sent)
+        return self._ahead.send(fetcher, sent, min(small, self._max_concurrent) - reading)
 
     def _on_its_way(self) -> set[Digest]:
         """The blobs a running transfer fetches (it holds the partial file) or one has

@@ -9,7 +9,7 @@ a digest covers the bytes as sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import anyio
 import httpx
@@ -47,7 +47,7 @@ async def read_body(
     Over the limit: TooLargeError naming `what` and the limit, or, with `truncate`,
     the first `limit` bytes. `decode=False` keeps the bytes as sent (blobs).
     """
-    length = _content_length(response)
+    length = content_length(response.headers)
     if not truncate and not _encodings(response) and length is not None and length > limit:
         raise TooLargeError(f"{what} is {length} bytes, over the limit of {limit}")
     decoders = _decoders(response, what) if decode else []
@@ -99,7 +99,7 @@ def _short(response: httpx.Response) -> bool:
     """Whether the body is known to be short: none (HEAD), or a small Content-Length."""
     if response.request.method == "HEAD":
         return True
-    length = _content_length(response)
+    length = content_length(response.headers)
     return length is not None and length <= _SHORT_BODY
 
 
@@ -145,6 +145,7 @@ def _undecodable(response: httpx.Response, what: str, exc: ContentError) -> Regi
     return RegistryProtocolError(f"{what} (Content-Encoding {codings}): {exc}")
 
 
-def _content_length(response: httpx.Response) -> int | None:
-    value = response.headers.get("content-length")
+def content_length(headers: Mapping[str, str]) -> int | None:
+    """An answer's Content-Length, when it gives a valid one."""
+    value = headers.get("content-length")
     return int(value) if value and value.isdigit() else None

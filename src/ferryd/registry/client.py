@@ -36,7 +36,7 @@ from ferryd.oci.mediatypes import ACCEPT
 from ferryd.registry import requestlog
 from ferryd.registry.auth import Authenticator, parse_challenge, response_refusal
 from ferryd.registry.blocking import REDIRECT_STATUSES, BlockingConnections
-from ferryd.registry.bodies import read_body, read_error_body, release
+from ferryd.registry.bodies import content_length, read_body, read_error_body, release
 from ferryd.registry.endpoints import Endpoint
 
 MAX_REDIRECTS = 10
@@ -228,7 +228,7 @@ class RegistryClient:
         async with self._stream(
             "GET", self._url(f"blobs/{digest}"), what, headers, renewed=renewed
         ) as response:
-            start, total = 0, _content_length(response.headers)
+            start, total = 0, content_length(response.headers)
             if response.status_code == 206:
                 start, total = _parse_content_range(response.headers, offset, what)
             yield BlobResponse(response, start, total, self.endpoint, what)
@@ -285,7 +285,7 @@ class RegistryClient:
             )
             body = await read_error_body(response, what)
             raise error_for(response, body, what, self.endpoint.domain)
-        start, total = 0, _content_length(headers)
+        start, total = 0, content_length(headers)
         if status == 206:
             start, total = _parse_content_range(headers, 0, what)
         cut = transport_error(answer.cut, route.endpoint, what) if answer.cut else None
@@ -303,7 +303,7 @@ class RegistryClient:
             return None
         if response.status_code >= 400:
             raise error_for(response, body, what, self.endpoint.domain)
-        length = _content_length(response.headers)
+        length = content_length(response.headers)
         if length is None:
             # The manifest must give every layer's size: an unknown one is no answer.
             raise RegistryProtocolError(f"{what}: HEAD answered without a Content-Length")
@@ -737,11 +737,6 @@ def _check_digest_header(response: httpx.Response, digest: Digest, what: str) ->
     sent = response.headers.get("docker-content-digest")
     if sent and sent != digest:
         raise DigestMismatchError(f"{what}: the registry stored {sent}, not {digest}")
-
-
-def _content_length(headers: Mapping[str, str]) -> int | None:
-    value = headers.get("content-length")
-    return int(value) if value and value.isdigit() else None
 
 
 def _parse_content_range(

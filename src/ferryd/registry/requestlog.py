@@ -8,6 +8,8 @@ from collections.abc import Mapping
 
 import structlog
 
+from ferryd.registry.bodies import content_length
+
 log = structlog.get_logger("ferryd.registry")
 
 # Below this share of its limit left, a registry's rate limit is worth a warning.
@@ -19,7 +21,6 @@ def answered(
     method: str, host: str, path: str, status: int, headers: Mapping[str, str], seconds: float
 ) -> None:
     """One request's answer came (`headers`: case-insensitive, as httpx's and urllib3's are)."""
-    length = headers.get("content-length", "")
     log.debug(
         "registry.request",
         method=method,
@@ -27,7 +28,7 @@ def answered(
         path=path,
         status=status,
         seconds=round(seconds, 3),
-        bytes=int(length) if length.isdigit() else None,
+        bytes=content_length(headers),
     )
     _check_rate_limit(host, headers)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
+import os
 import random
 import tarfile
 import tempfile
+import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,8 +21,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from isal import isal_zlib
 
+from ferryd import blobfile
 from ferryd.codec import BATCH_SIZE, LayerSink, detect_compression, inflater
-from ferryd.errors import ContentError, DigestMismatchError
+from ferryd.errors import ContentError, DigestMismatchError, StorageFullError
 from ferryd.oci.digest import Digest
 from ferryd.oci.mediatypes import Compression
 from support.digests import sha256
@@ -616,3 +620,88 @@ def test_a_decompression_bomb_is_hashed_in_bounded_memory(blob_path: Path, kind:
     assert diff_id == "sha256:" + expected.hexdigest()
     assert sink.uncompressed_size == BOMB_SIZE
     assert peak < 32 * MiB, f"peak {peak / MiB:.1f} MiB while inflating {BOMB_SIZE // MiB} MiB"
+
+
+# Random bytes: gzip leaves them as they are, so the blob is several batches.
+INCOMPRESSIBLE = random.Random(3).randbytes(4 * MiB)
+
+
+def test_piped_batches_reach_the_file_in_another_thread_before_a_written_one(
+    blob_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `pipe` hands the file's writes to the sink's writer thread (the disk's wait is
+    # not in front of the next batch); a batch written at once (a resumed blob's small
+    # rest) goes after them, in the file and in the inflated stream.
+    blob = _gzip(INCOMPRESSIBLE)
+    writers: set[str] = set()
+    real = blobfile.BlobFile.write
+
+    def write(self: blobfile.BlobFile, data: bytes) -> None:
+        writers.add(threading.current_thread().name)
+        real(self, data)
+
+    monkeypatch.setattr(blobfile.BlobFile, "write", write)
+    sink = LayerSink(blob_path, sha256(blob))
+    sink.open()
+    chunks = list(_chunks(blob, BATCH_SIZE))
+    for chunk in chunks[:-1]:
+        sink.pipe(chunk)
+    sink.write(chunks[-1])
+
+    assert sink.finish() == sha256(INCOMPRESSIBLE)
+    sink.close()
+    assert blob_path.read_bytes() == blob
+    assert writers == {"ferryd-write", threading.current_thread().name}
+
+
+def test_a_full_disk_met_by_the_writer_thread_is_raised_by_the_next_pipe(
+    blob_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob = _gzip(INCOMPRESSIBLE)
+    real = os.pwrite
+    budget = [BATCH_SIZE]
+
+    def fills_up(fd: int, data: bytes, offset: int) -> int:
+        if budget[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = real(fd, memoryview(data)[: budget[0]], offset)
+        budget[0] -= written
+        return written
+
+    monkeypatch.setattr(blobfile.os, "pwrite", fills_up)
+    sink = LayerSink(blob_path, sha256(blob))
+    sink.open()
+
+    def pipe_all() -> None:
+        for chunk in _chunks(blob, BATCH_SIZE):
+            sink.pipe(chunk)
+
+    with pytest.raises(StorageFullError):
+        pipe_all()
+    sink.close()
+
+    held = blob_path.read_bytes()
+    assert 0 < len(held) < len(blob)
+    assert held == blob[: len(held)]  # a prefix: a later pull resumes after it
+
+
+def test_a_full_disk_met_by_the_last_piped_batch_is_raised_by_finish(
+    blob_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob = _gzip(INCOMPRESSIBLE)
+    sink = LayerSink(blob_path, sha256(blob))
+    sink.open()
+    chunks = list(_chunks(blob, BATCH_SIZE))
+    for chunk in chunks[:-1]:
+        sink.pipe(chunk)
+    sink.flush()  # what came before is in the file
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(blobfile.os, "pwrite", full)
+    sink.pipe(chunks[-1])
+    with pytest.raises(StorageFullError):
+        sink.finish()
+    sink.close()
+    assert blob.startswith(blob_path.read_bytes())

@@ -263,6 +263,11 @@ class _Behind:
     def put(self, piece: bytes) -> None:
         self._queue.put(piece)
 
+    @property
+    def failed(self) -> bool:
+        """The work raised (`join` raises it); what is given from now on is dropped."""
+        return self._error is not None
+
     def _run(self) -> None:
         while (piece := self._queue.get()) is not None:
             if self._error is None:
@@ -298,10 +303,13 @@ class LayerSink:
         self._file: BlobFile | None = None
         self._diff_hasher = _OrderedHasher(inline=small)
         self._behind: _Behind | None = None  # the inflate stage's thread, for `pipe`
+        self._writer: _Behind | None = None  # the file's writes, for `pipe`
         self._reset_state()
 
     def _reset_state(self) -> None:
         with contextlib.suppress(Exception):  # what it was doing is being forgotten
+            self._join_writer()
+        with contextlib.suppress(Exception):
             self._join_behind()
         self.offset = 0
         self.uncompressed_size = 0
@@ -349,33 +357,56 @@ class LayerSink:
     def restart(self) -> None:
         """Forget everything written: the registry will send the blob from its start."""
         assert self._file is not None
+        with contextlib.suppress(Exception):  # the bytes it failed on are dropped too
+            self._join_writer()
         with disk_errors(self.path):
             self._file.truncate()
         self._reset_state()
 
     def write(self, batch: bytes) -> None:
-        """Both stages at once: `store`, then `inflate`."""
+        """Both stages at once: `store`, then `inflate`, after what `pipe` handed over
+        (a resumed blob's small rest follows piped batches)."""
         self.store(batch)
+        self._join_behind()
         self.inflate(batch)
 
     def store(self, batch: bytes) -> None:
         """Stage one: append to the file and hash the blob."""
-        assert self._file is not None
-        with disk_errors(self.path):
-            self._file.write(batch)
+        self._join_writer()  # what `pipe` handed over goes first
+        self._append(batch)
         self._hasher.update(batch)
         self.offset += len(batch)
 
+    def _append(self, batch: bytes) -> None:
+        assert self._file is not None
+        with disk_errors(self.path):
+            self._file.write(batch)
+
     def pipe(self, batch: bytes) -> None:
-        """`store` now, `inflate` in the sink's own thread, at most one batch behind:
-        a layer keeps two cores busy, its batches handed over once."""
-        self.store(batch)
+        """Hash now; append in the sink's writer thread and `inflate` in its inflate
+        thread, each at most one batch behind: a layer keeps two cores busy, and the
+        disk's wait for each write (a write past the page cache waits for the device)
+        is no longer in front of the next batch. A write's failure is raised by the
+        next `pipe`, or by what waits for the file (`flush`, `finish`, `store`)."""
+        if self._writer is None:
+            self._writer = _Behind(self._append, "ferryd-write")
+        elif self._writer.failed:
+            self._join_writer()  # raises the disk's refusal
+        self._writer.put(batch)
+        self._hasher.update(batch)
+        self.offset += len(batch)
         if not self._want_diff_id or self._broken is not None:
             return
         if self._behind is None:
             self._behind = _Behind(self.inflate, "ferryd-inflate")
             _inflating.add(1)
         self._behind.put(batch)
+
+    def _join_writer(self) -> None:
+        """Every batch `pipe` handed over is in the file; raises a write's failure."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.join()
 
     def _join_behind(self) -> None:
         behind, self._behind = self._behind, None
@@ -414,6 +445,7 @@ class LayerSink:
     def flush(self) -> None:
         """Every byte taken reaches the file (no fsync), or the disk's refusal is raised."""
         assert self._file is not None
+        self._join_writer()
         with disk_errors(self.path):
             self._file.flush()
 
@@ -424,6 +456,7 @@ class LayerSink:
         it is but does not decompress.
         """
         assert self._file is not None
+        self._join_writer()
         with disk_errors(self.path):
             self._file.finish()
         return self.verify()
@@ -450,6 +483,8 @@ class LayerSink:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # closing: nothing to report it to
+            self._join_writer()
+        with contextlib.suppress(Exception):
             self._join_behind()
         self._diff_hasher.close()
         if self._file is not None:

@@ -12,7 +12,7 @@ import structlog
 from anyio.abc import TaskGroup
 
 from ferryd import __version__
-from ferryd.daemon import logs, malloc
+from ferryd.daemon import collector, logs, malloc
 from ferryd.daemon.api.access import AccessControl, AccessPolicy
 from ferryd.daemon.api.app import build_app
 from ferryd.daemon.api.serve import ApiServer, bind_unix_socket
@@ -78,12 +78,14 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
                 tg.start_soon(reloader.run)
             tg.start_soon(_tell_systemd, server, service, notifier)
             tg.start_soon(state.loop_lag.watch)
+            frozen = collector.freeze_startup_heap()
             log.info(
                 "daemon.ready",
                 version=__version__,
                 root=settings.root,
                 socket=sock.getsockname() or settings.socket,
                 socket_activated=activated is not None,
+                frozen_objects=frozen,
             )
             await server.serve()
             tg.cancel_scope.cancel()

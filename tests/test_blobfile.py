@@ -24,6 +24,7 @@ from ferryd.distribution.archives.intake import _EntrySink
 from ferryd.distribution.push_layers import StoredBlob
 from ferryd.errors import StorageFullError
 from ferryd.oci.digest import sha256_digest
+from support import disks
 
 BLOB = os.urandom(3 * (1 << 20) + 12345)
 # Pieces of every awkward size: under a block, a block and one byte, over the buffer.
@@ -168,17 +169,7 @@ def test_a_direct_write_the_filesystem_refuses_goes_on_through_the_page_cache(
 def test_a_full_disk_is_raised_and_what_reached_the_file_is_a_prefix_of_the_blob(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = os.pwrite
-    budget = [2 * (1 << 20)]
-
-    def fills_up(fd: int, data: Any, offset: int) -> int:
-        if budget[0] <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        written = real(fd, memoryview(data)[: budget[0]], offset)
-        budget[0] -= written
-        return written
-
-    monkeypatch.setattr(blobfile.os, "pwrite", fills_up)
+    disks.fills_after(monkeypatch, 2 * (1 << 20))
     file = BlobFile(path)
     with pytest.raises(OSError) as refused:
         _write(file, BLOB)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import errno
 import gzip
 import hashlib
 import io
-import os
 import random
 import tarfile
 import tempfile
@@ -26,6 +24,7 @@ from ferryd.codec import BATCH_SIZE, LayerSink, detect_compression, inflater
 from ferryd.errors import ContentError, DigestMismatchError, StorageFullError
 from ferryd.oci.digest import Digest
 from ferryd.oci.mediatypes import Compression
+from support import disks
 from support.digests import sha256
 
 MiB = 1 << 20
@@ -658,17 +657,7 @@ def test_a_full_disk_met_by_the_writer_thread_is_raised_by_the_next_pipe(
     blob_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blob = _gzip(INCOMPRESSIBLE)
-    real = os.pwrite
-    budget = [BATCH_SIZE]
-
-    def fills_up(fd: int, data: bytes, offset: int) -> int:
-        if budget[0] <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        written = real(fd, memoryview(data)[: budget[0]], offset)
-        budget[0] -= written
-        return written
-
-    monkeypatch.setattr(blobfile.os, "pwrite", fills_up)
+    disks.fills_after(monkeypatch, BATCH_SIZE)
     sink = LayerSink(blob_path, sha256(blob))
     sink.open()
 
@@ -696,10 +685,7 @@ def test_a_full_disk_met_by_the_last_piped_batch_is_raised_by_finish(
         sink.pipe(chunk)
     sink.flush()  # what came before is in the file
 
-    def full(fd: int, data: bytes, offset: int) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(blobfile.os, "pwrite", full)
+    disks.fills_after(monkeypatch, 0)
     sink.pipe(chunks[-1])
     with pytest.raises(StorageFullError):
         sink.finish()

@@ -691,3 +691,49 @@ def test_a_full_disk_met_by_the_last_piped_batch_is_raised_by_finish(
         sink.finish()
     sink.close()
     assert blob.startswith(blob_path.read_bytes())
+
+
+def test_a_failed_write_is_raised_again_until_the_sink_starts_over(
+    blob_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batches counted after the failed one never reached the file: nothing may go
+    # on from those counts (a later pipe, a digest that matches the hashes but not the
+    # file), until a restart truncates the file and the counts with it.
+    blob = _gzip(INCOMPRESSIBLE)
+    chunks = list(_chunks(blob, BATCH_SIZE))
+    sink = LayerSink(blob_path, sha256(blob))
+    sink.open()
+    disks.fills_after(monkeypatch, 0)
+
+    def pipe_all() -> None:
+        for chunk in chunks:
+            sink.pipe(chunk)
+
+    with pytest.raises(StorageFullError):
+        pipe_all()
+    with pytest.raises(StorageFullError):
+        sink.pipe(chunks[0])
+    with pytest.raises(StorageFullError):
+        sink.settle()
+    with pytest.raises(StorageFullError):
+        sink.finish()
+
+    monkeypatch.undo()  # room again
+    sink.restart()
+    pipe_all()
+    assert sink.finish() == sha256(INCOMPRESSIBLE)
+    sink.close()
+    assert blob_path.read_bytes() == blob
+
+
+def test_settle_leaves_the_file_holding_what_offset_counts(blob_path: Path) -> None:
+    blob = _gzip(INCOMPRESSIBLE)
+    sink = LayerSink(blob_path, sha256(blob))
+    sink.open()
+    for chunk in list(_chunks(blob, BATCH_SIZE))[:2]:
+        sink.pipe(chunk)
+
+    sink.settle()
+    sink.close()  # what the file buffers of its last block is written as it closes
+
+    assert blob_path.read_bytes() == blob[: sink.offset]

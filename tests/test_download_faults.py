@@ -20,9 +20,11 @@ import anyio
 import pytest
 from anyio.abc import TaskGroup
 
+from ferryd.codec import LayerSink
 from ferryd.distribution import downloads
 from ferryd.distribution.context import BlobFetcher, DownloadDescriptor
 from ferryd.distribution.downloads import DownloadManager
+from ferryd.distribution.progress import Broadcast
 from ferryd.distribution.transfers import RetryPolicy
 from ferryd.errors import (
     ContentError,
@@ -32,6 +34,7 @@ from ferryd.errors import (
     NotFoundError,
     RangeNotSatisfiableError,
     RegistryProtocolError,
+    StorageFullError,
     TransientRegistryError,
 )
 from ferryd.oci.digest import Digest
@@ -43,6 +46,8 @@ from ferryd.registry.client import OpenBlob, RegistryClient
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import RegistryService
 from ferryd.store import Store
+from support import disks
+from support.digests import sha256
 from support.fakes import (
     FakeLayer,
     FakeRegistry,
@@ -323,6 +328,28 @@ async def test_while_layers_are_sent_ahead_the_connections_transfers_want_are_op
 def test_a_blob_is_read_whole_up_to_small_blob_bytes() -> None:
     assert downloads._whole(downloads.SMALL_BLOB) == downloads.SMALL_BLOB
     assert downloads._whole(downloads.SMALL_BLOB + 1) is None
+
+
+async def test_a_full_disk_met_before_a_cut_is_the_error_a_pull_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer thread fails on the first batch; the connection is cut before another
+    # batch is piped (which would raise it). No retry mends a full disk: it, not the
+    # cut, is what the transfer fails with.
+    blob = random.Random(5).randbytes(3 << 20)
+    sink = LayerSink(tmp_path / "partial", sha256(blob))
+    sink.open()
+    disks.fills_after(monkeypatch, 0)
+
+    async def cut_after_the_first_mib() -> AsyncIterator[bytes]:
+        yield blob[: 1 << 20]
+        raise TransientRegistryError("connection cut")
+
+    with pytest.raises(StorageFullError):
+        await downloads._pump(
+            cut_after_the_first_mib(), sink, len(blob), "layer", Broadcast(), downloads._Tally()
+        )
+    sink.close()
 
 
 # -- cut connections ------------------------------------------------------------------

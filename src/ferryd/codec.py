@@ -304,6 +304,7 @@ class LayerSink:
         self._diff_hasher = _OrderedHasher(inline=small)
         self._behind: _Behind | None = None  # the inflate stage's thread, for `pipe`
         self._writer: _Behind | None = None  # the file's writes, for `pipe`
+        self._write_error: Exception | None = None
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -311,6 +312,7 @@ class LayerSink:
             self._join_writer()
         with contextlib.suppress(Exception):
             self._join_behind()
+        self._write_error = None
         self.offset = 0
         self.uncompressed_size = 0
         self._hasher = new_hasher(self.expected)
@@ -387,8 +389,11 @@ class LayerSink:
         thread, each at most one batch behind: a layer keeps two cores busy, and the
         disk's wait for each write (a write past the page cache waits for the device)
         is no longer in front of the next batch. A write's failure is raised by the
-        next `pipe`, or by what waits for the file (`flush`, `finish`, `store`)."""
+        next `pipe`, or by what waits for the file (`settle`, `flush`, `finish`, `store`),
+        and again by each of them until the sink starts over (`restart`, `open`): the
+        batches counted after the failed one never reached the file."""
         if self._writer is None:
+            self._join_writer()  # raises a failure already met
             self._writer = _Behind(self._append, "ferryd-write")
         elif self._writer.failed:
             self._join_writer()  # raises the disk's refusal
@@ -402,11 +407,21 @@ class LayerSink:
             _inflating.add(1)
         self._behind.put(batch)
 
+    def settle(self) -> None:
+        """Wait until every batch `pipe` handed over is in the file, so that `offset`
+        counts what the file holds (a resume asks the registry for what comes after it);
+        raises a write's failure."""
+        self._join_writer()
+
     def _join_writer(self) -> None:
-        """Every batch `pipe` handed over is in the file; raises a write's failure."""
         writer, self._writer = self._writer, None
         if writer is not None:
-            writer.join()
+            try:
+                writer.join()
+            except Exception as exc:
+                self._write_error = exc
+        if self._write_error is not None:
+            raise self._write_error
 
     def _join_behind(self) -> None:
         behind, self._behind = self._behind, None

@@ -5,7 +5,10 @@ modules, the API's routes, the store, the clients), and they live as long as it 
 each full collection walked them again, holding the GIL 11-16 ms on this machine, and it
 came in the middle of a pull (the event loop stopped that long; the 5-layer pull's
 largest loop lag was 23 ms). Frozen once the daemon is ready, they are no longer walked:
-a full collection then costs what the pulls themselves left behind.
+a full collection then costs what the pulls themselves left behind. The price: a frozen
+object that later becomes part of an unreachable cycle (settings a reload replaced, say)
+is never collected; reference counting still frees the rest, and such leftovers are few
+and made once.
 """
 
 from __future__ import annotations

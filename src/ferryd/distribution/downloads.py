@@ -609,6 +609,11 @@ async def _pump(
         cut = exc
     if pending:
         await store(b"".join(pending))
+    if cut is not None or sink.offset < size:
+        # A cut, or an answer that ended short: the next attempt asks for what comes
+        # after `offset`, which must be in the file first, and a write the disk refused
+        # meanwhile is the truer error (no retry mends it).
+        await anyio.to_thread.run_sync(sink.settle)
     if cut is not None:
         raise cut
 

@@ -9,6 +9,7 @@ import random
 import tarfile
 import tempfile
 import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -726,14 +727,26 @@ def test_a_failed_write_is_raised_again_until_the_sink_starts_over(
     assert blob_path.read_bytes() == blob
 
 
-def test_settle_leaves_the_file_holding_what_offset_counts(blob_path: Path) -> None:
+def test_settle_leaves_the_file_holding_what_offset_counts(
+    blob_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blob = _gzip(INCOMPRESSIBLE)
+    written: list[int] = []
+    real = blobfile.BlobFile.write
+
+    def slow_write(self: blobfile.BlobFile, data: bytes) -> None:
+        time.sleep(0.05)  # a disk that takes its time: settle must wait for it
+        real(self, data)
+        written.append(len(data))
+
+    monkeypatch.setattr(blobfile.BlobFile, "write", slow_write)
     sink = LayerSink(blob_path, sha256(blob))
     sink.open()
     for chunk in list(_chunks(blob, BATCH_SIZE))[:2]:
         sink.pipe(chunk)
 
     sink.settle()
-    sink.close()  # what the file buffers of its last block is written as it closes
 
+    assert sum(written) == sink.offset
+    sink.close()
     assert blob_path.read_bytes() == blob[: sink.offset]

@@ -309,8 +309,6 @@ class LayerSink:
 
     def _reset_state(self) -> None:
         with contextlib.suppress(Exception):  # what it was doing is being forgotten
-            self._join_writer()
-        with contextlib.suppress(Exception):
             self._join_behind()
         self._write_error = None
         self.offset = 0
@@ -360,7 +358,7 @@ class LayerSink:
         """Forget everything written: the registry will send the blob from its start."""
         assert self._file is not None
         with contextlib.suppress(Exception):  # the bytes it failed on are dropped too
-            self._join_writer()
+            self.settle()
         with disk_errors(self.path):
             self._file.truncate()
         self._reset_state()
@@ -374,7 +372,7 @@ class LayerSink:
 
     def store(self, batch: bytes) -> None:
         """Stage one: append to the file and hash the blob."""
-        self._join_writer()  # what `pipe` handed over goes first
+        self.settle()  # what `pipe` handed over goes first
         self._append(batch)
         self._hasher.update(batch)
         self.offset += len(batch)
@@ -392,11 +390,9 @@ class LayerSink:
         next `pipe`, or by what waits for the file (`settle`, `flush`, `finish`, `store`),
         and again by each of them until the sink starts over (`restart`, `open`): the
         batches counted after the failed one never reached the file."""
-        if self._writer is None:
-            self._join_writer()  # raises a failure already met
+        if self._writer is None or self._writer.failed:
+            self.settle()  # raises a write's failure, met now or before
             self._writer = _Behind(self._append, "ferryd-write")
-        elif self._writer.failed:
-            self._join_writer()  # raises the disk's refusal
         self._writer.put(batch)
         self._hasher.update(batch)
         self.offset += len(batch)
@@ -411,9 +407,6 @@ class LayerSink:
         """Wait until every batch `pipe` handed over is in the file, so that `offset`
         counts what the file holds (a resume asks the registry for what comes after it);
         raises a write's failure."""
-        self._join_writer()
-
-    def _join_writer(self) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
             try:
@@ -460,7 +453,7 @@ class LayerSink:
     def flush(self) -> None:
         """Every byte taken reaches the file (no fsync), or the disk's refusal is raised."""
         assert self._file is not None
-        self._join_writer()
+        self.settle()
         with disk_errors(self.path):
             self._file.flush()
 
@@ -471,7 +464,7 @@ class LayerSink:
         it is but does not decompress.
         """
         assert self._file is not None
-        self._join_writer()
+        self.settle()
         with disk_errors(self.path):
             self._file.finish()
         return self.verify()
@@ -498,7 +491,7 @@ class LayerSink:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # closing: nothing to report it to
-            self._join_writer()
+            self.settle()
         with contextlib.suppress(Exception):
             self._join_behind()
         self._diff_hasher.close()

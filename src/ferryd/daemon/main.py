@@ -50,8 +50,10 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
     store = await anyio.to_thread.run_sync(lambda: Store(settings.root_path, root_mode=root_mode))
     # What a crash or a failed pull left behind goes before anything can use it.
     await anyio.to_thread.run_sync(lambda: sweep(store, reason="start"))
+    registries = registry_service(settings)
+    await anyio.to_thread.run_sync(registries.prepare_tls)
     connector = Connector(
-        registry_service(settings),
+        registries,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
         proxy=settings.proxy or None,

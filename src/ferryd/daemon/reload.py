@@ -77,6 +77,7 @@ class Reloader:
         ]
         if any(key in changed for key in _REGISTRY_KEYS):
             # Only then: reconfiguring drops every cached login, token and connection.
+            await anyio.to_thread.run_sync(registries.prepare_tls)
             self.connector.reconfigure(registries)
         self.service.saved_credentials = credentials
         if self.access is not None:

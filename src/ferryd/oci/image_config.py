@@ -57,9 +57,13 @@ class RootFS:
         return chains[-1] if chains else EMPTY_CHAIN
 
 
+# Made as the module loads: a decoder compiles its type on creation (see `manifest`).
+_CONFIG = msgspec.json.Decoder(ConfigModel)
+
+
 def decode_config(raw: bytes) -> ConfigModel:
     try:
-        return msgspec.json.decode(raw, type=ConfigModel)
+        return _CONFIG.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ImageConfigError(f"malformed image config: {exc}") from None
 

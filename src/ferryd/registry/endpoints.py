@@ -70,15 +70,21 @@ class RegistryService:
         if await self.is_insecure(host):
             return [
                 Endpoint(
-                    domain, f"https://{host}", verify=self._tls(host, verify=False), insecure=True
+                    domain,
+                    f"https://{host}",
+                    verify=await self._tls(host, verify=False),
+                    insecure=True,
                 ),
                 # Plain HTTP needs no TLS, but httpx makes a context for every client
                 # it is not given one: give it the one we have (an SSL_CTX costs ms).
                 Endpoint(
-                    domain, f"http://{host}", verify=self._tls("", verify=False), insecure=True
+                    domain,
+                    f"http://{host}",
+                    verify=await self._tls("", verify=False),
+                    insecure=True,
                 ),
             ]
-        return [Endpoint(domain, f"https://{host}", verify=self._tls(host, verify=True))]
+        return [Endpoint(domain, f"https://{host}", verify=await self._tls(host, verify=True))]
 
     async def mirror_endpoints(self, domain: str) -> list[Endpoint]:
         """The mirrors of `domain` (as references name it), in the configured order."""
@@ -92,37 +98,74 @@ class RegistryService:
                     Endpoint(
                         domain,
                         base_url,
-                        verify=self._tls("", verify=False),
+                        verify=await self._tls("", verify=False),
                         insecure=True,
                         mirror=True,
                     )
                 )
                 continue
             insecure = await self.is_insecure(host)
-            context = self._tls(host, verify=not insecure)
+            context = await self._tls(host, verify=not insecure)
             endpoints.append(
                 Endpoint(domain, base_url, verify=context, insecure=insecure, mirror=True)
             )
         return endpoints
 
     async def is_insecure(self, host: str) -> bool:
-        host = host.lower()
-        if host in self._hosts:
+        if self._listed(host):
             return True
-        name = _hostname(host)
-        if name in self._hosts:
-            return True
-        addresses = await _addresses(name)
+        addresses = await _addresses(_hostname(host.lower()))
         return any(address in network for address in addresses for network in self._networks)
 
-    def _tls(self, host: str, *, verify: bool) -> ssl.SSLContext:
+    def _listed(self, host: str) -> bool:
+        """Whether the insecure list names `host`, its name, or its address if the name
+        is one; a name that resolves into a listed network is `is_insecure`'s to find."""
+        host = host.lower()
+        name = _hostname(host)
+        if host in self._hosts or name in self._hosts:
+            return True
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+    def prepare_tls(self) -> None:
+        """Build now, before the daemon says it is ready, the TLS contexts its pulls will
+        want: the two every registry without a certs.d directory shares, and the one of
+        each certs.d host. A verifying context reads the system CA bundle (~35 ms of CPU
+        here), which a daemon's first pull from a TLS registry would otherwise wait for.
+        Blocking: call it in a worker thread."""
+        self._context("", verify=True)
+        self._context("", verify=False)
+        for directory in self._certs_dirs():
+            try:
+                self._context(directory.name, verify=not self._listed(directory.name))
+            except ConfigError:
+                continue  # a pull from that host will say what is wrong
+        # The first TLS connection encodes its server name with the idna codec, whose
+        # import (~1.5 ms) it would otherwise pay.
+        "localhost".encode("idna")
+
+    async def _tls(self, host: str, *, verify: bool) -> ssl.SSLContext:
+        """The context for `host`, built in a worker thread if `prepare_tls` did not:
+        a verifying one would hold the event loop tens of ms."""
+        key = self._key(host, verify)
+        context = self._contexts.get(key)
+        if context is None:
+            context = await anyio.to_thread.run_sync(self._context, host, verify)
+        return context
+
+    def _context(self, host: str, verify: bool) -> ssl.SSLContext:
         # Hosts with nothing of their own in certs.d share one context of each kind:
-        # building a verifying one reads the system CA bundle (tens of ms a pull).
-        directory = self._certs_for(host) if host else None
-        key = (host if directory is not None else "", verify)
+        # building a verifying one reads the system CA bundle (tens of ms).
+        key = self._key(host, verify)
         if key not in self._contexts:
-            self._contexts[key] = self._new_tls(directory, verify=verify)
+            self._contexts[key] = self._new_tls(self._certs_for(key[0]), verify=verify)
         return self._contexts[key]
+
+    def _key(self, host: str, verify: bool) -> tuple[str, bool]:
+        return (host if host and self._certs_for(host) is not None else "", verify)
 
     def _new_tls(self, directory: Path | None, *, verify: bool) -> ssl.SSLContext:
         context = ssl.create_default_context() if verify else _unverified_context()
@@ -144,8 +187,18 @@ class RegistryService:
                     raise ConfigError(f"cannot load client certificate {path}: {exc}") from None
         return context
 
-    def _certs_for(self, host: str) -> Path | None:
+    def _certs_dirs(self) -> list[Path]:
+        """The host directories of certs.d; none when it cannot be read (a pull that
+        needs one says why)."""
         if self.certs_dir is None:
+            return []
+        try:
+            return sorted(path for path in self.certs_dir.iterdir() if path.is_dir())
+        except OSError:
+            return []
+
+    def _certs_for(self, host: str) -> Path | None:
+        if self.certs_dir is None or not host:
             return None
         directory = self.certs_dir / host
         return directory if directory.is_dir() else None

@@ -417,10 +417,24 @@ def _is_cached(spec: ImageSpec, images_dir: Path) -> bool:
 # -- the daemon ----------------------------------------------------------------------
 
 
-def fresh_daemon(workdir: Path) -> tuple[Daemon, float]:
-    """A daemon started on a fresh root in `workdir`: (the daemon, its start-up s)."""
-    daemon = Daemon(fresh_dir(workdir), settings=dict(DAEMON_SETTINGS))
+def fresh_daemon(workdir: Path, registry: Registry | None = None) -> tuple[Daemon, float]:
+    """A daemon started on a fresh root in `workdir`: (the daemon, its start-up s). It
+    verifies `registry`, if that speaks TLS (see `daemon_for`)."""
+    daemon = daemon_for(fresh_dir(workdir), registry)
     return daemon, timed_start(daemon)
+
+
+def daemon_for(workdir: Path, registry: Registry | None) -> Daemon:
+    """A daemon in `workdir`, not started. A registry that speaks TLS is verified, as
+    real registries are and as skopeo verifies it here: its CA in the daemon's certs.d,
+    and loopback no longer insecure (it would be taken unverified)."""
+    settings = dict(DAEMON_SETTINGS)
+    if registry is not None and registry.ca_cert_pem is not None:
+        certs = workdir / "certs.d" / registry.host
+        certs.mkdir(parents=True, exist_ok=True)
+        (certs / "ca.crt").write_bytes(registry.ca_cert_pem)
+        settings["insecure_registries"] = []
+    return Daemon(workdir, settings=settings)
 
 
 def timed_start(daemon: Daemon) -> float:

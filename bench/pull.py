@@ -19,7 +19,8 @@ skopeo run by run (A B, B A, ...), each ferryd run in a new daemon:
   keep the index;
 - same: 8 clients pulling the 24-layer image at once, against 8 pulls in turn;
 - tls: the same two pulls from a second docker-registry that speaks HTTPS (a
-  certificate of a CA made for the run), as every registry on a network does;
+  certificate of a CA made for the run), as every registry on a network does; both
+  clients verify it (ferryd with the CA in its certs.d);
 - uptodate: pulling an image the store already has, directly and through the proxy;
   the registry's requests are counted (the target: one manifest request);
 - memory: the 1 GiB layer, VmRSS sampled every 20 ms;

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    DAEMON_SETTINGS,
     AccessLog,
     BenchFailed,
     Built,
     Run,
     Usage,
     count_requests,
+    daemon_for,
     fresh_daemon,
     loop_lag,
     measure_daemon,
@@ -227,9 +227,9 @@ def ferryd_run(
     stopped, the floor (floor.py) and the transfer floor (transfer.py) of its blobs.
     """
     if new_root:
-        daemon, startup = fresh_daemon(workdir)
+        daemon, startup = fresh_daemon(workdir, target.registry)
     else:
-        daemon = Daemon(workdir, settings=dict(DAEMON_SETTINGS))
+        daemon = daemon_for(workdir, target.registry)
         startup = timed_start(daemon)
     what = f"ferryd pull of {_label(batches)}"
     try:

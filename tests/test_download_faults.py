@@ -398,6 +398,40 @@ async def test_cut_in_the_first_batch_still_resumes(env: Env) -> None:
     env.assert_stored(layer)
 
 
+async def test_a_small_layers_partial_file_from_an_earlier_attempt_is_resumed(
+    env: Env, small: FakeLayer
+) -> None:
+    env.registry.add_blob(small.blob)
+    partial = env.store.blobs.partial_path(small.digest)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(small.blob[:40_000])
+
+    await env.download(small)
+
+    assert [range_start(r) for r in env.blob_gets()] == [40_000]
+    env.assert_stored(small)
+
+
+async def test_a_small_layer_with_nothing_on_disk_is_opened_by_the_call_that_writes_it(
+    env: Env, small: FakeLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env.registry.add_blob(small.blob)
+    calls: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func: Callable[..., object], *args: object, **kwargs: object) -> object:
+        calls.append(getattr(func, "__name__", repr(func)))
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+
+    await env.download(small)
+
+    assert "open_unless_stored" not in calls
+    assert calls.count("verify_and_commit") == 1
+    env.assert_stored(small)
+
+
 async def test_cut_every_time_gives_up_after_max_attempts(env: Env, small: FakeLayer) -> None:
     env.registry.add_blob(small.blob)
     cut_once(env, small, 1000)

@@ -264,9 +264,7 @@ class DownloadManager:
             return [
                 digest
                 for digest in wanted
-                if self._layers.by_blob(digest) is None
-                and not self._blobs.has(digest)
-                and not self._blobs.partial_path(digest).exists()
+                if self._layers.by_blob(digest) is None and self._not_on_disk(digest)
             ]
 
         fresh = await anyio.to_thread.run_sync(nowhere)
@@ -280,6 +278,10 @@ class DownloadManager:
         small = sum(size is not None for size in whole.values())
         reading = sum(size is not None for _, size in sent)
         return self._ahead.send(fetcher, sent, min(small, self._max_concurrent) - reading)
+
+    def _not_on_disk(self, digest: Digest) -> bool:
+        """Neither the blob nor a partial file of it is in the store (two stats)."""
+        return not self._blobs.has(digest) and not self._blobs.partial_path(digest).exists()
 
     def _on_its_way(self) -> set[Digest]:
         """The blobs a running transfer fetches (it holds the partial file) or one has
@@ -348,7 +350,10 @@ class DownloadManager:
 
         stored = False
         try:
-            stored = await anyio.to_thread.run_sync(open_unless_stored)
+            # A small blob with nothing of it on disk has its file opened by the worker
+            # call that first writes it (`_open_from_start`): a hop less, ~0.2 ms a layer.
+            if not (small and self._not_on_disk(digest)):
+                stored = await anyio.to_thread.run_sync(open_unless_stored)
             if stored:
                 # Stored, but no layer stands on it (a pull failed before registering
                 # it): read it back from disk instead of fetching it again.
@@ -364,7 +369,8 @@ class DownloadManager:
             if stored:  # the stored blob's own check failed: no partial file is open
                 raise
             # Retrying the same bytes cannot help, and they must never be resumed.
-            await anyio.to_thread.run_sync(sink.restart)
+            if sink.is_open:
+                await anyio.to_thread.run_sync(sink.restart)
             await anyio.to_thread.run_sync(self._blobs.discard_partial, digest)
             raise
         finally:
@@ -420,6 +426,7 @@ class DownloadManager:
         def verify_and_commit() -> Digest:
             """One worker call: what is left to write, fsync, the blob digest, the DiffID,
             into the store, the file closed."""
+            _open_from_start(sink)  # a small blob's, at its first write
             if rest:
                 sink.write(rest)
             diff_id = sink.finish()
@@ -553,10 +560,23 @@ async def _take_whole(
     if cut is None and sink.offset + sum(map(len, pending)) == size:
         return b"".join(pending)
     if pending:
-        await anyio.to_thread.run_sync(sink.write, b"".join(pending))
+        batch = b"".join(pending)
+
+        def keep() -> None:
+            _open_from_start(sink)
+            sink.write(batch)
+
+        await anyio.to_thread.run_sync(keep)
     if cut is not None:
         raise cut
     return b""
+
+
+def _open_from_start(sink: LayerSink) -> None:
+    """A small blob's partial file, opened for bytes asked for from the first: what an
+    earlier attempt left in it is dropped."""
+    if not sink.is_open and sink.open():
+        sink.restart()
 
 
 async def _pump(

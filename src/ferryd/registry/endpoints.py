@@ -135,7 +135,7 @@ class RegistryService:
         want: the two every registry without a certs.d directory shares, and the one of
         each certs.d host. A verifying context reads the system CA bundle (~35 ms of CPU
         here), which a daemon's first pull from a TLS registry would otherwise wait for.
-        Blocking: call it in a worker thread."""
+        Blocking: call it before the loop serves anything, or in a worker thread."""
         self._context("", verify=True)
         self._context("", verify=False)
         for directory in self._certs_dirs():

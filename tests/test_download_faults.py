@@ -119,6 +119,13 @@ class Env:
         directory = self.store.root / "partial"
         return {p.name: p.stat().st_size for p in directory.iterdir()}
 
+    def leave_partial(self, layer: FakeLayer, data: bytes) -> Path:
+        """A partial file of `layer` holding `data`, as an earlier attempt leaves one."""
+        partial = self.store.blobs.partial_path(layer.digest)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data)
+        return partial
+
     def partial_size(self, layer: FakeLayer) -> int:
         path = self.store.blobs.partial_path(layer.digest)
         return path.stat().st_size if path.exists() else 0
@@ -402,9 +409,7 @@ async def test_a_small_layers_partial_file_from_an_earlier_attempt_is_resumed(
     env: Env, small: FakeLayer
 ) -> None:
     env.registry.add_blob(small.blob)
-    partial = env.store.blobs.partial_path(small.digest)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    partial.write_bytes(small.blob[:40_000])
+    env.leave_partial(small, small.blob[:40_000])
 
     await env.download(small)
 
@@ -872,9 +877,7 @@ async def test_a_416_to_a_resume_fails_at_once_and_drops_the_partial_file(
     env: Env, big: FakeLayer
 ) -> None:
     env.registry.add_blob(big.blob)
-    partial = env.store.blobs.partial_path(big.digest)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    partial.write_bytes(big.blob[:MiB])
+    partial = env.leave_partial(big, big.blob[:MiB])
     env.registry.on("GET", BLOB_PATH, Reply(416, {"Content-Range": f"bytes */{MiB}"}))
     progress = Recorder()
 
@@ -891,9 +894,7 @@ async def test_a_resumed_download_that_does_not_match_starts_over_once_from_byte
 ) -> None:
     env.registry.add_blob(big.blob)
     other = make_layer(3 * MiB, seed=99)  # a valid gzip start that is not this blob's
-    partial = env.store.blobs.partial_path(big.digest)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    partial.write_bytes(other.blob[:MiB])
+    env.leave_partial(big, other.blob[:MiB])
 
     await env.download(big)
 

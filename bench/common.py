@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpuclock import TICKS, CpuClock, ticks_seconds
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 if str(REPO / "tests") not in sys.path:
@@ -49,7 +51,6 @@ from support.registry import (  # noqa: E402
 MiB = 1 << 20
 CACHE_VERSION = 1  # bump when the way images are built changes
 SAMPLE_INTERVAL = 0.020  # seconds between two VmRSS samples
-TICKS = os.sysconf("SC_CLK_TCK")
 NOISE_MIN_SECONDS = 0.2  # shorter runs get no noise figure: a tick is 10 ms
 # A run in which other processes and the hypervisor's steal took less than this (CPU
 # per wall second) is quiet. On a shared machine steal makes runs bimodal (the 5-layer
@@ -447,14 +448,6 @@ def timed_start(daemon: Daemon) -> float:
 # -- /proc ---------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """user + sys CPU seconds of every thread of `pid` so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # After the command: state is field 3, utime 14 and stime 15 (1-based, man proc).
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def memory_kib(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -511,6 +504,7 @@ class Usage:
     proxy_cpu_seconds: float | None = None  # the latency proxy's, when one is in the way
     machine_cpu_seconds: float = 0.0  # the whole machine's busy CPU seconds (/proc/stat)
     bench_cpu_seconds: float = 0.0  # this process's (reading streams, sampling RSS)
+    cpu_clock: str = "rusage"  # how cpu_seconds was read: cgroup v1/v2, ticks (daemon)
 
     @property
     def others_cpu_seconds(self) -> float:
@@ -546,17 +540,17 @@ def measured(registry: Registry, proxy_pid: int | None = None) -> Iterator[Usage
     `proxy_pid`) spent meanwhile (from /proc/PID/stat), in the `Usage` once the body is
     done."""
     usage = Usage()
-    registry_cpu = cpu_seconds(registry.pid or 0)
-    proxy_cpu = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+    registry_cpu = ticks_seconds(registry.pid or 0)
+    proxy_cpu = ticks_seconds(proxy_pid) if proxy_pid else 0.0
     machine, own = machine_busy_seconds(), _own_cpu_seconds()
     started = time.perf_counter()
     yield usage
     usage.seconds = time.perf_counter() - started
     usage.machine_cpu_seconds = machine_busy_seconds() - machine
     usage.bench_cpu_seconds = _own_cpu_seconds() - own
-    usage.registry_cpu_seconds = cpu_seconds(registry.pid or 0) - registry_cpu
+    usage.registry_cpu_seconds = ticks_seconds(registry.pid or 0) - registry_cpu
     if proxy_pid:
-        usage.proxy_cpu_seconds = cpu_seconds(proxy_pid) - proxy_cpu
+        usage.proxy_cpu_seconds = ticks_seconds(proxy_pid) - proxy_cpu
 
 
 def machine_busy_seconds() -> float:
@@ -578,10 +572,12 @@ def measure_daemon(pid: int, registry: Registry, proxy_pid: int | None = None) -
     """`measured`, and the daemon `pid`'s part: its CPU seconds, its VmRSS before and
     sampled in a thread while the body runs, its VmHWM at the end."""
     idle = memory_kib(pid)["VmRSS"]
-    cpu = cpu_seconds(pid)
-    with RssSampler(pid) as sampler, measured(registry, proxy_pid) as usage:
-        yield usage
-    usage.cpu_seconds = cpu_seconds(pid) - cpu
+    with CpuClock(pid) as clock:
+        cpu = clock.seconds()
+        with RssSampler(pid) as sampler, measured(registry, proxy_pid) as usage:
+            yield usage
+        usage.cpu_seconds = clock.seconds() - cpu
+        usage.cpu_clock = clock.source
     usage.idle_rss_kib = idle
     usage.peak_rss_kib = sampler.peak_kib
     usage.rss_samples = sampler.samples

@@ -262,7 +262,13 @@ def ferryd_push(
     finally:
         _discard(registry)
     return usage.run(
-        "ferryd", image, target=f"{target}:{TAG}", layers_pushed=pushed, **evidence, **connections
+        "ferryd",
+        image,
+        target=f"{target}:{TAG}",
+        layers_pushed=pushed,
+        cpu_clock=usage.cpu_clock,
+        **evidence,
+        **connections,
     )
 
 

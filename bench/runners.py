@@ -270,7 +270,12 @@ def ferryd_run(
         loop_lag_seconds=lag,
         requests=requests,
         connections=connections,
-        extra={"startup_seconds": startup, "rss_samples": u.rss_samples, "ends": ends},
+        extra={
+            "startup_seconds": startup,
+            "rss_samples": u.rss_samples,
+            "ends": ends,
+            "cpu_clock": u.cpu_clock,
+        },
     )
     if not keep_root:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -217,3 +217,40 @@ def test_a_target_reads_as_what_decided_it_and_none_is_met_unmeasured(
     assert found["CPU ≤ 1.3× the floor: 5 layers (95 MiB)"] == ("not measured", False)
     # Pulls that fetched nothing prove nothing about fetching each blob once.
     assert "each blob fetched once, in every pull" not in found
+
+
+def test_the_cpu_clock_counts_threads_that_ended_and_leaves_the_process_where_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from cpuclock import CpuClock, ticks_seconds
+
+    # A thread of the child burns CPU and ends between the two readings.
+    burn = (
+        "import sys, threading\n"
+        "sys.stdin.readline()\n"
+        "worker = threading.Thread(target=lambda: sum(range(5_000_000)))\n"
+        "worker.start(); worker.join()\n"
+        "print('done', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stdin is not None
+        assert child.stdout is not None
+        home = Path(f"/proc/{child.pid}/cgroup").read_text()
+        with CpuClock(child.pid) as clock:
+            before, ticks_before = clock.seconds(), ticks_seconds(child.pid)
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            done = child.stdout.readline()
+            spent, ticked = clock.seconds() - before, ticks_seconds(child.pid) - ticks_before
+        moved_back = Path(f"/proc/{child.pid}/cgroup").read_text() == home
+        child.stdin.write("\n")
+    assert done == "done\n"
+    assert moved_back
+    assert not list(Path("/sys/fs/cgroup").glob(f"**/ferryd-bench-{child.pid}"))
+    assert clock.source in ("cgroup v1", "cgroup v2", "ticks")
+    assert spent > 0.02  # ~0.1 s of sum(); the thread has ended
+    assert abs(spent - ticked) < 0.03  # the same CPU, whichever way it is read

@@ -199,8 +199,9 @@ async def env(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[E
 
 @pytest.fixture(scope="module")
 def big() -> FakeLayer:
-    """Over 2 MiB: several ~1 MiB batches, so a cut leaves something to resume from."""
-    return make_layer(3 * MiB, seed=1)
+    """Over SMALL_BLOB (4 MiB): streamed in ~1 MiB batches, so a cut leaves something
+    to resume from."""
+    return make_layer(5 * MiB, seed=1)
 
 
 @pytest.fixture(scope="module")

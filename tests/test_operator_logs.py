@@ -119,7 +119,7 @@ def test_a_layer_resumed_after_a_restart_logs_what_it_fetched_and_what_it_kept(
     start_daemon: Callable[..., Daemon],
 ) -> None:
     registry = FakeRegistry()
-    layer = make_layer(3 * MiB, seed=304)
+    layer = make_layer(5 * MiB, seed=304)
     add_image(registry, "v1", [layer])
     blob_path = f"/v2/{REPO}/blobs/{layer.digest}"
     registry.on("GET", blob_path, Reply(200, body=layer.blob, stall_after=MiB), times=1)

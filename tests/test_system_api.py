@@ -117,8 +117,8 @@ class Stalled:
 
 
 def _serving(layout: Path, seed_number: int) -> tuple[FakeRegistry, BuiltImage]:
-    """A fake registry with a 3 MiB image built in `layout`."""
-    layer = LayerSpec(size=3 * MiB, seed=seed_number, compression="none")
+    """A fake registry with a 5 MiB image built in `layout` (streamed: over SMALL_BLOB)."""
+    layer = LayerSpec(size=5 * MiB, seed=seed_number, compression="none")
     image = build_image(layout, layers=[layer])
     registry = FakeRegistry()
     registry.add_manifest(image.manifest, image.manifest_media_type, tag="v1")

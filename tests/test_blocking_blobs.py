@@ -365,6 +365,76 @@ async def test_a_cancelled_read_of_a_stalled_registry_lets_its_thread_go_at_once
         await slow.aclose()
 
 
+async def test_a_whole_body_is_kept_by_the_call_that_read_it_and_its_error_raised_after(
+    connector: Connector,
+) -> None:
+    data = blob(5000)
+    registry, (digest,) = registry_with(data)
+    threads: list[str] = []
+
+    def keep(body: bytes) -> int:
+        threads.append(threading.current_thread().name)
+        return len(body)
+
+    def refuse(body: bytes) -> int:
+        raise ValueError("not this one")
+
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        async with client.open_blob(digest, whole=len(data), keep=keep) as kept:
+            assert isinstance(kept, ReadBlob)
+            assert kept.kept is not None
+            assert kept.kept.result() == len(data)
+        async with client.open_blob(digest, whole=len(data), keep=refuse) as refused:
+            assert isinstance(refused, ReadBlob)
+            assert refused.kept is not None
+            with pytest.raises(ValueError, match="not this one"):
+                refused.kept.result()
+    assert threads[0] != threading.main_thread().name
+
+
+async def test_a_body_of_another_size_than_asked_is_not_kept(connector: Connector) -> None:
+    data = blob(5000)
+    registry, (digest,) = registry_with(data)
+    kept: list[bytes] = []
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        async with client.open_blob(digest, whole=4000, keep=kept.append) as longer:
+            assert isinstance(longer, ReadBlob)
+            assert longer.kept is None
+    assert kept == []
+
+
+async def test_a_read_cancelled_while_its_body_is_kept_waits_for_the_keeping_to_end(
+    connector: Connector,
+) -> None:
+    data = blob(5000)
+    registry, (digest,) = registry_with(data)
+    keeping, release = threading.Event(), threading.Event()
+    ended: list[float] = []
+
+    def keep(body: bytes) -> None:
+        keeping.set()
+        release.wait(10)
+        ended.append(time.monotonic())
+
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        async with anyio.create_task_group() as group:
+
+            async def reading() -> None:
+                async with client.open_blob(digest, whole=len(data), keep=keep):
+                    pass
+
+            group.start_soon(reading)
+            await anyio.to_thread.run_sync(keeping.wait, 10)
+            group.cancel_scope.cancel()
+            threading.Timer(0.3, release.set).start()
+        cancelled_at = time.monotonic()
+    assert ended
+    assert ended[0] <= cancelled_at  # the cancelled read waited for it
+
+
 async def test_through_a_proxy_blobs_go_the_async_way(server_tls: ssl.SSLContext) -> None:
     data = blob(5000)
     registry, (digest,) = registry_with(data)

@@ -101,9 +101,15 @@ class SentAhead:
 
     @asynccontextmanager
     async def open_blob(
-        self, fetcher: BlobFetcher, digest: Digest, offset: int, whole: int | None = None
+        self,
+        fetcher: BlobFetcher,
+        digest: Digest,
+        offset: int,
+        whole: int | None = None,
+        keep: Callable[[bytes], object] | None = None,
     ) -> AsyncIterator[OpenBlob]:
-        """`fetcher.open_blob(digest, offset, whole=whole)`, or the answer sent ahead for it."""
+        """`fetcher.open_blob(digest, offset, whole=whole, keep=keep)`, or the answer sent
+        ahead for it (read before `keep` was known: not kept)."""
         sent = self._sent.get(digest)
         if sent is not None and offset == 0 and not sent.taken:
             sent.taken = True
@@ -118,5 +124,5 @@ class SentAhead:
                 finally:
                     sent.released.set()
                 return
-        async with fetcher.open_blob(digest, offset, whole=whole) as blob:
+        async with fetcher.open_blob(digest, offset, whole=whole, keep=keep) as blob:
             yield blob

@@ -36,9 +36,15 @@ class BlobFetcher(Protocol):
     """How the download manager reaches blobs: a RegistryClient for the pull's repository."""
 
     def open_blob(
-        self, digest: Digest, offset: int = 0, *, whole: int | None = None
+        self,
+        digest: Digest,
+        offset: int = 0,
+        *,
+        whole: int | None = None,
+        keep: Callable[[bytes], object] | None = None,
     ) -> AbstractAsyncContextManager[OpenBlob]:
-        """A blob's answer from `offset`; `whole`: a small blob's size, read at once."""
+        """A blob's answer from `offset`; `whole`: a small blob's size, read at once;
+        `keep`: what to do with a body of that size in the worker call that read it."""
         ...
 
     async def get_blob(self, digest: Digest, limit: int, what: str) -> bytes:

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import anyio
 import structlog
@@ -37,6 +38,8 @@ from ferryd.metrics import Metrics
 from ferryd.oci.digest import Digest, chain_ids, short_id
 from ferryd.oci.image_config import RootFS
 from ferryd.oci.manifest import Descriptor
+from ferryd.registry.blocking import Kept
+from ferryd.registry.client import ReadBlob
 from ferryd.store.blobs import BlobStore
 from ferryd.store.layers import Layer, LayerStore
 from ferryd.store.metadata import V2Metadata, V2MetadataStore
@@ -404,28 +407,11 @@ class DownloadManager:
             await anyio.to_thread.run_sync(sink.restart)
             tally.resumed = 0
         resumed = sink.offset > 0
-        rest = b""  # a small blob's bytes, written by the worker call that verifies them
-        if sink.offset < size or size == 0:
-            whole = _whole(size)  # from byte 0: read in a worker
-            async with self._ahead.open_blob(fetcher, digest, sink.offset, whole) as blob:
-                if blob.start == 0 and sink.offset:
-                    await anyio.to_thread.run_sync(sink.restart)  # the registry ignored Range
-                    resumed, tally.resumed = False, 0
-                start = sink.offset
-                if size - start <= SMALL_BLOB:
-                    rest = await _take_whole(blob.chunks(), sink, size, tally)
-                    current = sink.offset + len(rest)
-                    progress.update(Message("Downloading", layer_id, current, size))
-                else:
-                    await _pump(blob.chunks(), sink, size, layer_id, progress, tally)
-            if sink.offset + len(rest) < size:
-                # The answer ended cleanly (a cut raises in _pump) but short.
-                await self._short(sink, size, received=sink.offset - start)
-        progress.write(Message("Verifying Checksum", layer_id))
 
-        def verify_and_commit() -> Digest:
+        def verify_and_commit(rest: bytes) -> Digest:
             """One worker call: what is left to write, fsync, the blob digest, the DiffID,
-            into the store, the file closed."""
+            into the store, the file closed. For a small blob read whole from byte 0, the
+            call that read it (`keep`): no thread hop of its own."""
             _open_from_start(sink)  # a small blob's, at its first write
             if rest:
                 sink.write(rest)
@@ -439,8 +425,37 @@ class DownloadManager:
             sink.close()
             return diff_id
 
+        rest = b""  # a small blob's bytes, written by the worker call that verifies them
+        kept: Kept | None = None  # that call's outcome, when it was the read's own
+        if sink.offset < size or size == 0:
+            whole = _whole(size)  # from byte 0: read in a worker
+            keep = verify_and_commit if whole is not None and sink.offset == 0 else None
+            async with self._ahead.open_blob(fetcher, digest, sink.offset, whole, keep) as blob:
+                kept = blob.kept if isinstance(blob, ReadBlob) else None
+                start = sink.offset
+                if kept is not None:  # written and verified by the call that read it
+                    tally.received += size
+                    progress.update(Message("Downloading", layer_id, size, size))
+                else:
+                    if blob.start == 0 and sink.offset:
+                        await anyio.to_thread.run_sync(sink.restart)  # Range was ignored
+                        resumed, tally.resumed, start = False, 0, 0
+                    if size - start <= SMALL_BLOB:
+                        rest = await _take_whole(blob.chunks(), sink, size, tally)
+                        current = sink.offset + len(rest)
+                        progress.update(Message("Downloading", layer_id, current, size))
+                    else:
+                        await _pump(blob.chunks(), sink, size, layer_id, progress, tally)
+            if kept is None and sink.offset + len(rest) < size:
+                # The answer ended cleanly (a cut raises in _pump) but short.
+                await self._short(sink, size, received=sink.offset - start)
+        progress.write(Message("Verifying Checksum", layer_id))
+
         try:
-            diff_id = await anyio.to_thread.run_sync(verify_and_commit)
+            if kept is not None:
+                diff_id = cast(Digest, kept.result())
+            else:
+                diff_id = await anyio.to_thread.run_sync(verify_and_commit, rest)
         except DigestMismatchError as exc:
             if not resumed:
                 raise

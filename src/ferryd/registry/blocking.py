@@ -19,7 +19,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,20 @@ class Answer:
     body: bytes
     cut: httpx.TransportError | None
     seconds: float  # from the request to the answer's headers
+    kept: Kept | None = None  # what `then` made of a whole body, in the same worker call
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """What a caller's `then` returned for a body read whole, or the error it raised."""
+
+    value: object
+    error: Exception | None = None
+
+    def result(self) -> object:
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 class BlockingConnections:
@@ -96,11 +110,22 @@ class BlockingConnections:
         # storage service): its blobs go through the async client, which follows them.
         self.redirects = False
 
-    async def get(self, url: str, headers: Mapping[str, str], limit: int) -> Answer:
+    async def get(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        limit: int,
+        then: Callable[[bytes], object] | None = None,
+    ) -> Answer:
         """GET `url` in a worker thread; a successful answer's body is read up to one
         byte past `limit` (so that a longer one shows), another's up to MAX_ERROR_BODY.
         No answer at all raises the error httpx would have (`client.transport_error`
-        names them)."""
+        names them).
+
+        `then`: called in the same worker call with a 200's body of exactly `limit`
+        bytes (`Answer.kept`): a small blob is written and verified without a thread
+        hop of its own. Cancelled while it runs, this waits for it to end: it writes
+        the caller's files."""
         call = _Call(self._keep_idle)
         try:
             return await anyio.to_thread.run_sync(
@@ -109,11 +134,15 @@ class BlockingConnections:
                 {**self._headers, **headers},
                 limit,
                 call,
+                then,
                 abandon_on_cancel=True,
                 limiter=self._reads,
             )
         except anyio.get_cancelled_exc_class():
-            call.abandon()  # a stalled registry must not keep the thread to the read timeout
+            # A stalled registry must not keep the thread to the read timeout.
+            if call.abandon():
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(call.kept.wait)
             raise
         except HTTPError as exc:
             raise self._as_httpx(exc, url) from exc
@@ -142,7 +171,14 @@ class BlockingConnections:
     def close(self) -> None:
         self._pool.close()
 
-    def _get(self, url: str, headers: dict[str, str], limit: int, call: _Call) -> Answer:
+    def _get(
+        self,
+        url: str,
+        headers: dict[str, str],
+        limit: int,
+        call: _Call,
+        then: Callable[[bytes], object] | None = None,
+    ) -> Answer:
         target = parse_url(url).request_uri  # the request line's origin form, not the URL
         started = time.monotonic()
         _current.call = call  # for the connection the request goes out on to say which
@@ -188,7 +224,11 @@ class BlockingConnections:
             cut = self._as_httpx(exc, url)
         # A connection with the body's end unread, or broken, is not used again.
         call.let_go(response, keep=cut is None and taken < most)
-        return Answer(status, response.headers, b"".join(pieces), cut, seconds)
+        body = b"".join(pieces)
+        kept = None
+        if then is not None and status == 200 and cut is None and taken == limit:
+            kept = call.keep(then, body)
+        return Answer(status, response.headers, body, cut, seconds, kept)
 
     def _as_httpx(self, exc: HTTPError, url: str) -> httpx.TransportError:
         """urllib3's failure as httpx's: one mapping (`client.transport_error`) turns them
@@ -218,6 +258,22 @@ class _Call:
         self.keep_idle = keep_idle
         self.abandoned = False
         self._connection: _Reachable | None = None
+        self._keeping = False
+        self.kept = threading.Event()  # set once a `keep` that began has ended
+
+    def keep(self, then: Callable[[bytes], object], body: bytes) -> Kept | None:
+        """`then(body)`, unless the call was abandoned first (None): once begun, an
+        abandoning caller waits for it (`abandon`)."""
+        with _owners:
+            if self.abandoned:
+                return None
+            self._keeping = True
+        try:
+            return Kept(then(body))
+        except Exception as exc:  # the caller's to raise, on the loop
+            return Kept(None, exc)
+        finally:
+            self.kept.set()
 
     def reach(self, connection: _Reachable) -> None:
         """The request goes out on `connection` (in the worker thread)."""
@@ -238,13 +294,15 @@ class _Call:
             response.close()
         response.release_conn()
 
-    def abandon(self) -> None:
+    def abandon(self) -> bool:
+        """Shut the call's connection; whether a `keep` has begun (wait for `kept`)."""
         with _owners:
             self.abandoned = True
             connection = self._connection
             # Not one put back in the pool and taken by another call meanwhile.
             if connection is not None and connection.owner is self:
                 _shut(connection)
+            return self._keeping
 
 
 # Which call sends on which connection, changed and read under this lock only.

@@ -35,7 +35,7 @@ from ferryd.oci.manifest import MAX_MANIFEST_SIZE, FetchedManifest, media_type_o
 from ferryd.oci.mediatypes import ACCEPT
 from ferryd.registry import requestlog
 from ferryd.registry.auth import Authenticator, parse_challenge, response_refusal
-from ferryd.registry.blocking import REDIRECT_STATUSES, BlockingConnections
+from ferryd.registry.blocking import REDIRECT_STATUSES, BlockingConnections, Kept
 from ferryd.registry.bodies import content_length, read_body, read_error_body, release
 from ferryd.registry.endpoints import Endpoint
 
@@ -86,6 +86,7 @@ class ReadBlob:
     total: int | None
     body: bytes
     cut: FerrydError | None = None
+    kept: Kept | None = None  # what `open_blob`'s `keep` made of it, in the read's call
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self.body:
@@ -209,17 +210,23 @@ class RegistryClient:
 
     @asynccontextmanager
     async def open_blob(
-        self, digest: Digest, offset: int = 0, *, whole: int | None = None
+        self,
+        digest: Digest,
+        offset: int = 0,
+        *,
+        whole: int | None = None,
+        keep: Callable[[bytes], object] | None = None,
     ) -> AsyncIterator[OpenBlob]:
         """Stream a blob from `offset`; a registry that ignores Range restarts at 0.
 
         `whole`: the size of a small blob wanted from its first byte, which is then read
-        whole in a worker thread (`blocking`) where this route allows it.
+        whole in a worker thread (`blocking`) where this route allows it. `keep`: called
+        in that worker call with a body of `whole` bytes (`ReadBlob.kept`).
         """
         what = f"blob {digest}"
         renewed = False
         if whole is not None and offset == 0:
-            read = await self._read_whole(digest, whole, what)
+            read = await self._read_whole(digest, whole, what, keep)
             if isinstance(read, ReadBlob):
                 yield read
                 return
@@ -249,7 +256,9 @@ class RegistryClient:
             return None
         return blocking
 
-    async def _read_whole(self, digest: Digest, size: int, what: str) -> ReadBlob | _Unread:
+    async def _read_whole(
+        self, digest: Digest, size: int, what: str, keep: Callable[[bytes], object] | None
+    ) -> ReadBlob | _Unread:
         """The blob's answer, read in a worker thread; else why the async client must ask
         for it: nothing read here (`_reading_whole`; a redirect, whose endpoint's blobs
         go the async way from now on; an informational answer), or a 401 that renewed
@@ -261,7 +270,9 @@ class RegistryClient:
         url = self._url(f"blobs/{digest}")
         auth = await route.auth.headers(self._scope)
         try:
-            answer = await blocking.get(url, {**self._meta_headers, **_IDENTITY, **auth}, size)
+            answer = await blocking.get(
+                url, {**self._meta_headers, **_IDENTITY, **auth}, size, keep
+            )
         except httpx.TransportError as exc:
             raise transport_error(exc, route.endpoint, f"the answer to {what}") from None
         status, headers = answer.status, answer.headers
@@ -289,7 +300,7 @@ class RegistryClient:
         if status == 206:
             start, total = _parse_content_range(headers, 0, what)
         cut = transport_error(answer.cut, route.endpoint, what) if answer.cut else None
-        return ReadBlob(start, total, answer.body, cut)
+        return ReadBlob(start, total, answer.body, cut, answer.kept)
 
     async def blob_size(self, digest: Digest) -> int | None:
         """HEAD a blob: its size when the repository has it, None when not."""

@@ -4,9 +4,10 @@ A blob GET through the async client costs the event loop ~1.7 ms of CPU (httpx,
 httpcore, h11 and anyio's streams); through urllib3's blocking pool it costs ~0.85 ms,
 in a worker thread. For a layer of a few hundred KB the GET is most of what its transfer
 costs, so a small blob asked for from its first byte is read here
-(`RegistryClient.open_blob(whole=…)`) and then written, hashed and inflated in the
-transfer's next worker call. A big blob streams through the async client, which hands
-each MiB on as it arrives.
+(`RegistryClient.open_blob(whole=…)`) and, when the whole of it came, written, hashed
+and inflated by the transfer's `then` in the same worker call (else in the transfer's
+next one). A big blob streams through the async client, which hands each MiB on as it
+arrives.
 
 This only fetches: the client sends the login it holds and decides what an answer that
 is not the blob (a redirect, a 401, an error) means.

@@ -298,6 +298,24 @@ async def test_a_small_layer_sent_ahead_is_read_whole_and_its_transfer_takes_it(
     env.assert_stored(small)
 
 
+async def test_a_layer_over_2_mib_sent_ahead_waits_unread_and_its_transfer_takes_it(
+    env: Env, read_whole: list[int]
+) -> None:
+    # Whole reads ahead hold their bodies until taken, for every pull at once: 2 MiB
+    # at most, though a transfer reads up to SMALL_BLOB whole itself.
+    layer = make_layer(3 * MiB, seed=41)
+    assert downloads.AHEAD_WHOLE < layer.size <= downloads.SMALL_BLOB
+    env.registry.add_blob(layer.blob)
+
+    async with env.manager.sending_ahead(env.fetcher, [env.descriptor(layer).descriptor]):
+        await await_until(lambda: len(env.blob_gets()) == 1)
+        await env.download(layer)
+
+    assert len(env.blob_gets()) == 1
+    assert read_whole == []  # not ahead, and its transfer took the answer sent ahead
+    env.assert_stored(layer)
+
+
 async def test_a_fetcher_that_fails_to_open_connections_ahead_still_gets_its_layers(
     env: Env, small: FakeLayer, big: FakeLayer
 ) -> None:

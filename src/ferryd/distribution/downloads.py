@@ -276,7 +276,9 @@ class DownloadManager:
         # open (`_fetch`); the small ones to come (big ones stream through the async
         # client) want a connection each, as many as download at once, opened meanwhile
         # too: behind latency, their handshakes overlap the config's.
-        whole = {digest: _whole(wanted[digest]) for digest in fresh if digest not in known}
+        whole = {
+            digest: _whole(wanted[digest], AHEAD_WHOLE) for digest in fresh if digest not in known
+        }
         sent = list(whole.items())[: self._max_concurrent]
         small = sum(size is not None for size in whole.values())
         reading = sum(size is not None for _, size in sent)
@@ -537,9 +539,15 @@ class _Tally:
 SMALL_BLOB = 4 * BATCH_SIZE
 
 
-def _whole(size: int) -> int | None:
+# A GET sent ahead holds its body until its transfer takes it (the config may take a
+# while), and every pull at once sends its own: read whole only up to this, as before
+# the transfers' own limit went to 4 MiB; a bigger answer waits unread in its socket.
+AHEAD_WHOLE = 2 * BATCH_SIZE
+
+
+def _whole(size: int, limit: int = SMALL_BLOB) -> int | None:
     """A small blob's size: it is read whole in a worker thread (`open_blob`)."""
-    return size if size <= SMALL_BLOB else None
+    return size if size <= limit else None
 
 
 async def _counted(

@@ -36,7 +36,7 @@ from ferryd.oci.digest import Digest
 from ferryd.oci.mediatypes import OCI_MANIFEST
 from ferryd.registry import connector as connector_module
 from ferryd.registry.auth import ANONYMOUS
-from ferryd.registry.blocking import BlockingConnections
+from ferryd.registry.blocking import BlockingConnections, _Call
 from ferryd.registry.client import BlobResponse, ReadBlob, RegistryClient
 from ferryd.registry.connector import USER_AGENT, Connector
 from ferryd.registry.endpoints import RegistryService
@@ -433,6 +433,15 @@ async def test_a_read_cancelled_while_its_body_is_kept_waits_for_the_keeping_to_
         cancelled_at = time.monotonic()
     assert ended
     assert ended[0] <= cancelled_at  # the cancelled read waited for it
+
+
+def test_a_read_abandoned_before_its_body_is_kept_never_keeps_it() -> None:
+    call = _Call(keep_idle=90)
+    kept: list[bytes] = []
+
+    assert call.abandon() is False  # nothing was being kept: nothing to wait for
+    assert call.keep(kept.append, b"body") is None
+    assert kept == []
 
 
 async def test_through_a_proxy_blobs_go_the_async_way(server_tls: ssl.SSLContext) -> None:

@@ -87,3 +87,23 @@ def test_an_unreadable_certs_d_prepares_the_shared_contexts(tmp_path: Path) -> N
     service.prepare_tls()
 
     assert set(service._contexts) == {("", True), ("", False)}
+
+
+def test_a_certs_d_host_that_cannot_be_read_does_not_stop_the_others(
+    tmp_path: Path, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trust(tmp_path / "certs.d", "good.example", ca)
+    trust(tmp_path / "certs.d", "locked.example", ca)
+    build = RegistryService._new_tls
+
+    def locked(self: RegistryService, directory: Path | None, *, verify: bool) -> ssl.SSLContext:
+        if directory is not None and directory.name == "locked.example":
+            raise PermissionError(13, "Permission denied", str(directory))
+        return build(self, directory, verify=verify)
+
+    monkeypatch.setattr(RegistryService, "_new_tls", locked)
+    service = RegistryService(certs_dir=tmp_path / "certs.d")
+
+    service.prepare_tls()
+
+    assert set(service._contexts) == {("", True), ("", False), ("good.example", True)}

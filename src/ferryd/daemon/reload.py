@@ -61,6 +61,8 @@ class Reloader:
         try:
             new = await anyio.to_thread.run_sync(self.load)
             registries = registry_service(new)
+            if any(getattr(old, key) != getattr(new, key) for key in _REGISTRY_KEYS):
+                await anyio.to_thread.run_sync(registries.prepare_tls)
             credentials = await anyio.to_thread.run_sync(credential_store, new)
             access = await anyio.to_thread.run_sync(AccessPolicy, new.access)
         except ConfigError as exc:
@@ -77,7 +79,6 @@ class Reloader:
         ]
         if any(key in changed for key in _REGISTRY_KEYS):
             # Only then: reconfiguring drops every cached login, token and connection.
-            await anyio.to_thread.run_sync(registries.prepare_tls)
             self.connector.reconfigure(registries)
         self.service.saved_credentials = credentials
         if self.access is not None:

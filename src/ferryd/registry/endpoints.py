@@ -141,7 +141,7 @@ class RegistryService:
         for directory in self._certs_dirs():
             try:
                 self._context(directory.name, verify=not self._listed(directory.name))
-            except ConfigError:
+            except (ConfigError, OSError):
                 continue  # a pull from that host will say what is wrong
         # The first TLS connection encodes its server name with the idna codec, whose
         # import (~1.5 ms) it would otherwise pay.

@@ -61,7 +61,8 @@ class Reloader:
         try:
             new = await anyio.to_thread.run_sync(self.load)
             registries = registry_service(new)
-            if any(getattr(old, key) != getattr(new, key) for key in _REGISTRY_KEYS):
+            registries_changed = any(getattr(old, k) != getattr(new, k) for k in _REGISTRY_KEYS)
+            if registries_changed:
                 await anyio.to_thread.run_sync(registries.prepare_tls)
             credentials = await anyio.to_thread.run_sync(credential_store, new)
             access = await anyio.to_thread.run_sync(AccessPolicy, new.access)
@@ -77,7 +78,7 @@ class Reloader:
             for k in Settings.__struct_fields__
             if k not in LIVE_KEYS and getattr(old, k) != getattr(new, k)
         ]
-        if any(key in changed for key in _REGISTRY_KEYS):
+        if registries_changed:
             # Only then: reconfiguring drops every cached login, token and connection.
             self.connector.reconfigure(registries)
         self.service.saved_credentials = credentials

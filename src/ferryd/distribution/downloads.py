@@ -356,7 +356,7 @@ class DownloadManager:
         stored = False
         try:
             # A small blob with nothing of it on disk has its file opened by the worker
-            # call that first writes it (`_open_from_start`): a hop less, ~0.2 ms a layer.
+            # call that first writes it (`_open_if_closed`): a hop less, ~0.2 ms a layer.
             if not (small and self._not_on_disk(digest)):
                 stored = await anyio.to_thread.run_sync(open_unless_stored)
             if stored:
@@ -414,7 +414,7 @@ class DownloadManager:
             """One worker call: what is left to write, fsync, the blob digest, the DiffID,
             into the store, the file closed. For a small blob read whole from byte 0, the
             call that read it (`keep`): no thread hop of its own."""
-            _open_from_start(sink)  # a small blob's, at its first write
+            _open_if_closed(sink)  # a small blob's, at its first write
             if rest:
                 sink.write(rest)
             diff_id = sink.finish()
@@ -588,21 +588,22 @@ async def _take_whole(
     if pending:
         batch = b"".join(pending)
 
-        def keep() -> None:
-            _open_from_start(sink)
+        def write_what_came() -> None:
+            _open_if_closed(sink)
             sink.write(batch)
 
-        await anyio.to_thread.run_sync(keep)
+        await anyio.to_thread.run_sync(write_what_came)
     if cut is not None:
         raise cut
     return b""
 
 
-def _open_from_start(sink: LayerSink) -> None:
-    """A small blob's partial file, opened for bytes asked for from the first: what an
-    earlier attempt left in it is dropped."""
-    if not sink.is_open and sink.open():
-        sink.restart()
+def _open_if_closed(sink: LayerSink) -> None:
+    """A small blob's partial file, opened by the worker call that first writes it: its
+    transfer found nothing of it on disk (`_not_on_disk`), under the partial file's lock,
+    so it opens empty."""
+    if not sink.is_open:
+        sink.open()
 
 
 async def _pump(

@@ -136,11 +136,11 @@ class RegistryService:
         each certs.d host. A verifying context reads the system CA bundle (~35 ms of CPU
         here), which a daemon's first pull from a TLS registry would otherwise wait for.
         Blocking: call it before the loop serves anything, or in a worker thread."""
-        self._context("", verify=True)
-        self._context("", verify=False)
+        self._context(("", True))
+        self._context(("", False))
         for directory in self._certs_dirs():
             try:
-                self._context(directory.name, verify=not self._listed(directory.name))
+                self._context((directory.name, not self._listed(directory.name)))
             except (ConfigError, OSError):
                 continue  # a pull from that host will say what is wrong
         # The first TLS connection encodes its server name with the idna codec, whose
@@ -150,22 +150,21 @@ class RegistryService:
     async def _tls(self, host: str, *, verify: bool) -> ssl.SSLContext:
         """The context for `host`, built in a worker thread if `prepare_tls` did not:
         a verifying one would hold the event loop tens of ms."""
-        key = self._key(host, verify)
-        context = self._contexts.get(key)
-        if context is None:
-            context = await anyio.to_thread.run_sync(self._context, host, verify)
-        return context
-
-    def _context(self, host: str, verify: bool) -> ssl.SSLContext:
         # Hosts with nothing of their own in certs.d share one context of each kind:
         # building a verifying one reads the system CA bundle (tens of ms).
-        key = self._key(host, verify)
-        if key not in self._contexts:
-            self._contexts[key] = self._new_tls(self._certs_for(key[0]), verify=verify)
-        return self._contexts[key]
+        key = (host if self._certs_for(host) is not None else "", verify)
+        context = self._contexts.get(key)
+        if context is None:
+            context = await anyio.to_thread.run_sync(self._context, key)
+        return context
 
-    def _key(self, host: str, verify: bool) -> tuple[str, bool]:
-        return (host if host and self._certs_for(host) is not None else "", verify)
+    def _context(self, key: tuple[str, bool]) -> ssl.SSLContext:
+        """The context of `key` (a certs.d host, or "" for the shared ones; whether it
+        verifies), built once."""
+        if key not in self._contexts:
+            host, verify = key
+            self._contexts[key] = self._new_tls(self._certs_for(host), verify=verify)
+        return self._contexts[key]
 
     def _new_tls(self, directory: Path | None, *, verify: bool) -> ssl.SSLContext:
         context = ssl.create_default_context() if verify else _unverified_context()

@@ -26,7 +26,8 @@ from ferryd.errors import StorageFullError
 from ferryd.oci.digest import sha256_digest
 from support import disks
 
-BLOB = os.urandom(3 * (1 << 20) + 12345)
+MiB = 1 << 20  # the kept buffer's size
+BLOB = os.urandom(3 * MiB + 12345)
 # Pieces of every awkward size: under a block, a block and one byte, over the buffer.
 SIZES = [1, BLOCK - 1, BLOCK + 1, 100_000, (1 << 20) + 7, 3]
 
@@ -72,13 +73,35 @@ def test_pieces_of_any_size_are_written_past_the_page_cache_and_end_as_the_blob(
     assert file.direct
     assert _is_direct(file)
     _write(file, BLOB)
-    # Only whole blocks have reached the file; the rest waits for finish.
-    assert path.stat().st_size == len(BLOB) - len(BLOB) % BLOCK
+    # Only whole buffers (a MiB each) have reached the file; the rest waits for finish.
+    assert path.stat().st_size == len(BLOB) - len(BLOB) % MiB
     file.finish()
     assert path.read_bytes() == BLOB  # finished: all of it, before it is closed
     file.close()
 
     assert path.read_bytes() == BLOB
+
+
+def test_pieces_smaller_than_the_buffer_reach_the_disk_a_mib_per_direct_write(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    real = os.pwrite
+
+    def counted(fd: int, data: Any, offset: int) -> int:
+        writes.append(len(data))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(blobfile.os, "pwrite", counted)
+    file = BlobFile(path)
+    for start in range(0, len(BLOB), 200_000):  # pieces as a socket gives them
+        file.write(BLOB[start : start + 200_000])
+    file.finish()
+    file.close()
+
+    assert path.read_bytes() == BLOB
+    # Three whole MiBs, the rest's whole blocks, its partial block: each a device wait.
+    assert writes == [MiB, MiB, MiB, len(BLOB) % MiB // BLOCK * BLOCK, len(BLOB) % BLOCK]
 
 
 def test_a_file_reopened_at_a_partial_block_gives_back_its_bytes_and_goes_on_after_them(
@@ -257,7 +280,8 @@ def test_a_partial_file_gives_back_what_it_held_when_opened(path: Path) -> None:
     path.write_bytes(BLOB[: 3 * BLOCK + 10])
     file = BlobFile(path)
     held = file.pieces(1 << 20)
-    file.write(BLOB[3 * BLOCK + 10 : 8 * BLOCK])  # whole blocks: on disk at once
+    file.write(BLOB[3 * BLOCK + 10 : 8 * BLOCK])
+    file.flush()  # whole blocks: written directly
     assert path.stat().st_size == 8 * BLOCK
 
     assert b"".join(held) == BLOB[: 3 * BLOCK + 10]
@@ -290,8 +314,9 @@ def test_a_write_that_makes_no_progress_is_a_full_disk(
 ) -> None:
     monkeypatch.setattr(blobfile.os, "pwrite", lambda fd, data, offset: 0)
     file = BlobFile(path)
+    file.write(BLOB[: 2 * BLOCK])  # waits in the buffer
     with pytest.raises(OSError) as refused:
-        file.write(BLOB[: 2 * BLOCK])
+        file.flush()
     file.close()
 
     assert refused.value.errno == errno.ENOSPC

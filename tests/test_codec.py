@@ -92,7 +92,7 @@ def _pour(
         assert sink.open() == 0
         for chunk in _chunks(blob, chunk_size or max(len(blob), 1)):
             if piped:
-                sink.pipe(chunk)
+                sink.pipe([chunk])
             else:
                 sink.write(chunk)
         return sink.finish(), sink
@@ -441,7 +441,7 @@ def test_layers_piped_at_once_each_get_their_own_diff_id(tmp_path: Path, kind: s
     for step in range(4):
         for sink, chunks in zip(sinks, pieces, strict=True):
             if step < len(chunks):
-                sink.pipe(chunks[step])
+                sink.pipe([chunks[step]])
         if step == 1:  # the last layer goes on alone
             assert sinks[0].finish() == sha256(payloads[0])
             assert sinks[1].finish() == sha256(payloads[1])
@@ -454,13 +454,13 @@ def test_restart_while_piping_forgets_what_the_inflate_thread_had(blob_path: Pat
     blob = _gzip(LARGE)
     sink = LayerSink(blob_path, sha256(blob))
     sink.open()
-    sink.pipe(blob[: 3 * MiB])
-    sink.pipe(b"bytes from another blob")
+    sink.pipe([blob[: 3 * MiB]])
+    sink.pipe([b"bytes from another blob"])
 
     sink.restart()
 
     for chunk in _chunks(blob, BATCH_SIZE):
-        sink.pipe(chunk)
+        sink.pipe([chunk])
     assert sink.finish() == sha256(LARGE)
     assert sink.uncompressed_size == len(LARGE)
     sink.close()
@@ -472,7 +472,7 @@ def test_a_piped_broken_stream_is_a_content_error_at_finish(blob_path: Path) -> 
     sink = LayerSink(blob_path, sha256(broken))
     sink.open()
     for chunk in _chunks(broken, BATCH_SIZE):
-        sink.pipe(chunk)
+        sink.pipe([chunk])
     with pytest.raises(ContentError, match="not valid gzip"):
         sink.finish()
     sink.close()
@@ -490,7 +490,7 @@ def test_a_failure_in_the_inflate_thread_is_raised_at_finish(
 
     monkeypatch.setattr(sink, "inflate", fail)
     for chunk in _chunks(blob, BATCH_SIZE):
-        sink.pipe(chunk)  # the thread goes on taking batches: the store never waits
+        sink.pipe([chunk])  # the thread goes on taking batches: the store never waits
     with pytest.raises(MemoryError, match="no room"):
         sink.finish()
     sink.close()
@@ -645,7 +645,7 @@ def test_piped_batches_reach_the_file_in_another_thread_before_a_written_one(
     sink.open()
     chunks = list(_chunks(blob, BATCH_SIZE))
     for chunk in chunks[:-1]:
-        sink.pipe(chunk)
+        sink.pipe([chunk])
     sink.write(chunks[-1])
 
     assert sink.finish() == sha256(INCOMPRESSIBLE)
@@ -664,7 +664,7 @@ def test_a_full_disk_met_by_the_writer_thread_is_raised_by_the_next_pipe(
 
     def pipe_all() -> None:
         for chunk in _chunks(blob, BATCH_SIZE):
-            sink.pipe(chunk)
+            sink.pipe([chunk])
 
     with pytest.raises(StorageFullError):
         pipe_all()
@@ -683,11 +683,11 @@ def test_a_full_disk_met_by_the_last_piped_batch_is_raised_by_finish(
     sink.open()
     chunks = list(_chunks(blob, BATCH_SIZE))
     for chunk in chunks[:-1]:
-        sink.pipe(chunk)
+        sink.pipe([chunk])
     sink.flush()  # what came before is in the file
 
     disks.fills_after(monkeypatch, 0)
-    sink.pipe(chunks[-1])
+    sink.pipe([chunks[-1]])
     with pytest.raises(StorageFullError):
         sink.finish()
     sink.close()
@@ -708,12 +708,12 @@ def test_a_failed_write_is_raised_again_until_the_sink_starts_over(
 
     def pipe_all() -> None:
         for chunk in chunks:
-            sink.pipe(chunk)
+            sink.pipe([chunk])
 
     with pytest.raises(StorageFullError):
         pipe_all()
     with pytest.raises(StorageFullError):
-        sink.pipe(chunks[0])
+        sink.pipe([chunks[0]])
     with pytest.raises(StorageFullError):
         sink.settle()
     with pytest.raises(StorageFullError):
@@ -743,7 +743,7 @@ def test_settle_leaves_the_file_holding_what_offset_counts(
     sink = LayerSink(blob_path, sha256(blob))
     sink.open()
     for chunk in list(_chunks(blob, BATCH_SIZE))[:2]:
-        sink.pipe(chunk)
+        sink.pipe([chunk])
 
     sink.settle()
 

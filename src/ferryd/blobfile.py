@@ -141,8 +141,9 @@ class BlobFile(_Direct):
         return read_pieces(self.path, size, until=self.size)
 
     def write(self, data: bytes | memoryview) -> None:
-        """Append `data`: its whole blocks now, its last partial block with the next
-        write or `finish`."""
+        """Append `data`: into the buffer, which is written each time it is full; what
+        waits there is written by the write that fills it, `flush`, `finish` or `close`.
+        A direct write waits for the device: one per MiB, however many pieces make it."""
         view = memoryview(data)
         while view:
             if not self.direct:  # no direct IO here, or a direct write was refused
@@ -152,7 +153,8 @@ class BlobFile(_Direct):
             self._view[self._fill : self._fill + taken] = view[:taken]
             self._fill += taken
             view = view[taken:]
-            self._write_blocks()
+            if self._fill == _CAPACITY:
+                self._write_blocks()
 
     def _write_blocks(self) -> None:
         """Write the buffer's whole blocks; keep the partial one, moved to its start."""
@@ -207,8 +209,10 @@ class BlobFile(_Direct):
             self._start_direct()
 
     def flush(self) -> None:
-        """Write what waits in the buffer (through the page cache): the file holds every
-        byte given."""
+        """Write what waits in the buffer (its whole blocks directly, the last partial
+        one through the page cache): the file holds every byte given."""
+        if self._fill and self.direct:
+            self._write_blocks()
         if self._fill:
             self._write_waiting()
 
@@ -220,9 +224,8 @@ class BlobFile(_Direct):
     def close(self) -> None:
         """Write what waits in the buffer (failing that, a resume reads back what did
         reach the file), and close."""
-        if self._fill:
-            with contextlib.suppress(OSError):
-                self._write_waiting()
+        with contextlib.suppress(OSError):
+            self.flush()
         super().close()
 
 

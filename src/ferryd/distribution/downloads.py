@@ -629,7 +629,7 @@ async def _pump(
     # Handing the batch to the inflate thread directly, not through a task of the loop
     # and a second worker call, took a 1 GiB layer's pull 13 % less time and 5 % less
     # CPU (6 pairs).
-    async def store(batch: bytes) -> None:
+    async def store(batch: list[bytes]) -> None:
         await anyio.to_thread.run_sync(sink.pipe, batch)
         progress.update(Message("Downloading", layer_id, sink.offset, size))
 
@@ -642,10 +642,8 @@ async def _pump(
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= BATCH_SIZE:
-                    # Let go of the chunks (joined, they are the same MiB twice)
-                    # before the worker call, and of the batch after it.
-                    batch = b"".join(pending)
-                    pending, pending_size = [], 0
+                    # Handed over as they came (`pipe`), and let go of after it.
+                    batch, pending, pending_size = pending, [], 0
                     await store(batch)
                     del batch
     except FerrydError as exc:
@@ -655,7 +653,7 @@ async def _pump(
         # attempt resumes after it instead of fetching it again.
         cut = exc
     if pending:
-        await store(b"".join(pending))
+        await store(pending)
     if cut is not None or sink.offset < size:
         # A cut, or an answer that ended short: the next attempt asks for what comes
         # after `offset`, which must be in the file first, and a write the disk refused

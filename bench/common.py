@@ -49,6 +49,10 @@ from support.registry import (  # noqa: E402
 )
 
 MiB = 1 << 20
+# A/B rounds of each scenario: 4 (an even number: each tool goes first as often) keeps
+# `make bench` under 10 minutes on these 2-core machines; 5 took 629 s on a slow one,
+# besides the floors at the start.
+ROUNDS = 4
 CACHE_VERSION = 1  # bump when the way images are built changes
 SAMPLE_INTERVAL = 0.020  # seconds between two VmRSS samples
 NOISE_MIN_SECONDS = 0.2  # shorter runs get no noise figure: a tick is 10 ms
@@ -79,12 +83,12 @@ def parse_args(
     on/off options, name: help), --out, and `--only` one of `scenarios` (if any);
     described by the first paragraph of `doc`.
 
-    Checked: `rounds` is set (default 5, 1 with --quick) and at least 1, `out` resolved,
+    Checked: `rounds` is set (default `ROUNDS`, 1 with --quick) and at least 1, `out` resolved,
     `suffix` is "-quick" or "", `only` a set of scenarios (every one by default). Exits 2
     on a bad option or when a tool is missing.
     """
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=None, help="A/B rounds (default 5; 1 quick)")
+    parser.add_argument("--rounds", type=int, default=None, help="A/B rounds (default 4; 1 quick)")
     parser.add_argument("--quick", action="store_true", help=f"{images}, for a smoke test")
     parser.add_argument("--profile", action="store_true", help=profile_help)
     for flag, help_text in (flags or {}).items():
@@ -102,7 +106,7 @@ def parse_args(
     if unknown:
         parser.error(f"--only: unknown scenarios {sorted(unknown)}")
     if args.rounds is None:
-        args.rounds = 1 if args.quick else 5
+        args.rounds = 1 if args.quick else ROUNDS
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if not have_registry_tools():

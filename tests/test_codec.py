@@ -727,7 +727,7 @@ def test_a_failed_write_is_raised_again_until_the_sink_starts_over(
     assert blob_path.read_bytes() == blob
 
 
-def test_settle_leaves_the_file_holding_what_offset_counts(
+def test_writing_out_leaves_the_file_holding_what_offset_counts_but_a_partial_block(
     blob_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blob = _gzip(INCOMPRESSIBLE)
@@ -742,11 +742,28 @@ def test_settle_leaves_the_file_holding_what_offset_counts(
     monkeypatch.setattr(blobfile.BlobFile, "write", slow_write)
     sink = LayerSink(blob_path, sha256(blob))
     sink.open()
-    for chunk in list(_chunks(blob, BATCH_SIZE))[:2]:
-        sink.pipe([chunk])
+    pieces = list(_chunks(blob[: 3 * BATCH_SIZE // 2], 200_000))  # not a whole MiB
+    sink.pipe(pieces[:4])
+    sink.pipe(pieces[4:])
 
-    sink.settle()
+    sink.write_out()
 
-    assert sum(written) == sink.offset
+    assert sum(written) == sink.offset  # settled: every piece reached the file
+    assert blob_path.stat().st_size == sink.offset - sink.offset % blobfile.BLOCK
     sink.close()
     assert blob_path.read_bytes() == blob[: sink.offset]
+
+
+def test_a_full_disk_met_in_the_buffered_mib_is_raised_by_writing_out(
+    blob_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob = _gzip(INCOMPRESSIBLE)
+    sink = LayerSink(blob_path, sha256(blob))
+    sink.open()
+    disks.fills_after(monkeypatch, 0)
+    sink.pipe([blob[:300_000]])  # waits in the file's buffer: no write yet
+    sink.settle()
+
+    with pytest.raises(StorageFullError):
+        sink.write_out()
+    sink.close()

@@ -8,8 +8,9 @@ CPU to write it, 0.08 s into pages still held). Written with O_DIRECT from a buf
 kept for the next blob, the bytes go from that buffer to the disk: no page cache, no
 copy into it, 0.06 s for the same 379 MiB (and fsync has nothing left to write).
 
-Direct IO moves whole blocks at block-aligned offsets from aligned memory, so the bytes
-of the last, partial block wait in the buffer for the next write; `finish` writes them
+Direct IO moves whole blocks at block-aligned offsets from aligned memory: the buffer is
+written each time it is full (a MiB), and what waits in it when the blob ends is written
+by `flush`, `finish` or `close`, its whole blocks directly and its last partial block
 through the page cache. The file therefore always holds a prefix of the blob, which a
 resume reads back. A push reads a stored blob the same way (`BlobReader`): the blobs a
 pull just wrote are not in the page cache, and reading them through it would pay for
@@ -155,6 +156,13 @@ class BlobFile(_Direct):
             view = view[taken:]
             if self._fill == _CAPACITY:
                 self._write_blocks()
+
+    def write_blocks(self) -> None:
+        """Write the buffer's whole blocks now, not when it is full: the file then holds
+        all that was given but a last partial block, and a disk that refuses it says so
+        now."""
+        if self.direct:
+            self._write_blocks()
 
     def _write_blocks(self) -> None:
         """Write the buffer's whole blocks; keep the partial one, moved to its start."""

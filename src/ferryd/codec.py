@@ -245,8 +245,8 @@ class _OrderedHasher:
 
 
 class _Behind:
-    """Work done in a thread of its own, in the order given, at most one piece behind
-    the thread that gives it (which waits when it would be further ahead).
+    """Work done in a thread of its own, piece by piece in the order given, at most one
+    batch behind the thread that gives it (which waits when it would be further ahead).
 
     Handing a batch from thread to thread costs one wakeup; through the event loop (a
     task awaiting a worker call per stage) it cost two more per MiB, and the loop's
@@ -279,7 +279,7 @@ class _Behind:
                 self._error = exc
 
     def join(self) -> None:
-        """Wait for every piece given; raise what the work raised."""
+        """Wait for every batch given; raise what the work raised."""
         self._queue.put(None)
         self._thread.join()
         if self._error is not None:
@@ -396,6 +396,7 @@ class LayerSink:
         The batch comes in the pieces the socket gave (~256 KiB each), not joined:
         joining cost the event loop a copy of every MiB, 16 % of its CPU in a pull of
         big layers, with the GIL held."""
+        batch = tuple(batch)  # the threads read it after this returns
         if self._writer is None or self._writer.failed:
             self.settle()  # raises a write's failure, met now or before
             self._writer = _Behind(self._append, "ferryd-write")
@@ -411,9 +412,9 @@ class LayerSink:
         self._behind.put(batch)
 
     def settle(self) -> None:
-        """Wait until every batch `pipe` handed over is in the file, so that `offset`
-        counts what the file holds (a resume asks the registry for what comes after it);
-        raises a write's failure."""
+        """Wait until every batch `pipe` handed over is with the file (written, or in
+        the buffer it writes a MiB at a time), so that `offset` counts what the file has
+        taken; raises a write's failure."""
         writer, self._writer = self._writer, None
         if writer is not None:
             try:
@@ -422,6 +423,16 @@ class LayerSink:
                 self._write_error = exc
         if self._write_error is not None:
             raise self._write_error
+
+    def write_out(self) -> None:
+        """`settle`, then have the file write its buffer's whole blocks: it holds what
+        `offset` counts but a last partial block, and a disk that refuses them says so
+        now, not a MiB of the next attempt later (a cut download's next attempt asks for
+        what comes after `offset`, and the full disk is the truer error)."""
+        self.settle()
+        assert self._file is not None
+        with disk_errors(self.path):
+            self._file.write_blocks()
 
     def _join_behind(self) -> None:
         behind, self._behind = self._behind, None

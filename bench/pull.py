@@ -216,6 +216,7 @@ def main() -> int:
     )
     only: set[str] = args.only - ({"push"} if args.no_push else set())
     rounds: int = args.rounds
+    few = min(rounds, FEW_ROUNDS)
     began = time.perf_counter()
     out: Path = args.out
     name = f"results{args.suffix}" if only == set(SCENARIOS) else f"results-only{args.suffix}"
@@ -263,7 +264,6 @@ def main() -> int:
                     scenarios.append(ab_pull(bench, slow, small, rounds, "small-latency"))
                 if "uptodate" in only:
                     for image, key in ((multi, "uptodate-multi"), (small, "uptodate-small")):
-                        few = min(rounds, FEW_ROUNDS)
                         scenarios.append(up_to_date(bench, [direct, slow], image, few, key))
         if "tls" in only:
             scenarios += over_tls(scratch, floor, {"multi-tls": multi, "small-tls": small}, rounds)
@@ -282,7 +282,7 @@ def main() -> int:
             )
             # Where connections count: 24 layers, each 4 requests, behind a round trip.
             slow_pushes = push_bench.measure(
-                registry, small, scratch / "push-latency", min(rounds, FEW_ROUNDS), delay=LATENCY
+                registry, small, scratch / "push-latency", few, delay=LATENCY
             )
     except BenchFailed as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
@@ -296,7 +296,7 @@ def main() -> int:
     if pushes is not None:
         table += "\n\n" + push_bench.report(multi, pushes, rounds)
     if slow_pushes is not None:
-        table += "\n\n" + push_bench.report(small, slow_pushes, len(slow_pushes.runs) // 2)
+        table += "\n\n" + push_bench.report(small, slow_pushes, few)
     checked = targets.checks(scenarios, [p for p in (pushes, slow_pushes) if p is not None])
     table += "\n\n" + targets.render(checked)
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -311,7 +311,7 @@ def main() -> int:
         "push": None if pushes is None else push_bench.results_json(multi, pushes, rounds),
         "push_latency": None
         if slow_pushes is None
-        else push_bench.results_json(small, slow_pushes, len(slow_pushes.runs) // 2),
+        else push_bench.results_json(small, slow_pushes, few),
         "targets": targets.as_json(checked),
         "total_seconds": total,
     }

@@ -76,6 +76,13 @@ def _chunks(data: bytes, size: int) -> Iterator[bytes]:
         yield data[start : start + size]
 
 
+def _opened(path: Path, blob: bytes) -> LayerSink:
+    """A sink for `blob`, its partial file opened empty."""
+    sink = LayerSink(path, sha256(blob))
+    assert sink.open() == 0
+    return sink
+
+
 def _pour(
     path: Path,
     blob: bytes,
@@ -348,8 +355,7 @@ def test_reopening_resumes_at_the_bytes_written(blob_path: Path, kind: str, wher
 @pytest.mark.parametrize("kind", COMPRESSORS)
 def test_reopening_the_same_sink_starts_from_the_file(blob_path: Path, kind: str) -> None:
     blob = COMPRESSORS[kind](LAYER)
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
     sink.write(blob[:5000])
     sink.close()
 
@@ -362,8 +368,7 @@ def test_reopening_the_same_sink_starts_from_the_file(blob_path: Path, kind: str
 
 def test_opening_twice_does_not_count_the_file_twice(blob_path: Path) -> None:
     blob = _gzip(LAYER)
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
     sink.write(blob[:100])
     assert sink.open() == 100
     sink.write(blob[100:])
@@ -411,8 +416,7 @@ def test_a_partial_file_that_is_not_a_layer_is_emptied_on_open(blob_path: Path) 
 
 def test_restart_truncates_the_file_and_forgets_the_hashes(blob_path: Path) -> None:
     blob = _gzip(LAYER)
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
     sink.write(blob[:3000])
     sink.write(b"bytes from another blob")
 
@@ -452,8 +456,7 @@ def test_layers_piped_at_once_each_get_their_own_diff_id(tmp_path: Path, kind: s
 
 def test_restart_while_piping_forgets_what_the_inflate_thread_had(blob_path: Path) -> None:
     blob = _gzip(LARGE)
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
     sink.pipe([blob[: 3 * MiB]])
     sink.pipe([b"bytes from another blob"])
 
@@ -482,8 +485,7 @@ def test_a_failure_in_the_inflate_thread_is_raised_at_finish(
     blob_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blob = _gzip(LARGE)
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
 
     def fail(batch: bytes) -> None:
         raise MemoryError("no room to inflate")
@@ -498,8 +500,7 @@ def test_a_failure_in_the_inflate_thread_is_raised_at_finish(
 
 def test_restart_forgets_a_broken_stream(blob_path: Path) -> None:
     blob = _zstd(LAYER)
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
     sink.write(b"\x28\xb5\x2f\xfd\xff\xff\xff\xff\xff\xff")
     sink.restart()
     sink.write(blob)
@@ -562,8 +563,7 @@ def test_a_corrupted_crc_is_a_content_error(blob_path: Path) -> None:
 
 def test_a_broken_stream_is_reported_at_finish_not_at_write(blob_path: Path) -> None:
     blob = b"\x1f\x8b" + b"garbage" * 10
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
     sink.write(blob)  # the bytes are on disk, hashed: the blob digest decides first
     with pytest.raises(ContentError):
         sink.finish()
@@ -605,8 +605,7 @@ def test_a_decompression_bomb_is_hashed_in_bounded_memory(blob_path: Path, kind:
     for _ in range(BOMB_SIZE // MiB):
         expected.update(zeros)
 
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
     tracemalloc.start()
     try:
         for batch in _chunks(blob, BATCH_SIZE):
@@ -641,8 +640,7 @@ def test_piped_batches_reach_the_file_in_another_thread_before_a_written_one(
         real(self, data)
 
     monkeypatch.setattr(blobfile.BlobFile, "write", write)
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
     chunks = list(_chunks(blob, BATCH_SIZE))
     for chunk in chunks[:-1]:
         sink.pipe([chunk])
@@ -659,8 +657,7 @@ def test_a_full_disk_met_by_the_writer_thread_is_raised_by_the_next_pipe(
 ) -> None:
     blob = _gzip(INCOMPRESSIBLE)
     disks.fills_after(monkeypatch, BATCH_SIZE)
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
 
     def pipe_all() -> None:
         for chunk in _chunks(blob, BATCH_SIZE):
@@ -679,8 +676,7 @@ def test_a_full_disk_met_by_the_last_piped_batch_is_raised_by_finish(
     blob_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blob = _gzip(INCOMPRESSIBLE)
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
     chunks = list(_chunks(blob, BATCH_SIZE))
     for chunk in chunks[:-1]:
         sink.pipe([chunk])
@@ -702,8 +698,7 @@ def test_a_failed_write_is_raised_again_until_the_sink_starts_over(
     # file), until a restart truncates the file and the counts with it.
     blob = _gzip(INCOMPRESSIBLE)
     chunks = list(_chunks(blob, BATCH_SIZE))
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
     disks.fills_after(monkeypatch, 0)
 
     def pipe_all() -> None:
@@ -727,6 +722,22 @@ def test_a_failed_write_is_raised_again_until_the_sink_starts_over(
     assert blob_path.read_bytes() == blob
 
 
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_a_layer_piped_in_batches_of_several_pieces_gets_its_digest_and_diff_id(
+    blob_path: Path, kind: str
+) -> None:
+    blob = (_gzip if kind == "gzip" else _zstd)(LARGE)
+    sink = _opened(blob_path, blob)
+    pieces = list(_chunks(blob, 200_000))  # as a socket gives them
+    for start in range(0, len(pieces), 6):  # ~1 MiB batches, not joined
+        sink.pipe(pieces[start : start + 6])
+
+    assert sink.finish() == sha256(LARGE)
+    assert sink.uncompressed_size == len(LARGE)
+    sink.close()
+    assert blob_path.read_bytes() == blob
+
+
 def test_writing_out_leaves_the_file_holding_what_offset_counts_but_a_partial_block(
     blob_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -740,8 +751,7 @@ def test_writing_out_leaves_the_file_holding_what_offset_counts_but_a_partial_bl
         written.append(len(data))
 
     monkeypatch.setattr(blobfile.BlobFile, "write", slow_write)
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
     pieces = list(_chunks(blob[: 3 * BATCH_SIZE // 2], 200_000))  # not a whole MiB
     sink.pipe(pieces[:4])
     sink.pipe(pieces[4:])
@@ -758,8 +768,7 @@ def test_a_full_disk_met_in_the_buffered_mib_is_raised_by_writing_out(
     blob_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blob = _gzip(INCOMPRESSIBLE)
-    sink = LayerSink(blob_path, sha256(blob))
-    sink.open()
+    sink = _opened(blob_path, blob)
     disks.fills_after(monkeypatch, 0)
     sink.pipe([blob[:300_000]])  # waits in the file's buffer: no write yet
     sink.settle()

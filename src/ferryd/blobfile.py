@@ -219,8 +219,7 @@ class BlobFile(_Direct):
     def flush(self) -> None:
         """Write what waits in the buffer (its whole blocks directly, the last partial
         one through the page cache): the file holds every byte given."""
-        if self._fill and self.direct:
-            self._write_blocks()
+        self.write_blocks()
         if self._fill:
             self._write_waiting()
 

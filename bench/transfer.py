@@ -3,8 +3,8 @@
 Every distinct blob of the images (configs and layers), fetched from the registry that
 served the pull (over TLS where it speaks only that; never through the latency proxy,
 which adds waiting, not work), three at a time as a pull does, each read in 1 MiB
-pieces straight into a buffer and written to a file past the page cache (ferryd's
-`BlobFile`: the cheapest way to write here, see its docstring), then fsynced. No
+pieces straight into a buffer and written to a file as ferryd writes a blob (its
+`BlobFile`, see its docstring), then fsynced. No
 parsing beyond the HTTP headers, no hashing, no inflating: what is left is the kernel's
 work of receiving the bytes and writing them, which any client pays.
 

@@ -1,6 +1,8 @@
-"""A blob's file written and read past the page cache: whole blocks with O_DIRECT, the
-last partial block of a write when the next write comes or the file is finished or
-closed; the page cache where the filesystem refuses direct IO."""
+"""A blob's file: written through the page cache at once; every 4 MiB a background thread
+hands the last 16 MiB to the kernel (to write, then drop), every 64 MiB flushing the file
+too, on a spare descriptor of the file's own, one hand-over per file at a time; fsynced
+and let go of whole by `finish`. Read past the page cache (O_DIRECT into kept buffers),
+through it where the filesystem refuses direct IO."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,6 @@ import pytest
 
 from ferryd import blobfile
 from ferryd.blobfile import BLOCK, BlobFile, BlobReader
-from ferryd.codec import LayerSink
 from ferryd.distribution import push_layers
 from ferryd.distribution.archives import save
 from ferryd.distribution.archives.intake import _EntrySink
@@ -26,10 +28,16 @@ from ferryd.errors import StorageFullError
 from ferryd.oci.digest import sha256_digest
 from support import disks
 
-MiB = 1 << 20  # the kept buffer's size
-BLOB = os.urandom(3 * MiB + 12345)
-# Pieces of every awkward size: under a block, a block and one byte, over the buffer.
+MiB = 1 << 20  # a read's kept buffer
+BLOB = os.urandom(3 * MiB + 12345)  # under `_KICK`: nothing handed to the kernel
+# Pieces of every awkward size: under a block, a block and one byte, over a MiB.
 SIZES = [1, BLOCK - 1, BLOCK + 1, 100_000, (1 << 20) + 7, 3]
+PAGE = blobfile._PAGE
+DONTNEED = os.POSIX_FADV_DONTNEED
+# `_KICK` and `_FLUSH_EVERY` in the tests of background flushes (`flushes`), and their data.
+KICK = 4 * PAGE
+EVERY = 4 * KICK
+DATA = os.urandom(4 * EVERY + KICK)
 
 
 def _direct_io_works(directory: Path) -> bool:
@@ -43,9 +51,15 @@ def _direct_io_works(directory: Path) -> bool:
 
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
-    if not _direct_io_works(tmp_path):
-        pytest.skip("this filesystem refuses O_DIRECT")
     return tmp_path / "blob"
+
+
+@pytest.fixture
+def direct_path(path: Path) -> Path:
+    """`path`, on a filesystem that takes direct IO (which a reader uses)."""
+    if not _direct_io_works(path.parent):
+        pytest.skip("this filesystem refuses O_DIRECT")
+    return path
 
 
 def _pieces(data: bytes) -> list[bytes]:
@@ -62,51 +76,68 @@ def _write(file: BlobFile, data: bytes) -> None:
         file.write(piece)
 
 
-def _is_direct(file: BlobFile | BlobReader) -> bool:
+def _chunks(data: bytes, size: int) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def _is_direct(file: BlobReader) -> bool:
     return bool(fcntl.fcntl(file._fd, fcntl.F_GETFL) & os.O_DIRECT)
 
 
-def test_pieces_of_any_size_are_written_past_the_page_cache_and_end_as_the_blob(
-    path: Path,
+def _open_fds() -> int:
+    """How many descriptors this process holds."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _recorded(
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    calls: list[tuple[Any, ...]],
+    threads: list[str] | None = None,
 ) -> None:
+    """`os.<name>` as blob files see it, patched to record each call in `calls` (and the
+    name of the thread that makes it in `threads`), then make it."""
+    real = getattr(os, name)
+
+    def call(*args: Any) -> Any:
+        calls.append((name, *args))
+        if threads is not None:
+            threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(blobfile.os, name, call)
+
+
+# Writing.
+
+
+def test_pieces_of_any_size_reach_the_file_at_once_and_end_as_the_blob(path: Path) -> None:
     file = BlobFile(path)
-    assert file.direct
-    assert _is_direct(file)
     _write(file, BLOB)
-    # Only whole buffers (a MiB each) have reached the file; the rest waits for finish.
-    assert path.stat().st_size == len(BLOB) - len(BLOB) % MiB
+    assert path.read_bytes() == BLOB  # nothing waits in the process for finish
     file.finish()
-    assert path.read_bytes() == BLOB  # finished: all of it, before it is closed
     file.close()
 
     assert path.read_bytes() == BLOB
 
 
-def test_pieces_smaller_than_the_buffer_reach_the_disk_a_mib_per_direct_write(
+def test_a_short_write_goes_on_from_where_it_stopped(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    writes: list[int] = []
     real = os.pwrite
-
-    def counted(fd: int, data: Any, offset: int) -> int:
-        writes.append(len(data))
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(blobfile.os, "pwrite", counted)
+    monkeypatch.setattr(
+        blobfile.os, "pwrite", lambda fd, data, offset: real(fd, data[:1000], offset)
+    )
     file = BlobFile(path)
-    for start in range(0, len(BLOB), 200_000):  # pieces as a socket gives them
-        file.write(BLOB[start : start + 200_000])
+    _write(file, BLOB)
     file.finish()
     file.close()
 
     assert path.read_bytes() == BLOB
-    # Three whole MiBs, the rest's whole blocks, its partial block: each a device wait.
-    assert writes == [MiB, MiB, MiB, len(BLOB) % MiB // BLOCK * BLOCK, len(BLOB) % BLOCK]
 
 
-def test_a_file_reopened_at_a_partial_block_gives_back_its_bytes_and_goes_on_after_them(
-    path: Path,
-) -> None:
+def test_a_reopened_file_gives_back_its_bytes_and_goes_on_after_them(path: Path) -> None:
     cut = 2 * BLOCK + 1000
     path.write_bytes(BLOB[:cut])
 
@@ -114,14 +145,13 @@ def test_a_file_reopened_at_a_partial_block_gives_back_its_bytes_and_goes_on_aft
     assert file.size == cut
     assert b"".join(file.pieces(5000)) == BLOB[:cut]
     _write(file, BLOB[cut:])
-    assert file.direct  # its writes start at the partial block's start: aligned
     file.finish()
     file.close()
 
     assert path.read_bytes() == BLOB
 
 
-def test_closing_without_finishing_writes_what_waits_for_a_resume(path: Path) -> None:
+def test_closing_without_finishing_leaves_what_was_written_for_a_resume(path: Path) -> None:
     file = BlobFile(path)
     _write(file, BLOB[: 5 * BLOCK + 77])
     file.close()
@@ -140,49 +170,12 @@ def test_truncating_starts_the_blob_again_from_its_first_byte(path: Path) -> Non
     assert path.read_bytes() == BLOB
 
 
-def test_a_filesystem_without_direct_io_gets_the_same_bytes_through_the_page_cache(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = fcntl.fcntl
-
-    def no_direct(fd: int, command: int, arg: Any = 0) -> Any:
-        if command == fcntl.F_SETFL and arg & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real(fd, command, arg)
-
-    monkeypatch.setattr(blobfile.fcntl, "fcntl", no_direct)
+def test_a_blob_started_again_after_finishing_ends_as_the_new_blob(path: Path) -> None:
     file = BlobFile(path)
-    assert not file.direct
-    _write(file, BLOB[:100_000])
-    assert path.stat().st_size == 100_000  # nothing waits
-    _write(file, BLOB[100_000:])
+    _write(file, b"x" * (BLOCK + 5))
     file.finish()
-    file.close()
-    reader = BlobReader(path)
-    assert not reader.direct
-
-    assert _read_all(reader, 1 << 20) == BLOB
-    assert path.read_bytes() == BLOB
-
-
-@pytest.mark.parametrize("after", [0, 1], ids=["first write", "later write"])
-def test_a_direct_write_the_filesystem_refuses_goes_on_through_the_page_cache(
-    path: Path, monkeypatch: pytest.MonkeyPatch, after: int
-) -> None:
-    real: Callable[[int, Any, int], int] = os.pwrite
-    calls = []
-
-    def refuse_once(fd: int, data: Any, offset: int) -> int:
-        calls.append(offset)
-        if len(calls) == after + 1:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(blobfile.os, "pwrite", refuse_once)
-    file = BlobFile(path)
+    file.truncate()
     _write(file, BLOB)
-    assert not file.direct
-    assert not _is_direct(file)
     file.finish()
     file.close()
 
@@ -192,38 +185,416 @@ def test_a_direct_write_the_filesystem_refuses_goes_on_through_the_page_cache(
 def test_a_full_disk_is_raised_and_what_reached_the_file_is_a_prefix_of_the_blob(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    disks.fills_after(monkeypatch, 2 * (1 << 20))
+    disks.fills_after(monkeypatch, 2 * MiB)
     file = BlobFile(path)
     with pytest.raises(OSError) as refused:
         _write(file, BLOB)
     file.close()
 
     assert refused.value.errno == errno.ENOSPC
-    held = path.read_bytes()
-    assert len(held) > 0
-    assert held == BLOB[: len(held)]
+    assert path.read_bytes() == BLOB[: 2 * MiB]  # all the room it had
 
 
-def test_buffers_are_kept_for_the_next_file(path: Path) -> None:
-    first = BlobFile(path)
-    buffer = first._buffer
-    first.close()
-    second = BlobFile(path.with_name("second"))
+def test_a_write_that_makes_no_progress_is_a_full_disk(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(blobfile.os, "pwrite", lambda fd, data, offset: 0)
+    file = BlobFile(path)
+    with pytest.raises(OSError) as refused:
+        file.write(BLOB[: 2 * BLOCK])
+    file.close()
 
-    assert second._buffer is buffer
-    second.close()
+    assert refused.value.errno == errno.ENOSPC
 
 
-def test_a_layer_sink_writes_its_partial_file_past_the_page_cache(path: Path) -> None:
-    sink = LayerSink(path, sha256_digest(BLOB), diff_id=False)
-    sink.open()
-    sink.store(BLOB)
+def _staged(path: Path, data: bytes) -> _EntrySink:
+    """A load's sink for an archive file holding `data`, named after its digest."""
+    return _EntrySink("blobs/sha256/" + sha256_digest(data).split(":")[1], path, len(data))
 
-    assert sink._file is not None
-    assert sink._file.direct
-    assert sink.finish() is None
+
+def test_a_staged_archive_file_that_finds_the_disk_full_fails_the_load(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disks.fills_after(monkeypatch, 0)
+    data = BLOB[: 3 * BLOCK + 1000]
+    sink = _staged(path, data)
+
+    with pytest.raises(StorageFullError):
+        sink.write(data)
     sink.close()
+
+
+def test_a_staged_archive_file_too_short_to_tell_its_format_finds_the_disk_full_as_it_ends(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disks.fills_after(monkeypatch, 0)
+    data = b"1.0"  # fewer bytes than a compression magic: written by `finish`
+    sink = _staged(path, data)
+    assert sink.write(data) is None
+
+    with pytest.raises(StorageFullError):
+        sink.finish()
+    sink.close()
+
+
+# The page cache: what was appended is handed to the kernel as it goes, by a background
+# thread on a spare descriptor of the file's own; all of it at the end, by `finish`.
+
+
+def _handed_over(file: BlobFile) -> None:
+    """Wait for the file's hand-over, if one is under way (its error stays for the file to
+    raise)."""
+    if file._background is not None:
+        futures.wait([file._background])
+
+
+def test_every_4_mib_appended_the_last_16_mib_are_handed_to_the_kernel_to_write_and_drop(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+    threads: list[str] = []
+    _recorded(monkeypatch, "posix_fadvise", calls, threads)
+    file = BlobFile(path)
+    for _ in range(40):
+        file.write(bytes(MiB))
+        _handed_over(file)
+    assert path.stat().st_size == 40 * MiB
+    spare = file._spare
+    assert spare not in (-1, file._fd)
+    file.close()
+
+    ends = range(4 * MiB, 41 * MiB, 4 * MiB)
+    assert calls == [
+        ("posix_fadvise", spare, max(0, end - 16 * MiB), min(end, 16 * MiB), DONTNEED)
+        for end in ends
+    ]
+    assert threading.current_thread().name not in threads  # none made by the writer
+    assert all(name.startswith("ferryd-writeback") for name in threads)
+
+
+def test_a_write_of_many_mib_hands_over_its_last_16_mib_once(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+    _recorded(monkeypatch, "posix_fadvise", calls)
+    file = BlobFile(path)
+    file.write(bytes(3 * MiB))  # not 4 MiB yet: nothing
+    assert file._background is None
+    file.write(bytes(37 * MiB))
+    _handed_over(file)
+    spare = file._spare
+    file.close()
+
+    assert calls == [("posix_fadvise", spare, 24 * MiB, 16 * MiB, DONTNEED)]
+
+
+def test_the_partial_last_page_of_a_write_is_never_handed_over(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+    _recorded(monkeypatch, "posix_fadvise", calls)
+    first, second = 4 * MiB + PAGE, 8 * MiB + 3 * PAGE  # page boundaries
+    file = BlobFile(path)
+    file.write(bytes(3 * MiB))
+    file.write(bytes(first + 123 - 3 * MiB))  # ends 123 bytes into a page
+    _handed_over(file)
+    file.write(bytes(second + PAGE - 1 - (first + 123)))  # ends a byte short of the next
+    _handed_over(file)
+    spare = file._spare
+    file.close()
+
+    assert path.stat().st_size == second + PAGE - 1
+    assert calls == [  # each up to the page boundary below the end
+        ("posix_fadvise", spare, 0, first, DONTNEED),
+        ("posix_fadvise", spare, 0, second, DONTNEED),
+    ]
+
+
+def test_finish_fsyncs_then_lets_go_of_the_whole_files_pages(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+    _recorded(monkeypatch, "fsync", calls)
+    _recorded(monkeypatch, "posix_fadvise", calls)
+    file = BlobFile(path)
+    fd = file._fd
+    _write(file, BLOB)
+    assert calls == []
+    file.finish()
+    file.close()
+
+    assert calls == [("fsync", fd), ("posix_fadvise", fd, 0, 0, DONTNEED)]
     assert path.read_bytes() == BLOB
+
+
+def test_a_system_without_fadvise_gets_the_same_blob(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(blobfile.os, "posix_fadvise")
+    blob = os.urandom(9 * MiB)
+    file = BlobFile(path)
+    for piece in _chunks(blob, MiB):
+        file.write(piece)
+    file.finish()
+    file.close()
+
+    assert path.read_bytes() == blob
+
+
+# Background flushes: a hand-over flushes the file too, every `_FLUSH_EVERY` bytes.
+
+
+class _Flushes:
+    """`os.fdatasync` as blob files see it, patched: records each flush (the inode and
+    size of the file its descriptor names, the descriptor, the thread), waits while held,
+    fails with `error` if set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.fds: list[int] = []
+        self.threads: list[str] = []
+        self.error: int | None = None
+        self.done: list[int] = []  # the descriptors whose flush has ended
+        self._release = threading.Event()
+        self._release.set()
+        self._changed = threading.Condition()
+        real = os.fdatasync
+
+        def fdatasync(fd: int) -> None:
+            stat = os.fstat(fd)
+            with self._changed:
+                self.calls.append((stat.st_ino, stat.st_size))
+                self.fds.append(fd)
+                self.threads.append(threading.current_thread().name)
+                self._changed.notify_all()
+            self._release.wait(5)
+            try:
+                if self.error is not None:
+                    raise OSError(self.error, os.strerror(self.error))
+                real(fd)
+            finally:
+                self.done.append(fd)
+
+        monkeypatch.setattr(blobfile.os, "fdatasync", fdatasync)
+
+    def hold(self) -> None:
+        """Flushes wait from here until `release`."""
+        self._release.clear()
+
+    def release(self) -> None:
+        self._release.set()
+
+    def wait_for(self, count: int) -> None:
+        """Until `count` flushes have started."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: len(self.calls) >= count, 5)
+
+
+@pytest.fixture
+def flushes(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Flushes]:
+    """A hand-over every `KICK` bytes and a flush every `EVERY`, through a patched
+    fdatasync."""
+    monkeypatch.setattr(blobfile, "_KICK", KICK)
+    monkeypatch.setattr(blobfile, "_FLUSH_EVERY", EVERY)
+    flushes = _Flushes(monkeypatch)
+    yield flushes
+    flushes.release()  # a held flush ends with its test
+
+
+def test_a_hand_over_flushes_every_flush_every_bytes_in_the_background_on_a_spare_descriptor(
+    path: Path, flushes: _Flushes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dups: list[tuple[Any, ...]] = []
+    _recorded(monkeypatch, "dup", dups)
+    fds = _open_fds()
+    file = BlobFile(path)
+    own = file._fd
+    for piece in _chunks(DATA[: 4 * EVERY], EVERY // 2):  # a hand-over each
+        file.write(piece)
+        _handed_over(file)
+    file.finish()
+    file.close()
+
+    inode = path.stat().st_ino
+    assert flushes.calls == [
+        (inode, EVERY),
+        (inode, 2 * EVERY),
+        (inode, 3 * EVERY),
+        (inode, 4 * EVERY),
+    ]
+    assert dups == [("dup", own)]  # one spare for the file, not one per flush
+    assert own not in flushes.fds
+    assert len(set(flushes.fds)) == 1
+    assert all(name.startswith("ferryd-writeback") for name in flushes.threads)
+    assert _open_fds() == fds  # the spare closed with the file
+    assert path.read_bytes() == DATA[: 4 * EVERY]
+
+
+def test_truncating_starts_the_flush_count_again(path: Path, flushes: _Flushes) -> None:
+    file = BlobFile(path)
+    for piece in _chunks(DATA[: 3 * EVERY], EVERY):
+        file.write(piece)
+        _handed_over(file)
+    file.truncate()
+    file.write(DATA[:EVERY])  # a flush due: EVERY since the file was emptied
+    _handed_over(file)
+    file.close()
+
+    inode = path.stat().st_ino
+    assert flushes.calls == [(inode, EVERY), (inode, 2 * EVERY), (inode, 3 * EVERY), (inode, EVERY)]
+    assert path.read_bytes() == DATA[:EVERY]
+
+
+def test_a_file_has_one_hand_over_at_a_time_and_a_kick_during_one_is_skipped(
+    path: Path, flushes: _Flushes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+    _recorded(monkeypatch, "posix_fadvise", calls)
+    flushes.hold()
+    file = BlobFile(path)
+    other = BlobFile(path.with_name("other"))
+    file.write(DATA[:EVERY])
+    flushes.wait_for(1)
+    running = file._background
+    for piece in _chunks(DATA[EVERY : 4 * EVERY], EVERY):  # each would start one
+        file.write(piece)
+        assert file._background is running
+    other.write(DATA[:EVERY])  # another file's starts meanwhile
+    flushes.wait_for(2)
+    flushes.release()
+    _handed_over(file)
+    _handed_over(other)
+    assert len(flushes.calls) == 2
+
+    file.write(b"x")  # the next one, once the last has ended
+    _handed_over(file)
+    spare, other_spare = file._spare, other._spare
+    file.close()
+    other.close()
+
+    inode, other_inode = path.stat().st_ino, path.with_name("other").stat().st_ino
+    assert flushes.calls == [(inode, EVERY), (other_inode, EVERY), (inode, 4 * EVERY + 1)]
+    assert [call[1:] for call in calls if call[1] == spare] == [
+        (spare, 0, EVERY, DONTNEED),
+        (spare, 0, 4 * EVERY, DONTNEED),  # the kicks skipped meanwhile handed nothing
+    ]
+    assert [call[1:] for call in calls if call[1] == other_spare] == [
+        (other_spare, 0, EVERY, DONTNEED)
+    ]
+
+
+def test_a_disk_error_met_by_a_background_flush_is_raised_by_finish(
+    path: Path, flushes: _Flushes
+) -> None:
+    flushes.error = errno.EIO
+    fds = _open_fds()
+    file = BlobFile(path)
+    file.write(DATA[:EVERY])
+    with pytest.raises(OSError) as failed:
+        file.finish()
+    file.close()
+
+    assert failed.value.errno == errno.EIO
+    assert _open_fds() == fds  # the spare too
+
+
+def test_a_disk_error_met_by_a_background_flush_is_raised_by_the_write_due_to_start_the_next(
+    path: Path, flushes: _Flushes
+) -> None:
+    flushes.error = errno.EIO
+    fds = _open_fds()
+    file = BlobFile(path)
+    file.write(DATA[:EVERY])
+    _handed_over(file)
+    file.write(DATA[EVERY : EVERY + KICK - 1])  # no hand-over due: nothing said yet
+    with pytest.raises(OSError) as failed:
+        file.write(DATA[EVERY + KICK - 1 : EVERY + KICK])
+    file.close()
+
+    assert failed.value.errno == errno.EIO
+    assert path.read_bytes() == DATA[: EVERY + KICK]  # the write's bytes reached the file
+    assert _open_fds() == fds
+
+
+def test_closing_a_file_while_its_hand_over_runs_leaks_nothing_and_the_hand_over_ends(
+    path: Path, flushes: _Flushes
+) -> None:
+    flushes.hold()
+    fds = _open_fds()
+    file = BlobFile(path)
+    file.write(DATA[:EVERY])
+    flushes.wait_for(1)
+    running = file._background
+    assert running is not None
+    file.close()
+    assert _open_fds() == fds + 1  # the spare, still flushing
+    closed = threading.Event()
+    running.add_done_callback(lambda _: closed.set())  # after the file's own callback
+
+    flushes.release()
+    assert running.result(5) is None  # on the spare: the file's closing is no matter
+    assert closed.wait(5)
+    assert flushes.done == flushes.fds
+    assert _open_fds() == fds  # the spare closed once the hand-over ended
+    assert path.read_bytes() == DATA[:EVERY]
+
+
+@pytest.mark.parametrize("opening", [BlobFile, BlobReader])
+def test_a_file_that_fails_as_it_opens_leaks_no_descriptor(
+    path: Path, monkeypatch: pytest.MonkeyPatch, opening: type[BlobFile | BlobReader]
+) -> None:
+    path.write_bytes(BLOB[:5000])
+    fds = _open_fds()
+
+    def no_stat(fd: int) -> Any:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(blobfile.os, "fstat", no_stat)
+    with pytest.raises(OSError):
+        opening(path)
+    monkeypatch.undo()
+
+    assert _open_fds() == fds
+
+
+def test_a_reader_whose_buffer_cannot_be_had_leaks_no_descriptor(
+    direct_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct_path.write_bytes(BLOB[:5000])
+    fds = _open_fds()
+
+    def no_memory() -> Any:
+        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+
+    monkeypatch.setattr(blobfile._buffers, "take", no_memory)
+    with pytest.raises(OSError):
+        BlobReader(direct_path)
+
+    assert _open_fds() == fds
+
+
+def test_a_new_download_opens_nothing_to_read_back(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(blobfile, "BlobReader", None)
+    file = BlobFile(path)
+
+    assert list(file.pieces(1 << 20)) == []
+    file.close()
+
+
+def test_a_partial_file_gives_back_what_it_held_when_opened(path: Path) -> None:
+    path.write_bytes(BLOB[: 3 * BLOCK + 10])
+    file = BlobFile(path)
+    held = file.pieces(1 << 20)
+    file.write(BLOB[3 * BLOCK + 10 : 8 * BLOCK])
+    assert path.stat().st_size == 8 * BLOCK
+
+    assert b"".join(held) == BLOB[: 3 * BLOCK + 10]
+    file.close()
+
+
+# Reading.
 
 
 def _read_all(reader: BlobReader, size: int) -> bytes:
@@ -234,9 +605,9 @@ def _read_all(reader: BlobReader, size: int) -> bytes:
     return b"".join(out)
 
 
-def test_a_stored_blob_is_read_past_the_page_cache_in_whole_blocks(path: Path) -> None:
-    path.write_bytes(BLOB)
-    reader = BlobReader(path)
+def test_a_stored_blob_is_read_past_the_page_cache_in_whole_blocks(direct_path: Path) -> None:
+    direct_path.write_bytes(BLOB)
+    reader = BlobReader(direct_path)
 
     assert reader.direct
     assert _is_direct(reader)
@@ -247,18 +618,36 @@ def test_a_stored_blob_is_read_past_the_page_cache_in_whole_blocks(path: Path) -
 
 
 def test_reads_of_any_size_give_the_blob_through_the_page_cache_once_unaligned(
-    path: Path,
+    direct_path: Path,
 ) -> None:
-    path.write_bytes(BLOB)
-    reader = BlobReader(path)
+    direct_path.write_bytes(BLOB)
+    reader = BlobReader(direct_path)
 
     assert _read_all(reader, 5000) == BLOB
 
 
-def test_a_direct_read_the_filesystem_refuses_goes_on_through_the_page_cache(
+def test_a_filesystem_without_direct_io_has_its_blobs_read_through_the_page_cache(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    real = fcntl.fcntl
+
+    def no_direct(fd: int, command: int, arg: Any = 0) -> Any:
+        if command == fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, command, arg)
+
+    monkeypatch.setattr(blobfile.fcntl, "fcntl", no_direct)
     path.write_bytes(BLOB)
+    reader = BlobReader(path)
+
+    assert not reader.direct
+    assert _read_all(reader, 1 << 20) == BLOB
+
+
+def test_a_direct_read_the_filesystem_refuses_goes_on_through_the_page_cache(
+    direct_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct_path.write_bytes(BLOB)
     real = os.preadv
     calls = []
 
@@ -269,115 +658,58 @@ def test_a_direct_read_the_filesystem_refuses_goes_on_through_the_page_cache(
         return real(fd, buffers, offset)
 
     monkeypatch.setattr(blobfile.os, "preadv", refuse_second)
-    reader = BlobReader(path)
+    reader = BlobReader(direct_path)
     data = reader.read(1 << 20) + reader.read(1 << 20)
 
     assert not reader.direct
     assert data + _read_all(reader, 1 << 20) == BLOB
 
 
-def test_a_partial_file_gives_back_what_it_held_when_opened(path: Path) -> None:
-    path.write_bytes(BLOB[: 3 * BLOCK + 10])
-    file = BlobFile(path)
-    held = file.pieces(1 << 20)
-    file.write(BLOB[3 * BLOCK + 10 : 8 * BLOCK])
-    file.flush()  # whole blocks: written directly
-    assert path.stat().st_size == 8 * BLOCK
+def test_read_buffers_are_kept_for_the_next_reader(direct_path: Path) -> None:
+    direct_path.write_bytes(BLOB[:5000])
+    first = BlobReader(direct_path)
+    buffer = first._buffer
+    first.close()
+    second = BlobReader(direct_path)
 
-    assert b"".join(held) == BLOB[: 3 * BLOCK + 10]
-    file.close()
+    assert second._buffer is buffer
+    second.close()
 
 
-@pytest.mark.parametrize("first", [0, 100, BLOCK + 1])
-def test_a_filesystem_that_takes_the_flag_but_refuses_direct_writes_gets_a_long_write_whole(
-    path: Path, monkeypatch: pytest.MonkeyPatch, first: int
+def test_the_last_partial_block_is_read_past_the_page_cache_too(direct_path: Path) -> None:
+    direct_path.write_bytes(BLOB)  # its last block is partial
+    reader = BlobReader(direct_path)
+    while reader.read(1 << 20):
+        pass
+
+    assert reader.direct
+    reader.close()
+
+
+def test_a_direct_read_failing_with_a_disk_error_raises_it(
+    direct_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = os.pwrite
+    direct_path.write_bytes(BLOB)
 
-    def no_direct_io(fd: int, data: Any, offset: int) -> int:
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real(fd, data, offset)
+    def eio(*args: Any) -> int:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(blobfile.os, "pwrite", no_direct_io)
-    file = BlobFile(path)
-    file.write(BLOB[:first])
-    file.write(BLOB[first:])  # longer than the buffer, in one call
-    file.finish()
-    file.close()
+    monkeypatch.setattr(blobfile.os, "preadv", eio)
+    reader = BlobReader(direct_path)
+    with pytest.raises(OSError) as failed:
+        reader.read(1 << 20)
+    reader.close()
 
-    assert path.read_bytes() == BLOB
+    assert failed.value.errno == errno.EIO
 
 
-def test_a_write_that_makes_no_progress_is_a_full_disk(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(blobfile.os, "pwrite", lambda fd, data, offset: 0)
-    file = BlobFile(path)
-    file.write(BLOB[: 2 * BLOCK])  # waits in the buffer
-    with pytest.raises(OSError) as refused:
-        file.flush()
-    file.close()
-
-    assert refused.value.errno == errno.ENOSPC
-
-
-def test_a_staged_archive_file_whose_last_block_finds_the_disk_full_fails_the_load(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = os.pwrite
-
-    def room_for_direct_blocks_only(fd: int, data: Any, offset: int) -> int:
-        if not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(blobfile.os, "pwrite", room_for_direct_blocks_only)
-    data = BLOB[: 3 * BLOCK + 1000]
-    sink = _EntrySink("blobs/sha256/" + sha256_digest(data).split(":")[1], path, len(data))
-    sink.write(data)
-
-    with pytest.raises(StorageFullError):
-        sink.finish()
-    sink.close()
-
-
-@pytest.mark.parametrize("opening", [BlobFile, BlobReader])
-def test_a_file_that_fails_as_it_opens_leaks_no_descriptor(
-    path: Path, monkeypatch: pytest.MonkeyPatch, opening: type[BlobFile | BlobReader]
-) -> None:
-    path.write_bytes(BLOB[:5000])
-    fds = len(os.listdir("/proc/self/fd"))
-
-    def no_memory() -> Any:
-        raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
-
-    monkeypatch.setattr(blobfile._buffers, "take", no_memory)
-    with pytest.raises(OSError):
-        opening(path)
-
-    assert len(os.listdir("/proc/self/fd")) == fds
-
-
-def test_a_blob_started_again_after_finishing_is_written_past_the_page_cache_again(
-    path: Path,
-) -> None:
-    file = BlobFile(path)
-    _write(file, BLOB[: BLOCK + 5])
-    file.finish()
-    file.truncate()
-
-    assert file.direct
-    _write(file, BLOB)
-    file.finish()
-    file.close()
-    assert path.read_bytes() == BLOB
+# A push's reads (and a save's).
 
 
 @pytest.fixture
-def stored(path: Path) -> StoredBlob:
-    path.write_bytes(BLOB)
-    return StoredBlob(sha256_digest(BLOB), len(BLOB), path)
+def stored(direct_path: Path) -> StoredBlob:
+    direct_path.write_bytes(BLOB)
+    return StoredBlob(sha256_digest(BLOB), len(BLOB), direct_path)
 
 
 @pytest.mark.anyio
@@ -397,7 +729,7 @@ async def test_a_push_reads_a_stored_blob_whole_with_the_next_read_started_ahead
 async def test_a_push_cancelled_mid_read_closes_the_blob_once_its_read_has_ended(
     stored: StoredBlob,
 ) -> None:
-    fds = len(os.listdir("/proc/self/fd"))
+    fds = _open_fds()
     with anyio.CancelScope() as scope:
         async with stored.reading() as reading:
             await reading.read()
@@ -407,7 +739,7 @@ async def test_a_push_cancelled_mid_read_closes_the_blob_once_its_read_has_ended
     assert scope.cancelled_caught
     assert reading._ahead is not None
     assert reading._ahead.done()
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert _open_fds() == fds
 
 
 @pytest.mark.anyio
@@ -443,7 +775,7 @@ async def test_a_push_cancelled_mid_read_closes_the_blob_only_after_that_read(
 async def test_a_push_cancelled_while_its_read_waits_for_a_thread_calls_the_read_off(
     stored: StoredBlob,
 ) -> None:
-    fds = len(os.listdir("/proc/self/fd"))
+    fds = _open_fds()
     busy = threading.Event()
     for _ in range(6):  # every reading thread taken
         push_layers._READ_AHEAD.submit(busy.wait, 5)
@@ -455,7 +787,7 @@ async def test_a_push_cancelled_while_its_read_waits_for_a_thread_calls_the_read
     assert scope.cancelled_caught
     assert reading._ahead is not None
     assert reading._ahead.cancelled()
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert _open_fds() == fds
 
 
 @pytest.mark.anyio
@@ -491,27 +823,10 @@ async def test_a_disk_error_in_the_read_ahead_is_raised_by_the_next_read(
     assert failed.value.errno == errno.EIO
 
 
-def test_a_direct_read_failing_with_a_disk_error_raises_it(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path.write_bytes(BLOB)
-
-    def eio(*args: Any) -> int:
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-    monkeypatch.setattr(blobfile.os, "preadv", eio)
-    reader = BlobReader(path)
-    with pytest.raises(OSError) as failed:
-        reader.read(1 << 20)
-    reader.close()
-
-    assert failed.value.errno == errno.EIO
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("whole", [True, False], ids=["read whole", "cut short"])
 async def test_a_saved_blob_closes_its_file(stored: StoredBlob, whole: bool) -> None:
-    fds = len(os.listdir("/proc/self/fd"))
+    fds = _open_fds()
     entry = save._Entry("blobs/sha256/x", stored.size, path=stored.path, digest=stored.digest)
     pieces = save._blob_pieces(entry)
     if whole:
@@ -520,24 +835,4 @@ async def test_a_saved_blob_closes_its_file(stored: StoredBlob, whole: bool) -> 
         await pieces.__anext__()
         await pieces.aclose()
 
-    assert len(os.listdir("/proc/self/fd")) == fds
-
-
-def test_the_last_partial_block_is_read_past_the_page_cache_too(path: Path) -> None:
-    path.write_bytes(BLOB)  # its last block is partial
-    reader = BlobReader(path)
-    while reader.read(1 << 20):
-        pass
-
-    assert reader.direct
-    reader.close()
-
-
-def test_a_new_download_opens_nothing_to_read_back(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(blobfile, "BlobReader", None)
-    file = BlobFile(path)
-
-    assert list(file.pieces(1 << 20)) == []
-    file.close()
+    assert _open_fds() == fds

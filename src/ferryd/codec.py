@@ -290,7 +290,7 @@ class LayerSink:
     """Writes a blob to `path`, hashing it and (optionally) its uncompressed content.
 
     The hash state describes the bytes taken, so a cut download resumes from `offset`;
-    the file (a `BlobFile`, written past the page cache) holds a prefix of them, so a
+    the file (a `BlobFile`) holds a prefix of them, so a
     restart resumes by reading it back. A disk's refusal is raised as the `StoreError`
     that says so (`StorageFullError`); the bytes that reached the file stay for a resume.
     """
@@ -386,10 +386,10 @@ class LayerSink:
 
     def pipe(self, batch: Sequence[bytes]) -> None:
         """Hash now; append in the sink's writer thread and `inflate` in its inflate
-        thread, each at most one batch behind: a layer keeps two cores busy, and the
-        disk's wait for each write (a write past the page cache waits for the device)
-        is no longer in front of the next batch. A write's failure is raised by the
-        next `pipe`, or by what waits for the file (`settle`, `flush`, `finish`, `store`),
+        thread, each at most one batch behind: a layer keeps two cores busy, and a
+        write (a copy into the page cache, which waits when the kernel holds back a
+        writer) is not in front of the next batch. A write's failure is raised by the
+        next `pipe`, or by what waits for the file (`settle`, `finish`, `store`),
         and again by each of them until the sink starts over (`restart`, `open`): the
         batches counted after the failed one never reached the file.
 
@@ -412,9 +412,9 @@ class LayerSink:
         self._behind.put(batch)
 
     def settle(self) -> None:
-        """Wait until every batch `pipe` handed over is with the file (written, or in
-        the buffer it writes a MiB at a time), so that `offset` counts what the file has
-        taken; raises a write's failure."""
+        """Wait until every batch `pipe` handed over is in the file, so that `offset`
+        counts what the file holds; raises a write's failure (a cut download's next
+        attempt asks for what comes after `offset`, and a full disk is the truer error)."""
         writer, self._writer = self._writer, None
         if writer is not None:
             try:
@@ -423,16 +423,6 @@ class LayerSink:
                 self._write_error = exc
         if self._write_error is not None:
             raise self._write_error
-
-    def write_out(self) -> None:
-        """`settle`, then have the file write its buffer's whole blocks: it holds what
-        `offset` counts but a last partial block, and a disk that refuses them says so
-        now, not a MiB of the next attempt later (a cut download's next attempt asks for
-        what comes after `offset`, and the full disk is the truer error)."""
-        self.settle()
-        assert self._file is not None
-        with disk_errors(self.path):
-            self._file.write_blocks()
 
     def _join_behind(self) -> None:
         behind, self._behind = self._behind, None
@@ -467,13 +457,6 @@ class LayerSink:
                 self.uncompressed_size += len(piece)
         except ContentError as exc:
             self._broken = exc
-
-    def flush(self) -> None:
-        """Every byte taken reaches the file (no fsync), or the disk's refusal is raised."""
-        assert self._file is not None
-        self.settle()
-        with disk_errors(self.path):
-            self._file.flush()
 
     def finish(self) -> Digest | None:
         """Flush and fsync, check the blob digest, then the stream; return the DiffID.

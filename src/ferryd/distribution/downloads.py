@@ -658,7 +658,7 @@ async def _pump(
         # A cut, or an answer that ended short: the next attempt asks for what comes
         # after `offset`, which must be in the file first, and a write the disk refused
         # meanwhile is the truer error (no retry mends it).
-        await anyio.to_thread.run_sync(sink.write_out)
+        await anyio.to_thread.run_sync(sink.settle)
     if cut is not None:
         raise cut
 

@@ -1,8 +1,11 @@
 """A blob's file: written through the page cache at once; every 4 MiB a background thread
 hands the last 16 MiB to the kernel (to write, then drop), every 64 MiB flushing the file
-too, on a spare descriptor of the file's own, one hand-over per file at a time; fsynced
-and let go of whole by `finish`. Read past the page cache (O_DIRECT into kept buffers),
-through it where the filesystem refuses direct IO."""
+too, on a descriptor of its own (the file opened again, not a dup), one hand-over per file
+at a time, none when that descriptor cannot be had. A hand-over's error is raised by the
+next write due, `settle` or `finish` (and by a load's staging), and a file one failed on
+is emptied as it closes. `finish` waits for the hand-over under way (calls off one not
+started), then fsyncs and lets go of the file whole. Read past the page cache (O_DIRECT
+into kept buffers), through it where the filesystem refuses direct IO."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import errno
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from ferryd.distribution import push_layers
 from ferryd.distribution.archives import save
 from ferryd.distribution.archives.intake import _EntrySink
 from ferryd.distribution.push_layers import StoredBlob
-from ferryd.errors import StorageFullError
+from ferryd.errors import StorageFullError, StoreError
 from ferryd.oci.digest import sha256_digest
 from support import disks
 
@@ -38,6 +41,25 @@ DONTNEED = os.POSIX_FADV_DONTNEED
 KICK = 4 * PAGE
 EVERY = 4 * KICK
 DATA = os.urandom(4 * EVERY + KICK)
+
+
+def _drain_background() -> None:
+    """Until every hand-over given to the pool so far has ended: each of its threads takes
+    a job that waits for the others' (the queue is first come, first served)."""
+    workers = blobfile._BACKGROUND._max_workers
+    meeting = threading.Barrier(workers)
+    jobs = [blobfile._BACKGROUND.submit(meeting.wait, 10) for _ in range(workers)]
+    for job in jobs:
+        job.result()  # BrokenBarrierError: a hand-over still ran after 10 s
+
+
+@pytest.fixture(autouse=True)
+def _background_drained() -> Iterator[None]:
+    """No hand-over of another test runs during this one (its calls would be recorded, its
+    descriptors counted), nor one of this test after it."""
+    _drain_background()
+    yield
+    _drain_background()
 
 
 def _direct_io_works(directory: Path) -> bool:
@@ -238,7 +260,7 @@ def test_a_staged_archive_file_too_short_to_tell_its_format_finds_the_disk_full_
 
 
 # The page cache: what was appended is handed to the kernel as it goes, by a background
-# thread on a spare descriptor of the file's own; all of it at the end, by `finish`.
+# thread on a descriptor of its own; all of it at the end, by `finish`.
 
 
 def _handed_over(file: BlobFile) -> None:
@@ -346,8 +368,8 @@ def test_a_system_without_fadvise_gets_the_same_blob(
 
 class _Flushes:
     """`os.fdatasync` as blob files see it, patched: records each flush (the inode and
-    size of the file its descriptor names, the descriptor, the thread), waits while held,
-    fails with `error` if set."""
+    size of the file its descriptor names, the descriptor, the thread), waits while held
+    (a flush never released fails the test), fails with `error` if set."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[int, int]] = []
@@ -355,6 +377,7 @@ class _Flushes:
         self.threads: list[str] = []
         self.error: int | None = None
         self.done: list[int] = []  # the descriptors whose flush has ended
+        self.stuck = False  # a held flush gave up waiting for `release`
         self._release = threading.Event()
         self._release.set()
         self._changed = threading.Condition()
@@ -367,8 +390,10 @@ class _Flushes:
                 self.fds.append(fd)
                 self.threads.append(threading.current_thread().name)
                 self._changed.notify_all()
-            self._release.wait(5)
             try:
+                if not self._release.wait(10):
+                    self.stuck = True
+                    raise AssertionError("a flush held for 10 s: never released")
                 if self.error is not None:
                     raise OSError(self.error, os.strerror(self.error))
                 real(fd)
@@ -399,19 +424,43 @@ def flushes(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Flushes]:
     flushes = _Flushes(monkeypatch)
     yield flushes
     flushes.release()  # a held flush ends with its test
+    assert not flushes.stuck, "a flush was held until it gave up: the test never released it"
 
 
-def test_a_hand_over_flushes_every_flush_every_bytes_in_the_background_on_a_spare_descriptor(
+def _started(call: Callable[[], object]) -> futures.Future[object]:
+    """`call`, made in a thread of its own while the test goes on."""
+    future: futures.Future[object] = futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+def _still_waiting(call: futures.Future[object]) -> bool:
+    """`call` has not returned 0.2 s on."""
+    done, _ = futures.wait([call], 0.2)
+    return not done
+
+
+def test_a_hand_over_flushes_every_flush_every_bytes_in_the_background_on_a_descriptor_of_its_own(
     path: Path, flushes: _Flushes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dups: list[tuple[Any, ...]] = []
-    _recorded(monkeypatch, "dup", dups)
+    opens: list[tuple[Any, ...]] = []
+    _recorded(monkeypatch, "open", opens)
     fds = _open_fds()
     file = BlobFile(path)
+    assert file._spare == -1  # none until the first hand-over
     own = file._fd
     for piece in _chunks(DATA[: 4 * EVERY], EVERY // 2):  # a hand-over each
         file.write(piece)
         _handed_over(file)
+    spare = file._spare
+    spare_access = fcntl.fcntl(spare, fcntl.F_GETFL) & os.O_ACCMODE
     file.finish()
     file.close()
 
@@ -422,9 +471,15 @@ def test_a_hand_over_flushes_every_flush_every_bytes_in_the_background_on_a_spar
         (inode, 3 * EVERY),
         (inode, 4 * EVERY),
     ]
-    assert dups == [("dup", own)]  # one spare for the file, not one per flush
+    # The file opened again, once: a description of its own, not a dup of the file's (the
+    # error a flush meets is then reported to each of them, the file's by `finish`).
+    assert [call for call in opens if call[1] == path] == [
+        ("open", path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666),
+        ("open", path, os.O_RDONLY | os.O_CLOEXEC),
+    ]
+    assert spare_access == os.O_RDONLY
+    assert flushes.fds == [spare] * 4
     assert own not in flushes.fds
-    assert len(set(flushes.fds)) == 1
     assert all(name.startswith("ferryd-writeback") for name in flushes.threads)
     assert _open_fds() == fds  # the spare closed with the file
     assert path.read_bytes() == DATA[: 4 * EVERY]
@@ -443,6 +498,30 @@ def test_truncating_starts_the_flush_count_again(path: Path, flushes: _Flushes) 
     inode = path.stat().st_ino
     assert flushes.calls == [(inode, EVERY), (inode, 2 * EVERY), (inode, 3 * EVERY), (inode, EVERY)]
     assert path.read_bytes() == DATA[:EVERY]
+
+
+def test_truncating_waits_for_the_hand_over_under_way_and_forgets_its_failure(
+    path: Path, flushes: _Flushes
+) -> None:
+    flushes.error = errno.EIO
+    flushes.hold()
+    file = BlobFile(path)
+    file.write(DATA[:EVERY])
+    flushes.wait_for(1)
+    truncating = _started(file.truncate)
+    assert _still_waiting(truncating)
+    assert path.stat().st_size == EVERY  # not emptied under the flush
+    flushes.release()
+    assert truncating.result(5) is None  # the failure goes with the bytes it was about
+    flushes.error = None
+    file.write(DATA[:EVERY])  # a flush due: EVERY since the file was emptied; nothing raised
+    _handed_over(file)
+    file.finish()
+    file.close()
+
+    inode = path.stat().st_ino
+    assert flushes.calls == [(inode, EVERY), (inode, EVERY)]
+    assert path.read_bytes() == DATA[:EVERY]  # kept as it closed: nothing failed since
 
 
 def test_a_file_has_one_hand_over_at_a_time_and_a_kick_during_one_is_skipped(
@@ -483,18 +562,144 @@ def test_a_file_has_one_hand_over_at_a_time_and_a_kick_during_one_is_skipped(
     ]
 
 
-def test_a_disk_error_met_by_a_background_flush_is_raised_by_finish(
-    path: Path, flushes: _Flushes
+def _no_spare_descriptor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No descriptor to spare: `os.open` as blob files see it refuses read-only opens."""
+    real = os.open
+
+    def open_(path: Any, flags: int, *args: Any) -> int:
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real(path, flags, *args)
+
+    monkeypatch.setattr(blobfile.os, "open", open_)
+
+
+def _pool_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon is ending: the hand-overs' pool takes no more jobs."""
+    ended = futures.ThreadPoolExecutor(1)
+    ended.shutdown()
+    monkeypatch.setattr(blobfile, "_BACKGROUND", ended)
+
+
+@pytest.mark.parametrize(
+    "refuse", [_no_spare_descriptor, _pool_ended], ids=["no descriptor", "pool ended"]
+)
+def test_a_hand_over_that_cannot_be_had_is_left_to_the_next_write_and_finish(
+    path: Path,
+    flushes: _Flushes,
+    monkeypatch: pytest.MonkeyPatch,
+    refuse: Callable[[pytest.MonkeyPatch], None],
 ) -> None:
+    calls: list[tuple[Any, ...]] = []
+    _recorded(monkeypatch, "fsync", calls)
+    _recorded(monkeypatch, "posix_fadvise", calls)
+    fds = _open_fds()
+    file = BlobFile(path)
+    fd = file._fd
+    with pytest.MonkeyPatch.context() as refusing:
+        refuse(refusing)
+        for piece in _chunks(DATA, KICK):  # a hand-over due at each
+            file.write(piece)
+            assert file._background is None  # skipped: the writes go on
+    assert flushes.calls == []
+    file.write(b"x")  # one can be had again: it hands over all that came since the last
+    _handed_over(file)
+    spare = file._spare
+    file.finish()
+    file.close()
+
+    inode = path.stat().st_ino
+    assert flushes.calls == [(inode, len(DATA) + 1)]
+    assert [call for call in calls if call[1] == spare] == [
+        ("posix_fadvise", spare, 0, len(DATA), DONTNEED)
+    ]
+    assert [call for call in calls if call[1] == fd] == [
+        ("fsync", fd),
+        ("posix_fadvise", fd, 0, 0, DONTNEED),
+    ]
+    assert _open_fds() == fds
+    assert path.read_bytes() == DATA + b"x"
+
+
+def test_finish_waits_for_the_hand_over_under_way_before_it_fsyncs(
+    path: Path, flushes: _Flushes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushed_by_then: list[list[int]] = []  # at each fsync, the flushes that had ended
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        flushed_by_then.append(list(flushes.done))
+        real(fd)
+
+    monkeypatch.setattr(blobfile.os, "fsync", fsync)
+    flushes.hold()
+    file = BlobFile(path)
+    file.write(DATA[:EVERY])
+    flushes.wait_for(1)
+    finishing = _started(file.finish)
+    assert _still_waiting(finishing)
+    assert flushed_by_then == []
+    flushes.release()
+    assert finishing.result(5) is None
+    spare = file._spare
+    file.close()
+
+    assert flushed_by_then == [[spare]]
+    assert path.read_bytes() == DATA[:EVERY]
+
+
+def test_finish_calls_off_a_hand_over_that_has_not_started_and_fsyncs_all_of_it(
+    path: Path, flushes: _Flushes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+    _recorded(monkeypatch, "fsync", calls)
+    _recorded(monkeypatch, "posix_fadvise", calls)
+    flushes.hold()
+    others = [BlobFile(path.with_name(f"other-{n}")) for n in range(3)]
+    for other in others:  # each of the pool's 3 threads held by another file's flush
+        other.write(DATA[:EVERY])
+    flushes.wait_for(3)
+    file = BlobFile(path)
+    fd = file._fd
+    file.write(DATA[:EVERY])
+    waiting = file._background
+    assert waiting is not None
+    assert not waiting.running()
+    assert _started(file.finish).result(5) is None  # not behind the other files' flushes
+    assert waiting.cancelled()
+    spare = file._spare
+    flushes.release()
+    for other in others:
+        other.close()
+    _drain_background()
+    file.close()
+
+    inode = path.stat().st_ino
+    assert len(flushes.calls) == 3
+    assert inode not in [call[0] for call in flushes.calls]
+    assert [call for call in calls if call[1] in (fd, spare)] == [
+        ("fsync", fd),
+        ("posix_fadvise", fd, 0, 0, DONTNEED),
+    ]
+    assert path.read_bytes() == DATA[:EVERY]
+
+
+def test_a_disk_error_met_by_a_background_flush_under_way_is_raised_by_finish_before_any_fsync(
+    path: Path, flushes: _Flushes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsyncs: list[tuple[Any, ...]] = []
+    _recorded(monkeypatch, "fsync", fsyncs)
     flushes.error = errno.EIO
     fds = _open_fds()
     file = BlobFile(path)
     file.write(DATA[:EVERY])
+    flushes.wait_for(1)  # under way: waited for, not called off
     with pytest.raises(OSError) as failed:
         file.finish()
     file.close()
 
     assert failed.value.errno == errno.EIO
+    assert fsyncs == []
     assert _open_fds() == fds  # the spare too
 
 
@@ -509,14 +714,95 @@ def test_a_disk_error_met_by_a_background_flush_is_raised_by_the_write_due_to_st
     file.write(DATA[EVERY : EVERY + KICK - 1])  # no hand-over due: nothing said yet
     with pytest.raises(OSError) as failed:
         file.write(DATA[EVERY + KICK - 1 : EVERY + KICK])
+    assert path.read_bytes() == DATA[: EVERY + KICK]  # the write's bytes reached the file
     file.close()
 
     assert failed.value.errno == errno.EIO
-    assert path.read_bytes() == DATA[: EVERY + KICK]  # the write's bytes reached the file
+    assert path.stat().st_size == 0  # emptied as it closed (see below)
     assert _open_fds() == fds
 
 
-def test_closing_a_file_while_its_hand_over_runs_leaks_nothing_and_the_hand_over_ends(
+@pytest.mark.parametrize("raised", [True, False], ids=["raised by settle", "met by close"])
+def test_closing_a_file_a_hand_over_failed_on_empties_it_for_a_resume_to_start_again(
+    path: Path, flushes: _Flushes, raised: bool
+) -> None:
+    # The disk may not hold what the file holds, and a resume's fsync would not say so:
+    # the failure was reported once, to the hand-over's descriptor.
+    flushes.error = errno.EIO
+    file = BlobFile(path)
+    file.write(DATA[:EVERY])
+    if raised:
+        with pytest.raises(OSError) as failed:
+            file.settle()
+        assert failed.value.errno == errno.EIO
+    else:  # it has run and failed, unseen (one not yet started is called off by close)
+        assert file._background is not None
+        futures.wait([file._background])
+    file.close()
+
+    assert path.stat().st_size == 0
+    again = BlobFile(path)
+    assert again.size == 0
+    assert list(again.pieces(MiB)) == []
+    again.close()
+
+
+def test_closing_a_file_whose_fsync_failed_empties_it_for_a_resume_to_start_again(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    file = BlobFile(path)
+    file.write(BLOB)
+    monkeypatch.setattr(blobfile.os, "fsync", failing)
+    with pytest.raises(OSError) as failed:
+        file.finish()
+    file.close()
+
+    assert failed.value.errno == errno.EIO
+    assert path.stat().st_size == 0
+
+
+def test_closing_a_file_calls_off_a_hand_over_that_has_not_started_and_keeps_its_bytes(
+    path: Path, flushes: _Flushes
+) -> None:
+    flushes.hold()
+    others = [BlobFile(path.with_name(f"other-{n}")) for n in range(3)]
+    for other in others:  # each of the pool's 3 threads held by another file's flush
+        other.write(DATA[:EVERY])
+    flushes.wait_for(3)
+    file = BlobFile(path)
+    file.write(DATA[:EVERY])
+    waiting = file._background
+    assert waiting is not None
+    assert _started(file.close).result(5) is None  # not behind the other files' flushes
+    flushes.release()
+    for other in others:
+        other.close()
+    _drain_background()
+
+    assert waiting.cancelled()
+    assert path.stat().st_ino not in [call[0] for call in flushes.calls]
+    assert path.read_bytes() == DATA[:EVERY]
+
+
+def test_closing_a_file_its_hand_overs_went_well_for_keeps_its_bytes_for_a_resume(
+    path: Path, flushes: _Flushes
+) -> None:
+    file = BlobFile(path)
+    file.write(DATA[:EVERY])
+    file.settle()
+    file.close()
+
+    assert flushes.calls == [(path.stat().st_ino, EVERY)]
+    again = BlobFile(path)
+    assert again.size == EVERY
+    assert b"".join(again.pieces(MiB)) == DATA[:EVERY]
+    again.close()
+
+
+def test_closing_a_file_while_its_hand_over_runs_waits_for_it_then_closes_both_descriptors(
     path: Path, flushes: _Flushes
 ) -> None:
     flushes.hold()
@@ -524,19 +810,39 @@ def test_closing_a_file_while_its_hand_over_runs_leaks_nothing_and_the_hand_over
     file = BlobFile(path)
     file.write(DATA[:EVERY])
     flushes.wait_for(1)
-    running = file._background
-    assert running is not None
-    file.close()
-    assert _open_fds() == fds + 1  # the spare, still flushing
-    closed = threading.Event()
-    running.add_done_callback(lambda _: closed.set())  # after the file's own callback
+    closing = _started(file.close)
+    assert _still_waiting(closing)
+    assert _open_fds() == fds + 2  # the file's and the hand-over's, still flushing
 
     flushes.release()
-    assert running.result(5) is None  # on the spare: the file's closing is no matter
-    assert closed.wait(5)
-    assert flushes.done == flushes.fds
-    assert _open_fds() == fds  # the spare closed once the hand-over ended
+    assert closing.result(5) is None
+    assert flushes.done == flushes.fds  # the flush had ended
+    assert _open_fds() == fds
     assert path.read_bytes() == DATA[:EVERY]
+
+
+def test_a_staged_archive_file_whose_background_flush_fails_fails_the_load_as_stage_one_ends(
+    path: Path, flushes: _Flushes
+) -> None:
+    # The load moves a staged file into the store as it is: what the disk refused must
+    # be known before (`_EntrySink.finish` waits for the file's hand-over).
+    flushes.error = errno.EIO
+    flushes.hold()
+    data = DATA[:EVERY]  # a flush due as it is written
+    sink = _staged(path, data)
+    sink.write(data)
+    flushes.wait_for(1)
+    ending = _started(sink.finish)
+    assert _still_waiting(ending)
+    flushes.release()
+    with pytest.raises(StoreError) as failed:
+        ending.result(5)
+    sink.close()
+
+    assert type(failed.value) is StoreError  # what a failing disk (EIO) is reported as
+    assert "I/O error" in str(failed.value)
+    assert sink.staged is None  # nothing for the load to move
+    assert path.stat().st_size == 0
 
 
 @pytest.mark.parametrize("opening", [BlobFile, BlobReader])
@@ -751,7 +1057,7 @@ async def test_a_push_cancelled_mid_read_closes_the_blob_only_after_that_read(
 
     def read(self: BlobReader, size: int) -> bytes:
         started.set()
-        release.wait(5)
+        assert release.wait(5)
         order.append("read")
         return real_read(self, size)
 

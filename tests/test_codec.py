@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
+import os
 import random
 import tarfile
 import tempfile
@@ -22,7 +24,7 @@ from isal import isal_zlib
 
 from ferryd import blobfile
 from ferryd.codec import BATCH_SIZE, LayerSink, detect_compression, inflater
-from ferryd.errors import ContentError, DigestMismatchError, StorageFullError
+from ferryd.errors import ContentError, DigestMismatchError, StorageFullError, StoreError
 from ferryd.oci.digest import Digest
 from ferryd.oci.mediatypes import Compression
 from support import disks
@@ -778,3 +780,28 @@ def test_a_full_disk_met_by_a_piped_batch_is_raised_by_settling(
         sink.settle()
     sink.close()
     assert blob_path.read_bytes() == blob[:100_000]  # a prefix: a later pull resumes after it
+
+
+def test_a_disk_error_met_by_the_files_background_flush_is_raised_by_settling(
+    blob_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Settling waits for the file's hand-over to the disk too: a cut download's next
+    # attempt, or a load about to move the file into the store, learns what it refused.
+    monkeypatch.setattr(blobfile, "_KICK", 4 * blobfile._PAGE)
+    monkeypatch.setattr(blobfile, "_FLUSH_EVERY", 4 * blobfile._PAGE)
+
+    def failing_flush(fd: int) -> None:
+        time.sleep(0.1)  # a disk that takes its time: settle must wait for it
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(blobfile.os, "fdatasync", failing_flush)
+    blob = _gzip(INCOMPRESSIBLE)
+    sink = _opened(blob_path, blob)
+    sink.pipe([blob[:300_000]])  # a flush due as it is written
+
+    with pytest.raises(StoreError) as failed:
+        sink.settle()
+    sink.close()
+    assert type(failed.value) is StoreError  # what `disk_errors` makes of EIO: a failing disk
+    assert "I/O error" in str(failed.value)
+    assert blob_path.stat().st_size == 0  # emptied: a later pull does not resume from it

@@ -30,6 +30,7 @@ Where the filesystem refuses direct IO, it is read as any other file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -98,15 +99,16 @@ class BlobFile:
     """A partial blob file opened to be appended to (see the module's docstring).
 
     Opening it reads nothing; `pieces` gives what it holds (for a resume to hash);
-    `write` appends; `finish` fsyncs. OSError is raised as is, a background flush's by
-    the write that would start the next one or by `finish`: the caller knows which
+    `write` appends; `finish` fsyncs. OSError is raised as is (a hand-over's by the
+    write that would start the next one, `settle` or `finish`): the caller knows which
     file it writes and what the error means to it.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._background: Future[None] | None = None  # one hand-over at a time
-        self._spare = -1  # the background's own descriptor: this one may close first
+        self._spare = -1  # the background's descriptor: this one may close first
+        self._failed = False  # a hand-over met an error: the disk may lack what it holds
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
             self.size = os.fstat(self._fd).st_size  # what the file held when opened
@@ -138,9 +140,14 @@ class BlobFile:
         end = self._at - self._at % _PAGE  # a partial last page stays: the next write's
         start = max(0, end - _WINDOW)
         flush = end - self._flushed >= _FLUSH_EVERY
-        if self._spare < 0:
-            self._spare = os.dup(self._fd)
-        self._background = _BACKGROUND.submit(_hand_over, self._spare, start, end, flush)
+        try:
+            if self._spare < 0:
+                # A description of its own, not a dup: the error a background flush
+                # meets is then reported again by this one's fsync (`finish`).
+                self._spare = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self._background = _BACKGROUND.submit(_hand_over, self._spare, start, end, flush)
+        except (OSError, RuntimeError):  # no descriptor to spare, or the daemon is ending:
+            return  # the writes go on, and `finish` writes and flushes all that is left
         self._handed = self._at
         if flush:
             self._flushed = end
@@ -152,34 +159,63 @@ class BlobFile:
             return True
         if not background.done():
             return False
-        self._background = None
-        background.result()
+        self._collect()
         return True
+
+    def _collect(self) -> None:
+        """Wait for the hand-over under way, if any; raise its error."""
+        background, self._background = self._background, None
+        if background is not None:
+            try:
+                background.result()
+            except BaseException:
+                self._failed = True
+                raise
+
+    def settle(self) -> None:
+        """Wait for the hand-over under way; raise its error (or the last one's)."""
+        self._collect()
 
     def truncate(self) -> None:
         """Empty the file: the blob starts again from byte 0."""
+        with contextlib.suppress(Exception):  # what the disk failed to take goes too
+            self._collect()
         os.ftruncate(self._fd, 0)
         self.size = self._at = self._handed = self._flushed = 0
+        self._failed = False
 
     def finish(self) -> None:
         """fsync, then drop the file's pages: the file is the whole blob, on the disk.
-        A hand-over under way is waited for first: an error it met is raised here."""
-        if self._background is not None:
-            background, self._background = self._background, None
-            background.result()
-        os.fsync(self._fd)
+        A hand-over under way is waited for first (one that has not started is called
+        off: the fsync does its work), and an error it met is raised."""
+        self._call_off()
+        self._collect()
+        try:
+            os.fsync(self._fd)
+        except OSError:
+            self._failed = True  # reported once: a resume must not build on the file
+            raise
         _let_go(self._fd, 0, 0)
 
+    def _call_off(self) -> None:
+        """Cancel a hand-over that has not started (in the queue behind other files')."""
+        if self._background is not None and self._background.cancel():
+            self._background = None
+
     def close(self) -> None:
-        if self._spare >= 0:
-            spare, self._spare = self._spare, -1
-            if self._background is not None:  # closed by the thread when it is done
-                self._background.add_done_callback(lambda _: os.close(spare))
-            else:
-                os.close(spare)
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
+        """Close; a file a hand-over or `finish` failed on is emptied first: a later
+        resume would build on bytes the disk may not have, and no later fsync would say
+        so (the failure was reported once)."""
+        self._call_off()
+        with contextlib.suppress(Exception):
+            self._collect()
+        if self._failed and self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+        for fd in (self._spare, self._fd):
+            if fd >= 0:
+                os.close(fd)
+        self._spare = self._fd = -1
 
 
 class BlobReader:

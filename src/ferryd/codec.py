@@ -374,7 +374,7 @@ class LayerSink:
 
     def store(self, batch: bytes) -> None:
         """Stage one: append to the file and hash the blob."""
-        self.settle()  # what `pipe` handed over goes first
+        self._settle_writes()  # what `pipe` handed over goes first
         self._append(batch)
         self._hasher.update(batch)
         self.offset += len(batch)
@@ -398,7 +398,7 @@ class LayerSink:
         big layers, with the GIL held."""
         batch = tuple(batch)  # the threads read it after this returns
         if self._writer is None or self._writer.failed:
-            self.settle()  # raises a write's failure, met now or before
+            self._settle_writes()  # raises a write's failure, met now or before
             self._writer = _Behind(self._append, "ferryd-write")
         self._writer.put(batch)
         for piece in batch:
@@ -413,8 +413,17 @@ class LayerSink:
 
     def settle(self) -> None:
         """Wait until every batch `pipe` handed over is in the file, so that `offset`
-        counts what the file holds; raises a write's failure (a cut download's next
-        attempt asks for what comes after `offset`, and a full disk is the truer error)."""
+        counts what the file holds, and for the file's hand-over to the disk; raises a
+        write's failure or the hand-over's (a cut download's next attempt asks for what
+        comes after `offset`, and a full or failing disk is the truer error; a load moves
+        the file into the store as it is, so what the disk refused must be known now)."""
+        self._settle_writes()
+        if self._file is not None:
+            with disk_errors(self.path):
+                self._file.settle()
+
+    def _settle_writes(self) -> None:
+        """`settle`, but for the hand-over (which `finish` and `store` need not wait for)."""
         writer, self._writer = self._writer, None
         if writer is not None:
             try:
@@ -459,13 +468,13 @@ class LayerSink:
             self._broken = exc
 
     def finish(self) -> Digest | None:
-        """Flush and fsync, check the blob digest, then the stream; return the DiffID.
+        """fsync, check the blob digest, then the stream; return the DiffID.
 
         Raises DigestMismatchError when the blob is not `expected`, ContentError when
         it is but does not decompress.
         """
         assert self._file is not None
-        self.settle()
+        self._settle_writes()
         with disk_errors(self.path):
             self._file.finish()
         return self.verify()

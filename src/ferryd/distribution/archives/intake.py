@@ -149,7 +149,7 @@ class _EntrySink:
             rest = self.write(self._head) if self._head else None
         sink = self._sink
         assert sink is not None
-        sink.settle()  # the staged file is moved into the store as it is: all of it, now
+        sink.settle()  # all of it in the file, and what the disk refused raised, now
         digest = sink.digest_so_far()
         # The sink checks what it was told to expect: the content is what it is, and
         # what it must be is decided once the archive says what this file is.

@@ -22,7 +22,8 @@ before a row names it (`finish` fsyncs). Three things about the disk decide how:
   reach the disk, the pages a blob passes through are freed while still warm and taken
   again by its next MiB, and the page cache does not fill with blobs nobody reads.
 
-The file always holds a prefix of the blob, which a resume reads back. A push reads a
+The file holds a prefix of the blob, which a resume reads back (after a crash, what
+reached the disk: a resumed blob that fails its digest is fetched again). A push reads a
 stored blob past the page cache (`BlobReader`, O_DIRECT into a kept buffer): the blobs
 a pull wrote are no longer there, and reading them through it would pay for the pages.
 Where the filesystem refuses direct IO, it is read as any other file.

@@ -23,6 +23,7 @@ import pytest
 
 from ferryd import blobfile
 from ferryd.blobfile import BLOCK, BlobFile, BlobReader
+from ferryd.codec import LayerSink
 from ferryd.distribution import push_layers
 from ferryd.distribution.archives import save
 from ferryd.distribution.archives.intake import _EntrySink
@@ -447,6 +448,37 @@ def _still_waiting(call: futures.Future[object]) -> bool:
     return not done
 
 
+def _flush_held(path: Path, flushes: _Flushes) -> BlobFile:
+    """A new file at `path` whose first flush has started, held."""
+    flushes.hold()
+    file = BlobFile(path)
+    file.write(DATA[:EVERY])
+    flushes.wait_for(1)
+    return file
+
+
+def _returns_while_held(
+    call: Callable[[], object], others: list[BlobFile], flushes: _Flushes
+) -> None:
+    """`call` returns while the pool is held by `others` (`_pool_held`), not behind their
+    flushes; then they are let go and closed."""
+    assert _started(call).result(5) is None
+    flushes.release()
+    for other in others:
+        other.close()
+    _drain_background()
+
+
+def _pool_held(path: Path, flushes: _Flushes) -> list[BlobFile]:
+    """Other files beside `path`, each of the pool's 3 threads held by one's flush."""
+    flushes.hold()
+    others = [BlobFile(path.with_name(f"other-{n}")) for n in range(3)]
+    for other in others:
+        other.write(DATA[:EVERY])
+    flushes.wait_for(3)
+    return others
+
+
 def test_a_hand_over_flushes_every_flush_every_bytes_in_the_background_on_a_descriptor_of_its_own(
     path: Path, flushes: _Flushes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -504,10 +536,7 @@ def test_truncating_waits_for_the_hand_over_under_way_and_forgets_its_failure(
     path: Path, flushes: _Flushes
 ) -> None:
     flushes.error = errno.EIO
-    flushes.hold()
-    file = BlobFile(path)
-    file.write(DATA[:EVERY])
-    flushes.wait_for(1)
+    file = _flush_held(path, flushes)
     truncating = _started(file.truncate)
     assert _still_waiting(truncating)
     assert path.stat().st_size == EVERY  # not emptied under the flush
@@ -529,11 +558,8 @@ def test_a_file_has_one_hand_over_at_a_time_and_a_kick_during_one_is_skipped(
 ) -> None:
     calls: list[tuple[Any, ...]] = []
     _recorded(monkeypatch, "posix_fadvise", calls)
-    flushes.hold()
-    file = BlobFile(path)
+    file = _flush_held(path, flushes)
     other = BlobFile(path.with_name("other"))
-    file.write(DATA[:EVERY])
-    flushes.wait_for(1)
     running = file._background
     for piece in _chunks(DATA[EVERY : 4 * EVERY], EVERY):  # each would start one
         file.write(piece)
@@ -632,10 +658,7 @@ def test_finish_waits_for_the_hand_over_under_way_before_it_fsyncs(
         real(fd)
 
     monkeypatch.setattr(blobfile.os, "fsync", fsync)
-    flushes.hold()
-    file = BlobFile(path)
-    file.write(DATA[:EVERY])
-    flushes.wait_for(1)
+    file = _flush_held(path, flushes)
     finishing = _started(file.finish)
     assert _still_waiting(finishing)
     assert flushed_by_then == []
@@ -654,24 +677,16 @@ def test_finish_calls_off_a_hand_over_that_has_not_started_and_fsyncs_all_of_it(
     calls: list[tuple[Any, ...]] = []
     _recorded(monkeypatch, "fsync", calls)
     _recorded(monkeypatch, "posix_fadvise", calls)
-    flushes.hold()
-    others = [BlobFile(path.with_name(f"other-{n}")) for n in range(3)]
-    for other in others:  # each of the pool's 3 threads held by another file's flush
-        other.write(DATA[:EVERY])
-    flushes.wait_for(3)
+    others = _pool_held(path, flushes)
     file = BlobFile(path)
     fd = file._fd
     file.write(DATA[:EVERY])
     waiting = file._background
     assert waiting is not None
     assert not waiting.running()
-    assert _started(file.finish).result(5) is None  # not behind the other files' flushes
+    _returns_while_held(file.finish, others, flushes)
     assert waiting.cancelled()
     spare = file._spare
-    flushes.release()
-    for other in others:
-        other.close()
-    _drain_background()
     file.close()
 
     inode = path.stat().st_ino
@@ -767,23 +782,31 @@ def test_closing_a_file_whose_fsync_failed_empties_it_for_a_resume_to_start_agai
 def test_closing_a_file_calls_off_a_hand_over_that_has_not_started_and_keeps_its_bytes(
     path: Path, flushes: _Flushes
 ) -> None:
-    flushes.hold()
-    others = [BlobFile(path.with_name(f"other-{n}")) for n in range(3)]
-    for other in others:  # each of the pool's 3 threads held by another file's flush
-        other.write(DATA[:EVERY])
-    flushes.wait_for(3)
+    others = _pool_held(path, flushes)
     file = BlobFile(path)
     file.write(DATA[:EVERY])
     waiting = file._background
     assert waiting is not None
-    assert _started(file.close).result(5) is None  # not behind the other files' flushes
-    flushes.release()
-    for other in others:
-        other.close()
-    _drain_background()
+    _returns_while_held(file.close, others, flushes)
 
     assert waiting.cancelled()
     assert path.stat().st_ino not in [call[0] for call in flushes.calls]
+    assert path.read_bytes() == DATA[:EVERY]
+
+
+def test_a_layer_sink_closing_calls_off_its_files_hand_over_that_has_not_started(
+    path: Path, flushes: _Flushes
+) -> None:
+    others = _pool_held(path, flushes)
+    sink = LayerSink(path, sha256_digest(DATA[:EVERY]), diff_id=False)
+    sink.open()
+    sink.store(DATA[:EVERY])
+    assert sink._file is not None
+    waiting = sink._file._background
+    assert waiting is not None
+    _returns_while_held(sink.close, others, flushes)
+
+    assert waiting.cancelled()
     assert path.read_bytes() == DATA[:EVERY]
 
 
@@ -805,11 +828,8 @@ def test_closing_a_file_its_hand_overs_went_well_for_keeps_its_bytes_for_a_resum
 def test_closing_a_file_while_its_hand_over_runs_waits_for_it_then_closes_both_descriptors(
     path: Path, flushes: _Flushes
 ) -> None:
-    flushes.hold()
     fds = _open_fds()
-    file = BlobFile(path)
-    file.write(DATA[:EVERY])
-    flushes.wait_for(1)
+    file = _flush_held(path, flushes)
     closing = _started(file.close)
     assert _still_waiting(closing)
     assert _open_fds() == fds + 2  # the file's and the hand-over's, still flushing

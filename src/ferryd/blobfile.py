@@ -160,10 +160,10 @@ class BlobFile:
             return True
         if not background.done():
             return False
-        self._collect()
+        self.settle()
         return True
 
-    def _collect(self) -> None:
+    def settle(self) -> None:
         """Wait for the hand-over under way, if any; raise its error."""
         background, self._background = self._background, None
         if background is not None:
@@ -173,14 +173,10 @@ class BlobFile:
                 self._failed = True
                 raise
 
-    def settle(self) -> None:
-        """Wait for the hand-over under way; raise its error (or the last one's)."""
-        self._collect()
-
     def truncate(self) -> None:
         """Empty the file: the blob starts again from byte 0."""
         with contextlib.suppress(Exception):  # what the disk failed to take goes too
-            self._collect()
+            self.settle()
         os.ftruncate(self._fd, 0)
         self.size = self._at = self._handed = self._flushed = 0
         self._failed = False
@@ -190,7 +186,7 @@ class BlobFile:
         A hand-over under way is waited for first (one that has not started is called
         off: the fsync does its work), and an error it met is raised."""
         self._call_off()
-        self._collect()
+        self.settle()
         try:
             os.fsync(self._fd)
         except OSError:
@@ -209,7 +205,7 @@ class BlobFile:
         so (the failure was reported once)."""
         self._call_off()
         with contextlib.suppress(Exception):
-            self._collect()
+            self.settle()
         if self._failed and self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)

@@ -360,7 +360,7 @@ class LayerSink:
         """Forget everything written: the registry will send the blob from its start."""
         assert self._file is not None
         with contextlib.suppress(Exception):  # the bytes it failed on are dropped too
-            self.settle()
+            self._settle_writes()
         with disk_errors(self.path):
             self._file.truncate()
         self._reset_state()
@@ -423,7 +423,9 @@ class LayerSink:
                 self._file.settle()
 
     def _settle_writes(self) -> None:
-        """`settle`, but for the hand-over (which `finish` and `store` need not wait for)."""
+        """Wait for the writer thread; raise a write's failure, met now or before. (The
+        file's hand-over is the file's own to wait for or call off: `finish`, `close`,
+        `truncate`.)"""
         writer, self._writer = self._writer, None
         if writer is not None:
             try:
@@ -501,7 +503,7 @@ class LayerSink:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):  # closing: nothing to report it to
-            self.settle()
+            self._settle_writes()
         with contextlib.suppress(Exception):
             self._join_behind()
         self._diff_hasher.close()

@@ -1,6 +1,7 @@
-"""Small blobs read whole in a worker thread (`registry/blocking.py`), through
-RegistryClient.open_blob(whole=…), against fake registries on loopback: the same
-requests, answers and errors as the async client's, one GET each."""
+"""Blobs read in a worker thread (`registry/blocking.py`), through
+RegistryClient.open_blob(whole=…): small ones whole, big ones into their taker
+(`into=…`) as they are read; against fake registries on loopback: the same requests,
+answers and errors as the async client's, one GET each."""
 
 from __future__ import annotations
 
@@ -433,6 +434,127 @@ async def test_a_read_cancelled_while_its_body_is_kept_waits_for_the_keeping_to_
         cancelled_at = time.monotonic()
     assert ended
     assert ended[0] <= cancelled_at  # the cancelled read waited for it
+
+
+async def read_into(
+    client: RegistryClient, digest: Digest, size: int
+) -> tuple[list[bytes], set[str], ReadBlob]:
+    """A blob read into a taker: the pieces it took, in which threads, and the answer."""
+    pieces: list[bytes] = []
+    threads: set[str] = set()
+
+    def take(piece: bytes) -> None:
+        pieces.append(piece)
+        threads.add(threading.current_thread().name)
+
+    async with client.open_blob(digest, whole=size, into=take) as answer:
+        assert isinstance(answer, ReadBlob)
+        assert [chunk async for chunk in answer.chunks()] == []  # it all went to `take`
+    return pieces, threads, answer
+
+
+async def test_a_big_blob_goes_into_its_taker_a_mib_at_a_time_in_the_worker_thread(
+    connector: Connector,
+) -> None:
+    data = blob(5 * 2**19)  # 2.5 MiB
+    registry, (digest,) = registry_with(data)
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        pieces, threads, answer = await read_into(client, digest, len(data))
+    assert answer.streamed
+    assert answer.body == b""
+    assert [len(piece) for piece in pieces] == [2**20, 2**20, 2**19]
+    assert b"".join(pieces) == data
+    assert threading.current_thread().name not in threads
+
+
+async def test_a_body_cut_short_goes_into_the_taker_up_to_the_cut_then_a_retryable_error(
+    connector: Connector,
+) -> None:
+    data = blob(3 * 2**20)
+    registry, (digest,) = registry_with(data)
+    registry.on("GET", BLOB_PATH, Reply(200, {}, data, cut_after=2**20 + 5000, cut_delay=0))
+    pieces: list[bytes] = []
+
+    async def take(client: RegistryClient) -> None:
+        async with client.open_blob(digest, whole=len(data), into=pieces.append) as answer:
+            async for _ in answer.chunks():
+                pass
+
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        with pytest.raises(TransientRegistryError, match="connection failed") as caught:
+            await take(client)
+    # What came before the cut, as far as whole reads got it: a resume asks for the rest.
+    assert data.startswith(b"".join(pieces))
+    assert len(b"".join(pieces)) >= 2**20
+    assert caught.value.retryable
+
+
+async def test_what_the_taker_raises_ends_the_read_and_the_connection(
+    connector: Connector,
+) -> None:
+    data, other = blob(3 * 2**20, 1), blob(5000, 2)
+    registry, (digest, other_digest) = registry_with(data, other)
+
+    def refuse(piece: bytes) -> None:
+        raise ValueError("the disk is full")
+
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        with pytest.raises(ValueError, match="the disk is full"):
+            async with client.open_blob(digest, whole=len(data), into=refuse):
+                pass
+        # The unread rest is not taken for the next answer.
+        assert await read(client, other_digest, len(other)) == (ReadBlob, other)
+
+
+async def test_a_206_to_a_read_into_a_taker_is_asked_for_again_the_async_way(
+    connector: Connector,
+) -> None:
+    data = blob(5000)
+    registry, (digest,) = registry_with(data)
+    partial = Reply(206, {"Content-Range": "bytes 0-4999/5000"}, data)
+    registry.on("GET", BLOB_PATH, partial, times=1)
+    taken: list[bytes] = []
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        async with client.open_blob(digest, whole=len(data), into=taken.append) as answer:
+            assert isinstance(answer, BlobResponse)
+            assert b"".join([chunk async for chunk in answer.chunks()]) == data
+    assert taken == []
+    assert len(registry.seen("GET", BLOB_PATH)) == 2
+
+
+async def test_a_read_cancelled_while_its_body_goes_into_the_taker_waits_for_it_to_end(
+    connector: Connector,
+) -> None:
+    data = blob(3 * 2**20)
+    registry, (digest,) = registry_with(data)
+    taking, release = threading.Event(), threading.Event()
+    ended: list[float] = []
+
+    def take(piece: bytes) -> None:
+        taking.set()
+        release.wait(10)
+        ended.append(time.monotonic())
+
+    async with serve_registry(registry) as server:
+        client = await chosen(connector, server)
+        async with anyio.create_task_group() as group:
+
+            async def reading() -> None:
+                async with client.open_blob(digest, whole=len(data), into=take):
+                    pass
+
+            group.start_soon(reading)
+            await anyio.to_thread.run_sync(taking.wait, 10)
+            group.cancel_scope.cancel()
+            threading.Timer(0.3, release.set).start()
+        cancelled_at = time.monotonic()
+    assert ended
+    assert max(ended) <= cancelled_at  # the cancelled read waited for its taker
+    assert len(ended) < 3  # and its connection was shut: the rest was not read
 
 
 def test_a_read_abandoned_before_its_body_is_kept_never_keeps_it() -> None:

@@ -76,19 +76,19 @@ class Env:
     manager: DownloadManager
     client: RegistryClient
     task_group: TaskGroup
-    read_whole: bool  # small blobs read whole in a worker thread, as a pull's are
+    in_worker: bool  # blobs read in a worker thread, as a pull's are (small ones whole)
     connectors: list[Connector] = field(default_factory=list)
 
     @property
     def fetcher(self) -> BlobFetcher:
-        return self.client if self.read_whole else Streamed(self.client)
+        return self.client if self.in_worker else AsyncOnly(self.client)
 
     async def open_client(self, **timeouts: float) -> BlobFetcher:
         """A client through a Connector of its own (say, with a short read timeout)."""
         connector = Connector(RegistryService(), **timeouts)
         self.connectors.append(connector)
         client = await chosen(connector, self.server, self.registry)
-        return client if self.read_whole else Streamed(client)
+        return client if self.in_worker else AsyncOnly(client)
 
     def descriptor(self, layer: FakeLayer, **kwargs: int) -> DownloadDescriptor:
         return layer.descriptor(self.server.host, REPO, **kwargs)
@@ -155,7 +155,7 @@ async def chosen(
     return client
 
 
-class Streamed:
+class AsyncOnly:
     """The client, with every blob streamed through the async client: what a pull does
     for the layers sent ahead, through a proxy, and on a redirecting endpoint."""
 
@@ -169,6 +169,7 @@ class Streamed:
         *,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> AbstractAsyncContextManager[OpenBlob]:
         return self._client.open_blob(digest, offset)
 
@@ -179,7 +180,7 @@ class Streamed:
         pass  # the async client's open as they are needed
 
 
-@pytest.fixture(params=[True, False], ids=["read-whole", "streamed"])
+@pytest.fixture(params=[True, False], ids=["in-worker", "async-client"])
 async def env(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
     store = Store(tmp_path / "root")
     registry = FakeRegistry()
@@ -252,7 +253,17 @@ def retries(progress: Recorder) -> list[str]:
 
 @pytest.fixture
 def read_whole(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The limits of the blob reads made in a worker thread (`BlockingConnections`)."""
+    """The limits of the blob reads made whole in a worker thread (`BlockingConnections`)."""
+    return _worker_reads(monkeypatch, into=False)
+
+
+@pytest.fixture
+def read_into(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The limits of the blob reads made into their sinks in a worker thread."""
+    return _worker_reads(monkeypatch, into=True)
+
+
+def _worker_reads(monkeypatch: pytest.MonkeyPatch, *, into: bool) -> list[int]:
     limits: list[int] = []
     get = BlockingConnections.get
 
@@ -262,16 +273,18 @@ def read_whole(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         headers: Mapping[str, str],
         limit: int,
         then: Callable[[bytes], object] | None = None,
+        feed: Callable[[bytes], None] | None = None,
     ) -> Answer:
-        limits.append(limit)
-        return await get(self, url, headers, limit, then)
+        if (feed is not None) == into:
+            limits.append(limit)
+        return await get(self, url, headers, limit, then, feed)
 
     monkeypatch.setattr(BlockingConnections, "get", spied)
     return limits
 
 
-async def test_a_small_layer_is_read_whole_in_a_worker_and_a_big_one_streamed(
-    env: Env, small: FakeLayer, big: FakeLayer, read_whole: list[int]
+async def test_a_small_layer_is_read_whole_in_a_worker_and_a_big_one_into_its_sink(
+    env: Env, small: FakeLayer, big: FakeLayer, read_whole: list[int], read_into: list[int]
 ) -> None:
     env.registry.add_blob(small.blob)
     env.registry.add_blob(big.blob)
@@ -279,7 +292,8 @@ async def test_a_small_layer_is_read_whole_in_a_worker_and_a_big_one_streamed(
     await env.download(small)
     await env.download(big)
 
-    assert read_whole == ([small.size] if env.read_whole else [])
+    assert read_whole == ([small.size] if env.in_worker else [])
+    assert read_into == ([big.size] if env.in_worker else [])
     env.assert_stored(small)
     env.assert_stored(big)
 
@@ -294,7 +308,7 @@ async def test_a_small_layer_sent_ahead_is_read_whole_and_its_transfer_takes_it(
         await env.download(small)
 
     assert len(env.blob_gets()) == 1
-    assert read_whole == ([small.size] if env.read_whole else [])
+    assert read_whole == ([small.size] if env.in_worker else [])
     env.assert_stored(small)
 
 
@@ -326,7 +340,7 @@ async def test_a_fetcher_that_fails_to_open_connections_ahead_still_gets_its_lay
         env.registry.add_blob(layer.blob)
     refused = anyio.Event()
 
-    class Refusing(Streamed):
+    class Refusing(AsyncOnly):
         async def open_connections(self, count: int) -> None:
             refused.set()
             raise RuntimeError("no connections today")
@@ -346,7 +360,7 @@ async def test_while_layers_are_sent_ahead_the_connections_transfers_want_are_op
 ) -> None:
     opened: list[int] = []
 
-    class Opening(Streamed):
+    class Opening(AsyncOnly):
         async def open_connections(self, count: int) -> None:
             opened.append(count)
 
@@ -462,7 +476,7 @@ async def test_a_small_layer_with_nothing_on_disk_is_opened_by_the_call_that_wri
 
     assert "open_unless_stored" not in calls
     # Read whole in a worker thread, it is written and verified by that same call.
-    assert calls.count("verify_and_commit") == (0 if env.read_whole else 1)
+    assert calls.count("verify_and_commit") == (0 if env.in_worker else 1)
     env.assert_stored(small)
 
 
@@ -741,9 +755,11 @@ class SlowToStop:
         *,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> AsyncIterator[OpenBlob]:
         try:
-            async with self._inner.open_blob(digest, offset, whole=whole, keep=keep) as blob:
+            opened = self._inner.open_blob(digest, offset, whole=whole, keep=keep, into=into)
+            async with opened as blob:
                 yield blob
         finally:
             with anyio.CancelScope(shield=True):

@@ -107,9 +107,11 @@ class SentAhead:
         offset: int,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> AsyncIterator[OpenBlob]:
-        """`fetcher.open_blob(digest, offset, whole=whole, keep=keep)`, or the answer sent
-        ahead for it (read before `keep` was known: not kept)."""
+        """`fetcher.open_blob(digest, offset, whole=whole, keep=keep, into=into)`, or the
+        answer sent ahead for it (read before `keep` and `into` were known: neither took
+        it)."""
         sent = self._sent.get(digest)
         if sent is not None and offset == 0 and not sent.taken:
             sent.taken = True
@@ -124,5 +126,5 @@ class SentAhead:
                 finally:
                     sent.released.set()
                 return
-        async with fetcher.open_blob(digest, offset, whole=whole, keep=keep) as blob:
+        async with fetcher.open_blob(digest, offset, whole=whole, keep=keep, into=into) as blob:
             yield blob

@@ -42,9 +42,11 @@ class BlobFetcher(Protocol):
         *,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> AbstractAsyncContextManager[OpenBlob]:
-        """A blob's answer from `offset`; `whole`: a small blob's size, read at once;
-        `keep`: what to do with a body of that size in the worker call that read it."""
+        """A blob's answer from `offset`; `whole`: its size, to read it in a worker
+        thread: at once, with `keep` what to do with a body of that size in the call
+        that read it; or piece by piece into `into` as it is read."""
         ...
 
     async def get_blob(self, digest: Digest, limit: int, what: str) -> bytes:

@@ -8,6 +8,8 @@ next attempt to resume from.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -430,14 +432,23 @@ class DownloadManager:
         rest = b""  # a small blob's bytes, written by the worker call that verifies them
         kept: Kept | None = None  # that call's outcome, when it was the read's own
         if sink.offset < size or size == 0:
-            whole = _whole(size)  # from byte 0: read in a worker
-            keep = verify_and_commit if whole is not None and sink.offset == 0 else None
-            async with self._ahead.open_blob(fetcher, digest, sink.offset, whole, keep) as blob:
+            start = sink.offset
+            # From byte 0, read in a worker: a small blob whole, a big one into the sink.
+            whole = size if start == 0 else None
+            keep = into = None
+            if whole is not None and size <= SMALL_BLOB:
+                keep = verify_and_commit
+            elif whole is not None:
+                into = _feeding(sink, size, layer_id, progress, tally)
+            opened = self._ahead.open_blob(fetcher, digest, start, whole, keep, into)
+            async with opened as blob:
                 kept = blob.kept if isinstance(blob, ReadBlob) else None
-                start = sink.offset
                 if kept is not None:  # written and verified by the call that read it
                     tally.received += size
                     progress.update(Message("Downloading", layer_id, size, size))
+                elif isinstance(blob, ReadBlob) and blob.streamed:  # into the sink already
+                    progress.update(Message("Downloading", layer_id, sink.offset, size))
+                    await _pump(blob.chunks(), sink, size, layer_id, progress, tally)
                 else:
                     if blob.start == 0 and sink.offset:
                         await anyio.to_thread.run_sync(sink.restart)  # Range was ignored
@@ -596,6 +607,38 @@ async def _take_whole(
     if cut is not None:
         raise cut
     return b""
+
+
+# Progress from a worker thread reaches the event loop at most this often: each costs
+# the loop a wakeup, and clients see it throttled to this anyway (`Broadcast.update`).
+_PROGRESS_EVERY = 0.1
+
+
+def _feeding(
+    sink: LayerSink, size: int, layer_id: str, progress: Broadcast, tally: _Tally
+) -> Callable[[bytes], None]:
+    """What takes a big blob's pieces in the worker thread that reads them
+    (`open_blob(into=…)`): each is counted (past the descriptor's `size` the registry is
+    lying, as in `_counted`), hashed and handed to the sink's writer and inflate threads
+    (`LayerSink.pipe`); the progress goes to the event loop now and then."""
+    loop = asyncio.get_running_loop()
+    reported = 0.0
+
+    def feed(piece: bytes) -> None:
+        nonlocal reported
+        tally.received += len(piece)
+        if sink.offset + len(piece) > size:
+            raise DigestMismatchError(
+                f"the registry sent more than the {size} bytes the manifest gives"
+            )
+        sink.pipe((piece,))
+        now = time.monotonic()
+        if now - reported >= _PROGRESS_EVERY:
+            reported = now
+            message = Message("Downloading", layer_id, sink.offset, size)
+            loop.call_soon_threadsafe(progress.update, message)
+
+    return feed
 
 
 def _open_if_closed(sink: LayerSink) -> None:

@@ -6,8 +6,10 @@ in a worker thread. For a layer of a few hundred KB the GET is most of what its 
 costs, so a small blob asked for from its first byte is read here
 (`RegistryClient.open_blob(whole=…)`) and, when the whole of it came, written, hashed
 and inflated by the transfer's `then` in the same worker call (else in the transfer's
-next one). A big blob streams through the async client, which hands each MiB on as it
-arrives.
+next one). A big blob wanted from its first byte is read here too, a MiB at a time, each
+handed to the transfer's `into` in the worker thread that read it: through the async
+client every MiB crossed the event loop (httpcore, anyio's stream, a worker call to hand
+it on), which cost more CPU than receiving it.
 
 This only fetches: the client sends the login it holds and decides what an answer that
 is not the blob (a redirect, a 401, an error) means.
@@ -65,6 +67,7 @@ class Answer:
     cut: httpx.TransportError | None
     seconds: float  # from the request to the answer's headers
     kept: Kept | None = None  # what `then` made of a whole body, in the same worker call
+    streamed: bool = False  # the body went to `into` as it came, and is not here
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,7 @@ class BlockingConnections:
         headers: Mapping[str, str],
         limit: int,
         then: Callable[[bytes], object] | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> Answer:
         """GET `url` in a worker thread; a successful answer's body is read up to one
         byte past `limit` (so that a longer one shows), another's up to MAX_ERROR_BODY.
@@ -125,8 +129,11 @@ class BlockingConnections:
 
         `then`: called in the same worker call with a 200's body of exactly `limit`
         bytes (`Answer.kept`): a small blob is written and verified without a thread
-        hop of its own. Cancelled while it runs, this waits for it to end: it writes
-        the caller's files."""
+        hop of its own. `into`: takes a 200's body instead, as it is read, in pieces of
+        1 MiB (the last one shorter), up to one byte past `limit`; what it raises ends
+        the read and is raised here (`Answer.streamed`; another success is not read:
+        the async client asks again). Cancelled while either runs, this waits for it to
+        end: it writes the caller's files."""
         call = _Call(self._keep_idle)
         try:
             return await anyio.to_thread.run_sync(
@@ -136,6 +143,7 @@ class BlockingConnections:
                 limit,
                 call,
                 then,
+                into,
                 abandon_on_cancel=True,
                 limiter=self._reads,
             )
@@ -179,6 +187,7 @@ class BlockingConnections:
         limit: int,
         call: _Call,
         then: Callable[[bytes], object] | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> Answer:
         target = parse_url(url).request_uri  # the request line's origin form, not the URL
         started = time.monotonic()
@@ -209,6 +218,8 @@ class BlockingConnections:
             # takes it for the answer (h11, under the async client, skips it).
             call.let_go(response, keep=False)
             return Answer(status, response.headers, b"", None, seconds)
+        if into is not None and 200 <= status < 300:
+            return self._stream(response, url, limit, call, into, seconds)
         pieces: list[bytes] = []
         taken, most = 0, limit + 1
         if status >= 400 or (status in REDIRECT_STATUSES and location):
@@ -230,6 +241,41 @@ class BlockingConnections:
         if then is not None and status == 200 and cut is None and taken == limit:
             kept = call.keep(then, body)
         return Answer(status, response.headers, body, cut, seconds, kept)
+
+    def _stream(
+        self,
+        response: urllib3.BaseHTTPResponse,
+        url: str,
+        limit: int,
+        call: _Call,
+        into: Callable[[bytes], None],
+        seconds: float,
+    ) -> Answer:
+        """A 200's body handed to `into` as it is read (`get`). One read fills a MiB (the
+        socket's bytes as they come, in C), so a MiB costs a few Python calls here, not
+        the trips through the event loop it cost there."""
+        status, headers = response.status, response.headers
+        if status != 200 or not call.begin():  # another success, or abandoned already
+            call.let_go(response, keep=False)
+            return Answer(status, headers, b"", None, seconds, streamed=status == 200)
+        taken, most = 0, limit + 1
+        cut: httpx.TransportError | None = None
+        try:
+            while taken < most:
+                piece = response.read(min(_PIECE, most - taken), decode_content=False)
+                if not piece:
+                    break
+                taken += len(piece)
+                into(piece)
+        except HTTPError as exc:
+            cut = self._as_httpx(exc, url)
+        except BaseException:
+            call.let_go(response, keep=False)
+            raise
+        finally:
+            call.kept.set()
+        call.let_go(response, keep=cut is None and taken < most)
+        return Answer(status, headers, b"", cut, seconds, streamed=True)
 
     def _as_httpx(self, exc: HTTPError, url: str) -> httpx.TransportError:
         """urllib3's failure as httpx's: one mapping (`client.transport_error`) turns them
@@ -265,16 +311,23 @@ class _Call:
     def keep(self, then: Callable[[bytes], object], body: bytes) -> Kept | None:
         """`then(body)`, unless the call was abandoned first (None): once begun, an
         abandoning caller waits for it (`abandon`)."""
-        with _owners:
-            if self.abandoned:
-                return None
-            self._keeping = True
+        if not self.begin():
+            return None
         try:
             return Kept(then(body))
         except Exception as exc:  # the caller's to raise, on the loop
             return Kept(None, exc)
         finally:
             self.kept.set()
+
+    def begin(self) -> bool:
+        """Whether the caller's work on the body may begin (not abandoned): once it has,
+        an abandoning caller waits for `kept`, which the worker sets when it ends."""
+        with _owners:
+            if self.abandoned:
+                return False
+            self._keeping = True
+            return True
 
     def reach(self, connection: _Reachable) -> None:
         """The request goes out on `connection` (in the worker thread)."""

@@ -87,6 +87,7 @@ class ReadBlob:
     body: bytes
     cut: FerrydError | None = None
     kept: Kept | None = None  # what `open_blob`'s `keep` made of it, in the read's call
+    streamed: bool = False  # `open_blob`'s `into` took the body, as it was read
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self.body:
@@ -216,17 +217,20 @@ class RegistryClient:
         *,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> AsyncIterator[OpenBlob]:
         """Stream a blob from `offset`; a registry that ignores Range restarts at 0.
 
-        `whole`: the size of a small blob wanted from its first byte, which is then read
-        whole in a worker thread (`blocking`) where this route allows it. `keep`: called
-        in that worker call with a body of `whole` bytes (`ReadBlob.kept`).
+        `whole`: the size of a blob wanted from its first byte, which is then read in a
+        worker thread (`blocking`) where this route allows it: whole, or with `into`
+        handed to `into` piece by piece as it is read (`ReadBlob.streamed`; what `into`
+        raises is raised here). `keep`: called in that worker call with a body of
+        `whole` bytes (`ReadBlob.kept`).
         """
         what = f"blob {digest}"
         renewed = False
         if whole is not None and offset == 0:
-            read = await self._read_whole(digest, whole, what, keep)
+            read = await self._read_whole(digest, whole, what, keep, into)
             if isinstance(read, ReadBlob):
                 yield read
                 return
@@ -257,7 +261,12 @@ class RegistryClient:
         return blocking
 
     async def _read_whole(
-        self, digest: Digest, size: int, what: str, keep: Callable[[bytes], object] | None
+        self,
+        digest: Digest,
+        size: int,
+        what: str,
+        keep: Callable[[bytes], object] | None,
+        into: Callable[[bytes], None] | None = None,
     ) -> ReadBlob | _Unread:
         """The blob's answer, read in a worker thread; else why the async client must ask
         for it: nothing read here (`_reading_whole`; a redirect, whose endpoint's blobs
@@ -271,7 +280,7 @@ class RegistryClient:
         auth = await route.auth.headers(self._scope)
         try:
             answer = await blocking.get(
-                url, {**self._meta_headers, **_IDENTITY, **auth}, size, keep
+                url, {**self._meta_headers, **_IDENTITY, **auth}, size, keep, into
             )
         except httpx.TransportError as exc:
             raise transport_error(exc, route.endpoint, f"the answer to {what}") from None
@@ -281,8 +290,8 @@ class RegistryClient:
         if status in REDIRECT_STATUSES and headers.get("location"):
             blocking.redirects = True
             return _Unread.NOT_HERE
-        if status < 200:
-            return _Unread.NOT_HERE
+        if status < 200 or (into is not None and 200 < status < 300):
+            return _Unread.NOT_HERE  # (a 206 to no Range: the async client sorts it out)
         if status == 401:
             challenge = parse_challenge(headers.get("www-authenticate"))
             if route.auth.reject(self._scope, challenge, auth.get("Authorization")):
@@ -300,7 +309,7 @@ class RegistryClient:
         if status == 206:
             start, total = _parse_content_range(headers, 0, what)
         cut = transport_error(answer.cut, route.endpoint, what) if answer.cut else None
-        return ReadBlob(start, total, answer.body, cut, answer.kept)
+        return ReadBlob(start, total, answer.body, cut, answer.kept, answer.streamed)
 
     async def blob_size(self, digest: Digest) -> int | None:
         """HEAD a blob: its size when the repository has it, None when not."""

@@ -554,7 +554,7 @@ async def test_a_read_cancelled_while_its_body_goes_into_the_taker_waits_for_it_
         cancelled_at = time.monotonic()
     assert ended
     assert max(ended) <= cancelled_at  # the cancelled read waited for its taker
-    assert len(ended) < 3  # and its connection was shut: the rest was not read
+    assert len(ended) == 1  # and what came after was not taken
 
 
 def test_a_read_abandoned_before_its_body_is_kept_never_keeps_it() -> None:

@@ -4,6 +4,7 @@ per blob still), let go when the pull fails, their errors met as a first attempt
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import anyio
 import pytest
 
 from ferryd.distribution import pull as pull_module
-from ferryd.distribution.downloads import DownloadManager
+from ferryd.distribution.downloads import AHEAD_WHOLE, SMALL_BLOB, DownloadManager
 from ferryd.oci.image_config import RootFS
 from ferryd.registry.auth import ANONYMOUS
 from ferryd.registry.connector import Connector
@@ -74,6 +75,36 @@ def test_the_first_layers_are_asked_for_while_the_config_is_on_its_way(
     assert daemon.inspect(f"{server.host}/{REPO}:v1")["Id"] == config
 
 
+def test_a_big_layer_is_not_asked_for_ahead_but_read_by_its_transfer(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """Its transfer reads it in a worker thread, into its sink: an answer sent ahead
+    would have to stream through the event loop."""
+    registry = FakeRegistry()
+    big = make_layer(6 * MiB, seed=825)
+    assert big.size > SMALL_BLOB
+    layers = [big, make_layer(300_000, seed=826), make_layer(300_000, seed=827)]
+    config = add_image(registry, "v1", layers)
+    far_away(registry)
+    config_released = held(registry, "GET", f"/v2/{REPO}/blobs/{config}")
+    daemon = start_daemon(max_concurrent_downloads=3)
+    result: list[list[str]] = []
+    with served(registry) as (portal, server):
+        puller = threading.Thread(
+            target=lambda: result.append(errors(daemon.pull(f"{server.host}/{REPO}:v1")))
+        )
+        puller.start()
+        wait_until(lambda: [gets(registry, layer.digest) for layer in layers] == [0, 1, 1])
+        time.sleep(0.2)  # what was sent ahead went out at once
+        assert gets(registry, big.digest) == 0
+        portal.call(config_released.set)
+        puller.join(60)
+
+    assert result == [[]]
+    assert [gets(registry, layer.digest) for layer in layers] == [1, 1, 1]
+    assert daemon.inspect(f"{server.host}/{REPO}:v1")["Id"] == config
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(("threshold", "ahead"), [(60.0, False), (0.0, True)])
 async def test_layer_gets_go_ahead_only_after_a_manifest_slow_enough_to_be_worth_it(
@@ -129,7 +160,8 @@ def test_a_pull_whose_config_fails_lets_go_of_what_it_asked_for_ahead(
     start_daemon: Callable[..., Daemon],
 ) -> None:
     registry = FakeRegistry()
-    layer = make_layer(4 * MiB, seed=840)
+    layer = make_layer(3 * MiB, seed=840)  # sent ahead and held unread
+    assert AHEAD_WHOLE < layer.size <= SMALL_BLOB
     config = add_image(registry, "v1", [layer])
     far_away(registry)
 

@@ -261,7 +261,8 @@ class BlockingConnections:
         taken, most = 0, limit + 1
         cut: httpx.TransportError | None = None
         try:
-            while taken < most:
+            # Abandoned, the shut socket may still give what it had received: not taken.
+            while taken < most and not call.abandoned:
                 piece = response.read(min(_PIECE, most - taken), decode_content=False)
                 if not piece:
                     break
@@ -274,7 +275,7 @@ class BlockingConnections:
             raise
         finally:
             call.kept.set()
-        call.let_go(response, keep=cut is None and taken < most)
+        call.let_go(response, keep=cut is None and taken < most and not call.abandoned)
         return Answer(status, headers, b"", cut, seconds, streamed=True)
 
     def _as_httpx(self, exc: HTTPError, url: str) -> httpx.TransportError:

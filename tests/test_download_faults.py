@@ -157,7 +157,8 @@ async def chosen(
 
 class AsyncOnly:
     """The client, with every blob streamed through the async client: what a pull does
-    for the layers sent ahead, through a proxy, and on a redirecting endpoint."""
+    for a blob resumed from a partial file, for the layers sent ahead, through a proxy,
+    and on a redirecting endpoint."""
 
     def __init__(self, client: RegistryClient) -> None:
         self._client = client
@@ -369,8 +370,8 @@ async def test_while_layers_are_sent_ahead_the_connections_transfers_want_are_op
     async with env.manager.sending_ahead(Opening(env.client), layers):
         await await_until(lambda: opened != [])
 
-    # 3 downloads at once, of 4 small layers; the 2 sent ahead open their own (the big
-    # one streams through the async client).
+    # 3 downloads at once: the 2 small ones sent ahead open their own; the big one is not
+    # sent (its transfer reads it in a worker thread), its connection is opened for it.
     assert opened == [1]
 
 

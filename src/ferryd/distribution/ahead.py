@@ -2,10 +2,12 @@
 
 A layer's transfer needs its DiffID, which only the image config gives: waiting for the
 config before asking for any layer costs a pull one round trip to the registry more.
-The GETs of layers that will surely be downloaded are sent while the config is on its
-way; the transfer that then wants such a blob from its first byte takes the answer as
-it stands (still one GET per blob), and those no transfer took are let go when the pull
-ends. An answer waits unread meanwhile: TCP holds the rest of its body back.
+The GETs of layers that will surely be downloaded (and are small enough: a big one is
+read by its transfer in a worker thread, into its sink) are sent while the config is
+on its way; the transfer that then wants such a blob from its first byte takes the
+answer as it stands (still one GET per blob), and those no transfer took are let go
+when the pull ends. An answer waits unread meanwhile: TCP holds the rest of its body
+back.
 """
 
 from __future__ import annotations

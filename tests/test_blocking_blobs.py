@@ -12,8 +12,8 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from ferryd.oci.mediatypes import OCI_MANIFEST
 from ferryd.registry import connector as connector_module
 from ferryd.registry.auth import ANONYMOUS
 from ferryd.registry.blocking import BlockingConnections, _Call
-from ferryd.registry.client import BlobResponse, ReadBlob, RegistryClient
+from ferryd.registry.client import BlobResponse, OpenBlob, ReadBlob, RegistryClient
 from ferryd.registry.connector import USER_AGENT, Connector
 from ferryd.registry.endpoints import RegistryService
 from support.daemon import Daemon, errors
@@ -438,19 +438,30 @@ async def test_a_read_cancelled_while_its_body_is_kept_waits_for_the_keeping_to_
 
 async def read_into(
     client: RegistryClient, digest: Digest, size: int
-) -> tuple[list[bytes], set[str], ReadBlob]:
-    """A blob read into a taker: the pieces it took, in which threads, and the answer."""
-    pieces: list[bytes] = []
+) -> tuple[list[Sequence[bytes]], set[str], ReadBlob]:
+    """A blob read into a taker: the batches it took, in which threads, and the answer."""
+    batches: list[Sequence[bytes]] = []
     threads: set[str] = set()
 
-    def take(piece: bytes) -> None:
-        pieces.append(piece)
+    def take(batch: Sequence[bytes]) -> None:
+        batches.append(batch)
         threads.add(threading.current_thread().name)
 
     async with client.open_blob(digest, whole=size, into=take) as answer:
         assert isinstance(answer, ReadBlob)
         assert [chunk async for chunk in answer.chunks()] == []  # it all went to `take`
-    return pieces, threads, answer
+    return batches, threads, answer
+
+
+async def consume(opened: AbstractAsyncContextManager[OpenBlob]) -> None:
+    """Open a blob's answer and take its chunks: a cut is raised after them."""
+    async with opened as answer:
+        async for _ in answer.chunks():
+            pass
+
+
+def joined(batches: list[Sequence[bytes]]) -> bytes:
+    return b"".join(piece for batch in batches for piece in batch)
 
 
 async def test_a_big_blob_goes_into_its_taker_a_mib_at_a_time_in_the_worker_thread(
@@ -460,11 +471,11 @@ async def test_a_big_blob_goes_into_its_taker_a_mib_at_a_time_in_the_worker_thre
     registry, (digest,) = registry_with(data)
     async with serve_registry(registry) as server:
         client = await chosen(connector, server)
-        pieces, threads, answer = await read_into(client, digest, len(data))
+        batches, threads, answer = await read_into(client, digest, len(data))
     assert answer.streamed
     assert answer.body == b""
-    assert [len(piece) for piece in pieces] == [2**20, 2**20, 2**19]
-    assert b"".join(pieces) == data
+    assert [sum(map(len, batch)) for batch in batches] == [2**20, 2**20, 2**19]
+    assert joined(batches) == data
     assert threading.current_thread().name not in threads
 
 
@@ -474,21 +485,32 @@ async def test_a_body_cut_short_goes_into_the_taker_up_to_the_cut_then_a_retryab
     data = blob(3 * 2**20)
     registry, (digest,) = registry_with(data)
     registry.on("GET", BLOB_PATH, Reply(200, {}, data, cut_after=2**20 + 5000, cut_delay=0))
-    pieces: list[bytes] = []
-
-    async def take(client: RegistryClient) -> None:
-        async with client.open_blob(digest, whole=len(data), into=pieces.append) as answer:
-            async for _ in answer.chunks():
-                pass
-
+    batches: list[Sequence[bytes]] = []
     async with serve_registry(registry) as server:
         client = await chosen(connector, server)
         with pytest.raises(TransientRegistryError, match="connection failed") as caught:
-            await take(client)
-    # What came before the cut, as far as whole reads got it: a resume asks for the rest.
-    assert data.startswith(b"".join(pieces))
-    assert len(b"".join(pieces)) >= 2**20
+            await consume(client.open_blob(digest, whole=len(data), into=batches.append))
+    assert joined(batches) == data[: 2**20 + 5000]  # all of it: a resume asks for the rest
     assert caught.value.retryable
+
+
+async def test_a_stall_in_the_middle_of_a_mib_hands_over_the_pieces_read_before_it() -> None:
+    data = blob(3 * 2**20)
+    registry, (digest,) = registry_with(data)
+    stalled_at = 3 * 2**19 + 100_000  # 1.5 MiB, and part of the next piece
+    registry.on("GET", BLOB_PATH, Reply(200, {}, data, stall_after=stalled_at))
+    batches: list[Sequence[bytes]] = []
+    quick = Connector(RegistryService(), connect_timeout=5, read_timeout=0.5)
+    try:
+        async with serve_registry(registry) as server:
+            client = await chosen(quick, server)
+            with pytest.raises(TransientRegistryError, match="timed out"):
+                await consume(client.open_blob(digest, whole=len(data), into=batches.append))
+    finally:
+        await quick.aclose()
+    # What the piece being filled had is lost; every piece before it was handed over,
+    # so the next attempt resumes from 1.5 MiB, not from byte 0.
+    assert joined(batches) == data[: 3 * 2**19]
 
 
 async def test_what_the_taker_raises_ends_the_read_and_the_connection(
@@ -497,7 +519,7 @@ async def test_what_the_taker_raises_ends_the_read_and_the_connection(
     data, other = blob(3 * 2**20, 1), blob(5000, 2)
     registry, (digest, other_digest) = registry_with(data, other)
 
-    def refuse(piece: bytes) -> None:
+    def refuse(batch: Sequence[bytes]) -> None:
         raise ValueError("the disk is full")
 
     async with serve_registry(registry) as server:
@@ -509,19 +531,27 @@ async def test_what_the_taker_raises_ends_the_read_and_the_connection(
         assert await read(client, other_digest, len(other)) == (ReadBlob, other)
 
 
-async def test_a_206_to_a_read_into_a_taker_is_asked_for_again_the_async_way(
-    connector: Connector,
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [(206, {"Content-Range": "bytes 0-4999/5000"}), (302, {})],
+    ids=["206-to-no-range", "3xx-without-location"],
+)
+async def test_another_answer_than_a_200_to_a_read_into_a_taker_is_asked_for_the_async_way(
+    connector: Connector, status: int, headers: dict[str, str]
 ) -> None:
+    """Its body is not read (it could be as big as the blob): the connection is closed,
+    and the async client asks again and sorts it out."""
     data = blob(5000)
     registry, (digest,) = registry_with(data)
-    partial = Reply(206, {"Content-Range": "bytes 0-4999/5000"}, data)
-    registry.on("GET", BLOB_PATH, partial, times=1)
-    taken: list[bytes] = []
+    registry.on("GET", BLOB_PATH, Reply(status, headers, data, stall_after=1000), times=1)
+    taken: list[Sequence[bytes]] = []
+    started = time.monotonic()
     async with serve_registry(registry) as server:
         client = await chosen(connector, server)
-        async with client.open_blob(digest, whole=len(data), into=taken.append) as answer:
-            assert isinstance(answer, BlobResponse)
-            assert b"".join([chunk async for chunk in answer.chunks()]) == data
+        async with client.open_blob(digest, whole=len(data), into=taken.append) as got:
+            assert isinstance(got, BlobResponse)
+            assert b"".join([chunk async for chunk in got.chunks()]) == data
+    assert time.monotonic() - started < 3  # not the read timeout (5 s) on its body
     assert taken == []
     assert len(registry.seen("GET", BLOB_PATH)) == 2
 
@@ -534,7 +564,7 @@ async def test_a_read_cancelled_while_its_body_goes_into_the_taker_waits_for_it_
     taking, release = threading.Event(), threading.Event()
     ended: list[float] = []
 
-    def take(piece: bytes) -> None:
+    def take(batch: Sequence[bytes]) -> None:
         taking.set()
         release.wait(10)
         ended.append(time.monotonic())
@@ -555,6 +585,43 @@ async def test_a_read_cancelled_while_its_body_goes_into_the_taker_waits_for_it_
     assert ended
     assert max(ended) <= cancelled_at  # the cancelled read waited for its taker
     assert len(ended) == 1  # and what came after was not taken
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Reply(200, {"Connection": "close"}, blob(3 * 2**20), stall_after=2**20 + 5000),
+        Reply(200, {}, blob(3 * 2**20), framing="close", stall_after=2**20 + 5000),
+    ],
+    ids=["connection-close", "no-length"],
+)
+async def test_a_read_into_a_taker_cancelled_while_the_registry_is_silent_ends_at_once(
+    answer: Reply,
+) -> None:
+    """http.client lets go of the socket of an answer that will close its connection:
+    the read waiting on it is woken all the same, not left to the read timeout (30 s)."""
+    registry, (digest,) = registry_with(answer.body)
+    registry.on("GET", BLOB_PATH, answer)
+    taken = threading.Event()
+    slow = Connector(RegistryService(), connect_timeout=5, read_timeout=30)
+    try:
+        async with serve_registry(registry) as server:
+            client = await chosen(slow, server)
+            async with anyio.create_task_group() as group:
+
+                async def reading() -> None:
+                    into = lambda batch: taken.set()  # noqa: E731 - a one-line taker
+                    async with client.open_blob(digest, whole=len(answer.body), into=into):
+                        pass
+
+                group.start_soon(reading)
+                await anyio.to_thread.run_sync(taken.wait, 10)
+                await anyio.sleep(0.2)  # the worker now waits on the silent socket
+                started = time.monotonic()
+                group.cancel_scope.cancel()
+            assert time.monotonic() - started < 5
+    finally:
+        await slow.aclose()
 
 
 def test_a_read_abandoned_before_its_body_is_kept_never_keeps_it() -> None:

@@ -11,7 +11,7 @@ import email.utils
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +170,7 @@ class AsyncOnly:
         *,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
-        into: Callable[[bytes], None] | None = None,
+        into: Callable[[Sequence[bytes]], None] | None = None,
     ) -> AbstractAsyncContextManager[OpenBlob]:
         return self._client.open_blob(digest, offset)
 
@@ -179,6 +179,9 @@ class AsyncOnly:
 
     async def open_connections(self, count: int) -> None:
         pass  # the async client's open as they are needed
+
+    def reads_in_worker(self) -> bool:
+        return False
 
 
 @pytest.fixture(params=[True, False], ids=["in-worker", "async-client"])
@@ -313,6 +316,27 @@ async def test_a_small_layer_sent_ahead_is_read_whole_and_its_transfer_takes_it(
     env.assert_stored(small)
 
 
+async def test_a_big_layer_is_sent_ahead_only_where_its_transfer_would_not_read_it_in_a_worker(
+    env: Env, big: FakeLayer, read_into: list[int]
+) -> None:
+    # In a worker, its transfer reads it into its sink; an answer sent ahead streams
+    # through the async client. Where the transfer streams it anyway (a proxy, a
+    # redirecting endpoint), sending it ahead saves a round trip.
+    env.registry.add_blob(big.blob)
+
+    async with env.manager.sending_ahead(env.fetcher, [env.descriptor(big).descriptor]):
+        if env.in_worker:
+            await anyio.sleep(0.2)
+        else:
+            await await_until(lambda: len(env.blob_gets()) == 1)
+        assert len(env.blob_gets()) == (0 if env.in_worker else 1)
+        await env.download(big)
+
+    assert len(env.blob_gets()) == 1
+    assert read_into == ([big.size] if env.in_worker else [])
+    env.assert_stored(big)
+
+
 async def test_a_layer_over_2_mib_sent_ahead_waits_unread_and_its_transfer_takes_it(
     env: Env, read_whole: list[int]
 ) -> None:
@@ -346,6 +370,9 @@ async def test_a_fetcher_that_fails_to_open_connections_ahead_still_gets_its_lay
             refused.set()
             raise RuntimeError("no connections today")
 
+        def reads_in_worker(self) -> bool:
+            return True  # as the client would: the big layer's connection is opened
+
     fetcher = Refusing(env.client)
     layers = [env.descriptor(layer).descriptor for layer in (big, small, *later)]
     async with env.manager.sending_ahead(fetcher, layers):
@@ -364,6 +391,9 @@ async def test_while_layers_are_sent_ahead_the_connections_transfers_want_are_op
     class Opening(AsyncOnly):
         async def open_connections(self, count: int) -> None:
             opened.append(count)
+
+        def reads_in_worker(self) -> bool:
+            return True
 
     smaller = [make_layer(50_000, seed=seed) for seed in (20, 21, 22)]
     layers = [env.descriptor(layer).descriptor for layer in (big, small, *smaller)]
@@ -756,7 +786,7 @@ class SlowToStop:
         *,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
-        into: Callable[[bytes], None] | None = None,
+        into: Callable[[Sequence[bytes]], None] | None = None,
     ) -> AsyncIterator[OpenBlob]:
         try:
             opened = self._inner.open_blob(digest, offset, whole=whole, keep=keep, into=into)

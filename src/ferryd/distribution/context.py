@@ -42,7 +42,7 @@ class BlobFetcher(Protocol):
         *,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
-        into: Callable[[bytes], None] | None = None,
+        into: Callable[[Sequence[bytes]], None] | None = None,
     ) -> AbstractAsyncContextManager[OpenBlob]:
         """A blob's answer from `offset`; `whole`: its size, to read it in a worker
         thread: at once, with `keep` what to do with a body of that size in the call
@@ -55,6 +55,10 @@ class BlobFetcher(Protocol):
 
     async def open_connections(self, count: int) -> None:
         """Have `count` connections open for the blobs to come (where that is up to it)."""
+        ...
+
+    def reads_in_worker(self) -> bool:
+        """Whether `open_blob(whole=…)` reads in a worker thread (else it streams)."""
         ...
 
 

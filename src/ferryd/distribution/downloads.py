@@ -236,9 +236,10 @@ class DownloadManager:
     ) -> AsyncIterator[None]:
         """While the block runs (the image config is fetched, then the layers): the GETs
         of the first layers (as many as download at once) whose blobs are nowhere here
-        (no layer, blob, partial file or transfer of theirs) and of up to SMALL_BLOB are
-        sent, for their transfers to take (see `ahead`), and connections opened for the
-        bigger ones; the answers no transfer took are let go at its end."""
+        (no layer, blob, partial file or transfer of theirs) are sent, for their transfers
+        to take (see `ahead`), but for the bigger ones the fetcher reads in worker
+        threads, whose connections are opened instead; the answers no transfer took are
+        let go at its end."""
         let_go = await self._send_ahead(fetcher, layers)
         try:
             yield
@@ -277,16 +278,17 @@ class DownloadManager:
         known = self._on_its_way()
         # Of the layers that download first, a small blob is read whole meanwhile, over
         # the connections its transfer would use (`_fetch`); one of up to SMALL_BLOB is
-        # sent and waits unread. A bigger one is not sent: its transfer reads it in a
-        # worker thread, into its sink, which an answer sent ahead (streamed through
-        # the async client, as its taker was not known yet) would not let it do
-        # (5-layer pull -8 % wall, -9 % CPU, 6 of 6 pairs); its connection is opened
-        # meanwhile instead: behind latency, its handshake overlaps the config's.
+        # sent and waits unread. A bigger one, where its transfer reads it in a worker
+        # thread, into its sink, is not sent: an answer sent ahead (streamed through the
+        # async client, as its taker was not known yet) would not let it (5-layer pull
+        # -8 % wall, -9 % CPU, 6 of 6 pairs); its connection is opened meanwhile
+        # instead: behind latency, its handshake overlaps the config's.
         first = [digest for digest in fresh if digest not in known][: self._max_concurrent]
+        in_worker = fetcher.reads_in_worker()
         sent = [
             (digest, _whole(wanted[digest], AHEAD_WHOLE))
             for digest in first
-            if wanted[digest] <= SMALL_BLOB
+            if wanted[digest] <= SMALL_BLOB or not in_worker
         ]
         return self._ahead.send(fetcher, sent, len(first) - len(sent))
 
@@ -620,22 +622,23 @@ _PROGRESS_EVERY = 0.1
 
 def _feeding(
     sink: LayerSink, size: int, layer_id: str, progress: Broadcast, tally: _Tally
-) -> Callable[[bytes], None]:
-    """What takes a big blob's pieces in the worker thread that reads them
+) -> Callable[[Sequence[bytes]], None]:
+    """What takes a big blob's batches in the worker thread that reads them
     (`open_blob(into=…)`): each is counted (past the descriptor's `size` the registry is
     lying, as in `_counted`), hashed and handed to the sink's writer and inflate threads
     (`LayerSink.pipe`); the progress goes to the event loop now and then."""
     loop = asyncio.get_running_loop()
     reported = 0.0
 
-    def feed(piece: bytes) -> None:
+    def feed(batch: Sequence[bytes]) -> None:
         nonlocal reported
-        tally.received += len(piece)
-        if sink.offset + len(piece) > size:
+        received = sum(map(len, batch))
+        tally.received += received
+        if sink.offset + received > size:
             raise DigestMismatchError(
                 f"the registry sent more than the {size} bytes the manifest gives"
             )
-        sink.pipe((piece,))
+        sink.pipe(batch)
         now = time.monotonic()
         if now - reported >= _PROGRESS_EVERY:
             reported = now

@@ -22,7 +22,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,10 @@ _SENDS = 2
 # One read takes what the socket has, up to this: what came before a cut is kept for the
 # next attempt to resume after (a read of the whole body would lose it).
 _PIECE = 1 << 20
+# A big body is read in whole pieces of this size (one call fills one, in C: over TLS a
+# read of what the socket has would bring one 16 KiB record per Python call), handed on
+# ~1 MiB at a time; a cut or stall loses what came of the piece being filled.
+_STREAM_PIECE = 256 << 10
 # Connections kept idle per endpoint, and reads at once: more transfers than this wait
 # for a thread (a read waiting on the network holds one).
 _KEPT = 16
@@ -120,7 +124,7 @@ class BlockingConnections:
         headers: Mapping[str, str],
         limit: int,
         then: Callable[[bytes], object] | None = None,
-        into: Callable[[bytes], None] | None = None,
+        into: Callable[[Sequence[bytes]], None] | None = None,
     ) -> Answer:
         """GET `url` in a worker thread; a successful answer's body is read up to one
         byte past `limit` (so that a longer one shows), another's up to MAX_ERROR_BODY.
@@ -129,11 +133,11 @@ class BlockingConnections:
 
         `then`: called in the same worker call with a 200's body of exactly `limit`
         bytes (`Answer.kept`): a small blob is written and verified without a thread
-        hop of its own. `into`: takes a 200's body instead, as it is read, in pieces of
-        1 MiB (the last one shorter), up to one byte past `limit`; what it raises ends
-        the read and is raised here (`Answer.streamed`; another success is not read:
-        the async client asks again). Cancelled while either runs, this waits for it to
-        end: it writes the caller's files."""
+        hop of its own. `into`: takes a 200's body instead, as it is read, ~1 MiB at a
+        time (in the pieces it was read in), up to one byte past `limit`; what it raises
+        ends the read and is raised here (`Answer.streamed`; another 2xx or a 3xx that
+        is not a redirect is not read: the async client asks again). Cancelled while
+        either runs, this waits for it to end: it writes the caller's files."""
         call = _Call(self._keep_idle)
         try:
             return await anyio.to_thread.run_sync(
@@ -187,7 +191,7 @@ class BlockingConnections:
         limit: int,
         call: _Call,
         then: Callable[[bytes], object] | None = None,
-        into: Callable[[bytes], None] | None = None,
+        into: Callable[[Sequence[bytes]], None] | None = None,
     ) -> Answer:
         target = parse_url(url).request_uri  # the request line's origin form, not the URL
         started = time.monotonic()
@@ -218,11 +222,12 @@ class BlockingConnections:
             # takes it for the answer (h11, under the async client, skips it).
             call.let_go(response, keep=False)
             return Answer(status, response.headers, b"", None, seconds)
-        if into is not None and 200 <= status < 300:
+        redirect = status in REDIRECT_STATUSES and bool(location)
+        if into is not None and 200 <= status < 400 and not redirect:
             return self._stream(response, url, limit, call, into, seconds)
         pieces: list[bytes] = []
         taken, most = 0, limit + 1
-        if status >= 400 or (status in REDIRECT_STATUSES and location):
+        if status >= 400 or redirect:
             most = MAX_ERROR_BODY  # read for what it says, not kept
         cut: httpx.TransportError | None = None
         try:
@@ -248,28 +253,34 @@ class BlockingConnections:
         url: str,
         limit: int,
         call: _Call,
-        into: Callable[[bytes], None],
+        into: Callable[[Sequence[bytes]], None],
         seconds: float,
     ) -> Answer:
-        """A 200's body handed to `into` as it is read (`get`). One read fills a MiB (the
-        socket's bytes as they come, in C), so a MiB costs a few Python calls here, not
-        the trips through the event loop it cost there."""
+        """A 200's body handed to `into` as it is read (`get`): a MiB costs a few Python
+        calls here, not the trips through the event loop it cost there. What was read
+        before a cut is handed on before the cut is told; once the call is abandoned,
+        nothing more is (the shut socket may still give what it had received)."""
         status, headers = response.status, response.headers
-        if status != 200 or not call.begin():  # another success, or abandoned already
+        if status != 200 or not call.begin():  # another answer, or abandoned already
             call.let_go(response, keep=False)
             return Answer(status, headers, b"", None, seconds, streamed=status == 200)
         taken, most = 0, limit + 1
+        batch: list[bytes] = []
         cut: httpx.TransportError | None = None
         try:
-            # Abandoned, the shut socket may still give what it had received: not taken.
-            while taken < most and not call.abandoned:
-                piece = response.read(min(_PIECE, most - taken), decode_content=False)
-                if not piece:
-                    break
-                taken += len(piece)
-                into(piece)
-        except HTTPError as exc:
-            cut = self._as_httpx(exc, url)
+            try:
+                while taken < most and not call.abandoned:
+                    amount = min(_STREAM_PIECE, most - taken)
+                    piece = response.read(amount, decode_content=False)
+                    if not piece:
+                        break
+                    taken += len(piece)
+                    batch.append(piece)
+                    if len(batch) * _STREAM_PIECE >= _PIECE:
+                        batch = self._hand(into, batch, call)
+            except HTTPError as exc:
+                cut = self._as_httpx(exc, url)
+            self._hand(into, batch, call)
         except BaseException:
             call.let_go(response, keep=False)
             raise
@@ -277,6 +288,14 @@ class BlockingConnections:
             call.kept.set()
         call.let_go(response, keep=cut is None and taken < most and not call.abandoned)
         return Answer(status, headers, b"", cut, seconds, streamed=True)
+
+    @staticmethod
+    def _hand(
+        into: Callable[[Sequence[bytes]], None], batch: list[bytes], call: _Call
+    ) -> list[bytes]:
+        if batch and not call.abandoned:
+            into(batch)
+        return []
 
     def _as_httpx(self, exc: HTTPError, url: str) -> httpx.TransportError:
         """urllib3's failure as httpx's: one mapping (`client.transport_error`) turns them
@@ -306,6 +325,9 @@ class _Call:
         self.keep_idle = keep_idle
         self.abandoned = False
         self._connection: _Reachable | None = None
+        # The socket the request went out on: http.client lets go of it (the
+        # connection's `sock` is None) when the answer will close the connection.
+        self._socket: socket.socket | None = None
         self._keeping = False
         self.kept = threading.Event()  # set once a `keep` that began has ended
 
@@ -336,12 +358,22 @@ class _Call:
             connection.owner = self
             self._connection = connection
             if self.abandoned:
-                _shut(connection)
+                _shut(connection.sock)
+
+    def sent(self, connection: _Reachable) -> None:
+        """The request went out on `connection` (in the worker thread): its socket is
+        the one the answer comes on."""
+        with _owners:
+            if connection.owner is self:
+                self._socket = connection.sock
+                if self.abandoned:
+                    _shut(self._socket)
 
     def let_go(self, response: urllib3.BaseHTTPResponse, *, keep: bool) -> None:
         """Back to the pool (urllib3 puts it back itself once the body has ended), or
         closed."""
         with _owners:
+            self._socket = None  # another call may send on it from now on
             connection, self._connection = self._connection, None
             if keep and connection is not None and connection.owner is self:
                 connection.idle_since = time.monotonic()
@@ -356,7 +388,7 @@ class _Call:
             connection = self._connection
             # Not one put back in the pool and taken by another call meanwhile.
             if connection is not None and connection.owner is self:
-                _shut(connection)
+                _shut(self._socket or connection.sock)
             return self._keeping
 
 
@@ -386,14 +418,15 @@ class _Reachable(HTTPConnection):
             call.reach(self)
         self.idle_since = None
         super().request(*args, **kwargs)
+        if call is not None:
+            call.sent(self)
 
 
 class _ReachableHTTPS(_Reachable, HTTPSConnection):
     pass
 
 
-def _shut(connection: HTTPConnection) -> None:
-    sock = connection.sock
+def _shut(sock: socket.socket | None) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):  # closed already: nothing waits on it
             sock.shutdown(socket.SHUT_RDWR)

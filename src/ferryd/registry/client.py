@@ -8,7 +8,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -217,15 +217,15 @@ class RegistryClient:
         *,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
-        into: Callable[[bytes], None] | None = None,
+        into: Callable[[Sequence[bytes]], None] | None = None,
     ) -> AsyncIterator[OpenBlob]:
         """Stream a blob from `offset`; a registry that ignores Range restarts at 0.
 
         `whole`: the size of a blob wanted from its first byte, which is then read in a
-        worker thread (`blocking`) where this route allows it: whole, or with `into`
-        handed to `into` piece by piece as it is read (`ReadBlob.streamed`; what `into`
-        raises is raised here). `keep`: called in that worker call with a body of
-        `whole` bytes (`ReadBlob.kept`).
+        worker thread (`blocking`) where this route allows it (`reads_in_worker`):
+        whole, or with `into` handed to `into` ~1 MiB at a time as it is read
+        (`ReadBlob.streamed`; what `into` raises is raised here). `keep`: called in
+        that worker call with a body of `whole` bytes (`ReadBlob.kept`).
         """
         what = f"blob {digest}"
         renewed = False
@@ -251,6 +251,11 @@ class RegistryClient:
         if blocking is not None:
             await blocking.open(count)
 
+    def reads_in_worker(self) -> bool:
+        """Whether `open_blob(whole=…)` reads a blob in a worker thread here: not through a
+        proxy, nor from an endpoint that redirects blob GETs (`_reading_whole`)."""
+        return self._reading_whole() is not None
+
     def _reading_whole(self) -> BlockingConnections | None:
         """Where small blobs are read whole; None where the async client reads them: no
         blocking connections on this route (a proxy), no endpoint chosen yet, or an
@@ -266,7 +271,7 @@ class RegistryClient:
         size: int,
         what: str,
         keep: Callable[[bytes], object] | None,
-        into: Callable[[bytes], None] | None = None,
+        into: Callable[[Sequence[bytes]], None] | None = None,
     ) -> ReadBlob | _Unread:
         """The blob's answer, read in a worker thread; else why the async client must ask
         for it: nothing read here (`_reading_whole`; a redirect, whose endpoint's blobs
@@ -290,8 +295,10 @@ class RegistryClient:
         if status in REDIRECT_STATUSES and headers.get("location"):
             blocking.redirects = True
             return _Unread.NOT_HERE
-        if status < 200 or (into is not None and 200 < status < 300):
-            return _Unread.NOT_HERE  # (a 206 to no Range: the async client sorts it out)
+        if status < 200 or (into is not None and not answer.streamed and status < 400):
+            # (Into a taker, a 2xx or 3xx other than the blob or a redirect, left unread:
+            # a 206 to no Range, say. The async client sorts it out.)
+            return _Unread.NOT_HERE
         if status == 401:
             challenge = parse_challenge(headers.get("www-authenticate"))
             if route.auth.reject(self._scope, challenge, auth.get("Authorization")):

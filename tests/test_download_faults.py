@@ -11,7 +11,7 @@ import email.utils
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +170,7 @@ class AsyncOnly:
         *,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
-        into: Callable[[Sequence[bytes]], None] | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> AbstractAsyncContextManager[OpenBlob]:
         return self._client.open_blob(digest, offset)
 
@@ -334,6 +334,22 @@ async def test_a_big_layer_is_sent_ahead_only_where_its_transfer_would_not_read_
 
     assert len(env.blob_gets()) == 1
     assert read_into == ([big.size] if env.in_worker else [])
+    env.assert_stored(big)
+
+
+async def test_a_worker_read_stalled_before_its_first_mib_is_retried_the_way_that_keeps_bytes(
+    env: Env, big: FakeLayer, read_into: list[int]
+) -> None:
+    # A worker thread's read loses the MiB it was filling: a registry that always falls
+    # silent before one would keep the download at byte 0, attempt after attempt.
+    env.registry.add_blob(big.blob)
+    env.registry.on("GET", BLOB_PATH, Reply(200, {}, big.blob, stall_after=500_000), times=1)
+    fetcher = await env.open_client(read_timeout=0.5)
+
+    await env.download(big, fetcher=fetcher)
+
+    assert len(env.blob_gets()) == 2
+    assert read_into == ([big.size] if env.in_worker else [])  # once, not twice
     env.assert_stored(big)
 
 
@@ -786,7 +802,7 @@ class SlowToStop:
         *,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
-        into: Callable[[Sequence[bytes]], None] | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> AsyncIterator[OpenBlob]:
         try:
             opened = self._inner.open_blob(digest, offset, whole=whole, keep=keep, into=into)

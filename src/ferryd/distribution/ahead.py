@@ -12,7 +12,7 @@ back.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -109,7 +109,7 @@ class SentAhead:
         offset: int,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
-        into: Callable[[Sequence[bytes]], None] | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> AsyncIterator[OpenBlob]:
         """`fetcher.open_blob(digest, offset, whole=whole, keep=keep, into=into)`, or the
         answer sent ahead for it (read before `keep` and `into` were known: neither took

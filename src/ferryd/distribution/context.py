@@ -42,7 +42,7 @@ class BlobFetcher(Protocol):
         *,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
-        into: Callable[[Sequence[bytes]], None] | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> AbstractAsyncContextManager[OpenBlob]:
         """A blob's answer from `offset`; `whole`: its size, to read it in a worker
         thread: at once, with `keep` what to do with a body of that size in the call

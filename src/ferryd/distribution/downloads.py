@@ -440,12 +440,12 @@ class DownloadManager:
         if sink.offset < size or size == 0:
             start = sink.offset
             # From byte 0, read in a worker: a small blob whole, a big one into the sink.
-            whole = size if start == 0 else None
             keep = into = None
-            if whole is not None and size <= SMALL_BLOB:
+            if start == 0 and size <= SMALL_BLOB:
                 keep = verify_and_commit
-            elif whole is not None:
+            elif start == 0 and not tally.lost_in_worker:
                 into = _feeding(sink, size, layer_id, progress, tally)
+            whole = size if keep is not None or into is not None else None
             opened = self._ahead.open_blob(fetcher, digest, start, whole, keep, into)
             async with opened as blob:
                 kept = blob.kept if isinstance(blob, ReadBlob) else None
@@ -453,6 +453,10 @@ class DownloadManager:
                     tally.received += size
                     progress.update(Message("Downloading", layer_id, size, size))
                 elif isinstance(blob, ReadBlob) and blob.streamed:  # into the sink already
+                    # Cut before a whole MiB came, and so lost: the next attempt reads the
+                    # way that keeps every byte, or a link that never carries a MiB would
+                    # never get past byte 0.
+                    tally.lost_in_worker = blob.cut is not None and sink.offset == 0
                     progress.update(Message("Downloading", layer_id, sink.offset, size))
                     await _pump(blob.chunks(), sink, size, layer_id, progress, tally)
                 else:
@@ -545,6 +549,7 @@ class _Tally:
 
     resumed: int = 0
     received: int = 0
+    lost_in_worker: bool = False  # a worker's read was cut before it had a MiB to keep
 
 
 # Up to this much left to fetch, a blob is taken in one batch and written, hashed and
@@ -622,7 +627,7 @@ _PROGRESS_EVERY = 0.1
 
 def _feeding(
     sink: LayerSink, size: int, layer_id: str, progress: Broadcast, tally: _Tally
-) -> Callable[[Sequence[bytes]], None]:
+) -> Callable[[bytes], None]:
     """What takes a big blob's batches in the worker thread that reads them
     (`open_blob(into=…)`): each is counted (past the descriptor's `size` the registry is
     lying, as in `_counted`), hashed and handed to the sink's writer and inflate threads
@@ -630,15 +635,14 @@ def _feeding(
     loop = asyncio.get_running_loop()
     reported = 0.0
 
-    def feed(batch: Sequence[bytes]) -> None:
+    def feed(batch: bytes) -> None:
         nonlocal reported
-        received = sum(map(len, batch))
-        tally.received += received
-        if sink.offset + received > size:
+        tally.received += len(batch)
+        if sink.offset + len(batch) > size:
             raise DigestMismatchError(
                 f"the registry sent more than the {size} bytes the manifest gives"
             )
-        sink.pipe(batch)
+        sink.pipe((batch,))
         now = time.monotonic()
         if now - reported >= _PROGRESS_EVERY:
             reported = now

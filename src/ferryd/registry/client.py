@@ -8,7 +8,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -217,7 +217,7 @@ class RegistryClient:
         *,
         whole: int | None = None,
         keep: Callable[[bytes], object] | None = None,
-        into: Callable[[Sequence[bytes]], None] | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> AsyncIterator[OpenBlob]:
         """Stream a blob from `offset`; a registry that ignores Range restarts at 0.
 
@@ -271,7 +271,7 @@ class RegistryClient:
         size: int,
         what: str,
         keep: Callable[[bytes], object] | None,
-        into: Callable[[Sequence[bytes]], None] | None = None,
+        into: Callable[[bytes], None] | None = None,
     ) -> ReadBlob | _Unread:
         """The blob's answer, read in a worker thread; else why the async client must ask
         for it: nothing read here (`_reading_whole`; a redirect, whose endpoint's blobs

@@ -406,36 +406,6 @@ async def test_a_body_of_another_size_than_asked_is_not_kept(connector: Connecto
     assert kept == []
 
 
-async def test_a_read_cancelled_while_its_body_is_kept_waits_for_the_keeping_to_end(
-    connector: Connector,
-) -> None:
-    data = blob(5000)
-    registry, (digest,) = registry_with(data)
-    keeping, release = threading.Event(), threading.Event()
-    ended: list[float] = []
-
-    def keep(body: bytes) -> None:
-        keeping.set()
-        release.wait(10)
-        ended.append(time.monotonic())
-
-    async with serve_registry(registry) as server:
-        client = await chosen(connector, server)
-        async with anyio.create_task_group() as group:
-
-            async def reading() -> None:
-                async with client.open_blob(digest, whole=len(data), keep=keep):
-                    pass
-
-            group.start_soon(reading)
-            await anyio.to_thread.run_sync(keeping.wait, 10)
-            group.cancel_scope.cancel()
-            threading.Timer(0.3, release.set).start()
-        cancelled_at = time.monotonic()
-    assert ended
-    assert ended[0] <= cancelled_at  # the cancelled read waited for it
-
-
 async def read_into(
     client: RegistryClient, digest: Digest, size: int
 ) -> tuple[list[bytes], set[str], ReadBlob]:
@@ -555,16 +525,17 @@ async def test_another_answer_than_a_200_to_a_read_into_a_taker_is_asked_for_the
     assert len(registry.seen("GET", BLOB_PATH)) == 2
 
 
-async def test_a_read_cancelled_while_its_body_goes_into_the_taker_waits_for_it_to_end(
-    connector: Connector,
+@pytest.mark.parametrize(("how", "size"), [("keep", 5000), ("into", 3 * 2**20)])
+async def test_a_read_cancelled_while_its_body_is_kept_or_taken_waits_for_that_to_end(
+    connector: Connector, how: str, size: int
 ) -> None:
-    data = blob(3 * 2**20)
+    data = blob(size)
     registry, (digest,) = registry_with(data)
-    taking, release = threading.Event(), threading.Event()
+    holding, release = threading.Event(), threading.Event()
     ended: list[float] = []
 
-    def take(batch: bytes) -> None:
-        taking.set()
+    def hold(body: bytes) -> None:
+        holding.set()
         release.wait(10)
         ended.append(time.monotonic())
 
@@ -573,17 +544,18 @@ async def test_a_read_cancelled_while_its_body_goes_into_the_taker_waits_for_it_
         async with anyio.create_task_group() as group:
 
             async def reading() -> None:
-                async with client.open_blob(digest, whole=len(data), into=take):
+                keep, into = (hold, None) if how == "keep" else (None, hold)
+                async with client.open_blob(digest, whole=len(data), keep=keep, into=into):
                     pass
 
             group.start_soon(reading)
-            await anyio.to_thread.run_sync(taking.wait, 10)
+            await anyio.to_thread.run_sync(holding.wait, 10)
             group.cancel_scope.cancel()
             threading.Timer(0.3, release.set).start()
         cancelled_at = time.monotonic()
     assert ended
-    assert max(ended) <= cancelled_at  # the cancelled read waited for its taker
-    assert len(ended) == 1  # and what came after was not taken
+    assert max(ended) <= cancelled_at  # the cancelled read waited for it
+    assert len(ended) == 1  # and handed nothing more on
 
 
 @pytest.mark.parametrize(

@@ -50,40 +50,23 @@ def far_away(registry: FakeRegistry) -> None:
     registry.on("GET", f"/v2/{REPO}/manifests/.*", late)
 
 
-def test_the_first_layers_are_asked_for_while_the_config_is_on_its_way(
-    start_daemon: Callable[..., Daemon],
-) -> None:
-    registry = FakeRegistry()
-    layers = [make_layer(300_000, seed=820 + n) for n in range(5)]
-    config = add_image(registry, "v1", layers)
-    far_away(registry)
-    config_released = held(registry, "GET", f"/v2/{REPO}/blobs/{config}")
-    daemon = start_daemon(max_concurrent_downloads=3)
-    result: list[list[str]] = []
-    with served(registry) as (portal, server):
-        puller = threading.Thread(
-            target=lambda: result.append(errors(daemon.pull(f"{server.host}/{REPO}:v1")))
-        )
-        puller.start()
+@pytest.mark.parametrize(
+    ("sizes", "ahead"),
+    [
         # As many as download at once, in the manifest's order.
-        wait_until(lambda: [gets(registry, layer.digest) for layer in layers] == [1, 1, 1, 0, 0])
-        portal.call(config_released.set)
-        puller.join(60)
-
-    assert result == [[]]
-    assert [gets(registry, layer.digest) for layer in layers] == [1] * 5
-    assert daemon.inspect(f"{server.host}/{REPO}:v1")["Id"] == config
-
-
-def test_a_big_layer_is_not_asked_for_ahead_but_read_by_its_transfer(
-    start_daemon: Callable[..., Daemon],
+        ([300_000] * 5, [1, 1, 1, 0, 0]),
+        # A big one's transfer reads it in a worker thread, into its sink: an answer
+        # sent ahead would have to stream through the event loop.
+        ([6 * MiB, 300_000, 300_000], [0, 1, 1]),
+    ],
+    ids=["small-layers", "a-big-layer-first"],
+)
+def test_the_first_layers_are_asked_for_while_the_config_is_on_its_way(
+    start_daemon: Callable[..., Daemon], sizes: list[int], ahead: list[int]
 ) -> None:
-    """Its transfer reads it in a worker thread, into its sink: an answer sent ahead
-    would have to stream through the event loop."""
     registry = FakeRegistry()
-    big = make_layer(6 * MiB, seed=825)
-    assert big.size > SMALL_BLOB
-    layers = [big, make_layer(300_000, seed=826), make_layer(300_000, seed=827)]
+    layers = [make_layer(size, seed=820 + n) for n, size in enumerate(sizes)]
+    assert (layers[0].size > SMALL_BLOB) == (ahead[0] == 0)
     config = add_image(registry, "v1", layers)
     far_away(registry)
     config_released = held(registry, "GET", f"/v2/{REPO}/blobs/{config}")
@@ -94,14 +77,14 @@ def test_a_big_layer_is_not_asked_for_ahead_but_read_by_its_transfer(
             target=lambda: result.append(errors(daemon.pull(f"{server.host}/{REPO}:v1")))
         )
         puller.start()
-        wait_until(lambda: [gets(registry, layer.digest) for layer in layers] == [0, 1, 1])
-        time.sleep(0.2)  # what was sent ahead went out at once
-        assert gets(registry, big.digest) == 0
+        wait_until(lambda: [gets(registry, layer.digest) for layer in layers] == ahead)
+        time.sleep(0.2)  # what was sent ahead went out at once: nothing more comes
+        assert [gets(registry, layer.digest) for layer in layers] == ahead
         portal.call(config_released.set)
         puller.join(60)
 
     assert result == [[]]
-    assert [gets(registry, layer.digest) for layer in layers] == [1, 1, 1]
+    assert [gets(registry, layer.digest) for layer in layers] == [1] * len(layers)
     assert daemon.inspect(f"{server.host}/{REPO}:v1")["Id"] == config
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
 
 from backports import zstd
-from isal import isal_zlib
+from isal import igzip_lib
 
 from ferryd.blobfile import BlobFile, read_pieces
 from ferryd.errors import ContentError, DigestMismatchError, disk_errors
@@ -40,8 +40,6 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _BZIP2_MAGIC = b"BZh"
-# isal's stubs declare `error` as an instance; it is the exception class.
-_GZIP_ERROR = cast(type[Exception], isal_zlib.error)
 
 
 def detect_compression(head: bytes) -> Compression:
@@ -81,12 +79,6 @@ class _Members:
     def _new(self) -> Any:
         raise NotImplementedError
 
-    def _rest(self, out: bytes) -> bytes | None:
-        """What to feed again when the current member has not ended; None: wait for more.
-
-        zstd's, lzma's and bz2's decompressors say it themselves (`needs_input`)."""
-        return None if self._d.needs_input else b""
-
     def feed(self, data: bytes) -> Iterator[bytes]:
         if not data:  # nothing new; an ended decompressor may raise on empty input
             return
@@ -106,11 +98,10 @@ class _Members:
                 data = self._d.unused_data
                 if not data:
                     return
-            else:
-                rest = self._rest(out)
-                if rest is None:
-                    return
-                data = rest
+            elif self._d.needs_input:
+                return
+            else:  # stopped at _MAX_OUTPUT: it keeps the rest of its input; ask again
+                data = b""
 
     def finish(self) -> None:
         if self._started and not self._d.eof:
@@ -119,15 +110,15 @@ class _Members:
 
 class _Gzip(_Members):
     name = "gzip"
-    _errors = (_GZIP_ERROR,)
+    _errors = (cast(type[Exception], igzip_lib.IsalError),)  # an instance, say the stubs
 
     def _new(self) -> Any:
-        return isal_zlib.decompressobj(wbits=31)
-
-    def _rest(self, out: bytes) -> bytes | None:
-        tail: bytes = self._d.unconsumed_tail
-        # A full piece may leave output inside the decompressor: ask again.
-        return tail if tail or len(out) >= _MAX_OUTPUT else None
+        # Not isal's zlib-like decompressobj: given a max_length, that one hands back
+        # the input it has not consumed as a new bytes object (`unconsumed_tail`), a copy
+        # of the rest of the batch at every piece of output, and builds each piece in
+        # growing blocks joined at the end. The 24-layer pull -14 % wall, -13 % CPU
+        # (8 and 7 of 8 pairs), the 5-layer -6 % wall, -2 to -7 % CPU (6 of 6, twice).
+        return igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP)
 
 
 class _Zstd(_Members):

@@ -24,7 +24,7 @@ from ferryd.codec import BATCH_SIZE, LayerSink, read_layer
 from ferryd.concurrency import single_errors
 from ferryd.distribution.ahead import SentAhead
 from ferryd.distribution.context import BlobFetcher, DownloadDescriptor, DownloadStats
-from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
+from ferryd.distribution.progress import UPDATE_INTERVAL, Broadcast, Message, ProgressOutput
 from ferryd.distribution.transfers import RetryPolicy, TransferPool, TransferState, with_retries
 from ferryd.errors import (
     ContentError,
@@ -575,18 +575,23 @@ def _whole(size: int, limit: int = SMALL_BLOB) -> int | None:
 async def _counted(
     chunks: AsyncIterator[bytes], held: int, size: int, tally: _Tally
 ) -> AsyncGenerator[bytes, None]:
-    """The answer's chunks, counted as they arrive; past the descriptor's `size` (with
-    the `held` bytes a resumed download already has) the registry is lying, and the
-    download stops there rather than store what no digest can match."""
+    """The answer's chunks, counted as they arrive (with the `held` bytes a resumed
+    download already has), up to the descriptor's `size` (`_check_within`)."""
     received = held
     async for chunk in chunks:
         received += len(chunk)
         tally.received += len(chunk)
-        if received > size:
-            raise DigestMismatchError(
-                f"the registry sent more than the {size} bytes the manifest gives"
-            )
+        _check_within(received, size)
         yield chunk
+
+
+def _check_within(received: int, size: int) -> None:
+    """Past the descriptor's `size` the registry is lying: the download stops there
+    rather than store what no digest can match."""
+    if received > size:
+        raise DigestMismatchError(
+            f"the registry sent more than the {size} bytes the manifest gives"
+        )
 
 
 async def _take_whole(
@@ -620,31 +625,24 @@ async def _take_whole(
     return b""
 
 
-# Progress from a worker thread reaches the event loop at most this often: each costs
-# the loop a wakeup, and clients see it throttled to this anyway (`Broadcast.update`).
-_PROGRESS_EVERY = 0.1
-
-
 def _feeding(
     sink: LayerSink, size: int, layer_id: str, progress: Broadcast, tally: _Tally
 ) -> Callable[[bytes], None]:
     """What takes a big blob's batches in the worker thread that reads them
-    (`open_blob(into=…)`): each is counted (past the descriptor's `size` the registry is
-    lying, as in `_counted`), hashed and handed to the sink's writer and inflate threads
-    (`LayerSink.pipe`); the progress goes to the event loop now and then."""
+    (`open_blob(into=…)`): each is counted (`_check_within`), hashed and handed to the
+    sink's writer and inflate threads (`LayerSink.pipe`); the progress goes to the event
+    loop no more often than clients see it (`Broadcast.update`): each costs the loop a
+    wakeup."""
     loop = asyncio.get_running_loop()
     reported = 0.0
 
     def feed(batch: bytes) -> None:
         nonlocal reported
         tally.received += len(batch)
-        if sink.offset + len(batch) > size:
-            raise DigestMismatchError(
-                f"the registry sent more than the {size} bytes the manifest gives"
-            )
+        _check_within(sink.offset + len(batch), size)
         sink.pipe((batch,))
         now = time.monotonic()
-        if now - reported >= _PROGRESS_EVERY:
+        if now - reported >= UPDATE_INTERVAL:
             reported = now
             message = Message("Downloading", layer_id, sink.offset, size)
             loop.call_soon_threadsafe(progress.update, message)

@@ -19,7 +19,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ferryd.units import human_size
 
 _BAR_WIDTH = 50
-_UPDATE_INTERVAL = 0.1  # seconds between two "Downloading" updates of one layer
+UPDATE_INTERVAL = 0.1  # seconds between two "Downloading" updates of one layer
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +135,7 @@ class Broadcast:
         """A progress update: sent at most every 100 ms, unless it is the last one."""
         now = time.monotonic()
         done = message.total is not None and message.current == message.total
-        if done or now - self._last_update >= _UPDATE_INTERVAL:
+        if done or now - self._last_update >= UPDATE_INTERVAL:
             self._last_update = now
             self.write(message)
         else:

@@ -219,8 +219,13 @@ class BlockingConnections:
             call.let_go(response, keep=False)
             return Answer(status, response.headers, b"", None, seconds)
         redirect = status in REDIRECT_STATUSES and bool(location)
-        if into is not None and 200 <= status < 400 and not redirect:
+        if into is not None and status == 200:
             return self._stream(response, url, limit, call, into, seconds)
+        if into is not None and status < 400 and not redirect:
+            # Another success, or a 3xx that is not a redirect: not read (its body could
+            # be a blob's size), the async client asks again.
+            call.let_go(response, keep=False)
+            return Answer(status, response.headers, b"", None, seconds)
         pieces: list[bytes] = []
         taken, most = 0, limit + 1
         if status >= 400 or redirect:
@@ -261,9 +266,9 @@ class BlockingConnections:
         each). Once the call is abandoned nothing more is handed on (the shut socket may
         still give what it had received)."""
         status, headers = response.status, response.headers
-        if status != 200 or not call.begin():  # another answer, or abandoned already
+        if not call.begin():  # abandoned already
             call.let_go(response, keep=False)
-            return Answer(status, headers, b"", None, seconds, streamed=status == 200)
+            return Answer(status, headers, b"", None, seconds, streamed=True)
         taken, most = 0, limit + 1
         cut: httpx.TransportError | None = None
         try:

@@ -50,7 +50,7 @@ from ferryd.distribution.archives.intake import (
 )
 from ferryd.distribution.archives.tarstream import TarReader
 from ferryd.distribution.events import ImageEventLogger, failure_logged
-from ferryd.distribution.progress import Message, ProgressOutput
+from ferryd.distribution.progress import UPDATE_INTERVAL, Message, ProgressOutput
 from ferryd.errors import (
     ArchiveError,
     ContentError,
@@ -91,7 +91,6 @@ from ferryd.store.staging import staged_in
 # Decompressed archive bytes one worker call handles at most before it gives the event
 # loop a turn (progress, cancellation): a small gzip member can inflate a thousandfold.
 _WORK_PER_CALL = 4 * BATCH_SIZE
-_UPDATE_INTERVAL = 0.1  # seconds between two "Loading layer" updates of one file
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +343,7 @@ class _LayerProgress:
             return
         ident = progress_id(sink.name)
         now = time.monotonic()
-        if now - self._last.get(ident, 0.0) >= _UPDATE_INTERVAL:
+        if now - self._last.get(ident, 0.0) >= UPDATE_INTERVAL:
             self._last[ident] = now
             output.write(Message("Loading layer", ident, self._reader.tar.received, entry.size))
 

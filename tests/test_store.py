@@ -20,6 +20,7 @@ from ferryd.errors import DigestMismatchError, ImageNotFoundError, StoreError
 from ferryd.oci.digest import Digest
 from ferryd.oci.reference import parse_reference
 from ferryd.store import Store
+from ferryd.store import blobs as blobs_module
 from ferryd.store.blobs import TEMP_PREFIX
 from ferryd.store.gc import delete_blobs, remove_image
 from ferryd.store.layers import Layer
@@ -552,6 +553,84 @@ def test_a_blob_write_that_fails_leaves_neither_the_blob_nor_a_temp_file(
     monkeypatch.undo()
     assert not store.blobs.has(sha256(b"never whole"))
     assert temp_files(store) == []
+
+
+def _count_directory_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    synced: list[Path] = []
+    real = blobs_module._fsync_dir
+
+    def counted(directory: Path) -> None:
+        synced.append(directory)
+        real(directory)
+
+    monkeypatch.setattr(blobs_module, "_fsync_dir", counted)
+    return synced
+
+
+def test_sync_flushes_the_directory_blobs_went_into_once_and_then_nothing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced = _count_directory_fsyncs(monkeypatch)
+    first = store.blobs.put(b"config", sync_dir=False)
+    digest = sha256(b"layer")
+    store.blobs.partial_path(digest).write_bytes(b"layer")
+    store.blobs.commit_partial(digest, sync_dir=False)
+    assert synced == []
+
+    store.blobs.sync()
+    assert synced == [store.blobs.path(first).parent]
+
+    # Everything there already (an up-to-date pull): nothing written, nothing flushed.
+    store.blobs.put(b"config", sync_dir=False)
+    store.blobs.sync()
+    assert synced == [store.blobs.path(first).parent]
+
+
+def test_a_sync_that_failed_is_done_again_by_the_next(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = store.blobs.put(b"config", sync_dir=False)
+
+    def failing(directory: Path) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(blobs_module, "_fsync_dir", failing)
+    with pytest.raises(StoreError, match="I/O error"):
+        store.blobs.sync()
+
+    monkeypatch.undo()
+    synced = _count_directory_fsyncs(monkeypatch)
+    store.blobs.sync()
+    assert synced == [store.blobs.path(digest).parent]
+
+
+def test_a_sync_that_finds_nothing_new_still_waits_for_the_one_under_way(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pull that finds its config stored (by another pull, whose sync is flushing its
+    # directory now) writes nothing: its rows must still wait for that flush.
+    store.blobs.put(b"config", sync_dir=False)
+    flushing, release = threading.Event(), threading.Event()
+    real = blobs_module._fsync_dir
+
+    def slow(directory: Path) -> None:
+        flushing.set()
+        release.wait(10)
+        real(directory)
+
+    monkeypatch.setattr(blobs_module, "_fsync_dir", slow)
+    first = threading.Thread(target=store.blobs.sync)
+    first.start()
+    assert flushing.wait(10)
+    second_done = threading.Event()
+    second = threading.Thread(target=lambda: (store.blobs.sync(), second_done.set()))
+    second.start()
+
+    assert not second_done.wait(0.2)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert second_done.is_set()
 
 
 def test_a_missing_blob_is_a_store_error(store: Store) -> None:

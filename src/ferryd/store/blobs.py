@@ -39,6 +39,11 @@ class BlobStore:
         # Temp files `put` is writing: the sweep leaves them alone.
         self._writing: set[str] = set()
         self._writing_lock = threading.Lock()
+        # Directories a blob was renamed into since their last fsync (`sync_dir=False`).
+        # The lock makes a rename and its mark one step for `sync`: a caller that finds
+        # the blob there (and writes nothing) still waits for its name to be durable.
+        self._unsynced: set[Path] = set()
+        self._sync_lock = threading.Lock()
 
     @property
     def blobs_dir(self) -> Path:
@@ -106,17 +111,30 @@ class BlobStore:
                 finally:
                     os.close(fd)
             target.parent.mkdir(parents=True, exist_ok=True)
+            self._rename(source, target, sync_dir=sync_dir)
+
+    def _rename(self, source: Path | str, target: Path, *, sync_dir: bool) -> None:
+        """Rename `source` to `target`, its name made durable now (`sync_dir`) or by the
+        next `sync`."""
+        if sync_dir:
             os.replace(source, target)
-            if sync_dir:
-                _fsync_dir(target.parent)
+            _fsync_dir(target.parent)
+            return
+        with self._sync_lock:
+            os.replace(source, target)
+            self._unsynced.add(target.parent)
 
     def sync(self) -> None:
-        """Make the names of blobs moved in without `sync_dir` durable: one fsync of each
-        blob directory, before the rows that reference them are written."""
-        for directory in self._blobs.iterdir():
-            if directory.is_dir():
+        """Make the names of blobs moved in without `sync_dir` durable, before the rows
+        that reference them are written: one fsync of each directory one went into
+        since the last `sync` (none when every blob was there already: an up-to-date
+        pull writes nothing, and flushes nothing). One that is under way is waited for."""
+        with self._sync_lock:
+            while self._unsynced:
+                directory = next(iter(self._unsynced))
                 with self.disk_errors(directory):
                     _fsync_dir(directory)
+                self._unsynced.discard(directory)
 
     def discard_partial(self, digest: Digest) -> None:
         self.partial_path(digest).unlink(missing_ok=True)
@@ -148,15 +166,13 @@ class BlobStore:
                     file.write(data)
                     file.flush()
                     os.fsync(file.fileno())
-                os.replace(temp, target)
+                self._rename(temp, target, sync_dir=sync_dir)
             except BaseException:
                 Path(temp).unlink(missing_ok=True)
                 raise
             finally:
                 with self._writing_lock:
                     self._writing.discard(os.path.basename(temp))
-            if sync_dir:
-                _fsync_dir(target.parent)
         return digest
 
     def get(self, digest: Digest) -> bytes:

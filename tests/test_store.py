@@ -604,7 +604,20 @@ def test_a_sync_that_failed_is_done_again_by_the_next(
     assert synced == [store.blobs.path(digest).parent]
 
 
-def test_a_sync_that_finds_nothing_new_still_waits_for_the_one_under_way(
+def test_a_sync_that_wrote_nothing_still_flushes_what_another_moved_in(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One pull wrote the config and has not synced yet; another finds it there.
+    digest = store.blobs.put(b"config", sync_dir=False)
+    synced = _count_directory_fsyncs(monkeypatch)
+
+    store.blobs.put(b"config", sync_dir=False)
+    store.blobs.sync()
+
+    assert synced == [store.blobs.path(digest).parent]
+
+
+def test_a_sync_does_not_return_before_a_flush_under_way_has_ended(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A pull that finds its config stored (by another pull, whose sync is flushing its
@@ -631,6 +644,34 @@ def test_a_sync_that_finds_nothing_new_still_waits_for_the_one_under_way(
     first.join(10)
     second.join(10)
     assert second_done.is_set()
+
+
+def test_a_blob_is_moved_in_while_a_sync_flushes(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The disk's flush does not hold up other pulls' renames (only the next sync).
+    store.blobs.put(b"first", sync_dir=False)
+    flushing, release = threading.Event(), threading.Event()
+    real = blobs_module._fsync_dir
+
+    def slow(directory: Path) -> None:
+        flushing.set()
+        release.wait(10)
+        real(directory)
+
+    monkeypatch.setattr(blobs_module, "_fsync_dir", slow)
+    syncing = threading.Thread(target=store.blobs.sync)
+    syncing.start()
+    assert flushing.wait(10)
+    try:
+        second = store.blobs.put(b"second", sync_dir=False)
+        assert store.blobs.has(second)
+    finally:
+        release.set()
+        syncing.join(10)
+    synced = _count_directory_fsyncs(monkeypatch)
+    store.blobs.sync()  # the second blob's rename came after the flush began
+    assert synced == [store.blobs.path(second).parent]
 
 
 def test_a_missing_blob_is_a_store_error(store: Store) -> None:

@@ -39,10 +39,12 @@ class BlobStore:
         # Temp files `put` is writing: the sweep leaves them alone.
         self._writing: set[str] = set()
         self._writing_lock = threading.Lock()
-        # Directories a blob was renamed into since their last fsync (`sync_dir=False`).
-        # The lock makes a rename and its mark one step for `sync`: a caller that finds
-        # the blob there (and writes nothing) still waits for its name to be durable.
-        self._unsynced: set[Path] = set()
+        # Renames into the store left to `sync` (`sync_dir=False`), and how many of them
+        # a finished `sync` has made durable. A rename and its count are one step under
+        # the lock: a caller that finds a blob there (and writes nothing) and then calls
+        # `sync` counts it, and flushes it if no `sync` has yet.
+        self._renamed = self._durable = 0
+        self._renamed_into: set[Path] = set()  # the directories they went into
         self._sync_lock = threading.Lock()
 
     @property
@@ -122,19 +124,26 @@ class BlobStore:
             return
         with self._sync_lock:
             os.replace(source, target)
-            self._unsynced.add(target.parent)
+            self._renamed += 1
+            self._renamed_into.add(target.parent)
 
     def sync(self) -> None:
         """Make the names of blobs moved in without `sync_dir` durable, before the rows
-        that reference them are written: one fsync of each directory one went into
-        since the last `sync` (none when every blob was there already: an up-to-date
-        pull writes nothing, and flushes nothing). One that is under way is waited for."""
+        that reference them are written: an fsync of the directories they went into,
+        unless a `sync` since the last of them has (an up-to-date pull writes nothing,
+        and flushes nothing: on ext4 a directory's fsync commits the journal, and waits
+        for every block other pulls have written). The lock is not held while the disk
+        flushes: renames go on meanwhile."""
         with self._sync_lock:
-            while self._unsynced:
-                directory = next(iter(self._unsynced))
-                with self.disk_errors(directory):
-                    _fsync_dir(directory)
-                self._unsynced.discard(directory)
+            wanted = self._renamed
+            if self._durable >= wanted:
+                return
+            directories = sorted(self._renamed_into)
+        for directory in directories:
+            with self.disk_errors(directory):
+                _fsync_dir(directory)
+        with self._sync_lock:
+            self._durable = max(self._durable, wanted)
 
     def discard_partial(self, digest: Digest) -> None:
         self.partial_path(digest).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog.testing
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -437,13 +438,15 @@ async def test_other_exception_of_the_work_becomes_an_internal_error_for_every_w
 
 async def test_transfer_stopped_from_outside_fails_its_watchers_as_cancelled() -> None:
     # The daemon stopping cancels its task group, where transfers run.
-    async with running_pool() as pool:
-        work = Work()
-        watchers = [pool.watch("layer", work), pool.watch("layer", work)]
-        await work.started.wait()
-        pool.transfers_group.cancel_scope.cancel()
-        for watcher in watchers:
-            await watcher.finished.wait()
+    with structlog.testing.capture_logs() as logs:
+        async with running_pool() as pool:
+            work = Work()
+            watchers = [pool.watch("layer", work), pool.watch("layer", work)]
+            await work.started.wait()
+            pool.transfers_group.cancel_scope.cancel()
+            for watcher in watchers:
+                await watcher.finished.wait()
+    assert [e["name"] for e in logs if e["event"] == "transfer.cancelled"] == [LAYER]
     assert work.cancelled.is_set()
     for watcher in watchers:
         assert isinstance(watcher.error, TransferCancelledError)

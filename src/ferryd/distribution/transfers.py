@@ -247,8 +247,10 @@ class TransferPool(Generic[K, R]):
             log.exception("transfer.crashed", **fields())
         finally:
             if transfer.result is None and transfer.error is None:
-                # Cancelled from outside (the daemon is stopping): say so to the watchers.
+                # Cancelled from outside (the daemon is stopping, maybe while the transfer
+                # wound down from its watchers' cancel): say so to them, and in the log.
                 transfer.error = TransferCancelledError(f"{self._action} of {name} was cancelled")
+                log.info("transfer.cancelled", **fields(), **so_far())
             del self._transfers[key]
             transfer.done.set()
             if self._metrics is not None:

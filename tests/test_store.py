@@ -617,12 +617,11 @@ def test_a_sync_that_wrote_nothing_still_flushes_what_another_moved_in(
     assert synced == [store.blobs.path(digest).parent]
 
 
-def test_a_sync_does_not_return_before_a_flush_under_way_has_ended(
+def _sync_held_in_its_flush(
     store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A pull that finds its config stored (by another pull, whose sync is flushing its
-    # directory now) writes nothing: its rows must still wait for that flush.
-    store.blobs.put(b"config", sync_dir=False)
+) -> tuple[threading.Thread, threading.Event]:
+    """A `sync` started in a thread, stopped inside its directory's fsync until the
+    returned event is set (every fsync from now on waits for it)."""
     flushing, release = threading.Event(), threading.Event()
     real = blobs_module._fsync_dir
 
@@ -632,9 +631,19 @@ def test_a_sync_does_not_return_before_a_flush_under_way_has_ended(
         real(directory)
 
     monkeypatch.setattr(blobs_module, "_fsync_dir", slow)
-    first = threading.Thread(target=store.blobs.sync)
-    first.start()
+    syncing = threading.Thread(target=store.blobs.sync)
+    syncing.start()
     assert flushing.wait(10)
+    return syncing, release
+
+
+def test_a_sync_does_not_return_before_a_flush_under_way_has_ended(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pull that finds its config stored (by another pull, whose sync is flushing its
+    # directory now) writes nothing: its rows must still wait for that flush.
+    store.blobs.put(b"config", sync_dir=False)
+    first, release = _sync_held_in_its_flush(store, monkeypatch)
     second_done = threading.Event()
     second = threading.Thread(target=lambda: (store.blobs.sync(), second_done.set()))
     second.start()
@@ -651,18 +660,7 @@ def test_a_blob_is_moved_in_while_a_sync_flushes(
 ) -> None:
     # The disk's flush does not hold up other pulls' renames (only the next sync).
     store.blobs.put(b"first", sync_dir=False)
-    flushing, release = threading.Event(), threading.Event()
-    real = blobs_module._fsync_dir
-
-    def slow(directory: Path) -> None:
-        flushing.set()
-        release.wait(10)
-        real(directory)
-
-    monkeypatch.setattr(blobs_module, "_fsync_dir", slow)
-    syncing = threading.Thread(target=store.blobs.sync)
-    syncing.start()
-    assert flushing.wait(10)
+    syncing, release = _sync_held_in_its_flush(store, monkeypatch)
     try:
         second = store.blobs.put(b"second", sync_dir=False)
         assert store.blobs.has(second)

@@ -586,6 +586,18 @@ def test_sync_flushes_the_directory_blobs_went_into_once_and_then_nothing(
     assert synced == [store.blobs.path(first).parent]
 
 
+def test_a_blob_that_fsyncs_its_own_directory_still_counts_for_the_next_sync(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another pull may find it there before that fsync ends: its sync must flush too.
+    synced = _count_directory_fsyncs(monkeypatch)
+    digest = store.blobs.put(b"manifest")
+    assert synced == [store.blobs.path(digest).parent]
+
+    store.blobs.sync()
+    assert synced == [store.blobs.path(digest).parent] * 2
+
+
 def test_a_sync_that_failed_is_done_again_by_the_next(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

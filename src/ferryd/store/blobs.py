@@ -39,10 +39,10 @@ class BlobStore:
         # Temp files `put` is writing: the sweep leaves them alone.
         self._writing: set[str] = set()
         self._writing_lock = threading.Lock()
-        # Renames into the store left to `sync` (`sync_dir=False`), and how many of them
-        # a finished `sync` has made durable. A rename and its count are one step under
-        # the lock: a caller that finds a blob there (and writes nothing) and then calls
-        # `sync` counts it, and flushes it if no `sync` has yet.
+        # Renames into the store, and how many of them a finished `sync` has made
+        # durable. A rename and its count are one step under the lock: a caller that
+        # finds a blob there (and writes nothing) and then calls `sync` counts it, and
+        # flushes it if no `sync` has yet.
         self._renamed = self._durable = 0
         self._renamed_into: set[Path] = set()  # the directories they went into
         self._sync_lock = threading.Lock()
@@ -117,15 +117,14 @@ class BlobStore:
 
     def _rename(self, source: Path | str, target: Path, *, sync_dir: bool) -> None:
         """Rename `source` to `target`, its name made durable now (`sync_dir`) or by the
-        next `sync`."""
-        if sync_dir:
-            os.replace(source, target)
-            _fsync_dir(target.parent)
-            return
+        next `sync`. Counted either way: a `sync` that finds the blob there before this
+        fsync has ended must not take its name for durable."""
         with self._sync_lock:
             os.replace(source, target)
             self._renamed += 1
             self._renamed_into.add(target.parent)
+        if sync_dir:
+            _fsync_dir(target.parent)
 
     def sync(self) -> None:
         """Make the names of blobs moved in without `sync_dir` durable, before the rows

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -586,16 +587,53 @@ def test_sync_flushes_the_directory_blobs_went_into_once_and_then_nothing(
     assert synced == [store.blobs.path(first).parent]
 
 
-def test_a_blob_that_fsyncs_its_own_directory_still_counts_for_the_next_sync(
+def test_a_sync_flushes_a_blob_whose_own_directory_fsync_has_not_ended(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Another pull may find it there before that fsync ends: its sync must flush too.
+    # Another pull may find the blob there before that fsync ends: its rows must wait.
+    putting, release = _held_in_a_flush(monkeypatch, lambda: store.blobs.put(b"manifest"))
+    synced = threading.Event()
+    syncing = threading.Thread(target=lambda: (store.blobs.sync(), synced.set()))
+    syncing.start()
+
+    assert not synced.wait(0.2)
+    release.set()
+    putting.join(10)
+    syncing.join(10)
+    assert synced.is_set()
+    # Once that fsync has ended, the name is durable: nothing is left to flush.
+    monkeypatch.undo()
+    flushed = _count_directory_fsyncs(monkeypatch)
+    store.blobs.sync()
+    assert flushed == []
+
+
+def test_a_put_that_finds_a_blob_another_has_not_flushed_flushes_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = store.blobs.put(b"config", sync_dir=False)  # a pull, before its sync
     synced = _count_directory_fsyncs(monkeypatch)
-    digest = store.blobs.put(b"manifest")
+
+    store.blobs.put(b"config")  # a push or a load, whose rows come next
     assert synced == [store.blobs.path(digest).parent]
 
+    store.blobs.put(b"config")  # durable now: nothing to flush
+    assert synced == [store.blobs.path(digest).parent]
+
+
+def test_a_sync_for_durable_blobs_leaves_another_pulls_renames_to_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mine = store.blobs.put(b"stored long ago", sync_dir=False)
     store.blobs.sync()
-    assert synced == [store.blobs.path(digest).parent] * 2
+    theirs = store.blobs.put(b"another pull's layer", sync_dir=False)
+    synced = _count_directory_fsyncs(monkeypatch)
+
+    store.blobs.sync([mine])  # an up-to-date pull while another pull writes
+    assert synced == []
+
+    store.blobs.sync([mine, theirs])
+    assert synced == [store.blobs.path(theirs).parent]
 
 
 def test_a_sync_that_failed_is_done_again_by_the_next(
@@ -629,11 +667,11 @@ def test_a_sync_that_wrote_nothing_still_flushes_what_another_moved_in(
     assert synced == [store.blobs.path(digest).parent]
 
 
-def _sync_held_in_its_flush(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+def _held_in_a_flush(
+    monkeypatch: pytest.MonkeyPatch, work: Callable[[], object]
 ) -> tuple[threading.Thread, threading.Event]:
-    """A `sync` started in a thread, stopped inside its directory's fsync until the
-    returned event is set (every fsync from now on waits for it)."""
+    """`work` started in a thread, stopped inside a directory's fsync until the returned
+    event is set (every fsync from now on waits for it)."""
     flushing, release = threading.Event(), threading.Event()
     real = blobs_module._fsync_dir
 
@@ -643,10 +681,10 @@ def _sync_held_in_its_flush(
         real(directory)
 
     monkeypatch.setattr(blobs_module, "_fsync_dir", slow)
-    syncing = threading.Thread(target=store.blobs.sync)
-    syncing.start()
+    thread = threading.Thread(target=work)
+    thread.start()
     assert flushing.wait(10)
-    return syncing, release
+    return thread, release
 
 
 def test_a_sync_does_not_return_before_a_flush_under_way_has_ended(
@@ -655,7 +693,7 @@ def test_a_sync_does_not_return_before_a_flush_under_way_has_ended(
     # A pull that finds its config stored (by another pull, whose sync is flushing its
     # directory now) writes nothing: its rows must still wait for that flush.
     store.blobs.put(b"config", sync_dir=False)
-    first, release = _sync_held_in_its_flush(store, monkeypatch)
+    first, release = _held_in_a_flush(monkeypatch, store.blobs.sync)
     second_done = threading.Event()
     second = threading.Thread(target=lambda: (store.blobs.sync(), second_done.set()))
     second.start()
@@ -672,7 +710,7 @@ def test_a_blob_is_moved_in_while_a_sync_flushes(
 ) -> None:
     # The disk's flush does not hold up other pulls' renames (only the next sync).
     store.blobs.put(b"first", sync_dir=False)
-    syncing, release = _sync_held_in_its_flush(store, monkeypatch)
+    syncing, release = _held_in_a_flush(monkeypatch, store.blobs.sync)
     try:
         second = store.blobs.put(b"second", sync_dir=False)
         assert store.blobs.has(second)

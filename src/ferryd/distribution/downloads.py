@@ -176,7 +176,8 @@ class DownloadManager:
         self, todo: list[tuple[Digest | None, DownloadDescriptor, BlobInfo]]
     ) -> list[Digest]:
         """Register each layer on its parent, in order; return their (held) ChainIDs."""
-        self._blobs.sync()  # the blobs' names are durable before a row names them
+        # The blobs' names are durable before a row names them.
+        self._blobs.sync(info.digest for _, _, info in todo)
         with self._layers.transaction():
             return [self._register(*item).chain_id for item in todo]
 

@@ -482,7 +482,7 @@ def _commit(
     with store.blobs.pinned(*(digest for _, digest in blobs)):
         for raw, digest in blobs:
             store.blobs.put(raw, digest, sync_dir=False)
-        store.blobs.sync()
+        store.blobs.sync(digest for _, digest in blobs)
         with store.db.transaction():
             changed = False
             for item in new:

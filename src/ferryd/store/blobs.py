@@ -14,7 +14,7 @@ import contextlib
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -33,6 +33,9 @@ class BlobStore:
         with self.disk_errors(root):
             for directory in (self._blobs / "sha256", self._partial):
                 directory.mkdir(parents=True, exist_ok=True)
+            # What an earlier process renamed in and did not flush (it died first) is
+            # flushed now: `sync` counts only this process's renames.
+            _fsync_dir(self._blobs / "sha256")
         # Blobs a pull has chosen but not yet registered a layer on, and blobs written
         # just before the rows that will reference them: never collected.
         self.pins: RefCounter[Digest] = RefCounter()
@@ -45,6 +48,7 @@ class BlobStore:
         # flushes it if no `sync` has yet.
         self._renamed = self._durable = 0
         self._renamed_into: set[Path] = set()  # the directories they went into
+        self._unflushed: dict[Path, int] = {}  # a blob renamed in: its count, until durable
         self._sync_lock = threading.Lock()
 
     @property
@@ -123,26 +127,42 @@ class BlobStore:
             os.replace(source, target)
             self._renamed += 1
             self._renamed_into.add(target.parent)
+            self._unflushed[target] = count = self._renamed
+            directories = set(self._renamed_into)
         if sync_dir:
             _fsync_dir(target.parent)
+            if directories == {target.parent}:  # it flushed every rename before it too
+                self._flushed(count)
 
-    def sync(self) -> None:
+    def sync(self, digests: Iterable[Digest] | None = None) -> None:
         """Make the names of blobs moved in without `sync_dir` durable, before the rows
         that reference them are written: an fsync of the directories they went into,
-        unless a `sync` since the last of them has (an up-to-date pull writes nothing,
-        and flushes nothing: on ext4 a directory's fsync commits the journal, and waits
-        for every block other pulls have written). The lock is not held while the disk
-        flushes: renames go on meanwhile."""
+        unless a `sync` since the last of them has; with `digests` (the blobs the rows
+        will name), only if one of those is not durable yet: another pull's renames
+        are that pull's to flush. An up-to-date pull writes nothing and flushes nothing:
+        on ext4 a directory's fsync commits the journal, and waits for every block other
+        pulls have written. The lock is not held while the disk flushes: renames go on
+        meanwhile."""
         with self._sync_lock:
             wanted = self._renamed
             if self._durable >= wanted:
+                return
+            if digests is not None and all(
+                self.path(digest) not in self._unflushed for digest in digests
+            ):
                 return
             directories = sorted(self._renamed_into)
         for directory in directories:
             with self.disk_errors(directory):
                 _fsync_dir(directory)
+        self._flushed(wanted)
+
+    def _flushed(self, count: int) -> None:
+        """The first `count` renames are durable: an fsync that began after them ended."""
         with self._sync_lock:
-            self._durable = max(self._durable, wanted)
+            self._durable = max(self._durable, count)
+            for target in [t for t, n in self._unflushed.items() if n <= self._durable]:
+                del self._unflushed[target]
 
     def discard_partial(self, digest: Digest) -> None:
         self.partial_path(digest).unlink(missing_ok=True)
@@ -164,6 +184,8 @@ class BlobStore:
             raise DigestMismatchError(f"blob has digest {digest}, expected {expected}")
         target = self.path(digest)
         if target.exists():
+            if sync_dir:  # another caller may have renamed it in and not synced yet
+                self.sync([digest])
             return digest
         with self.disk_errors(target):
             with self._writing_lock:

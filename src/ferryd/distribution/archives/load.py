@@ -772,8 +772,9 @@ def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[L
         # never held across a disk flush, and a row never points at a missing blob.
         for digest, staged in moving.items():
             blobs.move_in(staged.path, digest, fsync=True, sync_dir=False)
-        if moving:
-            blobs.sync()
+        # Also when nothing moved: a blob found in the store may be a pull's, renamed in
+        # and not flushed yet (free when nothing waits to be flushed).
+        blobs.sync()
         for plan in plans:
             blobs.put(plan.config, plan.image_id)
             if plan.manifest is not None:

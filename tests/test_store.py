@@ -22,7 +22,7 @@ from ferryd.oci.digest import Digest
 from ferryd.oci.reference import parse_reference
 from ferryd.store import Store
 from ferryd.store import blobs as blobs_module
-from ferryd.store.blobs import TEMP_PREFIX
+from ferryd.store.blobs import TEMP_PREFIX, BlobStore
 from ferryd.store.gc import delete_blobs, remove_image
 from ferryd.store.layers import Layer
 from ferryd.store.refcount import RefCounter
@@ -606,6 +606,34 @@ def test_a_sync_flushes_a_blob_whose_own_directory_fsync_has_not_ended(
     flushed = _count_directory_fsyncs(monkeypatch)
     store.blobs.sync()
     assert flushed == []
+
+
+def test_a_sync_for_a_blob_whose_own_directory_fsync_has_not_ended_waits_for_a_flush(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = sha256(b"manifest")
+    putting, release = _held_in_a_flush(monkeypatch, lambda: store.blobs.put(b"manifest"))
+    synced = threading.Event()
+    syncing = threading.Thread(target=lambda: (store.blobs.sync([digest]), synced.set()))
+    syncing.start()
+
+    assert not synced.wait(0.2)
+    release.set()
+    putting.join(10)
+    syncing.join(10)
+    assert synced.is_set()
+
+
+def test_a_store_opened_flushes_what_an_earlier_process_left_in_each_blob_directory(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (store.blobs.blobs_dir / "sha512").mkdir()
+    synced = _count_directory_fsyncs(monkeypatch)
+
+    BlobStore(store.root)
+
+    blobs_dir = store.blobs.blobs_dir
+    assert sorted(synced) == [blobs_dir / "sha256", blobs_dir / "sha512"]
 
 
 def test_a_put_that_finds_a_blob_another_has_not_flushed_flushes_it(

@@ -35,7 +35,9 @@ class BlobStore:
                 directory.mkdir(parents=True, exist_ok=True)
             # What an earlier process renamed in and did not flush (it died first) is
             # flushed now: `sync` counts only this process's renames.
-            _fsync_dir(self._blobs / "sha256")
+            for directory in self._blobs.iterdir():
+                if directory.is_dir():
+                    _fsync_dir(directory)
         # Blobs a pull has chosen but not yet registered a layer on, and blobs written
         # just before the rows that will reference them: never collected.
         self.pins: RefCounter[Digest] = RefCounter()
@@ -143,13 +145,12 @@ class BlobStore:
         on ext4 a directory's fsync commits the journal, and waits for every block other
         pulls have written. The lock is not held while the disk flushes: renames go on
         meanwhile."""
+        named = None if digests is None else [self.path(digest) for digest in digests]
         with self._sync_lock:
             wanted = self._renamed
             if self._durable >= wanted:
                 return
-            if digests is not None and all(
-                self.path(digest) not in self._unflushed for digest in digests
-            ):
+            if named is not None and all(path not in self._unflushed for path in named):
                 return
             directories = sorted(self._renamed_into)
         for directory in directories:

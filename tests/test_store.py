@@ -568,6 +568,41 @@ def _count_directory_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     return synced
 
 
+def _held_in_a_flush(
+    monkeypatch: pytest.MonkeyPatch, work: Callable[[], object]
+) -> tuple[threading.Thread, threading.Event]:
+    """`work` started in a thread, stopped inside a directory's fsync until the returned
+    event is set (every fsync from now on waits for it)."""
+    flushing, release = threading.Event(), threading.Event()
+    real = blobs_module._fsync_dir
+
+    def slow(directory: Path) -> None:
+        flushing.set()
+        release.wait(10)
+        real(directory)
+
+    monkeypatch.setattr(blobs_module, "_fsync_dir", slow)
+    thread = threading.Thread(target=work)
+    thread.start()
+    assert flushing.wait(10)
+    return thread, release
+
+
+def _waits_for_the_flush(
+    held: threading.Thread, release: threading.Event, sync: Callable[[], object]
+) -> bool:
+    """Whether `sync`, run in a thread while `held` is stopped inside a flush, returns
+    only once `release` lets that flush end."""
+    done = threading.Event()
+    syncing = threading.Thread(target=lambda: (sync(), done.set()))
+    syncing.start()
+    early = done.wait(0.2)
+    release.set()
+    held.join(10)
+    syncing.join(10)
+    return not early and done.is_set()
+
+
 def test_sync_flushes_the_directory_blobs_went_into_once_and_then_nothing(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -592,15 +627,8 @@ def test_a_sync_flushes_a_blob_whose_own_directory_fsync_has_not_ended(
 ) -> None:
     # Another pull may find the blob there before that fsync ends: its rows must wait.
     putting, release = _held_in_a_flush(monkeypatch, lambda: store.blobs.put(b"manifest"))
-    synced = threading.Event()
-    syncing = threading.Thread(target=lambda: (store.blobs.sync(), synced.set()))
-    syncing.start()
 
-    assert not synced.wait(0.2)
-    release.set()
-    putting.join(10)
-    syncing.join(10)
-    assert synced.is_set()
+    assert _waits_for_the_flush(putting, release, store.blobs.sync)
     # Once that fsync has ended, the name is durable: nothing is left to flush.
     monkeypatch.undo()
     flushed = _count_directory_fsyncs(monkeypatch)
@@ -613,15 +641,8 @@ def test_a_sync_for_a_blob_whose_own_directory_fsync_has_not_ended_waits_for_a_f
 ) -> None:
     digest = sha256(b"manifest")
     putting, release = _held_in_a_flush(monkeypatch, lambda: store.blobs.put(b"manifest"))
-    synced = threading.Event()
-    syncing = threading.Thread(target=lambda: (store.blobs.sync([digest]), synced.set()))
-    syncing.start()
 
-    assert not synced.wait(0.2)
-    release.set()
-    putting.join(10)
-    syncing.join(10)
-    assert synced.is_set()
+    assert _waits_for_the_flush(putting, release, lambda: store.blobs.sync([digest]))
 
 
 def test_a_store_opened_flushes_what_an_earlier_process_left_in_each_blob_directory(
@@ -695,26 +716,6 @@ def test_a_sync_that_wrote_nothing_still_flushes_what_another_moved_in(
     assert synced == [store.blobs.path(digest).parent]
 
 
-def _held_in_a_flush(
-    monkeypatch: pytest.MonkeyPatch, work: Callable[[], object]
-) -> tuple[threading.Thread, threading.Event]:
-    """`work` started in a thread, stopped inside a directory's fsync until the returned
-    event is set (every fsync from now on waits for it)."""
-    flushing, release = threading.Event(), threading.Event()
-    real = blobs_module._fsync_dir
-
-    def slow(directory: Path) -> None:
-        flushing.set()
-        release.wait(10)
-        real(directory)
-
-    monkeypatch.setattr(blobs_module, "_fsync_dir", slow)
-    thread = threading.Thread(target=work)
-    thread.start()
-    assert flushing.wait(10)
-    return thread, release
-
-
 def test_a_sync_does_not_return_before_a_flush_under_way_has_ended(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -722,15 +723,8 @@ def test_a_sync_does_not_return_before_a_flush_under_way_has_ended(
     # directory now) writes nothing: its rows must still wait for that flush.
     store.blobs.put(b"config", sync_dir=False)
     first, release = _held_in_a_flush(monkeypatch, store.blobs.sync)
-    second_done = threading.Event()
-    second = threading.Thread(target=lambda: (store.blobs.sync(), second_done.set()))
-    second.start()
 
-    assert not second_done.wait(0.2)
-    release.set()
-    first.join(10)
-    second.join(10)
-    assert second_done.is_set()
+    assert _waits_for_the_flush(first, release, store.blobs.sync)
 
 
 def test_a_blob_is_moved_in_while_a_sync_flushes(

@@ -9,6 +9,7 @@ holds or pins itself is kept from collection.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import threading
@@ -655,6 +656,19 @@ def test_a_store_opened_flushes_what_an_earlier_process_left_in_each_blob_direct
 
     blobs_dir = store.blobs.blobs_dir
     assert sorted(synced) == [blobs_dir / "sha256", blobs_dir / "sha512"]
+
+
+def test_the_first_blob_of_a_digest_algorithm_makes_its_directory_durable(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = Digest("sha512:" + hashlib.sha512(b"layer").hexdigest())
+    store.blobs.partial_path(digest).write_bytes(b"layer")
+    synced = _count_directory_fsyncs(monkeypatch)
+
+    store.blobs.commit_partial(digest)
+
+    blobs_dir = store.blobs.blobs_dir
+    assert synced == [blobs_dir, blobs_dir / "sha512"]
 
 
 def test_a_put_that_finds_a_blob_another_has_not_flushed_flushes_it(

@@ -118,7 +118,9 @@ class BlobStore:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.parent.is_dir():  # a digest algorithm's first blob
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(self._blobs)  # the new directory's name is durable too
             self._rename(source, target, sync_dir=sync_dir)
 
     def _rename(self, source: Path | str, target: Path, *, sync_dir: bool) -> None:

@@ -747,12 +747,17 @@ def test_a_blob_is_moved_in_while_a_sync_flushes(
     # The disk's flush does not hold up other pulls' renames (only the next sync).
     store.blobs.put(b"first", sync_dir=False)
     syncing, release = _held_in_a_flush(monkeypatch, store.blobs.sync)
+    second = sha256(b"second")
+    moving = threading.Thread(target=store.blobs.put, args=(b"second",), kwargs={"sync_dir": False})
     try:
-        second = store.blobs.put(b"second", sync_dir=False)
+        moving.start()
+        moving.join(5)  # while the flush is held (it waits 10 s for the release)
+        assert not moving.is_alive()
         assert store.blobs.has(second)
     finally:
         release.set()
         syncing.join(10)
+        moving.join(10)
     synced = _count_directory_fsyncs(monkeypatch)
     store.blobs.sync()  # the second blob's rename came after the flush began
     assert synced == [store.blobs.path(second).parent]

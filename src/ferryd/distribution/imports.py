@@ -230,7 +230,7 @@ def _commit(
                 # The tar was verified and fsync'd as it streamed in.
                 blobs.move_in(staged, diff_id)
             blobs.put(config, image_id)
-            blobs.sync()  # a blob found there may be a pull's, not flushed yet
+            blobs.sync([diff_id, image_id])  # one found there may be a pull's, unflushed
             with store.db.transaction():
                 if layers.get(chain) is None:
                     layers.register(None, diff_id, diff_id, DOCKER_LAYER_TAR, size, size)

@@ -44,13 +44,12 @@ class BlobStore:
         # Temp files `put` is writing: the sweep leaves them alone.
         self._writing: set[str] = set()
         self._writing_lock = threading.Lock()
-        # Renames into the store, and how many of them a finished `sync` has made
-        # durable. A rename and its count are one step under the lock: a caller that
-        # finds a blob there (and writes nothing) and then calls `sync` counts it, and
-        # flushes it if no `sync` has yet.
-        self._renamed = self._durable = 0
-        self._renamed_into: set[Path] = set()  # the directories they went into
-        self._unflushed: dict[Path, int] = {}  # a blob renamed in: its count, until durable
+        # The blobs renamed in whose names may not be durable yet, each with its rename's
+        # number: an fsync of its directory that began after that rename makes it so. A
+        # rename and its entry are one step under the lock: a caller that finds a blob
+        # there (and writes nothing) and then calls `sync` sees it.
+        self._renames = 0
+        self._unflushed: dict[Path, int] = {}
         self._sync_lock = threading.Lock()
 
     @property
@@ -129,43 +128,39 @@ class BlobStore:
         fsync has ended must not take its name for durable."""
         with self._sync_lock:
             os.replace(source, target)
-            self._renamed += 1
-            self._renamed_into.add(target.parent)
-            self._unflushed[target] = count = self._renamed
-            directories = set(self._renamed_into)
+            self._renames += 1
+            self._unflushed[target] = number = self._renames
         if sync_dir:
             _fsync_dir(target.parent)
-            if directories == {target.parent}:  # it flushed every rename before it too
-                self._flushed(count)
+            self._flushed(number, {target.parent})  # the renames before it there too
 
     def sync(self, digests: Iterable[Digest] | None = None) -> None:
         """Make the names of blobs moved in without `sync_dir` durable, before the rows
-        that reference them are written: an fsync of the directories they went into,
-        unless a `sync` since the last of them has; with `digests` (the blobs the rows
-        will name), only if one of those is not durable yet: another pull's renames
-        are that pull's to flush. An up-to-date pull writes nothing and flushes nothing:
-        on ext4 a directory's fsync commits the journal, and waits for every block other
-        pulls have written. The lock is not held while the disk flushes: renames go on
-        meanwhile."""
+        that reference them are written: an fsync of the directories of those not
+        durable yet, if any; with `digests` (the blobs the rows will name), only if one
+        of those is not: another pull's renames are that pull's to flush. An up-to-date
+        pull writes nothing and flushes nothing: on ext4 a directory's fsync commits the
+        journal, and waits for every block other pulls have written. The lock is not
+        held while the disk flushes: renames go on meanwhile."""
         named = None if digests is None else [self.path(digest) for digest in digests]
         with self._sync_lock:
-            wanted = self._renamed
-            if self._durable >= wanted:
+            waiting = self._unflushed.keys() if named is None else self._unflushed.keys() & named
+            if not waiting:
                 return
-            if named is not None and all(path not in self._unflushed for path in named):
-                return
-            directories = sorted(self._renamed_into)
-        for directory in directories:
+            number = self._renames
+            directories = {target.parent for target in self._unflushed}
+        for directory in sorted(directories):
             with self.disk_errors(directory):
                 _fsync_dir(directory)
-        self._flushed(wanted)
+        self._flushed(number, directories)
 
-    def _flushed(self, count: int) -> None:
-        """The first `count` renames are durable: an fsync that began after them ended."""
+    def _flushed(self, number: int, directories: set[Path]) -> None:
+        """The renames into `directories` up to `number` are durable: an fsync of each
+        that began after them has ended."""
         with self._sync_lock:
-            self._durable = max(self._durable, count)
-            for target in [t for t, n in self._unflushed.items() if n <= self._durable]:
-                del self._unflushed[target]
+            for target, renamed in list(self._unflushed.items()):
+                if renamed <= number and target.parent in directories:
+                    del self._unflushed[target]
 
     def discard_partial(self, digest: Digest) -> None:
         self.partial_path(digest).unlink(missing_ok=True)

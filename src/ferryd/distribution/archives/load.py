@@ -773,8 +773,8 @@ def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[L
         for digest, staged in moving.items():
             blobs.move_in(staged.path, digest, fsync=True, sync_dir=False)
         # Also when nothing moved: a blob found in the store may be a pull's, renamed in
-        # and not flushed yet (free when nothing waits to be flushed).
-        blobs.sync()
+        # and not flushed yet.
+        blobs.sync(pinned)
         for plan in plans:
             blobs.put(plan.config, plan.image_id)
             if plan.manifest is not None:

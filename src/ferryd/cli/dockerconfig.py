@@ -67,7 +67,7 @@ def load() -> dict[str, Any]:
         raise ConfigFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         data = json.loads(text) if text.strip() else {}
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ConfigFileError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path}: expected a JSON object")
@@ -120,7 +120,7 @@ def get_login(key: str) -> dict[str, str]:
         try:
             found = json.loads(answer)
             username, secret = found["Username"], found["Secret"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise ConfigFileError(
                 f"credential helper docker-credential-{helper} answered {key} with something "
                 'other than {"Username": …, "Secret": …}'

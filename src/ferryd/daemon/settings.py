@@ -149,6 +149,8 @@ def load_settings(path: Path | None, overrides: dict[str, object] | None = None)
             raise ConfigError(
                 f"config file {path} is not valid TOML: {_leading_zero(text, exc) or exc}"
             ) from None
+        except RecursionError:
+            raise ConfigError(f"config file {path} nests arrays or tables too deeply") from None
         data = _octal_socket_mode(data, text, f"config file {path}")
     settings = _validate(data, f"config file {path}" if path else "settings")
     flags = {key: value for key, value in (overrides or {}).items() if value is not None}

@@ -64,6 +64,11 @@ log = structlog.get_logger("ferryd.pull")
 DENIED = "denied: requested access to the resource is denied"  # distribution's default
 # The manifest took this long or more: send the first layers' GETs ahead of the config.
 SEND_AHEAD_AFTER = 0.01
+# An index may list tens of thousands of entries in its 4 MiB; a real one, a few dozen
+# (every platform, each with its attestation).
+MAX_INDEX_ENTRIES = 512
+_CHILDREN_AT_ONCE = 16
+_CHILDREN_BYTES = 64 * 2**20
 
 T = TypeVar("T")
 
@@ -357,10 +362,27 @@ async def _manifest_from(
         return _Source(client, top, None, [_Child(None, top, decode_manifest(top.raw))])
     index = decode_index(top.raw)
     entries = _entries_wanted(index, ctx)
+    if len(entries) > MAX_INDEX_ENTRIES:
+        raise ManifestError(
+            f"the image index lists {len(entries)} entries to pull; ferryd pulls at most "
+            f"{MAX_INDEX_ENTRIES} from one index: pull the platforms you need with --platform"
+        )
     children: list[_Child | None] = [None] * len(entries)
+    # Each answer may be a manifest's 4 MiB: a few at a time, and all of them held until
+    # the commit within a budget, however many the index lists.
+    fetching = anyio.CapacityLimiter(_CHILDREN_AT_ONCE)
+    held = 0
 
     async def one(position: int, entry: Descriptor) -> None:
-        manifest = await fetch(entry.digest)
+        nonlocal held
+        async with fetching:
+            manifest = await fetch(entry.digest)
+        held += len(manifest.raw)
+        if held > _CHILDREN_BYTES:
+            raise ManifestError(
+                f"the manifests of the image index's {len(entries)} entries come to over "
+                f"{_CHILDREN_BYTES // 2**20} MiB: refused"
+            )
         check_supported(manifest.media_type)
         if manifest.media_type in INDEX_TYPES:
             raise ManifestError(f"index entry {entry.digest} is itself an index")

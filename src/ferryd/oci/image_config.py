@@ -66,6 +66,8 @@ def decode_config(raw: bytes) -> ConfigModel:
         return _CONFIG.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ImageConfigError(f"malformed image config: {exc}") from None
+    except RecursionError:  # a few KB of brackets in a field nobody reads
+        raise ImageConfigError("malformed image config: its JSON is nested too deeply") from None
 
 
 def rootfs_and_os(config: bytes | ConfigModel) -> tuple[RootFS, str]:

@@ -26,6 +26,9 @@ from ferryd.oci.mediatypes import (
 from ferryd.oci.platform import Platform, normalize
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+# dockerd's layer store takes no chain deeper than this (moby's maxLayerDepth): an image
+# of more layers could not be run, and a manifest may list tens of thousands.
+MAX_LAYERS = 125
 
 # BuildKit lists provenance and SBOM attestations in the index as `unknown/unknown`
 # entries with this annotation.
@@ -109,6 +112,8 @@ def media_type_of(content_type: str | None, raw: bytes) -> str:
         raise ManifestError(f"malformed manifest: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ManifestError(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:  # a few KB of brackets: no manifest nests so deep
+        raise ManifestError("malformed manifest: its JSON is nested too deeply") from None
     if head.mediaType:
         return head.mediaType
     if head.schemaVersion == 1:
@@ -136,6 +141,11 @@ def decode_manifest(raw: bytes) -> ImageManifest:
     """Decode and check an image manifest; anything malformed is a `ManifestError`."""
     manifest = _decode(raw, _MANIFEST, "image manifest")
     _check_schema_version(manifest.schemaVersion, "image manifest")
+    if len(manifest.layers) > MAX_LAYERS:
+        raise ManifestError(
+            f"the image manifest lists {len(manifest.layers)} layers: max depth exceeded "
+            f"(docker and ferryd take at most {MAX_LAYERS})"
+        )
     for descriptor in (manifest.config, *manifest.layers):
         _check_descriptor(descriptor)
     return manifest
@@ -244,6 +254,8 @@ def _decode(raw: bytes, decoder: msgspec.json.Decoder[_T], what: str) -> _T:
         return decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ManifestError(f"malformed {what}: {exc}") from None
+    except RecursionError:
+        raise ManifestError(f"malformed {what}: its JSON is nested too deeply") from None
 
 
 def _check_descriptor(descriptor: Descriptor) -> None:

@@ -64,7 +64,7 @@ def platform_param(text: str) -> Platform | None:
         return parse_platform(text)
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequestError(f"failed to parse platform: {text!r} is not JSON") from None
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise BadRequestError(f"failed to parse platform: {text!r}")

@@ -27,7 +27,7 @@ async def auth(request: Request) -> Response:
             raise BadRequestError(f"the login is over {MAX_BODY} bytes")
     try:
         data = json.loads(body) if body.strip() else {}
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidRegistryAuthError(
             f"invalid X-Registry-Auth header: invalid JSON: {exc}"
         ) from None

@@ -29,7 +29,7 @@ class Filters:
             return cls({})
         try:
             raw = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidFilterError(f"invalid filter: {text!r} is not JSON") from None
         if not isinstance(raw, dict):
             raise InvalidFilterError("invalid filter: expected a JSON object of filter lists")

@@ -75,6 +75,8 @@ def decode_manifest_json(raw: bytes) -> list[ManifestItem]:
         return msgspec.json.decode(raw, type=list[ManifestItem])
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ArchiveError(f"the archive's manifest.json is malformed: {exc}") from None
+    except RecursionError:
+        raise ArchiveError("the archive's manifest.json is nested too deeply") from None
 
 
 def blob_name(digest: Digest) -> str:

@@ -17,6 +17,7 @@ from ferryd.errors import ManifestError
 from ferryd.oci.digest import sha256_digest
 from ferryd.oci.manifest import MAX_LAYERS, FetchedManifest, decode_manifest
 from ferryd.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
+from ferryd.oci.reference import parse_repository
 from ferryd.registry.client import RegistryClient
 
 
@@ -82,3 +83,22 @@ async def test_an_index_whose_manifests_come_to_over_the_budget_is_refused() -> 
 
 async def test_an_index_of_a_few_entries_has_each_fetched() -> None:
     assert len(await _from(_index(20), _manifest(1))) == 20
+
+
+async def test_a_tag_the_registry_lists_twice_is_pulled_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pulled: list[str] = []
+
+    async def list_tags(repository: Any, ctx: Any) -> list[str]:
+        return ["b", "a", "b", "a", "a"]
+
+    async def one(reference: Any, ctx: Any, *, say_status: bool = True) -> Any:
+        pulled.append(reference.tag)
+        return SimpleNamespace(updated=False)
+
+    monkeypatch.setattr(pull, "_list_tags", list_tags)
+    monkeypatch.setattr(pull, "_pull", one)
+    ctx = cast(PullContext, SimpleNamespace(progress=SimpleNamespace(write=lambda message: None)))
+    await pull._pull_all_tags(parse_repository("registry.test/repo"), ctx)
+    assert pulled == ["a", "b"]

@@ -97,7 +97,9 @@ async def _pull_all_tags(repository: Reference, ctx: PullContext) -> list[PullRe
     tags = await _list_tags(repository, ctx)
     if not tags:
         raise NotFoundError(f"repository {repository.familiar_name} has no tags to pull")
-    results = [await _pull(repository.with_tag(tag), ctx, say_status=False) for tag in sorted(tags)]
+    # Once each: a registry's pages may list a tag twice (or be the same page again).
+    unique = sorted(set(tags))
+    results = [await _pull(repository.with_tag(tag), ctx, say_status=False) for tag in unique]
     name = repository.familiar_name
     if any(result.updated for result in results):
         ctx.progress.write(Message(f"Status: Downloaded newer image for {name}"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ from ferryd.errors import (
 from ferryd.oci.reference import DEFAULT_DOMAIN
 from ferryd.registry.bodies import read_body, read_error_body, release
 from ferryd.registry.errcode import Refusal, refusal
+from ferryd.registry.wire import check_port
 
 log = structlog.get_logger("ferryd.registry")
 
@@ -39,6 +41,12 @@ log = structlog.get_logger("ferryd.registry")
 MAX_TOKEN_ANSWER = 64 * 1024
 MAX_TOKEN = 16 * 1024
 _TOKEN_MIN_LIFETIME = 60.0  # seconds, as the token spec says when expires_in is absent
+# A token is asked for again after a day at the most, whatever its expires_in says: an
+# answer of 1e999 (infinity) must not make one token last forever.
+_TOKEN_MAX_LIFETIME = 24 * 3600.0
+# RFC 6750's b64token, the form of a Bearer credential: it goes into a header as it is,
+# so anything else (a CR or LF, a non-ASCII letter) would break or forge the request.
+_B64TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 _EXPIRY_MARGIN = 5.0
 # A challenge is `scheme param=value, ...`; several may share one header (httpx joins
 # repeated WWW-Authenticate headers with ", "). A word followed by "=" is a parameter,
@@ -111,7 +119,7 @@ def decode_registry_auth(header: str) -> Credentials:
     try:
         raw = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
         data = json.loads(raw) if raw.strip() else {}
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise InvalidRegistryAuthError(
             f"invalid X-Registry-Auth header: expected base64url-encoded JSON ({exc})"
         ) from None
@@ -279,6 +287,7 @@ class Authenticator:
         creds = self._credentials
         try:
             url = httpx.URL(realm)
+            check_port(realm)
             if not creds.anonymous:
                 await check_realm(url, self._registry, self._host, self._insecure)
             if creds.identity_token:
@@ -397,7 +406,8 @@ def _token_from(body: bytes, registry: str) -> _Token:
         answer = json.loads(body)
         value = answer.get("token") or answer.get("access_token")
         lifetime = float(answer.get("expires_in") or _TOKEN_MIN_LIFETIME)
-    except (ValueError, AttributeError, TypeError):
+    # RecursionError: JSON nested too deep; OverflowError: an integer past any float.
+    except (ValueError, AttributeError, TypeError, RecursionError, OverflowError):
         value, lifetime = None, 0.0
     if not isinstance(value, str) or not value:
         raise AuthenticationError(f"{registry}: the token service sent no token")
@@ -406,5 +416,23 @@ def _token_from(body: bytes, registry: str) -> _Token:
             f"{registry}: the token service sent a token of {len(value)} characters, "
             f"over the limit of {MAX_TOKEN}"
         )
-    lifetime = max(lifetime, _TOKEN_MIN_LIFETIME) - _EXPIRY_MARGIN
-    return _Token(value, time.monotonic() + lifetime)
+    check_token(value, registry)
+    return _Token(value, time.monotonic() + _lifetime(lifetime) - _EXPIRY_MARGIN)
+
+
+def check_token(token: str, registry: str) -> None:
+    """Refuse a token that is not of the form a Bearer credential has (`_B64TOKEN`),
+    never quoting it: it is a secret, and what it holds could forge a log line."""
+    if not _B64TOKEN.fullmatch(token):
+        raise RegistryProtocolError(
+            f"{registry}: the token service sent a token that is not a bearer token "
+            "(RFC 6750: letters, digits and -._~+/ then any '=' padding); it is not used"
+        )
+
+
+def _lifetime(expires_in: float) -> float:
+    """How long a token is used for: `expires_in`, from _TOKEN_MIN_LIFETIME (which a
+    negative, NaN or infinite one gets too) to _TOKEN_MAX_LIFETIME."""
+    if not math.isfinite(expires_in):
+        return _TOKEN_MIN_LIFETIME
+    return min(max(expires_in, _TOKEN_MIN_LIFETIME), _TOKEN_MAX_LIFETIME)

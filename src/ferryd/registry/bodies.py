@@ -17,6 +17,7 @@ import httpx
 from ferryd.codec import Inflater, inflater
 from ferryd.errors import ContentError, RegistryProtocolError, TooLargeError
 from ferryd.oci.mediatypes import Compression
+from ferryd.registry.wire import decimal
 
 MAX_ERROR_BODY = 64 * 1024
 """An error answer is read this far for its message; the rest is not worth memory."""
@@ -44,14 +45,16 @@ async def read_body(
 ) -> bytes:
     """The body of a streamed `response`, at most `limit` bytes once decoded.
 
-    Over the limit: TooLargeError naming `what` and the limit, or, with `truncate`,
-    the first `limit` bytes. `decode=False` keeps the bytes as sent (blobs).
+    Over the limit, decoded or as sent: TooLargeError naming `what` and the limit, or,
+    with `truncate`, what was read up to there. `decode=False` keeps the bytes as sent
+    (blobs).
     """
     length = content_length(response.headers)
     if not truncate and not _encodings(response) and length is not None and length > limit:
         raise TooLargeError(f"{what} is {length} bytes, over the limit of {limit}")
     decoders = _decoders(response, what) if decode else []
     body = bytearray()
+    sent = 0
     async for chunk in response.aiter_raw():
         for piece in _through(decoders, chunk, what):
             body += piece
@@ -59,6 +62,15 @@ async def read_body(
                 if truncate:
                     return bytes(body[:limit])
                 raise TooLargeError(f"{what} is over the limit of {limit} bytes")
+        # The bytes as sent count too: empty gzip members, endlessly, decode to nothing.
+        sent += len(chunk)
+        if sent > limit:
+            if truncate:
+                return bytes(body)
+            raise TooLargeError(
+                f"{what} is over the limit of {limit} bytes as sent "
+                f"(Content-Encoding {', '.join(_encodings(response))})"
+            )
     try:
         for decoder in decoders:
             decoder.finish()
@@ -148,4 +160,4 @@ def _undecodable(response: httpx.Response, what: str, exc: ContentError) -> Regi
 def content_length(headers: Mapping[str, str]) -> int | None:
     """An answer's Content-Length, when it gives a valid one."""
     value = headers.get("content-length")
-    return int(value) if value and value.isdigit() else None
+    return decimal(value) if value else None

@@ -38,11 +38,12 @@ from ferryd.registry.auth import Authenticator, parse_challenge, response_refusa
 from ferryd.registry.blocking import REDIRECT_STATUSES, BlockingConnections, Kept
 from ferryd.registry.bodies import content_length, read_body, read_error_body, release
 from ferryd.registry.endpoints import Endpoint
+from ferryd.registry.wire import check_port, decimal
 
 MAX_REDIRECTS = 10
 # Ask for the bytes as stored: a digest covers them, not a proxy's re-encoding of them.
 _IDENTITY = {"Accept-Encoding": "identity"}
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)")
 
 log = structlog.get_logger("ferryd.registry")
 
@@ -306,7 +307,7 @@ class RegistryClient:
         if status >= 400:
             response = httpx.Response(
                 status,
-                headers=list(headers.items()),
+                headers=_raw_headers(headers),
                 stream=httpx.ByteStream(answer.body),  # read as it would be streamed
                 request=httpx.Request("GET", url),
             )
@@ -392,7 +393,14 @@ class RegistryClient:
         location = response.headers.get("location")
         if not location:
             raise RegistryProtocolError(f"{what}: the registry sent no upload Location")
-        return str(urljoin(str(response.url), location))
+        url = str(urljoin(str(response.url), location))
+        try:
+            check_port(url)
+        except httpx.InvalidURL as exc:
+            raise RegistryProtocolError(
+                f"{what}: the registry sent an invalid upload Location {location!r}: {exc}"
+            ) from None
+        return url
 
     @asynccontextmanager
     async def _stream(
@@ -541,10 +549,11 @@ class RegistryClient:
             await release(response)
             try:
                 url = urljoin(url, location)
-                urlsplit(url)
-            except ValueError:
+                check_port(url)  # 70000: httpx would take it, and connect() raise OverflowError
+            except (ValueError, httpx.InvalidURL) as exc:
+                domain = route.endpoint.domain
                 raise RegistryProtocolError(
-                    f"{route.endpoint.domain}: redirect to an invalid Location {location!r}"
+                    f"{domain}: redirect to an invalid Location {location!r}: {exc}"
                 ) from None
             if response.status_code == 303:
                 method = "GET"
@@ -596,13 +605,14 @@ def _rebased(url: str, base: str, endpoint: Endpoint) -> str:
 _MAX_TAG_PAGES = 1000
 # One page of a tag list: 4 MiB holds some 30,000 tags of 128 characters.
 MAX_TAG_PAGE = 4 * 1024 * 1024
-_NEXT_LINK = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
+# `[^<>]`, not `[^>]`: a header of many "<" then tried each of them to its end.
+_NEXT_LINK = re.compile(r'<([^<>]*)>\s*;\s*rel="?next"?')
 
 
 def _tag_page(raw: bytes, what: str) -> list[str]:
     try:
         tags = json.loads(raw).get("tags") or []
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested too deep
         raise RegistryProtocolError(f"{what}: the registry's answer is not a tag list") from None
     if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
         raise RegistryProtocolError(f"{what}: the registry's answer is not a tag list")
@@ -660,8 +670,9 @@ def retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = decimal(value)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -742,7 +753,7 @@ def _registry_message(body: bytes) -> str:
             f"{e.get('code', '').lower().replace('_', ' ')}: {e.get('message', '')}" for e in errors
         ]
         return "; ".join(p.strip(": ") for p in parts)
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return ""
 
 
@@ -769,11 +780,31 @@ def _check_digest_header(response: httpx.Response, digest: Digest, what: str) ->
 def _parse_content_range(
     headers: Mapping[str, str], offset: int, what: str
 ) -> tuple[int, int | None]:
-    match = _CONTENT_RANGE.match(headers.get("content-range", ""))
-    if match is None:
+    parsed = _content_range(headers.get("content-range", ""))
+    if parsed is None:
         raise RegistryProtocolError(f"{what}: 206 without a valid Content-Range")
-    start = int(match.group(1))
+    start, total = parsed
     if start != offset:
         raise RegistryProtocolError(f"{what}: asked for bytes from {offset}, got from {start}")
-    total = match.group(3)
-    return start, int(total) if total != "*" else None
+    return start, total
+
+
+def _content_range(value: str) -> tuple[int, int | None] | None:
+    """`bytes START-END/TOTAL` (TOTAL may be `*`): START and TOTAL; None when it is not
+    that, numbers of more digits than any size has included."""
+    match = _CONTENT_RANGE.fullmatch(value)
+    if match is None:
+        return None
+    start, end, total = (decimal(number) for number in match.groups())  # "*": None
+    if start is None or end is None or (total is None and match[3] != "*"):
+        return None
+    return start, total
+
+
+def _raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """urllib3's headers for an httpx.Response, as the bytes that came: urllib3 decodes
+    them as latin-1, and httpx would encode str as ASCII, failing on any byte >= 0x80."""
+    return [
+        (name.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
+        for name, value in headers.items()
+    ]

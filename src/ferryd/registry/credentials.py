@@ -125,7 +125,7 @@ def _answer(
         username, secret = data["Username"], data["Secret"]
         if not isinstance(username, str) or not isinstance(secret, str):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deep
         raise CredentialHelperError(
             f"credential helper docker-credential-{helper} answered {domain} with something "
             'other than {"Username": …, "Secret": …}'
@@ -143,7 +143,7 @@ def _read(path: Path) -> dict[str, Any]:
             f"credentials file {path} does not exist: create it (a docker config.json) "
             'or set credentials_file = ""'
         ) from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ConfigError(f"cannot read credentials file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"credentials file {path}: expected a JSON object")

@@ -73,7 +73,7 @@ def refusal(
         return _by_status(status, text)
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         data = None
     if isinstance(data, dict):
         details = data.get("details")

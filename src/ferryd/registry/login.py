@@ -39,6 +39,7 @@ from ferryd.registry.auth import (
     Credentials,
     basic_authorization,
     check_realm,
+    check_token,
     parse_challenges,
     response_refusal,
 )
@@ -46,6 +47,7 @@ from ferryd.registry.bodies import read_body, read_error_body, release
 from ferryd.registry.client import transport_error
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import Endpoint
+from ferryd.registry.wire import check_port
 
 log = structlog.get_logger("ferryd.registry")
 
@@ -121,6 +123,7 @@ async def _token(
         url = httpx.URL(realm)
         if url.scheme not in ("http", "https") or not url.host:
             raise httpx.InvalidURL(realm)
+        check_port(realm)
     except httpx.InvalidURL:
         raise RegistryProtocolError(
             f"{endpoint.domain} asked for a bearer token from {realm!r}, which is no URL"
@@ -182,7 +185,7 @@ def _read_token(body: bytes, domain: str, identity: str) -> tuple[str, str]:
         answer = json.loads(body)
         token = answer.get("token") or answer.get("access_token")
         refresh = answer.get("refresh_token") or identity
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested too deep
         token = refresh = None
     if not isinstance(token, str) or not token or not isinstance(refresh, str):
         raise AuthenticationError(f"{domain}: the token service sent no token")
@@ -190,4 +193,5 @@ def _read_token(body: bytes, domain: str, identity: str) -> tuple[str, str]:
         raise TooLargeError(
             f"{domain}: the token service sent a token over the limit of {MAX_TOKEN} characters"
         )
+    check_token(token, domain)  # it goes into the next request's Authorization header
     return token, refresh

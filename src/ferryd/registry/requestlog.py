@@ -9,12 +9,13 @@ from collections.abc import Mapping
 import structlog
 
 from ferryd.registry.bodies import content_length
+from ferryd.registry.wire import decimal
 
 log = structlog.get_logger("ferryd.registry")
 
 # Below this share of its limit left, a registry's rate limit is worth a warning.
 _RATE_LIMIT_LOW = 0.1
-_RATE_LIMIT = re.compile(r"\s*(\d+)(?:\s*;\s*w=(\d+))?")
+_RATE_LIMIT = re.compile(r"\s*([0-9]+)(?:\s*;\s*w=([0-9]+))?")
 
 
 def answered(
@@ -34,17 +35,20 @@ def answered(
 
 
 def _check_rate_limit(host: str, headers: Mapping[str, str]) -> None:
-    """Docker Hub's `ratelimit-remaining: 12;w=21600` against `ratelimit-limit`."""
+    """Docker Hub's `ratelimit-remaining: 12;w=21600` against `ratelimit-limit`; a
+    number that is none (too many digits to be one) is as good as no header."""
     remaining = _RATE_LIMIT.match(headers.get("ratelimit-remaining", ""))
     limit = _RATE_LIMIT.match(headers.get("ratelimit-limit", ""))
-    if remaining is None or limit is None or int(limit[1]) == 0:
+    if remaining is None or limit is None:
         return
-    left, of = int(remaining[1]), int(limit[1])
+    left, of = decimal(remaining[1]), decimal(limit[1])
+    if left is None or not of:
+        return
     if left <= of * _RATE_LIMIT_LOW:
         log.warning(
             "registry.rate_limit_low",
             host=host,
             remaining=left,
             limit=of,
-            window_seconds=int(limit[2]) if limit[2] else None,
+            window_seconds=decimal(limit[2]) if limit[2] else None,
         )

@@ -129,12 +129,30 @@ class _Zstd(_Members):
         return zstd.ZstdDecompressor()
 
 
+# The memory an xz stream may take to decompress. Its header chooses the dictionary size
+# (up to 4 GiB), which liblzma allocates as the data asks for it: a few KiB could claim
+# gigabytes. xz -9 needs 65 MiB; this is zstd's default window limit too.
+XZ_MEMORY_LIMIT = 128 << 20
+
+
 class _Xz(_Members):
     name = "xz"
     _errors = (lzma.LZMAError,)
 
     def _new(self) -> Any:
-        return lzma.LZMADecompressor(lzma.FORMAT_XZ)
+        return lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        try:
+            yield from super().feed(data)
+        except ContentError as exc:
+            # liblzma's LZMA_MEMLIMIT_ERROR ("Memory usage limit exceeded"): say why.
+            if "memory usage limit" not in str(exc).lower():
+                raise
+            raise ContentError(
+                f"{self._what} is not valid xz: it needs more than {XZ_MEMORY_LIMIT >> 20} MiB "
+                "of memory to decompress (its dictionary is too large; xz -9 needs 65 MiB)"
+            ) from None
 
 
 class _Bzip2(_Members):

@@ -10,9 +10,9 @@ the way, as it does every layer held as a plain tar. It is staged under `loading
 renamed into the store only once it is whole and checked.
 
 The tar is checked as a layer is when dockerd applies it: every header, a stream cut
-inside an entry, and names that leave the root (`../x`, a hard link to `../x`, a
-symbolic link whose relative target climbs out) refuse the whole import (400,
-`ArchiveError`), and nothing of it is kept.
+inside an entry, names that leave the root (`../x`, a hard link to `../x`, a
+symbolic link whose relative target climbs out) and data after the tar's end other than
+zero padding refuse the whole import (400, `ArchiveError`), and nothing of it is kept.
 
 The config is dockerd's: the platform asked for (else this host's), `changes` applied
 to an empty container config, `created` now, `comment` the message (default
@@ -145,13 +145,33 @@ class _LayerCheck:
     """The tar parser with a layer's rules on names, as dockerd's ApplyLayer has them:
     a name is taken under the root (absolute or not), and must stay under it once
     cleaned; a hard link must point under the root; a relative symbolic link must not
-    climb out of it from its own directory."""
+    climb out of it from its own directory.
+
+    After the end-of-archive marker only zeros may follow: tar pads its output to whole
+    records (10 KiB for GNU and Python's tar), and those bytes are kept, so the DiffID is
+    the digest of the stream as dockerd computes it. Anything else (another tar
+    appended, junk) would be stored in the layer without being in its files: refused."""
 
     def __init__(self) -> None:
         self._reader = tarstream.TarReader(self)
+        self._seen = 0  # bytes of the decompressed stream so far
 
     def feed(self, piece: bytes) -> None:
+        start = self._reader.offset
         self._reader.feed(piece)
+        if self._reader.ended:
+            self._check_trailing(piece, self._reader.offset - start)
+        self._seen += len(piece)
+
+    def _check_trailing(self, piece: bytes, used: int) -> None:
+        """`piece[used:]` comes after the end-of-archive marker: zeros only."""
+        if piece.count(0, used) == len(piece) - used:
+            return
+        where = self._seen + len(piece) - len(piece[used:].lstrip(b"\0"))
+        raise ArchiveError(
+            f"refused: data follows the tar's end-of-archive marker (at byte {where}, "
+            f"the tar ends at byte {self._reader.offset}): was something appended to it?"
+        )
 
     def close(self) -> None:
         self._reader.close()

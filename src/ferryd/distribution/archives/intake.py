@@ -58,6 +58,20 @@ def clean_name(raw: str) -> str:
     return "/".join(parts)
 
 
+def not_the_blob(name: str, digest: str, staged: StagedFile) -> str:
+    """Why the archive's `name` is not the blob `digest` it stands for: its content, or
+    that of the file it links to, has another digest."""
+    if staged.name != name:
+        return (
+            f"the archive's {name} is not the blob it is named after ({digest}): it is a "
+            f"symbolic link to {staged.name}, whose content has digest {staged.digest}"
+        )
+    return (
+        f"the archive's {name} is not the blob it is named after ({digest}): its content "
+        f"has digest {staged.digest}"
+    )
+
+
 def _link_target(name: str, target: str) -> str:
     """Where a symbolic link at `name` points, as a clean name inside the archive."""
     if target.startswith("/"):
@@ -288,6 +302,17 @@ class Intake:
         for sink in self._open:
             sink.close()
         self._open.clear()
+
+    def check_blob_links(self) -> None:
+        """Every symbolic link named as a blob (`blobs/sha256/<hex>`) leads to that blob:
+        a regular file is checked against its name as it ends, but a link's target may
+        come after it, so links are checked once the archive is in. A link whose target
+        is missing is left to whoever needs it (it is then missing)."""
+        for name in self.links:
+            expected = digest_of(name)
+            staged = self.resolve(name) if expected is not None else None
+            if expected is not None and staged is not None and staged.digest != expected:
+                raise ArchiveError(not_the_blob(name, expected, staged))
 
     def resolve(self, name: str) -> StagedFile | None:
         """The file `name` (a path from manifest.json, or a blob) is, links followed."""

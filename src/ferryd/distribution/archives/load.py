@@ -16,14 +16,16 @@ store it all in one go or nothing at all.
    `index.json` names (a multi-platform image) is kept as itself, with every platform
    whose blobs the archive holds (only `platform`'s, when given), and its names name it.
    Every blob's digest and size, every layer's DiffID, every config and manifest are
-   checked against each other.
+   checked against each other; a blob's content against the digest it is used as, when
+   its name is a symbolic link too. Manifests and indexes are named by their sha256.
    The archive's own JSON is read with limits (`layout.SMALL_FILES`, the config and
    manifest limits of `oci/`).
 3. Commit. Layers already stored (by ChainID) are held and reused; the other layer blobs
    are fsync'd and renamed into `blobs/`, configs and manifests written, all of them
    pinned; then one database transaction registers every layer, image, manifest and tag
    of the load. A crash before it commits leaves only files no row references (the
-   sweep removes them, and the staging directory); after it, everything.
+   sweep removes them, and the staging directory); after it, everything. A commit the
+   disk or the database refuses takes back the blobs it added that nothing else uses.
 
 A broken or hostile archive is refused with an `ArchiveError` that says what is wrong,
 after the rest of the body has been read (so that the client, still sending, hears
@@ -32,9 +34,12 @@ why), and nothing is stored.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 
@@ -46,6 +51,7 @@ from ferryd.distribution.archives.intake import (
     Job,
     StagedFile,
     clean_name,
+    not_the_blob,
     progress_id,
 )
 from ferryd.distribution.archives.tarstream import TarReader
@@ -54,9 +60,10 @@ from ferryd.distribution.progress import UPDATE_INTERVAL, Message, ProgressOutpu
 from ferryd.errors import (
     ArchiveError,
     ContentError,
+    FerrydError,
     PlatformNotFoundError,
 )
-from ferryd.oci.digest import Digest, chain_ids, sha256_digest, short_id
+from ferryd.oci.digest import Digest, algorithm_of, chain_ids, hex_of, sha256_digest, short_id
 from ferryd.oci.image_config import MAX_CONFIG_SIZE, decode_config, rootfs_and_os
 from ferryd.oci.manifest import (
     MAX_MANIFEST_SIZE,
@@ -87,6 +94,7 @@ from ferryd.store.gc import forget_unnamed_indexes
 from ferryd.store.indexes import default_child
 from ferryd.store.references import Target
 from ferryd.store.staging import staged_in
+from ferryd.store.sweep import referenced_blobs
 
 # Decompressed archive bytes one worker call handles at most before it gives the event
 # loop a turn (progress, cancellation): a small gzip member can inflate a thousandfold.
@@ -142,7 +150,7 @@ async def load_archive(
                     await anyio.to_thread.run_sync(intake.abort)
             plans = await anyio.to_thread.run_sync(_plan, intake, platform)
             loaded = await anyio.to_thread.run_sync(
-                _commit, store, plans, default_platform or host_platform()
+                _commit, store, plans, default_platform or host_platform(), directory
             )
     seconds = round(time.monotonic() - started, 3)
     for image in loaded:
@@ -412,6 +420,7 @@ def _plan_checked(intake: Intake, platform: Platform | None) -> _Plans:
             "not an image archive: it has neither manifest.json (docker save) nor "
             "index.json (an OCI image layout)"
         )
+    intake.check_blob_links()
     plans: dict[Digest, _ImagePlan] = {}
     indexes: dict[Digest, _IndexPlan] = {}
     problems: dict[Digest | None, ArchiveError] = {}
@@ -475,7 +484,12 @@ def _merge(plans: dict[Digest, _ImagePlan], plan: _ImagePlan) -> None:
 
 
 def _read(intake: Intake, name: str, limit: int, what: str) -> tuple[StagedFile, bytes]:
-    staged = intake.resolve(name)
+    return _read_staged(intake.resolve(name), name, limit, what)
+
+
+def _read_staged(
+    staged: StagedFile | None, name: str, limit: int, what: str
+) -> tuple[StagedFile, bytes]:
     if staged is None:
         raise ArchiveError(f"the archive names {what} {name}, which it does not have")
     if staged.size > limit:
@@ -488,10 +502,24 @@ def _read(intake: Intake, name: str, limit: int, what: str) -> tuple[StagedFile,
 def _blob(
     intake: Intake, descriptor: Descriptor, limit: int, what: str
 ) -> tuple[StagedFile, bytes]:
-    name = layout.blob_name(Digest(descriptor.digest))
-    staged, raw = _read(intake, name, limit, what)
+    digest = Digest(descriptor.digest)
+    name = layout.blob_name(digest)
+    staged, raw = _read_staged(_resolve_blob(intake, digest), name, limit, what)
     _check_size(staged, descriptor)
     return staged, raw
+
+
+def _resolve_blob(intake: Intake, digest: Digest) -> StagedFile | None:
+    """The file of the archive that is the blob `digest` (None: it has none), its content
+    checked against the digest it is used as: a regular file was checked against its
+    name already, but that name may be a symbolic link to another file, and a
+    descriptor's digest is only a string (`sha256:ABC…` names no file the intake
+    checked)."""
+    name = layout.blob_name(digest)
+    staged = intake.resolve(name)
+    if staged is not None and staged.digest != digest:
+        raise ArchiveError(not_the_blob(name, digest, staged))
+    return staged
 
 
 def _check_size(staged: StagedFile, descriptor: Descriptor) -> None:
@@ -559,6 +587,13 @@ def _top_manifest(intake: Intake, descriptor: Descriptor) -> FetchedManifest | N
     ):
         return None
     what = "image index" if descriptor.mediaType in INDEX_TYPES else "image manifest"
+    algorithm = algorithm_of(Digest(descriptor.digest))
+    if algorithm != "sha256":
+        # The store keeps a manifest's or an index's blob under its sha256 only.
+        raise ArchiveError(
+            f"the archive's {what} {descriptor.digest} is named by a {algorithm} digest: "
+            "ferryd loads only manifests and indexes named by their sha256 (as docker does)"
+        )
     _, raw = _blob(intake, descriptor, MAX_MANIFEST_SIZE, what)
     try:
         media_type = media_type_of(descriptor.mediaType, raw)
@@ -581,7 +616,7 @@ def _index_plan(
     present = [
         entry
         for entry in pullable_entries(decoded)
-        if intake.resolve(layout.blob_name(Digest(entry.digest))) is not None
+        if _resolve_blob(intake, Digest(entry.digest)) is not None
     ]
     if platform is not None:
         try:
@@ -624,7 +659,7 @@ def _oci_plan(intake: Intake, manifest: FetchedManifest, names: list[Reference])
         image = decode_manifest(manifest.raw)
     except ContentError as exc:
         raise ArchiveError(f"the archive's manifest {manifest.digest}: {exc}") from None
-    if intake.resolve(layout.blob_name(Digest(image.config.digest))) is None:
+    if _resolve_blob(intake, Digest(image.config.digest)) is None:
         raise _Missing(
             Digest(image.config.digest),
             ArchiveError(
@@ -644,7 +679,7 @@ def _oci_plan(intake: Intake, manifest: FetchedManifest, names: list[Reference])
         )
     layers = []
     for descriptor in image.layers:
-        staged = intake.resolve(layout.blob_name(Digest(descriptor.digest)))
+        staged = _resolve_blob(intake, Digest(descriptor.digest))
         if staged is None:
             raise _Missing(
                 image_id,
@@ -738,15 +773,31 @@ def _check_layers(intake: Intake, plan: _ImagePlan) -> None:
 # -- 3. commit -------------------------------------------------------------------------
 
 
-def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[LoadedImage]:
+def _commit(
+    store: Store, planned: _Plans, default_platform: Platform, directory: Path
+) -> list[LoadedImage]:
     layers, blobs = store.layers, store.blobs
     plans = planned.images
     held: list[Digest] = []
     pinned: list[Digest] = []
+    written: list[Digest] = []  # blobs this load added to the store
 
     def pin(digest: Digest) -> None:
         blobs.pins.acquire(digest)
         pinned.append(digest)
+
+    def put(raw: bytes, digest: Digest) -> None:
+        if not blobs.has(digest):
+            written.append(digest)
+        blobs.put(raw, digest)
+
+    def release() -> None:
+        for chain in held:
+            layers.holds.release(chain)
+        for digest in pinned:
+            blobs.pins.release(digest)
+        held.clear()
+        pinned.clear()
 
     try:
         # Hold first, then look (a removal between the two cannot take the layer): a
@@ -772,15 +823,16 @@ def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[L
         # never held across a disk flush, and a row never points at a missing blob.
         for digest, staged in moving.items():
             blobs.move_in(staged.path, digest, fsync=True, sync_dir=False)
+            written.append(digest)
         # Also when nothing moved: a blob found in the store may be a pull's, renamed in
         # and not flushed yet.
         blobs.sync(pinned)
         for plan in plans:
-            blobs.put(plan.config, plan.image_id)
+            put(plan.config, plan.image_id)
             if plan.manifest is not None:
-                blobs.put(plan.manifest.raw)
+                put(plan.manifest.raw, sha256_digest(plan.manifest.raw))
         for indexed in planned.indexes:
-            blobs.put(indexed.index.raw, indexed.index.digest)
+            put(indexed.index.raw, indexed.index.digest)
         with store.db.transaction():
             loaded = {plan.image_id: _register(store, plan, held) for plan in plans}
             results = [loaded[plan.image_id] for plan in plans if not plan.in_index or plan.names]
@@ -790,11 +842,43 @@ def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[L
                     results.append(result)
             forget_unnamed_indexes(store)  # an index a name moved off
             return results
+    except FerrydError:
+        # The disk or the database failed (what else is raised is a bug, left as a crash
+        # leaves it, for the sweep): what this load added goes again, once let go.
+        release()
+        _take_back(store, written, directory)
+        raise
     finally:
-        for chain in held:
-            layers.holds.release(chain)
-        for digest in pinned:
-            blobs.pins.release(digest)
+        release()
+
+
+def _take_back(store: Store, written: list[Digest], directory: Path) -> None:
+    """Remove the blobs a failed load added that nothing uses, rather than leave them to
+    the next sweep. Each is renamed out of `blobs/` first, and only then are the pins and
+    the rows read, in that order (as the sweep reads them): another load or pull pins a
+    blob before it looks for it and until its rows are committed, so one that found it
+    there is seen, and it is put back. Best effort: what is left is the sweep's."""
+    blobs = store.blobs
+    with store.maintenance:  # sweeps, removals and fsck see it whole
+        aside: dict[Digest, Path] = {}
+        for digest in written:
+            path = directory / f"taken-back-{algorithm_of(digest)}-{hex_of(digest)}"
+            with contextlib.suppress(OSError):
+                os.replace(blobs.path(digest), path)
+                aside[digest] = path
+        if not aside:
+            return
+        try:
+            pins = set(blobs.pins.keys())
+            used = pins | referenced_blobs(store)
+        except FerrydError:
+            used = set(aside)  # cannot tell: all of them go back
+        for digest, path in aside.items():
+            if digest in used:
+                with contextlib.suppress(OSError, FerrydError):
+                    blobs.move_in(path, digest, sync_dir=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def _register_index(

@@ -10,6 +10,7 @@ the parser only bounds what it buffers itself (headers, pax records, long names)
 
 from __future__ import annotations
 
+import re
 import tarfile
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +24,11 @@ _ZERO_BLOCK = bytes(BLOCK)
 # What the parser buffers for one entry's metadata: a pax header or a GNU long name.
 MAX_METADATA = 1 << 20
 MAX_NAME = 4096
+# Decimal numbers of pax records (a size, a record's length): ASCII digits only, and no
+# more than an int64 has (Go's reader parses them as one; Python's int() would also take
+# other Unicode digits, `_` and thousands of digits, and fail on some with a ValueError).
+_DECIMAL = re.compile(rb"[0-9]{1,19}")
+_OCTAL = re.compile(rb"[0-7]+")
 
 REGULAR = "file"
 DIRECTORY = "directory"
@@ -275,18 +281,24 @@ def _number(field: bytes, offset: int) -> int:
     text = field.split(b"\0", 1)[0].strip(b" ")
     if not text:
         return 0
-    try:
-        return int(text, 8)
-    except ValueError:
+    # Octal digits only: int(text, 8) would also take a sign and `_` (a size of `-7`
+    # would swallow the entries that follow).
+    if _OCTAL.fullmatch(text) is None:
         raise ArchiveError(
-            f"corrupt archive: a header field is not a number at byte {offset}"
-        ) from None
+            f"corrupt archive: a header field is not an octal number ({text[:12]!r}) at byte "
+            f"{offset}"
+        )
+    return int(text, 8)
 
 
 def _pax_size(value: str) -> int:
-    if not value.isdigit():
-        raise ArchiveError(f"corrupt archive: a pax size of {value!r}")
-    return int(value)
+    raw = value.encode("utf-8", "surrogateescape")
+    if _DECIMAL.fullmatch(raw) is None:
+        raise ArchiveError(
+            f"corrupt archive: a pax size of {value[:40]!r} (not a decimal number of at most "
+            "19 digits)"
+        )
+    return int(raw)
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
@@ -296,8 +308,8 @@ def _pax_records(data: bytes) -> dict[str, str]:
     position = 0
     while position < len(data):
         space = data.find(b" ", position)
-        if space < 0 or not data[position:space].isdigit():
-            raise ArchiveError("corrupt archive: a malformed pax record")
+        if space < 0 or _DECIMAL.fullmatch(data, position, space) is None:
+            raise ArchiveError("corrupt archive: a malformed pax record (its length)")
         length = int(data[position:space])
         record = data[position : position + length]
         if length <= space - position or len(record) != length or not record.endswith(b"\n"):

@@ -15,12 +15,28 @@ import anyio
 import httpx
 
 from ferryd.codec import Inflater, inflater
-from ferryd.errors import ContentError, RegistryProtocolError, TooLargeError
+from ferryd.errors import (
+    ContentError,
+    RegistryProtocolError,
+    TooLargeError,
+    TransientRegistryError,
+)
 from ferryd.oci.mediatypes import Compression
 from ferryd.registry.wire import decimal
 
 MAX_ERROR_BODY = 64 * 1024
 """An error answer is read this far for its message; the rest is not worth memory."""
+
+BODY_DEADLINE_READS = 10
+"""A body read whole (a manifest, a tag page, a token, an image config, an error's
+message) must have come within this many read timeouts (`read_timeout`: 300 s by
+default). The read timeout bounds each wait only: a registry sending a byte just inside
+it kept a 4 MiB manifest coming for weeks. Ten of them still let a 4 MiB manifest come
+at 14 KB/s, and a user who raised read_timeout for a slow link raises this with it."""
+
+# The read timeout assumed for an answer that does not say it ran with one (built here
+# from bytes already read, say): the connector's default.
+_DEFAULT_READ_TIMEOUT = 30.0
 
 # An answer closed before its body is read loses its connection (httpcore keeps one only
 # once the answer has ended), and the next request pays a new one: a TCP and TLS
@@ -47,37 +63,87 @@ async def read_body(
 
     Over the limit, decoded or as sent: TooLargeError naming `what` and the limit, or,
     with `truncate`, what was read up to there. `decode=False` keeps the bytes as sent
-    (blobs).
+    (blobs). Not whole by its deadline (`body_deadline`): TransientRegistryError, or,
+    with `truncate`, what came by then.
     """
     length = content_length(response.headers)
     if not truncate and not _encodings(response) and length is not None and length > limit:
         raise TooLargeError(f"{what} is {length} bytes, over the limit of {limit}")
     decoders = _decoders(response, what) if decode else []
     body = bytearray()
+    ended = False
+    deadline = body_deadline(response)
+    with anyio.move_on_after(deadline) as scope:
+        ended = await _read_into(body, response, limit, what, decoders, truncate)
+    if scope.cancelled_caught:
+        if truncate:
+            return bytes(body)  # an error answer: its status is the error, not its slowness
+        raise _too_slow(response, what, deadline)
+    if ended:
+        try:
+            for decoder in decoders:
+                decoder.finish()
+        except ContentError as exc:
+            if not truncate:
+                raise _undecodable(response, what, exc) from None
+    return bytes(body)
+
+
+async def _read_into(
+    body: bytearray,
+    response: httpx.Response,
+    limit: int,
+    what: str,
+    decoders: list[Inflater],
+    truncate: bool,
+) -> bool:
+    """Read `response` into `body` (see `read_body`): True when the body ended, False
+    when `truncate` stopped it at the limit."""
     sent = 0
     async for chunk in response.aiter_raw():
         for piece in _through(decoders, chunk, what):
             body += piece
             if len(body) > limit:
                 if truncate:
-                    return bytes(body[:limit])
+                    del body[limit:]
+                    return False
                 raise TooLargeError(f"{what} is over the limit of {limit} bytes")
         # The bytes as sent count too: empty gzip members, endlessly, decode to nothing.
         sent += len(chunk)
         if sent > limit:
             if truncate:
-                return bytes(body)
+                return False
             raise TooLargeError(
                 f"{what} is over the limit of {limit} bytes as sent "
                 f"(Content-Encoding {', '.join(_encodings(response))})"
             )
+    return True
+
+
+def body_deadline(response: httpx.Response) -> float:
+    """Seconds the body of `response` may take to come whole: `BODY_DEADLINE_READS`
+    times the read timeout it was requested with (httpx keeps it on the request)."""
     try:
-        for decoder in decoders:
-            decoder.finish()
-    except ContentError as exc:
-        if not truncate:
-            raise _undecodable(response, what, exc) from None
-    return bytes(body)
+        timeouts = response.request.extensions.get("timeout", {})
+    except RuntimeError:  # a response built without a request
+        timeouts = {}
+    read = timeouts.get("read") if isinstance(timeouts, dict) else None
+    if not isinstance(read, int | float) or read <= 0:
+        read = _DEFAULT_READ_TIMEOUT
+    return BODY_DEADLINE_READS * float(read)
+
+
+def _too_slow(response: httpx.Response, what: str, deadline: float) -> TransientRegistryError:
+    """The error for a body still coming at its deadline: a timeout, as a stalled read's
+    is (retryable: the next answer may come at a sane pace)."""
+    try:
+        sender = response.request.url.host
+    except RuntimeError:  # a response built without a request
+        sender = "the registry"
+    return TransientRegistryError(
+        f"timed out: {sender} took over {deadline:g} s to send {what} "
+        f"({BODY_DEADLINE_READS} times read_timeout): it sends too slowly, or never ends it"
+    )
 
 
 async def read_error_body(response: httpx.Response, what: str) -> bytes:

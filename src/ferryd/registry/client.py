@@ -27,6 +27,7 @@ from ferryd.errors import (
     RegistryError,
     RegistryProtocolError,
     RegistryUnreachableError,
+    TooLargeError,
     TooManyRequestsError,
     TransientRegistryError,
 )
@@ -188,18 +189,31 @@ class RegistryClient:
         return FetchedManifest(media_type, digest, raw)
 
     async def list_tags(self) -> list[str]:
-        """Every tag of the repository, page after page (`Link: <…>; rel="next"`)."""
+        """Every tag of the repository, page after page (`Link: <…>; rel="next"`), up to
+        `MAX_TAGS` tags in `MAX_TAG_LIST` bytes of pages; a next page already read is a
+        loop, refused."""
         what = f"tags of {self.endpoint.domain}/{self.repository}"
         url = self._url("tags/list")
         tags: list[str] = []
+        read: set[str] = set()
+        size = 0
         for _ in range(_MAX_TAG_PAGES):
             async with self._stream("GET", url, what) as response:
                 raw = await read_body(response, MAX_TAG_PAGE, what)
                 link = response.headers.get("link")
+            # Where it was read too: the first request may have moved to another endpoint.
+            read.update((url, str(response.url)))
+            size += len(raw)
             tags += _tag_page(raw, what)
+            _check_tag_list(len(tags), size, what)
             following = _next_page(link, self.endpoint, what)
             if following is None:
                 return tags
+            if following in read:
+                raise RegistryProtocolError(
+                    f"{what}: the registry's next page is one already read ({following}): "
+                    "its tag list loops"
+                )
             url = following
         raise RegistryProtocolError(f"{what}: more than {_MAX_TAG_PAGES} pages")
 
@@ -605,6 +619,11 @@ def _rebased(url: str, base: str, endpoint: Endpoint) -> str:
 _MAX_TAG_PAGES = 1000
 # One page of a tag list: 4 MiB holds some 30,000 tags of 128 characters.
 MAX_TAG_PAGE = 4 * 1024 * 1024
+# A whole tag list, kept in memory as it is read: the largest real repositories have
+# tens of thousands of tags; 1000 pages of 4 MiB would have been over 4 GiB of strings.
+# 16 MiB of pages hold 100,000 tags of 128 characters, and many more of usual lengths.
+MAX_TAGS = 100_000
+MAX_TAG_LIST = 16 * 1024 * 1024
 # `[^<>]`, not `[^>]`: a header of many "<" then tried each of them to its end.
 _NEXT_LINK = re.compile(r'<([^<>]*)>\s*;\s*rel="?next"?')
 
@@ -617,6 +636,20 @@ def _tag_page(raw: bytes, what: str) -> list[str]:
     if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
         raise RegistryProtocolError(f"{what}: the registry's answer is not a tag list")
     return tags
+
+
+def _check_tag_list(count: int, size: int, what: str) -> None:
+    """Refuse a tag list grown past `MAX_TAGS` tags or `MAX_TAG_LIST` bytes of pages."""
+    if count > MAX_TAGS:
+        raise TooLargeError(
+            f"{what}: the registry lists over {MAX_TAGS} tags, more than ferryd reads; "
+            "pull the tags wanted by name instead"
+        )
+    if size > MAX_TAG_LIST:
+        raise TooLargeError(
+            f"{what}: the registry's tag list is over {MAX_TAG_LIST} bytes, more than "
+            "ferryd reads; pull the tags wanted by name instead"
+        )
 
 
 def _next_page(link: str | None, endpoint: Endpoint, what: str) -> str | None:

@@ -17,6 +17,7 @@ archive are aliases (docker before 25 and skopeo write them for repeated layers)
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +29,10 @@ from ferryd.oci.digest import HEX_DIGITS, Digest, algorithm_of, hex_of
 from ferryd.oci.mediatypes import Compression
 
 MAX_ENTRIES = 100_000  # files and links; docker's own archives have a few per layer
+# Memory the names and link targets of one archive's entries may take: they are kept until
+# the load is planned. A docker save's few hundred names take some KiB; without a budget,
+# 20,000 symbolic links of 4 KiB names and 8 KiB targets (0.6 MiB of gzip) held 206 MiB.
+MAX_NAME_MEMORY = 32 * 2**20
 _MAX_LINK_HOPS = 16
 _SNIFF = 4  # bytes that tell gzip and zstd from the rest (codec.detect_compression)
 
@@ -215,6 +220,7 @@ class Intake:
         self._open: list[_EntrySink] = []  # sinks not yet closed (stage two may hold them)
         self._jobs: list[Job] = []
         self._count = 0
+        self._name_memory = 0  # what the names and link targets kept take
         self.complete = True  # False: the archive ended without its end-of-archive marker
         # Layer-like files (not JSON) that ended since the caller last looked: (id, size).
         self.finished: list[tuple[str, int]] = []
@@ -236,12 +242,14 @@ class Intake:
             )
         if name in self._names:
             raise ArchiveError(f"refused: the archive has {name} twice")
-        self._names.add(name)
         self._count += 1
         if self._count > MAX_ENTRIES:
             raise ArchiveError(f"refused: the archive has more than {MAX_ENTRIES} entries")
-        if entry.kind == tarstream.SYMLINK:
-            self.links[name] = _link_target(name, entry.linkname)
+        target = _link_target(name, entry.linkname) if entry.kind == tarstream.SYMLINK else None
+        self._keep(name, target)
+        self._names.add(name)
+        if target is not None:
+            self.links[name] = target
             return
         limit = SMALL_FILES.get(name)
         if limit is not None and entry.size > limit:
@@ -250,6 +258,22 @@ class Intake:
             )
         self._sink = _EntrySink(name, self.directory / f"{self._count:06d}", entry.size)
         self._open.append(self._sink)
+
+    def _keep(self, name: str, target: str | None) -> None:
+        """Count the strings an entry leaves in memory until the archive is planned (its
+        name is one object, shared by `_names`, `links` and its `StagedFile`), and refuse
+        the archive once they take more than `MAX_NAME_MEMORY`, before they are kept."""
+        # What a str occupies, not its length: one non-Latin-1 character makes every
+        # character of a name take 2 or 4 bytes.
+        self._name_memory += sys.getsizeof(name)
+        if target is not None:
+            self._name_memory += sys.getsizeof(target)
+        if self._name_memory > MAX_NAME_MEMORY:
+            raise ArchiveError(
+                f"refused: the names and link targets of the archive's first {self._count} "
+                f"entries take more than {MAX_NAME_MEMORY / 2**20:g} MiB (an image archive's "
+                f"take a few KiB); the last is {name[:100]!r}"
+            )
 
     def data(self, chunk: bytes) -> None:
         sink = self._sink

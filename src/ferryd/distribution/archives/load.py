@@ -37,9 +37,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import anyio
 
@@ -66,6 +67,7 @@ from ferryd.errors import (
 from ferryd.oci.digest import Digest, algorithm_of, chain_ids, hex_of, sha256_digest, short_id
 from ferryd.oci.image_config import MAX_CONFIG_SIZE, decode_config, rootfs_and_os
 from ferryd.oci.manifest import (
+    MAX_LAYERS,
     MAX_MANIFEST_SIZE,
     Descriptor,
     FetchedManifest,
@@ -99,6 +101,15 @@ from ferryd.store.sweep import referenced_blobs
 # Decompressed archive bytes one worker call handles at most before it gives the event
 # loop a turn (progress, cancellation): a small gzip member can inflate a thousandfold.
 _WORK_PER_CALL = 4 * BATCH_SIZE
+
+# What one archive's manifest.json or index.json may list: docker save of every image of
+# a busy host lists some hundreds of images and tags. Tens of thousands of items naming
+# one config (an 8 MiB manifest.json holds 559,000) only make the load plan them all.
+MAX_ARCHIVE_IMAGES = 10_000
+MAX_ARCHIVE_TAGS = 10_000
+# Layers all of manifest.json's items list, together: each costs a lookup, and 10,000
+# items of 125 layers each would take seconds to plan.
+MAX_ARCHIVE_LAYERS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,12 +351,14 @@ class _LayerProgress:
         self._last: dict[str, float] = {}
 
     def update(self) -> None:
+        finished = self._reader.intake.finished
         output = self._output
         if output is None:
+            finished.clear()  # a quiet load too: one item per layer-like entry adds up
             return
-        for ident, size in self._reader.intake.finished:
+        for ident, size in finished:
             output.write(Message("Loading layer", ident, size, size))
-        self._reader.intake.finished.clear()
+        finished.clear()
         entry, sink = self._reader.tar.entry, self._reader.intake.current
         if entry is None or sink is None or not sink.may_be_layer(entry.size):
             return
@@ -395,6 +408,60 @@ class _Plans:
     indexes: list[_IndexPlan]
 
 
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+class _Once(Generic[_K, _V]):
+    """Results by key, each computed once: an archive may name one config or manifest
+    in thousands of places, and decoding an 8 MiB config takes tens of milliseconds. A
+    refusal is kept too, and raised again wherever the same thing is named."""
+
+    def __init__(self) -> None:
+        self._results: dict[_K, _V | ArchiveError | _Missing] = {}
+
+    def get(self, key: _K, compute: Callable[[], _V]) -> _V:
+        if key not in self._results:
+            try:
+                self._results[key] = compute()
+            except (ArchiveError, _Missing) as exc:
+                self._results[key] = exc
+        result = self._results[key]
+        if isinstance(result, (ArchiveError, _Missing)):
+            # Without its old traceback: raised again and again, it would grow each time.
+            raise result.with_traceback(None)
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Config:
+    raw: bytes
+    image_id: Digest
+    diff_ids: tuple[Digest, ...]
+    platform: Platform
+
+
+_Blob = tuple[Digest, str]  # a manifest's or an index's digest, and its media type
+
+
+@dataclass
+class _Decoded:
+    """What planning one archive has read and decoded (see `_Once`): configs by the
+    staged file they are, manifests (read, and planned as images) and indexes (planned
+    with their children) by digest and media type."""
+
+    configs: _Once[Path, _Config] = field(default_factory=_Once)
+    manifests: _Once[_Blob, FetchedManifest] = field(default_factory=_Once)
+    images: _Once[_Blob, _ImagePlan] = field(default_factory=_Once)
+    indexes: _Once[_Blob, tuple[ImageIndex, list[_ImagePlan]] | None] = field(default_factory=_Once)
+
+
+def _named(plan: _ImagePlan, names: list[Reference]) -> _ImagePlan:
+    """A plan of its own, with `names`, for a place that names a planned image: plans
+    are merged and marked (`in_index`) one by one, a cached one is never handed out."""
+    return replace(plan, names=list(names))
+
+
 def _plan(intake: Intake, platform: Platform | None) -> _Plans:
     """What the archive holds, checked: one plan per image to load, and per index."""
     try:
@@ -421,36 +488,45 @@ def _plan_checked(intake: Intake, platform: Platform | None) -> _Plans:
             "index.json (an OCI image layout)"
         )
     intake.check_blob_links()
+    decoded = _Decoded()
     plans: dict[Digest, _ImagePlan] = {}
     indexes: dict[Digest, _IndexPlan] = {}
     problems: dict[Digest | None, ArchiveError] = {}
     if has_index:
-        for plan_or_problem in _oci_plans(intake, platform):
+        for plan_or_problem in _oci_plans(intake, platform, decoded):
             if isinstance(plan_or_problem, tuple):
                 image_id, problem = plan_or_problem
                 problems[image_id] = problem
                 continue
             if isinstance(plan_or_problem, _IndexPlan):
                 known = indexes.setdefault(plan_or_problem.index.digest, plan_or_problem)
-                known.names += [n for n in plan_or_problem.names if n not in known.names]
+                if known is not plan_or_problem:
+                    known.names += plan_or_problem.names
                 for child in plan_or_problem.children:
                     _merge(plans, child)
                 continue
             _merge(plans, plan_or_problem)
     if has_manifest_json:
-        for plan in _docker_plans(intake):
+        for plan in _docker_plans(intake, decoded):
             problems.pop(plan.image_id, None)
             _merge(plans, plan)
     if problems:
         raise next(iter(problems.values()))
+    # Names are gathered with repeats and made unique once: thousands of tags checked
+    # against each other as they come would take quadratic time.
+    for plan in plans.values():
+        plan.names = list(dict.fromkeys(plan.names))
+    for index in indexes.values():
+        index.names = list(dict.fromkeys(index.names))
     # An index's names name the index: the same names manifest.json gives one of its
     # images (docker 25 and ferryd write them there too) do not name that image alone.
     for index in indexes.values():
+        index_names = set(index.names)
         for child in index.children:
             child.in_index = True
             plans[child.image_id].in_index = True
             plans[child.image_id].names = [
-                name for name in plans[child.image_id].names if name not in index.names
+                name for name in plans[child.image_id].names if name not in index_names
             ]
     wanted = list(plans.values())
     if platform is not None:
@@ -473,14 +549,11 @@ def _platform_of(plan: _ImagePlan) -> tuple[str, str, str | None]:
 
 
 def _merge(plans: dict[Digest, _ImagePlan], plan: _ImagePlan) -> None:
-    """The OCI part's plan wins (it keeps the manifest); names are gathered from both."""
-    known = plans.get(plan.image_id)
-    if known is None:
-        plans[plan.image_id] = plan
-        return
-    for name in plan.names:
-        if name not in known.names:
-            known.names.append(name)
+    """The OCI part's plan wins (it keeps the manifest); names are gathered from both
+    (repeats are dropped once all are in)."""
+    known = plans.setdefault(plan.image_id, plan)
+    if known is not plan:
+        known.names += plan.names
 
 
 def _read(intake: Intake, name: str, limit: int, what: str) -> tuple[StagedFile, bytes]:
@@ -502,11 +575,17 @@ def _read_staged(
 def _blob(
     intake: Intake, descriptor: Descriptor, limit: int, what: str
 ) -> tuple[StagedFile, bytes]:
-    digest = Digest(descriptor.digest)
-    name = layout.blob_name(digest)
-    staged, raw = _read_staged(_resolve_blob(intake, digest), name, limit, what)
-    _check_size(staged, descriptor)
-    return staged, raw
+    staged = _sized_blob(intake, descriptor)
+    return _read_staged(staged, layout.blob_name(Digest(descriptor.digest)), limit, what)
+
+
+def _sized_blob(intake: Intake, descriptor: Descriptor) -> StagedFile | None:
+    """The blob a descriptor names (None: the archive has none), its size checked before
+    anything reads it: a descriptor that lies costs no read."""
+    staged = _resolve_blob(intake, Digest(descriptor.digest))
+    if staged is not None:
+        _check_size(staged, descriptor)
+    return staged
 
 
 def _resolve_blob(intake: Intake, digest: Digest) -> StagedFile | None:
@@ -530,18 +609,48 @@ def _check_size(staged: StagedFile, descriptor: Descriptor) -> None:
         )
 
 
-def _config(raw: bytes, where: str) -> tuple[Digest, list[Digest], Platform]:
+def _image_config(
+    decoded: _Decoded, staged: StagedFile | None, name: str, where: str | None = None
+) -> _Config:
+    """The config the archive has as `name` (`where`, in messages), read and decoded
+    once however many images use it."""
+
+    def decode() -> _Config:
+        found, raw = _read_staged(staged, name, MAX_CONFIG_SIZE, "image config")
+        return _config(raw, where or found.name)
+
+    if staged is None:
+        return decode()  # raises: the archive does not have it
+    return decoded.configs.get(staged.path, decode)
+
+
+def _config(raw: bytes, where: str) -> _Config:
     try:
         model = decode_config(raw)
         rootfs, _ = rootfs_and_os(model)  # decoded once
     except ContentError as exc:
         raise ArchiveError(f"the archive's image config {where}: {exc}") from None
+    if len(rootfs.diff_ids) > MAX_LAYERS:
+        # As dockerd's layer store: a chain that deep is refused, and every layer of it
+        # would be a row of the load (a few KB of gzip repeat one DiffID 100,000 times).
+        raise ArchiveError(
+            f"the archive's image config {where} has {len(rootfs.diff_ids)} layers: max "
+            f"depth exceeded (docker and ferryd take at most {MAX_LAYERS})"
+        )
     platform = normalize(model.os, model.architecture, model.variant)
-    return sha256_digest(raw), list(rootfs.diff_ids), platform
+    return _Config(raw, sha256_digest(raw), tuple(rootfs.diff_ids), platform)
+
+
+def _check_listed(count: int, what: str, where: str, limit: int) -> None:
+    if count > limit:
+        raise ArchiveError(
+            f"refused: the archive's {where} lists {count} {what} (the limit is {limit}; "
+            f"docker save of every image of a host lists far fewer)"
+        )
 
 
 def _oci_plans(
-    intake: Intake, platform: Platform | None
+    intake: Intake, platform: Platform | None, decoded: _Decoded
 ) -> Iterator[_ImagePlan | _IndexPlan | tuple[Digest | None, ArchiveError]]:
     """A plan per image or index index.json names (a problem instead, for an image whose
     blobs are not all there: manifest.json may describe it with files of its own)."""
@@ -550,22 +659,23 @@ def _oci_plans(
         index = decode_index(raw)
     except ContentError as exc:
         raise ArchiveError(f"the archive's index.json: {exc}") from None
+    _check_listed(len(index.manifests), "images", "index.json", MAX_ARCHIVE_IMAGES)
     for descriptor in index.manifests:
         names = layout.names_in(descriptor.annotations)
         try:
-            manifest = _top_manifest(intake, descriptor)
+            manifest = _top_manifest(intake, descriptor, decoded)
         except ArchiveError as exc:
             yield None, exc
             continue
         if manifest is None:
             continue
         if manifest.media_type in INDEX_TYPES:
-            indexed = _index_plan(intake, manifest, names, platform)
+            indexed = _index_plan(intake, manifest, names, platform, decoded)
             if indexed is not None:
                 yield indexed
             continue
         try:
-            yield _oci_plan(intake, manifest, names)
+            yield _oci_plan(intake, manifest, names, decoded)
         except _Missing as missing:
             yield missing.image_id, missing.error
 
@@ -577,9 +687,11 @@ class _Missing(Exception):
         self.error = error
 
 
-def _top_manifest(intake: Intake, descriptor: Descriptor) -> FetchedManifest | None:
-    """The manifest or index a descriptor names, read and checked; None for one that is
-    neither (an artifact)."""
+def _top_manifest(
+    intake: Intake, descriptor: Descriptor, decoded: _Decoded
+) -> FetchedManifest | None:
+    """The manifest or index a descriptor names, read and checked (once, however often
+    it is named); None for one that is neither (an artifact)."""
     if (
         descriptor.mediaType
         and descriptor.mediaType not in IMAGE_MANIFEST_TYPES
@@ -594,6 +706,12 @@ def _top_manifest(intake: Intake, descriptor: Descriptor) -> FetchedManifest | N
             f"the archive's {what} {descriptor.digest} is named by a {algorithm} digest: "
             "ferryd loads only manifests and indexes named by their sha256 (as docker does)"
         )
+    _sized_blob(intake, descriptor)  # what each descriptor says of it
+    key = (Digest(descriptor.digest), descriptor.mediaType)
+    return decoded.manifests.get(key, lambda: _read_manifest(intake, descriptor, what))
+
+
+def _read_manifest(intake: Intake, descriptor: Descriptor, what: str) -> FetchedManifest:
     _, raw = _blob(intake, descriptor, MAX_MANIFEST_SIZE, what)
     try:
         media_type = media_type_of(descriptor.mediaType, raw)
@@ -604,18 +722,35 @@ def _top_manifest(intake: Intake, descriptor: Descriptor) -> FetchedManifest | N
 
 
 def _index_plan(
-    intake: Intake, index: FetchedManifest, names: list[Reference], platform: Platform | None
+    intake: Intake,
+    index: FetchedManifest,
+    names: list[Reference],
+    platform: Platform | None,
+    decoded: _Decoded,
 ) -> _IndexPlan | None:
     """An index with the images of it the archive holds whole (only the one for
     `platform`, when given, and its attestations); None when it has none for
     `platform`."""
+    key = (index.digest, index.media_type)
+    planned = decoded.indexes.get(key, lambda: _index_children(intake, index, platform, decoded))
+    if planned is None:
+        return None
+    decoded_index, children = planned
+    return _IndexPlan(index, decoded_index, list(names), [_named(c, c.names) for c in children])
+
+
+def _index_children(
+    intake: Intake, index: FetchedManifest, platform: Platform | None, decoded: _Decoded
+) -> tuple[ImageIndex, list[_ImagePlan]] | None:
+    """The index decoded and the plans of its images the archive holds (see
+    `_index_plan`)."""
     try:
-        decoded = decode_index(index.raw)
+        index_model = decode_index(index.raw)
     except ContentError as exc:
         raise ArchiveError(f"the archive's image index {index.digest}: {exc}") from None
     present = [
         entry
-        for entry in pullable_entries(decoded)
+        for entry in pullable_entries(index_model)
         if _resolve_blob(intake, Digest(entry.digest)) is not None
     ]
     if platform is not None:
@@ -625,18 +760,18 @@ def _index_plan(
             return None  # another platform's image: not one to load
     children = []
     for entry in present:
-        manifest = _top_manifest(intake, entry)
+        manifest = _top_manifest(intake, entry, decoded)
         if manifest is None or manifest.media_type in INDEX_TYPES:
             continue
         try:
-            children.append(_oci_plan(intake, manifest, []))
+            children.append(_oci_plan(intake, manifest, [], decoded))
         except _Missing:
             continue  # the archive holds its manifest only (as containerd writes it)
     if not any(entry_kind(c.entry) == "image" for c in _entries_of(present, children)):
         raise ArchiveError(
             f"the archive's image index {index.digest} has none of its images whole in it"
         )
-    return _IndexPlan(index, decoded, list(names), children)
+    return index_model, children
 
 
 @dataclass(frozen=True, slots=True)
@@ -654,21 +789,31 @@ def _entries_of(entries: list[Descriptor], plans: list[_ImagePlan]) -> list[_Pla
     ]
 
 
-def _oci_plan(intake: Intake, manifest: FetchedManifest, names: list[Reference]) -> _ImagePlan:
+def _oci_plan(
+    intake: Intake, manifest: FetchedManifest, names: list[Reference], decoded: _Decoded
+) -> _ImagePlan:
+    """The image a manifest describes, planned once however often it is named."""
+    key = (manifest.digest, manifest.media_type)
+    return _named(decoded.images.get(key, lambda: _oci_image(intake, manifest, decoded)), names)
+
+
+def _oci_image(intake: Intake, manifest: FetchedManifest, decoded: _Decoded) -> _ImagePlan:
     try:
         image = decode_manifest(manifest.raw)
     except ContentError as exc:
         raise ArchiveError(f"the archive's manifest {manifest.digest}: {exc}") from None
-    if _resolve_blob(intake, Digest(image.config.digest)) is None:
+    digest = Digest(image.config.digest)
+    if _resolve_blob(intake, digest) is None:
         raise _Missing(
-            Digest(image.config.digest),
+            digest,
             ArchiveError(
                 f"the archive's manifest {manifest.digest} names config {image.config.digest}, "
                 "which the archive does not have"
             ),
         )
-    _, config = _blob(intake, image.config, MAX_CONFIG_SIZE, "image config")
-    image_id, diff_ids, platform = _config(config, image.config.digest)
+    staged = _sized_blob(intake, image.config)
+    config = _image_config(decoded, staged, layout.blob_name(digest), image.config.digest)
+    image_id, diff_ids = config.image_id, list(config.diff_ids)
     if len(image.layers) != len(diff_ids):
         raise _Missing(
             image_id,
@@ -692,22 +837,28 @@ def _oci_plan(intake: Intake, manifest: FetchedManifest, names: list[Reference])
         layers.append(_LayerPlan(staged, descriptor.mediaType, tuple(descriptor.urls or ())))
     return _ImagePlan(
         image_id,
-        config,
+        config.raw,
         image.config.mediaType,
         diff_ids,
         layers,
-        platform,
-        list(names),
+        config.platform,
+        [],
         manifest,
     )
 
 
-def _docker_plans(intake: Intake) -> list[_ImagePlan]:
+def _docker_plans(intake: Intake, decoded: _Decoded) -> list[_ImagePlan]:
     _, raw = _read(intake, layout.MANIFEST_JSON, layout.MAX_ARCHIVE_JSON, "its manifest")
+    items = layout.decode_manifest_json(raw)
+    _check_listed(len(items), "images", "manifest.json", MAX_ARCHIVE_IMAGES)
+    tags = sum(len(item.RepoTags or ()) for item in items)
+    _check_listed(tags, "tags", "manifest.json", MAX_ARCHIVE_TAGS)
+    layers_listed = sum(len(item.Layers) for item in items)
+    _check_listed(layers_listed, "layers", "manifest.json", MAX_ARCHIVE_LAYERS)
     plans = []
-    for item in layout.decode_manifest_json(raw):
-        config_file, config = _read(intake, item.Config, MAX_CONFIG_SIZE, "image config")
-        image_id, diff_ids, platform = _config(config, config_file.name)
+    for item in items:
+        config = _image_config(decoded, intake.resolve(item.Config), item.Config)
+        image_id, diff_ids = config.image_id, list(config.diff_ids)
         if len(item.Layers) != len(diff_ids):
             raise ArchiveError(
                 f"the archive's manifest.json lists {len(item.Layers)} layers for image "
@@ -737,11 +888,11 @@ def _docker_plans(intake: Intake) -> list[_ImagePlan]:
         plans.append(
             _ImagePlan(
                 image_id,
-                config,
+                config.raw,
                 OCI_CONFIG if family == "oci" else DOCKER_CONFIG,
                 diff_ids,
                 layers,
-                platform,
+                config.platform,
                 [layout.tagged(tag) for tag in item.RepoTags or []],
             )
         )

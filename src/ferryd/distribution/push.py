@@ -29,6 +29,7 @@ from ferryd.errors import (
     ImageNotFoundError,
     IncompleteImageError,
     PlatformNotFoundError,
+    RegistryProtocolError,
     StoreError,
 )
 from ferryd.oci.digest import Digest, sha256_digest, short_id
@@ -431,8 +432,15 @@ async def _upload_layers(
 
 async def _push_config(client: RegistryClient, raw: bytes, family: Family) -> Descriptor:
     digest = sha256_digest(raw)
-    if await client.blob_size(digest) is None:
+    size = await client.blob_size(digest)
+    if size is None:
         await client.upload_blob(digest, len(raw), raw)
+    elif size not in (0, len(raw)):  # 0: a HEAD whose Content-Length a proxy dropped
+        raise RegistryProtocolError(
+            f"{client.endpoint.domain} has config blob {digest} as {size} bytes, but it is "
+            f"{len(raw)} bytes: the registry holds something else under that digest, or "
+            "misreports its size"
+        )
     return Descriptor(config_type(family), digest, len(raw))
 
 

@@ -23,7 +23,7 @@ from isal import isal_zlib
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
 from ferryd.distribution.push_layers import PushLayer, StoredBlob
 from ferryd.distribution.transfers import RetryPolicy, TransferPool, TransferState, with_retries
-from ferryd.errors import LayerFormatError
+from ferryd.errors import LayerFormatError, RegistryProtocolError
 from ferryd.metrics import Metrics
 from ferryd.oci.digest import Digest, short_id
 from ferryd.oci.mediatypes import Compression, Family, compression_of, layer_media_type
@@ -176,15 +176,16 @@ class UploadManager:
         for digest in candidates:
             size = await client.blob_size(digest)
             if size is not None:
-                return Uploaded(digest, 0, size or _size_of(stored, digest), media_type, "exists")
+                size = _checked_size(stored, digest, size, f"{client.endpoint.domain} has")
+                return Uploaded(digest, 0, size, media_type, "exists")
         location = None
         for meta in known:
             if meta.repository == client.repository:
                 continue
             location = await client.mount_blob(meta.digest, meta.repository)
             if location is None:
-                size = _size_of(stored, meta.digest) or await client.blob_size(meta.digest)
-                return Uploaded(meta.digest, 0, size or 0, media_type, "mounted", meta.repository)
+                size = _size_of(stored, meta.digest) or await _mounted_size(client, meta.digest)
+                return Uploaded(meta.digest, 0, size, media_type, "mounted", meta.repository)
             break  # a refused mount opened an upload session: use it
         layer_id = short_id(layer.diff_id)
         if plain or stored is None:
@@ -212,6 +213,36 @@ def _compression(layer: PushLayer) -> Compression:
 def _size_of(stored: StoredBlob | None, digest: Digest) -> int:
     """The size of the stored blob, when `digest` is it (0 when unknown here)."""
     return stored.size if stored is not None and digest == stored.digest else 0
+
+
+def _checked_size(stored: StoredBlob | None, digest: Digest, said: int, who: str) -> int:
+    """The size the manifest gives `digest`: ours when we know it, else what the registry
+    `said`. A size that disagrees with ours is another blob (or a lie), and 0 for one we
+    cannot size is none a layer has: either would go into the manifest, so refused. (A
+    0 beside a size of ours is a HEAD whose Content-Length a proxy dropped: ours it is.)"""
+    known = _size_of(stored, digest)
+    if known and said not in (0, known):
+        raise RegistryProtocolError(
+            f"{who} blob {digest} as {said} bytes, but it is {known} bytes: the registry "
+            "holds something else under that digest, or misreports its size"
+        )
+    if not known and not said:
+        raise RegistryProtocolError(
+            f"{who} blob {digest} as 0 bytes: no layer is empty; the registry misreports its size"
+        )
+    return known or said
+
+
+async def _mounted_size(client: RegistryClient, digest: Digest) -> int:
+    """The size of a blob the registry says it mounted, which only it can tell."""
+    size = await client.blob_size(digest)
+    if size is None:
+        raise RegistryProtocolError(
+            f"{client.endpoint.domain}: blob {digest} was reported mounted into "
+            f"{client.repository} (HTTP 201 to the mount), but the registry does not have "
+            "it there (HEAD: 404)"
+        )
+    return _checked_size(None, digest, size, f"{client.endpoint.domain} has mounted")
 
 
 async def _read_file(
@@ -250,6 +281,8 @@ class _GzipStream:
     async def chunks(self) -> AsyncIterator[bytes]:
         hasher = hashlib.sha256()
         compressor = isal_zlib.compressobj(_GZIP_LEVEL, isal_zlib.DEFLATED, 31)
+        # Unknown until this pass ends: an earlier, cut pass's digest must not be used.
+        self.digest = Digest("")
         self.size = 0
         read = 0
         total = self._layer.size()

@@ -345,6 +345,8 @@ class RegistryClient:
             return None
         if response.status_code >= 400:
             raise error_for(response, body, what, self.endpoint.domain)
+        # A 3xx that is no redirect (it has no Location) says nothing about the blob.
+        _require_success(response, f"HEAD of {what}", self.endpoint.domain)
         length = content_length(response.headers)
         if length is None:
             # The manifest must give every layer's size: an unknown one is no answer.
@@ -359,10 +361,14 @@ class RegistryClient:
         """
         url = self._url(f"blobs/uploads/?mount={digest}&from={source}")
         scope = f"{self._scope} repository:{source}:pull"
-        async with self._stream("POST", url, f"mount of {digest}", scope=scope) as response:
+        what = f"mount of {digest}"
+        async with self._stream("POST", url, what, scope=scope) as response:
+            # 201: mounted; 202: refused, with a session. Anything else is neither.
+            _require(response, (201, 202), what, self.endpoint.domain)
             if response.status_code == 201:
+                _check_digest_header(response, digest, what)
                 return None
-            return self._upload_location(response, f"mount of {digest}")
+            return self._upload_location(response, what)
 
     async def upload_blob(
         self,
@@ -377,19 +383,27 @@ class RegistryClient:
         its digest is known only once it is sent: then `digest` is a function.
         """
         what = "blob upload"
+        domain = self.endpoint.domain
         if location is None:
             async with self._stream("POST", self._url("blobs/uploads/"), what) as response:
+                _require_success(response, what, domain)
                 location = self._upload_location(response, what)
         headers = {"Content-Type": "application/octet-stream"}
         if size is not None:
             headers["Content-Length"] = str(size)
-        async with self._stream("PATCH", location, what, headers, content=body) as response:
+        sent = _CountedBody(body)
+        async with self._stream(
+            "PATCH", location, what, headers, content=sent.content()
+        ) as response:
+            _require_success(response, what, domain)
+            _check_received(response, sent, what)
             location = self._upload_location(response, what)
         final = digest() if callable(digest) else digest
         # Merged, not replaced: the upload URL carries the registry's own state.
         done = str(httpx.URL(location).copy_merge_params({"digest": final}))
         what = f"upload of {final}"
         async with self._stream("PUT", done, what, {"Content-Length": "0"}) as response:
+            _require_success(response, what, domain)
             _check_digest_header(response, final, what)
 
     async def put_manifest(self, reference: str, media_type: str, raw: bytes) -> Digest:
@@ -400,6 +414,7 @@ class RegistryClient:
         async with self._stream(
             "PUT", self._url(f"manifests/{reference}"), what, headers, content=raw
         ) as response:
+            _require_success(response, what, self.endpoint.domain)
             _check_digest_header(response, digest, what)
         return digest
 
@@ -802,6 +817,81 @@ def _digest_of(raw: bytes, expected: str | None, what: str) -> Digest:
         if wanted.startswith("sha256:"):
             return wanted
     return sha256_digest(raw)
+
+
+def _require_success(response: httpx.Response, what: str, registry: str) -> None:
+    """Refuse an answer that is no 2xx: a 3xx that is no redirect (no Location) or a 1xx
+    is no sign it was done. Any 2xx is taken, as docker and containerd take it: registries
+    answer 200 where the distribution spec says 201 or 202."""
+    status = response.status_code
+    if not 200 <= status < 300:
+        raise RegistryProtocolError(
+            f"{registry}: {what}: the registry answered HTTP {status} where a 2xx was "
+            "needed; it did not do what was asked"
+        )
+
+
+def _require(response: httpx.Response, statuses: tuple[int, ...], what: str, registry: str) -> None:
+    """Refuse an answer whose status is not one of `statuses` (a mount: 201 or 202)."""
+    status = response.status_code
+    if status not in statuses:
+        wanted = " or ".join(str(code) for code in statuses)
+        raise RegistryProtocolError(
+            f"{registry}: {what}: the registry answered HTTP {status} where the "
+            f"distribution spec requires {wanted}; it did not do what was asked"
+        )
+
+
+class _CountedBody:
+    """A request body as the HTTP client takes it: how many bytes, and whether all of
+    them (a registry may answer before it has read the whole body)."""
+
+    def __init__(self, body: Body) -> None:
+        self._body = body
+        self.sent = 0
+        self.ended = False
+
+    def content(self) -> Body:
+        if isinstance(self._body, bytes):
+            self.sent, self.ended = len(self._body), True
+            return self._body
+        return self._stream
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        # Counted afresh on every send: a redirect or a 401 sends the body again.
+        assert callable(self._body)
+        self.sent, self.ended = 0, False
+        async for chunk in self._body():
+            self.sent += len(chunk)
+            yield chunk
+        self.ended = True
+
+
+# What a PATCH answer's Range says the session holds: "0-N" (distribution's form), or
+# "bytes=0-N" (some registries').
+_UPLOAD_RANGE = re.compile(r"(?:bytes=)?([0-9]+)-([0-9]+)")
+
+
+def _check_received(response: httpx.Response, body: _CountedBody, what: str) -> None:
+    """Refuse a PATCH answer that says fewer (or other) bytes arrived than were sent: the
+    PUT after it would commit a blob cut short, or one whose digest we never computed."""
+    if not body.ended:
+        raise RegistryProtocolError(
+            f"{what}: the registry answered after {body.sent} bytes, before the whole blob was sent"
+        )
+    match = _UPLOAD_RANGE.fullmatch(response.headers.get("range", "").strip())
+    if match is None:
+        return  # no Range (or one no registry writes): nothing said, nothing to check
+    start, end = decimal(match[1]), decimal(match[2])
+    if start is None or end is None:
+        return
+    # "0-0" is also what distribution says of an empty session.
+    held = 0 if body.sent == 0 and (start, end) == (0, 0) else end - start + 1
+    if start != 0 or held != body.sent:
+        raise RegistryProtocolError(
+            f"{what}: the registry says it received {held} of {body.sent} bytes "
+            f"(Range: {match[0]}): the connection or a proxy lost part of the blob"
+        )
 
 
 def _check_digest_header(response: httpx.Response, digest: Digest, what: str) -> None:

@@ -40,17 +40,24 @@ class StripVersion:
         if scope["type"] == "http":
             match = _VERSION_PREFIX.match(scope["path"])
             if match is not None:
-                asked = (int(match.group(1)), int(match.group(2)))
+                asked = (_version_part(match.group(1)), _version_part(match.group(2)))
                 if asked > tuple(int(x) for x in API_VERSION.split(".")):
                     response = _error(
                         400,
-                        f"client version {asked[0]}.{asked[1]} is too new. "
-                        f"Maximum supported API version is {API_VERSION}",
+                        f"client version {match.group(1)[:20]}.{match.group(2)[:20]} is too "
+                        f"new. Maximum supported API version is {API_VERSION}",
                     )
                     await response(scope, receive, send)
                     return
                 scope = {**scope, "path": match.group(3), "raw_path": match.group(3).encode()}
         await self._app(scope, receive, send)
+
+
+def _version_part(digits: str) -> int:
+    """One number of `/v1.47`: a run of digits too long for `int()` (over 4300, a
+    ValueError) is a version far newer than any, not a crash."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 9 else 10**9
 
 
 def _unversioned(path: str) -> str:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ferryd.daemon.api.params import checked_credentials, load_json
 from ferryd.distribution.login import login
 from ferryd.distribution.service import ImageService
 from ferryd.errors import BadRequestError, InvalidRegistryAuthError
@@ -26,14 +25,14 @@ async def auth(request: Request) -> Response:
         if len(body) > MAX_BODY:
             raise BadRequestError(f"the login is over {MAX_BODY} bytes")
     try:
-        data = json.loads(body) if body.strip() else {}
+        data = load_json(body) if body.strip() else {}
     except (ValueError, RecursionError) as exc:
         raise InvalidRegistryAuthError(
             f"invalid X-Registry-Auth header: invalid JSON: {exc}"
         ) from None
     if not isinstance(data, dict):
         raise InvalidRegistryAuthError("invalid X-Registry-Auth header: expected a JSON object")
-    credentials = credentials_from_entry(data, "the login")
+    credentials = checked_credentials(credentials_from_entry(data, "the login"), "the login")
     server = data.get("serveraddress") or ""
     service: ImageService = request.app.state.service
     identity_token = await login(service.connector, credentials, server)

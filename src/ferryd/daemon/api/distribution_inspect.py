@@ -8,12 +8,12 @@ import re
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ferryd.daemon.api.params import meta_headers
+from ferryd.daemon.api.params import meta_headers, registry_auth
 from ferryd.daemon.api.params import service as service_of
 from ferryd.distribution.inspect import inspect_distribution
-from ferryd.errors import FerrydError, InvalidRegistryAuthError
+from ferryd.errors import BadRequestError, InvalidRegistryAuthError
 from ferryd.oci.reference import parse_reference
-from ferryd.registry.auth import ANONYMOUS, Credentials, decode_registry_auth
+from ferryd.registry.auth import ANONYMOUS, Credentials
 
 _IMAGE_ID = re.compile(r"(?:sha256:)?[a-f0-9]{64}")
 
@@ -24,7 +24,8 @@ async def inspect(request: Request) -> Response:
     else the daemon's own, as for a pull."""
     name = request.path_params["name"]
     if _IMAGE_ID.fullmatch(name):
-        raise FerrydError("no manifest found for full image ID")
+        # The client's mistake (an ID names no registry's manifest): a 400, as dockerd.
+        raise BadRequestError("no manifest found for full image ID")
     reference = parse_reference(name)
     service = service_of(request)
     credentials = await service.credentials_for(reference.domain, _credentials(request))
@@ -35,10 +36,7 @@ async def inspect(request: Request) -> Response:
 
 
 def _credentials(request: Request) -> Credentials:
-    header = request.headers.get("x-registry-auth")
-    if not header:
-        return ANONYMOUS
     try:
-        return decode_registry_auth(header)
+        return registry_auth(request.headers.get("x-registry-auth"))
     except InvalidRegistryAuthError:
         return ANONYMOUS

@@ -23,7 +23,9 @@ _OTHER_KEYS = {
     "service",
     "volume",
 }
-_TIMESTAMP = re.compile(r"(?P<seconds>-?\d+)(?:\.(?P<nanos>\d{1,9}))?")
+# Seconds as dockerd's int64 has them: more digits would be over Python's limit on
+# reading an int (4300 digits), a ValueError, not a refusal.
+_TIMESTAMP = re.compile(r"(?P<seconds>-?\d{1,19})(?:\.(?P<nanos>\d{1,9}))?")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,10 +9,10 @@ accepts its own names; any other is refused as dockerd refuses it ("invalid filt
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from ferryd.daemon.api.params import LoneSurrogateError, load_json
 from ferryd.errors import InvalidFilterError
 
 
@@ -28,7 +28,9 @@ class Filters:
         if not text:
             return cls({})
         try:
-            raw = json.loads(text)
+            raw = load_json(text)
+        except LoneSurrogateError as exc:
+            raise InvalidFilterError(f"invalid filter: {exc}") from None
         except (ValueError, RecursionError):
             raise InvalidFilterError(f"invalid filter: {text!r} is not JSON") from None
         if not isinstance(raw, dict):

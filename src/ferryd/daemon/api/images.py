@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ferryd.daemon.api import imports
 from ferryd.daemon.api.archives import platform_param
-from ferryd.daemon.api.params import flag, meta_headers
+from ferryd.daemon.api.params import flag, meta_headers, registry_auth
 from ferryd.daemon.api.params import service as service_of
 from ferryd.daemon.api.shapes import image_inspect
 from ferryd.daemon.api.streaming import ProgressStream
@@ -22,7 +22,7 @@ from ferryd.errors import BadRequestError
 from ferryd.oci.digest import parse_digest
 from ferryd.oci.platform import parse_platform
 from ferryd.oci.reference import Reference, parse_reference, parse_repository
-from ferryd.registry.auth import ANONYMOUS, Credentials, decode_registry_auth
+from ferryd.registry.auth import Credentials
 
 
 async def create(request: Request) -> Response:
@@ -158,8 +158,7 @@ def _streamed(
 
 
 def _credentials(request: Request) -> Credentials:
-    header = request.headers.get("x-registry-auth")
-    return decode_registry_auth(header) if header else ANONYMOUS
+    return registry_auth(request.headers.get("x-registry-auth"))
 
 
 class _Asgi(Response):

@@ -11,10 +11,13 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
-_GO_DURATION = re.compile(
-    r"(?P<sign>[-+]?)(?P<parts>(?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)"
-)
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+# A number is `\d+(?:\.\d*)?`, never `\d+\.?\d*`: that splits a run of digits between
+# its two `\d`s in every way, and a long one with no unit took seconds per 10,000
+# digits (a quadratic backtrack) on the event loop.
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_UNIT = r"(?:ns|us|µs|μs|ms|s|m|h)"
+_GO_DURATION = re.compile(rf"(?P<sign>[-+]?)(?P<parts>(?:{_NUMBER}{_UNIT})+)")
+_DURATION_PART = re.compile(rf"({_NUMBER})({_UNIT})")
 _UNIT_SECONDS = {
     "ns": 1e-9,
     "us": 1e-6,
@@ -71,6 +74,8 @@ def parse_timestamp(value: str, now: datetime) -> datetime:
     if match is not None:
         try:
             return _moment(match, zone)
+        except OverflowError:  # year 1 or 9999 moved out of range by its zone
+            raise TimestampError(f'parsing time "{value}": out of range') from None
         except ValueError as exc:
             raise TimestampError(f'parsing time "{value}" as "{layout}": {exc}') from None
     if "-" in value:  # it was meant as a date

@@ -1,49 +1,30 @@
 """A push against registries whose answers say the push did not happen (or cannot be
-trusted): a status that is not the one the distribution spec requires, a Location on
-another host or scheme, a Range short of what was sent, a blob size or digest that
-disagrees with ours.
+trusted): a status that is no 2xx, a mount that names another blob or none, a Range
+short of what was sent, a blob size or digest that disagrees with ours.
 
 Each must end in a FerrydError that names the problem, never in a push reported done.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
-import random
-import tarfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import anyio
 import pytest
 
 from ferryd.distribution.push import _push_config
-from ferryd.distribution.push_layers import StoreLayer, StoreLayerProvider
-from ferryd.distribution.uploads import Uploaded, UploadManager
 from ferryd.errors import DigestMismatchError, NotFoundError, RegistryProtocolError
-from ferryd.oci.digest import Digest
-from ferryd.oci.mediatypes import DOCKER_LAYER_TAR, OCI_LAYER_GZIP, OCI_MANIFEST
+from ferryd.oci.mediatypes import OCI_MANIFEST
 from ferryd.registry.auth import ANONYMOUS
-from ferryd.registry.client import RegistryClient
-from ferryd.registry.connector import Connector
-from ferryd.registry.endpoints import RegistryService
-from ferryd.store import Store
 from ferryd.store.metadata import V2Metadata
 from support.digests import sha256
 from support.fakes import (
     FakeLayer,
-    FakeServer,
-    Recorder,
     Reply,
-    Request,
-    UploadRegistry,
-    background,
     make_layer,
     registry_error,
-    serve_registry,
 )
+from support.uploading import Env, PlainLayer, make_plain_layer, upload_env
 
 REPO = "team/app"
 OTHER = "team/other"
@@ -53,90 +34,10 @@ BLOBS = f"/v2/{REPO}/blobs/sha256:.+"
 MANIFEST = b'{"schemaVersion":2,"mediaType":"%s"}' % OCI_MANIFEST.encode()
 
 
-@dataclass(frozen=True)
-class PlainLayer:
-    """A layer held as an uncompressed tar: its blob digest is its DiffID."""
-
-    tar: bytes
-
-    @property
-    def diff_id(self) -> Digest:
-        return sha256(self.tar)
-
-
-def make_plain_layer(size: int, seed: int) -> PlainLayer:
-    content = random.Random(seed).randbytes(size // 2) * 2  # compressible
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(f"plain-{seed}")
-        info.size = len(content)
-        tar.addfile(info, io.BytesIO(content))
-    return PlainLayer(buffer.getvalue())
-
-
-@dataclass
-class Env:
-    store: Store
-    registry: UploadRegistry
-    server: FakeServer
-    manager: UploadManager
-    client: RegistryClient
-    connector: Connector
-    held: list[StoreLayer] = field(default_factory=list)
-
-    @property
-    def domain(self) -> str:
-        return self.client.endpoint.domain
-
-    def stored(self, layer: FakeLayer | PlainLayer) -> StoreLayer:
-        """Put the layer in the store (a first layer: ChainID = DiffID) and hold it."""
-        if isinstance(layer, FakeLayer):
-            blob, media_type = layer.blob, OCI_LAYER_GZIP
-            size = len(gzip.decompress(layer.blob))
-        else:
-            blob, media_type, size = layer.tar, DOCKER_LAYER_TAR, len(layer.tar)
-        digest = self.store.blobs.put(blob)
-        self.store.layers.register(None, layer.diff_id, digest, media_type, len(blob), size)
-        self.store.layers.holds.release(layer.diff_id)
-        got = StoreLayerProvider(self.store.layers, self.store.blobs).get(layer.diff_id)
-        assert isinstance(got, StoreLayer)
-        self.held.append(got)
-        return got
-
-    async def upload(self, layer: StoreLayer, client: RegistryClient | None = None) -> Uploaded:
-        return await self.manager.upload(client or self.client, layer, "oci", Recorder())
-
-    def answered(self, method: str, path: str, change: dict[str, str | None]) -> None:
-        """Answer `method path` as the registry would, with headers changed (None: dropped)."""
-
-        def changed(request: Request) -> Reply:
-            reply = self.registry.answer(request)
-            for name, value in change.items():
-                reply.headers.pop(name, None)
-                if value is not None:
-                    reply.headers[name] = value
-            return reply
-
-        self.registry.on(method, path, changed)
-
-
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    store = Store(tmp_path / "root")
-    registry = UploadRegistry()
-    connector = Connector(RegistryService(), connect_timeout=5, read_timeout=5)
-    held: list[StoreLayer] = []
-    try:
-        async with serve_registry(registry) as server, background() as tg:
-            manager = UploadManager(store.metadata, tg, retry_delay=0.01, max_attempts=2)
-            client = await connector.open(server.host, REPO, ANONYMOUS, actions="pull,push")
-            with anyio.fail_after(10):
-                yield Env(store, registry, server, manager, client, connector, held)
-    finally:
-        for layer in held:
-            layer.release()
-        await connector.aclose()
-        store.close()
+    async with upload_env(tmp_path, REPO, max_attempts=2) as environment:
+        yield environment
 
 
 @pytest.fixture(scope="module")
@@ -269,30 +170,11 @@ async def test_mount_said_done_of_a_blob_the_registry_lacks(env: Env, plain: Pla
     # manifest would have described it with size 0.
     layer = env.stored(plain)
     other = await env.connector.open(env.server.host, OTHER, ANONYMOUS, actions="pull,push")
-    first = await env.upload(layer, other)
+    first = await env.upload(layer, client=other)
     env.registry.on("POST", UPLOADS, Reply(201))  # said mounted; nothing copied
 
     with pytest.raises(RegistryProtocolError, match=f"{first.digest}.*mount"):
         await env.upload(layer)
-
-
-# -- where the upload goes ------------------------------------------------------------------
-
-
-async def test_relative_and_same_origin_locations_still_upload(env: Env, small: FakeLayer) -> None:
-    layer = env.stored(small)
-
-    def relative(request: Request) -> Reply:
-        reply = env.registry.answer(request)
-        reply.headers["Location"] = reply.headers["Location"].removeprefix(env.server.url)
-        return reply
-
-    env.registry.on("POST", UPLOADS, relative)
-
-    result = await env.upload(layer)
-
-    assert result.outcome == "pushed"
-    assert env.registry.repo_blobs(REPO) == {small.digest: small.blob}
 
 
 # -- what arrived ---------------------------------------------------------------------------

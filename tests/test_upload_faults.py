@@ -9,20 +9,14 @@ the client sent.
 from __future__ import annotations
 
 import gzip
-import io
-import random
-import tarfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
 import pytest
-from anyio.abc import TaskGroup
 
 from ferryd.distribution.progress import Message
-from ferryd.distribution.push_layers import StoreLayer, StoreLayerProvider
 from ferryd.distribution.uploads import Uploaded, UploadManager
 from ferryd.errors import (
     AccessDeniedError,
@@ -33,10 +27,9 @@ from ferryd.errors import (
     RegistryError,
     TransientRegistryError,
 )
-from ferryd.oci.digest import Digest, short_id
+from ferryd.oci.digest import short_id
 from ferryd.oci.mediatypes import (
     DOCKER_LAYER_GZIP,
-    DOCKER_LAYER_TAR,
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
     Family,
@@ -45,21 +38,19 @@ from ferryd.registry.auth import ANONYMOUS
 from ferryd.registry.client import RegistryClient
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import RegistryService
-from ferryd.store import Store
 from ferryd.store.metadata import V2Metadata
 from support.digests import sha256
 from support.fakes import (
     FakeLayer,
-    FakeServer,
     Recorder,
     Reply,
     Request,
     UploadRegistry,
-    background,
     make_layer,
     registry_error,
     serve_registry,
 )
+from support.uploading import Env, PlainLayer, make_plain_layer, upload_env
 from support.waiting import await_until
 
 REPO = "team/app"
@@ -71,102 +62,10 @@ ANY_SESSION = "/v2/.+/blobs/uploads/.+"
 MiB = 1 << 20
 
 
-@dataclass(frozen=True)
-class PlainLayer:
-    """A layer held as an uncompressed tar: its blob digest is its DiffID."""
-
-    tar: bytes
-
-    @property
-    def diff_id(self) -> Digest:
-        return sha256(self.tar)
-
-
-def make_plain_layer(size: int, seed: int) -> PlainLayer:
-    content = random.Random(seed).randbytes(size // 2) * 2  # compressible
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(f"plain-{seed}")
-        info.size = len(content)
-        info.mtime = 1_700_000_000
-        tar.addfile(info, io.BytesIO(content))
-    return PlainLayer(buffer.getvalue())
-
-
-@dataclass
-class Env:
-    store: Store
-    registry: UploadRegistry
-    server: FakeServer
-    manager: UploadManager
-    client: RegistryClient
-    connector: Connector
-    task_group: TaskGroup
-    held: list[StoreLayer] = field(default_factory=list)
-
-    @property
-    def domain(self) -> str:
-        return self.client.endpoint.domain
-
-    async def open_client(self, repository: str) -> RegistryClient:
-        return await self.connector.open(
-            self.server.host, repository, ANONYMOUS, actions="pull,push"
-        )
-
-    def stored(self, layer: FakeLayer | PlainLayer) -> StoreLayer:
-        """Put the layer in the store (a first layer: ChainID = DiffID) and hold it."""
-        if isinstance(layer, FakeLayer):
-            blob, media_type = layer.blob, OCI_LAYER_GZIP
-            size = len(gzip.decompress(layer.blob))
-        else:
-            blob, media_type, size = layer.tar, DOCKER_LAYER_TAR, len(layer.tar)
-        digest = self.store.blobs.put(blob)
-        self.store.layers.register(None, layer.diff_id, digest, media_type, len(blob), size)
-        self.store.layers.holds.release(layer.diff_id)  # register holds; the provider holds too
-        got = StoreLayerProvider(self.store.layers, self.store.blobs).get(layer.diff_id)
-        assert isinstance(got, StoreLayer)
-        self.held.append(got)
-        return got
-
-    async def upload(
-        self,
-        layer: StoreLayer,
-        *,
-        client: RegistryClient | None = None,
-        family: Family = "oci",
-        progress: Recorder | None = None,
-        manager: UploadManager | None = None,
-    ) -> Uploaded:
-        return await (manager or self.manager).upload(
-            client or self.client, layer, family, progress or Recorder()
-        )
-
-    def metadata(self, layer: StoreLayer) -> set[V2Metadata]:
-        return set(self.store.metadata.get(layer.diff_id))
-
-    def wire(self) -> list[str]:
-        """The upload-side requests, as `METHOD path`, in order."""
-        return [f"{r.method} {r.path}" for r in self.registry.requests if r.path != "/v2/"]
-
-
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    store = Store(tmp_path / "root")
-    registry = UploadRegistry()
-    connector = Connector(RegistryService(), connect_timeout=5, read_timeout=5)
-    held: list[StoreLayer] = []
-    try:
-        async with serve_registry(registry) as server, background() as tg:
-            manager = UploadManager(store.metadata, tg, retry_delay=0.01)
-            client = await connector.open(server.host, REPO, ANONYMOUS, actions="pull,push")
-            environment = Env(store, registry, server, manager, client, connector, tg, held)
-            with anyio.fail_after(10):
-                yield environment
-    finally:
-        for layer in held:
-            layer.release()
-        await connector.aclose()
-        store.close()
+    async with upload_env(tmp_path, REPO) as environment:
+        yield environment
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from ferryd.errors import ImageNotFoundError
 from ferryd.oci.digest import Digest, chain_ids
 from ferryd.oci.image_config import ConfigModel, decode_config, rootfs_of
 from ferryd.store import Store
@@ -61,7 +62,8 @@ def image_inspect(
     target = named if isinstance(named, Target) else Target(named)
     image_id = target.image_id
     record = store.images.record(image_id)
-    assert record is not None
+    if record is None:  # removed since its name was resolved (an rmi in between)
+        raise ImageNotFoundError(f"No such image: {image_id}")
     raw = store.images.get(image_id)
     model = decode_config(raw)
     rootfs = rootfs_of(model)
@@ -148,8 +150,8 @@ def _single_entry(store: Store, digest: Digest, image_id: Digest) -> IndexEntry:
     """A stored manifest of a single-platform image, as an index would list it."""
     stored = store.manifests.get(digest)
     record = store.images.record(image_id)
-    assert stored is not None
-    assert record is not None
+    if stored is None or record is None:  # removed since its name was resolved
+        raise ImageNotFoundError(f"No such image: {image_id}")
     platform = {"architecture": record.architecture, "os": record.os}
     if record.variant:
         platform["variant"] = record.variant

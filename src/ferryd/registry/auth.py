@@ -32,7 +32,7 @@ from ferryd.errors import (
 from ferryd.oci.reference import DEFAULT_DOMAIN
 from ferryd.registry.bodies import read_body, read_error_body, release
 from ferryd.registry.errcode import Refusal, refusal
-from ferryd.registry.wire import check_port
+from ferryd.registry.wire import check_port, has_lone_surrogate
 
 log = structlog.get_logger("ferryd.registry")
 
@@ -168,12 +168,41 @@ def credentials_from_entry(entry: dict[str, Any], where: str) -> Credentials:
             sep = ""
         if not sep:
             raise InvalidRegistryAuthError(f"{where}: 'auth' is not base64 of user:password")
-    return Credentials(
-        username=username,
-        password=password,
-        identity_token=entry.get("identitytoken") or "",
-        registry_token=entry.get("registrytoken") or "",
+    return sendable(
+        Credentials(
+            username=username,
+            password=password,
+            identity_token=entry.get("identitytoken") or "",
+            registry_token=entry.get("registrytoken") or "",
+        ),
+        where,
     )
+
+
+# A registry token goes into an Authorization header as it is: only visible ASCII and
+# spaces can (a CR or LF is refused by the HTTP library, reported as a connection error).
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
+
+
+def sendable(credentials: Credentials, where: str) -> Credentials:
+    """`credentials` when each field can be sent to a registry; InvalidRegistryAuthError
+    naming the first that cannot (it would otherwise fail mid-pull, as a daemon bug)."""
+    fields = {
+        "username": credentials.username,
+        "password": credentials.password,
+        "identitytoken": credentials.identity_token,
+        "registrytoken": credentials.registry_token,
+    }
+    for name, value in fields.items():
+        if has_lone_surrogate(value):
+            raise InvalidRegistryAuthError(
+                f"{where}: {name!r} holds an unpaired UTF-16 surrogate, not text"
+            )
+    if not _HEADER_SAFE.fullmatch(credentials.registry_token):
+        raise InvalidRegistryAuthError(
+            f"{where}: 'registrytoken' must be printable ASCII (it is sent as an HTTP header)"
+        )
+    return credentials
 
 
 @dataclass

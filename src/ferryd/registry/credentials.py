@@ -23,7 +23,13 @@ import anyio
 
 from ferryd.errors import ConfigError, CredentialHelperError, InvalidRegistryAuthError
 from ferryd.oci.reference import DEFAULT_DOMAIN
-from ferryd.registry.auth import ANONYMOUS, Credentials, credentials_from_entry, registry_domain
+from ferryd.registry.auth import (
+    ANONYMOUS,
+    Credentials,
+    credentials_from_entry,
+    registry_domain,
+    sendable,
+)
 
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # what docker stores docker.io under
 _NOT_FOUND = "credentials not found in native keychain"
@@ -131,8 +137,13 @@ def _answer(
             'other than {"Username": …, "Secret": …}'
         ) from None
     if username == "<token>":
-        return Credentials(identity_token=secret)
-    return Credentials(username=username, password=secret)
+        credentials = Credentials(identity_token=secret)
+    else:
+        credentials = Credentials(username=username, password=secret)
+    try:
+        return sendable(credentials, f"credential helper docker-credential-{helper}'s login")
+    except InvalidRegistryAuthError as exc:
+        raise CredentialHelperError(f"{exc} for {domain}") from None
 
 
 def _read(path: Path) -> dict[str, Any]:

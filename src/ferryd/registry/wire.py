@@ -1,8 +1,10 @@
-"""Values a registry sends that ferryd reads by hand, which a hostile one fills with
-anything: a number in a header, the port of a URL it points us at."""
+"""Values from outside that ferryd reads by hand, which a hostile sender fills with
+anything: a number in a header, the port of a URL a registry points us at, text from
+JSON that no UTF-8 can carry."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 import httpx
@@ -28,3 +30,12 @@ def check_port(url: str) -> None:
         _ = urlsplit(url).port  # parsed only when asked for: out of range, ValueError
     except ValueError as exc:
         raise httpx.InvalidURL(str(exc)) from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """JSON's `\\ud800`-style escape that pairs with nothing: Python keeps it as a lone
+    surrogate, which no UTF-8 text (an answer, a log line, a request) can hold."""
+    return not text.isascii() and _SURROGATE.search(text) is not None

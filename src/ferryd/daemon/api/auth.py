@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ferryd.daemon.api.params import checked_credentials, load_json
+from ferryd.daemon.api.params import load_json
 from ferryd.distribution.login import login
 from ferryd.distribution.service import ImageService
 from ferryd.errors import BadRequestError, InvalidRegistryAuthError
@@ -32,7 +32,7 @@ async def auth(request: Request) -> Response:
         ) from None
     if not isinstance(data, dict):
         raise InvalidRegistryAuthError("invalid X-Registry-Auth header: expected a JSON object")
-    credentials = checked_credentials(credentials_from_entry(data, "the login"), "the login")
+    credentials = credentials_from_entry(data, "the login")
     server = data.get("serveraddress") or ""
     service: ImageService = request.app.state.service
     identity_token = await login(service.connector, credentials, server)

@@ -5,14 +5,13 @@ registry login, and JSON from a query parameter or body."""
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from starlette.requests import Request
 
 from ferryd.distribution.service import ImageService
-from ferryd.errors import InvalidRegistryAuthError
 from ferryd.registry.auth import ANONYMOUS, Credentials, decode_registry_auth
+from ferryd.registry.wire import has_lone_surrogate
 
 
 def service(request: Request) -> ImageService:
@@ -39,9 +38,6 @@ class LoneSurrogateError(ValueError):
         super().__init__("a \\u escape is an unpaired UTF-16 surrogate (not a character)")
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def load_json(text: str | bytes | bytearray) -> Any:
     """`json.loads`, refusing lone surrogates (LoneSurrogateError, a ValueError: callers
     already answer a ValueError from json.loads with their 400)."""
@@ -49,10 +45,6 @@ def load_json(text: str | bytes | bytearray) -> Any:
     if _has_lone_surrogate(value):
         raise LoneSurrogateError
     return value
-
-
-def has_lone_surrogate(text: str) -> bool:
-    return not text.isascii() and _SURROGATE.search(text) is not None
 
 
 def _has_lone_surrogate(value: object) -> bool:
@@ -71,36 +63,9 @@ def _has_lone_surrogate(value: object) -> bool:
     return False
 
 
-# A registry token goes into an Authorization header as it is: only visible ASCII and
-# spaces can (a CR or LF would be refused by the HTTP library, as a connection failure).
-_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
-
-
 def registry_auth(header: str | None) -> Credentials:
     """The client's `X-Registry-Auth` login (none: anonymous), refused with
     InvalidRegistryAuthError when a field could not be sent to a registry."""
     if not header:
         return ANONYMOUS
-    return checked_credentials(decode_registry_auth(header), "X-Registry-Auth header")
-
-
-def checked_credentials(credentials: Credentials, where: str) -> Credentials:
-    """`credentials` when each field can be sent; InvalidRegistryAuthError naming the
-    first that cannot (it would otherwise fail mid-pull, reported as a daemon bug)."""
-    fields = {
-        "username": credentials.username,
-        "password": credentials.password,
-        "identitytoken": credentials.identity_token,
-        "registrytoken": credentials.registry_token,
-    }
-    for name, value in fields.items():
-        if has_lone_surrogate(value):
-            raise InvalidRegistryAuthError(
-                f"invalid {where}: {name!r} holds an unpaired UTF-16 surrogate, not text"
-            )
-    if not _HEADER_SAFE.fullmatch(credentials.registry_token):
-        raise InvalidRegistryAuthError(
-            f"invalid {where}: 'registrytoken' must be printable ASCII (it is sent as an "
-            "HTTP header)"
-        )
-    return credentials
+    return decode_registry_auth(header)  # each field checked: it can be sent

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ferryd.untrusted import loads
+
 INDEX_SERVER = "https://index.docker.io/v1/"  # Docker Hub's key, as the docker CLI writes it
 _HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io", INDEX_SERVER)
 _NOT_FOUND = "credentials not found in native keychain"
@@ -66,8 +68,8 @@ def load() -> dict[str, Any]:
     except OSError as exc:
         raise ConfigFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        data = json.loads(text) if text.strip() else {}
-    except (ValueError, RecursionError) as exc:
+        data = loads(text) if text.strip() else {}
+    except ValueError as exc:
         raise ConfigFileError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path}: expected a JSON object")
@@ -118,9 +120,9 @@ def get_login(key: str) -> dict[str, str]:
         if answer is None:
             return {}
         try:
-            found = json.loads(answer)
+            found = loads(answer)
             username, secret = found["Username"], found["Secret"]
-        except (ValueError, KeyError, TypeError, RecursionError):
+        except (ValueError, KeyError, TypeError):
             raise ConfigFileError(
                 f"credential helper docker-credential-{helper} answered {key} with something "
                 'other than {"Username": …, "Secret": …}'

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ferryd.errors import BadRequestError
+from ferryd.untrusted import loads
 
 _WHITESPACE = re.compile(r"[\t\v\f\r ]+")
 _CONTINUATION = re.compile(r"\\[ \t]*$")
@@ -246,8 +247,8 @@ def _json_array(rest: str) -> list[str] | None:
     if not text.startswith("["):
         return None
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
+        value = loads(text)
+    except ValueError:
         return None
     if not isinstance(value, list):
         return None

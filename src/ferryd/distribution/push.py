@@ -24,12 +24,11 @@ from ferryd.distribution.events import failure_logged
 from ferryd.distribution.progress import Message
 from ferryd.distribution.push_layers import DescribableLayer, PushLayer
 from ferryd.distribution.transfers import with_retries
-from ferryd.distribution.uploads import Uploaded
+from ferryd.distribution.uploads import Uploaded, checked_size
 from ferryd.errors import (
     ImageNotFoundError,
     IncompleteImageError,
     PlatformNotFoundError,
-    RegistryProtocolError,
     StoreError,
 )
 from ferryd.oci.digest import Digest, sha256_digest, short_id
@@ -435,12 +434,8 @@ async def _push_config(client: RegistryClient, raw: bytes, family: Family) -> De
     size = await client.blob_size(digest)
     if size is None:
         await client.upload_blob(digest, len(raw), raw)
-    elif size not in (0, len(raw)):  # 0: a HEAD whose Content-Length a proxy dropped
-        raise RegistryProtocolError(
-            f"{client.endpoint.domain} has config blob {digest} as {size} bytes, but it is "
-            f"{len(raw)} bytes: the registry holds something else under that digest, or "
-            "misreports its size"
-        )
+    else:
+        checked_size(len(raw), digest, size, f"{client.endpoint.domain} has config")
     return Descriptor(config_type(family), digest, len(raw))
 
 

@@ -176,7 +176,8 @@ class UploadManager:
         for digest in candidates:
             size = await client.blob_size(digest)
             if size is not None:
-                size = _checked_size(stored, digest, size, f"{client.endpoint.domain} has")
+                ours = _size_of(stored, digest)
+                size = checked_size(ours, digest, size, f"{client.endpoint.domain} has")
                 return Uploaded(digest, 0, size, media_type, "exists")
         location = None
         for meta in known:
@@ -215,12 +216,12 @@ def _size_of(stored: StoredBlob | None, digest: Digest) -> int:
     return stored.size if stored is not None and digest == stored.digest else 0
 
 
-def _checked_size(stored: StoredBlob | None, digest: Digest, said: int, who: str) -> int:
-    """The size the manifest gives `digest`: ours when we know it, else what the registry
-    `said`. A size that disagrees with ours is another blob (or a lie), and 0 for one we
-    cannot size is none a layer has: either would go into the manifest, so refused. (A
-    0 beside a size of ours is a HEAD whose Content-Length a proxy dropped: ours it is.)"""
-    known = _size_of(stored, digest)
+def checked_size(known: int, digest: Digest, said: int, who: str) -> int:
+    """The size the manifest gives `digest`: ours (`known`) when we know it, else what
+    the registry `said`. A size that disagrees with ours is another blob (or a lie), and
+    0 for one we cannot size is none a blob has: either would go into the manifest, so
+    refused. (A 0 beside a size of ours is a HEAD whose Content-Length a proxy dropped:
+    ours it is.)"""
     if known and said not in (0, known):
         raise RegistryProtocolError(
             f"{who} blob {digest} as {said} bytes, but it is {known} bytes: the registry "
@@ -242,7 +243,7 @@ async def _mounted_size(client: RegistryClient, digest: Digest) -> int:
             f"{client.repository} (HTTP 201 to the mount), but the registry does not have "
             "it there (HEAD: 404)"
         )
-    return _checked_size(None, digest, size, f"{client.endpoint.domain} has mounted")
+    return checked_size(0, digest, size, f"{client.endpoint.domain} has mounted")
 
 
 async def _read_file(

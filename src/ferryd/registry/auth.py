@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import re
 import time
@@ -32,7 +31,8 @@ from ferryd.errors import (
 from ferryd.oci.reference import DEFAULT_DOMAIN
 from ferryd.registry.bodies import read_body, read_error_body, release
 from ferryd.registry.errcode import Refusal, refusal
-from ferryd.registry.wire import check_port, has_lone_surrogate
+from ferryd.registry.wire import check_port
+from ferryd.untrusted import has_lone_surrogate, loads
 
 log = structlog.get_logger("ferryd.registry")
 
@@ -118,8 +118,8 @@ def decode_registry_auth(header: str) -> Credentials:
         return ANONYMOUS
     try:
         raw = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
-        data = json.loads(raw) if raw.strip() else {}
-    except (binascii.Error, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        data = loads(raw) if raw.strip() else {}
+    except (binascii.Error, ValueError) as exc:
         raise InvalidRegistryAuthError(
             f"invalid X-Registry-Auth header: expected base64url-encoded JSON ({exc})"
         ) from None
@@ -432,11 +432,11 @@ def _check_token_status(status: int, registry: str, creds: Credentials, reason: 
 
 def _token_from(body: bytes, registry: str) -> _Token:
     try:
-        answer = json.loads(body)
+        answer = loads(body)
         value = answer.get("token") or answer.get("access_token")
         lifetime = float(answer.get("expires_in") or _TOKEN_MIN_LIFETIME)
-    # RecursionError: JSON nested too deep; OverflowError: an integer past any float.
-    except (ValueError, AttributeError, TypeError, RecursionError, OverflowError):
+    # OverflowError: an integer past any float.
+    except (ValueError, AttributeError, TypeError, OverflowError):
         value, lifetime = None, 0.0
     if not isinstance(value, str) or not value:
         raise AuthenticationError(f"{registry}: the token service sent no token")

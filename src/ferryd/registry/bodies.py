@@ -22,17 +22,17 @@ from ferryd.errors import (
     TransientRegistryError,
 )
 from ferryd.oci.mediatypes import Compression
-from ferryd.registry.wire import decimal
+from ferryd.untrusted import decimal
 
 MAX_ERROR_BODY = 64 * 1024
 """An error answer is read this far for its message; the rest is not worth memory."""
 
 BODY_DEADLINE_READS = 10
 """A body read whole (a manifest, a tag page, a token, an image config, an error's
-message) must have come within this many read timeouts (`read_timeout`: 300 s by
-default). The read timeout bounds each wait only: a registry sending a byte just inside
-it kept a 4 MiB manifest coming for weeks. Ten of them still let a 4 MiB manifest come
-at 14 KB/s, and a user who raised read_timeout for a slow link raises this with it."""
+message) must have come within this many read timeouts (300 s with the default
+`read_timeout` of 30 s). The read timeout bounds each wait only: a registry sending a
+byte just inside it kept a 4 MiB manifest coming for weeks. Ten of them still let a 4 MiB
+manifest come at 14 KB/s, and a user who raised read_timeout raises this with it."""
 
 # The read timeout assumed for an answer that does not say it ran with one (built here
 # from bytes already read, say): the connector's default.

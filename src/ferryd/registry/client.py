@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import email.utils
 import enum
-import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -39,9 +38,12 @@ from ferryd.registry.auth import Authenticator, parse_challenge, response_refusa
 from ferryd.registry.blocking import REDIRECT_STATUSES, BlockingConnections, Kept
 from ferryd.registry.bodies import content_length, read_body, read_error_body, release
 from ferryd.registry.endpoints import Endpoint
-from ferryd.registry.wire import check_port, decimal
+from ferryd.registry.wire import check_port
+from ferryd.untrusted import decimal, loads
 
 MAX_REDIRECTS = 10
+# What a request's answer must be, unless it says otherwise (`_stream`).
+_SUCCESS = range(200, 300)
 # Ask for the bytes as stored: a digest covers them, not a proxy's re-encoding of them.
 _IDENTITY = {"Accept-Encoding": "identity"}
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)")
@@ -346,7 +348,7 @@ class RegistryClient:
         if response.status_code >= 400:
             raise error_for(response, body, what, self.endpoint.domain)
         # A 3xx that is no redirect (it has no Location) says nothing about the blob.
-        _require_success(response, f"HEAD of {what}", self.endpoint.domain)
+        _check_status(response.status_code, _SUCCESS, f"HEAD of {what}", self.endpoint.domain)
         length = content_length(response.headers)
         if length is None:
             # The manifest must give every layer's size: an unknown one is no answer.
@@ -362,9 +364,8 @@ class RegistryClient:
         url = self._url(f"blobs/uploads/?mount={digest}&from={source}")
         scope = f"{self._scope} repository:{source}:pull"
         what = f"mount of {digest}"
-        async with self._stream("POST", url, what, scope=scope) as response:
-            # 201: mounted; 202: refused, with a session. Anything else is neither.
-            _require(response, (201, 202), what, self.endpoint.domain)
+        # 201: mounted; 202: refused, with a session. Anything else is neither.
+        async with self._stream("POST", url, what, scope=scope, expect=(201, 202)) as response:
             if response.status_code == 201:
                 _check_digest_header(response, digest, what)
                 return None
@@ -383,10 +384,8 @@ class RegistryClient:
         its digest is known only once it is sent: then `digest` is a function.
         """
         what = "blob upload"
-        domain = self.endpoint.domain
         if location is None:
             async with self._stream("POST", self._url("blobs/uploads/"), what) as response:
-                _require_success(response, what, domain)
                 location = self._upload_location(response, what)
         headers = {"Content-Type": "application/octet-stream"}
         if size is not None:
@@ -395,7 +394,6 @@ class RegistryClient:
         async with self._stream(
             "PATCH", location, what, headers, content=sent.content()
         ) as response:
-            _require_success(response, what, domain)
             _check_received(response, sent, what)
             location = self._upload_location(response, what)
         final = digest() if callable(digest) else digest
@@ -403,7 +401,6 @@ class RegistryClient:
         done = str(httpx.URL(location).copy_merge_params({"digest": final}))
         what = f"upload of {final}"
         async with self._stream("PUT", done, what, {"Content-Length": "0"}) as response:
-            _require_success(response, what, domain)
             _check_digest_header(response, final, what)
 
     async def put_manifest(self, reference: str, media_type: str, raw: bytes) -> Digest:
@@ -414,7 +411,6 @@ class RegistryClient:
         async with self._stream(
             "PUT", self._url(f"manifests/{reference}"), what, headers, content=raw
         ) as response:
-            _require_success(response, what, self.endpoint.domain)
             _check_digest_header(response, digest, what)
         return digest
 
@@ -442,7 +438,11 @@ class RegistryClient:
         content: Body | None = None,
         scope: str | None = None,
         renewed: bool = False,
+        expect: Collection[int] = _SUCCESS,
     ) -> AsyncIterator[httpx.Response]:
+        """The answer to a request, when its status is one of `expect` (any 2xx unless
+        said): an error status is its error; another (a 3xx that is no redirect, as it
+        has no Location; a 1xx) is no sign the request was done."""
         response = await self._send(
             method, url, what, dict(headers or {}), content, scope, renewed=renewed
         )
@@ -450,6 +450,7 @@ class RegistryClient:
             if response.status_code >= 400:
                 body = await read_error_body(response, what)
                 raise error_for(response, body, what, self.endpoint.domain)
+            _check_status(response.status_code, expect, what, self.endpoint.domain)
             yield response
         except httpx.TransportError as exc:
             raise transport_error(exc, self.endpoint, what) from None
@@ -645,8 +646,8 @@ _NEXT_LINK = re.compile(r'<([^<>]*)>\s*;\s*rel="?next"?')
 
 def _tag_page(raw: bytes, what: str) -> list[str]:
     try:
-        tags = json.loads(raw).get("tags") or []
-    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested too deep
+        tags = loads(raw).get("tags") or []
+    except (ValueError, AttributeError):
         raise RegistryProtocolError(f"{what}: the registry's answer is not a tag list") from None
     if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
         raise RegistryProtocolError(f"{what}: the registry's answer is not a tag list")
@@ -796,12 +797,12 @@ def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | Non
 
 def _registry_message(body: bytes) -> str:
     try:
-        errors = json.loads(body).get("errors") or []
+        errors = loads(body).get("errors") or []
         parts = [
             f"{e.get('code', '').lower().replace('_', ' ')}: {e.get('message', '')}" for e in errors
         ]
         return "; ".join(p.strip(": ") for p in parts)
-    except (ValueError, AttributeError, TypeError, RecursionError):
+    except (ValueError, AttributeError, TypeError):
         return ""
 
 
@@ -819,27 +820,17 @@ def _digest_of(raw: bytes, expected: str | None, what: str) -> Digest:
     return sha256_digest(raw)
 
 
-def _require_success(response: httpx.Response, what: str, registry: str) -> None:
-    """Refuse an answer that is no 2xx: a 3xx that is no redirect (no Location) or a 1xx
-    is no sign it was done. Any 2xx is taken, as docker and containerd take it: registries
-    answer 200 where the distribution spec says 201 or 202."""
-    status = response.status_code
-    if not 200 <= status < 300:
-        raise RegistryProtocolError(
-            f"{registry}: {what}: the registry answered HTTP {status} where a 2xx was "
-            "needed; it did not do what was asked"
-        )
-
-
-def _require(response: httpx.Response, statuses: tuple[int, ...], what: str, registry: str) -> None:
-    """Refuse an answer whose status is not one of `statuses` (a mount: 201 or 202)."""
-    status = response.status_code
-    if status not in statuses:
-        wanted = " or ".join(str(code) for code in statuses)
-        raise RegistryProtocolError(
-            f"{registry}: {what}: the registry answered HTTP {status} where the "
-            f"distribution spec requires {wanted}; it did not do what was asked"
-        )
+def _check_status(status: int, expect: Collection[int], what: str, registry: str) -> None:
+    """Refuse a status that is not one of `expect`. Any 2xx is taken where the
+    distribution spec names one (a 201 or a 202), as docker and containerd take it:
+    registries answer 200."""
+    if status in expect:
+        return
+    wanted = "a 2xx" if expect == _SUCCESS else " or ".join(str(code) for code in expect)
+    raise RegistryProtocolError(
+        f"{registry}: {what}: the registry answered HTTP {status} where {wanted} was "
+        "needed; it did not do what was asked"
+    )
 
 
 class _CountedBody:

@@ -11,7 +11,6 @@ helper's alone: when the helper knows no login for it, the pull is anonymous, wh
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from ferryd.registry.auth import (
     registry_domain,
     sendable,
 )
+from ferryd.untrusted import loads
 
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # what docker stores docker.io under
 _NOT_FOUND = "credentials not found in native keychain"
@@ -127,11 +127,11 @@ def _answer(
             f"(exit status {done.returncode}): {reason or 'no message'}"
         )
     try:
-        data = json.loads(out)
+        data = loads(out)
         username, secret = data["Username"], data["Secret"]
         if not isinstance(username, str) or not isinstance(secret, str):
             raise TypeError
-    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deep
+    except (ValueError, KeyError, TypeError):
         raise CredentialHelperError(
             f"credential helper docker-credential-{helper} answered {domain} with something "
             'other than {"Username": …, "Secret": …}'
@@ -148,13 +148,13 @@ def _answer(
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(
             f"credentials file {path} does not exist: create it (a docker config.json) "
             'or set credentials_file = ""'
         ) from None
-    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read credentials file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"credentials file {path}: expected a JSON object")

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ferryd.untrusted import loads
+
 if TYPE_CHECKING:
     from ferryd.registry.auth import Challenge
 
@@ -72,8 +74,8 @@ def refusal(
     if media_type not in ("application/json", "application/vnd.api+json"):
         return _by_status(status, text)
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: nested too deep
+        data = loads(body)
+    except ValueError:
         data = None
     if isinstance(data, dict):
         details = data.get("details")

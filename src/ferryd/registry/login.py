@@ -19,7 +19,6 @@ unauthorized: incorrect username or password` when its token service does (both 
 from __future__ import annotations
 
 import http
-import json
 
 import httpx
 import structlog
@@ -48,6 +47,7 @@ from ferryd.registry.client import transport_error
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import Endpoint
 from ferryd.registry.wire import check_port
+from ferryd.untrusted import loads
 
 log = structlog.get_logger("ferryd.registry")
 
@@ -182,10 +182,10 @@ async def _token(
 
 def _read_token(body: bytes, domain: str, identity: str) -> tuple[str, str]:
     try:
-        answer = json.loads(body)
+        answer = loads(body)
         token = answer.get("token") or answer.get("access_token")
         refresh = answer.get("refresh_token") or identity
-    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested too deep
+    except (ValueError, AttributeError):
         token = refresh = None
     if not isinstance(token, str) or not token or not isinstance(refresh, str):
         raise AuthenticationError(f"{domain}: the token service sent no token")

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import structlog
 
 from ferryd.registry.bodies import content_length
-from ferryd.registry.wire import decimal
+from ferryd.untrusted import decimal
 
 log = structlog.get_logger("ferryd.registry")
 

@@ -5,7 +5,6 @@ answer streams docker's messages (`Loading layer`, `{"stream": "Loaded image: â€
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.service import ImageService
 from ferryd.errors import BadRequestError, FerrydError, InvalidPlatformError
 from ferryd.oci.platform import Platform, normalize, parse_platform
+from ferryd.untrusted import loads
 
 log = structlog.get_logger("ferryd.api")
 
@@ -67,8 +67,8 @@ def platform_param(text: str) -> Platform | None:
     if not text.lstrip().startswith("{"):
         return parse_platform(text)
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
+        value = loads(text)
+    except ValueError:
         raise BadRequestError(f"failed to parse platform: {text!r} is not JSON") from None
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise BadRequestError(f"failed to parse platform: {text!r}")

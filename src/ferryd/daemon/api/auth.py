@@ -26,7 +26,7 @@ async def auth(request: Request) -> Response:
             raise BadRequestError(f"the login is over {MAX_BODY} bytes")
     try:
         data = load_json(body) if body.strip() else {}
-    except (ValueError, RecursionError) as exc:
+    except ValueError as exc:
         raise InvalidRegistryAuthError(
             f"invalid X-Registry-Auth header: invalid JSON: {exc}"
         ) from None

@@ -31,7 +31,7 @@ class Filters:
             raw = load_json(text)
         except LoneSurrogateError as exc:
             raise InvalidFilterError(f"invalid filter: {exc}") from None
-        except (ValueError, RecursionError):
+        except ValueError:
             raise InvalidFilterError(f"invalid filter: {text!r} is not JSON") from None
         if not isinstance(raw, dict):
             raise InvalidFilterError("invalid filter: expected a JSON object of filter lists")

@@ -4,14 +4,13 @@ registry login, and JSON from a query parameter or body."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.requests import Request
 
 from ferryd.distribution.service import ImageService
-from ferryd.registry.auth import ANONYMOUS, Credentials, decode_registry_auth
-from ferryd.registry.wire import has_lone_surrogate
+from ferryd.registry.auth import Credentials, decode_registry_auth
+from ferryd.untrusted import has_lone_surrogate, loads
 
 
 def service(request: Request) -> ImageService:
@@ -41,7 +40,7 @@ class LoneSurrogateError(ValueError):
 def load_json(text: str | bytes | bytearray) -> Any:
     """`json.loads`, refusing lone surrogates (LoneSurrogateError, a ValueError: callers
     already answer a ValueError from json.loads with their 400)."""
-    value = json.loads(text)
+    value = loads(text)
     if _has_lone_surrogate(value):
         raise LoneSurrogateError
     return value
@@ -66,6 +65,4 @@ def _has_lone_surrogate(value: object) -> bool:
 def registry_auth(header: str | None) -> Credentials:
     """The client's `X-Registry-Auth` login (none: anonymous), refused with
     InvalidRegistryAuthError when a field could not be sent to a registry."""
-    if not header:
-        return ANONYMOUS
-    return decode_registry_auth(header)  # each field checked: it can be sent
+    return decode_registry_auth(header or "")  # each field checked: it can be sent

@@ -967,7 +967,7 @@ def _commit(
                         moving[digest] = layer.staged
             pin(plan.image_id)
             if plan.manifest is not None:
-                pin(sha256_digest(plan.manifest.raw))
+                pin(plan.manifest.digest)
         for indexed in planned.indexes:
             pin(indexed.index.digest)  # what it is put under below
         # Blob files first, each fsync'd, outside the transaction: the database lock is
@@ -981,7 +981,7 @@ def _commit(
         for plan in plans:
             put(plan.config, plan.image_id)
             if plan.manifest is not None:
-                put(plan.manifest.raw, sha256_digest(plan.manifest.raw))
+                put(plan.manifest.raw, plan.manifest.digest)
         for indexed in planned.indexes:
             put(indexed.index.raw, indexed.index.digest)
         with store.db.transaction():

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ferryd.errors import ArchiveError
+from ferryd.untrusted import MAX_DIGITS, decimal
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
@@ -24,10 +25,6 @@ _ZERO_BLOCK = bytes(BLOCK)
 # What the parser buffers for one entry's metadata: a pax header or a GNU long name.
 MAX_METADATA = 1 << 20
 MAX_NAME = 4096
-# Decimal numbers of pax records (a size, a record's length): ASCII digits only, and no
-# more than an int64 has (Go's reader parses them as one; Python's int() would also take
-# other Unicode digits, `_` and thousands of digits, and fail on some with a ValueError).
-_DECIMAL = re.compile(rb"[0-9]{1,19}")
 _OCTAL = re.compile(rb"[0-7]+")
 
 REGULAR = "file"
@@ -292,13 +289,13 @@ def _number(field: bytes, offset: int) -> int:
 
 
 def _pax_size(value: str) -> int:
-    raw = value.encode("utf-8", "surrogateescape")
-    if _DECIMAL.fullmatch(raw) is None:
+    size = decimal(value)
+    if size is None:
         raise ArchiveError(
             f"corrupt archive: a pax size of {value[:40]!r} (not a decimal number of at most "
-            "19 digits)"
+            f"{MAX_DIGITS} digits)"
         )
-    return int(raw)
+    return size
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
@@ -308,9 +305,9 @@ def _pax_records(data: bytes) -> dict[str, str]:
     position = 0
     while position < len(data):
         space = data.find(b" ", position)
-        if space < 0 or _DECIMAL.fullmatch(data, position, space) is None:
+        length = decimal(data[position:space].decode("latin-1")) if space >= 0 else None
+        if length is None:
             raise ArchiveError("corrupt archive: a malformed pax record (its length)")
-        length = int(data[position:space])
         record = data[position : position + length]
         if length <= space - position or len(record) != length or not record.endswith(b"\n"):
             raise ArchiveError("corrupt archive: a malformed pax record")

@@ -7,15 +7,16 @@ import re
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ferryd.daemon.api import auth, distribution_inspect, fsck, images, inventory, system
 from ferryd.daemon.api.access import AccessControl, AccessMiddleware, AccessPolicy
 from ferryd.daemon.api.access_log import RequestLog
 from ferryd.daemon.api.archives import load_images, save_image, save_images
+from ferryd.daemon.api.limits import IdleLimitedBody
 from ferryd.daemon.api.metrics import RequestMetrics, metrics
 from ferryd.daemon.api.routing import NotSupported, OwnMethodsRoute
 from ferryd.daemon.api.system import API_VERSION
@@ -72,6 +73,13 @@ async def _ferryd_error(request: Request, exc: Exception) -> Response:
     return _error(exc.status, str(exc))
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client left while its request's body was read: nobody reads the answer, and
+    it is no error of the daemon's (it was a 500 with a traceback in the log). 400, as
+    an import its client left (imports.py)."""
+    return Response(status_code=400)
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
@@ -107,7 +115,8 @@ def build_app(
         Route("/images/json", inventory.images, methods=["GET"]),
         Route("/images/prune", inventory.prune_images, methods=["POST"]),
         Route("/images/get", save_images, methods=["GET"]),
-        Route("/images/load", load_images, methods=["POST"]),
+        # Its body is read while its answer streams: the waits for it limited here.
+        Route("/images/load", IdleLimitedBody(request_response(load_images)), methods=["POST"]),
         Route("/images/{name:path}/json", images.inspect, methods=["GET"]),
         Route("/images/{name:path}/history", inventory.history, methods=["GET"]),
         Route("/images/{name:path}/push", images.push, methods=["POST"]),
@@ -120,7 +129,11 @@ def build_app(
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: _not_found, FerrydError: _ferryd_error},
+        exception_handlers={
+            HTTPException: _not_found,
+            FerrydError: _ferryd_error,
+            ClientDisconnect: _client_gone,
+        },
     )
     app.state.service = service
     app.state.daemon = state

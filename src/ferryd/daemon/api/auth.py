@@ -5,13 +5,12 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ferryd.daemon.api import limits
 from ferryd.daemon.api.params import load_json
 from ferryd.distribution.login import login
 from ferryd.distribution.service import ImageService
-from ferryd.errors import BadRequestError, InvalidRegistryAuthError
+from ferryd.errors import InvalidRegistryAuthError
 from ferryd.registry.auth import credentials_from_entry
-
-MAX_BODY = 64 * 1024  # a login is a few hundred bytes; an identity token a few KB
 
 
 async def auth(request: Request) -> Response:
@@ -19,11 +18,7 @@ async def auth(request: Request) -> Response:
     `identitytoken`…); the answer `{"Status": "Login Succeeded", "IdentityToken": …}`
     (the identity token only when the registry's token service gave one), or the
     registry's refusal as dockerd words it (401)."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise BadRequestError(f"the login is over {MAX_BODY} bytes")
+    body = await limits.read_small_body(request, limits.MAX_LOGIN_BODY, "the login")
     try:
         data = load_json(body) if body.strip() else {}
     except ValueError as exc:

@@ -21,7 +21,7 @@ import structlog
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ferryd.daemon.api.peers import PeerCredentialsProtocol
+from ferryd.daemon.api.limits import BoundedRequestProtocol
 
 log = structlog.get_logger("ferryd.api")
 
@@ -48,8 +48,9 @@ def connection_limit() -> int:
     return max(16, min(MAX_CONNECTIONS, (soft - RESERVE) // 2))
 
 
-class GuardedProtocol(PeerCredentialsProtocol):
-    """uvicorn's HTTP protocol with the peer's credentials, a header deadline and a cap."""
+class GuardedProtocol(BoundedRequestProtocol):
+    """uvicorn's HTTP protocol with the peer's credentials, the limits on what a request
+    may be (limits.py), a header deadline and a cap."""
 
     limit = MAX_CONNECTIONS  # set by the server from `connection_limit()`
 

@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ferryd.concurrency import single_errors
+from ferryd.daemon.api.limits import body_chunks
 from ferryd.daemon.api.params import service as service_of
 from ferryd.distribution.imports import DEFAULT_SOURCE, import_image
 from ferryd.errors import FerrydError, InvalidReferenceError, NotSupportedError
@@ -60,7 +61,7 @@ async def create(request: Request) -> Response:
                 result = await import_image(
                     service.store,
                     service.event_logger,
-                    request.stream(),
+                    body_chunks(request),  # no byte for a long while: a 408
                     reference=reference,
                     platform=platform,
                     message=message,

@@ -103,6 +103,9 @@ class ApiServer:
             ReserveOnly(app),
             loop="none",
             http=Protocol,
+            # No protocol switch: with a websocket library installed, uvicorn would hand an
+            # Upgrade request's connection to a protocol without ferryd's limits.
+            ws="none",
             timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
             lifespan="off",
             log_config=None,

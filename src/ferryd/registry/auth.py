@@ -31,6 +31,7 @@ from ferryd.errors import (
 from ferryd.oci.reference import DEFAULT_DOMAIN
 from ferryd.registry.bodies import read_body, read_error_body, release
 from ferryd.registry.errcode import Refusal, refusal
+from ferryd.registry.heads import head_error
 from ferryd.registry.wire import check_port
 from ferryd.untrusted import has_lone_surrogate, loads
 
@@ -314,6 +315,7 @@ class Authenticator:
             )
         service = params.get("service", "")
         creds = self._credentials
+        what = f"{self._registry}: the token service's answer"
         try:
             url = httpx.URL(realm)
             check_port(realm)
@@ -348,7 +350,6 @@ class Authenticator:
             reason = ""
             try:
                 status = response.status_code
-                what = f"{self._registry}: the token service's answer"
                 if status == 200:
                     body = await read_body(response, MAX_TOKEN_ANSWER, what)
                 else:
@@ -361,6 +362,9 @@ class Authenticator:
                 f"{self._registry}: cannot use the token realm {realm!r}: {exc}"
             ) from None
         except httpx.HTTPError as exc:
+            failed_head = head_error(exc, what)
+            if failed_head is not None:
+                raise failed_head from None
             # Worth retrying, as any other failure to reach the registry is.
             raise RegistryUnreachableError(
                 f"cannot reach the token service of {self._registry} at {realm}: "

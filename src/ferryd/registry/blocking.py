@@ -41,6 +41,7 @@ from urllib3.exceptions import (
 from urllib3.util import parse_url
 
 from ferryd.registry.bodies import MAX_ERROR_BODY
+from ferryd.registry.heads import HeadHuge, HeadLate, HeadTooLarge, HeadTooSlow, TimedResponse
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
@@ -290,7 +291,20 @@ class BlockingConnections:
 
     def _as_httpx(self, exc: HTTPError, url: str) -> httpx.TransportError:
         """urllib3's failure as httpx's: one mapping (`client.transport_error`) turns them
-        into errors a user can act on, with the timeouts that were waited for."""
+        into errors a user can act on, with the timeouts that were waited for; a head
+        that failed its deadline or size (`heads.TimedResponse`) as the async client's."""
+        request = httpx.Request("GET", url, extensions={"timeout": self._timeouts})
+        failed: httpx.TransportError | None = None
+        # urllib3 raises its ReadTimeoutError from the one, ProtocolError with the other.
+        for cause in (exc.__cause__, *exc.args):
+            if isinstance(cause, HeadLate):
+                failed = HeadTooSlow(cause.deadline)
+            elif isinstance(cause, HeadHuge):
+                failed = HeadTooLarge()
+            if failed is not None:
+                failed.request = request
+                failed.__cause__ = exc
+                return failed
         kind: type[httpx.TransportError]
         if isinstance(exc, NewConnectionError | SSLError):
             kind = httpx.ConnectError
@@ -302,7 +316,6 @@ class BlockingConnections:
             kind = httpx.RemoteProtocolError
         else:
             kind = httpx.ReadError
-        request = httpx.Request("GET", url, extensions={"timeout": self._timeouts})
         error = kind(_reason(exc), request=request)
         error.__cause__ = exc
         return error
@@ -396,6 +409,8 @@ class _Reachable(HTTPConnection):
 
     idle_since: float | None = None
     owner: _Call | None = None
+    # Its answer's head held to a deadline and a size (`heads`).
+    response_class = TimedResponse
 
     def stale(self, keep_idle: float) -> bool:
         """Whether it has waited idle longer than `keep_idle` seconds."""

@@ -38,6 +38,7 @@ from ferryd.registry.auth import Authenticator, parse_challenge, response_refusa
 from ferryd.registry.blocking import REDIRECT_STATUSES, BlockingConnections, Kept
 from ferryd.registry.bodies import content_length, read_body, read_error_body, release
 from ferryd.registry.endpoints import Endpoint
+from ferryd.registry.heads import head_error
 from ferryd.registry.wire import check_port
 from ferryd.untrusted import decimal, loads
 
@@ -733,7 +734,11 @@ def retry_after(value: str | None) -> float | None:
 
 def transport_error(exc: httpx.TransportError, endpoint: Endpoint, what: str) -> FerrydError:
     """The error for a connection that failed while doing `what`; a timeout names its
-    phase, the seconds it waited and the setting that gave them."""
+    phase, the seconds it waited and the setting that gave them; a head that failed its
+    deadline or size says so (`heads`)."""
+    failed_head = head_error(exc, what)
+    if failed_head is not None:
+        return failed_head
     reason = str(exc) or type(exc).__name__
     unverified = _certificate_error(exc)
     if unverified is not None:

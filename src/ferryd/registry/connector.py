@@ -13,7 +13,7 @@ import structlog
 
 from ferryd import __version__
 from ferryd.errors import RegistryUnreachableError
-from ferryd.registry import requestlog, streams
+from ferryd.registry import heads, requestlog, streams
 from ferryd.registry.auth import ANONYMOUS, Authenticator, Credentials, host_of
 from ferryd.registry.blocking import BlockingConnections
 from ferryd.registry.client import Attempt, RegistryClient, Route
@@ -21,8 +21,10 @@ from ferryd.registry.endpoints import Endpoint, RegistryService
 
 USER_AGENT = f"ferryd/{__version__}"
 
-# Every registry connection of this process reads through the cheaper streams.
+# Every registry connection of this process reads through the cheaper streams, and
+# receives each answer's head within its deadline and size.
 streams.install()
+heads.install()
 
 log = structlog.get_logger("ferryd.registry")
 

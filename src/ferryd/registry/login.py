@@ -46,6 +46,7 @@ from ferryd.registry.bodies import read_body, read_error_body, release
 from ferryd.registry.client import transport_error
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import Endpoint
+from ferryd.registry.heads import head_error
 from ferryd.registry.wire import check_port
 from ferryd.untrusted import loads
 
@@ -154,10 +155,10 @@ async def _token(
             )
     if not credentials.anonymous:
         log.info("registry.credentials_sent", registry=endpoint.domain, host=url.netloc.decode())
+    what = f"{endpoint.domain}: the token service's answer"
     try:
         response = await client.send(request, stream=True)
         try:
-            what = f"{endpoint.domain}: the token service's answer"
             if response.status_code == 200:
                 body = await read_body(response, MAX_TOKEN_ANSWER, what)
             else:
@@ -165,6 +166,9 @@ async def _token(
         finally:
             await release(response)
     except httpx.TransportError as exc:
+        failed_head = head_error(exc, what)
+        if failed_head is not None:
+            raise failed_head from None
         raise RegistryUnreachableError(
             f"cannot reach the token service of {endpoint.domain} at {realm}: "
             f"{str(exc) or type(exc).__name__}"

@@ -26,6 +26,7 @@ from ferryd.oci.platform import parse_platform
 from ferryd.registry.auth import registry_domain
 from ferryd.registry.credentials import CredentialStore
 from ferryd.registry.endpoints import DEFAULT_INSECURE, RegistryService, split_insecure
+from ferryd.registry.wire import DEFAULT_READ_TIMEOUT
 
 DEFAULT_ROOT = Path("/var/lib/ferryd")
 DEFAULT_SOCKET = Path("/run/ferryd/ferryd.sock")
@@ -104,7 +105,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Seconds for a TCP connection and its TLS handshake; for each read (and write) once
     # connected: a registry silent that long has failed that request.
     connect_timeout: Timeout = 10.0
-    read_timeout: Timeout = 30.0
+    read_timeout: Timeout = DEFAULT_READ_TIMEOUT
     # SIGTERM/SIGINT: seconds running pulls and pushes get to finish before they are
     # cancelled (their partial downloads are kept for the next pull).
     shutdown_timeout: Seconds = 30.0

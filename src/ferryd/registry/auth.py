@@ -315,7 +315,6 @@ class Authenticator:
             )
         service = params.get("service", "")
         creds = self._credentials
-        what = f"{self._registry}: the token service's answer"
         try:
             url = httpx.URL(realm)
             check_port(realm)
@@ -346,32 +345,45 @@ class Authenticator:
                 log.info(
                     "registry.credentials_sent", registry=self._registry, host=url.netloc.decode()
                 )
-            response = await self._http.send(request, stream=True)
-            reason = ""
-            try:
-                status = response.status_code
-                if status == 200:
-                    body = await read_body(response, MAX_TOKEN_ANSWER, what)
-                else:
-                    body = await read_error_body(response, what)
-                    reason = response_refusal(response, body).text
-            finally:
-                await release(response)
+            response, body = await token_answer(self._http, request, self._registry, realm)
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise RegistryProtocolError(
                 f"{self._registry}: cannot use the token realm {realm!r}: {exc}"
             ) from None
-        except httpx.HTTPError as exc:
-            failed_head = head_error(exc, what)
-            if failed_head is not None:
-                raise failed_head from None
-            # Worth retrying, as any other failure to reach the registry is.
-            raise RegistryUnreachableError(
-                f"cannot reach the token service of {self._registry} at {realm}: "
-                f"{str(exc) or type(exc).__name__}"
-            ) from None
+        status = response.status_code
+        reason = "" if status == 200 else response_refusal(response, body).text
         _check_token_status(status, self._registry, creds, reason)
         return _token_from(body, self._registry)
+
+
+async def token_answer(
+    client: httpx.AsyncClient, request: httpx.Request, registry: str, realm: str
+) -> tuple[httpx.Response, bytes]:
+    """A token service's answer to `request` and its body (a token answer's up to
+    MAX_TOKEN_ANSWER, a refusal's for its message). A service that cannot be reached, or
+    whose answer fails, is a RegistryUnreachableError: worth retrying, as any other
+    failure to reach a registry is."""
+    what = f"{registry}: the token service's answer"
+    try:
+        response = await client.send(request, stream=True)
+        try:
+            if response.status_code == 200:
+                body = await read_body(response, MAX_TOKEN_ANSWER, what)
+            else:
+                body = await read_error_body(response, what)
+        finally:
+            await release(response)
+    except httpx.UnsupportedProtocol:
+        raise  # the realm's fault, which the caller words
+    except httpx.HTTPError as exc:
+        failed_head = head_error(exc, what)
+        if failed_head is not None:
+            raise failed_head from None
+        raise RegistryUnreachableError(
+            f"cannot reach the token service of {registry} at {realm}: "
+            f"{str(exc) or type(exc).__name__}"
+        ) from None
+    return response, body
 
 
 async def check_realm(

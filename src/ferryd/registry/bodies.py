@@ -22,6 +22,7 @@ from ferryd.errors import (
     TransientRegistryError,
 )
 from ferryd.oci.mediatypes import Compression
+from ferryd.registry.wire import read_timeout
 from ferryd.untrusted import decimal
 
 MAX_ERROR_BODY = 64 * 1024
@@ -36,7 +37,6 @@ manifest come at 14 KB/s, and a user who raised read_timeout raises this with it
 
 # The read timeout assumed for an answer that does not say it ran with one (built here
 # from bytes already read, say): the connector's default.
-_DEFAULT_READ_TIMEOUT = 30.0
 
 # An answer closed before its body is read loses its connection (httpcore keeps one only
 # once the answer has ended), and the next request pays a new one: a TCP and TLS
@@ -128,9 +128,7 @@ def body_deadline(response: httpx.Response) -> float:
     except RuntimeError:  # a response built without a request
         timeouts = {}
     read = timeouts.get("read") if isinstance(timeouts, dict) else None
-    if not isinstance(read, int | float) or read <= 0:
-        read = _DEFAULT_READ_TIMEOUT
-    return BODY_DEADLINE_READS * float(read)
+    return BODY_DEADLINE_READS * read_timeout(read)
 
 
 def _too_slow(response: httpx.Response, what: str, deadline: float) -> TransientRegistryError:

@@ -18,6 +18,7 @@ from ferryd.registry.auth import ANONYMOUS, Authenticator, Credentials, host_of
 from ferryd.registry.blocking import BlockingConnections
 from ferryd.registry.client import Attempt, RegistryClient, Route
 from ferryd.registry.endpoints import Endpoint, RegistryService
+from ferryd.registry.wire import DEFAULT_READ_TIMEOUT
 
 USER_AGENT = f"ferryd/{__version__}"
 
@@ -91,7 +92,7 @@ class Connector:
         service: RegistryService,
         *,
         connect_timeout: float = 10.0,
-        read_timeout: float = 30.0,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
         proxy: str | None = None,
     ) -> None:
         self.service = service

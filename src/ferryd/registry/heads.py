@@ -46,6 +46,7 @@ import httpcore
 import httpx
 
 from ferryd.errors import RegistryError, TooLargeError, TransientRegistryError
+from ferryd.registry.wire import read_timeout
 
 HEAD_DEADLINE_READS = 10
 """The head of an answer must have come whole within this many read timeouts (300 s with
@@ -56,16 +57,10 @@ MAX_HEAD = 64 * 1024
 passes on from a registry behind it (`proxy_buffer_size`, 4 or 8 KiB), and as much as
 http.client takes in one line."""
 
-# The read timeout assumed for a request that does not say it ran with one: the
-# connector's default (as `bodies` assumes).
-_DEFAULT_READ_TIMEOUT = 30.0
 
-
-def head_deadline(read_timeout: float | None) -> float:
-    """Seconds the head of an answer may take, for requests with `read_timeout`."""
-    if not isinstance(read_timeout, int | float) or read_timeout <= 0:
-        read_timeout = _DEFAULT_READ_TIMEOUT
-    return HEAD_DEADLINE_READS * float(read_timeout)
+def head_deadline(read: float | None) -> float:
+    """Seconds the head of an answer may take, for requests with the read timeout `read`."""
+    return HEAD_DEADLINE_READS * read_timeout(read)
 
 
 class HeadTooSlow(httpx.ReadTimeout):
@@ -223,14 +218,14 @@ class TimedResponse(http.client.HTTPResponse):
         self.fp = io.BufferedReader(self._head)
 
     def begin(self) -> None:
-        read_timeout = self._sock.gettimeout()  # urllib3 set the read timeout on it
-        self._head.watch(read_timeout, head_deadline(read_timeout))
+        timeout = self._sock.gettimeout()  # urllib3 set the read timeout on it
+        self._head.watch(timeout, head_deadline(timeout))
         try:
             super().begin()
         finally:
             self._head.done()
             with contextlib.suppress(OSError):  # closed already: nothing reads it
-                self._sock.settimeout(read_timeout)
+                self._sock.settimeout(timeout)
 
 
 class _HeadReader(io.RawIOBase):

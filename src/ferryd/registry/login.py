@@ -34,19 +34,18 @@ from ferryd.errors import (
 )
 from ferryd.registry.auth import (
     MAX_TOKEN,
-    MAX_TOKEN_ANSWER,
     Credentials,
     basic_authorization,
     check_realm,
     check_token,
     parse_challenges,
     response_refusal,
+    token_answer,
 )
-from ferryd.registry.bodies import read_body, read_error_body, release
+from ferryd.registry.bodies import read_error_body
 from ferryd.registry.client import transport_error
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import Endpoint
-from ferryd.registry.heads import head_error
 from ferryd.registry.wire import check_port
 from ferryd.untrusted import loads
 
@@ -155,24 +154,7 @@ async def _token(
             )
     if not credentials.anonymous:
         log.info("registry.credentials_sent", registry=endpoint.domain, host=url.netloc.decode())
-    what = f"{endpoint.domain}: the token service's answer"
-    try:
-        response = await client.send(request, stream=True)
-        try:
-            if response.status_code == 200:
-                body = await read_body(response, MAX_TOKEN_ANSWER, what)
-            else:
-                body = await read_error_body(response, what)
-        finally:
-            await release(response)
-    except httpx.TransportError as exc:
-        failed_head = head_error(exc, what)
-        if failed_head is not None:
-            raise failed_head from None
-        raise RegistryUnreachableError(
-            f"cannot reach the token service of {endpoint.domain} at {realm}: "
-            f"{str(exc) or type(exc).__name__}"
-        ) from None
+    response, body = await token_answer(client, request, endpoint.domain, realm)
     status = response.status_code
     if status != 200:
         said = response_refusal(response, body)

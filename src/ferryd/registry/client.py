@@ -586,8 +586,10 @@ class RegistryClient:
                 raise RegistryProtocolError(
                     f"{domain}: redirect to an invalid Location {location!r}: {exc}"
                 ) from None
-            if response.status_code == 303:
-                method = "GET"
+            if response.status_code in (301, 302, 303) and method not in ("GET", "HEAD"):
+                # As Go's client (dockerd's) follows them: a GET without the body. Only
+                # 307 and 308 ask for the same request again elsewhere.
+                method, content = "GET", None
         raise RegistryProtocolError(f"{route.endpoint.domain}: more than {MAX_REDIRECTS} redirects")
 
 

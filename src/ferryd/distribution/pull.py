@@ -55,7 +55,9 @@ from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import Endpoint
+from ferryd.store import Store
 from ferryd.store.gc import forget_unnamed_indexes
+from ferryd.store.images import ImageRecord
 from ferryd.store.indexes import default_child
 from ferryd.store.references import Target
 
@@ -165,14 +167,16 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
     for child in source.children:
         _check_config_type(ctx, child.image)
     stats = DownloadStats()
-    fetched: list[_Fetched | None] = [None] * len(source.children)
+    fetched: list[_Fetched | _Kept | None] = [None] * len(source.children)
     # The platforms of an index at once: a layer blob they share is one transfer they
     # all wait on, counted (and shown) once.
     outputs = LayerOwners(progress)
 
     async def one(position: int, child: _Child) -> None:
         image_id = Digest(child.image.config.digest)
-        record = ctx.store.images.record(image_id)
+        kept = _keep_stored(ctx.store, image_id)
+        fetched[position] = kept
+        record = kept.record if kept is not None else None
         if record is None:
             output = outputs.view(position)
             fetched[position] = await _pull_image(
@@ -480,6 +484,52 @@ async def _pull_image(
         return _Fetched(child, raw_config, model, rootfs, release)
 
 
+@dataclass
+class _Kept:
+    """An image a pull found stored: held (its top layer, and with it every layer below;
+    its config blob pinned) until the pull is recorded, so that an rmi meanwhile cannot
+    take what the commit needs to record the image again."""
+
+    record: ImageRecord
+    release: Callable[[], None]
+
+
+def _keep_stored(store: Store, image_id: Digest) -> _Kept | None:
+    """The image `image_id` if it is stored, held (see `_Kept`); None if it is not.
+
+    Hold first, then look again: a removal whose transaction came before the second
+    look has taken it (None: the pull fetches it as new), one after it sees the hold
+    and the pin, and leaves the layers and the config for the commit."""
+    record = store.images.record(image_id)
+    if record is None:
+        return None
+    top = record.top_layer
+    store.blobs.pins.acquire(image_id)
+    if top is not None:
+        store.layers.holds.acquire(top)
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if released:
+            return
+        released = True
+        store.blobs.pins.release(image_id)
+        if top is not None:
+            store.layers.holds.release(top)
+
+    try:
+        still = store.images.record(image_id) is not None
+        still = still and (top is None or store.layers.get(top) is not None)
+    except BaseException:
+        release()
+        raise
+    if not still:
+        release()
+        return None
+    return _Kept(record, release)
+
+
 @dataclass(frozen=True, slots=True)
 class _Recorded:
     image_id: Digest  # what the reference gives for its image
@@ -488,15 +538,20 @@ class _Recorded:
 
 
 def _commit(
-    ctx: PullContext, reference: Reference, source: _Source, fetched: list[_Fetched | None]
+    ctx: PullContext,
+    reference: Reference,
+    source: _Source,
+    fetched: list[_Fetched | _Kept | None],
 ) -> _Recorded:
     """Every new image, every child manifest, the index and the references, in one
     transaction: all of the pull or none of it. Blobs first, fsync'd outside it: the
     database lock is never held across a disk flush. They stay pinned until the rows
-    reference them: a sweep must not take them between."""
+    reference them: a sweep must not take them between. An image the pull found stored
+    and an rmi removed since is stored again, from its config and layers (held)."""
     store = ctx.store
     top = source.top
-    new = [item for item in fetched if item is not None]
+    new = [item for item in fetched if isinstance(item, _Fetched)]
+    kept = [item for item in fetched if isinstance(item, _Kept)]
     blobs: list[tuple[bytes, Digest]] = [
         (item.config, Digest(item.child.image.config.digest)) for item in new
     ]
@@ -509,6 +564,8 @@ def _commit(
         store.blobs.sync(digest for _, digest in blobs)
         with store.db.transaction():
             changed = False
+            for stored in kept:
+                _restore(store, stored.record)
             for item in new:
                 chains = chain_ids(item.rootfs.diff_ids)
                 size = sum(store.layers.size_of(chain) for chain in chains)
@@ -532,6 +589,16 @@ def _commit(
                 target, platforms = _index_target(ctx, top.digest)
             changed |= _tag(ctx, reference, top.digest, target)
             return _Recorded(target.image_id, changed, platforms)
+
+
+def _restore(store: Store, record: ImageRecord) -> None:
+    """Store again, inside the pull's transaction, an image the pull found stored and an
+    rmi removed meanwhile (its config pinned and its layers held, so both are there)."""
+    if store.images.record(record.id) is not None:
+        return
+    store.images.put(
+        store.images.get(record.id), media_type=record.config_media_type, size=record.size
+    )
 
 
 def _index_target(ctx: PullContext, index: Digest) -> tuple[Target, list[str]]:

@@ -40,6 +40,7 @@ from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
 from ferryd.store import Store
 from ferryd.store.indexes import IndexEntry, StoredIndex
+from ferryd.store.manifests import StoredManifest
 from ferryd.store.references import Target
 
 
@@ -286,11 +287,22 @@ async def _push_tag(
     ctx.progress.write(Message(f"{tag.tag}: digest: {digest} size: {len(raw)}"))
     ctx.progress.write(Message(aux={"Tag": tag.tag, "Digest": digest, "Size": len(raw)}))
 
+    def still_stored() -> bool:
+        """Whether what the push would record a digest reference to is still stored: an
+        rmi while it ran leaves the registry with the image, and nothing here to name."""
+        if store.images.record(recorded.image_id) is None:
+            return False
+        return plan.index is None or plan.reduced or store.indexes.get(digest) is not None
+
     def record_push() -> None:
+        if not still_stored():
+            return
         # Pinned until its row references it: a sweep must not take it between.
         with store.blobs.pinned(sha256_digest(raw)):
             store.blobs.put(raw)  # outside the transaction: no fsync under the database lock
             with store.db.transaction():
+                if not still_stored():
+                    return  # removed since the look above: the sweep takes the blob
                 if plan.index is None:
                     store.manifests.add(digest, recorded.image_id, media_type, raw)
                 else:
@@ -328,20 +340,29 @@ async def _push_image(
     one the index lists)."""
     store = ctx.store
 
-    def stored() -> tuple[bytes, RootFS, str]:
-        """The config, its rootfs, and the media type that says the manifest's format:
-        read in a worker thread, as they are blobs on disk."""
-        raw_config = store.images.get(image_id)
+    def stored() -> tuple[bytes, RootFS, str, list[StoredManifest]]:
+        """The config, its rootfs, the media type that says the manifest's format, and
+        the manifests the image came with: read in a worker thread, as they are blobs on
+        disk, and read now, so that the push sends what it started with, whatever an rmi
+        does meanwhile."""
+        try:
+            record = store.images.record(image_id)
+            if record is None:
+                raise ImageNotFoundError(f"No such image: {image_id}")
+            raw_config = store.images.get(image_id)
+            manifests = store.manifests.for_image(image_id)
+        except StoreError:
+            if store.images.record(image_id) is None:  # an rmi took it meanwhile
+                raise ImageNotFoundError(f"No such image: {image_id}") from None
+            raise
         rootfs = rootfs_of(raw_config)
-        record = store.images.record(image_id)
-        if record is None:
-            raise ImageNotFoundError(f"No such image: {image_id}")
-        kept = store.manifests.get(keep) if keep is not None else None
+        kept = next((m for m in manifests if m.digest == keep), None)
         if kept is not None:
-            return raw_config, rootfs, kept.media_type
-        return raw_config, rootfs, ctx.config_media_type or record.config_media_type
+            return raw_config, rootfs, kept.media_type, manifests
+        media_type = ctx.config_media_type or record.config_media_type
+        return raw_config, rootfs, media_type, manifests
 
-    raw_config, rootfs, media_type = await anyio.to_thread.run_sync(stored)
+    raw_config, rootfs, media_type, manifests = await anyio.to_thread.run_sync(stored)
     family = family_of(media_type)
     # As moby: the top layer, held for the whole upload, and the stack below it.
     top = ctx.layers.get(rootfs.chain_id())
@@ -379,9 +400,9 @@ async def _push_image(
         top.release()
     ctx.job.phase = "manifest"
     [config_descriptor] = configs
-    # Off the loop: it reads the image's stored manifests.
+    # Off the loop: it decodes the manifests (up to 4 MiB each).
     media_type, raw = await anyio.to_thread.run_sync(
-        _manifest, store, image_id, family, config_descriptor, descriptors, keep
+        _manifest, manifests, family, config_descriptor, descriptors, keep
     )
     if keep is not None and sha256_digest(raw) != keep:
         raise StoreError(
@@ -440,17 +461,17 @@ async def _push_config(client: RegistryClient, raw: bytes, family: Family) -> De
 
 
 def _manifest(
-    store: Store,
-    image_id: Digest,
+    manifests: list[StoredManifest],
     family: Family,
     config_descriptor: Descriptor,
     layers: list[Descriptor],
     keep: Digest | None = None,
 ) -> tuple[str, bytes]:
-    """The manifest to PUT: the one the image came with when it describes exactly these
-    blobs (so its digest is kept; `keep` first), else a new one of the same format."""
+    """The manifest to PUT: the one the image came with (of `manifests`) when it
+    describes exactly these blobs (so its digest is kept; `keep` first), else a new one
+    of the same format."""
     media_type = manifest_type(family)
-    stored = sorted(store.manifests.for_image(image_id), key=lambda m: m.digest != keep)
+    stored = sorted(manifests, key=lambda m: m.digest != keep)
     for manifest in stored:
         if manifest.media_type != media_type:
             continue

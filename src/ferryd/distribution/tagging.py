@@ -22,6 +22,7 @@ from ferryd.store.gc import (
     release,
     remove_image,
 )
+from ferryd.store.refcount import Watch
 from ferryd.store.sweep import note_removal, sweep
 
 
@@ -54,6 +55,15 @@ def remove_locked(
 ) -> list[dict[str, Any]]:
     """`remove` without its lock and sweep: for callers that hold `store.maintenance`
     and sweep once after several removals (prune)."""
+    # Blobs pinned from before the rows are read until they are deleted stay: a pull or
+    # load that found one there uses it (`delete_blobs`).
+    with store.blobs.pins.watching() as watch:
+        return _remove(store, name, force=force, log=log, watch=watch)
+
+
+def _remove(
+    store: Store, name: str, *, force: bool, log: ImageEventLogger, watch: Watch[Digest]
+) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     image_id = store.resolve_id(name)
     with store.db.transaction():
@@ -77,7 +87,7 @@ def remove_locked(
         if not released.images and not released.indexes:
             return records
         note_removal(store, released.blobs)  # a crash before they are gone: the sweep finishes
-    delete_blobs(store, released.blobs)  # only once the rows are gone for good
+    delete_blobs(store, released.blobs, watch)  # only once the rows are gone for good
     for deleted in released.images:
         log(deleted, name, "delete")
     records += [{"Deleted": index} for index in released.indexes]

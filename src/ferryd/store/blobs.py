@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ferryd.errors import DigestMismatchError, StoreError, disk_errors
 from ferryd.oci.digest import Digest, algorithm_of, hex_of, sha256_digest
-from ferryd.store.refcount import RefCounter
+from ferryd.store.refcount import RefCounter, Watch
 
 TEMP_PREFIX = ".tmp-"
 
@@ -41,6 +41,10 @@ class BlobStore:
         # Blobs a pull has chosen but not yet registered a layer on, and blobs written
         # just before the rows that will reference them: never collected.
         self.pins: RefCounter[Digest] = RefCounter()
+        # Blobs a removal left because they were pinned (`delete_unless_used`): whoever
+        # lets go of them deletes those no row references by then (`gc.unpin`).
+        self._deferred: set[Digest] = set()
+        self._deferred_lock = threading.Lock()
         # Temp files `put` is writing: the sweep leaves them alone.
         self._writing: set[str] = set()
         self._writing_lock = threading.Lock()
@@ -212,6 +216,50 @@ class BlobStore:
     def delete(self, digest: Digest) -> None:
         self.path(digest).unlink(missing_ok=True)
 
+    def take_unless_used(
+        self, digest: Digest, path: Path, watch: Watch[Digest], *, to: Path | None = None
+    ) -> Path | None:
+        """Move `path` (the blob `digest`, or its partial download) to `to`, or else aside
+        to be deleted, unless someone has pinned `digest` since `watch` began (see
+        `RefCounter.watching`); where it went, or None (in use, or gone). Aside is a temp
+        file beside the blobs: a sweep removes it if the process dies before the caller
+        has unlinked it. A rename, under the pins' lock: one who pins `digest` later finds
+        nothing there."""
+        aside = self._blobs / "sha256" / f"{TEMP_PREFIX}removed-{path.parent.name}-{path.name}"
+        target = to if to is not None else aside
+        with self.pins.unless_used(digest, watch) as unused:
+            if not unused:
+                return None
+            try:
+                os.replace(path, target)
+            except FileNotFoundError:
+                return None
+        return target
+
+    def delete_unless_used(self, digest: Digest, watch: Watch[Digest]) -> int:
+        """Delete the blob `digest` unless someone has pinned it since `watch` began (a
+        pull or load that found it there and will reference it, a save that reads it);
+        the bytes freed. One that stays is noted (`deferred`), for whoever lets go of it
+        last to delete if no row references it by then."""
+        aside = self.take_unless_used(digest, self.path(digest), watch)
+        # Once used during a watch, always so for it: None was that, or no file.
+        if aside is None and self.pins.used_since(digest, watch):
+            with self._deferred_lock:
+                self._deferred.add(digest)
+            return 0
+        self.undefer([digest])
+        return _unlink(aside)
+
+    def deferred(self, digests: Iterable[Digest]) -> set[Digest]:
+        """Those of `digests` a removal left because they were pinned."""
+        with self._deferred_lock:
+            return self._deferred.intersection(digests)
+
+    def undefer(self, digests: Iterable[Digest]) -> None:
+        """`digests` are no removal's business any more (gone, or referenced again)."""
+        with self._deferred_lock:
+            self._deferred.difference_update(digests)
+
     def usage(self) -> tuple[int, int]:
         """Bytes and count of the blobs on disk (temp files left out): one scandir of
         each algorithm's directory and a stat per blob. Blocking: from a worker thread.
@@ -235,6 +283,18 @@ class BlobStore:
                         continue
                     count += 1
         return size, count
+
+
+def _unlink(path: Path | None) -> int:
+    """Remove `path` if there is one; the bytes it freed."""
+    if path is None:
+        return 0
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size
 
 
 def _fsync_dir(directory: Path) -> None:

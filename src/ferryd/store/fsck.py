@@ -49,6 +49,7 @@ from ferryd.store.gc import forget_unnamed_indexes
 from ferryd.store.images import ImageRecord
 from ferryd.store.indexes import StoredIndex
 from ferryd.store.layers import Layer
+from ferryd.store.refcount import Watch
 from ferryd.store.store import Store
 from ferryd.store.sweep import Inventory, Leftovers, leftovers, referenced_blobs, scan
 
@@ -186,7 +187,9 @@ class Fsck:
     def run(self, *, repair: bool = False) -> FsckReport:
         started = time.monotonic()
         store = self._store
-        with store.maintenance:
+        # What a running transfer pins from before the listing on is never removed (see
+        # `RefCounter.watching`).
+        with store.maintenance, store.blobs.pins.watching() as watch:
             # Files, then pins and holds, then rows: see `leftovers`.
             inventory = scan(store.blobs)
             held = set(store.layers.holds.keys())
@@ -209,7 +212,7 @@ class Fsck:
                 "References": len(rows.references),
             }
             if repair and self.report.problems:
-                self._repair(rows, inventory, orphans, _below(held, rows.layers))
+                self._repair(rows, inventory, orphans, _below(held, rows.layers), watch)
         self.report.seconds = time.monotonic() - started
         return self.report
 
@@ -376,7 +379,12 @@ class Fsck:
     # -- repair ----------------------------------------------------------------
 
     def _repair(
-        self, rows: _Rows, inventory: Inventory, orphans: Leftovers, in_use: set[Digest]
+        self,
+        rows: _Rows,
+        inventory: Inventory,
+        orphans: Leftovers,
+        in_use: set[Digest],
+        watch: Watch[Digest],
     ) -> None:
         store, removed = self._store, self.report.removed
         layers = {chain for chain in self._bad_layers if chain not in in_use}
@@ -435,23 +443,23 @@ class Fsck:
             | indexes
         )
         still_needed = referenced_blobs(store) if candidates else set()
-        pinned = set(store.blobs.pins.keys())
+        blobs = store.blobs
         for digest in sorted(candidates):
-            if digest in still_needed or digest in pinned:
+            if digest in still_needed or blobs.pins.used_since(digest, watch):
                 if digest in self._bad_blobs:
                     self._keep(CORRUPT_BLOB, digest, f"blob {digest} is still in use")
                 continue
-            if _unlink(store.blobs.path(digest)):
+            if _unlink(blobs.take_unless_used(digest, blobs.path(digest), watch)):
                 removed.append(Removal("blob", digest))
-        for digest, _ in orphans.blobs:
-            if digest not in pinned and _unlink(store.blobs.path(digest)):
+        for digest, path in orphans.blobs:
+            if _unlink(blobs.take_unless_used(digest, path, watch)):
                 removed.append(Removal("blob", digest))
         for path in orphans.temp_files:
             with store.blobs.unless_writing(path) as leftover:
                 if leftover and _unlink(path):
                     removed.append(Removal("file", str(path)))
         for digest, path in orphans.stored_partials:
-            if digest not in pinned and _unlink(path):
+            if _unlink(blobs.take_unless_used(digest, path, watch)):
                 removed.append(Removal("file", str(path)))
         for path in inventory.stray:
             if _unlink(path):
@@ -477,7 +485,10 @@ def hash_file(path: Path, digest: Digest) -> str:
     return f"{digest.partition(':')[0]}:{hasher.hexdigest()}"
 
 
-def _unlink(path: Path) -> bool:
+def _unlink(path: Path | None) -> bool:
+    """Remove `path` (what `take_unless_used` set aside: None when it did not)."""
+    if path is None:
+        return False
     try:
         path.unlink()
     except FileNotFoundError:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from ferryd.oci.digest import Digest
 from ferryd.store.layers import Layer
+from ferryd.store.refcount import Watch
 from ferryd.store.store import Store
 
 
@@ -117,11 +118,17 @@ def release(store: Store, images: Iterable[Digest]) -> Released:
     return released
 
 
-def delete_blobs(store: Store, blobs: set[Digest]) -> None:
-    """Remove blob files whose rows are gone (after the commit)."""
+def delete_blobs(store: Store, blobs: set[Digest], watch: Watch[Digest] | None = None) -> None:
+    """Remove blob files whose rows are gone (after the commit), but those pinned since
+    `watch` began (begun before the transaction read the rows: `RefCounter.watching`;
+    None: those pinned now): a pull or load that found one of them there, and will
+    register a row on it or has, keeps it."""
+    if watch is None:
+        with store.blobs.pins.watching() as now:
+            delete_blobs(store, blobs, now)
+        return
     for blob in blobs:
-        if blob not in store.blobs.pins:  # a pull is about to register a layer on it
-            store.blobs.delete(blob)
+        store.blobs.delete_unless_used(blob, watch)
 
 
 def _unused_layers(store: Store) -> list[Layer]:
@@ -144,3 +151,34 @@ def _depth(layers: dict[Digest, Layer], layer: Layer) -> int:
         depth += 1
         layer = layers[layer.parent]
     return depth
+
+
+def unpin(store: Store, digests: Iterable[Digest]) -> None:
+    """Let go of the pins on `digests`, and delete those of them a removal left because
+    they were pinned (`delete_blobs`) that no row has referenced since: what the removal
+    would have deleted. Blocking (the database, the disk): from a worker thread."""
+    digests = list(digests)
+    blobs = store.blobs
+    for digest in digests:
+        blobs.pins.release(digest)
+    left = blobs.deferred(digests)
+    if not left:
+        return
+    # Released first, then watched: one who pinned and committed a row between is seen
+    # in the rows, one who pinned before and holds on is seen by the watch.
+    with store.maintenance, blobs.pins.watching() as watch:
+        referenced = {digest for digest in left if is_referenced(store, digest)}
+        blobs.undefer(referenced)
+        for digest in sorted(left - referenced):
+            blobs.delete_unless_used(digest, watch)
+
+
+def is_referenced(store: Store, digest: Digest) -> bool:
+    """Whether a row needs the blob `digest`: a layer's, a config, a manifest, an index."""
+    row = store.db.one(
+        "SELECT 1 FROM layers WHERE blob_digest = ? UNION ALL SELECT 1 FROM images WHERE id = ? "
+        "UNION ALL SELECT 1 FROM manifests WHERE digest = ? "
+        "UNION ALL SELECT 1 FROM indexes WHERE digest = ? LIMIT 1",
+        (digest, digest, digest, digest),
+    )
+    return row is not None

@@ -6,13 +6,14 @@ leaves a blob file no row references, and `BlobStore.put` can leave a `.tmp-*` f
 The daemon sweeps at start (before it serves) and after each `rmi`:
 
 - blob files no layer, image, manifest or index row references, unless a running
-  transfer pins them (a pull between storing a blob and registering it). A layer blob
-  written in the last `PARTIAL_MAX_AGE` is most likely one a pull verified and had not
-  yet registered when it failed or the daemon died: it goes back to `partial/` as a
-  complete partial download, which the next pull of its image verifies from disk
-  instead of fetching again. Older ones, configs, manifests and indexes (JSON), and
-  those an rmi was deleting when the daemon died (it notes them first:
-  `note_removal`) go;
+  transfer pins them (a pull between storing a blob and registering it), or pinned them
+  at any moment since the sweep began (a pull or load that found the file there and
+  registers a row on it: `RefCounter.watching`). A layer blob written in the last
+  `PARTIAL_MAX_AGE` is most likely one a pull verified and had not yet registered when
+  it failed or the daemon died: it goes back to `partial/` as a complete partial
+  download, which the next pull of its image verifies from disk instead of fetching
+  again. Older ones, configs, manifests and indexes (JSON), and those an rmi was
+  deleting when the daemon died (it notes them first: `note_removal`) go;
 - `.tmp-*` files in the blob directories that no `put` is writing, and the staging
   directories under `loading/` that no running load uses (`ferryd.store.staging`),
   counted with them;
@@ -189,21 +190,31 @@ def sweep(store: Store, *, reason: str, now: float | None = None) -> SweepResult
 
 def _sweep(store: Store, counts: dict[str, int], cutoff: float) -> int:
     freed = 0
-    with store.maintenance:
-        found = scan(store.blobs)
+    blobs = store.blobs
+    # A blob or partial file pinned at any moment from before the listing until it
+    # would go stays: a pull or load that found it there uses it.
+    with store.maintenance, blobs.pins.watching() as watch:
+        found = scan(blobs)
         orphans = leftovers(store, found)
         stale = {digest for digest, _ in orphans.stored_partials}
         for digest, path in found.partials.items():
             if digest in orphans.pinned:
                 continue  # a transfer is writing it
             if digest in stale or _older_than(path, cutoff):
-                freed += _remove(path, counts, "partials")
+                freed += _taken(blobs.take_unless_used(digest, path, watch), counts, "partials")
         removing = _noted_removals(store)
         for digest, path in orphans.blobs:
             if digest in removing or _older_than(path, cutoff) or _is_json(path):
-                freed += _remove(path, counts, "blobs")
-            elif _move(path, store.blobs.partial_path(digest)):
-                counts["blobs_to_partial"] += 1
+                taken = blobs.take_unless_used(digest, path, watch)
+                freed += _taken(taken, counts, "blobs")
+            else:
+                # A whole, verified blob replaces any shorter partial download of it.
+                taken = blobs.take_unless_used(digest, path, watch, to=blobs.partial_path(digest))
+                counts["blobs_to_partial"] += taken is not None
+            if taken is not None:
+                blobs.undefer([digest])  # no removal waits for it any more
+        # Nor for one a row references again (a pull that had it pinned registered it).
+        blobs.undefer(blobs.deferred(orphans.referenced))
         for path in orphans.temp_files:
             with store.blobs.unless_writing(path) as leftover:
                 if leftover:
@@ -231,13 +242,10 @@ def _is_json(path: Path) -> bool:
         return False
 
 
-def _move(blob: Path, partial: Path) -> bool:
-    """A whole, verified blob replaces any shorter partial download of it."""
-    try:
-        os.replace(blob, partial)
-    except FileNotFoundError:
-        return False
-    return True
+def _taken(aside: Path | None, counts: dict[str, int], kind: str) -> int:
+    """Unlink what `take_unless_used` set aside (if it did), count it, and return the
+    bytes it freed."""
+    return _remove(aside, counts, kind) if aside is not None else 0
 
 
 def _remove(path: Path, counts: dict[str, int], kind: str) -> int:

@@ -16,10 +16,11 @@ for the default platform. With a `platform`, the image of that platform alone is
 
 Everything is decided before the first byte (an unknown name is a 404, an image of
 another platform too) and held until the last: the images' top layers (and with them
-every layer below), their config and manifest blobs. Blobs are streamed from disk in
-1 MiB pieces, each read and hashed in one worker-thread call; a blob that is no longer
-what its digest says ends the archive short, and the client sees a cut transfer rather
-than a corrupt archive.
+every layer below); their configs, manifests and indexes are read then, and kept in
+memory (an rmi while the archive streams deletes their files). Layer blobs are streamed
+from disk in 1 MiB pieces, each read and hashed in one worker-thread call; a blob that
+is no longer what its digest says ends the archive short, and the client sees a cut
+transfer rather than a corrupt archive.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from ferryd.oci.mediatypes import (
 from ferryd.oci.platform import Platform, check_platform
 from ferryd.oci.reference import Reference, parse_reference
 from ferryd.store import Store
+from ferryd.store.gc import unpin
 from ferryd.store.images import ImageRecord
 from ferryd.store.indexes import StoredIndex
 from ferryd.store.layers import Layer
@@ -225,8 +227,15 @@ def prepare_export(store: Store, names: list[str], platform: Platform | None) ->
         export.images = list(dict.fromkeys(export.images))
         export._entries = _entries(store, list(images.values()), list(indexes.values()), pinned)
     except BaseException:
+        export._pinned = []  # let go of below, with what an rmi meanwhile left to us
         export.release()
+        unpin(store, pinned)
         raise
+    # The configs, manifests and indexes the archive holds are in memory now: their pins
+    # go (and their files, if an rmi removed them meanwhile), so that an rmi while the
+    # archive streams deletes them at once. The layers stay held until its end.
+    export._pinned = []
+    unpin(store, pinned)
     return export
 
 

@@ -6,17 +6,15 @@ In-process and deterministic: `update()`'s throttle reads a fake clock (the modu
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-import anyio
 import pytest
 
+from ferryd.daemon.api.streaming import _Backlog
 from ferryd.distribution import progress
 from ferryd.distribution.progress import (
     Broadcast,
     Message,
-    StreamOutput,
     progress_bar,
 )
 
@@ -279,39 +277,11 @@ def test_write_is_never_throttled(clock: Clock) -> None:
 # -- outputs -------------------------------------------------------------------------
 
 
-async def test_stream_output_passes_messages_into_its_stream() -> None:
-    send, receive = anyio.create_memory_object_stream[Message](math.inf)
-    with send, receive:
-        output = StreamOutput(send)
-        output.write(downloading(10))
-        output.write(downloading(20))
-        assert [receive.receive_nowait(), receive.receive_nowait()] == [
-            downloading(10),
-            downloading(20),
-        ]
-
-
-async def test_stream_output_never_raises_once_the_client_went_away() -> None:
-    send, receive = anyio.create_memory_object_stream[Message](math.inf)
-    with send:
-        receive.close()
-        StreamOutput(send).write(downloading(10))  # BrokenResourceError, swallowed
-
-
-async def test_stream_output_never_raises_once_its_stream_is_closed() -> None:
-    send, receive = anyio.create_memory_object_stream[Message](math.inf)
-    with receive:
-        send.close()
-        StreamOutput(send).write(downloading(10))  # ClosedResourceError, swallowed
-
-
 async def test_client_that_went_away_does_not_stop_messages_to_the_others() -> None:
-    gone_send, gone_receive = anyio.create_memory_object_stream[Message](math.inf)
-    send, receive = anyio.create_memory_object_stream[Message](math.inf)
-    with gone_send, send, receive:
-        broadcast = Broadcast()
-        broadcast.attach(StreamOutput(gone_send))
-        broadcast.attach(StreamOutput(send))
-        gone_receive.close()
-        broadcast.write(downloading(10))
-        assert receive.receive_nowait() == downloading(10)
+    gone, staying = _Backlog(), _Backlog()
+    broadcast = Broadcast()
+    broadcast.attach(gone)
+    broadcast.attach(staying)
+    gone.end()  # its client left: what it is written is dropped
+    broadcast.write(downloading(10))
+    assert (gone.take_nowait(), staying.take_nowait()) == ([], [downloading(10)])

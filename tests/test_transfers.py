@@ -7,6 +7,7 @@ is checked once every task is blocked (`anyio.wait_all_tasks_blocked`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -22,7 +23,7 @@ from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ferryd.distribution import transfers
-from ferryd.distribution.progress import Broadcast, Message, StreamOutput
+from ferryd.distribution.progress import Broadcast, Message
 from ferryd.distribution.transfers import RetryPolicy, TransferPool, TransferState, with_retries
 from ferryd.errors import (
     FerrydError,
@@ -176,7 +177,7 @@ class Pool:
             try:
                 watcher.result = await self.pool.join(
                     key,
-                    StreamOutput(watcher.send),
+                    _Into(watcher.send),
                     work,
                     name=names.get("name", LAYER),
                     progress_id=names.get("progress_id", LAYER_ID),
@@ -184,6 +185,17 @@ class Pool:
             except Exception as exc:
                 watcher.error = exc
         watcher.finished.set()
+
+
+@dataclass
+class _Into:
+    """A watcher's output: its messages into its stream, until the stream is closed."""
+
+    send: MemoryObjectSendStream[Message]
+
+    def write(self, message: Message) -> None:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.send.send_nowait(message)
 
 
 async def _transfers_group(*, task_status: TaskStatus[TaskGroup]) -> None:

@@ -7,14 +7,10 @@ A message is what docker's `jsonmessage.JSONMessage` holds: `status`, `id`,
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from ferryd.units import human_size
 
@@ -55,18 +51,6 @@ class Message:
 
 class ProgressOutput(Protocol):
     def write(self, message: Message) -> None: ...
-
-
-@dataclass
-class StreamOutput:
-    """Feeds an API response: messages go into an unbounded memory stream."""
-
-    send: MemoryObjectSendStream[Message]
-
-    def write(self, message: Message) -> None:
-        # A client that went away must not stop the transfer for the others.
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self.send.send_nowait(message)
 
 
 class LayerOwners:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from ferryd.codec import archive_inflater
+from ferryd.distribution.archives import load as load_module
 from ferryd.distribution.archives import load_archive
 from ferryd.distribution.archives.intake import Intake
 from ferryd.distribution.archives.load import LoadedImage
@@ -508,29 +509,28 @@ async def test_a_failed_load_keeps_a_blob_another_transfer_has_pinned(store: Sto
     assert store.blobs.path(layer).read_bytes() == image.layer
 
 
-async def test_a_blob_pinned_while_it_is_being_taken_back_is_put_back(
+async def test_a_blob_pinned_while_it_is_being_taken_back_stays(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Another load pins the layer after the failed one renamed it out of blobs/ and
-    before it read the pins: it goes back where that load will look for it."""
+    """Another load pins the layer while the failed one reads which blobs the rows use:
+    it stays where that load will look for it."""
     image = Image()
     layer = Digest(sha256(image.layer))
-    keys = store.blobs.pins.keys
-    seen: list[bool] = []
+    rows = load_module.referenced_blobs
 
-    def pins_with_a_newcomer() -> list[Digest]:
-        seen.append(store.blobs.has(layer))
-        return [*keys(), layer]
+    def rows_read_while_a_newcomer_pins(store: Store) -> set[Digest]:
+        store.blobs.pins.acquire(layer)
+        return rows(store)
 
-    monkeypatch.setattr(store.blobs.pins, "keys", pins_with_a_newcomer)
+    monkeypatch.setattr(load_module, "referenced_blobs", rows_read_while_a_newcomer_pins)
     restore = _failing_transaction(store)
     try:
         with pytest.raises(StoreError):
             await load_in(store, oci_archive(image))
     finally:
         restore()
+        store.blobs.pins.release(layer)
 
-    assert seen == [False]  # it was out of blobs/ when the pins were read
     assert store.blobs.path(layer).read_bytes() == image.layer
     assert [p for p in blob_files(store) if not p.endswith(layer[7:])] == []
 

@@ -35,7 +35,6 @@ why), and nothing is stored.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from dataclasses import dataclass, field, replace
@@ -64,7 +63,7 @@ from ferryd.errors import (
     FerrydError,
     PlatformNotFoundError,
 )
-from ferryd.oci.digest import Digest, algorithm_of, chain_ids, hex_of, sha256_digest, short_id
+from ferryd.oci.digest import Digest, algorithm_of, chain_ids, sha256_digest, short_id
 from ferryd.oci.image_config import MAX_CONFIG_SIZE, decode_config, rootfs_and_os
 from ferryd.oci.manifest import (
     MAX_LAYERS,
@@ -161,7 +160,7 @@ async def load_archive(
                     await anyio.to_thread.run_sync(intake.abort)
             plans = await anyio.to_thread.run_sync(_plan, intake, platform)
             loaded = await anyio.to_thread.run_sync(
-                _commit, store, plans, default_platform or host_platform(), directory
+                _commit, store, plans, default_platform or host_platform()
             )
     seconds = round(time.monotonic() - started, 3)
     for image in loaded:
@@ -924,9 +923,7 @@ def _check_layers(intake: Intake, plan: _ImagePlan) -> None:
 # -- 3. commit -------------------------------------------------------------------------
 
 
-def _commit(
-    store: Store, planned: _Plans, default_platform: Platform, directory: Path
-) -> list[LoadedImage]:
+def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[LoadedImage]:
     layers, blobs = store.layers, store.blobs
     plans = planned.images
     held: list[Digest] = []
@@ -997,39 +994,27 @@ def _commit(
         # The disk or the database failed (what else is raised is a bug, left as a crash
         # leaves it, for the sweep): what this load added goes again, once let go.
         release()
-        _take_back(store, written, directory)
+        _take_back(store, written)
         raise
     finally:
         release()
 
 
-def _take_back(store: Store, written: list[Digest], directory: Path) -> None:
+def _take_back(store: Store, written: list[Digest]) -> None:
     """Remove the blobs a failed load added that nothing uses, rather than leave them to
-    the next sweep. Each is renamed out of `blobs/` first, and only then are the pins and
-    the rows read, in that order (as the sweep reads them): another load or pull pins a
-    blob before it looks for it and until its rows are committed, so one that found it
-    there is seen, and it is put back. Best effort: what is left is the sweep's."""
+    the next sweep: as a removal removes blobs (`delete_unless_used`), watching the pins
+    from before the rows are read, so that another load or pull that found one of them
+    there and uses it keeps it. Best effort: what is left is the sweep's."""
     blobs = store.blobs
-    with store.maintenance:  # sweeps, removals and fsck see it whole
-        aside: dict[Digest, Path] = {}
-        for digest in written:
-            path = directory / f"taken-back-{algorithm_of(digest)}-{hex_of(digest)}"
-            with contextlib.suppress(OSError):
-                os.replace(blobs.path(digest), path)
-                aside[digest] = path
-        if not aside:
-            return
+    with store.maintenance, blobs.pins.watching() as watch:  # sweeps and fsck see it whole
         try:
-            pins = set(blobs.pins.keys())
-            used = pins | referenced_blobs(store)
+            used = referenced_blobs(store)
         except FerrydError:
-            used = set(aside)  # cannot tell: all of them go back
-        for digest, path in aside.items():
-            if digest in used:
-                with contextlib.suppress(OSError, FerrydError):
-                    blobs.move_in(path, digest, sync_dir=True)
-            else:
-                path.unlink(missing_ok=True)
+            return  # cannot tell which are used: the sweep will
+        for digest in written:
+            if digest not in used:
+                with contextlib.suppress(OSError):
+                    blobs.delete_unless_used(digest, watch)
 
 
 def _register_index(

@@ -137,6 +137,18 @@ def check_platform(
     )
 
 
+def platform_of_parts(os: str, architecture: str, variant: str | None, *, given: str) -> Platform:
+    """A platform given in parts (dockerd's JSON `platform`: `given`), each part checked
+    as `parse_platform` checks the parts of `os/arch/variant`: they reach messages, logs
+    and registries."""
+    for part in (os, architecture, variant):
+        if part is not None and not _PART.fullmatch(part):
+            raise InvalidPlatformError(
+                f"invalid platform {given!r}: {part!r} is not an os, architecture or variant"
+            )
+    return normalize(os, architecture, variant)
+
+
 def parse_platform(text: str) -> Platform:
     """Parse `linux`, `linux/arm64`, `linux/arm/v7`; the OS alone means this host's arch.
 

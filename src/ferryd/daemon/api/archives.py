@@ -5,7 +5,6 @@ answer streams docker's messages (`Loading layer`, `{"stream": "Loaded image: â€
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator
 
@@ -22,14 +21,11 @@ from ferryd.daemon.api.streaming import ProgressStream, cancel_on_disconnect
 from ferryd.distribution.archives import Export, load_archive, prepare_export
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.distribution.service import ImageService
-from ferryd.errors import BadRequestError, FerrydError, InvalidPlatformError
-from ferryd.oci.platform import Platform, normalize, parse_platform
+from ferryd.errors import BadRequestError, FerrydError
+from ferryd.oci.platform import Platform, parse_platform, platform_of_parts
 from ferryd.untrusted import loads
 
 log = structlog.get_logger("ferryd.api")
-
-# What `os/arch/variant` allows in each part (ferryd.oci.platform.parse_platform).
-_PLATFORM_PART = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 async def save_images(request: Request) -> Response:
@@ -75,13 +71,7 @@ def platform_param(text: str) -> Platform | None:
     if not value.get("os") or not value.get("architecture"):
         raise BadRequestError("both OS and Architecture must be provided")
     variant = value.get("variant") or None
-    for part in (value["os"], value["architecture"], variant):
-        # Checked as the os/arch form's parts are: they reach messages, logs and registries.
-        if part is not None and not _PLATFORM_PART.fullmatch(part):
-            raise InvalidPlatformError(
-                f"invalid platform {text!r}: {part!r} is not an os, architecture or variant"
-            )
-    return normalize(value["os"], value["architecture"], variant)
+    return platform_of_parts(value["os"], value["architecture"], variant, given=text)
 
 
 class _TarResponse(Response):

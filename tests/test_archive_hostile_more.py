@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from ferryd.codec import archive_inflater
-from ferryd.distribution.archives import load as load_module
 from ferryd.distribution.archives import load_archive
 from ferryd.distribution.archives.intake import Intake
 from ferryd.distribution.archives.load import LoadedImage
@@ -33,7 +32,7 @@ from ferryd.distribution.progress import Message
 from ferryd.errors import ArchiveError, ContentError, StoreError
 from ferryd.oci.digest import Digest
 from ferryd.oci.platform import host_platform
-from ferryd.store import Store
+from ferryd.store import Store, gc
 from ferryd.store.fsck import check
 from support.archives import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, TarWriter
 from support.digests import sha256
@@ -512,17 +511,18 @@ async def test_a_failed_load_keeps_a_blob_another_transfer_has_pinned(store: Sto
 async def test_a_blob_pinned_while_it_is_being_taken_back_stays(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Another load pins the layer while the failed one reads which blobs the rows use:
+    """Another load pins the layer while the failed one reads whether the rows use it:
     it stays where that load will look for it."""
     image = Image()
     layer = Digest(sha256(image.layer))
-    rows = load_module.referenced_blobs
+    rows = gc.is_referenced
 
-    def rows_read_while_a_newcomer_pins(store: Store) -> set[Digest]:
-        store.blobs.pins.acquire(layer)
-        return rows(store)
+    def rows_read_while_a_newcomer_pins(store: Store, digest: Digest) -> bool:
+        if digest == layer:
+            store.blobs.pins.acquire(layer)
+        return rows(store, digest)
 
-    monkeypatch.setattr(load_module, "referenced_blobs", rows_read_while_a_newcomer_pins)
+    monkeypatch.setattr(gc, "is_referenced", rows_read_while_a_newcomer_pins)
     restore = _failing_transaction(store)
     try:
         with pytest.raises(StoreError):
@@ -533,6 +533,20 @@ async def test_a_blob_pinned_while_it_is_being_taken_back_stays(
 
     assert store.blobs.path(layer).read_bytes() == image.layer
     assert [p for p in blob_files(store) if not p.endswith(layer[7:])] == []
+
+
+async def test_an_import_whose_transaction_fails_leaves_no_blob_behind(store: Store) -> None:
+    restore = _failing_transaction(store)
+    try:
+        with pytest.raises(StoreError, match="the database is broken"):
+            await import_in(store, layer_tar())
+    finally:
+        restore()
+
+    assert_untouched(store)
+    assert check(store).to_json()["Problems"] == []
+    await import_in(store, layer_tar())  # and the next one imports
+    assert len(store.images.ids()) == 1
 
 
 async def test_concurrent_loads_of_one_archive_all_succeed(store: Store) -> None:

@@ -36,13 +36,13 @@ from ferryd.codec import BATCH_SIZE, ArchiveSink
 from ferryd.distribution.archives import tarstream
 from ferryd.distribution.changes import apply_changes, empty_config
 from ferryd.distribution.events import ImageEventLogger, failure_logged
-from ferryd.errors import ArchiveError, BadRequestError, ContentError
+from ferryd.errors import ArchiveError, BadRequestError, ContentError, FerrydError
 from ferryd.oci.digest import Digest, chain_id, sha256_digest
 from ferryd.oci.mediatypes import DOCKER_CONFIG, DOCKER_LAYER_TAR
 from ferryd.oci.platform import Platform
 from ferryd.oci.reference import Reference
 from ferryd.store import Store
-from ferryd.store.gc import forget_unnamed_indexes
+from ferryd.store.gc import forget_unnamed_indexes, take_back
 from ferryd.store.staging import staged_in
 
 DEFAULT_SOURCE = "-"  # fromSrc: the request body
@@ -242,6 +242,7 @@ def _commit(
     layers, blobs = store.layers, store.blobs
     chain = chain_id(None, diff_id)
     image_id = sha256_digest(config)
+    added: list[Digest] = []  # blobs this import put into the store
     layers.holds.acquire(chain)  # hold first, then look
     try:
         with blobs.pinned(diff_id, image_id):
@@ -249,8 +250,11 @@ def _commit(
             if not known and not blobs.has(diff_id):
                 # The tar was verified and fsync'd as it streamed in.
                 blobs.move_in(staged, diff_id)
-            blobs.put(config, image_id)
-            blobs.sync([diff_id, image_id])  # one found there may be a pull's, unflushed
+                added.append(diff_id)
+            if not blobs.has(image_id):
+                added.append(image_id)
+            blobs.put(config, image_id)  # flushed, or flushes one found unflushed
+            blobs.sync([diff_id])  # one found there may be a pull's, unflushed
             with store.db.transaction():
                 if layers.get(chain) is None:
                     layers.register(None, diff_id, diff_id, DOCKER_LAYER_TAR, size, size)
@@ -259,6 +263,11 @@ def _commit(
                 if reference is not None:
                     store.references.add(reference, image_id)
                     forget_unnamed_indexes(store)  # the tag may have named an index
+    except FerrydError:
+        # The disk or the database failed: what this import added goes again (as a
+        # failed load's), now that its pins are let go.
+        take_back(store, added)
+        raise
     finally:
         layers.holds.release(chain)
     return image_id

@@ -13,9 +13,11 @@ does; a tag that moves leaves them dangling, as it leaves a single image).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ferryd.errors import FerrydError
 from ferryd.oci.digest import Digest
 from ferryd.store.layers import Layer
 from ferryd.store.refcount import Watch
@@ -182,3 +184,21 @@ def is_referenced(store: Store, digest: Digest) -> bool:
         (digest, digest, digest, digest),
     )
     return row is not None
+
+
+def take_back(store: Store, added: Iterable[Digest]) -> None:
+    """Remove the blobs a failed load or import `added` that no row references, rather
+    than leave them to the next sweep: as a removal removes blobs (`delete_unless_used`),
+    watching the pins from before the rows are read, so that another load or pull that
+    found one of them there and uses it keeps it. Call it once the caller's own pins are
+    let go. Best effort: what a failing database cannot tell is left to the sweep."""
+    blobs = store.blobs
+    with store.maintenance, blobs.pins.watching() as watch:  # sweeps and fsck see it whole
+        for digest in added:
+            try:
+                if is_referenced(store, digest):
+                    continue
+            except FerrydError:
+                return
+            with contextlib.suppress(OSError):
+                blobs.delete_unless_used(digest, watch)

@@ -34,7 +34,6 @@ why), and nothing is stored.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from dataclasses import dataclass, field, replace
@@ -91,11 +90,10 @@ from ferryd.oci.mediatypes import (
 from ferryd.oci.platform import Platform, host_platform, normalize
 from ferryd.oci.reference import Reference
 from ferryd.store import Store
-from ferryd.store.gc import forget_unnamed_indexes
+from ferryd.store.gc import forget_unnamed_indexes, take_back
 from ferryd.store.indexes import default_child
 from ferryd.store.references import Target
 from ferryd.store.staging import staged_in
-from ferryd.store.sweep import referenced_blobs
 
 # Decompressed archive bytes one worker call handles at most before it gives the event
 # loop a turn (progress, cancellation): a small gzip member can inflate a thousandfold.
@@ -994,27 +992,10 @@ def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[L
         # The disk or the database failed (what else is raised is a bug, left as a crash
         # leaves it, for the sweep): what this load added goes again, once let go.
         release()
-        _take_back(store, written)
+        take_back(store, written)
         raise
     finally:
         release()
-
-
-def _take_back(store: Store, written: list[Digest]) -> None:
-    """Remove the blobs a failed load added that nothing uses, rather than leave them to
-    the next sweep: as a removal removes blobs (`delete_unless_used`), watching the pins
-    from before the rows are read, so that another load or pull that found one of them
-    there and uses it keeps it. Best effort: what is left is the sweep's."""
-    blobs = store.blobs
-    with store.maintenance, blobs.pins.watching() as watch:  # sweeps and fsck see it whole
-        try:
-            used = referenced_blobs(store)
-        except FerrydError:
-            return  # cannot tell which are used: the sweep will
-        for digest in written:
-            if digest not in used:
-                with contextlib.suppress(OSError):
-                    blobs.delete_unless_used(digest, watch)
 
 
 def _register_index(

@@ -800,7 +800,8 @@ def _oci_image(intake: Intake, manifest: FetchedManifest, decoded: _Decoded) -> 
     except ContentError as exc:
         raise ArchiveError(f"the archive's manifest {manifest.digest}: {exc}") from None
     digest = Digest(image.config.digest)
-    if _resolve_blob(intake, digest) is None:
+    staged = _sized_blob(intake, image.config)
+    if staged is None:
         raise _Missing(
             digest,
             ArchiveError(
@@ -808,7 +809,6 @@ def _oci_image(intake: Intake, manifest: FetchedManifest, decoded: _Decoded) -> 
                 "which the archive does not have"
             ),
         )
-    staged = _sized_blob(intake, image.config)
     config = _image_config(decoded, staged, layout.blob_name(digest), image.config.digest)
     image_id, diff_ids = config.image_id, list(config.diff_ids)
     if len(image.layers) != len(diff_ids):

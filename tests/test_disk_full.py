@@ -3,12 +3,16 @@ the daemon starts on a full disk, and rmi frees space there."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from support.archives import load
 from support.daemon import Daemon, errors
 from support.images import LayerSpec, build_image, seed
 from support.registry import Registry
@@ -97,3 +101,26 @@ def test_a_store_on_a_full_disk_without_room_kept_fails_to_start_saying_so(
 
     assert "disk full" in str(failed.value)
     assert f"free space under {disk / 'root'}" in str(failed.value)
+
+
+def test_a_compressed_load_that_expands_past_the_disk_fails_naming_it_and_leaves_nothing(
+    start_daemon: Callable[..., Daemon], disk: Path
+) -> None:
+    """A 20 KB gzip that expands to 24 MB on an 8 MiB disk: its staging stops at the full
+    disk, the load says so, its staging directory goes, and the disk is as before."""
+    daemon = start_daemon(root=str(disk / "root"))
+    before = free_bytes(disk)
+    zeros = bytes(24 << 20)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo(f"blobs/sha256/{hashlib.sha256(zeros).hexdigest()}")
+        info.size = len(zeros)
+        tar.addfile(info, io.BytesIO(zeros))
+    assert len(buffer.getvalue()) < 100_000
+
+    answer = load(daemon, buffer.getvalue())
+
+    assert FULL in (answer.error or "")
+    assert [p for p in (disk / "root" / "loading").rglob("*") if p.is_file()] == []
+    assert free_bytes(disk) >= before - 64 * 1024
+    daemon.client().request("GET", "/_ping").read()

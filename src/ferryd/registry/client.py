@@ -590,7 +590,13 @@ class RegistryClient:
                 # As Go's client (dockerd's) follows them: a GET without the body. Only
                 # 307 and 308 ask for the same request again elsewhere.
                 method, content = "GET", None
+                headers = {k: v for k, v in headers.items() if k.lower() not in _BODY_HEADERS}
         raise RegistryProtocolError(f"{route.endpoint.domain}: more than {MAX_REDIRECTS} redirects")
+
+
+# What describes a request's body, dropped with the body when a redirect turns the
+# request into a GET (h11 refuses a Content-Length with no body to match).
+_BODY_HEADERS = frozenset({"content-length", "content-type", "content-range", "transfer-encoding"})
 
 
 async def _send(route: Route, request: httpx.Request, what: str) -> httpx.Response:

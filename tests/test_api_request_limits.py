@@ -273,14 +273,28 @@ def test_a_body_the_answer_did_not_wait_for_is_not_read_forever(daemon: Daemon) 
     assert closed_by_peer(sock)
 
 
-def test_a_body_that_ends_soon_after_the_answer_is_taken(daemon: Daemon) -> None:
-    """A small body the answer did not wait for: the client can still send it whole."""
+def test_a_body_that_ends_soon_after_the_answer_is_taken_and_the_connection_kept(
+    daemon: Daemon,
+) -> None:
+    """A small body the answer did not wait for: the client can still send it whole, and
+    its connection serves the next request (the answer did not say it would close)."""
     sock = connect(daemon.socket)
     sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: ferryd\r\nContent-Length: 100000\r\n\r\n")
-    assert read_answer(sock)[0] == 200
+    status, headers, _ = read_answer(sock)
+    assert (status, headers.get("connection")) == (200, None)
 
     sock.sendall(b"b" * 100_000)  # no reset: it was read
-    assert closed_by_peer(sock)
+    sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: ferryd\r\n\r\n")
+    assert read_answer(sock)[0] == 200
+
+
+def test_a_request_in_the_read_that_ends_a_dropped_body_is_answered(daemon: Daemon) -> None:
+    sock = connect(daemon.socket)
+    sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: ferryd\r\nContent-Length: 10\r\n\r\n")
+    assert read_answer(sock)[0] == 200
+
+    sock.sendall(b"0123456789" + b"GET /_ping HTTP/1.1\r\nHost: ferryd\r\n\r\n")
+    assert read_answer(sock)[0] == 200
 
 
 def test_a_login_declared_past_the_limit_is_refused_with_413_at_once(daemon: Daemon) -> None:

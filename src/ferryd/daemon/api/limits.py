@@ -16,6 +16,9 @@ and dropped for as long as the client sent it. Now, per connection:
   dockerd (Go's server) allows 1 MiB; docker's real requests are far smaller (a login
   in `X-Registry-Auth` with a registry's identity token is a few KB, `filters` less),
   and httptools refuses a URL over 65,535 bytes anyway. At most `MAX_HEADERS` headers.
+  A head that begins in the read that ends the request before it is counted from the
+  next read on (the parser does not say where a message ended), so it may reach twice
+  `MAX_HEAD`: still a bound, for a client that pipelines.
 - A chunked body's framing (chunk sizes, extensions) and trailer, the bytes that are
   not body, take at most `MAX_HEAD` bytes between two pieces of body; the trailer's
   fields are dropped (no route reads them). Past it, the connection is closed.
@@ -23,8 +26,9 @@ and dropped for as long as the client sent it. Now, per connection:
   pipelines); past it, those are answered and the connection is closed.
 - A body still arriving when its answer has been sent (a route that does not read it,
   a refusal) is read and dropped for up to `DRAIN_LIMIT` bytes and `DRAIN_TIMEOUT`
-  seconds, so that a client still sending it gets the answer, then the connection is
-  closed (Go's server reads 256 KiB so, then closes).
+  seconds, so that a client still sending it gets the answer: one that ends within
+  them leaves the connection as it was (kept alive, the requests behind it served),
+  one that does not is closed (Go's server reads 256 KiB of such a body, then closes).
 
 And per request, where a route reads the body (`body_chunks` and `IdleLimitedBody`
 for an archive, `read_small_body` for a login):
@@ -117,8 +121,8 @@ class BoundedRequestProtocol(PeerCredentialsProtocol):
         try:
             self._feed(memoryview(data))
         except httptools.HttpParserUpgrade:
-            # No protocol is switched to: the request was answered as a plain one, and
-            # what follows its head is not HTTP (the next bytes are a 400).
+            # No protocol is switched to: the request is answered as a plain one, and
+            # what followed its head in this read is dropped, as uvicorn drops it.
             pass
         except httptools.HttpParserError as exc:
             if self._refusal is not None:
@@ -137,7 +141,9 @@ class BoundedRequestProtocol(PeerCredentialsProtocol):
             self.parser.feed_data(piece)
             if self._draining is not None:
                 self._drained += len(piece)
-                if self._completed or self._drained > DRAIN_LIMIT:
+                if self._completed:
+                    self._stop_draining()  # it ended in time: the connection goes on
+                elif self._drained > DRAIN_LIMIT:
                     self._close_drained()
                     return
             if self._completed or (in_head and self._in_body):

@@ -223,9 +223,9 @@ class TimedResponse(http.client.HTTPResponse):
         try:
             super().begin()
         finally:
-            self._head.done()
-            with contextlib.suppress(OSError):  # closed already: nothing reads it
-                self._sock.settimeout(timeout)
+            if self._head.done():
+                with contextlib.suppress(OSError):  # closed already: nothing reads it
+                    self._sock.settimeout(timeout)
 
 
 class _HeadReader(io.RawIOBase):
@@ -242,6 +242,7 @@ class _HeadReader(io.RawIOBase):
         self._deadline = 0.0  # monotonic
         self._seconds = 0.0
         self._left = 0  # bytes of head still allowed
+        self._shortened = False  # the socket's timeout was set to what the deadline left
 
     def watch(self, read_timeout: float | None, seconds: float) -> None:
         self._watching = True
@@ -250,10 +251,12 @@ class _HeadReader(io.RawIOBase):
         self._deadline = time.monotonic() + seconds
         self._left = MAX_HEAD
 
-    def done(self) -> None:
+    def done(self) -> bool:
+        """Stop watching; whether the socket's timeout was shortened (to be put back)."""
         self._watching = False
         # The body is read without this frame: the socket's reader is called directly.
         self.readinto = self._raw.readinto  # type: ignore[method-assign,assignment]
+        return self._shortened
 
     def readinto(self, buffer: Any) -> int | None:
         if not self._watching:
@@ -268,6 +271,7 @@ class _HeadReader(io.RawIOBase):
         short = self._read_timeout is None or left < self._read_timeout
         if short:  # else the socket waits the read timeout, as urllib3 set it
             self._sock.settimeout(left)
+            self._shortened = True
         try:
             # No more than the head may still have: a body that follows it is left for
             # later reads.

@@ -12,6 +12,7 @@ where they can be made short.
 from __future__ import annotations
 
 import base64
+import contextlib
 import inspect
 import io
 import json
@@ -558,3 +559,38 @@ def test_httptools_reports_a_trailer_after_the_headers_and_stops_on_a_callback_e
     with pytest.raises(httptools.HttpParserCallbackError):
         parser.feed_data(b"GET / HTTP/1.1\r\nX-Stop: 1\r\nX-After: 1\r\n\r\n")
     assert "X-After" not in calls
+
+
+# -- how long a streamed answer may wait for its client (the API in this process) -------
+
+
+def test_a_save_whose_client_stops_reading_is_cut_and_lets_go_of_the_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that takes nothing of a 16 MB archive: the daemon aborts its connection
+    once the answer has waited WRITE_IDLE_TIMEOUT, and the image's layers are no longer
+    held (an rmi frees them at once)."""
+    monkeypatch.setattr(limits, "WRITE_IDLE_TIMEOUT", 0.5)
+    archive = tarball(16 << 20)
+    with api_socket(tmp_path) as path:
+        sock = connect(path)
+        sock.sendall(post_head("/images/create?fromSrc=-&repo=team/big", len(archive)))
+        sock.sendall(archive)
+        assert read_answer(sock)[0] == 200
+        stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        _opened.append(stalled)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(str(path))
+        stalled.sendall(b"GET /images/team/big/get HTTP/1.1\r\nHost: ferryd\r\n\r\n")
+        time.sleep(2.0)  # it reads nothing
+
+        received = 0
+        stalled.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            while more := stalled.recv(1 << 20):
+                received += len(more)
+        assert received < len(archive)  # cut, not sent whole
+        sock = connect(path)
+        sock.sendall(b"DELETE /images/team/big HTTP/1.1\r\nHost: ferryd\r\n\r\n")
+        assert read_answer(sock)[0] == 200
+        wait_until(lambda: not list((tmp_path / "api").rglob("blobs/sha256/*")))

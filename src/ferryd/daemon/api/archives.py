@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from ferryd.concurrency import single_errors
+from ferryd.daemon.api.limits import patient_send
 from ferryd.daemon.api.params import flag
 from ferryd.daemon.api.params import service as service_of
 from ferryd.daemon.api.streaming import ProgressStream, cancel_on_disconnect
@@ -84,6 +85,7 @@ class _TarResponse(Response):
         self._service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        send = patient_send(send, scope)  # a client that stops reading lets go of the layers
         started = time.monotonic()
         sent = 0
         finished = False

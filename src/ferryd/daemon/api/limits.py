@@ -39,6 +39,12 @@ for an archive, `read_small_body` for a login):
 - A small JSON body (`POST /auth`) has `SMALL_BODY_TIMEOUT` seconds in all and a size
   limit, checked against its Content-Length first, then as it arrives (413).
 
+And per answer that streams (`patient_send`: a save's archive, a pull's, push's or
+load's progress): a client that takes no byte of it for `WRITE_IDLE_TIMEOUT` seconds has
+its connection aborted and the job behind the answer ends, letting go of what it holds
+(a save holds its images' layers, which an rmi meanwhile cannot free). dockerd waits for
+such a client for ever.
+
 The head itself must arrive within the header deadline (connections.HEADER_TIMEOUT).
 """
 
@@ -69,6 +75,7 @@ DRAIN_TIMEOUT = 5.0  # seconds the rest of such a body may take
 BODY_IDLE_TIMEOUT = 600.0  # seconds without a byte of a body the route waits for
 SMALL_BODY_TIMEOUT = 10.0  # seconds a small JSON body (a login) may take in all
 MAX_LOGIN_BODY = 64 * 1024  # a login is a few hundred bytes; an identity token a few KB
+WRITE_IDLE_TIMEOUT = 600.0  # seconds a streamed answer waits for its client to take more
 
 
 class RequestTimeoutError(FerrydError):
@@ -81,6 +88,12 @@ class PayloadTooLargeError(FerrydError):
     """A request body over the limit of its route."""
 
     status = 413
+
+
+class ClientStalledError(FerrydError):
+    """The client took no byte of a streamed answer for WRITE_IDLE_TIMEOUT seconds."""
+
+    status = 408
 
 
 class _Stop(Exception):
@@ -197,6 +210,8 @@ class BoundedRequestProtocol(PeerCredentialsProtocol):
         self._url_parts = []
         super().on_headers_complete()
         self._in_body = True
+        # For `patient_send`: a streamed answer whose client stalls ends its connection.
+        self.scope["state"][_ABORT] = self.transport.abort
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -271,6 +286,27 @@ class BoundedRequestProtocol(PeerCredentialsProtocol):
         if self._draining is not None:
             self._draining.cancel()
             self._draining = None
+
+
+_ABORT = "ferryd.abort_connection"
+
+
+def patient_send(send: Send, scope: Scope) -> Send:
+    """`send` for an answer that streams: a message the client has not taken within
+    WRITE_IDLE_TIMEOUT seconds aborts the connection (a close would wait for the client
+    to read what is buffered) and raises ClientStalledError."""
+
+    async def limited(message: Message) -> None:
+        timeout = WRITE_IDLE_TIMEOUT
+        with anyio.move_on_after(timeout):
+            await send(message)
+            return
+        abort = scope.get("state", {}).get(_ABORT)
+        if abort is not None:
+            abort()
+        raise ClientStalledError(f"the client took nothing of the answer for {timeout:g} seconds")
+
+    return limited
 
 
 class IdleLimitedBody:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from ferryd.daemon.api import limits, streaming
+from ferryd.daemon.api import streaming
 from ferryd.daemon.api.streaming import ProgressStream, _Backlog
 from ferryd.distribution.progress import Message, ProgressOutput
 
@@ -104,33 +104,3 @@ async def test_a_client_that_stops_reading_leaves_a_few_lines_per_layer_waiting(
     body = b"".join(sent)
     assert body.count(b'"Downloading"') == 3
     assert b'"current":99999' in body
-
-
-async def test_a_client_that_takes_nothing_for_the_write_timeout_ends_the_stream_and_its_job(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(limits, "WRITE_IDLE_TIMEOUT", 0.2)
-    aborted: list[bool] = []
-    job_cancelled = anyio.Event()
-
-    async def job(output: ProgressOutput) -> None:
-        output.write(Message(status="Pulling fs layer", id="a"))
-        try:
-            await anyio.sleep_forever()
-        except anyio.get_cancelled_exc_class():
-            job_cancelled.set()
-            raise
-
-    async def receive() -> dict[str, object]:
-        await anyio.sleep_forever()
-        raise AssertionError
-
-    async def send(message: dict[str, object]) -> None:
-        if message["type"] == "http.response.body":
-            await anyio.sleep_forever()  # the client reads nothing
-
-    scope = {"state": {limits._ABORT: lambda: aborted.append(True)}}
-    with anyio.fail_after(10):
-        await ProgressStream(job, anyio.Event())(scope, receive, send)
-    assert aborted == [True]
-    assert job_cancelled.is_set()

@@ -34,10 +34,12 @@ from ferryd.distribution.archives import save as save_module
 from ferryd.distribution.prune import prune
 from ferryd.distribution.service import ImageService
 from ferryd.distribution.tagging import remove
+from ferryd.errors import StoreError
+from ferryd.oci.digest import Digest
 from ferryd.oci.mediatypes import OCI_LAYER_GZIP
 from ferryd.oci.platform import host_platform
 from ferryd.registry.connector import Connector
-from ferryd.store import Store
+from ferryd.store import Store, gc
 from ferryd.store import sweep as sweep_module
 from ferryd.store.fsck import check
 from support.archives import (
@@ -635,3 +637,28 @@ def test_a_client_that_leaves_mid_pull_leaves_only_the_partial_the_next_pull_res
 
     assert fsck_problems(daemon) == []
     assert not daemon.partial_path(layer.digest).exists()
+
+
+async def test_a_save_whose_pins_cannot_be_let_go_cleanly_still_lets_go_of_its_layers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An rmi while the save is prepared, then a database that fails as the save lets go
+    of the pins: what is left is the sweep's, and no layer stays held."""
+    registry = FakeRegistry()
+    add_image(registry, "v1", [make_layer(100_000, seed=1)])
+    async with serve_registry(registry) as server, in_process(tmp_path) as daemon:
+        name = f"{server.host}/{REPO}:v1"
+        assert stream_errors(await pull(daemon, name)) == []
+        real = save_module._entries
+
+        def removed_first(*args: Any) -> Any:
+            assert daemon.rmi(name)
+            return real(*args)
+
+        def failing(store: Store, digest: Digest) -> bool:
+            raise StoreError("database disk image is malformed (a test)")
+
+        monkeypatch.setattr(save_module, "_entries", removed_first)
+        monkeypatch.setattr(gc, "is_referenced", failing)
+        await daemon.client.get(f"/images/{name}/get")
+        assert daemon.store.layers.holds.keys() == []

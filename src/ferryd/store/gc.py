@@ -158,7 +158,8 @@ def _depth(layers: dict[Digest, Layer], layer: Layer) -> int:
 def unpin(store: Store, digests: Iterable[Digest]) -> None:
     """Let go of the pins on `digests`, and delete those of them a removal left because
     they were pinned (`delete_blobs`) that no row has referenced since: what the removal
-    would have deleted. Blocking (the database, the disk): from a worker thread."""
+    would have deleted. Best effort, as `take_back`: what a failing database or disk
+    leaves is the sweep's. Blocking (the database, the disk): from a worker thread."""
     digests = list(digests)
     blobs = store.blobs
     for digest in digests:
@@ -168,7 +169,11 @@ def unpin(store: Store, digests: Iterable[Digest]) -> None:
         return
     # Released first, then watched: one who pinned and committed a row between is seen
     # in the rows, one who pinned before and holds on is seen by the watch.
-    with store.maintenance, blobs.pins.watching() as watch:
+    with (
+        contextlib.suppress(FerrydError, OSError),
+        store.maintenance,
+        blobs.pins.watching() as watch,
+    ):
         referenced = {digest for digest in left if is_referenced(store, digest)}
         blobs.undefer(referenced)
         for digest in sorted(left - referenced):

@@ -39,11 +39,11 @@ for an archive, `read_small_body` for a login):
 - A small JSON body (`POST /auth`) has `SMALL_BODY_TIMEOUT` seconds in all and a size
   limit, checked against its Content-Length first, then as it arrives (413).
 
-And per answer that streams (`patient_send`: a save's archive, a pull's, push's or
-load's progress): a client that takes no byte of it for `WRITE_IDLE_TIMEOUT` seconds has
-its connection aborted and the job behind the answer ends, letting go of what it holds
-(a save holds its images' layers, which an rmi meanwhile cannot free). dockerd waits for
-such a client for ever.
+And for a save's archive (`patient_send`): a piece the client has not taken within
+`WRITE_IDLE_TIMEOUT` seconds aborts its connection and ends the save, letting go of the
+images' layers it holds (which an rmi meanwhile cannot free). dockerd waits for such a
+client for ever. Progress streams have no such limit: a suspended `docker pull` (Ctrl-Z)
+must not cancel its pull, and what waits for it is a few lines a layer (streaming.py).
 
 The head itself must arrive within the header deadline (connections.HEADER_TIMEOUT).
 """

@@ -15,7 +15,6 @@ import structlog
 from starlette.types import Receive, Scope, Send
 
 from ferryd.concurrency import single_errors
-from ferryd.daemon.api.limits import ClientStalledError, patient_send
 from ferryd.distribution.progress import Message, ProgressOutput
 from ferryd.errors import FerrydError
 
@@ -44,14 +43,6 @@ class ProgressStream:
         self._failure: FerrydError | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            with single_errors():
-                await self._stream(patient_send(send, scope), receive)
-        except ClientStalledError as exc:
-            # As a client that left: its job is cancelled (a shared transfer goes on).
-            log.warning("api.client_stalled", path=scope.get("path"), error=str(exc))
-
-    async def _stream(self, send: Send, receive: Receive) -> None:
         backlog = _Backlog()
         started = False
         async with anyio.create_task_group() as tg:

@@ -35,12 +35,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from ferryd.daemon.api import limits
 from ferryd.daemon.api.app import build_app
 from ferryd.daemon.api.serve import ApiServer, bind_unix_socket
-from ferryd.daemon.main import image_service
-from ferryd.daemon.settings import credential_store, load_settings, registry_service
-from ferryd.daemon.state import DaemonState
-from ferryd.registry.connector import Connector
-from ferryd.store import Store
-from support.daemon import Daemon, write_config
+from support.app import running
+from support.daemon import Daemon
 from support.waiting import wait_until
 
 PING = b"GET /_ping HTTP/1.1\r\nHost: ferryd\r\n\r\n"
@@ -336,35 +332,20 @@ def test_a_client_that_leaves_inside_its_login_is_no_500(daemon: Daemon) -> None
 def api_socket(tmp_path: Path) -> Iterator[Path]:
     """The daemon's API (build_app over a store in tmp_path) served by its server
     (ApiServer, ferryd's HTTP protocol) on a socket, from a thread of its own."""
-    config = load_settings(write_config(tmp_path / "api", {}))
     path = tmp_path / "api.sock"
     stop = threading.Event()
 
     async def serve(*, task_status: TaskStatus[None]) -> None:
-        store = Store(config.root_path)
-        connector = Connector(
-            registry_service(config),
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-        )
-        state = DaemonState(config)
-        try:
+        async with running(tmp_path / "api") as daemon:
+            app = build_app(daemon.service, daemon.state)
+            server = ApiServer(app, bind_unix_socket(path, 0o600), grace=1)
             async with anyio.create_task_group() as tg:
-                service = image_service(
-                    config, store, connector, state, credential_store(config), tg
-                )
-                server = ApiServer(
-                    build_app(service, state), bind_unix_socket(path, 0o600), grace=1
-                )
                 tg.start_soon(server.serve)
                 await server.wait_started()
                 task_status.started()
                 await anyio.to_thread.run_sync(stop.wait)
                 server.stop()
-                state.stop_jobs.set()
-        finally:
-            await connector.aclose()
-            store.close()
+                daemon.state.stop_jobs.set()
 
     with start_blocking_portal() as portal:
         future, _ = portal.start_task(serve)

@@ -24,9 +24,6 @@ import httpx
 import pytest
 
 from ferryd.daemon.api.app import build_app
-from ferryd.daemon.main import image_service
-from ferryd.daemon.settings import credential_store, load_settings, registry_service
-from ferryd.daemon.state import DaemonState
 from ferryd.distribution import pull as pull_module
 from ferryd.distribution import push as push_module
 from ferryd.distribution import tagging
@@ -38,10 +35,10 @@ from ferryd.errors import StoreError
 from ferryd.oci.digest import Digest
 from ferryd.oci.mediatypes import OCI_LAYER_GZIP
 from ferryd.oci.platform import host_platform
-from ferryd.registry.connector import Connector
 from ferryd.store import Store, gc
 from ferryd.store import sweep as sweep_module
 from ferryd.store.fsck import check
+from support.app import running
 from support.archives import (
     IMAGE_NAME,
     OCI_CONFIG,
@@ -51,7 +48,7 @@ from support.archives import (
     TarWriter,
     load,
 )
-from support.daemon import Daemon, errors, write_config
+from support.daemon import Daemon, errors
 from support.digests import sha256
 from support.fakes import FakeRegistry, Reply, UploadRegistry, make_layer, serve_registry
 from support.served import add_image, served
@@ -80,24 +77,10 @@ class InProcess:
 @asynccontextmanager
 async def in_process(workdir: Path, **settings: Any) -> AsyncIterator[InProcess]:
     """As `support.app.in_process_api`, keeping hold of the store and the service."""
-    config = load_settings(write_config(workdir, settings))
-    store = Store(config.root_path)
-    connector = Connector(
-        registry_service(config),
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-    )
-    state = DaemonState(config)
-    try:
-        async with anyio.create_task_group() as tg:
-            service = image_service(config, store, connector, state, credential_store(config), tg)
-            transport = httpx.ASGITransport(app=build_app(service, state))
-            async with httpx.AsyncClient(transport=transport, base_url="http://ferryd") as client:
-                yield InProcess(client, store, service)
-            tg.cancel_scope.cancel()
-    finally:
-        await connector.aclose()
-        store.close()
+    async with running(workdir, **settings) as daemon:
+        transport = httpx.ASGITransport(app=build_app(daemon.service, daemon.state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://ferryd") as client:
+            yield InProcess(client, daemon.store, daemon.service)
 
 
 async def pull(daemon: InProcess, name: str) -> httpx.Response:

@@ -78,6 +78,24 @@ class ConfigError(FerrydError):
     """The configuration (file or command line) is wrong."""
 
 
+class RequestTimeoutError(FerrydError):
+    """The client stopped sending a body the daemon waits for."""
+
+    status = 408
+
+
+class PayloadTooLargeError(FerrydError):
+    """A request body over the limit of its route."""
+
+    status = 413
+
+
+class ClientStalledError(FerrydError):
+    """The client took no byte of a streamed answer for WRITE_IDLE_TIMEOUT seconds."""
+
+    status = 408
+
+
 class BadRequestError(FerrydError):
     """A request's parameter cannot be used; the client must change it."""
 

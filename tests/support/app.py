@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +26,27 @@ from ferryd.daemon.api.app import build_app
 from ferryd.daemon.main import image_service
 from ferryd.daemon.settings import credential_store, load_settings, registry_service
 from ferryd.daemon.state import DaemonState
+from ferryd.distribution.service import ImageService
 from ferryd.registry.connector import Connector
 from ferryd.store import Store
 
 from .daemon import write_config
 
 
+@dataclass
+class Running:
+    """What the daemon runs for its API, built as it builds it: the store, the image
+    service (its transfers in a task group of their own) and the daemon's state."""
+
+    store: Store
+    service: ImageService
+    state: DaemonState
+
+
 @asynccontextmanager
-async def in_process_api(workdir: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the API over a new store in `workdir`, with `settings` (as in the
-    config file)."""
+async def running(workdir: Path, **settings: Any) -> AsyncIterator[Running]:
+    """The store, service and state of a daemon over a new store in `workdir`, with
+    `settings` (as in the config file), torn down as the daemon tears them down."""
     config = load_settings(write_config(workdir, settings))  # as the daemon reads it
     store = Store(config.root_path)
     connector = Connector(
@@ -46,10 +58,18 @@ async def in_process_api(workdir: Path, **settings: Any) -> AsyncIterator[httpx.
     try:
         async with anyio.create_task_group() as tg:
             service = image_service(config, store, connector, state, credential_store(config), tg)
-            transport = httpx.ASGITransport(app=build_app(service, state))
-            async with httpx.AsyncClient(transport=transport, base_url="http://ferryd") as client:
-                yield client
+            yield Running(store, service, state)
             tg.cancel_scope.cancel()
     finally:
         await connector.aclose()
         store.close()
+
+
+@asynccontextmanager
+async def in_process_api(workdir: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the API over a new store in `workdir`, with `settings` (as in the
+    config file)."""
+    async with running(workdir, **settings) as daemon:
+        transport = httpx.ASGITransport(app=build_app(daemon.service, daemon.state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://ferryd") as client:
+            yield client

@@ -62,7 +62,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ferryd.daemon.api.peers import PeerCredentialsProtocol
-from ferryd.errors import FerrydError
+from ferryd.errors import ClientStalledError, PayloadTooLargeError, RequestTimeoutError
 from ferryd.untrusted import decimal
 
 log = structlog.get_logger("ferryd.api")
@@ -76,24 +76,6 @@ BODY_IDLE_TIMEOUT = 600.0  # seconds without a byte of a body the route waits fo
 SMALL_BODY_TIMEOUT = 10.0  # seconds a small JSON body (a login) may take in all
 MAX_LOGIN_BODY = 64 * 1024  # a login is a few hundred bytes; an identity token a few KB
 WRITE_IDLE_TIMEOUT = 600.0  # seconds a streamed answer waits for its client to take more
-
-
-class RequestTimeoutError(FerrydError):
-    """The client stopped sending a body the daemon waits for."""
-
-    status = 408
-
-
-class PayloadTooLargeError(FerrydError):
-    """A request body over the limit of its route."""
-
-    status = 413
-
-
-class ClientStalledError(FerrydError):
-    """The client took no byte of a streamed answer for WRITE_IDLE_TIMEOUT seconds."""
-
-    status = 408
 
 
 class _Stop(Exception):

@@ -26,6 +26,7 @@ from ferryd.errors import (
     AccessDeniedError,
     ConfigError,
     DigestMismatchError,
+    FerrydError,
     NotFoundError,
     RegistryError,
     RegistryProtocolError,
@@ -35,7 +36,7 @@ from ferryd.errors import (
     TransientRegistryError,
     UnsupportedManifestError,
 )
-from ferryd.oci.digest import Digest
+from ferryd.oci.digest import Digest, sha256_digest
 from ferryd.oci.manifest import MAX_MANIFEST_SIZE, check_supported
 from ferryd.oci.mediatypes import ACCEPT, OCI_MANIFEST, SCHEMA1_TYPES
 from ferryd.registry import endpoints as endpoints_module
@@ -455,6 +456,70 @@ async def test_redirect_limit(connector: Connector, hops: int, ok: bool) -> None
                 async with client.open_blob(digest):
                     pass
     assert len(registry.seen("GET", BLOB_PATH)) == min(hops, MAX_REDIRECTS) + 1
+
+
+# -- a redirected request with a body, followed as Go's client (dockerd's) follows it:
+# 301, 302 and 303 turn it into a GET without the body; 307 and 308 send it again ----
+
+
+MANIFEST_BODY = b'{"schemaVersion": 2}'
+
+
+@pytest.mark.parametrize(
+    ("status", "method", "body"),
+    [
+        (301, "GET", b""),
+        (302, "GET", b""),
+        (303, "GET", b""),
+        (307, "PUT", MANIFEST_BODY),
+        (308, "PUT", MANIFEST_BODY),
+    ],
+)
+async def test_a_redirected_put_is_followed_as_gos_client_follows_it(
+    connector: Connector, status: int, method: str, body: bytes
+) -> None:
+    registry = FakeRegistry()
+    digest = "sha256:" + hashlib.sha256(MANIFEST_BODY).hexdigest()
+    seen: list[Request] = []
+
+    def elsewhere(request: Request) -> Reply:
+        seen.append(request)
+        return Reply(201, {"Docker-Content-Digest": digest})
+
+    registry.on("PUT", f"/v2/{REPO}/manifests/v1", Reply(status, {"Location": "/elsewhere"}))
+    for followed in ("GET", "PUT"):
+        registry.on(followed, "/elsewhere", elsewhere)
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        await client.put_manifest("v1", OCI_MANIFEST, MANIFEST_BODY)
+    (request,) = seen
+    assert (request.method, request.body) == (method, body)
+
+
+async def test_a_redirected_patch_of_known_size_becomes_a_get_without_its_length(
+    connector: Connector,
+) -> None:
+    """An upload's PATCH carries a Content-Length; the GET a 302 turns it into carries
+    none (h11 refused to send it: an internal error)."""
+    registry = FakeRegistry()
+    seen: list[Request] = []
+
+    def elsewhere(request: Request) -> Reply:
+        seen.append(request)
+        return Reply(404)
+
+    registry.on("POST", "/v2/.*/blobs/uploads/", Reply(202, {"Location": "/upload/1"}))
+    registry.on("PATCH", "/upload/1", Reply(302, {"Location": "/elsewhere"}))
+    registry.on("GET", "/elsewhere", elsewhere)
+    data = b"layer bytes" * 100
+    async with serve_registry(registry) as server:
+        client = await connector.open(server.host, REPO, ANONYMOUS)
+        with pytest.raises(FerrydError) as caught:
+            await client.upload_blob(sha256_digest(data), len(data), data)
+    assert "internal" not in str(caught.value)
+    (request,) = seen
+    assert (request.method, request.body) == ("GET", b"")
+    assert "content-length" not in request.headers or request.headers["content-length"] == "0"
 
 
 # -- open_blob and Range --------------------------------------------------------------

@@ -1,14 +1,15 @@
 """Registries whose answers' status line and headers never finish coming: sent a byte at
 a time, each byte well inside the read timeout, or as endless interim answers
-(`100 Continue`), or as a header block past any sane size.
+(`100 Continue`), or as a header block past any sane size or count of fields.
 
 The read timeout bounds one wait only; the body deadline (tests/test_registry_bounds.py)
 starts at the body. Every answer (a manifest, a blob, a token, a login's ping, a push's
 POST, PATCH, PUT and HEAD; through the async client or read whole in a worker thread)
 must have its head whole within its own deadline (registry/heads.py), else end in a
 retryable timeout naming the sender and what it was too slow to send, its connection
-closed, never in a read that goes on for days; a head over the size limit is refused,
-naming the limit.
+closed, never in a read that goes on for days; a head over the size limit (in all, or in
+one line) or over the limit of header fields is refused, naming the limit, the same on
+either way.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ DEADLINE = DEADLINE_READS * READ_TIMEOUT
 DRIP = 0.05
 # What a request may take before the test calls it endless (without the deadline, it is).
 ENDLESS = 10.0
+# The longest line http.client takes (its `_MAXLINE`), a header's among them.
+HTTP_CLIENT_LINE: int = http.client._MAXLINE  # type: ignore[attr-defined]
 
-Misbehaviour = Literal["drip", "interim", "huge"]
+Misbehaviour = Literal["drip", "interim", "huge", "long", "fields"]
 
 
 @dataclass
@@ -67,13 +70,16 @@ class HeadDripper:
     "drip": `HTTP/1.1 200 OK` and header lines one byte every `DRIP` s, without end;
     "interim": `HTTP/1.1 100 Continue` answers, one every `DRIP` s, without end;
     "huge": the registry's answer at once, its head filled to `huge` bytes with header
-    lines of 2 KB.
+    lines of 2 KB;
+    "long": the same, filled with one header line;
+    "fields": the registry's answer at once, with `fields` header fields in all.
     """
 
     registry: FakeRegistry
     slow: Callable[[Request], bool]
     how: Misbehaviour = "drip"
     huge: int = 0
+    fields: int = 0
     port: int = 0
     connections: int = 0
     # When a connection the server was dripping on was found closed by the client.
@@ -118,12 +124,16 @@ class HeadDripper:
                 self.dropped.append(time.monotonic())
 
     async def _misbehave(self, stream: SocketStream, request: Request) -> None:
-        if self.how == "huge":
+        if self.how in ("huge", "long", "fields"):
             head, _, body = _serialized(request, await self.registry(request)).partition(
                 b"\r\n\r\n"
             )
             head += b"\r\n"
-            await stream.send(head + _filler(self.huge - len(head) - 2) + b"\r\n" + body)
+            if self.how == "fields":
+                filler = _fields(self.fields - (head.count(b"\r\n") - 1))  # less the status line
+            else:
+                filler = _filler(self.huge - len(head) - 2, one_line=self.how == "long")
+            await stream.send(head + filler + b"\r\n" + body)
             await stream.receive()  # until the client closes
             return
         self.registry.requests.append(request)
@@ -136,9 +146,9 @@ class HeadDripper:
             await _drip(stream, b"X-Drip-%d: a\r\n" % number)
 
 
-def _filler(size: int) -> bytes:
-    """Header lines of `size` bytes in all: 2000 each, the last what is left."""
-    sizes = [2000] * (size // 2000) + [size % 2000]
+def _filler(size: int, one_line: bool = False) -> bytes:
+    """Header lines of `size` bytes in all: 2000 each, the last what is left; or one."""
+    sizes = [size] if one_line else [2000] * (size // 2000) + [size % 2000]
     if sizes[-1] < 30:  # too short for a line of its own: the one before takes it
         sizes[-2:] = [sizes[-2] + sizes[-1] - 100, 100] if len(sizes) > 1 else [sizes[-1]]
     lines = []
@@ -146,6 +156,10 @@ def _filler(size: int) -> bytes:
         name = b"X-Filler-%05d: " % number
         lines.append(name + b"a" * (length - len(name) - 2) + b"\r\n")
     return b"".join(lines)
+
+
+def _fields(count: int) -> bytes:
+    return b"".join(b"X-Field-%05d: a\r\n" % number for number in range(count))
 
 
 async def _drip(stream: SocketStream, data: bytes) -> None:
@@ -167,8 +181,9 @@ async def serving(
     slow: Callable[[Request], bool],
     how: Misbehaviour = "drip",
     huge: int = 0,
+    fields: int = 0,
 ) -> AsyncIterator[HeadDripper]:
-    server = HeadDripper(registry, slow, how, huge)
+    server = HeadDripper(registry, slow, how, huge, fields)
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     async with listener, background() as tg:
         server.port = listener.extra(SocketAttribute.local_port)
@@ -395,6 +410,68 @@ async def test_a_head_of_just_the_header_limit_is_taken(worker: bool) -> None:
     assert sha256(data) == digest
 
 
+@pytest.mark.parametrize("size", [HTTP_CLIENT_LINE + 1000, 1_000_000], ids=["64KB", "1MB"])
+@pytest.mark.parametrize("worker", [False, True], ids=["async", "worker-thread"])
+async def test_a_header_line_longer_than_http_client_takes_is_refused_naming_the_limit(
+    worker: bool, size: int
+) -> None:
+    # http.client refuses a line of over 64 KiB on its own (LineTooLong); the head's
+    # limit, counted from its first byte, must come first and say the same as h11's way.
+    registry, digest = blob_registry()
+    async with (
+        serving(registry, gets("blobs"), how="long", huge=size) as server,
+        client_of(server.host) as client,
+    ):
+        await client.get_manifest("v1")
+        with anyio.fail_after(ENDLESS), pytest.raises(TooLargeError) as caught:
+            await read_blob(client, digest, 3000 if worker else None)
+    assert str(caught.value) == (
+        f"127.0.0.1: the status line and headers of the answer to blob {digest} are over "
+        f"the limit of {heads.MAX_HEAD} bytes"
+    )
+    assert len(registry.seen("GET", f"/v2/{REPO}/blobs/.+")) == 1
+
+
+@pytest.mark.parametrize("fields", [101, heads.MAX_HEAD_FIELDS], ids=["101", "limit"])
+@pytest.mark.parametrize("worker", [False, True], ids=["async", "worker-thread"])
+async def test_an_answer_of_more_header_fields_than_http_client_takes_is_read(
+    worker: bool, fields: int
+) -> None:
+    # http.client took 100 (`_MAXHEADERS`), h11 any number; Go's client (dockerd's,
+    # containerd's) too, within its size limit.
+    registry, digest = blob_registry()
+    async with (
+        serving(registry, gets("blobs"), how="fields", fields=fields) as server,
+        client_of(server.host) as client,
+    ):
+        await client.get_manifest("v1")
+        async with client.open_blob(digest, whole=3000 if worker else None) as blob:
+            data = b"".join([chunk async for chunk in blob.chunks()])
+    assert type(blob) is (ReadBlob if worker else BlobResponse)
+    assert sha256(data) == digest
+
+
+@pytest.mark.parametrize("worker", [False, True], ids=["async", "worker-thread"])
+async def test_an_answer_of_more_header_fields_than_the_limit_is_refused_naming_the_limit(
+    worker: bool,
+) -> None:
+    registry, digest = blob_registry()
+    async with (
+        serving(registry, gets("blobs"), how="fields", fields=heads.MAX_HEAD_FIELDS + 1) as server,
+        client_of(server.host) as client,
+    ):
+        await client.get_manifest("v1")
+        with anyio.fail_after(ENDLESS), pytest.raises(TooLargeError) as caught:
+            await read_blob(client, digest, 3000 if worker else None)
+    assert str(caught.value) == (
+        f"127.0.0.1: the headers of the answer to blob {digest} are over the limit of "
+        f"{heads.MAX_HEAD_FIELDS} fields"
+    )
+    assert not caught.value.retryable
+    # Refused, not retried: the registry would send it again.
+    assert len(registry.seen("GET", f"/v2/{REPO}/blobs/.+")) == 1
+
+
 # -- what heads.py takes from httpcore and http.client --------------------------------
 
 
@@ -406,8 +483,9 @@ def test_httpcore_and_http_client_receive_heads_where_heads_py_holds_them() -> N
     """registry/heads.py replaces httpcore's AsyncHTTP11Connection._receive_response_headers
     with its own loop over `_receive_event`'s (reading `_h11_state`, `_network_stream` and
     `READ_NUM_BYTES`), and gives urllib3's connections an http.client response class
-    whose reader it wraps (`fp`, made by `sock.makefile`). If this fails after an
-    upgrade, compare heads.py with what moved."""
+    whose reader it wraps (`fp`, made by `sock.makefile`) and whose header lines it
+    hands over as one (http.client joins them before it parses them). If this fails
+    after an upgrade, compare heads.py with what moved."""
     assert httpcore.AsyncHTTP11Connection._receive_response_headers is (
         heads._receive_head_in_time
     ), "httpcore: _receive_response_headers is not the one registry/heads.py set"
@@ -441,3 +519,12 @@ def test_httpcore_and_http_client_receive_heads_where_heads_py_holds_them() -> N
     assert 'self.fp = sock.makefile("rb")' in _source(http.client.HTTPResponse.__init__), (
         "http.client: an answer no longer reads through sock.makefile"
     )
+    assert "parse_headers(self.fp" in _source(http.client.HTTPResponse.begin), (
+        "http.client: begin no longer parses the headers from fp"
+    )
+    assert "fp.readline(_MAXLINE + 1)" in _source(http.client._read_headers)  # type: ignore[attr-defined]
+    assert "b''.join(headers)" in _source(http.client.parse_headers), (
+        "http.client: parse_headers no longer joins the header lines it read"
+    )
+    # The header lines handed over as one are one line to http.client, which it takes.
+    assert heads.MAX_HEAD <= HTTP_CLIENT_LINE

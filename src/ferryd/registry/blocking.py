@@ -41,7 +41,15 @@ from urllib3.exceptions import (
 from urllib3.util import parse_url
 
 from ferryd.registry.bodies import MAX_ERROR_BODY
-from ferryd.registry.heads import HeadHuge, HeadLate, HeadTooLarge, HeadTooSlow, TimedResponse
+from ferryd.registry.heads import (
+    HeadCrowded,
+    HeadHuge,
+    HeadLate,
+    HeadTooLarge,
+    HeadTooManyFields,
+    HeadTooSlow,
+    TimedResponse,
+)
 
 if TYPE_CHECKING:
     from urllib3._base_connection import BaseHTTPConnection
@@ -292,13 +300,16 @@ class BlockingConnections:
     def _as_httpx(self, exc: HTTPError, url: str) -> httpx.TransportError:
         """urllib3's failure as httpx's: one mapping (`client.transport_error`) turns them
         into errors a user can act on, with the timeouts that were waited for; a head
-        that failed its deadline or size (`heads.TimedResponse`) as the async client's."""
+        that failed its deadline, size or count of fields (`heads.TimedResponse`) as the
+        async client's."""
         request = httpx.Request("GET", url, extensions={"timeout": self._timeouts})
         failed: httpx.TransportError | None = None
         # urllib3 raises its ReadTimeoutError from the one, ProtocolError with the other.
         for cause in (exc.__cause__, *exc.args):
             if isinstance(cause, HeadLate):
                 failed = HeadTooSlow(cause.deadline)
+            elif isinstance(cause, HeadCrowded):
+                failed = HeadTooManyFields()
             elif isinstance(cause, HeadHuge):
                 failed = HeadTooLarge()
             if failed is not None:

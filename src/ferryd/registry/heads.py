@@ -23,10 +23,15 @@ The size: `MAX_HEAD` bytes of status line and headers. h11 (under httpx) holds a
 (256 KiB); http.client (under urllib3) takes 100 lines of 64 KiB each, 6.4 MiB per
 answer in each worker thread. Past it: `HeadTooLarge`, refused naming the limit.
 
-Both are checked in one place for each way an answer comes: `_receive_head_in_time`,
+The fields: `MAX_HEAD_FIELDS` header fields in a head. http.client refused a 101st
+(`_MAXHEADERS`) with words of its own, which ended as a retryable "connection failed";
+h11 takes any number. Past it: `HeadTooManyFields`, refused naming the limit, as a head
+too large.
+
+All three are checked in one place for each way an answer comes: `_receive_head_in_time`,
 where httpcore receives every head for the async client (registry, token service, login,
 the hosts they redirect to; `install`, called by the connector), and `TimedResponse`,
-the blocking connections' answer (`blocking`). A head that fails either closes its
+the blocking connections' answer (`blocking`). A head that fails any closes its
 connection: the rest of it is never read, and the connection never used again. The
 callers word the error once (`head_error`, from `client.transport_error` and the two
 token requests).
@@ -57,6 +62,16 @@ MAX_HEAD = 64 * 1024
 passes on from a registry behind it (`proxy_buffer_size`, 4 or 8 KiB), and as much as
 http.client takes in one line."""
 
+MAX_HEAD_FIELDS = 1000
+"""The most header fields a head may have (an interim answer's too): ten times the 100
+http.client takes, which real servers pass (cpython#131724: Microsoft 365's answers);
+h11 and Go's client (dockerd's, containerd's) take any number that fits their size
+limits, and a registry behind a CDN sends 30 to 60. A field costs ~5 us to take apart
+and look up (h11 and httpx, or http.client and urllib3), so a head's cost stays near
+5 ms, where `MAX_HEAD` bytes of empty fields (16,000) cost 50-80 ms. h11 has parsed a
+head whole before its fields can be counted: on the async client those 16,000 still
+cost the event loop ~50 ms before the refusal."""
+
 
 def head_deadline(read: float | None) -> float:
     """Seconds the head of an answer may take, for requests with the read timeout `read`."""
@@ -80,15 +95,28 @@ class HeadTooLarge(httpx.RemoteProtocolError):
         super().__init__(f"the status line and headers are over the limit of {MAX_HEAD} bytes")
 
 
+class HeadTooManyFields(httpx.RemoteProtocolError):
+    """The head of an answer had over `MAX_HEAD_FIELDS` header fields."""
+
+    def __init__(self) -> None:
+        super().__init__(f"the headers are over the limit of {MAX_HEAD_FIELDS} fields")
+
+
 def head_error(exc: BaseException, what: str) -> RegistryError | None:
-    """The error for a head that failed its deadline or its size while reading `what`
-    (worded as `bodies` words a body's); None for any other failure."""
-    if not isinstance(exc, HeadTooSlow | HeadTooLarge):
+    """The error for a head that failed its deadline, its size or its count of fields
+    while reading `what` (worded as `bodies` words a body's); None for any other failure.
+    Too many fields are refused as too many bytes are: the registry would send them
+    again."""
+    if not isinstance(exc, HeadTooSlow | HeadTooLarge | HeadTooManyFields):
         return None
     try:
         sender = exc.request.url.host
     except RuntimeError:  # raised where no request was set on it
         sender = "the registry"
+    if isinstance(exc, HeadTooManyFields):
+        return TooLargeError(
+            f"{sender}: the headers of {what} are over the limit of {MAX_HEAD_FIELDS} fields"
+        )
     if isinstance(exc, HeadTooSlow):
         return TransientRegistryError(
             f"timed out: {sender} took over {exc.deadline:g} s to send the status line and "
@@ -120,8 +148,8 @@ async def _receive_head_in_time(
     self: httpcore.AsyncHTTP11Connection, request: httpcore.Request
 ) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]], bytes]:
     """httpcore's `_receive_response_headers` (called once the request has gone out)
-    with its `_receive_event` loop, but the head is held to its deadline and size:
-    `HeadTooSlow`, `HeadTooLarge`.
+    with its `_receive_event` loop, but the head is held to its deadline, size and count
+    of fields: `HeadTooSlow`, `HeadTooLarge`, `HeadTooManyFields`.
 
     Each wait for bytes is the read timeout, or what is left of the deadline when that is
     less: a head is one h11 event, however many reads it takes, so the deadline is
@@ -166,10 +194,13 @@ async def _receive_head_in_time(
                     "Server disconnected without sending a response."
                 )
             state.receive_data(data)
-        elif isinstance(event, h11.Response) or (
-            isinstance(event, h11.InformationalResponse) and event.status_code == 101
-        ):
-            break
+        elif isinstance(event, h11.Response | h11.InformationalResponse):
+            # h11 has parsed them all by now; the limit spares what follows (httpx's
+            # headers, each lookup in which goes through every field).
+            if len(event.headers) > MAX_HEAD_FIELDS:
+                raise HeadTooManyFields()
+            if isinstance(event, h11.Response) or event.status_code == 101:
+                break
     headers = event.headers.raw_items()
     # The head as sent: `HTTP/1.1 200 OK` and its line break, a line per header
     # (`name: value`), the empty line.
@@ -197,11 +228,18 @@ class HeadHuge(http.client.HTTPException):
     http.client would not take, as urllib3 takes it (it raises ProtocolError with it)."""
 
 
+class HeadCrowded(http.client.HTTPException):
+    """The head of a blocking connection's answer had over `MAX_HEAD_FIELDS` header
+    fields (`_HeadLines`)."""
+
+
 class TimedResponse(http.client.HTTPResponse):
-    """http.client's answer, its head (read in `begin`) held to its deadline and size.
+    """http.client's answer, its head (read in `begin`) held to its deadline, size and
+    count of fields.
 
     The socket is read through `_HeadReader`, which, while the head comes, waits no
-    longer than the deadline leaves and reads no more than `MAX_HEAD` bytes in all.
+    longer than the deadline leaves and reads no more than `MAX_HEAD` bytes in all;
+    http.client reads its lines through `_HeadLines`, which counts the fields.
     """
 
     def __init__(
@@ -215,7 +253,8 @@ class TimedResponse(http.client.HTTPResponse):
         self._sock = sock
         # `detach`: the socket's reader itself, unclosed (it holds the socket open).
         self._head = _HeadReader(self.fp.detach(), sock)
-        self.fp = io.BufferedReader(self._head)
+        self._lines = _HeadLines(self._head)
+        self.fp = self._lines
 
     def begin(self) -> None:
         timeout = self._sock.gettimeout()  # urllib3 set the read timeout on it
@@ -223,9 +262,64 @@ class TimedResponse(http.client.HTTPResponse):
         try:
             super().begin()
         finally:
+            self._lines.done()
             if self._head.done():
                 with contextlib.suppress(OSError):  # closed already: nothing reads it
                     self._sock.settimeout(timeout)
+
+
+class _HeadLines(io.BufferedReader):
+    """The buffered reader http.client reads an answer through. Until the head has come
+    (`done`), the header lines after each status line are counted, and given to
+    http.client in one piece, then the empty line that ends them.
+
+    http.client refuses a head of over 100 header lines (`_MAXHEADERS`): a global of the
+    module, which every other user of it in the process reads too, and before Python
+    3.15 (`max_response_headers`) the only way to set its limit. It joins the lines it
+    counts and parses the whole (`parse_headers`), so lines given as one piece are parsed
+    as they would have been. The piece stays within the line http.client takes
+    (`_MAXLINE`, 64 KiB): `_HeadReader` reads no more than `MAX_HEAD` bytes of head, as
+    many.
+    """
+
+    def __init__(self, raw: io.RawIOBase) -> None:
+        super().__init__(raw)
+        self._status_next = True  # the next line is a status line, not a header
+        self._end: bytes | None = None  # the line that ends the fields, still to give
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        if self._end is not None:
+            end, self._end = self._end, None
+            self._status_next = True
+            return end
+        line = super().readline(size)
+        if self._status_next:
+            self._status_next = False
+            return line
+        lines: list[bytes] = []
+        fields = 0
+        while line not in _HEAD_ENDS:
+            # A line that begins with a space or tab goes on the field before (h11
+            # counts the two as one).
+            if not line.startswith((b" ", b"\t")):
+                fields += 1
+                if fields > MAX_HEAD_FIELDS:
+                    raise HeadCrowded(f"the headers are over the limit of {MAX_HEAD_FIELDS} fields")
+            lines.append(line)
+            line = super().readline(size)
+        if not lines:
+            self._status_next = True
+            return line
+        self._end = line
+        return b"".join(lines)
+
+    def done(self) -> None:
+        """The head has come: lines (of a chunked body) are read as they are."""
+        self.readline = super().readline  # type: ignore[method-assign]
+
+
+# What http.client takes for the end of a head's fields (`_read_headers`).
+_HEAD_ENDS = (b"\r\n", b"\n", b"")
 
 
 class _HeadReader(io.RawIOBase):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import anyio
@@ -56,7 +56,7 @@ from ferryd.registry.client import RegistryClient
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import Endpoint
 from ferryd.store import Store
-from ferryd.store.gc import forget_unnamed_indexes
+from ferryd.store.gc import delete_left, forget_unnamed_indexes
 from ferryd.store.images import ImageRecord
 from ferryd.store.indexes import default_child
 from ferryd.store.references import Target
@@ -168,21 +168,24 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
         _check_config_type(ctx, child.image)
     stats = DownloadStats()
     fetched: list[_Fetched | _Kept | None] = [None] * len(source.children)
+    kept: list[_Kept] = []  # let go of once the pull ends, however it ends
     # The platforms of an index at once: a layer blob they share is one transfer they
     # all wait on, counted (and shown) once.
     outputs = LayerOwners(progress)
 
     async def one(position: int, child: _Child) -> None:
         image_id = Digest(child.image.config.digest)
-        kept = _keep_stored(ctx.store, image_id)
-        fetched[position] = kept
-        record = kept.record if kept is not None else None
+        stored = _keep_stored(ctx.store, image_id)
+        if stored is not None:
+            kept.append(stored)
+        record = stored.record if stored is not None else None
         if record is None:
             output = outputs.view(position)
             fetched[position] = await _pull_image(
                 client, reference, ctx, source, child, output, stats, send_ahead=send_ahead
             )
         else:
+            fetched[position] = stored
             _check_platform(ctx, reference, top, record.os, record.architecture, record.variant)
             stats.reused += len(child.image.layers)
 
@@ -194,9 +197,7 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
         ctx.job.phase = "committing"
         recorded = await anyio.to_thread.run_sync(_commit, ctx, reference, source, fetched)
     finally:
-        for item in fetched:
-            if item is not None:
-                item.release()
+        await _let_go(ctx.store, fetched, kept)
     # Which mirror served the pull, when one did: the operator's first question.
     served_by = {"mirror": client.endpoint.base_url} if client.endpoint.mirror else {}
     updated = stats.fetched > 0 or recorded.changed
@@ -488,18 +489,42 @@ async def _pull_image(
 class _Kept:
     """An image a pull found stored: held (its top layer, and with it every layer below;
     its config blob pinned) until the pull is recorded, so that an rmi meanwhile cannot
-    take what the commit needs to record the image again."""
+    take what the commit needs to record the image again.
 
-    record: ImageRecord
-    release: Callable[[], None]
+    Without a record, an rmi took it before the pull looked again: the pull fetches it
+    as new, held all the same, so that what the rmi left for the hold serves the fetch.
+    What a removal left for the hold and the pin goes once the pull lets go (`_let_go`)
+    if nothing uses it then: the pull failed, or an rmi came after its commit."""
+
+    store: Store
+    image_id: Digest
+    top: Digest | None
+    record: ImageRecord | None = None
+    # The hold's release said a removal left the layers for it (`RefCounter.release`).
+    top_left: bool = field(default=False, init=False)
+    released: bool = field(default=False, init=False)
+
+    def release(self) -> bool:
+        """Let go of the pin and the hold, once (counters in memory: on the event loop);
+        whether a removal left something because of them, for `gc.delete_left` (in a
+        worker thread). A look at the blobs a removal deferred, in memory: nothing to
+        do costs nothing more."""
+        if self.released:
+            return False
+        self.released = True
+        self.store.blobs.pins.release(self.image_id)
+        if self.top is not None:
+            self.top_left = self.store.layers.holds.release(self.top)
+        return self.top_left or bool(self.store.blobs.deferred([self.image_id]))
 
 
 def _keep_stored(store: Store, image_id: Digest) -> _Kept | None:
     """The image `image_id` if it is stored, held (see `_Kept`); None if it is not.
 
     Hold first, then look again: a removal whose transaction came before the second
-    look has taken it (None: the pull fetches it as new), one after it sees the hold
-    and the pin, and leaves the layers and the config for the commit."""
+    look has taken it (no record: the pull fetches it as new), one after it sees the
+    hold and the pin, and leaves the layers and the config for the commit. Two queries
+    on the event loop: the record, then the image with its top layer."""
     record = store.images.record(image_id)
     if record is None:
         return None
@@ -507,27 +532,32 @@ def _keep_stored(store: Store, image_id: Digest) -> _Kept | None:
     store.blobs.pins.acquire(image_id)
     if top is not None:
         store.layers.holds.acquire(top)
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        if released:
-            return
-        released = True
-        store.blobs.pins.release(image_id)
-        if top is not None:
-            store.layers.holds.release(top)
-
+    kept = _Kept(store, image_id, top)
     try:
-        still = store.images.record(image_id) is not None
-        still = still and (top is None or store.layers.get(top) is not None)
+        still = store.layers.image_stored(image_id)
     except BaseException:
-        release()
+        kept.release()  # what a removal left meanwhile is the next one's
         raise
-    if not still:
-        release()
-        return None
-    return _Kept(record, release)
+    if still:
+        kept.record = record
+    return kept
+
+
+async def _let_go(store: Store, fetched: list[_Fetched | _Kept | None], kept: list[_Kept]) -> None:
+    """Let go of what the pull held: the layers it fetched, then the images it found
+    stored (the last holder of a layer is told what a removal left for it). What a
+    removal left only because of them goes in a worker thread, shielded from the pull's
+    cancellation; without such a removal (the common case) nothing leaves the loop."""
+    for item in fetched:
+        if isinstance(item, _Fetched):
+            item.release()
+    left = [item for item in kept if item.release()]
+    if not left:
+        return
+    pinned = [item.image_id for item in left]
+    held = [item.top for item in left if item.top is not None and item.top_left]
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(delete_left, store, pinned, held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,7 +581,7 @@ def _commit(
     store = ctx.store
     top = source.top
     new = [item for item in fetched if isinstance(item, _Fetched)]
-    kept = [item for item in fetched if isinstance(item, _Kept)]
+    kept = [item.record for item in fetched if isinstance(item, _Kept) and item.record is not None]
     blobs: list[tuple[bytes, Digest]] = [
         (item.config, Digest(item.child.image.config.digest)) for item in new
     ]
@@ -564,8 +594,8 @@ def _commit(
         store.blobs.sync(digest for _, digest in blobs)
         with store.db.transaction():
             changed = False
-            for stored in kept:
-                _restore(store, stored.record)
+            for record in kept:
+                _restore(store, record)
             for item in new:
                 chains = chain_ids(item.rootfs.diff_ids)
                 size = sum(store.layers.size_of(chain) for chain in chains)

@@ -223,8 +223,9 @@ class BlobStore:
         to be deleted, unless someone has pinned `digest` since `watch` began (see
         `RefCounter.watching`); where it went, or None (in use, or gone). Aside is a temp
         file beside the blobs: a sweep removes it if the process dies before the caller
-        has unlinked it. A rename, under the pins' lock: one who pins `digest` later finds
-        nothing there."""
+        has unlinked it. One who pins `digest` once it is chosen waits for the rename to
+        end, then finds nothing there; pins of other digests (the event loop's among
+        them) do not wait for it (`RefCounter.unless_used`)."""
         aside = self._blobs / "sha256" / f"{TEMP_PREFIX}removed-{path.parent.name}-{path.name}"
         target = to if to is not None else aside
         with self.pins.unless_used(digest, watch) as unused:

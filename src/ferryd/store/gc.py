@@ -134,14 +134,24 @@ def delete_blobs(store: Store, blobs: set[Digest], watch: Watch[Digest] | None =
 
 
 def _unused_layers(store: Store) -> list[Layer]:
-    """Layers that no image's stack reaches and no transfer holds, children first."""
+    """Layers that no image's stack reaches and no transfer holds, children first.
+
+    A held layer no image reaches is noted for the last of its holders, who deletes
+    what it kept once it lets go (`RefCounter.in_use`, `delete_left`): a pull that held
+    an image it found stored, and failed."""
     layers = {layer.chain_id: layer for layer in store.layers.all()}
     used: set[Digest] = set()
-    for start in [*store.images.top_layers(), *store.layers.holds.keys()]:
+
+    def reach(start: Digest) -> None:
         chain: Digest | None = start
         while chain is not None and chain not in used and chain in layers:
             used.add(chain)
             chain = layers[chain].parent
+
+    for start in store.images.top_layers():
+        reach(start)
+    for start in store.layers.holds.in_use(lambda chain: chain in layers and chain not in used):
+        reach(start)
     unused = [layer for chain, layer in layers.items() if chain not in used]
     # The parent column points at the layer below: delete from the top down.
     return sorted(unused, key=lambda layer: -_depth(layers, layer))
@@ -161,23 +171,71 @@ def unpin(store: Store, digests: Iterable[Digest]) -> None:
     would have deleted. Best effort, as `take_back`: what a failing database or disk
     leaves is the sweep's. Blocking (the database, the disk): from a worker thread."""
     digests = list(digests)
-    blobs = store.blobs
     for digest in digests:
-        blobs.pins.release(digest)
-    left = blobs.deferred(digests)
-    if not left:
+        store.blobs.pins.release(digest)
+    delete_left(store, digests)
+
+
+def delete_left(store: Store, pinned: Iterable[Digest], held: Iterable[Digest] = ()) -> None:
+    """Once the pins on `pinned` are let go, and the holds on `held` (the layers whose
+    last release said a removal left them for it: `RefCounter.release`): delete what a
+    removal left because of them that nothing uses now. The blobs of `pinned` it
+    deferred that no row references; the layers of `held`, and those under them, that
+    no image's stack reaches and no hold keeps, with their blobs no row references.
+    What the removal would have deleted. Best effort, as `take_back`: what a failing
+    database or disk leaves is the sweep's (and the next removal's). Blocking (the
+    database, the disk): from a worker thread.
+
+    Nothing to do (the common case: nothing was removed meanwhile) costs a look at the
+    deferred blobs in memory."""
+    blobs = store.blobs
+    left = blobs.deferred(pinned)
+    held = list(held)
+    if not left and not held:
         return
-    # Released first, then watched: one who pinned and committed a row between is seen
+    # Let go first, then watched: one who pinned and committed a row between is seen
     # in the rows, one who pinned before and holds on is seen by the watch.
     with (
         contextlib.suppress(FerrydError, OSError),
         store.maintenance,
         blobs.pins.watching() as watch,
     ):
+        if held:
+            delete_blobs(store, _delete_layers_left(store, held), watch)
         referenced = {digest for digest in left if is_referenced(store, digest)}
         blobs.undefer(referenced)
         for digest in sorted(left - referenced):
             blobs.delete_unless_used(digest, watch)
+
+
+def _delete_layers_left(store: Store, held: list[Digest]) -> set[Digest]:
+    """Delete the layers of `held` and under them that nothing uses (see `delete_left`),
+    in one transaction; the blobs of theirs no row references, to delete once it has
+    committed."""
+    with store.db.transaction():
+        unused = _unused_layers(store)
+        by_chain = {layer.chain_id: layer for layer in unused}
+        going = _stacks(by_chain, held)
+        # An unused layer that is not ours (a failed pull's, registered since the
+        # removal) keeps what it stands on: the next removal takes them together.
+        standing = [layer.parent for layer in unused if layer.chain_id not in going]
+        going -= _stacks(by_chain, [chain for chain in standing if chain is not None])
+        gone = [layer for layer in unused if layer.chain_id in going]  # children first
+        for layer in gone:
+            store.layers.delete(layer.chain_id)
+        return {layer.blob_digest for layer in gone if not is_referenced(store, layer.blob_digest)}
+
+
+def _stacks(layers: dict[Digest, Layer], tops: Iterable[Digest]) -> set[Digest]:
+    """The layers of `layers` that `tops` are, and those under them there. Of unused
+    layers: under a layer something uses, every layer is used, so the walk stops."""
+    found: set[Digest] = set()
+    for top in tops:
+        chain: Digest | None = top
+        while chain is not None and chain in layers and chain not in found:
+            found.add(chain)
+            chain = layers[chain].parent
+    return found
 
 
 def is_referenced(store: Store, digest: Digest) -> bool:

@@ -42,6 +42,17 @@ class LayerStore:
         row = self._db.one("SELECT * FROM layers WHERE chain_id = ?", (chain,))
         return _layer(row) if row is not None else None
 
+    def image_stored(self, image_id: Digest) -> bool:
+        """Whether the image `image_id` is stored with its top layer, if it has layers
+        (and so with every layer under it: a layer's row needs its parent's), in one
+        query."""
+        row = self._db.one(
+            "SELECT 1 FROM images LEFT JOIN layers ON layers.chain_id = images.top_layer "
+            "WHERE images.id = ? AND (images.top_layer IS NULL OR layers.chain_id IS NOT NULL)",
+            (image_id,),
+        )
+        return row is not None
+
     def size_of(self, chain: Digest) -> int:
         """The uncompressed size of one layer (not of its parents)."""
         row = self._db.one("SELECT size FROM layers WHERE chain_id = ?", (chain,))

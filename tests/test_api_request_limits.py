@@ -16,6 +16,8 @@ import contextlib
 import inspect
 import io
 import json
+import logging
+import re
 import socket
 import tarfile
 import threading
@@ -217,6 +219,56 @@ def test_heads_far_past_the_limit_leave_the_daemon_small(daemon: Daemon) -> None
     assert peak_memory(daemon) - before < 32 << 20
     with daemon.http(timeout=10) as http:
         assert http.get("/_ping").text == "OK"
+
+
+def ping_head(size: int) -> bytes:
+    """A `GET /_ping` that closes the connection, its head (request line, headers and
+    the blank line) `size` bytes."""
+    start = b"GET /_ping HTTP/1.1\r\nHost: ferryd\r\nConnection: close\r\nX-Pad: "
+    end = b"\r\n\r\n"
+    return start + b"p" * (size - len(start) - len(end)) + end
+
+
+def statuses_until_closed(sock: socket.socket) -> list[int]:
+    """The statuses of the answers (each with a Content-Length) the daemon sends before
+    it closes the connection."""
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while more := sock.recv(65536):
+            data += more
+    statuses = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        fields = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+        statuses.append(int(status_line.split()[1]))
+        data = rest[int(fields["content-length"]) :]
+    return statuses
+
+
+@pytest.mark.parametrize("cut", [0, 20, limits.MAX_HEAD // 2, limits.MAX_HEAD - 1])
+@pytest.mark.parametrize(
+    ("size", "served"), [(limits.MAX_HEAD, True), (limits.MAX_HEAD + 1, False)]
+)
+def test_the_head_limit_is_exact_however_the_reads_split_it(
+    daemon: Daemon, cut: int, size: int, served: bool
+) -> None:
+    """A head of `MAX_HEAD` bytes is served and one byte more is refused (it was served:
+    the parser was fed one byte past the limit), in one read or cut into two `cut`
+    bytes into it."""
+    head = ping_head(size)
+    sock = connect(daemon.socket)
+    sock.sendall(head[:cut])
+    time.sleep(0.2)  # read by the daemon, without the rest
+    sock.sendall(head[cut:])
+
+    if served:
+        assert statuses_until_closed(sock) == [200]
+        assert not daemon.log_events("api.request_refused")
+    else:
+        assert statuses_until_closed(sock) in ([], [431])
+        (refused,) = wait_until(lambda: daemon.log_events("api.request_refused"))
+        assert refused["status"] == 431
 
 
 def test_a_malformed_request_is_answered_400_in_dockers_shape(daemon: Daemon) -> None:
@@ -486,6 +538,7 @@ def test_a_streamed_answer_is_not_ended_by_its_request_body_stalling(
         ("on_message_complete", ["self"]),
         ("on_response_complete", ["self"]),
         ("_unset_keepalive_if_required", ["self"]),
+        ("_start_asgi_task", ["self", "cycle", "app"]),
     ],
 )
 def test_uvicorn_has_the_methods_the_request_limits_override(
@@ -575,3 +628,76 @@ def test_a_save_whose_client_stops_reading_is_cut_and_lets_go_of_the_image(
         sock.sendall(b"DELETE /images/team/big HTTP/1.1\r\nHost: ferryd\r\n\r\n")
         assert read_answer(sock)[0] == 200
         wait_until(lambda: not list((tmp_path / "api").rglob("blobs/sha256/*")))
+
+
+def test_a_stalled_save_with_a_request_pipelined_behind_it_ends_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn marks only the last request of a connection that ends as gone: the save
+    ahead of the pipelined ping was left unfinished and "returned without completing
+    response" was logged as an application error."""
+    monkeypatch.setattr(limits, "WRITE_IDLE_TIMEOUT", 0.5)
+    archive = tarball(4 << 20)
+    with api_socket(tmp_path) as path:
+        sock = connect(path)
+        sock.sendall(post_head("/images/create?fromSrc=-&repo=team/big", len(archive)))
+        sock.sendall(archive)
+        assert read_answer(sock)[0] == 200
+        stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        _opened.append(stalled)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(str(path))
+        with caplog.at_level("INFO"):
+            stalled.sendall(b"GET /images/team/big/get HTTP/1.1\r\nHost: ferryd\r\n\r\n" + PING)
+            time.sleep(2.0)  # it reads nothing
+            assert closed_by_peer(stalled)
+
+            sock = connect(path)
+            sock.sendall(PING)
+            assert read_answer(sock)[0] == 200
+
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+def event_actions(path: Path) -> list[str]:
+    """The actions of the events the daemon has kept, oldest first."""
+    sock = connect(path)
+    until = time.time()
+    sock.sendall(f"GET /events?since=0&until={until:.3f} HTTP/1.1\r\nHost: ferryd\r\n\r\n".encode())
+    answer = b""
+    while not answer.endswith(b"0\r\n\r\n"):
+        more = sock.recv(65536)
+        assert more, answer
+        answer += more
+    return [action.decode() for action in re.findall(rb'"Action":\s*"(\w+)"', answer)]
+
+
+def test_a_save_whose_client_leaves_with_a_request_pipelined_behind_it_stops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn told only the pipelined request that the client was gone: the save ahead
+    of it wrote the rest of its archive to no one (asyncio warning of each write) and
+    was reported done."""
+    archive = tarball(16 << 20)
+    with api_socket(tmp_path) as path:
+        sock = connect(path)
+        sock.sendall(post_head("/images/create?fromSrc=-&repo=team/big", len(archive)))
+        sock.sendall(archive)
+        assert read_answer(sock)[0] == 200
+        leaving = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        _opened.append(leaving)
+        leaving.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        leaving.connect(str(path))
+        with caplog.at_level("INFO"):
+            leaving.sendall(b"GET /images/team/big/get HTTP/1.1\r\nHost: ferryd\r\n\r\n" + PING)
+            time.sleep(0.3)  # the save waits for the client to read
+            leaving.close()
+            time.sleep(1.0)
+
+        actions = event_actions(path)
+
+    assert "import" in actions
+    assert "save" not in actions
+    noise = [r for r in caplog.records if r.name == "asyncio" or r.levelno >= logging.ERROR]
+    assert not noise, [r.getMessage() for r in noise]

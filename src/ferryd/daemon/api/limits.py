@@ -40,10 +40,11 @@ for an archive, `read_small_body` for a login):
   limit, checked against its Content-Length first, then as it arrives (413).
 
 And for a save's archive (`patient_send`): a piece the client has not taken within
-`WRITE_IDLE_TIMEOUT` seconds aborts its connection and ends the save, letting go of the
-images' layers it holds (which an rmi meanwhile cannot free). dockerd waits for such a
-client for ever. Progress streams have no such limit: a suspended `docker pull` (Ctrl-Z)
-must not cancel its pull, and what waits for it is a few lines a layer (streaming.py).
+`WRITE_IDLE_TIMEOUT` seconds aborts its connection (the requests pipelined behind it go
+with it, unanswered) and ends the save, letting go of the images' layers it holds
+(which an rmi meanwhile cannot free). dockerd waits for such a client for ever.
+Progress streams have no such limit: a suspended `docker pull` (Ctrl-Z) must not cancel
+its pull, and what waits for it is a few lines a layer (streaming.py).
 
 The head itself must arrive within the header deadline (connections.HEADER_TIMEOUT).
 """
@@ -51,6 +52,7 @@ The head itself must arrive within the header deadline (connections.HEADER_TIMEO
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import json
 from collections.abc import AsyncIterator
@@ -60,6 +62,8 @@ import httptools
 import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from ferryd.daemon.api.peers import PeerCredentialsProtocol
 from ferryd.errors import ClientStalledError, PayloadTooLargeError, RequestTimeoutError
@@ -94,6 +98,7 @@ class BoundedRequestProtocol(PeerCredentialsProtocol):
     _completed = False  # a message completed in the piece being fed
     _body_bytes = 0  # body bytes in the piece being fed
     _framing = 0  # bytes of a body that were no body, since the last piece of body
+    _running: RequestResponseCycle | None = None  # the request whose answer is being sent
     _refusal: tuple[int, str] | None = None
     _stopped = False  # the parser is done with this connection
     _draining: asyncio.TimerHandle | None = None  # while an answered body's rest is dropped
@@ -105,7 +110,19 @@ class BoundedRequestProtocol(PeerCredentialsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_draining()
+        # uvicorn tells only the connection's last request that its client is gone: one
+        # answering ahead of requests pipelined behind it would write on to no one (a
+        # save, its whole archive), never see the disconnect, and, once aborted by
+        # `patient_send`, be logged as an application that left its answer unfinished.
+        running = self._running
+        if running is not None and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
 
     # What arrives: fed to the parser in pieces no bigger than what is still allowed.
 
@@ -129,7 +146,7 @@ class BoundedRequestProtocol(PeerCredentialsProtocol):
     def _feed(self, view: memoryview) -> None:
         while view and not self._stopped:
             in_head = not self._in_body
-            size = MAX_HEAD + 1 - self._head_bytes if in_head else MAX_HEAD
+            size = MAX_HEAD - self._head_bytes if in_head else MAX_HEAD
             piece, view = view[:size], view[size:]
             self._completed = False
             self._body_bytes = 0
@@ -145,7 +162,7 @@ class BoundedRequestProtocol(PeerCredentialsProtocol):
                 continue  # the head or the message ended in the piece: counted anew
             if in_head:
                 self._head_bytes += len(piece)
-                if self._head_bytes > MAX_HEAD:
+                if self._head_bytes >= MAX_HEAD:  # not ended within MAX_HEAD bytes: longer
                     self._refuse(*self._head_too_large())
                     return
             elif self._body_bytes:
@@ -193,7 +210,7 @@ class BoundedRequestProtocol(PeerCredentialsProtocol):
         super().on_headers_complete()
         self._in_body = True
         # For `patient_send`: a streamed answer whose client stalls ends its connection.
-        self.scope["state"][_ABORT] = self.transport.abort
+        self.scope["state"][_ABORT] = functools.partial(self._abort, self.cycle)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -257,6 +274,12 @@ class BoundedRequestProtocol(PeerCredentialsProtocol):
         ]
         self.transport.write(b"".join(head) + body)
         self.transport.close()
+
+    def _abort(self, cycle: RequestResponseCycle) -> None:
+        """End the connection at once, `cycle`'s answer unfinished (`patient_send`)."""
+        # Gone as of now for the answer's task, which may end before the loss is told.
+        cycle.disconnected = True
+        self.transport.abort()
 
     def _close_drained(self) -> None:
         self._stop_draining()

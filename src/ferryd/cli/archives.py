@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import http.client
 import io
-import json
 import os
 import shutil
 import socket
@@ -30,10 +29,13 @@ from typing import IO, Any
 from urllib.parse import urlencode
 
 from ferryd.cli.client import (
-    CONNECT_ERRORS,
     Client,
+    CutAnswer,
     DaemonError,
-    cannot_connect,
+    connection_failed,
+    messages,
+    open_socket,
+    pieces,
     refusal,
     socket_path,
 )
@@ -85,6 +87,9 @@ def _save(args: argparse.Namespace) -> int:
         raise StreamError(
             "refusing to write an archive to a terminal: use -o FILE or redirect the output"
         )
+    if args.format == "tar" and args.output and os.path.isdir(args.output):
+        # As `docker save -o DIR` fails: the archive is one file, and it is not put in DIR.
+        raise StreamError(f"cannot write {args.output}: it is a directory (-o names the file)")
     query: list[tuple[str, str]] = [("names", name) for name in args.images]
     if args.platform:
         query.append(("platform", args.platform))
@@ -103,7 +108,9 @@ def _save(args: argparse.Namespace) -> int:
         except BrokenPipeError:
             raise
         except OSError as exc:
-            where = exc.filename or args.output or "stdout"
+            # Not exc.filename: that is of the temp file beside the output, which the
+            # user never named.
+            where = args.output or "stdout"
             raise StreamError(f"cannot write {where}: {exc.strerror or exc}") from None
     return 0
 
@@ -113,10 +120,10 @@ def _pieces(response: http.client.HTTPResponse) -> Iterator[bytes]:
     broken, or it stopped) is an error, never a short archive taken for a whole one."""
     meter = _Meter()
     try:
-        while piece := response.read(_PIECE):
+        for piece in pieces(response, "GET /images/get"):
             meter.add(len(piece))
             yield piece
-    except (OSError, http.client.HTTPException):
+    except CutAnswer:
         meter.done()
         raise DaemonError(
             "the daemon's archive ended early: the transfer was cut (the daemon's log says "
@@ -263,12 +270,7 @@ def _load_done(message: dict[str, Any]) -> bool:
 def _upload(path: str, target: str, source: IO[bytes]) -> Iterator[dict[str, Any]]:
     """POST `source` as the body while the answer is read: a thread sends, this one
     reads (http.client would send it all first, and show no progress until then)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except CONNECT_ERRORS as exc:
-        sock.close()
-        raise cannot_connect(path, exc) from None
+    sock = open_socket(path)
     size = _size_of(source)
     framing = f"Content-Length: {size}" if size is not None else "Transfer-Encoding: chunked"
     head = (
@@ -296,15 +298,10 @@ def _upload(path: str, target: str, source: IO[bytes]) -> Iterator[dict[str, Any
         try:
             response.begin()
         except (OSError, http.client.HTTPException) as exc:
-            raise DaemonError(f"the connection to the daemon failed: {exc}") from None
+            raise connection_failed(exc) from None
         if response.status >= 400:
             raise refusal(response)
-        try:
-            for line in response:
-                if line.strip():
-                    yield json.loads(line)
-        except (OSError, ValueError, http.client.HTTPException):
-            raise DaemonError("the connection to the daemon was lost") from None
+        yield from messages(response, "POST /images/load")
         if failed:
             raise StreamError(f"reading the archive failed: {failed[0].strerror or failed[0]}")
     finally:

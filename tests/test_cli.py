@@ -121,7 +121,7 @@ def test_serve_with_an_unusable_root_says_why_without_a_traceback(tmp_path: Path
 
     result = ferryd("serve", "--root", str(blocker / "root"), "--socket", str(tmp_path / "s"))
 
-    assert result.returncode == 1
+    assert result.returncode == 2  # the setting's fault: a config error
     assert str(blocker) in start_failure(result)["error"]
 
 

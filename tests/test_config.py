@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 from pathlib import Path
 
@@ -390,9 +391,10 @@ def test_mirrors_must_be_a_list_of_urls(config: ConfigFile) -> None:
 
 
 def test_socket_group_and_shutdown_timeout_are_read(config: ConfigFile) -> None:
-    settings = config.load('socket_group = "ferryd"\nshutdown_timeout = 2.5\n')
+    group = grp.getgrgid(os.getgid()).gr_name  # a group that exists: others are refused
+    settings = config.load(f'socket_group = "{group}"\nshutdown_timeout = 2.5\n')
 
-    assert (settings.socket_group, settings.shutdown_timeout) == ("ferryd", 2.5)
+    assert (settings.socket_group, settings.shutdown_timeout) == (group, 2.5)
 
 
 def test_a_negative_shutdown_timeout_is_refused(config: ConfigFile) -> None:

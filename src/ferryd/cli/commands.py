@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import errno
+import io
 import json
 import os
 import re
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from ferryd import __version__
 from ferryd.cli import archives, login
-from ferryd.cli.client import Client, DaemonError
+from ferryd.cli.client import Client, DaemonError, answer_fields
 from ferryd.cli.display import StreamError, drain, finished, pull_done, push_done, show
 from ferryd.units import human_size
 
@@ -38,15 +41,45 @@ def _reference(text: str, *, default_tag: bool = True) -> Reference:
         raise UsageError(str(exc)) from None
 
 
+class StdoutError(Exception):
+    """A write to stdout failed: a full disk, an I/O error, no stdout at all."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    try:
+
+    def command() -> int:
         result: int = args.handler(args)
         return result
+
+    if args.command == "serve":
+        # The daemon logs to stdout for as long as it runs: what a failed write there
+        # means is for the daemon to decide, not a client command's error.
+        return _run(command)
+    given = sys.stdin, sys.stdout
+    # Started without them (`<&-`, `>&-`), Python has None for both, and print() to None
+    # drops the text: `images` printed nothing and exited 0. No stdin reads as empty;
+    # no stdout fails each write, as the closed descriptor would.
+    sys.stdin = sys.stdin or io.TextIOWrapper(io.BytesIO())
+    stdout = sys.stdout or io.TextIOWrapper(_NoStdout(), write_through=True)
+    sys.stdout = cast(TextIO, _Stdout(stdout))
+    try:
+        status = _run(command)
+        # What stdout still buffers is written here, where a failure can be said: at
+        # the interpreter's exit it is a Python message and status 120 after a success.
+        flushed = _run(_flush_stdout)
+        return status or flushed
+    finally:
+        sys.stdin, sys.stdout = given
+
+
+def _run(command: Callable[[], int]) -> int:
+    try:
+        return command()
     except (DaemonError, StreamError, UsageError) as exc:
         print(str(exc) if isinstance(exc, DaemonError) else f"Error: {exc}", file=sys.stderr)
         return 1
@@ -55,8 +88,68 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader went away (`ferryd events | head`): stop as a Unix tool stopped by
         # SIGPIPE would, without a traceback, nor another error when stdout is flushed.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _drop_stdout()
         return 128 + signal.SIGPIPE
+    except StdoutError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        _drop_stdout()
+        return 1
+
+
+def _flush_stdout() -> int:
+    sys.stdout.flush()
+    return 0
+
+
+def _drop_stdout() -> None:
+    """Send stdout to /dev/null: what its buffer still holds would fail again when the
+    interpreter flushes it at exit. A stdout with no descriptor (a test's capture, no
+    stdout at all) holds nothing that would."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class _Stdout:
+    """sys.stdout for a client command: a failed write is a StdoutError, which main says
+    as such, rather than an OSError from the middle of a command (which a command that
+    catches OSError for its own files could take for one of theirs). BrokenPipeError
+    stays one: the reader left, which is no error of ours."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _write_failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _write_failed(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _write_failed(exc: OSError) -> StdoutError:
+    return StdoutError(f"cannot write stdout: {exc.strerror or exc}")
+
+
+class _NoStdout(io.RawIOBase):
+    """stdout when the command was started without one: each write fails."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.EBADF, "it is closed")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -181,9 +274,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # SIGHUP's default action would end the daemon. Ignored until the config file is
+    # read (that read comes after the HUP: nothing to apply), then held from just before
+    # it (reload.Hangups): a HUP during start-up gets its reload once the daemon is ready.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from ferryd.daemon.reload import hangups
     from ferryd.daemon.settings import Settings, load_settings
     from ferryd.errors import ConfigError, FerrydError
 
+    hangups.catch()
     overrides: dict[str, object] = {
         "root": args.root,
         "socket": args.socket,
@@ -209,6 +308,10 @@ def _serve(args: argparse.Namespace) -> int:
         return _start_failed(str(exc), 1, log_format)
     except OSError as exc:
         return _start_failed(f"{exc.filename or ''}: {exc.strerror or exc}", 1, log_format)
+    finally:
+        # Ignored again for the interpreter's exit, which gives a signal caught by a
+        # Python handler its default action back.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return 0
 
 
@@ -286,7 +389,7 @@ def _tag(args: argparse.Namespace) -> int:
     if target.digest is not None or target.tag is None:
         raise UsageError("the target must be a tag, not a digest")
     params = {"repo": target.name, "tag": target.tag}
-    Client(args.host).request("POST", f"/images/{args.source}/tag", params).read()
+    Client(args.host).read("POST", f"/images/{args.source}/tag", params)
     return 0
 
 
@@ -296,7 +399,7 @@ def _rmi(args: argparse.Namespace) -> int:
     for name in args.reference:
         params = {"force": "1"} if args.force else {}
         try:
-            records = json.loads(client.request("DELETE", f"/images/{name}", params).read())
+            records = client.json_objects("DELETE", f"/images/{name}", params)
         except DaemonError as exc:
             print(str(exc), file=sys.stderr)
             failed = True
@@ -315,6 +418,16 @@ def _cut(action: str, reference: str) -> str:
     )
 
 
+def _text(row: dict[str, Any], key: str) -> str:
+    """A field of the daemon's answer that is shown as it is. In `answer_fields`, one
+    that is not a string is a malformed answer, said before anything is printed rather
+    than a table cut short at its row."""
+    value = row[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key!r} is not a string: {value!r:.60}")
+    return value
+
+
 def _print_table(table: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for r in table:
@@ -325,38 +438,36 @@ def _ps(args: argparse.Namespace) -> int:
     """The pulls and pushes running (from the moment they were asked for, with how many
     of their layers are done), then the transfers moving their layers."""
     client = Client(args.host)
-    jobs = client.get_json("/jobs")
+    jobs = client.json_objects("GET", "/jobs")
+    rows = client.json_objects("GET", "/transfers")
+    with answer_fields("GET /jobs"):
+        job_table = [("JOB", "ACTION", "PHASE", "LAYERS", "STARTED", "REFERENCE")] + [
+            (
+                _text(job, "ID"),
+                _text(job, "Action"),
+                _text(job, "Phase"),
+                _layers_done(job["Layers"]),
+                _ago(job["Started"]),
+                _text(job, "Reference"),
+            )
+            for job in jobs
+        ]
+    with answer_fields("GET /transfers"):
+        table = [("ACTION", "ID", "STATUS", "PROGRESS", "CLIENTS", "STARTED", "NAME")] + [
+            (
+                _text(row, "Action"),
+                _text(row, "ID"),
+                _text(row, "Status"),
+                _progress(row["Current"], row["Total"]),
+                str(row["Watchers"]),
+                _ago(row["Started"]),
+                _text(row, "Name"),
+            )
+            for row in rows
+        ]
     if jobs:
-        job_header = ("JOB", "ACTION", "PHASE", "LAYERS", "STARTED", "REFERENCE")
-        _print_table(
-            [job_header]
-            + [
-                (
-                    job["ID"],
-                    job["Action"],
-                    job["Phase"],
-                    _layers_done(job["Layers"]),
-                    _ago(job["Started"]),
-                    job["Reference"],
-                )
-                for job in jobs
-            ]
-        )
+        _print_table(job_table)
         print()
-    rows = client.get_json("/transfers")
-    header = ("ACTION", "ID", "STATUS", "PROGRESS", "CLIENTS", "STARTED", "NAME")
-    table = [header] + [
-        (
-            row["Action"],
-            row["ID"],
-            row["Status"],
-            _progress(row["Current"], row["Total"]),
-            str(row["Watchers"]),
-            _ago(row["Started"]),
-            row["Name"],
-        )
-        for row in rows
-    ]
     _print_table(table)
     return 0
 
@@ -366,10 +477,8 @@ _LAYER_DONE = ("Pull complete", "Already exists", "Pushed", "Layer already exist
 
 
 def _layers_done(layers: list[dict[str, Any]]) -> str:
-    done = sum(
-        layer["Status"] in _LAYER_DONE or layer["Status"].startswith("Mounted from")
-        for layer in layers
-    )
+    statuses = [_text(layer, "Status") for layer in layers]
+    done = sum(status in _LAYER_DONE or status.startswith("Mounted from") for status in statuses)
     return f"{done}/{len(layers)}" if layers else "-"
 
 
@@ -399,13 +508,18 @@ def _events(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(event), flush=True)
             continue
-        when = datetime.datetime.fromtimestamp(event["timeNano"] / 1e9, datetime.UTC).isoformat(
-            timespec="microseconds"
-        )
-        attributes = ", ".join(f"{k}={v}" for k, v in sorted(event["Actor"]["Attributes"].items()))
-        print(f"{when} {event['Type']} {event['Action']} {event['Actor']['ID']} ({attributes})")
-        sys.stdout.flush()
+        with answer_fields("GET /events"):
+            line = _event_line(event)
+        print(line, flush=True)
     return 0
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    when = datetime.datetime.fromtimestamp(event["timeNano"] / 1e9, datetime.UTC).isoformat(
+        timespec="microseconds"
+    )
+    attributes = ", ".join(f"{k}={v}" for k, v in sorted(event["Actor"]["Attributes"].items()))
+    return f"{when} {event['Type']} {event['Action']} {event['Actor']['ID']} ({attributes})"
 
 
 _DURATION = re.compile(r"(?P<amount>\d+(?:\.\d+)?)(?P<unit>s|m|h)")
@@ -427,8 +541,19 @@ def _timestamp(text: str, name: str) -> str:
             f"--{name} {text!r}: expected Unix seconds, an RFC 3339 time or a duration (10m)"
         ) from None
     if moment.tzinfo is None:
-        moment = moment.astimezone()
+        moment = moment.replace(tzinfo=_local_zone(moment))
     return f"{moment.timestamp():.9f}"
+
+
+def _local_zone(moment: datetime.datetime) -> datetime.tzinfo | None:
+    """The local zone at `moment`, as docker takes a time without one. Python finds it
+    through the times a day either side, which are out of its calendar (years 1 to
+    9999) at 0001-01-01 and 9999-12-31: there, the zone two days inward."""
+    inward = datetime.timedelta(days=2 if moment.year == 1 else -2)
+    try:
+        return moment.astimezone().tzinfo
+    except (ValueError, OverflowError):
+        return (moment + inward).astimezone().tzinfo
 
 
 def _reload(args: argparse.Namespace) -> int:
@@ -449,21 +574,30 @@ def _fsck(args: argparse.Namespace) -> int:
         report = _fsck_stopped(Path(args.root), args.repair)
         if report is None:
             return 2
+        lines, found = _fsck_lines(report)
     else:
         params = {"repair": "1"} if args.repair else {}
         try:
-            report = json.loads(Client(args.host).request("POST", "/fsck", params).read())
+            report = Client(args.host).json_object("POST", "/fsck", params)
+            with answer_fields("POST /fsck"):
+                lines, found = _fsck_lines(report)
         except DaemonError as exc:
+            # Not 1, which says the store has problems: what it has is not known.
             print(str(exc), file=sys.stderr)
             return 2
-    for problem in report["Problems"]:
-        print(f"{problem['Kind']}: {problem['Message']}")
-    for removed in report["Removed"]:
-        print(f"removed {removed['Kind']} {removed['Subject']}")
-    for kept in report["Kept"]:
-        print(f"kept {kept['Kind']}: {kept['Message']}")
+    print("\n".join(lines))
+    return 1 if found else 0
+
+
+def _fsck_lines(report: dict[str, Any]) -> tuple[list[str], int]:
+    """What to print of a report (all of it before any is printed: a daemon's answer
+    may be malformed), and how many problems it found."""
+    problems, removed, kept = (_list(report, key) for key in ("Problems", "Removed", "Kept"))
+    lines = [f"{problem['Kind']}: {problem['Message']}" for problem in problems]
+    lines += [f"removed {item['Kind']} {item['Subject']}" for item in removed]
+    lines += [f"kept {item['Kind']}: {item['Message']}" for item in kept]
     if report["UnusedLayers"]:
-        print(
+        lines.append(
             f"info: {report['UnusedLayers']} layers no image uses "
             "(not a problem: the next pull of an image on them reuses them)"
         )
@@ -471,10 +605,18 @@ def _fsck(args: argparse.Namespace) -> int:
         _counted(count, _SINGULAR.get(what, what.lower().removesuffix("s")))
         for what, count in report["Checked"].items()
     )
-    found = len(report["Problems"])
-    verdict = _counted(found, "problem") if found else "clean"
-    print(f"fsck: checked {checked} in {report['Seconds']:.2f} s: {verdict}")
-    return 1 if found else 0
+    verdict = _counted(len(problems), "problem") if problems else "clean"
+    lines.append(f"fsck: checked {checked} in {report['Seconds']:.2f} s: {verdict}")
+    return lines, len(problems)
+
+
+def _list(row: dict[str, Any], key: str) -> list[Any]:
+    """A list field of the daemon's answer (in `answer_fields`): a string or an object
+    would be gone through as characters or keys, and counted wrong."""
+    value = row[key]
+    if not isinstance(value, list):
+        raise TypeError(f"{key!r} is not a list: {value!r:.60}")
+    return value
 
 
 _SINGULAR = {"Indexes": "index"}
@@ -544,6 +686,8 @@ def _registry_auth(domain: str) -> str:
 
 
 def _image_id(image_id: str, full: bool) -> str:
+    if not isinstance(image_id, str):  # of a daemon's answer, read in answer_fields
+        raise TypeError(f"an image ID is not a string: {image_id!r:.60}")
     return image_id if full else image_id.removeprefix("sha256:")[:12]
 
 

@@ -62,12 +62,15 @@ def server_key(server: str) -> str:
 def load() -> dict[str, Any]:
     path = config_path()
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return {}
     except OSError as exc:
         raise ConfigFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
+        # UTF-8 whatever the locale, as docker reads it; bytes that are not are broken
+        # JSON, as they are to docker (UnicodeDecodeError is a ValueError).
+        text = raw.decode()
         data = loads(text) if text.strip() else {}
     except ValueError as exc:
         raise ConfigFileError(f"{path} is not valid JSON: {exc}") from None

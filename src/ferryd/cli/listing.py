@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ferryd.cli.client import Client
-from ferryd.cli.commands import UsageError, _ago, _image_id, _print_table
+from ferryd.cli.client import Client, answer_fields
+from ferryd.cli.commands import UsageError, _ago, _image_id, _list, _print_table, _text
 from ferryd.units import human_size
 
 
@@ -85,23 +85,31 @@ def _images(args: argparse.Namespace) -> int:
         params["all"] = "1"
     if args.tree:
         params["manifests"] = "1"
-    rows = Client(args.host).get_json("/images/json", params)
-    if args.tree and not args.quiet:
-        _print_table(_tree(rows, every=args.all, full=args.no_trunc))
-        return 0
+    rows = Client(args.host).json_objects("GET", "/images/json", params)
     if args.quiet:
-        for row in rows:
-            print(_image_id(row["Id"], args.no_trunc))
+        with answer_fields("GET /images/json"):
+            ids = [_image_id(row["Id"], args.no_trunc) for row in rows]
+        for image_id in ids:
+            print(image_id)
         return 0
-    header = ("REPOSITORY", "TAG", *(("DIGEST",) if args.digests else ()), "IMAGE ID")
-    table: list[tuple[str, ...]] = [(*header, "CREATED", "SIZE")]
-    for row in rows:
-        shown = (_image_id(row["Id"], args.no_trunc), _ago(row["Created"]))
-        size = human_size(row["Size"], 3)
-        for repository, tag, digest in _names(row, args.digests):
-            table.append((repository, tag, *((digest,) if args.digests else ()), *shown, size))
+    with answer_fields("GET /images/json"):
+        if args.tree:
+            table = _tree(rows, every=args.all, full=args.no_trunc)
+        else:
+            table = _table(rows, digests=args.digests, full=args.no_trunc)
     _print_table(table)
     return 0
+
+
+def _table(rows: list[dict[str, Any]], *, digests: bool, full: bool) -> list[tuple[str, ...]]:
+    header = ("REPOSITORY", "TAG", *(("DIGEST",) if digests else ()), "IMAGE ID")
+    table: list[tuple[str, ...]] = [(*header, "CREATED", "SIZE")]
+    for row in rows:
+        shown = (_image_id(row["Id"], full), _ago(row["Created"]))
+        size = human_size(row["Size"], 3)
+        for repository, tag, digest in _names(row, digests):
+            table.append((repository, tag, *((digest,) if digests else ()), *shown, size))
+    return table
 
 
 def _tree(rows: list[dict[str, Any]], *, every: bool, full: bool) -> list[tuple[str, ...]]:
@@ -116,10 +124,10 @@ def _tree(rows: list[dict[str, Any]], *, every: bool, full: bool) -> list[tuple[
         total = sum(m["Size"]["Total"] for m in manifests if m.get("Available"))
         content = sum(m["Size"]["Content"] for m in manifests if m.get("Available"))
         names = (
-            row.get("RepoTags")
+            _strings(row, "RepoTags")
             or [
                 name.partition("@")[0] + "@" + name.partition("@")[2][:19]
-                for name in row.get("RepoDigests") or []
+                for name in _strings(row, "RepoDigests")
             ]
             or ["<untagged>"]
         )
@@ -163,11 +171,11 @@ def _names(row: dict[str, Any], digests: bool) -> list[tuple[str, str, str]]:
     only by digest, `<none>` `<none>` for an image nothing names."""
     tags: dict[str, list[str]] = {}
     by_digest: dict[str, list[str]] = {}
-    for name in row.get("RepoTags") or []:
+    for name in _strings(row, "RepoTags"):
         repository, _, tag = name.rpartition(":")
         if repository and "/" not in tag:
             tags.setdefault(repository, []).append(tag)
-    for name in row.get("RepoDigests") or []:
+    for name in _strings(row, "RepoDigests"):
         repository, at, digest = name.partition("@")
         if at:
             by_digest.setdefault(repository, []).append(digest)
@@ -189,28 +197,39 @@ def _names(row: dict[str, Any], digests: bool) -> list[tuple[str, str, str]]:
     return names
 
 
+def _strings(row: dict[str, Any], key: str) -> list[str]:
+    """`RepoTags`, `RepoDigests`: a list of strings, or null (in `answer_fields`)."""
+    names = row.get(key) or []
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"{key!r} is not a list of strings: {names!r:.60}")
+    return names
+
+
 def _history(args: argparse.Namespace) -> int:
-    steps = Client(args.host).get_json(f"/images/{args.reference}/history")
+    path = f"/images/{args.reference}/history"
+    steps = Client(args.host).json_objects("GET", path)
     if args.quiet:
-        for step in steps:
-            print(_history_id(step["Id"], args.no_trunc))
+        with answer_fields(f"GET {path}"):
+            ids = [_history_id(step["Id"], args.no_trunc) for step in steps]
+        for step_id in ids:
+            print(step_id)
         return 0
-    table = [("IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT")]
-    for step in steps:
-        created_by = step["CreatedBy"].replace("\t", " ")
-        if not args.no_trunc:
-            created_by = _ellipsis(created_by, 45)
-        table.append(
-            (
-                _history_id(step["Id"], args.no_trunc),
-                _ago(step["Created"]),
-                created_by,
-                human_size(step["Size"], 3),
-                step["Comment"],
-            )
-        )
+    with answer_fields(f"GET {path}"):
+        header: tuple[str, ...] = ("IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT")
+        table = [header, *(_step(step, args.no_trunc) for step in steps)]
     _print_table(table)
     return 0
+
+
+def _step(step: dict[str, Any], full: bool) -> tuple[str, ...]:
+    created_by = _text(step, "CreatedBy").replace("\t", " ")
+    return (
+        _history_id(step["Id"], full),
+        _ago(step["Created"]),
+        created_by if full else _ellipsis(created_by, 45),
+        human_size(step["Size"], 3),
+        _text(step, "Comment"),
+    )
 
 
 def _history_id(image_id: str, full: bool) -> str:
@@ -224,47 +243,58 @@ def _ellipsis(text: str, width: int) -> str:
 
 def _prune(args: argparse.Namespace) -> int:
     filters = _filters(args.filter, dangling="false" if args.all else "true")
-    if not args.force and not _confirmed(args.all):
-        return 1
-    report = json.loads(
-        Client(args.host).request("POST", "/images/prune", {"filters": json.dumps(filters)}).read()
-    )
-    deleted = report.get("ImagesDeleted") or []
-    if deleted:
-        print("Deleted Images:")
-        for record in deleted:
-            if record.get("Untagged"):
-                print(f"untagged: {record['Untagged']}")
-            else:
-                print(f"deleted: {record['Deleted']}")
-        print()
-    print(f"Total reclaimed space: {human_size(report.get('SpaceReclaimed') or 0)}")
-    return 0
-
-
-def _confirmed(every: bool) -> bool:
-    """Ask on the terminal, as `docker image prune` does; without one, say --force."""
-    what = "every image" if every else "every image without a tag (dangling)"
-    if not sys.stdin.isatty():
+    what = "every image" if args.all else "every image without a tag (dangling)"
+    if not args.force and not sys.stdin.isatty():
         print(
             f"ferryd prune would remove {what}: give --force to do it without a terminal "
             "to confirm on",
             file=sys.stderr,
         )
+        return 1
+    if not args.force and not _confirmed(what):
+        return 0  # as `docker image prune` answered no: cancelled, which is no failure
+    params = {"filters": json.dumps(filters)}
+    report = Client(args.host).json_object("POST", "/images/prune", params)
+    with answer_fields("POST /images/prune"):
+        deleted = [_deleted(record) for record in report.get("ImagesDeleted") or []]
+        total = f"Total reclaimed space: {human_size(report.get('SpaceReclaimed') or 0)}"
+    if deleted:
+        print("Deleted Images:")
+        for line in deleted:
+            print(line)
+        print()
+    print(total)
+    return 0
+
+
+def _deleted(record: dict[str, Any]) -> str:
+    if record.get("Untagged"):
+        return f"untagged: {record['Untagged']}"
+    return f"deleted: {record['Deleted']}"
+
+
+def _confirmed(what: str) -> bool:
+    """Ask on the terminal, as `docker image prune` does: the end of input (Ctrl-D) is
+    no, as it is to docker."""
+    try:
+        answer = input(
+            f"WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] "
+        )
+    except EOFError:
+        print()  # the prompt's line ends here, not in the shell's next prompt
         return False
-    answer = input(f"WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ")
     return answer.strip().lower() in ("y", "yes")
 
 
 def _df(args: argparse.Namespace) -> int:
-    usage = Client(args.host).get_json("/system/df", {"type": "image"})
-    images = usage.get("Images") or []
-    size = usage.get("LayersSize") or 0
-    reclaimable = f"{human_size(size)} (100%)" if size else human_size(0)
-    _print_table(
-        [
-            ("TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"),
-            ("Images", str(len(images)), "0", human_size(size), reclaimable),
-        ]
-    )
+    usage = Client(args.host).json_object("GET", "/system/df", {"type": "image"})
+    with answer_fields("GET /system/df"):
+        images = _list(usage, "Images") if usage.get("Images") is not None else []
+        size = usage.get("LayersSize") or 0
+        row = ("Images", str(len(images)), "0", human_size(size), _reclaimable(size))
+    _print_table([("TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"), row])
     return 0
+
+
+def _reclaimable(size: float) -> str:
+    return f"{human_size(size)} (100%)" if size else human_size(0)

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from ferryd.cli import dockerconfig
-from ferryd.cli.client import Client, DaemonError
+from ferryd.cli.client import Client, DaemonError, malformed
 
 _UNENCRYPTED = (
     "WARNING! Your credentials are stored unencrypted in '{path}'.\n"
@@ -101,22 +101,37 @@ def _ask(username: str | None, password: str | None, ask_username: bool) -> tupl
     if ask_username or not username:
         default = username or ""
         prompt = f"Username ({default}): " if default else "Username: "
-        username = input(prompt).strip() or default
+        try:
+            username = input(prompt).strip() or default
+        except EOFError:
+            raise _aborted("username") from None
         if not username:
             raise LoginError("Non-null Username Required")
     if not password:
-        password = getpass.getpass("Password: ")
+        try:
+            password = getpass.getpass("Password: ")
+        except EOFError:
+            raise _aborted("password") from None
         if not password:
             raise LoginError("Password Required")
     return username, password
 
 
+def _aborted(asked: str) -> LoginError:
+    """The input ended (Ctrl-D) at a prompt: the user gave up, not an empty answer."""
+    print(file=sys.stderr)  # the prompt's line ends before the error, not in it
+    return LoginError(f"login aborted: the input ended at the {asked} prompt")
+
+
 def _finish(client: Client, key: str, username: str, password: str) -> int:
     body = json.dumps({"username": username, "password": password, "serveraddress": key})
-    with client.request(
+    answer = client.json_object(
         "POST", "/auth", headers={"Content-Type": "application/json"}, body=body.encode()
-    ) as response:
-        answer = json.loads(response.read())
+    )
+    for field in ("IdentityToken", "Status"):
+        # The token is kept as the login's secret: anything but a string is no token.
+        if not isinstance(answer.get(field) or "", str):
+            raise malformed("POST /auth", f"{field!r} is not a string: {answer[field]!r:.60}")
     identity_token = answer.get("IdentityToken") or ""
     kept_password = "" if identity_token else password
     where = dockerconfig.store_login(key, username, kept_password, identity_token)

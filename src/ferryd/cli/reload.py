@@ -17,6 +17,8 @@ import os
 import signal
 from pathlib import Path
 
+from ferryd.untrusted import decimal
+
 PROC = Path("/proc")
 
 
@@ -29,10 +31,13 @@ def reload_daemon(pid: str | None, proc: Path = PROC) -> int:
     if pid is None:
         target = _the_daemon(proc)
     else:
-        if not pid.isdigit() or int(pid) == 0:
+        # ASCII digits only: "²" is a digit to str.isdigit but not to int(), and int()
+        # reads "١٢" as 12, a PID never given.
+        number = decimal(pid)
+        if not number:
             # An empty $MAINPID: the service has no main process.
             raise ReloadError(f"{pid!r} is not a process ID: give the PID of `ferryd serve`")
-        target = int(pid)
+        target = number
         command = _command_line(proc, target)
         if command is None:
             raise ReloadError(f"there is no process with PID {target}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import signal
 import socket
+import stat
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import prometheus_client
@@ -16,13 +18,14 @@ from ferryd.daemon import collector, logs, malloc
 from ferryd.daemon.api.access import AccessControl, AccessPolicy
 from ferryd.daemon.api.app import build_app
 from ferryd.daemon.api.serve import ApiServer, bind_unix_socket
-from ferryd.daemon.reload import Reloader
+from ferryd.daemon.reload import Reloader, hangups
 from ferryd.daemon.settings import Settings, credential_store, registry_service
 from ferryd.daemon.state import DaemonState
 from ferryd.daemon.systemd import Notifier, listen_socket
 from ferryd.distribution.downloads import DownloadManager
 from ferryd.distribution.service import ImageService
 from ferryd.distribution.uploads import UploadManager
+from ferryd.errors import ConfigError
 from ferryd.oci.platform import parse_platform
 from ferryd.registry.connector import Connector
 from ferryd.registry.credentials import CredentialStore
@@ -38,6 +41,9 @@ _STATUS_INTERVAL = 1.0  # seconds between two looks at the transfer counts
 async def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then stop within the grace period; partial
     downloads are kept. `reload` reads the settings again on SIGHUP."""
+    # `ferryd serve` caught SIGHUP before it read the settings; caught here too for any
+    # other caller: a HUP during start-up is held, never the end of the process.
+    hangups.catch()
     logs.configure(settings.log_level, settings.log_format)
     malloc.tune()
     # No `_created` series beside each counter: in the text format they are series of
@@ -47,6 +53,7 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
     activated = listen_socket()
     # The store is the daemon's alone, or its socket group's to read too.
     root_mode = GROUP_ROOT_MODE if settings.socket_group else ROOT_MODE
+    await anyio.to_thread.run_sync(_check_root, settings.root_path)
     store = await anyio.to_thread.run_sync(lambda: Store(settings.root_path, root_mode=root_mode))
     # What a crash or a failed pull left behind goes before anything can use it.
     await anyio.to_thread.run_sync(lambda: sweep(store, reason="start"))
@@ -80,7 +87,7 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
             tg.start_soon(_stop_on_signal, server, state, notifier)
             if reload is not None:
                 reloader = Reloader(reload, state, connector, service, notifier, access)
-                tg.start_soon(reloader.run)
+                tg.start_soon(_reload_once_listening, server, reloader)
             tg.start_soon(_tell_systemd, server, service, notifier)
             tg.start_soon(state.loop_lag.watch)
             frozen = collector.freeze_startup_heap()
@@ -103,6 +110,27 @@ async def run(settings: Settings, reload: Callable[[], Settings] | None = None) 
         await connector.aclose()
         store.close()
         log.info("daemon.stopped")
+
+
+def _check_root(root: Path) -> None:
+    """`root` is a directory or can be made one; else a ConfigError that says so (the
+    store's mkdir would say "File exists" of a regular file)."""
+    path = root.absolute()
+    for candidate in [*reversed(path.parents), path]:
+        try:
+            mode = candidate.stat().st_mode
+        except OSError:
+            return  # missing (the store makes it) or unreadable (the store says why)
+        if not stat.S_ISDIR(mode):
+            where = "" if candidate == path else f" (so {root} cannot be made)"
+            raise ConfigError(f"root: {candidate} is not a directory{where}")
+
+
+async def _reload_once_listening(server: ApiServer, reloader: Reloader) -> None:
+    """Reloads on SIGHUP from the moment the API listens: a HUP held since start-up is
+    applied then (the daemon is ready, and reads the config file as it is now)."""
+    await server.wait_started()
+    await reloader.run()
 
 
 def image_service(

@@ -5,13 +5,20 @@ access control (`[access]`, with the users' groups looked up again) change live;
 running transfers keep the connections they have. Any other changed key needs a
 restart, and the reload says which. A file that no longer loads changes
 nothing: the error is logged and the daemon goes on with what it had.
+
+SIGHUP never ends the daemon: `ferryd serve` catches it (`Hangups`) from before it reads
+its config file until it exits. One that comes while the daemon starts is held and
+applied once the API listens; one that comes while it stops is ignored.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 
 import anyio
 import msgspec
@@ -40,6 +47,57 @@ LIVE_KEYS = (
 _REGISTRY_KEYS = ("insecure_registries", "registry_mirrors", "certs_dir")
 
 
+class Hangups:
+    """SIGHUP, caught by a handler of ours for the daemon's whole life.
+
+    Its default action ends the process: a HUP before the reloader listens (a start-up
+    can be long: a big store's sweep) or after it has stopped (shutdown) would kill the
+    daemon. A HUP asks the daemon to read its config file again, and its sender
+    (`ferryd reload` as ExecReload=, `kill -HUP`) gets no answer: it takes the file as
+    read from then on. So one that comes after start-up has read the file is held and
+    answered by a reload once the daemon is ready; ignored, it would leave an edit made
+    during start-up silently unapplied, while a reload that turns out needless changes
+    nothing. Several HUPs held make one reload: it reads the file as it is by then.
+    While the daemon stops there is nothing left to reload: they are ignored.
+
+    A handler of ours rather than the event loop's: the loop's gives SIGHUP back its
+    default action when its receiver closes, and a HUP in that moment would be fatal.
+    """
+
+    def __init__(self) -> None:
+        self._caught = 0  # HUPs since `catch` (written only by the handler)
+        self._answered = 0  # of them, those a reload has answered
+        self._wake: Callable[[], object] | None = None
+
+    def catch(self) -> None:
+        """From now on a SIGHUP is held here (main thread only)."""
+        signal.signal(signal.SIGHUP, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Runs in the main thread between two bytecodes of whatever it was doing: it
+        # only counts and asks the loop to wake the reloader.
+        self._caught += 1
+        wake = self._wake
+        if wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to wake
+                wake()
+
+    def take(self) -> bool:
+        """Whether a HUP has come since the last `take` (it is answered now)."""
+        caught = self._caught  # read once: a HUP coming meanwhile stays for the next take
+        if caught == self._answered:
+            return False
+        self._answered = caught
+        return True
+
+    def attach(self, wake: Callable[[], object] | None) -> None:
+        """`wake` is called (from the signal handler) at each HUP; None: nobody listens."""
+        self._wake = wake
+
+
+hangups = Hangups()
+
+
 @dataclass
 class Reloader:
     load: Callable[[], Settings]  # the config file and flags the daemon started with
@@ -50,11 +108,23 @@ class Reloader:
     access: AccessControl | None = None
 
     async def run(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGHUP) as signals:
-            async for _ in signals:
+        """A reload at each SIGHUP, and at once for one held since start-up."""
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        hangups.catch()  # as `ferryd serve` did (or does now, if it was started otherwise)
+        hangups.attach(lambda: loop.call_soon_threadsafe(woken.set))
+        try:
+            while True:
+                if not hangups.take():
+                    await woken.wait()
+                    woken.clear()
+                    continue
                 self.notifier.reloading()
                 await self.reload()
                 self.notifier.ready()
+        finally:
+            # From now on a HUP is counted and ignored (the daemon is stopping).
+            hangups.attach(None)
 
     async def reload(self) -> None:
         old = self.state.settings

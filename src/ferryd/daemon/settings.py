@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import grp
 import json
+import os
 import pwd
 import re
 import tomllib
@@ -56,6 +57,10 @@ _PERMISSION_OF = {
 }
 _ID = re.compile(r"[0-9]+")
 _MAX_ID = 2**32 - 2  # (uid_t)-1 means "no id"
+# The settings that are paths: the system calls that take them stop at a NUL character.
+_PATH_KEYS = ("root", "socket", "certs_dir", "credentials_file")
+# sockaddr_un has 108 bytes for the path, its final NUL included.
+MAX_SOCKET_PATH = 107
 
 
 class Access(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -168,26 +173,40 @@ def load_settings(path: Path | None, overrides: dict[str, object] | None = None)
 
 def _validate(data: dict[str, object], where: str) -> Settings:
     data = _access_defaults(data, where)
+    _mirror_lists(data, where)
     try:
         settings = msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{where}: {_explain(exc, data)}") from None
+    for key in _PATH_KEYS:
+        path = getattr(settings, key)
+        if "\0" in path:
+            raise ConfigError(
+                f"{where}: {key}: a path cannot contain a NUL character, got {_show(path)}"
+            )
+    socket_length = len(os.fsencode(settings.socket))
+    if socket_length > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"{where}: socket: {_show(settings.socket)} is {socket_length} bytes long; the "
+            f"path of a Unix socket can have at most {MAX_SOCKET_PATH} (choose a shorter one)"
+        )
     if not _SOCKET_MODE.fullmatch(settings.socket_mode):
         raise ConfigError(
             f'{where}: socket_mode: expected an octal file mode such as "0660", '
             f"got {_show(settings.socket_mode)}"
         )
+    # Looked up here, not only when the socket is bound: a reload refuses a group the
+    # next start would refuse.
+    socket_group_id(settings.socket_group, f"{where}: socket_group")
     for index, entry in enumerate(settings.insecure_registries):
         try:
             split_insecure([entry])
         except ConfigError as exc:
             raise ConfigError(f"{where}: insecure_registries[{index}]: {exc}") from None
     for domain, mirrors in settings.registry_mirrors.items():
-        if domain != registry_domain(domain):
-            raise ConfigError(
-                f"{where}: registry_mirrors: key {_show(domain)} is not a registry name "
-                f"as references use it; write {_show(registry_domain(domain))}"
-            )
+        problem = _mirror_key_problem(domain)
+        if problem:
+            raise ConfigError(f"{where}: registry_mirrors: key {_show(domain)} {problem}")
         for url in mirrors:
             problem = _mirror_problem(url)
             if problem:
@@ -276,6 +295,42 @@ def _access_defaults(data: dict[str, object], where: str) -> dict[str, object]:
     return {**data, "access": {**table, "everyone": []}}
 
 
+def _mirror_lists(data: dict[str, object], where: str) -> None:
+    """Each entry of `registry_mirrors` is an array of URLs (checked here, where the key
+    is still known: msgspec's message would say `registry_mirrors[...]`)."""
+    table = data.get("registry_mirrors")
+    if not isinstance(table, dict):
+        return
+    for key, value in table.items():
+        if not (isinstance(value, list) and all(isinstance(url, str) for url in value)):
+            raise ConfigError(
+                f"{where}: registry_mirrors.{_show(key)}: expected an array of mirror URLs "
+                f'such as ["https://mirror.example.com"], got {_show(value)}'
+            )
+
+
+def _mirror_key_problem(domain: str) -> str:
+    """Why no reference can ever have `domain` as its registry ("" when one can)."""
+    if not domain.strip():
+        return 'is empty; write a registry name such as "docker.io" or "registry.example:5000"'
+    if domain != registry_domain(domain):
+        return (
+            f"is not a registry name as references use it; write {_show(registry_domain(domain))}"
+        )
+    # What insecure_registries takes as HOST[:PORT] or an address, checked as it checks
+    # it; a bare IPv6 address is no reference's registry (references write "[::1]").
+    try:
+        networks, _ = split_insecure([domain])
+    except ConfigError:
+        networks = None
+    if networks is not None and not (networks and ":" in domain):
+        return ""
+    return (
+        "is not a registry name: HOST[:PORT], a valid host name or address (an IPv6 one in "
+        'brackets, "[::1]:5000") and a port from 1 to 65535'
+    )
+
+
 def access_ids(
     access: Access, where: str = "settings"
 ) -> tuple[frozenset[str], dict[int, frozenset[str]], dict[int, frozenset[str]]]:
@@ -353,6 +408,21 @@ def _account_id(name: str, key: str, kind: str, lookup: Callable[[str], int]) ->
         ) from None
 
 
+def socket_group_id(group: str, key: str = "socket_group") -> int:
+    """The number of the group `socket_group` names; -1 for "" (the daemon's own)."""
+    if not group:
+        return -1
+    if _ID.fullmatch(group):
+        return _account_id(group, key, "group", _gid_of_name)
+    try:
+        return _gid_of_name(group)
+    except (KeyError, ValueError):  # ValueError: a name with a NUL character
+        raise ConfigError(
+            f"{key}: there is no group named {group!r} (create it, e.g. with "
+            "systemd-sysusers or groupadd, or give a group number)"
+        ) from None
+
+
 def registry_service(settings: Settings) -> RegistryService:
     """The endpoints, TLS and mirrors the settings give the registries."""
     return RegistryService(
@@ -385,6 +455,8 @@ def hide_password(url: str) -> str:
 def _url_problem(url: str, schemes: tuple[str, ...], example: str) -> str:
     """Why `url` cannot be used (a wrong scheme, no host, a bad port), or ""."""
     expected = f"expected a URL such as {_show(example)}, got {_show(hide_password(url))}"
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return expected  # a NUL, a control character or a space (urlsplit drops some)
     try:
         parsed = urllib.parse.urlsplit(url)
         _ = parsed.port  # raises ValueError on a port that is not a number below 65536

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import grp
 import math
 import os
 import socket
@@ -20,6 +19,7 @@ from ferryd.daemon.api.connections import (
     ReserveOnly,
     connection_limit,
 )
+from ferryd.daemon.settings import socket_group_id
 from ferryd.errors import ConfigError
 
 
@@ -27,7 +27,7 @@ def bind_unix_socket(path: Path, mode: int, group: str = "") -> socket.socket:
     """Listen on `path` with `mode` and `group` ("" = ours); a stale socket file from a
     dead daemon is replaced, a live one is not (two daemons on one socket would be a
     silent mess)."""
-    gid = _group_id(group) if group else -1
+    gid = socket_group_id(group)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
@@ -47,7 +47,8 @@ def bind_unix_socket(path: Path, mode: int, group: str = "") -> socket.socket:
         sock.bind(str(path))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot listen on {path}: {exc.strerror}") from None
+        # An error of Python's own ("AF_UNIX path too long") has no strerror.
+        raise ConfigError(f"cannot listen on {path}: {exc.strerror or exc}") from None
     finally:
         os.umask(old_umask)
     os.chmod(path, mode)
@@ -64,18 +65,6 @@ def bind_unix_socket(path: Path, mode: int, group: str = "") -> socket.socket:
     sock.listen(4096)
     sock.setblocking(False)
     return sock
-
-
-def _group_id(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ConfigError(
-            f"socket_group: there is no group named {group!r} (create it, e.g. with "
-            "systemd-sysusers or groupadd, or give a group number)"
-        ) from None
 
 
 class _Server(uvicorn.Server):

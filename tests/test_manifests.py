@@ -367,9 +367,12 @@ def test_select_platform_prefers_the_exact_variant_over_an_earlier_one() -> None
     assert _select("linux/amd64/v3", *entries) == D1
 
 
-def test_select_platform_takes_any_variant_when_none_is_asked_for() -> None:
-    assert _select("linux/amd64", _entry(D1, "linux", "amd64", "v2")) == D1
-    assert _select("linux/arm64", _entry(D2, "linux", "arm64", "v9")) == D2
+def test_select_platform_takes_no_variant_newer_than_the_one_asked_for() -> None:
+    """As containerd's `platforms.Only`: linux/amd64 is amd64/v1, linux/arm64 arm64/v8."""
+    with pytest.raises(PlatformNotFoundError):
+        _select("linux/amd64", _entry(D1, "linux", "amd64", "v2"))
+    with pytest.raises(PlatformNotFoundError):
+        _select("linux/arm64", _entry(D2, "linux", "arm64", "v9"))
 
 
 def test_select_platform_skips_attestation_entries() -> None:

@@ -156,18 +156,21 @@ def test_normalize_index_entry_platforms(
     ("wanted", "entry"),
     [
         ("linux/amd64", ("linux", "amd64", None)),
-        ("linux/amd64", ("linux", "amd64", "v3")),  # no variant asked: any variant
         ("linux/amd64", ("linux", "x86_64", None)),
         ("linux/arm64", ("linux", "arm64", "v8")),
         ("linux/arm64", ("linux", "arm64", None)),
-        ("linux/arm64", ("linux", "arm64", "v9")),
-        ("linux/arm64/v8", ("linux", "arm64", "v9")),  # v8 is arm64 without a variant
+        ("linux/arm64", ("linux", "arm", "v8")),  # arm64 runs 32-bit arm
+        ("linux/arm64/v9", ("linux", "arm64", None)),  # v9 runs v8 (arm64 without one)
         ("linux/arm64/v8", ("linux", "arm64", None)),
         ("linux/arm64/v8", ("linux", "aarch64", "8")),
         ("linux/arm", ("linux", "arm", "v7")),
         ("linux/arm", ("linux", "arm", None)),  # an arm entry without variant is v7
         ("linux/arm/v7", ("linux", "arm", "")),
         ("linux/arm/v6", ("linux", "arm", "v6")),
+        ("linux/arm", ("linux", "arm", "v6")),  # linux/arm is v7, which runs v6
+        ("linux/arm/v6", ("linux", "arm", None)),  # no variant named: any, taken last
+        ("linux/amd64/v3", ("linux", "amd64", None)),  # v3 runs plain amd64
+        ("linux/amd64", ("linux", "386", None)),  # and amd64 runs 386
         ("linux/arm64/v9", ("linux", "arm64", "v9")),
         ("windows/amd64", ("Windows", "amd64", None)),
     ],
@@ -181,12 +184,10 @@ def test_matches(wanted: str, entry: tuple[str, str, str | None]) -> None:
     [
         ("linux/amd64", ("linux", "arm64", None)),
         ("linux/amd64", ("windows", "amd64", None)),
-        ("linux/arm64", ("linux", "arm", "v8")),
-        ("linux/arm64/v9", ("linux", "arm64", None)),
-        ("linux/arm", ("linux", "arm", "v6")),  # linux/arm means v7
+        ("linux/amd64", ("linux", "amd64", "v3")),  # a newer variant never serves
+        ("linux/arm64", ("linux", "arm64", "v9")),
+        ("linux/arm64/v8", ("linux", "arm64", "v9")),
         ("linux/arm/v6", ("linux", "arm", "v7")),
-        ("linux/arm/v6", ("linux", "arm", None)),
-        ("linux/amd64/v3", ("linux", "amd64", None)),
         ("linux/amd64", ("unknown", "unknown", None)),
     ],
 )
@@ -238,3 +239,22 @@ def test_parsing_is_idempotent_and_raises_only_invalid_platform_error(parts: lis
         return
     assert parse_platform(str(platform)) == platform
     assert platform.matches(platform.os, platform.architecture, platform.variant)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "entry", "itself"),
+    [
+        ("linux/arm64", ("linux", "arm64", None), True),  # arm64 is arm64/v8
+        ("linux/arm64/v8", ("linux", "aarch64", "8"), True),
+        ("linux/arm", ("linux", "arm", "v7"), True),  # arm is arm/v7
+        ("linux/amd64", ("linux", "x86_64", None), True),
+        ("linux/arm/v7", ("linux", "arm", "v6"), False),  # runs it, but is not it
+        ("linux/arm64", ("linux", "arm", "v8"), False),
+        ("linux/amd64", ("linux", "386", None), False),
+    ],
+)
+def test_a_platform_named_for_a_stored_image_takes_itself_only(
+    wanted: str, entry: tuple[str, str, str | None], itself: bool
+) -> None:
+    """What push, save and load take for `--platform`, as docker's (`OnlyStrict`)."""
+    assert parse_platform(wanted).is_platform_of(*entry) is itself

@@ -196,6 +196,22 @@ def test_a_reference_to_an_index_gives_the_default_platforms_child_else_the_firs
     assert default_child(entries, {}, parse_platform("linux/amd64")) is None
 
 
+def test_a_reference_to_an_index_gives_the_closest_older_platform_stored(store: Store) -> None:
+    """As a pull chooses (containerd's `platforms.Only`): arm/v7 takes v6 before v5,
+    whatever the order of the entries."""
+    v5 = stored_image(store, "arm", "v5")
+    v6 = stored_image(store, "arm", "v6")
+    raw = index_bytes(
+        entry(v5, {"os": "linux", "architecture": "arm", "variant": "v5"}),
+        entry(v6, {"os": "linux", "architecture": "arm", "variant": "v6"}),
+    )
+    digest = keep_index(store, raw)
+    entries = store.indexes.entries(digest)
+    stored = store.indexes.stored_children(digest)
+
+    assert default_child(entries, stored, parse_platform("linux/arm/v7")) == stored[v6]
+
+
 def test_the_stored_children_of_an_index_are_its_entries_with_a_manifest_row_in_its_order(
     store: Store,
 ) -> None:

@@ -1,5 +1,5 @@
 """The store's schema migration: a store ferryd 1 wrote (schema version 1, before indexes
-were kept) opens with this ferryd, is migrated once to version 2, and everything in it
+were kept) opens with this ferryd, is migrated once to the current version, and everything in it
 still resolves, lists, pushes and checks clean; a store of a newer ferryd is refused.
 
 A version-1 store is made two ways: rows written by hand into the version-1 schema as
@@ -173,7 +173,7 @@ def test_a_store_ferryd_1_wrote_is_migrated_and_everything_in_it_still_resolves(
     try:
         tag = parse_reference("reg.example/team/app:1")
         by_digest = parse_reference(f"reg.example/team/app@{index_digest}")
-        assert user_version(root / "ferryd.db") == SCHEMA_VERSION == 2
+        assert user_version(root / "ferryd.db") == SCHEMA_VERSION == 3
         assert store.resolve("reg.example/team/app:1") == image_id
         assert store.resolve(f"reg.example/team/app@{index_digest}") == image_id
         assert store.resolve(image_id[7:19]) == image_id
@@ -197,7 +197,7 @@ def test_a_store_ferryd_1_wrote_is_migrated_and_everything_in_it_still_resolves(
             "log_level": "info",
             "path": str(root / "ferryd.db"),
             "from_version": 1,
-            "to_version": 2,
+            "to_version": 3,
         }
     ]
 
@@ -212,7 +212,7 @@ def test_a_migrated_store_opens_again_without_migrating(tmp_path: Path) -> None:
     store.close()
 
     assert [log for log in logs if log["event"] == "store.migrated"] == []
-    assert user_version(root / "ferryd.db") == 2
+    assert user_version(root / "ferryd.db") == 3
 
 
 def test_a_new_store_takes_the_same_migration_path_and_says_nothing(tmp_path: Path) -> None:
@@ -263,12 +263,12 @@ def test_a_store_of_a_newer_ferryd_is_refused_and_left_as_it_is(tmp_path: Path) 
     root = tmp_path / "root"
     root.mkdir()
     with sqlite3.connect(root / "ferryd.db") as db:
-        db.execute("PRAGMA user_version = 3")
+        db.execute("PRAGMA user_version = 4")
 
-    with pytest.raises(StoreError, match="schema version 3 is newer than this ferryd's"):
+    with pytest.raises(StoreError, match="schema version 4 is newer than this ferryd's"):
         Store(root)
 
-    assert user_version(root / "ferryd.db") == 3
+    assert user_version(root / "ferryd.db") == 4
 
 
 def as_ferryd_1(root: Path) -> None:
@@ -330,7 +330,7 @@ def test_a_daemon_on_a_store_ferryd_1_made_serves_it_and_the_next_pull_keeps_the
     pulled_again = second.pull(ref)
 
     [migrated] = second.log_events("store.migrated")
-    assert (migrated["from_version"], migrated["to_version"]) == (1, 2)
+    assert (migrated["from_version"], migrated["to_version"]) == (1, 3)
     assert [row["Id"] for row in listed] == [amd64.config_digest]
     assert listed[0]["RepoTags"] == [ref]
     assert "Descriptor" not in inspected  # ferryd 1 kept no index

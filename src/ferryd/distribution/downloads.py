@@ -131,9 +131,11 @@ class DownloadManager:
         try:
             wanted: dict[int, DownloadDescriptor] = {}
             for index, (layer, chain) in enumerate(zip(layers, chains, strict=True)):
-                # Hold first, then look: a removal between the two cannot take it.
+                # Hold first, then look: a removal between the two cannot take it. The
+                # layer is there only with the blob this manifest names: another blob of
+                # its DiffID (another compression) would not let a push send this one.
                 self._layers.holds.acquire(chain)
-                if self._layers.get(chain) is not None:
+                if self._layers.has_blob(chain, Digest(layer.descriptor.digest)):
                     held.append(chain)
                     progress.write(Message("Already exists", short_id(layer.descriptor.digest)))
                     stats.reused += 1

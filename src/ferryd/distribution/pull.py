@@ -179,6 +179,11 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
         if stored is not None:
             kept.append(stored)
         record = stored.record if stored is not None else None
+        if record is not None and ctx.store.manifests.image_of(child.manifest.digest) != image_id:
+            # Stored, but with another manifest: this one may name other blobs of its
+            # layers (another compression), which a push of it must send. The layers
+            # stored with the blobs it names are "Already exists", the others fetched.
+            record = None
         if record is None:
             output = outputs.view(position)
             fetched[position] = await _pull_image(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import anyio
 import msgspec
@@ -22,16 +22,17 @@ from ferryd.concurrency import single_errors
 from ferryd.distribution.context import PushContext
 from ferryd.distribution.events import failure_logged
 from ferryd.distribution.progress import Message
-from ferryd.distribution.push_layers import DescribableLayer, PushLayer
+from ferryd.distribution.push_layers import DescribableLayer, PushLayer, StoreLayer
 from ferryd.distribution.transfers import with_retries
 from ferryd.distribution.uploads import Uploaded, checked_size
 from ferryd.errors import (
+    FerrydError,
     ImageNotFoundError,
     IncompleteImageError,
     PlatformNotFoundError,
     StoreError,
 )
-from ferryd.oci.digest import Digest, sha256_digest, short_id
+from ferryd.oci.digest import Digest, chain_ids, sha256_digest, short_id
 from ferryd.oci.image_config import RootFS, rootfs_of
 from ferryd.oci.manifest import Descriptor, ImageManifest, decode_index, decode_manifest
 from ferryd.oci.mediatypes import Family, config_type, family_of, manifest_type
@@ -40,6 +41,7 @@ from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
 from ferryd.store import Store
 from ferryd.store.indexes import IndexEntry, StoredIndex
+from ferryd.store.layers import LayerBlob
 from ferryd.store.manifests import StoredManifest
 from ferryd.store.references import Target
 
@@ -174,13 +176,15 @@ def _plan(tag: Reference, target: Target, ctx: PushContext) -> _Plan:
 def _platform_entry(
     tag: Reference, index: StoredIndex, stored: dict[Digest, Digest], platform: Platform
 ) -> IndexEntry:
-    """The stored image of an index for `platform` (exact variant first)."""
+    """The stored image of an index for `platform` itself, as docker pushes one: never
+    an older platform it runs (`Platform.is_platform_of`)."""
     images = [e for e in index.entries if e.kind == "image" and e.platform is not None]
-    matching = [e for e in images if platform.matches(e.os or "", e.architecture or "", e.variant)]
+    matching = [
+        e for e in images if platform.is_platform_of(e.os or "", e.architecture or "", e.variant)
+    ]
     present = [e for e in matching if e.digest in stored]
-    exact = [e for e in present if e.platform == platform]
-    if exact or present:
-        return (exact or present)[0]
+    if present:
+        return present[0]
     have = sorted({str(e.platform) for e in images if e.digest in stored})
     if matching:
         raise PlatformNotFoundError(
@@ -199,7 +203,9 @@ def _check_image_platform(
 ) -> None:
     record = store.images.record(image_id)
     if record is not None:
-        check_platform(tag.familiar, [platform], record.os, record.architecture, record.variant)
+        check_platform(
+            tag.familiar, [platform], record.os, record.architecture, record.variant, strict=True
+        )
 
 
 def _reduced_entries(index: StoredIndex, stored: dict[Digest, Digest]) -> list[IndexEntry]:
@@ -340,11 +346,11 @@ async def _push_image(
     one the index lists)."""
     store = ctx.store
 
-    def stored() -> tuple[bytes, RootFS, str, list[StoredManifest]]:
-        """The config, its rootfs, the media type that says the manifest's format, and
-        the manifests the image came with: read in a worker thread, as they are blobs on
-        disk, and read now, so that the push sends what it started with, whatever an rmi
-        does meanwhile."""
+    def stored() -> tuple[bytes, RootFS, str, list[StoredManifest], list[LayerBlob] | None]:
+        """The config, its rootfs, the media type that says the manifest's format, the
+        manifests the image came with, and the layers' blobs to send (`_named_blobs`):
+        read in a worker thread, as they are blobs on disk, and read now, so that the
+        push sends what it started with, whatever an rmi does meanwhile."""
         try:
             record = store.images.record(image_id)
             if record is None:
@@ -358,17 +364,21 @@ async def _push_image(
         rootfs = rootfs_of(raw_config)
         kept = next((m for m in manifests if m.digest == keep), None)
         if kept is not None:
-            return raw_config, rootfs, kept.media_type, manifests
-        media_type = ctx.config_media_type or record.config_media_type
-        return raw_config, rootfs, media_type, manifests
+            media_type = kept.media_type
+        else:
+            media_type = ctx.config_media_type or record.config_media_type
+        blobs = _named_blobs(store, image_id, rootfs, manifests, kept, media_type)
+        return raw_config, rootfs, media_type, manifests, blobs
 
-    raw_config, rootfs, media_type, manifests = await anyio.to_thread.run_sync(stored)
+    raw_config, rootfs, media_type, manifests, blobs = await anyio.to_thread.run_sync(stored)
     family = family_of(media_type)
     # As moby: the top layer, held for the whole upload, and the stack below it.
     top = ctx.layers.get(rootfs.chain_id())
     ctx.job.phase = "layers"
     try:
         layers = _stack(top, len(rootfs.diff_ids))
+        if blobs is not None:
+            layers = [_with_blob(layer, blob) for layer, blob in zip(layers, blobs, strict=True)]
         for layer in reversed(layers):  # docker lists the top layer first
             progress_id = short_id(layer.diff_id)
             if isinstance(layer, DescribableLayer):
@@ -410,6 +420,57 @@ async def _push_image(
             "and layers: run `ferryd fsck`"
         )
     return media_type, raw
+
+
+def _named_blobs(
+    store: Store,
+    image_id: Digest,
+    rootfs: RootFS,
+    manifests: list[StoredManifest],
+    kept: StoredManifest | None,
+    media_type: str,
+) -> list[LayerBlob] | None:
+    """The stored blobs of the image's layers (bottom first) that the manifest it is
+    pushed with names: `kept`, the one it must keep, else the first of its manifests in
+    the push's format whose blobs are all stored. None: the layers' first blobs (no such
+    manifest; a `kept` one that names a blob not stored fails the push at its end).
+    A layer may be stored with several blobs (another platform's, another compression):
+    each manifest's digest is kept only with the blobs it names."""
+    chains = chain_ids(rootfs.diff_ids)
+    if kept is not None:
+        candidates = [kept]
+    else:
+        wanted = manifest_type(family_of(media_type))
+        candidates = sorted(
+            (m for m in manifests if m.media_type == wanted), key=lambda m: m.digest
+        )
+    if not chains or not candidates:
+        return None
+    variants = store.layers.blobs_of(chains)
+    for manifest in candidates:
+        try:
+            described = decode_manifest(manifest.raw)
+        except FerrydError:
+            continue
+        if described.config.digest != image_id or len(described.layers) != len(chains):
+            continue
+        named = [
+            variants.get(chain, {}).get(Digest(descriptor.digest))
+            for chain, descriptor in zip(chains, described.layers, strict=True)
+        ]
+        if all(
+            blob is not None and blob.size == descriptor.size
+            for blob, descriptor in zip(named, described.layers, strict=True)
+        ):
+            return [blob for blob in named if blob is not None]
+    return None
+
+
+def _with_blob(layer: PushLayer, blob: LayerBlob) -> PushLayer:
+    """`layer` as `blob` holds it; not held itself: the top layer's hold keeps it."""
+    if not isinstance(layer, StoreLayer) or layer.record.blob_digest == blob.digest:
+        return layer
+    return replace(layer, record=layer.record.with_blob(blob), _held=False)
 
 
 def _stack(top: PushLayer, count: int) -> list[PushLayer]:

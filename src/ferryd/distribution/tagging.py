@@ -12,6 +12,7 @@ from typing import Any
 from ferryd.distribution.events import ImageEventLogger
 from ferryd.errors import ImageConflictError, ImageNotFoundError
 from ferryd.oci.digest import Digest, short_id
+from ferryd.oci.platform import Platform, host_platform, normalize
 from ferryd.oci.reference import Reference, parse_reference
 from ferryd.store import Store
 from ferryd.store.gc import (
@@ -22,6 +23,7 @@ from ferryd.store.gc import (
     release,
     remove_image,
 )
+from ferryd.store.indexes import IndexEntry, default_child
 from ferryd.store.refcount import Watch
 from ferryd.store.sweep import note_removal, sweep
 
@@ -105,28 +107,79 @@ def _remove_by_id(
     records: list[dict[str, Any]],
 ) -> Released:
     """`rmi ID`: every reference to the image goes (several repositories need `force`),
-    then the image. A platform image of an index that references name needs `force`
-    (the index then lacks that platform)."""
-    references = store.references.for_image(image_id)
-    _check_repositories(references, image_id, force)
-    users = [] if references else index_users(store, image_id)
-    if users and not force:
+    then the image.
+
+    An ID names one platform's image, so a platform image of a named index needs
+    `force` and then goes alone: the index lacks that platform. So too the one whose ID
+    `images` shows for the index (its names give that image): taking the index and
+    every platform with it would delete far more than the ID names. The index's names
+    then give another stored platform, or go with the index when none is left. The
+    index's digest removes the whole image."""
+    users = index_users(store, image_id)
+    if not users:
+        references = store.references.for_image(image_id)
+        _check_repositories(references, image_id, force)
+        for reference in references:
+            records += _untag(store, reference, image_id, log)
+        return release(store, [image_id])
+    if not force:
         named = store.references.naming_index(users[0])
         raise ImageConflictError(
             f"conflict: unable to delete {short_id(image_id)} (must be forced) - image is "
             f"a platform of the index {users[0]}"
             + (f" ({', '.join(r.familiar for r in named)})" if named else "")
+            + ": rmi the index's digest to remove every platform, or force to remove "
+            "this platform alone"
         )
-    for reference in references:
-        records += _untag(store, reference, image_id, log)
-    if not users:
-        return release(store, [image_id])
+    for reference, target in store.references.targets_for_image(image_id):
+        if target.index is None:
+            records += _untag(store, reference, image_id, log)
+    for index in users:
+        records += _hand_over(store, index, image_id, log)
     layers, blobs = remove_image(store, image_id)
     released = release(store, [])
     released.images.insert(0, image_id)
     released.layers[:0] = layers
     released.blobs |= blobs
     return released
+
+
+def _hand_over(
+    store: Store, index: Digest, image_id: Digest, log: ImageEventLogger
+) -> list[dict[str, Any]]:
+    """Before the platform image `image_id` of `index` goes: when the index's names give
+    it, make them give the stored platform that fits the removed one best, or untag them
+    when no other platform is stored (the index then goes as unnamed)."""
+    names = [r for r in store.references.naming_index(index) if store.references.get(r) == image_id]
+    if not names:
+        return []
+    entries = store.indexes.entries(index)
+    children = store.indexes.stored_children(index)
+    others = {manifest: image for manifest, image in children.items() if image != image_id}
+    # The names gave the removed image as the daemon's default platform's (or as the
+    # first stored): rmi is not told that default, and the removed platform is the
+    # closest stand-in for it.
+    successor = default_child(entries, others, _platform_of(store, entries, children, image_id))
+    if successor is not None:
+        store.references.repoint_index(index, successor)
+        return []
+    records: list[dict[str, Any]] = []
+    for reference in names:
+        records += _untag(store, reference, image_id, log)
+    return records
+
+
+def _platform_of(
+    store: Store, entries: list[IndexEntry], children: dict[Digest, Digest], image_id: Digest
+) -> Platform:
+    """The platform of `image_id` in an index: its entry's, else its config's."""
+    for entry in entries:
+        if children.get(entry.digest) == image_id and entry.platform is not None:
+            return entry.platform
+    record = store.images.record(image_id)
+    if record is None:
+        return host_platform()
+    return normalize(record.os, record.architecture, record.variant)
 
 
 def _check_repositories(references: list[Reference], subject: Digest, force: bool) -> None:

@@ -84,7 +84,7 @@ class UploadManager:
         self._metadata = metadata
         self._metrics = metrics
         self.retries = RetryPolicy(max_attempts, retry_delay, max_retry_after, metrics=metrics)
-        self._transfers: TransferPool[tuple[str, str, Digest, bool], Uploaded] = TransferPool(
+        self._transfers: TransferPool[tuple[str, str, Digest, str, bool], Uploaded] = TransferPool(
             task_group, max_concurrent, "upload", slow_after=slow_after, metrics=metrics
         )
 
@@ -136,8 +136,11 @@ class UploadManager:
                 progress.write(Message("Pushed", layer_id))
             return result
 
+        # By blob too: two manifests may name two blobs (compressions) of one DiffID,
+        # and each must have its own in the repository.
+        stored = layer.blob()
         result = await self._transfers.join(
-            (registry, repository, layer.diff_id, as_stored),
+            (registry, repository, layer.diff_id, stored.digest if stored else "", as_stored),
             progress,
             work,
             name=f"{registry}/{repository}@{layer.diff_id}",

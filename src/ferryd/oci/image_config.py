@@ -43,6 +43,23 @@ class ConfigModel(msgspec.Struct):
     author: str | None = None
     config: dict[str, Any] | None = None
     history: list[HistoryModel] | None = None
+    # Not typed: a config with an odd value here was stored before ferryd read these
+    # fields, and must not become unreadable; `os_version` and `os_features` read them.
+    raw_os_version: Any = msgspec.field(default=None, name="os.version")
+    raw_os_features: Any = msgspec.field(default=None, name="os.features")
+
+    @property
+    def os_version(self) -> str:
+        """The config's `os.version` (Windows images name their build), "" if none."""
+        return self.raw_os_version if isinstance(self.raw_os_version, str) else ""
+
+    @property
+    def os_features(self) -> list[str]:
+        """The config's `os.features` (e.g. win32k), the strings of it."""
+        features = self.raw_os_features
+        if not isinstance(features, list):
+            return []
+        return [feature for feature in features if isinstance(feature, str)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +91,17 @@ def rootfs_and_os(config: bytes | ConfigModel) -> tuple[RootFS, str]:
     """The layer DiffIDs and OS of a config (raw, or decoded already: it is not decoded
     again); refuses an OS this host cannot run."""
     model = _model(config)
-    if model.os == "windows" and sys.platform != "win32":
-        raise ImageConfigError(
-            f'image operating system "{model.os}" cannot be used on this platform'
-        )
+    check_usable_os(model.os)
     return _rootfs(model), model.os
+
+
+def check_usable_os(os: str) -> None:
+    """Refuse an image this host could not run, as dockerd's checkCompatibleOS: asked
+    for as the one image to use (a pull or load of it alone). The platforms of an index
+    taken whole are only kept and moved (`rootfs_of`). Any case, as dockerd's EqualFold:
+    a pull passes the config's word, a load the normalised platform's."""
+    if os.lower() == "windows" and sys.platform != "win32":
+        raise ImageConfigError(f'image operating system "{os}" cannot be used on this platform')
 
 
 def rootfs_of(config: bytes | ConfigModel) -> RootFS:

@@ -163,24 +163,23 @@ def decode_index(raw: bytes) -> ImageIndex:
 def select_platform(index: ImageIndex, wanted: Platform) -> Descriptor:
     """The index entry for `wanted`, as docker and containerd take it.
 
-    An entry whose variant is exactly the one asked for wins (asking for `linux/amd64`
-    takes the plain amd64 image before an amd64/v3 one listed first); otherwise the first
-    entry that matches. Attestations (`unknown/unknown`) and nested indexes are skipped.
+    Of the entries whose platform serves `wanted` (`Platform.preference`: arm/v7 takes
+    an arm/v6 image, arm64 a 32-bit arm one, amd64 a 386 one), the closest wins, the
+    first listed of equals: `linux/amd64` takes the plain amd64 image before a 386 one
+    listed first, and never an amd64/v3 one. Attestations (`unknown/unknown`) and nested
+    indexes are skipped.
     """
     candidates = [entry for entry in index.manifests if _is_image_entry(entry)]
-    matching = [
-        entry
-        for entry in candidates
-        if entry.platform is not None
-        and wanted.matches(entry.platform.os, entry.platform.architecture, entry.platform.variant)
-    ]
-    for entry in matching:
+    best: tuple[int, Descriptor] | None = None
+    for entry in candidates:
         assert entry.platform is not None
-        p = normalize(entry.platform.os, entry.platform.architecture, entry.platform.variant)
-        if p.variant == wanted.variant:
-            return entry
-    if matching:
-        return matching[0]
+        rank = wanted.preference(
+            entry.platform.os, entry.platform.architecture, entry.platform.variant
+        )
+        if rank is not None and (best is None or rank < best[0]):
+            best = (rank, entry)
+    if best is not None:
+        return best[1]
     offered = sorted(
         {
             str(normalize(d.platform.os, d.platform.architecture, d.platform.variant))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform as _host
 import re
 from collections.abc import Sequence
@@ -91,16 +92,42 @@ class Platform:
         return "/".join(parts)
 
     def matches(self, os: str, architecture: str, variant: str | None) -> bool:
-        """Does an index entry's platform satisfy this one?
+        """Does an image of platform (os, architecture, variant), an index entry's or a
+        config's, serve this one? See `preference`."""
+        return self.preference(os, architecture, variant) is not None
 
-        A platform asked for without a variant takes any variant of its architecture.
+    def is_platform_of(self, os: str, architecture: str, variant: str | None) -> bool:
+        """Is (os, architecture, variant) this platform itself, once both are normalised
+        (arm64 is arm64/v8, arm is arm/v7)? What docker takes for a stored image named
+        with `--platform` (containerd's `platforms.OnlyStrict`: push, save, load), where
+        a pull takes the older platforms this one runs too (`matches`)."""
+        return normalize(os, architecture, variant) == normalize(
+            self.os, self.architecture, self.variant
+        )
+
+    def preference(self, os: str, architecture: str, variant: str | None) -> int | None:
+        """How well an image of platform (os, architecture, variant) serves this one: 0
+        is this platform itself, a higher number an older one it runs too (containerd's
+        `platforms.Only`: arm/v7 takes v6 then v5, arm64 takes 32-bit arm, amd64/v3
+        takes v2, v1, then 386); None when it does not serve it.
+
+        An image that names no variant (a plain `arm` entry or config, from tools that
+        wrote none) is taken last for any variant of its architecture, as dockerd takes
+        it (moby's legacy arm fallback and `OnlyPlatformWithFallback`). A variant above
+        the one asked for never serves it: `linux/amd64` does not take amd64/v3.
         """
         other = normalize(os, architecture, variant)
-        if (other.os, other.architecture) != (self.os, self.architecture):
-            return False
-        if self.variant is None:
-            return True
-        return other.variant == self.variant
+        order = _serving_order(normalize(self.os, self.architecture, self.variant))
+        if other in order:
+            return order.index(other)
+        # `armhf` and `armel` name their variant in the architecture.
+        if (
+            not variant
+            and architecture.lower() not in _ARCH_WITH_VARIANT
+            and (other.os, other.architecture) == (self.os, self.architecture)
+        ):
+            return len(order)
+        return None
 
 
 def normalize(os: str, architecture: str, variant: str | None = None) -> Platform:
@@ -123,12 +150,69 @@ def normalize(os: str, architecture: str, variant: str | None = None) -> Platfor
     return Platform(os, arch, var)
 
 
+@functools.cache
+def _serving_order(wanted: Platform) -> tuple[Platform, ...]:
+    """`wanted` (normalised), then the platforms whose images it runs as well, best
+    first: the order containerd's `platformVector` gives."""
+    os, arch, variant = wanted.os, wanted.architecture, wanted.variant
+    order = [wanted]
+    if arch == "amd64":
+        # x86-64 micro-architecture levels run the lower ones' code, and 32-bit x86's.
+        level = _variant_number(variant) or 1
+        order += [normalize(os, arch, f"v{n}") for n in range(level - 1, 0, -1)]
+        order.append(normalize(os, "386"))
+    elif arch == "arm":
+        level = _variant_number(variant) or 0
+        order += [normalize(os, arch, f"v{n}") for n in range(level - 1, 4, -1)]
+    elif arch == "arm64":
+        order += _arm64_fallbacks(os, variant or "v8")
+    return tuple(dict.fromkeys(order))
+
+
+def _arm64_fallbacks(os: str, variant: str) -> list[Platform]:
+    """What an arm64 CPU of `variant` (v8, v8.2, v9.1) runs besides its own images: the
+    earlier minor versions of its major, then 32-bit arm."""
+    order: list[Platform] = []
+    major_text, _, minor_text = variant.removeprefix("v").partition(".")
+    if major_text.isdigit() and int(major_text) >= 8:
+        major = int(major_text)
+        minor = int(minor_text) if minor_text.isdigit() else 0
+        if major == 9:
+            order += [normalize(os, "arm64", f"v9.{n}") for n in range(minor - 1, -1, -1)]
+            # v9.0 branched from v8.5, each v9.x then keeping up with v8.(x+5) up to v8.9.
+            major, minor = 8, min(minor + 5, 9)
+            order.append(normalize(os, "arm64", f"v8.{minor}"))
+        order += [normalize(os, "arm64", f"v{major}.{n}") for n in range(minor - 1, -1, -1)]
+    # Then 32-bit arm code: from arm/v8 for any v8.x or v9.x, from arm/vN for a bare vN
+    # (containerd's choice, kept so both pick the same image).
+    arm = "v8" if variant.startswith(("v8.", "v9.")) else variant
+    return order + list(_serving_order(normalize(os, "arm", arm)))
+
+
+def _variant_number(variant: str | None) -> int | None:
+    digits = (variant or "").removeprefix("v")
+    return int(digits) if digits.isdigit() else None
+
+
 def check_platform(
-    name: str, wanted: Sequence[Platform], os: str, architecture: str, variant: str | None
+    name: str,
+    wanted: Sequence[Platform],
+    os: str,
+    architecture: str,
+    variant: str | None,
+    *,
+    strict: bool = False,
 ) -> None:
     """Refuse the image `name` gives when its platform (os, architecture, variant) is
-    none of `wanted` (empty: any will do), in dockerd's words: a PlatformNotFoundError."""
-    if not wanted or any(platform.matches(os, architecture, variant) for platform in wanted):
+    none of `wanted` (empty: any will do), in dockerd's words: a PlatformNotFoundError.
+    `strict`: only the platform itself will do (`Platform.is_platform_of`), not an older
+    one it runs."""
+    if not wanted or any(
+        platform.is_platform_of(os, architecture, variant)
+        if strict
+        else platform.matches(os, architecture, variant)
+        for platform in wanted
+    ):
         return
     actual = normalize(os, architecture, variant)
     raise PlatformNotFoundError(

@@ -33,7 +33,7 @@ DB_MODE = 0o600
 
 log = structlog.get_logger("ferryd.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The first schema, as ferryd 1 wrote it: a new store starts from it and takes every
 # migration below, so the path a store of an older ferryd takes is the one every store
 # takes (and is tested on every run).
@@ -114,6 +114,24 @@ CREATE TABLE index_entries (
 CREATE INDEX index_entries_by_digest ON index_entries(digest);
 ALTER TABLE refs ADD COLUMN index_digest TEXT REFERENCES indexes(digest);
 CREATE INDEX refs_by_index ON refs(index_digest);
+""",
+    # Every compressed blob kept for a layer, not only the first: two manifests (two
+    # platforms of an index, gzip and zstd entries) may name different blobs of one
+    # DiffID, and a push or save sends each manifest's own. `layers.blob_digest` stays
+    # the first one, which a push that keeps no manifest sends. A store of version 2 has
+    # one blob per layer: the migration copies it.
+    3: """
+CREATE TABLE layer_blobs (
+    chain_id        TEXT NOT NULL REFERENCES layers(chain_id) ON DELETE CASCADE,
+    blob_digest     TEXT NOT NULL,
+    media_type      TEXT NOT NULL,
+    compressed_size INTEGER NOT NULL,
+    created         REAL NOT NULL,
+    PRIMARY KEY (chain_id, blob_digest)
+);
+CREATE INDEX layer_blobs_by_blob ON layer_blobs(blob_digest);
+INSERT INTO layer_blobs
+    SELECT chain_id, blob_digest, media_type, compressed_size, created FROM layers;
 """,
 }
 

@@ -4,10 +4,13 @@ What is checked:
 
 - every blob a row needs hashes to its name (read in 1 MiB pieces, never held whole);
 - every layer's blob is there and right, its parent is there, and its ChainID is the
-  one its parent's ChainID and its DiffID give, all the way down;
+  one its parent's ChainID and its DiffID give, all the way down; so is every other
+  blob kept for a layer (another compression a manifest names);
 - every image's config blob is there, right and readable, and its top layer is the
   ChainID of the config's DiffIDs, with the layers below it holding exactly those;
-- every kept manifest's blob is there and right;
+- every kept manifest's blob is there and right, and one an index lists names its
+  image's config and, for each of its layers, a blob kept for that layer (a push and a
+  save send a platform of an index with the blobs its manifest names);
 - every kept index's blob is there and right, its entries are the blob's, a stored
   child (a kept manifest an entry names) is an image of the entry's platform, and a
   reference names it (an index nothing names is left over: its rows are orphans);
@@ -42,13 +45,13 @@ from ferryd.blobfile import read_pieces
 from ferryd.errors import FerrydError
 from ferryd.oci.digest import Digest, chain_id, chain_ids, new_hasher
 from ferryd.oci.image_config import decode_config
-from ferryd.oci.manifest import decode_index
+from ferryd.oci.manifest import decode_index, decode_manifest
 from ferryd.oci.platform import normalize
 from ferryd.oci.reference import parse_reference
 from ferryd.store.gc import forget_unnamed_indexes
 from ferryd.store.images import ImageRecord
 from ferryd.store.indexes import StoredIndex
-from ferryd.store.layers import Layer
+from ferryd.store.layers import Layer, LayerBlob
 from ferryd.store.refcount import Watch
 from ferryd.store.store import Store
 from ferryd.store.sweep import Inventory, Leftovers, leftovers, referenced_blobs, scan
@@ -82,7 +85,8 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class Removal:
-    kind: str  # blob, layer, image, manifest, index, reference, reference's index, file
+    # blob, layer, layer blob, image, manifest, index, reference, reference's index, file
+    kind: str
     subject: str
 
     def to_json(self) -> dict[str, str]:
@@ -119,6 +123,7 @@ class _Rows:
     """The database as it was at one moment."""
 
     layers: dict[Digest, Layer]
+    layer_blobs: dict[Digest, dict[Digest, LayerBlob]]  # ChainID → blob digest → blob
     images: dict[Digest, ImageRecord]
     manifests: dict[Digest, Digest]  # digest → image ID
     references: dict[str, Digest]  # name → image ID
@@ -129,6 +134,9 @@ class _Rows:
     def read(cls, store: Store) -> _Rows:
         with store.db.snapshot():
             layers = {layer.chain_id: layer for layer in store.layers.all()}
+            layer_blobs: dict[Digest, dict[Digest, LayerBlob]] = {}
+            for blob in store.layers.all_blobs():
+                layer_blobs.setdefault(blob.chain_id, {})[blob.digest] = blob
             images = {}
             for image_id in store.images.ids():
                 record = store.images.record(image_id)
@@ -158,11 +166,12 @@ class _Rows:
                 indexes[orphan] = StoredIndex(
                     orphan, "", 0, 0.0, store.indexes.entries(orphan), present=False
                 )
-        return cls(layers, images, manifests, references, indexes, index_references)
+        return cls(layers, layer_blobs, images, manifests, references, indexes, index_references)
 
     def blobs(self) -> set[Digest]:
         return (
             {layer.blob_digest for layer in self.layers.values()}
+            | {digest for blobs in self.layer_blobs.values() for digest in blobs}
             | set(self.images)
             | set(self.manifests)
             | {digest for digest, index in self.indexes.items() if index.present}
@@ -180,6 +189,7 @@ class Fsck:
         self._bad_layers: dict[Digest, str] = {}
         self._bad_images: dict[Digest, str] = {}
         self._bad_manifests: dict[Digest, str] = {}
+        self._chains: dict[Digest, list[Digest]] = {}  # image ID → its layers, bottom first
         self._bad_indexes: dict[Digest, str] = {}
         self._orphan_indexes: set[Digest] = set()
         self._bad_references: dict[str, str] = {}
@@ -277,6 +287,7 @@ class Fsck:
         except FerrydError as exc:
             return f"its config cannot be read: {exc}"
         chains = chain_ids(diff_ids)
+        self._chains[image.id] = chains
         top = chains[-1] if chains else None
         if image.top_layer != top:
             return f"its top layer {image.top_layer} is not {top}, the ChainID of its config"
@@ -292,16 +303,49 @@ class Fsck:
         return None
 
     def _check_manifests(self, rows: _Rows) -> None:
+        listed = {
+            entry.digest
+            for index in rows.indexes.values()
+            if index.present
+            for entry in index.entries
+        }
         for digest in sorted(rows.manifests):
             image_id = rows.manifests[digest]
+            why: str | None
             if digest in self._bad_blobs:
                 why = f"its blob is {self._bad_blobs[digest]}"
             elif image_id not in rows.images:
                 why = f"its image {image_id} is not in the store"
+            elif digest in listed and image_id not in self._bad_images:
+                # Pushed as it is, so only with the blobs it names (a manifest a push
+                # made from a plain layer names blobs it gzipped, never stored: not
+                # checked, as a push would make it again).
+                why = self._blobs_problem(digest, image_id, rows)
             else:
+                why = None
+            if why is None:
                 continue
             self._bad_manifests[digest] = why
             self._problem(BROKEN_MANIFEST, digest, f"manifest {digest} of {image_id}: {why}")
+
+    def _blobs_problem(self, digest: Digest, image_id: Digest, rows: _Rows) -> str | None:
+        """What is wrong with the blobs an index's manifest names, if anything."""
+        try:
+            described = decode_manifest(self._store.blobs.get(digest))
+        except FerrydError as exc:
+            return f"its blob cannot be read: {exc}"
+        chains = self._chains.get(image_id, [])
+        if described.config.digest != image_id:
+            return f"it names config {described.config.digest}, not its image's"
+        if len(described.layers) != len(chains):
+            return f"it names {len(described.layers)} layers, its image has {len(chains)}"
+        for chain, descriptor in zip(chains, described.layers, strict=True):
+            blob = rows.layer_blobs.get(chain, {}).get(Digest(descriptor.digest))
+            if blob is None or blob.size != descriptor.size:
+                return f"its layer blob {descriptor.digest} is not stored for layer {chain}"
+            if blob.digest in self._bad_blobs:
+                return f"its layer blob {blob.digest} is {self._bad_blobs[blob.digest]}"
+        return None
 
     def _check_indexes(self, rows: _Rows) -> None:
         named = set(rows.index_references.values())
@@ -430,6 +474,13 @@ class Fsck:
             for chain in sorted(layers, key=lambda c: -_depth(c, rows.layers)):
                 store.layers.delete(chain)
                 removed.append(Removal("layer", chain))
+            # A broken blob kept for a layer beside its first: the manifests naming it
+            # went above, the layer stays with its other blobs.
+            for chain, kept_blobs in sorted(rows.layer_blobs.items()):
+                for digest in sorted(set(kept_blobs) & set(self._bad_blobs)):
+                    if chain not in layers and digest != rows.layers[chain].blob_digest:
+                        store.layers.forget_blob(chain, digest)
+                        removed.append(Removal("layer blob", f"{chain} {digest}"))
             # Indexes whose last reference went with a broken image.
             for digest in forget_unnamed_indexes(store):
                 indexes.add(digest)
@@ -438,6 +489,7 @@ class Fsck:
         candidates = (
             set(self._bad_blobs)
             | {rows.layers[chain].blob_digest for chain in layers}
+            | {digest for chain in layers for digest in rows.layer_blobs.get(chain, {})}
             | images
             | manifests
             | indexes

@@ -53,14 +53,14 @@ def _remove_rows(store: Store, image_id: Digest) -> tuple[list[Digest], set[Dige
     store.images.delete(image_id)
     unused = _unused_layers(store)
     for layer in unused:
-        store.layers.delete(layer.chain_id)
-        candidates.add(layer.blob_digest)
+        candidates |= store.layers.delete(layer.chain_id)
     return [layer.chain_id for layer in unused], candidates
 
 
 def kept_blobs(store: Store) -> set[Digest]:
-    """Every blob a row needs: layers', configs, manifests, indexes."""
-    kept = {layer.blob_digest for layer in store.layers.all()}
+    """Every blob a row needs: layers' (each of their blobs), configs, manifests,
+    indexes."""
+    kept = store.layers.blob_digests()
     kept |= set(store.images.ids())
     kept |= store.manifests.digests()
     kept |= store.indexes.digests()
@@ -221,9 +221,10 @@ def _delete_layers_left(store: Store, held: list[Digest]) -> set[Digest]:
         standing = [layer.parent for layer in unused if layer.chain_id not in going]
         going -= _stacks(by_chain, [chain for chain in standing if chain is not None])
         gone = [layer for layer in unused if layer.chain_id in going]  # children first
+        blobs: set[Digest] = set()
         for layer in gone:
-            store.layers.delete(layer.chain_id)
-        return {layer.blob_digest for layer in gone if not is_referenced(store, layer.blob_digest)}
+            blobs |= store.layers.delete(layer.chain_id)
+        return {digest for digest in blobs if not is_referenced(store, digest)}
 
 
 def _stacks(layers: dict[Digest, Layer], tops: Iterable[Digest]) -> set[Digest]:
@@ -239,12 +240,15 @@ def _stacks(layers: dict[Digest, Layer], tops: Iterable[Digest]) -> set[Digest]:
 
 
 def is_referenced(store: Store, digest: Digest) -> bool:
-    """Whether a row needs the blob `digest`: a layer's, a config, a manifest, an index."""
+    """Whether a row needs the blob `digest`: one of a layer's, a config, a manifest, an
+    index."""
     row = store.db.one(
-        "SELECT 1 FROM layers WHERE blob_digest = ? UNION ALL SELECT 1 FROM images WHERE id = ? "
+        "SELECT 1 FROM layers WHERE blob_digest = ? "
+        "UNION ALL SELECT 1 FROM layer_blobs WHERE blob_digest = ? "
+        "UNION ALL SELECT 1 FROM images WHERE id = ? "
         "UNION ALL SELECT 1 FROM manifests WHERE digest = ? "
         "UNION ALL SELECT 1 FROM indexes WHERE digest = ? LIMIT 1",
-        (digest, digest, digest, digest),
+        (digest, digest, digest, digest, digest),
     )
     return row is not None
 

@@ -184,17 +184,19 @@ def default_child(
 ) -> Digest | None:
     """The image a reference to an index gives: of the stored image entries (`stored`:
     child manifest → image ID), the one for `platform` as a pull would choose it (the
-    exact variant first), else the first; None when no image of it is stored."""
+    closest, the first listed of equals: `Platform.preference`), else the first; None
+    when no image of it is stored."""
     images = [entry for entry in entries if entry.kind == "image" and entry.digest in stored]
-    matching = [
-        entry
-        for entry in images
-        if entry.platform is not None
-        and platform.matches(entry.os or "", entry.architecture or "", entry.variant)
-    ]
-    exact = [entry for entry in matching if entry.platform == platform]
-    candidates = exact or matching or images
-    return stored[candidates[0].digest] if candidates else None
+    best: tuple[int, IndexEntry] | None = None
+    for entry in images:
+        if entry.platform is None:
+            continue
+        rank = platform.preference(entry.os or "", entry.architecture or "", entry.variant)
+        if rank is not None and (best is None or rank < best[0]):
+            best = (rank, entry)
+    if best is not None:
+        return stored[best[1].digest]
+    return stored[images[0].digest] if images else None
 
 
 def _entry(row: Any) -> IndexEntry:

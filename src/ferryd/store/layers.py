@@ -1,4 +1,6 @@
-"""Layers by ChainID, each backed by one stored blob, reference-counted while in use."""
+"""Layers by ChainID, reference-counted while in use, each backed by the compressed blobs
+stored for it: the first one it came with, and every other one a manifest kept here
+names (another compression of the same DiffID)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import json
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ferryd.errors import StoreError
 from ferryd.oci.digest import Digest, chain_id
@@ -24,6 +26,25 @@ class Layer:
     compressed_size: int
     size: int  # uncompressed
     urls: tuple[str, ...] = ()  # where a foreign layer lives; such a layer is never uploaded
+
+    def with_blob(self, blob: LayerBlob) -> Layer:
+        """This layer as `blob` holds it (one of its stored blobs)."""
+        return replace(
+            self,
+            blob_digest=blob.digest,
+            media_type=blob.media_type,
+            compressed_size=blob.size,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LayerBlob:
+    """One compressed blob stored for a layer."""
+
+    chain_id: Digest
+    digest: Digest
+    media_type: str
+    size: int
 
 
 class LayerStore:
@@ -62,8 +83,62 @@ class LayerStore:
 
     def by_blob(self, blob_digest: Digest) -> Layer | None:
         """Any layer backed by this blob: tells a stored blob's DiffID without reading it."""
-        row = self._db.one("SELECT * FROM layers WHERE blob_digest = ? LIMIT 1", (blob_digest,))
+        row = self._db.one(
+            "SELECT layers.chain_id, parent, diff_id, layer_blobs.blob_digest, "
+            "layer_blobs.media_type, layer_blobs.compressed_size, size, urls "
+            "FROM layer_blobs JOIN layers USING (chain_id) WHERE layer_blobs.blob_digest = ? "
+            "LIMIT 1",
+            (blob_digest,),
+        )
         return _layer(row) if row is not None else None
+
+    def has_blob(self, chain: Digest, blob_digest: Digest) -> bool:
+        """Whether the layer `chain` is stored with the blob `blob_digest` (one query:
+        what a pull asks of each layer before it says "Already exists")."""
+        row = self._db.one(
+            "SELECT 1 FROM layer_blobs WHERE chain_id = ? AND blob_digest = ?",
+            (chain, blob_digest),
+        )
+        return row is not None
+
+    def blobs_of(self, chains: Sequence[Digest]) -> dict[Digest, dict[Digest, LayerBlob]]:
+        """The blobs stored for each of `chains`, by ChainID and blob digest, in one
+        query."""
+        found: dict[Digest, dict[Digest, LayerBlob]] = {}
+        unique = list(dict.fromkeys(chains))
+        # SQLite binds at most 32766 parameters; an image has at most a few hundred.
+        for start in range(0, len(unique), 500):
+            part = unique[start : start + 500]
+            rows = self._db.all(
+                "SELECT chain_id, blob_digest, media_type, compressed_size FROM layer_blobs "
+                f"WHERE chain_id IN ({', '.join('?' * len(part))})",
+                part,
+            )
+            for row in rows:
+                blob = _layer_blob(row)
+                found.setdefault(blob.chain_id, {})[blob.digest] = blob
+        return found
+
+    def all_blobs(self) -> list[LayerBlob]:
+        rows = self._db.all(
+            "SELECT chain_id, blob_digest, media_type, compressed_size FROM layer_blobs"
+        )
+        return [_layer_blob(row) for row in rows]
+
+    def blob_digests(self) -> set[Digest]:
+        """Every blob a layer is stored with: blobs garbage collection must keep."""
+        rows = self._db.all(
+            "SELECT blob_digest FROM layer_blobs UNION SELECT blob_digest FROM layers"
+        )
+        return {Digest(row["blob_digest"]) for row in rows}
+
+    def add_blob(self, chain: Digest, blob_digest: Digest, media_type: str, size: int) -> None:
+        """Record another compressed blob of the stored layer `chain` (its DiffID
+        verified by the caller)."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO layer_blobs VALUES (?, ?, ?, ?, ?)",
+            (chain, blob_digest, media_type, size, time.time()),
+        )
 
     def register(
         self,
@@ -75,7 +150,8 @@ class LayerStore:
         size: int,
         urls: Sequence[str] = (),
     ) -> Layer:
-        """Record a layer on top of `parent` (which must exist) and hold it."""
+        """Record a layer on top of `parent` (which must exist) with its blob, and hold
+        it; a layer stored already gains the blob, if it is another one."""
         chain = chain_id(parent, diff_id)
         if parent is not None and self.get(parent) is None:
             raise StoreError(f"cannot register layer {chain}: parent {parent} is unknown")
@@ -93,6 +169,7 @@ class LayerStore:
                 time.time(),
             ),
         )
+        self.add_blob(chain, blob_digest, media_type, compressed_size)
         layer = self.get(chain)
         assert layer is not None
         self.holds.acquire(chain)
@@ -101,8 +178,24 @@ class LayerStore:
     def all(self) -> list[Layer]:
         return [_layer(row) for row in self._db.all("SELECT * FROM layers")]
 
-    def delete(self, chain: Digest) -> None:
+    def forget_blob(self, chain: Digest, blob_digest: Digest) -> None:
+        """Forget one of the layer's blobs (not its first: `delete` the layer instead)."""
+        self._db.execute(
+            "DELETE FROM layer_blobs WHERE chain_id = ? AND blob_digest = ?", (chain, blob_digest)
+        )
+
+    def delete(self, chain: Digest) -> set[Digest]:
+        """Forget the layer and its blobs' rows; the blobs it was stored with, for
+        garbage collection to delete the files of once no row needs them."""
+        rows = self._db.all(
+            "SELECT blob_digest FROM layer_blobs WHERE chain_id = ? "
+            "UNION SELECT blob_digest FROM layers WHERE chain_id = ?",
+            (chain, chain),
+        )
+        # Not left to the foreign key's cascade: that needs `PRAGMA foreign_keys`.
+        self._db.execute("DELETE FROM layer_blobs WHERE chain_id = ?", (chain,))
         self._db.execute("DELETE FROM layers WHERE chain_id = ?", (chain,))
+        return {Digest(row["blob_digest"]) for row in rows}
 
 
 def _layer(row: object) -> Layer:
@@ -116,4 +209,11 @@ def _layer(row: object) -> Layer:
         r["compressed_size"],
         r["size"],
         tuple(json.loads(r["urls"])) if r["urls"] else (),
+    )
+
+
+def _layer_blob(row: object) -> LayerBlob:
+    r = dict(row)  # type: ignore[call-overload]
+    return LayerBlob(
+        Digest(r["chain_id"]), Digest(r["blob_digest"]), r["media_type"], r["compressed_size"]
     )

@@ -112,11 +112,12 @@ def _digest(algorithm: str, hex_part: str) -> Digest | None:
 
 
 def referenced_blobs(store: Store) -> set[Digest]:
-    """Every blob a row needs (layer blobs, image configs, manifests, indexes), in one
-    snapshot."""
+    """Every blob a row needs (each layer's blobs, image configs, manifests, indexes),
+    in one snapshot."""
     with store.db.snapshot():
         rows = store.db.all(
-            "SELECT blob_digest AS digest FROM layers UNION SELECT id FROM images "
+            "SELECT blob_digest AS digest FROM layers UNION SELECT blob_digest FROM layer_blobs "
+            "UNION SELECT id FROM images "
             "UNION SELECT digest FROM manifests UNION SELECT digest FROM indexes"
         )
     return {Digest(row["digest"]) for row in rows}

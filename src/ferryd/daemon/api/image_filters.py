@@ -28,7 +28,7 @@ from ferryd.daemon.api.shapes import _created, image_summary
 from ferryd.daemon.api.timestamps import TimestampError, parse_timestamp
 from ferryd.errors import FerrydError, InvalidFilterError
 from ferryd.oci.digest import Digest, chain_ids
-from ferryd.oci.image_config import ConfigModel, decode_config, rootfs_and_os
+from ferryd.oci.image_config import ConfigModel, decode_config, rootfs_of
 from ferryd.oci.reference import Reference
 from ferryd.store import Store
 from ferryd.store.gc import index_users
@@ -57,7 +57,10 @@ class StoredImage:
 
 
 def stored_images(store: Store) -> list[StoredImage]:
-    """Every image in the store; one removed while this reads is left out."""
+    """Every image in the store, whatever its OS: one removed while this reads is left
+    out. dockerd's own store never holds a Windows image on Linux; ferryd's holds the
+    other operating systems' images of an index (containerd's lists them too), and a
+    listing that left them out would hide what an `rmi` or a prune must see."""
     images = []
     for image_id in store.images.ids():
         record = store.images.record(image_id)
@@ -65,9 +68,9 @@ def stored_images(store: Store) -> list[StoredImage]:
             continue
         try:
             model = decode_config(store.images.get(image_id))
-            rootfs, _ = rootfs_and_os(model)
+            rootfs = rootfs_of(model)
         except FerrydError:
-            continue  # removed meanwhile, or for an OS this host cannot use (as dockerd)
+            continue  # removed meanwhile
         targets = store.references.targets_for_image(image_id)
         index = next((target.index for _, target in targets if target.index is not None), None)
         images.append(

@@ -16,7 +16,6 @@ from ferryd.errors import ImageNotFoundError
 from ferryd.oci.digest import Digest, chain_ids
 from ferryd.oci.image_config import ConfigModel, decode_config, rootfs_of
 from ferryd.store import Store
-from ferryd.store.images import ImageRecord
 from ferryd.store.indexes import IndexEntry
 from ferryd.store.references import Target
 
@@ -50,7 +49,7 @@ def image_summary(
         "Labels": (model.config or {}).get("Labels") or {},
         "Containers": -1,
     }
-    summary.update(_index_fields(store, image_id, index, manifests))
+    summary.update(_index_fields(store, image_id, model, index, manifests))
     return summary
 
 
@@ -87,12 +86,16 @@ def image_inspect(
     }
     if model.variant:
         shape["Variant"] = model.variant
-    shape.update(_index_fields(store, image_id, target.index, manifests or bool(target.index)))
+    if model.os_version:  # dockerd's OsVersion: the config's `os.version`, when it has one
+        shape["OsVersion"] = model.os_version
+    shape.update(
+        _index_fields(store, image_id, model, target.index, manifests or bool(target.index))
+    )
     return shape
 
 
 def _index_fields(
-    store: Store, image_id: Digest, index: Digest | None, manifests: bool
+    store: Store, image_id: Digest, model: ConfigModel, index: Digest | None, manifests: bool
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     stored = store.indexes.get(index) if index is not None else None
@@ -111,7 +114,9 @@ def _index_fields(
             ]
         else:
             fields["Manifests"] = [
-                manifest_summary(store, _single_entry(store, manifest.digest, image_id), image_id)
+                manifest_summary(
+                    store, _single_entry(store, manifest.digest, image_id, model), image_id
+                )
                 for manifest in store.manifests.for_image(image_id)
             ]
     return fields
@@ -124,9 +129,12 @@ def manifest_summary(store: Store, entry: IndexEntry, image_id: Digest | None) -
     held, `ImageData.Size.Unpacked` its layers uncompressed."""
     record = store.images.record(image_id) if image_id is not None else None
     content = unpacked = 0
+    model: ConfigModel | None = None
     if record is not None:
+        config = store.images.get(record.id)
+        model = decode_config(config)
         unpacked = record.size
-        content = entry.size + _content_size(store, record)
+        content = entry.size + len(config) + _layers_size(store, model)
     kind = entry.kind if entry.kind in ("image", "attestation") else "unknown"
     summary: dict[str, Any] = {
         "ID": entry.digest,
@@ -137,7 +145,7 @@ def manifest_summary(store: Store, entry: IndexEntry, image_id: Digest | None) -
     }
     if kind == "image":
         summary["ImageData"] = {
-            "Platform": _platform(entry, record),
+            "Platform": _platform(entry, model),
             "Containers": [],
             "Size": {"Unpacked": unpacked},
         }
@@ -146,15 +154,13 @@ def manifest_summary(store: Store, entry: IndexEntry, image_id: Digest | None) -
     return summary
 
 
-def _single_entry(store: Store, digest: Digest, image_id: Digest) -> IndexEntry:
+def _single_entry(store: Store, digest: Digest, image_id: Digest, model: ConfigModel) -> IndexEntry:
     """A stored manifest of a single-platform image, as an index would list it."""
     stored = store.manifests.get(digest)
     record = store.images.record(image_id)
     if stored is None or record is None:  # removed since its name was resolved
         raise ImageNotFoundError(f"No such image: {image_id}")
-    platform = {"architecture": record.architecture, "os": record.os}
-    if record.variant:
-        platform["variant"] = record.variant
+    platform = _config_platform(model)
     return IndexEntry(
         0,
         digest,
@@ -168,23 +174,33 @@ def _single_entry(store: Store, digest: Digest, image_id: Digest) -> IndexEntry:
     )
 
 
-def _content_size(store: Store, record: ImageRecord) -> int:
-    """The config's and the layers' (compressed) bytes of a stored image."""
-    config = store.images.get(record.id)
+def _layers_size(store: Store, model: ConfigModel) -> int:
+    """The layers' (compressed) bytes of a stored image."""
     layers = 0
-    for chain in chain_ids(rootfs_of(config).diff_ids):
+    for chain in chain_ids(rootfs_of(model).diff_ids):
         layer = store.layers.get(chain)
         layers += layer.compressed_size if layer is not None else 0
-    return len(config) + layers
+    return layers
 
 
-def _platform(entry: IndexEntry, record: ImageRecord | None) -> dict[str, Any]:
+def _config_platform(model: ConfigModel) -> dict[str, Any]:
+    """The OCI platform an image config gives, as dockerd reads it (DockerOCIImage's
+    Platform): with `os.version` and `os.features`, which tell Windows builds apart."""
+    platform: dict[str, Any] = {"architecture": model.architecture, "os": model.os}
+    if model.os_version:
+        platform["os.version"] = model.os_version
+    if model.os_features:
+        platform["os.features"] = model.os_features
+    if model.variant:
+        platform["variant"] = model.variant
+    return platform
+
+
+def _platform(entry: IndexEntry, model: ConfigModel | None) -> dict[str, Any]:
     """An OCI platform as dockerd writes it: the entry's, else the image config's."""
     fields = dict(entry.platform_fields or {})
-    if not fields and record is not None:
-        fields = {"architecture": record.architecture, "os": record.os}
-        if record.variant:
-            fields["variant"] = record.variant
+    if not fields and model is not None:
+        fields = _config_platform(model)
     platform: dict[str, Any] = {
         "architecture": fields.get("architecture", ""),
         "os": fields.get("os", ""),

@@ -63,7 +63,7 @@ from ferryd.errors import (
     PlatformNotFoundError,
 )
 from ferryd.oci.digest import Digest, algorithm_of, chain_ids, sha256_digest, short_id
-from ferryd.oci.image_config import MAX_CONFIG_SIZE, decode_config, rootfs_and_os
+from ferryd.oci.image_config import MAX_CONFIG_SIZE, check_usable_os, decode_config, rootfs_of
 from ferryd.oci.manifest import (
     MAX_LAYERS,
     MAX_MANIFEST_SIZE,
@@ -527,8 +527,11 @@ def _plan_checked(intake: Intake, platform: Platform | None) -> _Plans:
             ]
     wanted = list(plans.values())
     if platform is not None:
-        wanted = [plan for plan in wanted if platform.matches(*_platform_of(plan)) or plan.in_index]
-        if not any(platform.matches(*_platform_of(plan)) for plan in wanted):
+        # The platform itself, as docker loads one: never an older one it runs.
+        wanted = [
+            plan for plan in wanted if platform.is_platform_of(*_platform_of(plan)) or plan.in_index
+        ]
+        if not any(platform.is_platform_of(*_platform_of(plan)) for plan in wanted):
             offered = ", ".join(sorted({str(plan.platform) for plan in plans.values()}))
             raise PlatformNotFoundError(
                 f"the archive has no image for platform {platform}"
@@ -537,7 +540,14 @@ def _plan_checked(intake: Intake, platform: Platform | None) -> _Plans:
     if not wanted:
         raise ArchiveError("the archive holds no image")
     for plan in wanted:
+        if platform is not None or not plan.in_index:
+            _check_usable(plan)
         _check_layers(intake, plan)
+    # A platform whose image another entry has too (gzip and zstd entries of one
+    # config) is not among `wanted`, but its layer blobs are loaded (`_variants`).
+    for index in indexes.values():
+        for child in index.children:
+            _check_layers(intake, child)
     return _Plans(wanted, list(indexes.values()))
 
 
@@ -624,7 +634,8 @@ def _image_config(
 def _config(raw: bytes, where: str) -> _Config:
     try:
         model = decode_config(raw)
-        rootfs, _ = rootfs_and_os(model)  # decoded once
+        # Any OS: the platforms of an index are kept whatever it is (`_check_usable`).
+        rootfs = rootfs_of(model)  # decoded once
     except ContentError as exc:
         raise ArchiveError(f"the archive's image config {where}: {exc}") from None
     if len(rootfs.diff_ids) > MAX_LAYERS:
@@ -636,6 +647,17 @@ def _config(raw: bytes, where: str) -> _Config:
         )
     platform = normalize(model.os, model.architecture, model.variant)
     return _Config(raw, sha256_digest(raw), tuple(rootfs.diff_ids), platform)
+
+
+def _check_usable(plan: _ImagePlan) -> None:
+    """An image loaded to be used must be one this host can run, as a pull decides: one
+    loaded alone, or the platform `--platform` asks for (a pull of one image or one
+    platform); an index loaded whole keeps its other operating systems' images, as a
+    pull of every platform does (they are moved, never run)."""
+    try:
+        check_usable_os(plan.platform.os)
+    except ContentError as exc:
+        raise ArchiveError(f"the archive's image config {plan.image_id}: {exc}") from None
 
 
 def _check_listed(count: int, what: str, where: str, limit: int) -> None:
@@ -924,6 +946,7 @@ def _check_layers(intake: Intake, plan: _ImagePlan) -> None:
 def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[LoadedImage]:
     layers, blobs = store.layers, store.blobs
     plans = planned.images
+    variants = _variants(planned)
     held: list[Digest] = []
     pinned: list[Digest] = []
     written: list[Digest] = []  # blobs this load added to the store
@@ -949,11 +972,11 @@ def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[L
         # Hold first, then look (a removal between the two cannot take the layer): a
         # layer stored already is used as it is; the blobs of the others are moved in.
         moving: dict[Digest, StagedFile] = {}
-        for plan in plans:
+        for plan in [*plans, *variants]:
             for chain, layer in zip(chain_ids(plan.diff_ids), plan.layers, strict=True):
                 layers.holds.acquire(chain)
                 held.append(chain)
-                if layers.get(chain) is not None:
+                if _stored(store, chain, layer, plan):
                     continue
                 digest = layer.staged.digest
                 if digest not in moving:
@@ -973,7 +996,7 @@ def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[L
         # Also when nothing moved: a blob found in the store may be a pull's, renamed in
         # and not flushed yet.
         blobs.sync(pinned)
-        for plan in plans:
+        for plan in [*plans, *variants]:
             put(plan.config, plan.image_id)
             if plan.manifest is not None:
                 put(plan.manifest.raw, plan.manifest.digest)
@@ -981,6 +1004,8 @@ def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[L
             put(indexed.index.raw, indexed.index.digest)
         with store.db.transaction():
             loaded = {plan.image_id: _register(store, plan, held) for plan in plans}
+            for plan in variants:
+                _register_variant(store, plan)
             results = [loaded[plan.image_id] for plan in plans if not plan.in_index or plan.names]
             for indexed in planned.indexes:
                 result = _register_index(store, indexed, loaded, default_platform)
@@ -1040,6 +1065,37 @@ def _register_index(
     )
 
 
+def _variants(planned: _Plans) -> list[_ImagePlan]:
+    """The platforms of the indexes loaded whose image another plan loads with another
+    manifest (gzip and zstd entries of one config: plans are one per image): their
+    manifests, and the layer blobs those name, are kept too."""
+    kept = {plan.manifest.digest for plan in planned.images if plan.manifest is not None}
+    variants = []
+    for indexed in planned.indexes:
+        for child in indexed.children:
+            if child.manifest is not None and child.manifest.digest not in kept:
+                kept.add(child.manifest.digest)
+                variants.append(child)
+    return variants
+
+
+def _stored(store: Store, chain: Digest, layer: _LayerPlan, plan: _ImagePlan) -> bool:
+    """Whether the layer is stored as the plan needs it: with the blob its manifest
+    names, if it has one (a push or save sends that blob); else in any blob."""
+    if plan.manifest is not None:
+        return store.layers.has_blob(chain, layer.staged.digest)
+    return store.layers.get(chain) is not None
+
+
+def _register_variant(store: Store, plan: _ImagePlan) -> None:
+    """Keep another manifest of an image `_register` stored, with the blobs it names."""
+    assert plan.manifest is not None
+    for chain, layer in zip(chain_ids(plan.diff_ids), plan.layers, strict=True):
+        store.layers.add_blob(chain, layer.staged.digest, layer.media_type, layer.staged.size)
+    manifest = plan.manifest
+    store.manifests.add(manifest.digest, plan.image_id, manifest.media_type, manifest.raw)
+
+
 def _register(store: Store, plan: _ImagePlan, held: list[Digest]) -> LoadedImage:
     parent: Digest | None = None
     loaded = reused = 0
@@ -1059,6 +1115,10 @@ def _register(store: Store, plan: _ImagePlan, held: list[Digest]) -> LoadedImage
             held.append(chain)  # register holds what it registers
             loaded += 1
         else:
+            if plan.manifest is not None:
+                # The manifest kept names this blob: a push or save sends it.
+                staged = layer.staged
+                store.layers.add_blob(chain, staged.digest, layer.media_type, staged.size)
             reused += 1
         parent = chain
     size = sum(store.layers.size_of(chain) for chain in chains)

@@ -38,6 +38,7 @@ from ferryd.distribution.archives import layout, tarstream
 from ferryd.errors import (
     BadRequestError,
     CorruptBlobError,
+    FerrydError,
     ImageNotFoundError,
     InvalidReferenceError,
     PlatformNotFoundError,
@@ -62,7 +63,8 @@ from ferryd.store import Store
 from ferryd.store.gc import unpin
 from ferryd.store.images import ImageRecord
 from ferryd.store.indexes import StoredIndex
-from ferryd.store.layers import Layer
+from ferryd.store.layers import Layer, LayerBlob
+from ferryd.store.manifests import StoredManifest
 from ferryd.store.references import Target
 
 
@@ -82,10 +84,14 @@ class _Image:
     image_id: Digest
     record: ImageRecord
     config: bytes
-    layers: list[Layer]  # bottom first
+    layers: list[Layer]  # bottom first, each as its first blob holds it
     tags: list[Reference] = field(default_factory=list)
     standalone: bool = False  # named on its own (not only as a platform of an index)
     manifest: Digest | None = None  # the stored manifest it must be saved with
+    # The blobs stored for each layer, by ChainID and blob digest: a manifest names one
+    # of them (another platform's manifest may name another compression).
+    variants: dict[Digest, dict[Digest, LayerBlob]] = field(default_factory=dict)
+    listed: list[Layer] | None = None  # the layers manifest.json lists, as a manifest names
 
 
 @dataclass
@@ -274,17 +280,17 @@ def _index(store: Store, stored: StoredIndex, target: Target, pinned: list[Diges
 def _platform_child(
     store: Store, stored: StoredIndex, name: str, platform: Platform
 ) -> tuple[Digest, Digest]:
-    """The stored platform of an index for `platform`: (its manifest, its image)."""
+    """The stored platform of an index that is `platform` itself, as docker saves one
+    (never an older platform it runs): (its manifest, its image)."""
     children = store.indexes.stored_children(stored.digest)
     images = [
         (entry, children[entry.digest])
         for entry in stored.entries
         if entry.kind == "image"
         and entry.platform is not None
-        and platform.matches(entry.os or "", entry.architecture or "", entry.variant)
+        and platform.is_platform_of(entry.os or "", entry.architecture or "", entry.variant)
         and entry.digest in children
     ]
-    exact = [(entry, image_id) for entry, image_id in images if entry.platform == platform]
     if not images:
         have = sorted(
             str(entry.platform)
@@ -295,7 +301,7 @@ def _platform_child(
             f"image with reference {name} has no platform {platform} stored"
             + (f" (it has {', '.join(have)})" if have else "")
         )
-    entry, image_id = (exact or images)[0]
+    entry, image_id = images[0]
     return entry.digest, image_id
 
 
@@ -309,6 +315,7 @@ def _load(store: Store, image_id: Digest, held: list[Digest], pinned: list[Diges
     config = store.images.get(image_id)
     chains = chain_ids(rootfs_of(config).diff_ids)
     layers: list[Layer] = []
+    variants = {}
     if chains:
         # Hold first, then look: a removal between the two cannot take it.
         store.layers.holds.acquire(chains[-1])
@@ -318,19 +325,63 @@ def _load(store: Store, image_id: Digest, held: list[Digest], pinned: list[Diges
             if layer is None:
                 raise ImageNotFoundError(f"layer {chain} of image {image_id} is not in the store")
             layers.append(layer)
-    return _Image(image_id, record, config, layers)
+        variants = store.layers.blobs_of(chains)
+    return _Image(image_id, record, config, layers, variants=variants)
+
+
+def _named_layers(image: _Image, raw: bytes) -> list[Layer] | None:
+    """The image's layers as the manifest `raw` names them (each with the stored blob it
+    names); None when it names a config or a blob that is not the image's, or not
+    stored."""
+    try:
+        described = decode_manifest(raw)
+    except FerrydError:
+        return None
+    if described.config.digest != image.image_id or len(described.layers) != len(image.layers):
+        return None
+    named = []
+    for layer, descriptor in zip(image.layers, described.layers, strict=True):
+        blob = image.variants.get(layer.chain_id, {}).get(Digest(descriptor.digest))
+        if blob is None or blob.size != descriptor.size:
+            return None
+        named.append(layer.with_blob(blob))
+    return named
+
+
+def _manifest_layers(image: _Image, digest: Digest, raw: bytes) -> list[Layer]:
+    """`_named_layers` of a manifest that must be saved as it is: a blob it names that
+    is not stored would leave the archive without it."""
+    named = _named_layers(image, raw)
+    if named is None:
+        raise CorruptBlobError(
+            f"the stored manifest {digest} of image {image.image_id} names a config or "
+            "layer blob the store does not have for it: run `ferryd fsck`"
+        )
+    return named
 
 
 def _check_platform(image: _Image, name: str, platform: Platform | None) -> None:
     record = image.record
     wanted = [platform] if platform is not None else []
-    check_platform(name, wanted, record.os, record.architecture, record.variant)
+    check_platform(name, wanted, record.os, record.architecture, record.variant, strict=True)
 
 
 def _entries(
     store: Store, images: list[_Image], indexes: list[_Index], pinned: list[Digest]
 ) -> list[_Entry]:
     blobs: dict[Digest, _Entry] = {}
+    by_id = {image.image_id: image for image in images}
+
+    def add_layers(layers: list[Layer]) -> None:
+        for layer in layers:
+            if layer.blob_digest not in blobs:
+                blobs[layer.blob_digest] = _Entry(
+                    layout.blob_name(layer.blob_digest),
+                    layer.compressed_size,
+                    path=store.blobs.path(layer.blob_digest),
+                    digest=layer.blob_digest,
+                )
+
     index: list[dict[str, object]] = []
     items: list[tuple[str, list[str], list[str], dict[str, Descriptor]]] = []
     repositories: dict[str, dict[str, str]] = {}
@@ -352,12 +403,18 @@ def _entries(
             indexed.index.digest,
             _data(layout.blob_name(indexed.index.digest), indexed.raw),
         )
-        for manifest_digest, _ in indexed.children:
+        for manifest_digest, child_id in indexed.children:
             child = store.manifests.get(manifest_digest)
             if child is not None and manifest_digest not in blobs:
                 store.blobs.pins.acquire(manifest_digest)
                 pinned.append(manifest_digest)
                 blobs[manifest_digest] = _data(layout.blob_name(manifest_digest), child.raw)
+                # Each platform's manifest with the blobs it names, byte for byte.
+                image = by_id[child_id]
+                child_layers = _manifest_layers(image, manifest_digest, child.raw)
+                add_layers(child_layers)
+                if image.listed is None:
+                    image.listed = child_layers
         listed_tags.setdefault(indexed.image_id, []).extend(
             tag for tag in indexed.tags if tag not in listed_tags.get(indexed.image_id, [])
         )
@@ -372,7 +429,10 @@ def _entries(
         if not image.standalone:
             tags_or_none = []
         for tag in tags_or_none:
-            media_type, raw = _manifest(store, image, tag)
+            media_type, raw, manifest_layers = _manifest(store, image, tag)
+            add_layers(manifest_layers)
+            if image.listed is None:
+                image.listed = manifest_layers
             digest = sha256_digest(raw)
             if digest not in blobs:
                 store.blobs.pins.acquire(digest)
@@ -389,27 +449,14 @@ def _entries(
             index.append(descriptor)
         config_name = layout.blob_name(image.image_id)
         blobs.setdefault(image.image_id, _data(config_name, image.config))
+        listed = image.listed if image.listed is not None else image.layers
+        add_layers(listed)
         if not image.standalone and image.image_id not in in_manifest_json:
-            # An attestation: its blobs are in the OCI part, it is no image to docker.
-            for layer in image.layers:
-                if layer.blob_digest not in blobs:
-                    blobs[layer.blob_digest] = _Entry(
-                        layout.blob_name(layer.blob_digest),
-                        layer.compressed_size,
-                        path=store.blobs.path(layer.blob_digest),
-                        digest=layer.blob_digest,
-                    )
-            continue
+            continue  # an attestation: its blobs are in the OCI part, it is no image to docker
         layer_names = []
         sources: dict[str, Descriptor] = {}
-        for layer in image.layers:
-            name = layout.blob_name(layer.blob_digest)
-            layer_names.append(name)
-            if layer.blob_digest not in blobs:
-                path = store.blobs.path(layer.blob_digest)
-                blobs[layer.blob_digest] = _Entry(
-                    name, layer.compressed_size, path=path, digest=layer.blob_digest
-                )
+        for layer in listed:
+            layer_names.append(layout.blob_name(layer.blob_digest))
             if layer.urls:
                 sources[layer.diff_id] = Descriptor(
                     layer.media_type, layer.blob_digest, layer.compressed_size, list(layer.urls)
@@ -422,7 +469,7 @@ def _entries(
         items.append((config_name, tags, layer_names, sources))
         for tag in named:
             assert tag.tag is not None
-            top = hex_of(image.layers[-1].blob_digest) if image.layers else ""
+            top = hex_of(listed[-1].blob_digest) if listed else ""
             repositories.setdefault(tag.familiar_name, {})[tag.tag] = top
     entries = [
         _data(layout.OCI_LAYOUT, layout.OCI_LAYOUT_CONTENT),
@@ -451,32 +498,33 @@ def _data(name: str, data: bytes) -> _Entry:
     return _Entry(name, len(data), data=data)
 
 
-def _manifest(store: Store, image: _Image, tag: Reference | None) -> tuple[str, bytes]:
-    """The manifest to export an image with: one it came with that describes exactly its
-    config and layer blobs (the platform's manifest of an index, or the one its
-    repository's digest reference names, when there is one), else a new one in the
-    image's format, as a push would make it."""
+def _manifest(store: Store, image: _Image, tag: Reference | None) -> tuple[str, bytes, list[Layer]]:
+    """The manifest to export an image with, and its layers as it names them: one it came
+    with whose config and layer blobs are stored (the platform's manifest of an index,
+    or the one its repository's digest reference names, when there is one; one naming
+    the layers' first blobs before others), else a new one in the image's format, as a
+    push would make it."""
     if image.manifest is not None:
         platform_manifest = store.manifests.get(image.manifest)
         if platform_manifest is not None:
-            return platform_manifest.media_type, platform_manifest.raw
-    candidates = []
+            layers = _manifest_layers(image, image.manifest, platform_manifest.raw)
+            return platform_manifest.media_type, platform_manifest.raw, layers
+    candidates: list[tuple[StoredManifest, list[Layer]]] = []
     for stored in sorted(store.manifests.for_image(image.image_id), key=lambda m: m.digest):
         if stored.media_type not in IMAGE_MANIFEST_TYPES:
             continue
-        kept = decode_manifest(stored.raw)
-        if kept.config.digest == image.image_id and [(d.digest, d.size) for d in kept.layers] == [
-            (layer.blob_digest, layer.compressed_size) for layer in image.layers
-        ]:
-            candidates.append(stored)
+        named_layers = _named_layers(image, stored.raw)
+        if named_layers is not None:
+            candidates.append((stored, named_layers))
+    candidates.sort(key=lambda candidate: candidate[1] != image.layers)
     if candidates:
         named = {
             reference.digest
             for reference in store.references.for_image(image.image_id)
             if reference.digest is not None and (tag is None or reference.name == tag.name)
         }
-        chosen = next((m for m in candidates if m.digest in named), candidates[0])
-        return chosen.media_type, chosen.raw
+        chosen, chosen_layers = next((c for c in candidates if c[0].digest in named), candidates[0])
+        return chosen.media_type, chosen.raw, chosen_layers
     family = family_of(image.record.config_media_type)
     manifest = ImageManifest(
         config=Descriptor(config_type(family), image.image_id, len(image.config)),
@@ -492,4 +540,4 @@ def _manifest(store: Store, image: _Image, tag: Reference | None) -> tuple[str, 
         schemaVersion=2,
         mediaType=manifest_type(family),
     )
-    return manifest_type(family), msgspec.json.encode(manifest)
+    return manifest_type(family), msgspec.json.encode(manifest), image.layers

@@ -47,19 +47,6 @@ class StdoutError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-
-    def command() -> int:
-        result: int = args.handler(args)
-        return result
-
-    if args.command == "serve":
-        # The daemon logs to stdout for as long as it runs: what a failed write there
-        # means is for the daemon to decide, not a client command's error.
-        return _run(command)
     given = sys.stdin, sys.stdout
     # Started without them (`<&-`, `>&-`), Python has None for both, and print() to None
     # drops the text: `images` printed nothing and exited 0. No stdin reads as empty;
@@ -68,13 +55,44 @@ def main(argv: list[str] | None = None) -> int:
     stdout = sys.stdout or io.TextIOWrapper(_NoStdout(), write_through=True)
     sys.stdout = cast(TextIO, _Stdout(stdout))
     try:
-        status = _run(command)
+        parsed: list[argparse.Namespace] = []
+        # What argparse prints itself (`--help`, `--version`) goes to the same stdout:
+        # argparse drops an OSError of its write, a StdoutError it does not.
+        status = _run(lambda: _parse(parser, argv, parsed))
+        if parsed and parsed[0].command == "serve":
+            # The daemon logs to stdout for as long as it runs: what a failed write
+            # there means is for the daemon to decide, not a client command's error.
+            sys.stdin, sys.stdout = given
+            return _run(lambda: _command(parsed[0]))
+        if parsed:
+            status = _run(lambda: _command(parsed[0]))
         # What stdout still buffers is written here, where a failure can be said: at
         # the interpreter's exit it is a Python message and status 120 after a success.
         flushed = _run(_flush_stdout)
         return status or flushed
     finally:
         sys.stdin, sys.stdout = given
+
+
+def _parse(
+    parser: argparse.ArgumentParser, argv: list[str] | None, parsed: list[argparse.Namespace]
+) -> int:
+    """The command line, into `parsed` when there is a command to run; else the status
+    to exit with (argparse's own exits: `--help`, `--version`, a usage error)."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse's status: an int, or None for 0
+        return exc.code if isinstance(exc.code, int) else 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    parsed.append(args)
+    return 0
+
+
+def _command(args: argparse.Namespace) -> int:
+    result: int = args.handler(args)
+    return result
 
 
 def _run(command: Callable[[], int]) -> int:
@@ -377,8 +395,12 @@ def _push(args: argparse.Namespace) -> int:
         _cut("push", args.reference),
     )
     if args.quiet:
-        for aux in drain(messages):
-            print(aux["Digest"])
+        auxes = drain(messages)
+        # Each read before any is printed: a malformed one is said, not a traceback.
+        with answer_fields(f"POST {path}"):
+            digests = [_text(aux, "Digest") for aux in auxes]
+        for digest in digests:
+            print(digest)
     else:
         show(messages)
     return 0

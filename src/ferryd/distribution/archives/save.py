@@ -44,7 +44,7 @@ from ferryd.errors import (
     PlatformNotFoundError,
 )
 from ferryd.oci.digest import Digest, algorithm_of, chain_ids, hex_of, new_hasher, sha256_digest
-from ferryd.oci.image_config import rootfs_of
+from ferryd.oci.image_config import decode_config, rootfs_of
 from ferryd.oci.manifest import (
     Descriptor,
     ImageManifest,
@@ -442,7 +442,7 @@ def _entries(
                 "mediaType": media_type,
                 "digest": digest,
                 "size": len(raw),
-                "platform": _platform(image.record),
+                "platform": _platform(image),
             }
             if tag is not None:
                 descriptor["annotations"] = layout.annotations_for(tag)
@@ -483,8 +483,17 @@ def _entries(
     return entries
 
 
-def _platform(record: ImageRecord) -> dict[str, str]:
-    platform = {"architecture": record.architecture, "os": record.os}
+def _platform(image: _Image) -> dict[str, object]:
+    """The platform of an image's descriptor in `index.json`, as docker's (containerd's)
+    export writes it: with the config's `os.version` and `os.features`, which tell
+    Windows builds apart."""
+    record = image.record
+    model = decode_config(image.config)
+    platform: dict[str, object] = {"architecture": record.architecture, "os": record.os}
+    if model.os_version:
+        platform["os.version"] = model.os_version
+    if model.os_features:
+        platform["os.features"] = model.os_features
     if record.variant:
         platform["variant"] = record.variant
     return platform

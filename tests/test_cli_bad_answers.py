@@ -6,88 +6,18 @@ never a traceback, nor a success with nothing printed."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
 import signal
-import socket
-import socketserver
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-
-class _Handler(socketserver.StreamRequestHandler):
-    server: _FakeDaemon
-
-    def handle(self) -> None:
-        head = []
-        while (line := self.rfile.readline()) not in (b"\r\n", b""):
-            head.append(line)
-        if head:
-            self.server.requests.append(head[0].decode().split()[1])
-        with contextlib.suppress(OSError):
-            self.wfile.write(self.server.answer)
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_WR)
-            # A socket closed with a request body unread resets the client's end before
-            # it has read the answer.
-            while self.connection.recv(1 << 16):
-                pass
-
-
-class _FakeDaemon(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-
-    def __init__(self, path: Path, answer: bytes) -> None:
-        super().__init__(str(path), _Handler)
-        self.answer = answer
-        self.requests: list[str] = []
-
-
-@contextlib.contextmanager
-def fake_daemon(tmp_path: Path, answer: bytes) -> Iterator[_FakeDaemon]:
-    """A socket answering every request with the bytes of `answer`; its `-H` is
-    `host(tmp_path)`, and `requests` the paths asked for."""
-    server = _FakeDaemon(tmp_path / "fake.sock", answer)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-        (tmp_path / "fake.sock").unlink()
-
-
-def host(tmp_path: Path) -> str:
-    return f"unix://{tmp_path / 'fake.sock'}"
-
-
-def sized(body: bytes) -> bytes:
-    return (
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode() + body
-
-
-def chunked(body: bytes) -> bytes:
-    return (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-        + (b"%x\r\n%s\r\n" % (len(body), body) if body else b"")
-        + b"0\r\n\r\n"
-    )
-
-
-def lines(*messages: object) -> bytes:
-    return b"".join(json.dumps(message).encode() + b"\r\n" for message in messages)
+from support.fake_daemon import assert_failed, chunked, fake_daemon, host, lines, sized
 
 
 def ferryd(
@@ -109,12 +39,6 @@ def ferryd(
         timeout=60,
         env={**os.environ, **(env or {})},
     )
-
-
-def assert_failed(result: subprocess.CompletedProcess[str], message: str, status: int = 1) -> None:
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
-    assert message in result.stderr, result.stderr
 
 
 # -- answers of another shape than the command reads -------------------------------------

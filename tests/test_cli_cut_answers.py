@@ -4,89 +4,14 @@ tag of a repository that stops between two tags, a save cut short of its length)
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import socketserver
-import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ferryd.cli import client
 from support.daemon import ferryd
-
-
-class _Handler(socketserver.StreamRequestHandler):
-    server: _FakeDaemon
-
-    def handle(self) -> None:
-        while self.rfile.readline() not in (b"\r\n", b""):
-            pass  # the request's head: what is asked does not change the answer
-        with contextlib.suppress(OSError):
-            self.wfile.write(self.server.answer)
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_WR)
-            # Read what the client still sends (a request body): a socket closed with
-            # unread data resets the client's end before it has read the answer.
-            while self.connection.recv(1 << 16):
-                pass
-
-
-class _FakeDaemon(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-
-    def __init__(self, path: Path, answer: bytes) -> None:
-        super().__init__(str(path), _Handler)
-        self.answer = answer
-
-
-@contextlib.contextmanager
-def fake_daemon(tmp_path: Path, answer: bytes) -> Iterator[str]:
-    """A daemon's socket that answers every request with the bytes of `answer`, then
-    ends its side of the connection; its `-H`."""
-    server = _FakeDaemon(tmp_path / "fake.sock", answer)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield f"unix://{tmp_path / 'fake.sock'}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
-        (tmp_path / "fake.sock").unlink()
-
-
-def sized(body: bytes, length: int | None = None, status: str = "200 OK") -> bytes:
-    """An answer framed by Content-Length (`length`, to lie about it)."""
-    length = len(body) if length is None else length
-    return (
-        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode() + body
-
-
-def chunked(*pieces: bytes, last: bool = True) -> bytes:
-    """A chunked answer; without its last (empty) chunk when `last` is False: cut."""
-    head = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    body = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces)
-    return head + body + (b"0\r\n\r\n" if last else b"")
-
-
-def lines(*messages: object) -> bytes:
-    return b"".join(json.dumps(message).encode() + b"\r\n" for message in messages)
-
-
-def assert_failed(result: subprocess.CompletedProcess[str], message: str) -> None:
-    """Exit 1 with `message` on stderr, and no traceback."""
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert message in result.stderr, result.stderr
-
+from support.fake_daemon import assert_failed, chunked, fake_daemon, lines, sized
 
 # -- a push of every tag of a repository, cut between two tags ---------------------------
 
@@ -105,10 +30,10 @@ def test_a_repository_push_cut_after_its_first_tag_exits_non_zero(
 ) -> None:
     """The same messages with the answer's last chunk are a whole push of one tag."""
     command = ["push", *(["-q"] if quiet else []), "r.example/seven"]
-    with fake_daemon(tmp_path, chunked(PUSHED_A, last=False)) as host:
-        cut = ferryd("-H", host, *command)
-    with fake_daemon(tmp_path, chunked(PUSHED_A)) as host:
-        whole = ferryd("-H", host, *command)
+    with fake_daemon(tmp_path, chunked(PUSHED_A, last=False)) as fake:
+        cut = ferryd("-H", fake.host, *command)
+    with fake_daemon(tmp_path, chunked(PUSHED_A)) as fake:
+        whole = ferryd("-H", fake.host, *command)
 
     assert_failed(cut, "Error: the push did not finish")
     assert "run `ferryd push r.example/seven` again" in cut.stderr
@@ -120,8 +45,8 @@ def test_a_repository_push_cut_after_its_first_tag_exits_non_zero(
 
 def test_a_push_whose_aux_is_not_an_object_fails_clearly(tmp_path: Path) -> None:
     answer = chunked(lines({"status": "a: digest: sha256:aa size: 1"}, {"aux": [1]}))
-    with fake_daemon(tmp_path, answer) as host:
-        result = ferryd("-H", host, "push", "-q", "r.example/seven:a")
+    with fake_daemon(tmp_path, answer) as fake:
+        result = ferryd("-H", fake.host, "push", "-q", "r.example/seven:a")
 
     assert_failed(result, "the daemon's progress stream is malformed: an aux is not a JSON")
 
@@ -142,10 +67,10 @@ def test_events_cut_mid_stream_exit_non_zero(tmp_path: Path) -> None:
     """As a daemon killed while `ferryd events` follows it; one that stops ends the
     stream with its last chunk: exit 0."""
     command = ["events", "--json", "--since", "0", "--until", "9999999999"]
-    with fake_daemon(tmp_path, chunked(lines(EVENT), last=False)) as host:
-        cut = ferryd("-H", host, *command)
-    with fake_daemon(tmp_path, chunked(lines(EVENT))) as host:
-        whole = ferryd("-H", host, *command)
+    with fake_daemon(tmp_path, chunked(lines(EVENT), last=False)) as fake:
+        cut = ferryd("-H", fake.host, *command)
+    with fake_daemon(tmp_path, chunked(lines(EVENT))) as fake:
+        whole = ferryd("-H", fake.host, *command)
 
     assert_failed(cut, "the daemon's answer to GET /events was cut short")
     assert json.loads(cut.stdout) == EVENT
@@ -166,8 +91,8 @@ def test_events_cut_mid_stream_exit_non_zero(tmp_path: Path) -> None:
 def test_a_stream_line_that_is_not_a_json_object_is_named(
     tmp_path: Path, line: bytes, problem: str, command: list[str]
 ) -> None:
-    with fake_daemon(tmp_path, chunked(line)) as host:
-        result = ferryd("-H", host, *command)
+    with fake_daemon(tmp_path, chunked(line)) as fake:
+        result = ferryd("-H", fake.host, *command)
 
     assert_failed(result, f"is malformed: {problem}")
 
@@ -179,8 +104,8 @@ def test_a_progress_line_with_odd_field_types_is_shown(tmp_path: Path) -> None:
             {"status": "Status: Downloaded newer image for r.example/app:v1"},
         )
     )
-    with fake_daemon(tmp_path, answer) as host:
-        result = ferryd("-H", host, "pull", "r.example/app:v1")
+    with fake_daemon(tmp_path, answer) as fake:
+        result = ferryd("-H", fake.host, "pull", "r.example/app:v1")
 
     assert result.returncode == 0, result.stderr
     assert "['a']: Downloading" in result.stdout
@@ -198,8 +123,8 @@ def test_a_progress_line_with_odd_field_types_is_shown(tmp_path: Path) -> None:
 def test_an_answer_cut_short_is_an_error_naming_the_request(
     tmp_path: Path, answer: bytes, command: list[str]
 ) -> None:
-    with fake_daemon(tmp_path, answer) as host:
-        result = ferryd("-H", host, *command)
+    with fake_daemon(tmp_path, answer) as fake:
+        result = ferryd("-H", fake.host, *command)
 
     assert_failed(result, "was cut short (the connection closed before its end")
     assert "the daemon's answer to GET /" in result.stderr
@@ -213,16 +138,16 @@ def test_an_answer_cut_short_is_an_error_naming_the_request(
 def test_an_answer_that_is_not_json_is_an_error_naming_the_request(
     tmp_path: Path, body: bytes, problem: str
 ) -> None:
-    with fake_daemon(tmp_path, sized(body)) as host:
-        result = ferryd("-H", host, "inspect", "x")
+    with fake_daemon(tmp_path, sized(body)) as fake:
+        result = ferryd("-H", fake.host, "inspect", "x")
 
     assert_failed(result, f"the daemon's answer to GET /images/x/json is malformed: {problem}")
 
 
 def test_a_refusal_cut_short_is_still_said(tmp_path: Path) -> None:
     answer = sized(b'{"message": "No such', length=100, status="404 Not Found")
-    with fake_daemon(tmp_path, answer) as host:
-        result = ferryd("-H", host, "images")
+    with fake_daemon(tmp_path, answer) as fake:
+        result = ferryd("-H", fake.host, "images")
 
     assert_failed(result, 'Error response from daemon: {"message": "No such')
 
@@ -238,17 +163,17 @@ def test_a_refusal_cut_short_is_still_said(tmp_path: Path) -> None:
 def test_the_client_gives_the_shape_asked_for_or_says_what_came(
     tmp_path: Path, body: bytes, method: str, problem: str
 ) -> None:
-    with fake_daemon(tmp_path, sized(body)) as host, pytest.raises(client.DaemonError) as caught:
-        getattr(client.Client(host), method)("GET", "/images/json")
+    with fake_daemon(tmp_path, sized(body)) as fake, pytest.raises(client.DaemonError) as caught:
+        getattr(client.Client(fake.host), method)("GET", "/images/json")
 
     assert str(caught.value) == (f"the daemon's answer to GET /images/json is malformed: {problem}")
 
 
 def test_the_client_reads_an_answer_whole_or_says_it_was_cut(tmp_path: Path) -> None:
-    with fake_daemon(tmp_path, sized(b"OK", length=3)) as host, pytest.raises(client.CutAnswer):
-        client.Client(host).read("GET", "/_ping")
-    with fake_daemon(tmp_path, sized(b'[{"Id": "a"}]')) as host:
-        assert client.Client(host).json_objects("GET", "/images/json") == [{"Id": "a"}]
+    with fake_daemon(tmp_path, sized(b"OK", length=3)) as fake, pytest.raises(client.CutAnswer):
+        client.Client(fake.host).read("GET", "/_ping")
+    with fake_daemon(tmp_path, sized(b'[{"Id": "a"}]')) as fake:
+        assert client.Client(fake.host).json_objects("GET", "/images/json") == [{"Id": "a"}]
 
 
 def test_a_missing_field_read_in_answer_fields_names_the_request() -> None:
@@ -268,11 +193,11 @@ def test_save_of_an_archive_shorter_than_its_length_fails_and_leaves_no_file(
 ) -> None:
     output = tmp_path / "out" / "o.tar"
     output.parent.mkdir()
-    with fake_daemon(tmp_path, sized(b"ab", length=102)) as host:
-        cut = ferryd("-H", host, "save", "x", "-o", str(output))
+    with fake_daemon(tmp_path, sized(b"ab", length=102)) as fake:
+        cut = ferryd("-H", fake.host, "save", "x", "-o", str(output))
     left = list(output.parent.iterdir())
-    with fake_daemon(tmp_path, sized(b"ab")) as host:
-        whole = ferryd("-H", host, "save", "x", "-o", str(output))
+    with fake_daemon(tmp_path, sized(b"ab")) as fake:
+        whole = ferryd("-H", fake.host, "save", "x", "-o", str(output))
 
     assert_failed(cut, "the daemon's archive ended early")
     assert left == []
@@ -283,8 +208,8 @@ def test_save_of_an_archive_shorter_than_its_length_fails_and_leaves_no_file(
 def test_save_to_a_directory_says_it_is_one(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    with fake_daemon(tmp_path, sized(b"ab")) as host:
-        result = ferryd("-H", host, "save", "x", "-o", f"{out}/")
+    with fake_daemon(tmp_path, sized(b"ab")) as fake:
+        result = ferryd("-H", fake.host, "save", "x", "-o", f"{out}/")
 
     assert_failed(result, f"Error: cannot write {out}/: it is a directory")
     assert ".tmp" not in result.stderr
@@ -310,7 +235,7 @@ def test_load_says_why_the_daemon_cannot_be_reached(
 def test_load_of_a_stream_line_that_is_not_an_object_is_named(tmp_path: Path) -> None:
     archive = tmp_path / "image.tar"
     archive.write_bytes(bytes(1024))
-    with fake_daemon(tmp_path, chunked(b"[1]\r\n")) as host:
-        result = ferryd("-H", host, "load", "-i", str(archive))
+    with fake_daemon(tmp_path, chunked(b"[1]\r\n")) as fake:
+        result = ferryd("-H", fake.host, "load", "-i", str(archive))
 
     assert_failed(result, "answer to POST /images/load is malformed: expected a JSON object")

@@ -21,16 +21,9 @@ from ferryd.cli.client import Client, DaemonError
 from support.archives import IMAGE_NAME, TarWriter, load, members, save
 from support.daemon import Daemon, write_config
 from support.digests import sha256
+from support.fake_daemon import assert_failed, chunked, fake_daemon, host, lines
 from support.images import OCI_INDEX, REF_NAME
-from test_cli_bad_answers import (
-    _malformed,
-    assert_failed,
-    chunked,
-    fake_daemon,
-    ferryd,
-    host,
-    lines,
-)
+from test_cli_bad_answers import _malformed, ferryd
 from test_foreign_platforms import AMD64, WINDOWS, WINDOWS_PLATFORM, with_windows
 
 # -- save: a Windows image's platform, whole ---------------------------------------------

@@ -61,6 +61,19 @@ class ConfigModel(msgspec.Struct):
             return []
         return [feature for feature in features if isinstance(feature, str)]
 
+    def platform(self) -> dict[str, Any]:
+        """The OCI platform the config gives, as dockerd reads it (DockerOCIImage's
+        Platform) and containerd's export writes it: with `os.version` and
+        `os.features`, which tell Windows builds apart."""
+        platform: dict[str, Any] = {"architecture": self.architecture, "os": self.os}
+        if self.os_version:
+            platform["os.version"] = self.os_version
+        if self.os_features:
+            platform["os.features"] = self.os_features
+        if self.variant:
+            platform["variant"] = self.variant
+        return platform
+
 
 @dataclass(frozen=True, slots=True)
 class RootFS:

@@ -160,7 +160,7 @@ def _single_entry(store: Store, digest: Digest, image_id: Digest, model: ConfigM
     record = store.images.record(image_id)
     if stored is None or record is None:  # removed since its name was resolved
         raise ImageNotFoundError(f"No such image: {image_id}")
-    platform = _config_platform(model)
+    platform = model.platform()
     return IndexEntry(
         0,
         digest,
@@ -183,24 +183,11 @@ def _layers_size(store: Store, model: ConfigModel) -> int:
     return layers
 
 
-def _config_platform(model: ConfigModel) -> dict[str, Any]:
-    """The OCI platform an image config gives, as dockerd reads it (DockerOCIImage's
-    Platform): with `os.version` and `os.features`, which tell Windows builds apart."""
-    platform: dict[str, Any] = {"architecture": model.architecture, "os": model.os}
-    if model.os_version:
-        platform["os.version"] = model.os_version
-    if model.os_features:
-        platform["os.features"] = model.os_features
-    if model.variant:
-        platform["variant"] = model.variant
-    return platform
-
-
 def _platform(entry: IndexEntry, model: ConfigModel | None) -> dict[str, Any]:
     """An OCI platform as dockerd writes it: the entry's, else the image config's."""
     fields = dict(entry.platform_fields or {})
     if not fields and model is not None:
-        fields = _config_platform(model)
+        fields = model.platform()
     platform: dict[str, Any] = {
         "architecture": fields.get("architecture", ""),
         "os": fields.get("os", ""),

@@ -442,7 +442,7 @@ def _entries(
                 "mediaType": media_type,
                 "digest": digest,
                 "size": len(raw),
-                "platform": _platform(image),
+                "platform": decode_config(image.config).platform(),
             }
             if tag is not None:
                 descriptor["annotations"] = layout.annotations_for(tag)
@@ -481,22 +481,6 @@ def _entries(
     entries += [_Entry("blobs/", 0), _Entry("blobs/sha256/", 0)]
     entries += blobs.values()
     return entries
-
-
-def _platform(image: _Image) -> dict[str, object]:
-    """The platform of an image's descriptor in `index.json`, as docker's (containerd's)
-    export writes it: with the config's `os.version` and `os.features`, which tell
-    Windows builds apart."""
-    record = image.record
-    model = decode_config(image.config)
-    platform: dict[str, object] = {"architecture": record.architecture, "os": record.os}
-    if model.os_version:
-        platform["os.version"] = model.os_version
-    if model.os_features:
-        platform["os.features"] = model.os_features
-    if record.variant:
-        platform["variant"] = record.variant
-    return platform
 
 
 def _json(name: str, value: object) -> _Entry:

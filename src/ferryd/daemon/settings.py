@@ -284,12 +284,9 @@ def _access_defaults(data: dict[str, object], where: str) -> dict[str, object]:
         entries = table.get(section)
         if not isinstance(entries, dict):
             continue
-        for key, value in entries.items():
-            if not (isinstance(value, list) and all(isinstance(p, str) for p in value)):
-                raise ConfigError(
-                    f"{where}: access.{section}.{_show(key)}: expected an array of "
-                    f'permissions such as ["read", "pull"], got {_show(value)}'
-                )
+        _check_string_arrays(
+            entries, f"{where}: access.{section}", 'permissions such as ["read", "pull"]'
+        )
     if "everyone" in table:
         return data
     return {**data, "access": {**table, "everyone": []}}
@@ -301,11 +298,18 @@ def _mirror_lists(data: dict[str, object], where: str) -> None:
     table = data.get("registry_mirrors")
     if not isinstance(table, dict):
         return
+    _check_string_arrays(
+        table, f"{where}: registry_mirrors", 'mirror URLs such as ["https://mirror.example.com"]'
+    )
+
+
+def _check_string_arrays(table: dict[object, object], prefix: str, what: str) -> None:
+    """Each value of `table` is an array of strings (`what`); else a ConfigError naming
+    its key under `prefix`."""
     for key, value in table.items():
-        if not (isinstance(value, list) and all(isinstance(url, str) for url in value)):
+        if not (isinstance(value, list) and all(isinstance(item, str) for item in value)):
             raise ConfigError(
-                f"{where}: registry_mirrors.{_show(key)}: expected an array of mirror URLs "
-                f'such as ["https://mirror.example.com"], got {_show(value)}'
+                f"{prefix}.{_show(key)}: expected an array of {what}, got {_show(value)}"
             )
 
 

@@ -37,10 +37,12 @@ from ferryd.oci.image_config import (
     rootfs_of,
 )
 from ferryd.oci.manifest import (
+    MAX_INDEX_DEPTH,
     Descriptor,
     FetchedManifest,
     ImageIndex,
     ImageManifest,
+    artifact_blobs,
     check_supported,
     decode_index,
     decode_manifest,
@@ -49,7 +51,7 @@ from ferryd.oci.manifest import (
     select_platform,
     select_platforms,
 )
-from ferryd.oci.mediatypes import INDEX_TYPES
+from ferryd.oci.mediatypes import INDEX_TYPES, SCHEMA1_TYPES
 from ferryd.oci.platform import check_platform, normalize
 from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
@@ -71,6 +73,9 @@ SEND_AHEAD_AFTER = 0.01
 MAX_INDEX_ENTRIES = 512
 _CHILDREN_AT_ONCE = 16
 _CHILDREN_BYTES = 64 * 2**20
+# The blobs of the artifacts an index lists (attestation-like metadata: signatures,
+# SBOMs), fetched whole and held until the commit: within this budget.
+_ARTIFACT_BYTES = 256 * 2**20
 
 T = TypeVar("T")
 
@@ -272,6 +277,45 @@ class _Source:
     top: FetchedManifest  # what the reference names: an index, or the manifest itself
     index: ImageIndex | None  # `top` decoded, when it is an index
     children: list[_Child]  # the image manifests to store: the platforms asked for
+    # Of a pull of all platforms: what the index lists beyond images, kept as it is.
+    others: list[_Other] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Other:
+    """A nested index an index lists, or an artifact (an `unknown` entry's manifest,
+    with the blobs it names): kept as it is, never run, so that a push of the index
+    sends it whole."""
+
+    manifest: FetchedManifest
+    index: ImageIndex | None  # a nested index, decoded
+    blobs: list[Descriptor]  # of an artifact: the blobs it names
+    fetched: dict[Digest, bytes]  # of those, the ones not stored yet, fetched and checked
+
+
+class _Held:
+    """What a pull holds in memory until its commit, within budgets."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.manifests = 0
+        self.artifacts = 0
+
+    def manifest(self, size: int) -> None:
+        self.manifests += size
+        if self.manifests > _CHILDREN_BYTES:
+            raise ManifestError(
+                f"the manifests of the image index's {self.count} entries come to over "
+                f"{_CHILDREN_BYTES // 2**20} MiB: refused"
+            )
+
+    def artifact(self, size: int) -> None:
+        self.artifacts += size
+        if self.artifacts > _ARTIFACT_BYTES:
+            raise ManifestError(
+                "the blobs of the artifacts the image index lists come to over "
+                f"{_ARTIFACT_BYTES // 2**20} MiB: refused"
+            )
 
 
 async def _find_source(reference: Reference, tag_or_digest: str, ctx: PullContext) -> _Source:
@@ -373,7 +417,13 @@ async def _manifest_from(
     if top.media_type not in INDEX_TYPES:
         return _Source(client, top, None, [_Child(None, top, decode_manifest(top.raw))])
     index = decode_index(top.raw)
-    entries = _entries_wanted(index, ctx)
+    held = _Held(len(index.manifests))
+    others: list[_Other] = []
+    if ctx.all_platforms:
+        entries, others = await _whole_index(client, fetch, index, ctx, held)
+    else:
+        entries = _entries_wanted(index, ctx)
+    held.count = len(entries) + len(others)
     if len(entries) > MAX_INDEX_ENTRIES:
         raise ManifestError(
             f"the image index lists {len(entries)} entries to pull; ferryd pulls at most "
@@ -383,18 +433,11 @@ async def _manifest_from(
     # Each answer may be a manifest's 4 MiB: a few at a time, and all of them held until
     # the commit within a budget, however many the index lists.
     fetching = anyio.CapacityLimiter(_CHILDREN_AT_ONCE)
-    held = 0
 
     async def one(position: int, entry: Descriptor) -> None:
-        nonlocal held
         async with fetching:
             manifest = await fetch(entry.digest)
-        held += len(manifest.raw)
-        if held > _CHILDREN_BYTES:
-            raise ManifestError(
-                f"the manifests of the image index's {len(entries)} entries come to over "
-                f"{_CHILDREN_BYTES // 2**20} MiB: refused"
-            )
+        held.manifest(len(manifest.raw))
         check_supported(manifest.media_type)
         if manifest.media_type in INDEX_TYPES:
             raise ManifestError(f"index entry {entry.digest} is itself an index")
@@ -404,7 +447,102 @@ async def _manifest_from(
         async with anyio.create_task_group() as tg:
             for position, entry in enumerate(entries):
                 tg.start_soon(one, position, entry)
-    return _Source(client, top, index, [child for child in children if child is not None])
+    return _Source(client, top, index, [child for child in children if child is not None], others)
+
+
+async def _whole_index(
+    client: RegistryClient,
+    fetch: ManifestFetch,
+    index: ImageIndex,
+    ctx: PullContext,
+    held: _Held,
+) -> tuple[list[Descriptor], list[_Other]]:
+    """Of a pull of all platforms: every image and attestation the index lists, and
+    what it lists beyond them, kept as it is (`_Other`), children before the index
+    listing them: a nested index with what it lists in turn (down to `MAX_INDEX_DEPTH`),
+    an artifact with the blobs it names. Each once; `MAX_INDEX_ENTRIES` in all."""
+    images: list[Descriptor] = []
+    others: list[_Other] = []
+    seen: set[str] = set()
+    level, depth = [index], 0
+    fetching = anyio.CapacityLimiter(_CHILDREN_AT_ONCE)
+    while level:
+        found: list[Descriptor] = []
+        for current in level:
+            for entry in current.manifests:
+                if entry.digest in seen:
+                    continue
+                seen.add(entry.digest)
+                kind = entry_kind(entry)
+                (images if kind in ("image", "attestation") else found).append(entry)
+        if len(seen) > MAX_INDEX_ENTRIES:
+            raise ManifestError(
+                f"the image index lists over {MAX_INDEX_ENTRIES} entries (its nested indexes' "
+                f"included); ferryd pulls at most {MAX_INDEX_ENTRIES} from one index: pull "
+                "the platforms you need with --platform"
+            )
+        fetched: list[_Other | None] = [None] * len(found)
+
+        async def one(
+            position: int,
+            entry: Descriptor,
+            depth: int = depth,
+            fetched: list[_Other | None] = fetched,
+        ) -> None:
+            if not entry.digest.startswith("sha256:"):
+                raise ManifestError(f"index entry {entry.digest} is not sha256: not kept")
+            async with fetching:
+                manifest = await fetch(entry.digest)
+            held.manifest(len(manifest.raw))
+            if manifest.media_type in SCHEMA1_TYPES:
+                check_supported(manifest.media_type)
+            if manifest.media_type in INDEX_TYPES:
+                if depth + 1 > MAX_INDEX_DEPTH:
+                    raise ManifestError(
+                        f"index entry {entry.digest} is an index nested over "
+                        f"{MAX_INDEX_DEPTH} deep: refused"
+                    )
+                fetched[position] = _Other(manifest, decode_index(manifest.raw), [], {})
+                return
+            blobs = artifact_blobs(manifest.raw)
+            async with fetching:
+                content = await _artifact_content(client, ctx, blobs, held)
+            fetched[position] = _Other(manifest, None, blobs, content)
+
+        with single_errors():
+            async with anyio.create_task_group() as tg:
+                for position, entry in enumerate(found):
+                    tg.start_soon(one, position, entry)
+        done = [other for other in fetched if other is not None]
+        others[:0] = done  # the deeper first: a push sends them before what lists them
+        level = [other.index for other in done if other.index is not None]
+        depth += 1
+    if not any(entry_kind(entry) == "image" for entry in images):
+        raise PlatformNotFoundError("the index lists no image for any platform")
+    return images, others
+
+
+async def _artifact_content(
+    client: RegistryClient, ctx: PullContext, blobs: list[Descriptor], held: _Held
+) -> dict[Digest, bytes]:
+    """The blobs of `blobs` not stored yet, each fetched whole and checked: its digest
+    (sha256 only, as every blob kept) and its size, within the pull's budget."""
+    content: dict[Digest, bytes] = {}
+    for descriptor in blobs:
+        digest = Digest(descriptor.digest)
+        if not digest.startswith("sha256:"):
+            raise ManifestError(f"artifact blob {digest} is not sha256: not kept")
+        if ctx.store.blobs.has(digest):
+            continue
+        held.artifact(descriptor.size)
+        raw = await client.get_blob(digest, descriptor.size, f"artifact blob {digest}")
+        if len(raw) != descriptor.size:
+            raise ContentError(
+                f"artifact blob {digest}: the registry sent {len(raw)} bytes, its "
+                f"manifest says {descriptor.size}"
+            )
+        content[digest] = raw
+    return content
 
 
 def _entries_wanted(index: ImageIndex, ctx: PullContext) -> list[Descriptor]:
@@ -593,7 +731,19 @@ def _commit(
     blobs += [(child.manifest.raw, sha256_digest(child.manifest.raw)) for child in source.children]
     if source.index is not None:
         blobs.append((top.raw, sha256_digest(top.raw)))
-    with store.blobs.pinned(*(digest for _, digest in blobs)):
+    # What the index lists beyond images: the manifests, the artifacts' blobs fetched,
+    # and those found stored (pinned with the rest, and looked at again once pinned).
+    found: list[Digest] = []
+    for other in source.others:
+        blobs.append((other.manifest.raw, sha256_digest(other.manifest.raw)))
+        blobs += [(raw, digest) for digest, raw in other.fetched.items()]
+        found += [Digest(blob.digest) for blob in other.blobs if blob.digest not in other.fetched]
+    with store.blobs.pinned(*(digest for _, digest in blobs), *found):
+        for digest in found:
+            if not store.blobs.has(digest):
+                raise ContentError(
+                    f"blob {digest} was removed while the pull ran: pull the image again"
+                )
         for raw, digest in blobs:
             store.blobs.put(raw, digest, sync_dir=False)
         store.blobs.sync(digest for _, digest in blobs)
@@ -616,6 +766,17 @@ def _commit(
                 if store.manifests.image_of(manifest.digest) is None:
                     changed = True
                 store.manifests.add(manifest.digest, image_id, manifest.media_type, manifest.raw)
+            for other in source.others:
+                manifest = other.manifest
+                if other.index is not None:
+                    added = store.indexes.add(
+                        manifest.digest, manifest.media_type, manifest.raw, other.index
+                    )
+                else:
+                    added = store.indexes.add_artifact(
+                        manifest.digest, manifest.media_type, manifest.raw, other.blobs
+                    )
+                changed |= added
             if source.index is None:
                 target = Target(Digest(source.children[0].image.config.digest))
                 platforms: list[str] = []

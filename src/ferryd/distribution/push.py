@@ -7,6 +7,11 @@ its digest. When some of the index's platforms are not stored, the push refuses 
 names them, unless asked for less: dockerd's `platform` pushes that platform's image
 alone (a single-platform manifest under the tag), and ferryd's `reduced_index` pushes a
 new index of the platforms stored (a new digest, which the push says).
+
+What an index lists beyond images (a nested index, an artifact: an `unknown` entry's
+manifest), which a pull of all platforms keeps as it is, goes too, as it is: an
+artifact's blobs then its manifest, a nested index's images then its own bytes, each
+before the index listing it, by digest.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from ferryd.errors import (
 from ferryd.oci.digest import Digest, chain_ids, sha256_digest, short_id
 from ferryd.oci.image_config import RootFS, rootfs_of
 from ferryd.oci.manifest import Descriptor, ImageManifest, decode_index, decode_manifest
-from ferryd.oci.mediatypes import Family, config_type, family_of, manifest_type
+from ferryd.oci.mediatypes import INDEX_TYPES, Family, config_type, family_of, manifest_type
 from ferryd.oci.platform import Platform, check_platform
 from ferryd.oci.reference import Reference
 from ferryd.registry.client import RegistryClient
@@ -79,6 +84,16 @@ class _Child:
 
 
 @dataclass(frozen=True, slots=True)
+class _Other:
+    """A nested index or an artifact an index lists, to push as it is (by digest)."""
+
+    digest: Digest
+    media_type: str
+    raw: bytes
+    blobs: list[IndexEntry]  # of an artifact: the blobs it names
+
+
+@dataclass(frozen=True, slots=True)
 class _Plan:
     """What one tag's push sends: an image (with the stored manifest to keep, if one),
     or an index's children and then the index (its own bytes, or a reduced one)."""
@@ -89,6 +104,7 @@ class _Plan:
     children: list[_Child] = field(default_factory=list)
     index_raw: bytes = b""  # the index to PUT under the tag
     reduced: bool = False
+    others: list[_Other] = field(default_factory=list)  # deeper first
 
 
 async def push(reference: Reference, ctx: PushContext) -> list[PushResult]:
@@ -148,18 +164,32 @@ def _plan(tag: Reference, target: Target, ctx: PushContext) -> _Plan:
     if ctx.platform is not None:
         entry = _platform_entry(tag, index, stored, ctx.platform)
         return _Plan(Target(stored[entry.digest]), manifest=entry.digest)
-    missing = [entry for entry in index.entries if entry.digest not in stored]
+    missing = [
+        entry
+        for entry in index.entries
+        if entry.digest not in stored
+        and not (entry.kind in ("index", "unknown") and store.indexes.complete(entry.digest))
+    ]
     if not missing:
-        children = [_Child(entry, stored[entry.digest]) for entry in index.entries]
+        children = [
+            _Child(entry, stored[entry.digest]) for entry in index.entries if entry.digest in stored
+        ]
+        nested, others = _others(store, index)
+        seen = {child.entry.digest for child in children}
+        children += [child for child in nested if child.entry.digest not in seen]
         return _Plan(
-            target, index=index, children=children, index_raw=store.indexes.raw(index.digest)
+            target,
+            index=index,
+            children=children,
+            index_raw=store.indexes.raw(index.digest),
+            others=others,
         )
     if not ctx.reduced_index:
         raise IncompleteImageError(
             f"cannot push {tag.familiar}: its index {index.digest} lists "
             f"{_counted(len(missing), 'manifest')} that {'is' if len(missing) == 1 else 'are'} "
             f"not stored: {', '.join(_shown(entry) for entry in missing)}. Pull them "
-            f"(`ferryd pull --all-platforms {tag.familiar}`), push one platform "
+            f"({_pull_advice(store, tag, index.digest)}), push one platform "
             "(`--platform OS/ARCH`), or push an index of the platforms stored "
             "(`--reduced-index`: a new index, with a new digest)"
         )
@@ -168,9 +198,79 @@ def _plan(tag: Reference, target: Target, ctx: PushContext) -> _Plan:
         raise IncompleteImageError(
             f"cannot push {tag.familiar}: no platform of its index is stored"
         )
+    # What it lists beyond images, kept whole, stays in it: pushed as it is.
+    whole = [
+        entry
+        for entry in index.entries
+        if entry.digest not in stored
+        and entry.kind in ("index", "unknown")
+        and store.indexes.complete(entry.digest)
+    ]
+    kept = [entry for entry in index.entries if entry in kept or entry in whole]
     raw = _reduced_index(store.indexes.raw(index.digest), kept)
-    children = [_Child(entry, stored[entry.digest]) for entry in kept]
-    return _Plan(target, index=index, children=children, index_raw=raw, reduced=True)
+    children = [_Child(entry, stored[entry.digest]) for entry in kept if entry.digest in stored]
+    nested, others = _others(store, replace(index, entries=whole))
+    seen = {child.entry.digest for child in children}
+    children += [child for child in nested if child.entry.digest not in seen]
+    return _Plan(
+        target,
+        index=index,
+        children=children,
+        index_raw=raw,
+        reduced=True,
+        others=others,
+    )
+
+
+def _pull_advice(store: Store, tag: Reference, index: Digest) -> str:
+    """Where to pull an index's missing entries from: another repository that names the
+    index (where it came from, as a rule: a tag for another registry names it too),
+    by its digest; else, in words, the registry it came from. Never the push's target,
+    which may not have it."""
+    sources = [
+        name
+        for name in store.references.naming_index(index)
+        if name.repository() != tag.repository()
+    ]
+    if sources:
+        source = sources[0].repository().with_digest(index)
+        return f"`ferryd pull --all-platforms {source.familiar}`"
+    return f"with `ferryd pull --all-platforms REPOSITORY@{index}` from the registry it came from"
+
+
+def _others(store: Store, index: StoredIndex) -> tuple[list[_Child], list[_Other]]:
+    """What `index` lists beyond its images, kept whole (`IndexStore.complete`): the
+    nested indexes and artifacts, deeper first (each before the index listing it), and
+    the images the nested indexes list."""
+    children: list[_Child] = []
+    others: list[_Other] = []
+    seen: set[Digest] = set()
+
+    def walk(entries: list[IndexEntry]) -> None:
+        for entry in entries:
+            if entry.kind not in ("index", "unknown") or entry.digest in seen:
+                continue
+            seen.add(entry.digest)
+            kept = store.indexes.get(entry.digest)
+            if kept is None:  # a platform image listed as unknown: pushed as an image
+                continue
+            if kept.media_type in INDEX_TYPES:
+                walk(kept.entries)
+                stored = store.indexes.stored_children(kept.digest)
+                children.extend(
+                    _Child(child, stored[child.digest])
+                    for child in kept.entries
+                    if child.digest in stored
+                )
+                others.append(
+                    _Other(kept.digest, kept.media_type, store.indexes.raw(kept.digest), [])
+                )
+            else:
+                raw = store.indexes.raw(kept.digest)
+                others.append(_Other(kept.digest, kept.media_type, raw, kept.entries))
+
+    walk(index.entries)
+    return children, others
 
 
 def _platform_entry(
@@ -273,6 +373,8 @@ async def _push_tag(
             async with anyio.create_task_group() as tg:
                 for child in plan.children:
                     tg.start_soon(one, child)
+        for other in plan.others:  # deeper first: each before what lists it
+            await _push_other(client, other, ctx, stats)
         ctx.job.phase = "manifest"
         media_type, raw = index.media_type, plan.index_raw
         digest = await client.put_manifest(tag.tag, media_type, raw)
@@ -331,6 +433,36 @@ async def _push_tag(
         seconds=round(time.monotonic() - started, 3),
     )
     return PushResult(tag.tag, digest, len(raw))
+
+
+async def _push_other(
+    client: RegistryClient, other: _Other, ctx: PushContext, stats: _Stats
+) -> None:
+    """A nested index or an artifact, as it is: an artifact's blobs first (those the
+    registry lacks), then the manifest, by digest."""
+    ctx.job.phase = "layers"
+    for blob in other.blobs:
+
+        async def send(blob: IndexEntry = blob) -> None:
+            size = await client.blob_size(blob.digest)
+            if size is not None:
+                checked_size(blob.size, blob.digest, size, f"{client.endpoint.domain} has blob")
+                stats.skipped += 1
+                return
+            raw = await anyio.to_thread.run_sync(ctx.store.blobs.get, blob.digest)
+            await client.upload_blob(blob.digest, len(raw), raw)
+            stats.uploaded += 1
+            stats.bytes += len(raw)
+
+        await with_retries(
+            send,
+            policy=ctx.uploads.retries,
+            progress=ctx.progress,
+            progress_id=None,
+            name=f"blob {blob.digest} of {other.digest}",
+        )
+    ctx.job.phase = "manifest"
+    await client.put_manifest(other.digest, other.media_type, other.raw)
 
 
 async def _push_image(

@@ -37,10 +37,17 @@ _ATTESTATION = "attestation-manifest"
 # An attestation names the image manifest it is about with this annotation.
 REFERENCE_DIGEST = "vnd.docker.reference.digest"
 
-EntryKind = Literal["image", "attestation", "index", "unknown"]
+EntryKind = Literal["image", "attestation", "index", "unknown", "blob"]
 """What an index entry is, as dockerd's ManifestKind (plus `index` for a nested one):
 an image for a platform, a BuildKit attestation of one, a nested index, or something
-else (an artifact, an `unknown/unknown` entry without the attestation annotation)."""
+else (an artifact, an `unknown/unknown` entry without the attestation annotation).
+`blob` is no index's: a blob an artifact kept whole names (`artifact_blobs`)."""
+
+# A nested index is pulled with what it lists, down to this depth (the top index is 0).
+MAX_INDEX_DEPTH = 4
+# An artifact's manifest names a config and layers (or an artifact manifest's blobs):
+# a few, as a rule.
+MAX_ARTIFACT_BLOBS = 1024
 
 _T = TypeVar("_T")
 
@@ -78,6 +85,14 @@ class ImageManifest(msgspec.Struct, frozen=True):
     mediaType: str = ""
 
 
+class _Artifact(msgspec.Struct, frozen=True):
+    """A manifest an index lists that is no image (`unknown`): what blobs it names."""
+
+    config: Descriptor | None = None
+    layers: list[Descriptor] = msgspec.field(default_factory=list)
+    blobs: list[Descriptor] = msgspec.field(default_factory=list)
+
+
 class ImageIndex(msgspec.Struct, frozen=True):
     manifests: list[Descriptor]
     schemaVersion: int = 2
@@ -89,6 +104,7 @@ class ImageIndex(msgspec.Struct, frozen=True):
 _VERSIONED = msgspec.json.Decoder(_Versioned)
 _MANIFEST = msgspec.json.Decoder(ImageManifest)
 _INDEX = msgspec.json.Decoder(ImageIndex)
+_ARTIFACT = msgspec.json.Decoder(_Artifact)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +176,24 @@ def decode_index(raw: bytes) -> ImageIndex:
     return index
 
 
+def artifact_blobs(raw: bytes) -> list[Descriptor]:
+    """The blobs a manifest kept as an artifact names (its config and layers, or an
+    artifact manifest's blobs), each once: kept and pushed as they are, never run, so
+    of any media type."""
+    artifact = _decode(raw, _ARTIFACT, "manifest")
+    named = [*([artifact.config] if artifact.config is not None else []), *artifact.layers]
+    named += artifact.blobs
+    if len(named) > MAX_ARTIFACT_BLOBS:
+        raise ManifestError(
+            f"the manifest names {len(named)} blobs; ferryd keeps at most {MAX_ARTIFACT_BLOBS}"
+        )
+    unique: dict[str, Descriptor] = {}
+    for descriptor in named:
+        _check_descriptor(descriptor)
+        unique.setdefault(descriptor.digest, descriptor)
+    return list(unique.values())
+
+
 def select_platform(index: ImageIndex, wanted: Platform) -> Descriptor:
     """The index entry for `wanted`, as docker and containerd take it.
 
@@ -207,12 +241,25 @@ def select_platforms(index: ImageIndex, wanted: Iterable[Platform]) -> list[Desc
 
 
 def pullable_entries(index: ImageIndex) -> list[Descriptor]:
-    """Every entry a pull of all platforms stores: images and their attestations (which
-    are image manifests too). Nested indexes and other artifacts are only recorded."""
+    """The entries a pull of all platforms stores as images: images and their
+    attestations (which are image manifests too). A pull of all platforms keeps the
+    rest too (`other_entries`)."""
     seen: set[str] = set()
     entries = []
     for entry in index.manifests:
         if entry_kind(entry) in ("image", "attestation") and entry.digest not in seen:
+            seen.add(entry.digest)
+            entries.append(entry)
+    return entries
+
+
+def other_entries(index: ImageIndex) -> list[Descriptor]:
+    """The entries of an index that are no image nor attestation (nested indexes,
+    artifacts): a pull of all platforms keeps them as they are, each once."""
+    seen: set[str] = set()
+    entries = []
+    for entry in index.manifests:
+        if entry_kind(entry) in ("index", "unknown") and entry.digest not in seen:
             seen.add(entry.digest)
             entries.append(entry)
     return entries

@@ -13,7 +13,9 @@ What is checked:
   save send a platform of an index with the blobs its manifest names);
 - every kept index's blob is there and right, its entries are the blob's, a stored
   child (a kept manifest an entry names) is an image of the entry's platform, and a
-  reference names it (an index nothing names is left over: its rows are orphans);
+  reference names it or a kept index lists it (an index nothing names is left over:
+  its rows are orphans); an artifact an index lists (kept as an index row of its
+  manifest's media type) names exactly the blobs kept for it, each there and right;
 - every reference names an image that is there, and a reference to an index names one
   that is there and one of its stored children as its image;
 - nothing is left over: blob files no row references, `.tmp-*` files, partial
@@ -45,7 +47,8 @@ from ferryd.blobfile import read_pieces
 from ferryd.errors import FerrydError
 from ferryd.oci.digest import Digest, chain_id, chain_ids, new_hasher
 from ferryd.oci.image_config import decode_config
-from ferryd.oci.manifest import decode_index, decode_manifest
+from ferryd.oci.manifest import artifact_blobs, decode_index, decode_manifest
+from ferryd.oci.mediatypes import INDEX_TYPES
 from ferryd.oci.platform import normalize
 from ferryd.oci.reference import parse_reference
 from ferryd.store.gc import forget_unnamed_indexes
@@ -175,6 +178,13 @@ class _Rows:
             | set(self.images)
             | set(self.manifests)
             | {digest for digest, index in self.indexes.items() if index.present}
+            | {
+                entry.digest
+                for index in self.indexes.values()
+                if index.present
+                for entry in index.entries
+                if entry.kind == "blob"
+            }
         )
 
 
@@ -348,7 +358,7 @@ class Fsck:
         return None
 
     def _check_indexes(self, rows: _Rows) -> None:
-        named = set(rows.index_references.values())
+        named = _listed(set(rows.index_references.values()), rows)
         for digest in sorted(rows.indexes):
             why = self._index_problem(rows.indexes[digest], rows)
             if why is not None:
@@ -367,6 +377,8 @@ class Fsck:
             return "its entries are in the store, the index itself is not"
         if index.digest in self._bad_blobs:
             return f"its blob is {self._bad_blobs[index.digest]}"
+        if index.media_type not in INDEX_TYPES:
+            return self._artifact_problem(index)
         try:
             decoded = decode_index(self._store.blobs.get(index.digest))
         except FerrydError as exc:
@@ -384,6 +396,20 @@ class Fsck:
             if not wanted.matches(image.os, image.architecture, image.variant):
                 actual = normalize(image.os, image.architecture, image.variant)
                 return f"its entry for {wanted} ({entry.digest}) is stored as an image of {actual}"
+        return None
+
+    def _artifact_problem(self, index: StoredIndex) -> str | None:
+        """What is wrong with an artifact an index lists (kept with the blobs it names),
+        if anything."""
+        try:
+            named = artifact_blobs(self._store.blobs.get(index.digest))
+        except FerrydError as exc:
+            return f"its blob cannot be read: {exc}"
+        if [(d.digest, d.size) for d in named] != [(e.digest, e.size) for e in index.entries]:
+            return "the blobs kept for it are not the ones its manifest names"
+        for entry in index.entries:
+            if entry.digest in self._bad_blobs:
+                return f"its blob {entry.digest} is {self._bad_blobs[entry.digest]}"
         return None
 
     def _check_references(self, rows: _Rows) -> None:
@@ -455,6 +481,14 @@ class Fsck:
         }
         references -= unindexed
         indexes = set(self._bad_indexes) | self._orphan_indexes
+        # The blobs the artifacts that go name (kept if another row needs them).
+        artifact_blobs_going = {
+            entry.digest
+            for digest in indexes
+            if digest in rows.indexes
+            for entry in rows.indexes[digest].entries
+            if entry.kind == "blob"
+        }
         with store.db.transaction():
             for name in sorted(unindexed):
                 store.references.unindex(parse_reference(name, default_tag=False))
@@ -482,8 +516,9 @@ class Fsck:
                         store.layers.forget_blob(chain, digest)
                         removed.append(Removal("layer blob", f"{chain} {digest}"))
             # Indexes whose last reference went with a broken image.
-            for digest in forget_unnamed_indexes(store):
+            for digest, children in forget_unnamed_indexes(store).items():
                 indexes.add(digest)
+                artifact_blobs_going |= children
                 removed.append(Removal("index", digest))
         # The files, now that no row needs them.
         candidates = (
@@ -493,6 +528,7 @@ class Fsck:
             | images
             | manifests
             | indexes
+            | artifact_blobs_going
         )
         still_needed = referenced_blobs(store) if candidates else set()
         blobs = store.blobs
@@ -577,6 +613,19 @@ def _below(tops: Iterable[Digest], layers: dict[Digest, Layer]) -> set[Digest]:
     """The layers `tops` and every layer under them: what holds keep in use."""
     tops = list(tops)
     return {layer.chain_id for top in tops for layer in _stack(top, layers)} | set(tops)
+
+
+def _listed(named: set[Digest], rows: _Rows) -> set[Digest]:
+    """The indexes `named`, with the nested indexes and artifacts they list, in turn."""
+    found = set(named)
+    todo = list(named)
+    while todo:
+        index = rows.indexes.get(todo.pop())
+        for entry in index.entries if index is not None else ():
+            if entry.kind != "blob" and entry.digest in rows.indexes and entry.digest not in found:
+                found.add(entry.digest)
+                todo.append(entry.digest)
+    return found
 
 
 def _children(index: StoredIndex, rows: _Rows) -> set[Digest]:

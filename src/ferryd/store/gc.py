@@ -5,8 +5,9 @@ Rows go first, in one transaction; blob files after it commits, so a crash betwe
 two leaves only unreferenced files, never a row that points at a missing blob.
 
 An image is in use while a reference gives it for its name or a stored index lists one
-of its manifests. An index is kept while a reference names it: the transaction that
-takes its last name away forgets it (`forget_unnamed_indexes`), and its children become
+of its manifests. An index is kept while a reference names it (a nested index or an
+artifact it lists, while it is kept): the transaction that takes its last name away
+forgets it (`forget_unnamed_indexes`), and its children become
 images like any other, named or not (`release` deletes those nothing uses, as `rmi`
 does; a tag that moves leaves them dangling, as it leaves a single image).
 """
@@ -59,20 +60,26 @@ def _remove_rows(store: Store, image_id: Digest) -> tuple[list[Digest], set[Dige
 
 def kept_blobs(store: Store) -> set[Digest]:
     """Every blob a row needs: layers' (each of their blobs), configs, manifests,
-    indexes."""
+    indexes, and those the artifacts kept name."""
     kept = store.layers.blob_digests()
     kept |= set(store.images.ids())
     kept |= store.manifests.digests()
     kept |= store.indexes.digests()
+    kept |= store.indexes.blob_digests()
     return kept
 
 
 def forget_unnamed_indexes(store: Store) -> dict[Digest, set[Digest]]:
     """Forget every index no reference names (call inside the transaction that changed
-    the references): each, with the images its stored children were."""
+    the references): each, with the images its stored children were (an artifact: the
+    blobs it names, which no image is). A nested index
+    or an artifact an index kept lists stays with it."""
     forgotten: dict[Digest, set[Digest]] = {}
-    for index in sorted(store.indexes.digests() - store.references.indexes_named()):
+    named = store.references.indexes_named()
+    kept = named | store.indexes.listed(named)
+    for index in sorted(store.indexes.digests() - kept):
         children = set(store.indexes.stored_children(index).values())
+        children |= {e.digest for e in store.indexes.entries(index) if e.kind == "blob"}
         store.indexes.delete(index)
         forgotten[index] = children
     return forgotten
@@ -106,6 +113,7 @@ def release(store: Store, images: Iterable[Digest]) -> Released:
     for index, children in forget_unnamed_indexes(store).items():
         released.indexes.append(index)
         released.blobs.add(index)
+        released.blobs |= children  # an artifact's blobs; an image's ID if it goes
         candidates += sorted(children - set(candidates))
     for image_id in candidates:
         if store.images.record(image_id) is None or in_use(store, image_id):
@@ -241,14 +249,15 @@ def _stacks(layers: dict[Digest, Layer], tops: Iterable[Digest]) -> set[Digest]:
 
 def is_referenced(store: Store, digest: Digest) -> bool:
     """Whether a row needs the blob `digest`: one of a layer's, a config, a manifest, an
-    index."""
+    index, one a kept artifact names."""
     row = store.db.one(
         "SELECT 1 FROM layers WHERE blob_digest = ? "
         "UNION ALL SELECT 1 FROM layer_blobs WHERE blob_digest = ? "
         "UNION ALL SELECT 1 FROM images WHERE id = ? "
         "UNION ALL SELECT 1 FROM manifests WHERE digest = ? "
-        "UNION ALL SELECT 1 FROM indexes WHERE digest = ? LIMIT 1",
-        (digest, digest, digest, digest, digest),
+        "UNION ALL SELECT 1 FROM indexes WHERE digest = ? "
+        "UNION ALL SELECT 1 FROM index_entries WHERE digest = ? AND kind = 'blob' LIMIT 1",
+        (digest, digest, digest, digest, digest, digest),
     )
     return row is not None
 

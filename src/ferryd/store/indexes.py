@@ -5,8 +5,14 @@ annotations) so that what a tag offers can be read without decoding the blob.
 An index's children are image manifests; a child is stored when the manifests table
 has its digest (`IndexStore.stored_children`), and an index may be stored with some of its
 children only (a pull of one platform, then of another, adds to it). An index lives as
-long as a reference names it: `ferryd.store.gc.forget_unnamed_indexes` removes the
-rows of one that lost its last name, in the transaction that took the name away.
+long as a reference names it, or an index kept lists it: `ferryd.store.gc.
+forget_unnamed_indexes` removes the rows of one that lost its last name, in the
+transaction that took the name away.
+
+A pull of all platforms keeps what an index lists beyond images as it is: a nested index
+(a row here, with its entries), and an artifact (an `unknown` entry's manifest: a row
+here too, of the manifest's media type, with an entry of kind `blob` per blob it names).
+They have no image and no name of their own: an index kept lists them.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from typing import Any
 import msgspec
 
 from ferryd.oci.digest import Digest
-from ferryd.oci.manifest import REFERENCE_DIGEST, EntryKind, ImageIndex, entry_kind
+from ferryd.oci.manifest import REFERENCE_DIGEST, Descriptor, EntryKind, ImageIndex, entry_kind
+from ferryd.oci.mediatypes import INDEX_TYPES
 from ferryd.oci.platform import Platform, normalize
 from ferryd.store.blobs import BlobStore
 from ferryd.store.db import Database
@@ -119,6 +126,52 @@ class IndexStore:
             )
         return True
 
+    def add_artifact(
+        self, digest: Digest, media_type: str, raw: bytes, blobs: list[Descriptor]
+    ) -> bool:
+        """Keep a manifest an index lists that is no image (an artifact: its blob and
+        those it names must be stored first), a row per blob it names (kind `blob`);
+        call inside a transaction. False when it was kept already."""
+        if self._db.one("SELECT 1 FROM indexes WHERE digest = ?", (digest,)) is not None:
+            return False
+        self._db.execute(
+            "INSERT INTO indexes (digest, media_type, size, created) VALUES (?, ?, ?, ?)",
+            (digest, media_type, len(raw), time.time()),
+        )
+        for position, blob in enumerate(blobs):
+            self._db.execute(
+                "INSERT INTO index_entries (index_digest, position, digest, media_type, size, "
+                "kind) VALUES (?, ?, ?, ?, ?, 'blob')",
+                (digest, position, blob.digest, blob.mediaType, blob.size),
+            )
+        return True
+
+    def has(self, digest: Digest) -> bool:
+        """Whether an index or an artifact (`add_artifact`) of that digest is kept."""
+        return self._db.one("SELECT 1 FROM indexes WHERE digest = ?", (digest,)) is not None
+
+    def complete(self, digest: Digest) -> bool:
+        """Whether the index or artifact `digest` is kept with everything it lists (its
+        images' manifests, its nested indexes and artifacts, theirs in turn)."""
+        todo, seen = [digest], set()
+        while todo:
+            current = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            if not self.has(current):
+                return False
+            for entry in self.entries(current):
+                if entry.kind == "blob":
+                    continue
+                if entry.kind in ("index", "unknown"):
+                    todo.append(entry.digest)
+                elif self._db.one(
+                    "SELECT 1 FROM manifests WHERE digest = ?", (entry.digest,)
+                ) is None and not self.has(entry.digest):
+                    return False
+        return True
+
     def get(self, digest: Digest) -> StoredIndex | None:
         row = self._db.one("SELECT * FROM indexes WHERE digest = ?", (digest,))
         if row is None:
@@ -164,14 +217,36 @@ class IndexStore:
     def with_prefix(self, prefix: str) -> list[Digest]:
         """The indexes whose digest starts with `prefix` (two at most: one is unique)."""
         rows = self._db.all(
-            "SELECT digest FROM indexes WHERE digest >= ? AND digest < ? LIMIT 2",
-            (prefix, prefix + "g"),
+            "SELECT digest FROM indexes WHERE digest >= ? AND digest < ? "
+            f"AND media_type IN ({', '.join('?' for _ in INDEX_TYPES)}) LIMIT 2",
+            (prefix, prefix + "g", *INDEX_TYPES),
         )
         return [Digest(row["digest"]) for row in rows]
 
     def digests(self) -> set[Digest]:
         """Every stored index: blobs garbage collection must keep."""
         return {Digest(row["digest"]) for row in self._db.all("SELECT digest FROM indexes")}
+
+    def blob_digests(self) -> set[Digest]:
+        """Every blob a kept artifact names: blobs garbage collection must keep."""
+        rows = self._db.all("SELECT DISTINCT digest FROM index_entries WHERE kind = 'blob'")
+        return {Digest(row["digest"]) for row in rows}
+
+    def listed(self, digests: set[Digest]) -> set[Digest]:
+        """The indexes and artifacts kept that `digests` list, and those they list in
+        turn: what is kept because the indexes `digests` are."""
+        found: set[Digest] = set()
+        todo = list(digests)
+        while todo:
+            rows = self._db.all(
+                "SELECT DISTINCT e.digest FROM index_entries e JOIN indexes i "
+                "ON i.digest = e.digest WHERE e.kind != 'blob' AND e.index_digest IN "
+                f"({', '.join('?' for _ in todo)})",
+                tuple(todo),
+            )
+            todo = [Digest(row["digest"]) for row in rows if row["digest"] not in found]
+            found.update(todo)
+        return found
 
     def delete(self, digest: Digest) -> None:
         """Forget an index and its entries (its blob is garbage collection's)."""

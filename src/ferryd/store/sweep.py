@@ -112,13 +112,14 @@ def _digest(algorithm: str, hex_part: str) -> Digest | None:
 
 
 def referenced_blobs(store: Store) -> set[Digest]:
-    """Every blob a row needs (each layer's blobs, image configs, manifests, indexes),
-    in one snapshot."""
+    """Every blob a row needs (each layer's blobs, image configs, manifests, indexes,
+    the blobs of artifacts an index lists), in one snapshot."""
     with store.db.snapshot():
         rows = store.db.all(
             "SELECT blob_digest AS digest FROM layers UNION SELECT blob_digest FROM layer_blobs "
             "UNION SELECT id FROM images "
-            "UNION SELECT digest FROM manifests UNION SELECT digest FROM indexes"
+            "UNION SELECT digest FROM manifests UNION SELECT digest FROM indexes "
+            "UNION SELECT digest FROM index_entries WHERE kind = 'blob'"
         )
     return {Digest(row["digest"]) for row in rows}
 

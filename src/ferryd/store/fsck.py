@@ -65,6 +65,12 @@ READ_SIZE = 1 << 20
 CORRUPT_BLOB = "corrupt-blob"
 MISSING_BLOB = "missing-blob"
 BROKEN_LAYER = "broken-layer"
+# A layer_blobs row whose layer is not in the store, or that records for one layer a
+# blob stored as another layer's (of another DiffID), or a layer's first blob without
+# its row.
+ORPHAN_LAYER_BLOB = "orphan-layer-blob"
+WRONG_LAYER_BLOB = "wrong-layer-blob"
+MISSING_LAYER_BLOB = "missing-layer-blob"
 BROKEN_IMAGE = "broken-image"
 BROKEN_MANIFEST = "broken-manifest"
 BROKEN_INDEX = "broken-index"
@@ -197,6 +203,9 @@ class Fsck:
         # What is wrong, by subject: why, for the messages of what depends on it.
         self._bad_blobs: dict[Digest, str] = {}
         self._bad_layers: dict[Digest, str] = {}
+        # layer_blobs rows to forget (ChainID, blob), and first blobs' rows to restore.
+        self._bad_layer_blobs: set[tuple[Digest, Digest]] = set()
+        self._missing_layer_blobs: set[Digest] = set()
         self._bad_images: dict[Digest, str] = {}
         self._bad_manifests: dict[Digest, str] = {}
         self._chains: dict[Digest, list[Digest]] = {}  # image ID → its layers, bottom first
@@ -278,6 +287,44 @@ class Fsck:
                 self._bad_layers[chain] = f"it stands on broken layer {below}"
         for chain in sorted(self._bad_layers):
             self._problem(BROKEN_LAYER, chain, f"layer {chain}: {self._bad_layers[chain]}")
+        self._check_layer_blobs(rows)
+
+    def _check_layer_blobs(self, rows: _Rows) -> None:
+        """The rows of the blobs kept for layers: each for a layer in the store, none of
+        another layer's blob, and one for every layer's first blob."""
+        layers = rows.layers
+        # Which DiffID each layer's first blob holds (a blob may back several ChainIDs
+        # of one DiffID).
+        first_of = {layer.blob_digest: layer for layer in layers.values()}
+        for chain, kept in sorted(rows.layer_blobs.items()):
+            layer = layers.get(chain)
+            for digest in sorted(kept):
+                if layer is None:
+                    self._bad_layer_blobs.add((chain, digest))
+                    self._problem(
+                        ORPHAN_LAYER_BLOB,
+                        f"{chain} {digest}",
+                        f"blob {digest} is kept for layer {chain}, which is not in the store",
+                    )
+                    continue
+                owner = first_of.get(digest)
+                if owner is not None and owner.diff_id != layer.diff_id:
+                    self._bad_layer_blobs.add((chain, digest))
+                    self._problem(
+                        WRONG_LAYER_BLOB,
+                        f"{chain} {digest}",
+                        f"blob {digest} is kept for layer {chain} (DiffID {layer.diff_id}) "
+                        f"but is layer {owner.chain_id}'s (DiffID {owner.diff_id})",
+                    )
+        for chain, layer in sorted(layers.items()):
+            if chain in self._bad_layers or layer.blob_digest in rows.layer_blobs.get(chain, {}):
+                continue
+            self._missing_layer_blobs.add(chain)
+            self._problem(
+                MISSING_LAYER_BLOB,
+                chain,
+                f"layer {chain}: its blob {layer.blob_digest} is not among the blobs kept for it",
+            )
 
     def _check_images(self, rows: _Rows) -> None:
         for image_id in sorted(rows.images):
@@ -326,11 +373,12 @@ class Fsck:
                 why = f"its blob is {self._bad_blobs[digest]}"
             elif image_id not in rows.images:
                 why = f"its image {image_id} is not in the store"
-            elif digest in listed and image_id not in self._bad_images:
-                # Pushed as it is, so only with the blobs it names (a manifest a push
-                # made from a plain layer names blobs it gzipped, never stored: not
-                # checked, as a push would make it again).
-                why = self._blobs_problem(digest, image_id, rows)
+            elif image_id not in self._bad_images:
+                # Pushed as it is, so only with the blobs it names. A manifest a push
+                # made from a plain layer names blobs it gzipped on the fly, never stored
+                # (a push would make them again): one no index lists may name a blob not
+                # kept for its layer; a blob that is kept for it must be there and right.
+                why = self._blobs_problem(digest, image_id, rows, listed=digest in listed)
             else:
                 why = None
             if why is None:
@@ -338,8 +386,11 @@ class Fsck:
             self._bad_manifests[digest] = why
             self._problem(BROKEN_MANIFEST, digest, f"manifest {digest} of {image_id}: {why}")
 
-    def _blobs_problem(self, digest: Digest, image_id: Digest, rows: _Rows) -> str | None:
-        """What is wrong with the blobs an index's manifest names, if anything."""
+    def _blobs_problem(
+        self, digest: Digest, image_id: Digest, rows: _Rows, *, listed: bool
+    ) -> str | None:
+        """What is wrong with the blobs a manifest names, if anything (`listed`: an
+        index lists it, so each must be kept for its layer)."""
         try:
             described = decode_manifest(self._store.blobs.get(digest))
         except FerrydError as exc:
@@ -350,12 +401,25 @@ class Fsck:
         if len(described.layers) != len(chains):
             return f"it names {len(described.layers)} layers, its image has {len(chains)}"
         for chain, descriptor in zip(chains, described.layers, strict=True):
-            blob = rows.layer_blobs.get(chain, {}).get(Digest(descriptor.digest))
+            blob = self._kept_blob(chain, Digest(descriptor.digest), rows)
+            if blob is None and not listed:
+                continue  # made by a push: see `_check_manifests`
             if blob is None or blob.size != descriptor.size:
                 return f"its layer blob {descriptor.digest} is not stored for layer {chain}"
             if blob.digest in self._bad_blobs:
                 return f"its layer blob {blob.digest} is {self._bad_blobs[blob.digest]}"
         return None
+
+    def _kept_blob(self, chain: Digest, digest: Digest, rows: _Rows) -> LayerBlob | None:
+        """The blob `digest` as kept for the layer `chain`, if it is (a layer's first blob
+        is, with or without its row: repair restores a missing one)."""
+        if (chain, digest) in self._bad_layer_blobs:
+            return None
+        blob = rows.layer_blobs.get(chain, {}).get(digest)
+        layer = rows.layers.get(chain)
+        if blob is None and layer is not None and layer.blob_digest == digest:
+            blob = LayerBlob(chain, digest, layer.media_type, layer.compressed_size)
+        return blob
 
     def _check_indexes(self, rows: _Rows) -> None:
         named = _listed(set(rows.index_references.values()), rows)
@@ -471,16 +535,43 @@ class Fsck:
         references = set(self._bad_references) | {
             name for name, image_id in rows.references.items() if image_id in images
         }
-        # A reference whose only fault is its index keeps naming its image.
+        indexes = set(self._bad_indexes) | self._orphan_indexes
         kept_images = set(rows.images) - images
+        # A reference to a kept index whose image goes, or is no longer one of its stored
+        # children (its manifest went), names another of them: the index keeps its names
+        # and lacks that platform, which a pull restores.
+        repointed: dict[str, Digest] = {}
+        for name, index in sorted(rows.index_references.items()):
+            if index in indexes or index not in rows.indexes:
+                continue
+            stored = [
+                rows.manifests[entry.digest]
+                for entry in rows.indexes[index].entries
+                if entry.digest in rows.manifests
+                and entry.digest not in manifests
+                and rows.manifests[entry.digest] in kept_images
+            ]
+            image_id = rows.references[name]
+            # (One whose image was none of them already keeps its image, without the
+            # index, below.)
+            if image_id in stored or not stored or name in self._bad_references:
+                continue
+            repointed[name] = stored[0]
+            references.discard(name)
+        # A reference whose only fault is its index keeps naming its image.
         unindexed = {
             name
             for name, index in rows.index_references.items()
-            if rows.references[name] in kept_images
-            and (name in self._bad_references or index in self._bad_indexes)
+            if name not in repointed
+            and rows.references[name] in kept_images
+            and (
+                name in self._bad_references
+                or index in self._bad_indexes
+                or index not in rows.indexes
+                or rows.references[name] not in _children(rows.indexes[index], rows, manifests)
+            )
         }
         references -= unindexed
-        indexes = set(self._bad_indexes) | self._orphan_indexes
         # The blobs the artifacts that go name (kept if another row needs them).
         artifact_blobs_going = {
             entry.digest
@@ -493,6 +584,9 @@ class Fsck:
             for name in sorted(unindexed):
                 store.references.unindex(parse_reference(name, default_tag=False))
                 removed.append(Removal("reference's index", name))
+            for name, image_id in sorted(repointed.items()):
+                store.db.execute("UPDATE refs SET image_id = ? WHERE name = ?", (image_id, name))
+                removed.append(Removal("reference's image", name))
             for name in sorted(references):
                 store.db.execute("DELETE FROM refs WHERE name = ?", (name,))
                 removed.append(Removal("reference", name))
@@ -508,13 +602,31 @@ class Fsck:
             for chain in sorted(layers, key=lambda c: -_depth(c, rows.layers)):
                 store.layers.delete(chain)
                 removed.append(Removal("layer", chain))
-            # A broken blob kept for a layer beside its first: the manifests naming it
-            # went above, the layer stays with its other blobs.
+            # A broken blob kept for a layer beside its first (the manifests naming it
+            # went above, the layer stays with its other blobs), and a row of a layer
+            # not in the store or of another layer's blob.
+            forgotten: set[Digest] = set()
             for chain, kept_blobs in sorted(rows.layer_blobs.items()):
-                for digest in sorted(set(kept_blobs) & set(self._bad_blobs)):
-                    if chain not in layers and digest != rows.layers[chain].blob_digest:
+                if chain in layers:
+                    continue  # its rows went with it
+                layer = rows.layers.get(chain)
+                for digest in sorted(kept_blobs):
+                    bad = (chain, digest) in self._bad_layer_blobs or (
+                        digest in self._bad_blobs
+                        and layer is not None
+                        and digest != layer.blob_digest
+                    )
+                    if bad:
                         store.layers.forget_blob(chain, digest)
+                        forgotten.add(digest)
                         removed.append(Removal("layer blob", f"{chain} {digest}"))
+            # A layer's first blob without its row: the row again (the blob was checked
+            # against its digest above).
+            for chain in sorted(self._missing_layer_blobs - layers):
+                layer = rows.layers[chain]
+                store.layers.add_blob(
+                    chain, layer.blob_digest, layer.media_type, layer.compressed_size
+                )
             # Indexes whose last reference went with a broken image.
             for digest, children in forget_unnamed_indexes(store).items():
                 indexes.add(digest)
@@ -525,6 +637,7 @@ class Fsck:
             set(self._bad_blobs)
             | {rows.layers[chain].blob_digest for chain in layers}
             | {digest for chain in layers for digest in rows.layer_blobs.get(chain, {})}
+            | forgotten
             | images
             | manifests
             | indexes
@@ -628,9 +741,14 @@ def _listed(named: set[Digest], rows: _Rows) -> set[Digest]:
     return found
 
 
-def _children(index: StoredIndex, rows: _Rows) -> set[Digest]:
-    """The images of an index's stored children."""
-    return {rows.manifests[e.digest] for e in index.entries if e.digest in rows.manifests}
+def _children(index: StoredIndex, rows: _Rows, going: Iterable[Digest] = ()) -> set[Digest]:
+    """The images of an index's stored children (but those whose manifest is `going`)."""
+    going = set(going)
+    return {
+        rows.manifests[e.digest]
+        for e in index.entries
+        if e.digest in rows.manifests and e.digest not in going
+    }
 
 
 def _unused_layers(rows: _Rows) -> set[Digest]:

@@ -26,6 +26,7 @@ from ferryd.errors import (
     NotFoundError,
     PlatformNotFoundError,
     RegistryError,
+    StoreError,
     TooManyRequestsError,
 )
 from ferryd.oci.digest import Digest, chain_ids, sha256_digest
@@ -184,15 +185,29 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
         if stored is not None:
             kept.append(stored)
         record = stored.record if stored is not None else None
-        if record is not None and ctx.store.manifests.image_of(child.manifest.digest) != image_id:
-            # Stored, but with another manifest: this one may name other blobs of its
-            # layers (another compression), which a push of it must send. The layers
-            # stored with the blobs it names are "Already exists", the others fetched.
+        if record is not None and (
+            ctx.store.manifests.image_of(child.manifest.digest) != image_id
+            or not _names_stored_blobs(ctx.store, record, child.image)
+        ):
+            # Stored, but with another manifest, or with this one and not every blob it
+            # names (a store of schema 2 kept one blob a layer; fsck --repair removes a
+            # blob it finds broken): this one may name other blobs of its layers
+            # (another compression), which a push of it must send. The layers stored
+            # with the blobs it names are "Already exists", the others fetched.
             record = None
         if record is None:
             output = outputs.view(position)
+            config = await _stored_config(ctx.store, image_id) if stored is not None else None
             fetched[position] = await _pull_image(
-                client, reference, ctx, source, child, output, stats, send_ahead=send_ahead
+                client,
+                reference,
+                ctx,
+                source,
+                child,
+                output,
+                stats,
+                send_ahead=send_ahead,
+                config=config,
             )
         else:
             fetched[position] = stored
@@ -234,6 +249,34 @@ async def _pull(reference: Reference, ctx: PullContext, *, say_status: bool = Tr
         **served_by,
     )
     return PullResult(recorded.image_id, top.digest, updated)
+
+
+def _names_stored_blobs(store: Store, record: ImageRecord, image: ImageManifest) -> bool:
+    """Whether each layer of the stored image `record` is stored with the blob `image`
+    (a manifest stored for it) names, in one query. Rows only: a row's blob file is
+    there, or fsck reports it missing."""
+    layers = image.layers
+    if record.top_layer is None:
+        return not layers
+    stored = store.layers.blobs_under(record.top_layer, len(layers) + 1)
+    if len(stored) != len(layers):
+        return False
+    return all(layer.digest in blobs for layer, blobs in zip(layers, stored, strict=True))
+
+
+async def _stored_config(store: Store, image_id: Digest) -> bytes | None:
+    """The config of an image found stored (pinned), read back in a worker thread and
+    checked: a pull that fetches blobs its manifest names need not fetch it again. None
+    if it is not there whole."""
+
+    def read() -> bytes | None:
+        try:
+            raw = store.images.get(image_id)
+        except (OSError, StoreError):
+            return None
+        return raw if sha256_digest(raw) == image_id else None
+
+    return await anyio.to_thread.run_sync(read)
 
 
 def _check_config_type(ctx: PullContext, image: ImageManifest) -> None:
@@ -591,10 +634,12 @@ async def _pull_image(
     stats: DownloadStats,
     *,
     send_ahead: bool = True,
+    config: bytes | None = None,
 ) -> _Fetched:
-    """The config, checked against the manifest and the platform, then the layers (held
-    until the pull is recorded). With `send_ahead`, the first layers' GETs go out while
-    the config is fetched (`DownloadManager.sending_ahead`)."""
+    """The config (`config`, read from the store, or fetched), checked against the
+    manifest and the platform, then the layers (held until the pull is recorded). With
+    `send_ahead`, the first layers' GETs go out while the config is fetched
+    (`DownloadManager.sending_ahead`)."""
     store = ctx.store
     image = child.image
     config_descriptor = image.config
@@ -604,7 +649,10 @@ async def _pull_image(
         ctx.downloads.sending_ahead(client, image.layers) if send_ahead else nullcontext()
     )
     async with ahead:
-        raw_config = await ctx.downloads.config(client, image_id, limit)
+        if config is not None:
+            raw_config = config
+        else:
+            raw_config = await ctx.downloads.config(client, image_id, limit)
         model = decode_config(raw_config)
         if ctx.several:
             # The platforms of an index for other operating systems are kept, never run.

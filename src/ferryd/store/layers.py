@@ -101,6 +101,28 @@ class LayerStore:
         )
         return row is not None
 
+    def blobs_under(self, top: Digest, limit: int) -> list[set[Digest]]:
+        """The blob digests stored for `top` and each layer under it (at most `limit`
+        layers), bottom layer first (one set a layer), in one query; empty if `top` is
+        not stored. What a pull asks of an image it found stored with the manifest: is
+        every blob the manifest names there?"""
+        rows = self._db.all(
+            "WITH RECURSIVE below(chain_id, parent, depth) AS ("
+            "SELECT chain_id, parent, 0 FROM layers WHERE chain_id = ? "
+            "UNION ALL SELECT layers.chain_id, layers.parent, below.depth + 1 "
+            "FROM layers JOIN below ON layers.chain_id = below.parent "
+            "WHERE below.depth + 1 < ?) "
+            "SELECT below.depth, layer_blobs.blob_digest FROM below "
+            "LEFT JOIN layer_blobs ON layer_blobs.chain_id = below.chain_id",
+            (top, limit),
+        )
+        depths = [int(row["depth"]) for row in rows]
+        found: list[set[Digest]] = [set() for _ in range(max(depths) + 1 if depths else 0)]
+        for row in rows:
+            if row["blob_digest"] is not None:
+                found[-1 - int(row["depth"])].add(Digest(row["blob_digest"]))
+        return found
+
     def blobs_of(self, chains: Sequence[Digest]) -> dict[Digest, dict[Digest, LayerBlob]]:
         """The blobs stored for each of `chains`, by ChainID and blob digest, in one
         query."""

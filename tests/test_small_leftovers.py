@@ -153,7 +153,11 @@ def test_help_without_a_stdout_fails_saying_so() -> None:
 # Imported by the child's `site` (PYTHONPATH): holds the import of the CLI's commands
 # (the tenth of a second of imports before `_serve`) until the test has sent a SIGHUP.
 _GATE = """
-import os, sys
+import os, signal, sys
+
+# As a terminal's session starts it: a runner started under nohup (or a CI that ignores
+# hangups) would hand its ignored SIGHUP down, and no client command would end at one.
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 class _Gate:
     def find_spec(self, name, path=None, target=None):

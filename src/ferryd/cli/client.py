@@ -13,7 +13,8 @@ For callers:
 - `Client.json_object`, `Client.json_objects`: a JSON object, a list of JSON objects;
 - `Client.stream`: the JSON objects of a JSON-lines answer, as they arrive;
 - `answer_fields(request)`: a `with` block in which a missing or mistyped field of an
-  answer (KeyError, TypeError, ValueError…) is a DaemonError naming `request`.
+  answer (KeyError, TypeError, ValueError…) is a DaemonError naming `request`;
+  `text_field`, `list_field`, `strings_field` read a field of the type it must have.
 """
 
 from __future__ import annotations
@@ -122,6 +123,35 @@ def answer_fields(request: str) -> Iterator[None]:
         yield
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:
         raise malformed(request, f"{type(exc).__name__}: {exc}") from None
+
+
+# Fields of an answer, read within `answer_fields`: one of another type is a malformed
+# answer, said before anything is printed rather than a table cut short at its row.
+
+
+def text_field(row: dict[str, Any], key: str) -> str:
+    """A field of the daemon's answer that is shown as it is."""
+    value = row[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key!r} is not a string: {value!r:.60}")
+    return value
+
+
+def list_field(row: dict[str, Any], key: str) -> list[Any]:
+    """A list field: a string or an object would be gone through as characters or keys,
+    and counted wrong."""
+    value = row[key]
+    if not isinstance(value, list):
+        raise TypeError(f"{key!r} is not a list: {value!r:.60}")
+    return value
+
+
+def strings_field(row: dict[str, Any], key: str) -> list[str]:
+    """A list of strings, or null (`RepoTags`, `RepoDigests`)."""
+    names = row.get(key) or []
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"{key!r} is not a list of strings: {names!r:.60}")
+    return names
 
 
 def _loads(text: bytes) -> Any:

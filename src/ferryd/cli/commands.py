@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from ferryd import __version__
 from ferryd.cli import archives, login
-from ferryd.cli.client import Client, DaemonError, answer_fields
+from ferryd.cli.client import Client, DaemonError, answer_fields, list_field, text_field
 from ferryd.cli.display import StreamError, drain, finished, pull_done, push_done, show
 from ferryd.units import human_size
 
@@ -398,7 +398,7 @@ def _push(args: argparse.Namespace) -> int:
         auxes = drain(messages)
         # Each read before any is printed: a malformed one is said, not a traceback.
         with answer_fields(f"POST {path}"):
-            digests = [_text(aux, "Digest") for aux in auxes]
+            digests = [text_field(aux, "Digest") for aux in auxes]
         for digest in digests:
             print(digest)
     else:
@@ -440,16 +440,6 @@ def _cut(action: str, reference: str) -> str:
     )
 
 
-def _text(row: dict[str, Any], key: str) -> str:
-    """A field of the daemon's answer that is shown as it is. In `answer_fields`, one
-    that is not a string is a malformed answer, said before anything is printed rather
-    than a table cut short at its row."""
-    value = row[key]
-    if not isinstance(value, str):
-        raise TypeError(f"{key!r} is not a string: {value!r:.60}")
-    return value
-
-
 def _print_table(table: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for r in table:
@@ -465,25 +455,25 @@ def _ps(args: argparse.Namespace) -> int:
     with answer_fields("GET /jobs"):
         job_table = [("JOB", "ACTION", "PHASE", "LAYERS", "STARTED", "REFERENCE")] + [
             (
-                _text(job, "ID"),
-                _text(job, "Action"),
-                _text(job, "Phase"),
+                text_field(job, "ID"),
+                text_field(job, "Action"),
+                text_field(job, "Phase"),
                 _layers_done(job["Layers"]),
                 _ago(job["Started"]),
-                _text(job, "Reference"),
+                text_field(job, "Reference"),
             )
             for job in jobs
         ]
     with answer_fields("GET /transfers"):
         table = [("ACTION", "ID", "STATUS", "PROGRESS", "CLIENTS", "STARTED", "NAME")] + [
             (
-                _text(row, "Action"),
-                _text(row, "ID"),
-                _text(row, "Status"),
+                text_field(row, "Action"),
+                text_field(row, "ID"),
+                text_field(row, "Status"),
                 _progress(row["Current"], row["Total"]),
                 str(row["Watchers"]),
                 _ago(row["Started"]),
-                _text(row, "Name"),
+                text_field(row, "Name"),
             )
             for row in rows
         ]
@@ -499,7 +489,7 @@ _LAYER_DONE = ("Pull complete", "Already exists", "Pushed", "Layer already exist
 
 
 def _layers_done(layers: list[dict[str, Any]]) -> str:
-    statuses = [_text(layer, "Status") for layer in layers]
+    statuses = [text_field(layer, "Status") for layer in layers]
     done = sum(status in _LAYER_DONE or status.startswith("Mounted from") for status in statuses)
     return f"{done}/{len(layers)}" if layers else "-"
 
@@ -614,7 +604,7 @@ def _fsck(args: argparse.Namespace) -> int:
 def _fsck_lines(report: dict[str, Any]) -> tuple[list[str], int]:
     """What to print of a report (all of it before any is printed: a daemon's answer
     may be malformed), and how many problems it found."""
-    problems, removed, kept = (_list(report, key) for key in ("Problems", "Removed", "Kept"))
+    problems, removed, kept = (list_field(report, key) for key in ("Problems", "Removed", "Kept"))
     lines = [f"{problem['Kind']}: {problem['Message']}" for problem in problems]
     lines += [f"removed {item['Kind']} {item['Subject']}" for item in removed]
     lines += [f"kept {item['Kind']}: {item['Message']}" for item in kept]
@@ -630,15 +620,6 @@ def _fsck_lines(report: dict[str, Any]) -> tuple[list[str], int]:
     verdict = _counted(len(problems), "problem") if problems else "clean"
     lines.append(f"fsck: checked {checked} in {report['Seconds']:.2f} s: {verdict}")
     return lines, len(problems)
-
-
-def _list(row: dict[str, Any], key: str) -> list[Any]:
-    """A list field of the daemon's answer (in `answer_fields`): a string or an object
-    would be gone through as characters or keys, and counted wrong."""
-    value = row[key]
-    if not isinstance(value, list):
-        raise TypeError(f"{key!r} is not a list: {value!r:.60}")
-    return value
 
 
 _SINGULAR = {"Indexes": "index"}

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ferryd.cli.client import Client, answer_fields
-from ferryd.cli.commands import UsageError, _ago, _image_id, _list, _print_table, _text
+from ferryd.cli.client import Client, answer_fields, list_field, strings_field, text_field
+from ferryd.cli.commands import UsageError, _ago, _image_id, _print_table
 from ferryd.units import human_size
 
 
@@ -124,10 +124,10 @@ def _tree(rows: list[dict[str, Any]], *, every: bool, full: bool) -> list[tuple[
         total = sum(m["Size"]["Total"] for m in manifests if m.get("Available"))
         content = sum(m["Size"]["Content"] for m in manifests if m.get("Available"))
         names = (
-            _strings(row, "RepoTags")
+            strings_field(row, "RepoTags")
             or [
                 name.partition("@")[0] + "@" + name.partition("@")[2][:19]
-                for name in _strings(row, "RepoDigests")
+                for name in strings_field(row, "RepoDigests")
             ]
             or ["<untagged>"]
         )
@@ -171,11 +171,11 @@ def _names(row: dict[str, Any], digests: bool) -> list[tuple[str, str, str]]:
     only by digest, `<none>` `<none>` for an image nothing names."""
     tags: dict[str, list[str]] = {}
     by_digest: dict[str, list[str]] = {}
-    for name in _strings(row, "RepoTags"):
+    for name in strings_field(row, "RepoTags"):
         repository, _, tag = name.rpartition(":")
         if repository and "/" not in tag:
             tags.setdefault(repository, []).append(tag)
-    for name in _strings(row, "RepoDigests"):
+    for name in strings_field(row, "RepoDigests"):
         repository, at, digest = name.partition("@")
         if at:
             by_digest.setdefault(repository, []).append(digest)
@@ -197,14 +197,6 @@ def _names(row: dict[str, Any], digests: bool) -> list[tuple[str, str, str]]:
     return names
 
 
-def _strings(row: dict[str, Any], key: str) -> list[str]:
-    """`RepoTags`, `RepoDigests`: a list of strings, or null (in `answer_fields`)."""
-    names = row.get(key) or []
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise TypeError(f"{key!r} is not a list of strings: {names!r:.60}")
-    return names
-
-
 def _history(args: argparse.Namespace) -> int:
     path = f"/images/{args.reference}/history"
     steps = Client(args.host).json_objects("GET", path)
@@ -222,13 +214,13 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _step(step: dict[str, Any], full: bool) -> tuple[str, ...]:
-    created_by = _text(step, "CreatedBy").replace("\t", " ")
+    created_by = text_field(step, "CreatedBy").replace("\t", " ")
     return (
         _history_id(step["Id"], full),
         _ago(step["Created"]),
         created_by if full else _ellipsis(created_by, 45),
         human_size(step["Size"], 3),
-        _text(step, "Comment"),
+        text_field(step, "Comment"),
     )
 
 
@@ -289,7 +281,7 @@ def _confirmed(what: str) -> bool:
 def _df(args: argparse.Namespace) -> int:
     usage = Client(args.host).json_object("GET", "/system/df", {"type": "image"})
     with answer_fields("GET /system/df"):
-        images = _list(usage, "Images") if usage.get("Images") is not None else []
+        images = list_field(usage, "Images") if usage.get("Images") is not None else []
         size = usage.get("LayersSize") or 0
         row = ("Images", str(len(images)), "0", human_size(size), _reclaimable(size))
     _print_table([("TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"), row])

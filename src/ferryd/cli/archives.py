@@ -29,6 +29,7 @@ from typing import IO, Any
 from urllib.parse import urlencode
 
 from ferryd.cli.client import (
+    PIECE,
     Client,
     CutAnswer,
     DaemonError,
@@ -41,7 +42,6 @@ from ferryd.cli.client import (
 )
 from ferryd.cli.display import StreamError, finished, show
 
-_PIECE = 1 << 20
 _OCI_FILES = ("oci-layout", "index.json")
 _LOADED = ("Loaded image: ", "Loaded image ID: ")
 
@@ -176,7 +176,7 @@ def _unpack_layout(pieces: Iterator[bytes], target: Path) -> None:
     parent = target.parent if str(target.parent) else Path(".")
     temp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
-        with tarfile.open(fileobj=io.BufferedReader(_Reader(pieces), _PIECE), mode="r|") as archive:
+        with tarfile.open(fileobj=io.BufferedReader(_Reader(pieces), PIECE), mode="r|") as archive:
             for member in archive:
                 name = member.name.removeprefix("./")
                 parts = name.split("/")
@@ -190,7 +190,7 @@ def _unpack_layout(pieces: Iterator[bytes], target: Path) -> None:
                     assert source is not None
                     (temp / name).parent.mkdir(parents=True, exist_ok=True)
                     with source, (temp / name).open("wb") as out:
-                        shutil.copyfileobj(source, out, _PIECE)
+                        shutil.copyfileobj(source, out, PIECE)
         if target.exists():
             target.rmdir()
         os.replace(temp, target)
@@ -316,7 +316,7 @@ def _upload(path: str, target: str, source: IO[bytes]) -> Iterator[dict[str, Any
 
 def _read(source: IO[bytes], failed: list[OSError]) -> bytes:
     try:
-        return source.read(_PIECE)
+        return source.read(PIECE)
     except OSError as exc:
         failed.append(exc)
         return b""

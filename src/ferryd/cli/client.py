@@ -31,7 +31,7 @@ from urllib.parse import urlencode
 DEFAULT_HOST = "unix:///run/ferryd/ferryd.sock"
 
 # At most this much a read: read1 returns what has come, so a stream's line shows at once.
-_PIECE = 1 << 20
+PIECE = 1 << 20
 # Longer than any progress message or event: a line past it is not one of them, and it
 # is refused before it fills the memory.
 _MAX_LINE = 4 << 20
@@ -95,7 +95,7 @@ def pieces(response: http.client.HTTPResponse, request: str) -> Iterator[bytes]:
     """The body of the answer to `request` (`GET /path`) as it arrives; CutAnswer when it
     ends before its framing says it would."""
     try:
-        while piece := response.read1(_PIECE):
+        while piece := response.read1(PIECE):
             yield piece
     except (OSError, http.client.HTTPException) as exc:
         raise _cut(request, exc) from None

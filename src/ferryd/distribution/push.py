@@ -164,12 +164,15 @@ def _plan(tag: Reference, target: Target, ctx: PushContext) -> _Plan:
     if ctx.platform is not None:
         entry = _platform_entry(tag, index, stored, ctx.platform)
         return _Plan(Target(stored[entry.digest]), manifest=entry.digest)
-    missing = [
+    # What it lists beyond images counts as stored when kept whole (each walked once).
+    whole = [
         entry
         for entry in index.entries
         if entry.digest not in stored
-        and not (entry.kind in ("index", "unknown") and store.indexes.complete(entry.digest))
+        and entry.kind in ("index", "unknown")
+        and store.indexes.complete(entry.digest)
     ]
+    missing = [e for e in index.entries if e.digest not in stored and e not in whole]
     if not missing:
         children = [
             _Child(entry, stored[entry.digest]) for entry in index.entries if entry.digest in stored
@@ -199,13 +202,6 @@ def _plan(tag: Reference, target: Target, ctx: PushContext) -> _Plan:
             f"cannot push {tag.familiar}: no platform of its index is stored"
         )
     # What it lists beyond images, kept whole, stays in it: pushed as it is.
-    whole = [
-        entry
-        for entry in index.entries
-        if entry.digest not in stored
-        and entry.kind in ("index", "unknown")
-        and store.indexes.complete(entry.digest)
-    ]
     kept = [entry for entry in index.entries if entry in kept or entry in whole]
     raw = _reduced_index(store.indexes.raw(index.digest), kept)
     children = [_Child(entry, stored[entry.digest]) for entry in kept if entry.digest in stored]

@@ -243,22 +243,11 @@ def select_platforms(index: ImageIndex, wanted: Iterable[Platform]) -> list[Desc
 def pullable_entries(index: ImageIndex) -> list[Descriptor]:
     """The entries a pull of all platforms stores as images: images and their
     attestations (which are image manifests too). A pull of all platforms keeps the
-    rest too (`other_entries`)."""
-    return _entries_of_kinds(index, ("image", "attestation"))
-
-
-def other_entries(index: ImageIndex) -> list[Descriptor]:
-    """The entries of an index that are no image nor attestation (nested indexes,
-    artifacts): a pull of all platforms keeps them as they are, each once."""
-    return _entries_of_kinds(index, ("index", "unknown"))
-
-
-def _entries_of_kinds(index: ImageIndex, kinds: tuple[EntryKind, ...]) -> list[Descriptor]:
-    """The entries of `kinds`, in the index's order, each digest once."""
+    rest too (nested indexes and artifacts, as they are), each once."""
     seen: set[str] = set()
     entries = []
     for entry in index.manifests:
-        if entry_kind(entry) in kinds and entry.digest not in seen:
+        if entry_kind(entry) in ("image", "attestation") and entry.digest not in seen:
             seen.add(entry.digest)
             entries.append(entry)
     return entries

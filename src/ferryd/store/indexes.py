@@ -98,7 +98,7 @@ class IndexStore:
     def add(self, digest: Digest, media_type: str, raw: bytes, index: ImageIndex) -> bool:
         """Keep an index (its blob must be stored first: `BlobStore.put`) and a row per
         entry; call inside a transaction. False when it was kept already."""
-        if self._db.one("SELECT 1 FROM indexes WHERE digest = ?", (digest,)) is not None:
+        if self.has(digest):
             return False
         self._db.execute(
             "INSERT INTO indexes (digest, media_type, size, created) VALUES (?, ?, ?, ?)",
@@ -132,7 +132,7 @@ class IndexStore:
         """Keep a manifest an index lists that is no image (an artifact: its blob and
         those it names must be stored first), a row per blob it names (kind `blob`);
         call inside a transaction. False when it was kept already."""
-        if self._db.one("SELECT 1 FROM indexes WHERE digest = ?", (digest,)) is not None:
+        if self.has(digest):
             return False
         self._db.execute(
             "INSERT INTO indexes (digest, media_type, size, created) VALUES (?, ?, ?, ?)",

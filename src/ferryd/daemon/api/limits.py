@@ -56,18 +56,21 @@ import functools
 import http
 import json
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import anyio
 import httptools
 import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from ferryd.daemon.api.peers import PeerCredentialsProtocol
 from ferryd.errors import ClientStalledError, PayloadTooLargeError, RequestTimeoutError
 from ferryd.untrusted import decimal
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGI3Application
 
 log = structlog.get_logger("ferryd.api")
 

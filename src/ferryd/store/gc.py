@@ -60,13 +60,15 @@ def _remove_rows(store: Store, image_id: Digest) -> tuple[list[Digest], set[Dige
 
 def kept_blobs(store: Store) -> set[Digest]:
     """Every blob a row needs: layers' (each of their blobs), configs, manifests,
-    indexes, and those the artifacts kept name."""
-    kept = store.layers.blob_digests()
-    kept |= set(store.images.ids())
-    kept |= store.manifests.digests()
-    kept |= store.indexes.digests()
-    kept |= store.indexes.blob_digests()
-    return kept
+    indexes, and those the artifacts kept name. One query: inside the caller's
+    transaction, or a snapshot (`sweep.referenced_blobs`)."""
+    rows = store.db.all(
+        "SELECT blob_digest AS digest FROM layers UNION SELECT blob_digest FROM layer_blobs "
+        "UNION SELECT id FROM images "
+        "UNION SELECT digest FROM manifests UNION SELECT digest FROM indexes "
+        "UNION SELECT digest FROM index_entries WHERE kind = 'blob'"
+    )
+    return {Digest(row["digest"]) for row in rows}
 
 
 def forget_unnamed_indexes(store: Store) -> dict[Digest, set[Digest]]:

@@ -227,11 +227,6 @@ class IndexStore:
         """Every stored index: blobs garbage collection must keep."""
         return {Digest(row["digest"]) for row in self._db.all("SELECT digest FROM indexes")}
 
-    def blob_digests(self) -> set[Digest]:
-        """Every blob a kept artifact names: blobs garbage collection must keep."""
-        rows = self._db.all("SELECT DISTINCT digest FROM index_entries WHERE kind = 'blob'")
-        return {Digest(row["digest"]) for row in rows}
-
     def listed(self, digests: set[Digest]) -> set[Digest]:
         """The indexes and artifacts kept that `digests` list, and those they list in
         turn: what is kept because the indexes `digests` are."""

@@ -147,13 +147,6 @@ class LayerStore:
         )
         return [_layer_blob(row) for row in rows]
 
-    def blob_digests(self) -> set[Digest]:
-        """Every blob a layer is stored with: blobs garbage collection must keep."""
-        rows = self._db.all(
-            "SELECT blob_digest FROM layer_blobs UNION SELECT blob_digest FROM layers"
-        )
-        return {Digest(row["blob_digest"]) for row in rows}
-
     def add_blob(self, chain: Digest, blob_digest: Digest, media_type: str, size: int) -> None:
         """Record another compressed blob of the stored layer `chain` (its DiffID
         verified by the caller)."""

@@ -36,6 +36,7 @@ import structlog
 from ferryd.errors import FerrydError, InvalidDigestError
 from ferryd.oci.digest import Digest, parse_digest
 from ferryd.store.blobs import TEMP_PREFIX, BlobStore
+from ferryd.store.gc import kept_blobs
 from ferryd.store.staging import sweep_staging
 from ferryd.store.store import Store
 
@@ -115,13 +116,7 @@ def referenced_blobs(store: Store) -> set[Digest]:
     """Every blob a row needs (each layer's blobs, image configs, manifests, indexes,
     the blobs of artifacts an index lists), in one snapshot."""
     with store.db.snapshot():
-        rows = store.db.all(
-            "SELECT blob_digest AS digest FROM layers UNION SELECT blob_digest FROM layer_blobs "
-            "UNION SELECT id FROM images "
-            "UNION SELECT digest FROM manifests UNION SELECT digest FROM indexes "
-            "UNION SELECT digest FROM index_entries WHERE kind = 'blob'"
-        )
-    return {Digest(row["digest"]) for row in rows}
+        return kept_blobs(store)
 
 
 @dataclass(frozen=True, slots=True)

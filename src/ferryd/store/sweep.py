@@ -100,8 +100,9 @@ def scan(blobs: BlobStore) -> Inventory:
             digest = _digest(algorithm, hex_part)
             if digest is not None and path.is_file():
                 found.partials[digest] = path
-            else:
+            elif digest is None or path.exists():
                 found.stray.append(path)
+            # Else gone since the listing: a download renamed into the store meanwhile.
     return found
 
 

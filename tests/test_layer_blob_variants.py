@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -166,6 +167,32 @@ def test_gzip_and_zstd_entries_of_one_image_push_back_byte_for_byte(
 
     assert errors(pushed) == []
     assert_same_index(other_registry, "variants/zstd", index)
+
+
+def test_a_config_two_manifests_share_goes_up_once_so_no_manifest_put_meets_its_commit(
+    registry: Registry,
+    other_registry: Registry,
+    start_daemon: Callable[..., Daemon],
+    layout: Path,
+) -> None:
+    # The registry rewrites a blob's link at each commit; a manifest PUT that read it
+    # meanwhile was refused now and then ("digest invalid", "blob unknown").
+    index = two_compressions(layout, 47_130)
+    seed(registry, layout, "latest", "variants/config-once:v1")
+    source = f"{registry.host}/variants/config-once:v1"
+    daemon = start_daemon(default_platform=AMD64)
+    assert errors(daemon.pull(source, **ALL)) == []
+
+    pushed = push(daemon, source, f"{other_registry.host}/variants/config-once:v1")
+
+    assert errors(pushed) == []
+    config = index.images[0].config_digest
+    commits = [
+        entry
+        for entry in other_registry.access_log()
+        if entry.method == "PUT" and parse_qs(entry.query).get("digest") == [config]
+    ]
+    assert len(commits) == 1
 
 
 # -- save, load ------------------------------------------------------------------------

@@ -240,4 +240,4 @@ async def test_config_head_size_that_is_not_the_configs(env: Env) -> None:
     env.registry.on("HEAD", BLOBS, Reply(200, {"Content-Length": "5"}))
 
     with pytest.raises(RegistryProtocolError, match=f"config blob.*5 bytes.*{len(config)}"):
-        await _push_config(env.client, config, "oci")
+        await _push_config(env.manager, env.client, config, "oci")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Hashable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Generic, TypeVar
 
 import anyio
 
@@ -12,6 +13,30 @@ from ferryd.errors import FerrydError
 # What a task sees when another task of its group failed and closed the stream between
 # them: a consequence, never the reason.
 _CONSEQUENCES = (anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+K = TypeVar("K", bound=Hashable)
+
+
+class KeyedLocks(Generic[K]):
+    """One holder per key at a time. A key's lock lives only while some task holds it
+    or waits for it, so keys that come and go (blobs, repositories) cost nothing after."""
+
+    def __init__(self) -> None:
+        self._locks: dict[K, tuple[anyio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: K) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (anyio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
 @contextmanager

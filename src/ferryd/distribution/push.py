@@ -29,7 +29,7 @@ from ferryd.distribution.events import failure_logged
 from ferryd.distribution.progress import Message
 from ferryd.distribution.push_layers import DescribableLayer, PushLayer, StoreLayer
 from ferryd.distribution.transfers import with_retries
-from ferryd.distribution.uploads import Uploaded, checked_size
+from ferryd.distribution.uploads import Uploaded, UploadManager
 from ferryd.errors import (
     FerrydError,
     ImageNotFoundError,
@@ -440,15 +440,14 @@ async def _push_other(
     for blob in other.blobs:
 
         async def send(blob: IndexEntry = blob) -> None:
-            size = await client.blob_size(blob.digest)
-            if size is not None:
-                checked_size(blob.size, blob.digest, size, f"{client.endpoint.domain} has blob")
+            async def read() -> bytes:
+                return await anyio.to_thread.run_sync(ctx.store.blobs.get, blob.digest)
+
+            if await ctx.uploads.send_whole(client, blob.digest, blob.size, read, "blob"):
+                stats.uploaded += 1
+                stats.bytes += blob.size
+            else:
                 stats.skipped += 1
-                return
-            raw = await anyio.to_thread.run_sync(ctx.store.blobs.get, blob.digest)
-            await client.upload_blob(blob.digest, len(raw), raw)
-            stats.uploaded += 1
-            stats.bytes += len(raw)
 
         await with_retries(
             send,
@@ -518,7 +517,7 @@ async def _push_image(
         async def push_config() -> None:
             # Retried as a layer is: a failure would cancel layers that are retrying.
             pushed = await with_retries(
-                lambda: _push_config(client, raw_config, family),
+                lambda: _push_config(ctx.uploads, client, raw_config, family),
                 policy=ctx.uploads.retries,
                 progress=ctx.progress,
                 progress_id=None,
@@ -639,13 +638,15 @@ async def _upload_layers(
     return [d for d in descriptors if d is not None]
 
 
-async def _push_config(client: RegistryClient, raw: bytes, family: Family) -> Descriptor:
+async def _push_config(
+    uploads: UploadManager, client: RegistryClient, raw: bytes, family: Family
+) -> Descriptor:
     digest = sha256_digest(raw)
-    size = await client.blob_size(digest)
-    if size is None:
-        await client.upload_blob(digest, len(raw), raw)
-    else:
-        checked_size(len(raw), digest, size, f"{client.endpoint.domain} has config")
+
+    async def read() -> bytes:
+        return raw
+
+    await uploads.send_whole(client, digest, len(raw), read, "config")
     return Descriptor(config_type(family), digest, len(raw))
 
 

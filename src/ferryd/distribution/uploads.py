@@ -12,7 +12,7 @@ repository is uploaded once, however many pushes want it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import TaskGroup
 from isal import isal_zlib
 
+from ferryd.concurrency import KeyedLocks
 from ferryd.distribution.progress import Broadcast, Message, ProgressOutput
 from ferryd.distribution.push_layers import PushLayer, StoredBlob
 from ferryd.distribution.transfers import RetryPolicy, TransferPool, TransferState, with_retries
@@ -87,6 +88,7 @@ class UploadManager:
         self._transfers: TransferPool[tuple[str, str, Digest, str, bool], Uploaded] = TransferPool(
             task_group, max_concurrent, "upload", slow_after=slow_after, metrics=metrics
         )
+        self._sending: KeyedLocks[tuple[str, str, Digest]] = KeyedLocks()
 
     @property
     def active(self) -> int:
@@ -94,6 +96,27 @@ class UploadManager:
 
     def states(self) -> list[TransferState]:
         return self._transfers.states()
+
+    async def send_whole(
+        self,
+        client: RegistryClient,
+        digest: Digest,
+        size: int,
+        read: Callable[[], Awaitable[bytes]],
+        who: str,
+    ) -> bool:
+        """Make sure the client's repository has the small blob `digest` of `size` bytes,
+        sending what `read` gives if it lacks it; whether it was sent. `who` names the
+        blob in an error: "config", "blob"."""
+        key = (client.endpoint.domain, client.repository, digest)
+        async with self._sending.hold(key):
+            said = await client.blob_size(digest)
+            if said is not None:
+                checked_size(size, digest, said, f"{client.endpoint.domain} has {who}")
+                return False
+            raw = await read()
+            await client.upload_blob(digest, len(raw), raw)
+            return True
 
     async def upload(
         self,

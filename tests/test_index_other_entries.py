@@ -292,3 +292,40 @@ def test_a_nested_index_is_kept_with_the_index_and_goes_with_it(
     assert removed.returncode == 0, removed.stderr
     assert daemon.blob_files() == []
     assert daemon.ferryd("fsck").returncode == 0
+
+
+def test_a_stored_nested_index_and_artifact_show_as_available_in_the_list(
+    registry: Registry, daemon: Daemon, layout: Path
+) -> None:
+    _init_layout(layout)
+    amd64, arm64 = image(layout, "amd64", 9970), image(layout, "arm64", 9971)
+    signed, signed_blobs = artifact(layout, b'{"signature": 9972}')
+    inner = index(layout, [entry(arm64)], tag=None)
+    inner_entry = {"mediaType": OCI_INDEX, "digest": sha256(inner), "size": len(inner)}
+    index(layout, [entry(amd64), inner_entry, signed])
+    seed(registry, layout, "latest", "others/listed-nested:v1")
+    source = f"{registry.host}/others/listed-nested:v1"
+
+    def availability() -> dict[str, bool]:
+        listed = daemon.client().get_json("/images/json", {"manifests": "1"})
+        [row] = [row for row in listed if source in row["RepoTags"]]
+        return {m["ID"]: m["Available"] for m in row["Manifests"]}
+
+    assert errors(daemon.pull(source)) == []  # amd64 alone
+    assert availability() == {
+        amd64.manifest_digest: True,
+        sha256(inner): False,
+        signed["digest"]: False,
+    }
+
+    assert errors(daemon.pull(source, **{"all-platforms": "1"})) == []
+    assert availability() == {
+        amd64.manifest_digest: True,
+        sha256(inner): True,
+        signed["digest"]: True,
+    }
+    listed = daemon.client().get_json("/images/json", {"manifests": "1"})
+    [row] = [row for row in listed if source in row["RepoTags"]]
+    [shown] = [m for m in row["Manifests"] if m["ID"] == signed["digest"]]
+    sizes = {digest: stored_blob(daemon, digest).stat().st_size for digest in signed_blobs}
+    assert shown["Size"]["Content"] == signed["size"] + sum(sizes.values())

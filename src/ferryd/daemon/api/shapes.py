@@ -126,20 +126,26 @@ def manifest_summary(store: Store, entry: IndexEntry, image_id: Digest | None) -
     """API 1.47's ImageManifestSummary of one entry of an index (`image_id`: the image its
     manifest is stored for, None when it is not): `Available` when the entry's image is
     stored, `Size.Content` the bytes of its manifest, config and (compressed) layers
-    held, `ImageData.Size.Unpacked` its layers uncompressed."""
+    held, `ImageData.Size.Unpacked` its layers uncompressed. A nested index or an
+    artifact is no image: available when it is kept with all it lists."""
     record = store.images.record(image_id) if image_id is not None else None
     content = unpacked = 0
     model: ConfigModel | None = None
+    available = record is not None
     if record is not None:
         config = store.images.get(record.id)
         model = decode_config(config)
         unpacked = record.size
         content = entry.size + len(config) + _layers_size(store, model)
+    elif entry.kind in ("index", "unknown") and store.indexes.complete(entry.digest):
+        available = True
+        blobs = [e.size for e in store.indexes.entries(entry.digest) if e.kind == "blob"]
+        content = entry.size + sum(blobs)
     kind = entry.kind if entry.kind in ("image", "attestation") else "unknown"
     summary: dict[str, Any] = {
         "ID": entry.digest,
         "Descriptor": entry.descriptor(),
-        "Available": record is not None,
+        "Available": available,
         "Size": {"Total": content + unpacked, "Content": content},
         "Kind": kind,
     }

@@ -6,6 +6,11 @@ no entry is ever held whole. It understands what docker (Go's archive/tar), skop
 GNU tar write: ustar names with their prefix, pax records (`path`, `linkpath`, `size`)
 and GNU long names, base-256 sizes. What an entry *means* is its handler's business;
 the parser only bounds what it buffers itself (headers, pax records, long names).
+
+Not the standard library's tarfile, which would be simpler: it pulls from a file
+object (a request body is pushed to the event loop), and it reads a pax header or a GNU
+long name whole, at whatever size its header claims (`TarInfo._proc_pax`), so a
+hostile archive of a few bytes could make it read gigabytes into memory.
 """
 
 from __future__ import annotations

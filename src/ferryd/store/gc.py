@@ -1,5 +1,7 @@
 """Removing an image and whatever only it used: layers, then blobs; and the indexes no
-reference names any more, with the images only they used.
+reference names any more, with the images only they used. A layer that stays keeps its
+first blob, and each other blob of it (another platform's or compression's) while a
+stored manifest names it.
 
 Rows go first, in one transaction; blob files after it commits, so a crash between the
 two leaves only unreferenced files, never a row that points at a missing blob.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ferryd.errors import FerrydError
 from ferryd.oci.digest import Digest
+from ferryd.oci.manifest import decode_manifest
 from ferryd.store.layers import Layer
 from ferryd.store.refcount import Watch
 from ferryd.store.store import Store
@@ -48,14 +51,73 @@ def remove_image(store: Store, image_id: Digest) -> tuple[list[Digest], set[Dige
 
 def _remove_rows(store: Store, image_id: Digest) -> tuple[list[Digest], set[Digest]]:
     """`remove_image` but for the last step: the blobs its rows used, kept or not."""
-    candidates = {image_id, *store.manifests.digests_of(image_id)}
+    manifests = store.manifests.digests_of(image_id)
+    candidates = {image_id, *manifests}
+    # Read before the rows go: what else the removal frees of the layers that stay.
+    named = _layer_blobs_named(store, manifests)
     store.references.delete_image(image_id)
     store.manifests.delete_image(image_id)
     store.images.delete(image_id)
     unused = _unused_layers(store)
     for layer in unused:
         candidates |= store.layers.delete(layer.chain_id)
+    candidates |= _forget_unnamed_blobs(store, named)
     return [layer.chain_id for layer in unused], candidates
+
+
+def _layer_blobs_named(store: Store, manifests: Iterable[Digest]) -> set[Digest]:
+    """The layer blobs the stored `manifests` name; one that cannot be read names none
+    (its blob is lost or broken: fsck's to report), and its blobs go with their layers."""
+    named: set[Digest] = set()
+    for manifest in manifests:
+        named |= _layers_of(store, manifest) or set()
+    return named
+
+
+def _layers_of(store: Store, manifest: Digest) -> set[Digest] | None:
+    """The layer blobs the stored manifest names; None when it cannot be read."""
+    try:
+        described = decode_manifest(store.blobs.get(manifest))
+    except (FerrydError, OSError):
+        return None
+    return {Digest(layer.digest) for layer in described.layers}
+
+
+def _forget_unnamed_blobs(store: Store, named: set[Digest]) -> set[Digest]:
+    """Forget the rows that keep one of `named` (blobs the manifests just removed named)
+    for a layer that stays, beside its first blob, when no manifest still stored names
+    it: another platform's or compression's blob is needed only by the manifests that
+    name it (a push or save sends each manifest's own). The blobs forgotten.
+
+    A transfer holding the layer (or one above it) may have found it stored with the
+    blob, for a manifest it has yet to commit: such rows stay, as when a stored manifest
+    cannot be read to tell what it names; the layer's removal takes them."""
+    rows = store.layers.other_blobs(named) if named else []
+    if not rows:
+        return set()
+    layers = {layer.chain_id: layer for layer in store.layers.all()}
+    held = _stacks(layers, store.layers.holds.keys())  # a push holds its top layer only
+    rows = [row for row in rows if row.chain_id not in held]
+    still_named: set[Digest] = set()
+    # Only the manifests of images whose stack has one of the layers can name their blobs.
+    for manifest in _manifests_over(store, layers, {row.chain_id for row in rows}):
+        named_here = _layers_of(store, manifest)
+        if named_here is None:
+            return set()
+        still_named |= named_here
+    forgotten: set[Digest] = set()
+    for row in rows:
+        if row.digest not in still_named:
+            store.layers.forget_blob(row.chain_id, row.digest)
+            forgotten.add(row.digest)
+    return forgotten
+
+
+def _manifests_over(store: Store, layers: dict[Digest, Layer], chains: set[Digest]) -> list[Digest]:
+    """The stored manifests of the images whose stack has one of the layers `chains`."""
+    rows = store.db.all("SELECT id, top_layer FROM images WHERE top_layer IS NOT NULL")
+    users = [row["id"] for row in rows if _stacks(layers, [row["top_layer"]]) & chains]
+    return [manifest for image in users for manifest in store.manifests.digests_of(image)]
 
 
 def kept_blobs(store: Store) -> set[Digest]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 
@@ -139,6 +139,23 @@ class LayerStore:
             for row in rows:
                 blob = _layer_blob(row)
                 found.setdefault(blob.chain_id, {})[blob.digest] = blob
+        return found
+
+    def other_blobs(self, digests: Iterable[Digest]) -> list[LayerBlob]:
+        """The rows that keep one of `digests` for a layer beside its first blob (which
+        goes only with the layer): what a removal may forget once no manifest names it."""
+        found: list[LayerBlob] = []
+        unique = sorted(set(digests))
+        for start in range(0, len(unique), 500):  # as `blobs_of`: SQLite's bound
+            part = unique[start : start + 500]
+            rows = self._db.all(
+                "SELECT layer_blobs.chain_id, layer_blobs.blob_digest, layer_blobs.media_type, "
+                "layer_blobs.compressed_size FROM layer_blobs JOIN layers USING (chain_id) "
+                "WHERE layer_blobs.blob_digest != layers.blob_digest "
+                f"AND layer_blobs.blob_digest IN ({', '.join('?' * len(part))})",
+                part,
+            )
+            found += [_layer_blob(row) for row in rows]
         return found
 
     def all_blobs(self) -> list[LayerBlob]:

@@ -212,18 +212,9 @@ def _unused_layers(store: Store) -> list[Layer]:
     what it kept once it lets go (`RefCounter.in_use`, `delete_left`): a pull that held
     an image it found stored, and failed."""
     layers = {layer.chain_id: layer for layer in store.layers.all()}
-    used: set[Digest] = set()
-
-    def reach(start: Digest) -> None:
-        chain: Digest | None = start
-        while chain is not None and chain not in used and chain in layers:
-            used.add(chain)
-            chain = layers[chain].parent
-
-    for start in store.images.top_layers():
-        reach(start)
-    for start in store.layers.holds.in_use(lambda chain: chain in layers and chain not in used):
-        reach(start)
+    used = _stacks(layers, store.images.top_layers())
+    held = store.layers.holds.in_use(lambda chain: chain in layers and chain not in used)
+    used = _stacks(layers, held, used)
     unused = [layer for chain, layer in layers.items() if chain not in used]
     # The parent column points at the layer below: delete from the top down.
     return sorted(unused, key=lambda layer: -_depth(layers, layer))
@@ -299,10 +290,13 @@ def _delete_layers_left(store: Store, held: list[Digest]) -> set[Digest]:
         return {digest for digest in blobs if not is_referenced(store, digest)}
 
 
-def _stacks(layers: dict[Digest, Layer], tops: Iterable[Digest]) -> set[Digest]:
-    """The layers of `layers` that `tops` are, and those under them there. Of unused
-    layers: under a layer something uses, every layer is used, so the walk stops."""
-    found: set[Digest] = set()
+def _stacks(
+    layers: dict[Digest, Layer], tops: Iterable[Digest], found: set[Digest] | None = None
+) -> set[Digest]:
+    """The layers of `layers` that `tops` are, and those under them there, added to
+    `found` (stacks already walked: under a layer found, every layer is, so the walk
+    stops there)."""
+    found = set() if found is None else found
     for top in tops:
         chain: Digest | None = top
         while chain is not None and chain in layers and chain not in found:

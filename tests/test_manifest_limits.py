@@ -15,7 +15,13 @@ from ferryd.distribution import pull
 from ferryd.distribution.context import PullContext
 from ferryd.errors import ManifestError
 from ferryd.oci.digest import sha256_digest
-from ferryd.oci.manifest import MAX_LAYERS, FetchedManifest, decode_manifest
+from ferryd.oci.manifest import (
+    MAX_CHILDREN_BYTES,
+    MAX_INDEX_ENTRIES,
+    MAX_LAYERS,
+    FetchedManifest,
+    decode_manifest,
+)
 from ferryd.oci.mediatypes import OCI_INDEX, OCI_MANIFEST
 from ferryd.oci.reference import parse_repository
 from ferryd.registry.client import RegistryClient
@@ -71,12 +77,12 @@ async def _from(index: bytes, child: bytes) -> list[str]:
 
 async def test_an_index_of_more_entries_than_a_pull_takes_is_refused_before_any_fetch() -> None:
     with pytest.raises(ManifestError, match="--platform"):
-        await _from(_index(pull.MAX_INDEX_ENTRIES + 1), _manifest(1))
+        await _from(_index(MAX_INDEX_ENTRIES + 1), _manifest(1))
 
 
 async def test_an_index_whose_manifests_come_to_over_the_budget_is_refused() -> None:
     big = _manifest(1) + b" " * (4 * 2**20 - 1024)  # a 4 MiB manifest, padded
-    count = pull._CHILDREN_BYTES // len(big) + 2
+    count = MAX_CHILDREN_BYTES // len(big) + 2
     with pytest.raises(ManifestError, match="MiB: refused"):
         await _from(_index(count), big)
 

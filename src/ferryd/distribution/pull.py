@@ -38,7 +38,9 @@ from ferryd.oci.image_config import (
     rootfs_of,
 )
 from ferryd.oci.manifest import (
+    MAX_CHILDREN_BYTES,
     MAX_INDEX_DEPTH,
+    MAX_INDEX_ENTRIES,
     Descriptor,
     FetchedManifest,
     ImageIndex,
@@ -69,11 +71,7 @@ log = structlog.get_logger("ferryd.pull")
 DENIED = "denied: requested access to the resource is denied"  # distribution's default
 # The manifest took this long or more: send the first layers' GETs ahead of the config.
 SEND_AHEAD_AFTER = 0.01
-# An index may list tens of thousands of entries in its 4 MiB; a real one, a few dozen
-# (every platform, each with its attestation).
-MAX_INDEX_ENTRIES = 512
 _CHILDREN_AT_ONCE = 16
-_CHILDREN_BYTES = 64 * 2**20
 # The blobs of the artifacts an index lists (attestation-like metadata: signatures,
 # SBOMs), fetched whole and held until the commit: within this budget.
 _ARTIFACT_BYTES = 256 * 2**20
@@ -346,10 +344,10 @@ class _Held:
 
     def manifest(self, size: int) -> None:
         self.manifests += size
-        if self.manifests > _CHILDREN_BYTES:
+        if self.manifests > MAX_CHILDREN_BYTES:
             raise ManifestError(
                 f"the manifests of the image index's {self.count} entries come to over "
-                f"{_CHILDREN_BYTES // 2**20} MiB: refused"
+                f"{MAX_CHILDREN_BYTES // 2**20} MiB: refused"
             )
 
     def artifact(self, size: int) -> None:

@@ -45,6 +45,11 @@ else (an artifact, an `unknown/unknown` entry without the attestation annotation
 
 # A nested index is pulled with what it lists, down to this depth (the top index is 0).
 MAX_INDEX_DEPTH = 4
+# An index may list tens of thousands of entries in its 4 MiB; a real one, a few dozen
+# (every platform, each with its attestation). Pulls and loads take at most this many
+# from one index, its nested indexes' included, and their manifests up to this budget.
+MAX_INDEX_ENTRIES = 512
+MAX_CHILDREN_BYTES = 64 * 2**20
 # An artifact's manifest names a config and layers (or an artifact manifest's blobs):
 # a few, as a rule.
 MAX_ARTIFACT_BLOBS = 1024

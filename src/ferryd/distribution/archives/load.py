@@ -15,6 +15,9 @@ store it all in one go or nothing at all.
    manifest); otherwise `manifest.json`'s files are its layers. An index that
    `index.json` names (a multi-platform image) is kept as itself, with every platform
    whose blobs the archive holds (only `platform`'s, when given), and its names name it.
+   Loaded whole (no `platform`), it keeps what it lists beyond images as a pull of all
+   platforms does, each nested index (with its images) and artifact (with its blobs)
+   the archive holds whole, within a pull's depth and entry limits.
    Every blob's digest and size, every layer's DiffID, every config and manifest are
    checked against each other; a blob's content against the digest it is used as, when
    its name is a symbolic link too. Manifests and indexes are named by their sha256.
@@ -65,11 +68,15 @@ from ferryd.errors import (
 from ferryd.oci.digest import Digest, algorithm_of, chain_ids, sha256_digest, short_id
 from ferryd.oci.image_config import MAX_CONFIG_SIZE, check_usable_os, decode_config, rootfs_of
 from ferryd.oci.manifest import (
+    MAX_CHILDREN_BYTES,
+    MAX_INDEX_DEPTH,
+    MAX_INDEX_ENTRIES,
     MAX_LAYERS,
     MAX_MANIFEST_SIZE,
     Descriptor,
     FetchedManifest,
     ImageIndex,
+    artifact_blobs,
     check_supported,
     decode_index,
     decode_manifest,
@@ -83,6 +90,7 @@ from ferryd.oci.mediatypes import (
     IMAGE_MANIFEST_TYPES,
     INDEX_TYPES,
     OCI_CONFIG,
+    SCHEMA1_TYPES,
     Compression,
     Family,
     layer_media_type,
@@ -390,13 +398,27 @@ class _ImagePlan:
 
 
 @dataclass
+class _OtherPlan:
+    """A nested index or an artifact (an `unknown` entry's manifest) an index lists,
+    kept as a pull of all platforms keeps it: as it is, with what it lists or names."""
+
+    manifest: FetchedManifest
+    index: ImageIndex | None  # a nested index, decoded
+    blobs: list[Descriptor]  # of an artifact: the blobs it names
+    staged: dict[Digest, StagedFile]  # of those, the ones the archive holds (checked)
+    # Of a nested index: the plans of the images it lists, by manifest digest.
+    children: dict[Digest, _ImagePlan] = field(default_factory=dict)
+
+
+@dataclass
 class _IndexPlan:
     """An index `index.json` names, kept as itself with the platforms loaded."""
 
     index: FetchedManifest
     decoded: ImageIndex
     names: list[Reference]
-    children: list[_ImagePlan]  # the images of its entries the archive holds
+    children: list[_ImagePlan]  # the images of its entries (nested ones') the archive holds
+    others: list[_OtherPlan]  # its nested indexes and artifacts the archive holds whole
 
 
 @dataclass
@@ -439,6 +461,8 @@ class _Config:
 
 
 _Blob = tuple[Digest, str]  # a manifest's or an index's digest, and its media type
+# An index decoded, the plans of its images and its others (see `_index_children`).
+_Indexed = tuple[ImageIndex, list[_ImagePlan], list[_OtherPlan]]
 
 
 @dataclass
@@ -450,7 +474,7 @@ class _Decoded:
     configs: _Once[Path, _Config] = field(default_factory=_Once)
     manifests: _Once[_Blob, FetchedManifest] = field(default_factory=_Once)
     images: _Once[_Blob, _ImagePlan] = field(default_factory=_Once)
-    indexes: _Once[_Blob, tuple[ImageIndex, list[_ImagePlan]] | None] = field(default_factory=_Once)
+    indexes: _Once[_Blob, _Indexed | None] = field(default_factory=_Once)
 
 
 def _named(plan: _ImagePlan, names: list[Reference]) -> _ImagePlan:
@@ -754,15 +778,17 @@ def _index_plan(
     planned = decoded.indexes.get(key, lambda: _index_children(intake, index, platform, decoded))
     if planned is None:
         return None
-    decoded_index, children = planned
-    return _IndexPlan(index, decoded_index, list(names), [_named(c, c.names) for c in children])
+    decoded_index, children, others = planned
+    copies = [_named(c, c.names) for c in children]
+    return _IndexPlan(index, decoded_index, list(names), copies, others)
 
 
 def _index_children(
     intake: Intake, index: FetchedManifest, platform: Platform | None, decoded: _Decoded
-) -> tuple[ImageIndex, list[_ImagePlan]] | None:
-    """The index decoded and the plans of its images the archive holds (see
-    `_index_plan`)."""
+) -> _Indexed | None:
+    """The index decoded, the plans of its images the archive holds (see `_index_plan`)
+    and, loaded whole, its nested indexes and artifacts the archive holds whole
+    (`_whole_others`), whose images are among those plans."""
     try:
         index_model = decode_index(index.raw)
     except ContentError as exc:
@@ -777,20 +803,161 @@ def _index_children(
             present = select_platforms(ImageIndex(present), [platform])
         except PlatformNotFoundError:
             return None  # another platform's image: not one to load
-    children = []
-    for entry in present:
-        manifest = _top_manifest(intake, entry, decoded)
-        if manifest is None or manifest.media_type in INDEX_TYPES:
-            continue
-        try:
-            children.append(_oci_plan(intake, manifest, [], decoded))
-        except _Missing:
-            continue  # the archive holds its manifest only (as containerd writes it)
+    children = [
+        plan for entry in present if (plan := _entry_image(intake, entry, decoded)) is not None
+    ]
     if not any(entry_kind(c.entry) == "image" for c in _entries_of(present, children)):
         raise ArchiveError(
             f"the archive's image index {index.digest} has none of its images whole in it"
         )
-    return index_model, children
+    if platform is not None:
+        return index_model, children, []
+    others = _whole_others(intake, index.digest, index_model, decoded)
+    planned = {Digest(entry.digest) for entry in present}
+    for other in others:
+        for digest, child in other.children.items():
+            if digest not in planned:
+                planned.add(digest)
+                children.append(child)
+    return index_model, children, others
+
+
+def _entry_image(intake: Intake, entry: Descriptor, decoded: _Decoded) -> _ImagePlan | None:
+    """The image an index entry the archive has names; None when the archive holds its
+    manifest only (as containerd writes it), or it is no image manifest."""
+    manifest = _top_manifest(intake, entry, decoded)
+    if manifest is None or manifest.media_type in INDEX_TYPES:
+        return None
+    try:
+        return _oci_plan(intake, manifest, [], decoded)
+    except _Missing:
+        return None
+
+
+def _whole_others(
+    intake: Intake, digest: Digest, index: ImageIndex, decoded: _Decoded
+) -> list[_OtherPlan]:
+    """What the index `digest`, loaded whole, lists beyond images that the archive holds
+    whole, as a pull of all platforms keeps it: each nested index and artifact, each
+    once (a digest names its content: none can list itself), deeper first; within a
+    pull's limits (`MAX_INDEX_DEPTH` deep, `MAX_INDEX_ENTRIES` entries and
+    `MAX_CHILDREN_BYTES` of manifests in all). One the archive lacks, or holds part of,
+    is left out (`_whole`)."""
+    found: list[_OtherPlan] = []
+    seen: set[str] = set()
+    listed = held = 0
+    level, depth = [index], 0
+    while level:
+        depth += 1
+        reached = []
+        for current in level:
+            for entry in current.manifests:
+                if entry.digest in seen:
+                    continue
+                seen.add(entry.digest)
+                if entry_kind(entry) in ("index", "unknown") and (
+                    _resolve_blob(intake, Digest(entry.digest)) is not None
+                ):
+                    reached.append(_other_plan(intake, entry, depth))
+                    held += len(reached[-1].manifest.raw)
+                    if held > MAX_CHILDREN_BYTES:
+                        raise ArchiveError(
+                            f"refused: the nested indexes and artifacts the archive's image "
+                            f"index {digest} lists come to over "
+                            f"{MAX_CHILDREN_BYTES // 2**20} MiB (as a pull takes)"
+                        )
+        found[:0] = reached
+        level = [other.index for other in reached if other.index is not None]
+        # Counted before they are walked: a nested index may list tens of thousands.
+        listed += sum(len(nested.manifests) for nested in level)
+        if listed > MAX_INDEX_ENTRIES:
+            raise ArchiveError(
+                f"refused: the archive's image index {digest} lists over {MAX_INDEX_ENTRIES} "
+                f"entries in its nested indexes (a pull takes at most {MAX_INDEX_ENTRIES})"
+            )
+    return _whole(intake, found, decoded)
+
+
+def _other_plan(intake: Intake, entry: Descriptor, depth: int) -> _OtherPlan:
+    """A nested index or an artifact the archive holds (`depth`: 1 for the top index's
+    entries), read and checked as a pull checks what it fetches: named by its sha256,
+    of the size its entry says, nested at most `MAX_INDEX_DEPTH` deep; an artifact's
+    blobs (`artifact_blobs`) checked where the archive has them."""
+    digest = Digest(entry.digest)
+    what = "image index" if entry_kind(entry) == "index" else "artifact manifest"
+    algorithm = algorithm_of(digest)
+    if algorithm != "sha256":
+        # The store keeps a manifest's or an index's blob under its sha256 only.
+        raise ArchiveError(
+            f"the archive's {what} {digest} is named by a {algorithm} digest: ferryd loads "
+            "only manifests and indexes named by their sha256 (as docker does)"
+        )
+    _, raw = _blob(intake, entry, MAX_MANIFEST_SIZE, what)
+    try:
+        media_type = media_type_of(entry.mediaType, raw)
+        if media_type in SCHEMA1_TYPES:
+            check_supported(media_type)
+        index = decode_index(raw) if media_type in INDEX_TYPES else None
+        blobs = artifact_blobs(raw) if index is None else []
+    except ContentError as exc:
+        raise ArchiveError(f"the archive's {what} {digest}: {exc}") from None
+    if index is not None and depth > MAX_INDEX_DEPTH:
+        raise ArchiveError(
+            f"refused: the archive's image index {digest} is nested {depth} deep (ferryd "
+            f"takes indexes nested at most {MAX_INDEX_DEPTH} deep, as its pulls do)"
+        )
+    staged: dict[Digest, StagedFile] = {}
+    for blob in blobs:
+        blob_digest = Digest(blob.digest)
+        if algorithm_of(blob_digest) != "sha256":
+            raise ArchiveError(
+                f"the archive's artifact {digest} names blob {blob_digest}: ferryd keeps "
+                "blobs by their sha256 only"
+            )
+        try:
+            found = _sized_blob(intake, blob)
+        except ArchiveError as exc:
+            raise ArchiveError(f"the archive's artifact {digest}: {exc}") from None
+        if found is not None:
+            staged[blob_digest] = found
+    return _OtherPlan(FetchedManifest(media_type, digest, raw), index, blobs, staged)
+
+
+def _whole(intake: Intake, found: list[_OtherPlan], decoded: _Decoded) -> list[_OtherPlan]:
+    """Of `found`, those the archive holds whole (a pull keeps them so, and a push sends
+    them so): an artifact with every blob it names, a nested index with each image it
+    lists (`_entry_image`, kept as its `children`) and each nested index and artifact
+    it lists whole in turn. One that lacks a part is left out with all that list it."""
+    by_digest = {other.manifest.digest: other for other in found}
+    listing: dict[Digest, list[Digest]] = {}  # of each, the nested indexes listing it
+    partial: list[Digest] = []
+    for other in found:
+        digest = other.manifest.digest
+        if other.index is None:
+            if len(other.staged) < len(other.blobs):
+                partial.append(digest)
+            continue
+        for entry in other.index.manifests:
+            child = Digest(entry.digest)
+            if entry_kind(entry) in ("index", "unknown"):
+                if child in by_digest:
+                    listing.setdefault(child, []).append(digest)
+                else:
+                    partial.append(digest)
+                continue
+            present = _resolve_blob(intake, child) is not None
+            plan = _entry_image(intake, entry, decoded) if present else None
+            if plan is None:
+                partial.append(digest)
+            else:
+                other.children[child] = plan
+    left_out: set[Digest] = set()
+    while partial:
+        digest = partial.pop()
+        if digest not in left_out:
+            left_out.add(digest)
+            partial += listing.get(digest, [])
+    return [other for other in found if other.manifest.digest not in left_out]
 
 
 @dataclass(frozen=True, slots=True)
@@ -988,6 +1155,12 @@ def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[L
                 pin(plan.manifest.digest)
         for indexed in planned.indexes:
             pin(indexed.index.digest)  # what it is put under below
+            for other in indexed.others:
+                pin(other.manifest.digest)
+                for digest, staged in other.staged.items():
+                    pin(digest)
+                    if digest not in moving and not blobs.has(digest):
+                        moving[digest] = staged
         # Blob files first, each fsync'd, outside the transaction: the database lock is
         # never held across a disk flush, and a row never points at a missing blob.
         for digest, staged in moving.items():
@@ -1002,6 +1175,8 @@ def _commit(store: Store, planned: _Plans, default_platform: Platform) -> list[L
                 put(plan.manifest.raw, plan.manifest.digest)
         for indexed in planned.indexes:
             put(indexed.index.raw, indexed.index.digest)
+            for other in indexed.others:
+                put(other.manifest.raw, other.manifest.digest)
         with store.db.transaction():
             loaded = {plan.image_id: _register(store, plan, held) for plan in plans}
             for plan in variants:
@@ -1036,6 +1211,14 @@ def _register_index(
     if not children:
         return None
     store.indexes.add(index.digest, index.media_type, index.raw, indexed.decoded)
+    for other in indexed.others:  # deeper first, as a pull keeps them
+        manifest = other.manifest
+        if other.index is not None:
+            store.indexes.add(manifest.digest, manifest.media_type, manifest.raw, other.index)
+        else:
+            store.indexes.add_artifact(
+                manifest.digest, manifest.media_type, manifest.raw, other.blobs
+            )
     entries = store.indexes.entries(index.digest)
     stored = store.indexes.stored_children(index.digest)
     image_id = default_child(entries, stored, default_platform)

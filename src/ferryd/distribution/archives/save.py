@@ -13,11 +13,15 @@ names the index (its own bytes, so its digest is kept) and the archive carries e
 platform of it that is stored, each with its manifest, config and layers; docker's
 `manifest.json` lists each platform's image, as docker 25+ does, the name on the one
 for the default platform. With a `platform`, the image of that platform alone is saved.
+An index saved whole carries, in the OCI part, what it lists beyond images that is kept
+whole (as a push sends it): each nested index with the images it lists, each artifact
+with the blobs it names; `manifest.json` lists images only, as before.
 
 Everything is decided before the first byte (an unknown name is a 404, an image of
 another platform too) and held until the last: the images' top layers (and with them
-every layer below); their configs, manifests and indexes are read then, and kept in
-memory (an rmi while the archive streams deletes their files). Layer blobs are streamed
+every layer below) and the blobs of the artifacts (pinned); their configs, manifests and
+indexes are read then, and kept in memory (an rmi while the archive streams deletes
+their files). Layer and artifact blobs are streamed
 from disk in 1 MiB pieces, each read and hashed in one worker-thread call; a blob that
 is no longer what its digest says ends the archive short, and the client sees a cut
 transfer rather than a corrupt archive.
@@ -52,6 +56,7 @@ from ferryd.oci.manifest import (
 )
 from ferryd.oci.mediatypes import (
     IMAGE_MANIFEST_TYPES,
+    INDEX_TYPES,
     OCI_INDEX,
     config_type,
     family_of,
@@ -62,7 +67,7 @@ from ferryd.oci.reference import Reference, parse_reference
 from ferryd.store import Store
 from ferryd.store.gc import unpin
 from ferryd.store.images import ImageRecord
-from ferryd.store.indexes import StoredIndex
+from ferryd.store.indexes import IndexEntry, StoredIndex
 from ferryd.store.layers import Layer, LayerBlob
 from ferryd.store.manifests import StoredManifest
 from ferryd.store.references import Target
@@ -94,6 +99,15 @@ class _Image:
     listed: list[Layer] | None = None  # the layers manifest.json lists, as a manifest names
 
 
+@dataclass(frozen=True, slots=True)
+class _Other:
+    """A nested index or an artifact an index lists, kept whole: saved as it is."""
+
+    digest: Digest
+    raw: bytes
+    blobs: list[IndexEntry]  # of an artifact: the blobs it names (streamed from disk)
+
+
 @dataclass
 class _Index:
     index: StoredIndex
@@ -101,6 +115,10 @@ class _Index:
     image_id: Digest  # the image its names give (listed with them in manifest.json)
     children: list[tuple[Digest, Digest]]  # (manifest, image ID) of the platforms stored
     tags: list[Reference] = field(default_factory=list)
+    # What it lists beyond images, kept whole: the images its nested indexes list
+    # (manifest, image ID; in the OCI part only), and the nested indexes and artifacts.
+    nested: list[tuple[Digest, Digest]] = field(default_factory=list)
+    others: list[_Other] = field(default_factory=list)
 
 
 @dataclass
@@ -113,6 +131,7 @@ class Export:
     _entries: list[_Entry]
     _held: list[Digest]
     _pinned: list[Digest]
+    _streamed: list[Digest]  # artifact blobs read from disk as the archive streams: pinned
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The tar, in pieces of about 1 MiB (headers and small files joined)."""
@@ -138,9 +157,10 @@ class Export:
     def release(self) -> None:
         held, self._held = self._held, []
         pinned, self._pinned = self._pinned, []
+        streamed, self._streamed = self._streamed, []
         for chain in held:
             self._store.layers.holds.release(chain)
-        for digest in pinned:
+        for digest in [*pinned, *streamed]:
             self._store.blobs.pins.release(digest)
 
 
@@ -193,7 +213,8 @@ def prepare_export(store: Store, names: list[str], platform: Platform | None) ->
         raise BadRequestError("name at least one image to save (names=…)")
     held: list[Digest] = []
     pinned: list[Digest] = []
-    export = Export([], store, [], held, pinned)
+    streamed: list[Digest] = []
+    export = Export([], store, [], held, pinned, streamed)
     try:
         images: dict[Digest, _Image] = {}
         indexes: dict[Digest, _Index] = {}
@@ -210,8 +231,10 @@ def prepare_export(store: Store, names: list[str], platform: Platform | None) ->
                 if stored is not None and platform is None:
                     indexed = indexes.get(stored.digest)
                     if indexed is None:
-                        indexed = indexes[stored.digest] = _index(store, stored, target, pinned)
-                        for _, child in indexed.children:
+                        indexed = indexes[stored.digest] = _index(
+                            store, stored, target, pinned, streamed
+                        )
+                        for _, child in [*indexed.children, *indexed.nested]:
                             image_of(child)
                     if tag is not None and tag not in indexed.tags:
                         indexed.tags.append(tag)
@@ -269,12 +292,60 @@ def _select(store: Store, name: str) -> list[tuple[Target, Reference | None]]:
     return [(target, tag) for tag, target in tags]
 
 
-def _index(store: Store, stored: StoredIndex, target: Target, pinned: list[Digest]) -> _Index:
-    """An index to save, its blob pinned, with the platforms of it that are stored."""
+def _index(
+    store: Store,
+    stored: StoredIndex,
+    target: Target,
+    pinned: list[Digest],
+    streamed: list[Digest],
+) -> _Index:
+    """An index to save whole, its blob pinned, with the platforms of it that are stored
+    and what it lists beyond images that is kept whole (`_whole_others`)."""
     store.blobs.pins.acquire(stored.digest)
     pinned.append(stored.digest)
     children = list(store.indexes.stored_children(stored.digest).items())
-    return _Index(stored, store.indexes.raw(stored.digest), target.image_id, children)
+    raw = store.indexes.raw(stored.digest)
+    nested, others = _whole_others(store, stored, pinned, streamed)
+    return _Index(stored, raw, target.image_id, children, nested=nested, others=others)
+
+
+def _whole_others(
+    store: Store, stored: StoredIndex, pinned: list[Digest], streamed: list[Digest]
+) -> tuple[list[tuple[Digest, Digest]], list[_Other]]:
+    """The nested indexes and artifacts the index's entries reach that are kept whole
+    (`IndexStore.complete`: a load then keeps them, and a push after it sends the index
+    whole), each once, pinned and read; the blobs of the artifacts, pinned until the
+    archive ends (read from disk as it streams, as layers are); and the images the
+    nested indexes list (manifest, image ID), which the archive carries as the index's
+    own. One that is not kept whole is left out, as a platform that is not stored."""
+    nested: list[tuple[Digest, Digest]] = []
+    others: list[_Other] = []
+    seen: set[Digest] = set()
+    todo = [
+        entry
+        for entry in stored.entries
+        if entry.kind in ("index", "unknown") and store.indexes.complete(entry.digest)
+    ]
+    while todo:
+        entry = todo.pop()
+        if entry.digest in seen:
+            continue
+        seen.add(entry.digest)
+        # Pin first, then look: a removal between the two cannot take it.
+        store.blobs.pins.acquire(entry.digest)
+        pinned.append(entry.digest)
+        kept = store.indexes.get(entry.digest)
+        if kept is None:
+            continue  # removed since `complete` looked: left out
+        blobs = [child for child in kept.entries if child.kind == "blob"]
+        for blob in blobs:
+            store.blobs.pins.acquire(blob.digest)
+            streamed.append(blob.digest)
+        if kept.media_type in INDEX_TYPES:
+            nested += store.indexes.stored_children(kept.digest).items()
+            todo += [child for child in kept.entries if child.kind in ("index", "unknown")]
+        others.append(_Other(kept.digest, store.indexes.raw(kept.digest), blobs))
+    return nested, others
 
 
 def _platform_child(
@@ -403,7 +474,7 @@ def _entries(
             indexed.index.digest,
             _data(layout.blob_name(indexed.index.digest), indexed.raw),
         )
-        for manifest_digest, child_id in indexed.children:
+        for manifest_digest, child_id in [*indexed.children, *indexed.nested]:
             child = store.manifests.get(manifest_digest)
             if child is not None and manifest_digest not in blobs:
                 store.blobs.pins.acquire(manifest_digest)
@@ -415,6 +486,18 @@ def _entries(
                 add_layers(child_layers)
                 if image.listed is None:
                     image.listed = child_layers
+        for other in indexed.others:
+            blobs.setdefault(other.digest, _data(layout.blob_name(other.digest), other.raw))
+            for blob in other.blobs:
+                blobs.setdefault(
+                    blob.digest,
+                    _Entry(
+                        layout.blob_name(blob.digest),
+                        blob.size,
+                        path=store.blobs.path(blob.digest),
+                        digest=blob.digest,
+                    ),
+                )
         listed_tags.setdefault(indexed.image_id, []).extend(
             tag for tag in indexed.tags if tag not in listed_tags.get(indexed.image_id, [])
         )

@@ -19,7 +19,7 @@ from ferryd.oci.reference import parse_reference
 from ferryd.registry.auth import Credentials, decode_registry_auth
 from ferryd.registry.connector import Connector
 from ferryd.registry.endpoints import RegistryService
-from support.daemon import Daemon
+from support.daemon import Daemon, errors
 from support.fakes import FakeRegistry, Reply, registry_error, serve, serve_registry
 from support.images import LayerSpec, build_image, seed
 from support.registry import Registry
@@ -71,24 +71,27 @@ def test_a_reference_with_a_real_port_or_none_is_taken(domain: str) -> None:
 
 
 @pytest.mark.registry
-def test_a_platform_the_single_platform_image_is_not_is_refused_naming_both(
+def test_a_single_platform_image_of_another_platform_is_pulled_with_dockerds_warning(
     registry: Registry, daemon: Daemon, layout: Path
 ) -> None:
+    # dockerd since 20.10.7: single-platform images whose config names another platform
+    # than the one asked for are common; the pull stores it and warns, naming both.
     build_image(layout, layers=[LayerSpec(size=2000, seed=901)], architecture="amd64")
     seed(registry, layout, "latest", "one-platform/app:v1")
     reference = f"{registry.host}/one-platform/app:v1"
 
     for platform in ("windows/amd64", "linux/arm64"):
         messages = daemon.pull(reference, platform=platform)
-        [error] = [m["error"] for m in messages if "error" in m]
-        assert "does not match the specified platform" in error
-        assert f"wanted {platform}, actual: linux/amd64" in error
-    assert daemon.images() == []
+        assert errors(messages) == []
+        [warning] = [m["status"] for m in messages if m.get("status", "").startswith("WARNING")]
+        assert "was found but does not match the specified platform" in warning
+        assert f"wanted {platform}, actual: linux/amd64" in warning
+        assert [image["RepoTags"] for image in daemon.images()] == [[reference]]
 
-    assert not [m for m in daemon.pull(reference, platform="linux/amd64") if "error" in m]
-    # Already stored: the check holds from what is stored, too.
-    messages = daemon.pull(reference, platform="linux/arm64")
-    assert any("does not match the specified platform" in m.get("error", "") for m in messages)
+    # Matching: no warning.
+    messages = daemon.pull(reference, platform="linux/amd64")
+    assert errors(messages) == []
+    assert not [m for m in messages if m.get("status", "").startswith("WARNING")]
 
 
 async def test_credentials_go_over_plain_http_only_to_the_registry_or_an_insecure_host() -> None:

@@ -868,12 +868,18 @@ def _check_platform(
     architecture: str,
     variant: str | None,
 ) -> None:
-    """A platform the client asked for must be the image's, as dockerd checks: an index
-    chose by it already, a single manifest has only its config to go by."""
+    """A platform the client asked for should be the image's: an index chose by it
+    already; a single manifest has only its config to go by, and one of another
+    platform is pulled all the same with a warning, as dockerd does (since 20.10.7:
+    single-platform images that name the wrong platform in their config abound)."""
     if top.media_type in INDEX_TYPES or ctx.all_platforms:
         return
     wanted = ctx.platforms or ((ctx.platform,) if ctx.exact_platform else ())
-    check_platform(reference.familiar, wanted, os, architecture, variant)
+    try:
+        check_platform(reference.familiar, wanted, os, architecture, variant)
+    except PlatformNotFoundError as exc:
+        ctx.progress.write(Message(f"WARNING: {exc}"))
+        log.warning("pull.platform_mismatch", image=str(reference), error=str(exc))
 
 
 def _tag(ctx: PullContext, reference: Reference, digest: Digest, target: Target) -> bool:

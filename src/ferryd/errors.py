@@ -22,6 +22,7 @@
     │   └── DatabaseLockedError        another process holds ferryd.db locked
     ├── RegistryError                  talking to a registry
     │   ├── RegistryUnreachableError   connection refused, TLS failure, timeout
+    │   │   └── NoEndpointAnsweredError  ... on the first request to a registry: not retried
     │   ├── AuthenticationError    401 wrong credentials / token service refused
     │   │   ├── AuthorizationError     no login to answer Basic, or the token service said no
     │   │   ├── CredentialHelperError  a docker-credential-* helper failed
@@ -230,6 +231,15 @@ class RegistryUnreachableError(RegistryError):
     """The registry could not be reached at all (refused, TLS, DNS, timeout)."""
 
     retryable = True
+
+
+class NoEndpointAnsweredError(RegistryUnreachableError):
+    """Not one endpoint of a registry answered the first request made to it (dockerd's
+    failed ping): the pull or push ends at once, as dockerd's does, instead of retrying
+    each of its layers for a minute. A registry that answered before and fails now is
+    a RegistryUnreachableError, retried."""
+
+    retryable = False
 
 
 class AuthenticationError(RegistryError):

@@ -313,7 +313,14 @@ async def with_retries(
 
 
 async def _count_down(delay: float, progress_id: str | None, progress: ProgressOutput) -> None:
-    """Wait `delay` seconds, saying "Retrying in N seconds" each time N changes."""
+    """Wait `delay` seconds, saying "Retrying in N seconds" each time N changes; once for
+    a retry that has no progress line of its own (a config, an artifact's blob), which
+    docker would print as a new line each second."""
+    if progress_id is None:
+        shown = math.ceil(delay)
+        progress.write(Message(f"Retrying in {shown} second{'' if shown == 1 else 's'}"))
+        await anyio.sleep(delay)
+        return
     remaining = delay
     while remaining > 0:
         shown = math.ceil(remaining)

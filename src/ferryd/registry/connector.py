@@ -12,7 +12,7 @@ import httpx
 import structlog
 
 from ferryd import __version__
-from ferryd.errors import RegistryUnreachableError
+from ferryd.errors import NoEndpointAnsweredError, RegistryUnreachableError
 from ferryd.registry import heads, requestlog, streams
 from ferryd.registry.auth import ANONYMOUS, Authenticator, Credentials, host_of
 from ferryd.registry.blocking import BlockingConnections
@@ -209,7 +209,7 @@ class Connector:
                 if generation == self._generation and self._working.get(key) in endpoints:
                     # The endpoint that worked before is gone: try them all again next time.
                     del self._working[key]
-                raise RegistryUnreachableError("; ".join(failures) or f"no endpoint for {key}")
+                raise NoEndpointAnsweredError("; ".join(failures) or f"no endpoint for {key}")
         return known, None  # another first request chose while this one waited
 
     def _known(self, key: str, credentials: Credentials) -> Route | None:

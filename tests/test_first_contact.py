@@ -49,51 +49,34 @@ class Recorder:
         self.messages.append(message)
 
 
-async def test_a_retry_without_a_progress_line_says_so_once() -> None:
+async def retried_once(progress_id: str | None) -> list[tuple[str, str | None]]:
+    """The messages of an attempt that fails once, then succeeds, 1.5 s apart."""
     progress = Recorder()
     tries = 0
 
-    async def attempt() -> str:
+    async def attempt() -> None:
         nonlocal tries
         tries += 1
         if tries == 1:
             raise RegistryUnreachableError("cannot reach the registry")
-        return "done"
-
-    with anyio.fail_after(10):
-        result = await with_retries(
-            attempt,
-            policy=RetryPolicy(attempts=2, delay=1.5),
-            progress=progress,
-            progress_id=None,
-            name="config",
-        )
-
-    assert result == "done"
-    assert [m.status for m in progress.messages] == ["Retrying in 2 seconds"]
-
-
-async def test_a_retry_with_a_progress_line_counts_down_on_it() -> None:
-    progress = Recorder()
-    tries = 0
-
-    async def attempt() -> str:
-        nonlocal tries
-        tries += 1
-        if tries == 1:
-            raise RegistryUnreachableError("cannot reach the registry")
-        return "done"
 
     with anyio.fail_after(10):
         await with_retries(
             attempt,
             policy=RetryPolicy(attempts=2, delay=1.5),
             progress=progress,
-            progress_id="abc",
-            name="layer",
+            progress_id=progress_id,
+            name="blob",
         )
+    return [(m.status, m.id) for m in progress.messages]
 
-    assert [(m.status, m.id) for m in progress.messages] == [
+
+async def test_a_retry_without_a_progress_line_says_so_once() -> None:
+    assert await retried_once(None) == [("Retrying in 2 seconds", None)]
+
+
+async def test_a_retry_with_a_progress_line_counts_down_on_it() -> None:
+    assert await retried_once("abc") == [
         ("Retrying in 2 seconds", "abc"),
         ("Retrying in 1 second", "abc"),
     ]

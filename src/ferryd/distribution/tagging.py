@@ -13,7 +13,7 @@ from ferryd.distribution.events import ImageEventLogger
 from ferryd.errors import ImageConflictError, ImageNotFoundError
 from ferryd.oci.digest import Digest, short_id
 from ferryd.oci.platform import Platform, host_platform, normalize
-from ferryd.oci.reference import Reference, parse_reference
+from ferryd.oci.reference import Reference
 from ferryd.store import Store
 from ferryd.store.gc import (
     Released,
@@ -80,7 +80,7 @@ def _remove(
                 for named in references:
                     records += _untag(store, named, target.image_id, log)
             else:
-                reference = parse_reference(name)
+                reference = store.as_reference(name)
                 target = store.references.target(reference)
                 if target is None:
                     raise ImageNotFoundError(f"No such image: {name}")

@@ -46,6 +46,7 @@ class ReferenceStore:
 
     def point(self, reference: Reference, target: Target) -> Target | None:
         """Point `reference` at `target`; returns what it named before."""
+        reference = favor_digest(reference)
         name = str(reference)
         before = self._target_of(name)
         self._db.execute(
@@ -64,11 +65,11 @@ class ReferenceStore:
         return before
 
     def get(self, reference: Reference) -> Digest | None:
-        target = self._target_of(str(reference))
+        target = self.target(reference)
         return target.image_id if target is not None else None
 
     def target(self, reference: Reference) -> Target | None:
-        return self._target_of(str(reference))
+        return self._target_of(str(favor_digest(reference)))
 
     def _target_of(self, name: str) -> Target | None:
         row = self._db.one("SELECT image_id, index_digest FROM refs WHERE name = ?", (name,))
@@ -112,7 +113,8 @@ class ReferenceStore:
     def unindex(self, reference: Reference) -> None:
         """Keep `reference` naming its image, without its index (fsck's repair of a
         broken index)."""
-        self._db.execute("UPDATE refs SET index_digest = NULL WHERE name = ?", (str(reference),))
+        name = str(favor_digest(reference))
+        self._db.execute("UPDATE refs SET index_digest = NULL WHERE name = ?", (name,))
 
     def tags_of(self, repository: Reference) -> list[tuple[Reference, Digest]]:
         """Every tag of one repository, with the image it names."""
@@ -120,21 +122,34 @@ class ReferenceStore:
 
     def tag_targets_of(self, repository: Reference) -> list[tuple[Reference, Target]]:
         """Every tag of one repository, with what it names."""
+        return [(ref, target) for ref, target in self.targets_of(repository) if ref.tag is not None]
+
+    def targets_of(self, repository: Reference) -> list[tuple[Reference, Target]]:
+        """Every reference of one repository, tags and digests, with what it names."""
         rows = self._db.all(
-            "SELECT name, image_id, index_digest FROM refs WHERE repository = ? "
-            "AND tag IS NOT NULL ORDER BY name",
+            "SELECT name, image_id, index_digest FROM refs WHERE repository = ? ORDER BY name",
             (repository.name,),
         )
-        return [(parse_reference(r["name"]), _target(r)) for r in rows]
+        return [(parse_reference(r["name"], default_tag=False), _target(r)) for r in rows]
 
     def delete_image(self, image_id: Digest) -> None:
         """Remove every reference to `image_id`."""
         self._db.execute("DELETE FROM refs WHERE image_id = ?", (image_id,))
 
     def delete(self, reference: Reference) -> bool:
-        row = self._db.one("SELECT 1 FROM refs WHERE name = ?", (str(reference),))
-        self._db.execute("DELETE FROM refs WHERE name = ?", (str(reference),))
+        name = str(favor_digest(reference))
+        row = self._db.one("SELECT 1 FROM refs WHERE name = ?", (name,))
+        self._db.execute("DELETE FROM refs WHERE name = ?", (name,))
         return row is not None
+
+
+def favor_digest(reference: Reference) -> Reference:
+    """`repo:tag@digest` as `repo@digest`: the digest names the image and the tag is
+    ignored, as dockerd's reference store does (`favorDigest`). Renovate and compose pin
+    images so; a lookup of the whole string would find nothing."""
+    if reference.tag is None or reference.digest is None:
+        return reference
+    return reference.with_digest(reference.digest)
 
 
 def _target(row: object) -> Target:

@@ -20,7 +20,7 @@ from ferryd.errors import (
     disk_errors,
 )
 from ferryd.oci.digest import Digest
-from ferryd.oci.reference import parse_reference
+from ferryd.oci.reference import Reference, parse_reference
 from ferryd.store.blobs import BlobStore
 from ferryd.store.db import DB_MODE, Database
 from ferryd.store.images import ImageConfigStore
@@ -84,7 +84,9 @@ def fix_modes(root: Path, root_mode: int) -> list[ModeFix]:
     return fixes
 
 
-_ID_PREFIX = re.compile(r"^(?:sha256:)?([a-f0-9]{1,64})$")
+# An image ID or a prefix of one, `sha256:` optional either way: dockerd's containerd
+# store (`checkTruncatedID`) and its graphdriver store (`digestset.Lookup`) take both.
+_ID_PREFIX = re.compile(r"(?:sha256:)?([a-f0-9]{1,64})")
 
 
 class Store:
@@ -140,7 +142,7 @@ class Store:
         if index is not None:
             return index
         try:
-            reference = parse_reference(name)
+            reference = self.as_reference(name)
         except InvalidReferenceError:
             raise ImageNotFoundError(f"No such image: {name}") from None
         target = self.references.target(reference)
@@ -148,16 +150,23 @@ class Store:
             raise ImageNotFoundError(f"No such image: {name}")
         return target
 
+    def as_reference(self, name: str) -> Reference:
+        """`name`, which named no image or index by ID, as a reference (a bare name gets
+        `latest`). A full ID then names an image that is not stored: dockerd reads 64
+        hex digits as a digest and answers "No such image", so this does too rather
+        than call it an invalid name."""
+        match = _ID_PREFIX.fullmatch(name)
+        if match is not None and len(match.group(1)) == 64:
+            raise ImageNotFoundError(f"No such image: {name}")
+        return parse_reference(name)
+
     def index_by_id(self, name: str) -> Target | None:
         """A named index by its digest or a unique prefix of it (`sha256:` optional),
         with the image its references give."""
-        match = _ID_PREFIX.match(name)
+        match = _ID_PREFIX.fullmatch(name)
         if match is None:
             return None
-        prefix = match.group(1)
-        if name.startswith("sha256:") and len(prefix) != 64:
-            return None
-        found = self.indexes.with_prefix(f"sha256:{prefix}")
+        found = self.indexes.with_prefix(f"sha256:{match.group(1)}")
         if len(found) != 1:
             return None
         [index] = found
@@ -167,14 +176,12 @@ class Store:
 
     def resolve_id(self, name: str) -> Digest | None:
         """The image whose ID is `name` or starts with it (`sha256:` optional)."""
-        match = _ID_PREFIX.match(name)
+        match = _ID_PREFIX.fullmatch(name)
         if match is None:
             return None
-        return self._by_id_prefix(match.group(1), full=name.startswith("sha256:"))
+        return self._by_id_prefix(match.group(1))
 
-    def _by_id_prefix(self, prefix: str, *, full: bool) -> Digest | None:
-        if full and len(prefix) != 64:
-            return None
+    def _by_id_prefix(self, prefix: str) -> Digest | None:
         rows = self.db.all(
             "SELECT id FROM images WHERE id >= ? AND id < ? LIMIT 2",
             (f"sha256:{prefix}", f"sha256:{prefix}g"),

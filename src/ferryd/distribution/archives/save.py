@@ -270,7 +270,9 @@ def prepare_export(store: Store, names: list[str], platform: Platform | None) ->
 
 def _select(store: Store, name: str) -> list[tuple[Target, Reference | None]]:
     """What `name` means, each with the tag it was named by (None: by ID or digest,
-    exported untagged as dockerd does; a repository alone means all its tags)."""
+    exported untagged as dockerd does). A repository alone means every reference of it,
+    as in dockerd's tarexport: its tags, and its digest references untagged (so a
+    repository pulled by digest only is saved, without RepoTags)."""
     image_id = store.resolve_id(name)
     if image_id is not None:
         return [(Target(image_id), None)]
@@ -285,11 +287,17 @@ def _select(store: Store, name: str) -> list[tuple[Target, Reference | None]]:
         found = store.references.target(reference)
         if found is None:
             raise ImageNotFoundError(f"No such image: {reference.familiar}")
-        return [(found, reference if reference.digest is None else None)]
-    tags = store.references.tag_targets_of(reference)
-    if not tags:
+        return [(found, _tag_of(reference))]
+    named = store.references.targets_of(reference)
+    if not named:
         raise ImageNotFoundError(f"No such image: {reference.familiar_name}")
-    return [(target, tag) for tag, target in tags]
+    return [(target, _tag_of(ref)) for ref, target in named]
+
+
+def _tag_of(reference: Reference) -> Reference | None:
+    """The tag an archive gives the image `reference` names: none for a reference with a
+    digest (`repo:tag@digest` too), as dockerd's tarexport adds no tag for those."""
+    return reference if reference.digest is None else None
 
 
 def _index(

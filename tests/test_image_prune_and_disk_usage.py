@@ -60,11 +60,11 @@ def test_prune_removes_only_untagged_images_by_default(
     assert not (stocked.root / "blobs" / "sha256" / old.layers[0].digest[7:]).exists()
     wait_until(
         lambda: (
-            [e["event"] for e in stocked.log_events() if e["event"].startswith("image.")][-2:]
-            == ["image.untag", "image.delete"]
+            [e["event"] for e in stocked.log_events() if e["event"].startswith("image.")][-3:]
+            == ["image.untag", "image.delete", "image.prune"]
         ),
         10,
-        what="the untag and delete events of the pruned image",
+        what="the untag and delete events of the pruned image, then the prune's",
     )
 
 

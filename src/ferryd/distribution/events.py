@@ -1,10 +1,11 @@
 """Image events, the event logger of moby's distribution Config.
 
-Every pull, push, tag, untag and delete is reported to an `ImageEventLogger`. The
-daemon's is the `EventHub`: each event becomes one structured log line (`image.<action>`)
-and one docker-shaped event; the last `keep` events stay in memory so that
-`docker events --since` can replay them, as dockerd's in-memory event log does. A pull or
-push that fails is one `image.<action>_failed` line (`failure_logged`).
+Every pull, push, tag, untag and delete, and each image prune, is reported to an
+`ImageEventLogger`. The daemon's is the `EventHub`: each event becomes one structured
+log line (`image.<action>`) and one docker-shaped event; the last `keep` events stay in
+memory so that `docker events --since` can replay them, as dockerd's in-memory event
+log does. A pull or push that fails is one `image.<action>_failed` line
+(`failure_logged`).
 """
 
 from __future__ import annotations
@@ -70,19 +71,25 @@ _WATCHER_BUFFER = 256
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    action: str  # pull, push, tag, untag, delete
-    actor_id: str  # the image ID, or for pull/push the reference (as dockerd)
-    name: str  # the reference the action was about, familiar form
+    action: str  # pull, push, tag, untag, delete, prune
+    actor_id: str  # the image ID, or for pull/push the reference (as dockerd); prune: ""
+    name: str  # the reference the action was about, familiar form; prune: ""
     time_nano: int
+    reclaimed: int | None = None  # prune: the bytes it freed
 
     def to_docker(self) -> dict[str, Any]:
-        """The JSON dockerd sends for an image event, legacy fields included."""
+        """The JSON dockerd sends for an image event, legacy fields included (`id` is
+        left out when empty, as Go's omitempty does for a prune)."""
+        if self.reclaimed is not None:
+            attributes = {"reclaimed": str(self.reclaimed)}
+        else:
+            attributes = {"name": self.name}
+        legacy = {"status": self.action} | ({"id": self.actor_id} if self.actor_id else {})
         return {
-            "status": self.action,
-            "id": self.actor_id,
+            **legacy,
             "Type": "image",
             "Action": self.action,
-            "Actor": {"ID": self.actor_id, "Attributes": {"name": self.name}},
+            "Actor": {"ID": self.actor_id, "Attributes": attributes},
             "scope": "local",
             "time": self.time_nano // 1_000_000_000,
             "timeNano": self.time_nano,
@@ -113,8 +120,13 @@ class EventHub:
         log_image_event(image_id, name, action, **fields)
         # dockerd's choices: pull/push name the reference (ID) and its repository
         # (name); tag/untag name the image ID and the reference; delete names the ID
-        # twice, whatever name (a short ID, a tag) the removal was asked by.
-        if action in ("pull", "push"):
+        # twice, whatever name (a short ID, a tag) the removal was asked by; a prune
+        # names nothing and says what it freed.
+        if action == "prune":
+            freed = fields.get("reclaimed")
+            reclaimed = freed if isinstance(freed, int) else 0
+            event = Event(action, "", "", time.time_ns(), reclaimed=reclaimed)
+        elif action in ("pull", "push"):
             event = Event(action, _familiar(name), _familiar(name, repository=True), time.time_ns())
         elif action == "delete":
             event = Event(action, image_id, image_id, time.time_ns())

@@ -5,7 +5,8 @@ ferryd runs no containers, so every image is unused: `dangling_only` (the defaul
 removes the images without a tag, otherwise every image chosen. Each goes as `rmi`
 would take it, name by name (`repo@digest`, or its ID when nothing names it), with
 rmi's rules, events and garbage collection; a name that is gone meanwhile, or an
-image a pull tagged meanwhile, is skipped, not an error.
+image a pull tagged meanwhile, is skipped, not an error. Every prune ends with a
+`prune` event saying the bytes it freed, as dockerd's.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def prune(
             if report.deleted:
                 sweep(store, reason="prune")
             store.reserve.keep()
+        log("", "", "prune", reclaimed=report.reclaimed)
         return report
     finally:
         _running.release()

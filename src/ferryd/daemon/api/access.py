@@ -62,6 +62,12 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/images/get", "push"),
     ("GET", "/images/{name}/get", "push"),
     ("POST", "/images/prune", "delete"),
+    # Empty answers that remove nothing, as the 501s beside them (`docker system prune`
+    # asks them before and after the image prune, which needs `delete`).
+    ("POST", "/containers/prune", "read"),
+    ("POST", "/networks/prune", "read"),
+    ("POST", "/volumes/prune", "read"),
+    ("POST", "/build/prune", "read"),
     ("POST", "/images/load", "delete"),
     ("DELETE", "/images/{name}", "delete"),
     # ferryd's own: a check reads every blob of the store, a repair removes what is

@@ -19,7 +19,8 @@ from ferryd.daemon.api.archives import load_images, save_image, save_images
 from ferryd.daemon.api.limits import IdleLimitedBody
 from ferryd.daemon.api.metrics import RequestMetrics, metrics
 from ferryd.daemon.api.routing import NotSupported, OwnMethodsRoute
-from ferryd.daemon.api.system import API_VERSION
+from ferryd.daemon.api.system import API_VERSION, MIN_API_VERSION
+from ferryd.daemon.api.versions import CURRENT, MINIMUM, SCOPE_KEY
 from ferryd.daemon.state import DaemonState
 from ferryd.distribution.service import ImageService
 from ferryd.errors import FerrydError
@@ -32,7 +33,9 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 class StripVersion:
-    """`/v1.47/images/json` → `/images/json`; refuse versions newer than ours as dockerd."""
+    """`/v1.47/images/json` → `/images/json`, the version left in the scope for the
+    routes (`versions.asked_version`); versions newer than ours or older than the
+    minimum refused with dockerd's 400."""
 
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
@@ -42,16 +45,26 @@ class StripVersion:
             match = _VERSION_PREFIX.match(scope["path"])
             if match is not None:
                 asked = (_version_part(match.group(1)), _version_part(match.group(2)))
-                if asked > tuple(int(x) for x in API_VERSION.split(".")):
-                    response = _error(
-                        400,
-                        f"client version {match.group(1)[:20]}.{match.group(2)[:20]} is too "
-                        f"new. Maximum supported API version is {API_VERSION}",
-                    )
-                    await response(scope, receive, send)
+                refusal = _refusal(asked, f"{match.group(1)[:20]}.{match.group(2)[:20]}")
+                if refusal is not None:
+                    await _error(400, refusal)(scope, receive, send)
                     return
-                scope = {**scope, "path": match.group(3), "raw_path": match.group(3).encode()}
+                path = match.group(3)
+                scope = {**scope, "path": path, "raw_path": path.encode(), SCOPE_KEY: asked}
         await self._app(scope, receive, send)
+
+
+def _refusal(asked: tuple[int, int], shown: str) -> str | None:
+    """dockerd's message for a version it does not serve (`shown` as the client wrote
+    it), or None."""
+    if asked > CURRENT:
+        return f"client version {shown} is too new. Maximum supported API version is {API_VERSION}"
+    if asked < MINIMUM:
+        return (
+            f"client version {shown} is too old. Minimum supported API version is "
+            f"{MIN_API_VERSION}, please upgrade your client to a newer version"
+        )
+    return None
 
 
 def _version_part(digits: str) -> int:
@@ -114,6 +127,12 @@ def build_app(
         Route("/images/create", images.create, methods=["POST"]),
         Route("/images/json", inventory.images, methods=["GET"]),
         Route("/images/prune", inventory.prune_images, methods=["POST"]),
+        # Nothing of these to prune: `docker system prune` goes on to the images. Other
+        # methods on these paths are the 501s of NotSupported.
+        OwnMethodsRoute("/containers/prune", inventory.prune_containers, methods=["POST"]),
+        OwnMethodsRoute("/networks/prune", inventory.prune_networks, methods=["POST"]),
+        OwnMethodsRoute("/volumes/prune", inventory.prune_volumes, methods=["POST"]),
+        OwnMethodsRoute("/build/prune", inventory.prune_build_cache, methods=["POST"]),
         Route("/images/get", save_images, methods=["GET"]),
         # Its body is read while its answer streams: the waits for it limited here.
         Route("/images/load", IdleLimitedBody(request_response(load_images)), methods=["POST"]),

@@ -9,6 +9,10 @@ before a time: dockerd's timestamps and durations), `label` (`key` or `key=value
 every one present). Several values of `before`/`until` take the earliest, of `since`
 the latest. ferryd has no intermediate images, so `all` changes nothing.
 
+An image whose config has no `created` is listed with `Created` 0; as in dockerd's
+graphdriver store (moby v28 image_list.go), `before`, `until` and `since` leave it out,
+and naming it in `before` or `since` sets no bound.
+
 A multi-platform image is listed once, as the image its references give (the one for
 the default platform); the other platforms of its index are in its `Manifests`
 (`manifests=1`), not rows of their own, and are never dangling.
@@ -41,7 +45,7 @@ class StoredImage:
     """What the filters look at for one image."""
 
     id: Digest
-    created: float  # the config's `created`, else when ferryd stored it (as listed)
+    created: float | None  # the config's `created` (None: it has none)
     model: ConfigModel
     chains: tuple[Digest, ...]  # its layers' ChainIDs, bottom first
     size: int  # as the store records it (the listing's `Size`)
@@ -76,7 +80,7 @@ def stored_images(store: Store) -> list[StoredImage]:
         images.append(
             StoredImage(
                 image_id,
-                _created(model.created) or record.created,
+                _created(model.created),
                 model,
                 tuple(chain_ids(rootfs.diff_ids)),
                 record.size,
@@ -88,12 +92,11 @@ def stored_images(store: Store) -> list[StoredImage]:
     return images
 
 
-def created_of(store: Store, name: str) -> float:
-    """When the image `name` (a reference or ID) was created; ImageNotFoundError."""
+def created_of(store: Store, name: str) -> float | None:
+    """When the image `name` (a reference or ID) was created (None: its config does not
+    say); ImageNotFoundError."""
     image_id = store.resolve(name)
-    record = store.images.record(image_id)
-    model = decode_config(store.images.get(image_id))
-    return _created(model.created) or (record.created if record is not None else 0.0)
+    return _created(decode_config(store.images.get(image_id)).created)
 
 
 def list_images(
@@ -111,23 +114,25 @@ def list_images(
     patterns = sorted(filters.get("reference"))
     for pattern in patterns:
         _check_pattern(pattern)
+    named_before = [created_of(store, name) for name in filters.get("before")]
     before = min(
         [
-            *(created_of(store, name) for name in filters.get("before")),
+            *(created for created in named_before if created is not None),
             *(until(value, now) for value in filters.get("until")),
         ],
         default=None,
     )
-    since = max((created_of(store, name) for name in filters.get("since")), default=None)
+    named_since = [created_of(store, name) for name in filters.get("since")]
+    since = max((created for created in named_since if created is not None), default=None)
     everything = stored_images(store)
     shared = shared_sizes(store, everything) if shared_size else {}
     listed: list[tuple[float, dict[str, Any]]] = []
     for image in everything:
         if image.in_index:
             continue
-        if before is not None and not image.created < before:
+        if before is not None and (image.created is None or not image.created < before):
             continue
-        if since is not None and not image.created > since:
+        if since is not None and (image.created is None or not image.created > since):
             continue
         if "label" in filters and (
             image.model.config is None or not filters.match_labels("label", image.labels)
@@ -158,7 +163,7 @@ def list_images(
         )
         if shared_size:
             summary["SharedSize"] = shared.get(image.id, 0)
-        listed.append((image.created, summary))
+        listed.append((image.created or 0.0, summary))  # none: 0, as listed
     listed.sort(key=lambda entry: entry[0], reverse=True)
     return [summary for _, summary in listed]
 

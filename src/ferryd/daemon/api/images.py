@@ -15,8 +15,9 @@ from ferryd.daemon.api import imports
 from ferryd.daemon.api.archives import platform_param
 from ferryd.daemon.api.params import flag, meta_headers, registry_auth
 from ferryd.daemon.api.params import service as service_of
-from ferryd.daemon.api.shapes import image_inspect
+from ferryd.daemon.api.shapes import image_inspect, with_legacy_inspect_fields
 from ferryd.daemon.api.streaming import ProgressStream
+from ferryd.daemon.api.versions import asked_version
 from ferryd.distribution.progress import ProgressOutput
 from ferryd.errors import BadRequestError
 from ferryd.oci.digest import parse_digest
@@ -119,10 +120,12 @@ async def inspect(request: Request) -> Response:
     service = service_of(request)
     name = request.path_params["name"]
     manifests = flag(request.query_params.get("manifests", ""))
+    version = asked_version(request)
 
     def describe() -> dict[str, Any]:
         store = service.store
-        return image_inspect(store, store.resolve_target(name), manifests=manifests)
+        shape = image_inspect(store, store.resolve_target(name), manifests=manifests)
+        return with_legacy_inspect_fields(shape, version) if version < (1, 45) else shape
 
     return JSONResponse(await anyio.to_thread.run_sync(describe))
 

@@ -95,10 +95,7 @@ async def prune_images(request: Request) -> Response:
     `label!`."""
     filters = Filters.parse(request.query_params.get("filters", ""), PRUNE_FILTERS)
     dangling_only = filters.boolean("dangling", True)
-    untils = filters.get("until")
-    if len(untils) > 1:
-        raise InvalidFilterError("more than one until filter specified")
-    cutoff = until(next(iter(untils))) if untils else None
+    cutoff = _prune_until(filters)
     service = service_of(request)
 
     def run() -> dict[str, Any]:
@@ -114,10 +111,20 @@ async def prune_images(request: Request) -> Response:
     return JSONResponse(await anyio.to_thread.run_sync(run))
 
 
+def _prune_until(filters: Filters) -> float | None:
+    """A prune's `until` as Unix seconds (None without one), as dockerd's
+    getUntilFromPruneFilters reads it."""
+    untils = filters.get("until")
+    if len(untils) > 1:
+        raise InvalidFilterError("more than one until filter specified")
+    return until(next(iter(untils))) if untils else None
+
+
 def _prunable(image: StoredImage, filters: Filters, cutoff: float | None) -> bool:
-    """dockerd's prune filters: created no later than `until`; an image with a config
+    """dockerd's prune filters: created no later than `until` (an image whose config
+    has no `created` never is, as in moby's image_prune.go); an image with a config
     section must have every `label` and not all of the `label!` ones."""
-    if cutoff is not None and image.created > cutoff:
+    if cutoff is not None and (image.created is None or image.created > cutoff):
         return False
     if image.model.config is None:
         return True
@@ -125,6 +132,56 @@ def _prunable(image: StoredImage, filters: Filters, cutoff: float | None) -> boo
     if not filters.match_labels("label", labels):
         return False
     return not ("label!" in filters and filters.match_labels("label!", labels))
+
+
+# `docker system prune` prunes containers and networks, with `--volumes` volumes, then
+# images, then the build cache, and stops at the first error: ferryd has none of the
+# others, and answers what dockerd answers when there is nothing to prune (after
+# dockerd's checks of the filters each accepts, so a filter dockerd refuses is refused).
+CONTAINER_PRUNE_FILTERS = frozenset({"label", "label!", "until"})
+VOLUME_PRUNE_FILTERS = frozenset({"label", "label!", "all"})
+# dockerd's builder: buildkit's cache fields, `until` and its old name, labels.
+BUILD_PRUNE_FILTERS = frozenset(
+    {
+        "until",
+        "unused-for",
+        "label",
+        "label!",
+        "id",
+        "parent",
+        "type",
+        "description",
+        "inuse",
+        "shared",
+        "private",
+    }
+)
+
+
+async def prune_containers(request: Request) -> Response:
+    """`POST /containers/prune?filters=`: no containers to remove."""
+    _prune_until(Filters.parse(request.query_params.get("filters", ""), CONTAINER_PRUNE_FILTERS))
+    return JSONResponse({"ContainersDeleted": None, "SpaceReclaimed": 0})
+
+
+async def prune_networks(request: Request) -> Response:
+    """`POST /networks/prune?filters=`: no networks to remove."""
+    _prune_until(Filters.parse(request.query_params.get("filters", ""), CONTAINER_PRUNE_FILTERS))
+    return JSONResponse({"NetworksDeleted": None})
+
+
+async def prune_volumes(request: Request) -> Response:
+    """`POST /volumes/prune?filters=`: no volumes to remove (dockerd's list of them is
+    made empty, not null)."""
+    filters = Filters.parse(request.query_params.get("filters", ""), VOLUME_PRUNE_FILTERS)
+    filters.boolean("all", False)
+    return JSONResponse({"VolumesDeleted": [], "SpaceReclaimed": 0})
+
+
+async def prune_build_cache(request: Request) -> Response:
+    """`POST /build/prune?filters=&all=…`: no build cache."""
+    Filters.parse(request.query_params.get("filters", ""), BUILD_PRUNE_FILTERS)
+    return JSONResponse({"CachesDeleted": None, "SpaceReclaimed": 0})
 
 
 async def disk_usage(request: Request) -> Response:

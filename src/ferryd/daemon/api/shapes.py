@@ -9,7 +9,7 @@ entry of the index (`ID`, `Descriptor`, `Available`, `Size` {`Total`, `Content`}
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ferryd.errors import ImageNotFoundError
@@ -27,7 +27,7 @@ def image_summary(
     image_id: Digest,
     model: ConfigModel,
     *,
-    created: float,
+    created: float | None,
     size: int,
     tags: list[str],
     digests: list[str],
@@ -42,7 +42,7 @@ def image_summary(
         "ParentId": "",
         "RepoTags": tags,
         "RepoDigests": digests,
-        "Created": int(created),
+        "Created": int(created or 0),  # no `created` in the config: 0, as dockerd lists it
         "Size": size,
         "SharedSize": -1,
         "VirtualSize": size,
@@ -213,15 +213,49 @@ def _names(store: Store, image_id: Digest) -> tuple[list[str], list[str]]:
 
 
 def _created(value: str | None) -> float | None:
+    """Unix seconds of an RFC 3339 time (a config's or a history step's `created`), or
+    None: absent, or no RFC 3339 time. Python 3.11's fromisoformat reads `Z`, offsets
+    and the nine fraction digits Go writes (cut to microseconds). A time without a
+    zone is not RFC 3339: Go cannot read it, and the host's zone is no answer."""
     if not value:
         return None
     try:
-        # Python 3.11 reads at most microseconds; configs often carry nanoseconds.
-        head, dot, rest = value.partition(".")
-        if dot:
-            digits = "".join(c for c in rest if c.isdigit())
-            zone = rest[len(digits) :]
-            value = f"{head}.{digits[:6]}{zone}"
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC).timestamp()
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
+
+
+# Go's zero container.Config (moby v28 api/types/container): what dockerd's graphdriver
+# store writes as ContainerConfig of an image built without the classic builder (ferryd
+# does not keep a config's legacy `container_config`).
+_EMPTY_CONTAINER_CONFIG: dict[str, Any] = {
+    "Hostname": "",
+    "Domainname": "",
+    "User": "",
+    "AttachStdin": False,
+    "AttachStdout": False,
+    "AttachStderr": False,
+    "Tty": False,
+    "OpenStdin": False,
+    "StdinOnce": False,
+    "Env": None,
+    "Cmd": None,
+    "Image": "",
+    "Volumes": None,
+    "WorkingDir": "",
+    "Entrypoint": None,
+    "OnBuild": None,
+    "Labels": None,
+}
+
+
+def with_legacy_inspect_fields(shape: dict[str, Any], version: tuple[int, int]) -> dict[str, Any]:
+    """An inspect `shape` for a client of API `version` below 1.45: dockerd drops
+    `Container` and `ContainerConfig` from 1.45 on and `VirtualSize` (= `Size`) from 1.44,
+    and older clients (SDKs, `{{.VirtualSize}}` templates) still read them. `Container`
+    is written empty, as the dockerd releases of those versions wrote it."""
+    legacy = {**shape, "Container": "", "ContainerConfig": dict(_EMPTY_CONTAINER_CONFIG)}
+    if version < (1, 44):
+        legacy["VirtualSize"] = shape["Size"]
+    return legacy
